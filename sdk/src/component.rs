@@ -1,0 +1,173 @@
+//! The component lifecycle the host drives: create, start, stop.
+//!
+//! The host creates a component from its configuration section with its
+//! kind's [`ComponentKind::create`], moves it to the component's own actix
+//! arbiter (thread), and calls [`Component::start`] there with a
+//! [`ComponentContext`]. `start` starts the component's actors with
+//! [`ComponentContext::supervise`] and returns; from then on the actors do
+//! the work. To stop, the host stops the actors in reverse start order (see
+//! the crate docs) and then calls [`Component::stopped`].
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use actix::{Actor, Context};
+use uuid::Uuid;
+
+use crate::{
+    bus::Bus,
+    config::ConfigSection,
+    policy::RestartPolicy,
+    status::{State, StatusBoard},
+    supervisor::{supervise, ActorControl, SupervisedAddr, Supervision, SupervisorSpec},
+    ComponentError,
+};
+
+/// A component instance.
+pub trait Component: Send + 'static {
+    /// Starts the component's actors. Runs on the component's arbiter; an
+    /// error puts the component in `ERROR` with its message.
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError>;
+
+    /// Called after every actor stopped, on the same arbiter.
+    fn stopped(&mut self) {}
+}
+
+/// What the host knows when it creates a component.
+#[derive(Clone, Debug)]
+pub struct ComponentInit {
+    /// Instance name, the table name in `box.toml`.
+    pub name: String,
+    /// Persistent instance ID, assigned by the host at first start.
+    pub id: Uuid,
+    /// The box home.
+    pub home: PathBuf,
+    /// The component's configuration table.
+    pub config: ConfigSection,
+}
+
+/// A kind of component the host can create: registered in code for built-in
+/// kinds, exported by plugins for the others.
+#[derive(Clone, Copy)]
+pub struct ComponentKind {
+    /// The `kind` value in `box.toml`.
+    pub kind: &'static str,
+    /// Creates an instance; configuration errors are refused here, before
+    /// anything starts.
+    pub create: fn(&ComponentInit) -> Result<Box<dyn Component>, ComponentError>,
+}
+
+/// The component's view of the host while it starts and runs.
+pub struct ComponentContext {
+    name: Arc<str>,
+    id: Uuid,
+    home: PathBuf,
+    policy: RestartPolicy,
+    bus: Bus,
+    board: StatusBoard,
+    actors: Vec<ActorControl>,
+}
+
+impl ComponentContext {
+    /// A context for the component `name`; the host builds one per start.
+    pub fn new(
+        name: &str,
+        id: Uuid,
+        home: &Path,
+        policy: RestartPolicy,
+        bus: Bus,
+        board: StatusBoard,
+    ) -> Self {
+        ComponentContext {
+            name: name.into(),
+            id,
+            home: home.to_owned(),
+            policy,
+            bus,
+            board,
+            actors: Vec::new(),
+        }
+    }
+
+    /// Starts an actor under the component's restart policy. `factory` builds
+    /// a fresh actor for the first start and for every restart. Must be
+    /// called on the component's arbiter (as `start` is).
+    pub fn supervise<A, F>(&mut self, actor: &str, factory: F) -> SupervisedAddr<A>
+    where
+        A: Actor<Context = Context<A>>,
+        F: FnMut(&mut Context<A>, &Supervision) -> A + 'static,
+    {
+        let spec = SupervisorSpec {
+            component: self.name.clone(),
+            actor: actor.into(),
+            policy: self.policy,
+            board: self.board.clone(),
+        };
+        let (addr, control) = supervise(spec, factory);
+        self.actors.push(control);
+        addr
+    }
+
+    /// Instance name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Persistent instance ID.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The box home.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The component's restart policy.
+    pub fn policy(&self) -> RestartPolicy {
+        self.policy
+    }
+
+    /// The host's message bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The host's status board.
+    pub fn board(&self) -> &StatusBoard {
+        &self.board
+    }
+
+    /// Restarts every actor of this component that is in `ERROR`; returns
+    /// how many.
+    pub fn restart_failed(&self) -> usize {
+        let failed: Vec<String> = self
+            .board
+            .component(&self.name)
+            .map(|c| {
+                c.actors
+                    .into_iter()
+                    .filter(|(_, a)| a.state == State::Error)
+                    .map(|(n, _)| n)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for actor in self
+            .actors
+            .iter()
+            .filter(|a| failed.iter().any(|f| f == a.name()))
+        {
+            actor.restart();
+        }
+        failed.len()
+    }
+
+    /// Stops every actor, in reverse start order.
+    pub async fn stop_actors(&mut self) {
+        while let Some(actor) = self.actors.pop() {
+            actor.stop().await;
+        }
+    }
+}
