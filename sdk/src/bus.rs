@@ -146,6 +146,14 @@ fn check_type<M: BusMessage>(topic: &Topic) {
     );
 }
 
+/// A bus message handed to a supervised actor by
+/// [`ComponentContext::route`](crate::ComponentContext::route).
+pub struct FromBus<M>(pub Arc<M>);
+
+impl<M: 'static> actix::Message for FromBus<M> {
+    type Result = ();
+}
+
 /// The receiving end of a subscription; dropping it unsubscribes.
 pub struct Subscription<M> {
     rx: mpsc::Receiver<Payload>,

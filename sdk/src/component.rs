@@ -13,11 +13,12 @@ use std::{
     sync::Arc,
 };
 
-use actix::{Actor, Context};
+use actix::{Actor, Context, Handler};
+use tokio::task::AbortHandle;
 use uuid::Uuid;
 
 use crate::{
-    bus::Bus,
+    bus::{Bus, BusMessage, FromBus},
     config::ConfigSection,
     policy::RestartPolicy,
     status::{State, StatusBoard},
@@ -68,6 +69,7 @@ pub struct ComponentContext {
     bus: Bus,
     board: StatusBoard,
     actors: Vec<ActorControl>,
+    routes: Vec<AbortHandle>,
 }
 
 impl ComponentContext {
@@ -88,6 +90,7 @@ impl ComponentContext {
             bus,
             board,
             actors: Vec::new(),
+            routes: Vec::new(),
         }
     }
 
@@ -108,6 +111,27 @@ impl ComponentContext {
         let (addr, control) = supervise(spec, factory);
         self.actors.push(control);
         addr
+    }
+
+    /// Subscribes to `M` on the bus now and hands every message to `addr`
+    /// as [`FromBus`]. The subscription belongs to the component, not to an
+    /// actor instance: messages published while the actor restarts wait in
+    /// its mailbox instead of being lost.
+    pub fn route<M, A>(&mut self, addr: &SupervisedAddr<A>)
+    where
+        M: BusMessage,
+        A: Actor<Context = Context<A>> + Handler<FromBus<M>>,
+    {
+        let mut subscription = self.bus.subscribe::<M>();
+        let addr = addr.clone();
+        let task = actix_rt::spawn(async move {
+            while let Some(msg) = subscription.recv().await {
+                if addr.tell(FromBus(msg)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.routes.push(task.abort_handle());
     }
 
     /// Instance name.
@@ -166,6 +190,9 @@ impl ComponentContext {
 
     /// Stops every actor, in reverse start order.
     pub async fn stop_actors(&mut self) {
+        for route in self.routes.drain(..) {
+            route.abort();
+        }
         while let Some(actor) = self.actors.pop() {
             actor.stop().await;
         }

@@ -54,8 +54,8 @@ pub mod policy;
 pub mod status;
 pub mod supervisor;
 
-pub use bus::{Bus, BusMessage, Subscription};
-pub use component::{Component, ComponentContext, ComponentKind};
+pub use bus::{Bus, BusMessage, FromBus, Subscription};
+pub use component::{Component, ComponentContext, ComponentInit, ComponentKind};
 pub use config::{ConfigError, ConfigSection};
 pub use policy::RestartPolicy;
 pub use status::{State, StatusBoard};

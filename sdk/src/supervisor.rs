@@ -134,6 +134,18 @@ impl<A: Actor<Context = Context<A>>> SupervisedAddr<A> {
         answer.await.unwrap_or_else(|_| Err(self.stopped()))
     }
 
+    /// Queues `msg` without a reply, waiting for room when the mailbox is
+    /// full.
+    pub async fn tell<M>(&self, msg: M) -> Result<(), SendError>
+    where
+        A: Handler<M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        let letter = Box::new(Envelope { msg, reply: None });
+        self.tx.send(letter).await.map_err(|_| self.stopped())
+    }
+
     /// Queues `msg` without waiting and without a reply; refuses when the
     /// mailbox is full or the actor is stopped.
     pub fn try_send<M>(&self, msg: M) -> Result<(), SendError>

@@ -1,1 +1,110 @@
+//! `probe`: a small diagnostic component built into the host.
+//!
+//! It answers [`ProbePing`] with [`ProbePong`] over the bus, which lets an
+//! operator (and the tests) check that the host routes messages and that a
+//! component runs. It also carries a failure drill: while the file named by
+//! `fail_while_file` exists, its actor panics as it starts, so restart
+//! policies and `banalytics-box restart` can be exercised on a real box; a
+//! ping with `panic = true` makes the actor panic in its handler.
 
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+
+use actix::prelude::*;
+use banalytics_sdk::{
+    component::{Component, ComponentContext, ComponentInit, ComponentKind},
+    Bus, BusMessage, ComponentError, FromBus,
+};
+use serde::{Deserialize, Serialize};
+
+pub mod prober;
+
+/// The component kind, for the host's registry.
+pub const KIND: ComponentKind = ComponentKind {
+    kind: "probe",
+    create,
+};
+
+/// A ping for the probe named `to` (or every probe, with `"*"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbePing {
+    /// The probe instance name, or `"*"`.
+    pub to: String,
+    /// Echoed in the pong.
+    pub seq: u64,
+    /// Panic in the handler instead of answering (failure drill).
+    #[serde(default)]
+    pub panic: bool,
+}
+
+impl BusMessage for ProbePing {
+    const TOPIC: &'static str = "probe.ping";
+}
+
+/// The answer to a [`ProbePing`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbePong {
+    /// The answering probe's instance name.
+    pub from: String,
+    /// The ping's `seq`.
+    pub seq: u64,
+    /// How many actor instances this probe has built (1 before any restart).
+    pub generation: u64,
+}
+
+impl BusMessage for ProbePong {
+    const TOPIC: &'static str = "probe.pong";
+}
+
+/// The probe's own keys in `box.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// A path, relative to the home, that makes the actor fail at start
+    /// while it exists.
+    #[serde(default)]
+    pub fail_while_file: Option<PathBuf>,
+}
+
+struct Probe {
+    name: String,
+    config: ProbeConfig,
+    home: PathBuf,
+}
+
+fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
+    let config: ProbeConfig = init.config.parse()?;
+    Ok(Box::new(Probe {
+        name: init.name.clone(),
+        config,
+        home: init.home.clone(),
+    }))
+}
+
+impl Component for Probe {
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
+        let drill = self
+            .config
+            .fail_while_file
+            .as_ref()
+            .map(|f| self.home.join(f));
+        let name = self.name.clone();
+        let bus: Bus = ctx.bus().clone();
+        let mut generation = 0;
+        let addr = ctx.supervise("prober", move |_, _| {
+            generation += 1;
+            prober::Prober::new(name.clone(), bus.clone(), generation, drill.clone())
+        });
+        ctx.route::<ProbePing, _>(&addr);
+        Ok(())
+    }
+}
+
+impl Handler<FromBus<ProbePing>> for prober::Prober {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, FromBus(ping): FromBus<ProbePing>, _: &mut Context<Self>) -> Self::Result {
+        self.answer(&ping)
+    }
+}

@@ -1,0 +1,285 @@
+//! `config/box.toml`: the host's own keys, and the component tables checked
+//! against the registered kinds.
+//!
+//! Everything is checked before anything starts: an unknown key, an unknown
+//! kind or a bad value is refused with the file, line and column, and the
+//! accepted values.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use banalytics_sdk::{ConfigError, ConfigSection, RestartPolicy};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+/// The configuration file, relative to the home.
+pub const CONFIG_FILE: &str = "config/box.toml";
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Diagnostics.
+    Debug,
+    /// Normal operation (default).
+    #[default]
+    Info,
+    /// Problems that were handled.
+    Warn,
+    /// Failures.
+    Error,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Verbosity.
+    #[serde(default)]
+    pub level: LogLevel,
+    /// Format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// One `[components.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct ComponentConfig {
+    /// Instance name.
+    pub name: String,
+    /// Kind, one of the registered kinds.
+    pub kind: String,
+    /// `restart_on_failure`.
+    pub policy: RestartPolicy,
+    /// The whole table, for the component's own keys.
+    pub section: ConfigSection,
+}
+
+/// The parsed `box.toml`.
+#[derive(Debug, Clone)]
+pub struct BoxConfig {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// Component instances in file order, which is their start order.
+    pub components: Vec<ComponentConfig>,
+}
+
+const TOP_KEYS: &str = "log, components";
+
+impl BoxConfig {
+    /// Reads `config/box.toml` under `home`. A missing file is an empty
+    /// configuration: a host with no components.
+    pub fn load(home: &Path, kinds: &[&str]) -> Result<BoxConfig, ConfigError> {
+        let file = home.join(CONFIG_FILE);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => BoxConfig::parse(&file, &text, kinds),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BoxConfig {
+                file,
+                log: LogConfig::default(),
+                components: Vec::new(),
+            }),
+            Err(e) => Err(ConfigError {
+                file,
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    /// Parses `text`, the contents of `file`; `kinds` are the accepted
+    /// component kinds.
+    pub fn parse(file: &Path, text: &str, kinds: &[&str]) -> Result<BoxConfig, ConfigError> {
+        let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
+        let toml_err = |e: toml::de::Error| ConfigError::from_toml(file, text, &e);
+        let shared: Arc<str> = text.into();
+        let root = DeTable::parse(text).map_err(toml_err)?;
+        let mut log = LogConfig::default();
+        let mut components = Vec::new();
+        for (key, value) in root.get_ref().iter() {
+            match key.get_ref().as_ref() {
+                "log" => {
+                    log = LogConfig::deserialize(ValueDeserializer::from(value.clone()))
+                        .map_err(toml_err)?;
+                }
+                "components" => {
+                    let table = value.get_ref().as_table().ok_or_else(|| {
+                        at(value.span().start, "components must be a table".into())
+                    })?;
+                    for (name, section) in table.iter() {
+                        components.push(component(file, text, &shared, name, section, kinds)?);
+                    }
+                }
+                other => {
+                    return Err(at(
+                        key.span().start,
+                        format!("unknown key {other:?}; accepted keys: {TOP_KEYS}"),
+                    ))
+                }
+            }
+        }
+        Ok(BoxConfig {
+            file: file.to_owned(),
+            log,
+            components,
+        })
+    }
+}
+
+fn component(
+    file: &Path,
+    text: &str,
+    shared: &Arc<str>,
+    name: &toml::Spanned<std::borrow::Cow<'_, str>>,
+    section: &toml::Spanned<DeValue<'_>>,
+    kinds: &[&str],
+) -> Result<ComponentConfig, ConfigError> {
+    let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
+    let n = name.get_ref().as_ref();
+    if n.is_empty()
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(at(
+            name.span().start,
+            format!("component name {n:?} is not accepted; accepted: letters, digits, '-' and '_'"),
+        ));
+    }
+    let table = section.get_ref().as_table().ok_or_else(|| {
+        at(
+            section.span().start,
+            format!("components.{n} must be a table"),
+        )
+    })?;
+    if let Some((key, _)) = table.get_key_value("id") {
+        return Err(at(
+            key.span().start,
+            format!("components.{n}.id cannot be configured: the host assigns a component's ID at its first start and keeps it"),
+        ));
+    }
+    let accepted = kinds.join(", ");
+    let kind = match table.get("kind") {
+        None => {
+            return Err(at(
+                name.span().start,
+                format!("components.{n} has no kind; accepted kinds: {accepted}"),
+            ))
+        }
+        Some(k) => match k.get_ref().as_str() {
+            Some(s) if kinds.contains(&s) => s.to_owned(),
+            Some(s) => {
+                return Err(at(
+                    k.span().start,
+                    format!("unknown component kind {s:?}; accepted kinds: {accepted}"),
+                ))
+            }
+            None => {
+                return Err(at(
+                    k.span().start,
+                    format!("kind must be a string; accepted kinds: {accepted}"),
+                ))
+            }
+        },
+    };
+    let policy = match table.get("restart_on_failure") {
+        None => RestartPolicy::default(),
+        Some(p) => p
+            .get_ref()
+            .as_str()
+            .ok_or_else(|| {
+                format!(
+                    "restart_on_failure must be a string; accepted values: {}",
+                    RestartPolicy::ACCEPTED.join(", ")
+                )
+            })
+            .and_then(|s| {
+                s.parse()
+                    .map_err(|e: banalytics_sdk::policy::UnknownPolicy| e.to_string())
+            })
+            .map_err(|msg| at(p.span().start, msg))?,
+    };
+    Ok(ComponentConfig {
+        name: n.to_owned(),
+        kind,
+        policy,
+        section: ConfigSection::new(file, shared.clone(), n),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KINDS: &[&str] = &["probe", "portal-integration"];
+
+    fn parse(text: &str) -> Result<BoxConfig, ConfigError> {
+        BoxConfig::parse(Path::new("/box/config/box.toml"), text, KINDS)
+    }
+
+    #[test]
+    fn components_keep_file_order_and_default_policy() {
+        let c = parse("[components.zeta]\nkind = \"probe\"\n\n[components.alpha]\nkind = \"probe\"\nrestart_on_failure = \"immediate\"\n").unwrap();
+        let names: Vec<_> = c.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+        assert_eq!(c.components[0].policy, RestartPolicy::After10s);
+        assert_eq!(c.components[1].policy, RestartPolicy::Immediate);
+    }
+
+    #[test]
+    fn refuses_an_unknown_top_level_key_with_its_line() {
+        let err = parse("[log]\nlevel = \"info\"\n\n[logging]\nx = 1\n").unwrap_err();
+        assert_eq!((err.line, err.column), (4, 2), "{err}");
+        assert!(
+            err.to_string().contains("accepted keys: log, components"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_an_unknown_log_level_naming_the_accepted_ones() {
+        let err = parse("[log]\nlevel = \"loud\"\n").unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
+        assert!(err.message.contains("trace"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_configured_id() {
+        let err = parse(
+            "[components.p]\nkind = \"probe\"\nid = \"00000000-0000-0000-0000-000000000000\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, 3, "{err}");
+        assert!(err.message.contains("cannot be configured"), "{err}");
+    }
+}

@@ -1,0 +1,151 @@
+//! The local control endpoint: a Unix socket under the home (mode 0600, in
+//! the 0700 `state/` folder) that the CLI uses to ask the running host.
+//!
+//! One request per connection: a JSON line in, a JSON line out.
+
+use std::{io, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+use tracing::{debug, warn};
+
+use crate::host::Host;
+
+/// The longest request line accepted; a request is a few words.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// How long the CLI waits for the host's answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the CLI can ask.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Component states.
+    Status,
+    /// Restart a stopped or failed component.
+    Restart {
+        /// Instance name.
+        component: String,
+    },
+}
+
+/// The host's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// What happened, or why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The request's data (for `status`: the host and its components).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// Binds the socket, replacing a stale one (the caller holds the home lock,
+/// so no other host uses it).
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers requests until `shutdown` changes.
+pub async fn serve(listener: UnixListener, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let host = host.clone();
+                    actix_rt::spawn(async move {
+                        if let Err(e) = answer(stream, &host).await {
+                            debug!(error = %e, "control connection ended");
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "control socket accept failed"),
+            }
+        }
+    }
+}
+
+async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read)
+        .take(MAX_REQUEST_BYTES)
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Response {
+            ok: false,
+            message: Some(format!("bad request: {e}")),
+            data: None,
+        },
+        Ok(Request::Status) => Response {
+            ok: true,
+            message: None,
+            data: Some(serde_json::json!({
+                "host": { "running": true, "pid": std::process::id() },
+                "components": host.board().snapshot(),
+            })),
+        },
+        Ok(Request::Restart { component }) => match host.restart(&component).await {
+            Ok(message) => Response {
+                ok: true,
+                message: Some(message),
+                data: None,
+            },
+            Err(message) => Response {
+                ok: false,
+                message: Some(message),
+                data: None,
+            },
+        },
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Sends one request to the host at `socket`; `Ok(None)` when no host is
+/// listening there.
+pub fn request(socket: &Path, request: &Request) -> io::Result<Option<Response>> {
+    use std::io::{BufRead, Write};
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    io::BufReader::new(stream).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map(Some).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad answer from host: {e}"),
+        )
+    })
+}

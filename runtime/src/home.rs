@@ -1,0 +1,97 @@
+//! The box home: where the host keeps its own state, and the lock that lets
+//! one host at a time run on a home.
+//!
+//! The host's own files live in `state/` (mode 0700): the component IDs and
+//! the control socket. Nothing outside `state/` and the upgrade center's
+//! `modules*` and `models*` folders is ever written by the host.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::unix::io::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+/// Paths under one home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// The home at `root`.
+    pub fn new(root: &Path) -> Self {
+        Home {
+            root: root.to_owned(),
+        }
+    }
+
+    /// The home folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `state/`, the host's own folder.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// The control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir().join("control.sock")
+    }
+
+    /// The persisted component IDs.
+    pub fn ids_file(&self) -> PathBuf {
+        self.state_dir().join("component-ids.json")
+    }
+
+    /// Creates `state/` with mode 0700 if missing.
+    pub fn ensure_state_dir(&self) -> io::Result<PathBuf> {
+        let dir = self.state_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        Ok(dir)
+    }
+
+    /// Takes the home's exclusive lock, held until the returned file is
+    /// dropped; `None` when another process holds it.
+    pub fn lock(&self) -> io::Result<Option<File>> {
+        let dir = self.ensure_state_dir()?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("host.lock"))?;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            Ok(Some(file))
+        } else {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                Ok(None)
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new
+/// content: temporary file, fsync, rename, fsync of the folder.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,61 @@
+//! Component IDs: a UUID per component instance, assigned at its first start
+//! and the same ever after.
+//!
+//! They are kept in `state/component-ids.json` (instance name to UUID), not
+//! in `box.toml`, so that configuration cannot set or change them. An entry
+//! whose component left the configuration is kept: putting the component
+//! back gives it its old ID.
+
+use std::{collections::BTreeMap, io, path::Path};
+
+use uuid::Uuid;
+
+use crate::home::{write_atomically, Home};
+
+/// Loads the IDs, assigns new ones to `names` that have none, and persists
+/// them before returning.
+pub fn assign(home: &Home, names: &[&str]) -> io::Result<BTreeMap<String, Uuid>> {
+    home.ensure_state_dir()?;
+    let file = home.ids_file();
+    let mut ids = load(&file)?;
+    let before = ids.len();
+    for name in names {
+        ids.entry((*name).to_owned()).or_insert_with(Uuid::new_v4);
+    }
+    if ids.len() != before {
+        let json = serde_json::to_vec_pretty(&ids).map_err(io::Error::other)?;
+        write_atomically(&file, &json)?;
+    }
+    Ok(ids)
+}
+
+/// The IDs assigned so far; empty when none were.
+pub fn load(file: &Path) -> io::Result<BTreeMap<String, Uuid>> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", file.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_assigned_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let first = assign(&home, &["a", "b"]).unwrap();
+        let again = assign(&home, &["b", "a", "c"]).unwrap();
+        assert_eq!(first["a"], again["a"]);
+        assert_eq!(first["b"], again["b"]);
+        assert_ne!(again["c"], again["a"]);
+        assert_eq!(load(&home.ids_file()).unwrap(), again);
+    }
+}

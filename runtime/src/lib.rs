@@ -1,0 +1,70 @@
+//! The Banalytics box host (`banalytics-box`): reads `config/box.toml`,
+//! starts the configured components under supervision, routes messages
+//! between them over the bus, and answers the local CLI on a control socket.
+//!
+//! This is the only crate that knows processes, the configuration file and
+//! the control socket; components see the host only through the SDK.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod home;
+pub mod host;
+pub mod ids;
+pub mod logging;
+pub mod registry;
+
+use std::path::PathBuf;
+
+pub use home::Home;
+
+/// `run` stopped as requested (SIGTERM, SIGINT).
+pub const EXIT_OK: u8 = 0;
+/// An error stopped the command (I/O, a host already running, ...).
+pub const EXIT_FAILURE: u8 = 1;
+/// The configuration or the command line was refused.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Why the host could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `box.toml` was refused.
+    #[error(transparent)]
+    Config(#[from] banalytics_sdk::ConfigError),
+    /// A component refused its configuration.
+    #[error("component {name}: {message}")]
+    Component {
+        /// Instance name.
+        name: String,
+        /// The component's message.
+        message: String,
+    },
+    /// Another host holds the home.
+    #[error("another banalytics-box is running on {home} (it holds {lock})")]
+    AlreadyRunning {
+        /// The home.
+        home: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// A file or socket operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// What was being read or written.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Component { .. } => EXIT_CONFIG,
+            _ => EXIT_FAILURE,
+        }
+    }
+}
