@@ -1,1 +1,174 @@
+//! Support for whole-system tests: temporary box homes, the real
+//! `banalytics-box` process, and polling with a deadline instead of sleeps.
 
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// How long a test waits for a host to come up or to answer.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The `banalytics-box` binary: `$BANALYTICS_BOX_BIN`, else the one cargo
+/// built beside this test (`cargo test --workspace` builds it, because the
+/// runtime crate has integration tests).
+pub fn box_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BANALYTICS_BOX_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("banalytics-box");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo test --workspace` (or `cargo build -p banalytics-runtime` first)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub fn poll_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temporary box home, with the host's log beside it.
+pub struct TempHome {
+    dir: tempfile::TempDir,
+}
+
+impl TempHome {
+    /// A home with `config/box.toml` = `config`.
+    pub fn new(config: &str) -> Result<TempHome> {
+        let dir = tempfile::Builder::new().prefix("box-").tempdir()?;
+        std::fs::create_dir_all(dir.path().join("home/config"))?;
+        std::fs::write(dir.path().join("home/config/box.toml"), config)?;
+        Ok(TempHome { dir })
+    }
+
+    /// The home folder.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Where a started host's stderr goes, numbered per start.
+    pub fn log_path(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("box-{n}.log"))
+    }
+
+    /// Runs a CLI command on this home and returns its output.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        Command::new(box_bin())
+            .arg("--home")
+            .arg(self.path())
+            .args(args)
+            .output()
+            .context("running banalytics-box")
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> Result<Value> {
+        let out = self.cli(&["status", "--json"])?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The status of component `name` from the running host.
+    pub fn component(&self, name: &str) -> Result<Value> {
+        let status = self.status()?;
+        status["components"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name).cloned())
+            .with_context(|| format!("no component {name} in {status}"))
+    }
+
+    /// Starts `banalytics-box run` on this home; waits until its control
+    /// socket answers.
+    pub fn start(&self, n: usize) -> Result<BoxProcess> {
+        let log = std::fs::File::create(self.log_path(n))?;
+        let child = Command::new(box_bin())
+            .arg("--home")
+            .arg(self.path())
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting banalytics-box run")?;
+        let mut process = BoxProcess {
+            child: Some(child),
+            log: self.log_path(n),
+        };
+        poll_until(DEADLINE, "the host's control socket", || {
+            if let Some(status) = process.try_wait() {
+                return Some(Err(anyhow::anyhow!(
+                    "host exited early with {status}: {}",
+                    process.log()
+                )));
+            }
+            match self.status() {
+                Ok(s) if s["host"]["running"] == true => Some(Ok(())),
+                _ => None,
+            }
+        })??;
+        Ok(process)
+    }
+}
+
+/// A running `banalytics-box run`; killed with SIGKILL if dropped running.
+pub struct BoxProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl BoxProcess {
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The host's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn signal_and_wait(mut self, signal: i32) -> Result<ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+        let status = poll_until(DEADLINE, "the host to exit", || self.try_wait())?;
+        self.child = None;
+        Ok(status)
+    }
+}
+
+impl Drop for BoxProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
