@@ -68,6 +68,8 @@ pub struct ComponentStatus {
 
 #[derive(Debug)]
 struct Entry {
+    /// Registration order, which is the host's start order.
+    order: usize,
     kind: String,
     id: String,
     lifecycle: State,
@@ -111,9 +113,11 @@ impl StatusBoard {
     /// Registers a component instance in `STOPPED`.
     pub fn register(&self, name: &str, kind: &str, id: &str) {
         self.update(|entries| {
+            let order = entries.len();
             entries.insert(
                 name.to_owned(),
                 Entry {
+                    order,
                     kind: kind.to_owned(),
                     id: id.to_owned(),
                     lifecycle: State::Stopped,
@@ -177,10 +181,12 @@ impl StatusBoard {
         entries.get(name).map(|e| view(name, e))
     }
 
-    /// Every component, by name.
+    /// Every component, in registration (start) order.
     pub fn snapshot(&self) -> Vec<ComponentStatus> {
         let entries = self.entries.lock().expect("status board poisoned");
-        entries.iter().map(|(n, e)| view(n, e)).collect()
+        let mut all: Vec<_> = entries.iter().collect();
+        all.sort_by_key(|(_, e)| e.order);
+        all.into_iter().map(|(n, e)| view(n, e)).collect()
     }
 
     /// A receiver that is marked changed after every update.
