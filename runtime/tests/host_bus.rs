@@ -53,7 +53,7 @@ async fn probes_answer_over_the_bus_and_a_panicking_one_is_restarted() {
     host.bus().publish(ping("alpha", 2, true)).await;
     host.bus().publish(ping("beta", 3, false)).await;
     host.bus().publish(ping("alpha", 4, false)).await;
-    let mut got = vec![next(&mut pongs).await, next(&mut pongs).await];
+    let mut got = [next(&mut pongs).await, next(&mut pongs).await];
     got.sort_by_key(|p| p.seq);
     assert_eq!(
         (got[0].from.as_str(), got[0].seq, got[0].generation),
