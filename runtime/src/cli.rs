@@ -38,6 +38,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running host to synchronise software now.
+    Upgrade,
     /// Restart a component that is stopped or in ERROR.
     Restart {
         /// Component instance name, as in box.toml.
@@ -52,7 +54,13 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run => run(&home),
         Command::Status { json } => status(&home, json),
-        Command::Restart { component } => restart(&home, &component),
+        Command::Upgrade => ask(&home, &Request::Upgrade),
+        Command::Restart { component } => ask(
+            &home,
+            &Request::Restart {
+                component: component.clone(),
+            },
+        ),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -180,12 +188,10 @@ fn print_status(data: &serde_json::Value) {
     }
 }
 
-fn restart(home: &Home, component: &str) -> Result<u8, Error> {
+/// Sends a request that answers with a message; prints it.
+fn ask(home: &Home, request: &Request) -> Result<u8, Error> {
     let socket = home.control_socket();
-    let request = Request::Restart {
-        component: component.to_owned(),
-    };
-    match control::request(&socket, &request).map_err(|source| Error::Io {
+    match control::request(&socket, request).map_err(|source| Error::Io {
         path: socket.clone(),
         source,
     })? {

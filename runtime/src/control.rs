@@ -27,6 +27,8 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Request {
     /// Component states.
     Status,
+    /// Synchronise software now (the local "start upgrade").
+    Upgrade,
     /// Restart a stopped or failed component.
     Restart {
         /// Instance name.
@@ -101,6 +103,20 @@ async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
                 "components": host.board().snapshot(),
             })),
         },
+        Ok(Request::Upgrade) => {
+            let receivers = host
+                .bus()
+                .publish(banalytics_sdk::portal::UpgradeRequested {})
+                .await;
+            Response {
+                ok: receivers > 0,
+                message: Some(match receivers {
+                    0 => "no component handles upgrades on this host".to_owned(),
+                    _ => "synchronisation requested; `status` shows its progress".to_owned(),
+                }),
+                data: None,
+            }
+        }
         Ok(Request::Restart { component }) => match host.restart(&component).await {
             Ok(message) => Response {
                 ok: true,

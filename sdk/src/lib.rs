@@ -51,6 +51,7 @@ pub mod bus;
 pub mod component;
 pub mod config;
 pub mod policy;
+pub mod portal;
 pub mod status;
 pub mod supervisor;
 

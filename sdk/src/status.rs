@@ -64,6 +64,10 @@ pub struct ComponentStatus {
     pub restart_count: u32,
     /// The component's supervised actors by name.
     pub actors: BTreeMap<String, ActorStatus>,
+    /// What the component itself reports (e.g. the upgrade center's
+    /// synchronisation and download progress); `null` when nothing.
+    #[serde(default)]
+    pub details: serde_json::Value,
 }
 
 #[derive(Debug)]
@@ -78,6 +82,7 @@ struct Entry {
     last_error: Option<String>,
     restarts: u32,
     actors: BTreeMap<String, ActorStatus>,
+    details: serde_json::Value,
 }
 
 /// The shared record of every component's and actor's state.
@@ -126,6 +131,7 @@ impl StatusBoard {
                     last_error: None,
                     restarts: 0,
                     actors: BTreeMap::new(),
+                    details: serde_json::Value::Null,
                 },
             );
         });
@@ -171,6 +177,15 @@ impl StatusBoard {
                 }
                 a.state = state;
                 a.since_ms = now_ms();
+            }
+        });
+    }
+
+    /// Replaces what component `name` reports about itself.
+    pub fn set_details(&self, name: &str, details: serde_json::Value) {
+        self.update(|entries| {
+            if let Some(e) = entries.get_mut(name) {
+                e.details = details;
             }
         });
     }
@@ -230,6 +245,7 @@ fn view(name: &str, e: &Entry) -> ComponentStatus {
         last_error: e.last_error.clone(),
         restart_count: e.restarts + e.actors.values().map(|a| a.restarts).sum::<u32>(),
         actors: e.actors.clone(),
+        details: e.details.clone(),
     }
 }
 

@@ -1,0 +1,154 @@
+//! The portal's messages as they travel on the host bus (contracts
+//! section 3).
+//!
+//! Portal Integration turns each text frame from the portal into one of the
+//! inbound types here, by its `type`, and publishes it; it subscribes to the
+//! outbound types and sends each as a frame with its `type`. Components that
+//! talk to the portal (the upgrade center) use only these types, so they
+//! never see the WebSocket.
+
+use serde::{Deserialize, Serialize};
+
+use crate::BusMessage;
+
+/// A message type of the portal protocol.
+pub trait PortalMessage: BusMessage {
+    /// The frame's `type` value.
+    const WIRE_TYPE: &'static str;
+}
+
+macro_rules! portal_message {
+    ($ty:ty, $wire:literal) => {
+        impl BusMessage for $ty {
+            const TOPIC: &'static str = concat!("portal.", $wire);
+        }
+        impl PortalMessage for $ty {
+            const WIRE_TYPE: &'static str = $wire;
+        }
+    };
+}
+
+/// `EVT_SYNC_SOFT`, portal → box: "synchronise software now".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncSoftware {}
+portal_message!(SyncSoftware, "EVT_SYNC_SOFT");
+
+/// Coordinates of a module, as the portal writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleRef {
+    /// Maven groupId.
+    pub group_id: String,
+    /// Maven artifactId.
+    pub artifact_id: String,
+    /// Version.
+    pub version: String,
+}
+
+/// `GET_ENV_MOD_REQ`, box → portal: ask for the environment's target set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetEnvModulesRequest {
+    /// The environment UUID from `config/device-registration.properties`.
+    #[serde(rename = "environmentUUID")]
+    pub environment_uuid: String,
+    /// The running core's coordinates.
+    #[serde(rename = "banalyticsBoxCoreModule")]
+    pub core_module: ModuleRef,
+}
+portal_message!(GetEnvModulesRequest, "GET_ENV_MOD_REQ");
+
+/// `GET_ENV_MOD_RES`, portal → box: the whole target set. The module
+/// objects are kept as JSON; the upgrade center validates them and refuses
+/// a bad set as a whole, naming the fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetEnvModulesResponse {
+    /// Module objects (contracts section 2 fields, plus the optional
+    /// extension fields of section 3).
+    #[serde(default)]
+    pub modules: Vec<serde_json::Value>,
+}
+portal_message!(GetEnvModulesResponse, "GET_ENV_MOD_RES");
+
+/// The `status` values of `EVT_ENV_MOD_UPD_STS`, and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleStatus {
+    /// A module's download started.
+    Downloading,
+    /// A module is present and verified (downloaded or kept).
+    Downloaded,
+    /// A module's download failed.
+    DownloadError,
+    /// The whole synchronisation was cancelled; `module` is null.
+    InstallationCancelled,
+    /// The new set runs after the restart; `module` is null.
+    Installed,
+}
+
+/// `EVT_ENV_MOD_UPD_STS`, box → portal: progress of a synchronisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatusUpdate {
+    /// The environment UUID.
+    pub environment_uuid: String,
+    /// The module, or null for the whole set.
+    pub module: Option<ModuleRef>,
+    /// What happened.
+    pub status: ModuleStatus,
+    /// Why, for errors and cancellations.
+    pub status_message: Option<String>,
+}
+portal_message!(ModuleStatusUpdate, "EVT_ENV_MOD_UPD_STS");
+
+/// The portal link came up or went down (published by Portal Integration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalLinkChanged {
+    /// Whether the WebSocket is connected now.
+    pub connected: bool,
+}
+
+impl BusMessage for PortalLinkChanged {
+    const TOPIC: &'static str = "portal-link.changed";
+}
+
+/// The local "start upgrade" (`banalytics-box upgrade`), published by the
+/// host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeRequested {}
+
+impl BusMessage for UpgradeRequested {
+    const TOPIC: &'static str = "host.upgrade-requested";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_update_serializes_with_the_wire_field_names() {
+        let m = ModuleStatusUpdate {
+            environment_uuid: "e".into(),
+            module: None,
+            status: ModuleStatus::InstallationCancelled,
+            status_message: Some("empty set".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            serde_json::json!({"environmentUuid": "e", "module": null, "status": "installation_cancelled", "statusMessage": "empty set"})
+        );
+        let r = GetEnvModulesRequest {
+            environment_uuid: "e".into(),
+            core_module: ModuleRef {
+                group_id: "com.banalytics.box".into(),
+                artifact_id: "core".into(),
+                version: "1.0".into(),
+            },
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["environmentUUID"], "e");
+        assert_eq!(
+            v["banalyticsBoxCoreModule"]["groupId"],
+            "com.banalytics.box"
+        );
+    }
+}
