@@ -331,6 +331,18 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// Whether the partial file is worthless after this error and removed
+    /// (its bytes are wrong, or the server cannot extend it).
+    fn discards_partial(&self) -> bool {
+        matches!(
+            self,
+            FetchError::TooLarge { .. }
+                | FetchError::BadContentRange { .. }
+                | FetchError::RangeNotSatisfiable { .. }
+                | FetchError::ChecksumMismatch { .. }
+        )
+    }
+
     /// Whether another attempt may succeed: connect and transport errors,
     /// timeouts, stalls, slow or truncated bodies, a `416` after which the
     /// download restarts from zero, and `5xx`. Never a `4xx`.
@@ -581,7 +593,7 @@ impl Attempt<'_> {
             .is_none_or(|want| want.eq_ignore_ascii_case(actual))
     }
 
-    async fn finish(&self, mut file: File) -> Result<(), FetchError> {
+    async fn finish(&self, file: &mut File) -> Result<(), FetchError> {
         file.flush().await.map_err(self.io("write", self.partial))?;
         file.sync_all()
             .await
@@ -592,7 +604,6 @@ impl Attempt<'_> {
     }
 
     async fn run(self) -> Result<Downloaded, FetchError> {
-        let url = self.url;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -601,6 +612,29 @@ impl Attempt<'_> {
             .open(self.partial)
             .await
             .map_err(self.io("open", self.partial))?;
+        let outcome = self.transfer(&mut file).await;
+        // A tokio `File` completes writes in the background: wait for them
+        // on every path, so that the next attempt (which sizes the partial
+        // to resume) and the caller see every byte written.
+        let flushed = file.flush().await.map_err(self.io("write", self.partial));
+        let error = match outcome {
+            Ok(done) => return flushed.map(|()| done),
+            Err(error) => error,
+        };
+        if let Err(flush_error) = flushed {
+            warn!(url = self.url, error = %flush_error, "cannot flush the partial after a failure");
+        }
+        let empty = file.metadata().await.is_ok_and(|m| m.len() == 0);
+        drop(file);
+        if error.discards_partial() || empty {
+            // Nothing worth resuming: leave no partial (or empty file) behind.
+            self.discard().await?;
+        }
+        Err(error)
+    }
+
+    async fn transfer(self, file: &mut File) -> Result<Downloaded, FetchError> {
+        let url = self.url;
         let mut offset = file
             .metadata()
             .await
@@ -614,18 +648,17 @@ impl Attempt<'_> {
                     url,
                     offset, size, "partial larger than the declared size, starting over"
                 );
-                self.restart(&mut file).await?;
+                self.restart(file).await?;
                 offset = 0;
             } else if offset == size {
-                let actual =
-                    hex::encode(hash_prefix(&mut file, size, self.partial).await?.finalize());
+                let actual = hex::encode(hash_prefix(file, size, self.partial).await?.finalize());
                 if self.matches_expected(&actual) {
                     info!(url, size, "partial already complete, verified");
                     self.finish(file).await?;
                     return Ok(self.done(actual, size, size));
                 }
                 warn!(url, size, %actual, "complete partial does not match, starting over");
-                self.restart(&mut file).await?;
+                self.restart(file).await?;
                 offset = 0;
             }
         }
@@ -639,10 +672,10 @@ impl Attempt<'_> {
                 url,
                 offset, "partial without a usable validator, starting over"
             );
-            self.restart(&mut file).await?;
+            self.restart(file).await?;
             offset = 0;
         }
-        let mut hasher = hash_prefix(&mut file, offset, self.partial).await?;
+        let mut hasher = hash_prefix(file, offset, self.partial).await?;
 
         // 2. Ask for the rest.
         let mut request = self.client.get(url);
@@ -673,8 +706,6 @@ impl Attempt<'_> {
                     Some((start, total)) if start == offset => total,
                     _ => {
                         warn!(url, offset, content_range = %header, "content-range does not match the request");
-                        drop(file);
-                        self.discard().await?;
                         return Err(FetchError::BadContentRange {
                             url: url.to_owned(),
                             requested_start: offset,
@@ -686,7 +717,7 @@ impl Attempt<'_> {
             StatusCode::OK => {
                 if offset > 0 {
                     info!(url, offset, "server sent the whole file, starting over");
-                    self.restart(&mut file).await?;
+                    self.restart(file).await?;
                     offset = 0;
                     hasher = Sha256::new();
                 }
@@ -696,23 +727,22 @@ impl Attempt<'_> {
                 response.content_length()
             }
             StatusCode::RANGE_NOT_SATISFIABLE if offset > 0 => {
-                drop(file);
-                self.discard().await?;
                 return Err(FetchError::RangeNotSatisfiable {
                     url: url.to_owned(),
                     start: offset,
                 });
             }
-            StatusCode::NOT_FOUND => {
-                return Err(FetchError::NotFound {
-                    url: url.to_owned(),
-                })
-            }
             other => {
-                return Err(FetchError::HttpStatus {
-                    url: url.to_owned(),
-                    status: other.as_u16(),
-                })
+                return Err(if other == StatusCode::NOT_FOUND {
+                    FetchError::NotFound {
+                        url: url.to_owned(),
+                    }
+                } else {
+                    FetchError::HttpStatus {
+                        url: url.to_owned(),
+                        status: other.as_u16(),
+                    }
+                });
             }
         };
 
@@ -724,8 +754,6 @@ impl Attempt<'_> {
         );
         let total = self.expected.size.or(server_total);
         if let Some(announced) = server_total.filter(|&t| t > limit) {
-            drop(file);
-            self.discard().await?;
             return Err(FetchError::TooLarge {
                 url: url.to_owned(),
                 declared: limit,
@@ -763,8 +791,6 @@ impl Attempt<'_> {
             let len = chunk.len() as u64;
             self.transferred.fetch_add(len, Ordering::Relaxed);
             if on_disk + len > limit {
-                drop(file);
-                self.discard().await?;
                 return Err(FetchError::TooLarge {
                     url: url.to_owned(),
                     declared: limit,
@@ -798,8 +824,6 @@ impl Attempt<'_> {
         // 6. Verify and make durable.
         let actual = hex::encode(hasher.finalize());
         if !self.matches_expected(&actual) {
-            drop(file);
-            self.discard().await?;
             return Err(FetchError::ChecksumMismatch {
                 url: url.to_owned(),
                 expected: self.expected.sha256.clone().unwrap_or_default(),
