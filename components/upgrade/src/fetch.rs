@@ -147,6 +147,14 @@ impl Checksum {
             Checksum::None => None,
         }
     }
+
+    /// The digest, or [`FetchError::NoChecksum`] for `url` when there is
+    /// none: for callers whose checksum policy refuses unverified artifacts.
+    pub fn required(&self, url: &str) -> Result<&str, FetchError> {
+        self.sha256().ok_or_else(|| FetchError::NoChecksum {
+            url: url.to_owned(),
+        })
+    }
 }
 
 /// What the caller knows about an artifact before downloading it.
@@ -302,6 +310,13 @@ pub enum FetchError {
         /// The digest of what was received.
         actual: String,
     },
+    /// Neither the module object nor the repository gives a SHA-256 for
+    /// the artifact, and the checksum policy requires one.
+    #[error("no sha-256 for {url}: neither the module object nor {url}.sha256 gives one")]
+    NoChecksum {
+        /// The URL of the artifact.
+        url: String,
+    },
     /// A `.sha256` file that does not start with a 64-digit hex digest.
     #[error("{url} is not a sha-256 digest file: {content:?}")]
     BadDigest {
@@ -360,6 +375,7 @@ impl FetchError {
             | FetchError::TooLarge { .. }
             | FetchError::BadContentRange { .. }
             | FetchError::ChecksumMismatch { .. }
+            | FetchError::NoChecksum { .. }
             | FetchError::BadDigest { .. }
             | FetchError::DigestFileTooLarge { .. }
             | FetchError::Io { .. } => false,
@@ -769,6 +785,7 @@ impl Attempt<'_> {
             self.cfg.throughput_window,
             Instant::now(),
         );
+        (self.progress)(on_disk, total);
         let mut body = response.bytes_stream();
         loop {
             let next = tokio::time::timeout(self.cfg.read_timeout, body.next())
@@ -1112,6 +1129,14 @@ mod tests {
             Some(DIGEST)
         );
         assert_eq!(Checksum::resolve(None, None), Checksum::None);
+        assert!(matches!(
+            Checksum::None.required("http://r/a.jar"),
+            Err(FetchError::NoChecksum { url }) if url == "http://r/a.jar"
+        ));
+        assert_eq!(
+            Checksum::Sha256(DIGEST.into()).required("u").unwrap(),
+            DIGEST
+        );
         assert_eq!(
             Expected::new(Checksum::None, Some(3)),
             Expected {

@@ -11,7 +11,7 @@ use banalytics_upgrade_center::fetch::{
     self, download, fetch_sha256_file, meta_path, probe, Downloaded, Expected, FetchConfig,
     FetchError,
 };
-use support::{body, sha256_hex, Behaviour, RangeMode, TestServer, ARTIFACT_PATH};
+use support::{body, sha256_hex, Behaviour, RangeMode, TestServer, ARTIFACT_PATH, MOVED_PATH};
 
 /// Size of the artifact in most tests: several write chunks of the server.
 const LEN: usize = 64 * 1024;
@@ -684,4 +684,79 @@ async fn probe_tells_present_absent_and_failing_apart() {
     let requests = scene.server.requests();
     assert!(requests.iter().all(|r| r.method == "HEAD"));
     assert_eq!(requests.iter().map(|r| r.body_bytes_sent).sum::<u64>(), 0);
+}
+
+#[tokio::test]
+async fn download_without_expectations_reports_sha256_and_size() {
+    let scene = Scene::new(|b| b.send_content_length = false).await;
+
+    let (outcome, _) = scene.download(&Expected::default(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.sha256, sha256_hex(&scene.data));
+    assert_eq!(done.size, LEN as u64);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+}
+
+#[tokio::test]
+async fn range_past_the_end_of_a_shrunk_file_restarts_from_zero() {
+    let scene = Scene::new(|b| {
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+    let (first, _) = scene
+        .download(&Expected::default(), &single_attempt())
+        .await;
+    assert!(first.is_err());
+    // A broken server shrinks the file without changing its ETag.
+    let shrunk = body(CUT_AT / 2, 3);
+    scene.server.set(|b| b.body = shrunk.clone());
+
+    let (outcome, _) = scene.download(&Expected::default(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.resumed_from, 0);
+    assert_eq!(done.sha256, sha256_hex(&shrunk));
+    let statuses: Vec<u16> = scene.server.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 416, 200]);
+    assert_eq!(scene.on_disk().unwrap(), shrunk);
+}
+
+#[tokio::test]
+async fn redirect_to_the_same_host_is_followed() {
+    let scene = Scene::new(|_| {}).await;
+    let moved = scene.server.url(MOVED_PATH);
+    scene.server.set(|b| b.redirect_to = Some(moved));
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert_eq!(outcome.unwrap().size, LEN as u64);
+    let paths: Vec<String> = scene
+        .server
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(paths, vec![ARTIFACT_PATH.to_owned(), MOVED_PATH.to_owned()]);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+}
+
+#[tokio::test]
+async fn redirect_to_another_host_is_not_followed() {
+    let scene = Scene::new(|_| {}).await;
+    let elsewhere = scene
+        .server
+        .url(MOVED_PATH)
+        .replace("127.0.0.1", "localhost");
+    scene.server.set(|b| b.redirect_to = Some(elsewhere));
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert!(
+        matches!(outcome, Err(FetchError::HttpStatus { status: 302, .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(scene.server.requests().len(), 1);
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
 }

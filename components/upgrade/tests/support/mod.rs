@@ -20,6 +20,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Path of the artifact the server holds.
 pub const ARTIFACT_PATH: &str = "/repo/com/example/mod/1.0/mod-1.0.jar";
 
+/// Second path serving the same artifact, as a redirect target.
+pub const MOVED_PATH: &str = "/repo/moved/mod-1.0.jar";
+
 /// Largest request head the server reads; a client sending more is broken.
 const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 
@@ -70,6 +73,8 @@ pub struct Behaviour {
     pub not_found: bool,
     /// Content of `{artifact}.sha256`; `None` answers 404.
     pub digest_file: Option<String>,
+    /// `Location` of a `302` answered for the artifact path.
+    pub redirect_to: Option<String>,
 }
 
 impl Behaviour {
@@ -91,6 +96,7 @@ impl Behaviour {
             trickle_bytes: 0,
             not_found: false,
             digest_file: None,
+            redirect_to: None,
         }
     }
 }
@@ -268,8 +274,13 @@ impl TestServer {
                 None => Plan::whole(404, Vec::new()),
             };
         }
-        if path != ARTIFACT_PATH || b.not_found {
+        if (path != ARTIFACT_PATH && path != MOVED_PATH) || b.not_found {
             return Plan::whole(404, Vec::new());
+        }
+        if let (ARTIFACT_PATH, Some(location)) = (path, &b.redirect_to) {
+            let mut plan = Plan::whole(302, Vec::new());
+            plan.headers.push(("Location", location.clone()));
+            return plan;
         }
         if let Some(status) = b.fail_next.pop_front() {
             return Plan::whole(status, Vec::new());
