@@ -22,12 +22,23 @@ const CUT_AT: usize = 20 * 1024;
 fn test_config() -> FetchConfig {
     FetchConfig {
         connect_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_millis(200),
+        read_timeout: Duration::from_secs(2),
         min_throughput_bytes_per_s: 0,
         throughput_window: Duration::from_secs(1),
         max_attempts: 3,
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),
+    }
+}
+
+/// Short read timeout for the stall tests: the server stalls for 30 s.
+const STALL_READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn stall_config(max_attempts: u32) -> FetchConfig {
+    FetchConfig {
+        read_timeout: STALL_READ_TIMEOUT,
+        max_attempts,
+        ..test_config()
     }
 }
 
@@ -419,7 +430,7 @@ async fn stalled_body_fires_the_read_timeout_and_resumes() {
     .await;
     let started = Instant::now();
 
-    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+    let (outcome, _) = scene.download(&scene.expected(), &stall_config(3)).await;
 
     let done = outcome.unwrap();
     assert!(
@@ -445,13 +456,13 @@ async fn stall_on_the_last_attempt_is_reported_as_stalled() {
     })
     .await;
 
-    let (outcome, _) = scene.download(&scene.expected(), &single_attempt()).await;
+    let (outcome, _) = scene.download(&scene.expected(), &stall_config(1)).await;
 
     match outcome {
         Err(FetchError::Stalled {
             timeout, received, ..
         }) => {
-            assert_eq!(timeout, Duration::from_millis(200));
+            assert_eq!(timeout, STALL_READ_TIMEOUT);
             assert_eq!(received, CUT_AT as u64);
         }
         other => panic!("expected stalled, got {other:?}"),
