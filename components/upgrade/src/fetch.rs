@@ -497,6 +497,11 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<bool, FetchErr
 /// holds the declared size is only verified (and downloaded afresh if it
 /// does not match). `progress` receives the bytes on disk and the total when
 /// known. On success the meta file is removed; the caller renames `partial`.
+///
+/// One download per partial at a time: the caller holds the download
+/// folder's lock. Without an expected digest a partial that already holds
+/// the declared size is trusted as is; the caller's checksum policy decides
+/// whether that is acceptable ([`Checksum::required`]).
 #[tracing::instrument(skip(client, expected, cfg, progress), fields(partial = %partial.display()))]
 pub async fn download(
     client: &reqwest::Client,
@@ -1180,6 +1185,24 @@ mod tests {
             received_more: 1
         }
         .is_transient());
+    }
+
+    #[test]
+    fn download_future_is_send_so_an_actor_can_spawn_it_anywhere() {
+        fn assert_send<T: Send>(_: &T) {}
+        let client = reqwest::Client::new();
+        let expected = Expected::default();
+        let cfg = FetchConfig::default();
+        let progress = |_: u64, _: Option<u64>| {};
+        let future = download(
+            &client,
+            "http://r/a.jar",
+            Path::new("a.partial"),
+            &expected,
+            &cfg,
+            &progress,
+        );
+        assert_send(&future);
     }
 
     #[test]
