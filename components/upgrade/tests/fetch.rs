@@ -1,0 +1,773 @@
+//! The fetch engine against a hostile loopback repository: every test checks
+//! the outcome, what the server saw, and what reached the disk.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use banalytics_upgrade_center::fetch::{
+    self, download, fetch_sha256_file, meta_path, probe, Downloaded, Expected, FetchConfig,
+    FetchError,
+};
+use support::{body, sha256_hex, Behaviour, RangeMode, TestServer, ARTIFACT_PATH, MOVED_PATH};
+
+/// Size of the artifact in most tests: several write chunks of the server.
+const LEN: usize = 64 * 1024;
+
+/// Where cut and stalled bodies stop.
+const CUT_AT: usize = 20 * 1024;
+
+fn test_config() -> FetchConfig {
+    FetchConfig {
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(2),
+        min_throughput_bytes_per_s: 0,
+        throughput_window: Duration::from_secs(1),
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(40),
+    }
+}
+
+/// Short read timeout for the stall tests: the server stalls for 30 s.
+const STALL_READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn stall_config(max_attempts: u32) -> FetchConfig {
+    FetchConfig {
+        read_timeout: STALL_READ_TIMEOUT,
+        max_attempts,
+        ..test_config()
+    }
+}
+
+fn single_attempt() -> FetchConfig {
+    FetchConfig {
+        max_attempts: 1,
+        ..test_config()
+    }
+}
+
+struct Scene {
+    server: TestServer,
+    dir: tempfile::TempDir,
+    data: Vec<u8>,
+}
+
+impl Scene {
+    async fn new(change: impl FnOnce(&mut Behaviour)) -> Self {
+        let data = body(LEN, 7);
+        let mut behaviour = Behaviour::serving(data.clone());
+        change(&mut behaviour);
+        Self {
+            server: TestServer::start(behaviour).await,
+            dir: tempfile::tempdir().unwrap(),
+            data,
+        }
+    }
+
+    fn partial(&self) -> PathBuf {
+        self.dir.path().join("mod-1.0.jar.partial")
+    }
+
+    fn expected(&self) -> Expected {
+        Expected {
+            sha256: Some(sha256_hex(&self.data)),
+            size: Some(self.data.len() as u64),
+        }
+    }
+
+    /// Runs a download with a fresh client (as a restarted process would),
+    /// recording the largest on-disk size the progress callback reported.
+    async fn download(
+        &self,
+        expected: &Expected,
+        cfg: &FetchConfig,
+    ) -> (Result<Downloaded, FetchError>, u64) {
+        let client = fetch::client(cfg).unwrap();
+        let max_seen = Mutex::new(0u64);
+        let progress = |on_disk: u64, _total: Option<u64>| {
+            let mut max = max_seen.lock().unwrap();
+            *max = (*max).max(on_disk);
+        };
+        let outcome = download(
+            &client,
+            &self.server.artifact_url(),
+            &self.partial(),
+            expected,
+            cfg,
+            &progress,
+        )
+        .await;
+        let max = *max_seen.lock().unwrap();
+        (outcome, max)
+    }
+
+    fn on_disk(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.partial()).ok()
+    }
+
+    /// Every file name in the download folder: never one from a header.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn meta_exists(partial: &Path) -> bool {
+    meta_path(partial).exists()
+}
+
+#[tokio::test]
+async fn downloads_whole_file_verifying_sha256_and_size() {
+    let scene = Scene::new(|_| {}).await;
+    let client = fetch::client(&test_config()).unwrap();
+    let reports = Mutex::new(Vec::new());
+    let progress =
+        |on_disk: u64, total: Option<u64>| reports.lock().unwrap().push((on_disk, total));
+
+    let done = download(
+        &client,
+        &scene.server.artifact_url(),
+        &scene.partial(),
+        &scene.expected(),
+        &test_config(),
+        &progress,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        done,
+        Downloaded {
+            sha256: sha256_hex(&scene.data),
+            size: LEN as u64,
+            bytes_transferred: LEN as u64,
+            resumed_from: 0,
+        }
+    );
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+    assert_eq!(
+        scene.files(),
+        vec!["mod-1.0.jar.partial"],
+        "no meta left, no header file name"
+    );
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].range, None);
+    let agent = requests[0].user_agent.clone().unwrap_or_default();
+    assert!(agent.starts_with("banalytics-box/"), "user agent {agent:?}");
+    let reports = reports.into_inner().unwrap();
+    assert_eq!(reports.last(), Some(&(LEN as u64, Some(LEN as u64))));
+    assert!(
+        reports.windows(2).all(|w| w[0].0 < w[1].0),
+        "progress grows"
+    );
+}
+
+#[tokio::test]
+async fn wrong_sha256_fails_without_retry_and_removes_the_partial() {
+    let scene = Scene::new(|_| {}).await;
+    let expected = Expected {
+        sha256: Some("0".repeat(64)),
+        size: Some(LEN as u64),
+    };
+
+    let (outcome, _) = scene.download(&expected, &test_config()).await;
+
+    match outcome {
+        Err(FetchError::ChecksumMismatch {
+            expected, actual, ..
+        }) => {
+            assert_eq!(expected, "0".repeat(64));
+            assert_eq!(actual, sha256_hex(&scene.data));
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+    assert_eq!(scene.server.requests().len(), 1);
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+}
+
+#[tokio::test]
+async fn body_cut_inside_content_length_is_resumed_on_retry() {
+    let scene = Scene::new(|b| {
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.resumed_from, CUT_AT as u64);
+    assert_eq!(done.bytes_transferred, LEN as u64);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(&*format!("bytes={CUT_AT}-"))
+    );
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"v1\""));
+    assert_eq!(requests[1].status, 206);
+    assert_eq!(requests[1].body_bytes_sent, (LEN - CUT_AT) as u64);
+}
+
+#[tokio::test]
+async fn body_ending_early_without_content_length_is_truncated_then_resumed() {
+    let scene = Scene::new(|b| {
+        b.send_content_length = false;
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &single_attempt()).await;
+    match outcome {
+        Err(FetchError::Truncated {
+            expected, received, ..
+        }) => assert_eq!((expected, received), (LEN as u64, CUT_AT as u64)),
+        other => panic!("expected truncated, got {other:?}"),
+    }
+    assert_eq!(scene.on_disk().unwrap(), scene.data[..CUT_AT]);
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+    assert_eq!(outcome.unwrap().resumed_from, CUT_AT as u64);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+    assert_eq!(scene.server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn truncation_on_every_attempt_fails_after_max_attempts() {
+    let scene = Scene::new(|b| {
+        b.send_content_length = false;
+        b.truncate_next = usize::MAX;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert!(
+        matches!(outcome, Err(FetchError::Truncated { .. })),
+        "{outcome:?}"
+    );
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 3, "max_attempts");
+    // Each retry resumes from what is on disk, so the partial grows.
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(&*format!("bytes={CUT_AT}-"))
+    );
+    assert_eq!(
+        requests[2].range.as_deref(),
+        Some(&*format!("bytes={}-", 2 * CUT_AT))
+    );
+    assert_eq!(scene.on_disk().unwrap(), scene.data[..3 * CUT_AT]);
+}
+
+#[tokio::test]
+async fn more_bytes_than_declared_announced_in_headers_fails_too_large_before_writing() {
+    let scene = Scene::new(|b| b.extra_bytes = 100).await;
+
+    let (outcome, max_on_disk) = scene.download(&scene.expected(), &test_config()).await;
+
+    match outcome {
+        Err(FetchError::TooLarge {
+            declared,
+            received_more,
+            ..
+        }) => assert_eq!((declared, received_more), (LEN as u64, 100)),
+        other => panic!("expected too large, got {other:?}"),
+    }
+    assert_eq!(max_on_disk, 0);
+    assert_eq!(scene.server.requests().len(), 1, "not retried");
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+}
+
+#[tokio::test]
+async fn more_bytes_than_declared_in_the_body_stops_at_the_declared_size() {
+    let scene = Scene::new(|b| {
+        b.extra_bytes = 5000;
+        b.send_content_length = false;
+    })
+    .await;
+
+    let (outcome, max_on_disk) = scene.download(&scene.expected(), &test_config()).await;
+
+    match outcome {
+        Err(FetchError::TooLarge {
+            declared,
+            received_more,
+            ..
+        }) => {
+            assert_eq!(declared, LEN as u64);
+            assert!(received_more > 0);
+        }
+        other => panic!("expected too large, got {other:?}"),
+    }
+    assert!(max_on_disk <= LEN as u64, "wrote {max_on_disk} bytes");
+    assert_eq!(scene.server.requests().len(), 1, "not retried");
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+}
+
+#[tokio::test]
+async fn ignored_range_restarts_from_zero_and_ends_correct() {
+    let scene = Scene::new(|b| {
+        b.range = RangeMode::Ignore;
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.resumed_from, 0);
+    assert_eq!(done.bytes_transferred, (CUT_AT + LEN) as u64);
+    assert_eq!(
+        scene.on_disk().unwrap(),
+        scene.data,
+        "not prefix + whole file"
+    );
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].range.is_some());
+    assert_eq!(requests[1].status, 200);
+}
+
+#[tokio::test]
+async fn content_range_with_wrong_start_is_an_error_and_drops_the_partial() {
+    let scene = Scene::new(|b| {
+        b.range = RangeMode::WrongStart;
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, max_on_disk) = scene.download(&scene.expected(), &test_config()).await;
+
+    match outcome {
+        Err(FetchError::BadContentRange {
+            requested_start,
+            content_range,
+            ..
+        }) => {
+            assert_eq!(requested_start, CUT_AT as u64);
+            assert_eq!(content_range, format!("bytes 0-{}/{LEN}", LEN - 1));
+        }
+        other => panic!("expected bad content range, got {other:?}"),
+    }
+    assert_eq!(max_on_disk, CUT_AT as u64, "nothing of the 206 written");
+    assert_eq!(scene.server.requests().len(), 2, "not retried");
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+}
+
+#[tokio::test]
+async fn not_found_main_artifact_is_not_retried() {
+    let scene = Scene::new(|b| b.not_found = true).await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    match outcome {
+        Err(FetchError::NotFound { url }) => assert_eq!(url, scene.server.artifact_url()),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    assert_eq!(scene.server.requests().len(), 1);
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+}
+
+#[tokio::test]
+async fn client_error_status_is_not_retried() {
+    let scene = Scene::new(|b| b.fail_next = [403].into()).await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert!(
+        matches!(outcome, Err(FetchError::HttpStatus { status: 403, .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(scene.server.requests().len(), 1);
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+}
+
+#[tokio::test]
+async fn server_error_is_retried_then_succeeds() {
+    let scene = Scene::new(|b| b.fail_next = [500].into()).await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert_eq!(outcome.unwrap().sha256, sha256_hex(&scene.data));
+    let statuses: Vec<u16> = scene.server.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![500, 200]);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+}
+
+#[tokio::test]
+async fn server_errors_beyond_max_attempts_fail_with_the_last_status() {
+    let scene = Scene::new(|b| b.fail_next = [500, 502, 503, 200].into()).await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert!(
+        matches!(outcome, Err(FetchError::HttpStatus { status: 503, .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(scene.server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn stalled_body_fires_the_read_timeout_and_resumes() {
+    let scene = Scene::new(|b| {
+        b.stall_next = 1;
+        b.stall_at = CUT_AT;
+    })
+    .await;
+    let started = Instant::now();
+
+    let (outcome, _) = scene.download(&scene.expected(), &stall_config(3)).await;
+
+    let done = outcome.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(done.resumed_from, CUT_AT as u64);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(&*format!("bytes={CUT_AT}-"))
+    );
+}
+
+#[tokio::test]
+async fn stall_on_the_last_attempt_is_reported_as_stalled() {
+    let scene = Scene::new(|b| {
+        b.stall_next = 1;
+        b.stall_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &stall_config(1)).await;
+
+    match outcome {
+        Err(FetchError::Stalled {
+            timeout, received, ..
+        }) => {
+            assert_eq!(timeout, STALL_READ_TIMEOUT);
+            assert_eq!(received, CUT_AT as u64);
+        }
+        other => panic!("expected stalled, got {other:?}"),
+    }
+    assert_eq!(scene.on_disk().unwrap(), scene.data[..CUT_AT]);
+    assert!(meta_exists(&scene.partial()), "kept for a resume");
+}
+
+#[tokio::test]
+async fn existing_partial_resumes_with_range_and_only_the_remainder_is_sent() {
+    let scene = Scene::new(|b| {
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+    // A first process gets part of the file, then "dies".
+    let (first, _) = scene.download(&scene.expected(), &single_attempt()).await;
+    assert!(first.is_err());
+    assert_eq!(scene.on_disk().unwrap(), scene.data[..CUT_AT]);
+    assert!(meta_exists(&scene.partial()));
+    let sent_before = scene.server.body_bytes_sent();
+
+    // A second process, with a new client, resumes.
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].range.as_deref(),
+        Some(&*format!("bytes={CUT_AT}-"))
+    );
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"v1\""));
+    let remainder = (LEN - CUT_AT) as u64;
+    assert_eq!(scene.server.body_bytes_sent() - sent_before, remainder);
+    assert_eq!(done.bytes_transferred, remainder);
+    assert_eq!(done.resumed_from, CUT_AT as u64);
+    assert_eq!(done.sha256, sha256_hex(&scene.data), "prefix hashed too");
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+    assert!(!meta_exists(&scene.partial()));
+}
+
+#[tokio::test]
+async fn resume_works_with_last_modified_when_there_is_no_etag() {
+    let scene = Scene::new(|b| {
+        b.etag = None;
+        b.last_modified = Some("Wed, 21 Oct 2015 07:28:00 GMT".to_owned());
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert_eq!(outcome.unwrap().resumed_from, CUT_AT as u64);
+    let requests = scene.server.requests();
+    assert_eq!(
+        requests[1].if_range.as_deref(),
+        Some("Wed, 21 Oct 2015 07:28:00 GMT")
+    );
+    assert_eq!(requests[1].status, 206);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+}
+
+#[tokio::test]
+async fn partial_without_validator_is_downloaded_again_from_zero() {
+    let scene = Scene::new(|b| {
+        b.etag = None;
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert_eq!(outcome.unwrap().resumed_from, 0);
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].range, None, "no blind range without If-Range");
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+}
+
+#[tokio::test]
+async fn changed_etag_makes_the_server_send_the_whole_file_and_the_download_restarts() {
+    let scene = Scene::new(|b| {
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+    let (first, _) = scene.download(&scene.expected(), &single_attempt()).await;
+    assert!(first.is_err());
+    assert_eq!(scene.on_disk().unwrap(), scene.data[..CUT_AT]);
+
+    let republished = body(LEN + 123, 99);
+    scene.server.set(|b| {
+        b.body = republished.clone();
+        b.etag = Some("\"v2\"".to_owned());
+    });
+    let expected = Expected {
+        sha256: Some(sha256_hex(&republished)),
+        size: Some(republished.len() as u64),
+    };
+    let (outcome, _) = scene.download(&expected, &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.resumed_from, 0);
+    assert_eq!(done.bytes_transferred, republished.len() as u64);
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"v1\""));
+    assert_eq!(requests[1].status, 200);
+    assert_eq!(scene.on_disk().unwrap(), republished);
+}
+
+#[tokio::test]
+async fn complete_partial_is_only_verified() {
+    let scene = Scene::new(|_| {}).await;
+    let (first, _) = scene.download(&scene.expected(), &test_config()).await;
+    first.unwrap();
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.bytes_transferred, 0);
+    assert_eq!(done.resumed_from, LEN as u64);
+    assert_eq!(done.sha256, sha256_hex(&scene.data));
+    assert_eq!(scene.server.requests().len(), 1, "no second request");
+}
+
+#[tokio::test]
+async fn complete_partial_with_wrong_content_is_downloaded_again() {
+    let scene = Scene::new(|_| {}).await;
+    std::fs::write(scene.partial(), vec![0u8; LEN]).unwrap();
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert_eq!(outcome.unwrap().resumed_from, 0);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+    assert_eq!(scene.server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn slow_body_fails_too_slow() {
+    let scene = Scene::new(|b| {
+        b.trickle = Some(Duration::from_millis(20));
+        b.trickle_bytes = 16;
+    })
+    .await;
+    let cfg = FetchConfig {
+        min_throughput_bytes_per_s: 10_000,
+        throughput_window: Duration::from_millis(300),
+        ..single_attempt()
+    };
+
+    let (outcome, max_on_disk) = scene.download(&scene.expected(), &cfg).await;
+
+    match outcome {
+        Err(FetchError::TooSlow {
+            bytes_per_s,
+            min_bytes_per_s,
+            ..
+        }) => {
+            assert!(bytes_per_s < 10_000, "{bytes_per_s}");
+            assert_eq!(min_bytes_per_s, 10_000);
+        }
+        other => panic!("expected too slow, got {other:?}"),
+    }
+    assert!(max_on_disk < LEN as u64);
+    assert_eq!(scene.on_disk().unwrap().len() as u64, max_on_disk);
+}
+
+#[tokio::test]
+async fn sha256_file_gives_the_digest_with_or_without_a_file_name() {
+    let scene = Scene::new(|b| {
+        b.digest_file = Some(format!(
+            "{}  mod-1.0.jar\n",
+            sha256_hex(b"x").to_uppercase()
+        ));
+    })
+    .await;
+    let client = fetch::client(&test_config()).unwrap();
+    let url = scene.server.artifact_url();
+
+    assert_eq!(
+        fetch_sha256_file(&client, &url).await.unwrap(),
+        Some(sha256_hex(b"x"))
+    );
+    scene.server.set(|b| b.digest_file = None);
+    assert_eq!(fetch_sha256_file(&client, &url).await.unwrap(), None);
+    scene
+        .server
+        .set(|b| b.digest_file = Some("<html>oops</html>".to_owned()));
+    assert!(matches!(
+        fetch_sha256_file(&client, &url).await,
+        Err(FetchError::BadDigest { .. })
+    ));
+    scene
+        .server
+        .set(|b| b.digest_file = Some("a".repeat(10_000)));
+    assert!(matches!(
+        fetch_sha256_file(&client, &url).await,
+        Err(FetchError::DigestFileTooLarge { .. })
+    ));
+    let paths: Vec<String> = scene
+        .server
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert!(paths
+        .iter()
+        .all(|p| *p == format!("{ARTIFACT_PATH}.sha256")));
+}
+
+#[tokio::test]
+async fn probe_tells_present_absent_and_failing_apart() {
+    let scene = Scene::new(|_| {}).await;
+    let client = fetch::client(&test_config()).unwrap();
+    let url = scene.server.artifact_url();
+
+    assert!(probe(&client, &url).await.unwrap());
+    assert!(!probe(&client, &scene.server.url("/repo/missing-bin.zip"))
+        .await
+        .unwrap());
+    scene.server.set(|b| b.fail_next = [500].into());
+    assert!(matches!(
+        probe(&client, &url).await,
+        Err(FetchError::HttpStatus { status: 500, .. })
+    ));
+    let requests = scene.server.requests();
+    assert!(requests.iter().all(|r| r.method == "HEAD"));
+    assert_eq!(requests.iter().map(|r| r.body_bytes_sent).sum::<u64>(), 0);
+}
+
+#[tokio::test]
+async fn download_without_expectations_reports_sha256_and_size() {
+    let scene = Scene::new(|b| b.send_content_length = false).await;
+
+    let (outcome, _) = scene.download(&Expected::default(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.sha256, sha256_hex(&scene.data));
+    assert_eq!(done.size, LEN as u64);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+}
+
+#[tokio::test]
+async fn range_past_the_end_of_a_shrunk_file_restarts_from_zero() {
+    let scene = Scene::new(|b| {
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+    let (first, _) = scene
+        .download(&Expected::default(), &single_attempt())
+        .await;
+    assert!(first.is_err());
+    // A broken server shrinks the file without changing its ETag.
+    let shrunk = body(CUT_AT / 2, 3);
+    scene.server.set(|b| b.body = shrunk.clone());
+
+    let (outcome, _) = scene.download(&Expected::default(), &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.resumed_from, 0);
+    assert_eq!(done.sha256, sha256_hex(&shrunk));
+    let statuses: Vec<u16> = scene.server.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 416, 200]);
+    assert_eq!(scene.on_disk().unwrap(), shrunk);
+}
+
+#[tokio::test]
+async fn redirect_to_the_same_host_is_followed() {
+    let scene = Scene::new(|_| {}).await;
+    let moved = scene.server.url(MOVED_PATH);
+    scene.server.set(|b| b.redirect_to = Some(moved));
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert_eq!(outcome.unwrap().size, LEN as u64);
+    let paths: Vec<String> = scene
+        .server
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(paths, vec![ARTIFACT_PATH.to_owned(), MOVED_PATH.to_owned()]);
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+}
+
+#[tokio::test]
+async fn redirect_to_another_host_is_not_followed() {
+    let scene = Scene::new(|_| {}).await;
+    let elsewhere = scene
+        .server
+        .url(MOVED_PATH)
+        .replace("127.0.0.1", "localhost");
+    scene.server.set(|b| b.redirect_to = Some(elsewhere));
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    assert!(
+        matches!(outcome, Err(FetchError::HttpStatus { status: 302, .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(scene.server.requests().len(), 1);
+    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+}
