@@ -738,8 +738,10 @@ fn copy_entry(
     let mut crc = Crc32::new();
     let mut written: u64 = 0;
     loop {
-        // One byte past the declared size is enough to tell that there is more.
-        let want = (entry.declared - written + 1).min(buf.len() as u64) as usize;
+        // Read up to the declared size, then probe for one byte more: that is
+        // enough to tell there is more, and it is the only read that can trip
+        // the zip reader's own size limit.
+        let want = (entry.declared - written).clamp(1, buf.len() as u64) as usize;
         let n = match reader.read(&mut buf[..want]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
