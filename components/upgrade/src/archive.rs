@@ -906,3 +906,195 @@ impl Crc32 {
         !self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(declared: u64, compressed: u64, data: &[u8]) -> PlannedFile {
+        let mut crc = Crc32::new();
+        crc.update(data);
+        PlannedFile {
+            index: 0,
+            name: "entry.bin".to_owned(),
+            declared,
+            compressed,
+            crc32: crc.finish(),
+            executable: false,
+        }
+    }
+
+    #[test]
+    fn accepts_plain_relative_names() {
+        assert_eq!(check_name("a", Kind::File), Ok("a".to_owned()));
+        assert_eq!(
+            check_name("lib/native/libx.so", Kind::File),
+            Ok("lib/native/libx.so".to_owned())
+        );
+        assert_eq!(check_name("models/", Kind::Dir), Ok("models".to_owned()));
+        assert_eq!(
+            check_name("données/é.txt", Kind::File),
+            Ok("données/é.txt".to_owned())
+        );
+        assert_eq!(
+            check_name("a..b/.hidden", Kind::File),
+            Ok("a..b/.hidden".to_owned())
+        );
+    }
+
+    #[test]
+    fn refuses_each_unsafe_name_with_its_reason() {
+        let cases = [
+            ("", "empty name"),
+            ("a\0b", "contains a NUL character"),
+            ("a\nb", "contains a control character"),
+            ("C:\\x", "starts with a drive letter"),
+            ("c:x", "starts with a drive letter"),
+            ("/abs", "absolute name"),
+            ("\\x", "absolute name"),
+            ("a\\b", "contains a backslash"),
+            ("ab:stream", "contains a colon"),
+            ("a/", "file name ends with a slash"),
+            ("a//b", "empty path component"),
+            ("./a", "`.` path component"),
+            ("../x", "`..` path component"),
+            ("a/../../x", "`..` path component"),
+            ("a/..", "`..` path component"),
+        ];
+        for (name, reason) in cases {
+            assert_eq!(check_name(name, Kind::File), Err(reason), "name {name:?}");
+        }
+        assert_eq!(check_name("a//", Kind::Dir), Err("empty path component"));
+        assert_eq!(check_name("../", Kind::Dir), Err("`..` path component"));
+    }
+
+    #[test]
+    fn case_folding_joins_unicode_case_variants() {
+        assert_eq!(fold_case("README"), fold_case("readme"));
+        assert_eq!(fold_case("ÄRGER"), fold_case("ärger"));
+        // Long s and the Kelvin sign fold onto ASCII letters.
+        assert_eq!(fold_case("ſ"), fold_case("s"));
+        assert_eq!(fold_case("\u{212A}"), fold_case("k"));
+        assert_ne!(fold_case("a"), fold_case("b"));
+    }
+
+    #[test]
+    fn ratio_is_only_enforced_past_the_grace_size() {
+        assert_eq!(ratio_over(RATIO_GRACE_BYTES, 1, 200), None);
+        assert_eq!(
+            ratio_over(RATIO_GRACE_BYTES + 1, 1, 200),
+            Some(RATIO_GRACE_BYTES + 1)
+        );
+        assert_eq!(ratio_over(2_000_000, 10_000, 200), None);
+        assert_eq!(ratio_over(2_000_001, 10_000, 200), Some(200));
+        // A zero compressed size counts as one byte, never a division by zero.
+        assert_eq!(ratio_over(2_000_000, 0, 200), Some(2_000_000));
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        let mut crc = Crc32::new();
+        crc.update(b"1234");
+        crc.update(b"56789");
+        assert_eq!(crc.finish(), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn copy_stops_at_the_declared_size_when_the_stream_has_more() {
+        let data = vec![5u8; 10_000];
+        let entry = planned(100, 100, &data[..100]);
+        let mut out = Vec::new();
+        let err = copy_entry(
+            &mut &data[..],
+            &mut out,
+            Path::new("t"),
+            &entry,
+            &Limits::default(),
+            u64::MAX,
+        )
+        .expect_err("more than declared");
+        assert!(
+            matches!(err, ArchiveError::SizeExceeded { ref entry, declared: 100 } if entry == "entry.bin"),
+            "{err:?}"
+        );
+        assert_eq!(out.len(), 100, "nothing past the declared size is written");
+    }
+
+    #[test]
+    fn copy_refuses_a_ratio_bomb_while_writing() {
+        // Headers that claim an honest ratio are not trusted: the real bytes
+        // per declared compressed byte are checked on every chunk.
+        let data = vec![0u8; 4 * 1024 * 1024];
+        let entry = planned(data.len() as u64, 1000, &data);
+        let mut out = Vec::new();
+        let err = copy_entry(
+            &mut &data[..],
+            &mut out,
+            Path::new("t"),
+            &entry,
+            &Limits::default(),
+            u64::MAX,
+        )
+        .expect_err("ratio bomb");
+        assert!(
+            matches!(err, ArchiveError::RatioExceeded { ref entry, limit: 200, ratio } if entry == "entry.bin" && ratio > 200),
+            "{err:?}"
+        );
+        // Refused at the first chunk past the grace size, before writing it.
+        assert!(
+            out.len() as u64 <= RATIO_GRACE_BYTES,
+            "wrote {} bytes",
+            out.len()
+        );
+    }
+
+    #[test]
+    fn copy_refuses_real_bytes_past_the_remaining_total() {
+        let data = vec![1u8; 5000];
+        let entry = planned(5000, 5000, &data);
+        let err = copy_entry(
+            &mut &data[..],
+            &mut Vec::new(),
+            Path::new("t"),
+            &entry,
+            &Limits::default(),
+            4000,
+        )
+        .expect_err("over budget");
+        assert!(
+            matches!(err, ArchiveError::TotalTooLarge { total: 5000, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn copy_hashes_what_it_writes() {
+        let data = b"hello world".to_vec();
+        let entry = planned(data.len() as u64, data.len() as u64, &data);
+        let mut out = Vec::new();
+        let written = copy_entry(
+            &mut &data[..],
+            &mut out,
+            Path::new("t"),
+            &entry,
+            &Limits::default(),
+            u64::MAX,
+        )
+        .expect("copy");
+        assert_eq!(out, data);
+        assert_eq!(written.size, 11);
+        assert_eq!(
+            written.sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+    }
+
+    #[test]
+    fn default_limits_are_the_documented_constants() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_entries, 10_000);
+        assert_eq!(limits.max_total_bytes, 4 << 30);
+        assert_eq!(limits.max_entry_bytes, 2 << 30);
+        assert_eq!(limits.max_ratio, 200);
+    }
+}
