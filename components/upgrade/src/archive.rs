@@ -21,7 +21,10 @@
 //!
 //! On error the target may hold partial files (the caller extracts into a
 //! staging folder and throws it away), but nothing is ever written outside
-//! the target.
+//! the target. That guarantee assumes no other process swaps directories
+//! for symlinks inside the target while we write (it is our own staging
+//! folder): directories are checked with `symlink_metadata` before use, but
+//! files are not opened relative to a directory handle.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -286,7 +289,7 @@ pub enum ArchiveError {
 /// file and directory written is fsynced.
 ///
 /// On error `target` may hold partial files; nothing is written outside it.
-#[tracing::instrument(skip(limits), fields(archive = %archive.display(), target = %target.display()))]
+#[tracing::instrument(skip_all, fields(archive = %archive.display(), target = %target.display()))]
 pub fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<Extracted, ArchiveError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -479,19 +482,29 @@ fn validate<R: Read + Seek>(
     for index in 0..zip.len() {
         let data = zip.by_index_data(index).map_err(zip_err)?;
         let raw_name = data.name().map_err(zip_err)?.into_owned();
-        let mode = data.unix_mode().unwrap_or(data.external_attributes() >> 16);
-        let kind = match mode & S_IFMT {
-            0 | S_IFREG if raw_name.ends_with('/') => Kind::Dir,
-            0 | S_IFREG => Kind::File,
-            S_IFDIR => Kind::Dir,
-            S_IFLNK => return Err(ArchiveError::Symlink { entry: raw_name }),
-            _ => {
-                return Err(ArchiveError::NotRegular {
-                    entry: raw_name,
-                    mode,
-                })
-            }
+        // The zip reader derives a mode from DOS attributes for DOS-made
+        // entries and ignores the high bits there, so the raw unix bits are
+        // checked as well: a symlink is refused whatever system claims it.
+        let raw_mode = data.external_attributes() >> 16;
+        let mode = data.unix_mode().unwrap_or(raw_mode);
+        let mut kind = if raw_name.ends_with('/') {
+            Kind::Dir
+        } else {
+            Kind::File
         };
+        for mode in [raw_mode, mode] {
+            match mode & S_IFMT {
+                0 | S_IFREG => {}
+                S_IFDIR => kind = Kind::Dir,
+                S_IFLNK => return Err(ArchiveError::Symlink { entry: raw_name }),
+                _ => {
+                    return Err(ArchiveError::NotRegular {
+                        entry: raw_name,
+                        mode,
+                    })
+                }
+            }
+        }
         let name = check_name(&raw_name, kind).map_err(|reason| ArchiveError::UnsafeName {
             entry: raw_name.clone(),
             reason,

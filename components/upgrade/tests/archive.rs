@@ -613,3 +613,49 @@ fn never_overwrites_a_file_already_in_the_target() {
     }
     assert_eq!(fs::read(&outside).unwrap(), b"secret");
 }
+
+#[test]
+fn extracts_streamed_archive_with_data_descriptors() {
+    // Written without seeking, as Java's ZipOutputStream and Maven do: sizes
+    // and CRC follow the data instead of sitting in the local header.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+    let mut writer = ZipWriter::new_stream(Vec::new());
+    writer.start_file("lib/a.jar", deflated()).expect("start");
+    writer.write_all(&data).expect("write");
+    writer.start_file("lib/b.txt", deflated()).expect("start");
+    writer.write_all(b"second").expect("write");
+    let bytes = writer.finish().expect("finish").into_inner();
+    let scene = Scene::new(&bytes);
+
+    let files = scene.extract(&Limits::default()).expect("extract");
+
+    let summary: Vec<(PathBuf, u64, String)> = files
+        .into_iter()
+        .map(|f| (f.path, f.size, f.sha256))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                ["lib", "a.jar"].iter().collect(),
+                data.len() as u64,
+                sha256_hex(&data)
+            ),
+            (["lib", "b.txt"].iter().collect(), 6, sha256_hex(b"second")),
+        ]
+    );
+    assert_eq!(fs::read(scene.target.join("lib/a.jar")).unwrap(), data);
+    scene.assert_nothing_outside();
+}
+
+#[test]
+fn refuses_symlink_even_when_the_entry_claims_a_dos_origin() {
+    let mut bytes = zip_of_names(&["link"]);
+    patch_unix_mode(&mut bytes, "link", 0o120_777);
+    let central = central_header(&bytes, "link");
+    bytes[central + 5] = 0; // version made by: MS-DOS
+    match refused_before_writing(&bytes, &Limits::default()) {
+        ArchiveError::Symlink { entry } => assert_eq!(entry, "link"),
+        other => panic!("expected Symlink, got {other:?}"),
+    }
+}
