@@ -659,3 +659,22 @@ fn refuses_symlink_even_when_the_entry_claims_a_dos_origin() {
         other => panic!("expected Symlink, got {other:?}"),
     }
 }
+
+#[test]
+fn refuses_entries_sharing_the_same_compressed_bytes() {
+    // Overlapping entries are how non-recursive zip bombs multiply one
+    // compressed kernel: every copy stays under the ratio, the sum does not.
+    let bytes = zip_with(|w| {
+        file(w, "kernel.bin", deflated(), &[9; 4096]);
+        for i in 0..3 {
+            w.shallow_copy_file("kernel.bin", &format!("copy{i}.bin"))
+                .expect("shallow copy");
+        }
+    });
+    match refused_before_writing(&bytes, &Limits::default()) {
+        ArchiveError::OverlappingEntries { archive } => {
+            assert_eq!(archive.file_name().unwrap(), "pkg.zip");
+        }
+        other => panic!("expected OverlappingEntries, got {other:?}"),
+    }
+}
