@@ -1,1 +1,854 @@
-//! (being written)
+//! Module identity: coordinates, module objects from the portal, and the
+//! file and repository names derived from them.
+//!
+//! Coordinates arrive from the network and become file names and URL paths,
+//! so they are names, never paths: every constructor validates them
+//! (contracts section 2) and a [`Coords`] value cannot hold anything else.
+//! The upload time is an ISO-8601 local date-time read as UTC; it is parsed
+//! here by hand because it is the only date this crate handles.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Group id of the core module, which has a fixed file name.
+pub const CORE_GROUP_ID: &str = "com.banalytics.box";
+/// Artifact id of the core module, which has a fixed file name.
+pub const CORE_ARTIFACT_ID: &str = "core";
+/// File name of the core module in the module folder, whatever its version.
+pub const CORE_FILE_NAME: &str = "banalytics-box.jar";
+/// Packaging of a module object that declares none.
+pub const DEFAULT_PACKAGING: &str = "jar";
+/// Repository path suffix of the optional dependencies package.
+pub const BIN_SUFFIX: &str = "-bin.zip";
+/// Repository path suffix of the optional model package.
+pub const MODEL_SUFFIX: &str = "-model.zip";
+
+/// Why a module identity or module object was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CoordsError {
+    /// A coordinate or packaging is not a plain name.
+    #[error("{field} {value:?} is not a valid name: {reason}")]
+    InvalidName {
+        /// The field, as the portal spells it (`groupId`, `artifactId`, ...).
+        field: &'static str,
+        /// The refused value.
+        value: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// A `groupId:artifactId:version` string does not have three parts.
+    #[error("module key {value:?} is not groupId:artifactId:version")]
+    InvalidKey {
+        /// The refused key.
+        value: String,
+    },
+    /// A module type other than `core` or `component`.
+    #[error("module type {value:?} is neither core nor component")]
+    InvalidModuleType {
+        /// The refused type.
+        value: String,
+    },
+    /// An upload time that is not an ISO-8601 local date-time.
+    #[error("uploadTime {value:?} is not an ISO-8601 local date-time: {reason}")]
+    InvalidUploadTime {
+        /// The refused text.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A SHA-256 digest that is not 64 hex digits.
+    #[error("{field} {value:?} is not a SHA-256 digest of 64 hex digits")]
+    InvalidSha256 {
+        /// The field (`sha256`, `dependencies.sha256`, `model.sha256`).
+        field: &'static str,
+        /// The refused value.
+        value: String,
+    },
+}
+
+/// The kind of a module: the host itself or a component plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleType {
+    /// The host program (`com.banalytics.box:core`).
+    Core,
+    /// A component plugin loaded by the host.
+    Component,
+}
+
+impl ModuleType {
+    /// The wire and file spelling: `core` or `component`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModuleType::Core => "core",
+            ModuleType::Component => "component",
+        }
+    }
+}
+
+impl fmt::Display for ModuleType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ModuleType {
+    type Err = CoordsError;
+
+    /// Parses `core` or `component`; the exact spelling is lower-case, but
+    /// upper-case (a Java enum name) is accepted too.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("core") {
+            Ok(ModuleType::Core)
+        } else if s.eq_ignore_ascii_case("component") {
+            Ok(ModuleType::Component)
+        } else {
+            Err(CoordsError::InvalidModuleType {
+                value: s.to_owned(),
+            })
+        }
+    }
+}
+
+/// Validated module coordinates: `groupId`, `artifactId`, `version`.
+///
+/// Fields are private so that every value has passed [`Coords::new`]:
+/// each part is a plain name that is safe in a file name and a URL path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "RawCoords")]
+pub struct Coords {
+    group_id: String,
+    artifact_id: String,
+    version: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCoords {
+    group_id: String,
+    artifact_id: String,
+    version: String,
+}
+
+impl TryFrom<RawCoords> for Coords {
+    type Error = CoordsError;
+
+    fn try_from(raw: RawCoords) -> Result<Self, Self::Error> {
+        Coords::new(raw.group_id, raw.artifact_id, raw.version)
+    }
+}
+
+impl Coords {
+    /// Validates and builds coordinates; the error names the first bad
+    /// field and its value.
+    pub fn new(
+        group_id: impl Into<String>,
+        artifact_id: impl Into<String>,
+        version: impl Into<String>,
+    ) -> Result<Self, CoordsError> {
+        let (group_id, artifact_id, version) =
+            (group_id.into(), artifact_id.into(), version.into());
+        validate_group_id(&group_id)?;
+        validate_artifact_name("artifactId", &artifact_id)?;
+        validate_artifact_name("version", &version)?;
+        Ok(Coords {
+            group_id,
+            artifact_id,
+            version,
+        })
+    }
+
+    /// The group id, e.g. `com.banalytics.box`.
+    pub fn group_id(&self) -> &str {
+        &self.group_id
+    }
+
+    /// The artifact id, e.g. `core`.
+    pub fn artifact_id(&self) -> &str {
+        &self.artifact_id
+    }
+
+    /// The version, e.g. `1.0.0`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Whether these are the core module's coordinates (any version).
+    pub fn is_core(&self) -> bool {
+        self.group_id == CORE_GROUP_ID && self.artifact_id == CORE_ARTIFACT_ID
+    }
+
+    /// The same module without the version: `groupId:artifactId`.
+    pub fn module_key(&self) -> String {
+        format!("{}:{}", self.group_id, self.artifact_id)
+    }
+}
+
+impl fmt::Display for Coords {
+    /// `groupId:artifactId:version`, the key of `modules-info.properties`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.group_id, self.artifact_id, self.version)
+    }
+}
+
+impl FromStr for Coords {
+    type Err = CoordsError;
+
+    /// Parses `groupId:artifactId:version` and validates each part.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(':');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(g), Some(a), Some(v), None) => Coords::new(g, a, v),
+            _ => Err(CoordsError::InvalidKey {
+                value: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Checks a `groupId`: `[A-Za-z0-9_.-]+` with no empty, `.` or `..`
+/// segment between dots.
+pub fn validate_group_id(value: &str) -> Result<(), CoordsError> {
+    let refuse = |reason| CoordsError::InvalidName {
+        field: "groupId",
+        value: value.to_owned(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(refuse("it is empty"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(refuse("only A-Z, a-z, 0-9, '_', '.' and '-' are allowed"));
+    }
+    // Segments are split on '.', so they cannot themselves be "." or "..";
+    // an empty segment is what a leading, trailing or doubled dot gives.
+    if value.split('.').any(str::is_empty) {
+        return Err(refuse("it has an empty segment between dots"));
+    }
+    Ok(())
+}
+
+/// Checks an `artifactId` or `version` (named by `field`):
+/// `[A-Za-z0-9_.+-]+` and not `.` or `..`.
+pub fn validate_artifact_name(field: &'static str, value: &str) -> Result<(), CoordsError> {
+    let refuse = |reason| CoordsError::InvalidName {
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(refuse("it is empty"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'+' | b'-'))
+    {
+        return Err(refuse(
+            "only A-Z, a-z, 0-9, '_', '.', '+' and '-' are allowed",
+        ));
+    }
+    if value == "." || value == ".." {
+        return Err(refuse("it is a relative directory name"));
+    }
+    Ok(())
+}
+
+/// Checks a packaging (file extension): `[A-Za-z0-9]+`.
+pub fn validate_packaging(value: &str) -> Result<(), CoordsError> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(CoordsError::InvalidName {
+            field: "packaging",
+            value: value.to_owned(),
+            reason: "only A-Z, a-z and 0-9 are allowed, at least one",
+        })
+    }
+}
+
+/// Checks a hex SHA-256 digest (64 hex digits, either case).
+pub fn validate_sha256(field: &'static str, value: &str) -> Result<(), CoordsError> {
+    if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(CoordsError::InvalidSha256 {
+            field,
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// Integrity data of an optional package (`dependencies` or `model`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageInfo {
+    /// Hex SHA-256 of the package, lower-case once validated.
+    pub sha256: String,
+    /// Size in bytes, when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// One module of the portal's target set (contracts sections 2 and 3).
+///
+/// Deserializing validates every field (coordinates, packaging, digests,
+/// upload time); a value built by hand should pass [`Module::validate`]
+/// before its names are used on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ModuleWire", into = "ModuleWire")]
+pub struct Module {
+    /// Validated coordinates.
+    pub coords: Coords,
+    /// Core or component.
+    pub module_type: ModuleType,
+    /// Upload time as seconds since the Unix epoch, UTC.
+    pub upload_time: i64,
+    /// File extension of the main artifact; `None` means `jar`.
+    pub packaging: Option<String>,
+    /// Hex SHA-256 of the main artifact, lower-case once validated.
+    pub sha256: Option<String>,
+    /// Size of the main artifact in bytes.
+    pub size: Option<u64>,
+    /// The optional dependencies package (`-bin.zip`), when declared.
+    pub dependencies: Option<PackageInfo>,
+    /// The optional model package (`-model.zip`), when declared.
+    pub model: Option<PackageInfo>,
+}
+
+/// The portal's JSON spelling of a module object; unknown fields ignored.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModuleWire {
+    group_id: String,
+    artifact_id: String,
+    version: String,
+    #[serde(rename = "type")]
+    module_type: ModuleType,
+    upload_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    packaging: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dependencies: Option<PackageInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<PackageInfo>,
+}
+
+impl TryFrom<ModuleWire> for Module {
+    type Error = CoordsError;
+
+    fn try_from(w: ModuleWire) -> Result<Self, Self::Error> {
+        let mut module = Module {
+            coords: Coords::new(w.group_id, w.artifact_id, w.version)?,
+            module_type: w.module_type,
+            upload_time: parse_upload_time(&w.upload_time)?,
+            packaging: w.packaging,
+            sha256: w.sha256,
+            size: w.size,
+            dependencies: w.dependencies,
+            model: w.model,
+        };
+        module.validate()?;
+        for digest in [
+            module.sha256.as_mut(),
+            module.dependencies.as_mut().map(|p| &mut p.sha256),
+            module.model.as_mut().map(|p| &mut p.sha256),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            digest.make_ascii_lowercase();
+        }
+        Ok(module)
+    }
+}
+
+impl From<Module> for ModuleWire {
+    fn from(m: Module) -> Self {
+        ModuleWire {
+            group_id: m.coords.group_id,
+            artifact_id: m.coords.artifact_id,
+            version: m.coords.version,
+            module_type: m.module_type,
+            upload_time: format_upload_time(m.upload_time),
+            packaging: m.packaging,
+            sha256: m.sha256,
+            size: m.size,
+            dependencies: m.dependencies,
+            model: m.model,
+        }
+    }
+}
+
+impl Module {
+    /// Checks the fields that [`Coords`] does not guard: packaging and the
+    /// three digests.
+    pub fn validate(&self) -> Result<(), CoordsError> {
+        if let Some(packaging) = &self.packaging {
+            validate_packaging(packaging)?;
+        }
+        if let Some(sha) = &self.sha256 {
+            validate_sha256("sha256", sha)?;
+        }
+        if let Some(p) = &self.dependencies {
+            validate_sha256("dependencies.sha256", &p.sha256)?;
+        }
+        if let Some(p) = &self.model {
+            validate_sha256("model.sha256", &p.sha256)?;
+        }
+        Ok(())
+    }
+
+    /// The packaging, `jar` when none was declared.
+    pub fn packaging(&self) -> &str {
+        self.packaging.as_deref().unwrap_or(DEFAULT_PACKAGING)
+    }
+}
+
+/// The module's file name in the module folder: `banalytics-box.jar` for
+/// the core module, `{groupId}-{artifactId}-{version}.{packaging}` for
+/// every other.
+pub fn file_name(module: &Module) -> String {
+    if module.coords.is_core() {
+        CORE_FILE_NAME.to_owned()
+    } else {
+        let c = &module.coords;
+        format!(
+            "{}-{}-{}.{}",
+            c.group_id,
+            c.artifact_id,
+            c.version,
+            module.packaging()
+        )
+    }
+}
+
+/// The Maven repository path of an artifact of `coords`, relative to the
+/// repository root: `{groupId with . as /}/{artifactId}/{version}/{artifactId}-{version}{suffix}`.
+///
+/// `suffix` is `.{packaging}` for the main artifact (see
+/// [`main_artifact_path`]), [`BIN_SUFFIX`] or [`MODEL_SUFFIX`].
+pub fn maven_path(coords: &Coords, suffix: &str) -> String {
+    format!(
+        "{}/{}/{}/{}-{}{}",
+        coords.group_id.replace('.', "/"),
+        coords.artifact_id,
+        coords.version,
+        coords.artifact_id,
+        coords.version,
+        suffix
+    )
+}
+
+/// The Maven repository path of the module's main artifact.
+pub fn main_artifact_path(module: &Module) -> String {
+    maven_path(&module.coords, &format!(".{}", module.packaging()))
+}
+
+/// Parses an ISO-8601 local date-time (`2026-03-01T10:15:30`) as UTC and
+/// returns seconds since the Unix epoch.
+///
+/// Accepted like Java's `LocalDateTime.parse`: seconds may be absent
+/// (`2026-03-01T10:15`, how Java prints a whole minute), a fraction of 1
+/// to 9 digits may follow them and is dropped; a trailing `Z` is accepted.
+/// Years are four digits.
+pub fn parse_upload_time(text: &str) -> Result<i64, CoordsError> {
+    let refuse = |reason| CoordsError::InvalidUploadTime {
+        value: text.to_owned(),
+        reason,
+    };
+    let s = text.strip_suffix('Z').unwrap_or(text).as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = s.get(range)?;
+        if digits.iter().all(u8::is_ascii_digit) {
+            Some(digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+        } else {
+            None
+        }
+    };
+    let sep = |i: usize, c: u8| s.get(i) == Some(&c);
+    if s.len() < 16 || !(sep(4, b'-') && sep(7, b'-') && sep(13, b':')) {
+        return Err(refuse("expected yyyy-MM-ddTHH:mm[:ss[.fraction]]"));
+    }
+    if !(sep(10, b'T') || sep(10, b't')) {
+        return Err(refuse("expected 'T' between date and time"));
+    }
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute)) =
+        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16))
+    else {
+        return Err(refuse("expected digits in yyyy-MM-ddTHH:mm"));
+    };
+    let mut second = 0;
+    let rest = &s[16..];
+    if !rest.is_empty() {
+        if rest.len() < 3 || rest[0] != b':' {
+            return Err(refuse("expected ':ss' after the minutes"));
+        }
+        second = num(17..19).ok_or_else(|| refuse("expected two digits of seconds"))?;
+        let fraction = &rest[3..];
+        if !fraction.is_empty()
+            && (fraction[0] != b'.'
+                || !(2..=10).contains(&fraction.len())
+                || !fraction[1..].iter().all(u8::is_ascii_digit))
+        {
+            return Err(refuse("expected 1 to 9 digits of fraction after '.'"));
+        }
+    }
+    if !(1..=12).contains(&month) {
+        return Err(refuse("month out of range"));
+    }
+    if day < 1 || day > days_in_month(year, month) {
+        return Err(refuse("day out of range"));
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err(refuse("time of day out of range"));
+    }
+    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
+/// Formats seconds since the Unix epoch as an ISO-8601 local date-time in
+/// UTC, always with seconds (`2026-03-01T10:15:30`): what
+/// [`parse_upload_time`] reads back. Years outside 0000..=9999 get a sign,
+/// as in Java, and are not read back.
+pub fn format_upload_time(epoch_seconds: i64) -> String {
+    let days = epoch_seconds.div_euclid(86_400);
+    let secs = epoch_seconds.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let year = if (0..=9999).contains(&year) {
+        format!("{year:04}")
+    } else {
+        format!("{year:+05}")
+    };
+    format!(
+        "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn module_json() -> serde_json::Value {
+        json!({
+            "groupId": "com.banalytics.box",
+            "artifactId": "video-module",
+            "version": "1.2.3",
+            "type": "component",
+            "uploadTime": "2026-03-01T10:15:30",
+            "status": "installation_planned",
+            "description": "ignored"
+        })
+    }
+
+    #[test]
+    fn accepts_plain_coordinates() {
+        let c = Coords::new("com.banalytics.box", "core", "1.0.0-SNAPSHOT+build.7").unwrap();
+        assert_eq!(
+            c.to_string(),
+            "com.banalytics.box:core:1.0.0-SNAPSHOT+build.7"
+        );
+        assert!(c.is_core());
+    }
+
+    #[test]
+    fn refuses_group_id_with_path_parts_naming_field_and_value() {
+        for bad in [
+            "../etc", "a..b", ".a", "a.", "", "a/b", "a\\b", "a+b", "a b",
+        ] {
+            let err = Coords::new(bad, "x", "1").unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("groupId {bad:?} is not a valid name: ")),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_artifact_and_version_dot_names() {
+        for bad in [".", "..", "", "a/b", "a:b", "é"] {
+            let err = Coords::new("g", bad, "1").unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CoordsError::InvalidName {
+                        field: "artifactId",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+            let err = Coords::new("g", "a", bad).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CoordsError::InvalidName {
+                        field: "version",
+                        ..
+                    }
+                ),
+                "{bad}"
+            );
+        }
+        assert!(
+            Coords::new("g", "...", "1..2").is_ok(),
+            "only . and .. themselves are refused"
+        );
+    }
+
+    #[test]
+    fn parses_and_refuses_properties_keys() {
+        let c: Coords = "g.h:a:1".parse().unwrap();
+        assert_eq!(
+            (c.group_id(), c.artifact_id(), c.version()),
+            ("g.h", "a", "1")
+        );
+        assert!(matches!(
+            "g:a".parse::<Coords>(),
+            Err(CoordsError::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            "g:a:1:x".parse::<Coords>(),
+            Err(CoordsError::InvalidKey { .. })
+        ));
+    }
+
+    #[test]
+    fn deserializes_portal_module_ignoring_unknown_fields() {
+        let m: Module = serde_json::from_value(module_json()).unwrap();
+        assert_eq!(
+            m.coords,
+            Coords::new("com.banalytics.box", "video-module", "1.2.3").unwrap()
+        );
+        assert_eq!(m.module_type, ModuleType::Component);
+        assert_eq!(m.upload_time, 1_772_360_130);
+        assert_eq!(m.packaging(), "jar");
+        assert_eq!(
+            (m.sha256.as_deref(), m.size, &m.dependencies),
+            (None, None, &None)
+        );
+    }
+
+    #[test]
+    fn deserializes_extension_fields_and_lowercases_digests() {
+        let mut v = module_json();
+        let sha = "AB".repeat(32);
+        v["sha256"] = json!(sha);
+        v["size"] = json!(42);
+        v["packaging"] = json!("so");
+        v["dependencies"] = json!({"sha256": "cd".repeat(32), "size": 7});
+        v["model"] = json!({"sha256": "EF".repeat(32)});
+        let m: Module = serde_json::from_value(v).unwrap();
+        assert_eq!(m.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(m.size, Some(42));
+        assert_eq!(m.packaging(), "so");
+        assert_eq!(m.dependencies.as_ref().unwrap().size, Some(7));
+        assert_eq!(m.model.as_ref().unwrap().sha256, "ef".repeat(32));
+        assert_eq!(file_name(&m), "com.banalytics.box-video-module-1.2.3.so");
+    }
+
+    #[test]
+    fn refuses_module_with_bad_name_in_message() {
+        let mut v = module_json();
+        v["artifactId"] = json!("../../bin");
+        let err = serde_json::from_value::<Module>(v).unwrap_err().to_string();
+        assert!(
+            err.contains(r#"artifactId "../../bin" is not a valid name"#),
+            "{err}"
+        );
+
+        let mut v = module_json();
+        v["packaging"] = json!("jar/../x");
+        let err = serde_json::from_value::<Module>(v).unwrap_err().to_string();
+        assert!(err.contains(r#"packaging "jar/../x""#), "{err}");
+
+        let mut v = module_json();
+        v["sha256"] = json!("abc");
+        let err = serde_json::from_value::<Module>(v).unwrap_err().to_string();
+        assert!(err.contains(r#"sha256 "abc" is not a SHA-256"#), "{err}");
+
+        let mut v = module_json();
+        v["type"] = json!("plugin");
+        assert!(serde_json::from_value::<Module>(v).is_err());
+    }
+
+    #[test]
+    fn module_serializes_back_to_portal_spelling() {
+        let m: Module = serde_json::from_value(module_json()).unwrap();
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "groupId": "com.banalytics.box",
+                "artifactId": "video-module",
+                "version": "1.2.3",
+                "type": "component",
+                "uploadTime": "2026-03-01T10:15:30"
+            })
+        );
+    }
+
+    #[test]
+    fn core_module_file_name_is_fixed() {
+        let mut v = module_json();
+        v["artifactId"] = json!("core");
+        v["type"] = json!("core");
+        let m: Module = serde_json::from_value(v).unwrap();
+        assert_eq!(file_name(&m), "banalytics-box.jar");
+    }
+
+    #[test]
+    fn maven_paths_follow_repository_layout() {
+        let m: Module = serde_json::from_value(module_json()).unwrap();
+        assert_eq!(
+            main_artifact_path(&m),
+            "com/banalytics/box/video-module/1.2.3/video-module-1.2.3.jar"
+        );
+        assert_eq!(
+            maven_path(&m.coords, BIN_SUFFIX),
+            "com/banalytics/box/video-module/1.2.3/video-module-1.2.3-bin.zip"
+        );
+        assert_eq!(
+            maven_path(&m.coords, MODEL_SUFFIX),
+            "com/banalytics/box/video-module/1.2.3/video-module-1.2.3-model.zip"
+        );
+    }
+
+    #[test]
+    fn parses_upload_time_variants_as_utc() {
+        assert_eq!(parse_upload_time("1970-01-01T00:00:00").unwrap(), 0);
+        assert_eq!(
+            parse_upload_time("2026-03-01T10:15:30").unwrap(),
+            1_772_360_130
+        );
+        assert_eq!(
+            parse_upload_time("2026-03-01T10:15").unwrap(),
+            1_772_360_100
+        );
+        assert_eq!(
+            parse_upload_time("2026-03-01T10:15:30.123456789").unwrap(),
+            1_772_360_130
+        );
+        assert_eq!(
+            parse_upload_time("2026-03-01T10:15:30Z").unwrap(),
+            1_772_360_130
+        );
+        assert_eq!(
+            parse_upload_time("2024-02-29T23:59:59").unwrap(),
+            1_709_251_199
+        );
+        assert_eq!(parse_upload_time("1969-12-31T23:59:59").unwrap(), -1);
+    }
+
+    #[test]
+    fn refuses_malformed_upload_times() {
+        for bad in [
+            "",
+            "2026-03-01",
+            "2026-03-01 10:15:30",
+            "2026-13-01T10:15:30",
+            "2025-02-29T10:15:30",
+            "2026-03-01T24:00:00",
+            "2026-03-01T10:15:60",
+            "2026-03-01T10:15:30.",
+            "2026-03-01T10:15:30.1234567890",
+            "2026-03-01T10:15:3",
+            "+2026-03-01T10:15:30",
+            "2026-03-01T10:15:30+01:00",
+        ] {
+            let err = parse_upload_time(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("uploadTime {bad:?}")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn formats_upload_time_with_seconds() {
+        assert_eq!(format_upload_time(0), "1970-01-01T00:00:00");
+        assert_eq!(format_upload_time(1_772_360_100), "2026-03-01T10:15:00");
+        assert_eq!(format_upload_time(-1), "1969-12-31T23:59:59");
+    }
+
+    proptest! {
+        #[test]
+        fn upload_time_round_trips(epoch in -62_167_219_200i64..253_402_300_800i64) {
+            prop_assert_eq!(parse_upload_time(&format_upload_time(epoch)).unwrap(), epoch);
+        }
+
+        #[test]
+        fn upload_time_parser_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_upload_time(&s);
+        }
+
+        #[test]
+        fn coordinate_validation_never_panics_and_accepts_only_names(
+            g in "[A-Za-z0-9_.+/\\\\:-]{0,12}|\\PC{0,12}",
+            a in "[A-Za-z0-9_.+/\\\\:-]{0,12}|\\PC{0,12}",
+            v in "[A-Za-z0-9_.+/\\\\:-]{0,12}|\\PC{0,12}",
+        ) {
+            if let Ok(c) = Coords::new(g, a, v) {
+                for name in [c.group_id(), c.artifact_id(), c.version()] {
+                    prop_assert!(!name.contains('/') && !name.contains('\\'));
+                    prop_assert!(name != "." && name != "..");
+                }
+                let path = maven_path(&c, BIN_SUFFIX);
+                prop_assert!(path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."));
+                prop_assert!(!c.group_id().contains(".."));
+            }
+        }
+    }
+}
