@@ -1,10 +1,248 @@
 //! Software Upgrade Center: takes the portal's target module set to an
 //! installed, verified, crash-safe module set.
+//!
+//! Actors, one per module: [`portal_link::PortalLink`] (triggers, the portal
+//! conversation, the synchronisation), [`inventory::Inventory`] (installed
+//! set and plan), [`downloader::Downloader`] (repository to cache),
+//! [`stager::Stager`] (cache to a complete `modules-upgrade/`). All are
+//! supervised under the component's `restart_on_failure`.
 
 #![warn(missing_docs)]
 
 pub mod archive;
 pub mod coords;
+pub mod downloader;
+pub mod error;
+pub mod failpoint;
 pub mod fetch;
 pub mod installed;
+pub mod inventory;
+pub mod layout;
+pub mod plan;
+pub mod portal_link;
 pub mod properties;
+pub mod record;
+pub mod stager;
+
+use std::time::Duration;
+
+use banalytics_sdk::{
+    component::{Component, ComponentContext, ComponentInit, ComponentKind},
+    portal::{GetEnvModulesResponse, SyncSoftware, UpgradeRequested},
+    ComponentError,
+};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::{
+    archive::Limits,
+    downloader::{ChecksumPolicy, Downloader},
+    fetch::FetchConfig,
+    inventory::Inventory,
+    layout::Layout,
+    portal_link::{core_module, Peers, PortalLink, Synchronise, Trigger},
+    stager::Stager,
+};
+
+/// The component kind, for the host's registry.
+pub const KIND: ComponentKind = ComponentKind {
+    kind: "software-upgrade-center",
+    create,
+};
+
+/// The most downloads allowed at once: more only splits the same link.
+pub const MAX_PARALLEL_DOWNLOADS: usize = 16;
+
+/// When the upgrade center synchronises without being asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateType {
+    /// Only on `EVT_SYNC_SOFT` or a local `upgrade` (and on a first run).
+    #[default]
+    Manual,
+    /// Also every time the component starts.
+    OnBoot,
+}
+
+/// The component's keys in `box.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// `manual` or `on-boot`.
+    #[serde(default)]
+    pub software_update_type: UpdateType,
+    /// The Maven repository root.
+    pub repository_url: String,
+    /// `require` (default) or `warn`: an artifact with no SHA-256 anywhere.
+    #[serde(default)]
+    pub checksum_policy: ChecksumPolicy,
+    /// Modules downloaded at once (1 to 16, default 4).
+    #[serde(default = "default_parallel")]
+    pub max_parallel_downloads: usize,
+    /// Seconds to wait for a connection (default 10).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_s: u64,
+    /// Milliseconds without a body byte before a download counts as stalled
+    /// (default 30000).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+    /// Attempts per artifact for transient failures (default 5).
+    #[serde(default = "default_attempts")]
+    pub download_attempts: u32,
+    /// First retry delay in milliseconds, doubled per attempt with jitter
+    /// (default 1000).
+    #[serde(default = "default_backoff")]
+    pub retry_backoff_ms: u64,
+    /// Largest number of entries in one package.
+    #[serde(default = "default_entries")]
+    pub max_archive_entries: u64,
+    /// Largest extracted size of one package, in bytes.
+    #[serde(default = "default_archive_bytes")]
+    pub max_archive_bytes: u64,
+    /// Largest compression ratio of a package entry.
+    #[serde(default = "default_ratio")]
+    pub max_archive_ratio: u64,
+}
+
+fn default_parallel() -> usize {
+    4
+}
+fn default_connect_timeout() -> u64 {
+    fetch::DEFAULT_CONNECT_TIMEOUT.as_secs()
+}
+fn default_read_timeout() -> u64 {
+    fetch::DEFAULT_READ_TIMEOUT.as_millis() as u64
+}
+fn default_attempts() -> u32 {
+    fetch::DEFAULT_MAX_ATTEMPTS
+}
+fn default_backoff() -> u64 {
+    fetch::DEFAULT_BASE_BACKOFF.as_millis() as u64
+}
+fn default_entries() -> u64 {
+    archive::DEFAULT_MAX_ENTRIES
+}
+fn default_archive_bytes() -> u64 {
+    archive::DEFAULT_MAX_TOTAL_BYTES
+}
+fn default_ratio() -> u64 {
+    archive::DEFAULT_MAX_RATIO
+}
+
+impl UpgradeConfig {
+    fn fetch_config(&self) -> FetchConfig {
+        FetchConfig {
+            connect_timeout: Duration::from_secs(self.connect_timeout_s.max(1)),
+            read_timeout: Duration::from_millis(self.read_timeout_ms.max(1)),
+            max_attempts: self.download_attempts.max(1),
+            base_backoff: Duration::from_millis(self.retry_backoff_ms),
+            ..FetchConfig::default()
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_entries: self.max_archive_entries,
+            max_total_bytes: self.max_archive_bytes,
+            max_ratio: self.max_archive_ratio,
+            ..Limits::default()
+        }
+    }
+}
+
+struct UpgradeCenter {
+    name: String,
+    config: UpgradeConfig,
+    layout: Layout,
+}
+
+fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
+    let config: UpgradeConfig = init.config.parse()?;
+    if !(1..=MAX_PARALLEL_DOWNLOADS).contains(&config.max_parallel_downloads) {
+        return Err(ComponentError::Start(format!(
+            "max_parallel_downloads = {} is not accepted; accepted values: 1 to {MAX_PARALLEL_DOWNLOADS}",
+            config.max_parallel_downloads
+        )));
+    }
+    if !(config.repository_url.starts_with("http://")
+        || config.repository_url.starts_with("https://"))
+    {
+        return Err(ComponentError::Start(format!(
+            "repository_url = {:?} is not accepted; accepted: an http:// or https:// URL",
+            config.repository_url
+        )));
+    }
+    Ok(Box::new(UpgradeCenter {
+        name: init.name.clone(),
+        config,
+        layout: Layout::new(&init.home),
+    }))
+}
+
+impl Component for UpgradeCenter {
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
+        let layout = self.layout.clone();
+        layout.create_folders().map_err(|e| {
+            ComponentError::Start(format!(
+                "cannot create the module folders under {}: {e}",
+                layout.home().display()
+            ))
+        })?;
+        // Build one client now so that a TLS set-up failure is a start error.
+        let fetch_config = self.config.fetch_config();
+        fetch::client(&fetch_config).map_err(|e| ComponentError::Start(e.to_string()))?;
+
+        let l = layout.clone();
+        let inventory = ctx.supervise("inventory", move |_, _| Inventory::new(l.clone()));
+        let (l, repo, parallel, policy) = (
+            layout.clone(),
+            self.config.repository_url.clone(),
+            self.config.max_parallel_downloads,
+            self.config.checksum_policy,
+        );
+        let downloader = ctx.supervise("downloader", move |_, _| {
+            Downloader::new(
+                l.clone(),
+                repo.clone(),
+                fetch_config.clone(),
+                parallel,
+                policy,
+            )
+            .expect("the client was built once at start")
+        });
+        let (l, limits) = (layout.clone(), self.config.limits());
+        let stager = ctx.supervise("stager", move |_, _| Stager::new(l.clone(), limits));
+        let peers = Peers {
+            layout: layout.clone(),
+            bus: ctx.bus().clone(),
+            board: ctx.board().clone(),
+            component: self.name.clone(),
+            inventory,
+            downloader,
+            stager,
+            core: core_module(),
+        };
+        let link = ctx.supervise("portal-link", move |_, _| PortalLink::new(peers.clone()));
+        ctx.route::<SyncSoftware, _>(&link);
+        ctx.route::<UpgradeRequested, _>(&link);
+        ctx.route::<GetEnvModulesResponse, _>(&link);
+
+        match layout.environment_uuid() {
+            Ok(Some(env)) => info!(environment = %env, "registered with the portal"),
+            Ok(None) => warn!("environment is not registered (no environmentUuid in config/device-registration.properties): every synchronisation will be cancelled"),
+            Err(e) => warn!(error = %e, "cannot read the environment registration"),
+        }
+        let trigger = if layout.is_first_run() {
+            Some(Trigger::FirstRun)
+        } else if self.config.software_update_type == UpdateType::OnBoot {
+            Some(Trigger::OnBoot)
+        } else {
+            None
+        };
+        if let Some(trigger) = trigger {
+            info!(?trigger, "synchronising at start");
+            let _ = link.try_send(Synchronise(trigger));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,469 @@
+//! `Downloader`: resolves the target set's artifacts in the repository and
+//! fetches what is not already here, at most `max_parallel_downloads`
+//! modules at a time.
+//!
+//! An artifact already in the cache (`modules-download/`) with the right
+//! size and SHA-256 is not fetched again; everything else streams to a
+//! `.partial` file through [`fetch::download`] (resume, bounds, retries,
+//! verification) and is renamed to its cache name once verified. Before
+//! the first byte, the free space for the downloads and the extraction is
+//! checked; the swap itself moves folders and needs no space.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use futures_util::{stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{
+    coords::{self, Module},
+    error::{io_at, UpgradeError},
+    fetch::{self, Checksum, Expected, FetchConfig},
+    layout::{free_bytes, Layout},
+    plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
+    record::sha256_file,
+    stager::CachedFile,
+};
+
+/// Extra free space kept beyond the computed need: room for the hash
+/// record, file-system metadata and whatever else the box writes meanwhile.
+pub const FREE_SPACE_MARGIN: u64 = 16 * 1024 * 1024;
+
+/// How often download progress is reported while bytes flow.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What to do when an artifact has no SHA-256 anywhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChecksumPolicy {
+    /// Refuse the download (default).
+    #[default]
+    Require,
+    /// Accept it with a warning.
+    Warn,
+}
+
+/// Find every artifact of the target set in the repository.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ResolvedModule>, UpgradeError>")]
+pub struct ResolveSet {
+    /// The validated target set.
+    pub modules: Vec<Module>,
+}
+
+/// Fetch everything `plan` needs from the repository into the cache.
+#[derive(Message)]
+#[rtype(result = "Result<HashMap<String, CachedFile>, UpgradeError>")]
+pub struct DownloadSet {
+    /// The plan; its `Fetch` parts are downloaded.
+    pub plan: SyncPlan,
+    /// Per-module events, for the portal and `status`.
+    pub events: mpsc::UnboundedSender<DownloadEvent>,
+}
+
+/// What happens to one module's downloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadEvent {
+    /// Its first artifact started.
+    Started {
+        /// `groupId:artifactId:version`.
+        module: String,
+    },
+    /// Bytes of the whole set so far.
+    Progress {
+        /// Bytes present (downloaded or cached) so far.
+        done: u64,
+        /// Bytes of the whole set, as far as declared.
+        total: u64,
+    },
+    /// All its artifacts are in the cache, verified.
+    Finished {
+        /// `groupId:artifactId:version`.
+        module: String,
+        /// Bytes that came over the network for it.
+        transferred: u64,
+    },
+    /// One of its artifacts failed; the set is abandoned.
+    Failed {
+        /// `groupId:artifactId:version`.
+        module: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The Downloader actor.
+pub struct Downloader {
+    layout: Layout,
+    repository_url: String,
+    config: FetchConfig,
+    client: reqwest::Client,
+    max_parallel: usize,
+    policy: ChecksumPolicy,
+}
+
+impl Downloader {
+    /// A downloader for `repository_url`, caching under the home `layout`.
+    pub fn new(
+        layout: Layout,
+        repository_url: String,
+        config: FetchConfig,
+        max_parallel: usize,
+        policy: ChecksumPolicy,
+    ) -> Result<Self, UpgradeError> {
+        let client = fetch::client(&config).map_err(|source| UpgradeError::Fetch {
+            module: "-".into(),
+            source,
+        })?;
+        Ok(Downloader {
+            layout,
+            repository_url: repository_url.trim_end_matches('/').to_owned(),
+            config,
+            client,
+            max_parallel: max_parallel.max(1),
+            policy,
+        })
+    }
+}
+
+impl Actor for Downloader {
+    type Context = Context<Self>;
+}
+
+impl Handler<ResolveSet> for Downloader {
+    type Result = ResponseFuture<Result<Vec<ResolvedModule>, UpgradeError>>;
+
+    fn handle(&mut self, msg: ResolveSet, _: &mut Context<Self>) -> Self::Result {
+        let client = self.client.clone();
+        let repo = self.repository_url.clone();
+        let policy = self.policy;
+        let parallel = self.max_parallel;
+        Box::pin(async move {
+            stream::iter(msg.modules)
+                .map(|m| resolve(&client, &repo, m, policy))
+                .buffered(parallel)
+                .try_collect()
+                .await
+        })
+    }
+}
+
+/// Where `module`'s artifacts are and which digests they must have.
+pub async fn resolve(
+    client: &reqwest::Client,
+    repository_url: &str,
+    module: Module,
+    policy: ChecksumPolicy,
+) -> Result<ResolvedModule, UpgradeError> {
+    let key = module.coords.to_string();
+    let err = |source| UpgradeError::Fetch {
+        module: key.clone(),
+        source,
+    };
+    let url = |suffix: &str| {
+        format!(
+            "{repository_url}/{}",
+            coords::maven_path(&module.coords, suffix)
+        )
+    };
+    let packaging = module.packaging.clone().unwrap_or_else(|| "jar".to_owned());
+    let main_url = url(&format!(".{packaging}"));
+    let main_sha = match &module.sha256 {
+        Some(s) => Some(s.clone()),
+        None => fetch::fetch_sha256_file(client, &main_url)
+            .await
+            .map_err(err)?,
+    };
+    let main = target(
+        &key,
+        main_url,
+        Checksum::resolve(main_sha.as_deref(), None),
+        module.size,
+        policy,
+    )?;
+    // A portal that sends digests (the extension fields) also says which
+    // packages exist; for the original portal, ask the repository.
+    let declares_packages = module.sha256.is_some();
+    let mut packages = Vec::new();
+    for (info, suffix) in [
+        (&module.dependencies, "-bin.zip"),
+        (&module.model, "-model.zip"),
+    ] {
+        let url = url(suffix);
+        let package = match info {
+            Some(info) => Some(target(
+                &key,
+                url,
+                Checksum::resolve(Some(info.sha256.as_str()), None),
+                info.size,
+                policy,
+            )?),
+            None if declares_packages => None,
+            None => {
+                if fetch::probe(client, &url).await.map_err(err)? {
+                    let sha = fetch::fetch_sha256_file(client, &url).await.map_err(err)?;
+                    Some(target(
+                        &key,
+                        url,
+                        Checksum::resolve(None, sha),
+                        None,
+                        policy,
+                    )?)
+                } else {
+                    None
+                }
+            }
+        };
+        packages.push(package);
+    }
+    let model = packages.pop().flatten();
+    let dependencies = packages.pop().flatten();
+    Ok(ResolvedModule {
+        module,
+        main,
+        dependencies,
+        model,
+    })
+}
+
+fn target(
+    module: &str,
+    url: String,
+    checksum: Checksum,
+    size: Option<u64>,
+    policy: ChecksumPolicy,
+) -> Result<Target, UpgradeError> {
+    if checksum.sha256().is_none() {
+        match policy {
+            ChecksumPolicy::Require => {
+                return Err(UpgradeError::NoChecksum {
+                    module: module.to_owned(),
+                    url,
+                })
+            }
+            ChecksumPolicy::Warn => {
+                warn!(module, %url, "no sha-256 for artifact; accepted because checksum_policy = \"warn\"")
+            }
+        }
+    }
+    Ok(Target {
+        url,
+        sha256: checksum.sha256().map(str::to_owned),
+        size,
+    })
+}
+
+impl Handler<DownloadSet> for Downloader {
+    type Result = ResponseFuture<Result<HashMap<String, CachedFile>, UpgradeError>>;
+
+    fn handle(&mut self, msg: DownloadSet, _: &mut Context<Self>) -> Self::Result {
+        let job = Arc::new(Job {
+            layout: self.layout.clone(),
+            client: self.client.clone(),
+            config: self.config.clone(),
+            events: msg.events,
+            done: AtomicU64::new(0),
+            total: total_bytes(&msg.plan),
+            last_report: std::sync::Mutex::new(Instant::now()),
+        });
+        let parallel = self.max_parallel;
+        Box::pin(async move {
+            check_free_space(&job.layout, &msg.plan)?;
+            let work: Vec<(String, Vec<Fetch>)> = msg
+                .plan
+                .modules
+                .iter()
+                .map(|m| (m.key(), m.fetches().cloned().collect::<Vec<_>>()))
+                .filter(|(_, f)| !f.is_empty())
+                .collect();
+            let results: Vec<Vec<(String, CachedFile)>> = stream::iter(work)
+                .map(|(module, fetches)| {
+                    let job = job.clone();
+                    async move { job.module(module, fetches).await }
+                })
+                .buffer_unordered(parallel)
+                .try_collect()
+                .await?;
+            Ok(results.into_iter().flatten().collect())
+        })
+    }
+}
+
+fn total_bytes(plan: &SyncPlan) -> u64 {
+    plan.modules
+        .iter()
+        .flat_map(|m| m.fetches())
+        .map(|f| f.target.size.unwrap_or(0))
+        .sum()
+}
+
+/// Refuses before the first byte when the downloads and their extraction
+/// would not fit. Package sizes stand in for their extracted size; the
+/// extraction enforces its own limits.
+fn check_free_space(layout: &Layout, plan: &SyncPlan) -> Result<(), UpgradeError> {
+    let downloads = total_bytes(plan);
+    let extraction: u64 = plan
+        .modules
+        .iter()
+        .flat_map(|m| [&m.dependencies, &m.model])
+        .filter_map(|p| match p {
+            Some(PackagePlan::Fetch(f)) => f.target.size,
+            _ => None,
+        })
+        .sum();
+    let needed = downloads + extraction + FREE_SPACE_MARGIN;
+    let dir = layout.download();
+    let free = free_bytes(&dir).map_err(io_at(&dir))?;
+    if downloads > 0 && needed > free {
+        return Err(UpgradeError::InsufficientSpace {
+            path: dir,
+            needed,
+            free,
+        });
+    }
+    Ok(())
+}
+
+struct Job {
+    layout: Layout,
+    client: reqwest::Client,
+    config: FetchConfig,
+    events: mpsc::UnboundedSender<DownloadEvent>,
+    done: AtomicU64,
+    total: u64,
+    last_report: std::sync::Mutex<Instant>,
+}
+
+impl Job {
+    async fn module(
+        &self,
+        module: String,
+        fetches: Vec<Fetch>,
+    ) -> Result<Vec<(String, CachedFile)>, UpgradeError> {
+        let _ = self.events.send(DownloadEvent::Started {
+            module: module.clone(),
+        });
+        let mut out = Vec::new();
+        let mut transferred = 0;
+        for f in fetches {
+            match self.artifact(&module, &f).await {
+                Ok((cached, bytes)) => {
+                    transferred += bytes;
+                    out.push((f.cache_name.clone(), cached));
+                }
+                Err(e) => {
+                    let _ = self.events.send(DownloadEvent::Failed {
+                        module: module.clone(),
+                        reason: e.to_string(),
+                    });
+                    return Err(e);
+                }
+            }
+        }
+        let _ = self.events.send(DownloadEvent::Finished {
+            module,
+            transferred,
+        });
+        Ok(out)
+    }
+
+    /// One artifact into the cache; returns it and the bytes transferred.
+    async fn artifact(&self, module: &str, f: &Fetch) -> Result<(CachedFile, u64), UpgradeError> {
+        let cache = self.layout.download();
+        tokio::fs::create_dir_all(&cache)
+            .await
+            .map_err(io_at(&cache))?;
+        let path = cache.join(&f.cache_name);
+        if let Some(hit) = cache_hit(&path, &f.target).await {
+            info!(module, file = %f.cache_name, bytes = hit.size, "already in the cache");
+            self.add_progress(hit.size);
+            return Ok((hit, 0));
+        }
+        let partial = cache.join(format!("{}.partial", f.cache_name));
+        let expected = Expected {
+            sha256: f.target.sha256.clone(),
+            size: f.target.size,
+        };
+        let seen = AtomicU64::new(0);
+        let progress = |bytes: u64, _total: Option<u64>| {
+            let before = seen.swap(bytes, Ordering::Relaxed);
+            let delta = bytes.saturating_sub(before);
+            self.report(self.done.fetch_add(delta, Ordering::Relaxed) + delta);
+        };
+        info!(module, url = %f.target.url, size = ?f.target.size, "downloading");
+        let got = fetch::download(
+            &self.client,
+            &f.target.url,
+            &partial,
+            &expected,
+            &self.config,
+            &progress,
+        )
+        .await
+        .map_err(|source| UpgradeError::Fetch {
+            module: module.to_owned(),
+            source,
+        })?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(io_at(&path))?;
+        crate::layout::sync_dir(&cache).map_err(io_at(&cache))?;
+        self.add_progress(got.size.saturating_sub(seen.load(Ordering::Relaxed)));
+        info!(module, file = %f.cache_name, bytes = got.size, transferred = got.bytes_transferred, resumed_from = got.resumed_from, "downloaded");
+        Ok((
+            CachedFile {
+                sha256: got.sha256,
+                size: got.size,
+            },
+            got.bytes_transferred,
+        ))
+    }
+
+    fn add_progress(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let _ = self.events.send(DownloadEvent::Progress {
+            done,
+            total: self.total,
+        });
+    }
+
+    fn report(&self, done: u64) {
+        let mut last = self.last_report.lock().expect("progress lock");
+        if last.elapsed() >= PROGRESS_INTERVAL {
+            *last = Instant::now();
+            let _ = self.events.send(DownloadEvent::Progress {
+                done,
+                total: self.total,
+            });
+        }
+    }
+}
+
+/// A cached file with the target's size and digest, if there is one.
+async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    if target.size.is_some_and(|s| s != meta.len()) {
+        return None;
+    }
+    let expected = target.sha256.as_ref()?;
+    let path = path.to_owned();
+    let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
+        .await
+        .ok()?
+        .ok()?;
+    let matches = actual.eq_ignore_ascii_case(expected);
+    matches.then_some(CachedFile {
+        sha256: actual,
+        size: meta.len(),
+    })
+}

@@ -1,0 +1,94 @@
+//! The upgrade center's errors. Each is an expected outcome of a
+//! synchronisation (reported to the portal and shown by `status`), not an
+//! actor failure.
+
+use std::path::PathBuf;
+
+use crate::{archive::ArchiveError, fetch::FetchError};
+
+/// Why a synchronisation did not reach a staged set.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// No environment UUID: the box is not registered with the portal.
+    #[error("environment is not registered: {file} has no environmentUuid")]
+    NotRegistered {
+        /// The registration file.
+        file: PathBuf,
+    },
+    /// The portal's target set was refused as a whole.
+    #[error("target set refused: {reason}")]
+    InvalidTarget {
+        /// The fault, naming the field and value.
+        reason: String,
+    },
+    /// The portal did not answer `GET_ENV_MOD_REQ` in time.
+    #[error("the portal did not answer GET_ENV_MOD_REQ within {waited_s} s")]
+    PortalTimeout {
+        /// Seconds waited.
+        waited_s: u64,
+    },
+    /// An artifact could not be fetched.
+    #[error("module {module}: {source}")]
+    Fetch {
+        /// `groupId:artifactId:version`.
+        module: String,
+        /// The cause.
+        source: FetchError,
+    },
+    /// No SHA-256 in the module object nor a `.sha256` file, under
+    /// `checksum_policy = "require"`.
+    #[error("module {module}: no SHA-256 for {url} (none in the module object, no .sha256 file); set checksum_policy = \"warn\" to accept it")]
+    NoChecksum {
+        /// `groupId:artifactId:version`.
+        module: String,
+        /// The artifact.
+        url: String,
+    },
+    /// Not enough free space for the downloads and the staging.
+    #[error("not enough free space on {path}: {needed} bytes needed, {free} free")]
+    InsufficientSpace {
+        /// A folder on the file system checked.
+        path: PathBuf,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// A package was refused or could not be extracted.
+    #[error("module {module}: {package}: {source}")]
+    Archive {
+        /// `groupId:artifactId:version`.
+        module: String,
+        /// The package file.
+        package: String,
+        /// The cause, naming the entry.
+        source: ArchiveError,
+    },
+    /// Two packages put different files under one name.
+    #[error("{name} is in both {first} and {second} with different content")]
+    Collision {
+        /// The file name.
+        name: String,
+        /// One module.
+        first: String,
+        /// The other module.
+        second: String,
+    },
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A helper actor failed while working for the synchronisation.
+    #[error("{0}")]
+    Actor(#[from] banalytics_sdk::SendError),
+}
+
+/// Wraps an I/O error with its path.
+pub fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> UpgradeError {
+    let path = path.into();
+    move |source| UpgradeError::Io { path, source }
+}

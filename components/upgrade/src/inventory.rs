@@ -1,0 +1,85 @@
+//! `Inventory`: reads the installed set and plans each module of a target
+//! set against it (keep, add, change, remove).
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use crate::{
+    error::{io_at, UpgradeError},
+    installed,
+    layout::Layout,
+    plan::{self, ResolvedModule, SyncPlan},
+    record::SetRecord,
+};
+
+/// Plan a resolved target set against what is installed now.
+#[derive(Message)]
+#[rtype(result = "Result<SyncPlan, UpgradeError>")]
+pub struct PlanSync {
+    /// The resolved target set.
+    pub target: Vec<ResolvedModule>,
+}
+
+/// The Inventory actor.
+pub struct Inventory {
+    layout: Layout,
+}
+
+impl Inventory {
+    /// An inventory of the home `layout`.
+    pub fn new(layout: Layout) -> Self {
+        Inventory { layout }
+    }
+}
+
+impl Actor for Inventory {
+    type Context = Context<Self>;
+}
+
+impl Handler<PlanSync> for Inventory {
+    type Result = Result<SyncPlan, UpgradeError>;
+
+    fn handle(&mut self, msg: PlanSync, _: &mut Context<Self>) -> Self::Result {
+        let modules = self.layout.modules();
+        let installed: Vec<String> = installed::read_modules_info(&modules)
+            .map_err(io_at(&modules))?
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m.key())
+            .collect();
+        let record = trusted_record(&self.layout)?;
+        let plan = plan::plan(msg.target, &installed, record.as_ref());
+        for m in &plan.modules {
+            info!(module = %m.key(), action = ?m.action, fetches = m.fetches().count(), "planned");
+        }
+        for r in &plan.removed {
+            info!(module = %r, "planned removal");
+        }
+        Ok(plan)
+    }
+}
+
+/// The installed set's record, without the modules whose files are missing
+/// or of the wrong size (those are fetched again rather than trusted). A
+/// full digest check is `verify`'s job; this one is a `stat` per file.
+pub fn trusted_record(layout: &Layout) -> Result<Option<SetRecord>, UpgradeError> {
+    let modules = layout.modules();
+    let models = layout.models();
+    let Some(mut record) = SetRecord::load(&modules).map_err(io_at(&modules))? else {
+        return Ok(None);
+    };
+    record.modules.retain(|key, m| {
+        let single = crate::record::SetRecord {
+            format: SetRecord::FORMAT,
+            modules: [(key.clone(), m.clone())].into(),
+        };
+        let intact = single
+            .files(&modules, &models)
+            .all(|(path, f)| std::fs::metadata(&path).is_ok_and(|meta| meta.len() == f.size));
+        if !intact {
+            warn!(module = %key, "installed files missing or changed; they will be fetched again");
+        }
+        intact
+    });
+    Ok(Some(record))
+}

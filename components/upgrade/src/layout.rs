@@ -1,0 +1,146 @@
+//! The upgrade center's folders under the box home (contracts section 1),
+//! and the environment registration it reads.
+//!
+//! `modules-upgrade/` is complete if and only if it holds
+//! `modules-info.properties` (the marker); the staged models stand beside it
+//! in `models-upgrade/`, written before the marker's folder is renamed into
+//! place. Folders named `*.tmp` are scratch space of an unfinished staging
+//! and are deleted at the next one.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// The installed-set file, in every module folder; the staged set's marker.
+pub const MODULES_INFO: &str = "modules-info.properties";
+
+/// Paths of one home.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    home: PathBuf,
+}
+
+impl Layout {
+    /// The layout of `home`.
+    pub fn new(home: &Path) -> Self {
+        Layout {
+            home: home.to_owned(),
+        }
+    }
+
+    /// The home.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The active module set.
+    pub fn modules(&self) -> PathBuf {
+        self.home.join("modules")
+    }
+
+    /// The download cache.
+    pub fn download(&self) -> PathBuf {
+        self.home.join("modules-download")
+    }
+
+    /// The staged set.
+    pub fn upgrade(&self) -> PathBuf {
+        self.home.join("modules-upgrade")
+    }
+
+    /// The previous set.
+    pub fn backup(&self) -> PathBuf {
+        self.home.join("modules-backup")
+    }
+
+    /// The active models.
+    pub fn models(&self) -> PathBuf {
+        self.home.join("models")
+    }
+
+    /// The staged models.
+    pub fn models_upgrade(&self) -> PathBuf {
+        self.home.join("models-upgrade")
+    }
+
+    /// The previous models.
+    pub fn models_backup(&self) -> PathBuf {
+        self.home.join("models-backup")
+    }
+
+    /// Scratch folder where the next staged set is built.
+    pub fn upgrade_tmp(&self) -> PathBuf {
+        self.home.join("modules-upgrade.tmp")
+    }
+
+    /// Scratch folder where the next staged models are built.
+    pub fn models_upgrade_tmp(&self) -> PathBuf {
+        self.home.join("models-upgrade.tmp")
+    }
+
+    /// Whether this box is on its first run (no installed set).
+    pub fn is_first_run(&self) -> bool {
+        !self.modules().join(MODULES_INFO).exists()
+    }
+
+    /// Whether a complete staged set waits.
+    pub fn has_staged_set(&self) -> bool {
+        self.upgrade().join(MODULES_INFO).exists()
+    }
+
+    /// Creates the folders the upgrade center works in.
+    pub fn create_folders(&self) -> io::Result<()> {
+        for dir in [
+            self.modules(),
+            self.download(),
+            self.upgrade(),
+            self.backup(),
+            self.models(),
+        ] {
+            fs::create_dir_all(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// The environment UUID from `config/device-registration.properties`;
+    /// `None` when the file, the key or the value is missing.
+    pub fn environment_uuid(&self) -> io::Result<Option<String>> {
+        let file = self.home.join("config/device-registration.properties");
+        let text = match fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let entries = crate::properties::read(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", file.display()),
+            )
+        })?;
+        Ok(entries
+            .into_iter()
+            .find(|(k, _)| k == "environmentUuid")
+            .map(|(_, v)| v.trim().to_owned())
+            .filter(|v| !v.is_empty()))
+    }
+}
+
+/// fsyncs a folder, so that renames and creations in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Free bytes for an unprivileged user on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}

@@ -1,0 +1,247 @@
+//! What a synchronisation has to do: for each module of the target set,
+//! which bytes are already here and which must be fetched.
+//!
+//! Planning is a pure function of the resolved target set and the installed
+//! set's record, so that the delta rules are tested without a network or a
+//! disk: a part is kept when the installed record holds the same
+//! coordinates and the same SHA-256 (or, without a known digest under
+//! `checksum_policy = "warn"`, the same coordinates).
+
+use serde::Serialize;
+
+use crate::{
+    coords::{self, Module},
+    record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
+};
+
+/// Where one artifact of the target set comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// Its repository URL.
+    pub url: String,
+    /// The SHA-256 it must have, when known (module object or `.sha256`).
+    pub sha256: Option<String>,
+    /// The size it must have, when declared.
+    pub size: Option<u64>,
+}
+
+/// A module of the target set with its artifacts' locations and digests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResolvedModule {
+    /// The module object.
+    pub module: Module,
+    /// The main artifact.
+    pub main: Target,
+    /// The dependencies package, if the module has one.
+    pub dependencies: Option<Target>,
+    /// The model package, if the module has one.
+    pub model: Option<Target>,
+}
+
+/// An artifact to take from the cache, downloading it first if needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fetch {
+    /// Where it comes from.
+    pub target: Target,
+    /// Its file name in `modules-download/`.
+    pub cache_name: String,
+}
+
+/// A main artifact: already installed, or to fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum MainPlan {
+    /// The installed file, to hard-link into the staged set.
+    Installed(FileRecord),
+    /// To fetch.
+    Fetch(Fetch),
+}
+
+/// A package: its extracted files already installed, or to fetch and extract.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum PackagePlan {
+    /// The installed files, to hard-link into the staged set.
+    Installed(PackageRecord),
+    /// To fetch and extract.
+    Fetch(Fetch),
+}
+
+/// What happens to a module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Installed and unchanged.
+    Keep,
+    /// Not installed in any version.
+    Add,
+    /// Installed in another version, or with other bytes.
+    Change,
+}
+
+/// One module of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModulePlan {
+    /// The resolved module.
+    pub resolved: ResolvedModule,
+    /// Keep, add or change.
+    pub action: Action,
+    /// The main artifact's file name in the module folder.
+    pub file_name: String,
+    /// The main artifact.
+    pub main: MainPlan,
+    /// The dependencies package.
+    pub dependencies: Option<PackagePlan>,
+    /// The model package.
+    pub model: Option<PackagePlan>,
+}
+
+impl ModulePlan {
+    /// `groupId:artifactId:version`.
+    pub fn key(&self) -> String {
+        self.resolved.module.coords.to_string()
+    }
+
+    /// The artifacts to fetch.
+    pub fn fetches(&self) -> impl Iterator<Item = &Fetch> {
+        let main = match &self.main {
+            MainPlan::Fetch(f) => Some(f),
+            MainPlan::Installed(_) => None,
+        };
+        main.into_iter()
+            .chain(fetch_of(&self.dependencies))
+            .chain(fetch_of(&self.model))
+    }
+}
+
+fn fetch_of(p: &Option<PackagePlan>) -> Option<&Fetch> {
+    match p {
+        Some(PackagePlan::Fetch(f)) => Some(f),
+        _ => None,
+    }
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncPlan {
+    /// The target set, in the portal's order.
+    pub modules: Vec<ModulePlan>,
+    /// Installed modules absent from the target set, `groupId:artifactId:version`.
+    pub removed: Vec<String>,
+}
+
+impl SyncPlan {
+    /// Whether the target set is exactly what is installed.
+    pub fn is_noop(&self) -> bool {
+        self.removed.is_empty() && self.modules.iter().all(|m| m.action == Action::Keep)
+    }
+}
+
+/// Plans `target` against the installed modules (`groupId:artifactId:version`
+/// keys of `modules-info.properties`) and the installed set's `record`
+/// (`None` on a first run, or for a set the Java box installed, which has no
+/// record: then every artifact is fetched once).
+pub fn plan(
+    target: Vec<ResolvedModule>,
+    installed: &[String],
+    record: Option<&SetRecord>,
+) -> SyncPlan {
+    let empty = SetRecord::default();
+    let record = record.unwrap_or(&empty);
+    let modules: Vec<ModulePlan> = target
+        .into_iter()
+        .map(|r| plan_module(r, installed, record))
+        .collect();
+    let removed = installed
+        .iter()
+        .filter(|k| !modules.iter().any(|m| &m.key() == *k))
+        .cloned()
+        .collect();
+    SyncPlan { modules, removed }
+}
+
+fn plan_module(
+    resolved: ResolvedModule,
+    installed_keys: &[String],
+    record: &SetRecord,
+) -> ModulePlan {
+    let module = &resolved.module;
+    let key = module.coords.to_string();
+    let installed: Option<&ModuleRecord> = record
+        .modules
+        .get(&key)
+        .filter(|_| installed_keys.contains(&key));
+    let file_name = coords::file_name(module);
+    let cache = |suffix: &str| {
+        format!(
+            "{}-{}-{}{suffix}",
+            module.coords.group_id(),
+            module.coords.artifact_id(),
+            module.coords.version()
+        )
+    };
+    let main = match installed {
+        Some(m)
+            if m.main.name == file_name && same(&resolved.main, &m.main.sha256, m.main.size) =>
+        {
+            MainPlan::Installed(m.main.clone())
+        }
+        _ => MainPlan::Fetch(Fetch {
+            target: resolved.main.clone(),
+            cache_name: file_name.clone(),
+        }),
+    };
+    let package = |target: &Option<Target>, installed: Option<&PackageRecord>, suffix: &str| {
+        target.as_ref().map(|t| match installed {
+            Some(p) if same(t, &p.sha256, p.size) => PackagePlan::Installed(p.clone()),
+            _ => PackagePlan::Fetch(Fetch {
+                target: t.clone(),
+                cache_name: cache(suffix),
+            }),
+        })
+    };
+    let dependencies = package(
+        &resolved.dependencies,
+        installed.and_then(|m| m.dependencies.as_ref()),
+        "-bin.zip",
+    );
+    let model = package(
+        &resolved.model,
+        installed.and_then(|m| m.model.as_ref()),
+        "-model.zip",
+    );
+    let unchanged = matches!(main, MainPlan::Installed(_))
+        && installed.is_some_and(|m| m.dependencies.is_some() == dependencies.is_some())
+        && installed.is_some_and(|m| m.model.is_some() == model.is_some())
+        && !matches!(dependencies, Some(PackagePlan::Fetch(_)))
+        && !matches!(model, Some(PackagePlan::Fetch(_)));
+    let action = if unchanged {
+        Action::Keep
+    } else if installed_keys.iter().any(|k| same_artifact(k, &key)) {
+        Action::Change
+    } else {
+        Action::Add
+    };
+    ModulePlan {
+        resolved,
+        action,
+        file_name,
+        main,
+        dependencies,
+        model,
+    }
+}
+
+/// An installed artifact is the target when the digests agree, or, with no
+/// known target digest, when the declared size (if any) agrees: the
+/// coordinates already matched.
+fn same(target: &Target, sha256: &str, size: u64) -> bool {
+    match &target.sha256 {
+        Some(t) => t.eq_ignore_ascii_case(sha256),
+        None => target.size.is_none_or(|s| s == size),
+    }
+}
+
+/// Whether two `groupId:artifactId:version` keys name the same artifact.
+fn same_artifact(a: &str, b: &str) -> bool {
+    let ga = |k: &str| k.rsplit_once(':').map(|(ga, _)| ga.to_owned());
+    ga(a) == ga(b)
+}

@@ -1,0 +1,441 @@
+//! `PortalLink`: the upgrade center's side of the portal conversation, and
+//! the one place a synchronisation is started, run and reported.
+//!
+//! Triggers (`EVT_SYNC_SOFT`, the local `upgrade`, first run, on-boot)
+//! arrive as messages; because an actor handles one message at a time, the
+//! "one synchronisation at a time" rule is a field of this actor, not a
+//! shared flag: a trigger while one runs is skipped and logged. The
+//! synchronisation itself runs as a future of this actor
+//! (request → validate → resolve → plan → download → stage), so triggers and
+//! the portal's answer keep being handled meanwhile. Every status of
+//! contracts section 3 goes to the portal from here.
+
+use std::{cell::RefCell, collections::HashSet, rc::Rc, time::Duration};
+
+use actix::prelude::*;
+use banalytics_sdk::{
+    portal::{
+        GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus, ModuleStatusUpdate,
+        SyncSoftware, UpgradeRequested,
+    },
+    status::now_ms,
+    Bus, FromBus, StatusBoard, SupervisedAddr,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
+    downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet},
+    error::UpgradeError,
+    inventory::{Inventory, PlanSync},
+    layout::Layout,
+    stager::{StageSet, StagedSummary, Stager},
+};
+
+/// How long the portal has to answer `GET_ENV_MOD_REQ`.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What started a synchronisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// `EVT_SYNC_SOFT` from the portal.
+    Portal,
+    /// `banalytics-box upgrade`.
+    Local,
+    /// No installed set yet.
+    FirstRun,
+    /// `software_update_type = "on-boot"`.
+    OnBoot,
+}
+
+/// Start a synchronisation (unless one runs).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Synchronise(pub Trigger);
+
+/// Where a synchronisation stands, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SyncReport {
+    /// `idle`, `requesting`, `resolving`, `downloading`, `staging`,
+    /// `staged`, `up-to-date`, `failed` or `cancelled`.
+    pub state: String,
+    /// What started the last synchronisation.
+    pub trigger: Option<Trigger>,
+    /// When it started, ms since the epoch.
+    pub started_ms: Option<u64>,
+    /// When it ended, ms since the epoch.
+    pub finished_ms: Option<u64>,
+    /// Its result or error, in words.
+    pub result: Option<String>,
+    /// Bytes present of the bytes to fetch.
+    pub done_bytes: u64,
+    /// Bytes to fetch, as far as declared.
+    pub total_bytes: u64,
+    /// Triggers skipped because a synchronisation was running.
+    pub skipped_triggers: u64,
+    /// The staged set, once staged.
+    pub staged: Option<StagedSummary>,
+}
+
+/// Everything a synchronisation uses.
+#[derive(Clone)]
+pub struct Peers {
+    /// The home.
+    pub layout: Layout,
+    /// The host bus.
+    pub bus: Bus,
+    /// Where `status` reads from.
+    pub board: StatusBoard,
+    /// This component's instance name.
+    pub component: String,
+    /// The Inventory actor.
+    pub inventory: SupervisedAddr<Inventory>,
+    /// The Downloader actor.
+    pub downloader: SupervisedAddr<Downloader>,
+    /// The Stager actor.
+    pub stager: SupervisedAddr<Stager>,
+    /// The core's own coordinates, sent with `GET_ENV_MOD_REQ`.
+    pub core: ModuleRef,
+}
+
+/// The PortalLink actor.
+pub struct PortalLink {
+    peers: Peers,
+    running: bool,
+    awaiting: Option<oneshot::Sender<GetEnvModulesResponse>>,
+    report: Rc<RefCell<SyncReport>>,
+}
+
+impl PortalLink {
+    /// A fresh PortalLink: idle, nothing awaited.
+    pub fn new(peers: Peers) -> Self {
+        let link = PortalLink {
+            peers,
+            running: false,
+            awaiting: None,
+            report: Rc::new(RefCell::new(SyncReport {
+                state: "idle".into(),
+                ..SyncReport::default()
+            })),
+        };
+        publish_report(&link.peers, &link.report.borrow());
+        link
+    }
+}
+
+impl Actor for PortalLink {
+    type Context = Context<Self>;
+}
+
+impl Handler<Synchronise> for PortalLink {
+    type Result = ();
+
+    fn handle(&mut self, Synchronise(trigger): Synchronise, ctx: &mut Context<Self>) {
+        if self.running {
+            self.report.borrow_mut().skipped_triggers += 1;
+            info!(?trigger, "synchronisation already running; trigger skipped");
+            publish_report(&self.peers, &self.report.borrow());
+            return;
+        }
+        self.running = true;
+        let (tx, rx) = oneshot::channel();
+        self.awaiting = Some(tx);
+        *self.report.borrow_mut() = SyncReport {
+            state: "requesting".into(),
+            trigger: Some(trigger),
+            started_ms: Some(now_ms()),
+            skipped_triggers: self.report.borrow().skipped_triggers,
+            ..SyncReport::default()
+        };
+        info!(?trigger, "synchronisation started");
+        let run = synchronise(self.peers.clone(), self.report.clone(), rx);
+        ctx.spawn(run.into_actor(self).map(|outcome, act, _| {
+            act.running = false;
+            act.awaiting = None;
+            let mut report = act.report.borrow_mut();
+            report.finished_ms = Some(now_ms());
+            match outcome {
+                Ok(()) => info!(state = %report.state, "synchronisation finished"),
+                Err(e) => {
+                    warn!(error = %e, "synchronisation failed");
+                    report.state = match e {
+                        UpgradeError::Fetch { .. } => "failed",
+                        _ => "cancelled",
+                    }
+                    .into();
+                    report.result = Some(e.to_string());
+                }
+            }
+            publish_report(&act.peers, &report);
+        }));
+    }
+}
+
+impl Handler<FromBus<SyncSoftware>> for PortalLink {
+    type Result = ();
+    fn handle(&mut self, _: FromBus<SyncSoftware>, ctx: &mut Context<Self>) {
+        self.handle(Synchronise(Trigger::Portal), ctx);
+    }
+}
+
+impl Handler<FromBus<UpgradeRequested>> for PortalLink {
+    type Result = ();
+    fn handle(&mut self, _: FromBus<UpgradeRequested>, ctx: &mut Context<Self>) {
+        self.handle(Synchronise(Trigger::Local), ctx);
+    }
+}
+
+impl Handler<FromBus<GetEnvModulesResponse>> for PortalLink {
+    type Result = ();
+    fn handle(&mut self, FromBus(res): FromBus<GetEnvModulesResponse>, _: &mut Context<Self>) {
+        match self.awaiting.take() {
+            Some(tx) => {
+                let _ = tx.send((*res).clone());
+            }
+            None => info!("GET_ENV_MOD_RES arrived while none was awaited; ignored"),
+        }
+    }
+}
+
+fn publish_report(peers: &Peers, report: &SyncReport) {
+    let details = serde_json::json!({
+        "registered": peers.layout.environment_uuid().ok().flatten().is_some(),
+        "first_run": peers.layout.is_first_run(),
+        "staged_set_waiting": peers.layout.has_staged_set(),
+        "sync": report,
+    });
+    peers.board.set_details(&peers.component, details);
+}
+
+/// Sends a status to the portal.
+async fn status(
+    peers: &Peers,
+    env: &str,
+    module: Option<&Coords>,
+    status: ModuleStatus,
+    message: Option<String>,
+) {
+    let module = module.map(|c| ModuleRef {
+        group_id: c.group_id().to_owned(),
+        artifact_id: c.artifact_id().to_owned(),
+        version: c.version().to_owned(),
+    });
+    info!(module = ?module.as_ref().map(|m| format!("{}:{}:{}", m.group_id, m.artifact_id, m.version)), ?status, message = message.as_deref().unwrap_or(""), "status to portal");
+    peers
+        .bus
+        .publish(ModuleStatusUpdate {
+            environment_uuid: env.to_owned(),
+            module,
+            status,
+            status_message: message,
+        })
+        .await;
+}
+
+fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: &str) {
+    report.borrow_mut().state = state.to_owned();
+    publish_report(peers, &report.borrow());
+}
+
+/// Refuses an empty set, a module object that does not parse or has bad
+/// coordinates, and two modules with the same groupId and artifactId.
+pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, UpgradeError> {
+    if modules.is_empty() {
+        return Err(UpgradeError::InvalidTarget {
+            reason:
+                "the target set is empty (a portal fault, not a request to uninstall everything)"
+                    .into(),
+        });
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(modules.len());
+    for (i, v) in modules.iter().enumerate() {
+        let m: Module =
+            serde_json::from_value(v.clone()).map_err(|e| UpgradeError::InvalidTarget {
+                reason: format!("module #{}: {e}", i + 1),
+            })?;
+        let ga = format!("{}:{}", m.coords.group_id(), m.coords.artifact_id());
+        if !seen.insert(ga.clone()) {
+            return Err(UpgradeError::InvalidTarget {
+                reason: format!("module {ga} appears more than once"),
+            });
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+async fn synchronise(
+    peers: Peers,
+    report: Rc<RefCell<SyncReport>>,
+    response: oneshot::Receiver<GetEnvModulesResponse>,
+) -> Result<(), UpgradeError> {
+    let env = peers
+        .layout
+        .environment_uuid()
+        .map_err(crate::error::io_at(peers.layout.home()))?
+        .ok_or_else(|| UpgradeError::NotRegistered {
+            file: peers
+                .layout
+                .home()
+                .join("config/device-registration.properties"),
+        })?;
+    let result = run(&peers, &report, &env, response).await;
+    match &result {
+        Ok(()) | Err(UpgradeError::Fetch { .. }) => {}
+        Err(e) => {
+            status(
+                &peers,
+                &env,
+                None,
+                ModuleStatus::InstallationCancelled,
+                Some(e.to_string()),
+            )
+            .await;
+        }
+    }
+    result
+}
+
+async fn run(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    env: &str,
+    response: oneshot::Receiver<GetEnvModulesResponse>,
+) -> Result<(), UpgradeError> {
+    peers
+        .bus
+        .publish(GetEnvModulesRequest {
+            environment_uuid: env.to_owned(),
+            core_module: peers.core.clone(),
+        })
+        .await;
+    let response = tokio::time::timeout(RESPONSE_TIMEOUT, response)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(UpgradeError::PortalTimeout {
+            waited_s: RESPONSE_TIMEOUT.as_secs(),
+        })?;
+    let target = validate_target(&response.modules)?;
+    set_state(peers, report, "resolving");
+    let resolved = peers
+        .downloader
+        .send(ResolveSet { modules: target })
+        .await??;
+    let plan = peers
+        .inventory
+        .send(PlanSync { target: resolved })
+        .await??;
+    for m in plan.modules.iter().filter(|m| m.fetches().next().is_none()) {
+        status(
+            peers,
+            env,
+            Some(&m.resolved.module.coords),
+            ModuleStatus::Downloaded,
+            None,
+        )
+        .await;
+    }
+    if plan.is_noop() {
+        set_state(peers, report, "up-to-date");
+        report.borrow_mut().result = Some("the installed set is the target set".into());
+        return Ok(());
+    }
+    set_state(peers, report, "downloading");
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let coords_of = |key: &str| {
+        plan.modules
+            .iter()
+            .find(|m| m.key() == key)
+            .map(|m| m.resolved.module.coords.clone())
+    };
+    let download = peers.downloader.send(DownloadSet {
+        plan: plan.clone(),
+        events: events_tx,
+    });
+    tokio::pin!(download);
+    let fetched = loop {
+        tokio::select! {
+            result = &mut download => break result,
+            Some(event) = events.recv() => forward(peers, report, env, &coords_of, event).await,
+        }
+    };
+    while let Ok(event) = events.try_recv() {
+        forward(peers, report, env, &coords_of, event).await;
+    }
+    let fetched = fetched??;
+    set_state(peers, report, "staging");
+    let summary = peers.stager.send(StageSet { plan, fetched }).await??;
+    let mut r = report.borrow_mut();
+    r.state = "staged".into();
+    r.result = Some(format!(
+        "{} modules staged ({} files, {} bytes, {} reused)",
+        summary.modules.len(),
+        summary.files,
+        summary.bytes,
+        summary.reused_files
+    ));
+    r.staged = Some(summary);
+    Ok(())
+}
+
+async fn forward(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    env: &str,
+    coords_of: &impl Fn(&str) -> Option<Coords>,
+    event: DownloadEvent,
+) {
+    match event {
+        DownloadEvent::Started { module } => {
+            status(
+                peers,
+                env,
+                coords_of(&module).as_ref(),
+                ModuleStatus::Downloading,
+                None,
+            )
+            .await
+        }
+        DownloadEvent::Finished { module, .. } => {
+            status(
+                peers,
+                env,
+                coords_of(&module).as_ref(),
+                ModuleStatus::Downloaded,
+                None,
+            )
+            .await
+        }
+        DownloadEvent::Failed { module, reason } => {
+            status(
+                peers,
+                env,
+                coords_of(&module).as_ref(),
+                ModuleStatus::DownloadError,
+                Some(reason),
+            )
+            .await
+        }
+        DownloadEvent::Progress { done, total } => {
+            let mut r = report.borrow_mut();
+            r.done_bytes = done;
+            r.total_bytes = total;
+            publish_report(peers, &r);
+        }
+    }
+}
+
+/// The core's coordinates: this host, at the workspace version every crate
+/// shares.
+pub fn core_module() -> ModuleRef {
+    ModuleRef {
+        group_id: CORE_GROUP_ID.into(),
+        artifact_id: CORE_ARTIFACT_ID.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}

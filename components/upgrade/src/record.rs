@@ -1,0 +1,228 @@
+//! The per-file record of an installed or staged set: the SHA-256 and size
+//! of every file it installed, by module.
+//!
+//! It lives in `modules-hashes.json` beside `modules-info.properties`, not in
+//! it: the Java box reads `modules-info.properties` with
+//! `Properties.load` and must keep doing so. The record is what makes three
+//! things possible: a delta synchronisation (a package whose digest did not
+//! change keeps its extracted files), `verify`, and staging by hard link.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::sync_dir;
+
+/// The record file's name, beside `modules-info.properties`.
+pub const RECORD_FILE: &str = "modules-hashes.json";
+
+/// One installed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Path relative to its folder (`modules/` or `models/`), `/`-separated.
+    pub name: String,
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// An extracted package (`-bin.zip` into the module folder, `-model.zip`
+/// into the models folder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRecord {
+    /// SHA-256 of the archive it came from.
+    pub sha256: String,
+    /// Size of the archive.
+    pub size: u64,
+    /// The files it put in place.
+    pub files: Vec<FileRecord>,
+}
+
+/// One module of the set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    /// The main artifact, in the module folder.
+    pub main: FileRecord,
+    /// The dependencies package, extracted into the module folder.
+    #[serde(default)]
+    pub dependencies: Option<PackageRecord>,
+    /// The model package, extracted into the models folder.
+    #[serde(default)]
+    pub model: Option<PackageRecord>,
+}
+
+/// The whole set, by `groupId:artifactId:version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetRecord {
+    /// Format version of this file.
+    pub format: u32,
+    /// Modules by `groupId:artifactId:version`.
+    pub modules: BTreeMap<String, ModuleRecord>,
+}
+
+/// A file that does not match its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BadFile {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong: missing, size or digest.
+    pub problem: String,
+}
+
+impl SetRecord {
+    /// The current format.
+    pub const FORMAT: u32 = 1;
+
+    /// Reads the record of the set in `dir`; `None` when it has none.
+    pub fn load(dir: &Path) -> io::Result<Option<SetRecord>> {
+        let path = dir.join(RECORD_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the record into `dir`: temporary file, fsync, rename, fsync of
+    /// `dir`.
+    pub fn write(&self, dir: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_durably(&dir.join(RECORD_FILE), &bytes)
+    }
+
+    /// Every file of the set, with the folder it lives in (`modules` side
+    /// first, then `models`).
+    pub fn files<'a>(
+        &'a self,
+        modules: &'a Path,
+        models: &'a Path,
+    ) -> impl Iterator<Item = (PathBuf, &'a FileRecord)> + 'a {
+        self.modules.values().flat_map(move |m| {
+            let main = std::iter::once((modules.join(&m.main.name), &m.main));
+            let deps = m
+                .dependencies
+                .iter()
+                .flat_map(move |p| p.files.iter().map(move |f| (modules.join(&f.name), f)));
+            let model = m
+                .model
+                .iter()
+                .flat_map(move |p| p.files.iter().map(move |f| (models.join(&f.name), f)));
+            main.chain(deps).chain(model)
+        })
+    }
+
+    /// Checks every recorded file against its size and SHA-256.
+    pub fn verify(&self, modules: &Path, models: &Path) -> Vec<BadFile> {
+        let mut bad = Vec::new();
+        for (path, record) in self.files(modules, models) {
+            let problem = match fs::metadata(&path) {
+                Err(e) => Some(format!("cannot read: {e}")),
+                Ok(m) if m.len() != record.size => {
+                    Some(format!("size {} bytes, recorded {}", m.len(), record.size))
+                }
+                Ok(_) => match sha256_file(&path) {
+                    Err(e) => Some(format!("cannot read: {e}")),
+                    Ok(actual) if actual != record.sha256 => {
+                        Some(format!("sha-256 {actual}, recorded {}", record.sha256))
+                    }
+                    Ok(_) => None,
+                },
+            };
+            if let Some(problem) = problem {
+                bad.push(BadFile { path, problem });
+            }
+        }
+        bad
+    }
+}
+
+/// SHA-256 of a file, lower-case hex, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of
+/// the folder.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_names_a_tampered_and_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path().join("modules");
+        let models = dir.path().join("models");
+        fs::create_dir_all(&modules).unwrap();
+        fs::create_dir_all(&models).unwrap();
+        fs::write(modules.join("a.jar"), b"aaaa").unwrap();
+        fs::write(models.join("m.bin"), b"mm").unwrap();
+        let rec = |name: &str, path: &Path| FileRecord {
+            name: name.into(),
+            sha256: sha256_file(path).unwrap(),
+            size: fs::metadata(path).unwrap().len(),
+        };
+        let mut set = SetRecord {
+            format: SetRecord::FORMAT,
+            modules: BTreeMap::new(),
+        };
+        set.modules.insert(
+            "g:a:1".into(),
+            ModuleRecord {
+                main: rec("a.jar", &modules.join("a.jar")),
+                dependencies: None,
+                model: Some(PackageRecord {
+                    sha256: "00".into(),
+                    size: 1,
+                    files: vec![rec("m.bin", &models.join("m.bin"))],
+                }),
+            },
+        );
+        assert!(set.verify(&modules, &models).is_empty());
+        set.write(&modules).unwrap();
+        assert_eq!(SetRecord::load(&modules).unwrap().unwrap(), set);
+
+        fs::write(modules.join("a.jar"), b"aaab").unwrap();
+        fs::remove_file(models.join("m.bin")).unwrap();
+        let bad = set.verify(&modules, &models);
+        assert_eq!(bad.len(), 2);
+        assert!(bad[0].path.ends_with("a.jar") && bad[0].problem.contains("sha-256"));
+        assert!(bad[1].path.ends_with("m.bin") && bad[1].problem.contains("cannot read"));
+    }
+}

@@ -1,0 +1,443 @@
+//! `Stager`: builds the new module set in a scratch folder and publishes it
+//! as `modules-upgrade/` (with the staged models in `models-upgrade/`) only
+//! when it is complete.
+//!
+//! Steps, each durable before the next:
+//! 1. Clear a previous staged set: its marker first, then the folders.
+//! 2. Into `modules-upgrade.tmp/` and `models-upgrade.tmp/`: hard-link the
+//!    unchanged files from `modules/` and `models/` (copy where a link
+//!    fails), move the new main artifacts from the cache, extract the new
+//!    packages (each into its own scratch folder first, so that two
+//!    packages can share a file only if it is byte-identical).
+//! 3. fsync every copied file and every folder.
+//! 4. Write the hash record, then `modules-info.properties` (the marker).
+//! 5. Rename `models-upgrade.tmp` to `models-upgrade`, fsync the home.
+//! 6. Rename `modules-upgrade.tmp` to `modules-upgrade`, fsync the home:
+//!    from here the staged set exists.
+//!
+//! A failure at any step leaves `modules/`, `models/` and everything else
+//! untouched, and no `modules-upgrade/` with a marker; the scratch folders
+//! are removed at the next staging.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use actix::prelude::*;
+use serde::Serialize;
+use tracing::{info, instrument};
+
+use crate::{
+    archive::{self, Limits},
+    error::{io_at, UpgradeError},
+    failpoint::failpoint,
+    installed,
+    layout::{sync_dir, Layout, MODULES_INFO},
+    plan::{MainPlan, PackagePlan, SyncPlan},
+    record::{sha256_file, FileRecord, ModuleRecord, PackageRecord, SetRecord},
+};
+
+/// A fetched artifact in the cache, as the downloader verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CachedFile {
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Build and publish the staged set for `plan`.
+#[derive(Message)]
+#[rtype(result = "Result<StagedSummary, UpgradeError>")]
+pub struct StageSet {
+    /// The plan.
+    pub plan: SyncPlan,
+    /// Every fetched artifact by cache name.
+    pub fetched: HashMap<String, CachedFile>,
+}
+
+/// What was staged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StagedSummary {
+    /// `groupId:artifactId:version` of every staged module.
+    pub modules: Vec<String>,
+    /// Files in the staged set (modules and models).
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files hard-linked (or copied) from the active set.
+    pub reused_files: usize,
+}
+
+/// The Stager actor: one staging at a time, on a blocking thread.
+pub struct Stager {
+    layout: Layout,
+    limits: Limits,
+}
+
+impl Stager {
+    /// A stager for the home `layout`.
+    pub fn new(layout: Layout, limits: Limits) -> Self {
+        Stager { layout, limits }
+    }
+}
+
+impl Actor for Stager {
+    type Context = Context<Self>;
+}
+
+impl Handler<StageSet> for Stager {
+    type Result = ResponseFuture<Result<StagedSummary, UpgradeError>>;
+
+    fn handle(&mut self, msg: StageSet, _: &mut Context<Self>) -> Self::Result {
+        let layout = self.layout.clone();
+        let limits = self.limits;
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || {
+                stage(&layout, &msg.plan, &msg.fetched, &limits)
+            })
+            .await
+            {
+                Ok(result) => result,
+                // A panic in the staging is this actor's failure.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        })
+    }
+}
+
+/// Removes a staged set and the scratch folders: the marker first, so that
+/// a crash in the middle never leaves a marker beside a partial set.
+pub fn clear_staged(layout: &Layout) -> Result<(), UpgradeError> {
+    let marker = layout.upgrade().join(MODULES_INFO);
+    match fs::remove_file(&marker) {
+        Ok(()) => {
+            sync_dir(&layout.upgrade()).map_err(io_at(layout.upgrade()))?;
+            failpoint("stage.clear.marker-removed");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_at(marker)(e)),
+    }
+    for dir in [
+        layout.upgrade_tmp(),
+        layout.models_upgrade_tmp(),
+        layout.upgrade(),
+        layout.models_upgrade(),
+    ] {
+        remove_dir_if_exists(&dir)?;
+    }
+    sync_dir(layout.home()).map_err(io_at(layout.home()))
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), UpgradeError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(dir)(e)),
+    }
+}
+
+/// One side of the staged set (modules or models) and who put what there.
+struct Side {
+    root: PathBuf,
+    owners: HashMap<String, (String, String)>,
+    files: usize,
+    bytes: u64,
+    reused: usize,
+}
+
+impl Side {
+    fn new(root: PathBuf) -> Result<Side, UpgradeError> {
+        fs::create_dir_all(&root).map_err(io_at(&root))?;
+        Ok(Side {
+            root,
+            owners: HashMap::new(),
+            files: 0,
+            bytes: 0,
+            reused: 0,
+        })
+    }
+
+    /// Registers `name` for `module`; `false` if an identical file is
+    /// already there (nothing to do), an error if a different one is.
+    fn claim(&mut self, name: &str, sha256: &str, module: &str) -> Result<bool, UpgradeError> {
+        let folded = name.to_lowercase();
+        match self.owners.get(&folded) {
+            Some((_, sha)) if sha == sha256 => Ok(false),
+            Some((owner, _)) => Err(UpgradeError::Collision {
+                name: name.to_owned(),
+                first: owner.clone(),
+                second: module.to_owned(),
+            }),
+            None => {
+                self.owners
+                    .insert(folded, (module.to_owned(), sha256.to_owned()));
+                Ok(true)
+            }
+        }
+    }
+
+    /// Places an installed file by hard link (copy when linking fails).
+    fn reuse(
+        &mut self,
+        from_root: &Path,
+        rec: &FileRecord,
+        module: &str,
+    ) -> Result<(), UpgradeError> {
+        if !self.claim(&rec.name, &rec.sha256, module)? {
+            return Ok(());
+        }
+        let from = from_root.join(&rec.name);
+        let to = self.root.join(&rec.name);
+        create_parent(&to)?;
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to).map_err(io_at(&to))?;
+            fs::File::open(&to)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(&to))?;
+        }
+        self.files += 1;
+        self.bytes += rec.size;
+        self.reused += 1;
+        Ok(())
+    }
+
+    /// Moves a new file into place.
+    fn adopt(&mut self, from: &Path, rec: &FileRecord, module: &str) -> Result<(), UpgradeError> {
+        if !self.claim(&rec.name, &rec.sha256, module)? {
+            return Ok(());
+        }
+        let to = self.root.join(&rec.name);
+        create_parent(&to)?;
+        move_file(from, &to)?;
+        self.files += 1;
+        self.bytes += rec.size;
+        Ok(())
+    }
+
+    /// Extracts `archive` into a scratch folder, then adopts each file.
+    fn extract(
+        &mut self,
+        archive_path: &Path,
+        scratch: &Path,
+        limits: &Limits,
+        module: &str,
+    ) -> Result<Vec<FileRecord>, UpgradeError> {
+        remove_dir_if_exists(scratch)?;
+        fs::create_dir_all(scratch).map_err(io_at(scratch))?;
+        let extracted = archive::extract(archive_path, scratch, limits).map_err(|source| {
+            UpgradeError::Archive {
+                module: module.to_owned(),
+                package: archive_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                source,
+            }
+        })?;
+        let mut files = Vec::new();
+        for f in extracted.files {
+            let name = f
+                .path
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let rec = FileRecord {
+                name,
+                sha256: f.sha256,
+                size: f.size,
+            };
+            self.adopt(&scratch.join(&f.path), &rec, module)?;
+            files.push(rec);
+        }
+        remove_dir_if_exists(scratch)?;
+        Ok(files)
+    }
+}
+
+fn create_parent(path: &Path) -> Result<(), UpgradeError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+    }
+    Ok(())
+}
+
+/// Renames, or copies and fsyncs across file systems.
+fn move_file(from: &Path, to: &Path) -> Result<(), UpgradeError> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            fs::copy(from, to).map_err(io_at(to))?;
+            fs::File::open(to)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(to))?;
+            fs::remove_file(from).map_err(io_at(from))
+        }
+        Err(e) => Err(io_at(from)(e)),
+    }
+}
+
+/// fsyncs every folder under `root`, deepest first, and `root` itself.
+fn sync_tree(root: &Path) -> Result<(), UpgradeError> {
+    let mut dirs = vec![root.to_owned()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let dir = dirs[i].clone();
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            if entry.file_type().map_err(io_at(entry.path()))?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+        i += 1;
+    }
+    for dir in dirs.iter().rev() {
+        sync_dir(dir).map_err(io_at(dir))?;
+    }
+    Ok(())
+}
+
+/// Builds and publishes the staged set; see the module docs for the steps.
+#[instrument(skip_all, fields(modules = plan.modules.len()))]
+pub fn stage(
+    layout: &Layout,
+    plan: &SyncPlan,
+    fetched: &HashMap<String, CachedFile>,
+    limits: &Limits,
+) -> Result<StagedSummary, UpgradeError> {
+    // 1.
+    clear_staged(layout)?;
+    let mut modules = Side::new(layout.upgrade_tmp())?;
+    let mut models = Side::new(layout.models_upgrade_tmp())?;
+    failpoint("stage.scratch-created");
+    let cached = |name: &str| -> Result<&CachedFile, UpgradeError> {
+        fetched.get(name).ok_or_else(|| UpgradeError::Io {
+            path: layout.download().join(name),
+            source: io::Error::new(io::ErrorKind::NotFound, "not downloaded"),
+        })
+    };
+    // 2.
+    let mut record = SetRecord {
+        format: SetRecord::FORMAT,
+        modules: BTreeMap::new(),
+    };
+    for (n, m) in plan.modules.iter().enumerate() {
+        let key = m.key();
+        let main = match &m.main {
+            MainPlan::Installed(rec) => {
+                modules.reuse(&layout.modules(), rec, &key)?;
+                rec.clone()
+            }
+            MainPlan::Fetch(f) => {
+                let c = cached(&f.cache_name)?;
+                let rec = FileRecord {
+                    name: m.file_name.clone(),
+                    sha256: c.sha256.clone(),
+                    size: c.size,
+                };
+                modules.adopt(&layout.download().join(&f.cache_name), &rec, &key)?;
+                rec
+            }
+        };
+        let package = |plan: &Option<PackagePlan>,
+                       side: &mut Side,
+                       active: &Path,
+                       scratch: PathBuf|
+         -> Result<Option<PackageRecord>, UpgradeError> {
+            Ok(match plan {
+                None => None,
+                Some(PackagePlan::Installed(p)) => {
+                    for f in &p.files {
+                        side.reuse(active, f, &key)?;
+                    }
+                    Some(p.clone())
+                }
+                Some(PackagePlan::Fetch(f)) => {
+                    let c = cached(&f.cache_name)?;
+                    let files = side.extract(
+                        &layout.download().join(&f.cache_name),
+                        &scratch,
+                        limits,
+                        &key,
+                    )?;
+                    Some(PackageRecord {
+                        sha256: c.sha256.clone(),
+                        size: c.size,
+                        files,
+                    })
+                }
+            })
+        };
+        let scratch = layout
+            .home()
+            .join(format!("modules-upgrade.tmp.extract-{n}"));
+        let dependencies = package(
+            &m.dependencies,
+            &mut modules,
+            &layout.modules(),
+            scratch.clone(),
+        )?;
+        let model = package(&m.model, &mut models, &layout.models(), scratch)?;
+        failpoint("stage.module-placed");
+        record.modules.insert(
+            key,
+            ModuleRecord {
+                main,
+                dependencies,
+                model,
+            },
+        );
+    }
+    // 3.
+    sync_tree(&modules.root)?;
+    sync_tree(&models.root)?;
+    failpoint("stage.synced");
+    // 4.
+    record.write(&modules.root).map_err(io_at(&modules.root))?;
+    failpoint("stage.record-written");
+    let info: Vec<installed::InstalledModule> = plan
+        .modules
+        .iter()
+        .map(|m| installed::InstalledModule::from_module(&m.resolved.module))
+        .collect();
+    installed::write_modules_info(&modules.root, &info)
+        .map_err(io_at(modules.root.join(MODULES_INFO)))?;
+    failpoint("stage.marker-written");
+    // 5.
+    fs::rename(&models.root, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;
+    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
+    failpoint("stage.models-renamed");
+    // 6.
+    fs::rename(&modules.root, layout.upgrade()).map_err(io_at(layout.upgrade()))?;
+    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
+    failpoint("stage.upgrade-renamed");
+    for m in &plan.modules {
+        for f in m.fetches() {
+            let _ = fs::remove_file(layout.download().join(&f.cache_name));
+        }
+    }
+    let summary = StagedSummary {
+        modules: record.modules.keys().cloned().collect(),
+        files: modules.files + models.files,
+        bytes: modules.bytes + models.bytes,
+        reused_files: modules.reused + models.reused,
+    };
+    info!(
+        modules = summary.modules.len(),
+        files = summary.files,
+        bytes = summary.bytes,
+        reused = summary.reused_files,
+        "staged set complete"
+    );
+    Ok(summary)
+}
+
+/// Verifies a cached file against what the downloader recorded; used when
+/// a cache hit is reconsidered.
+pub fn cached_matches(path: &Path, expected: &CachedFile) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.len() == expected.size)
+        && sha256_file(path).is_ok_and(|s| s == expected.sha256)
+}
