@@ -162,7 +162,7 @@ impl Handler<Synchronise> for PortalLink {
                 Err(e) => {
                     warn!(error = %e, "synchronisation failed");
                     report.state = match e {
-                        UpgradeError::Fetch { .. } => "failed",
+                        UpgradeError::Fetch { .. } | UpgradeError::NoChecksum { .. } => "failed",
                         _ => "cancelled",
                     }
                     .into();
@@ -285,7 +285,8 @@ async fn synchronise(
         })?;
     let result = run(&peers, &report, &env, response).await;
     match &result {
-        Ok(()) | Err(UpgradeError::Fetch { .. }) => {}
+        // Per-module failures were reported as download_error already.
+        Ok(()) | Err(UpgradeError::Fetch { .. }) | Err(UpgradeError::NoChecksum { .. }) => {}
         Err(e) => {
             status(
                 &peers,

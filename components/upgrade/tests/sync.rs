@@ -1,0 +1,602 @@
+//! The upgrade center as a component, against a loopback repository and a
+//! bus-level fake portal: from the target set to a verified staged set.
+
+mod repo;
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use banalytics_sdk::{
+    component::ComponentInit,
+    portal::{GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware},
+    Bus, ComponentContext, ConfigSection, RestartPolicy, State, StatusBoard,
+};
+use banalytics_upgrade_center::KIND;
+use repo::{sha256_hex, Fault, Repo};
+use serde_json::{json, Value};
+
+const ENV: &str = "11111111-2222-3333-4444-555555555555";
+
+/// One box: a home, a bus, the component, and a fake portal on the bus.
+struct TestBox {
+    home: tempfile::TempDir,
+    board: StatusBoard,
+    bus: Bus,
+    statuses: Arc<Mutex<Vec<ModuleStatusUpdate>>>,
+    requests: Arc<Mutex<u32>>,
+    target: Arc<Mutex<Vec<Value>>>,
+    _ctx: ComponentContext,
+}
+
+struct Options {
+    registered: bool,
+    installed: bool,
+    extra_config: String,
+    portal_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            registered: true,
+            installed: false,
+            extra_config: String::new(),
+            portal_delay: Duration::ZERO,
+        }
+    }
+}
+
+async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("config")).unwrap();
+    if opts.registered {
+        std::fs::write(
+            home.path().join("config/device-registration.properties"),
+            format!("#registered\nenvironmentUuid={ENV}\n"),
+        )
+        .unwrap();
+    }
+    if opts.installed {
+        std::fs::create_dir_all(home.path().join("modules")).unwrap();
+        std::fs::write(home.path().join("modules/modules-info.properties"), "").unwrap();
+    }
+    let bus = Bus::new();
+    let board = StatusBoard::new();
+    board.register("suc", "software-upgrade-center", "id");
+    board.set_component("suc", State::Run, None);
+    let target = Arc::new(Mutex::new(target));
+    let requests = Arc::new(Mutex::new(0));
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    {
+        let mut reqs = bus.subscribe::<GetEnvModulesRequest>();
+        let (pbus, target, requests, delay) = (bus.clone(), target.clone(), requests.clone(), opts.portal_delay);
+        actix_rt::spawn(async move {
+            while let Some(req) = reqs.recv().await {
+                assert_eq!(req.environment_uuid, ENV);
+                assert_eq!(req.core_module.group_id, "com.banalytics.box");
+                *requests.lock().unwrap() += 1;
+                tokio::time::sleep(delay).await;
+                let modules = target.lock().unwrap().clone();
+                pbus.publish(GetEnvModulesResponse { modules }).await;
+            }
+        });
+        let mut sts = bus.subscribe::<ModuleStatusUpdate>();
+        let statuses = statuses.clone();
+        actix_rt::spawn(async move {
+            while let Some(s) = sts.recv().await {
+                statuses.lock().unwrap().push((*s).clone());
+            }
+        });
+    }
+    let config = format!(
+        "kind = \"software-upgrade-center\"\nrepository_url = \"{}\"\nretry_backoff_ms = 10\n{}",
+        repo.url(),
+        opts.extra_config
+    );
+    let init = ComponentInit {
+        name: "suc".into(),
+        id: uuid_of(),
+        home: home.path().to_owned(),
+        config: ConfigSection::from_snippet("suc", &config),
+    };
+    let mut component = (KIND.create)(&init).unwrap();
+    let mut ctx = ComponentContext::new("suc", init.id, home.path(), RestartPolicy::Immediate, bus.clone(), board.clone());
+    component.start(&mut ctx).unwrap();
+    TestBox {
+        home,
+        board,
+        bus,
+        statuses,
+        requests,
+        target,
+        _ctx: ctx,
+    }
+}
+
+fn uuid_of() -> banalytics_sdk_uuid::Uuid {
+    banalytics_sdk_uuid::Uuid::nil()
+}
+
+mod banalytics_sdk_uuid {
+    pub use uuid::Uuid;
+}
+
+impl TestBox {
+    fn path(&self, rel: &str) -> PathBuf {
+        self.home.path().join(rel)
+    }
+
+    fn sync(&self) -> Value {
+        self.board.component("suc").unwrap().details["sync"].clone()
+    }
+
+    /// Waits for the synchronisation that started after `since_ms` to end.
+    async fn wait_sync_after(&self, since_ms: u64) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.sync();
+            if s["finished_ms"].as_u64().is_some_and(|f| f >= since_ms)
+                && s["started_ms"].as_u64().is_some_and(|st| st >= since_ms)
+            {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no synchronisation ended: {s}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn first_sync(&self) -> Value {
+        self.wait_sync_after(0).await
+    }
+
+    async fn resync(&self, target: Vec<Value>) -> Value {
+        *self.target.lock().unwrap() = target;
+        self.statuses.lock().unwrap().clear();
+        let since = banalytics_sdk::status::now_ms();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.bus.publish(SyncSoftware {}).await;
+        self.wait_sync_after(since + 1).await
+    }
+
+    fn statuses(&self) -> Vec<(String, ModuleStatus, Option<String>)> {
+        self.statuses
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s.module.as_ref().map(|m| format!("{}:{}", m.artifact_id, m.version)).unwrap_or_default(),
+                    s.status,
+                    s.status_message.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// What the host's apply step will do (next issue): the staged set
+    /// becomes the active one.
+    fn install_staged(&self) {
+        for (staged, active) in [("modules-upgrade", "modules"), ("models-upgrade", "models")] {
+            let _ = std::fs::remove_dir_all(self.path(active));
+            std::fs::rename(self.path(staged), self.path(active)).unwrap();
+        }
+        std::fs::create_dir_all(self.path("modules-upgrade")).unwrap();
+    }
+}
+
+/// Every file under `dir` with its SHA-256.
+fn tree(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, sha256_hex(&std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, body) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        w.write_all(body).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// A published module: its module object and the files it installs.
+struct Published {
+    object: Value,
+    main_path: String,
+    files: BTreeMap<String, String>,
+    models: BTreeMap<String, String>,
+}
+
+fn publish(repo: &Repo, artifact: &str, version: &str, deps: &[(&str, &[u8])], model: &[(&str, &[u8])]) -> Published {
+    let main = format!("main {artifact} {version}").repeat(100).into_bytes();
+    let base = format!("com/example/{artifact}/{version}/{artifact}-{version}");
+    let main_path = format!("{base}.jar");
+    repo.put(&main_path, main.clone(), true);
+    let mut object = json!({
+        "groupId": "com.example", "artifactId": artifact, "version": version,
+        "type": "component", "uploadTime": "2026-03-01T10:15:30",
+        "sha256": sha256_hex(&main), "size": main.len(),
+    });
+    let mut files = BTreeMap::new();
+    files.insert(format!("com.example-{artifact}-{version}.jar"), sha256_hex(&main));
+    let mut models = BTreeMap::new();
+    for (suffix, entries, field, map) in [
+        ("-bin.zip", deps, "dependencies", &mut files),
+        ("-model.zip", model, "model", &mut models),
+    ] {
+        if entries.is_empty() {
+            continue;
+        }
+        let z = zip_of(entries);
+        object[field] = json!({"sha256": sha256_hex(&z), "size": z.len()});
+        repo.put(&format!("{base}{suffix}"), z, true);
+        for (name, body) in entries {
+            map.insert((*name).to_owned(), sha256_hex(body));
+        }
+    }
+    Published {
+        object,
+        main_path,
+        files,
+        models,
+    }
+}
+
+fn expected_tree(set: &[&Published]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let mut files = BTreeMap::new();
+    let mut models = BTreeMap::new();
+    for p in set {
+        files.extend(p.files.clone());
+        models.extend(p.models.clone());
+    }
+    (files, models)
+}
+
+fn staged_tree(b: &TestBox) -> BTreeMap<String, String> {
+    let mut t = tree(&b.path("modules-upgrade"));
+    t.remove("modules-info.properties");
+    t.remove("modules-hashes.json");
+    t
+}
+
+fn objects(set: &[&Published]) -> Vec<Value> {
+    set.iter().map(|p| p.object.clone()).collect()
+}
+
+/// Per module, the statuses in the order the portal saw them.
+fn by_module(statuses: &[(String, ModuleStatus, Option<String>)]) -> BTreeMap<String, Vec<ModuleStatus>> {
+    let mut out: BTreeMap<String, Vec<ModuleStatus>> = BTreeMap::new();
+    for (m, s, _) in statuses {
+        out.entry(m.clone()).or_default().push(*s);
+    }
+    out
+}
+
+use ModuleStatus::{DownloadError, Downloaded, Downloading, InstallationCancelled};
+
+#[actix_rt::test]
+async fn first_run_stages_a_then_b_stages_exactly_b_with_statuses_in_order() {
+    let repo = Repo::start().await;
+    let alpha1 = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a 1")], &[("alpha/model.bin", b"model alpha 1")]);
+    let beta = publish(&repo, "beta", "1.0", &[], &[]);
+    let gamma = publish(&repo, "gamma", "1.0", &[("lib/g.jar", b"dep g")], &[]);
+    let b = start_box(&repo, objects(&[&alpha1, &beta, &gamma]), Options::default()).await;
+
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(sync["trigger"], "first-run");
+    let (files, models) = expected_tree(&[&alpha1, &beta, &gamma]);
+    assert_eq!(staged_tree(&b), files);
+    assert_eq!(tree(&b.path("models-upgrade")), models);
+    assert!(b.path("modules-upgrade/modules-info.properties").exists());
+    assert_eq!(
+        by_module(&b.statuses()),
+        BTreeMap::from([
+            ("alpha:1.0".into(), vec![Downloading, Downloaded]),
+            ("beta:1.0".into(), vec![Downloading, Downloaded]),
+            ("gamma:1.0".into(), vec![Downloading, Downloaded]),
+        ])
+    );
+    b.install_staged();
+
+    // B: alpha changed (new main, new deps, same model), beta kept, gamma
+    // removed, delta added with both packages.
+    let alpha2 = publish(&repo, "alpha", "2.0", &[("lib/a.jar", b"dep a 2")], &[("alpha/model.bin", b"model alpha 1")]);
+    let delta = publish(&repo, "delta", "1.0", &[("lib/d.jar", b"dep d")], &[("delta/m.bin", b"model d")]);
+    repo.reset_counters();
+    let sync = b.resync(objects(&[&alpha2, &beta, &delta])).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    let (files, models) = expected_tree(&[&alpha2, &beta, &delta]);
+    assert_eq!(staged_tree(&b), files, "exactly B: names and SHA-256");
+    assert_eq!(tree(&b.path("models-upgrade")), models);
+    let info = std::fs::read_to_string(b.path("modules-upgrade/modules-info.properties")).unwrap();
+    assert!(info.contains("com.example\\:alpha\\:2.0=component\\:") && !info.contains("gamma"), "{info}");
+    assert_eq!(
+        by_module(&b.statuses()),
+        BTreeMap::from([
+            ("alpha:2.0".into(), vec![Downloading, Downloaded]),
+            ("beta:1.0".into(), vec![Downloaded]),
+            ("delta:1.0".into(), vec![Downloading, Downloaded]),
+        ]),
+        "a kept module reaches downloaded without downloading"
+    );
+    assert_eq!(repo.bytes_for(&beta.main_path), 0, "the kept module was fetched");
+    // The active set was not touched by staging.
+    assert!(b.path("modules/com.example-gamma-1.0.jar").exists());
+}
+
+#[actix_rt::test]
+async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_its_own() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a")], &[("alpha/m.bin", b"m")]);
+    let beta = publish(&repo, "beta", "1.0", &[], &[]);
+    let b = start_box(&repo, objects(&[&alpha, &beta]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    b.install_staged();
+
+    repo.reset_counters();
+    let sync = b.resync(objects(&[&alpha, &beta])).await;
+    assert_eq!(sync["state"], "up-to-date", "{sync}");
+    assert_eq!(repo.artifact_bytes(), 0);
+    assert_eq!(repo.artifact_gets(), 0);
+    assert!(!b.path("modules-upgrade/modules-info.properties").exists(), "nothing staged for a no-op");
+
+    let beta2 = publish(&repo, "beta", "1.1", &[], &[]);
+    repo.reset_counters();
+    let sync = b.resync(objects(&[&alpha, &beta2])).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    let size = beta2.object["size"].as_u64().unwrap();
+    assert_eq!(repo.artifact_bytes(), size, "only beta 1.1's bytes");
+    assert_eq!(repo.bytes_for(&beta2.main_path), size);
+}
+
+/// One module, one fault: the outcome and `modules/` untouched.
+async fn hostile(fault: Fault, tweak: impl FnOnce(&mut Value), extra_config: &str, with_digest: bool) -> (TestBox, Value, Repo, Published) {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    if !with_digest {
+        let body = format!("main alpha 1.0").repeat(100).into_bytes();
+        repo.put(&alpha.main_path, body, false);
+    }
+    repo.fault(&alpha.main_path, fault);
+    let mut object = alpha.object.clone();
+    tweak(&mut object);
+    let b = start_box(
+        &repo,
+        vec![object],
+        Options {
+            extra_config: format!("read_timeout_ms = 300\n{extra_config}"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert!(tree(&b.path("modules")).is_empty(), "modules/ changed");
+    (b, sync, repo, alpha)
+}
+
+fn assert_download_error(b: &TestBox, sync: &Value, needle: &str) {
+    assert_eq!(sync["state"], "failed", "{sync}");
+    let statuses = b.statuses();
+    let last = statuses.last().unwrap();
+    assert_eq!(last.1, DownloadError, "{statuses:?}");
+    let message = last.2.clone().unwrap_or_default();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    assert!(!b.path("modules-upgrade/modules-info.properties").exists());
+}
+
+#[actix_rt::test]
+async fn a_wrong_hash_ends_in_download_error() {
+    let (b, sync, ..) = hostile(Fault::default(), |o| o["sha256"] = json!("0".repeat(64)), "", true).await;
+    assert_download_error(&b, &sync, "sha-256");
+}
+
+#[actix_rt::test]
+async fn a_truncated_body_is_resumed_and_succeeds() {
+    let fault = Fault { cut_after: Some(500), cut_times: 1, ..Fault::default() };
+    let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(repo.bytes_for(&alpha.main_path), alpha.object["size"].as_u64().unwrap(), "resumed, not restarted");
+    assert_eq!(staged_tree(&b), alpha.files);
+}
+
+#[actix_rt::test]
+async fn more_bytes_than_declared_ends_in_download_error() {
+    let fault = Fault { extra_bytes: 10, ..Fault::default() };
+    let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
+    assert_download_error(&b, &sync, "declared");
+}
+
+#[actix_rt::test]
+async fn an_ignored_range_starts_over_and_succeeds() {
+    let fault = Fault { cut_after: Some(500), cut_times: 1, ignore_range: true, ..Fault::default() };
+    let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(staged_tree(&b), alpha.files);
+    assert!(repo.bytes_for(&alpha.main_path) > alpha.object["size"].as_u64().unwrap());
+}
+
+#[actix_rt::test]
+async fn a_wrong_content_range_ends_in_download_error() {
+    let fault = Fault { cut_after: Some(500), cut_times: 1, wrong_content_range: true, ..Fault::default() };
+    let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
+    assert_download_error(&b, &sync, "content-range");
+}
+
+#[actix_rt::test]
+async fn a_404_on_a_main_artifact_ends_in_download_error_without_retry() {
+    let repo = Repo::start().await;
+    let mut object = publish(&repo, "alpha", "1.0", &[], &[]).object;
+    object["version"] = json!("9.9");
+    let b = start_box(&repo, vec![object], Options::default()).await;
+    let sync = b.first_sync().await;
+    assert_download_error(&b, &sync, "404");
+    assert_eq!(repo.artifact_gets(), 1);
+}
+
+#[actix_rt::test]
+async fn a_500_then_success_is_retried() {
+    let fault = Fault { statuses: [500].into(), ..Fault::default() };
+    let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(repo.artifact_gets(), 2);
+    assert_eq!(staged_tree(&b), alpha.files);
+}
+
+#[actix_rt::test]
+async fn a_stalled_server_hits_the_read_timeout_and_the_retry_succeeds() {
+    let fault = Fault { stall: Some(Duration::from_secs(3)), ..Fault::default() };
+    let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(repo.artifact_gets(), 2, "timed out once, then resumed");
+    assert_eq!(staged_tree(&b), alpha.files);
+}
+
+#[actix_rt::test]
+async fn no_checksum_anywhere_ends_in_download_error_unless_policy_is_warn() {
+    let strip = |o: &mut Value| {
+        o.as_object_mut().unwrap().remove("sha256");
+    };
+    let (b, sync, ..) = hostile(Fault::default(), strip, "", false).await;
+    assert_download_error(&b, &sync, "no SHA-256");
+    let (b, sync, _, alpha) = hostile(Fault::default(), strip, "checksum_policy = \"warn\"", false).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(staged_tree(&b), alpha.files);
+}
+
+/// A hostile package cancels the upgrade, naming the entry, and writes
+/// nothing outside the staging folder.
+async fn hostile_archive(entries: &[(&str, &[u8])], extra_config: &str, needle: &str) {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", entries, &[]);
+    let b = start_box(
+        &repo,
+        vec![alpha.object.clone()],
+        Options { extra_config: extra_config.into(), ..Options::default() },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "cancelled", "{sync}");
+    let statuses = b.statuses();
+    let last = statuses.last().unwrap();
+    assert_eq!(last.1, InstallationCancelled);
+    assert!(last.2.as_deref().unwrap_or("").contains(needle), "{statuses:?}");
+    assert!(!b.path("modules-upgrade/modules-info.properties").exists());
+    let parent: Vec<_> = std::fs::read_dir(b.home.path().parent().unwrap().join(b.home.path().file_name().unwrap()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!parent.contains(&"x".to_owned()), "{parent:?}");
+    assert!(tree(&b.path("modules")).is_empty());
+    assert!(!b.home.path().join("x").exists() && !Path::new("/abs-x-banalytics").exists());
+}
+
+#[actix_rt::test]
+async fn an_entry_climbing_out_cancels_the_upgrade() {
+    hostile_archive(&[("../x", b"evil")], "", "../x").await;
+}
+
+#[actix_rt::test]
+async fn an_absolute_entry_cancels_the_upgrade() {
+    hostile_archive(&[("/abs-x-banalytics", b"evil")], "", "/abs-x-banalytics").await;
+}
+
+#[actix_rt::test]
+async fn too_many_entries_cancel_the_upgrade() {
+    hostile_archive(&[("a", b"1"), ("b", b"2"), ("c", b"3")], "max_archive_entries = 2", "entries").await;
+}
+
+#[actix_rt::test]
+async fn a_hundred_concurrent_triggers_make_one_request() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options { installed: true, portal_delay: Duration::from_millis(300), ..Options::default() },
+    )
+    .await;
+    let since = banalytics_sdk::status::now_ms();
+    let publishes: Vec<_> = (0..100)
+        .map(|_| {
+            let bus = b.bus.clone();
+            actix_rt::spawn(async move { bus.publish(SyncSoftware {}).await })
+        })
+        .collect();
+    for p in publishes {
+        p.await.unwrap();
+    }
+    let sync = b.wait_sync_after(since).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(*b.requests.lock().unwrap(), 1);
+    assert_eq!(sync["skipped_triggers"], 99);
+}
+
+#[actix_rt::test]
+async fn a_target_larger_than_the_free_space_is_refused_before_any_download() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let mut object = alpha.object.clone();
+    object["size"] = json!(1u64 << 52);
+    let b = start_box(&repo, vec![object], Options::default()).await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "cancelled", "{sync}");
+    let message = sync["result"].as_str().unwrap();
+    assert!(message.contains("not enough free space") && message.contains("bytes needed"), "{message}");
+    assert_eq!(repo.artifact_gets(), 0);
+    assert_eq!(b.statuses().last().unwrap().1, InstallationCancelled);
+}
+
+#[actix_rt::test]
+async fn an_unregistered_box_cancels_and_downloads_nothing() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(&repo, objects(&[&alpha]), Options { registered: false, ..Options::default() }).await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "cancelled", "{sync}");
+    assert!(sync["result"].as_str().unwrap().contains("not registered"));
+    assert_eq!(*b.requests.lock().unwrap(), 0);
+    assert_eq!(repo.artifact_gets(), 0);
+    let details = b.board.component("suc").unwrap().details;
+    assert_eq!(details["registered"], false);
+}
+
+#[actix_rt::test]
+async fn bad_target_sets_are_cancelled_naming_the_fault() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let mut bad = alpha.object.clone();
+    bad["groupId"] = json!("../etc");
+    for (target, needle) in [
+        (vec![], "empty"),
+        (vec![bad], "../etc"),
+        (vec![alpha.object.clone(), alpha.object.clone()], "more than once"),
+    ] {
+        let b = start_box(&repo, target, Options::default()).await;
+        let sync = b.first_sync().await;
+        assert_eq!(sync["state"], "cancelled", "{sync}");
+        let statuses = b.statuses();
+        assert_eq!(statuses.len(), 1, "{statuses:?}");
+        assert_eq!(statuses[0].1, InstallationCancelled);
+        assert!(statuses[0].2.as_deref().unwrap().contains(needle), "{statuses:?}");
+        assert_eq!(repo.artifact_gets(), 0);
+    }
+}
