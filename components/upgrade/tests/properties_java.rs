@@ -11,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use banalytics_upgrade_center::coords::{Coords, ModuleType};
+use banalytics_upgrade_center::installed::{self, InstalledModule};
 use banalytics_upgrade_center::properties::{self, PropertiesError};
 
 fn fixtures() -> PathBuf {
@@ -171,6 +173,40 @@ fn java_loads_our_written_file_back_identically() {
     std::fs::write(&path, &bytes).unwrap();
     let java_view = java.dump(&[path]).remove(0);
     assert_eq!(java_view, Some(dump(&entries)));
+}
+
+#[test]
+fn java_reads_our_modules_info_as_module_keys() {
+    let modules = vec![
+        InstalledModule {
+            coords: Coords::new("com.banalytics.box", "core", "1.0.0").unwrap(),
+            module_type: ModuleType::Core,
+            upload_epoch: 1_772_360_130,
+        },
+        InstalledModule {
+            coords: Coords::new("com.banalytics.box", "onvif+cam", "2.0.0-rc.1").unwrap(),
+            module_type: ModuleType::Component,
+            upload_epoch: 1_700_000_000,
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    installed::write_modules_info(dir.path(), &modules).unwrap();
+    assert_eq!(
+        installed::read_modules_info(dir.path()).unwrap(),
+        Some(modules)
+    );
+
+    let Some(java) = Java::compile() else { return };
+    let java_view = java
+        .dump(&[dir.path().join(installed::MODULES_INFO_FILE)])
+        .remove(0);
+    assert_eq!(
+        java_view,
+        Some(vec![
+            "com.banalytics.box:core:1.0.0=core:1772360130".to_owned(),
+            "com.banalytics.box:onvif+cam:2.0.0-rc.1=component:1700000000".to_owned(),
+        ])
+    );
 }
 
 /// Hand-written corner cases of `Properties.load`.
