@@ -472,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn hashes_round_trip_beside_module_list_and_java_reader_ignores_them() {
+    fn hashes_round_trip_in_a_separate_file_leaving_module_list_modules_only() {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_file_hashes(dir.path()).unwrap().is_none());
         let mut hashes = FileHashes::new();
