@@ -82,6 +82,9 @@ pub enum UpgradeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The installed (or staged) set's files could not be read or written.
+    #[error(transparent)]
+    Installed(#[from] crate::installed::InstalledError),
     /// A helper actor failed while working for the synchronisation.
     #[error("{0}")]
     Actor(#[from] banalytics_sdk::SendError),

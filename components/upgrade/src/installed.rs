@@ -1,71 +1,415 @@
-//! (temporary shim until the helper's installed.rs lands)
-use std::{io, path::Path};
+//! The installed module set as it lives on disk, in the active folder
+//! (`modules/`) or a staged one (`modules-upgrade/`).
+//!
+//! Two files describe a set:
+//!
+//! - `modules-info.properties` lists the modules (key
+//!   `groupId:artifactId:version`, value `type:uploadEpochSecondsUTC`). It is
+//!   the original Java box's format and its "this set is complete" marker,
+//!   so it is kept exactly as Java reads and writes it (contracts section 2).
+//! - `modules-hashes.json` records the SHA-256 and size of every file the
+//!   set installed ([`crate::record`]). It is a separate file, not extra
+//!   keys in the properties file, because the Java box loads every key of
+//!   `modules-info.properties` as a module; a box rolled back to, or still
+//!   read by, the Java implementation must keep working. A set installed by
+//!   the Java box simply has no hash record.
+//!
+//! Both are written through a temporary file, fsync, rename and a fsync of
+//! the folder ([`write_atomic`]), so a crash leaves the old file or the new
+//! one, never half of one; the hash record is written first and
+//! `modules-info.properties` last, because the latter marks the set
+//! complete. The I/O is blocking: the files are a few kilobytes; async
+//! callers use `spawn_blocking`.
 
-use crate::{
-    coords::{Coords, Module, ModuleType},
-    layout::MODULES_INFO,
-};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
-/// An installed module.
+use thiserror::Error;
+
+use crate::coords::{Coords, CoordsError, Module, ModuleType};
+use crate::properties::{self, PropertiesError};
+
+/// File name of the module list, in the module folder.
+pub const MODULES_INFO_FILE: &str = "modules-info.properties";
+/// Comment line written at the top of `modules-info.properties`.
+const MODULES_INFO_COMMENT: &str = "Banalytics box installed modules";
+
+/// Why the installed set could not be read or written.
+#[derive(Debug, Error)]
+pub enum InstalledError {
+    /// A file system operation failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done (`read`, `write`, `sync`, `rename`).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// `modules-info.properties` is not a readable properties file.
+    #[error("{path} is not a valid properties file: {source}")]
+    Properties {
+        /// The file.
+        path: PathBuf,
+        /// What the properties reader refused.
+        source: PropertiesError,
+    },
+    /// An entry of `modules-info.properties` is not a module.
+    #[error("{path}: entry {key:?}={value:?} is not groupId:artifactId:version=type:uploadEpochSeconds: {reason}")]
+    InvalidEntry {
+        /// The file.
+        path: PathBuf,
+        /// The entry's key.
+        key: String,
+        /// The entry's value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// One line of `modules-info.properties`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledModule {
-    /// Coordinates.
+    /// The module's coordinates.
     pub coords: Coords,
-    /// Type.
+    /// Core or component.
     pub module_type: ModuleType,
-    /// Upload time.
+    /// Upload time as seconds since the Unix epoch, UTC.
     pub upload_epoch: i64,
 }
 
-impl InstalledModule {
-    /// From a target module.
-    pub fn from_module(m: &Module) -> Self {
+impl From<&Module> for InstalledModule {
+    fn from(module: &Module) -> Self {
         InstalledModule {
-            coords: m.coords.clone(),
-            module_type: m.module_type,
-            upload_epoch: m.upload_time,
+            coords: module.coords.clone(),
+            module_type: module.module_type,
+            upload_epoch: module.upload_time,
         }
     }
-    /// Key.
-    pub fn key(&self) -> String {
-        self.coords.to_string()
-    }
 }
 
-/// Reads.
-pub fn read_modules_info(dir: &Path) -> io::Result<Option<Vec<InstalledModule>>> {
-    let bytes = match std::fs::read(dir.join(MODULES_INFO)) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let entries = crate::properties::read(&bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let mut out = Vec::new();
-    for (k, v) in entries {
-        let coords: Coords = k.parse().map_err(|e: crate::coords::CoordsError| {
-            io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-        })?;
-        let (t, epoch) = v.split_once(':').unwrap_or((v.as_str(), "0"));
-        out.push(InstalledModule {
-            coords,
-            module_type: t
-                .parse()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad type {t}")))?,
-            upload_epoch: epoch.parse().unwrap_or(0),
-        });
-    }
-    Ok(Some(out))
-}
-
-/// Writes.
-pub fn write_modules_info(dir: &Path, modules: &[InstalledModule]) -> io::Result<()> {
+/// Renders the module list as `Properties.store` would write it (without
+/// the date line).
+pub fn render_modules_info(modules: &[InstalledModule]) -> Vec<u8> {
     let entries: Vec<(String, String)> = modules
         .iter()
-        .map(|m| (m.key(), format!("{}:{}", m.module_type, m.upload_epoch)))
+        .map(|m| {
+            (
+                m.coords.to_string(),
+                format!("{}:{}", m.module_type, m.upload_epoch),
+            )
+        })
         .collect();
-    crate::record::write_durably(
-        &dir.join(MODULES_INFO),
-        &crate::properties::write(&entries, None),
-    )
+    properties::write(&entries, Some(MODULES_INFO_COMMENT))
+}
+
+/// Parses the module list; `path` only names the file in errors.
+///
+/// A plain, unescaped key line (`g:a:1=core:5`) loads in Java as key `g`
+/// and value `a:1=core:5`; such an entry is put back together and read as
+/// the module it spells. Other keys without `:` are not modules and are
+/// skipped (a hand-edited or future file may carry them); every other
+/// entry must be a valid module.
+fn parse_modules_info(path: &Path, bytes: &[u8]) -> Result<Vec<InstalledModule>, InstalledError> {
+    let entries = properties::read(bytes).map_err(|source| InstalledError::Properties {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut modules = Vec::with_capacity(entries.len());
+    for (mut key, mut value) in entries {
+        if !key.contains(':') {
+            let plain = format!("{key}:{value}");
+            match plain.split_once('=') {
+                Some((k, v)) if k.trim_end().parse::<Coords>().is_ok() => {
+                    (key, value) = (k.trim_end().to_owned(), v.trim_start().to_owned());
+                }
+                _ => {
+                    tracing::debug!(path = %path.display(), key, "skipping non-module entry");
+                    continue;
+                }
+            }
+        }
+        let invalid = |reason: String| InstalledError::InvalidEntry {
+            path: path.to_owned(),
+            key: key.clone(),
+            value: value.clone(),
+            reason,
+        };
+        let coords: Coords = key
+            .parse()
+            .map_err(|e: CoordsError| invalid(e.to_string()))?;
+        let (module_type, epoch) = value
+            .split_once(':')
+            .ok_or_else(|| invalid("the value has no ':'".to_owned()))?;
+        let module_type = module_type
+            .parse()
+            .map_err(|e: CoordsError| invalid(e.to_string()))?;
+        let upload_epoch = epoch
+            .parse()
+            .map_err(|e| invalid(format!("upload time {epoch:?}: {e}")))?;
+        modules.push(InstalledModule {
+            coords,
+            module_type,
+            upload_epoch,
+        });
+    }
+    Ok(modules)
+}
+
+/// Checks a hash record name: a relative path of plain names joined by
+/// `/`, so that `verify` and staging never look outside the module folder.
+pub fn check_record_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("the name is empty");
+    }
+    if name.contains(['\\', '\0']) || name.contains(':') {
+        return Err("the name contains '\\', ':' or NUL");
+    }
+    if name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err("the name is not a relative path of plain names");
+    }
+    Ok(())
+}
+
+/// Reads a whole file, `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstalledError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(InstalledError::Io {
+            action: "read",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Reads `modules-info.properties` from a module folder; `None` when it is
+/// missing (first run, or a staged set that is not complete).
+pub fn read_modules_info(dir: &Path) -> Result<Option<Vec<InstalledModule>>, InstalledError> {
+    let path = dir.join(MODULES_INFO_FILE);
+    read_optional(&path)?
+        .map(|bytes| parse_modules_info(&path, &bytes))
+        .transpose()
+}
+
+/// Writes `modules-info.properties` into a module folder, atomically.
+pub fn write_modules_info(dir: &Path, modules: &[InstalledModule]) -> Result<(), InstalledError> {
+    write_atomic(&dir.join(MODULES_INFO_FILE), &render_modules_info(modules))
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or
+/// the new content: 1. write `{path}.tmp`, 2. fsync it, 3. rename it over
+/// `path`, 4. fsync the folder so the rename itself is durable.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InstalledError> {
+    let io_err = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| InstalledError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+
+    let written = (|| {
+        // 1. and 2.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err("write", &tmp))?;
+        file.write_all(bytes).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+        // 3.
+        fs::rename(&tmp, path).map_err(io_err("rename", &tmp))
+    })();
+    if written.is_err() {
+        // Best effort: the temporary file is garbage either way.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    // 4.
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes a rename in `dir` durable. Only Unix can open and fsync a folder.
+fn sync_dir(dir: &Path) -> Result<(), InstalledError> {
+    #[cfg(unix)]
+    {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| InstalledError::Io {
+                action: "sync",
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(g: &str, a: &str, v: &str, t: ModuleType, epoch: i64) -> InstalledModule {
+        InstalledModule {
+            coords: Coords::new(g, a, v).unwrap(),
+            module_type: t,
+            upload_epoch: epoch,
+        }
+    }
+
+    fn sample() -> Vec<InstalledModule> {
+        vec![
+            module(
+                "com.banalytics.box",
+                "core",
+                "1.0.0",
+                ModuleType::Core,
+                1_772_360_130,
+            ),
+            module(
+                "com.banalytics.box",
+                "video",
+                "2.1",
+                ModuleType::Component,
+                -5,
+            ),
+        ]
+    }
+
+    #[test]
+    fn renders_escaped_keys_and_type_epoch_values() {
+        let text = String::from_utf8(render_modules_info(&sample())).unwrap();
+        assert_eq!(
+            text,
+            "#Banalytics box installed modules\n\
+             com.banalytics.box\\:core\\:1.0.0=core\\:1772360130\n\
+             com.banalytics.box\\:video\\:2.1=component\\:-5\n"
+        );
+    }
+
+    #[test]
+    fn modules_info_round_trips_through_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            read_modules_info(dir.path()).unwrap().is_none(),
+            "missing means first run"
+        );
+        write_modules_info(dir.path(), &sample()).unwrap();
+        assert_eq!(read_modules_info(dir.path()).unwrap(), Some(sample()));
+        assert!(!dir.path().join("modules-info.properties.tmp").exists());
+    }
+
+    #[test]
+    fn reads_java_written_module_list_skipping_non_module_keys() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/modules-info.java.properties");
+        let bytes = fs::read(&fixture).unwrap();
+        let mut modules = parse_modules_info(&fixture, &bytes).unwrap();
+        modules.sort_by(|a, b| a.coords.cmp(&b.coords));
+        assert_eq!(
+            modules,
+            vec![
+                module(
+                    "com.banalytics.box",
+                    "core",
+                    "1.0.0",
+                    ModuleType::Core,
+                    1_772_360_130
+                ),
+                module(
+                    "com.banalytics.box",
+                    "onvif+cam",
+                    "2.0.0-rc.1",
+                    ModuleType::Component,
+                    1_700_000_000
+                ),
+                module(
+                    "com.banalytics.box",
+                    "video-module",
+                    "1.2.3",
+                    ModuleType::Component,
+                    1_772_360_100
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn accepts_plain_unescaped_keys_and_upper_case_type() {
+        let bytes = b"g\\:a\\:1=CORE:7\ncom.banalytics.box:x:2.0 = component:9\nnote=hello\n";
+        let modules = parse_modules_info(Path::new("m"), bytes).unwrap();
+        assert_eq!(
+            modules,
+            vec![
+                module("g", "a", "1", ModuleType::Core, 7),
+                module("com.banalytics.box", "x", "2.0", ModuleType::Component, 9),
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_entries_that_are_not_modules_naming_them() {
+        for (bytes, needle) in [
+            (&b"..\\:a\\:1=core\\:1"[..], "groupId \"..\""),
+            (b"g\\:a\\:1=core", "the value has no ':'"),
+            (b"g\\:a\\:1=plugin\\:1", "module type \"plugin\""),
+            (b"g\\:a\\:1=core\\:soon", "upload time \"soon\""),
+            (b"g\\:a=core\\:1", "module key \"g:a\""),
+        ] {
+            let err = parse_modules_info(Path::new("dir/modules-info.properties"), bytes)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("dir/modules-info.properties: entry "),
+                "{err}"
+            );
+            assert!(err.contains(needle), "{err} should contain {needle}");
+        }
+        let err = parse_modules_info(Path::new("m"), b"k=\\uZZZZ").unwrap_err();
+        assert!(matches!(err, InstalledError::Properties { .. }), "{err}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_content_and_reports_missing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "no temporary file left behind");
+
+        let missing = dir.path().join("no-such-dir/f");
+        let err = write_atomic(&missing, b"x").unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                InstalledError::Io {
+                    action: "write",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("no-such-dir/f.tmp"), "{err}");
+    }
 }

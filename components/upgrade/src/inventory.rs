@@ -41,11 +41,10 @@ impl Handler<PlanSync> for Inventory {
 
     fn handle(&mut self, msg: PlanSync, _: &mut Context<Self>) -> Self::Result {
         let modules = self.layout.modules();
-        let installed: Vec<String> = installed::read_modules_info(&modules)
-            .map_err(io_at(&modules))?
+        let installed: Vec<String> = installed::read_modules_info(&modules)?
             .unwrap_or_default()
             .iter()
-            .map(|m| m.key())
+            .map(|m| m.coords.to_string())
             .collect();
         let record = trusted_record(&self.layout)?;
         let plan = plan::plan(msg.target, &installed, record.as_ref());

@@ -143,11 +143,12 @@ impl Handler<Synchronise> for PortalLink {
         self.running = true;
         let (tx, rx) = oneshot::channel();
         self.awaiting = Some(tx);
+        let skipped_triggers = self.report.borrow().skipped_triggers;
         *self.report.borrow_mut() = SyncReport {
             state: "requesting".into(),
             trigger: Some(trigger),
             started_ms: Some(now_ms()),
-            skipped_triggers: self.report.borrow().skipped_triggers,
+            skipped_triggers,
             ..SyncReport::default()
         };
         info!(?trigger, "synchronisation started");
@@ -323,10 +324,28 @@ async fn run(
         })?;
     let target = validate_target(&response.modules)?;
     set_state(peers, report, "resolving");
-    let resolved = peers
+    let resolved = match peers
         .downloader
         .send(ResolveSet { modules: target })
-        .await??;
+        .await?
+    {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            if let UpgradeError::Fetch { module, .. } | UpgradeError::NoChecksum { module, .. } = &e
+            {
+                let coords = module.parse::<Coords>().ok();
+                status(
+                    peers,
+                    env,
+                    coords.as_ref(),
+                    ModuleStatus::DownloadError,
+                    Some(e.to_string()),
+                )
+                .await;
+            }
+            return Err(e);
+        }
+    };
     let plan = peers
         .inventory
         .send(PlanSync { target: resolved })

@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::sync_dir;
+use crate::installed::{check_record_name, write_atomic, InstalledError};
 
 /// The record file's name, beside `modules-info.properties`.
 pub const RECORD_FILE: &str = "modules-hashes.json";
@@ -78,26 +78,34 @@ impl SetRecord {
     /// The current format.
     pub const FORMAT: u32 = 1;
 
-    /// Reads the record of the set in `dir`; `None` when it has none.
+    /// Reads the record of the set in `dir`; `None` when it has none. A
+    /// record naming a file outside its folder is refused.
     pub fn load(dir: &Path) -> io::Result<Option<SetRecord>> {
         let path = dir.join(RECORD_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let invalid = |msg: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {msg}", path.display()),
+            )
+        };
+        let record: SetRecord = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let empty = Path::new("");
+        for (_, f) in record.files(empty, empty) {
+            check_record_name(&f.name)
+                .map_err(|reason| invalid(format!("{:?}: {reason}", f.name)))?;
         }
+        Ok(Some(record))
     }
 
     /// Writes the record into `dir`: temporary file, fsync, rename, fsync of
     /// `dir`.
-    pub fn write(&self, dir: &Path) -> io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        write_durably(&dir.join(RECORD_FILE), &bytes)
+    pub fn write(&self, dir: &Path) -> Result<(), InstalledError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("strings and numbers");
+        write_atomic(&dir.join(RECORD_FILE), &bytes)
     }
 
     /// Every file of the set, with the folder it lives in (`modules` side
@@ -161,23 +169,6 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-/// Writes `bytes` to `path` durably: temporary file, fsync, rename, fsync of
-/// the folder.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
 }
 
 #[cfg(test)]

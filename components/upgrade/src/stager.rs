@@ -396,15 +396,14 @@ pub fn stage(
     sync_tree(&models.root)?;
     failpoint("stage.synced");
     // 4.
-    record.write(&modules.root).map_err(io_at(&modules.root))?;
+    record.write(&modules.root)?;
     failpoint("stage.record-written");
     let info: Vec<installed::InstalledModule> = plan
         .modules
         .iter()
-        .map(|m| installed::InstalledModule::from_module(&m.resolved.module))
+        .map(|m| installed::InstalledModule::from(&m.resolved.module))
         .collect();
-    installed::write_modules_info(&modules.root, &info)
-        .map_err(io_at(modules.root.join(MODULES_INFO)))?;
+    installed::write_modules_info(&modules.root, &info)?;
     failpoint("stage.marker-written");
     // 5.
     fs::rename(&models.root, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;

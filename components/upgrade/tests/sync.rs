@@ -13,7 +13,9 @@ use std::{
 
 use banalytics_sdk::{
     component::ComponentInit,
-    portal::{GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware},
+    portal::{
+        GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
+    },
     Bus, ComponentContext, ConfigSection, RestartPolicy, State, StatusBoard,
 };
 use banalytics_upgrade_center::KIND;
@@ -74,7 +76,12 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
     let statuses = Arc::new(Mutex::new(Vec::new()));
     {
         let mut reqs = bus.subscribe::<GetEnvModulesRequest>();
-        let (pbus, target, requests, delay) = (bus.clone(), target.clone(), requests.clone(), opts.portal_delay);
+        let (pbus, target, requests, delay) = (
+            bus.clone(),
+            target.clone(),
+            requests.clone(),
+            opts.portal_delay,
+        );
         actix_rt::spawn(async move {
             while let Some(req) = reqs.recv().await {
                 assert_eq!(req.environment_uuid, ENV);
@@ -105,7 +112,14 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
         config: ConfigSection::from_snippet("suc", &config),
     };
     let mut component = (KIND.create)(&init).unwrap();
-    let mut ctx = ComponentContext::new("suc", init.id, home.path(), RestartPolicy::Immediate, bus.clone(), board.clone());
+    let mut ctx = ComponentContext::new(
+        "suc",
+        init.id,
+        home.path(),
+        RestartPolicy::Immediate,
+        bus.clone(),
+        board.clone(),
+    );
     component.start(&mut ctx).unwrap();
     TestBox {
         home,
@@ -143,9 +157,14 @@ impl TestBox {
             if s["finished_ms"].as_u64().is_some_and(|f| f >= since_ms)
                 && s["started_ms"].as_u64().is_some_and(|st| st >= since_ms)
             {
+                // Let the fake portal's collector drain the bus.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 return s;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no synchronisation ended: {s}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no synchronisation ended: {s}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -170,7 +189,10 @@ impl TestBox {
             .iter()
             .map(|s| {
                 (
-                    s.module.as_ref().map(|m| format!("{}:{}", m.artifact_id, m.version)).unwrap_or_default(),
+                    s.module
+                        .as_ref()
+                        .map(|m| format!("{}:{}", m.artifact_id, m.version))
+                        .unwrap_or_default(),
                     s.status,
                     s.status_message.clone(),
                 )
@@ -194,7 +216,9 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             if p.is_dir() {
@@ -211,7 +235,8 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
 fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, body) in entries {
-        w.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
         w.write_all(body).unwrap();
     }
     w.finish().unwrap().into_inner()
@@ -225,8 +250,16 @@ struct Published {
     models: BTreeMap<String, String>,
 }
 
-fn publish(repo: &Repo, artifact: &str, version: &str, deps: &[(&str, &[u8])], model: &[(&str, &[u8])]) -> Published {
-    let main = format!("main {artifact} {version}").repeat(100).into_bytes();
+fn publish(
+    repo: &Repo,
+    artifact: &str,
+    version: &str,
+    deps: &[(&str, &[u8])],
+    model: &[(&str, &[u8])],
+) -> Published {
+    let main = format!("main {artifact} {version}")
+        .repeat(100)
+        .into_bytes();
     let base = format!("com/example/{artifact}/{version}/{artifact}-{version}");
     let main_path = format!("{base}.jar");
     repo.put(&main_path, main.clone(), true);
@@ -236,7 +269,10 @@ fn publish(repo: &Repo, artifact: &str, version: &str, deps: &[(&str, &[u8])], m
         "sha256": sha256_hex(&main), "size": main.len(),
     });
     let mut files = BTreeMap::new();
-    files.insert(format!("com.example-{artifact}-{version}.jar"), sha256_hex(&main));
+    files.insert(
+        format!("com.example-{artifact}-{version}.jar"),
+        sha256_hex(&main),
+    );
     let mut models = BTreeMap::new();
     for (suffix, entries, field, map) in [
         ("-bin.zip", deps, "dependencies", &mut files),
@@ -282,7 +318,9 @@ fn objects(set: &[&Published]) -> Vec<Value> {
 }
 
 /// Per module, the statuses in the order the portal saw them.
-fn by_module(statuses: &[(String, ModuleStatus, Option<String>)]) -> BTreeMap<String, Vec<ModuleStatus>> {
+fn by_module(
+    statuses: &[(String, ModuleStatus, Option<String>)],
+) -> BTreeMap<String, Vec<ModuleStatus>> {
     let mut out: BTreeMap<String, Vec<ModuleStatus>> = BTreeMap::new();
     for (m, s, _) in statuses {
         out.entry(m.clone()).or_default().push(*s);
@@ -295,10 +333,21 @@ use ModuleStatus::{DownloadError, Downloaded, Downloading, InstallationCancelled
 #[actix_rt::test]
 async fn first_run_stages_a_then_b_stages_exactly_b_with_statuses_in_order() {
     let repo = Repo::start().await;
-    let alpha1 = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a 1")], &[("alpha/model.bin", b"model alpha 1")]);
+    let alpha1 = publish(
+        &repo,
+        "alpha",
+        "1.0",
+        &[("lib/a.jar", b"dep a 1")],
+        &[("alpha/model.bin", b"model alpha 1")],
+    );
     let beta = publish(&repo, "beta", "1.0", &[], &[]);
     let gamma = publish(&repo, "gamma", "1.0", &[("lib/g.jar", b"dep g")], &[]);
-    let b = start_box(&repo, objects(&[&alpha1, &beta, &gamma]), Options::default()).await;
+    let b = start_box(
+        &repo,
+        objects(&[&alpha1, &beta, &gamma]),
+        Options::default(),
+    )
+    .await;
 
     let sync = b.first_sync().await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -319,8 +368,20 @@ async fn first_run_stages_a_then_b_stages_exactly_b_with_statuses_in_order() {
 
     // B: alpha changed (new main, new deps, same model), beta kept, gamma
     // removed, delta added with both packages.
-    let alpha2 = publish(&repo, "alpha", "2.0", &[("lib/a.jar", b"dep a 2")], &[("alpha/model.bin", b"model alpha 1")]);
-    let delta = publish(&repo, "delta", "1.0", &[("lib/d.jar", b"dep d")], &[("delta/m.bin", b"model d")]);
+    let alpha2 = publish(
+        &repo,
+        "alpha",
+        "2.0",
+        &[("lib/a.jar", b"dep a 2")],
+        &[("alpha/model.bin", b"model alpha 1")],
+    );
+    let delta = publish(
+        &repo,
+        "delta",
+        "1.0",
+        &[("lib/d.jar", b"dep d")],
+        &[("delta/m.bin", b"model d")],
+    );
     repo.reset_counters();
     let sync = b.resync(objects(&[&alpha2, &beta, &delta])).await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -328,7 +389,10 @@ async fn first_run_stages_a_then_b_stages_exactly_b_with_statuses_in_order() {
     assert_eq!(staged_tree(&b), files, "exactly B: names and SHA-256");
     assert_eq!(tree(&b.path("models-upgrade")), models);
     let info = std::fs::read_to_string(b.path("modules-upgrade/modules-info.properties")).unwrap();
-    assert!(info.contains("com.example\\:alpha\\:2.0=component\\:") && !info.contains("gamma"), "{info}");
+    assert!(
+        info.contains("com.example\\:alpha\\:2.0=component\\:") && !info.contains("gamma"),
+        "{info}"
+    );
     assert_eq!(
         by_module(&b.statuses()),
         BTreeMap::from([
@@ -338,7 +402,11 @@ async fn first_run_stages_a_then_b_stages_exactly_b_with_statuses_in_order() {
         ]),
         "a kept module reaches downloaded without downloading"
     );
-    assert_eq!(repo.bytes_for(&beta.main_path), 0, "the kept module was fetched");
+    assert_eq!(
+        repo.bytes_for(&beta.main_path),
+        0,
+        "the kept module was fetched"
+    );
     // The active set was not touched by staging.
     assert!(b.path("modules/com.example-gamma-1.0.jar").exists());
 }
@@ -346,7 +414,13 @@ async fn first_run_stages_a_then_b_stages_exactly_b_with_statuses_in_order() {
 #[actix_rt::test]
 async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_its_own() {
     let repo = Repo::start().await;
-    let alpha = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a")], &[("alpha/m.bin", b"m")]);
+    let alpha = publish(
+        &repo,
+        "alpha",
+        "1.0",
+        &[("lib/a.jar", b"dep a")],
+        &[("alpha/m.bin", b"m")],
+    );
     let beta = publish(&repo, "beta", "1.0", &[], &[]);
     let b = start_box(&repo, objects(&[&alpha, &beta]), Options::default()).await;
     assert_eq!(b.first_sync().await["state"], "staged");
@@ -357,7 +431,10 @@ async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_it
     assert_eq!(sync["state"], "up-to-date", "{sync}");
     assert_eq!(repo.artifact_bytes(), 0);
     assert_eq!(repo.artifact_gets(), 0);
-    assert!(!b.path("modules-upgrade/modules-info.properties").exists(), "nothing staged for a no-op");
+    assert!(
+        !b.path("modules-upgrade/modules-info.properties").exists(),
+        "nothing staged for a no-op"
+    );
 
     let beta2 = publish(&repo, "beta", "1.1", &[], &[]);
     repo.reset_counters();
@@ -369,11 +446,16 @@ async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_it
 }
 
 /// One module, one fault: the outcome and `modules/` untouched.
-async fn hostile(fault: Fault, tweak: impl FnOnce(&mut Value), extra_config: &str, with_digest: bool) -> (TestBox, Value, Repo, Published) {
+async fn hostile(
+    fault: Fault,
+    tweak: impl FnOnce(&mut Value),
+    extra_config: &str,
+    with_digest: bool,
+) -> (TestBox, Value, Repo, Published) {
     let repo = Repo::start().await;
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
     if !with_digest {
-        let body = format!("main alpha 1.0").repeat(100).into_bytes();
+        let body = "main alpha 1.0".repeat(100).into_bytes();
         repo.put(&alpha.main_path, body, false);
     }
     repo.fault(&alpha.main_path, fault);
@@ -396,7 +478,9 @@ async fn hostile(fault: Fault, tweak: impl FnOnce(&mut Value), extra_config: &st
 fn assert_download_error(b: &TestBox, sync: &Value, needle: &str) {
     assert_eq!(sync["state"], "failed", "{sync}");
     let statuses = b.statuses();
-    let last = statuses.last().unwrap();
+    let last = statuses
+        .last()
+        .unwrap_or_else(|| panic!("no status; sync {sync}"));
     assert_eq!(last.1, DownloadError, "{statuses:?}");
     let message = last.2.clone().unwrap_or_default();
     assert!(message.contains(needle), "{message:?} lacks {needle:?}");
@@ -405,29 +489,51 @@ fn assert_download_error(b: &TestBox, sync: &Value, needle: &str) {
 
 #[actix_rt::test]
 async fn a_wrong_hash_ends_in_download_error() {
-    let (b, sync, ..) = hostile(Fault::default(), |o| o["sha256"] = json!("0".repeat(64)), "", true).await;
+    let (b, sync, ..) = hostile(
+        Fault::default(),
+        |o| o["sha256"] = json!("0".repeat(64)),
+        "",
+        true,
+    )
+    .await;
     assert_download_error(&b, &sync, "sha-256");
 }
 
 #[actix_rt::test]
 async fn a_truncated_body_is_resumed_and_succeeds() {
-    let fault = Fault { cut_after: Some(500), cut_times: 1, ..Fault::default() };
+    let fault = Fault {
+        cut_after: Some(500),
+        cut_times: 1,
+        ..Fault::default()
+    };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
-    assert_eq!(repo.bytes_for(&alpha.main_path), alpha.object["size"].as_u64().unwrap(), "resumed, not restarted");
+    assert_eq!(
+        repo.bytes_for(&alpha.main_path),
+        alpha.object["size"].as_u64().unwrap(),
+        "resumed, not restarted"
+    );
     assert_eq!(staged_tree(&b), alpha.files);
 }
 
 #[actix_rt::test]
 async fn more_bytes_than_declared_ends_in_download_error() {
-    let fault = Fault { extra_bytes: 10, ..Fault::default() };
+    let fault = Fault {
+        extra_bytes: 10,
+        ..Fault::default()
+    };
     let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
     assert_download_error(&b, &sync, "declared");
 }
 
 #[actix_rt::test]
 async fn an_ignored_range_starts_over_and_succeeds() {
-    let fault = Fault { cut_after: Some(500), cut_times: 1, ignore_range: true, ..Fault::default() };
+    let fault = Fault {
+        cut_after: Some(500),
+        cut_times: 1,
+        ignore_range: true,
+        ..Fault::default()
+    };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(staged_tree(&b), alpha.files);
@@ -436,7 +542,12 @@ async fn an_ignored_range_starts_over_and_succeeds() {
 
 #[actix_rt::test]
 async fn a_wrong_content_range_ends_in_download_error() {
-    let fault = Fault { cut_after: Some(500), cut_times: 1, wrong_content_range: true, ..Fault::default() };
+    let fault = Fault {
+        cut_after: Some(500),
+        cut_times: 1,
+        wrong_content_range: true,
+        ..Fault::default()
+    };
     let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
     assert_download_error(&b, &sync, "content-range");
 }
@@ -454,7 +565,10 @@ async fn a_404_on_a_main_artifact_ends_in_download_error_without_retry() {
 
 #[actix_rt::test]
 async fn a_500_then_success_is_retried() {
-    let fault = Fault { statuses: [500].into(), ..Fault::default() };
+    let fault = Fault {
+        statuses: [500].into(),
+        ..Fault::default()
+    };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(repo.artifact_gets(), 2);
@@ -463,7 +577,10 @@ async fn a_500_then_success_is_retried() {
 
 #[actix_rt::test]
 async fn a_stalled_server_hits_the_read_timeout_and_the_retry_succeeds() {
-    let fault = Fault { stall: Some(Duration::from_secs(3)), ..Fault::default() };
+    let fault = Fault {
+        stall: Some(Duration::from_secs(3)),
+        ..Fault::default()
+    };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(repo.artifact_gets(), 2, "timed out once, then resumed");
@@ -477,7 +594,8 @@ async fn no_checksum_anywhere_ends_in_download_error_unless_policy_is_warn() {
     };
     let (b, sync, ..) = hostile(Fault::default(), strip, "", false).await;
     assert_download_error(&b, &sync, "no SHA-256");
-    let (b, sync, _, alpha) = hostile(Fault::default(), strip, "checksum_policy = \"warn\"", false).await;
+    let (b, sync, _, alpha) =
+        hostile(Fault::default(), strip, "checksum_policy = \"warn\"", false).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(staged_tree(&b), alpha.files);
 }
@@ -490,7 +608,10 @@ async fn hostile_archive(entries: &[(&str, &[u8])], extra_config: &str, needle: 
     let b = start_box(
         &repo,
         vec![alpha.object.clone()],
-        Options { extra_config: extra_config.into(), ..Options::default() },
+        Options {
+            extra_config: extra_config.into(),
+            ..Options::default()
+        },
     )
     .await;
     let sync = b.first_sync().await;
@@ -498,12 +619,21 @@ async fn hostile_archive(entries: &[(&str, &[u8])], extra_config: &str, needle: 
     let statuses = b.statuses();
     let last = statuses.last().unwrap();
     assert_eq!(last.1, InstallationCancelled);
-    assert!(last.2.as_deref().unwrap_or("").contains(needle), "{statuses:?}");
+    assert!(
+        last.2.as_deref().unwrap_or("").contains(needle),
+        "{statuses:?}"
+    );
     assert!(!b.path("modules-upgrade/modules-info.properties").exists());
-    let parent: Vec<_> = std::fs::read_dir(b.home.path().parent().unwrap().join(b.home.path().file_name().unwrap()))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let parent: Vec<_> = std::fs::read_dir(
+        b.home
+            .path()
+            .parent()
+            .unwrap()
+            .join(b.home.path().file_name().unwrap()),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    .collect();
     assert!(!parent.contains(&"x".to_owned()), "{parent:?}");
     assert!(tree(&b.path("modules")).is_empty());
     assert!(!b.home.path().join("x").exists() && !Path::new("/abs-x-banalytics").exists());
@@ -521,7 +651,12 @@ async fn an_absolute_entry_cancels_the_upgrade() {
 
 #[actix_rt::test]
 async fn too_many_entries_cancel_the_upgrade() {
-    hostile_archive(&[("a", b"1"), ("b", b"2"), ("c", b"3")], "max_archive_entries = 2", "entries").await;
+    hostile_archive(
+        &[("a", b"1"), ("b", b"2"), ("c", b"3")],
+        "max_archive_entries = 2",
+        "entries",
+    )
+    .await;
 }
 
 #[actix_rt::test]
@@ -531,7 +666,11 @@ async fn a_hundred_concurrent_triggers_make_one_request() {
     let b = start_box(
         &repo,
         objects(&[&alpha]),
-        Options { installed: true, portal_delay: Duration::from_millis(300), ..Options::default() },
+        Options {
+            installed: true,
+            portal_delay: Duration::from_millis(300),
+            ..Options::default()
+        },
     )
     .await;
     let since = banalytics_sdk::status::now_ms();
@@ -560,7 +699,10 @@ async fn a_target_larger_than_the_free_space_is_refused_before_any_download() {
     let sync = b.first_sync().await;
     assert_eq!(sync["state"], "cancelled", "{sync}");
     let message = sync["result"].as_str().unwrap();
-    assert!(message.contains("not enough free space") && message.contains("bytes needed"), "{message}");
+    assert!(
+        message.contains("not enough free space") && message.contains("bytes needed"),
+        "{message}"
+    );
     assert_eq!(repo.artifact_gets(), 0);
     assert_eq!(b.statuses().last().unwrap().1, InstallationCancelled);
 }
@@ -569,7 +711,15 @@ async fn a_target_larger_than_the_free_space_is_refused_before_any_download() {
 async fn an_unregistered_box_cancels_and_downloads_nothing() {
     let repo = Repo::start().await;
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
-    let b = start_box(&repo, objects(&[&alpha]), Options { registered: false, ..Options::default() }).await;
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            registered: false,
+            ..Options::default()
+        },
+    )
+    .await;
     let sync = b.first_sync().await;
     assert_eq!(sync["state"], "cancelled", "{sync}");
     assert!(sync["result"].as_str().unwrap().contains("not registered"));
@@ -588,7 +738,10 @@ async fn bad_target_sets_are_cancelled_naming_the_fault() {
     for (target, needle) in [
         (vec![], "empty"),
         (vec![bad], "../etc"),
-        (vec![alpha.object.clone(), alpha.object.clone()], "more than once"),
+        (
+            vec![alpha.object.clone(), alpha.object.clone()],
+            "more than once",
+        ),
     ] {
         let b = start_box(&repo, target, Options::default()).await;
         let sync = b.first_sync().await;
@@ -596,7 +749,10 @@ async fn bad_target_sets_are_cancelled_naming_the_fault() {
         let statuses = b.statuses();
         assert_eq!(statuses.len(), 1, "{statuses:?}");
         assert_eq!(statuses[0].1, InstallationCancelled);
-        assert!(statuses[0].2.as_deref().unwrap().contains(needle), "{statuses:?}");
+        assert!(
+            statuses[0].2.as_deref().unwrap().contains(needle),
+            "{statuses:?}"
+        );
         assert_eq!(repo.artifact_gets(), 0);
     }
 }

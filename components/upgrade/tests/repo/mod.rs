@@ -80,8 +80,10 @@ impl Repo {
     pub fn put(&self, path: &str, body: Vec<u8>, with_digest: bool) {
         let mut st = self.state.lock().unwrap();
         if with_digest {
-            st.files
-                .insert(format!("{path}.sha256"), format!("{}  x\n", sha256_hex(&body)).into_bytes());
+            st.files.insert(
+                format!("{path}.sha256"),
+                format!("{}  x\n", sha256_hex(&body)).into_bytes(),
+            );
         } else {
             st.files.remove(&format!("{path}.sha256"));
         }
@@ -90,7 +92,11 @@ impl Repo {
 
     /// Sets how `path` misbehaves.
     pub fn fault(&self, path: &str, fault: Fault) {
-        self.state.lock().unwrap().faults.insert(path.to_owned(), fault);
+        self.state
+            .lock()
+            .unwrap()
+            .faults
+            .insert(path.to_owned(), fault);
     }
 
     /// Body bytes sent for paths that are not `.sha256` files.
@@ -105,7 +111,13 @@ impl Repo {
 
     /// Body bytes sent for `path`.
     pub fn bytes_for(&self, path: &str) -> u64 {
-        self.state.lock().unwrap().sent.get(path).copied().unwrap_or(0)
+        self.state
+            .lock()
+            .unwrap()
+            .sent
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// GET requests for artifacts (not `.sha256`).
@@ -145,7 +157,11 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
         let mut lines = text.lines();
         let mut first = lines.next().unwrap_or("").split(' ');
         let method = first.next().unwrap_or("").to_owned();
-        let path = first.next().unwrap_or("").trim_start_matches("/repo/").to_owned();
+        let path = first
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("/repo/")
+            .to_owned();
         let headers: HashMap<String, String> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -213,7 +229,11 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
             continue;
         }
         content.extend(std::iter::repeat_n(b'x', fault.extra_bytes));
-        let cut = if fault.cut_times > 0 { fault.cut_after } else { None };
+        let cut = if fault.cut_times > 0 {
+            fault.cut_after
+        } else {
+            None
+        };
         let limit = cut.unwrap_or(content.len()).min(content.len());
         let (first, rest) = content[..limit].split_at(limit / 2);
         stream.write_all(first).await?;
@@ -230,5 +250,10 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
 }
 
 fn record(state: &Mutex<State>, path: &str, n: usize) {
-    *state.lock().unwrap().sent.entry(path.to_owned()).or_default() += n as u64;
+    *state
+        .lock()
+        .unwrap()
+        .sent
+        .entry(path.to_owned())
+        .or_default() += n as u64;
 }
