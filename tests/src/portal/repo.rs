@@ -34,6 +34,11 @@ use super::{stats::Stats, App};
 /// a bandwidth cap is exact to the byte.
 const CHUNK: usize = 64 * 1024;
 
+/// How long a cut body waits before failing, so the bytes before the cut
+/// reach the client (hyper discards its unflushed buffer on a body error).
+/// Loopback clients drain far faster than this.
+const CUT_FLUSH_GRACE: Duration = Duration::from_millis(100);
+
 /// Digests by file, so a large artifact is hashed once per change, not per
 /// request.
 #[derive(Default)]
@@ -261,6 +266,9 @@ async fn next_chunk(mut s: BodyState) -> Option<(std::io::Result<Bytes>, BodySta
         return None;
     }
     if s.cut == Some(s.sent) {
+        // hyper drops what it still buffers when a body fails: give it a
+        // pending poll and a moment to flush the bytes before the cut.
+        tokio::time::sleep(CUT_FLUSH_GRACE).await;
         info!(path = %s.path, bytes = s.sent, "body cut by fault switch");
         s.done = true;
         return Some((Err(std::io::Error::other("cut by fault switch")), s));
