@@ -869,3 +869,69 @@ async fn faults_and_stats_work_through_serve_flags_and_the_cli() {
         serde_json::to_value(Faults::default()).unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_raw_answers_module_objects_as_given_until_assign_replaces_them() {
+    let data = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let portal = PortalProcess::start(data.path(), &[]).unwrap();
+    let jar = write(src.path(), "a.jar", &bytes(10, 1));
+    portal.cli_ok(&[
+        "publish",
+        "--group",
+        "com.x",
+        "--artifact",
+        "a",
+        "--version",
+        "1",
+        "--type",
+        "component",
+        "--file",
+        jar.to_str().unwrap(),
+    ]);
+    let evil = json!([{"groupId": "../evil", "artifactId": "a", "version": "1",
+        "type": "component", "uploadTime": "2026-03-01T10:15:30"}]);
+    portal.cli_ok(&["assign-raw", "--env", ENV, "--json", &evil.to_string()]);
+    let mut ws = connect(&portal.ws_url(ENV)).await;
+    send(&mut ws, get_env_mod_req(ENV)).await;
+    assert_eq!(recv_json(&mut ws).await["modules"], evil);
+    let envs = portal.cli_json(&["environments", "--json"]);
+    assert_eq!(envs[0]["assigned"], json!(["../evil:a:1 (raw)"]));
+
+    portal.cli_ok(&["assign", "--env", ENV, "com.x:a:1"]);
+    send(&mut ws, get_env_mod_req(ENV)).await;
+    let res = recv_json(&mut ws).await;
+    assert_eq!(res["modules"][0]["groupId"], "com.x");
+    assert_eq!(res["modules"][0]["size"], 10);
+}
+
+#[test]
+fn spawn_serves_synchronous_callers_and_shuts_down() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let portal = Portal::spawn(PortalConfig::new(data.path())).unwrap();
+    publish(&portal, src.path(), A, 77);
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("portal.addr"))
+            .unwrap()
+            .trim(),
+        portal.url()
+    );
+    let mut conn = std::net::TcpStream::connect(portal.addr()).unwrap();
+    write!(conn, "HEAD /repo/{} HTTP/1.0\r\nHost: x\r\n\r\n", a_path()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("content-length: 77"),
+        "{answer}"
+    );
+    let addr = portal.addr();
+    portal.shutdown_blocking();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still listening"
+    );
+    assert!(!data.path().join("portal.addr").exists());
+}

@@ -34,6 +34,16 @@ pub struct AssignRequest {
     pub modules: Vec<String>,
 }
 
+/// `POST /admin/assign-raw` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignRawRequest {
+    /// The environment.
+    pub environment_uuid: String,
+    /// Module objects sent as they are, unchecked.
+    pub modules: Vec<serde_json::Value>,
+}
+
 /// `POST /admin/sync` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -64,6 +74,7 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .route("/admin/publish", post(publish))
         .route("/admin/modules", get(modules))
         .route("/admin/assign", post(assign))
+        .route("/admin/assign-raw", post(assign_raw))
         .route("/admin/sync", post(sync))
         .route("/admin/send-raw", post(send_raw))
         .route("/admin/environments", get(environments))
@@ -126,6 +137,18 @@ async fn assign(
     Ok(Json(json!({"environmentUuid": req.environment_uuid, "modules": modules})).into_response())
 }
 
+async fn assign_raw(
+    State(app): State<Arc<App>>,
+    Json(req): Json<AssignRawRequest>,
+) -> Result<Response, PortalError> {
+    app.store
+        .assign_raw(&req.environment_uuid, req.modules.clone())?;
+    Ok(
+        Json(json!({"environmentUuid": req.environment_uuid, "modules": req.modules}))
+            .into_response(),
+    )
+}
+
 async fn sync(State(app): State<Arc<App>>, Json(req): Json<SyncRequest>) -> Response {
     Json(Delivered {
         delivered: app.sync(&req.environment_uuid),
@@ -160,4 +183,35 @@ async fn get_faults(State(app): State<Arc<App>>) -> Response {
 async fn put_faults(State(app): State<Arc<App>>, Json(faults): Json<Faults>) -> Response {
     app.set_faults(faults.clone());
     Json(faults).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::connect_info::MockConnectInfo;
+
+    /// Serves `/admin/x` behind the loopback check as if every peer were
+    /// `peer`; the test itself talks over loopback only.
+    async fn status_for(peer: [u8; 4]) -> u16 {
+        let router = Router::new()
+            .route("/admin/x", get(|| async { "ok" }))
+            .route_layer(middleware::from_fn(loopback_only))
+            .layer(MockConnectInfo(SocketAddr::from((peer, 40_000))));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let status = reqwest::get(format!("http://{addr}/admin/x"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        server.abort();
+        status
+    }
+
+    #[tokio::test]
+    async fn refuses_admin_requests_from_non_loopback_peers() {
+        assert_eq!(status_for([192, 0, 2, 7]).await, 403);
+        assert_eq!(status_for([127, 0, 0, 1]).await, 200);
+    }
 }

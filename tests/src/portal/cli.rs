@@ -123,6 +123,23 @@ pub enum Command {
         /// `groupId:artifactId:version`, each published; none clears the set.
         coordinates: Vec<String>,
     },
+    /// Answer an environment with module objects as given, unchecked (to
+    /// test the box's refusal of a bad set); `assign` undoes it.
+    AssignRaw {
+        /// The environment UUID.
+        #[arg(long)]
+        env: String,
+        /// A JSON array of module objects.
+        #[arg(
+            long,
+            conflicts_with = "json_file",
+            required_unless_present = "json_file"
+        )]
+        json: Option<String>,
+        /// A file holding that array.
+        #[arg(long)]
+        json_file: Option<PathBuf>,
+    },
     /// Send `EVT_SYNC_SOFT` to an environment's live connections.
     Sync {
         /// The environment UUID.
@@ -261,6 +278,24 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let modules = client()?.assign(env, coordinates).await?;
             println!("assigned {} module(s) to {env}", modules.len());
+            Ok(())
+        }
+        Command::AssignRaw {
+            ref env,
+            ref json,
+            ref json_file,
+        } => {
+            let text = match (json, json_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => bail!("give --json or --json-file"),
+            };
+            let modules: Vec<Value> =
+                serde_json::from_str(&text).context("--json must be an array of objects")?;
+            let n = modules.len();
+            client()?.assign_raw(env, modules).await?;
+            println!("assigned {n} raw module object(s) to {env}");
             Ok(())
         }
         Command::Sync { ref env } => {

@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    AssignRequest, Delivered, EnvironmentReport, Faults, ModuleObject, PublishRequest,
-    SendRawRequest, StatsReport, SyncRequest,
+    AssignRawRequest, AssignRequest, Delivered, EnvironmentReport, Faults, ModuleObject,
+    PublishRequest, SendRawRequest, StatsReport, SyncRequest,
 };
 
 /// Talks to `/admin/...` of a running portal.
@@ -98,6 +98,21 @@ impl AdminClient {
             )
             .await?;
         Ok(serde_json::from_value(v["modules"].clone())?)
+    }
+
+    /// `POST /admin/assign-raw`: module objects answered as they are.
+    pub async fn assign_raw(&self, env: &str, modules: Vec<serde_json::Value>) -> Result<()> {
+        let _: serde_json::Value = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/assign-raw",
+                Some(&AssignRawRequest {
+                    environment_uuid: env.to_string(),
+                    modules,
+                }),
+            )
+            .await?;
+        Ok(())
     }
 
     /// `POST /admin/sync`: how many live connections took `EVT_SYNC_SOFT`.

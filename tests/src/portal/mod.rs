@@ -38,7 +38,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
-pub use admin::{AssignRequest, Delivered, SendRawRequest, SyncRequest, MAX_ADMIN_BODY};
+pub use admin::{
+    AssignRawRequest, AssignRequest, Delivered, SendRawRequest, SyncRequest, MAX_ADMIN_BODY,
+};
 pub use client::AdminClient;
 pub use faults::Faults;
 pub use protocol::{
@@ -327,6 +329,17 @@ impl PortalHandle {
     ) -> Result<Vec<ModuleObject>, PortalError> {
         let owned: Vec<String> = coordinates.iter().map(|c| c.to_string()).collect();
         self.app.store.assign(env, &owned)
+    }
+
+    /// Makes `modules` the answer to `env`'s `GET_ENV_MOD_REQ` as they are,
+    /// unchecked (a bad set, for tests of the box's refusals); a later
+    /// [`PortalHandle::assign`] replaces it.
+    pub fn assign_raw(
+        &self,
+        env: &str,
+        modules: Vec<serde_json::Value>,
+    ) -> Result<(), PortalError> {
+        self.app.store.assign_raw(env, modules)
     }
 
     /// Sends `EVT_SYNC_SOFT` to `env`'s live connections; how many took it.

@@ -146,6 +146,11 @@ struct StoreFile {
     /// Each environment's target set, as coordinates in assigned order.
     #[serde(default)]
     assignments: BTreeMap<String, Vec<String>>,
+    /// Environments answered with module objects as given, unchecked, so
+    /// tests can show the box refusing a bad target set. Wins over
+    /// `assignments`; `assign` removes it.
+    #[serde(default)]
+    raw_assignments: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 /// Published modules and assignments, backed by a JSON file.
@@ -195,22 +200,63 @@ impl Store {
         state.modules.values().cloned().collect()
     }
 
-    /// Coordinates assigned to each environment.
+    /// Coordinates assigned to each environment; a raw set shows as
+    /// `g:a:v (raw)` labels.
     pub(crate) fn assignments(&self) -> BTreeMap<String, Vec<String>> {
-        self.state.lock().expect("store lock").assignments.clone()
+        let state = self.state.lock().expect("store lock");
+        let mut all = state.assignments.clone();
+        for (env, modules) in &state.raw_assignments {
+            let labels = modules
+                .iter()
+                .map(|m| {
+                    let f = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
+                    format!(
+                        "{}:{}:{} (raw)",
+                        f("groupId"),
+                        f("artifactId"),
+                        f("version")
+                    )
+                })
+                .collect();
+            all.insert(env.clone(), labels);
+        }
+        all
     }
 
     /// The module objects of `env`'s target set, in assigned order; empty
     /// when nothing is assigned.
-    pub(crate) fn target_set(&self, env: &str) -> Vec<ModuleObject> {
+    pub(crate) fn target_set(&self, env: &str) -> Vec<serde_json::Value> {
         let state = self.state.lock().expect("store lock");
+        if let Some(raw) = state.raw_assignments.get(env) {
+            return raw.clone();
+        }
         state
             .assignments
             .get(env)
             .into_iter()
             .flatten()
-            .filter_map(|c| state.modules.get(c).cloned())
+            .filter_map(|c| state.modules.get(c))
+            .map(|m| serde_json::to_value(m).expect("module object to JSON"))
             .collect()
+    }
+
+    /// Makes `modules`, unchecked, the answer to `env`'s `GET_ENV_MOD_REQ`.
+    pub(crate) fn assign_raw(
+        &self,
+        env: &str,
+        modules: Vec<serde_json::Value>,
+    ) -> Result<(), PortalError> {
+        if env.is_empty() {
+            return Err(PortalError::BadRequest(
+                "environment UUID is empty".to_string(),
+            ));
+        }
+        let mut state = self.state.lock().expect("store lock");
+        let n = modules.len();
+        state.raw_assignments.insert(env.to_string(), modules);
+        self.persist(&state)?;
+        info!(env, modules = n, "assigned raw target set");
+        Ok(())
     }
 
     /// Makes `coordinates` the whole target set of `env`. Unknown or
@@ -239,6 +285,7 @@ impl Store {
         }
         let modules = set.iter().map(|c| state.modules[c].clone()).collect();
         state.assignments.insert(env.to_string(), set);
+        state.raw_assignments.remove(env);
         self.persist(&state)?;
         info!(env, modules = coordinates.len(), "assigned target set");
         Ok(modules)
