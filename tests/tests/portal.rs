@@ -935,3 +935,26 @@ fn spawn_serves_synchronous_callers_and_shuts_down() {
     );
     assert!(!data.path().join("portal.addr").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_pings_and_drops_a_box_that_sends_a_frame_over_4_mib() {
+    let data = tempfile::tempdir().unwrap();
+    let portal = start(data.path()).await;
+    let mut ws = connect(&portal.ws_url(ENV, "h")).await;
+    ws.send(Message::Ping(b"keep-alive".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap();
+    assert!(
+        matches!(&pong, Some(Ok(Message::Pong(p))) if &p[..] == b"keep-alive"),
+        "{pong:?}"
+    );
+
+    let big = format!(r#"{{"type":"X","pad":"{}"}}"#, "x".repeat(5 << 20));
+    let _ = ws.send(Message::Text(big.into())).await;
+    eventually("the oversized sender to be dropped", || {
+        (!portal.environment(ENV)?.connected).then_some(())
+    })
+    .await;
+    portal.shutdown().await;
+}

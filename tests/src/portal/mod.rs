@@ -17,6 +17,18 @@
 //! Layout of the data folder: `repo/` (the repository), `portal-state.json`
 //! (modules and assignments, unless `--state-file` says otherwise),
 //! `portal.addr` (the URL of the running portal).
+//!
+//! A module developer's loop, with a box whose `portal_url` is
+//! `ws://127.0.0.1:PORT` and `repository_url` is `http://127.0.0.1:PORT/repo`:
+//!
+//! ```text
+//! banalytics-portal serve --data ./portal --listen 127.0.0.1:8080 &
+//! banalytics-portal --data ./portal publish --group com.example --artifact cam \
+//!     --version 1.0.1 --type component --packaging so --file target/release/libcam.so
+//! banalytics-portal --data ./portal assign --env $ENV com.example:cam:1.0.1
+//! banalytics-portal --data ./portal sync --env $ENV
+//! banalytics-portal --data ./portal environments
+//! ```
 
 mod admin;
 pub mod cli;
