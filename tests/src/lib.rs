@@ -1,6 +1,8 @@
 //! Support for whole-system tests: temporary box homes, the real
 //! `banalytics-box` process, and polling with a deadline instead of sleeps.
 
+pub mod portal;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},

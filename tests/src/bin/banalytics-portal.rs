@@ -1,0 +1,14 @@
+//! `banalytics-portal`: the reference portal (protocol, repository, admin
+//! commands). All of it lives in `banalytics_tests::portal`.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match banalytics_tests::portal::cli::main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

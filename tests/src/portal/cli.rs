@@ -1,0 +1,420 @@
+//! The `banalytics-portal` command line: `serve` runs a portal; the other
+//! commands are clients of a running portal's admin API.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use super::{AdminClient, Faults, ModuleType, Portal, PortalConfig, PublishRequest};
+
+/// The reference Banalytics portal: the portal protocol on
+/// `/portal-integration` and a Maven-layout repository on `/repo/`.
+#[derive(Debug, Parser)]
+#[command(name = "banalytics-portal", version)]
+pub struct Cli {
+    /// The data folder: `repo/`, `portal-state.json`, `portal.addr`.
+    #[arg(
+        long,
+        global = true,
+        env = "BANALYTICS_PORTAL_DATA",
+        default_value = "."
+    )]
+    pub data: PathBuf,
+    /// A running portal's URL; default: read from `DATA/portal.addr`.
+    #[arg(long, global = true)]
+    pub portal: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Fault switches of the repository, for tests.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FaultArgs {
+    /// Delay before answering each repository request, in ms.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Cap on each response's body rate, in bytes per second.
+    #[arg(long)]
+    pub bandwidth: Option<u64>,
+    /// Abort a response after this many body bytes.
+    #[arg(long)]
+    pub cut_after_bytes: Option<u64>,
+    /// Cut only the next matching response.
+    #[arg(long)]
+    pub cut_once: bool,
+    /// Cut only paths ending with this.
+    #[arg(long)]
+    pub cut_path_suffix: Option<String>,
+    /// Ignore `Range`: always answer 200 with the whole file.
+    #[arg(long)]
+    pub ignore_range: bool,
+}
+
+impl From<FaultArgs> for Faults {
+    fn from(a: FaultArgs) -> Faults {
+        Faults {
+            latency_ms: a.latency_ms,
+            bandwidth_bytes_per_s: a.bandwidth,
+            cut_after_bytes: a.cut_after_bytes,
+            cut_once: a.cut_once,
+            cut_path_suffix: a.cut_path_suffix,
+            ignore_range: a.ignore_range,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the portal until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Where modules and assignments persist; default
+        /// `DATA/portal-state.json`.
+        #[arg(long)]
+        state_file: Option<PathBuf>,
+        /// Fault switches at start.
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+    /// Put a module into the repository (with `.sha256` files) and record it.
+    Publish {
+        /// groupId.
+        #[arg(long)]
+        group: String,
+        /// artifactId.
+        #[arg(long)]
+        artifact: String,
+        /// version.
+        #[arg(long)]
+        version: String,
+        /// `core` or `component`.
+        #[arg(long = "type")]
+        module_type: ModuleType,
+        /// The main artifact.
+        #[arg(long)]
+        file: PathBuf,
+        /// Its extension (default `jar`).
+        #[arg(long)]
+        packaging: Option<String>,
+        /// The dependencies package (`-bin.zip`).
+        #[arg(long)]
+        bin: Option<PathBuf>,
+        /// The model package (`-model.zip`).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// List published modules.
+    Modules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set an environment's whole target set.
+    Assign {
+        /// The environment UUID.
+        #[arg(long)]
+        env: String,
+        /// `groupId:artifactId:version`, each published; none clears the set.
+        coordinates: Vec<String>,
+    },
+    /// Answer an environment with module objects as given, unchecked (to
+    /// test the box's refusal of a bad set); `assign` undoes it.
+    AssignRaw {
+        /// The environment UUID.
+        #[arg(long)]
+        env: String,
+        /// A JSON array of module objects.
+        #[arg(
+            long,
+            conflicts_with = "json_file",
+            required_unless_present = "json_file"
+        )]
+        json: Option<String>,
+        /// A file holding that array.
+        #[arg(long)]
+        json_file: Option<PathBuf>,
+    },
+    /// Send `EVT_SYNC_SOFT` to an environment's live connections.
+    Sync {
+        /// The environment UUID.
+        #[arg(long)]
+        env: String,
+    },
+    /// Connected boxes and every status they reported.
+    Environments {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send an arbitrary text frame to an environment (tests).
+    SendRaw {
+        /// The environment UUID.
+        #[arg(long)]
+        env: String,
+        /// The frame.
+        #[arg(
+            long,
+            conflicts_with = "text_file",
+            required_unless_present = "text_file"
+        )]
+        text: Option<String>,
+        /// A file holding the frame (for frames too big for an argument).
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+    },
+    /// Bytes and requests per repository path; connection attempts.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Zero the counters after printing them.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Show the fault switches, or replace them all (`--clear` for none).
+    Faults {
+        /// Switch every fault off.
+        #[arg(long)]
+        clear: bool,
+        /// The new switches (unset ones are off).
+        #[command(flatten)]
+        faults: FaultArgs,
+    },
+}
+
+/// Parses the arguments and runs the command.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let client = || -> Result<AdminClient> {
+        match &cli.portal {
+            Some(url) => Ok(AdminClient::new(url)),
+            None => AdminClient::from_data_dir(&cli.data),
+        }
+    };
+    match cli.command {
+        Command::Serve {
+            listen,
+            ref state_file,
+            ref faults,
+        } => {
+            serve(PortalConfig {
+                data_dir: cli.data.clone(),
+                listen,
+                state_file: state_file.clone(),
+                faults: faults.clone().into(),
+            })
+            .await
+        }
+        Command::Publish {
+            ref group,
+            ref artifact,
+            ref version,
+            module_type,
+            ref file,
+            ref packaging,
+            ref bin,
+            ref model,
+        } => {
+            let abs = |p: &PathBuf| {
+                std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
+            };
+            let req = PublishRequest {
+                group_id: group.clone(),
+                artifact_id: artifact.clone(),
+                version: version.clone(),
+                module_type,
+                file: abs(file)?,
+                packaging: packaging.clone(),
+                bin: bin.as_ref().map(abs).transpose()?,
+                model: model.as_ref().map(abs).transpose()?,
+            };
+            let module = client()?.publish(&req).await?;
+            println!("{}", serde_json::to_string_pretty(&module)?);
+            Ok(())
+        }
+        Command::Modules { json } => {
+            let modules = client()?.modules().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&modules)?);
+            } else {
+                for m in modules {
+                    println!(
+                        "{} {:?} {} {} bytes sha256 {}",
+                        m.coordinates(),
+                        m.module_type,
+                        m.upload_time,
+                        m.size,
+                        m.sha256
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Assign {
+            ref env,
+            ref coordinates,
+        } => {
+            let modules = client()?.assign(env, coordinates).await?;
+            println!("assigned {} module(s) to {env}", modules.len());
+            Ok(())
+        }
+        Command::AssignRaw {
+            ref env,
+            ref json,
+            ref json_file,
+        } => {
+            let text = match (json, json_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => bail!("give --json or --json-file"),
+            };
+            let modules: Vec<Value> =
+                serde_json::from_str(&text).context("--json must be an array of objects")?;
+            let n = modules.len();
+            client()?.assign_raw(env, modules).await?;
+            println!("assigned {n} raw module object(s) to {env}");
+            Ok(())
+        }
+        Command::Sync { ref env } => {
+            let n = client()?.sync(env).await?;
+            if n == 0 {
+                bail!("environment {env} has no live connection: EVT_SYNC_SOFT not sent");
+            }
+            println!("sent EVT_SYNC_SOFT to {n} connection(s) of {env}");
+            Ok(())
+        }
+        Command::Environments { json } => {
+            let envs = client()?.environments().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&envs)?);
+                return Ok(());
+            }
+            for e in envs {
+                println!(
+                    "{} connected={} live={} connections={} requests={} assigned=[{}]",
+                    if e.environment_uuid.is_empty() {
+                        "(unregistered)"
+                    } else {
+                        &e.environment_uuid
+                    },
+                    e.connected,
+                    e.live_connections,
+                    e.connections,
+                    e.module_requests,
+                    e.assigned.join(", ")
+                );
+                for (i, s) in e.statuses.iter().enumerate() {
+                    println!(
+                        "  {:>3}. {} {}{}",
+                        i + 1,
+                        s.status.as_str().unwrap_or("?"),
+                        module_label(&s.module),
+                        s.status_message
+                            .as_str()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::SendRaw {
+            ref env,
+            ref text,
+            ref text_file,
+        } => {
+            let text = match (text, text_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => bail!("give --text or --text-file"),
+            };
+            let n = client()?.send_raw(env, &text).await?;
+            println!("sent {} bytes to {n} connection(s) of {env}", text.len());
+            Ok(())
+        }
+        Command::Stats { json, reset } => {
+            let c = client()?;
+            let stats = c.stats().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "uptime {} ms, {} connection attempt(s)",
+                    stats.uptime_ms, stats.connection_attempts
+                );
+                for (path, p) in &stats.paths {
+                    println!("{path} requests={} bytes={}", p.requests, p.bytes);
+                }
+            }
+            if reset {
+                c.reset_stats().await?;
+            }
+            Ok(())
+        }
+        Command::Faults { clear, ref faults } => {
+            let c = client()?;
+            let given: Faults = faults.clone().into();
+            let current = if clear || given != Faults::default() {
+                c.set_faults(&given).await?
+            } else {
+                c.faults().await?
+            };
+            println!("{}", serde_json::to_string_pretty(&current)?);
+            Ok(())
+        }
+    }
+}
+
+fn module_label(m: &Value) -> String {
+    match m {
+        Value::Object(o) => format!(
+            "{}:{}:{}",
+            o.get("groupId").and_then(Value::as_str).unwrap_or("?"),
+            o.get("artifactId").and_then(Value::as_str).unwrap_or("?"),
+            o.get("version").and_then(Value::as_str).unwrap_or("?")
+        ),
+        _ => "(whole set)".to_string(),
+    }
+}
+
+async fn serve(config: PortalConfig) -> Result<()> {
+    let handle = Portal::start(config).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening {}", handle.url())?;
+        out.flush()?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    handle.shutdown().await;
+    Ok(())
+}

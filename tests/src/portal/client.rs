@@ -1,0 +1,176 @@
+//! A client of the admin API, for the `banalytics-portal` commands and for
+//! tests that drive a portal running as a separate process.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::{
+    AssignRawRequest, AssignRequest, Delivered, EnvironmentReport, Faults, ModuleObject,
+    PublishRequest, SendRawRequest, StatsReport, SyncRequest,
+};
+
+/// Talks to `/admin/...` of a running portal.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// A client of the portal at `url` (`http://127.0.0.1:PORT`).
+    pub fn new(url: &str) -> Self {
+        AdminClient {
+            base: url.trim().trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client of the portal whose data folder is `dir` (reads
+    /// `dir/portal.addr`).
+    pub fn from_data_dir(dir: &Path) -> Result<Self> {
+        let file = dir.join("portal.addr");
+        let addr = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {} (is the portal running?)", file.display()))?;
+        let addr = addr.trim();
+        if addr.starts_with("http://") {
+            Ok(AdminClient::new(addr))
+        } else {
+            Ok(AdminClient::new(&format!("http://{addr}")))
+        }
+    }
+
+    /// The portal's URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("portal refused ({status}): {msg}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("parsing the answer of {url}"))
+    }
+
+    /// `POST /admin/publish`.
+    pub async fn publish(&self, req: &PublishRequest) -> Result<ModuleObject> {
+        self.call(reqwest::Method::POST, "/admin/publish", Some(req))
+            .await
+    }
+
+    /// `GET /admin/modules`.
+    pub async fn modules(&self) -> Result<Vec<ModuleObject>> {
+        self.call(reqwest::Method::GET, "/admin/modules", None::<&()>)
+            .await
+    }
+
+    /// `POST /admin/assign`: the module objects of the new set.
+    pub async fn assign(&self, env: &str, modules: &[String]) -> Result<Vec<ModuleObject>> {
+        let v: serde_json::Value = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/assign",
+                Some(&AssignRequest {
+                    environment_uuid: env.to_string(),
+                    modules: modules.to_vec(),
+                }),
+            )
+            .await?;
+        Ok(serde_json::from_value(v["modules"].clone())?)
+    }
+
+    /// `POST /admin/assign-raw`: module objects answered as they are.
+    pub async fn assign_raw(&self, env: &str, modules: Vec<serde_json::Value>) -> Result<()> {
+        let _: serde_json::Value = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/assign-raw",
+                Some(&AssignRawRequest {
+                    environment_uuid: env.to_string(),
+                    modules,
+                }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /admin/sync`: how many live connections took `EVT_SYNC_SOFT`.
+    pub async fn sync(&self, env: &str) -> Result<usize> {
+        let d: Delivered = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/sync",
+                Some(&SyncRequest {
+                    environment_uuid: env.to_string(),
+                }),
+            )
+            .await?;
+        Ok(d.delivered)
+    }
+
+    /// `POST /admin/send-raw`: how many live connections took the frame.
+    pub async fn send_raw(&self, env: &str, text: &str) -> Result<usize> {
+        let d: Delivered = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/send-raw",
+                Some(&SendRawRequest {
+                    environment_uuid: env.to_string(),
+                    text: text.to_string(),
+                }),
+            )
+            .await?;
+        Ok(d.delivered)
+    }
+
+    /// `GET /admin/environments`.
+    pub async fn environments(&self) -> Result<Vec<EnvironmentReport>> {
+        self.call(reqwest::Method::GET, "/admin/environments", None::<&()>)
+            .await
+    }
+
+    /// `GET /admin/stats`.
+    pub async fn stats(&self) -> Result<StatsReport> {
+        self.call(reqwest::Method::GET, "/admin/stats", None::<&()>)
+            .await
+    }
+
+    /// `POST /admin/stats/reset`.
+    pub async fn reset_stats(&self) -> Result<StatsReport> {
+        self.call(reqwest::Method::POST, "/admin/stats/reset", None::<&()>)
+            .await
+    }
+
+    /// `GET /admin/faults`.
+    pub async fn faults(&self) -> Result<Faults> {
+        self.call(reqwest::Method::GET, "/admin/faults", None::<&()>)
+            .await
+    }
+
+    /// `PUT /admin/faults`.
+    pub async fn set_faults(&self, faults: &Faults) -> Result<Faults> {
+        self.call(reqwest::Method::PUT, "/admin/faults", Some(faults))
+            .await
+    }
+}

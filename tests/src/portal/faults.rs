@@ -1,0 +1,62 @@
+//! Switches that make the repository misbehave on purpose, so end-to-end
+//! tests can show the box resumes, retries, times out and verifies: added
+//! latency, a bandwidth cap, a body cut after N bytes, and `Range` ignored.
+//!
+//! They are set by `serve` flags at start and replaced at run time through
+//! `PUT /admin/faults`; a request reads them once, when it starts.
+
+use serde::{Deserialize, Serialize};
+
+/// The repository's fault switches. The default is a well-behaved server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Faults {
+    /// Delay before answering each repository request, in milliseconds.
+    pub latency_ms: u64,
+    /// Cap on the body rate of each response, in bytes per second.
+    pub bandwidth_bytes_per_s: Option<u64>,
+    /// Abort the connection after this many body bytes of a response.
+    pub cut_after_bytes: Option<u64>,
+    /// Cut only the next matching response, then disarm.
+    pub cut_once: bool,
+    /// Cut only responses whose path ends with this (e.g. `.jar`).
+    pub cut_path_suffix: Option<String>,
+    /// Answer every `GET` with `200` and the whole file, as a server without
+    /// range support does.
+    pub ignore_range: bool,
+}
+
+impl Faults {
+    /// Whether a response for `path` is cut, and after how many bytes;
+    /// disarms a `cut_once` cut.
+    pub(crate) fn take_cut(&mut self, path: &str) -> Option<u64> {
+        let n = self.cut_after_bytes?;
+        if let Some(suffix) = &self.cut_path_suffix {
+            if !path.ends_with(suffix.as_str()) {
+                return None;
+            }
+        }
+        if self.cut_once {
+            self.cut_after_bytes = None;
+        }
+        Some(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cut_once_disarms_after_the_first_matching_path() {
+        let mut f = Faults {
+            cut_after_bytes: Some(10),
+            cut_once: true,
+            cut_path_suffix: Some(".jar".into()),
+            ..Faults::default()
+        };
+        assert_eq!(f.take_cut("/repo/a/b/1/b-1.jar.sha256"), None);
+        assert_eq!(f.take_cut("/repo/a/b/1/b-1.jar"), Some(10));
+        assert_eq!(f.take_cut("/repo/a/b/1/b-1.jar"), None);
+    }
+}

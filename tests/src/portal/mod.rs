@@ -1,0 +1,428 @@
+//! The reference portal: a real server that speaks the portal protocol on
+//! `/portal-integration` and serves a Maven-layout artifact repository on
+//! `/repo/...`, with a loopback JSON admin API on `/admin/...`.
+//!
+//! It is the counterpart of every end-to-end test of the box, and it is
+//! usable by a module developer or a small self-hosted fleet
+//! (`banalytics-portal serve --data DIR`). Tests start it in-process with
+//! [`Portal::start`] / [`Portal::spawn`] or run the binary; both drive the
+//! same code.
+//!
+//! Lifecycle: [`PortalHandle::shutdown`] signals every task (the HTTP
+//! server, each WebSocket connection, each body stream) and returns once
+//! all of them have ended. Published modules and assignments live in the
+//! data folder and survive a restart; connections, statuses, counters and
+//! fault switches do not.
+//!
+//! Layout of the data folder: `repo/` (the repository), `portal-state.json`
+//! (modules and assignments, unless `--state-file` says otherwise),
+//! `portal.addr` (the URL of the running portal).
+//!
+//! A module developer's loop, with a box whose `portal_url` is
+//! `ws://127.0.0.1:PORT` and `repository_url` is `http://127.0.0.1:PORT/repo`:
+//!
+//! ```text
+//! banalytics-portal serve --data ./portal --listen 127.0.0.1:8080 &
+//! banalytics-portal --data ./portal publish --group com.example --artifact cam \
+//!     --version 1.0.1 --type component --packaging so --file target/release/libcam.so
+//! banalytics-portal --data ./portal assign --env $ENV com.example:cam:1.0.1
+//! banalytics-portal --data ./portal sync --env $ENV
+//! banalytics-portal --data ./portal environments
+//! ```
+
+mod admin;
+pub mod cli;
+pub mod client;
+mod faults;
+mod protocol;
+mod repo;
+mod stats;
+mod store;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use axum::{routing::get, Router};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::info;
+
+pub use admin::{
+    AssignRawRequest, AssignRequest, Delivered, SendRawRequest, SyncRequest, MAX_ADMIN_BODY,
+};
+pub use client::AdminClient;
+pub use faults::Faults;
+pub use protocol::{
+    EnvironmentReport, StatusRecord, MAX_FRAME_BYTES, MAX_STATUSES_PER_ENV, OUTBOUND_QUEUE,
+};
+pub use stats::{PathStats, StatsReport, MAX_RECORDED_ATTEMPTS};
+pub use store::{
+    artifact_path, iso_local_date_time, module_dir, ModuleObject, ModuleType, PartInfo,
+    PublishRequest,
+};
+
+/// What the portal refuses or fails at.
+#[derive(Debug, thiserror::Error)]
+pub enum PortalError {
+    /// A coordinate that is not a name (contracts §2).
+    #[error("invalid {field} {value:?}")]
+    InvalidCoordinate {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `assign` named a module that was never published.
+    #[error("unknown module {coordinates}: publish it first")]
+    UnknownModule {
+        /// `groupId:artifactId:version`.
+        coordinates: String,
+    },
+    /// A request that makes no sense.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A file of the data folder or a published file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is not valid JSON of the expected shape.
+    #[error("state file {path}: {source}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to start a portal.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// The data folder (repository, state, address file).
+    pub data_dir: PathBuf,
+    /// Where to listen; `127.0.0.1:0` picks a free port.
+    pub listen: SocketAddr,
+    /// The state file; `DATA/portal-state.json` when `None`.
+    pub state_file: Option<PathBuf>,
+    /// Fault switches at start.
+    pub faults: Faults,
+}
+
+impl PortalConfig {
+    /// A portal on `data_dir`, on a free loopback port, well-behaved.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        PortalConfig {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_file: None,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Shared state of a running portal.
+pub(crate) struct App {
+    data_dir: PathBuf,
+    repo_dir: PathBuf,
+    store: store::Store,
+    envs: protocol::Environments,
+    stats: Arc<stats::Stats>,
+    faults: Mutex<Faults>,
+    etags: repo::EtagCache,
+    shutdown: watch::Receiver<bool>,
+    /// Cloned by each WebSocket task; taken at shutdown so that the
+    /// receiver sees every task end.
+    tasks: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl App {
+    fn task_guard(&self) -> Option<mpsc::Sender<()>> {
+        self.tasks.lock().expect("tasks lock").clone()
+    }
+
+    fn sync(&self, env: &str) -> usize {
+        let n = self
+            .envs
+            .send(env, &json!({"type": "EVT_SYNC_SOFT"}).to_string());
+        info!(env, delivered = n, "sent EVT_SYNC_SOFT");
+        n
+    }
+
+    fn environments(&self) -> Vec<EnvironmentReport> {
+        self.envs.reports(&self.store.assignments())
+    }
+
+    fn set_faults(&self, faults: Faults) {
+        info!(?faults, "fault switches set");
+        *self.faults.lock().expect("faults lock") = faults;
+    }
+}
+
+/// Resolves once shutdown is signalled (or the signal is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Starts portals.
+pub struct Portal;
+
+impl Portal {
+    /// Starts a portal on the current tokio runtime.
+    pub async fn start(config: PortalConfig) -> Result<PortalHandle, PortalError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| PortalError::Io {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let repo_dir = data_dir.join("repo");
+        let state_file = config
+            .state_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("portal-state.json"));
+        let store = store::Store::open(state_file, repo_dir.clone())?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| PortalError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| PortalError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
+        let app = Arc::new(App {
+            data_dir: data_dir.clone(),
+            repo_dir,
+            store,
+            envs: protocol::Environments::default(),
+            stats: Arc::new(stats::Stats::new()),
+            faults: Mutex::new(config.faults.clone()),
+            etags: repo::EtagCache::default(),
+            shutdown: shutdown_rx.clone(),
+            tasks: Mutex::new(Some(tasks_tx)),
+        });
+        let router = Router::new()
+            .route("/portal-integration", get(protocol::upgrade))
+            .route("/repo/{*path}", get(repo::serve))
+            .merge(admin::router())
+            .with_state(app.clone());
+        let url = format!("http://{addr}");
+        let addr_file = data_dir.join("portal.addr");
+        store::write_atomically(&addr_file, format!("{url}\n").as_bytes())?;
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let mut stop = shutdown_rx;
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            stopped(&mut stop).await;
+        });
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "server failed");
+            }
+            // Every WebSocket task holds a sender; `shutdown` took the
+            // original, so this returns when the last one has ended.
+            let _ = tasks_rx.recv().await;
+            let _ = std::fs::remove_file(&addr_file);
+            info!("portal stopped");
+            let _ = done_tx.send(());
+        });
+        info!(%addr, data = %data_dir.display(), "portal listening");
+        Ok(PortalHandle {
+            addr,
+            app,
+            shutdown: shutdown_tx,
+            done: Some(done_rx),
+            runtime: None,
+        })
+    }
+
+    /// Starts a portal on a runtime of its own (two worker threads), for
+    /// synchronous tests. Do not call from inside a tokio runtime.
+    pub fn spawn(config: PortalConfig) -> Result<PortalHandle, PortalError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name("portal")
+            .build()
+            .map_err(|source| PortalError::Io {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let mut handle = runtime.block_on(Portal::start(config))?;
+        handle.runtime = Some(runtime);
+        Ok(handle)
+    }
+}
+
+/// A running portal. Dropping it signals shutdown without waiting.
+pub struct PortalHandle {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    done: Option<oneshot::Receiver<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl PortalHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://ADDR/repo`, the box's `repository_url`.
+    pub fn repo_url(&self) -> String {
+        format!("http://{}/repo", self.addr)
+    }
+
+    /// `ws://ADDR`, the box's `portal_url` (the box appends
+    /// `/portal-integration?...`).
+    pub fn portal_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// `ws://ADDR/portal-integration?environmentUuid=ENV&environmentHash=HASH`.
+    pub fn ws_url(&self, env: &str, hash: &str) -> String {
+        format!(
+            "ws://{}/portal-integration?environmentUuid={env}&environmentHash={hash}",
+            self.addr
+        )
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.app.data_dir
+    }
+
+    /// Puts a module into the repository and records it (blocking I/O).
+    pub fn publish(&self, req: &PublishRequest) -> Result<ModuleObject, PortalError> {
+        self.app.store.publish(req)
+    }
+
+    /// Every published module.
+    pub fn modules(&self) -> Vec<ModuleObject> {
+        self.app.store.modules()
+    }
+
+    /// Makes `coordinates` (`groupId:artifactId:version`) the whole target
+    /// set of `env`; unknown coordinates refuse the set.
+    pub fn assign(
+        &self,
+        env: &str,
+        coordinates: &[&str],
+    ) -> Result<Vec<ModuleObject>, PortalError> {
+        let owned: Vec<String> = coordinates.iter().map(|c| c.to_string()).collect();
+        self.app.store.assign(env, &owned)
+    }
+
+    /// Makes `modules` the answer to `env`'s `GET_ENV_MOD_REQ` as they are,
+    /// unchecked (a bad set, for tests of the box's refusals); a later
+    /// [`PortalHandle::assign`] replaces it.
+    pub fn assign_raw(
+        &self,
+        env: &str,
+        modules: Vec<serde_json::Value>,
+    ) -> Result<(), PortalError> {
+        self.app.store.assign_raw(env, modules)
+    }
+
+    /// Sends `EVT_SYNC_SOFT` to `env`'s live connections; how many took it.
+    pub fn sync(&self, env: &str) -> usize {
+        self.app.sync(env)
+    }
+
+    /// Sends `text` as is to `env`'s live connections; how many took it.
+    pub fn send_raw(&self, env: &str, text: &str) -> usize {
+        self.app.envs.send(env, text)
+    }
+
+    /// Every environment seen or assigned.
+    pub fn environments(&self) -> Vec<EnvironmentReport> {
+        self.app.environments()
+    }
+
+    /// One environment, if seen or assigned.
+    pub fn environment(&self, env: &str) -> Option<EnvironmentReport> {
+        self.environments()
+            .into_iter()
+            .find(|e| e.environment_uuid == env)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StatsReport {
+        self.app.stats.report()
+    }
+
+    /// Zeroes the counters and restarts their clock.
+    pub fn reset_stats(&self) {
+        self.app.stats.reset();
+    }
+
+    /// The fault switches in force.
+    pub fn faults(&self) -> Faults {
+        self.app.faults.lock().expect("faults lock").clone()
+    }
+
+    /// Replaces the fault switches; requests already running keep theirs.
+    pub fn set_faults(&self, faults: Faults) {
+        self.app.set_faults(faults);
+    }
+
+    fn begin_shutdown(&mut self) -> Option<oneshot::Receiver<()>> {
+        let _ = self.shutdown.send(true);
+        self.app.tasks.lock().expect("tasks lock").take();
+        self.done.take()
+    }
+
+    /// Stops accepting, closes every connection, and returns when every
+    /// task has ended.
+    pub async fn shutdown(mut self) {
+        if let Some(done) = self.begin_shutdown() {
+            let _ = done.await;
+        }
+    }
+
+    /// [`PortalHandle::shutdown`] from synchronous code.
+    pub fn shutdown_blocking(mut self) {
+        if let Some(done) = self.begin_shutdown() {
+            let _ = done.blocking_recv();
+        }
+    }
+}
+
+impl Drop for PortalHandle {
+    fn drop(&mut self) {
+        let _ = self.begin_shutdown();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

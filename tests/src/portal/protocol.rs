@@ -1,0 +1,301 @@
+//! The portal side of Portal Integration (contracts section 3) on
+//! `/portal-integration`: answers `GET_ENV_MOD_REQ` with the environment's
+//! assigned set, records every `EVT_ENV_MOD_UPD_STS` in order, and pushes
+//! `EVT_SYNC_SOFT` (or any raw frame a test asks for) to live connections.
+//!
+//! The messages are plain JSON here on purpose: the portal is the box's
+//! test oracle, so it shares no wire types with the box's own code.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use axum::{
+    extract::{
+        ws::{Message, WebSocket, WebSocketUpgrade},
+        Query, State,
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::App;
+
+/// Largest frame accepted from a box: the protocol's limit (contracts §3).
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// Frames waiting to be written to one connection. A box that stops
+/// reading must not grow the portal's memory; a full queue makes `sync` and
+/// `send-raw` report the connection as not reached.
+pub const OUTBOUND_QUEUE: usize = 64;
+
+/// Statuses kept per environment; older ones are dropped (and counted) so a
+/// long-running portal stays bounded. Far above what any test produces.
+pub const MAX_STATUSES_PER_ENV: usize = 10_000;
+
+/// One `EVT_ENV_MOD_UPD_STS` as the box sent it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRecord {
+    /// The `environmentUuid` field of the message.
+    pub environment_uuid: Value,
+    /// The module object, or null for the whole set.
+    pub module: Value,
+    /// The status value.
+    pub status: Value,
+    /// Why, or null.
+    pub status_message: Value,
+}
+
+/// What the portal knows of one environment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentReport {
+    /// The environment UUID (empty for boxes that connect unregistered).
+    pub environment_uuid: String,
+    /// Whether at least one connection is open now.
+    pub connected: bool,
+    /// Connections open now.
+    pub live_connections: usize,
+    /// Connections accepted since start.
+    pub connections: u64,
+    /// The `environmentHash` of the latest connection.
+    pub environment_hash: Option<String>,
+    /// `GET_ENV_MOD_REQ` messages received.
+    pub module_requests: u64,
+    /// `banalyticsBoxCoreModule` of the latest `GET_ENV_MOD_REQ`.
+    pub last_core_module: Option<Value>,
+    /// The assigned target set, as coordinates.
+    pub assigned: Vec<String>,
+    /// Every `EVT_ENV_MOD_UPD_STS`, in the order received.
+    pub statuses: Vec<StatusRecord>,
+    /// Statuses dropped past [`MAX_STATUSES_PER_ENV`].
+    pub statuses_dropped: u64,
+}
+
+#[derive(Default)]
+struct EnvState {
+    live: HashMap<u64, mpsc::Sender<String>>,
+    connections: u64,
+    environment_hash: Option<String>,
+    module_requests: u64,
+    last_core_module: Option<Value>,
+    statuses: Vec<StatusRecord>,
+    statuses_dropped: u64,
+}
+
+/// Live connections and what each environment reported.
+#[derive(Default)]
+pub(crate) struct Environments {
+    envs: Mutex<BTreeMap<String, EnvState>>,
+    next_id: AtomicU64,
+}
+
+impl Environments {
+    fn connect(&self, env: &str, hash: Option<String>, tx: mpsc::Sender<String>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut envs = self.envs.lock().expect("envs lock");
+        let e = envs.entry(env.to_string()).or_default();
+        e.live.insert(id, tx);
+        e.connections += 1;
+        e.environment_hash = hash;
+        id
+    }
+
+    fn disconnect(&self, env: &str, id: u64) {
+        if let Some(e) = self.envs.lock().expect("envs lock").get_mut(env) {
+            e.live.remove(&id);
+        }
+    }
+
+    fn with<T>(&self, env: &str, f: impl FnOnce(&mut EnvState) -> T) -> T {
+        f(self
+            .envs
+            .lock()
+            .expect("envs lock")
+            .entry(env.to_string())
+            .or_default())
+    }
+
+    /// Queues `text` on every live connection of `env`; how many took it.
+    pub(crate) fn send(&self, env: &str, text: &str) -> usize {
+        let envs = self.envs.lock().expect("envs lock");
+        let Some(e) = envs.get(env) else { return 0 };
+        e.live
+            .values()
+            .filter(|tx| tx.try_send(text.to_string()).is_ok())
+            .count()
+    }
+
+    /// Reports for every environment seen or assigned.
+    pub(crate) fn reports(
+        &self,
+        assignments: &BTreeMap<String, Vec<String>>,
+    ) -> Vec<EnvironmentReport> {
+        let envs = self.envs.lock().expect("envs lock");
+        let mut names: Vec<&String> = envs.keys().chain(assignments.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let mut r = EnvironmentReport {
+                    environment_uuid: name.clone(),
+                    assigned: assignments.get(name).cloned().unwrap_or_default(),
+                    ..EnvironmentReport::default()
+                };
+                if let Some(e) = envs.get(name) {
+                    r.connected = !e.live.is_empty();
+                    r.live_connections = e.live.len();
+                    r.connections = e.connections;
+                    r.environment_hash = e.environment_hash.clone();
+                    r.module_requests = e.module_requests;
+                    r.last_core_module = e.last_core_module.clone();
+                    r.statuses = e.statuses.clone();
+                    r.statuses_dropped = e.statuses_dropped;
+                }
+                r
+            })
+            .collect()
+    }
+}
+
+/// `GET /portal-integration?environmentUuid=..&environmentHash=..`
+pub(crate) async fn upgrade(
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    Query(query): Query<HashMap<String, String>>,
+    State(app): State<Arc<App>>,
+) -> Response {
+    app.stats.connection_attempt();
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            debug!(%rejection, "not a websocket upgrade");
+            return rejection.into_response();
+        }
+    };
+    if *app.shutdown.borrow() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let env = query.get("environmentUuid").cloned().unwrap_or_default();
+    let hash = query.get("environmentHash").cloned();
+    let guard = app.task_guard();
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            connection(socket, env, hash, app).await;
+            drop(guard);
+        })
+}
+
+#[tracing::instrument(skip_all, fields(env = %env))]
+async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, app: Arc<App>) {
+    let (tx, mut rx) = mpsc::channel::<String>(OUTBOUND_QUEUE);
+    let id = app.envs.connect(&env, hash, tx);
+    info!(connection = id, "box connected");
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = super::stopped(&mut shutdown) => {
+                let _ = socket.send(Message::Close(None)).await;
+                break;
+            }
+            Some(text) = rx.recv() => {
+                if let Err(error) = socket.send(Message::Text(text.into())).await {
+                    warn!(%error, "send failed");
+                    break;
+                }
+            }
+            frame = socket.recv() => match frame {
+                None => break,
+                Some(Err(error)) => {
+                    warn!(%error, "connection failed");
+                    break;
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(reply) = handle(&app, &env, text.as_str()) {
+                        if let Err(error) = socket.send(Message::Text(reply.into())).await {
+                            warn!(%error, "send failed");
+                            break;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) => break,
+                Some(Ok(Message::Binary(b))) => debug!(bytes = b.len(), "binary frame ignored"),
+                Some(Ok(_)) => {} // ping/pong: answered by the WebSocket layer
+            }
+        }
+    }
+    app.envs.disconnect(&env, id);
+    info!(connection = id, "box disconnected");
+}
+
+/// Handles one text frame; the reply to send, if any.
+fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
+    let msg: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(error) => {
+            warn!(%error, bytes = text.len(), "malformed frame skipped");
+            return None;
+        }
+    };
+    let kind = msg.get("type").and_then(Value::as_str).unwrap_or_default();
+    match kind {
+        "GET_ENV_MOD_REQ" => {
+            let env = if conn_env.is_empty() {
+                msg.get("environmentUUID")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            } else {
+                conn_env
+            };
+            app.envs.with(env, |e| {
+                e.module_requests += 1;
+                e.last_core_module = msg.get("banalyticsBoxCoreModule").cloned();
+            });
+            let modules = app.store.target_set(env);
+            info!(env, modules = modules.len(), "answering GET_ENV_MOD_REQ");
+            Some(json!({"type": "GET_ENV_MOD_RES", "modules": modules}).to_string())
+        }
+        "EVT_ENV_MOD_UPD_STS" => {
+            let field = |k: &str| msg.get(k).cloned().unwrap_or(Value::Null);
+            let record = StatusRecord {
+                environment_uuid: field("environmentUuid"),
+                module: field("module"),
+                status: field("status"),
+                status_message: field("statusMessage"),
+            };
+            let env = if conn_env.is_empty() {
+                record
+                    .environment_uuid
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                conn_env.to_string()
+            };
+            let env = env.as_str();
+            info!(env, status = %record.status, module = %record.module, "status reported");
+            app.envs.with(env, |e| {
+                if e.statuses.len() >= MAX_STATUSES_PER_ENV {
+                    e.statuses.remove(0);
+                    e.statuses_dropped += 1;
+                }
+                e.statuses.push(record);
+            });
+            None
+        }
+        other => {
+            debug!(r#type = other, "unknown message type ignored");
+            None
+        }
+    }
+}

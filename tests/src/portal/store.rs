@@ -1,0 +1,532 @@
+//! What the portal must remember across a restart: the published modules
+//! and each environment's assigned target set, in one JSON file in the data
+//! folder, and the repository files `publish` writes.
+//!
+//! A kill-and-restart test of the box's reconnect depends on a restarted
+//! portal answering `GET_ENV_MOD_REQ` exactly as before, so every change is
+//! written (temporary file, fsync, rename) before it is acknowledged.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use super::PortalError;
+
+/// `type` of a module object (contracts section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleType {
+    /// The box core.
+    Core,
+    /// A component plugin.
+    Component,
+}
+
+impl std::str::FromStr for ModuleType {
+    type Err = PortalError;
+
+    fn from_str(s: &str) -> Result<Self, PortalError> {
+        match s {
+            "core" => Ok(ModuleType::Core),
+            "component" => Ok(ModuleType::Component),
+            other => Err(PortalError::InvalidCoordinate {
+                field: "type",
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// SHA-256 and size of an optional package (`-bin.zip`, `-model.zip`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    /// Hex SHA-256 of the file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A published module, exactly as it travels in `GET_ENV_MOD_RES`: the
+/// section 2 fields plus the optional extension fields of section 3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleObject {
+    /// Maven groupId.
+    pub group_id: String,
+    /// Maven artifactId.
+    pub artifact_id: String,
+    /// Version.
+    pub version: String,
+    /// `core` or `component`.
+    #[serde(rename = "type")]
+    pub module_type: ModuleType,
+    /// When it was published, ISO-8601 local date-time read as UTC.
+    pub upload_time: String,
+    /// Hex SHA-256 of the main artifact.
+    pub sha256: String,
+    /// Size of the main artifact in bytes.
+    pub size: u64,
+    /// Extension of the main artifact (`jar`, `so`, ...).
+    pub packaging: String,
+    /// The `-bin.zip` dependencies package, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<PartInfo>,
+    /// The `-model.zip` model package, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<PartInfo>,
+}
+
+impl ModuleObject {
+    /// `groupId:artifactId:version`.
+    pub fn coordinates(&self) -> String {
+        format!("{}:{}:{}", self.group_id, self.artifact_id, self.version)
+    }
+}
+
+/// What `publish` puts into the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishRequest {
+    /// Maven groupId.
+    pub group_id: String,
+    /// Maven artifactId.
+    pub artifact_id: String,
+    /// Version.
+    pub version: String,
+    /// `core` or `component`.
+    #[serde(rename = "type")]
+    pub module_type: ModuleType,
+    /// The main artifact, a file the portal process can read.
+    pub file: PathBuf,
+    /// Extension of the main artifact; `jar` when absent.
+    #[serde(default)]
+    pub packaging: Option<String>,
+    /// The optional dependencies package.
+    #[serde(default)]
+    pub bin: Option<PathBuf>,
+    /// The optional model package.
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+}
+
+impl PublishRequest {
+    /// A request for `group:artifact:version` of `module_type` from `file`,
+    /// packaged as `jar`, without optional packages.
+    pub fn new(coordinates: &str, module_type: ModuleType, file: impl Into<PathBuf>) -> Self {
+        let mut parts = coordinates.splitn(3, ':');
+        let mut next = || parts.next().unwrap_or_default().to_string();
+        PublishRequest {
+            group_id: next(),
+            artifact_id: next(),
+            version: next(),
+            module_type,
+            file: file.into(),
+            packaging: None,
+            bin: None,
+            model: None,
+        }
+    }
+}
+
+/// The persisted state file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    /// Published modules by `groupId:artifactId:version`.
+    #[serde(default)]
+    modules: BTreeMap<String, ModuleObject>,
+    /// Each environment's target set, as coordinates in assigned order.
+    #[serde(default)]
+    assignments: BTreeMap<String, Vec<String>>,
+    /// Environments answered with module objects as given, unchecked, so
+    /// tests can show the box refusing a bad target set. Wins over
+    /// `assignments`; `assign` removes it.
+    #[serde(default)]
+    raw_assignments: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// Published modules and assignments, backed by a JSON file.
+pub(crate) struct Store {
+    path: PathBuf,
+    repo: PathBuf,
+    state: Mutex<StoreFile>,
+    /// Serialises publishes, so two publishes of one module never interleave
+    /// their file writes.
+    publishing: Mutex<()>,
+}
+
+impl Store {
+    /// Loads `path` (a missing file is an empty store).
+    pub(crate) fn open(path: PathBuf, repo: PathBuf) -> Result<Store, PortalError> {
+        let state = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PortalError::State {
+                path: path.clone(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreFile::default(),
+            Err(source) => return Err(PortalError::Io { path, source }),
+        };
+        fs::create_dir_all(&repo).map_err(|source| PortalError::Io {
+            path: repo.clone(),
+            source,
+        })?;
+        Ok(Store {
+            path,
+            repo,
+            state: Mutex::new(state),
+            publishing: Mutex::new(()),
+        })
+    }
+
+    fn persist(&self, state: &StoreFile) -> Result<(), PortalError> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|source| PortalError::State {
+            path: self.path.clone(),
+            source,
+        })?;
+        write_atomically(&self.path, &bytes)
+    }
+
+    /// Every published module.
+    pub(crate) fn modules(&self) -> Vec<ModuleObject> {
+        let state = self.state.lock().expect("store lock");
+        state.modules.values().cloned().collect()
+    }
+
+    /// Coordinates assigned to each environment; a raw set shows as
+    /// `g:a:v (raw)` labels.
+    pub(crate) fn assignments(&self) -> BTreeMap<String, Vec<String>> {
+        let state = self.state.lock().expect("store lock");
+        let mut all = state.assignments.clone();
+        for (env, modules) in &state.raw_assignments {
+            let labels = modules
+                .iter()
+                .map(|m| {
+                    let f = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
+                    format!(
+                        "{}:{}:{} (raw)",
+                        f("groupId"),
+                        f("artifactId"),
+                        f("version")
+                    )
+                })
+                .collect();
+            all.insert(env.clone(), labels);
+        }
+        all
+    }
+
+    /// The module objects of `env`'s target set, in assigned order; empty
+    /// when nothing is assigned.
+    pub(crate) fn target_set(&self, env: &str) -> Vec<serde_json::Value> {
+        let state = self.state.lock().expect("store lock");
+        if let Some(raw) = state.raw_assignments.get(env) {
+            return raw.clone();
+        }
+        state
+            .assignments
+            .get(env)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| state.modules.get(c))
+            .map(|m| serde_json::to_value(m).expect("module object to JSON"))
+            .collect()
+    }
+
+    /// Makes `modules`, unchecked, the answer to `env`'s `GET_ENV_MOD_REQ`.
+    pub(crate) fn assign_raw(
+        &self,
+        env: &str,
+        modules: Vec<serde_json::Value>,
+    ) -> Result<(), PortalError> {
+        if env.is_empty() {
+            return Err(PortalError::BadRequest(
+                "environment UUID is empty".to_string(),
+            ));
+        }
+        let mut state = self.state.lock().expect("store lock");
+        let n = modules.len();
+        state.raw_assignments.insert(env.to_string(), modules);
+        self.persist(&state)?;
+        info!(env, modules = n, "assigned raw target set");
+        Ok(())
+    }
+
+    /// Makes `coordinates` the whole target set of `env`. Unknown or
+    /// malformed coordinates refuse the whole set and change nothing.
+    pub(crate) fn assign(
+        &self,
+        env: &str,
+        coordinates: &[String],
+    ) -> Result<Vec<ModuleObject>, PortalError> {
+        if env.is_empty() {
+            return Err(PortalError::BadRequest(
+                "environment UUID is empty".to_string(),
+            ));
+        }
+        let mut state = self.state.lock().expect("store lock");
+        let mut set: Vec<String> = Vec::new();
+        for c in coordinates {
+            let parsed = parse_coordinates(c)?;
+            let key = format!("{}:{}:{}", parsed.0, parsed.1, parsed.2);
+            if !state.modules.contains_key(&key) {
+                return Err(PortalError::UnknownModule { coordinates: key });
+            }
+            if !set.contains(&key) {
+                set.push(key);
+            }
+        }
+        let modules = set.iter().map(|c| state.modules[c].clone()).collect();
+        state.assignments.insert(env.to_string(), set);
+        state.raw_assignments.remove(env);
+        self.persist(&state)?;
+        info!(env, modules = coordinates.len(), "assigned target set");
+        Ok(modules)
+    }
+
+    /// Copies a module's files into the repository layout with `.sha256`
+    /// files beside them and records it, upload time now.
+    pub(crate) fn publish(&self, req: &PublishRequest) -> Result<ModuleObject, PortalError> {
+        validate_group(&req.group_id)?;
+        validate_name("artifactId", &req.artifact_id)?;
+        validate_name("version", &req.version)?;
+        let packaging = req.packaging.clone().unwrap_or_else(|| "jar".to_string());
+        validate_name("packaging", &packaging)?;
+
+        let _publishing = self.publishing.lock().expect("publish lock");
+        let dir = self
+            .repo
+            .join(module_dir(&req.group_id, &req.artifact_id, &req.version));
+        fs::create_dir_all(&dir).map_err(|source| PortalError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let base = format!("{}-{}", req.artifact_id, req.version);
+
+        let main = copy_with_digest(&req.file, &dir.join(format!("{base}.{packaging}")))?;
+        let dependencies =
+            publish_optional(req.bin.as_deref(), &dir.join(format!("{base}-bin.zip")))?;
+        let model = publish_optional(req.model.as_deref(), &dir.join(format!("{base}-model.zip")))?;
+
+        let module = ModuleObject {
+            group_id: req.group_id.clone(),
+            artifact_id: req.artifact_id.clone(),
+            version: req.version.clone(),
+            module_type: req.module_type,
+            upload_time: iso_local_date_time(SystemTime::now()),
+            sha256: main.sha256,
+            size: main.size,
+            packaging,
+            dependencies,
+            model,
+        };
+        let mut state = self.state.lock().expect("store lock");
+        let replaced = state
+            .modules
+            .insert(module.coordinates(), module.clone())
+            .is_some();
+        self.persist(&state)?;
+        info!(
+            module = %module.coordinates(),
+            size = module.size,
+            sha256 = %module.sha256,
+            replaced,
+            "published"
+        );
+        Ok(module)
+    }
+}
+
+/// `{groupId with . as /}/{artifactId}/{version}`, the Maven folder of a
+/// module relative to the repository root.
+pub fn module_dir(group_id: &str, artifact_id: &str, version: &str) -> String {
+    format!("{}/{artifact_id}/{version}", group_id.replace('.', "/"))
+}
+
+/// The repository path (relative to the root) of a module's file with
+/// `suffix` after `{artifactId}-{version}`: `.jar`, `-bin.zip`,
+/// `-model.zip`, `.jar.sha256`.
+pub fn artifact_path(group_id: &str, artifact_id: &str, version: &str, suffix: &str) -> String {
+    format!(
+        "{}/{artifact_id}-{version}{suffix}",
+        module_dir(group_id, artifact_id, version)
+    )
+}
+
+/// Splits `groupId:artifactId:version` and validates each part.
+pub(crate) fn parse_coordinates(s: &str) -> Result<(String, String, String), PortalError> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [g, a, v] = parts[..] else {
+        return Err(PortalError::InvalidCoordinate {
+            field: "coordinates",
+            value: s.to_string(),
+        });
+    };
+    validate_group(g)?;
+    validate_name("artifactId", a)?;
+    validate_name("version", v)?;
+    Ok((g.to_string(), a.to_string(), v.to_string()))
+}
+
+/// `[A-Za-z0-9_.-]+` with no empty, `.` or `..` segment (contracts §2).
+fn validate_group(g: &str) -> Result<(), PortalError> {
+    let ok = !g.is_empty()
+        && g.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && g.split('.').all(|seg| !seg.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(PortalError::InvalidCoordinate {
+            field: "groupId",
+            value: g.to_string(),
+        })
+    }
+}
+
+/// `[A-Za-z0-9_.+-]+`, not `.` or `..` (contracts §2).
+fn validate_name(field: &'static str, v: &str) -> Result<(), PortalError> {
+    let ok = !v.is_empty()
+        && v != "."
+        && v != ".."
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '+' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PortalError::InvalidCoordinate {
+            field,
+            value: v.to_string(),
+        })
+    }
+}
+
+/// Publishes an optional package, or removes a stale one left by an earlier
+/// publish of the same coordinates (a `404` means "none").
+fn publish_optional(src: Option<&Path>, dest: &Path) -> Result<Option<PartInfo>, PortalError> {
+    match src {
+        Some(src) => copy_with_digest(src, dest).map(Some),
+        None => {
+            for p in [dest.to_path_buf(), sha256_path(dest)] {
+                match fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(PortalError::Io { path: p, source }),
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn sha256_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+/// Copies `src` to `dest` (via `dest.partial`, fsync, rename) while hashing,
+/// then writes `dest.sha256` with the hex digest.
+fn copy_with_digest(src: &Path, dest: &Path) -> Result<PartInfo, PortalError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PortalError::Io { path, source }
+    };
+    let mut input = fs::File::open(src).map_err(io(src))?;
+    let mut partial = dest.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let mut out = fs::File::create(&partial).map_err(io(&partial))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = input.read(&mut buf).map_err(io(src))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io(&partial))?;
+        size += n as u64;
+    }
+    out.sync_all().map_err(io(&partial))?;
+    drop(out);
+    fs::rename(&partial, dest).map_err(io(dest))?;
+    let sha256 = hex::encode(hasher.finalize());
+    write_atomically(&sha256_path(dest), format!("{sha256}\n").as_bytes())?;
+    Ok(PartInfo { sha256, size })
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PortalError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| PortalError::Io { path: p, source }
+    };
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` in UTC, the module object's `uploadTime` format.
+pub fn iso_local_date_time(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_upload_time_as_iso_local_date_time_in_utc() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_772_360_130);
+        assert_eq!(iso_local_date_time(t), "2026-03-01T10:15:30");
+        assert_eq!(iso_local_date_time(UNIX_EPOCH), "1970-01-01T00:00:00");
+    }
+
+    #[test]
+    fn refuses_coordinates_that_are_paths() {
+        for bad in [
+            "../x:a:1", "g..h:a:1", "g:..:1", "g:a:.", "g:a", "g:a/b:1", ".g:a:1",
+        ] {
+            assert!(parse_coordinates(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse_coordinates("com.banalytics.box:core:1.2.3+build-4").is_ok());
+    }
+}
