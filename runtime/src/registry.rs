@@ -13,7 +13,7 @@ impl Registry {
     /// The kinds built into this binary.
     pub fn builtin() -> Registry {
         Registry {
-            kinds: vec![banalytics_probe::KIND],
+            kinds: vec![banalytics_probe::KIND, banalytics_upgrade_center::KIND],
         }
     }
 
