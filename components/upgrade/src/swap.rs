@@ -1,0 +1,517 @@
+//! The swap: a staged set becomes the active one (apply), the backup
+//! becomes the active one (rollback), and a new set on probation becomes
+//! permanent (commit). Run with the host stopped: at the start of `run`, or
+//! by `banalytics-box apply` / `rollback`.
+//!
+//! Crash safety. Every procedure first writes a journal
+//! (`modules-swap.journal`) naming the set it installs and the set it
+//! replaces by identity (the SHA-256 of their `modules-info.properties` and
+//! hash record). Each step is a rename (or, on Linux, an atomic exchange
+//! with `renameat2(RENAME_EXCHANGE)` where the file system has it) followed
+//! by an fsync of the home, and each step looks at the folders before it
+//! acts, so running a procedure again after a crash at any point finishes
+//! it: [`recover`] does exactly that when it finds a journal. Recovery is
+//! idempotent: once the journal is gone there is nothing left to do.
+//!
+//! Folders: `modules`/`models` (active), `modules-upgrade`/`models-upgrade`
+//! (staged), `modules-backup`/`models-backup` (previous),
+//! `modules-trash`/`models-trash` (a backup being discarded; deleted after
+//! the swap, and again at the next start if a crash left it).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    failpoint::failpoint,
+    installed::write_atomic,
+    layout::{sync_dir, Layout, MODULES_INFO},
+    record::{BadFile, SetRecord, RECORD_FILE},
+};
+
+/// The journal, in the home (it matches `modules*`).
+pub const JOURNAL: &str = "modules-swap.journal";
+/// The probation record of a set that was applied and not yet committed.
+pub const PROBATION: &str = "modules-probation.json";
+/// A note left by an automatic rollback, for the upgrade center to report.
+pub const ROLLBACK_NOTE: &str = "modules-rollback.json";
+
+/// Why a swap could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// Nothing to apply.
+    #[error("no staged set: {0} has no modules-info.properties")]
+    NothingStaged(PathBuf),
+    /// Nothing to roll back to.
+    #[error("no backup set: {0} has no modules-info.properties")]
+    NoBackup(PathBuf),
+    /// The journal is unreadable.
+    #[error("journal {path} is unreadable: {reason}")]
+    BadJournal {
+        /// The journal.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SwapError {
+    let path = path.to_owned();
+    move |source| SwapError::Io { op, path, source }
+}
+
+/// Which procedure a journal records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Procedure {
+    /// Staged set to active.
+    Apply,
+    /// Backup to active.
+    Rollback,
+}
+
+/// The journal's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The procedure in progress.
+    pub procedure: Procedure,
+    /// Identity of the set being installed.
+    pub incoming: String,
+    /// Identity of the set being replaced (`""` when there is none).
+    pub outgoing: String,
+}
+
+/// A set applied and not yet committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probation {
+    /// Identity of the set on probation.
+    pub set: String,
+    /// Starts of the host since the set was applied.
+    pub boot_attempts: u32,
+    /// The last failure seen while on probation.
+    pub last_error: Option<String>,
+}
+
+/// What `status` shows of the module folders.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetsReport {
+    /// The active set's modules (`groupId:artifactId:version`).
+    pub installed: Vec<String>,
+    /// The staged set's modules, if one waits.
+    pub staged: Option<Vec<String>>,
+    /// The backup set's modules, if there is one.
+    pub backup: Option<Vec<String>>,
+    /// The probation state, if the active set is not committed.
+    pub probation: Option<Probation>,
+    /// A swap interrupted by a crash, finished at the next start.
+    pub interrupted: Option<Journal>,
+}
+
+/// The identity of the set in `dir`: SHA-256 over its
+/// `modules-info.properties` and hash record; `None` if it has no marker.
+pub fn set_identity(dir: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let info = fs::read(dir.join(MODULES_INFO)).ok()?;
+    let record = fs::read(dir.join(RECORD_FILE)).unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update((info.len() as u64).to_le_bytes());
+    h.update(&info);
+    h.update(&record);
+    Some(hex::encode(h.finalize()))
+}
+
+fn journal_path(layout: &Layout) -> PathBuf {
+    layout.home().join(JOURNAL)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, SwapError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| SwapError::BadJournal {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SwapError> {
+    let bytes = serde_json::to_vec_pretty(value).expect("plain data");
+    write_atomic(path, &bytes).map_err(|e| SwapError::Io {
+        op: "write",
+        path: path.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+fn remove_file_durably(path: &Path) -> Result<(), SwapError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("remove", path)(e)),
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(dir).map_err(io_err("fsync", dir))
+}
+
+/// The probation record, if the active set is on probation.
+pub fn probation(layout: &Layout) -> Result<Option<Probation>, SwapError> {
+    read_json(&layout.home().join(PROBATION))
+}
+
+/// Records the probation state.
+pub fn set_probation(layout: &Layout, p: &Probation) -> Result<(), SwapError> {
+    write_json(&layout.home().join(PROBATION), p)
+}
+
+/// Renames `from` to `to` and fsyncs the home; `to` must not exist (or be an
+/// empty folder).
+fn rename(layout: &Layout, from: &Path, to: &Path) -> Result<(), SwapError> {
+    fs::rename(from, to).map_err(io_err("rename", from))?;
+    sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))
+}
+
+/// Swaps two folders: one atomic `renameat2(RENAME_EXCHANGE)` where the
+/// file system has it; otherwise three renames through `scratch`, each
+/// durable, which [`recover`] can finish from any point because the sets
+/// are told apart by identity, not by name.
+fn exchange(layout: &Layout, a: &Path, b: &Path, scratch: &Path, step: &str) -> Result<(), SwapError> {
+    if exchange_atomic(a, b).is_ok() {
+        sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))?;
+        failpoint(&format!("{step}.exchanged"));
+        return Ok(());
+    }
+    rename(layout, a, scratch)?;
+    failpoint(&format!("{step}.renamed-1"));
+    rename(layout, b, a)?;
+    failpoint(&format!("{step}.renamed-2"));
+    rename(layout, scratch, b)?;
+    failpoint(&format!("{step}.renamed-3"));
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange_atomic(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if std::env::var_os("BANALYTICS_NO_EXCHANGE").is_some() {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    }
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; renameat2 via syscall, as
+    // older C libraries lack the wrapper.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange_atomic(_: &Path, _: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+fn ensure_dir(layout: &Layout, dir: &Path) -> Result<(), SwapError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))?;
+    }
+    Ok(())
+}
+
+/// Applies the staged set (see the module docs). Returns `false` when no
+/// staged set waits.
+pub fn apply(layout: &Layout) -> Result<bool, SwapError> {
+    recover(layout)?;
+    let Some(incoming) = set_identity(&layout.upgrade()) else {
+        return Ok(false);
+    };
+    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    // 1. The journal: from here a crash is finished by `recover`.
+    write_json(
+        &journal_path(layout),
+        &Journal {
+            procedure: Procedure::Apply,
+            incoming,
+            outgoing,
+        },
+    )?;
+    failpoint("apply.journal-written");
+    run_journal(layout)?;
+    Ok(true)
+}
+
+/// Makes the backup the active set (see the module docs).
+pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
+    recover(layout)?;
+    let incoming = set_identity(&layout.backup()).ok_or_else(|| SwapError::NoBackup(layout.backup()))?;
+    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    write_json(
+        &journal_path(layout),
+        &Journal {
+            procedure: Procedure::Rollback,
+            incoming,
+            outgoing,
+        },
+    )?;
+    failpoint("rollback.journal-written");
+    run_journal(layout)
+}
+
+/// Finishes a procedure a crash interrupted, if the journal says there is
+/// one; then clears leftovers. Returns the journal it finished.
+pub fn recover(layout: &Layout) -> Result<Option<Journal>, SwapError> {
+    let journal: Option<Journal> = read_json(&journal_path(layout))?;
+    if let Some(j) = &journal {
+        warn!(procedure = ?j.procedure, "finishing a module swap interrupted by a crash");
+        run_journal(layout)?;
+    }
+    for trash in [layout.home().join("modules-trash"), layout.home().join("models-trash")] {
+        if trash.exists() {
+            fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
+        }
+    }
+    Ok(journal)
+}
+
+fn run_journal(layout: &Layout) -> Result<(), SwapError> {
+    let path = journal_path(layout);
+    let Some(j) = read_json::<Journal>(&path)? else {
+        return Ok(());
+    };
+    match j.procedure {
+        Procedure::Apply => apply_steps(layout, &j)?,
+        Procedure::Rollback => rollback_steps(layout, &j)?,
+    }
+    // Last: the journal goes. Until this fsync, recovery redoes the (now
+    // no-op) steps.
+    remove_file_durably(&path)?;
+    failpoint(&format!("{}.journal-removed", name(j.procedure)));
+    for trash in [layout.home().join("modules-trash"), layout.home().join("models-trash")] {
+        if trash.exists() {
+            fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
+        }
+    }
+    Ok(())
+}
+
+fn name(p: Procedure) -> &'static str {
+    match p {
+        Procedure::Apply => "apply",
+        Procedure::Rollback => "rollback",
+    }
+}
+
+/// Apply, from wherever a crash left it. Each step checks whether it is
+/// already done.
+fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
+    let home = layout.home();
+    let (modules, upgrade, backup) = (layout.modules(), layout.upgrade(), layout.backup());
+    let (models, models_up, models_back) = (layout.models(), layout.models_upgrade(), layout.models_backup());
+    let (trash, models_trash) = (home.join("modules-trash"), home.join("models-trash"));
+    let active = set_identity(&modules).unwrap_or_default();
+    if active != j.incoming {
+        // 2. Discard the old backup, unless it is the set being replaced
+        //    (left there by an interrupted fallback exchange).
+        if backup.exists() && set_identity(&backup).unwrap_or_default() != j.outgoing {
+            rename(layout, &backup, &trash)?;
+            failpoint("apply.backup-discarded");
+        }
+        if models_back.exists() && !upgrade_models_pending(layout, j) {
+            // Models follow the modules; see step 4.
+        }
+        // 3. The point of no return: the staged set becomes active.
+        if set_identity(&backup).as_deref() == Some(j.outgoing.as_str()) && !j.outgoing.is_empty() {
+            // The fallback got as far as moving the old set out.
+            if !modules.exists() || set_identity(&modules).is_none() {
+                let _ = fs::remove_dir(&modules);
+                rename(layout, &upgrade, &modules)?;
+                failpoint("apply.renamed-in");
+            }
+        } else if modules.exists() {
+            ensure_dir(layout, &upgrade)?;
+            exchange(layout, &modules, &upgrade, &home.join("modules-swap.tmp"), "apply.modules")?;
+        } else {
+            rename(layout, &upgrade, &modules)?;
+            failpoint("apply.renamed-in");
+        }
+    }
+    // 4. The replaced set (now in modules-upgrade, or in the swap scratch)
+    //    becomes the backup.
+    let scratch = home.join("modules-swap.tmp");
+    if scratch.exists() && !modules.exists() {
+        rename(layout, &scratch, &modules)?;
+    }
+    if scratch.exists() {
+        if backup.exists() {
+            rename(layout, &backup, &trash)?;
+        }
+        rename(layout, &scratch, &backup)?;
+    }
+    if upgrade.exists() && set_identity(&upgrade).as_deref() == Some(j.outgoing.as_str()) {
+        if backup.exists() {
+            if trash.exists() {
+                fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
+            }
+            rename(layout, &backup, &trash)?;
+        }
+        rename(layout, &upgrade, &backup)?;
+        failpoint("apply.backup-kept");
+    }
+    // 5. Models: the staged models become active, the old ones the backup.
+    //    `models-upgrade` exists until this step is done.
+    if models_up.exists() {
+        if models_back.exists() {
+            if models_trash.exists() {
+                fs::remove_dir_all(&models_trash).map_err(io_err("remove", &models_trash))?;
+            }
+            rename(layout, &models_back, &models_trash)?;
+            failpoint("apply.models-backup-discarded");
+        }
+        if models.exists() {
+            rename(layout, &models, &models_back)?;
+            failpoint("apply.models-moved-out");
+        }
+        rename(layout, &models_up, &models)?;
+        failpoint("apply.models-moved-in");
+    }
+    // 6. An empty staging folder and the probation record.
+    ensure_dir(layout, &upgrade)?;
+    ensure_dir(layout, &models)?;
+    if probation(layout)?.is_none_or(|p| p.set != j.incoming) {
+        set_probation(
+            layout,
+            &Probation {
+                set: j.incoming.clone(),
+                boot_attempts: 0,
+                last_error: None,
+            },
+        )?;
+        failpoint("apply.probation-written");
+    }
+    info!(set = %&j.incoming[..12], "staged set applied; on probation until committed");
+    Ok(())
+}
+
+fn upgrade_models_pending(_: &Layout, _: &Journal) -> bool {
+    true
+}
+
+/// Rollback, from wherever a crash left it.
+fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
+    let home = layout.home();
+    let (modules, backup) = (layout.modules(), layout.backup());
+    let (models, models_back) = (layout.models(), layout.models_backup());
+    let scratch = home.join("modules-swap.tmp");
+    let models_scratch = home.join("models-swap.tmp");
+    // 2. Modules: exchange active and backup, unless already done.
+    if set_identity(&modules).as_deref() != Some(j.incoming.as_str()) {
+        if scratch.exists() && !backup.exists() {
+            // Fallback interrupted after the first rename.
+            rename(layout, &scratch, &backup)?;
+        }
+        if !modules.exists() {
+            rename(layout, &backup, &modules)?;
+        } else {
+            exchange(layout, &modules, &backup, &scratch, "rollback.modules")?;
+            // 3. Models follow, in the same direction.
+            if models_back.exists() {
+                ensure_dir(layout, &models)?;
+                exchange(layout, &models, &models_back, &models_scratch, "rollback.models")?;
+            }
+        }
+    }
+    if scratch.exists() {
+        rename(layout, &scratch, &backup)?;
+    }
+    if models_scratch.exists() {
+        if models.exists() {
+            rename(layout, &models_scratch, &models_back)?;
+        } else {
+            rename(layout, &models_scratch, &models)?;
+        }
+    }
+    // 4. Nothing is on probation any more.
+    remove_file_durably(&home.join(PROBATION))?;
+    failpoint("rollback.probation-cleared");
+    info!(set = %&j.incoming[..12.min(j.incoming.len())], "backup set is active again");
+    Ok(())
+}
+
+/// Commits the set on probation: from now on it is the installed set.
+pub fn commit(layout: &Layout) -> Result<(), SwapError> {
+    failpoint("commit.begin");
+    remove_file_durably(&layout.home().join(PROBATION))?;
+    failpoint("commit.probation-removed");
+    Ok(())
+}
+
+/// Counts a start of the host while on probation; returns the record.
+pub fn count_boot(layout: &Layout) -> Result<Option<Probation>, SwapError> {
+    let Some(mut p) = probation(layout)? else {
+        return Ok(None);
+    };
+    p.boot_attempts += 1;
+    set_probation(layout, &p)?;
+    failpoint("probation.counted");
+    Ok(Some(p))
+}
+
+/// The module folders as `status` shows them.
+pub fn report(layout: &Layout) -> SetsReport {
+    let keys = |dir: &Path| -> Option<Vec<String>> {
+        crate::installed::read_modules_info(dir)
+            .ok()
+            .flatten()
+            .map(|ms| ms.iter().map(|m| m.coords.to_string()).collect())
+    };
+    SetsReport {
+        installed: keys(&layout.modules()).unwrap_or_default(),
+        staged: keys(&layout.upgrade()),
+        backup: keys(&layout.backup()),
+        probation: probation(layout).ok().flatten(),
+        interrupted: read_json(&journal_path(layout)).ok().flatten(),
+    }
+}
+
+/// Checks every active file against its recorded SHA-256 and size. `Ok`
+/// with the bad files (empty when all match); an error when the active set
+/// has no record.
+pub fn verify(layout: &Layout) -> Result<Vec<BadFile>, SwapError> {
+    let modules = layout.modules();
+    let record = SetRecord::load(&modules)
+        .map_err(io_err("read", &modules.join(RECORD_FILE)))?
+        .ok_or_else(|| SwapError::Io {
+            op: "read",
+            path: modules.join(RECORD_FILE),
+            source: io::Error::new(io::ErrorKind::NotFound, "the active set has no hash record"),
+        })?;
+    Ok(record.verify(&modules, &layout.models()))
+}
