@@ -153,6 +153,8 @@ impl Component for PortalIntegration {
             home: self.home.clone(),
             tls,
             timing: self.timing,
+            board: ctx.board().clone(),
+            component: self.name.clone(),
         });
         let up = Arc::new(watch::channel(false).0);
         let up_rx = up.subscribe();

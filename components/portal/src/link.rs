@@ -27,7 +27,11 @@ use std::{sync::Arc, time::Duration};
 
 use actix::{fut, prelude::*};
 use backon::BackoffBuilder;
-use banalytics_sdk::{portal::PortalLinkChanged, Bus};
+use banalytics_sdk::{
+    portal::PortalLinkChanged,
+    status::{now_ms, StatusBoard},
+    Bus,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     net::TcpStream,
@@ -69,6 +73,10 @@ pub struct LinkSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// Ping, dead-link and backoff timing.
     pub timing: Timing,
+    /// Where the link state is shown (`banalytics-box status`).
+    pub board: StatusBoard,
+    /// The component instance name on the board.
+    pub component: String,
 }
 
 impl LinkSettings {
@@ -94,6 +102,20 @@ impl LinkSettings {
             }
         };
         self.portal_url.endpoint(&uuid, &self.environment_hash)
+    }
+
+    /// Shows the link state as the component's details on the board.
+    fn report(&self, connected: bool, connects: u64, last_error: Option<&str>) {
+        self.board.set_details(
+            &self.component,
+            serde_json::json!({
+                "portal": self.portal_url.base().as_str(),
+                "connected": connected,
+                "since_ms": now_ms(),
+                "connects": connects,
+                "last_error": last_error,
+            }),
+        );
     }
 }
 
@@ -209,6 +231,9 @@ async fn run(
 ) {
     let timing = settings.timing;
     let mut delays = timing.backoff().build();
+    let mut connects = 0u64;
+    let mut last_error: Option<String> = None;
+    settings.report(false, connects, None);
     loop {
         let url = settings.endpoint();
         let attempt = tokio::select! {
@@ -218,6 +243,8 @@ async fn run(
         match attempt {
             Ok(socket) => {
                 info!(portal = %settings.portal_url.base(), "portal link up");
+                connects += 1;
+                settings.report(true, connects, last_error.as_deref());
                 up.send_replace(true);
                 bus.publish(PortalLinkChanged { connected: true }).await;
                 let since = Instant::now();
@@ -230,10 +257,13 @@ async fn run(
                 match end {
                     End::Shutdown => {
                         info!(portal = %settings.portal_url.base(), "portal link closed");
+                        settings.report(false, connects, last_error.as_deref());
                         return;
                     }
                     End::Lost(reason) => {
                         warn!(portal = %settings.portal_url.base(), %reason, "portal link lost");
+                        settings.report(false, connects, Some(&reason));
+                        last_error = Some(reason);
                         // A link that stayed up a while starts over from the
                         // shortest delay; one that keeps dropping at once
                         // keeps backing off.
@@ -244,7 +274,10 @@ async fn run(
                 }
             }
             Err(e) => {
-                warn!(portal = %settings.portal_url.base(), error = %e, "cannot connect to the portal")
+                warn!(portal = %settings.portal_url.base(), error = %e, "cannot connect to the portal");
+                let reason = e.to_string();
+                settings.report(false, connects, Some(&reason));
+                last_error = Some(reason);
             }
         }
         let delay = delays.next().unwrap_or(timing.max_backoff);

@@ -53,6 +53,10 @@ async fn frames_route_both_ways_and_the_query_names_the_environment() {
         PortalLinkChanged { connected: true }
     );
 
+    let details = running.details();
+    assert_eq!(details["connected"], true, "{details}");
+    assert_eq!(details["connects"], 1, "{details}");
+
     conn.send(r#"{"type":"EVT_SYNC_SOFT"}"#).await;
     assert_eq!(next(&mut syncs).await, SyncSoftware {});
     conn.send(
@@ -253,7 +257,7 @@ async fn a_portal_that_stops_answering_pings_is_left_and_reconnected() {
     );
     // Never read from: pings go unanswered, though TCP stays open.
     let silent = portal.next_conn().await;
-    let since = Instant::now();
+    let since = silent.accepted_at;
     assert_eq!(
         next(&mut links).await,
         PortalLinkChanged { connected: true }
@@ -265,6 +269,13 @@ async fn a_portal_that_stops_answering_pings_is_left_and_reconnected() {
     let dead_after = since.elapsed();
     let _again = portal.next_conn().await;
     let reconnected = since.elapsed();
+    let details = running.details();
+    assert!(
+        details["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no pong or frame")),
+        "{details}"
+    );
     assert!(
         dead_after >= Duration::from_millis(700),
         "declared dead after {dead_after:?}, before its 800 ms"
@@ -285,7 +296,12 @@ async fn a_portal_that_answers_pings_keeps_its_link() {
     let running = start(
         home(Some("e")),
         &format!("portal_url = \"{}\"\n", portal.url()),
-        Some(fast_timing()),
+        // Slacker than fast_timing: a loaded machine must not fake a dead link.
+        Some(Timing {
+            ping_interval: Duration::from_millis(300),
+            dead_after: Duration::from_millis(1500),
+            ..fast_timing()
+        }),
         bus.clone(),
     );
     let mut conn = portal.next_conn().await;
@@ -293,7 +309,7 @@ async fn a_portal_that_answers_pings_keeps_its_link() {
         next(&mut links).await,
         PortalLinkChanged { connected: true }
     );
-    // Reading answers pings; count them over five dead-link periods.
+    // Reading answers pings; count them over more than two dead-link periods.
     let mut pings = 0;
     let until = tokio::time::Instant::now() + Duration::from_secs(4);
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, conn.ws.next()).await {
@@ -301,7 +317,7 @@ async fn a_portal_that_answers_pings_keeps_its_link() {
             pings += 1;
         }
     }
-    assert!(pings >= 5, "only {pings} pings in 4 s at one per 200 ms");
+    assert!(pings >= 5, "only {pings} pings in 4 s at one per 300 ms");
     assert!(links.try_recv().is_none(), "the link stayed up");
     assert!(portal.next(Duration::ZERO).await.is_none(), "no reconnect");
     running.stop().await;

@@ -55,6 +55,14 @@ async fn without_ca_file_a_private_ca_is_refused() {
         None => panic!("the box never tried to connect"),
     }
     assert!(
+        eventually(|| running.details()["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("UnknownIssuer")))
+        .await,
+        "the refusal names the certificate fault: {}",
+        running.details()
+    );
+    assert!(
         !arrives(&mut links, Duration::from_millis(500)).await,
         "the link never came up"
     );

@@ -38,6 +38,8 @@ pub struct Conn {
     /// The decoded query pairs.
     pub query: HashMap<String, String>,
     pub ws: WebSocketStream<Box<dyn Io>>,
+    /// When the portal's side of the handshake completed (before the box's).
+    pub accepted_at: std::time::Instant,
 }
 
 /// What the portal saw of one incoming connection.
@@ -135,6 +137,7 @@ async fn accept_ws(io: Box<dyn Io>) -> Accepted {
                 path: url.path().to_owned(),
                 query: url.query_pairs().into_owned().collect(),
                 ws,
+                accepted_at: std::time::Instant::now(),
             }))
         }
         Err(e) => Accepted::Refused(format!("websocket: {e}")),
@@ -258,12 +261,32 @@ impl Running {
         self.component.stopped();
     }
 
+    /// What the component shows on the board.
+    pub fn details(&self) -> Value {
+        self.board
+            .component(NAME)
+            .map_or(Value::Null, |c| c.details)
+    }
+
     /// Actor restarts recorded on the board.
     pub fn restarts(&self) -> u32 {
         self.board
             .component(NAME)
             .map_or(0, |c| c.actors.values().map(|a| a.restarts).sum())
     }
+}
+
+/// Polls `check` every 20 ms until it holds; false if it never does
+/// within [`WITHIN`].
+pub async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + WITHIN;
+    while std::time::Instant::now() < until {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// The next `M` on `sub`; panics when none comes in time.
