@@ -23,6 +23,31 @@
 //! The environment UUID comes from `config/device-registration.properties`
 //! ([`registration`]); a box that is not registered connects with an empty
 //! one, as the original does, and says so in its log.
+//!
+//! # Lifecycle
+//!
+//! * **Start** reads `ca_file` (a bad one puts the component in `ERROR`
+//!   naming the file), then starts `link` and `outbox` and routes
+//!   `GetEnvModulesRequest` and `ModuleStatusUpdate` to the outbox.
+//! * **Expected faults are not failures.** An unreachable portal, a refused
+//!   certificate, a dead or closed link, a bad frame: each is logged, shown
+//!   on the status board (`details`: `portal`, `connected`, `connects`,
+//!   `last_error`) and answered by reconnecting or skipping. Only a panic
+//!   fails an actor, and the supervisor restarts it with the component's
+//!   `restart_on_failure`.
+//! * **A restart of `link`** drops the connection and connects afresh,
+//!   backoff reset. **A restart of `outbox`** loses nothing: the queue
+//!   belongs to the component, and the frame in flight stays at its front
+//!   until the link confirms it was written (so it may be sent twice, never
+//!   lost). Bus messages published during a restart delay wait in the
+//!   actor's mailbox.
+//! * **Stop** stops `outbox` (frames still queued are dropped and counted
+//!   in a warning), then `link`, which sends a WebSocket close and
+//!   publishes `PortalLinkChanged { connected: false }`.
+//! * **Bounds:** frames from the portal up to 4 MiB
+//!   ([`frame::MAX_FRAME_BYTES`]; larger ones are read and skipped up to
+//!   [`link::HARD_FRAME_LIMIT`], beyond which the link reconnects); frames
+//!   to the portal up to `outbox_capacity` queued, then the publisher waits.
 
 #![warn(missing_docs)]
 
