@@ -322,3 +322,44 @@ async fn a_portal_that_answers_pings_keeps_its_link() {
     assert!(portal.next(Duration::ZERO).await.is_none(), "no reconnect");
     running.stop().await;
 }
+
+/// A second type on the topic of `EVT_SYNC_SOFT`: publishing a
+/// `SyncSoftware` then panics inside the link, a real actor failure.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Impostor;
+
+impl banalytics_sdk::BusMessage for Impostor {
+    const TOPIC: &'static str = "portal.EVT_SYNC_SOFT";
+}
+
+#[actix_rt::test]
+async fn a_panicking_link_is_restarted_by_the_supervisor_and_connects_again() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let _impostor = bus.subscribe::<Impostor>();
+    let running = start(
+        home(Some("e")),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        bus.clone(),
+    );
+    let mut conn = portal.next_conn().await;
+    conn.send(r#"{"type":"EVT_SYNC_SOFT"}"#).await;
+    assert!(
+        conn.closed_within(WITHIN).await,
+        "the failed link's socket is dropped"
+    );
+    let mut again = portal.next_conn().await;
+    let link = running.board.component(NAME).unwrap().actors["link"].clone();
+    assert_eq!(link.restarts, 1, "{link:?}");
+    assert_eq!(link.state, State::Run, "{link:?}");
+    assert!(
+        link.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot also carry")),
+        "{link:?}"
+    );
+    bus.publish(status(3)).await;
+    assert_eq!(again.recv_json().await["statusMessage"], "#3");
+    running.stop().await;
+}
