@@ -195,7 +195,8 @@ async fn after_the_portal_drops_the_link_queued_messages_arrive_in_order() {
     let mut links = bus.subscribe::<PortalLinkChanged>();
     let running = start(
         home(Some("env-42")),
-        &format!("portal_url = \"{}\"\n", portal.url()),
+        // Fewer places than messages: the rest wait upstream, none dropped.
+        &format!("portal_url = \"{}\"\noutbox_capacity = 4\n", portal.url()),
         None,
         bus.clone(),
     );
