@@ -13,7 +13,11 @@ impl Registry {
     /// The kinds built into this binary.
     pub fn builtin() -> Registry {
         Registry {
-            kinds: vec![banalytics_probe::KIND, banalytics_upgrade_center::KIND],
+            kinds: vec![
+                banalytics_probe::KIND,
+                banalytics_portal_integration::KIND,
+                banalytics_upgrade_center::KIND,
+            ],
         }
     }
 

@@ -23,6 +23,7 @@ pub mod portal_link;
 pub mod properties;
 pub mod record;
 pub mod stager;
+pub mod swap;
 
 use std::time::Duration;
 

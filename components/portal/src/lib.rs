@@ -1,0 +1,208 @@
+//! `portal-integration`: the box's one WebSocket to the Banalytics portal,
+//! bridged to the host bus (contracts section 3).
+//!
+//! The link goes to
+//! `{portal_url}/portal-integration?environmentUuid=…&environmentHash=…`
+//! over rustls, trusting the webpki roots and, when configured, the CAs of
+//! `ca_file`; certificates are always checked. Frames from the portal are
+//! decoded by `type` and published on the bus as the SDK's
+//! [`banalytics_sdk::portal`] types; those types published on the bus for
+//! the portal are sent as frames. Unknown types, unknown fields, malformed
+//! JSON and frames over 4 MiB are logged and skipped; none of them closes
+//! the link or fails an actor.
+//!
+//! Two actors, each under the component's restart policy:
+//!
+//! * [`link::Link`] (actor `link`): connect, keep alive (ping every
+//!   `ping_timeout_s - 5` s, dead after `ping_timeout_s` without a pong or
+//!   frame), reconnect with exponential backoff and jitter, decode and
+//!   publish inbound frames, publish `PortalLinkChanged`.
+//! * [`outbox::Outbox`] (actor `outbox`): the bounded FIFO of frames for the
+//!   portal, handed to the link in order once it is up.
+//!
+//! The environment UUID comes from `config/device-registration.properties`
+//! ([`registration`]); a box that is not registered connects with an empty
+//! one, as the original does, and says so in its log.
+//!
+//! # Lifecycle
+//!
+//! * **Start** reads `ca_file` (a bad one puts the component in `ERROR`
+//!   naming the file), then starts `link` and `outbox` and routes
+//!   `GetEnvModulesRequest` and `ModuleStatusUpdate` to the outbox.
+//! * **Expected faults are not failures.** An unreachable portal, a refused
+//!   certificate, a dead or closed link, a bad frame: each is logged, shown
+//!   on the status board (`details`: `portal`, `connected`, `connects`,
+//!   `last_error`) and answered by reconnecting or skipping. Only a panic
+//!   fails an actor, and the supervisor restarts it with the component's
+//!   `restart_on_failure`.
+//! * **A restart of `link`** drops the connection and connects afresh,
+//!   backoff reset. **A restart of `outbox`** loses nothing: the queue
+//!   belongs to the component, and the frame in flight stays at its front
+//!   until the link confirms it was written (so it may be sent twice, never
+//!   lost). Bus messages published during a restart delay wait in the
+//!   actor's mailbox.
+//! * **Stop** stops `outbox` (frames still queued are dropped and counted
+//!   in a warning), then `link`, which sends a WebSocket close and
+//!   publishes `PortalLinkChanged { connected: false }`.
+//! * **Bounds:** frames from the portal up to 4 MiB
+//!   ([`frame::MAX_FRAME_BYTES`]; larger ones are read and skipped up to
+//!   [`link::HARD_FRAME_LIMIT`], beyond which the link reconnects); frames
+//!   to the portal up to `outbox_capacity` queued, then the publisher waits.
+
+#![warn(missing_docs)]
+
+use std::{path::PathBuf, sync::Arc};
+
+use banalytics_sdk::{
+    component::{Component, ComponentContext, ComponentInit, ComponentKind},
+    portal::{GetEnvModulesRequest, ModuleStatusUpdate},
+    ComponentError,
+};
+use tokio::sync::watch;
+use tracing::warn;
+
+pub mod config;
+pub mod frame;
+pub mod link;
+pub mod outbox;
+pub mod registration;
+pub mod tls;
+
+pub use config::{PortalConfig, PortalUrl, Timing};
+
+/// The component kind, for the host's registry.
+pub const KIND: ComponentKind = ComponentKind {
+    kind: "portal-integration",
+    create,
+};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum PortalError {
+    /// `ca_file` cannot be read.
+    #[error("cannot read ca_file {path}: {reason}")]
+    CaFileRead {
+        /// The file, resolved against the home.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// `ca_file` holds no PEM certificate.
+    #[error("ca_file {path} holds no PEM certificate")]
+    CaFileEmpty {
+        /// The file, resolved against the home.
+        path: PathBuf,
+    },
+    /// A certificate of `ca_file` is refused.
+    #[error("ca_file {path}: certificate #{index} refused: {reason}")]
+    CaCertificate {
+        /// The file, resolved against the home.
+        path: PathBuf,
+        /// 0-based position in the file.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS configuration cannot be built.
+    #[error("TLS setup failed: {reason}")]
+    Tls {
+        /// Why.
+        reason: String,
+    },
+    /// A connection attempt failed (TCP, TLS or WebSocket handshake).
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A connection attempt took too long.
+    #[error("no WebSocket handshake with {url} within {millis} ms")]
+    ConnectTimeout {
+        /// The URL tried.
+        url: String,
+        /// The time allowed.
+        millis: u64,
+    },
+}
+
+fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
+    let config: PortalConfig = init.config.parse()?;
+    let timing = Timing::from_config(&config);
+    Ok(Box::new(PortalIntegration::new(init, config, timing)))
+}
+
+/// Creates the component as [`KIND`] does, but with `timing` instead of the
+/// one derived from the configuration: for tests and embedders that need a
+/// shorter ping timeout or backoff than the configuration accepts.
+pub fn create_with_timing(
+    init: &ComponentInit,
+    timing: Timing,
+) -> Result<Box<dyn Component>, ComponentError> {
+    let config: PortalConfig = init.config.parse()?;
+    Ok(Box::new(PortalIntegration::new(init, config, timing)))
+}
+
+struct PortalIntegration {
+    name: String,
+    home: PathBuf,
+    config: PortalConfig,
+    timing: Timing,
+    queue: Option<Arc<outbox::OutboxQueue>>,
+}
+
+impl PortalIntegration {
+    fn new(init: &ComponentInit, config: PortalConfig, timing: Timing) -> Self {
+        PortalIntegration {
+            name: init.name.clone(),
+            home: init.home.clone(),
+            config,
+            timing,
+            queue: None,
+        }
+    }
+}
+
+impl Component for PortalIntegration {
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
+        let ca_file = self.config.ca_file.as_ref().map(|f| self.home.join(f));
+        let tls = tls::client_config(ca_file.as_deref())
+            .map_err(|e| ComponentError::Start(e.to_string()))?;
+        if !self.config.portal_url.is_tls() {
+            warn!(component = %self.name, portal = %self.config.portal_url.base(), "portal link is not encrypted (ws://)");
+        }
+        let settings = Arc::new(link::LinkSettings {
+            portal_url: self.config.portal_url.clone(),
+            environment_hash: self.config.environment_hash.clone(),
+            home: self.home.clone(),
+            tls,
+            timing: self.timing,
+            board: ctx.board().clone(),
+            component: self.name.clone(),
+        });
+        let up = Arc::new(watch::channel(false).0);
+        let up_rx = up.subscribe();
+        let bus = ctx.bus().clone();
+        let link = ctx.supervise("link", move |_, _| {
+            link::Link::new(settings.clone(), bus.clone(), up.clone())
+        });
+        let queue = Arc::new(outbox::OutboxQueue::new(self.config.outbox_capacity));
+        self.queue = Some(queue.clone());
+        let outbox = ctx.supervise("outbox", move |_, _| {
+            outbox::Outbox::new(queue.clone(), link.clone(), up_rx.clone())
+        });
+        ctx.route::<GetEnvModulesRequest, _>(&outbox);
+        ctx.route::<ModuleStatusUpdate, _>(&outbox);
+        Ok(())
+    }
+
+    fn stopped(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            let unsent = queue.len();
+            if unsent > 0 {
+                warn!(component = %self.name, unsent, "stopped with frames for the portal not sent");
+            }
+        }
+    }
+}

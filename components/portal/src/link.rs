@@ -1,0 +1,414 @@
+//! `Link`: the one WebSocket to the portal, from connect to reconnect.
+//!
+//! The actor owns a connection loop (an actix-spawned future, so a panic in
+//! it fails the actor and goes to the supervisor): connect, serve, and after
+//! a loss wait a jittered, growing delay ([`Timing::backoff`]) and connect
+//! again, forever. While connected it pings every
+//! [`Timing::ping_interval`]; a link that brings no pong and no frame for
+//! [`Timing::dead_after`] is dead and is dropped. Each text frame is decoded
+//! ([`crate::frame`]) and published on the bus as its type; a frame that
+//! cannot be decoded is logged and skipped, and the link stays up. The link
+//! state goes out on the bus as `PortalLinkChanged` and, for the outbox, on
+//! a watch channel.
+//!
+//! Frames to the portal arrive as [`SendFrame`]; the reply says whether the
+//! frame was written ([`LinkDown`] otherwise: the sender keeps it and tries
+//! again when the link is back).
+//!
+//! Frames over [`MAX_FRAME_BYTES`] and up to [`HARD_FRAME_LIMIT`] are read
+//! and skipped. A frame over the hard limit cannot be skipped without
+//! reading it, so the WebSocket library refuses it and the link reconnects.
+//!
+//! Lifecycle: a restart drops the connection (the portal sees it close) and
+//! connects afresh with a fresh backoff. Stopping sends a WebSocket close
+//! and publishes the link as down.
+
+use std::{sync::Arc, time::Duration};
+
+use actix::{fut, prelude::*};
+use backon::BackoffBuilder;
+use banalytics_sdk::{
+    portal::PortalLinkChanged,
+    status::{now_ms, StatusBoard},
+    Bus,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    net::TcpStream,
+    sync::{mpsc, oneshot, watch},
+    time::{timeout, Instant},
+};
+use tokio_tungstenite::{
+    tungstenite::{protocol::WebSocketConfig, Message as WsMessage},
+    Connector, MaybeTlsStream, WebSocketStream,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{PortalUrl, Timing},
+    frame::{self, MAX_FRAME_BYTES},
+    registration, PortalError,
+};
+
+/// The largest frame the WebSocket library reads at all. Frames between
+/// [`MAX_FRAME_BYTES`] and this are read and skipped; a larger one ends the
+/// connection, since it cannot be skipped unread. Four times the contract's
+/// limit bounds memory per link at 16 MiB.
+pub const HARD_FRAME_LIMIT: usize = 4 * MAX_FRAME_BYTES;
+
+/// How long a stopping link waits to send its close frame.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the link needs to connect; shared by every instance of the actor.
+pub struct LinkSettings {
+    /// The portal's base URL.
+    pub portal_url: PortalUrl,
+    /// The `environmentHash` query value.
+    pub environment_hash: String,
+    /// The box home, for the registration file.
+    pub home: std::path::PathBuf,
+    /// TLS for `wss://`.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Ping, dead-link and backoff timing.
+    pub timing: Timing,
+    /// Where the link state is shown (`banalytics-box status`).
+    pub board: StatusBoard,
+    /// The component instance name on the board.
+    pub component: String,
+}
+
+impl LinkSettings {
+    /// The URL of the next connection attempt, with the environment UUID as
+    /// registered now (empty when the box is not registered).
+    pub fn endpoint(&self) -> url::Url {
+        let uuid = match registration::environment_uuid(&self.home) {
+            Ok(Some(uuid)) => uuid,
+            Ok(None) => {
+                warn!(
+                    file = %registration::registration_file(&self.home).display(),
+                    "box is not registered: connecting with an empty environmentUuid"
+                );
+                String::new()
+            }
+            Err(e) => {
+                warn!(
+                    file = %registration::registration_file(&self.home).display(),
+                    error = %e,
+                    "cannot read the registration: connecting with an empty environmentUuid"
+                );
+                String::new()
+            }
+        };
+        self.portal_url.endpoint(&uuid, &self.environment_hash)
+    }
+
+    /// Shows the link state as the component's details on the board.
+    fn report(&self, connected: bool, connects: u64, last_error: Option<&str>) {
+        self.board.set_details(
+            &self.component,
+            serde_json::json!({
+                "portal": self.portal_url.base().as_str(),
+                "connected": connected,
+                "since_ms": now_ms(),
+                "connects": connects,
+                "last_error": last_error,
+            }),
+        );
+    }
+}
+
+/// Sends one text frame to the portal.
+#[derive(Debug, Clone)]
+pub struct SendFrame(pub String);
+
+impl Message for SendFrame {
+    type Result = Result<(), LinkDown>;
+}
+
+/// The frame was not written: the link is down (or went down while
+/// writing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("portal link is down")]
+pub struct LinkDown;
+
+struct Outgoing {
+    text: String,
+    ack: oneshot::Sender<Result<(), LinkDown>>,
+}
+
+/// The link actor; see the module docs.
+pub struct Link {
+    settings: Arc<LinkSettings>,
+    bus: Bus,
+    up: Arc<watch::Sender<bool>>,
+    tx: mpsc::Sender<Outgoing>,
+    rx: Option<mpsc::Receiver<Outgoing>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Link {
+    /// A link instance. `up` is shared with the outbox and outlives
+    /// instances.
+    pub fn new(settings: Arc<LinkSettings>, bus: Bus, up: Arc<watch::Sender<bool>>) -> Self {
+        // One frame in flight: the outbox waits for each acknowledgement
+        // before it hands over the next, and keeps the rest.
+        let (tx, rx) = mpsc::channel(1);
+        Link {
+            settings,
+            bus,
+            up,
+            tx,
+            rx: Some(rx),
+            shutdown: None,
+        }
+    }
+}
+
+impl Actor for Link {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.up.send_replace(false);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        self.shutdown = Some(shutdown_tx);
+        let rx = self.rx.take().expect("a link instance starts once");
+        let run = run(
+            self.settings.clone(),
+            self.bus.clone(),
+            self.up.clone(),
+            rx,
+            shutdown_rx,
+        );
+        ctx.spawn(fut::wrap_future::<_, Self>(run).map(|(), _, ctx| ctx.stop()));
+    }
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        // First ask the connection loop to close the WebSocket; it stops
+        // the actor when it is done.
+        match self.shutdown.take().map(|shutdown| shutdown.send(())) {
+            Some(Ok(())) => Running::Continue,
+            _ => Running::Stop,
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.up.send_replace(false);
+    }
+}
+
+impl Handler<SendFrame> for Link {
+    type Result = ResponseFuture<Result<(), LinkDown>>;
+
+    fn handle(&mut self, SendFrame(text): SendFrame, _: &mut Context<Self>) -> Self::Result {
+        if !*self.up.borrow() {
+            return Box::pin(std::future::ready(Err(LinkDown)));
+        }
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let (ack, acked) = oneshot::channel();
+            tx.send(Outgoing { text, ack })
+                .await
+                .map_err(|_| LinkDown)?;
+            acked.await.unwrap_or(Err(LinkDown))
+        })
+    }
+}
+
+/// How a connection ended.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+async fn run(
+    settings: Arc<LinkSettings>,
+    bus: Bus,
+    up: Arc<watch::Sender<bool>>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let timing = settings.timing;
+    let mut delays = timing.backoff().build();
+    let mut connects = 0u64;
+    let mut last_error: Option<String> = None;
+    settings.report(false, connects, None);
+    loop {
+        let url = settings.endpoint();
+        let attempt = tokio::select! {
+            attempt = connect(&url, &settings) => attempt,
+            _ = &mut shutdown => return,
+        };
+        match attempt {
+            Ok(socket) => {
+                info!(portal = %settings.portal_url.base(), "portal link up");
+                connects += 1;
+                settings.report(true, connects, last_error.as_deref());
+                up.send_replace(true);
+                bus.publish(PortalLinkChanged { connected: true }).await;
+                let since = Instant::now();
+                let end = serve(socket, &timing, &bus, &up, &mut outgoing, &mut shutdown).await;
+                up.send_replace(false);
+                while let Ok(out) = outgoing.try_recv() {
+                    let _ = out.ack.send(Err(LinkDown));
+                }
+                bus.publish(PortalLinkChanged { connected: false }).await;
+                match end {
+                    End::Shutdown => {
+                        info!(portal = %settings.portal_url.base(), "portal link closed");
+                        settings.report(false, connects, last_error.as_deref());
+                        return;
+                    }
+                    End::Lost(reason) => {
+                        warn!(portal = %settings.portal_url.base(), %reason, "portal link lost");
+                        settings.report(false, connects, Some(&reason));
+                        last_error = Some(reason);
+                        // A link that stayed up a while starts over from the
+                        // shortest delay; one that keeps dropping at once
+                        // keeps backing off.
+                        if since.elapsed() >= timing.dead_after {
+                            delays = timing.backoff().build();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(portal = %settings.portal_url.base(), error = %e, "cannot connect to the portal");
+                let reason = e.to_string();
+                settings.report(false, connects, Some(&reason));
+                last_error = Some(reason);
+            }
+        }
+        let delay = delays.next().unwrap_or(timing.max_backoff);
+        info!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to the portal after a delay"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+async fn connect(url: &url::Url, settings: &LinkSettings) -> Result<Socket, PortalError> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(HARD_FRAME_LIMIT))
+        .max_frame_size(Some(HARD_FRAME_LIMIT));
+    let connector = Connector::Rustls(settings.tls.clone());
+    let within = settings.timing.dead_after;
+    let handshake = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        Some(config),
+        true,
+        Some(connector),
+    );
+    match timeout(within, handshake).await {
+        Ok(Ok((socket, _response))) => Ok(socket),
+        Ok(Err(e)) => Err(PortalError::Connect {
+            url: url.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(PortalError::ConnectTimeout {
+            url: url.to_string(),
+            millis: within.as_millis() as u64,
+        }),
+    }
+}
+
+/// Serves one connection until it ends; keeps the dead-link deadline.
+async fn serve(
+    socket: Socket,
+    timing: &Timing,
+    bus: &Bus,
+    up: &watch::Sender<bool>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+    shutdown: &mut oneshot::Receiver<()>,
+) -> End {
+    let (mut sink, mut stream) = socket.split();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    loop {
+        let deadline = last_heard + timing.dead_after;
+        tokio::select! {
+            _ = &mut *shutdown => {
+                let _ = timeout(CLOSE_GRACE, sink.send(WsMessage::Close(None))).await;
+                return End::Shutdown;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return End::Lost(format!(
+                    "no pong or frame from the portal for {} ms",
+                    timing.dead_after.as_millis()
+                ));
+            }
+            _ = ping.tick() => {
+                match timeout(timing.dead_after, sink.send(WsMessage::Ping(Default::default()))).await {
+                    Ok(Ok(())) => debug!("ping sent to the portal"),
+                    Ok(Err(e)) => return End::Lost(format!("cannot send a ping: {e}")),
+                    Err(_) => return End::Lost("ping not written in time".into()),
+                }
+            }
+            out = outgoing.recv() => {
+                let Some(Outgoing { text, ack }) = out else {
+                    return End::Shutdown;
+                };
+                let bytes = text.len();
+                match timeout(timing.dead_after, sink.send(WsMessage::Text(text.into()))).await {
+                    Ok(Ok(())) => {
+                        debug!(bytes, "frame sent to the portal");
+                        let _ = ack.send(Ok(()));
+                    }
+                    failed => {
+                        up.send_replace(false);
+                        let _ = ack.send(Err(LinkDown));
+                        return End::Lost(match failed {
+                            Ok(Err(e)) => format!("cannot send a frame: {e}"),
+                            _ => "frame not written in time".into(),
+                        });
+                    }
+                }
+            }
+            msg = stream.next() => {
+                last_heard = Instant::now();
+                match msg {
+                    None => return End::Lost("connection closed by the portal".into()),
+                    Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
+                    Some(Ok(WsMessage::Text(text))) => {
+                        receive(text.as_str(), bus).await;
+                        // Waiting for a slow subscriber is not the portal's
+                        // silence.
+                        last_heard = Instant::now();
+                    }
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        debug!(bytes = b.len(), "binary frame from the portal skipped");
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        info!(close = ?frame, "portal closes the link");
+                    }
+                    Some(Ok(WsMessage::Pong(_))) => debug!("pong from the portal"),
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Decodes one text frame and publishes it; logs and skips what cannot be
+/// decoded.
+async fn receive(text: &str, bus: &Bus) {
+    match frame::decode(text) {
+        Ok(decoded) => {
+            let wire_type = decoded.message.wire_type();
+            if !decoded.unknown_fields.is_empty() {
+                debug!(wire_type, unknown_fields = ?decoded.unknown_fields, "unknown fields ignored");
+            }
+            let subscribers = decoded.message.publish(bus).await;
+            debug!(wire_type, subscribers, "frame from the portal published");
+        }
+        Err(e) if e.is_expected() => debug!(error = %e, "frame from the portal skipped"),
+        Err(e) => warn!(error = %e, "frame from the portal skipped"),
+    }
+}

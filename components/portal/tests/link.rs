@@ -1,0 +1,366 @@
+//! The component against a stand-in portal on 127.0.0.1: frames both ways,
+//! junk skipped, reconnect with the queue kept in order, dead links found.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use banalytics_portal_integration::Timing;
+use banalytics_sdk::{
+    portal::{
+        GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus, ModuleStatusUpdate,
+        PortalLinkChanged, SyncSoftware,
+    },
+    Bus, State,
+};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn status(n: usize) -> ModuleStatusUpdate {
+    ModuleStatusUpdate {
+        environment_uuid: "env-42".into(),
+        module: Some(ModuleRef {
+            group_id: "com.example".into(),
+            artifact_id: format!("m{n}"),
+            version: "1.0".into(),
+        }),
+        status: ModuleStatus::Downloaded,
+        status_message: Some(format!("#{n}")),
+    }
+}
+
+#[actix_rt::test]
+async fn frames_route_both_ways_and_the_query_names_the_environment() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let mut links = bus.subscribe::<PortalLinkChanged>();
+    let mut syncs = bus.subscribe::<SyncSoftware>();
+    let mut sets = bus.subscribe::<GetEnvModulesResponse>();
+    let snippet = format!(
+        "portal_url = \"{}\"\nenvironment_hash = \"h/1 2\"\n",
+        portal.url()
+    );
+    let running = start(home(Some("env-42")), &snippet, None, bus.clone());
+
+    let mut conn = portal.next_conn().await;
+    assert_eq!(conn.path, "/portal-integration");
+    assert_eq!(conn.query["environmentUuid"], "env-42");
+    assert_eq!(conn.query["environmentHash"], "h/1 2");
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: true }
+    );
+
+    let details = running.details();
+    assert_eq!(details["connected"], true, "{details}");
+    assert_eq!(details["connects"], 1, "{details}");
+
+    conn.send(r#"{"type":"EVT_SYNC_SOFT"}"#).await;
+    assert_eq!(next(&mut syncs).await, SyncSoftware {});
+    conn.send(
+        r#"{"type":"GET_ENV_MOD_RES","modules":[{"groupId":"g","artifactId":"a","version":"1"}]}"#,
+    )
+    .await;
+    assert_eq!(
+        next(&mut sets).await.modules,
+        vec![json!({"groupId": "g", "artifactId": "a", "version": "1"})]
+    );
+
+    bus.publish(GetEnvModulesRequest {
+        environment_uuid: "env-42".into(),
+        core_module: ModuleRef {
+            group_id: "com.banalytics.box".into(),
+            artifact_id: "core".into(),
+            version: "2.1.0".into(),
+        },
+    })
+    .await;
+    assert_eq!(
+        conn.recv_json().await,
+        json!({"type": "GET_ENV_MOD_REQ", "environmentUUID": "env-42",
+               "banalyticsBoxCoreModule": {"groupId": "com.banalytics.box", "artifactId": "core", "version": "2.1.0"}})
+    );
+    bus.publish(status(1)).await;
+    assert_eq!(
+        conn.recv_json().await,
+        json!({"type": "EVT_ENV_MOD_UPD_STS", "environmentUuid": "env-42",
+               "module": {"groupId": "com.example", "artifactId": "m1", "version": "1.0"},
+               "status": "downloaded", "statusMessage": "#1"})
+    );
+
+    running.stop().await;
+    assert!(
+        conn.closed_within(WITHIN).await,
+        "a stopping component closes the link"
+    );
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: false }
+    );
+}
+
+#[actix_rt::test]
+async fn an_unregistered_box_connects_with_an_empty_environment_uuid() {
+    let mut portal = Portal::start().await;
+    let running = start(
+        home(None),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        Bus::new(),
+    );
+    let conn = portal.next_conn().await;
+    assert_eq!(conn.query["environmentUuid"], "");
+    assert_eq!(conn.query["environmentHash"], "");
+    running.stop().await;
+}
+
+#[actix_rt::test]
+async fn junk_frames_are_skipped_and_the_link_stays_up() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let mut links = bus.subscribe::<PortalLinkChanged>();
+    let mut syncs = bus.subscribe::<SyncSoftware>();
+    let mut sets = bus.subscribe::<GetEnvModulesResponse>();
+    let running = start(
+        home(Some("e")),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        bus.clone(),
+    );
+    let mut conn = portal.next_conn().await;
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: true }
+    );
+
+    conn.send(r#"{"type":"EVT_FROM_THE_FUTURE","x":1}"#).await;
+    conn.send(r#"{"type":"EVT_SYNC_SOFT","newField":{"a":[1,2]}}"#)
+        .await;
+    conn.send(r#"{"type":"GET_ENV_MOD_RES","modules":[{"n":0}]"#)
+        .await; // truncated
+    conn.send("not json at all").await;
+    conn.send(r#"["type","EVT_SYNC_SOFT"]"#).await;
+    conn.send(r#"{"modules":[]}"#).await;
+    conn.send(r#"{"type":"GET_ENV_MOD_RES","modules":"all"}"#)
+        .await;
+    conn.ws
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    // Valid in every way but its size: skipped, not published.
+    let oversized = format!(
+        r#"{{"type":"GET_ENV_MOD_RES","modules":[{{"n":1,"pad":"{}"}}]}}"#,
+        "x".repeat(4 * 1024 * 1024)
+    );
+    conn.send(oversized).await;
+    conn.send(r#"{"type":"GET_ENV_MOD_RES","modules":[{"n":2}]}"#)
+        .await;
+
+    let first = next(&mut sets).await;
+    assert_eq!(
+        first
+            .modules
+            .iter()
+            .map(|m| m["n"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(2)],
+        "the frame after the junk arrives, and nothing of the junk"
+    );
+    assert_eq!(
+        next(&mut syncs).await,
+        SyncSoftware {},
+        "unknown fields are ignored"
+    );
+    assert!(syncs.try_recv().is_none(), "an array is not a sync");
+    assert!(links.try_recv().is_none(), "the link never went down");
+    assert!(
+        portal.next(Duration::from_millis(300)).await.is_none(),
+        "no reconnect"
+    );
+    // Still the same connection, both ways.
+    bus.publish(status(7)).await;
+    assert_eq!(conn.recv_json().await["statusMessage"], "#7");
+    let board = running.board.component(NAME).unwrap();
+    assert!(board.actors.values().all(|a| a.state == State::Run));
+    assert_eq!(running.restarts(), 0, "no actor failed");
+    running.stop().await;
+}
+
+#[actix_rt::test]
+async fn after_the_portal_drops_the_link_queued_messages_arrive_in_order() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let mut links = bus.subscribe::<PortalLinkChanged>();
+    let running = start(
+        home(Some("env-42")),
+        // Fewer places than messages: the rest wait upstream, none dropped.
+        &format!("portal_url = \"{}\"\noutbox_capacity = 4\n", portal.url()),
+        None,
+        bus.clone(),
+    );
+    let mut conn = portal.next_conn().await;
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: true }
+    );
+    conn.ws.close(None).await.unwrap();
+    let dropped = Instant::now();
+    drop(conn);
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: false }
+    );
+
+    for n in 0..20 {
+        bus.publish(status(n)).await;
+    }
+    let mut conn = portal.next_conn().await;
+    let waited = dropped.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "reconnected after {waited:?}, before the first backoff delay (1 s to 2 s)"
+    );
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: true }
+    );
+    for n in 0..20 {
+        assert_eq!(
+            conn.recv_json().await["statusMessage"],
+            format!("#{n}"),
+            "frames arrive in the order they were published"
+        );
+    }
+    running.stop().await;
+}
+
+fn fast_timing() -> Timing {
+    Timing {
+        ping_interval: Duration::from_millis(200),
+        dead_after: Duration::from_millis(800),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+    }
+}
+
+#[actix_rt::test]
+async fn a_portal_that_stops_answering_pings_is_left_and_reconnected() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let mut links = bus.subscribe::<PortalLinkChanged>();
+    let running = start(
+        home(Some("e")),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        Some(fast_timing()),
+        bus.clone(),
+    );
+    // Never read from: pings go unanswered, though TCP stays open.
+    let silent = portal.next_conn().await;
+    let since = silent.accepted_at;
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: true }
+    );
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: false }
+    );
+    let dead_after = since.elapsed();
+    let _again = portal.next_conn().await;
+    let reconnected = since.elapsed();
+    let details = running.details();
+    assert!(
+        details["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no pong or frame")),
+        "{details}"
+    );
+    assert!(
+        dead_after >= Duration::from_millis(700),
+        "declared dead after {dead_after:?}, before its 800 ms"
+    );
+    assert!(
+        reconnected < Duration::from_secs(4),
+        "reconnected only after {reconnected:?}"
+    );
+    drop(silent);
+    running.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_portal_that_answers_pings_keeps_its_link() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let mut links = bus.subscribe::<PortalLinkChanged>();
+    let running = start(
+        home(Some("e")),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        // Slacker than fast_timing: a loaded machine must not fake a dead link.
+        Some(Timing {
+            ping_interval: Duration::from_millis(300),
+            dead_after: Duration::from_millis(1500),
+            ..fast_timing()
+        }),
+        bus.clone(),
+    );
+    let mut conn = portal.next_conn().await;
+    assert_eq!(
+        next(&mut links).await,
+        PortalLinkChanged { connected: true }
+    );
+    // Reading answers pings; count them over more than two dead-link periods.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, conn.ws.next()).await {
+        if matches!(msg, Message::Ping(_)) {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 5, "only {pings} pings in 4 s at one per 300 ms");
+    assert!(links.try_recv().is_none(), "the link stayed up");
+    assert!(portal.next(Duration::ZERO).await.is_none(), "no reconnect");
+    running.stop().await;
+}
+
+/// A second type on the topic of `EVT_SYNC_SOFT`: publishing a
+/// `SyncSoftware` then panics inside the link, a real actor failure.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Impostor;
+
+impl banalytics_sdk::BusMessage for Impostor {
+    const TOPIC: &'static str = "portal.EVT_SYNC_SOFT";
+}
+
+#[actix_rt::test]
+async fn a_panicking_link_is_restarted_by_the_supervisor_and_connects_again() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let _impostor = bus.subscribe::<Impostor>();
+    let running = start(
+        home(Some("e")),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        bus.clone(),
+    );
+    let mut conn = portal.next_conn().await;
+    conn.send(r#"{"type":"EVT_SYNC_SOFT"}"#).await;
+    assert!(
+        conn.closed_within(WITHIN).await,
+        "the failed link's socket is dropped"
+    );
+    let mut again = portal.next_conn().await;
+    let link = running.board.component(NAME).unwrap().actors["link"].clone();
+    assert_eq!(link.restarts, 1, "{link:?}");
+    assert_eq!(link.state, State::Run, "{link:?}");
+    assert!(
+        link.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot also carry")),
+        "{link:?}"
+    );
+    bus.publish(status(3)).await;
+    assert_eq!(again.recv_json().await["statusMessage"], "#3");
+    running.stop().await;
+}
