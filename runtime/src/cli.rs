@@ -6,13 +6,19 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::info;
 
+use banalytics_sdk::upgrade::RestartRequested;
+use banalytics_upgrade_center::{
+    layout::Layout,
+    swap::{self, SwapError},
+};
+
 use crate::{
     config::BoxConfig,
     control::{self, Request},
     host::Host,
     ids, logging,
     registry::Registry,
-    Error, Home, EXIT_FAILURE, EXIT_OK,
+    upgrade, Error, Home, EXIT_FAILURE, EXIT_OK,
 };
 
 /// The Banalytics box host.
@@ -40,6 +46,13 @@ pub enum Command {
     },
     /// Ask the running host to synchronise software now.
     Upgrade,
+    /// Apply the staged module set (with the host stopped).
+    Apply,
+    /// Make the backup module set the active one again (with the host
+    /// stopped).
+    Rollback,
+    /// Check every active file against its recorded SHA-256 and size.
+    Verify,
     /// Restart a component that is stopped or in ERROR.
     Restart {
         /// Component instance name, as in box.toml.
@@ -55,6 +68,9 @@ pub fn main() -> ExitCode {
         Command::Run => run(&home),
         Command::Status { json } => status(&home, json),
         Command::Upgrade => ask(&home, &Request::Upgrade),
+        Command::Apply => apply(&home),
+        Command::Rollback => rollback(&home),
+        Command::Verify => verify(&home),
         Command::Restart { component } => ask(
             &home,
             &Request::Restart {
@@ -74,28 +90,39 @@ pub fn main() -> ExitCode {
 fn run(home: &Home) -> Result<u8, Error> {
     let registry = Registry::builtin();
     let config = BoxConfig::load(home.root(), &registry.names())?;
-    let lock_path = home.state_dir().join("host.lock");
-    let io = |path: PathBuf| move |source| Error::Io { path, source };
-    let _lock =
-        home.lock()
-            .map_err(io(lock_path.clone()))?
-            .ok_or_else(|| Error::AlreadyRunning {
-                home: home.root().to_owned(),
-                lock: lock_path,
-            })?;
+    let lock = hold_lock(home)?;
     logging::init(&config.log);
+    let io = |path: PathBuf| move |source| Error::Io { path, source };
+    let layout = Layout::new(home.root());
+    let settings = upgrade::Settings::from_config(&config)?;
+    let boot = upgrade::prepare(&layout, &settings)?;
     let system = actix_rt::System::new();
-    let code = system.block_on(async {
+    let ending = system.block_on(async {
         let host = Arc::new(Host::build(home, &config, &registry)?);
         let socket = home.control_socket();
         let listener = control::bind(&socket).map_err(io(socket.clone()))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let server = actix_rt::spawn(control::serve(listener, host.clone(), shutdown_rx));
+        let mut restarts = host.bus().subscribe::<RestartRequested>();
         info!(home = %home.root().display(), components = config.components.len(), pid = std::process::id(), "host starting");
         host.start_all().await;
         info!("host running");
-        let signal = wait_for_stop_signal().await.map_err(io(PathBuf::from("signal")))?;
-        info!(%signal, "stopping");
+        let watcher = {
+            let host = host.clone();
+            actix_rt::spawn(async move { upgrade::after_start(&host, layout, boot, settings).await })
+        };
+        let ending = tokio::select! {
+            signal = wait_for_stop_signal() => {
+                let signal = signal.map_err(io(PathBuf::from("signal")))?;
+                info!(%signal, "stopping");
+                None
+            }
+            Some(request) = restarts.recv() => {
+                info!(mode = ?request.mode, reason = %request.reason, "stopping to restart");
+                Some(upgrade::Restart::from(&*request))
+            }
+        };
+        watcher.abort();
         let _ = shutdown_tx.send(true);
         let _ = server.await;
         let _ = std::fs::remove_file(&socket);
@@ -104,10 +131,81 @@ fn run(home: &Home) -> Result<u8, Error> {
             Err(_) => tracing::warn!("control connections still open; stopping without them"),
         }
         info!("host stopped");
-        Ok::<u8, Error>(EXIT_OK)
+        Ok::<_, Error>(ending)
     })?;
-    actix_rt::System::current().stop();
-    Ok(code)
+    drop(lock);
+    match ending {
+        None => Ok(EXIT_OK),
+        Some(how) => upgrade::restart(how, home.root()),
+    }
+}
+
+/// Takes the home's lock, refusing when another host holds it.
+fn hold_lock(home: &Home) -> Result<std::fs::File, Error> {
+    let lock_path = home.state_dir().join("host.lock");
+    home.lock()
+        .map_err(|source| Error::Io {
+            path: lock_path.clone(),
+            source,
+        })?
+        .ok_or_else(|| Error::AlreadyRunning {
+            home: home.root().to_owned(),
+            lock: lock_path,
+        })
+}
+
+fn swap_error(home: &Home) -> impl Fn(SwapError) -> Error + '_ {
+    move |e| Error::Io {
+        path: home.root().to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+fn apply(home: &Home) -> Result<u8, Error> {
+    let _lock = hold_lock(home)?;
+    let layout = Layout::new(home.root());
+    if let Some(j) = swap::recover(&layout).map_err(swap_error(home))? {
+        println!("finished an interrupted {:?}", j.procedure);
+    }
+    if swap::apply(&layout).map_err(swap_error(home))? {
+        println!("staged set applied; it is on probation until the next `run` commits it");
+    } else {
+        println!("no staged set to apply");
+    }
+    Ok(EXIT_OK)
+}
+
+fn rollback(home: &Home) -> Result<u8, Error> {
+    let _lock = hold_lock(home)?;
+    let layout = Layout::new(home.root());
+    match swap::rollback(&layout) {
+        Ok(()) => {
+            println!("the backup set is active again; the replaced set is now the backup");
+            Ok(EXIT_OK)
+        }
+        Err(SwapError::NoBackup(dir)) => {
+            eprintln!("banalytics-box: nothing to roll back to: {} holds no module set; nothing was changed", dir.display());
+            Ok(EXIT_FAILURE)
+        }
+        Err(e) => Err(swap_error(home)(e)),
+    }
+}
+
+fn verify(home: &Home) -> Result<u8, Error> {
+    let layout = Layout::new(home.root());
+    let bad = swap::verify(&layout).map_err(swap_error(home))?;
+    if bad.is_empty() {
+        println!("every active file matches its recorded SHA-256 and size");
+        return Ok(EXIT_OK);
+    }
+    for b in &bad {
+        println!("{}: {}", b.path.display(), b.problem);
+    }
+    eprintln!(
+        "banalytics-box: {} file(s) differ from the installed set's record",
+        bad.len()
+    );
+    Ok(EXIT_FAILURE)
 }
 
 async fn wait_for_stop_signal() -> std::io::Result<&'static str> {
@@ -126,10 +224,12 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
         path: socket.clone(),
         source,
     })?;
-    let data = match answer {
+    let mut data = match answer {
         Some(r) => r.data.unwrap_or_default(),
         None => offline_status(home)?,
     };
+    data["upgrade"] =
+        serde_json::to_value(swap::report(&Layout::new(home.root()))).expect("plain data");
     if json {
         println!(
             "{}",

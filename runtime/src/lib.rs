@@ -15,6 +15,7 @@ pub mod host;
 pub mod ids;
 pub mod logging;
 pub mod registry;
+pub mod upgrade;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// The configuration or the command line was refused.
 pub const EXIT_CONFIG: u8 = 2;
+/// `run` stopped so that the service manager starts it again and the new
+/// start applies a staged module set (`EX_TEMPFAIL`).
+pub const EXIT_RESTART: u8 = 75;
 
 /// Why the host could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -54,6 +54,7 @@ pub mod policy;
 pub mod portal;
 pub mod status;
 pub mod supervisor;
+pub mod upgrade;
 
 pub use bus::{Bus, BusMessage, FromBus, Subscription};
 pub use component::{Component, ComponentContext, ComponentInit, ComponentKind};

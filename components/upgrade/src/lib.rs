@@ -22,6 +22,7 @@ pub mod plan;
 pub mod portal_link;
 pub mod properties;
 pub mod record;
+pub mod restarter;
 pub mod stager;
 pub mod swap;
 
@@ -30,6 +31,7 @@ use std::time::Duration;
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
     portal::{GetEnvModulesResponse, SyncSoftware, UpgradeRequested},
+    upgrade::{RestartMode, UpgradeCommitted, UpgradeRolledBack},
     ComponentError,
 };
 use serde::Deserialize;
@@ -42,6 +44,7 @@ use crate::{
     inventory::Inventory,
     layout::Layout,
     portal_link::{core_module, Peers, PortalLink, Synchronise, Trigger},
+    restarter::Restarter,
     stager::Stager,
 };
 
@@ -103,8 +106,46 @@ pub struct UpgradeConfig {
     /// Largest compression ratio of a package entry.
     #[serde(default = "default_ratio")]
     pub max_archive_ratio: u64,
+    /// How the box restarts to apply a staged set: `exit` (default on
+    /// Linux), `exec`, or `command` (default on Windows).
+    #[serde(default = "default_restart_mode")]
+    pub restart_mode: RestartMode,
+    /// The program `restart_mode = "command"` runs.
+    #[serde(default = "default_restart_command")]
+    pub restart_command: Option<String>,
+    /// Milliseconds between a complete staged set and the restart, for the
+    /// statuses to reach the portal (default 2000, at most 30000).
+    #[serde(default = "default_restart_delay")]
+    pub restart_delay_ms: u64,
+    /// Seconds every component must stay in RUN after a new set starts
+    /// before it is committed (default 30).
+    #[serde(default = "default_health_grace")]
+    pub health_grace_s: f64,
+    /// Starts a new set gets to commit before the previous set is put back
+    /// (default 3).
+    #[serde(default = "default_boot_attempts")]
+    pub max_boot_attempts: u32,
 }
 
+fn default_restart_mode() -> RestartMode {
+    if cfg!(windows) {
+        RestartMode::Command
+    } else {
+        RestartMode::Exit
+    }
+}
+fn default_restart_command() -> Option<String> {
+    cfg!(windows).then(|| "upgrade-job-start.bat".to_owned())
+}
+fn default_restart_delay() -> u64 {
+    2000
+}
+fn default_health_grace() -> f64 {
+    30.0
+}
+fn default_boot_attempts() -> u32 {
+    3
+}
 fn default_parallel() -> usize {
     4
 }
@@ -131,6 +172,11 @@ fn default_ratio() -> u64 {
 }
 
 impl UpgradeConfig {
+    /// The probation grace period.
+    pub fn health_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.health_grace_s.clamp(0.0, 86_400.0))
+    }
+
     fn fetch_config(&self) -> FetchConfig {
         FetchConfig {
             connect_timeout: Duration::from_secs(self.connect_timeout_s.max(1)),
@@ -173,6 +219,17 @@ fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
             config.repository_url
         )));
     }
+    if config.restart_mode == RestartMode::Command && config.restart_command.is_none() {
+        return Err(ComponentError::Start(
+            "restart_mode = \"command\" needs restart_command, the program to run".into(),
+        ));
+    }
+    if config.restart_delay_ms > 30_000 {
+        return Err(ComponentError::Start(format!(
+            "restart_delay_ms = {} is not accepted; accepted values: 0 to 30000",
+            config.restart_delay_ms
+        )));
+    }
     Ok(Box::new(UpgradeCenter {
         name: init.name.clone(),
         config,
@@ -213,6 +270,15 @@ impl Component for UpgradeCenter {
         });
         let (l, limits) = (layout.clone(), self.config.limits());
         let stager = ctx.supervise("stager", move |_, _| Stager::new(l.clone(), limits));
+        let (bus, mode, command, delay) = (
+            ctx.bus().clone(),
+            self.config.restart_mode,
+            self.config.restart_command.clone(),
+            Duration::from_millis(self.config.restart_delay_ms),
+        );
+        let restarter = ctx.supervise("restarter", move |_, _| {
+            Restarter::new(bus.clone(), mode, command.clone(), delay)
+        });
         let peers = Peers {
             layout: layout.clone(),
             bus: ctx.bus().clone(),
@@ -221,12 +287,15 @@ impl Component for UpgradeCenter {
             inventory,
             downloader,
             stager,
+            restarter,
             core: core_module(),
         };
         let link = ctx.supervise("portal-link", move |_, _| PortalLink::new(peers.clone()));
         ctx.route::<SyncSoftware, _>(&link);
         ctx.route::<UpgradeRequested, _>(&link);
         ctx.route::<GetEnvModulesResponse, _>(&link);
+        ctx.route::<UpgradeCommitted, _>(&link);
+        ctx.route::<UpgradeRolledBack, _>(&link);
 
         match layout.environment_uuid() {
             Ok(Some(env)) => info!(environment = %env, "registered with the portal"),

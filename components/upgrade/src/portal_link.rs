@@ -19,6 +19,7 @@ use banalytics_sdk::{
         SyncSoftware, UpgradeRequested,
     },
     status::now_ms,
+    upgrade::{UpgradeCommitted, UpgradeRolledBack},
     Bus, FromBus, StatusBoard, SupervisedAddr,
 };
 use serde::Serialize;
@@ -31,6 +32,7 @@ use crate::{
     error::UpgradeError,
     inventory::{Inventory, PlanSync},
     layout::Layout,
+    restarter::{RestartToApply, Restarter},
     stager::{StageSet, StagedSummary, Stager},
 };
 
@@ -97,6 +99,8 @@ pub struct Peers {
     pub downloader: SupervisedAddr<Downloader>,
     /// The Stager actor.
     pub stager: SupervisedAddr<Stager>,
+    /// The Restarter actor.
+    pub restarter: SupervisedAddr<Restarter>,
     /// The core's own coordinates, sent with `GET_ENV_MOD_REQ`.
     pub core: ModuleRef,
 }
@@ -198,6 +202,42 @@ impl Handler<FromBus<GetEnvModulesResponse>> for PortalLink {
             }
             None => info!("GET_ENV_MOD_RES arrived while none was awaited; ignored"),
         }
+    }
+}
+
+impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: FromBus<UpgradeCommitted>, _: &mut Context<Self>) -> Self::Result {
+        let peers = self.peers.clone();
+        Box::pin(async move {
+            if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                status(&peers, &env, None, ModuleStatus::Installed, None).await;
+            }
+        })
+    }
+}
+
+impl Handler<FromBus<UpgradeRolledBack>> for PortalLink {
+    type Result = ResponseFuture<()>;
+    fn handle(
+        &mut self,
+        FromBus(rb): FromBus<UpgradeRolledBack>,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let peers = self.peers.clone();
+        Box::pin(async move {
+            if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                let reason = rb.reason.clone();
+                status(
+                    &peers,
+                    &env,
+                    None,
+                    ModuleStatus::InstallationCancelled,
+                    Some(reason),
+                )
+                .await;
+            }
+        })
     }
 }
 
@@ -390,16 +430,21 @@ async fn run(
     let fetched = fetched??;
     set_state(peers, report, "staging");
     let summary = peers.stager.send(StageSet { plan, fetched }).await??;
-    let mut r = report.borrow_mut();
-    r.state = "staged".into();
-    r.result = Some(format!(
-        "{} modules staged ({} files, {} bytes, {} reused)",
-        summary.modules.len(),
-        summary.files,
-        summary.bytes,
-        summary.reused_files
-    ));
-    r.staged = Some(summary);
+    let reason = format!("staged {} modules", summary.modules.len());
+    {
+        let mut r = report.borrow_mut();
+        r.state = "staged".into();
+        r.result = Some(format!(
+            "{} modules staged ({} files, {} bytes, {} reused)",
+            summary.modules.len(),
+            summary.files,
+            summary.bytes,
+            summary.reused_files
+        ));
+        r.staged = Some(summary);
+    }
+    publish_report(peers, &report.borrow());
+    peers.restarter.tell(RestartToApply { reason }).await?;
     Ok(())
 }
 

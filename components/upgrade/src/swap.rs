@@ -93,6 +93,8 @@ pub struct Journal {
     pub incoming: String,
     /// Identity of the set being replaced (`""` when there is none).
     pub outgoing: String,
+    /// The last step done.
+    pub step: u32,
 }
 
 /// A set applied and not yet committed.
@@ -187,25 +189,6 @@ fn rename(layout: &Layout, from: &Path, to: &Path) -> Result<(), SwapError> {
     sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))
 }
 
-/// Swaps two folders: one atomic `renameat2(RENAME_EXCHANGE)` where the
-/// file system has it; otherwise three renames through `scratch`, each
-/// durable, which [`recover`] can finish from any point because the sets
-/// are told apart by identity, not by name.
-fn exchange(layout: &Layout, a: &Path, b: &Path, scratch: &Path, step: &str) -> Result<(), SwapError> {
-    if exchange_atomic(a, b).is_ok() {
-        sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))?;
-        failpoint(&format!("{step}.exchanged"));
-        return Ok(());
-    }
-    rename(layout, a, scratch)?;
-    failpoint(&format!("{step}.renamed-1"));
-    rename(layout, b, a)?;
-    failpoint(&format!("{step}.renamed-2"));
-    rename(layout, scratch, b)?;
-    failpoint(&format!("{step}.renamed-3"));
-    Ok(())
-}
-
 #[cfg(target_os = "linux")]
 fn exchange_atomic(a: &Path, b: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -261,6 +244,7 @@ pub fn apply(layout: &Layout) -> Result<bool, SwapError> {
             procedure: Procedure::Apply,
             incoming,
             outgoing,
+            step: 0,
         },
     )?;
     failpoint("apply.journal-written");
@@ -271,7 +255,8 @@ pub fn apply(layout: &Layout) -> Result<bool, SwapError> {
 /// Makes the backup the active set (see the module docs).
 pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
     recover(layout)?;
-    let incoming = set_identity(&layout.backup()).ok_or_else(|| SwapError::NoBackup(layout.backup()))?;
+    let incoming =
+        set_identity(&layout.backup()).ok_or_else(|| SwapError::NoBackup(layout.backup()))?;
     let outgoing = set_identity(&layout.modules()).unwrap_or_default();
     write_json(
         &journal_path(layout),
@@ -279,6 +264,7 @@ pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
             procedure: Procedure::Rollback,
             incoming,
             outgoing,
+            step: 0,
         },
     )?;
     failpoint("rollback.journal-written");
@@ -293,7 +279,10 @@ pub fn recover(layout: &Layout) -> Result<Option<Journal>, SwapError> {
         warn!(procedure = ?j.procedure, "finishing a module swap interrupted by a crash");
         run_journal(layout)?;
     }
-    for trash in [layout.home().join("modules-trash"), layout.home().join("models-trash")] {
+    for trash in [
+        layout.home().join("modules-trash"),
+        layout.home().join("models-trash"),
+    ] {
         if trash.exists() {
             fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
         }
@@ -314,7 +303,10 @@ fn run_journal(layout: &Layout) -> Result<(), SwapError> {
     // no-op) steps.
     remove_file_durably(&path)?;
     failpoint(&format!("{}.journal-removed", name(j.procedure)));
-    for trash in [layout.home().join("modules-trash"), layout.home().join("models-trash")] {
+    for trash in [
+        layout.home().join("modules-trash"),
+        layout.home().join("models-trash"),
+    ] {
         if trash.exists() {
             fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
         }
@@ -329,139 +321,220 @@ fn name(p: Procedure) -> &'static str {
     }
 }
 
-/// Apply, from wherever a crash left it. Each step checks whether it is
-/// already done.
+/// One step of a procedure: skipped when the journal says it is done or
+/// when its effect is already there (a crash after the step and before the
+/// journal update); otherwise done, then recorded.
+struct Steps<'a> {
+    layout: &'a Layout,
+    journal: Journal,
+    procedure: &'static str,
+}
+
+impl Steps<'_> {
+    fn step(
+        &mut self,
+        n: u32,
+        what: &str,
+        done: impl FnOnce() -> bool,
+        act: impl FnOnce() -> Result<(), SwapError>,
+    ) -> Result<(), SwapError> {
+        if self.journal.step >= n {
+            return Ok(());
+        }
+        if !done() {
+            act()?;
+            failpoint(&format!("{}.{n}.{what}", self.procedure));
+        }
+        self.journal.step = n;
+        write_json(&journal_path(self.layout), &self.journal)?;
+        failpoint(&format!("{}.{n}.recorded", self.procedure));
+        Ok(())
+    }
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), SwapError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", dir)(e)),
+    }
+}
+
+/// Apply, from wherever a crash left it. Every step is a rename into a
+/// name that does not exist (or the modules exchange, checked by set
+/// identity), so "its effect is already there" is a question about the
+/// folders.
 fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     let home = layout.home();
-    let (modules, upgrade, backup) = (layout.modules(), layout.upgrade(), layout.backup());
-    let (models, models_up, models_back) = (layout.models(), layout.models_upgrade(), layout.models_backup());
-    let (trash, models_trash) = (home.join("modules-trash"), home.join("models-trash"));
-    let active = set_identity(&modules).unwrap_or_default();
-    if active != j.incoming {
-        // 2. Discard the old backup, unless it is the set being replaced
-        //    (left there by an interrupted fallback exchange).
-        if backup.exists() && set_identity(&backup).unwrap_or_default() != j.outgoing {
-            rename(layout, &backup, &trash)?;
-            failpoint("apply.backup-discarded");
-        }
-        if models_back.exists() && !upgrade_models_pending(layout, j) {
-            // Models follow the modules; see step 4.
-        }
-        // 3. The point of no return: the staged set becomes active.
-        if set_identity(&backup).as_deref() == Some(j.outgoing.as_str()) && !j.outgoing.is_empty() {
-            // The fallback got as far as moving the old set out.
-            if !modules.exists() || set_identity(&modules).is_none() {
-                let _ = fs::remove_dir(&modules);
-                rename(layout, &upgrade, &modules)?;
-                failpoint("apply.renamed-in");
+    let (m, u, b) = (layout.modules(), layout.upgrade(), layout.backup());
+    let (mm, mu, mb) = (
+        layout.models(),
+        layout.models_upgrade(),
+        layout.models_backup(),
+    );
+    let (t, mt, scratch) = (
+        home.join("modules-trash"),
+        home.join("models-trash"),
+        home.join("modules-swap.tmp"),
+    );
+    let mut steps = Steps {
+        layout,
+        journal: j.clone(),
+        procedure: "apply",
+    };
+    // 1-2. Discard the old backups (deleted once the swap is done).
+    steps.step(
+        1,
+        "backup-discarded",
+        || !b.exists(),
+        || {
+            remove_dir_if_exists(&t)?;
+            rename(layout, &b, &t)
+        },
+    )?;
+    steps.step(
+        2,
+        "models-backup-discarded",
+        || !mb.exists(),
+        || {
+            remove_dir_if_exists(&mt)?;
+            rename(layout, &mb, &mt)
+        },
+    )?;
+    // 3-4. Models: active to backup, staged to active.
+    steps.step(
+        3,
+        "models-out",
+        || !mm.exists(),
+        || rename(layout, &mm, &mb),
+    )?;
+    steps.step(4, "models-in", || !mu.exists(), || rename(layout, &mu, &mm))?;
+    // 5. The point of no return: the staged set becomes the active set.
+    steps.step(
+        5,
+        "modules-in",
+        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
+        || {
+            if !m.exists() && !scratch.exists() {
+                return rename(layout, &u, &m);
             }
-        } else if modules.exists() {
-            ensure_dir(layout, &upgrade)?;
-            exchange(layout, &modules, &upgrade, &home.join("modules-swap.tmp"), "apply.modules")?;
-        } else {
-            rename(layout, &upgrade, &modules)?;
-            failpoint("apply.renamed-in");
-        }
-    }
-    // 4. The replaced set (now in modules-upgrade, or in the swap scratch)
-    //    becomes the backup.
-    let scratch = home.join("modules-swap.tmp");
-    if scratch.exists() && !modules.exists() {
-        rename(layout, &scratch, &modules)?;
-    }
-    if scratch.exists() {
-        if backup.exists() {
-            rename(layout, &backup, &trash)?;
-        }
-        rename(layout, &scratch, &backup)?;
-    }
-    if upgrade.exists() && set_identity(&upgrade).as_deref() == Some(j.outgoing.as_str()) {
-        if backup.exists() {
-            if trash.exists() {
-                fs::remove_dir_all(&trash).map_err(io_err("remove", &trash))?;
+            if !m.exists() {
+                // The fallback moved the old set out already.
+                return rename(layout, &u, &m);
             }
-            rename(layout, &backup, &trash)?;
-        }
-        rename(layout, &upgrade, &backup)?;
-        failpoint("apply.backup-kept");
-    }
-    // 5. Models: the staged models become active, the old ones the backup.
-    //    `models-upgrade` exists until this step is done.
-    if models_up.exists() {
-        if models_back.exists() {
-            if models_trash.exists() {
-                fs::remove_dir_all(&models_trash).map_err(io_err("remove", &models_trash))?;
+            if exchange_atomic(&m, &u).is_ok() {
+                sync_dir(home).map_err(io_err("fsync", home))?;
+                return Ok(());
             }
-            rename(layout, &models_back, &models_trash)?;
-            failpoint("apply.models-backup-discarded");
-        }
-        if models.exists() {
-            rename(layout, &models, &models_back)?;
-            failpoint("apply.models-moved-out");
-        }
-        rename(layout, &models_up, &models)?;
-        failpoint("apply.models-moved-in");
-    }
-    // 6. An empty staging folder and the probation record.
-    ensure_dir(layout, &upgrade)?;
-    ensure_dir(layout, &models)?;
-    if probation(layout)?.is_none_or(|p| p.set != j.incoming) {
-        set_probation(
-            layout,
-            &Probation {
-                set: j.incoming.clone(),
-                boot_attempts: 0,
-                last_error: None,
-            },
-        )?;
-        failpoint("apply.probation-written");
-    }
-    info!(set = %&j.incoming[..12], "staged set applied; on probation until committed");
+            rename(layout, &m, &scratch)?;
+            failpoint("apply.5.old-moved-out");
+            rename(layout, &u, &m)
+        },
+    )?;
+    // 6. The replaced set becomes the backup.
+    steps.step(
+        6,
+        "backup-kept",
+        || b.exists(),
+        || {
+            if scratch.exists() {
+                rename(layout, &scratch, &b)
+            } else if u.exists() {
+                rename(layout, &u, &b)
+            } else {
+                fs::create_dir_all(&b).map_err(io_err("create", &b))?;
+                sync_dir(home).map_err(io_err("fsync", home))
+            }
+        },
+    )?;
+    // 7. An empty staging folder, active models, and the probation record.
+    steps.step(
+        7,
+        "probation",
+        || false,
+        || {
+            ensure_dir(layout, &u)?;
+            ensure_dir(layout, &mm)?;
+            set_probation(
+                layout,
+                &Probation {
+                    set: j.incoming.clone(),
+                    boot_attempts: 0,
+                    last_error: None,
+                },
+            )
+        },
+    )?;
+    info!(set = %short(&j.incoming), "staged set applied; on probation until committed");
     Ok(())
 }
 
-fn upgrade_models_pending(_: &Layout, _: &Journal) -> bool {
-    true
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
 }
 
-/// Rollback, from wherever a crash left it.
+/// Rollback, from wherever a crash left it: models first (three renames
+/// through a scratch name), then the modules (an exchange, or three
+/// renames), then the probation record.
 fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     let home = layout.home();
-    let (modules, backup) = (layout.modules(), layout.backup());
-    let (models, models_back) = (layout.models(), layout.models_backup());
-    let scratch = home.join("modules-swap.tmp");
-    let models_scratch = home.join("models-swap.tmp");
-    // 2. Modules: exchange active and backup, unless already done.
-    if set_identity(&modules).as_deref() != Some(j.incoming.as_str()) {
-        if scratch.exists() && !backup.exists() {
-            // Fallback interrupted after the first rename.
-            rename(layout, &scratch, &backup)?;
-        }
-        if !modules.exists() {
-            rename(layout, &backup, &modules)?;
-        } else {
-            exchange(layout, &modules, &backup, &scratch, "rollback.modules")?;
-            // 3. Models follow, in the same direction.
-            if models_back.exists() {
-                ensure_dir(layout, &models)?;
-                exchange(layout, &models, &models_back, &models_scratch, "rollback.models")?;
+    let (m, b) = (layout.modules(), layout.backup());
+    let (mm, mb) = (layout.models(), layout.models_backup());
+    let (ms, scratch) = (home.join("models-swap.tmp"), home.join("modules-swap.tmp"));
+    let mut steps = Steps {
+        layout,
+        journal: j.clone(),
+        procedure: "rollback",
+    };
+    let swap_models = j.step > 0 || mb.exists();
+    if swap_models {
+        steps.step(
+            1,
+            "models-out",
+            || !mm.exists(),
+            || {
+                ensure_dir(layout, &mm)?;
+                rename(layout, &mm, &ms)
+            },
+        )?;
+        steps.step(2, "models-in", || !mb.exists(), || rename(layout, &mb, &mm))?;
+        steps.step(
+            3,
+            "models-kept",
+            || !ms.exists(),
+            || rename(layout, &ms, &mb),
+        )?;
+    }
+    steps.step(
+        4,
+        "modules-in",
+        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
+        || {
+            if !m.exists() {
+                return rename(layout, &b, &m);
             }
-        }
-    }
-    if scratch.exists() {
-        rename(layout, &scratch, &backup)?;
-    }
-    if models_scratch.exists() {
-        if models.exists() {
-            rename(layout, &models_scratch, &models_back)?;
-        } else {
-            rename(layout, &models_scratch, &models)?;
-        }
-    }
-    // 4. Nothing is on probation any more.
-    remove_file_durably(&home.join(PROBATION))?;
-    failpoint("rollback.probation-cleared");
-    info!(set = %&j.incoming[..12.min(j.incoming.len())], "backup set is active again");
+            if exchange_atomic(&m, &b).is_ok() {
+                sync_dir(home).map_err(io_err("fsync", home))?;
+                return Ok(());
+            }
+            rename(layout, &m, &scratch)?;
+            failpoint("rollback.4.old-moved-out");
+            rename(layout, &b, &m)
+        },
+    )?;
+    steps.step(
+        5,
+        "backup-kept",
+        || !scratch.exists(),
+        || rename(layout, &scratch, &b),
+    )?;
+    steps.step(
+        6,
+        "probation-cleared",
+        || false,
+        || remove_file_durably(&home.join(PROBATION)),
+    )?;
+    info!(set = %short(&j.incoming), "backup set is active again");
     Ok(())
 }
 
