@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     os::unix::process::ExitStatusExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
@@ -383,7 +383,7 @@ fn commit_survives_a_kill_at_every_step() -> Result<()> {
     let dir = fixture()?;
     let home = dir.path().join("home");
     applied(&home)?;
-    let mut child = Command::new(box_bin())
+    let child = Command::new(box_bin())
         .arg("--home")
         .arg(&home)
         .arg("run")
@@ -467,6 +467,3 @@ fn verify_names_a_tampered_file_and_rollback_restores_the_backup() -> Result<()>
     assert!(cli(&home, &["verify"], &[])?.status.success());
     Ok(())
 }
-
-#[allow(dead_code)]
-fn unused(_: PathBuf) {}
