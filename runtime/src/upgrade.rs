@@ -30,6 +30,10 @@ pub struct Settings {
     pub health_grace: Duration,
     /// Starts a new set gets before the previous set is put back.
     pub max_boot_attempts: u32,
+    /// How to restart when a start on probation failed.
+    pub restart_mode: RestartMode,
+    /// The program of `RestartMode::Command`.
+    pub restart_command: Option<String>,
 }
 
 impl Settings {
@@ -39,16 +43,22 @@ impl Settings {
             .components
             .iter()
             .find(|c| c.kind == banalytics_upgrade_center::KIND.kind);
-        let (grace, attempts) = match section {
+        Ok(match section {
             Some(c) => {
                 let u: UpgradeConfig = c.section.parse()?;
-                (u.health_grace(), u.max_boot_attempts.max(1))
+                Settings {
+                    health_grace: u.health_grace(),
+                    max_boot_attempts: u.max_boot_attempts.max(1),
+                    restart_mode: u.restart_mode,
+                    restart_command: u.restart_command,
+                }
             }
-            None => (Duration::from_secs(30), 3),
-        };
-        Ok(Settings {
-            health_grace: grace,
-            max_boot_attempts: attempts,
+            None => Settings {
+                health_grace: Duration::from_secs(30),
+                max_boot_attempts: 3,
+                restart_mode: RestartMode::Exit,
+                restart_command: None,
+            },
         })
     }
 }
@@ -111,7 +121,10 @@ pub fn prepare(layout: &Layout, settings: &Settings) -> Result<Boot, Error> {
 /// After the components started: report a rollback, or watch a set on
 /// probation and commit it once every component stayed in RUN for the
 /// grace period. A failure meanwhile is recorded as the probation's last
-/// error (the reason a later rollback gives).
+/// error (the reason a later rollback gives); a component still failing
+/// after a whole grace period makes this start a failed one, and the host
+/// restarts (the next start counts again, and the one after the last
+/// attempt rolls back).
 pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Settings) {
     if let Some(reason) = boot.rolled_back {
         host.bus().publish(UpgradeRolledBack { reason }).await;
@@ -123,9 +136,11 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
     let board = host.board().clone();
     let mut changes = board.changes();
     let mut healthy_since: Option<Instant> = None;
+    let mut failing_since: Option<Instant> = None;
     loop {
         match all_running(&board) {
             Ok(()) => {
+                failing_since = None;
                 let since = *healthy_since.get_or_insert_with(Instant::now);
                 let left = settings.health_grace.saturating_sub(since.elapsed());
                 if left.is_zero() {
@@ -138,16 +153,37 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
             }
             Err(failure) => {
                 healthy_since = None;
+                let failing_since = *failing_since.get_or_insert_with(Instant::now);
                 if probation.last_error.as_deref() != Some(failure.as_str()) {
                     warn!(%failure, "failure while on probation");
-                    probation.last_error = Some(failure);
+                    probation.last_error = Some(failure.clone());
                     if let Err(e) = swap::set_probation(&layout, &probation) {
                         error!(error = %e, "cannot record the probation failure");
                     }
                 }
-                if changes.changed().await.is_err() {
+                let left = settings
+                    .health_grace
+                    .saturating_sub(failing_since.elapsed());
+                if left.is_zero() {
+                    let reason = format!(
+                        "start {} of the new module set failed: {failure}",
+                        probation.boot_attempts
+                    );
+                    error!(%reason, "restarting");
+                    host.bus()
+                        .publish(RestartRequested {
+                            mode: settings.restart_mode,
+                            command: settings.restart_command.clone(),
+                            reason,
+                        })
+                        .await;
                     return;
                 }
+                tokio::select! {
+                    _ = tokio::time::sleep(left) => {}
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                continue;
             }
         }
     }

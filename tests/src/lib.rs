@@ -156,6 +156,18 @@ impl BoxProcess {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Waits for the process to exit on its own, at most `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Result<ExitStatus> {
+        let status = poll_until(timeout, "the host to exit", || self.try_wait())?;
+        self.child = None;
+        Ok(status)
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
     /// Sends `signal` and waits for the exit status.
     pub fn signal_and_wait(mut self, signal: i32) -> Result<ExitStatus> {
         // SAFETY: kill(2) on our own child's pid.

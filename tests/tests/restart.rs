@@ -1,0 +1,288 @@
+//! The restart boundary with real processes and the reference portal: a
+//! staged set makes `run` exit 75 (or re-execute itself), the next start
+//! applies it and commits it after the grace period with `installed`; a set
+//! whose component fails at start is rolled back after `max_boot_attempts`
+//! starts with `installation_cancelled` naming the reason.
+
+use std::{io::Write, path::Path, process::ExitStatus, time::Duration};
+
+use anyhow::{ensure, Context, Result};
+use banalytics_tests::{
+    poll_until,
+    portal::{ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    TempHome, DEADLINE,
+};
+
+const ENV: &str = "5f0c7a1e-0000-4000-8000-00000000beef";
+
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, body) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(body).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// Publishes `artifact:version` with a dependency and a model package.
+fn publish(portal: &PortalHandle, dir: &Path, artifact: &str, version: &str) -> Result<()> {
+    let main = dir.join(format!("{artifact}-{version}.jar"));
+    std::fs::write(&main, format!("{artifact} {version} main").repeat(200))?;
+    let bin = dir.join(format!("{artifact}-{version}-bin.zip"));
+    std::fs::write(
+        &bin,
+        zip_of(&[(
+            &format!("lib/{artifact}-dep.jar"),
+            format!("{artifact} {version} dep").as_bytes(),
+        )]),
+    )?;
+    let model = dir.join(format!("{artifact}-{version}-model.zip"));
+    std::fs::write(
+        &model,
+        zip_of(&[(
+            &format!("{artifact}/model.bin"),
+            format!("{artifact} {version} model").as_bytes(),
+        )]),
+    )?;
+    let mut req = PublishRequest::new(
+        &format!("com.example:{artifact}:{version}"),
+        ModuleType::Component,
+        &main,
+    );
+    req.bin = Some(bin);
+    req.model = Some(model);
+    portal.publish(&req).context("publish")?;
+    Ok(())
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    portal: PortalHandle,
+    home: TempHome,
+    starts: usize,
+}
+
+fn world(restart_mode: &str) -> Result<World> {
+    let dir = tempfile::tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files)?;
+    publish(&portal, &files, "alpha", "1.0")?;
+    publish(&portal, &files, "beta", "1.0")?;
+    publish(&portal, &files, "broken", "1.0")?;
+    portal.assign(ENV, &["com.example:alpha:1.0", "com.example:beta:1.0"])?;
+    let config = format!(
+        r#"[log]
+level = "info"
+format = "json"
+
+[components.portal]
+kind = "portal-integration"
+portal_url = "{}"
+
+[components.upgrade-center]
+kind = "software-upgrade-center"
+repository_url = "{}"
+restart_mode = "{restart_mode}"
+restart_delay_ms = 200
+health_grace_s = 0.5
+max_boot_attempts = 2
+
+[components.drill]
+kind = "probe"
+restart_on_failure = "stop"
+fail_while_file = "modules/com.example-broken-1.0.jar"
+"#,
+        portal.portal_url(),
+        portal.repo_url()
+    );
+    let home = TempHome::new(&config)?;
+    std::fs::write(
+        home.path().join("config/device-registration.properties"),
+        format!("environmentUuid={ENV}\n"),
+    )?;
+    Ok(World {
+        _dir: dir,
+        portal,
+        home,
+        starts: 0,
+    })
+}
+
+impl World {
+    /// Starts the box and waits until it exits by itself.
+    fn run_until_exit(&mut self) -> Result<ExitStatus> {
+        self.starts += 1;
+        let process = self.home.start(self.starts)?;
+        process.wait(DEADLINE)
+    }
+
+    fn statuses(&self) -> Vec<(String, String, String)> {
+        self.portal
+            .environment(ENV)
+            .map(|e| {
+                e.statuses
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.module["artifactId"]
+                                .as_str()
+                                .map(|a| {
+                                    format!("{a}:{}", s.module["version"].as_str().unwrap_or(""))
+                                })
+                                .unwrap_or_default(),
+                            s.status.as_str().unwrap_or("").to_owned(),
+                            s.status_message.as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn wait_for_status(&self, status: &str, after: usize) -> Result<(String, String, String)> {
+        poll_until(DEADLINE, &format!("the portal to see {status}"), || {
+            self.statuses()
+                .into_iter()
+                .skip(after)
+                .find(|s| s.1 == status)
+        })
+    }
+
+    fn installed(&self) -> Result<Vec<String>> {
+        let status = self.home.status()?;
+        Ok(status["upgrade"]["installed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+#[test]
+fn a_staged_set_exits_75_and_the_next_start_applies_commits_and_reports_installed() -> Result<()> {
+    let mut w = world("exit")?;
+    let status = w.run_until_exit()?;
+    ensure!(status.code() == Some(75), "first run ended with {status}");
+    ensure!(w
+        .home
+        .path()
+        .join("modules-upgrade/modules-info.properties")
+        .exists());
+    let staged = w.statuses();
+    ensure!(
+        staged.iter().filter(|s| s.1 == "downloaded").count() == 2,
+        "{staged:?}"
+    );
+
+    // The service manager starts it again.
+    w.starts += 1;
+    let host = w.home.start(w.starts)?;
+    let installed = w.wait_for_status("installed", staged.len())?;
+    ensure!(
+        installed.0.is_empty(),
+        "installed names no module: {installed:?}"
+    );
+    ensure!(
+        w.installed()? == ["com.example:alpha:1.0", "com.example:beta:1.0"],
+        "{:?}",
+        w.installed()?
+    );
+    let status = w.home.status()?;
+    ensure!(
+        status["upgrade"]["probation"].is_null(),
+        "still on probation: {status}"
+    );
+    ensure!(w.home.path().join("modules/lib/alpha-dep.jar").exists());
+    ensure!(w.home.path().join("models/beta/model.bin").exists());
+    ensure!(w.home.cli(&["verify"])?.status.success());
+    let all: Vec<String> = w.statuses().iter().map(|s| s.1.clone()).collect();
+    ensure!(
+        all.last().map(String::as_str) == Some("installed"),
+        "{all:?}"
+    );
+    ensure!(host.signal_and_wait(libc::SIGTERM)?.success());
+    Ok(())
+}
+
+#[test]
+fn a_set_whose_component_fails_at_start_is_rolled_back_after_max_boot_attempts() -> Result<()> {
+    let mut w = world("exit")?;
+    ensure!(w.run_until_exit()?.code() == Some(75));
+    w.starts += 1;
+    let host = w.home.start(w.starts)?;
+    w.wait_for_status("installed", 0)?;
+
+    // The new set brings the module whose presence makes `drill` fail.
+    w.portal.assign(
+        ENV,
+        &[
+            "com.example:alpha:1.0",
+            "com.example:beta:1.0",
+            "com.example:broken:1.0",
+        ],
+    )?;
+    let seen = w.statuses().len();
+    ensure!(w.portal.sync(ENV) == 1, "the box is not connected");
+    ensure!(
+        host.wait(DEADLINE)?.code() == Some(75),
+        "no restart to apply"
+    );
+
+    // Two starts on probation fail; the third puts the old set back.
+    for attempt in 1..=2 {
+        let status = w.run_until_exit()?;
+        ensure!(
+            status.code() == Some(75),
+            "probation start {attempt} ended with {status}"
+        );
+    }
+    w.starts += 1;
+    let host = w.home.start(w.starts)?;
+    let cancelled = w.wait_for_status("installation_cancelled", seen)?;
+    ensure!(
+        cancelled.2.contains("failure drill") && cancelled.2.contains("broken"),
+        "{cancelled:?}"
+    );
+    ensure!(w.installed()? == ["com.example:alpha:1.0", "com.example:beta:1.0"]);
+    ensure!(!w
+        .home
+        .path()
+        .join("modules/com.example-broken-1.0.jar")
+        .exists());
+    let status = w.home.status()?;
+    ensure!(
+        status["upgrade"]["backup"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|m| m == "com.example:broken:1.0")),
+        "the failed set is kept as the backup: {status}"
+    );
+    poll_until(DEADLINE, "drill in RUN", || {
+        w.home
+            .component("drill")
+            .ok()
+            .filter(|c| c["state"] == "RUN")
+    })?;
+    ensure!(host.signal_and_wait(libc::SIGTERM)?.success());
+    Ok(())
+}
+
+#[test]
+fn exec_mode_re_executes_the_host_and_the_new_set_runs_without_a_supervisor() -> Result<()> {
+    let mut w = world("exec")?;
+    w.starts += 1;
+    let mut host = w.home.start(w.starts)?;
+    let pid = host.pid();
+    w.wait_for_status("installed", 0)?;
+    ensure!(host.is_running(), "the host exited instead of re-executing");
+    ensure!(
+        w.home.status()?["host"]["pid"] == pid,
+        "exec keeps the process"
+    );
+    ensure!(w.installed()? == ["com.example:alpha:1.0", "com.example:beta:1.0"]);
+    ensure!(host.signal_and_wait(libc::SIGTERM)?.success());
+    let _ = Duration::ZERO;
+    Ok(())
+}
