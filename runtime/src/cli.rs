@@ -45,7 +45,12 @@ pub enum Command {
         json: bool,
     },
     /// Ask the running host to synchronise software now.
-    Upgrade,
+    Upgrade {
+        /// Follow the synchronisation until it ends, with download progress
+        /// (a bar on a terminal, plain lines otherwise).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Apply the staged module set (with the host stopped).
     Apply,
     /// Make the backup module set the active one again (with the host
@@ -67,7 +72,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run => run(&home),
         Command::Status { json } => status(&home, json),
-        Command::Upgrade => ask(&home, &Request::Upgrade),
+        Command::Upgrade { wait } => upgrade(&home, wait),
         Command::Apply => apply(&home),
         Command::Rollback => rollback(&home),
         Command::Verify => verify(&home),
@@ -285,6 +290,85 @@ fn print_status(data: &serde_json::Value) {
             c["id"].as_str().unwrap_or("-"),
             c["last_error"].as_str().unwrap_or("-"),
         );
+    }
+}
+
+fn upgrade(home: &Home, wait: bool) -> Result<u8, Error> {
+    let asked_ms = banalytics_sdk::status::now_ms();
+    let code = ask(home, &Request::Upgrade)?;
+    if code != EXIT_OK || !wait {
+        return Ok(code);
+    }
+    follow_sync(home, asked_ms)
+}
+
+/// Polls `status` until the synchronisation started after `asked_ms` ends,
+/// drawing its progress.
+fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(0);
+    if terminal {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:12} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last_line = (String::new(), 0u64);
+    loop {
+        let socket = home.control_socket();
+        let data = control::request(&socket, &Request::Status)
+            .map_err(|source| Error::Io {
+                path: socket.clone(),
+                source,
+            })?
+            .and_then(|r| r.data);
+        let Some(data) = data else {
+            bar.finish_and_clear();
+            eprintln!("banalytics-box: the host stopped (it restarts to apply a staged set, or was stopped)");
+            return Ok(EXIT_OK);
+        };
+        let sync = data["components"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["kind"] == banalytics_upgrade_center::KIND.kind)
+            .map(|c| c["details"]["sync"].clone())
+            .unwrap_or_default();
+        let state = sync["state"].as_str().unwrap_or("?").to_owned();
+        let (done, total) = (
+            sync["done_bytes"].as_u64().unwrap_or(0),
+            sync["total_bytes"].as_u64().unwrap_or(0),
+        );
+        let started = sync["started_ms"].as_u64().unwrap_or(0);
+        if started >= asked_ms.saturating_sub(1000) {
+            if terminal {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(state.clone());
+            } else {
+                let decile = if total > 0 { done * 10 / total } else { 0 };
+                if (state.clone(), decile) != last_line {
+                    println!("{state}: {done}/{total} bytes");
+                    last_line = (state.clone(), decile);
+                }
+            }
+            if sync["finished_ms"].as_u64().is_some() {
+                bar.finish_and_clear();
+                let result = sync["result"].as_str().unwrap_or("");
+                println!("synchronisation {state}: {result}");
+                return Ok(match state.as_str() {
+                    "staged" | "up-to-date" => EXIT_OK,
+                    _ => EXIT_FAILURE,
+                });
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

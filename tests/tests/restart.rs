@@ -286,3 +286,28 @@ fn exec_mode_re_executes_the_host_and_the_new_set_runs_without_a_supervisor() ->
     let _ = Duration::ZERO;
     Ok(())
 }
+
+#[test]
+fn upgrade_wait_follows_the_synchronisation_with_progress_lines() -> Result<()> {
+    let mut w = world("exit")?;
+    ensure!(w.run_until_exit()?.code() == Some(75));
+    w.starts += 1;
+    let host = w.home.start(w.starts)?;
+    w.wait_for_status("installed", 0)?;
+    w.portal
+        .assign(ENV, &["com.example:alpha:1.0", "com.example:broken:1.0"])?;
+    let out = w.home.cli(&["upgrade", "--wait"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(text.contains(" bytes"), "no progress line: {text}");
+    ensure!(
+        text.contains("synchronisation staged: 2 modules staged"),
+        "{text}"
+    );
+    ensure!(host.wait(DEADLINE)?.code() == Some(75));
+    Ok(())
+}
