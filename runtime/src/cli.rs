@@ -352,7 +352,7 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
                 bar.set_position(done);
                 bar.set_message(state.clone());
             } else {
-                let decile = if total > 0 { done * 10 / total } else { 0 };
+                let decile = (done * 10).checked_div(total).unwrap_or(0);
                 if (state.clone(), decile) != last_line {
                     println!("{state}: {done}/{total} bytes");
                     last_line = (state.clone(), decile);
