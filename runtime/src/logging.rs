@@ -6,6 +6,35 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Panics logged per second; a crash loop under `immediate` would
+/// otherwise write thousands of identical events (the supervisor logs each
+/// failure, rate-limited too, and the status board counts them all).
+pub const PANIC_LOGS_PER_SECOND: u64 = 20;
+
+struct PanicLimit {
+    second: std::sync::atomic::AtomicU64,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl PanicLimit {
+    fn admit(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.second.swap(now, Relaxed) != now {
+            self.count.store(0, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed) < PANIC_LOGS_PER_SECOND
+    }
+}
+
+static PANIC_LOGS: PanicLimit = PanicLimit {
+    second: std::sync::atomic::AtomicU64::new(0),
+    count: std::sync::atomic::AtomicU64::new(0),
+};
+
 /// Installs the global subscriber (stderr). `RUST_LOG`, when set, overrides
 /// the configured level.
 pub fn init(config: &LogConfig) {
@@ -20,6 +49,9 @@ pub fn init(config: &LogConfig) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     std::panic::set_hook(Box::new(|info| {
+        if !PANIC_LOGS.admit() {
+            return;
+        }
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))

@@ -271,6 +271,7 @@ where
         rx,
         ctl: ctl_rx,
         instance_abort: instance.clone(),
+        log_limit: LogLimit::default(),
     };
     let supervisor = actix_rt::spawn(runner.run()).abort_handle();
     let addr = SupervisedAddr {
@@ -315,6 +316,41 @@ struct Runner<A: Actor<Context = Context<A>>> {
     rx: mpsc::Receiver<Box<dyn Letter<A>>>,
     ctl: mpsc::UnboundedReceiver<Control>,
     instance_abort: Rc<RefCell<Option<AbortHandle>>>,
+    log_limit: LogLimit,
+}
+
+/// Failures logged per second before a crash loop is summarised: an actor
+/// failing thousands of times a second under `immediate` must not bury the
+/// log (the status board keeps the count and the last reason regardless).
+pub const FAILURE_LOGS_PER_SECOND: u32 = 5;
+
+#[derive(Default)]
+struct LogLimit {
+    window: Option<tokio::time::Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Whether to log this failure; returns how many were suppressed since
+    /// the last logged one.
+    fn admit(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        match self.window {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
+            _ => {
+                self.window = Some(now);
+                self.logged = 0;
+            }
+        }
+        if self.logged < FAILURE_LOGS_PER_SECOND {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
 }
 
 impl<A: Actor<Context = Context<A>>> Runner<A> {
@@ -430,7 +466,9 @@ impl<A: Actor<Context = Context<A>>> Runner<A> {
     }
 
     async fn after_failure(&mut self, reason: String) -> Next {
-        error!(component = %self.spec.component, actor = %self.spec.actor, %reason, policy = %self.spec.policy, "actor failed");
+        if let Some(suppressed) = self.log_limit.admit() {
+            error!(component = %self.spec.component, actor = %self.spec.actor, %reason, policy = %self.spec.policy, suppressed, "actor failed");
+        }
         self.report(State::Error, Some(reason));
         match self.spec.policy.delay() {
             None => match self.ctl.recv().await {
@@ -529,5 +567,23 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_loop_is_logged_a_few_times_a_second_with_the_count_suppressed() {
+        let mut limit = LogLimit::default();
+        for _ in 0..FAILURE_LOGS_PER_SECOND {
+            assert_eq!(limit.admit(), Some(0));
+        }
+        for _ in 0..100 {
+            assert_eq!(limit.admit(), None);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(limit.admit(), Some(100));
     }
 }
