@@ -1,0 +1,887 @@
+//! End-to-end scaffolding shared by the whole-system tests, the demo and the
+//! benchmarks: module files to publish, box homes wired to a portal, a box
+//! process run the way a service manager runs it (started again when it
+//! exits [`EXIT_RESTART`] to apply a staged set), the reference portal as a
+//! separate process (for tests that kill it), and one blocking API over
+//! both kinds of portal.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    box_bin, poll_until,
+    portal::{
+        AdminClient, EnvironmentReport, Faults, ModuleObject, ModuleType, PortalHandle,
+        PublishRequest, StatsReport,
+    },
+    TempHome, DEADLINE,
+};
+
+/// The exit status of `banalytics-box run` that asks the service manager to
+/// start it again, to apply a staged set.
+pub const EXIT_RESTART: i32 = 75;
+
+/// The environment UUID of box number `n` of a test.
+pub fn env_uuid(n: usize) -> String {
+    format!("e2e0e2e0-0000-4000-8000-{n:012}")
+}
+
+// ------------------------------------------------------------ module files
+
+/// Deterministic content: a byte pattern that differs per `seed`.
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        // xorshift64: cheap, and not compressible, so no layer can cheat.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// Writes `len` bytes of [`pattern`] content to `path` in 1 MiB blocks, so
+/// that large artifacts never sit in memory whole.
+pub fn write_pattern_file(path: &Path, len: u64, seed: u64) -> Result<()> {
+    const BLOCK: u64 = 1024 * 1024;
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut left = len;
+    let mut block = 0u64;
+    while left > 0 {
+        let n = left.min(BLOCK);
+        f.write_all(&pattern(n as usize, seed.wrapping_mul(1_000_003) + block))?;
+        left -= n;
+        block += 1;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// A zip archive of `entries` (name, content).
+pub fn zip_of(entries: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, body) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())?;
+        w.write_all(body)?;
+    }
+    Ok(w.finish()?.into_inner())
+}
+
+/// A module to publish.
+#[derive(Debug, Clone)]
+pub struct ModuleSpec {
+    /// `groupId:artifactId:version`.
+    pub coordinates: String,
+    /// Size of the main artifact.
+    pub size: u64,
+    /// With a `-bin.zip` holding `lib/{artifact}-dep.jar`.
+    pub dependencies: bool,
+    /// With a `-model.zip` holding `{artifact}/model.bin`.
+    pub model: bool,
+}
+
+impl ModuleSpec {
+    /// A main artifact of `size` bytes, no packages.
+    pub fn new(coordinates: &str, size: u64) -> ModuleSpec {
+        ModuleSpec {
+            coordinates: coordinates.to_owned(),
+            size,
+            dependencies: false,
+            model: false,
+        }
+    }
+
+    /// With both optional packages.
+    pub fn with_packages(mut self) -> ModuleSpec {
+        self.dependencies = true;
+        self.model = true;
+        self
+    }
+
+    fn part(&self, i: usize) -> &str {
+        self.coordinates.split(':').nth(i).unwrap_or_default()
+    }
+
+    /// The artifactId.
+    pub fn artifact(&self) -> &str {
+        self.part(1)
+    }
+
+    /// The version.
+    pub fn version(&self) -> &str {
+        self.part(2)
+    }
+
+    /// The main artifact's file name in `modules/` (contracts section 2).
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}-{}-{}.jar",
+            self.part(0),
+            self.artifact(),
+            self.version()
+        )
+    }
+
+    /// The main artifact's path on the portal (`/repo/...`).
+    pub fn repo_path(&self) -> String {
+        format!(
+            "/repo/{}/{}/{}/{}-{}.jar",
+            self.part(0).replace('.', "/"),
+            self.artifact(),
+            self.version(),
+            self.artifact(),
+            self.version()
+        )
+    }
+
+    fn seed(&self) -> u64 {
+        self.coordinates
+            .bytes()
+            .fold(1469598103934665603u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(1099511628211)
+            })
+    }
+
+    /// Writes the files into `dir` and returns the publish request.
+    pub fn write(&self, dir: &Path) -> Result<PublishRequest> {
+        std::fs::create_dir_all(dir)?;
+        let stem = self.coordinates.replace(':', "_");
+        let main = dir.join(format!("{stem}.jar"));
+        write_pattern_file(&main, self.size, self.seed())?;
+        let mut req = PublishRequest::new(&self.coordinates, ModuleType::Component, &main);
+        let (artifact, version) = (self.artifact(), self.version());
+        if self.dependencies {
+            let bin = dir.join(format!("{stem}-bin.zip"));
+            let body = format!("{artifact} {version} dependency").repeat(50);
+            std::fs::write(
+                &bin,
+                zip_of(&[(&format!("lib/{artifact}-dep.jar"), body.as_bytes())])?,
+            )?;
+            req.bin = Some(bin);
+        }
+        if self.model {
+            let model = dir.join(format!("{stem}-model.zip"));
+            let body = format!("{artifact} {version} model weights").repeat(50);
+            std::fs::write(
+                &model,
+                zip_of(&[(&format!("{artifact}/model.bin"), body.as_bytes())])?,
+            )?;
+            req.model = Some(model);
+        }
+        Ok(req)
+    }
+}
+
+// ------------------------------------------------------------ portal API
+
+/// One status the portal received, flattened for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusLine {
+    /// `artifactId:version`, empty for a whole-set status.
+    pub module: String,
+    /// `downloading`, `downloaded`, `installed`, ...
+    pub status: String,
+    /// The status message, empty when null.
+    pub message: String,
+}
+
+impl std::fmt::Display for StatusLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.module)?;
+        if !self.message.is_empty() {
+            write!(f, " ({})", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// The statuses of an environment report, in the order received.
+pub fn status_lines(report: &EnvironmentReport) -> Vec<StatusLine> {
+    report
+        .statuses
+        .iter()
+        .map(|s| StatusLine {
+            module: match (
+                s.module["artifactId"].as_str(),
+                s.module["version"].as_str(),
+            ) {
+                (Some(a), Some(v)) => format!("{a}:{v}"),
+                _ => String::new(),
+            },
+            status: s.status.as_str().unwrap_or_default().to_owned(),
+            message: s.status_message.as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
+/// What a test, the demo and the benchmarks do with a portal, blocking, the
+/// same for an in-process [`PortalHandle`] and a [`PortalProcess`].
+pub trait PortalApi {
+    /// `ws://ADDR`, the box's `portal_url`.
+    fn portal_url(&self) -> String;
+    /// `http://ADDR/repo`, the box's `repository_url`.
+    fn repo_url(&self) -> String;
+    /// Publishes a module.
+    fn publish_module(&self, req: &PublishRequest) -> Result<ModuleObject>;
+    /// Sets `env`'s whole target set.
+    fn assign_set(&self, env: &str, coordinates: &[String]) -> Result<()>;
+    /// Sends `EVT_SYNC_SOFT`; how many connections took it.
+    fn sync_env(&self, env: &str) -> Result<usize>;
+    /// Sends a text frame as is; how many connections took it.
+    fn send_raw_text(&self, env: &str, text: &str) -> Result<usize>;
+    /// Every environment seen or assigned.
+    fn environment_reports(&self) -> Result<Vec<EnvironmentReport>>;
+    /// The repository and connection counters.
+    fn stats_report(&self) -> Result<StatsReport>;
+    /// Zeroes the counters.
+    fn reset_counters(&self) -> Result<()>;
+    /// Replaces the fault switches.
+    fn set_fault_switches(&self, faults: &Faults) -> Result<()>;
+
+    /// One environment's report.
+    fn environment_report(&self, env: &str) -> Result<Option<EnvironmentReport>> {
+        Ok(self
+            .environment_reports()?
+            .into_iter()
+            .find(|e| e.environment_uuid == env))
+    }
+
+    /// One environment's statuses, in order.
+    fn statuses(&self, env: &str) -> Result<Vec<StatusLine>> {
+        Ok(self
+            .environment_report(env)?
+            .map(|e| status_lines(&e))
+            .unwrap_or_default())
+    }
+
+    /// Publishes every spec (files written under `dir`).
+    fn publish_all(&self, dir: &Path, specs: &[ModuleSpec]) -> Result<Vec<ModuleObject>> {
+        specs
+            .iter()
+            .map(|s| {
+                let req = s.write(dir)?;
+                self.publish_module(&req)
+                    .with_context(|| format!("publishing {}", s.coordinates))
+            })
+            .collect()
+    }
+
+    /// Waits until `env` reported `status` as its status number `after` or
+    /// later; returns every status so far.
+    fn wait_for_status(
+        &self,
+        env: &str,
+        status: &str,
+        after: usize,
+        timeout: Duration,
+    ) -> Result<Vec<StatusLine>> {
+        poll_until(timeout, &format!("{env} to report {status}"), || {
+            let lines = self.statuses(env).ok()?;
+            lines
+                .iter()
+                .skip(after)
+                .any(|l| l.status == status)
+                .then_some(lines)
+        })
+    }
+
+    /// Waits until `env` has a live connection.
+    fn wait_connected(&self, env: &str, timeout: Duration) -> Result<EnvironmentReport> {
+        poll_until(timeout, &format!("{env} to connect"), || {
+            self.environment_report(env)
+                .ok()
+                .flatten()
+                .filter(|e| e.live_connections > 0)
+        })
+    }
+}
+
+impl PortalApi for PortalHandle {
+    fn portal_url(&self) -> String {
+        PortalHandle::portal_url(self)
+    }
+    fn repo_url(&self) -> String {
+        PortalHandle::repo_url(self)
+    }
+    fn publish_module(&self, req: &PublishRequest) -> Result<ModuleObject> {
+        Ok(self.publish(req)?)
+    }
+    fn assign_set(&self, env: &str, coordinates: &[String]) -> Result<()> {
+        let c: Vec<&str> = coordinates.iter().map(String::as_str).collect();
+        self.assign(env, &c)?;
+        Ok(())
+    }
+    fn sync_env(&self, env: &str) -> Result<usize> {
+        Ok(self.sync(env))
+    }
+    fn send_raw_text(&self, env: &str, text: &str) -> Result<usize> {
+        Ok(self.send_raw(env, text))
+    }
+    fn environment_reports(&self) -> Result<Vec<EnvironmentReport>> {
+        Ok(self.environments())
+    }
+    fn stats_report(&self) -> Result<StatsReport> {
+        Ok(self.stats())
+    }
+    fn reset_counters(&self) -> Result<()> {
+        self.reset_stats();
+        Ok(())
+    }
+    fn set_fault_switches(&self, faults: &Faults) -> Result<()> {
+        self.set_faults(faults.clone());
+        Ok(())
+    }
+}
+
+/// The `banalytics-portal` binary: `$BANALYTICS_PORTAL_BIN`, else beside the
+/// running executable (a binary of this package) or one folder up (a test).
+pub fn portal_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BANALYTICS_PORTAL_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent();
+    while let Some(d) = dir {
+        let bin = d.join("banalytics-portal");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        if d.file_name().is_some_and(|n| n == "target") {
+            break;
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "banalytics-portal not found near {}: build it (`cargo build -p banalytics-tests --bin banalytics-portal`) or set BANALYTICS_PORTAL_BIN",
+        exe.display()
+    )
+}
+
+/// The real `banalytics-portal serve`, a process of its own so that a test
+/// can SIGKILL it; SIGKILLed on drop.
+pub struct PortalProcess {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data: PathBuf,
+    log: PathBuf,
+    runtime: tokio::runtime::Runtime,
+    client: AdminClient,
+}
+
+impl PortalProcess {
+    /// Starts `serve --data DATA [--listen ADDR] EXTRA..` and waits for its
+    /// `listening` line. Its stderr goes to `DATA/../portal-N.log`.
+    pub fn start(data: &Path, listen: Option<SocketAddr>, extra: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(data)?;
+        let log = unique_log(data, "portal")?;
+        let mut cmd = Command::new(portal_bin()?);
+        cmd.arg("serve").arg("--data").arg(data);
+        if let Some(addr) = listen {
+            cmd.arg("--listen").arg(addr.to_string());
+        }
+        let mut child = cmd
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting banalytics-portal serve")?;
+        let stdout = child.stdout.take().context("portal stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("portal printed no `listening` line within {DEADLINE:?}");
+            }
+        };
+        let Some(url) = line.trim().strip_prefix("listening ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "portal did not start ({line:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let addr: SocketAddr = url
+            .trim_start_matches("http://")
+            .parse()
+            .with_context(|| format!("portal address in {url:?}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(PortalProcess {
+            child: Some(child),
+            addr,
+            data: data.to_path_buf(),
+            log,
+            runtime,
+            client: AdminClient::new(url),
+        })
+    }
+
+    /// The address it listens on (to start it again on the same port).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the portal is not running");
+        };
+        signal(child.id(), libc::SIGTERM);
+        let status = poll_until(DEADLINE, "the portal to exit", || {
+            child.try_wait().ok().flatten()
+        });
+        if status.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
+    fn block<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.runtime.block_on(f)
+    }
+}
+
+impl Drop for PortalProcess {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+impl PortalApi for PortalProcess {
+    fn portal_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+    fn repo_url(&self) -> String {
+        format!("http://{}/repo", self.addr)
+    }
+    fn publish_module(&self, req: &PublishRequest) -> Result<ModuleObject> {
+        self.block(self.client.publish(req))
+    }
+    fn assign_set(&self, env: &str, coordinates: &[String]) -> Result<()> {
+        self.block(self.client.assign(env, coordinates))?;
+        Ok(())
+    }
+    fn sync_env(&self, env: &str) -> Result<usize> {
+        self.block(self.client.sync(env))
+    }
+    fn send_raw_text(&self, env: &str, text: &str) -> Result<usize> {
+        self.block(self.client.send_raw(env, text))
+    }
+    fn environment_reports(&self) -> Result<Vec<EnvironmentReport>> {
+        self.block(self.client.environments())
+    }
+    fn stats_report(&self) -> Result<StatsReport> {
+        self.block(self.client.stats())
+    }
+    fn reset_counters(&self) -> Result<()> {
+        self.block(self.client.reset_stats())?;
+        Ok(())
+    }
+    fn set_fault_switches(&self, faults: &Faults) -> Result<()> {
+        self.block(self.client.set_faults(faults))?;
+        Ok(())
+    }
+}
+
+fn unique_log(data: &Path, stem: &str) -> Result<PathBuf> {
+    let dir = data.parent().unwrap_or(data);
+    for n in 1.. {
+        let p = dir.join(format!("{stem}-{n}.log"));
+        if !p.exists() {
+            return Ok(p);
+        }
+    }
+    unreachable!("an unused log name")
+}
+
+fn signal(pid: u32, signal: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) on a child process of ours that was not reaped yet.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+}
+
+// ------------------------------------------------------------ the box
+
+/// How a box home is wired to its portal.
+#[derive(Debug, Clone)]
+pub struct BoxSettings {
+    /// The portal's `ws://` URL.
+    pub portal_url: String,
+    /// The repository URL.
+    pub repository_url: String,
+    /// The environment UUID; `None` leaves the box unregistered.
+    pub environment: Option<String>,
+    /// Extra lines for `[components.portal]`.
+    pub portal_extra: String,
+    /// Extra lines for `[components.upgrade-center]`.
+    pub upgrade_extra: String,
+    /// `[log] level`.
+    pub log_level: String,
+}
+
+impl BoxSettings {
+    /// A box of `env` talking to `portal`, with a short grace period and
+    /// restart delay so that tests do not wait.
+    pub fn new(portal: &dyn PortalApi, env: Option<&str>) -> BoxSettings {
+        BoxSettings {
+            portal_url: portal.portal_url(),
+            repository_url: portal.repo_url(),
+            environment: env.map(str::to_owned),
+            portal_extra: String::new(),
+            upgrade_extra: String::new(),
+            log_level: "info".into(),
+        }
+    }
+
+    /// `config/box.toml`.
+    pub fn box_toml(&self) -> String {
+        format!(
+            r#"[log]
+level = "{level}"
+format = "json"
+
+[components.portal]
+kind = "portal-integration"
+portal_url = "{portal}"
+ping_timeout_s = 10
+{portal_extra}
+
+[components.upgrade-center]
+kind = "software-upgrade-center"
+repository_url = "{repo}"
+restart_mode = "exit"
+restart_delay_ms = 200
+health_grace_s = 0.5
+max_boot_attempts = 3
+{upgrade_extra}
+"#,
+            level = self.log_level,
+            portal = self.portal_url,
+            portal_extra = self.portal_extra,
+            repo = self.repository_url,
+            upgrade_extra = self.upgrade_extra,
+        )
+    }
+}
+
+/// A box home and its `banalytics-box run` process, run the way a service
+/// manager runs it: [`ManagedBox::supervise`] starts it again when it exits
+/// [`EXIT_RESTART`]; any other exit is an error. SIGKILLed on drop.
+pub struct ManagedBox {
+    home: TempHome,
+    child: Option<Child>,
+    starts: usize,
+    exits: Vec<i32>,
+}
+
+impl ManagedBox {
+    /// A fresh home with `settings`; nothing runs yet.
+    pub fn new(settings: &BoxSettings) -> Result<ManagedBox> {
+        let home = TempHome::new(&settings.box_toml())?;
+        if let Some(env) = &settings.environment {
+            std::fs::write(
+                home.path().join("config/device-registration.properties"),
+                format!("environmentUuid={env}\n"),
+            )?;
+        }
+        Ok(ManagedBox {
+            home,
+            child: None,
+            starts: 0,
+            exits: Vec::new(),
+        })
+    }
+
+    /// The home.
+    pub fn home(&self) -> &TempHome {
+        &self.home
+    }
+
+    /// The home folder.
+    pub fn path(&self) -> PathBuf {
+        self.home.path()
+    }
+
+    /// Starts `run` without waiting for it to come up.
+    pub fn spawn(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "the box already runs");
+        self.starts += 1;
+        let log = std::fs::File::create(self.home.log_path(self.starts))?;
+        let child = Command::new(box_bin())
+            .arg("--home")
+            .arg(self.home.path())
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting banalytics-box run")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// What a service manager does, once: when the process exited with
+    /// [`EXIT_RESTART`], start it again and return `true`. Another exit is
+    /// an error with the log.
+    pub fn supervise(&mut self) -> Result<bool> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(false);
+        };
+        let Some(status) = child.try_wait()? else {
+            return Ok(false);
+        };
+        self.child = None;
+        let code = status.code().unwrap_or(-1);
+        self.exits.push(code);
+        if code != EXIT_RESTART {
+            bail!(
+                "box exited with {status} (start {}): {}",
+                self.starts,
+                self.log_tail(20)
+            );
+        }
+        self.spawn()?;
+        Ok(true)
+    }
+
+    /// Supervises until `done` returns `Some`, for at most `timeout`.
+    pub fn run_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&mut Self) -> Option<T>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        loop {
+            self.supervise()?;
+            if let Some(v) = done(self) {
+                return Ok(v);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what}; box log: {}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The exit statuses seen so far.
+    pub fn exits(&self) -> &[i32] {
+        &self.exits
+    }
+
+    /// How many times `run` was started.
+    pub fn starts(&self) -> usize {
+        self.starts
+    }
+
+    /// The running process's ID, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, and wait for it to be gone.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the box is not running");
+        };
+        signal(child.id(), libc::SIGTERM);
+        let status = poll_until(DEADLINE, "the box to exit", || {
+            child.try_wait().ok().flatten()
+        });
+        if status.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        status
+    }
+
+    /// `status --json` of the home.
+    pub fn status(&self) -> Result<Value> {
+        self.home.status()
+    }
+
+    /// The upgrade center's `details.sync`, from the running host.
+    pub fn sync_report(&self) -> Option<Value> {
+        let status = self.home.status().ok()?;
+        if status["host"]["running"] != true {
+            return None;
+        }
+        status["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["kind"] == "software-upgrade-center")
+            .map(|c| c["details"]["sync"].clone())
+            .filter(|s| !s.is_null())
+    }
+
+    /// The installed set, as `status` shows it (`g:a:v`, sorted).
+    pub fn installed(&self) -> Result<Vec<String>> {
+        let status = self.home.status()?;
+        let mut set: Vec<String> = status["upgrade"]["installed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        set.sort();
+        Ok(set)
+    }
+
+    /// Every log of this home, oldest start first.
+    pub fn log(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.home.log_path(n)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Names of the module files directly in `modules/` (not the
+    /// upgrade center's own `modules-*` records), sorted.
+    pub fn module_files(&self) -> Result<Vec<String>> {
+        let dir = self.path().join("modules");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_file() && !name.starts_with("modules-") {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+impl Drop for ManagedBox {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Reads `VmHWM` (peak resident set) of `pid` in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// Reads `VmRSS` of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Builds `banalytics-box` and `banalytics-portal` beside the running
+/// binary, with its profile, so that one `cargo run` of the demo or a
+/// benchmark is enough; sets `BANALYTICS_BOX_BIN` and
+/// `BANALYTICS_PORTAL_BIN`. Cargo does nothing when they are up to date.
+pub fn ensure_binaries() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?.to_path_buf();
+    let release = dir.ends_with("release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args([
+        "build",
+        "-p",
+        "banalytics-runtime",
+        "--bin",
+        "banalytics-box",
+        "-p",
+        "banalytics-tests",
+        "--bin",
+        "banalytics-portal",
+    ]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().context("building banalytics-box")?;
+    let bin = dir.join("banalytics-box");
+    let portal = dir.join("banalytics-portal");
+    if !status.success() || !bin.exists() || !portal.exists() {
+        bail!("could not build {} and {}", bin.display(), portal.display());
+    }
+    std::env::set_var("BANALYTICS_BOX_BIN", &bin);
+    std::env::set_var("BANALYTICS_PORTAL_BIN", &portal);
+    Ok(bin)
+}
