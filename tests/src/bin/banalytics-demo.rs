@@ -1,68 +1,194 @@
-//! The demo: a generated box home and the real `banalytics-box run`
-//! process, driven through its CLI. Prints what happens and a summary; exits
-//! 0 and leaves nothing running.
+//! The demo: the reference portal, a published v1 and v2 of a few modules
+//! (with dependency and model packages), a fresh box home and the real
+//! `banalytics-box run` process, started again by the demo whenever it
+//! exits 75, as a service manager would. The first run installs v1; v2 is
+//! assigned and synchronised (download progress, restart, swap, commit,
+//! `installed`); then v1 is assigned again, a rollback through the portal.
+//! Ends with what moved, the bytes and the time of each phase; exits 0 and
+//! leaves nothing running.
 //!
 //! `cargo run --release -p banalytics-tests --bin banalytics-demo`
 
 use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Instant,
+    collections::BTreeMap,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use banalytics_tests::{poll_until, TempHome, DEADLINE};
+use banalytics_tests::{
+    e2e::{ensure_binaries, BoxSettings, ManagedBox, ModuleSpec, PortalApi, EXIT_RESTART},
+    portal::{Faults, Portal, PortalConfig, PortalHandle},
+};
 
-const CONFIG: &str = r#"[log]
-level = "info"
+const ENV: &str = "d3m0d3m0-5eed-4000-8000-00000000cafe";
 
-[components.heartbeat]
-kind = "probe"
-restart_on_failure = "immediate"
+/// How long one phase may take before the demo gives up.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 
-[components.drill]
-kind = "probe"
-restart_on_failure = "stop"
-fail_while_file = "data/fail-drill"
-"#;
+/// The repository's bandwidth during the upgrade, so that the download
+/// progress is visible for a couple of seconds.
+const DEMO_BANDWIDTH: u64 = 24 * 1024 * 1024;
 
-/// Builds `banalytics-box` beside this binary when it is missing or older,
-/// with the same profile, so that one `cargo run` is enough.
-fn ensure_box_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?;
-    let bin = dir.join("banalytics-box");
-    let release = dir.ends_with("release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "-p",
-        "banalytics-runtime",
-        "--bin",
-        "banalytics-box",
-    ]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.status().context("building banalytics-box")?;
-    if !status.success() || !bin.exists() {
-        bail!("could not build {}", bin.display());
-    }
-    std::env::set_var("BANALYTICS_BOX_BIN", &bin);
-    Ok(bin)
+const MIB: u64 = 1024 * 1024;
+
+fn v1() -> Vec<ModuleSpec> {
+    vec![
+        ModuleSpec::new("com.banalytics.demo:camera:1.0", 2 * MIB).with_packages(),
+        ModuleSpec::new("com.banalytics.demo:motion:1.0", MIB).with_packages(),
+        ModuleSpec::new("com.banalytics.demo:recorder:1.0", MIB / 2),
+    ]
 }
 
-fn show(home: &TempHome) -> Result<()> {
-    let out = home.cli(&["status"])?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    Ok(())
+/// camera unchanged, motion changed, recorder removed, faces added.
+fn v2() -> Vec<ModuleSpec> {
+    vec![
+        ModuleSpec::new("com.banalytics.demo:camera:1.0", 2 * MIB).with_packages(),
+        ModuleSpec::new("com.banalytics.demo:motion:2.0", 24 * MIB).with_packages(),
+        ModuleSpec::new("com.banalytics.demo:faces:1.0", 16 * MIB).with_packages(),
+    ]
 }
 
-fn state(home: &TempHome, name: &str) -> Option<String> {
-    home.component(name)
-        .ok()
-        .and_then(|c| c["state"].as_str().map(str::to_owned))
+fn coords(specs: &[ModuleSpec]) -> Vec<String> {
+    specs.iter().map(|s| s.coordinates.clone()).collect()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+/// One phase's numbers for the summary.
+struct Phase {
+    name: &'static str,
+    moved: String,
+    bytes: u64,
+    restarts: usize,
+    took: Duration,
+}
+
+/// What changed between two installed sets (`g:a:v`), by artifact.
+fn moved(before: &[String], after: &[String]) -> String {
+    let by_artifact = |set: &[String]| -> BTreeMap<String, String> {
+        set.iter()
+            .filter_map(|c| {
+                let mut p = c.splitn(3, ':');
+                let (_, a, v) = (p.next()?, p.next()?, p.next()?);
+                Some((a.to_owned(), v.to_owned()))
+            })
+            .collect()
+    };
+    let (b, a) = (by_artifact(before), by_artifact(after));
+    let mut out = Vec::new();
+    for (name, v) in &a {
+        match b.get(name) {
+            None => out.push(format!("+{name} {v}")),
+            Some(old) if old != v => out.push(format!("~{name} {old}->{v}")),
+            Some(_) => {}
+        }
+    }
+    for (name, v) in &b {
+        if !a.contains_key(name) {
+            out.push(format!("-{name} {v}"));
+        }
+    }
+    if out.is_empty() {
+        "nothing".into()
+    } else {
+        out.join(", ")
+    }
+}
+
+fn repo_bytes(portal: &PortalHandle) -> u64 {
+    portal
+        .stats()
+        .paths
+        .iter()
+        .filter(|(p, _)| p.starts_with("/repo/"))
+        .map(|(_, s)| s.bytes)
+        .sum()
+}
+
+/// Runs the box like a service manager until the portal hears `installed`
+/// after status number `after`, printing the statuses as they arrive, the
+/// synchronisation's steps and its download progress.
+fn drive(portal: &PortalHandle, b: &mut ManagedBox, after: usize) -> Result<usize> {
+    let start = Instant::now();
+    let mut printed = after;
+    let mut restarts = 0;
+    let mut last_state = String::new();
+    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    loop {
+        if b.supervise()? {
+            restarts += 1;
+            println!(
+                "   box exited {EXIT_RESTART} (a staged set is ready): started again, as a service manager would; `run` applies it"
+            );
+        }
+        let lines = portal.statuses(ENV)?;
+        for l in lines.iter().skip(printed) {
+            println!("   portal <- {l}");
+        }
+        printed = printed.max(lines.len());
+        if let Some(sync) = b.sync_report() {
+            let state = sync["state"].as_str().unwrap_or("?").to_owned();
+            let (done, total) = (
+                sync["done_bytes"].as_u64().unwrap_or(0),
+                sync["total_bytes"].as_u64().unwrap_or(0),
+            );
+            if state != last_state {
+                println!("   box sync: {state}");
+                last_state = state.clone();
+            }
+            if state == "downloading"
+                && total > 0
+                && last_progress.elapsed() >= Duration::from_millis(300)
+            {
+                let pct = (done * 100).checked_div(total).unwrap_or(0);
+                println!("     {} / {} ({pct}%)", mib(done), mib(total));
+                last_progress = Instant::now();
+            }
+        }
+        if lines
+            .iter()
+            .skip(after)
+            .any(|l| l.status == "installed" || l.status == "installation_cancelled")
+        {
+            if let Some(l) = lines
+                .iter()
+                .skip(after)
+                .find(|l| l.status == "installation_cancelled")
+            {
+                bail!("the box cancelled the installation: {l}");
+            }
+            return Ok(restarts);
+        }
+        if start.elapsed() > PHASE_TIMEOUT {
+            bail!(
+                "no `installed` within {PHASE_TIMEOUT:?}; box log:\n{}",
+                b.log_tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn show_installed(b: &ManagedBox) -> Result<Vec<String>> {
+    let status = b.status()?;
+    let list = |k: &str| -> Vec<String> {
+        status["upgrade"][k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let installed = list("installed");
+    println!("   installed: {}", installed.join(", "));
+    let backup = list("backup");
+    if !backup.is_empty() {
+        println!("   backup:    {}", backup.join(", "));
+    }
+    println!("   modules/:  {}", b.module_files()?.join(", "));
+    Ok(installed)
 }
 
 fn step(n: u32, what: &str) {
@@ -70,91 +196,145 @@ fn step(n: u32, what: &str) {
 }
 
 fn main() -> Result<()> {
-    let bin = ensure_box_binary()?;
-    let home = TempHome::new(CONFIG)?;
-    let data = home.path().join("data");
-    std::fs::create_dir_all(&data)?;
+    let bin = ensure_binaries()?;
+    let dir = tempfile::Builder::new()
+        .prefix("banalytics-demo-")
+        .tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
     println!(
-        "banalytics-box: {}\nhome: {}",
+        "banalytics-box: {}\nportal: {} (repository {})",
         bin.display(),
-        home.path().display()
+        portal.url(),
+        portal.repo_url()
     );
-    let mut phases = Vec::new();
-
-    step(
-        1,
-        "start the host with the drill component set to fail (restart_on_failure = \"stop\")",
-    );
-    std::fs::write(data.join("fail-drill"), b"")?;
-    let t = Instant::now();
-    let host = home.start(1)?;
-    poll_until(DEADLINE, "drill in ERROR", || {
-        (state(&home, "drill").as_deref() == Some("ERROR")).then_some(())
-    })?;
-    phases.push(("start, components up", t.elapsed()));
-    show(&home)?;
-
-    step(2, "clear the fault and `banalytics-box restart drill`");
-    std::fs::remove_file(data.join("fail-drill"))?;
-    let t = Instant::now();
-    let out = home.cli(&["restart", "drill"])?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    poll_until(DEADLINE, "drill in RUN", || {
-        (state(&home, "drill").as_deref() == Some("RUN")).then_some(())
-    })?;
-    phases.push(("manual restart to RUN", t.elapsed()));
-    show(&home)?;
-
-    step(
-        3,
-        "SIGTERM: components stop in reverse order, exit status 0",
-    );
-    let t = Instant::now();
-    let status = host.signal_and_wait(libc::SIGTERM)?;
-    phases.push(("stop", t.elapsed()));
-    if !status.success() {
-        bail!("host exited with {status}");
-    }
-    println!("exit status: {}", status.code().unwrap_or(-1));
-
-    step(4, "start again: the same component IDs");
-    let before = home.status()?;
-    let again = home.start(2)?;
-    let after = home.status()?;
-    let ids = |v: &serde_json::Value| -> Vec<String> {
-        v["components"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| c["id"].to_string())
-            .collect()
-    };
-    if ids(&before) != ids(&after) {
-        bail!("IDs changed: {before} vs {after}");
-    }
-    println!("IDs unchanged: {}", ids(&after).join(", "));
-    again.signal_and_wait(libc::SIGTERM)?;
+    let result = demo(&portal, dir.path());
+    portal.shutdown_blocking();
+    let phases = result?;
 
     println!("\n== summary");
-    for (phase, took) in phases {
-        println!("{phase:<24} {:>8.1} ms", took.as_secs_f64() * 1e3);
+    println!(
+        "{:<30} {:<46} {:>10} {:>8} {:>9}",
+        "PHASE", "MOVED", "FETCHED", "RESTARTS", "TIME"
+    );
+    for p in &phases {
+        println!(
+            "{:<30} {:<46} {:>10} {:>8} {:>7.2} s",
+            p.name,
+            p.moved,
+            mib(p.bytes),
+            p.restarts,
+            p.took.as_secs_f64()
+        );
     }
-    print_log_tail(&home.log_path(1))?;
+    println!("\nthe portal and the box are stopped; nothing is left running");
     Ok(())
 }
 
-fn print_log_tail(log: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(log)?;
-    println!("\nhost log ({}), last lines:", log.display());
-    for line in text
-        .lines()
-        .rev()
-        .take(6)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-    {
-        println!("  {line}");
+fn demo(portal: &PortalHandle, dir: &std::path::Path) -> Result<Vec<Phase>> {
+    step(1, "publish v1 and v2 on the reference portal");
+    let files = dir.join("files");
+    let mut all = v1();
+    all.extend(v2().into_iter().skip(1));
+    for m in portal.publish_all(&files, &all)? {
+        println!(
+            "   {:<36} {:>9}  dependencies: {:<3} model: {}",
+            m.coordinates(),
+            mib(m.size),
+            if m.dependencies.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            if m.model.is_some() { "yes" } else { "no" }
+        );
     }
-    Ok(())
+    portal.assign_set(ENV, &coords(&v1()))?;
+    println!("   assigned v1 to environment {ENV}");
+
+    let mut settings = BoxSettings::new(portal, Some(ENV));
+    settings.log_level = "info".into();
+    let mut b = ManagedBox::new(&settings)?;
+    println!("   box home: {}", b.path().display());
+    let mut phases = Vec::new();
+
+    step(2, "first run: the box installs v1");
+    let t = Instant::now();
+    portal.reset_stats();
+    b.spawn()?;
+    let restarts = drive(portal, &mut b, 0)?;
+    let installed_v1 = show_installed(&b)?;
+    phases.push(Phase {
+        name: "first run installs v1",
+        moved: moved(&[], &installed_v1),
+        bytes: repo_bytes(portal),
+        restarts,
+        took: t.elapsed(),
+    });
+
+    step(
+        3,
+        "assign v2 (camera kept, motion changed, recorder removed, faces added) and EVT_SYNC_SOFT",
+    );
+    portal.set_faults(Faults {
+        bandwidth_bytes_per_s: Some(DEMO_BANDWIDTH),
+        ..Faults::default()
+    });
+    println!(
+        "   (repository capped at {}/s so that the progress shows)",
+        mib(DEMO_BANDWIDTH)
+    );
+    let t = Instant::now();
+    portal.reset_stats();
+    let seen = portal.statuses(ENV)?.len();
+    portal.assign_set(ENV, &coords(&v2()))?;
+    portal
+        .wait_connected(ENV, Duration::from_secs(20))
+        .context("the box is not connected to the portal")?;
+    println!("   EVT_SYNC_SOFT to {} connection(s)", portal.sync(ENV));
+    let restarts = drive(portal, &mut b, seen)?;
+    let installed_v2 = show_installed(&b)?;
+    phases.push(Phase {
+        name: "upgrade to v2",
+        moved: moved(&installed_v1, &installed_v2),
+        bytes: repo_bytes(portal),
+        restarts,
+        took: t.elapsed(),
+    });
+    portal.set_faults(Faults::default());
+
+    step(
+        4,
+        "rollback through the portal: assign v1 again and EVT_SYNC_SOFT",
+    );
+    let t = Instant::now();
+    portal.reset_stats();
+    let seen = portal.statuses(ENV)?.len();
+    portal.assign_set(ENV, &coords(&v1()))?;
+    portal.wait_connected(ENV, Duration::from_secs(20))?;
+    println!("   EVT_SYNC_SOFT to {} connection(s)", portal.sync(ENV));
+    let restarts = drive(portal, &mut b, seen)?;
+    let installed_back = show_installed(&b)?;
+    phases.push(Phase {
+        name: "rollback to v1 via the portal",
+        moved: moved(&installed_v2, &installed_back),
+        bytes: repo_bytes(portal),
+        restarts,
+        took: t.elapsed(),
+    });
+    if installed_back != installed_v1 {
+        bail!("the rollback left {installed_back:?}, not {installed_v1:?}");
+    }
+
+    step(5, "`banalytics-box verify`, then SIGTERM");
+    let out = b.home().cli(&["verify"])?;
+    print!("   {}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!("verify failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let status = b.stop()?;
+    println!("   box exit status: {}", status.code().unwrap_or(-1));
+    if !status.success() {
+        bail!("the box exited with {status}");
+    }
+    Ok(phases)
 }
