@@ -85,7 +85,7 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
 
 fn config(portal: &PortalHandle) -> String {
     format!(
-        "[components.portal]\nkind = \"portal-integration\"\nportal_url = \"{}\"\n\n[components.upgrade-center]\nkind = \"software-upgrade-center\"\nrepository_url = \"{}\"\nrestart_delay_ms = 0\n",
+        "[components.portal]\nkind = \"portal-integration\"\nportal_url = \"{}\"\n\n[components.upgrade-center]\nkind = \"software-upgrade-center\"\nrepository_url = \"{}\"\n",
         portal.portal_url(),
         portal.repo_url()
     )

@@ -85,7 +85,6 @@ portal_url = "{}"
 kind = "software-upgrade-center"
 repository_url = "{}"
 restart_mode = "{restart_mode}"
-restart_delay_ms = 200
 health_grace_s = 0.5
 max_boot_attempts = 2
 
