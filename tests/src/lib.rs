@@ -1,6 +1,7 @@
 //! Support for whole-system tests: temporary box homes, the real
 //! `banalytics-box` process, and polling with a deadline instead of sleeps.
 
+pub mod fixtures;
 pub mod portal;
 
 use std::{

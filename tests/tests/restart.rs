@@ -4,57 +4,17 @@
 //! whose component fails at start is rolled back after `max_boot_attempts`
 //! starts with `installation_cancelled` naming the reason.
 
-use std::{io::Write, path::Path, process::ExitStatus, time::Duration};
+use std::{process::ExitStatus, time::Duration};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use banalytics_tests::{
+    fixtures::publish,
     poll_until,
-    portal::{ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    portal::{Portal, PortalConfig, PortalHandle},
     TempHome, DEADLINE,
 };
 
 const ENV: &str = "5f0c7a1e-0000-4000-8000-00000000beef";
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, body) in entries {
-        w.start_file(*name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        w.write_all(body).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// Publishes `artifact:version` with a dependency and a model package.
-fn publish(portal: &PortalHandle, dir: &Path, artifact: &str, version: &str) -> Result<()> {
-    let main = dir.join(format!("{artifact}-{version}.jar"));
-    std::fs::write(&main, format!("{artifact} {version} main").repeat(200))?;
-    let bin = dir.join(format!("{artifact}-{version}-bin.zip"));
-    std::fs::write(
-        &bin,
-        zip_of(&[(
-            &format!("lib/{artifact}-dep.jar"),
-            format!("{artifact} {version} dep").as_bytes(),
-        )]),
-    )?;
-    let model = dir.join(format!("{artifact}-{version}-model.zip"));
-    std::fs::write(
-        &model,
-        zip_of(&[(
-            &format!("{artifact}/model.bin"),
-            format!("{artifact} {version} model").as_bytes(),
-        )]),
-    )?;
-    let mut req = PublishRequest::new(
-        &format!("com.example:{artifact}:{version}"),
-        ModuleType::Component,
-        &main,
-    );
-    req.bin = Some(bin);
-    req.model = Some(model);
-    portal.publish(&req).context("publish")?;
-    Ok(())
-}
 
 struct World {
     _dir: tempfile::TempDir,
@@ -68,9 +28,9 @@ fn world(restart_mode: &str) -> Result<World> {
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
     let files = dir.path().join("files");
     std::fs::create_dir_all(&files)?;
-    publish(&portal, &files, "alpha", "1.0")?;
-    publish(&portal, &files, "beta", "1.0")?;
-    publish(&portal, &files, "broken", "1.0")?;
+    publish(&portal, &files, "alpha", "1.0", None)?;
+    publish(&portal, &files, "beta", "1.0", None)?;
+    publish(&portal, &files, "broken", "1.0", None)?;
     portal.assign(ENV, &["com.example:alpha:1.0", "com.example:beta:1.0"])?;
     let config = format!(
         r#"[log]
