@@ -330,8 +330,12 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
             .and_then(|r| r.data);
         let Some(data) = data else {
             bar.finish_and_clear();
-            eprintln!("banalytics-box: the host stopped (it restarts to apply a staged set, or was stopped)");
-            return Ok(EXIT_OK);
+            if Layout::new(home.root()).has_staged_set() {
+                println!("synchronisation staged: the host stopped to restart and apply it");
+                return Ok(EXIT_OK);
+            }
+            eprintln!("banalytics-box: the host stopped before the synchronisation ended");
+            return Ok(EXIT_FAILURE);
         };
         let sync = data["components"]
             .as_array()
@@ -368,7 +372,7 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
                 });
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

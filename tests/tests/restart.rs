@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use banalytics_tests::{
     fixtures::publish,
     poll_until,
-    portal::{Portal, PortalConfig, PortalHandle},
+    portal::{Faults, Portal, PortalConfig, PortalHandle},
     TempHome, DEADLINE,
 };
 
@@ -154,7 +154,7 @@ fn a_staged_set_exits_75_and_the_next_start_applies_commits_and_reports_installe
         status["upgrade"]["probation"].is_null(),
         "still on probation: {status}"
     );
-    ensure!(w.home.path().join("modules/lib/alpha-dep.jar").exists());
+    ensure!(w.home.path().join("modules/lib/alpha.jar").exists());
     ensure!(w.home.path().join("models/beta/model.bin").exists());
     ensure!(w.home.cli(&["verify"])?.status.success());
     let all: Vec<String> = w.statuses().iter().map(|s| s.1.clone()).collect();
@@ -255,6 +255,11 @@ fn upgrade_wait_follows_the_synchronisation_with_progress_lines() -> Result<()> 
     w.wait_for_status("installed", 0)?;
     w.portal
         .assign(ENV, &["com.example:alpha:1.0", "com.example:broken:1.0"])?;
+    // Slow enough that the progress is seen while it moves.
+    w.portal.set_faults(Faults {
+        bandwidth_bytes_per_s: Some(4_000),
+        ..Faults::default()
+    });
     let out = w.home.cli(&["upgrade", "--wait"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
@@ -264,9 +269,10 @@ fn upgrade_wait_follows_the_synchronisation_with_progress_lines() -> Result<()> 
     );
     ensure!(text.contains(" bytes"), "no progress line: {text}");
     ensure!(
-        text.contains("synchronisation staged: 2 modules staged"),
-        "{text}"
+        text.contains("downloading: "),
+        "no download progress: {text}"
     );
+    ensure!(text.contains("synchronisation staged"), "{text}");
     ensure!(host.wait(DEADLINE)?.code() == Some(75));
     Ok(())
 }
