@@ -51,7 +51,10 @@ fn refuses_an_unknown_kind_naming_file_line_and_accepted_kinds() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&format!("{}:3:", file.display())), "{err}");
     assert!(err.contains("\"camera\""), "{err}");
-    assert!(err.contains("accepted kinds: probe, software-upgrade-center"), "{err}");
+    assert!(
+        err.contains("accepted kinds: probe, software-upgrade-center"),
+        "{err}"
+    );
 }
 
 #[test]
