@@ -72,7 +72,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(home: &Home) -> Result<u8, Error> {
-    let registry = Registry::builtin();
+    let (registry, plugins) = Registry::builtin().with_plugins(&home.root().join("modules"));
     let config = BoxConfig::load(home.root(), &registry.names())?;
     let lock_path = home.state_dir().join("host.lock");
     let io = |path: PathBuf| move |source| Error::Io { path, source };
@@ -84,6 +84,7 @@ fn run(home: &Home) -> Result<u8, Error> {
                 lock: lock_path,
             })?;
     logging::init(&config.log);
+    plugins.log();
     let system = actix_rt::System::new();
     let code = system.block_on(async {
         let host = Arc::new(Host::build(home, &config, &registry)?);
@@ -144,7 +145,7 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
 /// What `status` shows when no host runs: the configured components with
 /// their IDs, all stopped.
 fn offline_status(home: &Home) -> Result<serde_json::Value, Error> {
-    let registry = Registry::builtin();
+    let (registry, _) = Registry::builtin().with_plugins(&home.root().join("modules"));
     let config = BoxConfig::load(home.root(), &registry.names())?;
     let ids = ids::load(&home.ids_file()).map_err(|source| Error::Io {
         path: home.ids_file(),
