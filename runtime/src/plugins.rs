@@ -71,6 +71,7 @@ struct Api {
     start: StartFn,
     stop: InstanceFn,
     deliver: DeliverFn,
+    restart_failed: InstanceFn,
     destroy: InstanceFn,
     free_buf: FreeBufFn,
 }
@@ -239,6 +240,9 @@ fn load(
             stop: std::mem::transmute::<*mut c_void, InstanceFn>(sym("banalytics_plugin_stop")?),
             deliver: std::mem::transmute::<*mut c_void, DeliverFn>(sym(
                 "banalytics_plugin_deliver",
+            )?),
+            restart_failed: std::mem::transmute::<*mut c_void, InstanceFn>(sym(
+                "banalytics_plugin_restart_failed",
             )?),
             destroy: std::mem::transmute::<*mut c_void, InstanceFn>(sym(
                 "banalytics_plugin_destroy",
@@ -469,6 +473,13 @@ impl Component for PluginComponent {
             *self.side.bridge.lock().expect("bridge poisoned") = None;
             return Err(ComponentError::Start(plugin.message(code, err)));
         }
+        let instance = self.instance;
+        ctx.on_restart_failed(move || {
+            // SAFETY: a live instance: the hook is called only by the
+            // host's `restart` of this component, while the proxy, which
+            // destroys the instance when dropped, exists.
+            unsafe { (plugin.api.restart_failed)(instance.0) };
+        });
         // Forward only now: a message that came meanwhile waits in its
         // subscription and reaches the started instance.
         let threads = subs

@@ -30,6 +30,7 @@
 //! | `banalytics_plugin_start(instance, args: Bytes, err: *mut Buf) -> code` | starts it with a [`StartMessage`]; waits for the component's `start` |
 //! | `banalytics_plugin_stop(instance) -> code` | stops its actors (as the crate docs say) and calls `stopped`; waits |
 //! | `banalytics_plugin_deliver(instance, topic: Bytes, message: Bytes) -> code` | a bus message for the instance; waits while its queue is full |
+//! | `banalytics_plugin_restart_failed(instance) -> code` | restarts the instance's failed actors now (`banalytics-box restart`) |
 //! | `banalytics_plugin_destroy(instance) -> code` | stops if running, ends the instance's thread; the pointer is dangling after |
 //! | `banalytics_plugin_free_buf(buf: Buf)` | frees a buffer the plugin returned |
 //!
@@ -449,6 +450,13 @@ macro_rules! export_plugin {
             /// # Safety
             /// See `banalytics_sdk::plugin`.
             #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_restart_failed(instance: *mut c_void) -> i32 {
+                unsafe { guest::restart_failed(instance) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
             pub unsafe extern "C" fn banalytics_plugin_destroy(instance: *mut c_void) -> i32 {
                 unsafe { guest::destroy(instance) }
             }
@@ -677,11 +685,13 @@ pub mod guest {
             std::sync::mpsc::SyncSender<Result<(), String>>,
         ),
         Stop(std::sync::mpsc::SyncSender<()>),
-        Deliver(String, Vec<u8>),
+        RestartFailed(std::sync::mpsc::SyncSender<()>),
+        Deliver(&'static str, Vec<u8>),
     }
 
     /// One component instance: its thread and the channel to it.
     struct Instance {
+        kind: &'static PluginKind,
         tx: mpsc::Sender<Command>,
         thread: std::thread::JoinHandle<()>,
     }
@@ -738,7 +748,11 @@ pub mod guest {
                     system.block_on(driver.run(rx));
                 })
                 .map_err(error)?;
-            let instance = Box::new(Instance { tx, thread });
+            let instance = Box::new(Instance {
+                kind: plugin_kind,
+                tx,
+                thread,
+            });
             // SAFETY: the host passes a writable pointer slot.
             unsafe { out.write(Box::into_raw(instance).cast()) };
             Ok(())
@@ -788,6 +802,23 @@ pub mod guest {
         })
     }
 
+    /// `banalytics_plugin_restart_failed`.
+    ///
+    /// # Safety
+    /// As the module docs say.
+    pub unsafe fn restart_failed(instance: *mut c_void) -> i32 {
+        guard(std::ptr::null_mut(), || {
+            // SAFETY: the host passes a live instance.
+            let inst = unsafe { self::instance(instance) };
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            let closed = || (RC_CLOSED, String::new());
+            inst.tx
+                .blocking_send(Command::RestartFailed(reply))
+                .map_err(|_| closed())?;
+            answer.recv().map_err(|_| closed())
+        })
+    }
+
     /// `banalytics_plugin_deliver`.
     ///
     /// # Safety
@@ -802,7 +833,18 @@ pub mod guest {
                     message.as_slice(),
                 )
             };
-            let topic = String::from_utf8_lossy(topic).into_owned();
+            // Only the topics the kind declared; `&'static` spares a copy.
+            let topic = inst
+                .kind
+                .subscribes
+                .iter()
+                .find(|t| t.as_bytes() == topic)
+                .ok_or_else(|| {
+                    error(format!(
+                        "topic {:?} is not one the kind subscribes to",
+                        String::from_utf8_lossy(topic)
+                    ))
+                })?;
             inst.tx
                 .blocking_send(Command::Deliver(topic, message.to_vec()))
                 .map_err(|_| (RC_CLOSED, String::new()))
@@ -817,7 +859,7 @@ pub mod guest {
         guard(std::ptr::null_mut(), || {
             // SAFETY: the host hands the instance back, once.
             let inst = unsafe { Box::from_raw(instance.cast::<Instance>()) };
-            let Instance { tx, thread } = *inst;
+            let Instance { tx, thread, .. } = *inst;
             drop(tx);
             thread.join().map_err(|p| (RC_PANICKED, panic_message(&*p)))
         })
@@ -865,9 +907,15 @@ pub mod guest {
                         self.stop().await;
                         let _ = reply.send(());
                     }
+                    Command::RestartFailed(reply) => {
+                        if let Some(running) = &self.running {
+                            running.ctx.restart_failed();
+                        }
+                        let _ = reply.send(());
+                    }
                     Command::Deliver(topic, json) => {
                         let except = self.running.as_ref().map_or(&[][..], |r| &r.except);
-                        if let Err(e) = self.bus.publish_raw_except(&topic, json, except).await {
+                        if let Err(e) = self.bus.publish_raw_except(topic, json, except).await {
                             tracing::warn!(component = %self.init.name, error = %e, "message from the host refused");
                         }
                     }

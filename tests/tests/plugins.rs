@@ -262,6 +262,45 @@ fn a_panic_in_the_plugin_actor_is_restarted_after_the_policy_delay() -> Result<(
 }
 
 #[test]
+fn a_failed_plugin_actor_under_stop_waits_for_a_manual_restart() -> Result<()> {
+    let config = ECHO_AND_PROBE.replace(
+        "restart_on_failure = \"10s\"",
+        "restart_on_failure = \"stop\"",
+    );
+    let home = home_with_modules(&config, &[("com.example-sample-1.0.so", &samples().normal)])?;
+    let host = home.start(1)?;
+    wait_for_state(&home, "echo", "RUN")?;
+    let answer = exchange(
+        &home,
+        "sample.request",
+        json!({ "seq": 1, "panic": true }),
+        "sample.reply",
+        Duration::from_millis(300),
+    )?;
+    assert!(answer.is_err());
+    wait_for_state(&home, "echo", "ERROR")?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        home.component("echo")?["state"],
+        "ERROR",
+        "stays down under stop"
+    );
+
+    let out = home.cli(&["restart", "echo"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = request(&home, 2, false, DEADLINE)?;
+    assert_eq!(reply["generation"], 2, "answered by a fresh actor: {reply}");
+    let echo = wait_for_state(&home, "echo", "RUN")?;
+    assert_eq!(echo["restart_count"], 1, "{echo}");
+    assert_eq!(host.signal_and_wait(libc::SIGTERM)?.code(), Some(0));
+    Ok(())
+}
+
+#[test]
 fn a_plugin_of_another_abi_version_is_refused_and_other_libraries_are_skipped() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let junk = dir.path().join("junk.so");
