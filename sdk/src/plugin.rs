@@ -367,7 +367,7 @@ pub struct StateMessage {
 /// Exports `kinds` (constant [`PluginKind`]s) as a plugin library: generates
 /// the `extern "C"` functions the module docs list. Use once per library:
 ///
-/// ```ignore
+/// ```text
 /// banalytics_sdk::export_plugin!(MY_KIND);
 /// ```
 ///
@@ -1004,6 +1004,42 @@ pub mod guest {
             self.host.state(&self.board, &self.init.name);
             self.board
                 .set_component(&self.init.name, State::Stopped, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_identity_mismatch_names_each_expected_and_found_value() {
+        let host = Identity::host();
+        assert_eq!(host.mismatch(&Identity::host()), None);
+        let other = Identity {
+            sdk_version: "0.0.9".into(),
+            target: "aarch64-unknown-linux-gnu".into(),
+            ..Identity::host()
+        };
+        assert_eq!(
+            other.mismatch(&host).unwrap(),
+            format!(
+                "SDK version: expected {:?}, found \"0.0.9\"; target: expected {:?}, found \"aarch64-unknown-linux-gnu\"",
+                SDK_VERSION, TARGET
+            )
+        );
+        assert!(RUSTC_VERSION.starts_with("rustc "), "{RUSTC_VERSION}");
+    }
+
+    #[test]
+    fn a_buf_gives_back_the_allocation_it_took() {
+        let buf = Buf::from_vec(b"hello".to_vec());
+        // SAFETY: a live buffer of this library, taken back once.
+        unsafe {
+            assert_eq!(buf.as_slice(), b"hello");
+            assert_eq!(buf.into_vec(), b"hello".to_vec());
+            assert!(Buf::EMPTY.into_vec().is_empty());
+            assert!(Bytes::of(&[]).as_slice().is_empty());
         }
     }
 }
