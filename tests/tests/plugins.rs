@@ -5,8 +5,6 @@
 //! first message on another).
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
@@ -96,8 +94,6 @@ fn home_with_modules(config: &str, files: &[(&str, &Path)]) -> Result<TempHome> 
     Ok(home)
 }
 
-/// The control socket's `exchange`: publishes `message` on `topic` and
-/// returns the first message on `reply_topic`, or the host's refusal.
 fn exchange(
     home: &TempHome,
     topic: &str,
@@ -105,24 +101,7 @@ fn exchange(
     reply_topic: &str,
     timeout: Duration,
 ) -> Result<std::result::Result<Value, String>> {
-    let socket = home.path().join("state/control.sock");
-    let mut stream = UnixStream::connect(&socket).context("control socket")?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let request = json!({
-        "cmd": "exchange",
-        "topic": topic,
-        "message": message,
-        "reply_topic": reply_topic,
-        "timeout_ms": timeout.as_millis() as u64,
-    });
-    writeln!(stream, "{request}")?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    let answer: Value = serde_json::from_str(&line).context("control answer")?;
-    Ok(match answer["ok"].as_bool() {
-        Some(true) => Ok(answer["data"].clone()),
-        _ => Err(answer["message"].as_str().unwrap_or("").to_owned()),
-    })
+    home.exchange(topic, message, reply_topic, timeout)
 }
 
 fn request(home: &TempHome, seq: u64, panic: bool, timeout: Duration) -> Result<Value> {
