@@ -502,8 +502,12 @@ impl Component for PluginComponent {
                                     Bytes::of(&json),
                                 )
                             };
-                            if code != RC_OK {
-                                break;
+                            match code {
+                                RC_OK => {}
+                                RC_CLOSED => break,
+                                code => {
+                                    warn!(plugin = %plugin.label, topic = %name, code, "plugin refused a message");
+                                }
                             }
                         }
                     })
