@@ -181,6 +181,25 @@ impl StatusBoard {
         });
     }
 
+    /// Records an actor's whole status as another board reported it: the
+    /// host mirrors a plugin's actors this way, restart count included, so
+    /// that a restart is counted even when its states arrive coalesced.
+    pub fn mirror_actor(&self, component: &str, actor: &str, status: ActorStatus) {
+        self.update(|entries| {
+            if let Some(e) = entries.get_mut(component) {
+                let known = e.actors.get(actor).and_then(|a| a.last_error.clone());
+                if let Some(reason) = status
+                    .last_error
+                    .as_ref()
+                    .filter(|r| Some(*r) != known.as_ref())
+                {
+                    e.last_error = Some(format!("actor {actor}: {reason}"));
+                }
+                e.actors.insert(actor.to_owned(), status);
+            }
+        });
+    }
+
     /// Replaces what component `name` reports about itself.
     pub fn set_details(&self, name: &str, details: serde_json::Value) {
         self.update(|entries| {

@@ -7,7 +7,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +24,34 @@ restart_on_failure = "immediate"
 kind = "probe"
 restart_on_failure = "stop"
 fail_while_file = "data/fail-drill"
+
+[components.echo]
+kind = "sample-echo"
+restart_on_failure = "immediate"
 "#;
+
+/// Builds the sample plugin (`components/sample`) with the same profile and
+/// returns its library, which the demo puts in the home's `modules/`.
+fn ensure_sample_plugin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "banalytics-sample", "--lib"]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().context("building the sample plugin")?;
+    let lib = dir.join(format!(
+        "{}banalytics_sample.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    ));
+    if !status.success() || !lib.exists() {
+        bail!("could not build {}", lib.display());
+    }
+    Ok(lib)
+}
 
 /// Builds `banalytics-box` beside this binary when it is missing or older,
 /// with the same profile, so that one `cargo run` is enough.
@@ -71,9 +98,13 @@ fn step(n: u32, what: &str) {
 
 fn main() -> Result<()> {
     let bin = ensure_box_binary()?;
+    let plugin = ensure_sample_plugin()?;
     let home = TempHome::new(CONFIG)?;
     let data = home.path().join("data");
     std::fs::create_dir_all(&data)?;
+    let modules = home.path().join("modules");
+    std::fs::create_dir_all(&modules)?;
+    std::fs::copy(&plugin, modules.join("com.example-sample-1.0.so"))?;
     println!(
         "banalytics-box: {}\nhome: {}",
         bin.display(),
@@ -107,6 +138,31 @@ fn main() -> Result<()> {
 
     step(
         3,
+        "the plugin component echo (modules/com.example-sample-1.0.so): a request over the bus, then a panic in its actor",
+    );
+    let t = Instant::now();
+    let ask = |seq: u64, panic: bool| {
+        home.exchange(
+            "sample.request",
+            serde_json::json!({ "seq": seq, "panic": panic }),
+            "sample.reply",
+            Duration::from_millis(if panic { 300 } else { 5_000 }),
+        )
+    };
+    let reply = ask(1, false)?.map_err(anyhow::Error::msg)?;
+    println!("request 1 -> {reply}");
+    phases.push(("plugin round trip", t.elapsed()));
+    let answer = ask(2, true)?;
+    println!("request 2 (panic) -> {answer:?}");
+    let reply = ask(3, false)?.map_err(anyhow::Error::msg)?;
+    println!("request 3 -> {reply} (a fresh actor: generation 2)");
+    if reply["generation"] != 2 {
+        bail!("the plugin actor was not restarted: {reply}");
+    }
+    show(&home)?;
+
+    step(
+        4,
         "SIGTERM: components stop in reverse order, exit status 0",
     );
     let t = Instant::now();
@@ -117,7 +173,7 @@ fn main() -> Result<()> {
     }
     println!("exit status: {}", status.code().unwrap_or(-1));
 
-    step(4, "start again: the same component IDs");
+    step(5, "start again: the same component IDs");
     let before = home.status()?;
     let again = home.start(2)?;
     let after = home.status()?;
