@@ -4,8 +4,8 @@
 //! the threads).
 //!
 //! Loading, per file with the platform's library extension, in name order:
-//! 1. `dlopen`; a file that is not a loadable library is skipped with a
-//!    warning.
+//! 1. Open it with `libloading` (`RTLD_NOW | RTLD_LOCAL`); a file that is
+//!    not a loadable library is skipped with a warning.
 //! 2. `banalytics_plugin_abi_version`; a library without it is not a plugin
 //!    and is skipped with a warning naming the missing symbol. A different
 //!    version is refused before anything else of the library is called.
@@ -20,20 +20,17 @@
 //! A refused library never stops the host: its kinds are unknown, so a
 //! `box.toml` that names them is refused like any unknown kind.
 //!
-//! **Libraries are never unloaded** (no `dlclose`): a plugin's threads,
+//! **Libraries are never unloaded** (the `Library` is leaked): a plugin's threads,
 //! thread-locals and statics (its tracing subscriber, its panic hook) live as
 //! long as the process. A new version takes effect at the next start.
 //!
-//! `dlopen` is called through `libc`, which the host already uses: the three
-//! calls did not justify `libloading` (which this workspace cannot fetch
-//! offline either). This is why this module is Unix-only, like the control
-//! socket.
+//! The flags are Unix ones, like the control socket: the host is Unix-only
+//! for now.
 
 use std::{
     collections::HashMap,
-    ffi::{c_void, CStr, CString},
+    ffi::c_void,
     future::Future,
-    os::unix::ffi::OsStrExt,
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, OnceLock},
@@ -622,40 +619,36 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
-/// `dlopen`, `dlsym`, `dlerror`: the three calls plugin loading needs.
+/// Opening libraries and finding symbols, with `libloading`.
 mod dl {
     use super::*;
 
-    /// An open library handle; never closed (see the module docs).
+    /// An open library; never closed: the `Library` is leaked on purpose
+    /// (see the module docs), which is what makes the handle `'static`.
     #[derive(Clone, Copy)]
-    pub struct Handle(*mut c_void);
-
-    fn last_error() -> String {
-        // SAFETY: dlerror returns null or a C string valid until the next
-        // dl call on this thread; copied at once.
-        let e = unsafe { libc::dlerror() };
-        if e.is_null() {
-            return "unknown error".to_owned();
-        }
-        // SAFETY: non-null, NUL-terminated, per dlerror.
-        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
-    }
+    pub struct Handle(&'static libloading::Library);
 
     pub fn open(path: &Path) -> Result<Handle, String> {
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-        // SAFETY: a valid C string; RTLD_LOCAL keeps the plugin's symbols
-        // out of the global namespace, so plugins cannot clash.
-        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if h.is_null() {
-            return Err(last_error());
+        // RTLD_NOW: a library with unresolved symbols is refused here, not
+        // when a plugin function first runs. RTLD_LOCAL keeps the plugin's
+        // symbols out of the global namespace, so plugins cannot clash.
+        // SAFETY: loading runs the library's initialisers; only files in the
+        // host's own module folder are loaded.
+        let lib = unsafe {
+            libloading::os::unix::Library::open(
+                Some(path),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+            )
         }
-        Ok(Handle(h))
+        .map_err(|e| e.to_string())?;
+        Ok(Handle(Box::leak(Box::new(lib.into()))))
     }
 
     pub fn symbol(h: Handle, name: &str) -> Option<*mut c_void> {
-        let c = CString::new(name).ok()?;
-        // SAFETY: a live handle and a valid C string.
-        let s = unsafe { libc::dlsym(h.0, c.as_ptr()) };
-        (!s.is_null()).then_some(s)
+        // SAFETY: the symbol is only read as an address here; its type is
+        // fixed by the ABI where it is cast and called.
+        let s = unsafe { h.0.get::<*mut c_void>(name.as_bytes()) }.ok()?;
+        let p = *s;
+        (!p.is_null()).then_some(p)
     }
 }
