@@ -292,7 +292,11 @@ fn print_status(data: &serde_json::Value) {
         println!(
             "{:<20} {:<26} {:<9} {:>8}  {:<36}  {}",
             c["name"].as_str().unwrap_or("?"),
-            c["kind"].as_str().unwrap_or("?"),
+            match c["origin"].as_str() {
+                Some(o) if o != "built-in" =>
+                    format!("{} ({o})", c["kind"].as_str().unwrap_or("?")),
+                _ => c["kind"].as_str().unwrap_or("?").to_owned(),
+            },
             c["state"].as_str().unwrap_or("?"),
             c["restart_count"].as_u64().unwrap_or(0),
             c["id"].as_str().unwrap_or("-"),

@@ -111,6 +111,15 @@ fn kinds() -> &'static Mutex<HashMap<String, Arc<KindEntry>>> {
     KINDS.get_or_init(Default::default)
 }
 
+/// The library a plugin kind comes from; `None` for a built-in kind.
+pub fn origin(kind: &str) -> Option<PathBuf> {
+    kinds()
+        .lock()
+        .expect("plugin kinds poisoned")
+        .get(kind)
+        .map(|k| k.plugin.path.clone())
+}
+
 /// What happened to one file of `modules/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadOutcome {

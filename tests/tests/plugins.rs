@@ -377,3 +377,77 @@ fn a_second_plugin_exporting_the_same_kind_is_refused_naming_both() -> Result<()
     assert!(line.contains("ERROR"), "{line}");
     Ok(())
 }
+
+#[test]
+fn the_portal_upgrades_a_plugin_module_and_the_component_runs_from_the_new_file() -> Result<()> {
+    use banalytics_tests::portal::{ModuleType, Portal, PortalConfig, PublishRequest};
+    const ENV: &str = "5f0c7a1e-0000-4000-8000-0000000e110e";
+    let dir = tempfile::tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
+    for version in ["1.0", "2.0"] {
+        let mut req = PublishRequest::new(
+            &format!("com.example:sample:{version}"),
+            ModuleType::Component,
+            &samples().normal,
+        );
+        req.packaging = Some(std::env::consts::DLL_EXTENSION.to_owned());
+        portal.publish(&req)?;
+    }
+    portal.assign(ENV, &["com.example:sample:1.0"])?;
+    let base = format!(
+        "[components.portal]\nkind = \"portal-integration\"\nportal_url = \"{}\"\n\n[components.upgrade-center]\nkind = \"software-upgrade-center\"\nrepository_url = \"{}\"\nhealth_grace_s = 0.3\n",
+        portal.portal_url(),
+        portal.repo_url()
+    );
+    let home = TempHome::new(&base)?;
+    std::fs::write(
+        home.path().join("config/device-registration.properties"),
+        format!("environmentUuid={ENV}\n"),
+    )?;
+    let installed = |n: usize| {
+        poll_until(DEADLINE, "installed at the portal", || {
+            let e = portal.environment(ENV)?;
+            (e.statuses
+                .iter()
+                .filter(|s| s.status == "installed")
+                .count()
+                >= n)
+                .then_some(())
+        })
+    };
+
+    // First run: v1 staged, restart (75), applied, committed.
+    ensure!(home.start(1)?.wait(DEADLINE)?.code() == Some(75));
+    let host = home.start(2)?;
+    installed(1)?;
+    ensure!(host.signal_and_wait(libc::SIGTERM)?.success());
+
+    // The operator adds the plugin's component now that its module is here.
+    std::fs::write(
+        home.path().join("config/box.toml"),
+        format!("{base}\n[components.echo]\nkind = \"sample-echo\"\nrestart_on_failure = \"immediate\"\n"),
+    )?;
+    let host = home.start(3)?;
+    let echo = wait_for_state(&home, "echo", "RUN")?;
+    ensure!(echo["origin"] == "com.example-sample-1.0.so", "{echo}");
+    ensure!(request(&home, 1, false, Duration::from_secs(5))?["seq"] == 1);
+
+    // The portal assigns v2: the box stages it and restarts to apply it.
+    portal.assign(ENV, &["com.example:sample:2.0"])?;
+    ensure!(portal.sync(ENV) == 1);
+    ensure!(host.wait(DEADLINE)?.code() == Some(75));
+    let host = home.start(4)?;
+    installed(2)?;
+    let echo = wait_for_state(&home, "echo", "RUN")?;
+    ensure!(
+        echo["origin"] == "com.example-sample-2.0.so",
+        "runs from {echo}"
+    );
+    ensure!(!home
+        .path()
+        .join("modules/com.example-sample-1.0.so")
+        .exists());
+    ensure!(request(&home, 2, false, Duration::from_secs(5))?["seq"] == 2);
+    ensure!(host.signal_and_wait(libc::SIGTERM)?.success());
+    Ok(())
+}
