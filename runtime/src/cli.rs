@@ -93,14 +93,22 @@ pub fn main() -> ExitCode {
 }
 
 fn run(home: &Home) -> Result<u8, Error> {
-    let registry = Registry::builtin();
-    let config = BoxConfig::load(home.root(), &registry.names())?;
+    // Order matters: the module set must be final (an interrupted swap
+    // finished, a staged set applied, a failed set rolled back) before any
+    // plugin library is loaded from it, because libraries are never
+    // unloaded. What that needs of the configuration is read first,
+    // accepting any component kind; the full check follows once the plugin
+    // kinds are known.
+    let early = BoxConfig::load_any_kind(home.root())?;
     let lock = hold_lock(home)?;
-    logging::init(&config.log);
+    logging::init(&early.log);
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     let layout = Layout::new(home.root());
-    let settings = upgrade::Settings::from_config(&config)?;
+    let settings = upgrade::Settings::from_config(&early)?;
     let boot = upgrade::prepare(&layout, &settings)?;
+    let (registry, plugins) = Registry::builtin().with_plugins(&layout.modules());
+    plugins.log();
+    let config = BoxConfig::load(home.root(), &registry.names())?;
     let system = actix_rt::System::new();
     let ending = system.block_on(async {
         let host = Arc::new(Host::build(home, &config, &registry)?);
@@ -249,7 +257,7 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
 /// What `status` shows when no host runs: the configured components with
 /// their IDs, all stopped.
 fn offline_status(home: &Home) -> Result<serde_json::Value, Error> {
-    let registry = Registry::builtin();
+    let (registry, _) = Registry::builtin().with_plugins(&home.root().join("modules"));
     let config = BoxConfig::load(home.root(), &registry.names())?;
     let ids = ids::load(&home.ids_file()).map_err(|source| Error::Io {
         path: home.ids_file(),
@@ -284,7 +292,11 @@ fn print_status(data: &serde_json::Value) {
         println!(
             "{:<20} {:<26} {:<9} {:>8}  {:<36}  {}",
             c["name"].as_str().unwrap_or("?"),
-            c["kind"].as_str().unwrap_or("?"),
+            match c["origin"].as_str() {
+                Some(o) if o != "built-in" =>
+                    format!("{} ({o})", c["kind"].as_str().unwrap_or("?")),
+                _ => c["kind"].as_str().unwrap_or("?").to_owned(),
+            },
             c["state"].as_str().unwrap_or("?"),
             c["restart_count"].as_u64().unwrap_or(0),
             c["id"].as_str().unwrap_or("-"),
@@ -330,8 +342,12 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
             .and_then(|r| r.data);
         let Some(data) = data else {
             bar.finish_and_clear();
-            eprintln!("banalytics-box: the host stopped (it restarts to apply a staged set, or was stopped)");
-            return Ok(EXIT_OK);
+            if Layout::new(home.root()).has_staged_set() {
+                println!("synchronisation staged: the host stopped to restart and apply it");
+                return Ok(EXIT_OK);
+            }
+            eprintln!("banalytics-box: the host stopped before the synchronisation ended");
+            return Ok(EXIT_FAILURE);
         };
         let sync = data["components"]
             .as_array()
@@ -368,7 +384,7 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
                 });
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 

@@ -100,9 +100,20 @@ impl BoxConfig {
     /// Reads `config/box.toml` under `home`. A missing file is an empty
     /// configuration: a host with no components.
     pub fn load(home: &Path, kinds: &[&str]) -> Result<BoxConfig, ConfigError> {
+        BoxConfig::load_with(home, Some(kinds))
+    }
+
+    /// Reads `config/box.toml` accepting any component kind: for what the
+    /// host needs before it knows the plugin kinds (the log settings, the
+    /// upgrade settings), with everything else checked as usual.
+    pub fn load_any_kind(home: &Path) -> Result<BoxConfig, ConfigError> {
+        BoxConfig::load_with(home, None)
+    }
+
+    fn load_with(home: &Path, kinds: Option<&[&str]>) -> Result<BoxConfig, ConfigError> {
         let file = home.join(CONFIG_FILE);
         match std::fs::read_to_string(&file) {
-            Ok(text) => BoxConfig::parse(&file, &text, kinds),
+            Ok(text) => BoxConfig::parse_with(&file, &text, kinds),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BoxConfig {
                 file,
                 log: LogConfig::default(),
@@ -120,6 +131,14 @@ impl BoxConfig {
     /// Parses `text`, the contents of `file`; `kinds` are the accepted
     /// component kinds.
     pub fn parse(file: &Path, text: &str, kinds: &[&str]) -> Result<BoxConfig, ConfigError> {
+        BoxConfig::parse_with(file, text, Some(kinds))
+    }
+
+    fn parse_with(
+        file: &Path,
+        text: &str,
+        kinds: Option<&[&str]>,
+    ) -> Result<BoxConfig, ConfigError> {
         let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
         let toml_err = |e: toml::de::Error| ConfigError::from_toml(file, text, &e);
         let shared: Arc<str> = text.into();
@@ -162,7 +181,7 @@ fn component(
     shared: &Arc<str>,
     name: &toml::Spanned<std::borrow::Cow<'_, str>>,
     section: &toml::Spanned<DeValue<'_>>,
-    kinds: &[&str],
+    kinds: Option<&[&str]>,
 ) -> Result<ComponentConfig, ConfigError> {
     let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
     let n = name.get_ref().as_ref();
@@ -188,7 +207,7 @@ fn component(
             format!("components.{n}.id cannot be configured: the host assigns a component's ID at its first start and keeps it"),
         ));
     }
-    let accepted = kinds.join(", ");
+    let accepted = kinds.map_or_else(|| "any".to_owned(), |k| k.join(", "));
     let kind = match table.get("kind") {
         None => {
             return Err(at(
@@ -197,7 +216,7 @@ fn component(
             ))
         }
         Some(k) => match k.get_ref().as_str() {
-            Some(s) if kinds.contains(&s) => s.to_owned(),
+            Some(s) if kinds.is_none_or(|k| k.contains(&s)) => s.to_owned(),
             Some(s) => {
                 return Err(at(
                     k.span().start,

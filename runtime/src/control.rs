@@ -34,6 +34,9 @@ pub enum Request {
         /// Instance name.
         component: String,
     },
+    /// Publish a message and answer the first one on another topic
+    /// (diagnostics and whole-system tests; see `exchange.rs`).
+    Exchange(crate::exchange::Exchange),
 }
 
 /// The host's answer.
@@ -117,6 +120,7 @@ async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
                 data: None,
             }
         }
+        Ok(Request::Exchange(x)) => crate::exchange::answer(host.bus(), x).await,
         Ok(Request::Restart { component }) => match host.restart(&component).await {
             Ok(message) => Response {
                 ok: true,

@@ -77,6 +77,10 @@ impl Host {
         let mut components = Vec::new();
         for (c, init, component) in created {
             board.register(&c.name, &c.kind, &init.id.to_string());
+            if let Some(file) = crate::plugins::origin(&c.kind) {
+                let name = file.file_name().unwrap_or_default().to_string_lossy();
+                board.set_origin(&c.name, &name);
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             let (name, policy, bus, board) = (c.name.clone(), c.policy, bus.clone(), board.clone());
             let arbiter = Arbiter::new();

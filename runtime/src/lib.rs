@@ -10,10 +10,12 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod exchange;
 pub mod home;
 pub mod host;
 pub mod ids;
 pub mod logging;
+pub mod plugins;
 pub mod registry;
 pub mod upgrade;
 

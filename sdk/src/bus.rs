@@ -7,6 +7,16 @@
 //! bounded queue ([`SUBSCRIBER_QUEUE`]); `publish` waits for room in a full
 //! queue (backpressure, nothing dropped), so a subscriber sees the messages
 //! of each publisher in the order they were published.
+//!
+//! # Serialized access (plugin bridges)
+//!
+//! A bridge to a plugin speaks topic names and JSON bytes instead of types:
+//! [`Bus::subscribe_raw`] yields the JSON of every message on a topic and
+//! [`Bus::publish_raw`] delivers JSON to the topic's typed subscribers
+//! (decoded once, with the decoder their `subscribe::<M>` registered) and to
+//! its raw subscribers. A typed `publish` serializes only when the topic has
+//! raw subscribers, once for all of them; without any, the in-process path
+//! stays free of serialization.
 
 use std::{
     any::{Any, TypeId},
@@ -35,22 +45,54 @@ pub trait BusMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
 
 type Payload = Arc<dyn Any + Send + Sync>;
 
+/// Turns a topic's JSON into its typed payload; registered by the typed
+/// `subscribe::<M>` of the topic.
+type Decode = fn(&[u8]) -> Result<Payload, serde_json::Error>;
+
 struct Subscriber {
     id: u64,
     tx: mpsc::Sender<Payload>,
+    /// Gets the JSON bytes (`Arc<Vec<u8>>`) instead of the typed value.
+    raw: bool,
+}
+
+/// The message type of a topic, known once something subscribed by type.
+struct Typed {
+    type_id: TypeId,
+    type_name: &'static str,
+    decode: Decode,
 }
 
 struct Topic {
-    type_id: TypeId,
-    type_name: &'static str,
+    typed: Option<Typed>,
     subscribers: Arc<[Arc<Subscriber>]>,
 }
 
 /// A handle to the host's bus; clones share it.
 #[derive(Clone, Default)]
 pub struct Bus {
-    topics: Arc<RwLock<HashMap<&'static str, Topic>>>,
+    topics: Arc<RwLock<HashMap<String, Topic>>>,
     next_id: Arc<AtomicU64>,
+}
+
+/// Identifies one subscription, e.g. to leave it out of a
+/// [`Bus::publish_raw_except`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriberId(u64);
+
+/// Why serialized bytes were not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The bytes are not a message of the topic's type.
+    #[error("bus topic {topic:?}: cannot decode {type_name} from the message: {message}")]
+    Decode {
+        /// The topic.
+        topic: String,
+        /// The topic's message type.
+        type_name: &'static str,
+        /// The decoder's message.
+        message: String,
+    },
 }
 
 impl Bus {
@@ -70,12 +112,96 @@ impl Bus {
         let mut topics = self.topics.write().expect("bus lock poisoned");
         let topic = topic_of::<M>(&mut topics);
         let mut subs: Vec<_> = topic.subscribers.iter().cloned().collect();
-        subs.push(Arc::new(Subscriber { id, tx }));
+        subs.push(Arc::new(Subscriber { id, tx, raw: false }));
         topic.subscribers = subs.into();
         Subscription {
             rx,
             _type: PhantomData,
         }
+    }
+
+    /// Subscribes to the JSON of every message on `topic` from now on,
+    /// whatever its type and whether it was published typed or raw.
+    pub fn subscribe_raw(&self, topic: &str) -> RawSubscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut topics = self.topics.write().expect("bus lock poisoned");
+        let entry = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
+            typed: None,
+            subscribers: Arc::new([]),
+        });
+        let mut subs: Vec<_> = entry.subscribers.iter().cloned().collect();
+        subs.push(Arc::new(Subscriber { id, tx, raw: true }));
+        entry.subscribers = subs.into();
+        RawSubscription {
+            rx,
+            id: SubscriberId(id),
+        }
+    }
+
+    /// Ends the subscription `id` now: its receiver sees the end once it has
+    /// taken what was queued. For a subscription whose receiver is owned
+    /// elsewhere (a bridge thread).
+    pub fn unsubscribe(&self, topic: &str, id: SubscriberId) {
+        self.forget(topic, &[id.0]);
+    }
+
+    /// Publishes the JSON `json` on `topic`, as [`Bus::publish_raw_except`]
+    /// with no exception.
+    pub async fn publish_raw(&self, topic: &str, json: Vec<u8>) -> Result<usize, BusError> {
+        self.publish_raw_except(topic, json, &[]).await
+    }
+
+    /// Publishes the JSON `json` on `topic` to every subscriber but those in
+    /// `except` (a bridge leaves out its own raw subscriptions, so a message
+    /// does not come back to where it came from). Typed subscribers get the
+    /// message decoded once; an undecodable message is refused before anyone
+    /// gets it. Returns how many got it; waits while a queue is full.
+    pub async fn publish_raw_except(
+        &self,
+        topic: &str,
+        json: Vec<u8>,
+        except: &[SubscriberId],
+    ) -> Result<usize, BusError> {
+        let (subscribers, typed) = {
+            let topics = self.topics.read().expect("bus lock poisoned");
+            match topics.get(topic) {
+                Some(t) => (
+                    t.subscribers.clone(),
+                    t.typed.as_ref().map(|t| (t.decode, t.type_name)),
+                ),
+                None => return Ok(0),
+            }
+        };
+        let wanted = |s: &Subscriber| !except.iter().any(|e| e.0 == s.id);
+        let value = match typed {
+            Some((decode, type_name)) if subscribers.iter().any(|s| !s.raw && wanted(s)) => {
+                Some(decode(&json).map_err(|e| BusError::Decode {
+                    topic: topic.to_owned(),
+                    type_name,
+                    message: e.to_string(),
+                })?)
+            }
+            _ => None,
+        };
+        let bytes: Payload = Arc::new(json);
+        let mut delivered = 0;
+        let mut gone = Vec::new();
+        for sub in subscribers.iter().filter(|s| wanted(s)) {
+            let payload = match (&value, sub.raw) {
+                (_, true) => bytes.clone(),
+                (Some(v), false) => v.clone(),
+                (None, false) => continue,
+            };
+            match sub.tx.send(payload).await {
+                Ok(()) => delivered += 1,
+                Err(_) => gone.push(sub.id),
+            }
+        }
+        if !gone.is_empty() {
+            self.forget(topic, &gone);
+        }
+        Ok(delivered)
     }
 
     /// Publishes `msg` to every current subscriber of `M` and returns how
@@ -85,11 +211,27 @@ impl Bus {
             Some(s) => s,
             None => return 0,
         };
+        // Serialize once, and only when someone wants the bytes.
+        let bytes: Option<Payload> = match subscribers.iter().any(|s| s.raw) {
+            false => None,
+            true => match serde_json::to_vec(&msg) {
+                Ok(json) => Some(Arc::new(json)),
+                Err(e) => {
+                    tracing::error!(topic = M::TOPIC, error = %e, "cannot serialize a bus message for raw subscribers; they do not get it");
+                    None
+                }
+            },
+        };
         let payload: Payload = Arc::new(msg);
         let mut delivered = 0;
         let mut gone = Vec::new();
         for sub in subscribers.iter() {
-            match sub.tx.send(payload.clone()).await {
+            let payload = match (sub.raw, &bytes) {
+                (false, _) => payload.clone(),
+                (true, Some(b)) => b.clone(),
+                (true, None) => continue,
+            };
+            match sub.tx.send(payload).await {
                 Ok(()) => delivered += 1,
                 Err(_) => gone.push(sub.id),
             }
@@ -112,7 +254,7 @@ impl Bus {
         Some(topic.subscribers.clone())
     }
 
-    fn forget(&self, topic: &'static str, ids: &[u64]) {
+    fn forget(&self, topic: &str, ids: &[u64]) {
         let mut topics = self.topics.write().expect("bus lock poisoned");
         if let Some(t) = topics.get_mut(topic) {
             let subs: Vec<_> = t
@@ -126,24 +268,34 @@ impl Bus {
     }
 }
 
-fn topic_of<'a, M: BusMessage>(topics: &'a mut HashMap<&'static str, Topic>) -> &'a mut Topic {
-    let topic = topics.entry(M::TOPIC).or_insert_with(|| Topic {
-        type_id: TypeId::of::<M>(),
-        type_name: std::any::type_name::<M>(),
+fn topic_of<M: BusMessage>(topics: &mut HashMap<String, Topic>) -> &mut Topic {
+    let topic = topics.entry(M::TOPIC.to_owned()).or_insert_with(|| Topic {
+        typed: None,
         subscribers: Arc::new([]),
     });
     check_type::<M>(topic);
+    topic.typed.get_or_insert_with(|| Typed {
+        type_id: TypeId::of::<M>(),
+        type_name: std::any::type_name::<M>(),
+        decode: decode::<M>,
+    });
     topic
 }
 
+fn decode<M: BusMessage>(json: &[u8]) -> Result<Payload, serde_json::Error> {
+    Ok(Arc::new(serde_json::from_slice::<M>(json)?))
+}
+
 fn check_type<M: BusMessage>(topic: &Topic) {
-    assert!(
-        topic.type_id == TypeId::of::<M>(),
-        "bus topic {:?} carries {} and cannot also carry {}",
-        M::TOPIC,
-        topic.type_name,
-        std::any::type_name::<M>()
-    );
+    if let Some(typed) = &topic.typed {
+        assert!(
+            typed.type_id == TypeId::of::<M>(),
+            "bus topic {:?} carries {} and cannot also carry {}",
+            M::TOPIC,
+            typed.type_name,
+            std::any::type_name::<M>()
+        );
+    }
 }
 
 /// A bus message handed to a supervised actor by
@@ -180,6 +332,45 @@ impl<M: BusMessage> Subscription<M> {
                 .expect("topic type checked at subscribe"),
         )
     }
+}
+
+/// The receiving end of a [`Bus::subscribe_raw`]: the JSON of each
+/// message. Dropping it unsubscribes.
+pub struct RawSubscription {
+    rx: mpsc::Receiver<Payload>,
+    id: SubscriberId,
+}
+
+impl RawSubscription {
+    /// This subscription's ID.
+    pub fn id(&self) -> SubscriberId {
+        self.id
+    }
+
+    /// The next message's JSON; `None` once unsubscribed or the bus is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Vec<u8>>> {
+        let payload = self.rx.recv().await?;
+        Some(raw_bytes(payload))
+    }
+
+    /// As [`RawSubscription::recv`], blocking the thread: for a bridge thread
+    /// outside any async runtime (it panics inside one).
+    pub fn blocking_recv(&mut self) -> Option<Arc<Vec<u8>>> {
+        let payload = self.rx.blocking_recv()?;
+        Some(raw_bytes(payload))
+    }
+
+    /// The next message's JSON if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Vec<u8>>> {
+        let payload = self.rx.try_recv().ok()?;
+        Some(raw_bytes(payload))
+    }
+}
+
+fn raw_bytes(payload: Payload) -> Arc<Vec<u8>> {
+    payload
+        .downcast::<Vec<u8>>()
+        .expect("raw subscribers get bytes")
 }
 
 #[cfg(test)]
@@ -238,6 +429,53 @@ mod tests {
             assert_eq!(a.recv().await.unwrap().0, i);
         }
         publisher.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn raw_subscribers_get_json_of_typed_publishes_and_typed_get_raw_publishes_decoded() {
+        let bus = Bus::new();
+        let mut raw = bus.subscribe_raw(Ping::TOPIC);
+        let mut typed = bus.subscribe::<Ping>();
+        assert_eq!(bus.publish(Ping(7)).await, 2);
+        assert_eq!(*raw.recv().await.unwrap(), b"7".to_vec());
+        assert_eq!(*typed.recv().await.unwrap(), Ping(7));
+
+        assert_eq!(bus.publish_raw(Ping::TOPIC, b"8".to_vec()).await, Ok(2));
+        assert_eq!(*typed.recv().await.unwrap(), Ping(8));
+        assert_eq!(*raw.recv().await.unwrap(), b"8".to_vec());
+
+        let except = [raw.id()];
+        assert_eq!(
+            bus.publish_raw_except(Ping::TOPIC, b"9".to_vec(), &except)
+                .await,
+            Ok(1)
+        );
+        assert_eq!(*typed.recv().await.unwrap(), Ping(9));
+        assert!(raw.try_recv().is_none(), "left out by except");
+    }
+
+    #[tokio::test]
+    async fn undecodable_raw_publishes_are_refused_before_anyone_gets_them() {
+        let bus = Bus::new();
+        let mut raw = bus.subscribe_raw(Ping::TOPIC);
+        let _typed = bus.subscribe::<Ping>();
+        let err = bus
+            .publish_raw(Ping::TOPIC, b"\"x\"".to_vec())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("test.ping"), "{err}");
+        assert!(raw.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_raw_only_topic_needs_no_type_and_unsubscribe_ends_it() {
+        let bus = Bus::new();
+        let mut raw = bus.subscribe_raw("any.topic");
+        assert_eq!(bus.publish_raw("any.topic", b"{}".to_vec()).await, Ok(1));
+        bus.unsubscribe("any.topic", raw.id());
+        assert_eq!(*raw.recv().await.unwrap(), b"{}".to_vec());
+        assert!(raw.recv().await.is_none());
+        assert_eq!(bus.publish_raw("none", b"1".to_vec()).await, Ok(0));
     }
 
     #[test]

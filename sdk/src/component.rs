@@ -70,6 +70,8 @@ pub struct ComponentContext {
     board: StatusBoard,
     actors: Vec<ActorControl>,
     routes: Vec<AbortHandle>,
+    /// Restarts failed actors that run elsewhere (a plugin's).
+    restart_hooks: Vec<Box<dyn Fn()>>,
 }
 
 impl ComponentContext {
@@ -91,6 +93,7 @@ impl ComponentContext {
             board,
             actors: Vec::new(),
             routes: Vec::new(),
+            restart_hooks: Vec::new(),
         }
     }
 
@@ -185,7 +188,20 @@ impl ComponentContext {
         {
             actor.restart();
         }
+        if !failed.is_empty() {
+            for hook in &self.restart_hooks {
+                hook();
+            }
+        }
         failed.len()
+    }
+
+    /// Makes [`ComponentContext::restart_failed`] also call `hook`, for
+    /// actors that are supervised elsewhere and only mirrored on the board:
+    /// the host's proxy of a plugin component restarts the plugin's failed
+    /// actors with it.
+    pub fn on_restart_failed(&mut self, hook: impl Fn() + 'static) {
+        self.restart_hooks.push(Box::new(hook));
     }
 
     /// Stops every actor, in reverse start order.

@@ -105,6 +105,16 @@ impl ConfigSection {
         &self.name
     }
 
+    /// The configuration file (to hand the section across a plugin boundary).
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The whole configuration text the section is a table of.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Deserializes the component's own keys (all but [`HOST_KEYS`]).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let err = |e: toml::de::Error| ConfigError::from_toml(&self.file, &self.text, &e);

@@ -111,6 +111,27 @@ impl BusMessage for PortalLinkChanged {
     const TOPIC: &'static str = "portal-link.changed";
 }
 
+/// Asks Portal Integration how many frames wait in its outbox; it answers
+/// with [`PortalOutboxState`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalOutboxQuery {}
+
+impl BusMessage for PortalOutboxQuery {
+    const TOPIC: &'static str = "portal-link.outbox-query";
+}
+
+/// Frames waiting in Portal Integration's outbox, not yet written to the
+/// portal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalOutboxState {
+    /// Frames queued.
+    pub queued: usize,
+}
+
+impl BusMessage for PortalOutboxState {
+    const TOPIC: &'static str = "portal-link.outbox-state";
+}
+
 /// The local "start upgrade" (`banalytics-box upgrade`), published by the
 /// host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

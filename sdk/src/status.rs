@@ -50,6 +50,10 @@ pub struct ComponentStatus {
     pub name: String,
     /// Component kind.
     pub kind: String,
+    /// Where the kind comes from: `built-in`, or the plugin library's file
+    /// name in `modules/`.
+    #[serde(default)]
+    pub origin: String,
     /// Persistent instance ID.
     pub id: String,
     /// Effective state: `ERROR` while any actor is failed.
@@ -75,6 +79,7 @@ struct Entry {
     /// Registration order, which is the host's start order.
     order: usize,
     kind: String,
+    origin: String,
     id: String,
     lifecycle: State,
     lifecycle_since_ms: u64,
@@ -124,6 +129,7 @@ impl StatusBoard {
                 Entry {
                     order,
                     kind: kind.to_owned(),
+                    origin: "built-in".to_owned(),
                     id: id.to_owned(),
                     lifecycle: State::Stopped,
                     lifecycle_since_ms: now_ms(),
@@ -134,6 +140,15 @@ impl StatusBoard {
                     details: serde_json::Value::Null,
                 },
             );
+        });
+    }
+
+    /// Records where component `name`'s kind comes from (a plugin file).
+    pub fn set_origin(&self, name: &str, origin: &str) {
+        self.update(|entries| {
+            if let Some(e) = entries.get_mut(name) {
+                e.origin = origin.to_owned();
+            }
         });
     }
 
@@ -177,6 +192,25 @@ impl StatusBoard {
                 }
                 a.state = state;
                 a.since_ms = now_ms();
+            }
+        });
+    }
+
+    /// Records an actor's whole status as another board reported it: the
+    /// host mirrors a plugin's actors this way, restart count included, so
+    /// that a restart is counted even when its states arrive coalesced.
+    pub fn mirror_actor(&self, component: &str, actor: &str, status: ActorStatus) {
+        self.update(|entries| {
+            if let Some(e) = entries.get_mut(component) {
+                let known = e.actors.get(actor).and_then(|a| a.last_error.clone());
+                if let Some(reason) = status
+                    .last_error
+                    .as_ref()
+                    .filter(|r| Some(*r) != known.as_ref())
+                {
+                    e.last_error = Some(format!("actor {actor}: {reason}"));
+                }
+                e.actors.insert(actor.to_owned(), status);
             }
         });
     }
@@ -238,6 +272,7 @@ fn view(name: &str, e: &Entry) -> ComponentStatus {
     ComponentStatus {
         name: name.to_owned(),
         kind: e.kind.clone(),
+        origin: e.origin.clone(),
         id: e.id.clone(),
         state,
         since_ms,

@@ -2,6 +2,7 @@
 //! `banalytics-box` process, and polling with a deadline instead of sleeps.
 
 pub mod e2e;
+pub mod fixtures;
 pub mod portal;
 
 use std::{
@@ -98,6 +99,38 @@ impl TempHome {
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["name"] == name).cloned())
             .with_context(|| format!("no component {name} in {status}"))
+    }
+
+    /// The control socket's `exchange` request: publishes `message` (JSON)
+    /// on `topic` on the running host's bus and returns the first message on
+    /// `reply_topic` within `timeout`, or the host's reason for none.
+    pub fn exchange(
+        &self,
+        topic: &str,
+        message: Value,
+        reply_topic: &str,
+        timeout: Duration,
+    ) -> Result<std::result::Result<Value, String>> {
+        use std::io::{BufRead, Write};
+        let socket = self.path().join("state/control.sock");
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(&socket).context("control socket")?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let request = serde_json::json!({
+            "cmd": "exchange",
+            "topic": topic,
+            "message": message,
+            "reply_topic": reply_topic,
+            "timeout_ms": timeout.as_millis() as u64,
+        });
+        writeln!(stream, "{request}")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stream).read_line(&mut line)?;
+        let answer: Value = serde_json::from_str(&line).context("control answer")?;
+        Ok(match answer["ok"].as_bool() {
+            Some(true) => Ok(answer["data"].clone()),
+            _ => Err(answer["message"].as_str().unwrap_or("").to_owned()),
+        })
     }
 
     /// Starts `banalytics-box run` on this home; waits until its control

@@ -13,9 +13,11 @@ use std::{
 };
 
 use anyhow::{ensure, Context, Result};
-use banalytics_tests::box_bin;
+use banalytics_tests::{
+    box_bin,
+    fixtures::{sha256_hex, tree},
+};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 struct ModSpec {
     artifact: &'static str,
@@ -43,10 +45,6 @@ fn m(
     }
 }
 
-fn hex_sha(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// Writes a complete module set as the upgrade center does: files,
 /// `modules-hashes.json`, then `modules-info.properties`.
 fn write_set(modules: &Path, models: &Path, set: &[ModSpec]) -> Result<()> {
@@ -58,7 +56,7 @@ fn write_set(modules: &Path, models: &Path, set: &[ModSpec]) -> Result<()> {
         let p = dir.join(name);
         std::fs::create_dir_all(p.parent().unwrap())?;
         std::fs::write(&p, body)?;
-        Ok(json!({"name": name, "sha256": hex_sha(body), "size": body.len()}))
+        Ok(json!({"name": name, "sha256": sha256_hex(body), "size": body.len()}))
     };
     for s in set {
         let main_name = format!("com.example-{}-{}.jar", s.artifact, s.version);
@@ -78,7 +76,7 @@ fn write_set(modules: &Path, models: &Path, set: &[ModSpec]) -> Result<()> {
                 .map(|(n, b)| file(dir, n, b))
                 .collect::<Result<_>>()?;
             Ok(
-                json!({"sha256": hex_sha(format!("{files:?}").as_bytes()), "size": 1, "files": recs}),
+                json!({"sha256": sha256_hex(format!("{files:?}").as_bytes()), "size": 1, "files": recs}),
             )
         };
         record.insert(
@@ -154,27 +152,6 @@ fn fixture() -> Result<tempfile::TempDir> {
     std::fs::write(home.join("data/recordings/cam1/0001.mp4"), vec![7u8; 4096])?;
     std::fs::write(home.join("data/settings.json"), b"{\"keep\":true}")?;
     Ok(dir)
-}
-
-/// Every file under `dir` (relative path → SHA-256).
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, hex_sha(&std::fs::read(&p).unwrap_or_default()));
-            }
-        }
-    }
-    out
 }
 
 /// The expected trees of a set, made once in a scratch folder.

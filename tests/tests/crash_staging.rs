@@ -5,87 +5,22 @@
 //! never stands beside incomplete content, a second recovery changes
 //! nothing, and `data/` and `config/` are byte identical.
 
-use std::{collections::BTreeMap, io::Write, path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use banalytics_tests::{
-    box_bin, poll_until,
-    portal::{ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    box_bin,
+    fixtures::{publish, tree},
+    poll_until,
+    portal::{Portal, PortalConfig, PortalHandle},
     TempHome, DEADLINE,
 };
-use sha2::{Digest, Sha256};
 
 const ENV: &str = "5f0c7a1e-0000-4000-8000-00000000c0de";
 
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, body) in entries {
-        w.start_file(*name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        w.write_all(body).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-fn publish(portal: &PortalHandle, dir: &Path, artifact: &str, version: &str) -> Result<()> {
-    let main = dir.join(format!("{artifact}-{version}.jar"));
-    std::fs::write(&main, format!("{artifact} {version} main").repeat(200))?;
-    let bin = dir.join(format!("{artifact}-{version}-bin.zip"));
-    std::fs::write(
-        &bin,
-        zip_of(&[
-            (
-                &format!("lib/{artifact}.jar"),
-                format!("{artifact} {version} dep").as_bytes(),
-            ),
-            ("lib/shared.jar", b"shared"),
-        ]),
-    )?;
-    let model = dir.join(format!("{artifact}-{version}-model.zip"));
-    std::fs::write(
-        &model,
-        zip_of(&[(
-            &format!("{artifact}/model.bin"),
-            format!("{artifact} {version} model").as_bytes(),
-        )]),
-    )?;
-    let mut req = PublishRequest::new(
-        &format!("com.example:{artifact}:{version}"),
-        ModuleType::Component,
-        &main,
-    );
-    req.bin = Some(bin);
-    req.model = Some(model);
-    portal.publish(&req)?;
-    Ok(())
-}
-
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(
-                    rel,
-                    hex::encode(Sha256::digest(std::fs::read(&p).unwrap_or_default())),
-                );
-            }
-        }
-    }
-    out
-}
-
 fn config(portal: &PortalHandle) -> String {
     format!(
-        "[components.portal]\nkind = \"portal-integration\"\nportal_url = \"{}\"\n\n[components.upgrade-center]\nkind = \"software-upgrade-center\"\nrepository_url = \"{}\"\nrestart_delay_ms = 0\n",
+        "[components.portal]\nkind = \"portal-integration\"\nportal_url = \"{}\"\n\n[components.upgrade-center]\nkind = \"software-upgrade-center\"\nrepository_url = \"{}\"\n",
         portal.portal_url(),
         portal.repo_url()
     )
@@ -172,7 +107,7 @@ fn staging_survives_a_kill_at_every_step() -> Result<()> {
         ("alpha", "2.0"),
         ("gamma", "1.0"),
     ] {
-        publish(&portal, &files, a, v)?;
+        publish(&portal, &files, a, v, Some(b"shared"))?;
     }
 
     // A clean run: the failpoints staging passes, and the trees of A and B.

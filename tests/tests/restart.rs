@@ -4,57 +4,17 @@
 //! whose component fails at start is rolled back after `max_boot_attempts`
 //! starts with `installation_cancelled` naming the reason.
 
-use std::{io::Write, path::Path, process::ExitStatus, time::Duration};
+use std::{process::ExitStatus, time::Duration};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use banalytics_tests::{
+    fixtures::publish,
     poll_until,
-    portal::{ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    portal::{Faults, Portal, PortalConfig, PortalHandle},
     TempHome, DEADLINE,
 };
 
 const ENV: &str = "5f0c7a1e-0000-4000-8000-00000000beef";
-
-fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, body) in entries {
-        w.start_file(*name, zip::write::SimpleFileOptions::default())
-            .unwrap();
-        w.write_all(body).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// Publishes `artifact:version` with a dependency and a model package.
-fn publish(portal: &PortalHandle, dir: &Path, artifact: &str, version: &str) -> Result<()> {
-    let main = dir.join(format!("{artifact}-{version}.jar"));
-    std::fs::write(&main, format!("{artifact} {version} main").repeat(200))?;
-    let bin = dir.join(format!("{artifact}-{version}-bin.zip"));
-    std::fs::write(
-        &bin,
-        zip_of(&[(
-            &format!("lib/{artifact}-dep.jar"),
-            format!("{artifact} {version} dep").as_bytes(),
-        )]),
-    )?;
-    let model = dir.join(format!("{artifact}-{version}-model.zip"));
-    std::fs::write(
-        &model,
-        zip_of(&[(
-            &format!("{artifact}/model.bin"),
-            format!("{artifact} {version} model").as_bytes(),
-        )]),
-    )?;
-    let mut req = PublishRequest::new(
-        &format!("com.example:{artifact}:{version}"),
-        ModuleType::Component,
-        &main,
-    );
-    req.bin = Some(bin);
-    req.model = Some(model);
-    portal.publish(&req).context("publish")?;
-    Ok(())
-}
 
 struct World {
     _dir: tempfile::TempDir,
@@ -68,9 +28,9 @@ fn world(restart_mode: &str) -> Result<World> {
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
     let files = dir.path().join("files");
     std::fs::create_dir_all(&files)?;
-    publish(&portal, &files, "alpha", "1.0")?;
-    publish(&portal, &files, "beta", "1.0")?;
-    publish(&portal, &files, "broken", "1.0")?;
+    publish(&portal, &files, "alpha", "1.0", None)?;
+    publish(&portal, &files, "beta", "1.0", None)?;
+    publish(&portal, &files, "broken", "1.0", None)?;
     portal.assign(ENV, &["com.example:alpha:1.0", "com.example:beta:1.0"])?;
     let config = format!(
         r#"[log]
@@ -85,7 +45,6 @@ portal_url = "{}"
 kind = "software-upgrade-center"
 repository_url = "{}"
 restart_mode = "{restart_mode}"
-restart_delay_ms = 200
 health_grace_s = 0.5
 max_boot_attempts = 2
 
@@ -195,7 +154,7 @@ fn a_staged_set_exits_75_and_the_next_start_applies_commits_and_reports_installe
         status["upgrade"]["probation"].is_null(),
         "still on probation: {status}"
     );
-    ensure!(w.home.path().join("modules/lib/alpha-dep.jar").exists());
+    ensure!(w.home.path().join("modules/lib/alpha.jar").exists());
     ensure!(w.home.path().join("models/beta/model.bin").exists());
     ensure!(w.home.cli(&["verify"])?.status.success());
     let all: Vec<String> = w.statuses().iter().map(|s| s.1.clone()).collect();
@@ -296,6 +255,11 @@ fn upgrade_wait_follows_the_synchronisation_with_progress_lines() -> Result<()> 
     w.wait_for_status("installed", 0)?;
     w.portal
         .assign(ENV, &["com.example:alpha:1.0", "com.example:broken:1.0"])?;
+    // Slow enough that the progress is seen while it moves.
+    w.portal.set_faults(Faults {
+        bandwidth_bytes_per_s: Some(4_000),
+        ..Faults::default()
+    });
     let out = w.home.cli(&["upgrade", "--wait"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
@@ -305,9 +269,10 @@ fn upgrade_wait_follows_the_synchronisation_with_progress_lines() -> Result<()> 
     );
     ensure!(text.contains(" bytes"), "no progress line: {text}");
     ensure!(
-        text.contains("synchronisation staged: 2 modules staged"),
-        "{text}"
+        text.contains("downloading: "),
+        "no download progress: {text}"
     );
+    ensure!(text.contains("synchronisation staged"), "{text}");
     ensure!(host.wait(DEADLINE)?.code() == Some(75));
     Ok(())
 }

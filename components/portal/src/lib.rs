@@ -55,7 +55,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
-    portal::{GetEnvModulesRequest, ModuleStatusUpdate},
+    portal::{GetEnvModulesRequest, ModuleStatusUpdate, PortalOutboxQuery, PortalOutboxState},
     ComponentError,
 };
 use tokio::sync::watch;
@@ -150,6 +150,7 @@ struct PortalIntegration {
     config: PortalConfig,
     timing: Timing,
     queue: Option<Arc<outbox::OutboxQueue>>,
+    answers: Option<tokio::task::AbortHandle>,
 }
 
 impl PortalIntegration {
@@ -160,6 +161,7 @@ impl PortalIntegration {
             config,
             timing,
             queue: None,
+            answers: None,
         }
     }
 }
@@ -189,15 +191,29 @@ impl Component for PortalIntegration {
         });
         let queue = Arc::new(outbox::OutboxQueue::new(self.config.outbox_capacity));
         self.queue = Some(queue.clone());
+        let q = queue.clone();
         let outbox = ctx.supervise("outbox", move |_, _| {
-            outbox::Outbox::new(queue.clone(), link.clone(), up_rx.clone())
+            outbox::Outbox::new(q.clone(), link.clone(), up_rx.clone())
         });
         ctx.route::<GetEnvModulesRequest, _>(&outbox);
         ctx.route::<ModuleStatusUpdate, _>(&outbox);
+        // Answers "how much is still queued?" (the upgrade center asks before
+        // it restarts the box, so that its statuses leave first).
+        let mut queries = ctx.bus().subscribe::<PortalOutboxQuery>();
+        let (bus, q) = (ctx.bus().clone(), queue.clone());
+        let answers = actix::spawn(async move {
+            while queries.recv().await.is_some() {
+                bus.publish(PortalOutboxState { queued: q.len() }).await;
+            }
+        });
+        self.answers = Some(answers.abort_handle());
         Ok(())
     }
 
     fn stopped(&mut self) {
+        if let Some(answers) = self.answers.take() {
+            answers.abort();
+        }
         if let Some(queue) = self.queue.take() {
             let unsent = queue.len();
             if unsent > 0 {

@@ -113,10 +113,11 @@ pub struct UpgradeConfig {
     /// The program `restart_mode = "command"` runs.
     #[serde(default = "default_restart_command")]
     pub restart_command: Option<String>,
-    /// Milliseconds between a complete staged set and the restart, for the
-    /// statuses to reach the portal (default 2000, at most 30000).
-    #[serde(default = "default_restart_delay")]
-    pub restart_delay_ms: u64,
+    /// At most this many milliseconds between a complete staged set and the
+    /// restart, waiting for Portal Integration to send the queued statuses
+    /// (default 10000, at most 60000).
+    #[serde(default = "default_flush_timeout")]
+    pub status_flush_timeout_ms: u64,
     /// Seconds every component must stay in RUN after a new set starts
     /// before it is committed (default 30).
     #[serde(default = "default_health_grace")]
@@ -137,8 +138,8 @@ fn default_restart_mode() -> RestartMode {
 fn default_restart_command() -> Option<String> {
     cfg!(windows).then(|| "upgrade-job-start.bat".to_owned())
 }
-fn default_restart_delay() -> u64 {
-    2000
+fn default_flush_timeout() -> u64 {
+    10_000
 }
 fn default_health_grace() -> f64 {
     30.0
@@ -224,10 +225,10 @@ fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
             "restart_mode = \"command\" needs restart_command, the program to run".into(),
         ));
     }
-    if config.restart_delay_ms > 30_000 {
+    if config.status_flush_timeout_ms > 60_000 {
         return Err(ComponentError::Start(format!(
-            "restart_delay_ms = {} is not accepted; accepted values: 0 to 30000",
-            config.restart_delay_ms
+            "status_flush_timeout_ms = {} is not accepted; accepted values: 0 to 60000",
+            config.status_flush_timeout_ms
         )));
     }
     Ok(Box::new(UpgradeCenter {
@@ -274,7 +275,7 @@ impl Component for UpgradeCenter {
             ctx.bus().clone(),
             self.config.restart_mode,
             self.config.restart_command.clone(),
-            Duration::from_millis(self.config.restart_delay_ms),
+            Duration::from_millis(self.config.status_flush_timeout_ms),
         );
         let restarter = ctx.supervise("restarter", move |_, _| {
             Restarter::new(bus.clone(), mode, command.clone(), delay)

@@ -3,13 +3,17 @@
 //!
 //! The statuses of the synchronisation were handed to Portal Integration
 //! before this runs (a bus publish returns once the subscriber has the
-//! message); the restart waits `restart_delay_ms` (bounded) so that the
-//! link can put them on the wire before the host stops it.
+//! message). Before asking for the restart, the Restarter asks Portal
+//! Integration how many frames still wait in its outbox
+//! ([`PortalOutboxQuery`]) until none do, for at most
+//! `status_flush_timeout_ms`: the host stops the link when it restarts, and
+//! a status still queued then would be lost.
 
 use std::time::Duration;
 
 use actix::prelude::*;
 use banalytics_sdk::{
+    portal::{PortalOutboxQuery, PortalOutboxState},
     upgrade::{RestartMode, RestartRequested},
     Bus,
 };
@@ -28,17 +32,26 @@ pub struct Restarter {
     bus: Bus,
     mode: RestartMode,
     command: Option<String>,
-    delay: Duration,
+    flush_timeout: Duration,
 }
 
+/// How often the outbox is asked while statuses are still queued.
+pub const FLUSH_POLL: Duration = Duration::from_millis(50);
+
 impl Restarter {
-    /// A restarter that restarts with `mode` after `delay`.
-    pub fn new(bus: Bus, mode: RestartMode, command: Option<String>, delay: Duration) -> Self {
+    /// A restarter that restarts with `mode`, waiting at most
+    /// `flush_timeout` for the queued statuses to leave.
+    pub fn new(
+        bus: Bus,
+        mode: RestartMode,
+        command: Option<String>,
+        flush_timeout: Duration,
+    ) -> Self {
         Restarter {
             bus,
             mode,
             command,
-            delay,
+            flush_timeout,
         }
     }
 }
@@ -51,15 +64,15 @@ impl Handler<RestartToApply> for Restarter {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: RestartToApply, _: &mut Context<Self>) -> Self::Result {
-        let (bus, mode, command, delay) = (
+        let (bus, mode, command, timeout) = (
             self.bus.clone(),
             self.mode,
             self.command.clone(),
-            self.delay,
+            self.flush_timeout,
         );
         Box::pin(async move {
-            info!(?mode, delay_ms = delay.as_millis() as u64, reason = %msg.reason, "restarting to apply the staged set");
-            tokio::time::sleep(delay).await;
+            let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
+            info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
             bus.publish(RestartRequested {
                 mode,
                 command,
@@ -67,5 +80,21 @@ impl Handler<RestartToApply> for Restarter {
             })
             .await;
         })
+    }
+}
+
+/// Returns once Portal Integration reports an empty outbox (at once when
+/// there is no Portal Integration on the bus).
+async fn flush(bus: &Bus) {
+    let mut states = bus.subscribe::<PortalOutboxState>();
+    loop {
+        if bus.publish(PortalOutboxQuery {}).await == 0 {
+            return;
+        }
+        match tokio::time::timeout(FLUSH_POLL, states.recv()).await {
+            Ok(Some(state)) if state.queued == 0 => return,
+            Ok(None) => return,
+            _ => tokio::time::sleep(FLUSH_POLL).await,
+        }
     }
 }

@@ -756,3 +756,33 @@ async fn bad_target_sets_are_cancelled_naming_the_fault() {
         assert_eq!(repo.artifact_gets(), 0);
     }
 }
+
+#[actix_rt::test]
+async fn at_most_max_parallel_downloads_run_at_once() {
+    let repo = Repo::start().await;
+    let set: Vec<Published> = ["m1", "m2", "m3", "m4", "m5"]
+        .iter()
+        .map(|a| publish(&repo, a, "1.0", &[], &[]))
+        .collect();
+    for p in &set {
+        repo.fault(
+            &p.main_path,
+            Fault {
+                stall: Some(Duration::from_millis(150)),
+                ..Fault::default()
+            },
+        );
+    }
+    let b = start_box(
+        &repo,
+        set.iter().map(|p| p.object.clone()).collect(),
+        Options {
+            extra_config: "max_parallel_downloads = 2".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(repo.max_parallel(), 2);
+}

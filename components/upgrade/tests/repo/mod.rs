@@ -43,6 +43,8 @@ struct State {
     faults: HashMap<String, Fault>,
     sent: HashMap<String, u64>,
     gets: HashMap<String, u32>,
+    in_flight: u32,
+    max_in_flight: u32,
 }
 
 /// The running repository.
@@ -128,6 +130,11 @@ impl Repo {
             .filter(|(p, _)| !p.ends_with(".sha256"))
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// The most artifact bodies sent at the same time.
+    pub fn max_parallel(&self) -> u32 {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// Forgets the counters.
@@ -236,6 +243,13 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
         };
         let limit = cut.unwrap_or(content.len()).min(content.len());
         let (first, rest) = content[..limit].split_at(limit / 2);
+        let artifact = !path.ends_with(".sha256");
+        if artifact {
+            let mut st = state.lock().unwrap();
+            st.in_flight += 1;
+            st.max_in_flight = st.max_in_flight.max(st.in_flight);
+        }
+        let _done = InFlight(artifact.then(|| state.clone()));
         stream.write_all(first).await?;
         record(&state, &path, first.len());
         if let Some(stall) = fault.stall {
@@ -245,6 +259,17 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
         record(&state, &path, rest.len());
         if cut.is_some() {
             return Ok(());
+        }
+    }
+}
+
+/// Counts a body out of flight when dropped.
+struct InFlight(Option<Arc<Mutex<State>>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(state) = &self.0 {
+            state.lock().unwrap().in_flight -= 1;
         }
     }
 }

@@ -1,0 +1,117 @@
+//! `sample-echo`: a sample component built as a plugin library.
+//!
+//! It answers each [`SampleRequest`] on the bus with a [`SampleReply`], and
+//! panics in its actor when a request asks it to, so that the tests and the
+//! demo can check a plugin component end to end: loading, messages across
+//! the plugin boundary and back, restart after failure with the policy
+//! delay. `export_plugin!` at the bottom makes the `cdylib` a plugin; the
+//! feature `abi-mismatch` makes it declare another ABI version, which a host
+//! must refuse.
+
+#![warn(missing_docs)]
+
+use actix::prelude::*;
+use banalytics_sdk::{
+    component::{Component, ComponentContext, ComponentInit, ComponentKind},
+    plugin::PluginKind,
+    BusMessage, ComponentError, FromBus,
+};
+use serde::{Deserialize, Serialize};
+
+pub mod echo;
+
+/// The component kind.
+pub const KIND: ComponentKind = ComponentKind {
+    kind: "sample-echo",
+    create,
+};
+
+/// The kind as the plugin exports it, with the topics it exchanges.
+pub const PLUGIN: PluginKind = PluginKind {
+    kind: KIND,
+    subscribes: &[SampleRequest::TOPIC],
+    publishes: &[SampleReply::TOPIC],
+};
+
+#[cfg(not(feature = "abi-mismatch"))]
+banalytics_sdk::export_plugin!(PLUGIN);
+
+#[cfg(feature = "abi-mismatch")]
+banalytics_sdk::export_plugin!(abi_version = banalytics_sdk::plugin::ABI_VERSION + 1; PLUGIN);
+
+/// A request to every sample-echo instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SampleRequest {
+    /// Echoed in the reply.
+    pub seq: u64,
+    /// Panic in the handler instead of answering (failure drill).
+    #[serde(default)]
+    pub panic: bool,
+}
+
+impl BusMessage for SampleRequest {
+    const TOPIC: &'static str = "sample.request";
+}
+
+/// The answer to a [`SampleRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SampleReply {
+    /// The request's `seq`.
+    pub seq: u64,
+    /// The answering instance: its `label` from `box.toml`, else its name.
+    pub from: String,
+    /// How many actor instances this component has built (1 before any
+    /// restart).
+    pub generation: u64,
+}
+
+impl BusMessage for SampleReply {
+    const TOPIC: &'static str = "sample.reply";
+}
+
+/// The component's own keys in `box.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleConfig {
+    /// How the component signs its replies (default: its instance name).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+struct Sample {
+    from: String,
+}
+
+fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
+    let config: SampleConfig = init.config.parse()?;
+    Ok(Box::new(Sample {
+        from: config.label.unwrap_or_else(|| init.name.clone()),
+    }))
+}
+
+impl Component for Sample {
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
+        let from = self.from.clone();
+        let bus = ctx.bus().clone();
+        let mut generation = 0;
+        let addr = ctx.supervise("echo", move |_, _| {
+            generation += 1;
+            echo::Echo::new(from.clone(), bus.clone(), generation)
+        });
+        ctx.route::<SampleRequest, _>(&addr);
+        tracing::info!(component = ctx.name(), "sample echo started");
+        Ok(())
+    }
+}
+
+impl Handler<FromBus<SampleRequest>> for echo::Echo {
+    type Result = ResponseFuture<()>;
+
+    fn handle(
+        &mut self,
+        FromBus(req): FromBus<SampleRequest>,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        self.answer(&req)
+    }
+}

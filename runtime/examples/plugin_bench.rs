@@ -1,0 +1,179 @@
+//! Plugin benchmark: prints numbers, asserts nothing.
+//!
+//! `cargo run --release -p banalytics-runtime --example plugin_bench [N]`
+//!
+//! Builds the sample plugin (`components/sample`) with the same profile into
+//! the same target folder, puts it in a temporary box's `modules/` and runs
+//! the host in this process:
+//! 1. Load time: `dlopen`, ABI and identity checks, `init`, per library.
+//! 2. Round trips through the plugin boundary: the host bus publishes N
+//!    `sample.request`s while a subscriber counts the N `sample.reply`s the
+//!    plugin's actor sends back. Each round trip crosses the boundary twice
+//!    (request in, reply out), each time serialized to JSON and copied.
+//! 3. The same with the built-in `probe` (no boundary), for comparison.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use banalytics_runtime::{
+    config::BoxConfig, host::Host, plugins::LoadOutcome, registry::Registry, Home,
+};
+use banalytics_sdk::BusMessage;
+use serde::{Deserialize, Serialize};
+
+/// The host's view of the sample's messages: same topics, same JSON.
+#[derive(Serialize, Deserialize)]
+struct SampleRequest {
+    seq: u64,
+    panic: bool,
+}
+impl BusMessage for SampleRequest {
+    const TOPIC: &'static str = "sample.request";
+}
+
+#[derive(Serialize, Deserialize)]
+struct SampleReply {
+    seq: u64,
+    from: String,
+    generation: u64,
+}
+impl BusMessage for SampleReply {
+    const TOPIC: &'static str = "sample.reply";
+}
+
+const CONFIG: &str = r#"
+[log]
+level = "warn"
+
+[components.echo]
+kind = "sample-echo"
+restart_on_failure = "immediate"
+
+[components.probe]
+kind = "probe"
+"#;
+
+fn build_sample() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+    let target = profile_dir.parent().expect("target dir");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(workspace)
+        .args(["build", "--quiet", "-p", "banalytics-sample", "--lib"])
+        .arg("--target-dir")
+        .arg(target);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
+    assert!(
+        cargo.status().expect("cargo").success(),
+        "building the sample"
+    );
+    profile_dir.join(format!(
+        "{}banalytics_sample.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    ))
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let library = build_sample();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let modules = dir.path().join("modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    std::fs::copy(&library, modules.join("com.example-sample-1.0.so")).unwrap();
+
+    let started = Instant::now();
+    let (registry, report) = Registry::builtin().with_plugins(&modules);
+    let total = started.elapsed();
+    for (path, outcome) in &report.files {
+        match outcome {
+            LoadOutcome::Loaded { took, .. } => println!(
+                "plugin load time: {:.2} ms ({}, {:.1} MiB)",
+                took.as_secs_f64() * 1e3,
+                path.file_name().unwrap().to_string_lossy(),
+                std::fs::metadata(path).unwrap().len() as f64 / (1 << 20) as f64
+            ),
+            other => panic!("{}: {other:?}", path.display()),
+        }
+    }
+    println!(
+        "scan of modules/ and load: {:.2} ms",
+        total.as_secs_f64() * 1e3
+    );
+
+    let home = Home::new(dir.path());
+    let config = BoxConfig::parse(&dir.path().join("box.toml"), CONFIG, &registry.names()).unwrap();
+    actix_rt::System::new().block_on(async move {
+        let host = Host::build(&home, &config, &registry).unwrap();
+        host.start_all().await;
+        // Warm up, then measure.
+        round_trips(&host, 1_000).await;
+        let took = round_trips(&host, n).await;
+        let rate = n as f64 / took.as_secs_f64();
+        println!(
+            "plugin round trips: {n} in {:.3} s = {:.0}/s ({:.0} boundary crossings/s, {:.2} µs per round trip)",
+            took.as_secs_f64(),
+            rate,
+            2.0 * rate,
+            took.as_secs_f64() * 1e6 / n as f64
+        );
+        let took = probe_round_trips(&host, n).await;
+        println!(
+            "built-in probe round trips (no boundary): {n} in {:.3} s = {:.0}/s",
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+        host.stop_all().await;
+    });
+}
+
+async fn round_trips(host: &Host, n: u64) -> Duration {
+    let mut replies = host.bus().subscribe::<SampleReply>();
+    let bus = host.bus().clone();
+    let start = Instant::now();
+    let publisher = actix_rt::spawn(async move {
+        for seq in 0..n {
+            bus.publish(SampleRequest { seq, panic: false }).await;
+        }
+    });
+    for expected in 0..n {
+        let reply = replies.recv().await.expect("bus");
+        assert_eq!(reply.seq, expected, "in order");
+        assert_eq!(reply.generation, 1);
+        assert!(!reply.from.is_empty());
+    }
+    publisher.await.unwrap();
+    start.elapsed()
+}
+
+async fn probe_round_trips(host: &Host, n: u64) -> Duration {
+    use banalytics_probe::{ProbePing, ProbePong};
+    let mut pongs = host.bus().subscribe::<ProbePong>();
+    let bus = host.bus().clone();
+    let start = Instant::now();
+    let publisher = actix_rt::spawn(async move {
+        for seq in 0..n {
+            bus.publish(ProbePing {
+                to: "probe".into(),
+                seq,
+                panic: false,
+            })
+            .await;
+        }
+    });
+    for _ in 0..n {
+        pongs.recv().await.expect("bus");
+    }
+    publisher.await.unwrap();
+    start.elapsed()
+}

@@ -1,0 +1,663 @@
+//! Component plugins: loading the libraries in `{home}/modules`, and the
+//! host-side proxy that runs a plugin's component through the C ABI of
+//! `banalytics_sdk::plugin` (whose docs describe the ABI, who frees what and
+//! the threads).
+//!
+//! Loading, per file with the platform's library extension, in name order:
+//! 1. Open it with `libloading` (`RTLD_NOW | RTLD_LOCAL`); a file that is
+//!    not a loadable library is skipped with a warning.
+//! 2. `banalytics_plugin_abi_version`; a library without it is not a plugin
+//!    and is skipped with a warning naming the missing symbol. A different
+//!    version is refused before anything else of the library is called.
+//! 3. The other symbols, then the identity (SDK version, rustc version,
+//!    target), which must be the host's own: otherwise refused with the
+//!    expected and the found values.
+//! 4. The kinds: one that is built in or exported by a library loaded before
+//!    is refused, naming both; the library is refused as a whole.
+//! 5. `init` with the host's log: the plugin's `tracing` events become the
+//!    host's, with a `plugin` field naming the file.
+//!
+//! A refused library never stops the host: its kinds are unknown, so a
+//! `box.toml` that names them is refused like any unknown kind.
+//!
+//! **Libraries are never unloaded** (the `Library` is leaked): a plugin's threads,
+//! thread-locals and statics (its tracing subscriber, its panic hook) live as
+//! long as the process. A new version takes effect at the next start.
+//!
+//! The flags are Unix ones, like the control socket: the host is Unix-only
+//! for now.
+
+use std::{
+    collections::HashMap,
+    ffi::c_void,
+    future::Future,
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    task::{Context, Poll, Wake},
+    time::{Duration, Instant},
+};
+
+use banalytics_sdk::{
+    component::{Component, ComponentContext, ComponentInit, ComponentKind},
+    plugin::{
+        Buf, Bytes, HostCallbacks, HostLog, Identity, InitMessage, KindInfo, StartMessage,
+        StateMessage, ABI_VERSION, LEVEL_DEBUG, LEVEL_ERROR, LEVEL_INFO, LEVEL_TRACE, LEVEL_WARN,
+        RC_CLOSED, RC_ERROR, RC_OK,
+    },
+    Bus, ComponentError, StatusBoard, SubscriberId,
+};
+use tracing::{info, warn};
+
+/// The symbol every plugin exports first; its signature never changes.
+pub const ABI_SYMBOL: &str = "banalytics_plugin_abi_version";
+
+type AbiVersionFn = extern "C" fn() -> u32;
+type IdentityFn = unsafe extern "C" fn(*mut Buf) -> i32;
+type InitFn = unsafe extern "C" fn(*const HostLog) -> i32;
+type CreateFn =
+    unsafe extern "C" fn(Bytes, Bytes, *const HostCallbacks, *mut *mut c_void, *mut Buf) -> i32;
+type StartFn = unsafe extern "C" fn(*mut c_void, Bytes, *mut Buf) -> i32;
+type InstanceFn = unsafe extern "C" fn(*mut c_void) -> i32;
+type DeliverFn = unsafe extern "C" fn(*mut c_void, Bytes, Bytes) -> i32;
+type FreeBufFn = unsafe extern "C" fn(Buf);
+
+/// The functions of one loaded plugin.
+struct Api {
+    create: CreateFn,
+    start: StartFn,
+    stop: InstanceFn,
+    deliver: DeliverFn,
+    restart_failed: InstanceFn,
+    destroy: InstanceFn,
+    free_buf: FreeBufFn,
+}
+
+/// A loaded, accepted plugin library; lives for the process.
+struct Plugin {
+    path: PathBuf,
+    label: String,
+    api: Api,
+}
+
+impl Plugin {
+    /// Takes a buffer the plugin returned: copies it, frees it there.
+    fn take(&self, buf: Buf) -> Vec<u8> {
+        // SAFETY: a live buffer from this plugin, freed right after.
+        let bytes = unsafe { buf.as_slice() }.to_vec();
+        // SAFETY: the plugin's own buffer, returned once.
+        unsafe { (self.api.free_buf)(buf) };
+        bytes
+    }
+
+    fn message(&self, code: i32, err: Buf) -> String {
+        let text = String::from_utf8_lossy(&self.take(err)).into_owned();
+        match code {
+            RC_CLOSED => format!("plugin {}: instance is gone", self.path.display()),
+            _ => text,
+        }
+    }
+}
+
+/// A plugin kind the registry knows.
+struct KindEntry {
+    plugin: &'static Plugin,
+    info: KindInfo,
+}
+
+/// Plugin kinds by name. Process-wide because the libraries are.
+fn kinds() -> &'static Mutex<HashMap<String, Arc<KindEntry>>> {
+    static KINDS: OnceLock<Mutex<HashMap<String, Arc<KindEntry>>>> = OnceLock::new();
+    KINDS.get_or_init(Default::default)
+}
+
+/// The library a plugin kind comes from; `None` for a built-in kind.
+pub fn origin(kind: &str) -> Option<PathBuf> {
+    kinds()
+        .lock()
+        .expect("plugin kinds poisoned")
+        .get(kind)
+        .map(|k| k.plugin.path.clone())
+}
+
+/// What happened to one file of `modules/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadOutcome {
+    /// Loaded; its kinds are registered.
+    Loaded {
+        /// The kinds.
+        kinds: Vec<String>,
+        /// How long loading and checking took.
+        took: Duration,
+    },
+    /// Not a plugin; skipped with a warning.
+    Skipped(String),
+    /// A plugin the host cannot run; refused with an error.
+    Refused(String),
+}
+
+/// What loading `modules/` did, file by file; logged once logging is set up.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Each file with its outcome, in load order.
+    pub files: Vec<(PathBuf, LoadOutcome)>,
+}
+
+impl LoadReport {
+    /// Logs each outcome: loaded at info, skipped at warn, refused at error.
+    pub fn log(&self) {
+        for (path, outcome) in &self.files {
+            let file = path.display();
+            match outcome {
+                LoadOutcome::Loaded { kinds, took } => {
+                    info!(%file, kinds = %kinds.join(","), took_ms = took.as_secs_f64() * 1e3, "plugin loaded")
+                }
+                LoadOutcome::Skipped(why) => warn!(%file, "{why}"),
+                LoadOutcome::Refused(why) => tracing::error!(%file, "{why}"),
+            }
+        }
+    }
+}
+
+/// Loads the plugins in `dir` (a missing folder has none) and returns their
+/// component kinds. `builtin` are the kinds built into the host.
+pub fn load_dir(dir: &Path, builtin: &[&'static str]) -> (Vec<ComponentKind>, LoadReport) {
+    let mut report = LoadReport::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension()
+                        .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    let mut loaded: Vec<(&'static str, PathBuf)> = Vec::new();
+    let mut result = Vec::new();
+    for path in files {
+        let started = Instant::now();
+        let outcome = match load(&path, builtin, &loaded) {
+            Ok((plugin, identity)) => {
+                let mut names = Vec::new();
+                for info in identity.kinds {
+                    let name: &'static str = Box::leak(info.kind.clone().into_boxed_str());
+                    names.push(info.kind.clone());
+                    loaded.push((name, path.clone()));
+                    kinds()
+                        .lock()
+                        .expect("plugin kinds poisoned")
+                        .insert(info.kind.clone(), Arc::new(KindEntry { plugin, info }));
+                    result.push(ComponentKind {
+                        kind: name,
+                        create: create_component,
+                    });
+                }
+                LoadOutcome::Loaded {
+                    kinds: names,
+                    took: started.elapsed(),
+                }
+            }
+            Err(outcome) => outcome,
+        };
+        report.files.push((path, outcome));
+    }
+    (result, report)
+}
+
+fn load(
+    path: &Path,
+    builtin: &[&'static str],
+    loaded: &[(&'static str, PathBuf)],
+) -> Result<(&'static Plugin, Identity), LoadOutcome> {
+    let shown = path.display();
+    let handle = dl::open(path).map_err(|e| {
+        LoadOutcome::Skipped(format!("skipping {shown}: not a loadable library: {e}"))
+    })?;
+    let abi_version = dl::symbol(handle, ABI_SYMBOL).ok_or_else(|| {
+        LoadOutcome::Skipped(format!(
+            "skipping {shown}: not a plugin (no symbol {ABI_SYMBOL})"
+        ))
+    })?;
+    // SAFETY: the symbol of this name has this signature in every plugin
+    // ever built; it is the one function that never changes.
+    let abi_version: AbiVersionFn = unsafe { std::mem::transmute(abi_version) };
+    let found = catch_unwind(|| abi_version())
+        .map_err(|_| LoadOutcome::Refused(format!("plugin {shown}: {ABI_SYMBOL} panicked")))?;
+    if found != ABI_VERSION {
+        return Err(LoadOutcome::Refused(format!(
+            "plugin {shown}: ABI version mismatch: expected {ABI_VERSION}, found {found}"
+        )));
+    }
+    let sym = |name: &str| {
+        dl::symbol(handle, name)
+            .ok_or_else(|| LoadOutcome::Refused(format!("plugin {shown}: missing symbol {name}")))
+    };
+    // SAFETY: the ABI version matches, so each symbol has the signature of
+    // this version (banalytics_sdk::plugin).
+    let (identity, init, api) = unsafe {
+        let identity: IdentityFn = std::mem::transmute(sym("banalytics_plugin_identity")?);
+        let init: InitFn = std::mem::transmute(sym("banalytics_plugin_init")?);
+        let api = Api {
+            create: std::mem::transmute::<*mut c_void, CreateFn>(sym("banalytics_plugin_create")?),
+            start: std::mem::transmute::<*mut c_void, StartFn>(sym("banalytics_plugin_start")?),
+            stop: std::mem::transmute::<*mut c_void, InstanceFn>(sym("banalytics_plugin_stop")?),
+            deliver: std::mem::transmute::<*mut c_void, DeliverFn>(sym(
+                "banalytics_plugin_deliver",
+            )?),
+            restart_failed: std::mem::transmute::<*mut c_void, InstanceFn>(sym(
+                "banalytics_plugin_restart_failed",
+            )?),
+            destroy: std::mem::transmute::<*mut c_void, InstanceFn>(sym(
+                "banalytics_plugin_destroy",
+            )?),
+            free_buf: std::mem::transmute::<*mut c_void, FreeBufFn>(sym(
+                "banalytics_plugin_free_buf",
+            )?),
+        };
+        (identity, init, api)
+    };
+    let label = path
+        .file_name()
+        .map_or_else(|| shown.to_string(), |n| n.to_string_lossy().into_owned());
+    let plugin = Plugin {
+        path: path.to_owned(),
+        label,
+        api,
+    };
+    let mut out = Buf::EMPTY;
+    // SAFETY: `out` is writable; the plugin fills it with its buffer.
+    let code = unsafe { identity(&mut out) };
+    let json = plugin.take(out);
+    if code != RC_OK {
+        return Err(LoadOutcome::Refused(format!(
+            "plugin {shown}: identity failed with code {code}"
+        )));
+    }
+    let identity: Identity = serde_json::from_slice(&json)
+        .map_err(|e| LoadOutcome::Refused(format!("plugin {shown}: unreadable identity: {e}")))?;
+    if let Some(diff) = identity.mismatch(&Identity::host()) {
+        return Err(LoadOutcome::Refused(format!(
+            "plugin {shown}: build identity mismatch: {diff}"
+        )));
+    }
+    for info in &identity.kinds {
+        if builtin.contains(&info.kind.as_str()) {
+            return Err(LoadOutcome::Refused(format!(
+                "plugin {shown}: kind {:?} is already built into the host",
+                info.kind
+            )));
+        }
+        if let Some((_, other)) = loaded.iter().find(|(k, _)| *k == info.kind) {
+            return Err(LoadOutcome::Refused(format!(
+                "plugin {shown}: kind {:?} is already exported by {}",
+                info.kind,
+                other.display()
+            )));
+        }
+    }
+    // Never freed: the plugin may log for the life of the process.
+    let plugin: &'static Plugin = Box::leak(Box::new(plugin));
+    let log = Box::leak(Box::new(HostLog {
+        ctx: (&plugin.label as *const String).cast_mut().cast(),
+        enabled: host_log_enabled,
+        log: host_log,
+    }));
+    // SAFETY: `log` lives for the process.
+    let code = unsafe { init(log) };
+    if code != RC_OK {
+        return Err(LoadOutcome::Refused(format!(
+            "plugin {shown}: init failed with code {code}"
+        )));
+    }
+    Ok((plugin, identity))
+}
+
+extern "C" fn host_log_enabled(_: *mut c_void, level: u32) -> bool {
+    let level = match level {
+        LEVEL_ERROR => tracing::Level::ERROR,
+        LEVEL_WARN => tracing::Level::WARN,
+        LEVEL_INFO => tracing::Level::INFO,
+        LEVEL_DEBUG => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing::level_filters::LevelFilter::current() >= level
+}
+
+extern "C" fn host_log(ctx: *mut c_void, level: u32, target: Bytes, message: Bytes) {
+    let _ = catch_unwind(|| {
+        // SAFETY: `ctx` is the plugin's leaked label; the bytes are borrowed
+        // for this call.
+        let (plugin, target, message) = unsafe {
+            (
+                &*ctx.cast::<String>(),
+                String::from_utf8_lossy(target.as_slice()),
+                String::from_utf8_lossy(message.as_slice()),
+            )
+        };
+        match level {
+            LEVEL_ERROR => tracing::error!(%plugin, plugin_target = %target, "{message}"),
+            LEVEL_WARN => tracing::warn!(%plugin, plugin_target = %target, "{message}"),
+            LEVEL_INFO => tracing::info!(%plugin, plugin_target = %target, "{message}"),
+            LEVEL_DEBUG => tracing::debug!(%plugin, plugin_target = %target, "{message}"),
+            LEVEL_TRACE => tracing::trace!(%plugin, plugin_target = %target, "{message}"),
+            _ => {}
+        }
+    });
+}
+
+/// The kind a component instance was configured with, read back from its
+/// table: a registry entry is a plain `fn`, so one `create` serves every
+/// plugin kind and finds its kind here.
+fn kind_of(init: &ComponentInit) -> Option<String> {
+    let table: toml::Table = toml::from_str(init.config.text()).ok()?;
+    table
+        .get("components")?
+        .get(&init.name)?
+        .get("kind")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn create_component(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
+    let kind = kind_of(init)
+        .ok_or_else(|| ComponentError::Start(format!("no kind for component {}", init.name)))?;
+    let entry = kinds()
+        .lock()
+        .expect("plugin kinds poisoned")
+        .get(&kind)
+        .cloned()
+        .ok_or_else(|| ComponentError::Start(format!("no plugin exports kind {kind:?}")))?;
+    let side = Box::new(HostSide {
+        component: init.name.clone(),
+        plugin: entry.plugin.label.clone(),
+        bridge: Mutex::new(None),
+    });
+    let callbacks = Box::new(HostCallbacks {
+        ctx: (&*side as *const HostSide).cast_mut().cast(),
+        publish: host_publish,
+        state: host_state,
+    });
+    let init_json = serde_json::to_vec(&InitMessage::new(init)).expect("init serializes");
+    let api = &entry.plugin.api;
+    let (mut instance, mut err) = (std::ptr::null_mut(), Buf::EMPTY);
+    // SAFETY: arguments borrowed for the call; `callbacks` and `side` live
+    // in the proxy until after `destroy`.
+    let code = unsafe {
+        (api.create)(
+            Bytes::of(kind.as_bytes()),
+            Bytes::of(&init_json),
+            &*callbacks,
+            &mut instance,
+            &mut err,
+        )
+    };
+    if code != RC_OK {
+        return Err(ComponentError::Start(entry.plugin.message(code, err)));
+    }
+    Ok(Box::new(PluginComponent {
+        entry,
+        instance: Instance(instance),
+        running: None,
+        _callbacks: Callbacks(callbacks),
+        side,
+    }))
+}
+
+/// A plugin instance pointer; the plugin's functions may be called from any
+/// thread (see `banalytics_sdk::plugin`).
+#[derive(Clone, Copy)]
+struct Instance(*mut c_void);
+// SAFETY: the ABI allows calls on an instance from any host thread.
+unsafe impl Send for Instance {}
+
+/// What the plugin's callbacks reach while its instance runs.
+struct Bridge {
+    bus: Bus,
+    board: StatusBoard,
+    /// Our own raw subscriptions: a message from the plugin is not forwarded
+    /// back to it.
+    except: Vec<SubscriberId>,
+}
+
+/// The context of one instance's [`HostCallbacks`].
+struct HostSide {
+    component: String,
+    plugin: String,
+    bridge: Mutex<Option<Arc<Bridge>>>,
+}
+
+/// The host-side proxy of a plugin component: starting it starts the plugin
+/// instance and bridges the bus; stopping it stops the instance.
+struct PluginComponent {
+    entry: Arc<KindEntry>,
+    instance: Instance,
+    running: Option<Forwarders>,
+    _callbacks: Callbacks,
+    side: Box<HostSide>,
+}
+
+/// The instance's callbacks, kept at a stable address until `destroy`.
+struct Callbacks(#[allow(dead_code)] Box<HostCallbacks>);
+// SAFETY: only the plugin reads them; the proxy just keeps them alive.
+unsafe impl Send for Callbacks {}
+
+/// One thread per subscribed topic: takes the host bus's messages for the
+/// instance and delivers them, blocking while the instance's queue is full
+/// (a thread, so that this backpressure never blocks an arbiter).
+struct Forwarders {
+    bus: Bus,
+    threads: Vec<(String, SubscriberId, std::thread::JoinHandle<()>)>,
+}
+
+impl Component for PluginComponent {
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
+        let bus = ctx.bus().clone();
+        let subs: Vec<_> = self
+            .entry
+            .info
+            .subscribes
+            .iter()
+            .map(|t| (t.clone(), bus.subscribe_raw(t)))
+            .collect();
+        *self.side.bridge.lock().expect("bridge poisoned") = Some(Arc::new(Bridge {
+            bus: bus.clone(),
+            board: ctx.board().clone(),
+            except: subs.iter().map(|(_, s)| s.id()).collect(),
+        }));
+        let args = serde_json::to_vec(&StartMessage {
+            policy: ctx.policy().to_string(),
+        })
+        .expect("start args serialize");
+        let plugin = self.entry.plugin;
+        let mut err = Buf::EMPTY;
+        // SAFETY: a live instance; `args` borrowed for the call.
+        let code = unsafe { (plugin.api.start)(self.instance.0, Bytes::of(&args), &mut err) };
+        if code != RC_OK {
+            *self.side.bridge.lock().expect("bridge poisoned") = None;
+            return Err(ComponentError::Start(plugin.message(code, err)));
+        }
+        let instance = self.instance;
+        ctx.on_restart_failed(move || {
+            // SAFETY: a live instance: the hook is called only by the
+            // host's `restart` of this component, while the proxy, which
+            // destroys the instance when dropped, exists.
+            unsafe { (plugin.api.restart_failed)(instance.0) };
+        });
+        // Forward only now: a message that came meanwhile waits in its
+        // subscription and reaches the started instance.
+        let threads = subs
+            .into_iter()
+            .map(|(topic, mut sub)| {
+                let id = sub.id();
+                let instance = self.instance;
+                let name = topic.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("to plugin {}", self.side.component))
+                    .spawn(move || {
+                        let instance = instance;
+                        while let Some(json) = sub.blocking_recv() {
+                            // SAFETY: the instance outlives this thread (joined
+                            // before `stop` and `destroy`); bytes borrowed.
+                            let code = unsafe {
+                                (plugin.api.deliver)(
+                                    instance.0,
+                                    Bytes::of(name.as_bytes()),
+                                    Bytes::of(&json),
+                                )
+                            };
+                            match code {
+                                RC_OK => {}
+                                RC_CLOSED => break,
+                                code => {
+                                    warn!(plugin = %plugin.label, topic = %name, code, "plugin refused a message");
+                                }
+                            }
+                        }
+                    })
+                    .expect("spawning a forwarder thread");
+                (topic, id, thread)
+            })
+            .collect();
+        self.running = Some(Forwarders { bus, threads });
+        Ok(())
+    }
+
+    fn stopped(&mut self) {
+        let Some(forwarders) = self.running.take() else {
+            return;
+        };
+        // Forwarders first: what they took is delivered before the stop,
+        // which the instance handles after it, in order.
+        for (topic, id, thread) in forwarders.threads {
+            forwarders.bus.unsubscribe(&topic, id);
+            let _ = thread.join();
+        }
+        // SAFETY: a live instance.
+        let code = unsafe { (self.entry.plugin.api.stop)(self.instance.0) };
+        if code != RC_OK {
+            warn!(plugin = %self.side.plugin, component = %self.side.component, code, "plugin stop failed");
+        }
+        *self.side.bridge.lock().expect("bridge poisoned") = None;
+    }
+}
+
+impl Drop for PluginComponent {
+    fn drop(&mut self) {
+        self.stopped();
+        // SAFETY: a live instance, handed back once; the callbacks and
+        // `side` are dropped only after this returns.
+        let code = unsafe { (self.entry.plugin.api.destroy)(self.instance.0) };
+        if code != RC_OK {
+            warn!(plugin = %self.side.plugin, component = %self.side.component, code, "plugin destroy failed");
+        }
+    }
+}
+
+fn side<'a>(ctx: *mut c_void) -> &'a HostSide {
+    // SAFETY: `ctx` is the `HostSide` of a live instance (see create).
+    unsafe { &*ctx.cast::<HostSide>() }
+}
+
+extern "C" fn host_publish(ctx: *mut c_void, topic: Bytes, message: Bytes) -> i32 {
+    catch_unwind(AssertUnwindSafe(|| {
+        let side = side(ctx);
+        let Some(bridge) = side.bridge.lock().expect("bridge poisoned").clone() else {
+            return RC_CLOSED;
+        };
+        // SAFETY: borrowed for this call.
+        let (topic, message) = unsafe { (topic.as_slice(), message.as_slice()) };
+        let topic = String::from_utf8_lossy(topic);
+        let published = block_on(bridge.bus.publish_raw_except(
+            &topic,
+            message.to_vec(),
+            &bridge.except,
+        ));
+        match published {
+            Ok(_) => RC_OK,
+            Err(e) => {
+                warn!(plugin = %side.plugin, component = %side.component, error = %e, "message from plugin refused");
+                RC_ERROR
+            }
+        }
+    }))
+    .unwrap_or(RC_ERROR)
+}
+
+extern "C" fn host_state(ctx: *mut c_void, state: Bytes) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        let side = side(ctx);
+        // SAFETY: borrowed for this call.
+        let state = unsafe { state.as_slice() };
+        let Ok(state) = serde_json::from_slice::<StateMessage>(state) else {
+            warn!(plugin = %side.plugin, component = %side.component, "unreadable state from plugin");
+            return;
+        };
+        let Some(bridge) = side.bridge.lock().expect("bridge poisoned").clone() else {
+            return;
+        };
+        for (actor, status) in state.actors {
+            bridge.board.mirror_actor(&side.component, &actor, status);
+        }
+        if !state.details.is_null() {
+            bridge.board.set_details(&side.component, state.details);
+        }
+    }));
+}
+
+/// Runs `fut` to completion on this thread, parking while it waits. For the
+/// plugin's threads, which belong to no runtime of the host; the host bus
+/// needs none (tokio's channels work without a runtime).
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// Opening libraries and finding symbols, with `libloading`.
+mod dl {
+    use super::*;
+
+    /// An open library; never closed: the `Library` is leaked on purpose
+    /// (see the module docs), which is what makes the handle `'static`.
+    #[derive(Clone, Copy)]
+    pub struct Handle(&'static libloading::Library);
+
+    pub fn open(path: &Path) -> Result<Handle, String> {
+        // RTLD_NOW: a library with unresolved symbols is refused here, not
+        // when a plugin function first runs. RTLD_LOCAL keeps the plugin's
+        // symbols out of the global namespace, so plugins cannot clash.
+        // SAFETY: loading runs the library's initialisers; only files in the
+        // host's own module folder are loaded.
+        let lib = unsafe {
+            libloading::os::unix::Library::open(
+                Some(path),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+            )
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Handle(Box::leak(Box::new(lib.into()))))
+    }
+
+    pub fn symbol(h: Handle, name: &str) -> Option<*mut c_void> {
+        // SAFETY: the symbol is only read as an address here; its type is
+        // fixed by the ABI where it is cast and called.
+        let s = unsafe { h.0.get::<*mut c_void>(name.as_bytes()) }.ok()?;
+        let p = *s;
+        (!p.is_null()).then_some(p)
+    }
+}
