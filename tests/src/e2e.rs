@@ -567,15 +567,13 @@ pub struct BoxSettings {
     pub upgrade_extra: String,
     /// `[log] level`.
     pub log_level: String,
-    /// `restart_delay_ms`: between a staged set and the exit.
-    pub restart_delay_ms: u64,
     /// `health_grace_s`: how long a new set runs before it commits.
     pub health_grace_s: f64,
 }
 
 impl BoxSettings {
     /// A box of `env` talking to `portal`, with a short grace period (0.5 s)
-    /// and restart delay (200 ms) so that tests do not wait.
+    /// so that tests do not wait.
     pub fn new(portal: &dyn PortalApi, env: Option<&str>) -> BoxSettings {
         BoxSettings {
             portal_url: portal.portal_url(),
@@ -584,7 +582,6 @@ impl BoxSettings {
             portal_extra: String::new(),
             upgrade_extra: String::new(),
             log_level: "info".into(),
-            restart_delay_ms: 200,
             health_grace_s: 0.5,
         }
     }
@@ -606,7 +603,6 @@ ping_timeout_s = 10
 kind = "software-upgrade-center"
 repository_url = "{repo}"
 restart_mode = "exit"
-restart_delay_ms = {restart_delay_ms}
 health_grace_s = {health_grace_s:?}
 max_boot_attempts = 3
 {upgrade_extra}
@@ -616,7 +612,6 @@ max_boot_attempts = 3
             portal_extra = self.portal_extra,
             repo = self.repository_url,
             upgrade_extra = self.upgrade_extra,
-            restart_delay_ms = self.restart_delay_ms,
             health_grace_s = self.health_grace_s,
         )
     }
