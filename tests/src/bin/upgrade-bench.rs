@@ -78,8 +78,9 @@ fn rate(bytes: u64, d: Duration) -> String {
 struct SyncRun {
     /// From the trigger to `staged` (or `up-to-date`) seen in `status`.
     wall: Duration,
-    /// `finished_ms - started_ms` of the box's own report.
-    reported: Duration,
+    /// `finished_ms - started_ms` of the box's own report, when the box was
+    /// still up to be asked.
+    reported: Option<Duration>,
     /// Time in the `staging` state, as far as polling saw it.
     staging: Duration,
     /// `VmHWM` of the box process at the end, KiB.
@@ -122,7 +123,7 @@ fn follow(b: &mut ManagedBox, asked_ms: u64, t: Instant) -> Result<SyncRun> {
                     }
                     return Ok(SyncRun {
                         wall: t.elapsed(),
-                        reported: Duration::from_millis(finished.saturating_sub(started)),
+                        reported: Some(Duration::from_millis(finished.saturating_sub(started))),
                         staging,
                         peak_rss_kib: peak,
                         state,
@@ -136,7 +137,7 @@ fn follow(b: &mut ManagedBox, asked_ms: u64, t: Instant) -> Result<SyncRun> {
             let wall = t.elapsed();
             return Ok(SyncRun {
                 wall,
-                reported: wall,
+                reported: None,
                 staging: staging_from.map_or(Duration::ZERO, |f| f.elapsed()),
                 peak_rss_kib: peak,
                 state: "staged".into(),
@@ -285,8 +286,9 @@ fn main() -> Result<()> {
     ));
     rows.push((
         "  of which the box's own report (request to staged)".into(),
-        secs(run.reported),
-        format!("staging {}", secs(run.staging)),
+        run.reported
+            .map_or_else(|| "n/a (restarted first)".into(), secs),
+        format!("staging seen for {}", secs(run.staging)),
     ));
     rows.push((
         "  box peak RSS (VmHWM) during it".into(),
