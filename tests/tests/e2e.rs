@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use banalytics_tests::{
-    e2e::{env_uuid, BoxSettings, ManagedBox, ModuleSpec, PortalApi, StatusLine},
+    e2e::{env_uuid, log_events, BoxSettings, ManagedBox, ModuleSpec, PortalApi, StatusLine},
     poll_until,
     portal::{Portal, PortalConfig, PortalHandle},
     DEADLINE,
@@ -272,11 +272,23 @@ fn a_box_without_an_environment_uuid_refuses_to_synchronise_and_downloads_nothin
     let result = sync["result"].as_str().unwrap_or_default();
     ensure!(result.contains("not registered"), "{sync}");
     ensure!(sync["trigger"] == "first-run", "{sync}");
+    let refusal = log_events(&b.log()).into_iter().find(|e| {
+        e["message"] == "synchronisation failed"
+            && e["error"]
+                .as_str()
+                .is_some_and(|m| m.contains("not registered"))
+    });
     ensure!(
-        b.log().contains("not registered"),
-        "the refusal is logged: {}",
+        refusal.is_some_and(|e| e["level"] == "WARN"),
+        "the refusal is logged as a warning naming the reason: {}",
         b.log_tail(20)
     );
+    let status = b.status()?;
+    let center = status["components"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["kind"] == "software-upgrade-center"))
+        .context("the upgrade center in status")?;
+    ensure!(center["details"]["registered"] == false, "{center}");
     ensure!(b.is_running(), "an unregistered box keeps running");
     ensure!(b.exits().is_empty());
     let stats = w.portal.stats_report()?;
