@@ -4,6 +4,9 @@
 //! exits 75, as a service manager would. The first run installs v1; v2 is
 //! assigned and synchronised (download progress, restart, swap, commit,
 //! `installed`); then v1 is assigned again, a rollback through the portal.
+//! Each set carries the sample plugin (`components/sample`) as a module; the
+//! demo adds its component once the first set is installed, and shows the
+//! component answering over the bus from the file of the active set.
 //! Ends with what moved, the bytes and the time of each phase; exits 0 and
 //! leaves nothing running.
 //!
@@ -11,14 +14,17 @@
 
 use std::{
     collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use banalytics_tests::{
     e2e::{ensure_binaries, BoxSettings, ManagedBox, ModuleSpec, PortalApi, EXIT_RESTART},
-    portal::{Faults, Portal, PortalConfig, PortalHandle},
+    portal::{Faults, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
 };
+use serde_json::json;
 
 const ENV: &str = "d3m0d3m0-5eed-4000-8000-00000000cafe";
 
@@ -48,8 +54,81 @@ fn v2() -> Vec<ModuleSpec> {
     ]
 }
 
-fn coords(specs: &[ModuleSpec]) -> Vec<String> {
-    specs.iter().map(|s| s.coordinates.clone()).collect()
+/// The sample plugin's module in v1 and v2 (the same library, published
+/// twice: what matters is which file of `modules/` the component runs from).
+const ECHO_V1: &str = "com.banalytics.demo:echo:1.0";
+const ECHO_V2: &str = "com.banalytics.demo:echo:2.0";
+
+/// The component the operator adds once the plugin's module is installed
+/// (a kind no installed module exports is refused at start).
+const ECHO_COMPONENT: &str = r#"
+[components.echo]
+kind = "sample-echo"
+restart_on_failure = "immediate"
+"#;
+
+fn coords(specs: &[ModuleSpec], echo: &str) -> Vec<String> {
+    let mut c: Vec<String> = specs.iter().map(|s| s.coordinates.clone()).collect();
+    c.push(echo.to_owned());
+    c
+}
+
+/// Builds the sample plugin (`components/sample`) with this binary's
+/// profile and returns its library.
+fn ensure_sample_plugin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "banalytics-sample", "--lib"]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().context("building the sample plugin")?;
+    let lib = dir.join(format!(
+        "{}banalytics_sample.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    ));
+    if !status.success() || !lib.exists() {
+        bail!("could not build {}", lib.display());
+    }
+    Ok(lib)
+}
+
+/// The echo component's origin and its answer to one request over the bus.
+fn show_echo(b: &ManagedBox, seq: u64) -> Result<()> {
+    let echo = poll_until_run(b, "echo")?;
+    let reply = b
+        .home()
+        .exchange(
+            "sample.request",
+            json!({ "seq": seq, "panic": false }),
+            "sample.reply",
+            Duration::from_secs(5),
+        )?
+        .map_err(|why| anyhow::anyhow!("echo did not answer: {why}"))?;
+    println!(
+        "   echo: {} from {}; request {seq} answered {reply}",
+        echo["state"].as_str().unwrap_or("?"),
+        echo["origin"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn poll_until_run(b: &ManagedBox, name: &str) -> Result<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        if let Ok(c) = b.home().component(name) {
+            if c["state"] == "RUN" {
+                return Ok(c);
+            }
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("{name} not in RUN: {}", b.log_tail(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn mib(bytes: u64) -> String {
@@ -197,6 +276,7 @@ fn step(n: u32, what: &str) {
 
 fn main() -> Result<()> {
     let bin = ensure_binaries()?;
+    let plugin = ensure_sample_plugin()?;
     let dir = tempfile::Builder::new()
         .prefix("banalytics-demo-")
         .tempdir()?;
@@ -207,18 +287,18 @@ fn main() -> Result<()> {
         portal.url(),
         portal.repo_url()
     );
-    let result = demo(&portal, dir.path());
+    let result = demo(&portal, dir.path(), &plugin);
     portal.shutdown_blocking();
     let phases = result?;
 
     println!("\n== summary");
     println!(
-        "{:<30} {:<46} {:>10} {:>8} {:>9}",
+        "{:<30} {:<64} {:>10} {:>8} {:>9}",
         "PHASE", "MOVED", "FETCHED", "RESTARTS", "TIME"
     );
     for p in &phases {
         println!(
-            "{:<30} {:<46} {:>10} {:>8} {:>7.2} s",
+            "{:<30} {:<64} {:>10} {:>8} {:>7.2} s",
             p.name,
             p.moved,
             mib(p.bytes),
@@ -230,7 +310,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn demo(portal: &PortalHandle, dir: &std::path::Path) -> Result<Vec<Phase>> {
+fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> {
     step(1, "publish v1 and v2 on the reference portal");
     let files = dir.join("files");
     let mut all = v1();
@@ -248,12 +328,24 @@ fn demo(portal: &PortalHandle, dir: &std::path::Path) -> Result<Vec<Phase>> {
             if m.model.is_some() { "yes" } else { "no" }
         );
     }
-    portal.assign_set(ENV, &coords(&v1()))?;
+    for echo in [ECHO_V1, ECHO_V2] {
+        let mut req = PublishRequest::new(echo, ModuleType::Component, plugin);
+        req.packaging = Some(std::env::consts::DLL_EXTENSION.to_owned());
+        let m = portal.publish(&req)?;
+        println!(
+            "   {:<36} {:>9}  the sample plugin ({})",
+            m.coordinates(),
+            mib(m.size),
+            m.packaging
+        );
+    }
+    portal.assign_set(ENV, &coords(&v1(), ECHO_V1))?;
     println!("   assigned v1 to environment {ENV}");
 
     let mut settings = BoxSettings::new(portal, Some(ENV));
     settings.log_level = "info".into();
     let mut b = ManagedBox::new(&settings)?;
+    let config = settings.box_toml();
     println!("   box home: {}", b.path().display());
     let mut phases = Vec::new();
 
@@ -263,6 +355,17 @@ fn demo(portal: &PortalHandle, dir: &std::path::Path) -> Result<Vec<Phase>> {
     b.spawn()?;
     let restarts = drive(portal, &mut b, 0)?;
     let installed_v1 = show_installed(&b)?;
+    println!("   the operator adds the echo component (kind sample-echo, from the plugin module) and restarts the box");
+    let stopped = b.stop()?;
+    if !stopped.success() {
+        bail!("the box exited with {stopped}");
+    }
+    std::fs::write(
+        b.path().join("config/box.toml"),
+        format!("{config}{ECHO_COMPONENT}"),
+    )?;
+    b.spawn()?;
+    show_echo(&b, 1)?;
     phases.push(Phase {
         name: "first run installs v1",
         moved: moved(&[], &installed_v1),
@@ -273,7 +376,7 @@ fn demo(portal: &PortalHandle, dir: &std::path::Path) -> Result<Vec<Phase>> {
 
     step(
         3,
-        "assign v2 (camera kept, motion changed, recorder removed, faces added) and EVT_SYNC_SOFT",
+        "assign v2 (camera kept, motion and echo changed, recorder removed, faces added) and EVT_SYNC_SOFT",
     );
     portal.set_faults(Faults {
         bandwidth_bytes_per_s: Some(DEMO_BANDWIDTH),
@@ -286,13 +389,14 @@ fn demo(portal: &PortalHandle, dir: &std::path::Path) -> Result<Vec<Phase>> {
     let t = Instant::now();
     portal.reset_stats();
     let seen = portal.statuses(ENV)?.len();
-    portal.assign_set(ENV, &coords(&v2()))?;
+    portal.assign_set(ENV, &coords(&v2(), ECHO_V2))?;
     portal
         .wait_connected(ENV, Duration::from_secs(20))
         .context("the box is not connected to the portal")?;
     println!("   EVT_SYNC_SOFT to {} connection(s)", portal.sync(ENV));
     let restarts = drive(portal, &mut b, seen)?;
     let installed_v2 = show_installed(&b)?;
+    show_echo(&b, 2)?;
     phases.push(Phase {
         name: "upgrade to v2",
         moved: moved(&installed_v1, &installed_v2),
@@ -309,11 +413,12 @@ fn demo(portal: &PortalHandle, dir: &std::path::Path) -> Result<Vec<Phase>> {
     let t = Instant::now();
     portal.reset_stats();
     let seen = portal.statuses(ENV)?.len();
-    portal.assign_set(ENV, &coords(&v1()))?;
+    portal.assign_set(ENV, &coords(&v1(), ECHO_V1))?;
     portal.wait_connected(ENV, Duration::from_secs(20))?;
     println!("   EVT_SYNC_SOFT to {} connection(s)", portal.sync(ENV));
     let restarts = drive(portal, &mut b, seen)?;
     let installed_back = show_installed(&b)?;
+    show_echo(&b, 3)?;
     phases.push(Phase {
         name: "rollback to v1 via the portal",
         moved: moved(&installed_v2, &installed_back),
