@@ -415,11 +415,9 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         "modules-in",
         || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
         || {
-            if !m.exists() && !scratch.exists() {
-                return rename(layout, &u, &m);
-            }
             if !m.exists() {
-                // The fallback moved the old set out already.
+                // First install, or the fallback moved the old set out
+                // already.
                 return rename(layout, &u, &m);
             }
             if exchange_atomic(&m, &u).is_ok() {
