@@ -1,7 +1,8 @@
 //! A fleet: 50 real `banalytics-box` processes, each with its own home,
 //! against one reference portal. Every box converges on the first set and
 //! then on a new one, and the repository serves each artifact byte once per
-//! box that needed it.
+//! box that needed it; then the portal restarts under the whole fleet and
+//! the boxes come back spread out by their jittered backoff.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -14,6 +15,14 @@ use banalytics_tests::{
 const BOXES: usize = 50;
 
 const CONVERGE: Duration = Duration::from_secs(240);
+
+/// `max_backoff_s` of the fleet: every box is back within this much after
+/// the portal is.
+const MAX_BACKOFF_S: u64 = 8;
+
+/// How long the portal stays down: long enough for each box's first
+/// jittered attempt to fail.
+const PORTAL_DOWN: Duration = Duration::from_secs(3);
 
 #[test]
 fn fifty_boxes_converge_on_a_new_set_and_each_byte_is_served_once_per_box() -> Result<()> {
@@ -34,7 +43,9 @@ fn fifty_boxes_converge_on_a_new_set_and_each_byte_is_served_once_per_box() -> R
     let c1: Vec<String> = v1.iter().map(|s| s.coordinates.clone()).collect();
     let c2: Vec<String> = v2.iter().map(|s| s.coordinates.clone()).collect();
 
-    let mut fleet = Fleet::new(&portal, BOXES, |_| {})?;
+    let mut fleet = Fleet::new(&portal, BOXES, |s| {
+        s.portal_extra = format!("max_backoff_s = {MAX_BACKOFF_S}");
+    })?;
     fleet.assign_all(&portal, &c1)?;
     fleet.spawn_all()?;
     let first = fleet.converge(&portal, &vec![0; BOXES], CONVERGE, |_, _| {})?;
@@ -73,6 +84,33 @@ fn fifty_boxes_converge_on_a_new_set_and_each_byte_is_served_once_per_box() -> R
         .filter(|(p, s)| s.bytes > 0 && !p.ends_with(".sha256") && !expected.contains_key(*p))
         .collect();
     ensure!(extra.is_empty(), "unexpected downloads: {extra:?}");
+
+    // The portal goes away under the whole fleet and comes back on the same
+    // port: every box returns, and the jitter spreads the attempts.
+    let (addr, data) = (portal.addr(), portal.data_dir().to_path_buf());
+    portal.shutdown_blocking();
+    std::thread::sleep(PORTAL_DOWN);
+    let mut config = PortalConfig::new(data);
+    config.listen = addr;
+    let portal = Portal::spawn(config)?;
+    let back = fleet.wait_all_connected(&portal, Duration::from_secs(MAX_BACKOFF_S * 3))?;
+    let stats = portal.stats_report()?;
+    let busiest = stats
+        .connection_attempts_per_second
+        .values()
+        .max()
+        .copied()
+        .unwrap_or(0);
+    eprintln!(
+        "back after {back:?}; attempts per second: {:?}",
+        stats.connection_attempts_per_second
+    );
+    ensure!(stats.connection_attempts >= BOXES as u64);
+    ensure!(
+        busiest <= (BOXES * 4 / 5) as u64,
+        "{busiest} of {BOXES} boxes came back in the same second: {:?}",
+        stats.connection_attempts_per_second
+    );
     let bad = fleet.stop_all();
     ensure!(bad.is_empty(), "boxes that did not stop cleanly: {bad:?}");
     Ok(())
