@@ -3,6 +3,7 @@
 
 pub mod e2e;
 pub mod fixtures;
+pub mod fleet;
 pub mod portal;
 
 use std::{

@@ -8,7 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{ensure, Result};
 use banalytics_tests::{
-    e2e::{served_files, Fleet, ModuleSpec, PortalApi},
+    e2e::{served_files, ModuleSpec, PortalApi},
+    fleet::Fleet,
     portal::{Portal, PortalConfig},
 };
 

@@ -15,7 +15,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use banalytics_tests::{
-    e2e::{ensure_binaries, rss_kib, served_files, Fleet, ModuleSpec, PortalApi, PortalProcess},
+    e2e::{ensure_binaries, rss_kib, served_files, ModuleSpec, PortalApi, PortalProcess},
+    fleet::Fleet,
     portal::ModuleObject,
 };
 
