@@ -857,34 +857,33 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
 /// binary, with its profile, so that one `cargo run` of the demo or a
 /// benchmark is enough; sets `BANALYTICS_BOX_BIN` and
 /// `BANALYTICS_PORTAL_BIN`. Cargo does nothing when they are up to date.
+///
+/// One cargo invocation per package, on purpose: building both packages in
+/// one invocation unifies their dependencies' features differently from the
+/// `cargo run -p banalytics-tests` that started us, and the two builds would
+/// then recompile the shared TLS crates in turn on every run.
 pub fn ensure_binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let release = dir.ends_with("release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args([
-        "build",
-        "-p",
-        "banalytics-runtime",
-        "--bin",
-        "banalytics-box",
-        "-p",
-        "banalytics-tests",
-        "--bin",
-        "banalytics-portal",
-    ]);
-    if release {
-        build.arg("--release");
+    for (package, bin) in [
+        ("banalytics-runtime", "banalytics-box"),
+        ("banalytics-tests", "banalytics-portal"),
+    ] {
+        let mut build = Command::new(&cargo);
+        build.args(["build", "-p", package, "--bin", bin]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().with_context(|| format!("building {bin}"))?;
+        if !status.success() || !dir.join(bin).exists() {
+            bail!("could not build {}", dir.join(bin).display());
+        }
     }
-    let status = build.status().context("building banalytics-box")?;
     let bin = dir.join("banalytics-box");
-    let portal = dir.join("banalytics-portal");
-    if !status.success() || !bin.exists() || !portal.exists() {
-        bail!("could not build {} and {}", bin.display(), portal.display());
-    }
     std::env::set_var("BANALYTICS_BOX_BIN", &bin);
-    std::env::set_var("BANALYTICS_PORTAL_BIN", &portal);
+    std::env::set_var("BANALYTICS_PORTAL_BIN", dir.join("banalytics-portal"));
     Ok(bin)
 }
 
