@@ -1,6 +1,8 @@
 //! `Inventory`: reads the installed set and plans each module of a target
 //! set against it (keep, add, change, remove).
 
+use std::path::Path;
+
 use actix::prelude::*;
 use tracing::{info, warn};
 
@@ -46,8 +48,9 @@ impl Handler<PlanSync> for Inventory {
             .iter()
             .map(|m| m.coords.to_string())
             .collect();
-        let record = trusted_record(&self.layout)?;
-        let plan = plan::plan(msg.target, &installed, record.as_ref());
+        let record = trusted_record(&self.layout.modules(), &self.layout.models())?;
+        let backup = trusted_record(&self.layout.backup(), &self.layout.models_backup())?;
+        let plan = plan::plan(msg.target, &installed, record.as_ref(), backup.as_ref());
         for m in &plan.modules {
             info!(module = %m.key(), action = ?m.action, fetches = m.fetches().count(), "planned");
         }
@@ -58,13 +61,12 @@ impl Handler<PlanSync> for Inventory {
     }
 }
 
-/// The installed set's record, without the modules whose files are missing
-/// or of the wrong size (those are fetched again rather than trusted). A
-/// full digest check is `verify`'s job; this one is a `stat` per file.
-pub fn trusted_record(layout: &Layout) -> Result<Option<SetRecord>, UpgradeError> {
-    let modules = layout.modules();
-    let models = layout.models();
-    let Some(mut record) = SetRecord::load(&modules).map_err(io_at(&modules))? else {
+/// The record of the set in `modules` (with its models in `models`),
+/// without the modules whose files are missing or of the wrong size (those
+/// are fetched again rather than trusted). A full digest check is
+/// `verify`'s job; this one is a `stat` per file.
+pub fn trusted_record(modules: &Path, models: &Path) -> Result<Option<SetRecord>, UpgradeError> {
+    let Some(mut record) = SetRecord::load(modules).map_err(io_at(modules))? else {
         return Ok(None);
     };
     record.modules.retain(|key, m| {
@@ -73,7 +75,7 @@ pub fn trusted_record(layout: &Layout) -> Result<Option<SetRecord>, UpgradeError
             modules: [(key.clone(), m.clone())].into(),
         };
         let intact = single
-            .files(&modules, &models)
+            .files(modules, models)
             .all(|(path, f)| std::fs::metadata(&path).is_ok_and(|meta| meta.len() == f.size));
         if !intact {
             warn!(module = %key, "installed files missing or changed; they will be fetched again");

@@ -1,11 +1,13 @@
 //! What a synchronisation has to do: for each module of the target set,
 //! which bytes are already here and which must be fetched.
 //!
-//! Planning is a pure function of the resolved target set and the installed
-//! set's record, so that the delta rules are tested without a network or a
-//! disk: a part is kept when the installed record holds the same
-//! coordinates and the same SHA-256 (or, without a known digest under
-//! `checksum_policy = "warn"`, the same coordinates).
+//! Planning is a pure function of the resolved target set and the records of
+//! the installed and backup sets, so that the delta rules are tested without
+//! a network or a disk: a part is kept when the installed record holds the
+//! same coordinates and the same SHA-256 (or, without a known digest under
+//! `checksum_policy = "warn"`, the same coordinates), and taken from the
+//! backup set on the same terms, so that going back to the previous set
+//! through the portal moves no bytes.
 
 use serde::Serialize;
 
@@ -47,20 +49,30 @@ pub struct Fetch {
     pub cache_name: String,
 }
 
-/// A main artifact: already installed, or to fetch.
+/// Which set on disk a reused file comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `modules/` and `models/`.
+    Active,
+    /// `modules-backup/` and `models-backup/`.
+    Backup,
+}
+
+/// A main artifact: already on disk, or to fetch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum MainPlan {
-    /// The installed file, to hard-link into the staged set.
-    Installed(FileRecord),
+    /// A file of the active or backup set, to hard-link into the staged set.
+    Installed(Origin, FileRecord),
     /// To fetch.
     Fetch(Fetch),
 }
 
-/// A package: its extracted files already installed, or to fetch and extract.
+/// A package: its extracted files already on disk, or to fetch and extract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum PackagePlan {
-    /// The installed files, to hard-link into the staged set.
-    Installed(PackageRecord),
+    /// Files of the active or backup set, to hard-link into the staged set.
+    Installed(Origin, PackageRecord),
     /// To fetch and extract.
     Fetch(Fetch),
 }
@@ -104,7 +116,7 @@ impl ModulePlan {
     pub fn fetches(&self) -> impl Iterator<Item = &Fetch> {
         let main = match &self.main {
             MainPlan::Fetch(f) => Some(f),
-            MainPlan::Installed(_) => None,
+            MainPlan::Installed(..) => None,
         };
         main.into_iter()
             .chain(fetch_of(&self.dependencies))
@@ -143,12 +155,14 @@ pub fn plan(
     target: Vec<ResolvedModule>,
     installed: &[String],
     record: Option<&SetRecord>,
+    backup: Option<&SetRecord>,
 ) -> SyncPlan {
     let empty = SetRecord::default();
     let record = record.unwrap_or(&empty);
+    let backup = backup.unwrap_or(&empty);
     let modules: Vec<ModulePlan> = target
         .into_iter()
-        .map(|r| plan_module(r, installed, record))
+        .map(|r| plan_module(r, installed, record, backup))
         .collect();
     let removed = installed
         .iter()
@@ -162,6 +176,7 @@ fn plan_module(
     resolved: ResolvedModule,
     installed_keys: &[String],
     record: &SetRecord,
+    backup: &SetRecord,
 ) -> ModulePlan {
     let module = &resolved.module;
     let key = module.coords.to_string();
@@ -178,41 +193,56 @@ fn plan_module(
             module.coords.version()
         )
     };
-    let main = match installed {
-        Some(m)
-            if m.main.name == file_name && same(&resolved.main, &m.main.sha256, m.main.size) =>
-        {
-            MainPlan::Installed(m.main.clone())
-        }
-        _ => MainPlan::Fetch(Fetch {
-            target: resolved.main.clone(),
-            cache_name: file_name.clone(),
-        }),
-    };
-    let package = |target: &Option<Target>, installed: Option<&PackageRecord>, suffix: &str| {
-        target.as_ref().map(|t| match installed {
-            Some(p) if same(t, &p.sha256, p.size) => PackagePlan::Installed(p.clone()),
-            _ => PackagePlan::Fetch(Fetch {
-                target: t.clone(),
-                cache_name: cache(suffix),
-            }),
+    let previous = backup.modules.get(&key);
+    let candidates = [(Origin::Active, installed), (Origin::Backup, previous)];
+    let main = candidates
+        .iter()
+        .find_map(|(origin, m)| {
+            m.filter(|m| {
+                m.main.name == file_name && same(&resolved.main, &m.main.sha256, m.main.size)
+            })
+            .map(|m| MainPlan::Installed(*origin, m.main.clone()))
+        })
+        .unwrap_or_else(|| {
+            MainPlan::Fetch(Fetch {
+                target: resolved.main.clone(),
+                cache_name: file_name.clone(),
+            })
+        });
+    let package = |target: &Option<Target>,
+                   pick: fn(&ModuleRecord) -> Option<&PackageRecord>,
+                   suffix: &str| {
+        target.as_ref().map(|t| {
+            candidates
+                .iter()
+                .find_map(|(origin, m)| {
+                    m.and_then(pick)
+                        .filter(|p| same(t, &p.sha256, p.size))
+                        .map(|p| PackagePlan::Installed(*origin, p.clone()))
+                })
+                .unwrap_or_else(|| {
+                    PackagePlan::Fetch(Fetch {
+                        target: t.clone(),
+                        cache_name: cache(suffix),
+                    })
+                })
         })
     };
     let dependencies = package(
         &resolved.dependencies,
-        installed.and_then(|m| m.dependencies.as_ref()),
+        |m| m.dependencies.as_ref(),
         "-bin.zip",
     );
-    let model = package(
-        &resolved.model,
-        installed.and_then(|m| m.model.as_ref()),
-        "-model.zip",
-    );
-    let unchanged = matches!(main, MainPlan::Installed(_))
+    let model = package(&resolved.model, |m| m.model.as_ref(), "-model.zip");
+    let active = |p: &Option<PackagePlan>| {
+        p.as_ref()
+            .is_none_or(|p| matches!(p, PackagePlan::Installed(Origin::Active, _)))
+    };
+    let unchanged = matches!(main, MainPlan::Installed(Origin::Active, _))
         && installed.is_some_and(|m| m.dependencies.is_some() == dependencies.is_some())
         && installed.is_some_and(|m| m.model.is_some() == model.is_some())
-        && !matches!(dependencies, Some(PackagePlan::Fetch(_)))
-        && !matches!(model, Some(PackagePlan::Fetch(_)));
+        && active(&dependencies)
+        && active(&model);
     let action = if unchanged {
         Action::Keep
     } else if installed_keys.iter().any(|k| same_artifact(k, &key)) {

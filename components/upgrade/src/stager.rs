@@ -35,7 +35,7 @@ use crate::{
     failpoint::failpoint,
     installed,
     layout::{sync_dir, Layout, MODULES_INFO},
-    plan::{MainPlan, PackagePlan, SyncPlan},
+    plan::{MainPlan, Origin, PackagePlan, SyncPlan},
     record::{sha256_file, FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
 
@@ -300,6 +300,14 @@ fn sync_tree(root: &Path) -> Result<(), UpgradeError> {
     Ok(())
 }
 
+/// The module and model folders of the set a reused file comes from.
+fn roots(layout: &Layout, origin: Origin) -> (PathBuf, PathBuf) {
+    match origin {
+        Origin::Active => (layout.modules(), layout.models()),
+        Origin::Backup => (layout.backup(), layout.models_backup()),
+    }
+}
+
 /// Builds and publishes the staged set; see the module docs for the steps.
 #[instrument(skip_all, fields(modules = plan.modules.len()))]
 pub fn stage(
@@ -327,8 +335,8 @@ pub fn stage(
     for (n, m) in plan.modules.iter().enumerate() {
         let key = m.key();
         let main = match &m.main {
-            MainPlan::Installed(rec) => {
-                modules.reuse(&layout.modules(), rec, &key)?;
+            MainPlan::Installed(origin, rec) => {
+                modules.reuse(&roots(layout, *origin).0, rec, &key)?;
                 rec.clone()
             }
             MainPlan::Fetch(f) => {
@@ -344,14 +352,15 @@ pub fn stage(
         };
         let package = |plan: &Option<PackagePlan>,
                        side: &mut Side,
-                       active: &Path,
+                       active: fn(Origin, &Layout) -> PathBuf,
                        scratch: PathBuf|
          -> Result<Option<PackageRecord>, UpgradeError> {
             Ok(match plan {
                 None => None,
-                Some(PackagePlan::Installed(p)) => {
+                Some(PackagePlan::Installed(origin, p)) => {
+                    let from = active(*origin, layout);
                     for f in &p.files {
-                        side.reuse(active, f, &key)?;
+                        side.reuse(&from, f, &key)?;
                     }
                     Some(p.clone())
                 }
@@ -377,10 +386,10 @@ pub fn stage(
         let dependencies = package(
             &m.dependencies,
             &mut modules,
-            &layout.modules(),
+            |o, l| roots(l, o).0,
             scratch.clone(),
         )?;
-        let model = package(&m.model, &mut models, &layout.models(), scratch)?;
+        let model = package(&m.model, &mut models, |o, l| roots(l, o).1, scratch)?;
         failpoint("stage.module-placed");
         record.modules.insert(
             key,

@@ -201,10 +201,16 @@ impl TestBox {
     }
 
     /// What the host's apply step will do (next issue): the staged set
-    /// becomes the active one.
+    /// becomes the active one, the active one the backup.
     fn install_staged(&self) {
-        for (staged, active) in [("modules-upgrade", "modules"), ("models-upgrade", "models")] {
-            let _ = std::fs::remove_dir_all(self.path(active));
+        for (staged, active, backup) in [
+            ("modules-upgrade", "modules", "modules-backup"),
+            ("models-upgrade", "models", "models-backup"),
+        ] {
+            let _ = std::fs::remove_dir_all(self.path(backup));
+            if self.path(active).exists() {
+                std::fs::rename(self.path(active), self.path(backup)).unwrap();
+            }
             std::fs::rename(self.path(staged), self.path(active)).unwrap();
         }
         std::fs::create_dir_all(self.path("modules-upgrade")).unwrap();
@@ -785,4 +791,40 @@ async fn at_most_max_parallel_downloads_run_at_once() {
     let sync = b.first_sync().await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(repo.max_parallel(), 2);
+}
+
+#[actix_rt::test]
+async fn going_back_to_the_backup_set_moves_no_bytes() {
+    let repo = Repo::start().await;
+    let alpha1 = publish(
+        &repo,
+        "alpha",
+        "1.0",
+        &[("lib/a.jar", b"dep a 1")],
+        &[("alpha/m.bin", b"model 1")],
+    );
+    let alpha2 = publish(
+        &repo,
+        "alpha",
+        "2.0",
+        &[("lib/a.jar", b"dep a 2")],
+        &[("alpha/m.bin", b"model 2")],
+    );
+    let b = start_box(&repo, objects(&[&alpha1]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    b.install_staged();
+    assert_eq!(b.resync(objects(&[&alpha2])).await["state"], "staged");
+    b.install_staged();
+
+    repo.reset_counters();
+    let sync = b.resync(objects(&[&alpha1])).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(repo.artifact_bytes(), 0, "the backup set had every byte");
+    let (files, models) = expected_tree(&[&alpha1]);
+    assert_eq!(staged_tree(&b), files);
+    assert_eq!(tree(&b.path("models-upgrade")), models);
+    assert_eq!(
+        by_module(&b.statuses()),
+        BTreeMap::from([("alpha:1.0".into(), vec![Downloaded])])
+    );
 }
