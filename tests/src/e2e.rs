@@ -853,6 +853,31 @@ fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `cargo`, for a build started from a binary that `cargo run` started,
+/// without the package variables `cargo run` set for that binary
+/// (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...): build scripts such as ring's
+/// watch them (`rerun-if-env-changed`), so inheriting them would make every
+/// nested build and the next `cargo run` recompile the TLS stack in turn.
+pub fn cargo_command() -> Command {
+    const SET_BY_CARGO_RUN: [&str; 6] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "OUT_DIR",
+    ];
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if SET_BY_CARGO_RUN.iter().any(|p| k.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// Builds `banalytics-box` and `banalytics-portal` beside the running
 /// binary, with its profile, so that one `cargo run` of the demo or a
 /// benchmark is enough; sets `BANALYTICS_BOX_BIN` and
@@ -866,12 +891,11 @@ pub fn ensure_binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let release = dir.ends_with("release");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     for (package, bin) in [
         ("banalytics-runtime", "banalytics-box"),
         ("banalytics-tests", "banalytics-portal"),
     ] {
-        let mut build = Command::new(&cargo);
+        let mut build = cargo_command();
         build.args(["build", "-p", package, "--bin", bin]);
         if release {
             build.arg("--release");

@@ -15,13 +15,15 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use banalytics_tests::{
-    e2e::{ensure_binaries, BoxSettings, ManagedBox, ModuleSpec, PortalApi, EXIT_RESTART},
+    e2e::{
+        cargo_command, ensure_binaries, BoxSettings, ManagedBox, ModuleSpec, PortalApi,
+        EXIT_RESTART,
+    },
     portal::{Faults, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
 };
 use serde_json::json;
@@ -78,8 +80,7 @@ fn coords(specs: &[ModuleSpec], echo: &str) -> Vec<String> {
 fn ensure_sample_plugin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
+    let mut build = cargo_command();
     build.args(["build", "-p", "banalytics-sample", "--lib"]);
     if dir.ends_with("release") {
         build.arg("--release");
