@@ -461,27 +461,12 @@ impl PortalProcess {
 
     /// SIGKILL, and wait for it to be gone.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
+        kill(&mut self.child)
     }
 
     /// SIGTERM, and wait for the exit status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else {
-            bail!("the portal is not running");
-        };
-        signal(child.id(), libc::SIGTERM);
-        let status = poll_until(DEADLINE, "the portal to exit", || {
-            child.try_wait().ok().flatten()
-        });
-        if status.is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        status
+        terminate(&mut self.child, "the portal")
     }
 
     fn block<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -540,6 +525,32 @@ fn unique_log(data: &Path, stem: &str) -> Result<PathBuf> {
         }
     }
     unreachable!("an unused log name")
+}
+
+/// SIGTERM to `child` and its exit status; SIGKILL when it has not exited
+/// within [`DEADLINE`].
+fn terminate(child: &mut Option<Child>, what: &str) -> Result<ExitStatus> {
+    let Some(mut child) = child.take() else {
+        bail!("{what} is not running");
+    };
+    signal(child.id(), libc::SIGTERM);
+    let status = poll_until(DEADLINE, &format!("{what} to exit"), || {
+        child.try_wait().ok().flatten()
+    });
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}
+
+/// SIGKILL to `child`, and reap it.
+fn kill(child: &mut Option<Child>) -> Result<()> {
+    if let Some(mut child) = child.take() {
+        child.kill()?;
+        child.wait()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn signal(pid: u32, signal: i32) {
@@ -743,27 +754,12 @@ impl ManagedBox {
 
     /// SIGKILL, and wait for it to be gone.
     pub fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
+        kill(&mut self.child)
     }
 
     /// SIGTERM, and the exit status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else {
-            bail!("the box is not running");
-        };
-        signal(child.id(), libc::SIGTERM);
-        let status = poll_until(DEADLINE, "the box to exit", || {
-            child.try_wait().ok().flatten()
-        });
-        if status.is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        status
+        terminate(&mut self.child, "the box")
     }
 
     /// `status --json` of the home.
