@@ -80,6 +80,28 @@ pub struct SyncReport {
     pub skipped_triggers: u64,
     /// The staged set, once staged.
     pub staged: Option<StagedSummary>,
+    /// The home as it was when the report (re)started: read once, not at
+    /// every progress update.
+    #[serde(skip)]
+    pub home: HomeFacts,
+}
+
+/// What the report says of the home besides the synchronisation.
+#[derive(Debug, Clone, Default)]
+pub struct HomeFacts {
+    /// An environment UUID is configured.
+    pub registered: bool,
+    /// No installed set yet.
+    pub first_run: bool,
+}
+
+impl HomeFacts {
+    fn read(layout: &Layout) -> Self {
+        HomeFacts {
+            registered: layout.environment_uuid().ok().flatten().is_some(),
+            first_run: layout.is_first_run(),
+        }
+    }
 }
 
 /// Everything a synchronisation uses.
@@ -116,12 +138,14 @@ pub struct PortalLink {
 impl PortalLink {
     /// A fresh PortalLink: idle, nothing awaited.
     pub fn new(peers: Peers) -> Self {
+        let home = HomeFacts::read(&peers.layout);
         let link = PortalLink {
             peers,
             running: false,
             awaiting: None,
             report: Rc::new(RefCell::new(SyncReport {
                 state: "idle".into(),
+                home,
                 ..SyncReport::default()
             })),
         };
@@ -153,6 +177,7 @@ impl Handler<Synchronise> for PortalLink {
             trigger: Some(trigger),
             started_ms: Some(now_ms()),
             skipped_triggers,
+            home: HomeFacts::read(&self.peers.layout),
             ..SyncReport::default()
         };
         info!(?trigger, "synchronisation started");
@@ -243,9 +268,8 @@ impl Handler<FromBus<UpgradeRolledBack>> for PortalLink {
 
 fn publish_report(peers: &Peers, report: &SyncReport) {
     let details = serde_json::json!({
-        "registered": peers.layout.environment_uuid().ok().flatten().is_some(),
-        "first_run": peers.layout.is_first_run(),
-        "staged_set_waiting": peers.layout.has_staged_set(),
+        "registered": report.home.registered,
+        "first_run": report.home.first_run,
         "sync": report,
     });
     peers.board.set_details(&peers.component, details);
