@@ -257,8 +257,9 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
 /// What `status` shows when no host runs: the configured components with
 /// their IDs, all stopped.
 fn offline_status(home: &Home) -> Result<serde_json::Value, Error> {
-    let (registry, _) = Registry::builtin().with_plugins(&home.root().join("modules"));
-    let config = BoxConfig::load(home.root(), &registry.names())?;
+    // Listing the configured components needs no plugin loaded (that would
+    // run library initialisers in a CLI process): any kind is listed.
+    let config = BoxConfig::load_any_kind(home.root())?;
     let ids = ids::load(&home.ids_file()).map_err(|source| Error::Io {
         path: home.ids_file(),
         source,
