@@ -17,7 +17,9 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::{
-    box_bin, poll_until,
+    box_bin,
+    fixtures::zip_of,
+    poll_until,
     portal::{
         AdminClient, EnvironmentReport, Faults, ModuleObject, ModuleType, PortalHandle,
         PublishRequest, StatsReport,
@@ -68,16 +70,6 @@ pub fn write_pattern_file(path: &Path, len: u64, seed: u64) -> Result<()> {
     }
     f.flush()?;
     Ok(())
-}
-
-/// A zip archive of `entries` (name, content).
-pub fn zip_of(entries: &[(&str, &[u8])]) -> Result<Vec<u8>> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, body) in entries {
-        w.start_file(*name, zip::write::SimpleFileOptions::default())?;
-        w.write_all(body)?;
-    }
-    Ok(w.finish()?.into_inner())
 }
 
 /// A module to publish.
@@ -168,7 +160,7 @@ impl ModuleSpec {
             let body = format!("{artifact} {version} dependency").repeat(50);
             std::fs::write(
                 &bin,
-                zip_of(&[(&format!("lib/{artifact}-dep.jar"), body.as_bytes())])?,
+                zip_of(&[(&format!("lib/{artifact}-dep.jar"), body.as_bytes())]),
             )?;
             req.bin = Some(bin);
         }
@@ -177,7 +169,7 @@ impl ModuleSpec {
             let body = format!("{artifact} {version} model weights").repeat(50);
             std::fs::write(
                 &model,
-                zip_of(&[(&format!("{artifact}/model.bin"), body.as_bytes())])?,
+                zip_of(&[(&format!("{artifact}/model.bin"), body.as_bytes())]),
             )?;
             req.model = Some(model);
         }

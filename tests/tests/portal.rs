@@ -190,6 +190,23 @@ impl PortalProcess {
             .unwrap()
     }
 
+    /// `publish` of the component `com.x:a:1` from `jar`, through the CLI.
+    fn publish_a(&self, jar: &Path) -> String {
+        self.cli_ok(&[
+            "publish",
+            "--group",
+            "com.x",
+            "--artifact",
+            "a",
+            "--version",
+            "1",
+            "--type",
+            "component",
+            "--file",
+            jar.to_str().unwrap(),
+        ])
+    }
+
     fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
@@ -502,19 +519,7 @@ async fn restarted_portal_on_the_same_data_and_port_keeps_assignments() {
     let src = tempfile::tempdir().unwrap();
     let first = PortalProcess::start(data.path(), &[]).unwrap();
     let jar = write(src.path(), "a.jar", &bytes(4321, 5));
-    first.cli_ok(&[
-        "publish",
-        "--group",
-        "com.x",
-        "--artifact",
-        "a",
-        "--version",
-        "1",
-        "--type",
-        "component",
-        "--file",
-        jar.to_str().unwrap(),
-    ]);
+    first.publish_a(&jar);
     first.cli_ok(&["assign", "--env", ENV, "com.x:a:1"]);
     let mut ws = connect(&first.ws_url(ENV)).await;
     send(&mut ws, get_env_mod_req(ENV)).await;
@@ -829,19 +834,7 @@ async fn faults_and_stats_work_through_serve_flags_and_the_cli() {
     let src = tempfile::tempdir().unwrap();
     let portal = PortalProcess::start(data.path(), &["--ignore-range"]).unwrap();
     let jar = write(src.path(), "a.jar", &bytes(5000, 1));
-    portal.cli_ok(&[
-        "publish",
-        "--group",
-        "com.x",
-        "--artifact",
-        "a",
-        "--version",
-        "1",
-        "--type",
-        "component",
-        "--file",
-        jar.to_str().unwrap(),
-    ]);
+    portal.publish_a(&jar);
     let url = format!("{}/repo/{}", portal.url, a_path());
     let http = reqwest::Client::new();
     let get = |range: &'static str| http.get(&url).header("range", range).send();
@@ -876,19 +869,7 @@ async fn assign_raw_answers_module_objects_as_given_until_assign_replaces_them()
     let src = tempfile::tempdir().unwrap();
     let portal = PortalProcess::start(data.path(), &[]).unwrap();
     let jar = write(src.path(), "a.jar", &bytes(10, 1));
-    portal.cli_ok(&[
-        "publish",
-        "--group",
-        "com.x",
-        "--artifact",
-        "a",
-        "--version",
-        "1",
-        "--type",
-        "component",
-        "--file",
-        jar.to_str().unwrap(),
-    ]);
+    portal.publish_a(&jar);
     let evil = json!([{"groupId": "../evil", "artifactId": "a", "version": "1",
         "type": "component", "uploadTime": "2026-03-01T10:15:30"}]);
     portal.cli_ok(&["assign-raw", "--env", ENV, "--json", &evil.to_string()]);

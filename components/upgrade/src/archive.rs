@@ -35,6 +35,8 @@ use sha2::{Digest, Sha256};
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive, ZipReadOptions};
 
+use crate::layout::sync_dir;
+
 /// Default for [`Limits::max_entries`]. A dependencies package holds
 /// libraries and a model package a handful of files, both in the hundreds
 /// at most; 10 000 leaves headroom while bounding the inodes and the
@@ -862,19 +864,6 @@ fn set_user_executable(file: &File) -> io::Result<()> {
 /// Windows has no executable bit.
 #[cfg(not(unix))]
 fn set_user_executable(_file: &File) -> io::Result<()> {
-    Ok(())
-}
-
-/// Makes a directory's entries durable.
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Windows cannot open a directory to fsync it; its metadata journal
-/// covers directory entries.
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 

@@ -242,26 +242,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InstalledError> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Makes a rename in `dir` durable. Only Unix can open and fsync a folder.
+/// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), InstalledError> {
-    #[cfg(unix)]
-    {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| InstalledError::Io {
-                action: "sync",
-                path: dir.to_owned(),
-                source,
-            })?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    crate::layout::sync_dir(dir).map_err(|source| InstalledError::Io {
+        action: "sync",
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

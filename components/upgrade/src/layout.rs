@@ -126,9 +126,31 @@ impl Layout {
     }
 }
 
-/// fsyncs a folder, so that renames and creations in it are durable.
+/// fsyncs a folder, so that renames and creations in it are durable. An
+/// empty path is the current folder.
+#[cfg(unix)]
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     fs::File::open(dir)?.sync_all()
+}
+
+/// Windows cannot open a folder to fsync it; its metadata journal covers
+/// folder entries.
+#[cfg(not(unix))]
+pub fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// Removes a folder and everything in it; a missing folder is not an error.
+pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Free bytes for an unprivileged user on the file system holding `path`.

@@ -34,7 +34,7 @@ use crate::{
     error::{io_at, UpgradeError},
     failpoint::failpoint,
     installed,
-    layout::{sync_dir, Layout, MODULES_INFO},
+    layout::{self, sync_dir, Layout, MODULES_INFO},
     plan::{MainPlan, Origin, PackagePlan, SyncPlan},
     record::{sha256_file, FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
@@ -132,11 +132,7 @@ pub fn clear_staged(layout: &Layout) -> Result<(), UpgradeError> {
 }
 
 fn remove_dir_if_exists(dir: &Path) -> Result<(), UpgradeError> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_at(dir)(e)),
-    }
+    layout::remove_dir_if_exists(dir).map_err(io_at(dir))
 }
 
 /// One side of the staged set (modules or models) and who put what there.

@@ -353,11 +353,7 @@ impl Steps<'_> {
 }
 
 fn remove_dir_if_exists(dir: &Path) -> Result<(), SwapError> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("remove", dir)(e)),
-    }
+    crate::layout::remove_dir_if_exists(dir).map_err(io_err("remove", dir))
 }
 
 /// Apply, from wherever a crash left it. Every step is a rename into a
