@@ -6,11 +6,11 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::info;
 
-use banalytics_sdk::upgrade::RestartRequested;
-use banalytics_upgrade_center::{
-    layout::Layout,
+use banalytics_home::{
     swap::{self, SwapError},
+    Layout,
 };
+use banalytics_sdk::upgrade::RestartRequested;
 
 use crate::{
     config::BoxConfig,
@@ -167,20 +167,13 @@ fn hold_lock(home: &Home) -> Result<std::fs::File, Error> {
         })
 }
 
-fn swap_error(home: &Home) -> impl Fn(SwapError) -> Error + '_ {
-    move |e| Error::Io {
-        path: home.root().to_owned(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
 fn apply(home: &Home) -> Result<u8, Error> {
     let _lock = hold_lock(home)?;
     let layout = Layout::new(home.root());
-    if let Some(j) = swap::recover(&layout).map_err(swap_error(home))? {
+    if let Some(j) = swap::recover(&layout)? {
         println!("finished an interrupted {:?}", j.procedure);
     }
-    if swap::apply(&layout).map_err(swap_error(home))? {
+    if swap::apply(&layout)? {
         println!("staged set applied; it is on probation until the next `run` commits it");
     } else {
         println!("no staged set to apply");
@@ -200,13 +193,13 @@ fn rollback(home: &Home) -> Result<u8, Error> {
             eprintln!("banalytics-box: nothing to roll back to: {} holds no module set; nothing was changed", dir.display());
             Ok(EXIT_FAILURE)
         }
-        Err(e) => Err(swap_error(home)(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
 fn verify(home: &Home) -> Result<u8, Error> {
     let layout = Layout::new(home.root());
-    let bad = swap::verify(&layout).map_err(swap_error(home))?;
+    let bad = swap::verify(&layout)?;
     if bad.is_empty() {
         println!("every active file matches its recorded SHA-256 and size");
         return Ok(EXIT_OK);

@@ -10,7 +10,9 @@ use std::{collections::BTreeMap, io, path::Path};
 
 use uuid::Uuid;
 
-use crate::home::{write_atomically, Home};
+use banalytics_home::layout::write_atomic;
+
+use crate::home::Home;
 
 /// Loads the IDs, assigns new ones to `names` that have none, and persists
 /// them before returning.
@@ -24,7 +26,7 @@ pub fn assign(home: &Home, names: &[&str]) -> io::Result<BTreeMap<String, Uuid>>
     }
     if ids.len() != before {
         let json = serde_json::to_vec_pretty(&ids).map_err(io::Error::other)?;
-        write_atomically(&file, &json)?;
+        write_atomic(&file, &json)?;
     }
     Ok(ids)
 }

@@ -55,6 +55,9 @@ pub enum Error {
         /// The lock file.
         lock: PathBuf,
     },
+    /// Applying, rolling back, committing or verifying a module set failed.
+    #[error(transparent)]
+    Swap(#[from] banalytics_home::SwapError),
     /// A file or socket operation failed.
     #[error("{path}: {source}")]
     Io {

@@ -3,20 +3,20 @@
 //! never commits, commit it once every component stayed in RUN for the
 //! grace period, and restart the process when the upgrade center asks.
 //!
-//! The file work is `banalytics_upgrade_center::swap`; what is here is the
-//! part that needs the process and the status board.
+//! The file work is `banalytics_home::swap`; what is here is the part that
+//! needs the process and the status board.
 
 use std::{path::PathBuf, time::Duration};
 
+use banalytics_home::{
+    swap::{self, Probation},
+    Layout,
+};
 use banalytics_sdk::{
     upgrade::{RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack},
     State, StatusBoard,
 };
-use banalytics_upgrade_center::{
-    layout::Layout,
-    swap::{self, Probation, SwapError},
-    UpgradeConfig,
-};
+use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -36,29 +36,46 @@ pub struct Settings {
     pub restart_command: Option<String>,
 }
 
+/// The keys of the upgrade center's section that the host acts on. The
+/// upgrade center validates its whole section when it is created; here
+/// the other keys are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct HostKeys {
+    health_grace_s: f64,
+    max_boot_attempts: u32,
+    restart_mode: RestartMode,
+    restart_command: Option<String>,
+}
+
+impl Default for HostKeys {
+    fn default() -> Self {
+        HostKeys {
+            health_grace_s: swap::DEFAULT_HEALTH_GRACE_S,
+            max_boot_attempts: swap::DEFAULT_MAX_BOOT_ATTEMPTS,
+            restart_mode: RestartMode::platform_default(),
+            restart_command: RestartMode::default_command(),
+        }
+    }
+}
+
 impl Settings {
-    /// From `config`.
+    /// From `config`: the section of the upgrade center, or the defaults
+    /// when the box has none.
     pub fn from_config(config: &BoxConfig) -> Result<Settings, Error> {
         let section = config
             .components
             .iter()
             .find(|c| c.kind == banalytics_upgrade_center::KIND.kind);
-        Ok(match section {
-            Some(c) => {
-                let u: UpgradeConfig = c.section.parse()?;
-                Settings {
-                    health_grace: u.health_grace(),
-                    max_boot_attempts: u.max_boot_attempts.max(1),
-                    restart_mode: u.restart_mode,
-                    restart_command: u.restart_command,
-                }
-            }
-            None => Settings {
-                health_grace: Duration::from_secs(30),
-                max_boot_attempts: 3,
-                restart_mode: RestartMode::Exit,
-                restart_command: None,
-            },
+        let keys: HostKeys = match section {
+            Some(c) => c.section.parse()?,
+            None => HostKeys::default(),
+        };
+        Ok(Settings {
+            health_grace: Duration::from_secs_f64(keys.health_grace_s.clamp(0.0, 86_400.0)),
+            max_boot_attempts: keys.max_boot_attempts.max(1),
+            restart_mode: keys.restart_mode,
+            restart_command: keys.restart_command,
         })
     }
 }
@@ -72,25 +89,17 @@ pub struct Boot {
     pub rolled_back: Option<String>,
 }
 
-fn swap_err(home: &std::path::Path) -> impl Fn(SwapError) -> Error + '_ {
-    move |e| Error::Io {
-        path: home.to_owned(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
 /// Before the components start: finish an interrupted swap, apply a staged
 /// set, count this start if on probation, and roll back a set that used up
 /// its starts.
 pub fn prepare(layout: &Layout, settings: &Settings) -> Result<Boot, Error> {
-    let err = swap_err(layout.home());
-    if let Some(j) = swap::recover(layout).map_err(&err)? {
+    if let Some(j) = swap::recover(layout)? {
         info!(procedure = ?j.procedure, "interrupted module swap finished");
     }
-    if swap::apply(layout).map_err(&err)? {
+    if swap::apply(layout)? {
         info!("staged module set applied");
     }
-    let Some(p) = swap::count_boot(layout).map_err(&err)? else {
+    let Some(p) = swap::count_boot(layout)? else {
         return Ok(Boot::default());
     };
     if p.boot_attempts <= settings.max_boot_attempts {
@@ -111,7 +120,7 @@ pub fn prepare(layout: &Layout, settings: &Settings) -> Result<Boot, Error> {
         p.last_error.as_deref().unwrap_or("none recorded (the host stopped before the grace period ended)")
     );
     error!(%reason, "rolling back");
-    swap::rollback(layout).map_err(&err)?;
+    swap::rollback(layout)?;
     Ok(Boot {
         probation: None,
         rolled_back: Some(reason),

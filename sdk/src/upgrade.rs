@@ -20,6 +20,23 @@ pub enum RestartMode {
     Command,
 }
 
+impl RestartMode {
+    /// `command` on Windows (with [`RestartMode::default_command`]),
+    /// `exit` elsewhere.
+    pub fn platform_default() -> RestartMode {
+        if cfg!(windows) {
+            RestartMode::Command
+        } else {
+            RestartMode::Exit
+        }
+    }
+
+    /// The program of the Windows default: `upgrade-job-start.bat`.
+    pub fn default_command() -> Option<String> {
+        cfg!(windows).then(|| "upgrade-job-start.bat".to_owned())
+    }
+}
+
 /// A complete staged set waits: restart the box to apply it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartRequested {

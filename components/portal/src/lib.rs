@@ -21,7 +21,7 @@
 //!   portal, handed to the link in order once it is up.
 //!
 //! The environment UUID comes from `config/device-registration.properties`
-//! ([`registration`]); a box that is not registered connects with an empty
+//! ([`banalytics_home::registration`]); a box that is not registered connects with an empty
 //! one, as the original does, and says so in its log.
 //!
 //! # Lifecycle
@@ -65,7 +65,6 @@ pub mod config;
 pub mod frame;
 pub mod link;
 pub mod outbox;
-pub mod registration;
 pub mod tls;
 
 pub use config::{PortalConfig, PortalUrl, Timing};

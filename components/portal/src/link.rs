@@ -47,8 +47,9 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{PortalUrl, Timing},
     frame::{self, MAX_FRAME_BYTES},
-    registration, PortalError,
+    PortalError,
 };
+use banalytics_home::registration;
 
 /// The largest frame the WebSocket library reads at all. Frames between
 /// [`MAX_FRAME_BYTES`] and this are read and skipped; a larger one ends the

@@ -10,21 +10,18 @@
 #![warn(missing_docs)]
 
 pub mod archive;
-pub mod coords;
 pub mod downloader;
 pub mod error;
-pub mod failpoint;
 pub mod fetch;
-pub mod installed;
 pub mod inventory;
-pub mod layout;
 pub mod plan;
 pub mod portal_link;
-pub mod properties;
-pub mod record;
 pub mod restarter;
 pub mod stager;
-pub mod swap;
+
+// The home's files are the `banalytics-home` crate's; these names keep the
+// crate's own paths (`crate::layout::Layout`) short.
+use banalytics_home::{coords, failpoint, installed, layout, record};
 
 use std::time::Duration;
 
@@ -129,23 +126,19 @@ pub struct UpgradeConfig {
 }
 
 fn default_restart_mode() -> RestartMode {
-    if cfg!(windows) {
-        RestartMode::Command
-    } else {
-        RestartMode::Exit
-    }
+    RestartMode::platform_default()
 }
 fn default_restart_command() -> Option<String> {
-    cfg!(windows).then(|| "upgrade-job-start.bat".to_owned())
+    RestartMode::default_command()
 }
 fn default_flush_timeout() -> u64 {
     10_000
 }
 fn default_health_grace() -> f64 {
-    30.0
+    banalytics_home::swap::DEFAULT_HEALTH_GRACE_S
 }
 fn default_boot_attempts() -> u32 {
-    3
+    banalytics_home::swap::DEFAULT_MAX_BOOT_ATTEMPTS
 }
 fn default_parallel() -> usize {
     4
@@ -173,11 +166,6 @@ fn default_ratio() -> u64 {
 }
 
 impl UpgradeConfig {
-    /// The probation grace period.
-    pub fn health_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.health_grace_s.clamp(0.0, 86_400.0))
-    }
-
     fn fetch_config(&self) -> FetchConfig {
         FetchConfig {
             connect_timeout: Duration::from_secs(self.connect_timeout_s.max(1)),

@@ -1,5 +1,5 @@
-//! The upgrade center's folders under the box home (contracts section 1),
-//! and the environment registration it reads.
+//! The folders of the box home (contracts section 1) and the helpers
+//! that write them durably.
 //!
 //! `modules-upgrade/` is complete if and only if it holds
 //! `modules-info.properties` (the marker); the staged models stand beside it
@@ -8,7 +8,8 @@
 //! and are deleted at the next one.
 
 use std::{
-    fs, io,
+    fs,
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
@@ -103,27 +104,74 @@ impl Layout {
         Ok(())
     }
 
-    /// The environment UUID from `config/device-registration.properties`;
-    /// `None` when the file, the key or the value is missing.
+    /// The environment UUID from `config/device-registration.properties`
+    /// ([`crate::registration::environment_uuid`]).
     pub fn environment_uuid(&self) -> io::Result<Option<String>> {
-        let file = self.home.join("config/device-registration.properties");
-        let text = match fs::read(&file) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let entries = crate::properties::read(&text).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", file.display()),
-            )
-        })?;
-        Ok(entries
-            .into_iter()
-            .find(|(k, _)| k == "environmentUuid")
-            .map(|(_, v)| v.trim().to_owned())
-            .filter(|v| !v.is_empty()))
+        crate::registration::environment_uuid(&self.home)
     }
+
+    /// `config/device-registration.properties`.
+    pub fn registration_file(&self) -> PathBuf {
+        crate::registration::registration_file(&self.home)
+    }
+}
+
+/// A file operation on the home failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {path}: {source}")]
+pub struct FileError {
+    /// What was being done (`write`, `sync`, `rename`).
+    pub action: &'static str,
+    /// The file or folder.
+    pub path: PathBuf,
+    /// The operating system's error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl From<FileError> for io::Error {
+    fn from(e: FileError) -> Self {
+        io::Error::new(e.source.kind(), e)
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or
+/// the new content: 1. write `{path}.tmp`, 2. fsync it, 3. rename it over
+/// `path`, 4. fsync the folder so the rename itself is durable.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let err = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| FileError {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+
+    let written = (|| {
+        // 1. and 2.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(err("write", &tmp))?;
+        file.write_all(bytes).map_err(err("write", &tmp))?;
+        file.sync_all().map_err(err("sync", &tmp))?;
+        // 3.
+        fs::rename(&tmp, path).map_err(err("rename", &tmp))
+    })();
+    if written.is_err() {
+        // Best effort: the temporary file is garbage either way.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    // 4.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(dir).map_err(err("sync", dir))
 }
 
 /// fsyncs a folder, so that renames and creations in it are durable. An

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use banalytics_upgrade_center::coords::{Coords, ModuleType};
-use banalytics_upgrade_center::installed::{self, InstalledModule};
-use banalytics_upgrade_center::properties::{self, PropertiesError};
+use banalytics_home::coords::{Coords, ModuleType};
+use banalytics_home::installed::{self, InstalledModule};
+use banalytics_home::properties::{self, PropertiesError};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -21,13 +21,14 @@
 //! complete. The I/O is blocking: the files are a few kilobytes; async
 //! callers use `spawn_blocking`.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
 use crate::coords::{Coords, CoordsError, Module, ModuleType};
+use crate::layout::FileError;
 use crate::properties::{self, PropertiesError};
 
 /// File name of the module list, in the module folder.
@@ -204,51 +205,19 @@ pub fn write_modules_info(dir: &Path, modules: &[InstalledModule]) -> Result<(),
     write_atomic(&dir.join(MODULES_INFO_FILE), &render_modules_info(modules))
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves either the old or
-/// the new content: 1. write `{path}.tmp`, 2. fsync it, 3. rename it over
-/// `path`, 4. fsync the folder so the rename itself is durable.
+/// Replaces `path` with `bytes` atomically ([`crate::layout::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InstalledError> {
-    let io_err = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| InstalledError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-
-    let written = (|| {
-        // 1. and 2.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err("write", &tmp))?;
-        file.write_all(bytes).map_err(io_err("write", &tmp))?;
-        file.sync_all().map_err(io_err("sync", &tmp))?;
-        // 3.
-        fs::rename(&tmp, path).map_err(io_err("rename", &tmp))
-    })();
-    if written.is_err() {
-        // Best effort: the temporary file is garbage either way.
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    // 4.
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    crate::layout::write_atomic(path, bytes).map_err(InstalledError::from)
 }
 
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), InstalledError> {
-    crate::layout::sync_dir(dir).map_err(|source| InstalledError::Io {
-        action: "sync",
-        path: dir.to_owned(),
-        source,
-    })
+impl From<FileError> for InstalledError {
+    fn from(e: FileError) -> Self {
+        InstalledError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 #[cfg(test)]

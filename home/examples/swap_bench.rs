@@ -1,6 +1,6 @@
 //! Swap benchmark: prints numbers, asserts nothing.
 //!
-//! `cargo run --release -p banalytics-upgrade-center --example swap_bench`
+//! `cargo run --release -p banalytics-home --example swap_bench`
 //!
 //! Apply time of a 2 GiB set (8 files of 256 MiB, sparse: a swap moves
 //! folders, it never reads file contents) and of a 50-module set (each with
@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use banalytics_upgrade_center::{
+use banalytics_home::{
     layout::Layout,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
     swap,

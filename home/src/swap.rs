@@ -40,6 +40,13 @@ pub const PROBATION: &str = "modules-probation.json";
 /// A note left by an automatic rollback, for the upgrade center to report.
 pub const ROLLBACK_NOTE: &str = "modules-rollback.json";
 
+/// Seconds every component must stay in RUN before a set on probation
+/// commits, unless the upgrade center's `health_grace_s` says otherwise.
+pub const DEFAULT_HEALTH_GRACE_S: f64 = 30.0;
+/// Starts a set on probation gets before the previous set is put back,
+/// unless the upgrade center's `max_boot_attempts` says otherwise.
+pub const DEFAULT_MAX_BOOT_ATTEMPTS: u32 = 3;
+
 /// Why a swap could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum SwapError {

@@ -1,0 +1,35 @@
+//! The box home: the folders and files that the host and the upgrade center
+//! both read and write (contracts section 1), so that neither reaches into
+//! the other.
+//!
+//! - [`layout`]: the paths of one home, and the small file-system helpers
+//!   (fsync of a folder, free space) every writer of the home uses.
+//! - [`coords`]: module identity (`groupId:artifactId:version`, type,
+//!   packages) and the names of its files.
+//! - [`properties`]: the `java.util.Properties` codec the original box's
+//!   files use.
+//! - [`installed`]: `modules-info.properties`, the installed set.
+//! - [`record`]: `modules-hashes.json`, the SHA-256 and size of every file
+//!   a set installed.
+//! - [`swap`]: apply, rollback, commit and recovery of module sets.
+//! - [`registration`]: the environment UUID of
+//!   `config/device-registration.properties`.
+//! - [`failpoint`]: crash points for the crash-safety tests.
+//!
+//! What this crate does not know: processes, the configuration file, the
+//! portal protocol, the network. It is plain blocking file I/O; async
+//! callers use `spawn_blocking`.
+
+#![warn(missing_docs)]
+
+pub mod coords;
+pub mod failpoint;
+pub mod installed;
+pub mod layout;
+pub mod properties;
+pub mod record;
+pub mod registration;
+pub mod swap;
+
+pub use layout::Layout;
+pub use swap::SwapError;
