@@ -64,6 +64,15 @@ pub enum SwapError {
         /// Why.
         reason: String,
     },
+    /// The active set could not be restored after an apply, so it must
+    /// not become the backup.
+    #[error("the active set in {dir} could not be restored if the staged set failed: {problem}; the staged set is not applied")]
+    BackupNotRestorable {
+        /// The active folder.
+        dir: PathBuf,
+        /// The first file that is missing or has another size.
+        problem: String,
+    },
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -102,6 +111,16 @@ pub struct Journal {
     pub outgoing: String,
     /// The last step done.
     pub step: u32,
+    /// Whether the procedure moves the models too. An apply whose staged
+    /// set has no `models-upgrade/` (the Java box stages such sets) keeps
+    /// the active models; journals written before this field existed
+    /// always moved them.
+    #[serde(default = "yes")]
+    pub models: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A set applied and not yet committed.
@@ -126,6 +145,8 @@ pub struct SetsReport {
     pub backup: Option<Vec<String>>,
     /// The probation state, if the active set is not committed.
     pub probation: Option<Probation>,
+    /// Why the staged set is not applied yet, when it waits.
+    pub staged_waits_for: Option<String>,
     /// A swap interrupted by a crash, finished at the next start.
     pub interrupted: Option<Journal>,
 }
@@ -236,13 +257,76 @@ fn ensure_dir(layout: &Layout, dir: &Path) -> Result<(), SwapError> {
     Ok(())
 }
 
-/// Applies the staged set (see the module docs). Returns `false` when no
-/// staged set waits.
-pub fn apply(layout: &Layout) -> Result<bool, SwapError> {
+/// What [`apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The staged set is the active set now, on probation.
+    Applied,
+    /// No staged set waits.
+    NothingStaged,
+    /// A staged set waits, and the active set is on probation: the backup
+    /// must stay the last committed set, so the staged set is applied only
+    /// after the active set is committed or rolled back.
+    WaitsForCommit,
+}
+
+/// Why a staged set is not applied now, if it waits; `None` when there is
+/// no staged set or nothing stops it.
+pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
+    if set_identity(&layout.upgrade()).is_none() {
+        return Ok(None);
+    }
+    Ok(probation(layout)?.map(|p| {
+        format!(
+            "the active set {} is on probation (start {}); the staged set is applied once it is committed or rolled back",
+            short(&p.set),
+            p.boot_attempts
+        )
+    }))
+}
+
+/// Checks that the active set, which an apply makes the backup, could be
+/// put back: every file its hash record lists is there with its recorded
+/// size (contents are checked by `verify`, not here: this runs at every
+/// apply and reads no file). The empty set, a set without a record (the
+/// Java box's) and a first install are restorable.
+fn check_restorable(layout: &Layout) -> Result<(), SwapError> {
+    let modules = layout.modules();
+    let Ok(Some(record)) = SetRecord::load(&modules) else {
+        return Ok(());
+    };
+    let models = layout.models();
+    for (path, file) in record.files(&modules, &models) {
+        let problem = match fs::metadata(&path) {
+            Ok(m) if m.len() == file.size => continue,
+            Ok(m) => format!(
+                "{} has {} bytes, not {}",
+                path.display(),
+                m.len(),
+                file.size
+            ),
+            Err(e) => format!("{}: {e}", path.display()),
+        };
+        return Err(SwapError::BackupNotRestorable {
+            dir: modules.clone(),
+            problem,
+        });
+    }
+    Ok(())
+}
+
+/// Applies the staged set (see the module docs), unless the active set is
+/// on probation ([`Applied::WaitsForCommit`]) or could not be restored
+/// ([`SwapError::BackupNotRestorable`]).
+pub fn apply(layout: &Layout) -> Result<Applied, SwapError> {
     recover(layout)?;
     let Some(incoming) = set_identity(&layout.upgrade()) else {
-        return Ok(false);
+        return Ok(Applied::NothingStaged);
     };
+    if probation(layout)?.is_some() {
+        return Ok(Applied::WaitsForCommit);
+    }
+    check_restorable(layout)?;
     let outgoing = set_identity(&layout.modules()).unwrap_or_default();
     // 1. The journal: from here a crash is finished by `recover`.
     write_json(
@@ -252,11 +336,12 @@ pub fn apply(layout: &Layout) -> Result<bool, SwapError> {
             incoming,
             outgoing,
             step: 0,
+            models: layout.models_upgrade().exists(),
         },
     )?;
     failpoint("apply.journal-written");
     run_journal(layout)?;
-    Ok(true)
+    Ok(Applied::Applied)
 }
 
 /// Makes the backup the active set (see the module docs).
@@ -272,6 +357,7 @@ pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
             incoming,
             outgoing,
             step: 0,
+            models: true,
         },
     )?;
     failpoint("rollback.journal-written");
@@ -385,7 +471,9 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         journal: j.clone(),
         procedure: "apply",
     };
-    // 1-2. Discard the old backups (deleted once the swap is done).
+    // 1-2. Discard the old backups (deleted once the swap is done). Without
+    // staged models the models backup goes too and the active models stay:
+    // they belong to both sets, and a rollback then leaves them in place.
     steps.step(
         1,
         "backup-discarded",
@@ -405,13 +493,15 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         },
     )?;
     // 3-4. Models: active to backup, staged to active.
-    steps.step(
-        3,
-        "models-out",
-        || !mm.exists(),
-        || rename(layout, &mm, &mb),
-    )?;
-    steps.step(4, "models-in", || !mu.exists(), || rename(layout, &mu, &mm))?;
+    if j.models {
+        steps.step(
+            3,
+            "models-out",
+            || !mm.exists(),
+            || rename(layout, &mm, &mb),
+        )?;
+        steps.step(4, "models-in", || !mu.exists(), || rename(layout, &mu, &mm))?;
+    }
     // 5. The point of no return: the staged set becomes the active set.
     steps.step(
         5,
@@ -432,20 +522,32 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
             rename(layout, &u, &m)
         },
     )?;
-    // 6. The replaced set becomes the backup.
+    // 6. The replaced set becomes the backup. A first install replaced
+    // no set: the backup is then the empty set, with a marker listing no
+    // module, so that a rollback has a set to put back.
     steps.step(
         6,
         "backup-kept",
-        || b.exists(),
+        || set_identity(&b).is_some(),
         || {
-            if scratch.exists() {
-                rename(layout, &scratch, &b)
+            if b.exists() {
+                // Moved here before a crash; only the marker is missing.
+            } else if scratch.exists() {
+                rename(layout, &scratch, &b)?;
             } else if u.exists() {
-                rename(layout, &u, &b)
+                rename(layout, &u, &b)?;
             } else {
                 fs::create_dir_all(&b).map_err(io_err("create", &b))?;
-                sync_dir(home).map_err(io_err("fsync", home))
+                sync_dir(home).map_err(io_err("fsync", home))?;
             }
+            if set_identity(&b).is_none() {
+                crate::installed::write_modules_info(&b, &[]).map_err(|e| SwapError::Io {
+                    op: "write",
+                    path: b.join(MODULES_INFO),
+                    source: io::Error::other(e.to_string()),
+                })?;
+            }
+            Ok(())
         },
     )?;
     // 7. An empty staging folder, active models, and the probation record.
@@ -571,6 +673,7 @@ pub fn report(layout: &Layout) -> SetsReport {
         staged: keys(&layout.upgrade()),
         backup: keys(&layout.backup()),
         probation: probation(layout).ok().flatten(),
+        staged_waits_for: staged_waits_for(layout).ok().flatten(),
         interrupted: read_json(&journal_path(layout)).ok().flatten(),
     }
 }
@@ -588,4 +691,147 @@ pub fn verify(layout: &Layout) -> Result<Vec<BadFile>, SwapError> {
             source: io::Error::new(io::ErrorKind::NotFound, "the active set has no hash record"),
         })?;
     Ok(record.verify(&modules, &layout.models()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        coords::{Coords, ModuleType},
+        installed::{read_modules_info, write_modules_info, InstalledModule},
+        record::{FileRecord, ModuleRecord},
+    };
+
+    /// Writes a set of one module `a:{version}` with a main file (and a
+    /// record of it) into `dir`, and its model file into `models` when
+    /// given.
+    fn write_set(dir: &Path, models: Option<&Path>, version: &str) {
+        fs::create_dir_all(dir).unwrap();
+        let main = format!("a-{version}.jar");
+        fs::write(dir.join(&main), version).unwrap();
+        if let Some(models) = models {
+            fs::create_dir_all(models).unwrap();
+            fs::write(models.join("model.bin"), version).unwrap();
+        }
+        let coords = Coords::new("g", "a", version).unwrap();
+        let record = SetRecord {
+            format: SetRecord::FORMAT,
+            modules: [(
+                coords.to_string(),
+                ModuleRecord {
+                    main: FileRecord {
+                        name: main,
+                        sha256: "00".repeat(32),
+                        size: version.len() as u64,
+                    },
+                    dependencies: None,
+                    model: None,
+                },
+            )]
+            .into(),
+        };
+        record.write(dir).unwrap();
+        write_modules_info(
+            dir,
+            &[InstalledModule {
+                coords,
+                module_type: ModuleType::Component,
+                upload_epoch: 0,
+            }],
+        )
+        .unwrap();
+    }
+
+    fn versions(dir: &Path) -> Vec<String> {
+        read_modules_info(dir)
+            .unwrap()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m.coords.version().to_owned())
+            .collect()
+    }
+
+    fn home() -> (tempfile::TempDir, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.create_folders().unwrap();
+        (dir, layout)
+    }
+
+    #[test]
+    fn a_failed_first_install_rolls_back_to_the_empty_set() {
+        let (_dir, layout) = home();
+        write_set(&layout.upgrade(), Some(&layout.models_upgrade()), "1");
+        assert_eq!(apply(&layout).unwrap(), Applied::Applied);
+        assert_eq!(versions(&layout.modules()), ["1"]);
+        // The backup is the empty set, not an unmarked folder.
+        assert!(set_identity(&layout.backup()).is_some());
+        assert!(versions(&layout.backup()).is_empty());
+
+        rollback(&layout).unwrap();
+        assert!(versions(&layout.modules()).is_empty());
+        assert!(probation(&layout).unwrap().is_none());
+        assert!(!layout.models().join("model.bin").exists());
+    }
+
+    #[test]
+    fn a_staged_set_waits_while_the_active_set_is_on_probation() {
+        let (_dir, layout) = home();
+        write_set(&layout.upgrade(), None, "1");
+        apply(&layout).unwrap();
+        commit(&layout).unwrap();
+        write_set(&layout.upgrade(), None, "2");
+        apply(&layout).unwrap();
+        let committed = set_identity(&layout.backup()).unwrap();
+
+        write_set(&layout.upgrade(), None, "3");
+        assert_eq!(apply(&layout).unwrap(), Applied::WaitsForCommit);
+        assert_eq!(versions(&layout.modules()), ["2"]);
+        assert_eq!(set_identity(&layout.backup()).unwrap(), committed);
+        let why = staged_waits_for(&layout).unwrap().unwrap();
+        assert!(why.contains("on probation"), "{why}");
+        assert_eq!(report(&layout).staged_waits_for.as_deref(), Some(&*why));
+
+        commit(&layout).unwrap();
+        assert_eq!(staged_waits_for(&layout).unwrap(), None);
+        assert_eq!(apply(&layout).unwrap(), Applied::Applied);
+        assert_eq!(versions(&layout.modules()), ["3"]);
+        assert_eq!(versions(&layout.backup()), ["2"]);
+    }
+
+    #[test]
+    fn a_set_staged_without_models_keeps_the_active_models_through_apply_and_rollback() {
+        let (_dir, layout) = home();
+        write_set(&layout.upgrade(), Some(&layout.models_upgrade()), "1");
+        apply(&layout).unwrap();
+        commit(&layout).unwrap();
+        write_set(&layout.upgrade(), None, "2");
+        assert!(!layout.models_upgrade().exists());
+
+        apply(&layout).unwrap();
+        assert_eq!(versions(&layout.modules()), ["2"]);
+        assert_eq!(fs::read(layout.models().join("model.bin")).unwrap(), b"1");
+
+        rollback(&layout).unwrap();
+        assert_eq!(versions(&layout.modules()), ["1"]);
+        assert_eq!(fs::read(layout.models().join("model.bin")).unwrap(), b"1");
+    }
+
+    #[test]
+    fn an_active_set_with_a_missing_file_is_not_replaced() {
+        let (_dir, layout) = home();
+        write_set(&layout.upgrade(), None, "1");
+        apply(&layout).unwrap();
+        commit(&layout).unwrap();
+        fs::remove_file(layout.modules().join("a-1.jar")).unwrap();
+        write_set(&layout.upgrade(), None, "2");
+
+        let err = apply(&layout).unwrap_err();
+        assert!(
+            matches!(&err, SwapError::BackupNotRestorable { problem, .. } if problem.contains("a-1.jar")),
+            "{err}"
+        );
+        assert_eq!(versions(&layout.modules()), ["1"]);
+        assert_eq!(versions(&layout.upgrade()), ["2"]);
+    }
 }

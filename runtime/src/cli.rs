@@ -173,12 +173,21 @@ fn apply(home: &Home) -> Result<u8, Error> {
     if let Some(j) = swap::recover(&layout)? {
         println!("finished an interrupted {:?}", j.procedure);
     }
-    if swap::apply(&layout)? {
-        println!("staged set applied; it is on probation until the next `run` commits it");
-    } else {
-        println!("no staged set to apply");
+    match swap::apply(&layout)? {
+        swap::Applied::Applied => {
+            println!("staged set applied; it is on probation until the next `run` commits it");
+            Ok(EXIT_OK)
+        }
+        swap::Applied::NothingStaged => {
+            println!("no staged set to apply");
+            Ok(EXIT_OK)
+        }
+        swap::Applied::WaitsForCommit => {
+            let why = swap::staged_waits_for(&layout)?.unwrap_or_default();
+            eprintln!("banalytics-box: nothing was changed: {why}");
+            Ok(EXIT_FAILURE)
+        }
     }
-    Ok(EXIT_OK)
 }
 
 fn rollback(home: &Home) -> Result<u8, Error> {

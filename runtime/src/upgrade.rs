@@ -96,8 +96,15 @@ pub fn prepare(layout: &Layout, settings: &Settings) -> Result<Boot, Error> {
     if let Some(j) = swap::recover(layout)? {
         info!(procedure = ?j.procedure, "interrupted module swap finished");
     }
-    if swap::apply(layout)? {
-        info!("staged module set applied");
+    match swap::apply(layout)? {
+        swap::Applied::Applied => info!("staged module set applied"),
+        swap::Applied::WaitsForCommit => {
+            info!(
+                waits_for = %swap::staged_waits_for(layout)?.unwrap_or_default(),
+                "staged module set not applied yet"
+            )
+        }
+        swap::Applied::NothingStaged => {}
     }
     let Some(p) = swap::count_boot(layout)? else {
         return Ok(Boot::default());
