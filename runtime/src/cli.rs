@@ -120,19 +120,50 @@ fn run(home: &Home) -> Result<u8, Error> {
         info!(home = %home.root().display(), components = config.components.len(), pid = std::process::id(), "host starting");
         host.start_all().await;
         info!("host running");
-        let watcher = {
-            let host = host.clone();
+        let mut watcher = {
+            let (host, layout, settings) = (host.clone(), layout.clone(), settings.clone());
             actix_rt::spawn(async move { upgrade::after_start(&host, layout, boot, settings).await })
         };
-        let ending = tokio::select! {
-            signal = wait_for_stop_signal() => {
-                let signal = signal.map_err(io(PathBuf::from("signal")))?;
-                info!(%signal, "stopping");
-                None
-            }
-            Some(request) = restarts.recv() => {
-                info!(mode = ?request.mode, reason = %request.reason, "stopping to restart");
-                Some(upgrade::Restart::from(&*request))
+        let mut watching = true;
+        // A restart asked for while the active set is on probation waits for
+        // the verdict: the backup must stay the last committed set, so a
+        // staged set is applied only after the commit (a failed start
+        // restarts anyway).
+        let mut deferred: Option<RestartRequested> = None;
+        let stop = wait_for_stop_signal();
+        tokio::pin!(stop);
+        let ending = loop {
+            tokio::select! {
+                signal = &mut stop => {
+                    let signal = signal.map_err(io(PathBuf::from("signal")))?;
+                    info!(%signal, "stopping");
+                    break None;
+                }
+                Some(request) = restarts.recv() => {
+                    if watching && swap::probation(&layout).ok().flatten().is_some() {
+                        info!(reason = %request.reason, "restart deferred until the active set on probation is committed or fails");
+                        deferred = Some((*request).clone());
+                        continue;
+                    }
+                    info!(mode = ?request.mode, reason = %request.reason, "stopping to restart");
+                    break Some(upgrade::Restart::from(&*request));
+                }
+                verdict = &mut watcher, if watching => {
+                    watching = false;
+                    let request = match verdict {
+                        Ok(upgrade::Verdict::Failed(request)) => request,
+                        Ok(upgrade::Verdict::Committed) => match deferred.take() {
+                            Some(request) => request,
+                            None if layout.has_staged_set() => settings.restart_request(
+                                "a set staged while the active set was on probation waits".to_owned(),
+                            ),
+                            None => continue,
+                        },
+                        _ => continue,
+                    };
+                    info!(mode = ?request.mode, reason = %request.reason, "stopping to restart");
+                    break Some(upgrade::Restart::from(&request));
+                }
             }
         };
         watcher.abort();

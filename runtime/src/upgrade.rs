@@ -80,6 +80,17 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// A restart request with these settings' mode.
+    pub fn restart_request(&self, reason: String) -> RestartRequested {
+        RestartRequested {
+            mode: self.restart_mode,
+            command: self.restart_command.clone(),
+            reason,
+        }
+    }
+}
+
 /// What the start found and did.
 #[derive(Debug, Default)]
 pub struct Boot {
@@ -134,6 +145,18 @@ pub fn prepare(layout: &Layout, settings: &Settings) -> Result<Boot, Error> {
     })
 }
 
+/// How the watch of a start ended.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Nothing was on probation.
+    NoProbation,
+    /// The set on probation is committed.
+    Committed,
+    /// This start of the set on probation failed: restart so that the next
+    /// start counts (or rolls back).
+    Failed(RestartRequested),
+}
+
 /// After the components started: report a rollback, or watch a set on
 /// probation and commit it once every component stayed in RUN for the
 /// grace period. A failure meanwhile is recorded as the probation's last
@@ -141,13 +164,13 @@ pub fn prepare(layout: &Layout, settings: &Settings) -> Result<Boot, Error> {
 /// after a whole grace period makes this start a failed one, and the host
 /// restarts (the next start counts again, and the one after the last
 /// attempt rolls back).
-pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Settings) {
+pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Settings) -> Verdict {
     if let Some(reason) = boot.rolled_back {
         host.bus().publish(UpgradeRolledBack { reason }).await;
-        return;
+        return Verdict::NoProbation;
     }
     let Some(mut probation) = boot.probation else {
-        return;
+        return Verdict::NoProbation;
     };
     let board = host.board().clone();
     let mut changes = board.changes();
@@ -186,18 +209,11 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
                         probation.boot_attempts
                     );
                     error!(%reason, "restarting");
-                    host.bus()
-                        .publish(RestartRequested {
-                            mode: settings.restart_mode,
-                            command: settings.restart_command.clone(),
-                            reason,
-                        })
-                        .await;
-                    return;
+                    return Verdict::Failed(settings.restart_request(reason));
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(left) => {}
-                    changed = changes.changed() => if changed.is_err() { return },
+                    changed = changes.changed() => if changed.is_err() { return Verdict::NoProbation },
                 }
                 continue;
             }
@@ -210,8 +226,12 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
                 "new module set committed"
             );
             host.bus().publish(UpgradeCommitted {}).await;
+            Verdict::Committed
         }
-        Err(e) => error!(error = %e, "cannot commit the new module set"),
+        Err(e) => {
+            error!(error = %e, "cannot commit the new module set");
+            Verdict::NoProbation
+        }
     }
 }
 
