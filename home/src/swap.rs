@@ -132,6 +132,12 @@ pub struct Probation {
     pub boot_attempts: u32,
     /// The last failure seen while on probation.
     pub last_error: Option<String>,
+    /// Components that were failing under the previous committed set when
+    /// the box restarted to apply this one: their health does not decide
+    /// the verdict, so that a box with one broken camera can still take
+    /// the upgrade that fixes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excused: Vec<String>,
 }
 
 /// What `status` shows of the module folders.
@@ -564,6 +570,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
                     set: j.incoming.clone(),
                     boot_attempts: 0,
                     last_error: None,
+                    excused: Vec::new(),
                 },
             )
         },

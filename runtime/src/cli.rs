@@ -105,7 +105,7 @@ fn run(home: &Home) -> Result<u8, Error> {
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     let layout = Layout::new(home.root());
     let settings = upgrade::Settings::from_config(&early)?;
-    let boot = upgrade::prepare(&layout, &settings)?;
+    let boot = upgrade::prepare(&layout, &settings, &home.state_dir())?;
     let (registry, plugins) = Registry::builtin().with_plugins(&layout.modules());
     plugins.log();
     let config = BoxConfig::load(home.root(), &registry.names())?;
@@ -167,6 +167,11 @@ fn run(home: &Home) -> Result<u8, Error> {
             }
         };
         watcher.abort();
+        if ending.is_some() && matches!(swap::probation(&layout), Ok(None)) {
+            // The health of the committed set, for the probation of a set
+            // that the next start applies.
+            upgrade::record_failing(host.board(), &home.state_dir(), settings.health_grace);
+        }
         let _ = shutdown_tx.send(true);
         let _ = server.await;
         let _ = std::fs::remove_file(&socket);

@@ -6,13 +6,18 @@
 //! The file work is `banalytics_home::swap`; what is here is the part that
 //! needs the process and the status board.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use banalytics_home::{
     swap::{self, Probation},
     Layout,
 };
 use banalytics_sdk::{
+    status::ComponentStatus,
     upgrade::{RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack},
     State, StatusBoard,
 };
@@ -103,12 +108,19 @@ pub struct Boot {
 /// Before the components start: finish an interrupted swap, apply a staged
 /// set, count this start if on probation, and roll back a set that used up
 /// its starts.
-pub fn prepare(layout: &Layout, settings: &Settings) -> Result<Boot, Error> {
+pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result<Boot, Error> {
     if let Some(j) = swap::recover(layout)? {
         info!(procedure = ?j.procedure, "interrupted module swap finished");
     }
+    let failing_before = take_failing(state_dir);
     match swap::apply(layout)? {
-        swap::Applied::Applied => info!("staged module set applied"),
+        swap::Applied::Applied => {
+            info!(excused = ?failing_before, "staged module set applied");
+            if let Some(mut p) = swap::probation(layout)? {
+                p.excused = failing_before;
+                swap::set_probation(layout, &p)?;
+            }
+        }
         swap::Applied::WaitsForCommit => {
             info!(
                 waits_for = %swap::staged_waits_for(layout)?.unwrap_or_default(),
@@ -157,13 +169,162 @@ pub enum Verdict {
     Failed(RestartRequested),
 }
 
+/// A start on probation gets a verdict within this many grace periods
+/// (and at least [`MIN_PROBATION_SLACK`] more than one): enough for a
+/// component that fails once at start to recover and then stay up for a
+/// whole grace period, bounded so that a flapping component cannot keep a
+/// set on probation forever.
+pub const PROBATION_LIMIT_GRACES: u32 = 3;
+
+/// The least time a start on probation gets beyond one grace period.
+pub const MIN_PROBATION_SLACK: Duration = Duration::from_secs(10);
+
+/// Restarts of one component in one start on probation that fail the start
+/// at once: it keeps restarting.
+pub const MAX_PROBATION_RESTARTS: u32 = 3;
+
+/// How long a start on probation may take to reach its verdict.
+pub fn probation_limit(grace: Duration) -> Duration {
+    (grace * PROBATION_LIMIT_GRACES).max(grace + MIN_PROBATION_SLACK)
+}
+
+fn describe(c: &ComponentStatus) -> String {
+    let why = c.reason.as_ref().or(c.last_error.as_ref());
+    format!(
+        "component {} is {:?}{}",
+        c.name,
+        c.state,
+        why.map(|r| format!(": {r}")).unwrap_or_default()
+    )
+}
+
+/// What the probation watch decided at one look at the board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Every component that must be healthy stayed in RUN for the grace
+    /// period.
+    Commit,
+    /// This start failed, for this reason.
+    Fail(String),
+    /// Look again at `until` at the latest (or when the board changes);
+    /// `failure` is what is wrong now, if anything.
+    Wait {
+        /// The next look.
+        until: Instant,
+        /// The failure seen, for the probation record.
+        failure: Option<String>,
+    },
+}
+
+/// The verdict rules of one start on probation, fed with snapshots of the
+/// status board (the rules are documented in the README):
+///
+/// - the components that must be healthy are all but those excused (they
+///   were failing under the previous committed set);
+/// - the start commits once all of them have been in RUN, without a
+///   restart, for the grace period;
+/// - it fails when one of them is out of RUN for a whole grace period,
+///   restarts [`MAX_PROBATION_RESTARTS`] times, or when no commit came
+///   within [`probation_limit`].
+#[derive(Debug)]
+pub struct ProbationWatch {
+    grace: Duration,
+    deadline: Instant,
+    excused: Vec<String>,
+    restarts_seen: BTreeMap<String, u32>,
+    healthy_since: Option<Instant>,
+    failing_since: Option<Instant>,
+    last_failure: Option<String>,
+}
+
+impl ProbationWatch {
+    /// A watch of a start that began at `start`.
+    pub fn new(grace: Duration, excused: Vec<String>, start: Instant) -> Self {
+        ProbationWatch {
+            grace,
+            deadline: start + probation_limit(grace),
+            excused,
+            restarts_seen: BTreeMap::new(),
+            healthy_since: None,
+            failing_since: None,
+            last_failure: None,
+        }
+    }
+
+    /// Looks at the board as of `now`.
+    pub fn observe(&mut self, board: &[ComponentStatus], now: Instant) -> Step {
+        let required = board.iter().filter(|c| !self.excused.contains(&c.name));
+        let mut down = None;
+        let mut restarted = None;
+        for c in required {
+            let total = c.restart_count;
+            let seen = self
+                .restarts_seen
+                .insert(c.name.clone(), total)
+                .unwrap_or(0);
+            let last_error = c.last_error.as_deref().unwrap_or("none recorded");
+            if total >= MAX_PROBATION_RESTARTS {
+                return Step::Fail(format!(
+                    "component {} keeps restarting: {total} restarts in this start; last error: {last_error}",
+                    c.name
+                ));
+            }
+            if total > seen && restarted.is_none() {
+                restarted = Some(format!(
+                    "component {} restarted ({total} in this start); last error: {last_error}",
+                    c.name
+                ));
+            }
+            if c.state != State::Run && down.is_none() {
+                down = Some(describe(c));
+            }
+        }
+        let failure = down.clone().or(restarted.clone());
+        if failure.is_some() {
+            self.last_failure.clone_from(&failure);
+        }
+        let next = match &down {
+            None => {
+                self.failing_since = None;
+                if restarted.is_some() {
+                    // Back in RUN, but the clock starts again.
+                    self.healthy_since = Some(now);
+                }
+                let since = *self.healthy_since.get_or_insert(now);
+                if now.duration_since(since) >= self.grace {
+                    return Step::Commit;
+                }
+                since + self.grace
+            }
+            Some(down) => {
+                self.healthy_since = None;
+                let since = *self.failing_since.get_or_insert(now);
+                if now.duration_since(since) >= self.grace {
+                    return Step::Fail(down.clone());
+                }
+                since + self.grace
+            }
+        };
+        if now >= self.deadline {
+            return Step::Fail(format!(
+                "no verdict within {:.1} s: the components did not stay in RUN for {:.1} s together; last failure: {}",
+                probation_limit(self.grace).as_secs_f64(),
+                self.grace.as_secs_f64(),
+                self.last_failure.as_deref().unwrap_or("none seen")
+            ));
+        }
+        Step::Wait {
+            until: next.min(self.deadline),
+            failure,
+        }
+    }
+}
+
 /// After the components started: report a rollback, or watch a set on
-/// probation and commit it once every component stayed in RUN for the
-/// grace period. A failure meanwhile is recorded as the probation's last
-/// error (the reason a later rollback gives); a component still failing
-/// after a whole grace period makes this start a failed one, and the host
-/// restarts (the next start counts again, and the one after the last
-/// attempt rolls back).
+/// probation ([`ProbationWatch`]) and commit it. A failure meanwhile is
+/// recorded as the probation's last error (the reason a later rollback
+/// gives); a failed start makes the host restart (the next start counts
+/// again, and the one after the last attempt rolls back).
 pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Settings) -> Verdict {
     if let Some(reason) = boot.rolled_back {
         host.bus().publish(UpgradeRolledBack { reason }).await;
@@ -174,48 +335,40 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
     };
     let board = host.board().clone();
     let mut changes = board.changes();
-    let mut healthy_since: Option<Instant> = None;
-    let mut failing_since: Option<Instant> = None;
-    loop {
-        match all_running(&board) {
-            Ok(()) => {
-                failing_since = None;
-                let since = *healthy_since.get_or_insert_with(Instant::now);
-                let left = settings.health_grace.saturating_sub(since.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(left) => {}
-                    _ = changes.changed() => {}
-                }
+    let mut watch = ProbationWatch::new(
+        settings.health_grace,
+        probation.excused.clone(),
+        Instant::now(),
+    );
+    let record = |failure: &str, probation: &mut Probation| {
+        if probation.last_error.as_deref() != Some(failure) {
+            warn!(%failure, "failure while on probation");
+            probation.last_error = Some(failure.to_owned());
+            if let Err(e) = swap::set_probation(&layout, probation) {
+                error!(error = %e, "cannot record the probation failure");
             }
-            Err(failure) => {
-                healthy_since = None;
-                let failing_since = *failing_since.get_or_insert_with(Instant::now);
-                if probation.last_error.as_deref() != Some(failure.as_str()) {
-                    warn!(%failure, "failure while on probation");
-                    probation.last_error = Some(failure.clone());
-                    if let Err(e) = swap::set_probation(&layout, &probation) {
-                        error!(error = %e, "cannot record the probation failure");
-                    }
-                }
-                let left = settings
-                    .health_grace
-                    .saturating_sub(failing_since.elapsed());
-                if left.is_zero() {
-                    let reason = format!(
-                        "start {} of the new module set failed: {failure}",
-                        probation.boot_attempts
-                    );
-                    error!(%reason, "restarting");
-                    return Verdict::Failed(settings.restart_request(reason));
+        }
+    };
+    loop {
+        match watch.observe(&board.snapshot(), Instant::now()) {
+            Step::Commit => break,
+            Step::Fail(failure) => {
+                record(&failure, &mut probation);
+                let reason = format!(
+                    "start {} of the new module set failed: {failure}",
+                    probation.boot_attempts
+                );
+                error!(%reason, "restarting");
+                return Verdict::Failed(settings.restart_request(reason));
+            }
+            Step::Wait { until, failure } => {
+                if let Some(failure) = failure {
+                    record(&failure, &mut probation);
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(left) => {}
+                    _ = tokio::time::sleep_until(until) => {}
                     changed = changes.changed() => if changed.is_err() { return Verdict::NoProbation },
                 }
-                continue;
             }
         }
     }
@@ -223,6 +376,7 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
         Ok(()) => {
             info!(
                 grace_s = settings.health_grace.as_secs_f64(),
+                excused = ?probation.excused,
                 "new module set committed"
             );
             host.bus().publish(UpgradeCommitted {}).await;
@@ -235,18 +389,43 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
     }
 }
 
-fn all_running(board: &StatusBoard) -> Result<(), String> {
-    for c in board.snapshot() {
-        if c.state != State::Run {
-            return Err(format!(
-                "component {} is {:?}{}",
-                c.name,
-                c.state,
-                c.reason.map(|r| format!(": {r}")).unwrap_or_default()
-            ));
-        }
+/// The file in `state/` naming the components that were failing when the
+/// box stopped to apply a staged set.
+pub const FAILING_BEFORE_FILE: &str = "failing-before-upgrade.json";
+
+/// Records which components are failing now, before the host stops to
+/// restart: not in RUN, or restarted within the last grace period. The
+/// next start that applies a set excuses them from its probation.
+pub fn record_failing(board: &StatusBoard, state_dir: &Path, grace: Duration) {
+    let recent = banalytics_sdk::status::now_ms().saturating_sub(grace.as_millis() as u64);
+    let failing: Vec<String> = board
+        .snapshot()
+        .into_iter()
+        .filter(|c| {
+            c.state != State::Run
+                || (c.restart_count > 0
+                    && (c.since_ms >= recent || c.actors.values().any(|a| a.since_ms >= recent)))
+        })
+        .map(|c| c.name)
+        .collect();
+    let json = serde_json::to_vec(&failing).expect("plain data");
+    if let Err(e) =
+        banalytics_home::layout::write_atomic(&state_dir.join(FAILING_BEFORE_FILE), &json)
+    {
+        warn!(error = %e, "cannot record the failing components; a set applied at the next start excuses none");
     }
-    Ok(())
+}
+
+/// Takes (reads and removes) what [`record_failing`] wrote; empty when
+/// nothing was recorded.
+fn take_failing(state_dir: &Path) -> Vec<String> {
+    let file = state_dir.join(FAILING_BEFORE_FILE);
+    let failing = std::fs::read(&file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(&file);
+    failing
 }
 
 /// What `run` does when it ends because of a restart request.
@@ -302,5 +481,142 @@ pub fn restart(how: Restart, home: &std::path::Path) -> Result<u8, Error> {
                 source: err,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn component(name: &str, state: State, restarts: u32) -> ComponentStatus {
+        ComponentStatus {
+            name: name.to_owned(),
+            kind: "probe".to_owned(),
+            origin: "built-in".to_owned(),
+            id: String::new(),
+            state,
+            since_ms: 0,
+            reason: (state == State::Error).then(|| "drill".to_owned()),
+            last_error: (restarts > 0 || state == State::Error).then(|| "drill".to_owned()),
+            restart_count: restarts,
+            actors: BTreeMap::new(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    const GRACE: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn commits_once_every_component_stayed_in_run_for_the_grace_period() {
+        let t0 = Instant::now();
+        let mut w = ProbationWatch::new(GRACE, vec![], t0);
+        let board = [component("a", State::Run, 0), component("b", State::Run, 0)];
+        assert!(
+            matches!(w.observe(&board, t0), Step::Wait { until, failure: None } if until == t0 + GRACE)
+        );
+        assert_eq!(w.observe(&board, t0 + GRACE), Step::Commit);
+    }
+
+    #[test]
+    fn a_component_that_keeps_restarting_fails_the_start_even_when_always_seen_in_run() {
+        // Under `immediate` the board may never be seen out of RUN: the
+        // restart count is what shows the flapping.
+        let t0 = Instant::now();
+        let mut w = ProbationWatch::new(GRACE, vec![], t0);
+        let ms = Duration::from_millis(300);
+        for n in 0..MAX_PROBATION_RESTARTS {
+            let step = w.observe(&[component("a", State::Run, n)], t0 + ms * n);
+            assert!(matches!(step, Step::Wait { .. }), "{step:?}");
+        }
+        let step = w.observe(
+            &[component("a", State::Run, MAX_PROBATION_RESTARTS)],
+            t0 + ms * MAX_PROBATION_RESTARTS,
+        );
+        assert!(
+            matches!(&step, Step::Fail(r) if r.contains("component a keeps restarting")),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_start_that_never_settles_fails_within_the_probation_limit() {
+        // Out of RUN for less than a grace period at a time, restarting
+        // less often than the restart limit: the deadline decides.
+        let t0 = Instant::now();
+        let mut w = ProbationWatch::new(GRACE, vec![], t0);
+        let limit = probation_limit(GRACE);
+        let mut now = t0;
+        let mut verdict = None;
+        let mut state = State::Run;
+        while now <= t0 + limit + GRACE {
+            state = if state == State::Run {
+                State::Error
+            } else {
+                State::Run
+            };
+            match w.observe(&[component("a", state, 1)], now) {
+                Step::Wait { until, .. } => assert!(until <= t0 + limit),
+                step => {
+                    verdict = Some((step, now));
+                    break;
+                }
+            }
+            now += GRACE * 9 / 10;
+        }
+        let (step, at) = verdict.expect("a verdict");
+        assert!(
+            matches!(&step, Step::Fail(r) if r.contains("no verdict within")),
+            "{step:?}"
+        );
+        assert!(at >= t0 + limit && at < t0 + limit + GRACE, "{:?}", at - t0);
+    }
+
+    #[test]
+    fn a_component_out_of_run_for_a_grace_period_fails_the_start() {
+        let t0 = Instant::now();
+        let mut w = ProbationWatch::new(GRACE, vec![], t0);
+        let board = [
+            component("a", State::Run, 0),
+            component("cam", State::Error, 0),
+        ];
+        assert!(matches!(
+            w.observe(&board, t0),
+            Step::Wait {
+                failure: Some(_),
+                ..
+            }
+        ));
+        let step = w.observe(&board, t0 + GRACE);
+        assert!(
+            matches!(&step, Step::Fail(r) if r.contains("component cam is Error: drill")),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_component_failing_before_the_upgrade_does_not_decide_the_verdict() {
+        let t0 = Instant::now();
+        let mut w = ProbationWatch::new(GRACE, vec!["cam".to_owned()], t0);
+        let board = [
+            component("a", State::Run, 0),
+            component("cam", State::Error, 5),
+        ];
+        assert!(matches!(
+            w.observe(&board, t0),
+            Step::Wait { failure: None, .. }
+        ));
+        assert_eq!(w.observe(&board, t0 + GRACE), Step::Commit);
+    }
+
+    #[test]
+    fn the_probation_limit_is_three_graces_and_at_least_ten_seconds_more_than_one() {
+        assert_eq!(
+            probation_limit(Duration::from_secs(1)),
+            Duration::from_secs(11)
+        );
+        assert_eq!(
+            probation_limit(Duration::from_secs(30)),
+            Duration::from_secs(90)
+        );
     }
 }
