@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{error, info};
 
 use banalytics_home::{
     swap::{self, SwapError},
@@ -105,10 +105,27 @@ fn run(home: &Home) -> Result<u8, Error> {
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     let layout = Layout::new(home.root());
     let settings = upgrade::Settings::from_config(&early)?;
-    let boot = upgrade::prepare(&layout, &settings, &home.state_dir())?;
+    let boot = upgrade::prepare(&layout, &settings, &home.state_dir()).unwrap_or_else(|e| {
+        error!(error = %e, "the module folders could not be prepared; starting with them as they are, so that the box stays reachable");
+        upgrade::Boot {
+            probation: None,
+            rolled_back: Some(format!("the module set could not be applied or put back: {e}")),
+        }
+    });
     let (registry, plugins) = Registry::builtin().with_plugins(&layout.modules());
     plugins.log();
-    let config = BoxConfig::load(home.root(), &registry.names())?;
+    let config = match BoxConfig::load(home.root(), &registry.names()) {
+        Ok(config) => config,
+        Err(refusal) => {
+            let refusal = Error::from(refusal);
+            let Some(probation) = boot.probation else {
+                return Err(refusal);
+            };
+            let how = upgrade::fail_start_on_config(&layout, &settings, probation, &refusal)?;
+            drop(lock);
+            return upgrade::restart(how, home.root());
+        }
+    };
     let system = actix_rt::System::new();
     let ending = system.block_on(async {
         let host = Arc::new(Host::build(home, &config, &registry)?);

@@ -101,8 +101,29 @@ impl Settings {
 pub struct Boot {
     /// The probation record when the active set is on probation.
     pub probation: Option<Probation>,
-    /// Why the previous set was put back, when it was.
+    /// Why the previous set was put back, when it was; or why the module
+    /// folders could not be prepared (the host then starts with them as
+    /// they are, so that the box stays reachable).
     pub rolled_back: Option<String>,
+}
+
+/// A configuration that is refused only with the new set (a kind the set
+/// removed) fails this start on probation: the failure is recorded, the
+/// set's starts are used up so that the next start puts the previous set
+/// back, and the host restarts. It never ends in the exit status of a
+/// refused configuration, which a service manager would not restart.
+pub fn fail_start_on_config(
+    layout: &Layout,
+    settings: &Settings,
+    mut probation: Probation,
+    refusal: &crate::Error,
+) -> Result<Restart, Error> {
+    let failure = format!("the configuration is refused with the new module set: {refusal}");
+    error!(%failure, "failed start on probation; the previous set is put back at the next start");
+    probation.last_error = Some(failure.clone());
+    probation.boot_attempts = probation.boot_attempts.max(settings.max_boot_attempts);
+    swap::set_probation(layout, &probation)?;
+    Ok(Restart::from(&settings.restart_request(failure)))
 }
 
 /// Before the components start: finish an interrupted swap, apply a staged
