@@ -35,6 +35,11 @@ impl Layout {
         &self.home
     }
 
+    /// `state/`: the host's own files, and the quarantined set.
+    pub fn state(&self) -> PathBuf {
+        self.home.join("state")
+    }
+
     /// The active module set.
     pub fn modules(&self) -> PathBuf {
         self.home.join("modules")

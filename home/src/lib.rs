@@ -12,6 +12,7 @@
 //! - [`record`]: `modules-hashes.json`, the SHA-256 and size of every file
 //!   a set installed.
 //! - [`swap`]: apply, rollback, commit and recovery of module sets.
+//! - [`quarantine`]: the set an automatic rollback took off the box.
 //! - [`registration`]: the environment UUID of
 //!   `config/device-registration.properties`.
 //! - [`failpoint`]: crash points for the crash-safety tests.
@@ -27,6 +28,7 @@ pub mod failpoint;
 pub mod installed;
 pub mod layout;
 pub mod properties;
+pub mod quarantine;
 pub mod record;
 pub mod registration;
 pub mod swap;

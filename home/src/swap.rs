@@ -153,6 +153,8 @@ pub struct SetsReport {
     pub probation: Option<Probation>,
     /// Why the staged set is not applied yet, when it waits.
     pub staged_waits_for: Option<String>,
+    /// The set an automatic rollback took off the box, if it is refused.
+    pub quarantined: Option<crate::quarantine::Quarantine>,
     /// A swap interrupted by a crash, finished at the next start.
     pub interrupted: Option<Journal>,
 }
@@ -681,6 +683,7 @@ pub fn report(layout: &Layout) -> SetsReport {
         backup: keys(&layout.backup()),
         probation: probation(layout).ok().flatten(),
         staged_waits_for: staged_waits_for(layout).ok().flatten(),
+        quarantined: crate::quarantine::read(layout).ok().flatten(),
         interrupted: read_json(&journal_path(layout)).ok().flatten(),
     }
 }

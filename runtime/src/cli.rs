@@ -359,6 +359,51 @@ fn print_status(data: &serde_json::Value) {
             c["last_error"].as_str().unwrap_or("-"),
         );
     }
+    print_sets(&data["upgrade"]);
+}
+
+/// The module sets part of `status` ([`swap::SetsReport`]).
+fn print_sets(u: &serde_json::Value) {
+    let list = |v: &serde_json::Value| {
+        let names: Vec<&str> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str())
+            .collect();
+        if names.is_empty() {
+            "(empty set)".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    println!("modules: {}", list(&u["installed"]));
+    if let Some(p) = u["probation"].as_object() {
+        println!(
+            "  on probation: start {}, last error: {}{}",
+            p["boot_attempts"],
+            p["last_error"].as_str().unwrap_or("none"),
+            match p.get("excused").map(list) {
+                Some(e) if e != "(empty set)" =>
+                    format!(", excused (failing before the upgrade): {e}"),
+                _ => String::new(),
+            }
+        );
+    }
+    if !u["staged"].is_null() {
+        println!("staged: {}", list(&u["staged"]));
+        if let Some(why) = u["staged_waits_for"].as_str() {
+            println!("  waits: {why}");
+        }
+    }
+    if let Some(q) = u["quarantined"].as_object() {
+        println!(
+            "quarantined: {} (rolled back at {} ms: {})",
+            list(&q["modules"]),
+            q["rolled_back_ms"],
+            q["reason"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 fn upgrade(home: &Home, wait: bool) -> Result<u8, Error> {

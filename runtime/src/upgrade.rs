@@ -13,6 +13,7 @@ use std::{
 };
 
 use banalytics_home::{
+    quarantine,
     swap::{self, Probation},
     Layout,
 };
@@ -171,6 +172,14 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
         p.last_error.as_deref().unwrap_or("none recorded (the host stopped before the grace period ended)")
     );
     error!(%reason, "rolling back");
+    // First the quarantine, so that the upgrade center never stages this
+    // set again by itself, even after a crash in the middle of the rollback.
+    quarantine::write(layout, &quarantine::of_set(&layout.modules(), &reason)).map_err(
+        |source| Error::Io {
+            path: layout.state().join(quarantine::QUARANTINE_FILE),
+            source,
+        },
+    )?;
     swap::rollback(layout)?;
     Ok(Boot {
         probation: None,

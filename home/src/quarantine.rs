@@ -1,0 +1,132 @@
+//! Quarantine: the module set that an automatic rollback took off the box,
+//! why, and when (`state/quarantined-set.json`).
+//!
+//! The host writes it when it puts the previous set back; the upgrade
+//! center reads it and refuses to stage the same target set again (with
+//! `installation_cancelled` naming the rollback) until the portal assigns a
+//! different set or an operator asks for a retry. So no mode of the
+//! upgrade center re-stages a failed set by itself, and a box cannot loop
+//! on one.
+
+use std::{fs, io, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{installed::read_modules_info, layout::write_atomic, Layout};
+
+/// The file, in the home's `state/`.
+pub const QUARANTINE_FILE: &str = "quarantined-set.json";
+
+/// A set that failed its probation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// Its identity ([`crate::swap::set_identity`]).
+    pub set: String,
+    /// Its modules, `groupId:artifactId:version`, sorted: what a target
+    /// set is compared with.
+    pub modules: Vec<String>,
+    /// Why it was rolled back.
+    pub reason: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub rolled_back_ms: u64,
+}
+
+impl Quarantine {
+    /// Whether a target set of `modules` (`groupId:artifactId:version`, in
+    /// any order) is this set.
+    pub fn is_set(&self, modules: &[String]) -> bool {
+        let mut target = modules.to_vec();
+        target.sort();
+        target.dedup();
+        target == self.modules
+    }
+
+    /// The sentence a refusal gives.
+    pub fn refusal(&self) -> String {
+        format!(
+            "this target set was rolled back at {} ms since the epoch: {}; it is not installed again until the portal assigns a different set or an operator runs `banalytics-box upgrade --retry`",
+            self.rolled_back_ms, self.reason
+        )
+    }
+}
+
+/// The quarantine record of the set in `dir`, rolled back for `reason`
+/// now.
+pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
+    let mut modules: Vec<String> = read_modules_info(dir)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.coords.to_string())
+        .collect();
+    modules.sort();
+    modules.dedup();
+    let rolled_back_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Quarantine {
+        set: crate::swap::set_identity(dir).unwrap_or_default(),
+        modules,
+        reason: reason.to_owned(),
+        rolled_back_ms,
+    }
+}
+
+/// The quarantined set, if there is one. An unreadable record is reported
+/// as an error, not taken for "none".
+pub fn read(layout: &Layout) -> io::Result<Option<Quarantine>> {
+    match fs::read(layout.state().join(QUARANTINE_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Records `q`, durably.
+pub fn write(layout: &Layout, q: &Quarantine) -> io::Result<()> {
+    fs::create_dir_all(layout.state())?;
+    let json = serde_json::to_vec_pretty(q).expect("plain data");
+    Ok(write_atomic(&layout.state().join(QUARANTINE_FILE), &json)?)
+}
+
+/// Lifts the quarantine (a different target set, or a retry).
+pub fn clear(layout: &Layout) -> io::Result<()> {
+    match fs::remove_file(layout.state().join(QUARANTINE_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => crate::layout::sync_dir(&layout.state()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_set_matches_in_any_order_and_a_different_one_does_not() {
+        let q = Quarantine {
+            set: "id".into(),
+            modules: vec!["g:a:1".into(), "g:b:2".into()],
+            reason: "r".into(),
+            rolled_back_ms: 1,
+        };
+        assert!(q.is_set(&["g:b:2".into(), "g:a:1".into()]));
+        assert!(!q.is_set(&["g:a:1".into()]));
+        assert!(!q.is_set(&["g:a:1".into(), "g:b:3".into()]));
+    }
+
+    #[test]
+    fn written_read_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        assert_eq!(read(&layout).unwrap(), None);
+        let q = of_set(&layout.modules(), "start 3 failed");
+        write(&layout, &q).unwrap();
+        assert_eq!(read(&layout).unwrap(), Some(q));
+        clear(&layout).unwrap();
+        clear(&layout).unwrap();
+        assert_eq!(read(&layout).unwrap(), None);
+    }
+}
