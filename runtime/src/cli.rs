@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use tracing::info;
 
-use banalytics_sdk::upgrade::RestartRequested;
+use banalytics_messages::upgrade::RestartRequested;
 use banalytics_upgrade_center::{
     layout::Layout,
     swap::{self, SwapError},

@@ -8,10 +8,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use banalytics_sdk::{
-    upgrade::{RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack},
-    State, StatusBoard,
+use banalytics_messages::upgrade::{
+    RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack,
 };
+use banalytics_sdk::{State, StatusBoard};
 use banalytics_upgrade_center::{
     layout::Layout,
     swap::{self, Probation, SwapError},

@@ -52,10 +52,8 @@ pub mod component;
 pub mod config;
 pub mod plugin;
 pub mod policy;
-pub mod portal;
 pub mod status;
 pub mod supervisor;
-pub mod upgrade;
 
 pub use bus::{Bus, BusError, BusMessage, FromBus, RawSubscription, SubscriberId, Subscription};
 pub use component::{Component, ComponentContext, ComponentInit, ComponentKind};

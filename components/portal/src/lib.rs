@@ -5,8 +5,8 @@
 //! `{portal_url}/portal-integration?environmentUuid=…&environmentHash=…`
 //! over rustls, trusting the webpki roots and, when configured, the CAs of
 //! `ca_file`; certificates are always checked. Frames from the portal are
-//! decoded by `type` and published on the bus as the SDK's
-//! [`banalytics_sdk::portal`] types; those types published on the bus for
+//! decoded by `type` and published on the bus as the
+//! [`banalytics_messages::portal`] types; those types published on the bus for
 //! the portal are sent as frames. Unknown types, unknown fields, malformed
 //! JSON and frames over 4 MiB are logged and skipped; none of them closes
 //! the link or fails an actor.
@@ -53,9 +53,11 @@
 
 use std::{path::PathBuf, sync::Arc};
 
+use banalytics_messages::portal::{
+    GetEnvModulesRequest, ModuleStatusUpdate, PortalOutboxQuery, PortalOutboxState,
+};
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
-    portal::{GetEnvModulesRequest, ModuleStatusUpdate, PortalOutboxQuery, PortalOutboxState},
     ComponentError,
 };
 use tokio::sync::watch;

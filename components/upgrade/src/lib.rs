@@ -28,10 +28,12 @@ pub mod swap;
 
 use std::time::Duration;
 
-use banalytics_sdk::{
-    component::{Component, ComponentContext, ComponentInit, ComponentKind},
+use banalytics_messages::{
     portal::{GetEnvModulesResponse, SyncSoftware, UpgradeRequested},
     upgrade::{RestartMode, UpgradeCommitted, UpgradeRolledBack},
+};
+use banalytics_sdk::{
+    component::{Component, ComponentContext, ComponentInit, ComponentKind},
     ComponentError,
 };
 use serde::Deserialize;

@@ -11,12 +11,12 @@ use std::{
     time::Duration,
 };
 
+use banalytics_messages::portal::{
+    GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
+};
 use banalytics_sdk::{
-    component::ComponentInit,
-    portal::{
-        GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
-    },
-    Bus, ComponentContext, ConfigSection, RestartPolicy, State, StatusBoard,
+    component::ComponentInit, Bus, ComponentContext, ConfigSection, RestartPolicy, State,
+    StatusBoard,
 };
 use banalytics_upgrade_center::KIND;
 use repo::{sha256_hex, Fault, Repo};
