@@ -66,7 +66,7 @@ impl Host {
                 home: home.root().to_owned(),
                 config: c.section.clone(),
             };
-            let component = (kind.create)(&init).map_err(|e| Error::Component {
+            let component = kind.create(&init).map_err(|e| Error::Component {
                 name: c.name.clone(),
                 message: e.to_string(),
             })?;
@@ -77,7 +77,7 @@ impl Host {
         let mut components = Vec::new();
         for (c, init, component) in created {
             board.register(&c.name, &c.kind, &init.id.to_string());
-            if let Some(file) = crate::plugins::origin(&c.kind) {
+            if let Some(file) = registry.origin(&c.kind) {
                 let name = file.file_name().unwrap_or_default().to_string_lossy();
                 board.set_origin(&c.name, &name);
             }

@@ -42,7 +42,7 @@ impl Settings {
         let section = config
             .components
             .iter()
-            .find(|c| c.kind == banalytics_upgrade_center::KIND.kind);
+            .find(|c| c.kind == banalytics_upgrade_center::KIND_NAME);
         Ok(match section {
             Some(c) => {
                 let u: UpgradeConfig = c.section.parse()?;

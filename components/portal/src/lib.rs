@@ -72,11 +72,13 @@ pub mod tls;
 
 pub use config::{PortalConfig, PortalUrl, Timing};
 
+/// The component kind's name, the `kind` value in `box.toml`.
+pub const KIND_NAME: &str = "portal-integration";
+
 /// The component kind, for the host's registry.
-pub const KIND: ComponentKind = ComponentKind {
-    kind: "portal-integration",
-    create,
-};
+pub fn kind() -> ComponentKind {
+    ComponentKind::new(KIND_NAME, create)
+}
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +137,7 @@ fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
     Ok(Box::new(PortalIntegration::new(init, config, timing)))
 }
 
-/// Creates the component as [`KIND`] does, but with `timing` instead of the
+/// Creates the component as [`kind`] does, but with `timing` instead of the
 /// one derived from the configuration: for tests and embedders that need a
 /// shorter ping timeout or backoff than the configuration accepts.
 pub fn create_with_timing(

@@ -50,11 +50,13 @@ use crate::{
     stager::Stager,
 };
 
+/// The component kind's name, the `kind` value in `box.toml`.
+pub const KIND_NAME: &str = "software-upgrade-center";
+
 /// The component kind, for the host's registry.
-pub const KIND: ComponentKind = ComponentKind {
-    kind: "software-upgrade-center",
-    create,
-};
+pub fn kind() -> ComponentKind {
+    ComponentKind::new(KIND_NAME, create)
+}
 
 /// The most downloads allowed at once: more only splits the same link.
 pub const MAX_PARALLEL_DOWNLOADS: usize = 16;

@@ -6,7 +6,7 @@ use crate::component::ComponentKind;
 
 /// A component kind a plugin exports, with the bus topics its instances
 /// exchange with the host.
-#[derive(Clone, Copy)]
+#[derive(Clone, Debug)]
 pub struct PluginKind {
     /// The kind, as a built-in component would register it.
     pub kind: ComponentKind,
@@ -16,11 +16,14 @@ pub struct PluginKind {
     pub publishes: &'static [&'static str],
 }
 
-/// Exports `kinds` (constant [`PluginKind`]s) as a plugin library: generates
-/// the `extern "C"` functions the [`plugin`](crate::plugin) docs list. Use once per library:
+/// Exports `kinds` as a plugin library: generates the `extern "C"` functions
+/// the [`plugin`](crate::plugin) docs list. Each kind is an expression that
+/// makes a [`PluginKind`]; they are evaluated once, inside the first
+/// exported call that needs them (so a panic there is answered like any
+/// other). Use once per library:
 ///
 /// ```text
-/// banalytics_sdk::export_plugin!(MY_KIND);
+/// banalytics_sdk::export_plugin!(my_component::plugin_kind());
 /// ```
 ///
 /// `export_plugin!(abi_version = N; KINDS..)` exports another ABI version;
@@ -35,7 +38,12 @@ macro_rules! export_plugin {
             use $crate::plugin::{guest, Buf, Bytes, HostCallbacks, HostLog};
             use ::std::ffi::c_void;
 
-            static KINDS: &[$crate::plugin::PluginKind] = &[$($kind),+];
+            /// The exported kinds, made at the first call that needs them.
+            fn kinds() -> &'static [$crate::plugin::PluginKind] {
+                static KINDS: ::std::sync::LazyLock<::std::vec::Vec<$crate::plugin::PluginKind>> =
+                    ::std::sync::LazyLock::new(|| ::std::vec![$($kind),+]);
+                &KINDS
+            }
 
             /// The ABI version; this signature never changes.
             #[unsafe(no_mangle)]
@@ -47,7 +55,7 @@ macro_rules! export_plugin {
             /// See `banalytics_sdk::plugin`.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn banalytics_plugin_identity(out: *mut Buf) -> i32 {
-                unsafe { guest::identity(KINDS, out) }
+                unsafe { guest::identity(kinds, out) }
             }
 
             /// # Safety
@@ -67,7 +75,7 @@ macro_rules! export_plugin {
                 out: *mut *mut c_void,
                 err: *mut Buf,
             ) -> i32 {
-                unsafe { guest::create(KINDS, kind, init, host, out, err) }
+                unsafe { guest::create(kinds, kind, init, host, out, err) }
             }
 
             /// # Safety

@@ -45,13 +45,13 @@ fn error(e: impl fmt::Display) -> (i32, String) {
 ///
 /// # Safety
 /// `out` is writable.
-pub unsafe fn identity(kinds: &[PluginKind], out: *mut Buf) -> i32 {
+pub unsafe fn identity(kinds: fn() -> &'static [PluginKind], out: *mut Buf) -> i32 {
     guard(std::ptr::null_mut(), || {
         let identity = Identity {
-            kinds: kinds
+            kinds: kinds()
                 .iter()
                 .map(|k| KindInfo {
-                    kind: k.kind.kind.to_owned(),
+                    kind: k.kind.name().to_owned(),
                     subscribes: k.subscribes.iter().map(|t| (*t).to_owned()).collect(),
                     publishes: k.publishes.iter().map(|t| (*t).to_owned()).collect(),
                 })
@@ -243,7 +243,7 @@ struct Instance {
 /// # Safety
 /// As the `plugin` module docs say; `out` and `err` are writable.
 pub unsafe fn create(
-    kinds: &'static [PluginKind],
+    kinds: fn() -> &'static [PluginKind],
     kind: Bytes,
     init: Bytes,
     host: *const HostCallbacks,
@@ -254,13 +254,13 @@ pub unsafe fn create(
         // SAFETY: borrowed for this call, copied before it returns.
         let (kind, init) = unsafe { (kind.as_slice(), init.as_slice()) };
         let kind = std::str::from_utf8(kind).map_err(error)?;
-        let plugin_kind = kinds
+        let plugin_kind = kinds()
             .iter()
-            .find(|k| k.kind.kind == kind)
+            .find(|k| k.kind.name() == kind)
             .ok_or_else(|| error(format!("this plugin has no kind {kind:?}")))?;
         let init: InitMessage = serde_json::from_slice(init).map_err(error)?;
         let init = init.into_init();
-        let component = (plugin_kind.kind.create)(&init).map_err(error)?;
+        let component = plugin_kind.kind.create(&init).map_err(error)?;
         // SAFETY: the host passes valid callbacks, valid until `destroy`.
         let host = unsafe { &*host };
         let host = Arc::new(Host {
