@@ -8,14 +8,15 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 use crate::{
-    bus::{Bus, SubscriberId, SUBSCRIBER_QUEUE},
-    component::{Component, ComponentContext, ComponentInit},
+    bus::{Bus, SubscriberId},
+    component::ComponentContext,
+    driver::{Bridge, Command, Driver, COMMAND_QUEUE},
     policy::RestartPolicy,
-    status::{State, StatusBoard},
+    status::StatusBoard,
     supervisor::panic_message,
 };
 
@@ -221,16 +222,6 @@ impl Host {
     }
 }
 
-enum Command {
-    Start(
-        RestartPolicy,
-        std::sync::mpsc::SyncSender<Result<(), String>>,
-    ),
-    Stop(std::sync::mpsc::SyncSender<()>),
-    RestartFailed(std::sync::mpsc::SyncSender<()>),
-    Deliver(&'static str, Vec<u8>),
-}
-
 /// One component instance: its thread and the channel to it.
 struct Instance {
     kind: &'static PluginKind,
@@ -270,22 +261,19 @@ pub unsafe fn create(
         });
         let board = StatusBoard::new();
         board.register(&init.name, kind, &init.id.to_string());
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let thread = std::thread::Builder::new()
             .name(format!("plugin {}", init.name))
             .spawn(move || {
                 // The driver holds the running actors, which stay on
                 // this thread: it is built here, from parts that may
                 // cross threads.
-                let driver = Driver {
+                let bridge = HostBridge {
                     kind: plugin_kind,
-                    init,
-                    component,
                     host,
-                    bus: Bus::new(),
-                    board,
-                    running: None,
+                    attached: None,
                 };
+                let driver = Driver::bridged(init, Bus::new(), board, component, Box::new(bridge));
                 let system = actix_rt::System::new();
                 system.block_on(driver.run(rx));
             })
@@ -318,12 +306,15 @@ pub unsafe fn start(instance: *mut c_void, args: Bytes, err: *mut Buf) -> i32 {
         let (inst, args) = unsafe { (self::instance(instance), args.as_slice()) };
         let args: StartMessage = serde_json::from_slice(args).map_err(error)?;
         let policy: RestartPolicy = args.policy.parse().map_err(error)?;
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let (reply, answer) = oneshot::channel();
         let closed = || (RC_CLOSED, "plugin instance is gone".to_owned());
         inst.tx
-            .blocking_send(Command::Start(policy, reply))
+            .blocking_send(Command::SetPolicy(policy))
             .map_err(|_| closed())?;
-        answer.recv().map_err(|_| closed())?.map_err(error)
+        inst.tx
+            .blocking_send(Command::Start(reply))
+            .map_err(|_| closed())?;
+        answer.blocking_recv().map_err(|_| closed())?.map_err(error)
     })
 }
 
@@ -335,12 +326,12 @@ pub unsafe fn stop(instance: *mut c_void) -> i32 {
     guard(std::ptr::null_mut(), || {
         // SAFETY: the host passes a live instance.
         let inst = unsafe { self::instance(instance) };
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let (reply, answer) = oneshot::channel();
         let closed = || (RC_CLOSED, String::new());
         inst.tx
             .blocking_send(Command::Stop(reply))
             .map_err(|_| closed())?;
-        answer.recv().map_err(|_| closed())
+        answer.blocking_recv().map(drop).map_err(|_| closed())
     })
 }
 
@@ -352,12 +343,12 @@ pub unsafe fn restart_failed(instance: *mut c_void) -> i32 {
     guard(std::ptr::null_mut(), || {
         // SAFETY: the host passes a live instance.
         let inst = unsafe { self::instance(instance) };
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let (reply, answer) = oneshot::channel();
         let closed = || (RC_CLOSED, String::new());
         inst.tx
             .blocking_send(Command::RestartFailed(reply))
             .map_err(|_| closed())?;
-        answer.recv().map_err(|_| closed())
+        answer.blocking_recv().map(drop).map_err(|_| closed())
     })
 }
 
@@ -418,72 +409,36 @@ pub unsafe fn free_buf(buf: Buf) {
     }));
 }
 
-/// Owns the component on the instance's thread, as the host's driver
-/// owns a built-in one.
-struct Driver {
+/// Bridges an instance to the host around each start: forwards the
+/// messages its component publishes on the kind's `publishes` topics, and
+/// its actor states after every change and once more at the end.
+struct HostBridge {
     kind: &'static PluginKind,
-    init: ComponentInit,
-    component: Box<dyn Component>,
     host: Arc<Host>,
-    bus: Bus,
-    board: StatusBoard,
-    running: Option<Running>,
+    attached: Option<Attached>,
 }
 
-struct Running {
-    ctx: ComponentContext,
+/// What [`HostBridge::attach`] set up for one start.
+struct Attached {
+    bus: Bus,
+    board: StatusBoard,
+    name: String,
     tasks: Vec<tokio::task::AbortHandle>,
     outbound: Vec<(&'static str, SubscriberId)>,
     except: Vec<SubscriberId>,
 }
 
-impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(cmd) = rx.recv().await {
-            match cmd {
-                Command::Start(policy, reply) => {
-                    let result = self.start(policy).await;
-                    let _ = reply.send(result);
-                }
-                Command::Stop(reply) => {
-                    self.stop().await;
-                    let _ = reply.send(());
-                }
-                Command::RestartFailed(reply) => {
-                    if let Some(running) = &self.running {
-                        running.ctx.restart_failed();
-                    }
-                    let _ = reply.send(());
-                }
-                Command::Deliver(topic, json) => {
-                    let except = self.running.as_ref().map_or(&[][..], |r| &r.except);
-                    if let Err(e) = self.bus.publish_raw_except(topic, json, except).await {
-                        tracing::warn!(component = %self.init.name, error = %e, "message from the host refused");
-                    }
-                }
-            }
-        }
-        self.stop().await;
-    }
-
-    async fn start(&mut self, policy: RestartPolicy) -> Result<(), String> {
-        if self.running.is_some() {
-            return Ok(());
-        }
-        let name = self.init.name.clone();
-        self.board.set_component(&name, State::Starting, None);
-        let ctx = ComponentContext::new(
-            &name,
-            self.init.id,
-            &self.init.home,
-            policy,
-            self.bus.clone(),
-            self.board.clone(),
+impl Bridge for HostBridge {
+    fn attach(&mut self, ctx: &ComponentContext) {
+        let (bus, board, name) = (
+            ctx.bus().clone(),
+            ctx.board().clone(),
+            ctx.name().to_owned(),
         );
         let mut tasks = Vec::new();
         let mut outbound = Vec::new();
         for topic in self.kind.publishes {
-            let mut sub = self.bus.subscribe_raw(topic);
+            let mut sub = bus.subscribe_raw(topic);
             outbound.push((*topic, sub.id()));
             let host = self.host.clone();
             let task = actix_rt::spawn(async move {
@@ -493,58 +448,39 @@ impl Driver {
             });
             tasks.push(task.abort_handle());
         }
-        let (host, board, watched) = (self.host.clone(), self.board.clone(), name.clone());
-        let mut changes = self.board.changes();
+        let (host, watched, watched_name) = (self.host.clone(), board.clone(), name.clone());
+        let mut changes = board.changes();
         let watcher = actix_rt::spawn(async move {
             while changes.changed().await.is_ok() {
-                host.state(&board, &watched);
+                host.state(&watched, &watched_name);
             }
         });
         tasks.push(watcher.abort_handle());
         let except = outbound.iter().map(|(_, id)| *id).collect();
-        let mut running = Running {
-            ctx,
+        self.attached = Some(Attached {
+            bus,
+            board,
+            name,
             tasks,
             outbound,
             except,
-        };
-        let started = catch_unwind(AssertUnwindSafe(|| self.component.start(&mut running.ctx)));
-        let reason = match started {
-            Ok(Ok(())) => {
-                self.board.set_component(&name, State::Run, None);
-                self.running = Some(running);
-                return Ok(());
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(p) => format!("start panicked: {}", panic_message(&*p)),
-        };
-        self.finish(running).await;
-        Err(reason)
+        });
     }
 
-    async fn stop(&mut self) {
-        if let Some(mut running) = self.running.take() {
-            let name = self.init.name.clone();
-            self.board.set_component(&name, State::Stopping, None);
-            running.ctx.stop_actors().await;
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.component.stopped())) {
-                tracing::error!(component = %name, panic = %panic_message(&*p), "stopped panicked");
-            }
-            self.finish(running).await;
-        }
-    }
-
-    /// Stops what `start` set up and sends the last state.
-    async fn finish(&mut self, mut running: Running) {
-        running.ctx.stop_actors().await;
-        for task in running.tasks {
+    fn detach(&mut self) {
+        let Some(attached) = self.attached.take() else {
+            return;
+        };
+        for task in attached.tasks {
             task.abort();
         }
-        for (topic, id) in running.outbound {
-            self.bus.unsubscribe(topic, id);
+        for (topic, id) in attached.outbound {
+            attached.bus.unsubscribe(topic, id);
         }
-        self.host.state(&self.board, &self.init.name);
-        self.board
-            .set_component(&self.init.name, State::Stopped, None);
+        self.host.state(&attached.board, &attached.name);
+    }
+
+    fn own_subscribers(&self) -> &[SubscriberId] {
+        self.attached.as_ref().map_or(&[], |a| &a.except)
     }
 }

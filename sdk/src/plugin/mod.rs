@@ -52,9 +52,12 @@
 //! Each instance runs its own actix `System` on its own thread, with its own
 //! [`Bus`](crate::Bus), [`StatusBoard`](crate::StatusBoard) and
 //! [`ComponentContext`](crate::ComponentContext): the component runs
-//! exactly as a built-in one, against the plugin's copy of the SDK. Host
-//! calls post work to that thread through a bounded channel
-//! ([`SUBSCRIBER_QUEUE`](crate::bus::SUBSCRIBER_QUEUE)); `start` and `stop`
+//! exactly as a built-in one, against the plugin's copy of the SDK, driven
+//! by the same lifecycle loop ([`Driver`](crate::driver::Driver), bridged:
+//! the host's driver of the proxy logs the lifecycle and retries a failed
+//! start). Host calls become [`Command`](crate::driver::Command)s for that
+//! driver, through a bounded channel
+//! ([`COMMAND_QUEUE`](crate::driver::COMMAND_QUEUE)); `start` and `stop`
 //! wait for the answer. The plugin calls back into the host
 //! ([`HostCallbacks`]) from its thread: `publish` for each message on a
 //! topic the kind declared in `publishes` (it may block while the host's
