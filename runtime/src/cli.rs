@@ -10,7 +10,7 @@ use banalytics_home::{
     swap::{self, SwapError},
     Layout,
 };
-use banalytics_sdk::upgrade::RestartRequested;
+use banalytics_messages::upgrade::RestartRequested;
 
 use crate::{
     config::BoxConfig,
@@ -454,7 +454,7 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|c| c["kind"] == banalytics_upgrade_center::KIND.kind)
+            .find(|c| c["kind"] == banalytics_upgrade_center::KIND_NAME)
             .map(|c| c["details"]["sync"].clone())
             .unwrap_or_default();
         let state = sync["state"].as_str().unwrap_or("?").to_owned();

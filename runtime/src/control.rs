@@ -109,7 +109,7 @@ async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
         Ok(Request::Upgrade) => {
             let receivers = host
                 .bus()
-                .publish(banalytics_sdk::portal::UpgradeRequested {})
+                .publish(banalytics_messages::portal::UpgradeRequested {})
                 .await;
             Response {
                 ok: receivers > 0,

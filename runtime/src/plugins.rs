@@ -13,7 +13,9 @@
 //!    target), which must be the host's own: otherwise refused with the
 //!    expected and the found values.
 //! 4. The kinds: one that is built in or exported by a library loaded before
-//!    is refused, naming both; the library is refused as a whole.
+//!    is refused, naming both; the library is refused as a whole. Each
+//!    accepted kind becomes a `ComponentKind` whose factory holds the loaded
+//!    plugin: nothing process-wide maps kind names to plugins.
 //! 5. `init` with the host's log: the plugin's `tracing` events become the
 //!    host's, with a `plugin` field naming the file.
 //!
@@ -28,12 +30,11 @@
 //! for now.
 
 use std::{
-    collections::HashMap,
     ffi::c_void,
     future::Future,
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     task::{Context, Poll, Wake},
     time::{Duration, Instant},
 };
@@ -73,7 +74,8 @@ struct Api {
     free_buf: FreeBufFn,
 }
 
-/// A loaded, accepted plugin library; lives for the process.
+/// A loaded, accepted plugin library, shared by its kinds' factories and
+/// their instances (and held for the process by its log, see `load`).
 struct Plugin {
     path: PathBuf,
     label: String,
@@ -99,25 +101,11 @@ impl Plugin {
     }
 }
 
-/// A plugin kind the registry knows.
+/// What the factory of one plugin kind holds: the plugin and the kind's
+/// declaration (its topics).
 struct KindEntry {
-    plugin: &'static Plugin,
+    plugin: Arc<Plugin>,
     info: KindInfo,
-}
-
-/// Plugin kinds by name. Process-wide because the libraries are.
-fn kinds() -> &'static Mutex<HashMap<String, Arc<KindEntry>>> {
-    static KINDS: OnceLock<Mutex<HashMap<String, Arc<KindEntry>>>> = OnceLock::new();
-    KINDS.get_or_init(Default::default)
-}
-
-/// The library a plugin kind comes from; `None` for a built-in kind.
-pub fn origin(kind: &str) -> Option<PathBuf> {
-    kinds()
-        .lock()
-        .expect("plugin kinds poisoned")
-        .get(kind)
-        .map(|k| k.plugin.path.clone())
 }
 
 /// What happened to one file of `modules/`.
@@ -160,8 +148,9 @@ impl LoadReport {
 }
 
 /// Loads the plugins in `dir` (a missing folder has none) and returns their
-/// component kinds. `builtin` are the kinds built into the host.
-pub fn load_dir(dir: &Path, builtin: &[&'static str]) -> (Vec<ComponentKind>, LoadReport) {
+/// component kinds, each with the library it comes from. `builtin` are the
+/// kinds built into the host.
+pub fn load_dir(dir: &Path, builtin: &[&str]) -> (Vec<(ComponentKind, PathBuf)>, LoadReport) {
     let mut report = LoadReport::default();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -175,7 +164,7 @@ pub fn load_dir(dir: &Path, builtin: &[&'static str]) -> (Vec<ComponentKind>, Lo
         Err(_) => Vec::new(),
     };
     files.sort();
-    let mut loaded: Vec<(&'static str, PathBuf)> = Vec::new();
+    let mut loaded: Vec<(String, PathBuf)> = Vec::new();
     let mut result = Vec::new();
     for path in files {
         let started = Instant::now();
@@ -183,17 +172,15 @@ pub fn load_dir(dir: &Path, builtin: &[&'static str]) -> (Vec<ComponentKind>, Lo
             Ok((plugin, identity)) => {
                 let mut names = Vec::new();
                 for info in identity.kinds {
-                    let name: &'static str = Box::leak(info.kind.clone().into_boxed_str());
-                    names.push(info.kind.clone());
-                    loaded.push((name, path.clone()));
-                    kinds()
-                        .lock()
-                        .expect("plugin kinds poisoned")
-                        .insert(info.kind.clone(), Arc::new(KindEntry { plugin, info }));
-                    result.push(ComponentKind {
-                        kind: name,
-                        create: create_component,
+                    let name = info.kind.clone();
+                    names.push(name.clone());
+                    loaded.push((name.clone(), path.clone()));
+                    let entry = Arc::new(KindEntry {
+                        plugin: plugin.clone(),
+                        info,
                     });
+                    let kind = ComponentKind::new(name, move |init| create_component(&entry, init));
+                    result.push((kind, path.clone()));
                 }
                 LoadOutcome::Loaded {
                     kinds: names,
@@ -209,9 +196,9 @@ pub fn load_dir(dir: &Path, builtin: &[&'static str]) -> (Vec<ComponentKind>, Lo
 
 fn load(
     path: &Path,
-    builtin: &[&'static str],
-    loaded: &[(&'static str, PathBuf)],
-) -> Result<(&'static Plugin, Identity), LoadOutcome> {
+    builtin: &[&str],
+    loaded: &[(String, PathBuf)],
+) -> Result<(Arc<Plugin>, Identity), LoadOutcome> {
     let shown = path.display();
     let handle = dl::open(path).map_err(|e| {
         LoadOutcome::Skipped(format!("skipping {shown}: not a loadable library: {e}"))
@@ -298,10 +285,11 @@ fn load(
             )));
         }
     }
-    // Never freed: the plugin may log for the life of the process.
-    let plugin: &'static Plugin = Box::leak(Box::new(plugin));
+    let plugin = Arc::new(plugin);
+    // Never freed: the plugin may log for the life of the process, so its
+    // log and the reference to the plugin it holds are never given back.
     let log = Box::leak(Box::new(HostLog {
-        ctx: (&plugin.label as *const String).cast_mut().cast(),
+        ctx: Arc::into_raw(plugin.clone()).cast_mut().cast(),
         enabled: host_log_enabled,
         log: host_log,
     }));
@@ -328,11 +316,11 @@ extern "C" fn host_log_enabled(_: *mut c_void, level: u32) -> bool {
 
 extern "C" fn host_log(ctx: *mut c_void, level: u32, target: Bytes, message: Bytes) {
     let _ = catch_unwind(|| {
-        // SAFETY: `ctx` is the plugin's leaked label; the bytes are borrowed
-        // for this call.
+        // SAFETY: `ctx` is the plugin the log holds forever (see `load`);
+        // the bytes are borrowed for this call.
         let (plugin, target, message) = unsafe {
             (
-                &*ctx.cast::<String>(),
+                &(*ctx.cast::<Plugin>()).label,
                 String::from_utf8_lossy(target.as_slice()),
                 String::from_utf8_lossy(message.as_slice()),
             )
@@ -348,28 +336,12 @@ extern "C" fn host_log(ctx: *mut c_void, level: u32, target: Bytes, message: Byt
     });
 }
 
-/// The kind a component instance was configured with, read back from its
-/// table: a registry entry is a plain `fn`, so one `create` serves every
-/// plugin kind and finds its kind here.
-fn kind_of(init: &ComponentInit) -> Option<String> {
-    let table: toml::Table = toml::from_str(init.config.text()).ok()?;
-    table
-        .get("components")?
-        .get(&init.name)?
-        .get("kind")?
-        .as_str()
-        .map(str::to_owned)
-}
-
-fn create_component(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
-    let kind = kind_of(init)
-        .ok_or_else(|| ComponentError::Start(format!("no kind for component {}", init.name)))?;
-    let entry = kinds()
-        .lock()
-        .expect("plugin kinds poisoned")
-        .get(&kind)
-        .cloned()
-        .ok_or_else(|| ComponentError::Start(format!("no plugin exports kind {kind:?}")))?;
+/// Creates an instance of `entry`'s kind in its plugin, and its proxy.
+fn create_component(
+    entry: &Arc<KindEntry>,
+    init: &ComponentInit,
+) -> Result<Box<dyn Component>, ComponentError> {
+    let kind = &entry.info.kind;
     let side = Box::new(HostSide {
         component: init.name.clone(),
         plugin: entry.plugin.label.clone(),
@@ -398,7 +370,7 @@ fn create_component(init: &ComponentInit) -> Result<Box<dyn Component>, Componen
         return Err(ComponentError::Start(entry.plugin.message(code, err)));
     }
     Ok(Box::new(PluginComponent {
-        entry,
+        entry: entry.clone(),
         instance: Instance(instance),
         running: None,
         _callbacks: Callbacks(callbacks),
@@ -471,7 +443,7 @@ impl Component for PluginComponent {
             policy: ctx.policy().to_string(),
         })
         .expect("start args serialize");
-        let plugin = self.entry.plugin;
+        let plugin = &self.entry.plugin;
         let mut err = Buf::EMPTY;
         // SAFETY: a live instance; `args` borrowed for the call.
         let code = unsafe { (plugin.api.start)(self.instance.0, Bytes::of(&args), &mut err) };
@@ -479,12 +451,12 @@ impl Component for PluginComponent {
             *self.side.bridge.lock().expect("bridge poisoned") = None;
             return Err(ComponentError::Start(plugin.message(code, err)));
         }
-        let instance = self.instance;
+        let (instance, restart_failed) = (self.instance, plugin.api.restart_failed);
         ctx.on_restart_failed(move || {
             // SAFETY: a live instance: the hook is called only by the
             // host's `restart` of this component, while the proxy, which
             // destroys the instance when dropped, exists.
-            unsafe { (plugin.api.restart_failed)(instance.0) };
+            unsafe { restart_failed(instance.0) };
         });
         // Forward only now: a message that came meanwhile waits in its
         // subscription and reaches the started instance.
@@ -492,7 +464,7 @@ impl Component for PluginComponent {
             .into_iter()
             .map(|(topic, mut sub)| {
                 let id = sub.id();
-                let instance = self.instance;
+                let (instance, plugin) = (self.instance, plugin.clone());
                 let name = topic.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("to plugin {}", self.side.component))

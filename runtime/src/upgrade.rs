@@ -17,11 +17,10 @@ use banalytics_home::{
     swap::{self, Probation},
     Layout,
 };
-use banalytics_sdk::{
-    status::ComponentStatus,
-    upgrade::{RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack},
-    State, StatusBoard,
+use banalytics_messages::upgrade::{
+    RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack,
 };
+use banalytics_sdk::{status::ComponentStatus, State, StatusBoard};
 use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -72,7 +71,7 @@ impl Settings {
         let section = config
             .components
             .iter()
-            .find(|c| c.kind == banalytics_upgrade_center::KIND.kind);
+            .find(|c| c.kind == banalytics_upgrade_center::KIND_NAME);
         let keys: HostKeys = match section {
             Some(c) => c.section.parse()?,
             None => HostKeys::default(),

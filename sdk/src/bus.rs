@@ -39,7 +39,7 @@ pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// A message that travels on the bus: plain, serializable data.
 pub trait BusMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The topic name, unique per message type across the host and its
-    /// plugins, e.g. `"portal.inbound"`.
+    /// plugins, e.g. `"probe.ping"`.
     const TOPIC: &'static str;
 }
 

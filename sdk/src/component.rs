@@ -9,6 +9,8 @@
 //! the crate docs) and then calls [`Component::stopped`].
 
 use std::{
+    borrow::Cow,
+    fmt,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -49,15 +51,54 @@ pub struct ComponentInit {
     pub config: ConfigSection,
 }
 
-/// A kind of component the host can create: registered in code for built-in
-/// kinds, exported by plugins for the others.
-#[derive(Clone, Copy)]
+/// How a kind creates an instance from what the host knows; configuration
+/// errors are refused here, before anything starts.
+pub type CreateFn =
+    dyn Fn(&ComponentInit) -> Result<Box<dyn Component>, ComponentError> + Send + Sync;
+
+/// A kind of component the host can create: the `kind` value in `box.toml`
+/// and a factory. Built-in kinds are made in code (each component crate's
+/// `kind()`); the host makes one for each kind a plugin exports, whose
+/// factory holds the loaded plugin. Cloning shares the factory.
+#[derive(Clone)]
 pub struct ComponentKind {
+    name: Cow<'static, str>,
+    create: Arc<CreateFn>,
+}
+
+impl ComponentKind {
+    /// The kind `name`, whose instances `create` makes.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        create: impl Fn(&ComponentInit) -> Result<Box<dyn Component>, ComponentError>
+            + Send
+            + Sync
+            + 'static,
+    ) -> ComponentKind {
+        ComponentKind {
+            name: name.into(),
+            create: Arc::new(create),
+        }
+    }
+
     /// The `kind` value in `box.toml`.
-    pub kind: &'static str,
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Creates an instance; configuration errors are refused here, before
     /// anything starts.
-    pub create: fn(&ComponentInit) -> Result<Box<dyn Component>, ComponentError>,
+    pub fn create(&self, init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
+        (self.create)(init)
+    }
+}
+
+impl fmt::Debug for ComponentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentKind")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The component's view of the host while it starts and runs.

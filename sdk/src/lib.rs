@@ -10,6 +10,10 @@
 //!
 //! # Lifecycle, once
 //!
+//! * **Components.** Each component instance is driven by one
+//!   [`driver::Driver`], on the host or in a plugin alike: it starts the
+//!   component, retries a failed start under the policy, restarts and
+//!   stops it (the [`driver`] docs say how).
 //! * **States.** A component is `STOPPED`, `STARTING`, `RUN`, `STOPPING` or
 //!   `ERROR` ([`status::State`]). It is `ERROR` while any of its actors has
 //!   failed and is not running again yet, or when its `start` returned an
@@ -50,12 +54,11 @@
 pub mod bus;
 pub mod component;
 pub mod config;
+pub mod driver;
 pub mod plugin;
 pub mod policy;
-pub mod portal;
 pub mod status;
 pub mod supervisor;
-pub mod upgrade;
 
 pub use bus::{Bus, BusError, BusMessage, FromBus, RawSubscription, SubscriberId, Subscription};
 pub use component::{Component, ComponentContext, ComponentInit, ComponentKind};

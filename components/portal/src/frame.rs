@@ -9,10 +9,8 @@
 //! message so that the link can log them. Nothing here panics on any input
 //! (property tests below).
 
-use banalytics_sdk::{
-    portal::{GetEnvModulesResponse, PortalMessage, SyncSoftware},
-    Bus,
-};
+use banalytics_messages::portal::{GetEnvModulesResponse, PortalMessage, SyncSoftware};
+use banalytics_sdk::Bus;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -228,7 +226,7 @@ pub fn encode<M: PortalMessage>(msg: &M) -> Result<String, EncodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use banalytics_sdk::portal::{
+    use banalytics_messages::portal::{
         GetEnvModulesRequest, ModuleRef, ModuleStatus, ModuleStatusUpdate,
     };
     use proptest::prelude::*;

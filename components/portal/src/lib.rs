@@ -5,8 +5,8 @@
 //! `{portal_url}/portal-integration?environmentUuid=…&environmentHash=…`
 //! over rustls, trusting the webpki roots and, when configured, the CAs of
 //! `ca_file`; certificates are always checked. Frames from the portal are
-//! decoded by `type` and published on the bus as the SDK's
-//! [`banalytics_sdk::portal`] types; those types published on the bus for
+//! decoded by `type` and published on the bus as the
+//! [`banalytics_messages::portal`] types; those types published on the bus for
 //! the portal are sent as frames. Unknown types, unknown fields, malformed
 //! JSON and frames over 4 MiB are logged and skipped; none of them closes
 //! the link or fails an actor.
@@ -53,9 +53,11 @@
 
 use std::{path::PathBuf, sync::Arc};
 
+use banalytics_messages::portal::{
+    GetEnvModulesRequest, ModuleStatusUpdate, PortalOutboxQuery, PortalOutboxState,
+};
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
-    portal::{GetEnvModulesRequest, ModuleStatusUpdate, PortalOutboxQuery, PortalOutboxState},
     ComponentError,
 };
 use tokio::sync::watch;
@@ -69,11 +71,13 @@ pub mod tls;
 
 pub use config::{PortalConfig, PortalUrl, Timing};
 
+/// The component kind's name, the `kind` value in `box.toml`.
+pub const KIND_NAME: &str = "portal-integration";
+
 /// The component kind, for the host's registry.
-pub const KIND: ComponentKind = ComponentKind {
-    kind: "portal-integration",
-    create,
-};
+pub fn kind() -> ComponentKind {
+    ComponentKind::new(KIND_NAME, create)
+}
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +136,7 @@ fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
     Ok(Box::new(PortalIntegration::new(init, config, timing)))
 }
 
-/// Creates the component as [`KIND`] does, but with `timing` instead of the
+/// Creates the component as [`kind`] does, but with `timing` instead of the
 /// one derived from the configuration: for tests and embedders that need a
 /// shorter ping timeout or backoff than the configuration accepts.
 pub fn create_with_timing(

@@ -27,8 +27,8 @@ use std::{sync::Arc, time::Duration};
 
 use actix::{fut, prelude::*};
 use backon::BackoffBuilder;
+use banalytics_messages::portal::PortalLinkChanged;
 use banalytics_sdk::{
-    portal::PortalLinkChanged,
     status::{now_ms, StatusBoard},
     Bus,
 };

@@ -31,7 +31,8 @@ use std::{
 };
 
 use actix::{fut, prelude::*};
-use banalytics_sdk::{portal::PortalMessage, FromBus, SendError, SupervisedAddr};
+use banalytics_messages::portal::PortalMessage;
+use banalytics_sdk::{FromBus, SendError, SupervisedAddr};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, warn};
 

@@ -5,14 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use banalytics_portal_integration::Timing;
-use banalytics_sdk::{
-    portal::{
-        GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus, ModuleStatusUpdate,
-        PortalLinkChanged, SyncSoftware,
-    },
-    Bus, State,
+use banalytics_messages::portal::{
+    GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus, ModuleStatusUpdate,
+    PortalLinkChanged, SyncSoftware,
 };
+use banalytics_portal_integration::Timing;
+use banalytics_sdk::{Bus, State};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;

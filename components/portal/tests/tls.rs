@@ -5,10 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use banalytics_sdk::{
-    portal::{PortalLinkChanged, SyncSoftware},
-    Bus,
-};
+use banalytics_messages::portal::{PortalLinkChanged, SyncSoftware};
+use banalytics_sdk::Bus;
 use common::*;
 
 #[actix_rt::test]

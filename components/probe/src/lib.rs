@@ -20,11 +20,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod prober;
 
+/// The component kind's name, the `kind` value in `box.toml`.
+pub const KIND_NAME: &str = "probe";
+
 /// The component kind, for the host's registry.
-pub const KIND: ComponentKind = ComponentKind {
-    kind: "probe",
-    create,
-};
+pub fn kind() -> ComponentKind {
+    ComponentKind::new(KIND_NAME, create)
+}
 
 /// A ping for the probe named `to` (or every probe, with `"*"`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

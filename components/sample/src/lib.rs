@@ -20,24 +20,28 @@ use serde::{Deserialize, Serialize};
 
 pub mod echo;
 
+/// The component kind's name, the `kind` value in `box.toml`.
+pub const KIND_NAME: &str = "sample-echo";
+
 /// The component kind.
-pub const KIND: ComponentKind = ComponentKind {
-    kind: "sample-echo",
-    create,
-};
+pub fn kind() -> ComponentKind {
+    ComponentKind::new(KIND_NAME, create)
+}
 
 /// The kind as the plugin exports it, with the topics it exchanges.
-pub const PLUGIN: PluginKind = PluginKind {
-    kind: KIND,
-    subscribes: &[SampleRequest::TOPIC],
-    publishes: &[SampleReply::TOPIC],
-};
+pub fn plugin_kind() -> PluginKind {
+    PluginKind {
+        kind: kind(),
+        subscribes: &[SampleRequest::TOPIC],
+        publishes: &[SampleReply::TOPIC],
+    }
+}
 
 #[cfg(not(feature = "abi-mismatch"))]
-banalytics_sdk::export_plugin!(PLUGIN);
+banalytics_sdk::export_plugin!(plugin_kind());
 
 #[cfg(feature = "abi-mismatch")]
-banalytics_sdk::export_plugin!(abi_version = banalytics_sdk::plugin::ABI_VERSION + 1; PLUGIN);
+banalytics_sdk::export_plugin!(abi_version = banalytics_sdk::plugin::ABI_VERSION + 1; plugin_kind());
 
 /// A request to every sample-echo instance.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -25,10 +25,12 @@ use banalytics_home::{coords, failpoint, installed, layout, record};
 
 use std::time::Duration;
 
-use banalytics_sdk::{
-    component::{Component, ComponentContext, ComponentInit, ComponentKind},
+use banalytics_messages::{
     portal::{GetEnvModulesResponse, SyncSoftware, UpgradeRequested},
     upgrade::{RestartMode, UpgradeCommitted, UpgradeRolledBack},
+};
+use banalytics_sdk::{
+    component::{Component, ComponentContext, ComponentInit, ComponentKind},
     ComponentError,
 };
 use serde::Deserialize;
@@ -45,11 +47,13 @@ use crate::{
     stager::Stager,
 };
 
+/// The component kind's name, the `kind` value in `box.toml`.
+pub const KIND_NAME: &str = "software-upgrade-center";
+
 /// The component kind, for the host's registry.
-pub const KIND: ComponentKind = ComponentKind {
-    kind: "software-upgrade-center",
-    create,
-};
+pub fn kind() -> ComponentKind {
+    ComponentKind::new(KIND_NAME, create)
+}
 
 /// The most downloads allowed at once: more only splits the same link.
 pub const MAX_PARALLEL_DOWNLOADS: usize = 16;

@@ -13,15 +13,14 @@
 use std::{cell::RefCell, collections::HashSet, rc::Rc, time::Duration};
 
 use actix::prelude::*;
-use banalytics_sdk::{
+use banalytics_messages::{
     portal::{
         GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus, ModuleStatusUpdate,
         SyncSoftware, UpgradeRequested,
     },
-    status::now_ms,
     upgrade::{UpgradeCommitted, UpgradeRolledBack},
-    Bus, FromBus, StatusBoard, SupervisedAddr,
 };
+use banalytics_sdk::{status::now_ms, Bus, FromBus, StatusBoard, SupervisedAddr};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};

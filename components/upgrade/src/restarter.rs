@@ -12,11 +12,11 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use banalytics_sdk::{
+use banalytics_messages::{
     portal::{PortalOutboxQuery, PortalOutboxState},
     upgrade::{RestartMode, RestartRequested},
-    Bus,
 };
+use banalytics_sdk::Bus;
 use tracing::info;
 
 /// Restart the box to apply the staged set.

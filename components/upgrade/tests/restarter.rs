@@ -10,11 +10,11 @@ use std::{
 };
 
 use actix::Actor;
-use banalytics_sdk::{
+use banalytics_messages::{
     portal::{PortalOutboxQuery, PortalOutboxState},
     upgrade::{RestartMode, RestartRequested},
-    Bus,
 };
+use banalytics_sdk::Bus;
 use banalytics_upgrade_center::restarter::{RestartToApply, Restarter};
 use tokio::time::Instant;
 

@@ -11,14 +11,14 @@ use std::{
     time::Duration,
 };
 
-use banalytics_sdk::{
-    component::ComponentInit,
-    portal::{
-        GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
-    },
-    Bus, ComponentContext, ConfigSection, RestartPolicy, State, StatusBoard,
+use banalytics_messages::portal::{
+    GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
 };
-use banalytics_upgrade_center::KIND;
+use banalytics_sdk::{
+    component::ComponentInit, Bus, ComponentContext, ConfigSection, RestartPolicy, State,
+    StatusBoard,
+};
+use banalytics_upgrade_center::kind;
 use repo::{sha256_hex, Fault, Repo};
 use serde_json::{json, Value};
 
@@ -111,7 +111,7 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
         home: home.path().to_owned(),
         config: ConfigSection::from_snippet("suc", &config),
     };
-    let mut component = (KIND.create)(&init).unwrap();
+    let mut component = kind().create(&init).unwrap();
     let mut ctx = ComponentContext::new(
         "suc",
         init.id,

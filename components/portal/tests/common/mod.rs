@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
-use banalytics_portal_integration::{create_with_timing, Timing, KIND};
+use banalytics_portal_integration::{create_with_timing, kind, Timing, KIND_NAME};
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit},
     Bus, BusMessage, ConfigSection, RestartPolicy, StatusBoard, Subscription,
@@ -209,7 +209,7 @@ pub fn home(environment_uuid: Option<&str>) -> tempfile::TempDir {
     home
 }
 
-/// Creates the component from `snippet` (through `KIND.create`, or with
+/// Creates the component from `snippet` (through `kind().create`, or with
 /// `timing` when given) and starts it on the current arbiter. Call
 /// `subscribe` on the returned bus only for messages published later; use
 /// `start_with_bus` to subscribe first.
@@ -224,12 +224,12 @@ pub fn start(home: tempfile::TempDir, snippet: &str, timing: Option<Timing>, bus
         ),
     };
     let mut component = match timing {
-        None => (KIND.create)(&init),
+        None => kind().create(&init),
         Some(t) => create_with_timing(&init, t),
     }
     .unwrap_or_else(|e| panic!("create: {e}"));
     let board = StatusBoard::new();
-    board.register(NAME, KIND.kind, &init.id.to_string());
+    board.register(NAME, KIND_NAME, &init.id.to_string());
     let mut ctx = ComponentContext::new(
         NAME,
         init.id,

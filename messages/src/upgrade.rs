@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::BusMessage;
+use banalytics_sdk::BusMessage;
 
 /// How the box restarts to apply a staged set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

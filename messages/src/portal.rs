@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::BusMessage;
+use banalytics_sdk::BusMessage;
 
 /// A message type of the portal protocol.
 pub trait PortalMessage: BusMessage {

@@ -1,0 +1,132 @@
+//! What a plugin library exports: its [`PluginKind`]s, and the
+//! [`export_plugin!`](crate::export_plugin) macro that generates the
+//! `extern "C"` functions of the ABI around them.
+
+use crate::component::ComponentKind;
+
+/// A component kind a plugin exports, with the bus topics its instances
+/// exchange with the host.
+#[derive(Clone, Debug)]
+pub struct PluginKind {
+    /// The kind, as a built-in component would register it.
+    pub kind: ComponentKind,
+    /// Topics whose messages the host forwards to the instance.
+    pub subscribes: &'static [&'static str],
+    /// Topics whose messages the instance publishes to the host.
+    pub publishes: &'static [&'static str],
+}
+
+/// Exports `kinds` as a plugin library: generates the `extern "C"` functions
+/// the [`plugin`](crate::plugin) docs list. Each kind is an expression that
+/// makes a [`PluginKind`]; they are evaluated once, inside the first
+/// exported call that needs them (so a panic there is answered like any
+/// other). Use once per library:
+///
+/// ```text
+/// banalytics_sdk::export_plugin!(my_component::plugin_kind());
+/// ```
+///
+/// `export_plugin!(abi_version = N; KINDS..)` exports another ABI version;
+/// it exists only to test the host's refusal.
+#[macro_export]
+macro_rules! export_plugin {
+    ($($kind:expr),+ $(,)?) => {
+        $crate::export_plugin!(abi_version = $crate::plugin::ABI_VERSION; $($kind),+);
+    };
+    (abi_version = $abi:expr; $($kind:expr),+ $(,)?) => {
+        const _: () = {
+            use $crate::plugin::{guest, Buf, Bytes, HostCallbacks, HostLog};
+            use ::std::ffi::c_void;
+
+            /// The exported kinds, made at the first call that needs them.
+            fn kinds() -> &'static [$crate::plugin::PluginKind] {
+                static KINDS: ::std::sync::LazyLock<::std::vec::Vec<$crate::plugin::PluginKind>> =
+                    ::std::sync::LazyLock::new(|| ::std::vec![$($kind),+]);
+                &KINDS
+            }
+
+            /// The ABI version; this signature never changes.
+            #[unsafe(no_mangle)]
+            pub extern "C" fn banalytics_plugin_abi_version() -> u32 {
+                $abi
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_identity(out: *mut Buf) -> i32 {
+                unsafe { guest::identity(kinds, out) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_init(log: *const HostLog) -> i32 {
+                unsafe { guest::init(log) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_create(
+                kind: Bytes,
+                init: Bytes,
+                host: *const HostCallbacks,
+                out: *mut *mut c_void,
+                err: *mut Buf,
+            ) -> i32 {
+                unsafe { guest::create(kinds, kind, init, host, out, err) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_start(
+                instance: *mut c_void,
+                args: Bytes,
+                err: *mut Buf,
+            ) -> i32 {
+                unsafe { guest::start(instance, args, err) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_stop(instance: *mut c_void) -> i32 {
+                unsafe { guest::stop(instance) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_deliver(
+                instance: *mut c_void,
+                topic: Bytes,
+                message: Bytes,
+            ) -> i32 {
+                unsafe { guest::deliver(instance, topic, message) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_restart_failed(instance: *mut c_void) -> i32 {
+                unsafe { guest::restart_failed(instance) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_destroy(instance: *mut c_void) -> i32 {
+                unsafe { guest::destroy(instance) }
+            }
+
+            /// # Safety
+            /// See `banalytics_sdk::plugin`.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn banalytics_plugin_free_buf(buf: Buf) {
+                unsafe { guest::free_buf(buf) }
+            }
+        };
+    };
+}
