@@ -12,7 +12,7 @@ use std::{
     io::{Read, Write},
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use serde::{Deserialize, Serialize};
@@ -486,38 +486,28 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PortalEr
     Ok(())
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` in UTC, the module object's `uploadTime` format.
+/// `YYYY-MM-DDTHH:MM:SS` in UTC, the module object's `uploadTime` format;
+/// a time jiff cannot represent reads as the epoch.
 pub fn iso_local_date_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    jiff::Timestamp::try_from(t)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn formats_upload_time_as_iso_local_date_time_in_utc() {
         let t = UNIX_EPOCH + Duration::from_secs(1_772_360_130);
         assert_eq!(iso_local_date_time(t), "2026-03-01T10:15:30");
         assert_eq!(iso_local_date_time(UNIX_EPOCH), "1970-01-01T00:00:00");
+        // Seconds are truncated, never rounded up, and no fraction shows.
+        let t = UNIX_EPOCH + Duration::from_millis(1_772_360_130_999);
+        assert_eq!(iso_local_date_time(t), "2026-03-01T10:15:30");
     }
 
     #[test]
