@@ -1,6 +1,11 @@
 //! What the portal must remember across a restart: the published modules
 //! and each environment's assigned target set, in one JSON file in the data
-//! folder, and the repository files `publish` writes.
+//! folder, and the repository files `publish` writes with their digests.
+//!
+//! `publish` hashes each file as it copies it and records the digest with
+//! the file's size and modification time; the repository answers with that
+//! digest as the `ETag`, so no request (and no restart) hashes a published
+//! file again.
 //!
 //! A kill-and-restart test of the box's reconnect depends on a restarted
 //! portal answering `GET_ENV_MOD_REQ` exactly as before, so every change is
@@ -12,7 +17,7 @@ use std::{
     io::{Read, Write},
     path::{Path, PathBuf},
     sync::Mutex,
-    time::SystemTime,
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -151,6 +156,31 @@ struct StoreFile {
     /// `assignments`; `assign` removes it.
     #[serde(default)]
     raw_assignments: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Digests of the repository files `publish` wrote, by path relative to
+    /// the repository root (`com/x/a/1/a-1.jar`).
+    #[serde(default)]
+    files: BTreeMap<String, FileDigest>,
+}
+
+/// A published file's SHA-256, valid while the file keeps the size and the
+/// modification time it had when it was published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileDigest {
+    /// Hex SHA-256 of the content.
+    sha256: String,
+    /// Size in bytes.
+    size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    modified_ns: u64,
+}
+
+/// What a publish did to the repository: files written with their digests,
+/// files removed.
+#[derive(Default)]
+struct RepoChanges {
+    written: Vec<(PathBuf, FileDigest)>,
+    removed: Vec<PathBuf>,
 }
 
 /// Published modules and assignments, backed by a JSON file.
@@ -291,8 +321,19 @@ impl Store {
         Ok(modules)
     }
 
+    /// The strong `ETag` of the repository file `rel` (relative to the
+    /// root) of `size` bytes modified at `modified`: its digest recorded at
+    /// publish, or `None` when publish did not write it or it has changed
+    /// since.
+    pub(crate) fn etag(&self, rel: &str, size: u64, modified: SystemTime) -> Option<String> {
+        let state = self.state.lock().expect("store lock");
+        let digest = state.files.get(rel)?;
+        (digest.size == size && Some(digest.modified_ns) == unix_ns(modified))
+            .then(|| format!("\"{}\"", digest.sha256))
+    }
+
     /// Copies a module's files into the repository layout with `.sha256`
-    /// files beside them and records it, upload time now.
+    /// files beside them and records it and their digests, upload time now.
     pub(crate) fn publish(&self, req: &PublishRequest) -> Result<ModuleObject, PortalError> {
         validate_group(&req.group_id)?;
         validate_name("artifactId", &req.artifact_id)?;
@@ -310,10 +351,22 @@ impl Store {
         })?;
         let base = format!("{}-{}", req.artifact_id, req.version);
 
-        let main = copy_with_digest(&req.file, &dir.join(format!("{base}.{packaging}")))?;
-        let dependencies =
-            publish_optional(req.bin.as_deref(), &dir.join(format!("{base}-bin.zip")))?;
-        let model = publish_optional(req.model.as_deref(), &dir.join(format!("{base}-model.zip")))?;
+        let mut changes = RepoChanges::default();
+        let main = copy_with_digest(
+            &req.file,
+            &dir.join(format!("{base}.{packaging}")),
+            &mut changes,
+        )?;
+        let dependencies = publish_optional(
+            req.bin.as_deref(),
+            &dir.join(format!("{base}-bin.zip")),
+            &mut changes,
+        )?;
+        let model = publish_optional(
+            req.model.as_deref(),
+            &dir.join(format!("{base}-model.zip")),
+            &mut changes,
+        )?;
 
         let module = ModuleObject {
             group_id: req.group_id.clone(),
@@ -328,6 +381,12 @@ impl Store {
             model,
         };
         let mut state = self.state.lock().expect("store lock");
+        for (path, digest) in changes.written {
+            state.files.insert(self.relative(&path), digest);
+        }
+        for path in changes.removed {
+            state.files.remove(&self.relative(&path));
+        }
         let replaced = state
             .modules
             .insert(module.coordinates(), module.clone())
@@ -342,6 +401,38 @@ impl Store {
         );
         Ok(module)
     }
+
+    /// `path` under the repository root as a `/`-separated relative path,
+    /// the form of a request path after `/repo/`.
+    fn relative(&self, path: &Path) -> String {
+        let rel = path.strip_prefix(&self.repo).unwrap_or(path);
+        rel.iter()
+            .map(|c| c.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// Nanoseconds since the epoch, when `t` is after it and before 2554.
+fn unix_ns(t: SystemTime) -> Option<u64> {
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_nanos()).ok()
+}
+
+/// The digest record of the file at `path`, whose content hashes to
+/// `sha256`.
+fn file_digest(path: &Path, sha256: String) -> Result<FileDigest, PortalError> {
+    let meta = fs::metadata(path).map_err(|source| PortalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(FileDigest {
+        sha256,
+        size: meta.len(),
+        // A time that does not fit records 0, which no file matches: its
+        // ETag is then computed on request.
+        modified_ns: meta.modified().ok().and_then(unix_ns).unwrap_or(0),
+    })
 }
 
 /// `{groupId with . as /}/{artifactId}/{version}`, the Maven folder of a
@@ -410,9 +501,13 @@ fn validate_name(field: &'static str, v: &str) -> Result<(), PortalError> {
 
 /// Publishes an optional package, or removes a stale one left by an earlier
 /// publish of the same coordinates (a `404` means "none").
-fn publish_optional(src: Option<&Path>, dest: &Path) -> Result<Option<PartInfo>, PortalError> {
+fn publish_optional(
+    src: Option<&Path>,
+    dest: &Path,
+    changes: &mut RepoChanges,
+) -> Result<Option<PartInfo>, PortalError> {
     match src {
-        Some(src) => copy_with_digest(src, dest).map(Some),
+        Some(src) => copy_with_digest(src, dest, changes).map(Some),
         None => {
             for p in [dest.to_path_buf(), sha256_path(dest)] {
                 match fs::remove_file(&p) {
@@ -420,6 +515,7 @@ fn publish_optional(src: Option<&Path>, dest: &Path) -> Result<Option<PartInfo>,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(source) => return Err(PortalError::Io { path: p, source }),
                 }
+                changes.removed.push(p);
             }
             Ok(None)
         }
@@ -433,8 +529,13 @@ fn sha256_path(p: &Path) -> PathBuf {
 }
 
 /// Copies `src` to `dest` (via `dest.partial`, fsync, rename) while hashing,
-/// then writes `dest.sha256` with the hex digest.
-fn copy_with_digest(src: &Path, dest: &Path) -> Result<PartInfo, PortalError> {
+/// then writes `dest.sha256` with the hex digest; records both files'
+/// digests in `changes`.
+fn copy_with_digest(
+    src: &Path,
+    dest: &Path,
+    changes: &mut RepoChanges,
+) -> Result<PartInfo, PortalError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PortalError::Io { path, source }
@@ -460,7 +561,16 @@ fn copy_with_digest(src: &Path, dest: &Path) -> Result<PartInfo, PortalError> {
     drop(out);
     fs::rename(&partial, dest).map_err(io(dest))?;
     let sha256 = hex::encode(hasher.finalize());
-    write_atomically(&sha256_path(dest), format!("{sha256}\n").as_bytes())?;
+    changes
+        .written
+        .push((dest.to_path_buf(), file_digest(dest, sha256.clone())?));
+    let sidecar = sha256_path(dest);
+    let line = format!("{sha256}\n");
+    write_atomically(&sidecar, line.as_bytes())?;
+    let line_digest = hex::encode(Sha256::digest(line.as_bytes()));
+    changes
+        .written
+        .push((sidecar.clone(), file_digest(&sidecar, line_digest)?));
     Ok(PartInfo { sha256, size })
 }
 
@@ -498,7 +608,7 @@ pub fn iso_local_date_time(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
     #[test]
     fn formats_upload_time_as_iso_local_date_time_in_utc() {

@@ -705,6 +705,58 @@ async fn if_range_with_a_stale_etag_gets_the_whole_file() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etags_are_recorded_at_publish_so_no_request_or_restart_hashes_a_published_file() {
+    let _machine = crate::machine::shared();
+    let data = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let portal = start(data.path()).await;
+    let content = publish(&portal, src.path(), A, 10_000);
+    let url = repo_url(&portal, &a_path());
+    let http = reqwest::Client::new();
+    let etag = |resp: &reqwest::Response| resp.headers()["etag"].to_str().unwrap().to_owned();
+    let resp = http.head(&url).send().await.unwrap();
+    assert_eq!(etag(&resp), format!("\"{}\"", sha256(&content)));
+    let digest = http.get(format!("{url}.sha256")).send().await.unwrap();
+    assert_eq!(
+        etag(&digest),
+        format!(
+            "\"{}\"",
+            sha256(format!("{}\n", sha256(&content)).as_bytes())
+        )
+    );
+    assert_eq!(portal.stats().etag_hashes, 0, "hashed on request");
+
+    // A restart reads the digests back from the state file.
+    portal.shutdown().await;
+    let portal = start(data.path()).await;
+    let url = repo_url(&portal, &a_path());
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(etag(&resp), format!("\"{}\"", sha256(&content)));
+    assert_eq!(&resp.bytes().await.unwrap()[..], &content[..]);
+    assert_eq!(portal.stats().etag_hashes, 0, "hashed after a restart");
+
+    // A file that publish did not write, or changed since, is hashed on
+    // request, once.
+    let repo = data.path().join("repo");
+    let extra = bytes(3000, 7);
+    std::fs::write(repo.join("com/x/a/1/notes.txt"), &extra).unwrap();
+    let changed = bytes(9000, 8);
+    std::fs::write(repo.join(a_path()), &changed).unwrap();
+    for _ in 0..2 {
+        let resp = http
+            .head(repo_url(&portal, "com/x/a/1/notes.txt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(etag(&resp), format!("\"{}\"", sha256(&extra)));
+        let resp = http.head(&url).send().await.unwrap();
+        assert_eq!(etag(&resp), format!("\"{}\"", sha256(&changed)));
+    }
+    assert_eq!(portal.stats().etag_hashes, 2);
+    portal.shutdown().await;
+}
+
 // ------------------------------------------------------------ fault switches
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
