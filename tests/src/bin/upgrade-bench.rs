@@ -1,36 +1,84 @@
 //! Upgrade benchmark, one machine, the same files on a loopback
 //! `banalytics-portal` process: synchronising a 1 GiB target (8 × 128 MiB)
 //! with the real `banalytics-box` against `curl` fetching the same files
-//! (4 at a time, like the box's default `max_parallel_downloads`) and
-//! against `curl` then `sha256sum`; the box's peak RSS meanwhile (`VmHWM`);
-//! a re-synchronisation with nothing changed; and staging a 2 GiB set whose
+//! (4 at a time, like the box's default `max_parallel_downloads`), alone,
+//! then `sync` of its files (the box fsyncs what it stages), then
+//! `sha256sum`; the box's peak RSS meanwhile (`VmHWM`); a
+//! re-synchronisation with nothing changed; and staging a 2 GiB set whose
 //! modules are all installed already (plus one small new module).
 //!
-//! `cargo run --release -p banalytics-tests --bin upgrade-bench -- [MODULE_MIB] [MODULES]`
+//! `cargo run --release -p banalytics-tests --bin upgrade-bench -- [MODULE_MIB] [MODULES] [--rounds N]`
+//!
+//! The box and curl take turns, box first, `--rounds` turns each (a fresh
+//! box home each turn); the table shows medians, each turn's time, and the
+//! box's time over each curl variant's. The portal hashes every file when
+//! it is published, so neither side pays for an `ETag`; the table shows how
+//! many files it hashed on request (0 when that holds).
 //!
 //! Artifacts are generated in a temporary folder; when the disk holds less
 //! than the run needs, the module size is halved until it fits, and the
 //! table says so.
 
 use std::{
-    path::Path,
+    collections::BTreeMap,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use banalytics_tests::e2e::{
-    ensure_binaries, peak_rss_kib, BoxSettings, ManagedBox, ModuleSpec, PortalApi, PortalProcess,
+use anyhow::{bail, ensure, Context, Result};
+use banalytics_tests::{
+    e2e::{
+        ensure_binaries, peak_rss_kib, served_files, BoxSettings, ManagedBox, ModuleSpec,
+        PortalApi, PortalProcess,
+    },
+    portal::ModuleObject,
 };
+use clap::Parser;
 
 const MIB: u64 = 1024 * 1024;
-const ENV: &str = "be4c0000-0000-4000-8000-000000000001";
 const PHASE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// How often the box's staging marker and peak RSS are read: cheap reads,
+/// so the end of a synchronisation is seen within this.
+const MARKER_POLL: Duration = Duration::from_millis(10);
+
+/// How often the box is asked for its status during a turn measured
+/// against curl: each ask is a `banalytics-box status` process and an
+/// answer from the host, CPU taken from the box being measured, so not
+/// every poll. The end of a turn is its marker on disk, seen within
+/// [`MARKER_POLL`].
+const STATUS_POLL: Duration = Duration::from_millis(200);
+
+/// How often the box is asked for its status in the other phases, which
+/// may end without a marker (nothing to stage).
+const STATUS_POLL_FINE: Duration = Duration::from_millis(20);
 
 /// Copies of the set's bytes the run holds at once at most: the repository
 /// (two sets), the box's cache, its active and staged sets (each up to two
-/// sets when hard links are not possible), and curl's copy.
+/// sets when hard links are not possible), and curl's copy. Each turn's
+/// files are removed before the next.
 const DISK_FACTOR: u64 = 10;
+
+/// Synchronise a set of `MODULES` × `MODULE_MIB` with the real box against
+/// curl, then re-synchronise and grow it.
+#[derive(Parser)]
+struct Args {
+    /// Size of each module, MiB (halved until the disk holds the run).
+    #[arg(default_value_t = 128)]
+    module_mib: u64,
+    /// Modules in the set.
+    #[arg(default_value_t = 8)]
+    modules: usize,
+    /// Turns of the box and of curl each, alternating, box first.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+}
+
+/// The environment UUID of the box of round `n`.
+fn env_of_round(n: u32) -> String {
+    format!("be4c0000-0000-4000-8000-{n:012}")
+}
 
 fn free_bytes(dir: &Path) -> Result<u64> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
@@ -56,14 +104,17 @@ fn coords(specs: &[ModuleSpec]) -> Vec<String> {
     specs.iter().map(|s| s.coordinates.clone()).collect()
 }
 
-fn repo_bytes(portal: &PortalProcess) -> Result<u64> {
-    Ok(portal
-        .stats_report()?
+/// Repository body bytes served and files hashed for an `ETag` since the
+/// counters were last reset.
+fn served(portal: &PortalProcess) -> Result<(u64, u64)> {
+    let stats = portal.stats_report()?;
+    let bytes = stats
         .paths
         .iter()
         .filter(|(p, _)| p.starts_with("/repo/"))
         .map(|(_, s)| s.bytes)
-        .sum())
+        .sum();
+    Ok((bytes, stats.etag_hashes))
 }
 
 fn secs(d: Duration) -> String {
@@ -74,13 +125,37 @@ fn rate(bytes: u64, d: Duration) -> String {
     format!("{:.0} MiB/s", bytes as f64 / MIB as f64 / d.as_secs_f64())
 }
 
+/// The median; the mean of the middle two of an even count.
+fn median(values: &[Duration]) -> Duration {
+    let mut v = values.to_vec();
+    v.sort();
+    let n = v.len();
+    if n == 0 {
+        Duration::ZERO
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+/// Each turn's time, `1.23 1.25 1.31 s`.
+fn turns(values: &[Duration]) -> String {
+    if values.is_empty() {
+        return "turns: none".into();
+    }
+    let v: Vec<String> = values
+        .iter()
+        .map(|d| format!("{:.2}", d.as_secs_f64()))
+        .collect();
+    format!("turns: {} s", v.join(" "))
+}
+
 /// What one synchronisation looked like from outside.
 struct SyncRun {
-    /// From the trigger to `staged` (or `up-to-date`) seen in `status`.
+    /// From the trigger to the staged set's marker on disk (or to
+    /// `up-to-date` seen in `status`).
     wall: Duration,
-    /// `finished_ms - started_ms` of the box's own report, when the box was
-    /// still up to be asked.
-    reported: Option<Duration>,
     /// Time in the `staging` state, as far as polling saw it.
     staging: Duration,
     /// `VmHWM` of the box process at the end, KiB.
@@ -88,57 +163,83 @@ struct SyncRun {
     state: String,
 }
 
-/// Polls the box until the synchronisation started at or after `asked_ms`
-/// ends; samples `VmHWM` meanwhile.
-fn follow(b: &mut ManagedBox, asked_ms: u64, t: Instant) -> Result<SyncRun> {
+/// The end state of the synchronisation started at or after `asked_ms`,
+/// once the box reports it finished.
+fn finished(sync: &serde_json::Value, asked_ms: u64) -> Option<String> {
+    let started = sync["started_ms"].as_u64()?;
+    sync["finished_ms"].as_u64()?;
+    (started + 1000 >= asked_ms).then(|| sync["state"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Follows the box until the synchronisation started at or after
+/// `asked_ms` ends: a staged set ends when its marker
+/// (`modules-upgrade/modules-info.properties`) is on disk, as the box
+/// defines a complete staged set; a synchronisation that stages nothing
+/// ends when the box reports it, asked every `status_every`. Samples
+/// `VmHWM` meanwhile.
+fn follow(
+    b: &mut ManagedBox,
+    asked_ms: u64,
+    t: Instant,
+    status_every: Duration,
+) -> Result<SyncRun> {
+    let marker = b.path().join("modules-upgrade/modules-info.properties");
+    ensure!(!marker.exists(), "a staged set is there already");
     let mut peak = 0;
     let mut staging_from: Option<Instant> = None;
-    let mut staging = Duration::ZERO;
+    let mut asked_status: Option<Instant> = None;
     let mut last_print = Instant::now();
+    let end = |staging_from: Option<Instant>| staging_from.map_or(Duration::ZERO, |f| f.elapsed());
     loop {
         if let Some(pid) = b.pid() {
             peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
         }
-        if let Some(sync) = b.sync_report() {
-            let state = sync["state"].as_str().unwrap_or_default().to_owned();
-            let started = sync["started_ms"].as_u64().unwrap_or(0);
-            if state == "staging" && staging_from.is_none() {
-                staging_from = Some(Instant::now());
-            }
-            if state == "downloading" && last_print.elapsed() > Duration::from_secs(1) {
-                eprintln!(
-                    "    {} / {} MiB",
-                    sync["done_bytes"].as_u64().unwrap_or(0) / MIB,
-                    sync["total_bytes"].as_u64().unwrap_or(0) / MIB
-                );
-                last_print = Instant::now();
-            }
-            if started + 1000 >= asked_ms {
-                if let Some(finished) = sync["finished_ms"].as_u64() {
-                    if let Some(from) = staging_from {
-                        staging = from.elapsed();
+        if marker.exists() {
+            let wall = t.elapsed();
+            let staging = end(staging_from);
+            return Ok(SyncRun {
+                wall,
+                staging,
+                peak_rss_kib: peak,
+                state: "staged".into(),
+            });
+        }
+        if asked_status.is_none_or(|a| a.elapsed() >= status_every) {
+            asked_status = Some(Instant::now());
+            if let Some(sync) = b.sync_report() {
+                let state = sync["state"].as_str().unwrap_or_default();
+                if state == "staging" && staging_from.is_none() {
+                    staging_from = Some(Instant::now());
+                }
+                if state == "downloading" && last_print.elapsed() > Duration::from_secs(1) {
+                    eprintln!(
+                        "    {} / {} MiB",
+                        sync["done_bytes"].as_u64().unwrap_or(0) / MIB,
+                        sync["total_bytes"].as_u64().unwrap_or(0) / MIB
+                    );
+                    last_print = Instant::now();
+                }
+                if let Some(state) = finished(&sync, asked_ms) {
+                    if state == "up-to-date" {
+                        return Ok(SyncRun {
+                            wall: t.elapsed(),
+                            staging: end(staging_from),
+                            peak_rss_kib: peak,
+                            state,
+                        });
                     }
-                    if !["staged", "up-to-date"].contains(&state.as_str()) {
+                    if state != "staged" {
                         bail!("synchronisation ended {state}: {sync}");
                     }
-                    return Ok(SyncRun {
-                        wall: t.elapsed(),
-                        reported: Some(Duration::from_millis(finished.saturating_sub(started))),
-                        staging,
-                        peak_rss_kib: peak,
-                        state,
-                    });
                 }
             }
         }
         if b.supervise()? {
-            // Staged and already restarting to apply it: the end was missed
-            // by less than one poll.
-            let wall = t.elapsed();
+            // It exited 75, so it had staged, and it is restarting to apply
+            // the set: the marker was missed by less than one poll.
             return Ok(SyncRun {
-                wall,
-                reported: None,
-                staging: staging_from.map_or(Duration::ZERO, |f| f.elapsed()),
+                wall: t.elapsed(),
+                staging: end(staging_from),
                 peak_rss_kib: peak,
                 state: "staged".into(),
             });
@@ -146,17 +247,22 @@ fn follow(b: &mut ManagedBox, asked_ms: u64, t: Instant) -> Result<SyncRun> {
         if t.elapsed() > PHASE_TIMEOUT {
             bail!("no end of the synchronisation: {}", b.log_tail(10));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(MARKER_POLL);
     }
 }
 
-/// Supervises the box until the portal hears `installed` after status
-/// number `after`; the time from the call.
-fn until_installed(portal: &PortalProcess, b: &mut ManagedBox, after: usize) -> Result<Duration> {
+/// Supervises the box until the portal hears `installed` from `env` after
+/// status number `after`; the time from the call.
+fn until_installed(
+    portal: &PortalProcess,
+    b: &mut ManagedBox,
+    env: &str,
+    after: usize,
+) -> Result<Duration> {
     let t = Instant::now();
     b.run_until(PHASE_TIMEOUT, "installed", |_| {
         portal
-            .statuses(ENV)
+            .statuses(env)
             .ok()
             .filter(|l| l.iter().skip(after).any(|l| l.status == "installed"))
     })?;
@@ -169,25 +275,99 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn sync_now(portal: &PortalProcess) -> Result<u64> {
-    portal.wait_connected(ENV, Duration::from_secs(30))?;
+fn sync_now(portal: &PortalProcess, env: &str) -> Result<u64> {
+    portal.wait_connected(env, Duration::from_secs(30))?;
     let asked = now_ms();
-    if portal.sync_env(ENV)? != 1 {
+    if portal.sync_env(env)? != 1 {
         bail!("the box is not connected");
     }
     Ok(asked)
 }
 
+/// One box turn: a fresh home synchronises the set to staged; the box is
+/// stopped after, so nothing of it runs during curl's turn.
+fn box_turn(portal: &PortalProcess, env: &str) -> Result<(ManagedBox, SyncRun)> {
+    let mut settings = BoxSettings::new(portal, Some(env));
+    settings.log_level = "warn".into();
+    let mut b = ManagedBox::new(&settings)?;
+    let t = Instant::now();
+    let asked = now_ms();
+    b.spawn()?;
+    let run = follow(&mut b, asked, t, STATUS_POLL)?;
+    b.stop()?;
+    Ok((b, run))
+}
+
+/// One curl turn's times.
+struct CurlRun {
+    curl: Duration,
+    sync: Duration,
+    sha256sum: Duration,
+}
+
+/// One curl turn: fetch the set into `dir` (4 at a time), `sync` the files
+/// and the folder, then `sha256sum` them and check the digests.
+fn curl_turn(portal: &PortalProcess, set: &[ModuleObject], dir: &Path) -> Result<CurlRun> {
+    std::fs::create_dir_all(dir)?;
+    let files: Vec<PathBuf> = set
+        .iter()
+        .map(|m| dir.join(format!("{}-{}.{}", m.artifact_id, m.version, m.packaging)))
+        .collect();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--fail", "--parallel", "--parallel-max", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (m, file) in set.iter().zip(&files) {
+        let path = &served_files(m)[0].0;
+        cmd.arg("-o")
+            .arg(file)
+            .arg(format!("{}{}", portal.repo_url(), &path["/repo".len()..]));
+    }
+    let t = Instant::now();
+    let status = cmd.status().context("running curl")?;
+    let curl = t.elapsed();
+    ensure!(status.success(), "curl failed: {status}");
+
+    let t = Instant::now();
+    let status = Command::new("sync")
+        .args(&files)
+        .arg(dir)
+        .status()
+        .context("running sync")?;
+    let sync = t.elapsed();
+    ensure!(status.success(), "sync of the files failed: {status}");
+
+    let t = Instant::now();
+    let out = Command::new("sha256sum")
+        .args(&files)
+        .output()
+        .context("running sha256sum")?;
+    let sha256sum = t.elapsed();
+    ensure!(out.status.success(), "sha256sum failed");
+    let sums: BTreeMap<PathBuf, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(sum, path)| (PathBuf::from(path), sum.to_owned()))
+        .collect();
+    for (m, file) in set.iter().zip(&files) {
+        ensure!(
+            sums.get(file) == Some(&m.sha256),
+            "{}: curl fetched other bytes",
+            file.display()
+        );
+    }
+    std::fs::remove_dir_all(dir)?;
+    Ok(CurlRun {
+        curl,
+        sync,
+        sha256sum,
+    })
+}
+
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut module_mib: u64 = args
-        .next()
-        .map_or(Ok(128), |a| a.parse())
-        .context("MODULE_MIB")?;
-    let modules: usize = args
-        .next()
-        .map_or(Ok(8), |a| a.parse())
-        .context("MODULES")?;
+    let args = Args::parse();
+    let (modules, rounds) = (args.modules, args.rounds);
+    let mut module_mib = args.module_mib;
     ensure_binaries()?;
     let dir = tempfile::Builder::new()
         .prefix("upgrade-bench-")
@@ -215,94 +395,150 @@ fn main() -> Result<()> {
     let files = dir.path().join("files");
     let portal = PortalProcess::start(&dir.path().join("portal"), None, &[])?;
     let a = set("a", modules, size);
-    portal.publish_all(&files, &a)?;
+    let published = portal.publish_all(&files, &a)?;
     // The repository keeps its own copy: the sources are not needed.
     std::fs::remove_dir_all(&files)?;
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let label = format!("{} MiB ({modules} × {module_mib} MiB)", set_bytes / MIB);
 
-    // curl, 4 at a time, then sha256sum.
-    let curl_dir = dir.path().join("curl");
-    std::fs::create_dir_all(&curl_dir)?;
-    if Command::new("curl").arg("--version").output().is_ok() {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-s", "--fail", "--parallel", "--parallel-max", "4"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        for m in &a {
-            cmd.arg("-o").arg(curl_dir.join(m.file_name())).arg(format!(
-                "{}{}",
-                portal.repo_url(),
-                &m.repo_path()[5..]
-            ));
-        }
-        eprintln!("curl: {label}");
-        let t = Instant::now();
-        let status = cmd.status().context("running curl")?;
-        let curl = t.elapsed();
-        if !status.success() {
-            bail!("curl failed: {status}");
-        }
-        let t = Instant::now();
-        let out = Command::new("sha256sum")
-            .args(a.iter().map(|m| curl_dir.join(m.file_name())))
-            .output()
-            .context("running sha256sum")?;
-        let sum = t.elapsed();
-        if !out.status.success() {
-            bail!("sha256sum failed");
-        }
-        rows.push((
-            format!("curl --parallel-max 4: {label}"),
-            secs(curl),
-            rate(set_bytes, curl),
-        ));
-        rows.push((
-            "curl, then sha256sum of the files".into(),
-            secs(curl + sum),
-            rate(set_bytes, curl + sum),
-        ));
-        std::fs::remove_dir_all(&curl_dir)?;
-    } else {
+    // The box and curl in turns, box first.
+    let has_curl = Command::new("curl").arg("--version").output().is_ok();
+    if !has_curl {
         notes.push("curl is not installed: the curl rows are skipped".into());
     }
+    let curl_dir = dir.path().join("curl");
+    let mut boxes = Vec::new();
+    let mut curls = Vec::new();
+    let mut box_served = Vec::new();
+    let mut curl_served = Vec::new();
+    let mut hashed_on_request = 0;
+    let mut last = None;
+    for round in 1..=rounds {
+        let env = env_of_round(round);
+        portal.assign_set(&env, &coords(&a))?;
+        eprintln!("round {round}/{rounds}, box: first run, {label}");
+        portal.reset_counters()?;
+        let (b, run) = box_turn(&portal, &env)?;
+        let (bytes, hashed) = served(&portal)?;
+        box_served.push(bytes);
+        hashed_on_request += hashed;
+        boxes.push(run);
+        if round == rounds {
+            last = Some((b, env));
+        } else {
+            drop(b);
+        }
+        if has_curl {
+            eprintln!("round {round}/{rounds}, curl: {label}");
+            portal.reset_counters()?;
+            curls.push(curl_turn(&portal, &published, &curl_dir)?);
+            let (bytes, hashed) = served(&portal)?;
+            curl_served.push(bytes);
+            hashed_on_request += hashed;
+        }
+    }
+    let (mut b, env) = last.context("no round")?;
 
-    // The box: first run synchronises the set.
-    portal.assign_set(ENV, &coords(&a))?;
-    let mut settings = BoxSettings::new(&portal, Some(ENV));
-    settings.log_level = "warn".into();
-    let mut b = ManagedBox::new(&settings)?;
-    eprintln!("box: first run, {label}");
-    portal.reset_counters()?;
-    let t = Instant::now();
-    let asked = now_ms();
-    b.spawn()?;
-    let run = follow(&mut b, asked, t)?;
-    let served = repo_bytes(&portal)?;
+    let wall: Vec<Duration> = boxes.iter().map(|r| r.wall).collect();
+    let box_median = median(&wall);
     rows.push((
         format!("banalytics-box: synchronise {label} to staged"),
-        secs(run.wall),
-        rate(set_bytes, run.wall),
+        secs(box_median),
+        format!("{}  {}", rate(set_bytes, box_median), turns(&wall)),
+    ));
+    let staging: Vec<Duration> = boxes.iter().map(|r| r.staging).collect();
+    rows.push((
+        "  of which staging, as far as status polls saw it".into(),
+        secs(median(&staging)),
+        turns(&staging),
     ));
     rows.push((
-        "  of which the box's own report (request to staged)".into(),
-        run.reported
-            .map_or_else(|| "n/a (restarted first)".into(), secs),
-        format!("staging seen for {}", secs(run.staging)),
-    ));
-    rows.push((
-        "  box peak RSS (VmHWM) during it".into(),
-        format!("{:.1} MiB", run.peak_rss_kib as f64 / 1024.0),
+        "  box peak RSS (VmHWM), highest of the turns".into(),
+        format!(
+            "{:.1} MiB",
+            boxes.iter().map(|r| r.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0
+        ),
         String::new(),
     ));
     rows.push((
-        "  repository bytes served".into(),
-        format!("{served}"),
+        "  repository bytes served per turn".into(),
+        format!("{:?}", box_served),
         format!("set {set_bytes}"),
     ));
-    let apply = until_installed(&portal, &mut b, 0)?;
+    if has_curl {
+        let variants: [(&str, &str, Vec<Duration>); 4] = [
+            (
+                "curl --parallel-max 4",
+                "curl",
+                curls.iter().map(|c| c.curl).collect(),
+            ),
+            (
+                "curl, then sync of the files",
+                "curl + sync",
+                curls.iter().map(|c| c.curl + c.sync).collect(),
+            ),
+            (
+                "curl, then sha256sum of the files",
+                "curl + sha256sum",
+                curls.iter().map(|c| c.curl + c.sha256sum).collect(),
+            ),
+            (
+                "curl, then sync, then sha256sum",
+                "curl + sync + sha256sum",
+                curls
+                    .iter()
+                    .map(|c| c.curl + c.sync + c.sha256sum)
+                    .collect(),
+            ),
+        ];
+        for (what, _, times) in &variants {
+            let m = median(times);
+            rows.push((
+                what.to_string(),
+                secs(m),
+                format!("{}  {}", rate(set_bytes, m), turns(times)),
+            ));
+        }
+        rows.push((
+            "  repository bytes served per curl turn".into(),
+            format!("{:?}", curl_served),
+            format!("set {set_bytes}"),
+        ));
+        for (_, what, times) in &variants {
+            let per_turn: Vec<String> = wall
+                .iter()
+                .zip(times)
+                .map(|(b, c)| format!("{:.2}", b.as_secs_f64() / c.as_secs_f64()))
+                .collect();
+            rows.push((
+                if what.contains('+') {
+                    format!("box / ({what})")
+                } else {
+                    format!("box / {what}")
+                },
+                format!(
+                    "{:.2}×",
+                    box_median.as_secs_f64() / median(times).as_secs_f64()
+                ),
+                format!("per round: {}", per_turn.join(" ")),
+            ));
+        }
+    }
     rows.push((
-        "  then exit 75, apply, grace 0.5 s, commit, installed".into(),
+        "files the portal hashed to answer a request".into(),
+        hashed_on_request.to_string(),
+        if hashed_on_request == 0 {
+            "every ETag was computed at publish".into()
+        } else {
+            "some turn paid for hashing: the comparison is skewed".into()
+        },
+    ));
+
+    // The last box applies its staged set.
+    b.spawn()?;
+    let apply = until_installed(&portal, &mut b, &env, 0)?;
+    rows.push((
+        "  then start, apply, grace 0.5 s, commit, installed".into(),
         secs(apply),
         String::new(),
     ));
@@ -311,12 +547,12 @@ fn main() -> Result<()> {
     eprintln!("box: re-synchronise with nothing changed");
     portal.reset_counters()?;
     let t = Instant::now();
-    let asked = sync_now(&portal)?;
-    let run = follow(&mut b, asked, t)?;
+    let asked = sync_now(&portal, &env)?;
+    let run = follow(&mut b, asked, t, STATUS_POLL_FINE)?;
     rows.push((
         format!("re-synchronise, nothing changed ({})", run.state),
         secs(run.wall),
-        format!("{} bytes fetched", repo_bytes(&portal)?),
+        format!("{} bytes fetched", served(&portal)?.0),
     ));
 
     // A 2 GiB set, then staging it unchanged plus one small module.
@@ -326,12 +562,12 @@ fn main() -> Result<()> {
     std::fs::remove_dir_all(&files)?;
     let mut both = a.clone();
     both.extend(extra.iter().cloned());
-    portal.assign_set(ENV, &coords(&both))?;
-    let seen = portal.statuses(ENV)?.len();
+    portal.assign_set(&env, &coords(&both))?;
+    let seen = portal.statuses(&env)?.len();
     let t = Instant::now();
-    let asked = sync_now(&portal)?;
-    let run = follow(&mut b, asked, t)?;
-    let apply = until_installed(&portal, &mut b, seen)?;
+    let asked = sync_now(&portal, &env)?;
+    let run = follow(&mut b, asked, t, STATUS_POLL_FINE)?;
+    let apply = until_installed(&portal, &mut b, &env, seen)?;
     rows.push((
         format!(
             "grow to {} MiB: synchronise the new half",
@@ -346,18 +582,18 @@ fn main() -> Result<()> {
     portal.publish_all(&files, std::slice::from_ref(&small))?;
     let mut plus = both.clone();
     plus.push(small);
-    portal.assign_set(ENV, &coords(&plus))?;
-    let seen = portal.statuses(ENV)?.len();
+    portal.assign_set(&env, &coords(&plus))?;
+    let seen = portal.statuses(&env)?.len();
     portal.reset_counters()?;
     eprintln!(
         "box: stage the unchanged {} MiB set plus one small module",
         2 * set_bytes / MIB
     );
     let t = Instant::now();
-    let asked = sync_now(&portal)?;
-    let run = follow(&mut b, asked, t)?;
-    let fetched = repo_bytes(&portal)?;
-    let apply = until_installed(&portal, &mut b, seen)?;
+    let asked = sync_now(&portal, &env)?;
+    let run = follow(&mut b, asked, t, STATUS_POLL_FINE)?;
+    let fetched = served(&portal)?.0;
+    let apply = until_installed(&portal, &mut b, &env, seen)?;
     rows.push((
         format!(
             "stage an unchanged {} MiB set (+1 small module)",
@@ -377,7 +613,10 @@ fn main() -> Result<()> {
         bail!("the box exited with {stopped}");
     }
 
-    println!("\nupgrade-bench: one machine, loopback banalytics-portal, same files");
+    println!(
+        "\nupgrade-bench: one machine, loopback banalytics-portal, same files; \
+         {rounds} turns each of the box and curl, alternating, box first; medians"
+    );
     for (what, time, more) in rows {
         println!("{what:<58} {time:>10}  {more}");
     }

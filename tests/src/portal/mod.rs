@@ -15,7 +15,8 @@
 //! fault switches do not.
 //!
 //! Layout of the data folder: `repo/` (the repository), `portal-state.json`
-//! (modules and assignments, unless `--state-file` says otherwise),
+//! (modules, assignments and the digests of the published files, unless
+//! `--state-file` says otherwise),
 //! `portal.addr` (the URL of the running portal).
 //!
 //! A module developer's loop, with a box whose `portal_url` is

@@ -3,6 +3,10 @@
 //! `HEAD`, strong `ETag`s (the file's SHA-256), `Last-Modified`,
 //! `Range: bytes=N-` / `bytes=N-M` / `bytes=-N`, and `If-Range`.
 //!
+//! The `ETag` of a published file is the digest `publish` recorded (see
+//! [`super::store`]); only a file publish did not write, or one changed
+//! since, is hashed on request, once per change, and counted in the stats.
+//!
 //! Body bytes are counted as they are handed to the connection, per path,
 //! so tests can assert that a resumed download moved each byte once. The
 //! fault switches ([`super::Faults`]) act here.
@@ -39,20 +43,29 @@ const CHUNK: usize = 64 * 1024;
 /// Loopback clients drain far faster than this.
 const CUT_FLUSH_GRACE: Duration = Duration::from_millis(100);
 
-/// Digests by file, so a large artifact is hashed once per change, not per
-/// request.
+/// Digests of files the store has none for (not published through it, or
+/// changed since), by file, so such a file is hashed once per change, not
+/// per request.
 #[derive(Default)]
 pub(crate) struct EtagCache {
     entries: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
 }
 
 impl EtagCache {
-    async fn etag(&self, path: &Path, len: u64, mtime: SystemTime) -> std::io::Result<String> {
+    async fn etag(
+        &self,
+        path: &Path,
+        len: u64,
+        mtime: SystemTime,
+        stats: &Stats,
+    ) -> std::io::Result<String> {
         if let Some((l, m, tag)) = self.entries.lock().expect("etag lock").get(path) {
             if *l == len && *m == mtime {
                 return Ok(tag.clone());
             }
         }
+        debug!(path = %path.display(), len, "hashing for an etag");
+        stats.etag_hashed();
         let p = path.to_path_buf();
         let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
             let mut f = std::fs::File::open(&p)?;
@@ -170,9 +183,12 @@ pub(crate) async fn serve(State(app): State<Arc<App>>, req: Request) -> Response
     };
     let len = meta.len();
     let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let etag = match app.etags.etag(&file, len, mtime).await {
-        Ok(t) => t,
-        Err(_) => return StatusCode::NOT_FOUND.into_response(),
+    let etag = match app.store.etag(rel, len, mtime) {
+        Some(t) => t,
+        None => match app.etags.etag(&file, len, mtime, &app.stats).await {
+            Ok(t) => t,
+            Err(_) => return StatusCode::NOT_FOUND.into_response(),
+        },
     };
     let last_modified = httpdate::fmt_http_date(mtime);
 

@@ -1,6 +1,7 @@
 //! Counters that let tests assert what crossed the wire: body bytes served
 //! and requests per repository path ("each byte served once" after a resume)
-//! and WebSocket connection attempts over time (reconnect backoff).
+//! and WebSocket connection attempts over time (reconnect backoff); and the
+//! files hashed to answer a request (none when every file was published).
 
 use std::{
     collections::BTreeMap,
@@ -39,6 +40,10 @@ pub struct StatsReport {
     /// Milliseconds since start of each attempt (the first
     /// [`MAX_RECORDED_ATTEMPTS`]).
     pub connection_attempt_ms: Vec<u64>,
+    /// Files hashed at request time for their `ETag`: ones `publish` did
+    /// not write, or that changed since.
+    #[serde(default)]
+    pub etag_hashes: u64,
 }
 
 impl StatsReport {
@@ -85,6 +90,10 @@ impl Stats {
         if r.connection_attempt_ms.len() < MAX_RECORDED_ATTEMPTS {
             r.connection_attempt_ms.push(as_ms(since));
         }
+    }
+
+    pub(crate) fn etag_hashed(&self) {
+        self.inner.lock().expect("stats lock").1.etag_hashes += 1;
     }
 
     pub(crate) fn report(&self) -> StatsReport {

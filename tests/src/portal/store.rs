@@ -1,6 +1,11 @@
 //! What the portal must remember across a restart: the published modules
 //! and each environment's assigned target set, in one JSON file in the data
-//! folder, and the repository files `publish` writes.
+//! folder, and the repository files `publish` writes with their digests.
+//!
+//! `publish` hashes each file as it copies it and records the digest with
+//! the file's size and modification time; the repository answers with that
+//! digest as the `ETag`, so no request (and no restart) hashes a published
+//! file again.
 //!
 //! A kill-and-restart test of the box's reconnect depends on a restarted
 //! portal answering `GET_ENV_MOD_REQ` exactly as before, so every change is
@@ -151,6 +156,31 @@ struct StoreFile {
     /// `assignments`; `assign` removes it.
     #[serde(default)]
     raw_assignments: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Digests of the repository files `publish` wrote, by path relative to
+    /// the repository root (`com/x/a/1/a-1.jar`).
+    #[serde(default)]
+    files: BTreeMap<String, FileDigest>,
+}
+
+/// A published file's SHA-256, valid while the file keeps the size and the
+/// modification time it had when it was published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileDigest {
+    /// Hex SHA-256 of the content.
+    sha256: String,
+    /// Size in bytes.
+    size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    modified_ns: u64,
+}
+
+/// What a publish did to the repository: files written with their digests,
+/// files removed.
+#[derive(Default)]
+struct RepoChanges {
+    written: Vec<(PathBuf, FileDigest)>,
+    removed: Vec<PathBuf>,
 }
 
 /// Published modules and assignments, backed by a JSON file.
@@ -291,8 +321,19 @@ impl Store {
         Ok(modules)
     }
 
+    /// The strong `ETag` of the repository file `rel` (relative to the
+    /// root) of `size` bytes modified at `modified`: its digest recorded at
+    /// publish, or `None` when publish did not write it or it has changed
+    /// since.
+    pub(crate) fn etag(&self, rel: &str, size: u64, modified: SystemTime) -> Option<String> {
+        let state = self.state.lock().expect("store lock");
+        let digest = state.files.get(rel)?;
+        (digest.size == size && Some(digest.modified_ns) == unix_ns(modified))
+            .then(|| format!("\"{}\"", digest.sha256))
+    }
+
     /// Copies a module's files into the repository layout with `.sha256`
-    /// files beside them and records it, upload time now.
+    /// files beside them and records it and their digests, upload time now.
     pub(crate) fn publish(&self, req: &PublishRequest) -> Result<ModuleObject, PortalError> {
         validate_group(&req.group_id)?;
         validate_name("artifactId", &req.artifact_id)?;
@@ -310,10 +351,22 @@ impl Store {
         })?;
         let base = format!("{}-{}", req.artifact_id, req.version);
 
-        let main = copy_with_digest(&req.file, &dir.join(format!("{base}.{packaging}")))?;
-        let dependencies =
-            publish_optional(req.bin.as_deref(), &dir.join(format!("{base}-bin.zip")))?;
-        let model = publish_optional(req.model.as_deref(), &dir.join(format!("{base}-model.zip")))?;
+        let mut changes = RepoChanges::default();
+        let main = copy_with_digest(
+            &req.file,
+            &dir.join(format!("{base}.{packaging}")),
+            &mut changes,
+        )?;
+        let dependencies = publish_optional(
+            req.bin.as_deref(),
+            &dir.join(format!("{base}-bin.zip")),
+            &mut changes,
+        )?;
+        let model = publish_optional(
+            req.model.as_deref(),
+            &dir.join(format!("{base}-model.zip")),
+            &mut changes,
+        )?;
 
         let module = ModuleObject {
             group_id: req.group_id.clone(),
@@ -328,6 +381,12 @@ impl Store {
             model,
         };
         let mut state = self.state.lock().expect("store lock");
+        for (path, digest) in changes.written {
+            state.files.insert(self.relative(&path), digest);
+        }
+        for path in changes.removed {
+            state.files.remove(&self.relative(&path));
+        }
         let replaced = state
             .modules
             .insert(module.coordinates(), module.clone())
@@ -342,6 +401,38 @@ impl Store {
         );
         Ok(module)
     }
+
+    /// `path` under the repository root as a `/`-separated relative path,
+    /// the form of a request path after `/repo/`.
+    fn relative(&self, path: &Path) -> String {
+        let rel = path.strip_prefix(&self.repo).unwrap_or(path);
+        rel.iter()
+            .map(|c| c.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// Nanoseconds since the epoch, when `t` is after it and before 2554.
+fn unix_ns(t: SystemTime) -> Option<u64> {
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_nanos()).ok()
+}
+
+/// The digest record of the file at `path`, whose content hashes to
+/// `sha256`.
+fn file_digest(path: &Path, sha256: String) -> Result<FileDigest, PortalError> {
+    let meta = fs::metadata(path).map_err(|source| PortalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(FileDigest {
+        sha256,
+        size: meta.len(),
+        // A time that does not fit records 0, which no file matches: its
+        // ETag is then computed on request.
+        modified_ns: meta.modified().ok().and_then(unix_ns).unwrap_or(0),
+    })
 }
 
 /// `{groupId with . as /}/{artifactId}/{version}`, the Maven folder of a
@@ -410,9 +501,13 @@ fn validate_name(field: &'static str, v: &str) -> Result<(), PortalError> {
 
 /// Publishes an optional package, or removes a stale one left by an earlier
 /// publish of the same coordinates (a `404` means "none").
-fn publish_optional(src: Option<&Path>, dest: &Path) -> Result<Option<PartInfo>, PortalError> {
+fn publish_optional(
+    src: Option<&Path>,
+    dest: &Path,
+    changes: &mut RepoChanges,
+) -> Result<Option<PartInfo>, PortalError> {
     match src {
-        Some(src) => copy_with_digest(src, dest).map(Some),
+        Some(src) => copy_with_digest(src, dest, changes).map(Some),
         None => {
             for p in [dest.to_path_buf(), sha256_path(dest)] {
                 match fs::remove_file(&p) {
@@ -420,6 +515,7 @@ fn publish_optional(src: Option<&Path>, dest: &Path) -> Result<Option<PartInfo>,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(source) => return Err(PortalError::Io { path: p, source }),
                 }
+                changes.removed.push(p);
             }
             Ok(None)
         }
@@ -433,8 +529,13 @@ fn sha256_path(p: &Path) -> PathBuf {
 }
 
 /// Copies `src` to `dest` (via `dest.partial`, fsync, rename) while hashing,
-/// then writes `dest.sha256` with the hex digest.
-fn copy_with_digest(src: &Path, dest: &Path) -> Result<PartInfo, PortalError> {
+/// then writes `dest.sha256` with the hex digest; records both files'
+/// digests in `changes`.
+fn copy_with_digest(
+    src: &Path,
+    dest: &Path,
+    changes: &mut RepoChanges,
+) -> Result<PartInfo, PortalError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PortalError::Io { path, source }
@@ -460,7 +561,16 @@ fn copy_with_digest(src: &Path, dest: &Path) -> Result<PartInfo, PortalError> {
     drop(out);
     fs::rename(&partial, dest).map_err(io(dest))?;
     let sha256 = hex::encode(hasher.finalize());
-    write_atomically(&sha256_path(dest), format!("{sha256}\n").as_bytes())?;
+    changes
+        .written
+        .push((dest.to_path_buf(), file_digest(dest, sha256.clone())?));
+    let sidecar = sha256_path(dest);
+    let line = format!("{sha256}\n");
+    write_atomically(&sidecar, line.as_bytes())?;
+    let line_digest = hex::encode(Sha256::digest(line.as_bytes()));
+    changes
+        .written
+        .push((sidecar.clone(), file_digest(&sidecar, line_digest)?));
     Ok(PartInfo { sha256, size })
 }
 
@@ -486,26 +596,13 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PortalEr
     Ok(())
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` in UTC, the module object's `uploadTime` format.
+/// `YYYY-MM-DDTHH:MM:SS` in UTC, the module object's `uploadTime` format;
+/// a time jiff cannot represent reads as the epoch.
 pub fn iso_local_date_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    jiff::Timestamp::try_from(t)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -518,6 +615,9 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_772_360_130);
         assert_eq!(iso_local_date_time(t), "2026-03-01T10:15:30");
         assert_eq!(iso_local_date_time(UNIX_EPOCH), "1970-01-01T00:00:00");
+        // Seconds are truncated, never rounded up, and no fraction shows.
+        let t = UNIX_EPOCH + Duration::from_millis(1_772_360_130_999);
+        assert_eq!(iso_local_date_time(t), "2026-03-01T10:15:30");
     }
 
     #[test]

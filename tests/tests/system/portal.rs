@@ -245,6 +245,7 @@ impl Drop for PortalProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_get_env_mod_req_with_the_assigned_set_and_its_checksums() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -324,6 +325,7 @@ async fn answers_get_env_mod_req_with_the_assigned_set_and_its_checksums() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_an_unassigned_environment_with_an_empty_set() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
     let mut ws = connect(&portal.ws_url("never-assigned", "h")).await;
@@ -335,6 +337,7 @@ async fn answers_an_unassigned_environment_with_an_empty_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignores_unknown_types_and_malformed_json_without_closing() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
     let mut ws = connect(&portal.ws_url(ENV, "h")).await;
@@ -348,6 +351,7 @@ async fn ignores_unknown_types_and_malformed_json_without_closing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_statuses_in_order_and_shows_them_in_environments_json() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let portal = PortalProcess::start(data.path(), &[]).unwrap();
     let mut ws = connect(&portal.ws_url(ENV)).await;
@@ -404,6 +408,7 @@ async fn records_statuses_in_order_and_shows_them_in_environments_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_and_send_raw_reach_a_connected_box_through_the_cli() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let portal = PortalProcess::start(data.path(), &[]).unwrap();
 
@@ -449,6 +454,7 @@ async fn sync_and_send_raw_reach_a_connected_box_through_the_cli() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_assign_through_the_cli_refuse_unknown_and_unsafe_coordinates() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = PortalProcess::start(data.path(), &[]).unwrap();
@@ -515,6 +521,7 @@ async fn publish_and_assign_through_the_cli_refuse_unknown_and_unsafe_coordinate
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_portal_on_the_same_data_and_port_keeps_assignments() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let first = PortalProcess::start(data.path(), &[]).unwrap();
@@ -538,6 +545,7 @@ async fn restarted_portal_on_the_same_data_and_port_keeps_assignments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_live_connections_and_completes() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
     let mut ws = connect(&portal.ws_url(ENV, "h")).await;
@@ -556,6 +564,7 @@ async fn shutdown_closes_live_connections_and_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_connection_attempts_per_second() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
     for _ in 0..3 {
@@ -585,6 +594,7 @@ fn a_path() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_gives_length_etag_and_accept_ranges_without_a_body() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -603,6 +613,7 @@ async fn head_gives_length_etag_and_accept_ranges_without_a_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_ranges_as_206_with_content_range() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -648,6 +659,7 @@ async fn serves_ranges_as_206_with_content_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_range_with_a_stale_etag_gets_the_whole_file() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -693,10 +705,63 @@ async fn if_range_with_a_stale_etag_gets_the_whole_file() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etags_are_recorded_at_publish_so_no_request_or_restart_hashes_a_published_file() {
+    let _machine = crate::machine::shared();
+    let data = tempfile::tempdir().unwrap();
+    let src = tempfile::tempdir().unwrap();
+    let portal = start(data.path()).await;
+    let content = publish(&portal, src.path(), A, 10_000);
+    let url = repo_url(&portal, &a_path());
+    let http = reqwest::Client::new();
+    let etag = |resp: &reqwest::Response| resp.headers()["etag"].to_str().unwrap().to_owned();
+    let resp = http.head(&url).send().await.unwrap();
+    assert_eq!(etag(&resp), format!("\"{}\"", sha256(&content)));
+    let digest = http.get(format!("{url}.sha256")).send().await.unwrap();
+    assert_eq!(
+        etag(&digest),
+        format!(
+            "\"{}\"",
+            sha256(format!("{}\n", sha256(&content)).as_bytes())
+        )
+    );
+    assert_eq!(portal.stats().etag_hashes, 0, "hashed on request");
+
+    // A restart reads the digests back from the state file.
+    portal.shutdown().await;
+    let portal = start(data.path()).await;
+    let url = repo_url(&portal, &a_path());
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(etag(&resp), format!("\"{}\"", sha256(&content)));
+    assert_eq!(&resp.bytes().await.unwrap()[..], &content[..]);
+    assert_eq!(portal.stats().etag_hashes, 0, "hashed after a restart");
+
+    // A file that publish did not write, or changed since, is hashed on
+    // request, once.
+    let repo = data.path().join("repo");
+    let extra = bytes(3000, 7);
+    std::fs::write(repo.join("com/x/a/1/notes.txt"), &extra).unwrap();
+    let changed = bytes(9000, 8);
+    std::fs::write(repo.join(a_path()), &changed).unwrap();
+    for _ in 0..2 {
+        let resp = http
+            .head(repo_url(&portal, "com/x/a/1/notes.txt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(etag(&resp), format!("\"{}\"", sha256(&extra)));
+        let resp = http.head(&url).send().await.unwrap();
+        assert_eq!(etag(&resp), format!("\"{}\"", sha256(&changed)));
+    }
+    assert_eq!(portal.stats().etag_hashes, 2);
+    portal.shutdown().await;
+}
+
 // ------------------------------------------------------------ fault switches
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_after_n_bytes_is_seen_by_the_client_and_a_resume_moves_each_byte_once() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -740,6 +805,7 @@ async fn cut_after_n_bytes_is_seen_by_the_client_and_a_resume_moves_each_byte_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_for_every_response_cuts_each_one() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -760,6 +826,7 @@ async fn cut_for_every_response_cuts_each_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignore_range_answers_200_with_the_whole_file() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -782,6 +849,7 @@ async fn ignore_range_answers_200_with_the_whole_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_cap_slows_a_one_mib_download_to_at_least_the_expected_time() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -806,6 +874,7 @@ async fn bandwidth_cap_slows_a_one_mib_download_to_at_least_the_expected_time() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_delays_each_repository_request() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
@@ -830,6 +899,7 @@ async fn latency_delays_each_repository_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_and_stats_work_through_serve_flags_and_the_cli() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = PortalProcess::start(data.path(), &["--ignore-range"]).unwrap();
@@ -865,6 +935,7 @@ async fn faults_and_stats_work_through_serve_flags_and_the_cli() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assign_raw_answers_module_objects_as_given_until_assign_replaces_them() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
     let portal = PortalProcess::start(data.path(), &[]).unwrap();
@@ -888,6 +959,7 @@ async fn assign_raw_answers_module_objects_as_given_until_assign_replaces_them()
 
 #[test]
 fn spawn_serves_synchronous_callers_and_shuts_down() {
+    let _machine = crate::machine::shared();
     use std::io::{Read, Write};
     let data = tempfile::tempdir().unwrap();
     let src = tempfile::tempdir().unwrap();
@@ -919,6 +991,7 @@ fn spawn_serves_synchronous_callers_and_shuts_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_pings_and_drops_a_box_that_sends_a_frame_over_4_mib() {
+    let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
     let portal = start(data.path()).await;
     let mut ws = connect(&portal.ws_url(ENV, "h")).await;

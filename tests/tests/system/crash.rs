@@ -312,6 +312,7 @@ fn crash_everywhere(
 
 #[test]
 fn apply_survives_a_kill_at_every_step_with_the_atomic_exchange() -> Result<()> {
+    let _machine = crate::machine::shared();
     let points = crash_everywhere(&["apply"], &[], &|_| Ok(()), &['B'])?;
     assert!(
         points.iter().any(|p| p == "apply.5.modules-in"),
@@ -323,6 +324,7 @@ fn apply_survives_a_kill_at_every_step_with_the_atomic_exchange() -> Result<()> 
 
 #[test]
 fn apply_survives_a_kill_at_every_step_with_the_portable_renames() -> Result<()> {
+    let _machine = crate::machine::shared();
     let env = [("BANALYTICS_NO_EXCHANGE", "1")];
     let points = crash_everywhere(&["apply"], &env, &|_| Ok(()), &['B'])?;
     assert!(
@@ -345,6 +347,7 @@ fn applied(home: &Path) -> Result<()> {
 
 #[test]
 fn rollback_survives_a_kill_at_every_step() -> Result<()> {
+    let _machine = crate::machine::shared();
     for env in [vec![], vec![("BANALYTICS_NO_EXCHANGE", "1")]] {
         let points = crash_everywhere(&["rollback"], &env, &applied, &['A'])?;
         eprintln!("rollback {env:?}: {} failpoints: {points:?}", points.len());
@@ -354,6 +357,7 @@ fn rollback_survives_a_kill_at_every_step() -> Result<()> {
 
 #[test]
 fn commit_survives_a_kill_at_every_step() -> Result<()> {
+    let _machine = crate::machine::shared();
     // `run` on probation: counts the start, then commits after the grace
     // period. The test stops it with SIGTERM once committed.
     let s = sides()?;
@@ -404,6 +408,7 @@ fn commit_survives_a_kill_at_every_step() -> Result<()> {
 
 #[test]
 fn verify_names_a_tampered_file_and_rollback_restores_the_backup() -> Result<()> {
+    let _machine = crate::machine::shared();
     let s = sides()?;
     let dir = fixture()?;
     let home = dir.path().join("home");

@@ -149,6 +149,7 @@ label = "echo-plugin"
 
 #[test]
 fn a_plugin_component_answers_over_the_host_bus_and_logs_into_the_host() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = home_with_modules(
         ECHO_AND_PROBE,
         &[("com.example-sample-1.0.so", &samples().normal)],
@@ -185,6 +186,7 @@ fn a_plugin_component_answers_over_the_host_bus_and_logs_into_the_host() -> Resu
 
 #[test]
 fn a_panic_in_the_plugin_actor_is_restarted_after_the_policy_delay() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = home_with_modules(
         ECHO_AND_PROBE,
         &[("com.example-sample-1.0.so", &samples().normal)],
@@ -242,6 +244,7 @@ fn a_panic_in_the_plugin_actor_is_restarted_after_the_policy_delay() -> Result<(
 
 #[test]
 fn a_failed_plugin_actor_under_stop_waits_for_a_manual_restart() -> Result<()> {
+    let _machine = crate::machine::shared();
     let config = ECHO_AND_PROBE.replace(
         "restart_on_failure = \"10s\"",
         "restart_on_failure = \"stop\"",
@@ -281,6 +284,7 @@ fn a_failed_plugin_actor_under_stop_waits_for_a_manual_restart() -> Result<()> {
 
 #[test]
 fn a_plugin_of_another_abi_version_is_refused_and_other_libraries_are_skipped() -> Result<()> {
+    let _machine = crate::machine::shared();
     let dir = tempfile::tempdir()?;
     let junk = dir.path().join("junk.so");
     let bytes: Vec<u8> = (0..4096u32)
@@ -353,6 +357,7 @@ fn a_plugin_of_another_abi_version_is_refused_and_other_libraries_are_skipped() 
 
 #[test]
 fn a_second_plugin_exporting_the_same_kind_is_refused_naming_both() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = home_with_modules(
         ECHO_AND_PROBE,
         &[
@@ -380,6 +385,7 @@ fn a_second_plugin_exporting_the_same_kind_is_refused_naming_both() -> Result<()
 
 #[test]
 fn the_portal_upgrades_a_plugin_module_and_the_component_runs_from_the_new_file() -> Result<()> {
+    let _machine = crate::machine::shared();
     use banalytics_tests::portal::{ModuleType, Portal, PortalConfig, PublishRequest};
     const ENV: &str = "5f0c7a1e-0000-4000-8000-0000000e110e";
     let dir = tempfile::tempdir()?;

@@ -46,6 +46,7 @@ fn wait_for_state(home: &TempHome, name: &str, state: &str) -> Result<serde_json
 
 #[test]
 fn status_shows_components_in_run_with_ids_stable_across_process_restarts() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = TempHome::new(CONFIG)?;
     let first = home.start(1)?;
     wait_for_state(&home, "alpha", "RUN")?;
@@ -72,6 +73,7 @@ fn status_shows_components_in_run_with_ids_stable_across_process_restarts() -> R
 
 #[test]
 fn a_component_failing_under_stop_stays_in_error_until_restart() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = TempHome::new(CONFIG)?;
     std::fs::create_dir_all(home.path().join("data"))?;
     std::fs::write(home.path().join("data/fail-drill"), b"")?;
@@ -114,6 +116,7 @@ fn a_component_failing_under_stop_stays_in_error_until_restart() -> Result<()> {
 
 #[test]
 fn sigterm_stops_components_in_reverse_order_and_exits_0() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = TempHome::new(CONFIG)?;
     let host = home.start(1)?;
     wait_for_state(&home, "drill", "RUN")?;
@@ -141,6 +144,7 @@ fn sigterm_stops_components_in_reverse_order_and_exits_0() -> Result<()> {
 
 #[test]
 fn sigint_also_stops_the_host_with_status_0() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = TempHome::new(CONFIG)?;
     let host = home.start(1)?;
     assert_eq!(host.signal_and_wait(libc::SIGINT)?.code(), Some(0));
@@ -149,6 +153,7 @@ fn sigint_also_stops_the_host_with_status_0() -> Result<()> {
 
 #[test]
 fn a_second_host_on_the_same_home_is_refused() -> Result<()> {
+    let _machine = crate::machine::shared();
     let home = TempHome::new(CONFIG)?;
     let host = home.start(1)?;
     let out = home.cli(&["run"])?;

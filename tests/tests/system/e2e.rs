@@ -124,6 +124,7 @@ fn converge(portal: &dyn PortalApi, b: &mut ManagedBox, env: &str, after: usize)
 #[test]
 fn first_run_installs_the_assigned_set_and_the_portal_sees_statuses_in_order_ending_with_installed(
 ) -> Result<()> {
+    let _machine = crate::machine::shared();
     let w = world()?;
     let env = env_uuid(1);
     w.portal.publish_all(&w.files(), &v1())?;
@@ -173,6 +174,7 @@ fn first_run_installs_the_assigned_set_and_the_portal_sees_statuses_in_order_end
 
 #[test]
 fn upgrade_adds_changes_and_removes_modules_and_the_portal_rolls_it_back() -> Result<()> {
+    let _machine = crate::machine::shared();
     let w = world()?;
     let env = env_uuid(2);
     w.portal.publish_all(&w.files(), &v1())?;
@@ -261,6 +263,7 @@ fn upgrade_adds_changes_and_removes_modules_and_the_portal_rolls_it_back() -> Re
 
 #[test]
 fn a_box_without_an_environment_uuid_refuses_to_synchronise_and_downloads_nothing() -> Result<()> {
+    let _machine = crate::machine::shared();
     let w = world()?;
     w.portal.publish_all(&w.files(), &v1())?;
     w.portal.assign_set(&env_uuid(3), &coords(&v1()))?;
@@ -325,6 +328,7 @@ fn a_box_without_an_environment_uuid_refuses_to_synchronise_and_downloads_nothin
 
 #[test]
 fn unknown_malformed_and_oversized_frames_keep_the_link_up_and_the_next_sync_works() -> Result<()> {
+    let _machine = crate::machine::shared();
     let w = world()?;
     let env = env_uuid(4);
     let small = vec![ModuleSpec::new("com.example.cam:alpha:1.0", 10_000)];

@@ -43,6 +43,7 @@ fn reconnect_delays_ms(log: &str, skip: usize) -> Vec<u64> {
 
 #[test]
 fn the_box_reconnects_to_a_killed_and_restarted_portal_and_the_next_sync_completes() -> Result<()> {
+    let _machine = crate::machine::shared();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("portal");
     let mut portal = PortalProcess::start(&data, None, &[])?;
@@ -119,6 +120,7 @@ fn the_box_reconnects_to_a_killed_and_restarted_portal_and_the_next_sync_complet
 #[test]
 fn a_box_killed_in_the_middle_of_a_large_download_resumes_and_refetches_under_10_percent(
 ) -> Result<()> {
+    let _machine = crate::machine::shared();
     const SIZE: u64 = 24 * 1024 * 1024;
     let dir = tempfile::tempdir()?;
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;

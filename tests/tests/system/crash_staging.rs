@@ -96,6 +96,7 @@ fn sync_once(
 
 #[test]
 fn staging_survives_a_kill_at_every_step() -> Result<()> {
+    let _machine = crate::machine::shared();
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir()?;
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;

@@ -122,6 +122,7 @@ impl World {
 
 #[test]
 fn a_staged_set_exits_75_and_the_next_start_applies_commits_and_reports_installed() -> Result<()> {
+    let _machine = crate::machine::shared();
     let mut w = world("exit")?;
     let status = w.run_until_exit()?;
     ensure!(status.code() == Some(75), "first run ended with {status}");
@@ -168,6 +169,7 @@ fn a_staged_set_exits_75_and_the_next_start_applies_commits_and_reports_installe
 
 #[test]
 fn a_set_whose_component_fails_at_start_is_rolled_back_after_max_boot_attempts() -> Result<()> {
+    let _machine = crate::machine::shared();
     let mut w = world("exit")?;
     ensure!(w.run_until_exit()?.code() == Some(75));
     w.starts += 1;
@@ -230,6 +232,7 @@ fn a_set_whose_component_fails_at_start_is_rolled_back_after_max_boot_attempts()
 
 #[test]
 fn exec_mode_re_executes_the_host_and_the_new_set_runs_without_a_supervisor() -> Result<()> {
+    let _machine = crate::machine::shared();
     let mut w = world("exec")?;
     w.starts += 1;
     let mut host = w.home.start(w.starts)?;
@@ -248,6 +251,7 @@ fn exec_mode_re_executes_the_host_and_the_new_set_runs_without_a_supervisor() ->
 
 #[test]
 fn upgrade_wait_follows_the_synchronisation_with_progress_lines() -> Result<()> {
+    let _machine = crate::machine::shared();
     let mut w = world("exit")?;
     ensure!(w.run_until_exit()?.code() == Some(75));
     w.starts += 1;

@@ -1,0 +1,21 @@
+//! The whole-system tests, folded into one test binary as ripgrep folds its
+//! integration tests: one module per area instead of one binary per file,
+//! so that a change to the support library links one test binary, not
+//! nine. Run one area with `cargo test -p banalytics-tests --test system
+//! crash::`.
+//!
+//! The modules' tests now run in parallel threads of one process. Each
+//! takes a permit from [`machine`] first: the fleet test takes the whole
+//! machine, as it had when it was the only test of its binary.
+
+mod machine;
+
+mod crash;
+mod crash_staging;
+mod e2e;
+mod fleet;
+mod host_process;
+mod plugins;
+mod portal;
+mod resilience;
+mod restart;
