@@ -22,6 +22,7 @@
 //! callers use `spawn_blocking`.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod coords;
 pub mod failpoint;

@@ -12,6 +12,7 @@
 //! This crate knows the messages only: no component, no actor, no I/O.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod portal;
 pub mod upgrade;

@@ -12,6 +12,8 @@
 //!    (request in, reply out), each time serialized to JSON and copied.
 //! 3. The same with the built-in `probe` (no boundary), for comparison.
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 use std::{
     path::Path,
     process::Command,

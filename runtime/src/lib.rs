@@ -6,6 +6,7 @@
 //! the control socket; components see the host only through the SDK.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod cli;
 pub mod config;

@@ -1,6 +1,8 @@
 //! `banalytics-box run` refuses a bad `box.toml` before anything starts, and
 //! says where and what it accepts.
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 use std::process::Command;
 
 fn refuse(config: &str) -> (i32, String, std::path::PathBuf) {

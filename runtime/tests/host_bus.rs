@@ -1,6 +1,8 @@
 //! The host in process: components on their own arbiters talk over the bus,
 //! and a component whose actor panics is restarted while the other answers.
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 use std::time::Duration;
 
 use banalytics_probe::{ProbePing, ProbePong};

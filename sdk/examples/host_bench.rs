@@ -8,6 +8,8 @@
 //! 2. Error of the 10 s policy delay in real time (3 actors at once).
 //! 3. Bus throughput between two components on two arbiters (threads).
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;

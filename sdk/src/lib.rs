@@ -50,6 +50,7 @@
 //!   it is aborted and the messages left are answered `ActorStopped`.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod bus;
 pub mod component;

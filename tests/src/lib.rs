@@ -1,6 +1,8 @@
 //! Support for whole-system tests: temporary box homes, the real
 //! `banalytics-box` process, and polling with a deadline instead of sleeps.
 
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
+
 pub mod e2e;
 pub mod fixtures;
 pub mod fleet;

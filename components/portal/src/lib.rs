@@ -50,6 +50,7 @@
 //!   to the portal up to `outbox_capacity` queued, then the publisher waits.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 use std::{path::PathBuf, sync::Arc};
 

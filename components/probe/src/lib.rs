@@ -8,6 +8,7 @@
 //! ping with `panic = true` makes the actor panic in its handler.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 use std::path::PathBuf;
 

@@ -9,6 +9,7 @@
 //! must refuse.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 use actix::prelude::*;
 use banalytics_sdk::{

@@ -8,6 +8,7 @@
 //! supervised under the component's `restart_on_failure`.
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod archive;
 pub mod downloader;

@@ -1,6 +1,8 @@
 //! The fetch engine against a hostile loopback repository: every test checks
 //! the outcome, what the server saw, and what reached the disk.
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! The Restarter asks for the restart only once Portal Integration's outbox
 //! is empty, and waits at most its flush timeout.
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},

@@ -12,6 +12,8 @@
 //!
 //! `cargo run --release -p banalytics-tests --bin banalytics-demo`
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},

@@ -8,6 +8,8 @@
 //!
 //! `cargo run --release -p banalytics-tests --bin fleet-bench -- [BOXES] [DOWN_SECONDS]`
 
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
