@@ -11,7 +11,6 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -26,13 +25,12 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
+    cache::{cache_hit, CachedFile},
     coords::{self, Module},
     error::{io_at, UpgradeError},
     fetch::{self, Checksum, Expected, FetchConfig},
     layout::{free_bytes, Layout},
     plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
-    record::sha256_file,
-    stager::CachedFile,
 };
 
 /// Extra free space kept beyond the computed need: room for the hash
@@ -447,23 +445,4 @@ impl Job {
             });
         }
     }
-}
-
-/// A cached file with the target's size and digest, if there is one.
-async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    if target.size.is_some_and(|s| s != meta.len()) {
-        return None;
-    }
-    let expected = target.sha256.as_ref()?;
-    let path = path.to_owned();
-    let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
-        .await
-        .ok()?
-        .ok()?;
-    let matches = actual.eq_ignore_ascii_case(expected);
-    matches.then_some(CachedFile {
-        sha256: actual,
-        size: meta.len(),
-    })
 }

@@ -31,22 +31,14 @@ use tracing::{info, instrument};
 
 use crate::{
     archive::{self, Limits},
+    cache::CachedFile,
     error::{io_at, UpgradeError},
     failpoint::failpoint,
     installed,
     layout::{self, sync_dir, Layout, MODULES_INFO},
     plan::{MainPlan, Origin, PackagePlan, SyncPlan},
-    record::{sha256_file, FileRecord, ModuleRecord, PackageRecord, SetRecord},
+    record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
-
-/// A fetched artifact in the cache, as the downloader verified it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CachedFile {
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-}
 
 /// Build and publish the staged set for `plan`.
 #[derive(Message)]
@@ -437,11 +429,4 @@ pub fn stage(
         "staged set complete"
     );
     Ok(summary)
-}
-
-/// Verifies a cached file against what the downloader recorded; used when
-/// a cache hit is reconsidered.
-pub fn cached_matches(path: &Path, expected: &CachedFile) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.len() == expected.size)
-        && sha256_file(path).is_ok_and(|s| s == expected.sha256)
 }
