@@ -26,6 +26,7 @@ pub mod record;
 pub mod restarter;
 pub mod stager;
 pub mod swap;
+pub mod sync;
 
 use std::time::Duration;
 
@@ -44,9 +45,10 @@ use crate::{
     fetch::FetchConfig,
     inventory::Inventory,
     layout::Layout,
-    portal_link::{core_module, Peers, PortalLink, Synchronise, Trigger},
+    portal_link::{core_module, Peers, PortalLink, Synchronise},
     restarter::Restarter,
     stager::Stager,
+    sync::Trigger,
 };
 
 /// The component kind, for the host's registry.

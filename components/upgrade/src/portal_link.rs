@@ -22,7 +22,6 @@ use banalytics_sdk::{
     upgrade::{UpgradeCommitted, UpgradeRolledBack},
     Bus, FromBus, StatusBoard, SupervisedAddr,
 };
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -33,76 +32,17 @@ use crate::{
     inventory::{Inventory, PlanSync},
     layout::Layout,
     restarter::{RestartToApply, Restarter},
-    stager::{StageSet, StagedSummary, Stager},
+    stager::{StageSet, Stager},
+    sync::{HomeFacts, SyncReport, SyncState, Trigger},
 };
 
 /// How long the portal has to answer `GET_ENV_MOD_REQ`.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What started a synchronisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trigger {
-    /// `EVT_SYNC_SOFT` from the portal.
-    Portal,
-    /// `banalytics-box upgrade`.
-    Local,
-    /// No installed set yet.
-    FirstRun,
-    /// `software_update_type = "on-boot"`.
-    OnBoot,
-}
-
 /// Start a synchronisation (unless one runs).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Synchronise(pub Trigger);
-
-/// Where a synchronisation stands, as `status` shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct SyncReport {
-    /// `idle`, `requesting`, `resolving`, `downloading`, `staging`,
-    /// `staged`, `up-to-date`, `failed` or `cancelled`.
-    pub state: String,
-    /// What started the last synchronisation.
-    pub trigger: Option<Trigger>,
-    /// When it started, ms since the epoch.
-    pub started_ms: Option<u64>,
-    /// When it ended, ms since the epoch.
-    pub finished_ms: Option<u64>,
-    /// Its result or error, in words.
-    pub result: Option<String>,
-    /// Bytes present of the bytes to fetch.
-    pub done_bytes: u64,
-    /// Bytes to fetch, as far as declared.
-    pub total_bytes: u64,
-    /// Triggers skipped because a synchronisation was running.
-    pub skipped_triggers: u64,
-    /// The staged set, once staged.
-    pub staged: Option<StagedSummary>,
-    /// The home as it was when the report (re)started: read once, not at
-    /// every progress update.
-    #[serde(skip)]
-    pub home: HomeFacts,
-}
-
-/// What the report says of the home besides the synchronisation.
-#[derive(Debug, Clone, Default)]
-pub struct HomeFacts {
-    /// An environment UUID is configured.
-    pub registered: bool,
-    /// No installed set yet.
-    pub first_run: bool,
-}
-
-impl HomeFacts {
-    fn read(layout: &Layout) -> Self {
-        HomeFacts {
-            registered: layout.environment_uuid().ok().flatten().is_some(),
-            first_run: layout.is_first_run(),
-        }
-    }
-}
 
 /// Everything a synchronisation uses.
 #[derive(Clone)]
@@ -144,7 +84,7 @@ impl PortalLink {
             running: false,
             awaiting: None,
             report: Rc::new(RefCell::new(SyncReport {
-                state: "idle".into(),
+                state: SyncState::Idle,
                 home,
                 ..SyncReport::default()
             })),
@@ -173,7 +113,7 @@ impl Handler<Synchronise> for PortalLink {
         self.awaiting = Some(tx);
         let skipped_triggers = self.report.borrow().skipped_triggers;
         *self.report.borrow_mut() = SyncReport {
-            state: "requesting".into(),
+            state: SyncState::Requesting,
             trigger: Some(trigger),
             started_ms: Some(now_ms()),
             skipped_triggers,
@@ -192,10 +132,11 @@ impl Handler<Synchronise> for PortalLink {
                 Err(e) => {
                     warn!(error = %e, "synchronisation failed");
                     report.state = match e {
-                        UpgradeError::Fetch { .. } | UpgradeError::NoChecksum { .. } => "failed",
-                        _ => "cancelled",
-                    }
-                    .into();
+                        UpgradeError::Fetch { .. } | UpgradeError::NoChecksum { .. } => {
+                            SyncState::Failed
+                        }
+                        _ => SyncState::Cancelled,
+                    };
                     report.result = Some(e.to_string());
                 }
             }
@@ -300,8 +241,8 @@ async fn status(
         .await;
 }
 
-fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: &str) {
-    report.borrow_mut().state = state.to_owned();
+fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: SyncState) {
+    report.borrow_mut().state = state;
     publish_report(peers, &report.borrow());
 }
 
@@ -387,7 +328,7 @@ async fn run(
             waited_s: RESPONSE_TIMEOUT.as_secs(),
         })?;
     let target = validate_target(&response.modules)?;
-    set_state(peers, report, "resolving");
+    set_state(peers, report, SyncState::Resolving);
     let resolved = match peers
         .downloader
         .send(ResolveSet { modules: target })
@@ -425,11 +366,11 @@ async fn run(
         .await;
     }
     if plan.is_noop() {
-        set_state(peers, report, "up-to-date");
+        set_state(peers, report, SyncState::UpToDate);
         report.borrow_mut().result = Some("the installed set is the target set".into());
         return Ok(());
     }
-    set_state(peers, report, "downloading");
+    set_state(peers, report, SyncState::Downloading);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let coords_of = |key: &str| {
         plan.modules
@@ -452,12 +393,12 @@ async fn run(
         forward(peers, report, env, &coords_of, event).await;
     }
     let fetched = fetched??;
-    set_state(peers, report, "staging");
+    set_state(peers, report, SyncState::Staging);
     let summary = peers.stager.send(StageSet { plan, fetched }).await??;
     let reason = format!("staged {} modules", summary.modules.len());
     {
         let mut r = report.borrow_mut();
-        r.state = "staged".into();
+        r.state = SyncState::Staged;
         r.result = Some(format!(
             "{} modules staged ({} files, {} bytes, {} reused)",
             summary.modules.len(),
