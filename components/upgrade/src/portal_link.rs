@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::{
     coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
     downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet},
-    error::UpgradeError,
+    error::{Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
     layout::Layout,
     restarter::{RestartToApply, Restarter},
@@ -131,12 +131,7 @@ impl Handler<Synchronise> for PortalLink {
                 Ok(()) => info!(state = %report.state, "synchronisation finished"),
                 Err(e) => {
                     warn!(error = %e, "synchronisation failed");
-                    report.state = match e {
-                        UpgradeError::Fetch { .. } | UpgradeError::NoChecksum { .. } => {
-                            SyncState::Failed
-                        }
-                        _ => SyncState::Cancelled,
-                    };
+                    report.state = e.failure().state();
                     report.result = Some(e.to_string());
                 }
             }
@@ -290,10 +285,9 @@ async fn synchronise(
                 .join("config/device-registration.properties"),
         })?;
     let result = run(&peers, &report, &env, response).await;
-    match &result {
-        // Per-module failures were reported as download_error already.
-        Ok(()) | Err(UpgradeError::Fetch { .. }) | Err(UpgradeError::NoChecksum { .. }) => {}
-        Err(e) => {
+    // A download failure was reported for its module as download_error.
+    if let Err(e) = &result {
+        if e.failure() == Failure::Cancelled {
             status(
                 &peers,
                 &env,
@@ -336,8 +330,7 @@ async fn run(
     {
         Ok(resolved) => resolved,
         Err(e) => {
-            if let UpgradeError::Fetch { module, .. } | UpgradeError::NoChecksum { module, .. } = &e
-            {
+            if let Failure::Download { module } = e.failure() {
                 let coords = module.parse::<Coords>().ok();
                 status(
                     peers,
