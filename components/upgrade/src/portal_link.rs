@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
-    downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet},
+    downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE},
     error::{Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
     layout::Layout,
@@ -364,7 +364,7 @@ async fn run(
         return Ok(());
     }
     set_state(peers, report, SyncState::Downloading);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = mpsc::channel(DOWNLOAD_EVENT_QUEUE);
     let coords_of = |key: &str| {
         plan.modules
             .iter()
