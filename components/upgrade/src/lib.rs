@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod blocking;
 pub mod cache;
 pub mod coords;
 pub mod downloader;

@@ -31,6 +31,7 @@ use tracing::{info, instrument};
 
 use crate::{
     archive::{self, Limits},
+    blocking::off_thread,
     cache::CachedFile,
     error::{io_at, UpgradeError},
     failpoint::failpoint,
@@ -86,17 +87,9 @@ impl Handler<StageSet> for Stager {
     fn handle(&mut self, msg: StageSet, _: &mut Context<Self>) -> Self::Result {
         let layout = self.layout.clone();
         let limits = self.limits;
-        Box::pin(async move {
-            match tokio::task::spawn_blocking(move || {
-                stage(&layout, &msg.plan, &msg.fetched, &limits)
-            })
-            .await
-            {
-                Ok(result) => result,
-                // A panic in the staging is this actor's failure.
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        })
+        Box::pin(off_thread(move || {
+            stage(&layout, &msg.plan, &msg.fetched, &limits)
+        }))
     }
 }
 
