@@ -23,7 +23,7 @@ use actix::prelude::*;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::{
     cache::{cache_hit, CachedFile},
@@ -156,13 +156,17 @@ impl Handler<ResolveSet> for Downloader {
         let repo = self.repository_url.clone();
         let policy = self.policy;
         let parallel = self.max_parallel;
-        Box::pin(async move {
-            stream::iter(msg.modules)
-                .map(|m| resolve(&client, &repo, m, policy))
-                .buffered(parallel)
-                .try_collect()
-                .await
-        })
+        let span = info_span!("downloader.resolve_set", modules = msg.modules.len());
+        Box::pin(
+            async move {
+                stream::iter(msg.modules)
+                    .map(|m| resolve(&client, &repo, m, policy))
+                    .buffered(parallel)
+                    .try_collect()
+                    .await
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -285,25 +289,33 @@ impl Handler<DownloadSet> for Downloader {
             last_report: std::sync::Mutex::new((Instant::now(), 0)),
         });
         let parallel = self.max_parallel;
-        Box::pin(async move {
-            check_free_space(&job.layout, &msg.plan)?;
-            let work: Vec<(String, Vec<Fetch>)> = msg
-                .plan
-                .modules
-                .iter()
-                .map(|m| (m.key(), m.fetches().cloned().collect::<Vec<_>>()))
-                .filter(|(_, f)| !f.is_empty())
-                .collect();
-            let results: Vec<Vec<(String, CachedFile)>> = stream::iter(work)
-                .map(|(module, fetches)| {
-                    let job = job.clone();
-                    async move { job.module(module, fetches).await }
-                })
-                .buffer_unordered(parallel)
-                .try_collect()
-                .await?;
-            Ok(results.into_iter().flatten().collect())
-        })
+        let span = info_span!(
+            "downloader.download_set",
+            modules = msg.plan.modules.len(),
+            bytes = job.total
+        );
+        Box::pin(
+            async move {
+                check_free_space(&job.layout, &msg.plan)?;
+                let work: Vec<(String, Vec<Fetch>)> = msg
+                    .plan
+                    .modules
+                    .iter()
+                    .map(|m| (m.key(), m.fetches().cloned().collect::<Vec<_>>()))
+                    .filter(|(_, f)| !f.is_empty())
+                    .collect();
+                let results: Vec<Vec<(String, CachedFile)>> = stream::iter(work)
+                    .map(|(module, fetches)| {
+                        let job = job.clone();
+                        async move { job.module(module, fetches).await }
+                    })
+                    .buffer_unordered(parallel)
+                    .try_collect()
+                    .await?;
+                Ok(results.into_iter().flatten().collect())
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use actix::prelude::*;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use crate::{
     blocking::off_thread,
@@ -45,7 +45,10 @@ impl Handler<PlanSync> for Inventory {
 
     fn handle(&mut self, msg: PlanSync, _: &mut Context<Self>) -> Self::Result {
         let layout = self.layout.clone();
-        Box::pin(off_thread(move || plan_sync(&layout, msg.target)))
+        let span = info_span!("inventory.plan_sync", modules = msg.target.len());
+        Box::pin(off_thread(move || {
+            span.in_scope(|| plan_sync(&layout, msg.target))
+        }))
     }
 }
 

@@ -23,7 +23,7 @@ use banalytics_sdk::{
     Bus, FromBus, StatusBoard, SupervisedAddr,
 };
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{info, info_span, instrument, warn, Instrument, Span};
 
 use crate::{
     coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
@@ -33,7 +33,7 @@ use crate::{
     layout::Layout,
     restarter::{RestartToApply, Restarter},
     stager::{StageSet, Stager},
-    sync::{HomeFacts, SyncReport, SyncState, Trigger},
+    sync::{target_set_id, HomeFacts, SyncReport, SyncState, Trigger},
 };
 
 /// How long the portal has to answer `GET_ENV_MOD_REQ`.
@@ -101,7 +101,9 @@ impl Actor for PortalLink {
 impl Handler<Synchronise> for PortalLink {
     type Result = ();
 
-    fn handle(&mut self, Synchronise(trigger): Synchronise, ctx: &mut Context<Self>) {
+    #[instrument(name = "portal_link.synchronise", skip_all, fields(trigger = ?msg.0))]
+    fn handle(&mut self, msg: Synchronise, ctx: &mut Context<Self>) {
+        let Synchronise(trigger) = msg;
         if self.running {
             self.report.borrow_mut().skipped_triggers += 1;
             info!(?trigger, "synchronisation already running; trigger skipped");
@@ -120,9 +122,17 @@ impl Handler<Synchronise> for PortalLink {
             home: HomeFacts::read(&self.peers.layout),
             ..SyncReport::default()
         };
-        info!(?trigger, "synchronisation started");
-        let run = synchronise(self.peers.clone(), self.report.clone(), rx);
-        ctx.spawn(run.into_actor(self).map(|outcome, act, _| {
+        // The span of the whole synchronisation; `run` records the target
+        // set's id once the portal has named it.
+        let span = info_span!(
+            "synchronisation",
+            ?trigger,
+            target_set = tracing::field::Empty
+        );
+        span.in_scope(|| info!(?trigger, "synchronisation started"));
+        let run = synchronise(self.peers.clone(), self.report.clone(), rx).instrument(span.clone());
+        ctx.spawn(run.into_actor(self).map(move |outcome, act, _| {
+            let _span = span.enter();
             act.running = false;
             act.awaiting = None;
             let mut report = act.report.borrow_mut();
@@ -142,6 +152,7 @@ impl Handler<Synchronise> for PortalLink {
 
 impl Handler<FromBus<SyncSoftware>> for PortalLink {
     type Result = ();
+    #[instrument(name = "portal_link.sync_software", skip_all)]
     fn handle(&mut self, _: FromBus<SyncSoftware>, ctx: &mut Context<Self>) {
         self.handle(Synchronise(Trigger::Portal), ctx);
     }
@@ -149,6 +160,7 @@ impl Handler<FromBus<SyncSoftware>> for PortalLink {
 
 impl Handler<FromBus<UpgradeRequested>> for PortalLink {
     type Result = ();
+    #[instrument(name = "portal_link.upgrade_requested", skip_all)]
     fn handle(&mut self, _: FromBus<UpgradeRequested>, ctx: &mut Context<Self>) {
         self.handle(Synchronise(Trigger::Local), ctx);
     }
@@ -156,7 +168,9 @@ impl Handler<FromBus<UpgradeRequested>> for PortalLink {
 
 impl Handler<FromBus<GetEnvModulesResponse>> for PortalLink {
     type Result = ();
-    fn handle(&mut self, FromBus(res): FromBus<GetEnvModulesResponse>, _: &mut Context<Self>) {
+    #[instrument(name = "portal_link.get_env_modules_response", skip_all, fields(modules = msg.0.modules.len()))]
+    fn handle(&mut self, msg: FromBus<GetEnvModulesResponse>, _: &mut Context<Self>) {
+        let FromBus(res) = msg;
         match self.awaiting.take() {
             Some(tx) => {
                 let _ = tx.send((*res).clone());
@@ -170,11 +184,15 @@ impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: FromBus<UpgradeCommitted>, _: &mut Context<Self>) -> Self::Result {
         let peers = self.peers.clone();
-        Box::pin(async move {
-            if let Ok(Some(env)) = peers.layout.environment_uuid() {
-                status(&peers, &env, None, ModuleStatus::Installed, None).await;
+        let span = info_span!("portal_link.upgrade_committed");
+        Box::pin(
+            async move {
+                if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                    status(&peers, &env, None, ModuleStatus::Installed, None).await;
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -186,19 +204,23 @@ impl Handler<FromBus<UpgradeRolledBack>> for PortalLink {
         _: &mut Context<Self>,
     ) -> Self::Result {
         let peers = self.peers.clone();
-        Box::pin(async move {
-            if let Ok(Some(env)) = peers.layout.environment_uuid() {
-                let reason = rb.reason.clone();
-                status(
-                    &peers,
-                    &env,
-                    None,
-                    ModuleStatus::InstallationCancelled,
-                    Some(reason),
-                )
-                .await;
+        let span = info_span!("portal_link.upgrade_rolled_back", reason = %rb.reason);
+        Box::pin(
+            async move {
+                if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                    let reason = rb.reason.clone();
+                    status(
+                        &peers,
+                        &env,
+                        None,
+                        ModuleStatus::InstallationCancelled,
+                        Some(reason),
+                    )
+                    .await;
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -322,6 +344,9 @@ async fn run(
             waited_s: RESPONSE_TIMEOUT.as_secs(),
         })?;
     let target = validate_target(&response.modules)?;
+    let set_id = target_set_id(&target);
+    Span::current().record("target_set", set_id.as_str());
+    info!(target_set = %set_id, modules = target.len(), "target set received");
     set_state(peers, report, SyncState::Resolving);
     let resolved = match peers
         .downloader

@@ -27,7 +27,7 @@ use std::{
 
 use actix::prelude::*;
 use serde::Serialize;
-use tracing::{info, instrument};
+use tracing::{info, info_span, instrument};
 
 use crate::{
     archive::{self, Limits},
@@ -87,8 +87,13 @@ impl Handler<StageSet> for Stager {
     fn handle(&mut self, msg: StageSet, _: &mut Context<Self>) -> Self::Result {
         let layout = self.layout.clone();
         let limits = self.limits;
+        let span = info_span!(
+            "stager.stage_set",
+            modules = msg.plan.modules.len(),
+            fetched = msg.fetched.len()
+        );
         Box::pin(off_thread(move || {
-            stage(&layout, &msg.plan, &msg.fetched, &limits)
+            span.in_scope(|| stage(&layout, &msg.plan, &msg.fetched, &limits))
         }))
     }
 }

@@ -9,7 +9,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::{layout::Layout, stager::StagedSummary};
+use sha2::{Digest, Sha256};
+
+use crate::{coords::Module, layout::Layout, stager::StagedSummary};
 
 /// What started a synchronisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,9 +125,42 @@ impl HomeFacts {
     }
 }
 
+/// The id of a target set in logs and spans: the first 16 hex digits of
+/// the SHA-256 of its `groupId:artifactId:version` keys, sorted, one per
+/// line. The same set gets the same id in every synchronisation, whatever
+/// order the portal lists it in.
+pub fn target_set_id(modules: &[Module]) -> String {
+    let mut keys: Vec<String> = modules.iter().map(|m| m.coords.to_string()).collect();
+    keys.sort();
+    let mut hasher = Sha256::new();
+    for key in &keys {
+        hasher.update(key.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())[..16].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn module(artifact: &str, version: &str) -> Module {
+        serde_json::from_value(serde_json::json!({
+            "groupId": "g", "artifactId": artifact, "version": version,
+            "type": "component", "uploadTime": "2026-03-01T10:15:30",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_target_set_id_names_the_set_not_its_order() {
+        let (a, b) = (module("a", "1"), module("b", "1"));
+        let id = target_set_id(&[a.clone(), b.clone()]);
+        assert_eq!(id.len(), 16);
+        assert_eq!(target_set_id(&[b, a.clone()]), id);
+        assert_ne!(target_set_id(&[a.clone(), module("b", "2")]), id);
+        assert_ne!(target_set_id(&[a]), id);
+    }
 
     #[test]
     fn every_state_serializes_as_the_word_status_shows() {
