@@ -68,7 +68,7 @@ pub enum ArchiveError {
     TooManyEntries {
         /// Entries counted (at least `limit + 1`).
         count: u64,
-        /// [`Limits::max_entries`].
+        /// [`Limits::max_entries`](super::Limits::max_entries).
         limit: u64,
     },
     /// One entry is larger than allowed.
@@ -78,7 +78,7 @@ pub enum ArchiveError {
         entry: String,
         /// Its declared size, or the real bytes counted so far.
         size: u64,
-        /// [`Limits::max_entry_bytes`].
+        /// [`Limits::max_entry_bytes`](super::Limits::max_entry_bytes).
         limit: u64,
     },
     /// All entries together are larger than allowed.
@@ -88,7 +88,7 @@ pub enum ArchiveError {
         entry: String,
         /// Total bytes, declared or real, up to and including that entry.
         total: u64,
-        /// [`Limits::max_total_bytes`].
+        /// [`Limits::max_total_bytes`](super::Limits::max_total_bytes).
         limit: u64,
     },
     /// An entry expands more than the allowed ratio: a zip bomb.
@@ -98,7 +98,7 @@ pub enum ArchiveError {
         entry: String,
         /// Uncompressed bytes per compressed byte (rounded down).
         ratio: u64,
-        /// [`Limits::max_ratio`].
+        /// [`Limits::max_ratio`](super::Limits::max_ratio).
         limit: u64,
     },
     /// An entry's data holds more bytes than its header declares.
