@@ -19,7 +19,7 @@ use banalytics_sdk::{
     Bus, ComponentContext, ConfigSection, RestartPolicy, State, StatusBoard,
 };
 use banalytics_upgrade_center::KIND;
-use repo::{sha256_hex, Fault, Repo};
+use repo::{sha256_hex, Behaviour, RangeMode, Repo};
 use serde_json::{json, Value};
 
 const ENV: &str = "11111111-2222-3333-4444-555555555555";
@@ -453,7 +453,7 @@ async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_it
 
 /// One module, one fault: the outcome and `modules/` untouched.
 async fn hostile(
-    fault: Fault,
+    fault: impl FnOnce(&mut Behaviour),
     tweak: impl FnOnce(&mut Value),
     extra_config: &str,
     with_digest: bool,
@@ -464,7 +464,7 @@ async fn hostile(
         let body = "main alpha 1.0".repeat(100).into_bytes();
         repo.put(&alpha.main_path, body, false);
     }
-    repo.fault(&alpha.main_path, fault);
+    repo.set(&alpha.main_path, fault);
     let mut object = alpha.object.clone();
     tweak(&mut object);
     let b = start_box(
@@ -495,22 +495,15 @@ fn assert_download_error(b: &TestBox, sync: &Value, needle: &str) {
 
 #[actix_rt::test]
 async fn a_wrong_hash_ends_in_download_error() {
-    let (b, sync, ..) = hostile(
-        Fault::default(),
-        |o| o["sha256"] = json!("0".repeat(64)),
-        "",
-        true,
-    )
-    .await;
+    let (b, sync, ..) = hostile(|_| {}, |o| o["sha256"] = json!("0".repeat(64)), "", true).await;
     assert_download_error(&b, &sync, "sha-256");
 }
 
 #[actix_rt::test]
 async fn a_truncated_body_is_resumed_and_succeeds() {
-    let fault = Fault {
-        cut_after: Some(500),
-        cut_times: 1,
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.truncate_next = 1;
+        b.truncate_at = 500;
     };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -524,21 +517,17 @@ async fn a_truncated_body_is_resumed_and_succeeds() {
 
 #[actix_rt::test]
 async fn more_bytes_than_declared_ends_in_download_error() {
-    let fault = Fault {
-        extra_bytes: 10,
-        ..Fault::default()
-    };
+    let fault = |b: &mut Behaviour| b.extra_bytes = 10;
     let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
     assert_download_error(&b, &sync, "declared");
 }
 
 #[actix_rt::test]
 async fn an_ignored_range_starts_over_and_succeeds() {
-    let fault = Fault {
-        cut_after: Some(500),
-        cut_times: 1,
-        ignore_range: true,
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.truncate_next = 1;
+        b.truncate_at = 500;
+        b.range = RangeMode::Ignore;
     };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -548,11 +537,10 @@ async fn an_ignored_range_starts_over_and_succeeds() {
 
 #[actix_rt::test]
 async fn a_wrong_content_range_ends_in_download_error() {
-    let fault = Fault {
-        cut_after: Some(500),
-        cut_times: 1,
-        wrong_content_range: true,
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.truncate_next = 1;
+        b.truncate_at = 500;
+        b.range = RangeMode::WrongStart;
     };
     let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
     assert_download_error(&b, &sync, "content-range");
@@ -571,10 +559,7 @@ async fn a_404_on_a_main_artifact_ends_in_download_error_without_retry() {
 
 #[actix_rt::test]
 async fn a_500_then_success_is_retried() {
-    let fault = Fault {
-        statuses: [500].into(),
-        ..Fault::default()
-    };
+    let fault = |b: &mut Behaviour| b.fail_next = [500].into();
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(repo.artifact_gets(), 2);
@@ -583,9 +568,10 @@ async fn a_500_then_success_is_retried() {
 
 #[actix_rt::test]
 async fn a_stalled_server_hits_the_read_timeout_and_the_retry_succeeds() {
-    let fault = Fault {
-        stall: Some(Duration::from_secs(3)),
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.stall_next = 1;
+        b.stall_at = 500;
+        b.stall_for = Duration::from_secs(3);
     };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -598,10 +584,9 @@ async fn no_checksum_anywhere_ends_in_download_error_unless_policy_is_warn() {
     let strip = |o: &mut Value| {
         o.as_object_mut().unwrap().remove("sha256");
     };
-    let (b, sync, ..) = hostile(Fault::default(), strip, "", false).await;
+    let (b, sync, ..) = hostile(|_| {}, strip, "", false).await;
     assert_download_error(&b, &sync, "no SHA-256");
-    let (b, sync, _, alpha) =
-        hostile(Fault::default(), strip, "checksum_policy = \"warn\"", false).await;
+    let (b, sync, _, alpha) = hostile(|_| {}, strip, "checksum_policy = \"warn\"", false).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(staged_tree(&b), alpha.files);
 }
@@ -771,13 +756,11 @@ async fn at_most_max_parallel_downloads_run_at_once() {
         .map(|a| publish(&repo, a, "1.0", &[], &[]))
         .collect();
     for p in &set {
-        repo.fault(
-            &p.main_path,
-            Fault {
-                stall: Some(Duration::from_millis(150)),
-                ..Fault::default()
-            },
-        );
+        repo.set(&p.main_path, |b| {
+            b.stall_next = 1;
+            b.stall_at = 500;
+            b.stall_for = Duration::from_millis(150);
+        });
     }
     let b = start_box(
         &repo,
