@@ -4,8 +4,11 @@
 //! Actors, one per module: [`portal_link::PortalLink`] (triggers, the portal
 //! conversation, the synchronisation), [`inventory::Inventory`] (installed
 //! set and plan), [`downloader::Downloader`] (repository to cache),
-//! [`stager::Stager`] (cache to a complete `modules-upgrade/`). All are
-//! supervised under the component's `restart_on_failure`.
+//! [`stager::Stager`] (cache to a complete `modules-upgrade/`),
+//! [`restarter::Restarter`]. All are supervised under the component's
+//! `restart_on_failure`. They are siblings: what they share is plain data
+//! in [`sync`], [`cache`], [`error`] and [`blocking`], never another
+//! actor's internals.
 
 #![warn(missing_docs)]
 

@@ -18,7 +18,7 @@ use banalytics_sdk::{
     },
     Bus, ComponentContext, ConfigSection, RestartPolicy, State, StatusBoard,
 };
-use banalytics_upgrade_center::KIND;
+use banalytics_upgrade_center::{coords::Module, sync::target_set_id, KIND};
 use repo::{sha256_hex, Behaviour, RangeMode, Repo};
 use serde_json::{json, Value};
 
@@ -810,4 +810,88 @@ async fn going_back_to_the_backup_set_moves_no_bytes() {
         by_module(&b.statuses()),
         BTreeMap::from([("alpha:1.0".into(), vec![Downloaded])])
     );
+}
+
+/// A span's fields by name, as recorded.
+type SpanFields = BTreeMap<String, String>;
+
+/// Every span opened on this thread, by id: its name and its fields.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<BTreeMap<u64, (String, SpanFields)>>>);
+
+struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let name = attrs.metadata().name().to_owned();
+        self.0.lock().unwrap().insert(id.into_u64(), (name, fields));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some((_, fields)) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
+            values.record(&mut Fields(fields));
+        }
+    }
+}
+
+impl SpanLog {
+    fn named(&self, name: &str) -> Vec<SpanFields> {
+        let spans = self.0.lock().unwrap();
+        spans
+            .values()
+            .filter(|(n, _)| n == name)
+            .map(|(_, fields)| fields.clone())
+            .collect()
+    }
+}
+
+#[actix_rt::test]
+async fn a_synchronisation_has_a_span_with_its_trigger_and_target_set_and_each_handler_one() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = SpanLog::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a")], &[]);
+    let b = start_box(&repo, objects(&[&alpha]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+
+    let module: Module = serde_json::from_value(alpha.object.clone()).unwrap();
+    let syncs = spans.named("synchronisation");
+    assert_eq!(syncs.len(), 1, "{syncs:?}");
+    assert_eq!(syncs[0]["trigger"], "FirstRun");
+    assert_eq!(syncs[0]["target_set"], target_set_id(&[module]));
+    for handler in [
+        "portal_link.synchronise",
+        "portal_link.get_env_modules_response",
+        "downloader.resolve_set",
+        "inventory.plan_sync",
+        "downloader.download_set",
+        "stager.stage_set",
+        "restarter.restart_to_apply",
+    ] {
+        assert_eq!(spans.named(handler).len(), 1, "{handler}");
+    }
+    assert_eq!(spans.named("downloader.download_set")[0]["modules"], "1");
 }
