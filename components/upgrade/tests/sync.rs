@@ -815,11 +815,22 @@ async fn going_back_to_the_backup_set_moves_no_bytes() {
 /// A span's fields by name, as recorded.
 type SpanFields = BTreeMap<String, String>;
 
-/// Every span opened on this thread, by id: its name and its fields.
-#[derive(Clone, Default)]
-struct SpanLog(Arc<Mutex<BTreeMap<u64, (String, SpanFields)>>>);
+/// One span as opened: the thread that opened it, its name, its fields.
+type SpanRecord = (std::thread::ThreadId, String, SpanFields);
 
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
+/// Every span opened in this test binary, in order, and where the open
+/// ones are (span ids are reused once a span closes).
+#[derive(Default)]
+struct Spans {
+    opened: Vec<SpanRecord>,
+    open: BTreeMap<u64, usize>,
+}
+
+/// The spans of this test binary, shared with the subscriber.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<Spans>>);
+
+struct Fields<'a>(&'a mut SpanFields);
 
 impl tracing::field::Visit for Fields<'_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
@@ -840,7 +851,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
         let mut fields = BTreeMap::new();
         attrs.record(&mut Fields(&mut fields));
         let name = attrs.metadata().name().to_owned();
-        self.0.lock().unwrap().insert(id.into_u64(), (name, fields));
+        let mut log = self.0.lock().unwrap();
+        let at = log.opened.len();
+        log.open.insert(id.into_u64(), at);
+        log.opened.push((std::thread::current().id(), name, fields));
     }
 
     fn on_record(
@@ -849,33 +863,63 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
         values: &tracing::span::Record<'_>,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        if let Some((_, fields)) = self.0.lock().unwrap().get_mut(&id.into_u64()) {
-            values.record(&mut Fields(fields));
+        let mut log = self.0.lock().unwrap();
+        if let Some(&at) = log.open.get(&id.into_u64()) {
+            values.record(&mut Fields(&mut log.opened[at].2));
         }
     }
 }
 
 impl SpanLog {
+    /// The log of this test binary, installed as the global subscriber on
+    /// first use. Not a thread's default subscriber: with one scoped
+    /// subscriber, tracing caches a callsite that another test's thread
+    /// meets first as uninteresting, and its spans are never seen.
+    fn global() -> SpanLog {
+        use tracing_subscriber::layer::SubscriberExt;
+        static LOG: std::sync::OnceLock<SpanLog> = std::sync::OnceLock::new();
+        LOG.get_or_init(|| {
+            let log = SpanLog::default();
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(log.clone()),
+            )
+            .expect("no other global subscriber in this test binary");
+            tracing::callsite::rebuild_interest_cache();
+            log
+        })
+        .clone()
+    }
+
+    /// The fields of the spans named `name` that this thread opened (a
+    /// test's box runs on the test's thread).
     fn named(&self, name: &str) -> Vec<SpanFields> {
-        let spans = self.0.lock().unwrap();
-        spans
-            .values()
-            .filter(|(n, _)| n == name)
-            .map(|(_, fields)| fields.clone())
+        let here = std::thread::current().id();
+        let log = self.0.lock().unwrap();
+        log.opened
+            .iter()
+            .filter(|(thread, n, _)| *thread == here && n == name)
+            .map(|(_, _, fields)| fields.clone())
             .collect()
     }
 }
 
 #[actix_rt::test]
 async fn a_synchronisation_has_a_span_with_its_trigger_and_target_set_and_each_handler_one() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let spans = SpanLog::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let spans = SpanLog::global();
     let repo = Repo::start().await;
     let alpha = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a")], &[]);
     let b = start_box(&repo, objects(&[&alpha]), Options::default()).await;
     assert_eq!(b.first_sync().await["state"], "staged");
+
+    // The restart is asked for as the synchronisation ends: wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while spans.named("restarter.restart_to_apply").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarter never handled the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let module: Module = serde_json::from_value(alpha.object.clone()).unwrap();
     let syncs = spans.named("synchronisation");
