@@ -4,12 +4,13 @@
 //! Coordinates arrive from the network and become file names and URL paths,
 //! so they are names, never paths: every constructor validates them
 //! (contracts section 2) and a [`Coords`] value cannot hold anything else.
-//! The upload time is an ISO-8601 local date-time read as UTC; it is parsed
-//! here by hand because it is the only date this crate handles.
+//! The upload time is an ISO-8601 local date-time read as UTC: its shape is
+//! checked here, its calendar is `jiff`'s.
 
 use std::fmt;
 use std::str::FromStr;
 
+use jiff::{civil::DateTime, SignedDuration};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -453,125 +454,95 @@ pub fn main_artifact_path(module: &Module) -> String {
     maven_path(&module.coords, &format!(".{}", module.packaging()))
 }
 
+/// The Unix epoch as a UTC date-time: upload times are counted from it.
+const EPOCH: DateTime = DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
+
 /// Parses an ISO-8601 local date-time (`2026-03-01T10:15:30`) as UTC and
 /// returns seconds since the Unix epoch.
 ///
 /// Accepted like Java's `LocalDateTime.parse`: seconds may be absent
 /// (`2026-03-01T10:15`, how Java prints a whole minute), a fraction of 1
 /// to 9 digits may follow them and is dropped; a trailing `Z` is accepted.
-/// Years are four digits.
+/// Years are four digits. The shape is checked here, the calendar (month
+/// lengths, leap years, times of day) is `jiff`'s.
 pub fn parse_upload_time(text: &str) -> Result<i64, CoordsError> {
     let refuse = |reason| CoordsError::InvalidUploadTime {
         value: text.to_owned(),
         reason,
     };
-    let s = text.strip_suffix('Z').unwrap_or(text).as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = s.get(range)?;
-        if digits.iter().all(u8::is_ascii_digit) {
-            Some(digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
-        } else {
-            None
-        }
+    let local = text.strip_suffix('Z').unwrap_or(text);
+    check_shape(local.as_bytes()).map_err(refuse)?;
+    // The fraction is dropped: the time counts from its whole second.
+    let time = local
+        .parse::<DateTime>()
+        .and_then(|t| t.with().subsec_nanosecond(0).build())
+        .map_err(|_| refuse("no such date or time of day"))?;
+    Ok(time.duration_since(EPOCH).as_secs())
+}
+
+/// Checks `yyyy-MM-ddTHH:mm[:ss[.fraction]]` ('t' for 'T' too) before
+/// `jiff` reads it: `jiff` alone also takes a date without a time, a space
+/// for the 'T', an hour alone, offsets, `,` before the fraction, six-digit
+/// years and the leap second `:60` (as `:59`), none of which Java's
+/// `LocalDateTime` writes, and none of which this parser ever accepted.
+fn check_shape(s: &[u8]) -> Result<(), &'static str> {
+    // `d` a digit, `T` the date-time separator, anything else itself.
+    const DATE_TIME: &[u8] = b"dddd-dd-ddTdd:dd";
+    let fits = |(c, p): (&u8, &u8)| match p {
+        b'd' => c.is_ascii_digit(),
+        b'T' => matches!(c, b'T' | b't'),
+        p => c == p,
     };
-    let sep = |i: usize, c: u8| s.get(i) == Some(&c);
-    if s.len() < 16 || !(sep(4, b'-') && sep(7, b'-') && sep(13, b':')) {
-        return Err(refuse("expected yyyy-MM-ddTHH:mm[:ss[.fraction]]"));
+    if s.len() < DATE_TIME.len() || !s.iter().zip(DATE_TIME).all(fits) {
+        return Err("expected yyyy-MM-ddTHH:mm[:ss[.fraction]]");
     }
-    if !(sep(10, b'T') || sep(10, b't')) {
-        return Err(refuse("expected 'T' between date and time"));
-    }
-    let (Some(year), Some(month), Some(day), Some(hour), Some(minute)) =
-        (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16))
-    else {
-        return Err(refuse("expected digits in yyyy-MM-ddTHH:mm"));
-    };
-    let mut second = 0;
-    let rest = &s[16..];
-    if !rest.is_empty() {
-        if rest.len() < 3 || rest[0] != b':' {
-            return Err(refuse("expected ':ss' after the minutes"));
+    match &s[DATE_TIME.len()..] {
+        [] => Ok(()),
+        [b':', tens, units, fraction @ ..] if tens.is_ascii_digit() && units.is_ascii_digit() => {
+            if *tens > b'5' {
+                return Err("time of day out of range");
+            }
+            match fraction {
+                [] => Ok(()),
+                [b'.', digits @ ..]
+                    if (1..=9).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) =>
+                {
+                    Ok(())
+                }
+                _ => Err("expected 1 to 9 digits of fraction after '.'"),
+            }
         }
-        second = num(17..19).ok_or_else(|| refuse("expected two digits of seconds"))?;
-        let fraction = &rest[3..];
-        if !fraction.is_empty()
-            && (fraction[0] != b'.'
-                || !(2..=10).contains(&fraction.len())
-                || !fraction[1..].iter().all(u8::is_ascii_digit))
-        {
-            return Err(refuse("expected 1 to 9 digits of fraction after '.'"));
-        }
+        _ => Err("expected ':ss' after the minutes"),
     }
-    if !(1..=12).contains(&month) {
-        return Err(refuse("month out of range"));
-    }
-    if day < 1 || day > days_in_month(year, month) {
-        return Err(refuse("day out of range"));
-    }
-    if hour > 23 || minute > 59 || second > 59 {
-        return Err(refuse("time of day out of range"));
-    }
-    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
 }
 
 /// Formats seconds since the Unix epoch as an ISO-8601 local date-time in
 /// UTC, always with seconds (`2026-03-01T10:15:30`): what
 /// [`parse_upload_time`] reads back. Years outside 0000..=9999 get a sign,
-/// as in Java, and are not read back.
+/// as in Java, and are not read back; past `jiff`'s range (years -9999 to
+/// 9999, far beyond any upload) the time is clamped to its ends.
 pub fn format_upload_time(epoch_seconds: i64) -> String {
-    let days = epoch_seconds.div_euclid(86_400);
-    let secs = epoch_seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let time = EPOCH
+        .checked_add(SignedDuration::from_secs(epoch_seconds))
+        .unwrap_or(if epoch_seconds < 0 {
+            DateTime::MIN
+        } else {
+            DateTime::MAX
+        });
+    let year = time.year();
     let year = if (0..=9999).contains(&year) {
         format!("{year:04}")
     } else {
         format!("{year:+05}")
     };
     format!(
-        "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        secs / 3_600,
-        secs % 3_600 / 60,
-        secs % 60
+        "{year}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second()
     )
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The inverse of [`days_from_civil`].
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -812,6 +783,35 @@ mod tests {
             assert!(
                 err.to_string().starts_with(&format!("uploadTime {bad:?}")),
                 "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn drops_the_fraction_before_the_epoch_too() {
+        assert_eq!(parse_upload_time("1969-12-31T23:59:59.5").unwrap(), -1);
+        assert_eq!(parse_upload_time("1970-01-01T00:00:00.999").unwrap(), 0);
+    }
+
+    #[test]
+    fn refuses_what_jiff_alone_would_accept() {
+        for text in [
+            "2026-03-01",
+            "2026-03-01 10:15:30",
+            "2026-03-01T10",
+            "20260301T101530",
+            "2026-03-01T10:15:30,5",
+            "+002026-03-01T10:15:30",
+            "2026-03-01T10:15:30-05:00[America/New_York]",
+            "2026-03-01T10:15:60",
+        ] {
+            assert!(text.parse::<DateTime>().is_ok(), "jiff reads {text:?}");
+            assert!(
+                matches!(
+                    parse_upload_time(text),
+                    Err(CoordsError::InvalidUploadTime { .. })
+                ),
+                "{text:?} is not what LocalDateTime writes"
             );
         }
     }

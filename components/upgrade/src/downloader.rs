@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
+    future::Future,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -23,16 +23,15 @@ use actix::prelude::*;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 use crate::{
+    cache::{cache_hit, CachedFile},
     coords::{self, Module},
     error::{io_at, UpgradeError},
     fetch::{self, Checksum, Expected, FetchConfig},
     layout::{free_bytes, Layout},
     plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
-    record::sha256_file,
-    stager::CachedFile,
 };
 
 /// Extra free space kept beyond the computed need: room for the hash
@@ -41,6 +40,14 @@ pub const FREE_SPACE_MARGIN: u64 = 16 * 1024 * 1024;
 
 /// How often download progress is reported while bytes flow.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Capacity of the queue of [`DownloadEvent`]s from the Downloader to
+/// PortalLink. A module makes about five events (started, progress after
+/// each of its up to three artifacts, finished), so 128 holds a whole wave
+/// of [`crate::MAX_PARALLEL_DOWNLOADS`] modules: downloads wait only when
+/// PortalLink falls a wave behind. A full queue makes the Downloader wait;
+/// no event is dropped.
+pub const DOWNLOAD_EVENT_QUEUE: usize = 128;
 
 /// What to do when an artifact has no SHA-256 anywhere.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,8 +74,9 @@ pub struct ResolveSet {
 pub struct DownloadSet {
     /// The plan; its `Fetch` parts are downloaded.
     pub plan: SyncPlan,
-    /// Per-module events, for the portal and `status`.
-    pub events: mpsc::UnboundedSender<DownloadEvent>,
+    /// Per-module events, for the portal and `status`; a bounded queue of
+    /// [`DOWNLOAD_EVENT_QUEUE`] events.
+    pub events: mpsc::Sender<DownloadEvent>,
 }
 
 /// What happens to one module's downloads.
@@ -148,13 +156,17 @@ impl Handler<ResolveSet> for Downloader {
         let repo = self.repository_url.clone();
         let policy = self.policy;
         let parallel = self.max_parallel;
-        Box::pin(async move {
-            stream::iter(msg.modules)
-                .map(|m| resolve(&client, &repo, m, policy))
-                .buffered(parallel)
-                .try_collect()
-                .await
-        })
+        let span = info_span!("downloader.resolve_set", modules = msg.modules.len());
+        Box::pin(
+            async move {
+                stream::iter(msg.modules)
+                    .map(|m| resolve(&client, &repo, m, policy))
+                    .buffered(parallel)
+                    .try_collect()
+                    .await
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -274,28 +286,36 @@ impl Handler<DownloadSet> for Downloader {
             events: msg.events,
             done: AtomicU64::new(0),
             total: total_bytes(&msg.plan),
-            last_report: std::sync::Mutex::new(Instant::now()),
+            last_report: std::sync::Mutex::new((Instant::now(), 0)),
         });
         let parallel = self.max_parallel;
-        Box::pin(async move {
-            check_free_space(&job.layout, &msg.plan)?;
-            let work: Vec<(String, Vec<Fetch>)> = msg
-                .plan
-                .modules
-                .iter()
-                .map(|m| (m.key(), m.fetches().cloned().collect::<Vec<_>>()))
-                .filter(|(_, f)| !f.is_empty())
-                .collect();
-            let results: Vec<Vec<(String, CachedFile)>> = stream::iter(work)
-                .map(|(module, fetches)| {
-                    let job = job.clone();
-                    async move { job.module(module, fetches).await }
-                })
-                .buffer_unordered(parallel)
-                .try_collect()
-                .await?;
-            Ok(results.into_iter().flatten().collect())
-        })
+        let span = info_span!(
+            "downloader.download_set",
+            modules = msg.plan.modules.len(),
+            bytes = job.total
+        );
+        Box::pin(
+            async move {
+                check_free_space(&job.layout, &msg.plan)?;
+                let work: Vec<(String, Vec<Fetch>)> = msg
+                    .plan
+                    .modules
+                    .iter()
+                    .map(|m| (m.key(), m.fetches().cloned().collect::<Vec<_>>()))
+                    .filter(|(_, f)| !f.is_empty())
+                    .collect();
+                let results: Vec<Vec<(String, CachedFile)>> = stream::iter(work)
+                    .map(|(module, fetches)| {
+                        let job = job.clone();
+                        async move { job.module(module, fetches).await }
+                    })
+                    .buffer_unordered(parallel)
+                    .try_collect()
+                    .await?;
+                Ok(results.into_iter().flatten().collect())
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -338,10 +358,12 @@ struct Job {
     layout: Layout,
     client: reqwest::Client,
     config: FetchConfig,
-    events: mpsc::UnboundedSender<DownloadEvent>,
+    events: mpsc::Sender<DownloadEvent>,
     done: AtomicU64,
     total: u64,
-    last_report: std::sync::Mutex<Instant>,
+    /// When progress was last reported while bytes flowed, and the bytes
+    /// it reported.
+    last_report: std::sync::Mutex<(Instant, u64)>,
 }
 
 impl Job {
@@ -350,9 +372,10 @@ impl Job {
         module: String,
         fetches: Vec<Fetch>,
     ) -> Result<Vec<(String, CachedFile)>, UpgradeError> {
-        let _ = self.events.send(DownloadEvent::Started {
+        self.emit(DownloadEvent::Started {
             module: module.clone(),
-        });
+        })
+        .await;
         let mut out = Vec::new();
         let mut transferred = 0;
         for f in fetches {
@@ -362,18 +385,20 @@ impl Job {
                     out.push((f.cache_name.clone(), cached));
                 }
                 Err(e) => {
-                    let _ = self.events.send(DownloadEvent::Failed {
+                    self.emit(DownloadEvent::Failed {
                         module: module.clone(),
                         reason: e.to_string(),
-                    });
+                    })
+                    .await;
                     return Err(e);
                 }
             }
         }
-        let _ = self.events.send(DownloadEvent::Finished {
+        self.emit(DownloadEvent::Finished {
             module,
             transferred,
-        });
+        })
+        .await;
         Ok(out)
     }
 
@@ -386,7 +411,7 @@ impl Job {
         let path = cache.join(&f.cache_name);
         if let Some(hit) = cache_hit(&path, &f.target).await {
             info!(module, file = %f.cache_name, bytes = hit.size, "already in the cache");
-            self.add_progress(hit.size);
+            self.add_progress(hit.size).await;
             return Ok((hit, 0));
         }
         let partial = cache.join(format!("{}.partial", f.cache_name));
@@ -395,30 +420,34 @@ impl Job {
             size: f.target.size,
         };
         let seen = AtomicU64::new(0);
+        // The fetch engine's callback is synchronous: it only counts, and
+        // `reporting` sends the events, where a full queue may make it wait.
         let progress = |bytes: u64, _total: Option<u64>| {
             let before = seen.swap(bytes, Ordering::Relaxed);
             let delta = bytes.saturating_sub(before);
-            self.report(self.done.fetch_add(delta, Ordering::Relaxed) + delta);
+            self.done.fetch_add(delta, Ordering::Relaxed);
         };
         info!(module, url = %f.target.url, size = ?f.target.size, "downloading");
-        let got = fetch::download(
-            &self.client,
-            &f.target.url,
-            &partial,
-            &expected,
-            &self.config,
-            &progress,
-        )
-        .await
-        .map_err(|source| UpgradeError::Fetch {
-            module: module.to_owned(),
-            source,
-        })?;
+        let got = self
+            .reporting(fetch::download(
+                &self.client,
+                &f.target.url,
+                &partial,
+                &expected,
+                &self.config,
+                &progress,
+            ))
+            .await
+            .map_err(|source| UpgradeError::Fetch {
+                module: module.to_owned(),
+                source,
+            })?;
         tokio::fs::rename(&partial, &path)
             .await
             .map_err(io_at(&path))?;
         crate::layout::sync_dir(&cache).map_err(io_at(&cache))?;
-        self.add_progress(got.size.saturating_sub(seen.load(Ordering::Relaxed)));
+        self.add_progress(got.size.saturating_sub(seen.load(Ordering::Relaxed)))
+            .await;
         info!(module, file = %f.cache_name, bytes = got.size, transferred = got.bytes_transferred, resumed_from = got.resumed_from, "downloaded");
         Ok((
             CachedFile {
@@ -429,41 +458,122 @@ impl Job {
         ))
     }
 
-    fn add_progress(&self, bytes: u64) {
-        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let _ = self.events.send(DownloadEvent::Progress {
-            done,
-            total: self.total,
-        });
+    /// Sends an event, waiting while the queue is full. A closed queue
+    /// means PortalLink is gone and nobody listens: nothing to do.
+    async fn emit(&self, event: DownloadEvent) {
+        let _ = self.events.send(event).await;
     }
 
-    fn report(&self, done: u64) {
-        let mut last = self.last_report.lock().expect("progress lock");
-        if last.elapsed() >= PROGRESS_INTERVAL {
-            *last = Instant::now();
-            let _ = self.events.send(DownloadEvent::Progress {
-                done,
-                total: self.total,
-            });
+    async fn add_progress(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.emit(DownloadEvent::Progress {
+            done,
+            total: self.total,
+        })
+        .await;
+    }
+
+    /// Runs `work`, and meanwhile reports the bytes so far every
+    /// [`PROGRESS_INTERVAL`] (over all parallel downloads) when they moved.
+    async fn reporting<T>(&self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        let mut ticks = tokio::time::interval(PROGRESS_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = ticks.tick() => {
+                    if let Some(done) = self.progress_due() {
+                        self.emit(DownloadEvent::Progress { done, total: self.total }).await;
+                    }
+                }
+            }
         }
+    }
+
+    /// The bytes so far, if they moved and the last report is
+    /// [`PROGRESS_INTERVAL`] old.
+    fn progress_due(&self) -> Option<u64> {
+        let done = self.done.load(Ordering::Relaxed);
+        let mut last = self.last_report.lock().expect("progress lock");
+        let due = last.0.elapsed() >= PROGRESS_INTERVAL && done != last.1;
+        if due {
+            *last = (Instant::now(), done);
+        }
+        due.then_some(done)
     }
 }
 
-/// A cached file with the target's size and digest, if there is one.
-async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    if target.size.is_some_and(|s| s != meta.len()) {
-        return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job over `layout` whose events go to a queue of `capacity`.
+    fn job(layout: Layout, capacity: usize) -> (Arc<Job>, mpsc::Receiver<DownloadEvent>) {
+        let (events, rx) = mpsc::channel(capacity);
+        let config = FetchConfig::default();
+        let job = Job {
+            layout,
+            client: fetch::client(&config).unwrap(),
+            config,
+            events,
+            done: AtomicU64::new(0),
+            total: 0,
+            last_report: std::sync::Mutex::new((Instant::now(), 0)),
+        };
+        (Arc::new(job), rx)
     }
-    let expected = target.sha256.as_ref()?;
-    let path = path.to_owned();
-    let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
-        .await
-        .ok()?
-        .ok()?;
-    let matches = actual.eq_ignore_ascii_case(expected);
-    matches.then_some(CachedFile {
-        sha256: actual,
-        size: meta.len(),
-    })
+
+    #[tokio::test]
+    async fn a_full_event_queue_makes_the_downloader_wait_and_drops_nothing() {
+        let home = tempfile::tempdir().unwrap();
+        let layout = Layout::new(home.path());
+        std::fs::create_dir_all(layout.download()).unwrap();
+        let fetches: Vec<Fetch> = (0..5)
+            .map(|i| {
+                let name = format!("a-{i}.jar");
+                let body = format!("artifact {i}");
+                std::fs::write(layout.download().join(&name), &body).unwrap();
+                Fetch {
+                    target: Target {
+                        url: format!("http://127.0.0.1:9/{name}"),
+                        sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))),
+                        size: Some(body.len() as u64),
+                    },
+                    cache_name: name,
+                }
+            })
+            .collect();
+        let (job, mut rx) = job(layout, 1);
+        let work = {
+            let job = job.clone();
+            tokio::spawn(async move { job.module("g:a:1".into(), fetches).await })
+        };
+        // Nobody reads yet: the job stops at the second event.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!work.is_finished(), "the job did not wait for room");
+        let mut events = Vec::new();
+        while let Some(event) = rx.recv().await {
+            events.push(event);
+            if matches!(events.last(), Some(DownloadEvent::Finished { .. })) {
+                break;
+            }
+        }
+        let cached = work.await.unwrap().unwrap();
+        assert_eq!(cached.len(), 5);
+        assert_eq!(events.len(), 7, "{events:?}");
+        assert!(matches!(&events[0], DownloadEvent::Started { module } if module == "g:a:1"));
+        let progress: Vec<u64> = events[1..6]
+            .iter()
+            .map(|e| match e {
+                DownloadEvent::Progress { done, .. } => *done,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(progress, vec![10, 20, 30, 40, 50], "every step, in order");
+        assert!(matches!(
+            &events[6],
+            DownloadEvent::Finished { transferred: 0, .. }
+        ));
+    }
 }

@@ -1,10 +1,11 @@
 //! The upgrade center's errors. Each is an expected outcome of a
 //! synchronisation (reported to the portal and shown by `status`), not an
-//! actor failure.
+//! actor failure; [`UpgradeError::failure`] is the one place that decides
+//! how each is reported.
 
 use std::path::PathBuf;
 
-use crate::{archive::ArchiveError, fetch::FetchError};
+use crate::{archive::ArchiveError, fetch::FetchError, sync::SyncState};
 
 /// Why a synchronisation did not reach a staged set.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +91,78 @@ pub enum UpgradeError {
     Actor(#[from] banalytics_sdk::SendError),
 }
 
+/// How a synchronisation that ended in an error is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure<'a> {
+    /// An artifact of `module` could not be fetched, or has no SHA-256
+    /// anywhere: the portal gets `download_error` for that module (no
+    /// `installation_cancelled` for the set) and the synchronisation ends
+    /// `failed`.
+    Download {
+        /// `groupId:artifactId:version`.
+        module: &'a str,
+    },
+    /// Anything else: the portal gets `installation_cancelled` for the set
+    /// and the synchronisation ends `cancelled`.
+    Cancelled,
+}
+
+impl Failure<'_> {
+    /// The phase a synchronisation ends in after this failure.
+    pub fn state(self) -> SyncState {
+        match self {
+            Failure::Download { .. } => SyncState::Failed,
+            Failure::Cancelled => SyncState::Cancelled,
+        }
+    }
+}
+
+impl UpgradeError {
+    /// How a synchronisation that ended in this error is reported.
+    pub fn failure(&self) -> Failure<'_> {
+        match self {
+            UpgradeError::Fetch { module, .. } | UpgradeError::NoChecksum { module, .. } => {
+                Failure::Download { module }
+            }
+            _ => Failure::Cancelled,
+        }
+    }
+}
+
 /// Wraps an I/O error with its path.
 pub fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> UpgradeError {
     let path = path.into();
     move |source| UpgradeError::Io { path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_download_errors_fail_a_module_the_rest_cancel_the_set() {
+        let no_checksum = UpgradeError::NoChecksum {
+            module: "g:a:1".into(),
+            url: "http://r/a.jar".into(),
+        };
+        assert_eq!(no_checksum.failure(), Failure::Download { module: "g:a:1" });
+        assert_eq!(no_checksum.failure().state(), SyncState::Failed);
+        let fetch = UpgradeError::Fetch {
+            module: "g:b:2".into(),
+            source: FetchError::NotFound {
+                url: "http://r/b.jar".into(),
+            },
+        };
+        assert_eq!(fetch.failure(), Failure::Download { module: "g:b:2" });
+        for cancelled in [
+            UpgradeError::PortalTimeout { waited_s: 60 },
+            UpgradeError::InvalidTarget {
+                reason: "empty".into(),
+            },
+            io_at("/x")(std::io::Error::other("disk")),
+        ] {
+            assert_eq!(cancelled.failure(), Failure::Cancelled);
+            assert_eq!(cancelled.failure().state(), SyncState::Cancelled);
+        }
+    }
 }

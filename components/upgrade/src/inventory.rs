@@ -1,12 +1,14 @@
 //! `Inventory`: reads the installed set and plans each module of a target
-//! set against it (keep, add, change, remove).
+//! set against it (keep, add, change, remove). The reading runs off the
+//! actor's thread.
 
 use std::path::Path;
 
 use actix::prelude::*;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn};
 
 use crate::{
+    blocking::off_thread,
     error::{io_at, UpgradeError},
     installed,
     layout::Layout,
@@ -39,26 +41,36 @@ impl Actor for Inventory {
 }
 
 impl Handler<PlanSync> for Inventory {
-    type Result = Result<SyncPlan, UpgradeError>;
+    type Result = ResponseFuture<Result<SyncPlan, UpgradeError>>;
 
     fn handle(&mut self, msg: PlanSync, _: &mut Context<Self>) -> Self::Result {
-        let modules = self.layout.modules();
-        let installed: Vec<String> = installed::read_modules_info(&modules)?
-            .unwrap_or_default()
-            .iter()
-            .map(|m| m.coords.to_string())
-            .collect();
-        let record = trusted_record(&self.layout.modules(), &self.layout.models())?;
-        let backup = trusted_record(&self.layout.backup(), &self.layout.models_backup())?;
-        let plan = plan::plan(msg.target, &installed, record.as_ref(), backup.as_ref());
-        for m in &plan.modules {
-            info!(module = %m.key(), action = ?m.action, fetches = m.fetches().count(), "planned");
-        }
-        for r in &plan.removed {
-            info!(module = %r, "planned removal");
-        }
-        Ok(plan)
+        let layout = self.layout.clone();
+        let span = info_span!("inventory.plan_sync", modules = msg.target.len());
+        Box::pin(off_thread(move || {
+            span.in_scope(|| plan_sync(&layout, msg.target))
+        }))
     }
+}
+
+/// Plans `target` against the installed and backup sets of `layout`:
+/// reads `modules-info.properties` and the hash records, and `stat`s every
+/// recorded file.
+pub fn plan_sync(layout: &Layout, target: Vec<ResolvedModule>) -> Result<SyncPlan, UpgradeError> {
+    let installed: Vec<String> = installed::read_modules_info(&layout.modules())?
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.coords.to_string())
+        .collect();
+    let record = trusted_record(&layout.modules(), &layout.models())?;
+    let backup = trusted_record(&layout.backup(), &layout.models_backup())?;
+    let plan = plan::plan(target, &installed, record.as_ref(), backup.as_ref());
+    for m in &plan.modules {
+        info!(module = %m.key(), action = ?m.action, fetches = m.fetches().count(), "planned");
+    }
+    for r in &plan.removed {
+        info!(module = %r, "planned removal");
+    }
+    Ok(plan)
 }
 
 /// The record of the set in `modules` (with its models in `models`),

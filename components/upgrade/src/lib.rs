@@ -4,13 +4,18 @@
 //! Actors, one per module: [`portal_link::PortalLink`] (triggers, the portal
 //! conversation, the synchronisation), [`inventory::Inventory`] (installed
 //! set and plan), [`downloader::Downloader`] (repository to cache),
-//! [`stager::Stager`] (cache to a complete `modules-upgrade/`). All are
-//! supervised under the component's `restart_on_failure`.
+//! [`stager::Stager`] (cache to a complete `modules-upgrade/`),
+//! [`restarter::Restarter`]. All are supervised under the component's
+//! `restart_on_failure`. They are siblings: what they share is plain data
+//! in [`sync`], [`cache`], [`error`] and [`blocking`], never another
+//! actor's internals.
 
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod archive;
+pub mod blocking;
+pub mod cache;
 pub mod downloader;
 pub mod error;
 pub mod fetch;
@@ -19,6 +24,7 @@ pub mod plan;
 pub mod portal_link;
 pub mod restarter;
 pub mod stager;
+pub mod sync;
 
 // The home's files are the `banalytics-home` crate's; these names keep the
 // crate's own paths (`crate::layout::Layout`) short.
@@ -43,9 +49,10 @@ use crate::{
     fetch::FetchConfig,
     inventory::Inventory,
     layout::Layout,
-    portal_link::{core_module, Peers, PortalLink, Synchronise, Trigger},
+    portal_link::{core_module, Peers, PortalLink, Synchronise},
     restarter::Restarter,
     stager::Stager,
+    sync::Trigger,
 };
 
 /// The component kind's name, the `kind` value in `box.toml`.

@@ -21,87 +21,27 @@ use banalytics_messages::{
     upgrade::{UpgradeCommitted, UpgradeRolledBack},
 };
 use banalytics_sdk::{status::now_ms, Bus, FromBus, StatusBoard, SupervisedAddr};
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{info, info_span, instrument, warn, Instrument, Span};
 
 use crate::{
     coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
-    downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet},
-    error::UpgradeError,
+    downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE},
+    error::{Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
     layout::Layout,
     restarter::{RestartToApply, Restarter},
-    stager::{StageSet, StagedSummary, Stager},
+    stager::{StageSet, Stager},
+    sync::{target_set_id, HomeFacts, SyncReport, SyncState, Trigger},
 };
 
 /// How long the portal has to answer `GET_ENV_MOD_REQ`.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What started a synchronisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trigger {
-    /// `EVT_SYNC_SOFT` from the portal.
-    Portal,
-    /// `banalytics-box upgrade`.
-    Local,
-    /// No installed set yet.
-    FirstRun,
-    /// `software_update_type = "on-boot"`.
-    OnBoot,
-}
-
 /// Start a synchronisation (unless one runs).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Synchronise(pub Trigger);
-
-/// Where a synchronisation stands, as `status` shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct SyncReport {
-    /// `idle`, `requesting`, `resolving`, `downloading`, `staging`,
-    /// `staged`, `up-to-date`, `failed` or `cancelled`.
-    pub state: String,
-    /// What started the last synchronisation.
-    pub trigger: Option<Trigger>,
-    /// When it started, ms since the epoch.
-    pub started_ms: Option<u64>,
-    /// When it ended, ms since the epoch.
-    pub finished_ms: Option<u64>,
-    /// Its result or error, in words.
-    pub result: Option<String>,
-    /// Bytes present of the bytes to fetch.
-    pub done_bytes: u64,
-    /// Bytes to fetch, as far as declared.
-    pub total_bytes: u64,
-    /// Triggers skipped because a synchronisation was running.
-    pub skipped_triggers: u64,
-    /// The staged set, once staged.
-    pub staged: Option<StagedSummary>,
-    /// The home as it was when the report (re)started: read once, not at
-    /// every progress update.
-    #[serde(skip)]
-    pub home: HomeFacts,
-}
-
-/// What the report says of the home besides the synchronisation.
-#[derive(Debug, Clone, Default)]
-pub struct HomeFacts {
-    /// An environment UUID is configured.
-    pub registered: bool,
-    /// No installed set yet.
-    pub first_run: bool,
-}
-
-impl HomeFacts {
-    fn read(layout: &Layout) -> Self {
-        HomeFacts {
-            registered: layout.environment_uuid().ok().flatten().is_some(),
-            first_run: layout.is_first_run(),
-        }
-    }
-}
 
 /// Everything a synchronisation uses.
 #[derive(Clone)]
@@ -143,7 +83,7 @@ impl PortalLink {
             running: false,
             awaiting: None,
             report: Rc::new(RefCell::new(SyncReport {
-                state: "idle".into(),
+                state: SyncState::Idle,
                 home,
                 ..SyncReport::default()
             })),
@@ -160,7 +100,9 @@ impl Actor for PortalLink {
 impl Handler<Synchronise> for PortalLink {
     type Result = ();
 
-    fn handle(&mut self, Synchronise(trigger): Synchronise, ctx: &mut Context<Self>) {
+    #[instrument(name = "portal_link.synchronise", skip_all, fields(trigger = ?msg.0))]
+    fn handle(&mut self, msg: Synchronise, ctx: &mut Context<Self>) {
+        let Synchronise(trigger) = msg;
         if self.running {
             self.report.borrow_mut().skipped_triggers += 1;
             info!(?trigger, "synchronisation already running; trigger skipped");
@@ -172,16 +114,24 @@ impl Handler<Synchronise> for PortalLink {
         self.awaiting = Some(tx);
         let skipped_triggers = self.report.borrow().skipped_triggers;
         *self.report.borrow_mut() = SyncReport {
-            state: "requesting".into(),
+            state: SyncState::Requesting,
             trigger: Some(trigger),
             started_ms: Some(now_ms()),
             skipped_triggers,
             home: HomeFacts::read(&self.peers.layout),
             ..SyncReport::default()
         };
-        info!(?trigger, "synchronisation started");
-        let run = synchronise(self.peers.clone(), self.report.clone(), rx);
-        ctx.spawn(run.into_actor(self).map(|outcome, act, _| {
+        // The span of the whole synchronisation; `run` records the target
+        // set's id once the portal has named it.
+        let span = info_span!(
+            "synchronisation",
+            ?trigger,
+            target_set = tracing::field::Empty
+        );
+        span.in_scope(|| info!(?trigger, "synchronisation started"));
+        let run = synchronise(self.peers.clone(), self.report.clone(), rx).instrument(span.clone());
+        ctx.spawn(run.into_actor(self).map(move |outcome, act, _| {
+            let _span = span.enter();
             act.running = false;
             act.awaiting = None;
             let mut report = act.report.borrow_mut();
@@ -190,11 +140,7 @@ impl Handler<Synchronise> for PortalLink {
                 Ok(()) => info!(state = %report.state, "synchronisation finished"),
                 Err(e) => {
                     warn!(error = %e, "synchronisation failed");
-                    report.state = match e {
-                        UpgradeError::Fetch { .. } | UpgradeError::NoChecksum { .. } => "failed",
-                        _ => "cancelled",
-                    }
-                    .into();
+                    report.state = e.failure().state();
                     report.result = Some(e.to_string());
                 }
             }
@@ -205,6 +151,7 @@ impl Handler<Synchronise> for PortalLink {
 
 impl Handler<FromBus<SyncSoftware>> for PortalLink {
     type Result = ();
+    #[instrument(name = "portal_link.sync_software", skip_all)]
     fn handle(&mut self, _: FromBus<SyncSoftware>, ctx: &mut Context<Self>) {
         self.handle(Synchronise(Trigger::Portal), ctx);
     }
@@ -212,6 +159,7 @@ impl Handler<FromBus<SyncSoftware>> for PortalLink {
 
 impl Handler<FromBus<UpgradeRequested>> for PortalLink {
     type Result = ();
+    #[instrument(name = "portal_link.upgrade_requested", skip_all)]
     fn handle(&mut self, _: FromBus<UpgradeRequested>, ctx: &mut Context<Self>) {
         self.handle(Synchronise(Trigger::Local), ctx);
     }
@@ -219,7 +167,9 @@ impl Handler<FromBus<UpgradeRequested>> for PortalLink {
 
 impl Handler<FromBus<GetEnvModulesResponse>> for PortalLink {
     type Result = ();
-    fn handle(&mut self, FromBus(res): FromBus<GetEnvModulesResponse>, _: &mut Context<Self>) {
+    #[instrument(name = "portal_link.get_env_modules_response", skip_all, fields(modules = msg.0.modules.len()))]
+    fn handle(&mut self, msg: FromBus<GetEnvModulesResponse>, _: &mut Context<Self>) {
+        let FromBus(res) = msg;
         match self.awaiting.take() {
             Some(tx) => {
                 let _ = tx.send((*res).clone());
@@ -233,11 +183,15 @@ impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: FromBus<UpgradeCommitted>, _: &mut Context<Self>) -> Self::Result {
         let peers = self.peers.clone();
-        Box::pin(async move {
-            if let Ok(Some(env)) = peers.layout.environment_uuid() {
-                status(&peers, &env, None, ModuleStatus::Installed, None).await;
+        let span = info_span!("portal_link.upgrade_committed");
+        Box::pin(
+            async move {
+                if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                    status(&peers, &env, None, ModuleStatus::Installed, None).await;
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -249,19 +203,23 @@ impl Handler<FromBus<UpgradeRolledBack>> for PortalLink {
         _: &mut Context<Self>,
     ) -> Self::Result {
         let peers = self.peers.clone();
-        Box::pin(async move {
-            if let Ok(Some(env)) = peers.layout.environment_uuid() {
-                let reason = rb.reason.clone();
-                status(
-                    &peers,
-                    &env,
-                    None,
-                    ModuleStatus::InstallationCancelled,
-                    Some(reason),
-                )
-                .await;
+        let span = info_span!("portal_link.upgrade_rolled_back", reason = %rb.reason);
+        Box::pin(
+            async move {
+                if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                    let reason = rb.reason.clone();
+                    status(
+                        &peers,
+                        &env,
+                        None,
+                        ModuleStatus::InstallationCancelled,
+                        Some(reason),
+                    )
+                    .await;
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -299,8 +257,8 @@ async fn status(
         .await;
 }
 
-fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: &str) {
-    report.borrow_mut().state = state.to_owned();
+fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: SyncState) {
+    report.borrow_mut().state = state;
     publish_report(peers, &report.borrow());
 }
 
@@ -348,10 +306,9 @@ async fn synchronise(
                 .join("config/device-registration.properties"),
         })?;
     let result = run(&peers, &report, &env, response).await;
-    match &result {
-        // Per-module failures were reported as download_error already.
-        Ok(()) | Err(UpgradeError::Fetch { .. }) | Err(UpgradeError::NoChecksum { .. }) => {}
-        Err(e) => {
+    // A download failure was reported for its module as download_error.
+    if let Err(e) = &result {
+        if e.failure() == Failure::Cancelled {
             status(
                 &peers,
                 &env,
@@ -386,7 +343,10 @@ async fn run(
             waited_s: RESPONSE_TIMEOUT.as_secs(),
         })?;
     let target = validate_target(&response.modules)?;
-    set_state(peers, report, "resolving");
+    let set_id = target_set_id(&target);
+    Span::current().record("target_set", set_id.as_str());
+    info!(target_set = %set_id, modules = target.len(), "target set received");
+    set_state(peers, report, SyncState::Resolving);
     let resolved = match peers
         .downloader
         .send(ResolveSet { modules: target })
@@ -394,8 +354,7 @@ async fn run(
     {
         Ok(resolved) => resolved,
         Err(e) => {
-            if let UpgradeError::Fetch { module, .. } | UpgradeError::NoChecksum { module, .. } = &e
-            {
+            if let Failure::Download { module } = e.failure() {
                 let coords = module.parse::<Coords>().ok();
                 status(
                     peers,
@@ -424,12 +383,12 @@ async fn run(
         .await;
     }
     if plan.is_noop() {
-        set_state(peers, report, "up-to-date");
+        set_state(peers, report, SyncState::UpToDate);
         report.borrow_mut().result = Some("the installed set is the target set".into());
         return Ok(());
     }
-    set_state(peers, report, "downloading");
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    set_state(peers, report, SyncState::Downloading);
+    let (events_tx, mut events) = mpsc::channel(DOWNLOAD_EVENT_QUEUE);
     let coords_of = |key: &str| {
         plan.modules
             .iter()
@@ -451,12 +410,12 @@ async fn run(
         forward(peers, report, env, &coords_of, event).await;
     }
     let fetched = fetched??;
-    set_state(peers, report, "staging");
+    set_state(peers, report, SyncState::Staging);
     let summary = peers.stager.send(StageSet { plan, fetched }).await??;
     let reason = format!("staged {} modules", summary.modules.len());
     {
         let mut r = report.borrow_mut();
-        r.state = "staged".into();
+        r.state = SyncState::Staged;
         r.result = Some(format!(
             "{} modules staged ({} files, {} bytes, {} reused)",
             summary.modules.len(),

@@ -17,7 +17,7 @@ use banalytics_messages::{
     upgrade::{RestartMode, RestartRequested},
 };
 use banalytics_sdk::Bus;
-use tracing::info;
+use tracing::{info, info_span, Instrument};
 
 /// Restart the box to apply the staged set.
 #[derive(Message)]
@@ -70,16 +70,20 @@ impl Handler<RestartToApply> for Restarter {
             self.command.clone(),
             self.flush_timeout,
         );
-        Box::pin(async move {
-            let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
-            info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
-            bus.publish(RestartRequested {
-                mode,
-                command,
-                reason: msg.reason,
-            })
-            .await;
-        })
+        let span = info_span!("restarter.restart_to_apply", ?mode, reason = %msg.reason);
+        Box::pin(
+            async move {
+                let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
+                info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
+                bus.publish(RestartRequested {
+                    mode,
+                    command,
+                    reason: msg.reason,
+                })
+                .await;
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -27,26 +27,19 @@ use std::{
 
 use actix::prelude::*;
 use serde::Serialize;
-use tracing::{info, instrument};
+use tracing::{info, info_span, instrument};
 
 use crate::{
     archive::{self, Limits},
+    blocking::off_thread,
+    cache::CachedFile,
     error::{io_at, UpgradeError},
     failpoint::failpoint,
     installed,
     layout::{self, sync_dir, Layout, MODULES_INFO},
     plan::{MainPlan, Origin, PackagePlan, SyncPlan},
-    record::{sha256_file, FileRecord, ModuleRecord, PackageRecord, SetRecord},
+    record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
-
-/// A fetched artifact in the cache, as the downloader verified it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CachedFile {
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-}
 
 /// Build and publish the staged set for `plan`.
 #[derive(Message)]
@@ -94,17 +87,14 @@ impl Handler<StageSet> for Stager {
     fn handle(&mut self, msg: StageSet, _: &mut Context<Self>) -> Self::Result {
         let layout = self.layout.clone();
         let limits = self.limits;
-        Box::pin(async move {
-            match tokio::task::spawn_blocking(move || {
-                stage(&layout, &msg.plan, &msg.fetched, &limits)
-            })
-            .await
-            {
-                Ok(result) => result,
-                // A panic in the staging is this actor's failure.
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        })
+        let span = info_span!(
+            "stager.stage_set",
+            modules = msg.plan.modules.len(),
+            fetched = msg.fetched.len()
+        );
+        Box::pin(off_thread(move || {
+            span.in_scope(|| stage(&layout, &msg.plan, &msg.fetched, &limits))
+        }))
     }
 }
 
@@ -437,11 +427,4 @@ pub fn stage(
         "staged set complete"
     );
     Ok(summary)
-}
-
-/// Verifies a cached file against what the downloader recorded; used when
-/// a cache hit is reconsidered.
-pub fn cached_matches(path: &Path, expected: &CachedFile) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.len() == expected.size)
-        && sha256_file(path).is_ok_and(|s| s == expected.sha256)
 }

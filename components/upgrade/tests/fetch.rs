@@ -3,7 +3,7 @@
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
-mod support;
+mod repo;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,7 +13,13 @@ use banalytics_upgrade_center::fetch::{
     self, download, fetch_sha256_file, meta_path, probe, Downloaded, Expected, FetchConfig,
     FetchError,
 };
-use support::{body, sha256_hex, Behaviour, RangeMode, TestServer, ARTIFACT_PATH, MOVED_PATH};
+use repo::{body, sha256_hex, Behaviour, RangeMode, Repo};
+
+/// Path of the artifact in the repository.
+const ARTIFACT_PATH: &str = "com/example/mod/1.0/mod-1.0.jar";
+
+/// Second path serving the same artifact, as a redirect target.
+const MOVED_PATH: &str = "moved/mod-1.0.jar";
 
 /// Size of the artifact in most tests: several write chunks of the server.
 const LEN: usize = 64 * 1024;
@@ -52,7 +58,7 @@ fn single_attempt() -> FetchConfig {
 }
 
 struct Scene {
-    server: TestServer,
+    server: Repo,
     dir: tempfile::TempDir,
     data: Vec<u8>,
 }
@@ -62,11 +68,17 @@ impl Scene {
         let data = body(LEN, 7);
         let mut behaviour = Behaviour::serving(data.clone());
         change(&mut behaviour);
+        let server = Repo::start().await;
+        server.serve(ARTIFACT_PATH, behaviour);
         Self {
-            server: TestServer::start(behaviour).await,
+            server,
             dir: tempfile::tempdir().unwrap(),
             data,
         }
+    }
+
+    fn artifact_url(&self) -> String {
+        self.server.url_of(ARTIFACT_PATH)
     }
 
     fn partial(&self) -> PathBuf {
@@ -95,7 +107,7 @@ impl Scene {
         };
         let outcome = download(
             &client,
-            &self.server.artifact_url(),
+            &self.artifact_url(),
             &self.partial(),
             expected,
             cfg,
@@ -135,7 +147,7 @@ async fn downloads_whole_file_verifying_sha256_and_size() {
 
     let done = download(
         &client,
-        &scene.server.artifact_url(),
+        &scene.artifact_url(),
         &scene.partial(),
         &scene.expected(),
         &test_config(),
@@ -377,7 +389,7 @@ async fn not_found_main_artifact_is_not_retried() {
     let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
 
     match outcome {
-        Err(FetchError::NotFound { url }) => assert_eq!(url, scene.server.artifact_url()),
+        Err(FetchError::NotFound { url }) => assert_eq!(url, scene.artifact_url()),
         other => panic!("expected not found, got {other:?}"),
     }
     assert_eq!(scene.server.requests().len(), 1);
@@ -559,7 +571,7 @@ async fn changed_etag_makes_the_server_send_the_whole_file_and_the_download_rest
     assert_eq!(scene.on_disk().unwrap(), scene.data[..CUT_AT]);
 
     let republished = body(LEN + 123, 99);
-    scene.server.set(|b| {
+    scene.server.set(ARTIFACT_PATH, |b| {
         b.body = republished.clone();
         b.etag = Some("\"v2\"".to_owned());
     });
@@ -646,24 +658,24 @@ async fn sha256_file_gives_the_digest_with_or_without_a_file_name() {
     })
     .await;
     let client = fetch::client(&test_config()).unwrap();
-    let url = scene.server.artifact_url();
+    let url = scene.artifact_url();
 
     assert_eq!(
         fetch_sha256_file(&client, &url).await.unwrap(),
         Some(sha256_hex(b"x"))
     );
-    scene.server.set(|b| b.digest_file = None);
+    scene.server.set(ARTIFACT_PATH, |b| b.digest_file = None);
     assert_eq!(fetch_sha256_file(&client, &url).await.unwrap(), None);
-    scene
-        .server
-        .set(|b| b.digest_file = Some("<html>oops</html>".to_owned()));
+    scene.server.set(ARTIFACT_PATH, |b| {
+        b.digest_file = Some("<html>oops</html>".to_owned())
+    });
     assert!(matches!(
         fetch_sha256_file(&client, &url).await,
         Err(FetchError::BadDigest { .. })
     ));
     scene
         .server
-        .set(|b| b.digest_file = Some("a".repeat(10_000)));
+        .set(ARTIFACT_PATH, |b| b.digest_file = Some("a".repeat(10_000)));
     assert!(matches!(
         fetch_sha256_file(&client, &url).await,
         Err(FetchError::DigestFileTooLarge { .. })
@@ -683,13 +695,15 @@ async fn sha256_file_gives_the_digest_with_or_without_a_file_name() {
 async fn probe_tells_present_absent_and_failing_apart() {
     let scene = Scene::new(|_| {}).await;
     let client = fetch::client(&test_config()).unwrap();
-    let url = scene.server.artifact_url();
+    let url = scene.artifact_url();
 
     assert!(probe(&client, &url).await.unwrap());
-    assert!(!probe(&client, &scene.server.url("/repo/missing-bin.zip"))
+    assert!(!probe(&client, &scene.server.url_of("missing-bin.zip"))
         .await
         .unwrap());
-    scene.server.set(|b| b.fail_next = [500].into());
+    scene
+        .server
+        .set(ARTIFACT_PATH, |b| b.fail_next = [500].into());
     assert!(matches!(
         probe(&client, &url).await,
         Err(FetchError::HttpStatus { status: 500, .. })
@@ -724,7 +738,7 @@ async fn range_past_the_end_of_a_shrunk_file_restarts_from_zero() {
     assert!(first.is_err());
     // A broken server shrinks the file without changing its ETag.
     let shrunk = body(CUT_AT / 2, 3);
-    scene.server.set(|b| b.body = shrunk.clone());
+    scene.server.set(ARTIFACT_PATH, |b| b.body = shrunk.clone());
 
     let (outcome, _) = scene.download(&Expected::default(), &test_config()).await;
 
@@ -739,8 +753,13 @@ async fn range_past_the_end_of_a_shrunk_file_restarts_from_zero() {
 #[tokio::test]
 async fn redirect_to_the_same_host_is_followed() {
     let scene = Scene::new(|_| {}).await;
-    let moved = scene.server.url(MOVED_PATH);
-    scene.server.set(|b| b.redirect_to = Some(moved));
+    scene
+        .server
+        .serve(MOVED_PATH, Behaviour::serving(scene.data.clone()));
+    let moved = scene.server.url_of(MOVED_PATH);
+    scene
+        .server
+        .set(ARTIFACT_PATH, |b| b.redirect_to = Some(moved));
 
     let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
 
@@ -760,9 +779,11 @@ async fn redirect_to_another_host_is_not_followed() {
     let scene = Scene::new(|_| {}).await;
     let elsewhere = scene
         .server
-        .url(MOVED_PATH)
+        .url_of(MOVED_PATH)
         .replace("127.0.0.1", "localhost");
-    scene.server.set(|b| b.redirect_to = Some(elsewhere));
+    scene
+        .server
+        .set(ARTIFACT_PATH, |b| b.redirect_to = Some(elsewhere));
 
     let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
 

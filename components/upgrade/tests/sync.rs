@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use banalytics_home::coords::Module;
 use banalytics_messages::portal::{
     GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
 };
@@ -20,8 +21,8 @@ use banalytics_sdk::{
     component::ComponentInit, Bus, ComponentContext, ConfigSection, RestartPolicy, State,
     StatusBoard,
 };
-use banalytics_upgrade_center::kind;
-use repo::{sha256_hex, Fault, Repo};
+use banalytics_upgrade_center::{kind, sync::target_set_id};
+use repo::{sha256_hex, Behaviour, RangeMode, Repo};
 use serde_json::{json, Value};
 
 const ENV: &str = "11111111-2222-3333-4444-555555555555";
@@ -455,7 +456,7 @@ async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_it
 
 /// One module, one fault: the outcome and `modules/` untouched.
 async fn hostile(
-    fault: Fault,
+    fault: impl FnOnce(&mut Behaviour),
     tweak: impl FnOnce(&mut Value),
     extra_config: &str,
     with_digest: bool,
@@ -466,7 +467,7 @@ async fn hostile(
         let body = "main alpha 1.0".repeat(100).into_bytes();
         repo.put(&alpha.main_path, body, false);
     }
-    repo.fault(&alpha.main_path, fault);
+    repo.set(&alpha.main_path, fault);
     let mut object = alpha.object.clone();
     tweak(&mut object);
     let b = start_box(
@@ -497,22 +498,15 @@ fn assert_download_error(b: &TestBox, sync: &Value, needle: &str) {
 
 #[actix_rt::test]
 async fn a_wrong_hash_ends_in_download_error() {
-    let (b, sync, ..) = hostile(
-        Fault::default(),
-        |o| o["sha256"] = json!("0".repeat(64)),
-        "",
-        true,
-    )
-    .await;
+    let (b, sync, ..) = hostile(|_| {}, |o| o["sha256"] = json!("0".repeat(64)), "", true).await;
     assert_download_error(&b, &sync, "sha-256");
 }
 
 #[actix_rt::test]
 async fn a_truncated_body_is_resumed_and_succeeds() {
-    let fault = Fault {
-        cut_after: Some(500),
-        cut_times: 1,
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.truncate_next = 1;
+        b.truncate_at = 500;
     };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -526,21 +520,17 @@ async fn a_truncated_body_is_resumed_and_succeeds() {
 
 #[actix_rt::test]
 async fn more_bytes_than_declared_ends_in_download_error() {
-    let fault = Fault {
-        extra_bytes: 10,
-        ..Fault::default()
-    };
+    let fault = |b: &mut Behaviour| b.extra_bytes = 10;
     let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
     assert_download_error(&b, &sync, "declared");
 }
 
 #[actix_rt::test]
 async fn an_ignored_range_starts_over_and_succeeds() {
-    let fault = Fault {
-        cut_after: Some(500),
-        cut_times: 1,
-        ignore_range: true,
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.truncate_next = 1;
+        b.truncate_at = 500;
+        b.range = RangeMode::Ignore;
     };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -550,11 +540,10 @@ async fn an_ignored_range_starts_over_and_succeeds() {
 
 #[actix_rt::test]
 async fn a_wrong_content_range_ends_in_download_error() {
-    let fault = Fault {
-        cut_after: Some(500),
-        cut_times: 1,
-        wrong_content_range: true,
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.truncate_next = 1;
+        b.truncate_at = 500;
+        b.range = RangeMode::WrongStart;
     };
     let (b, sync, ..) = hostile(fault, |_| {}, "", true).await;
     assert_download_error(&b, &sync, "content-range");
@@ -573,10 +562,7 @@ async fn a_404_on_a_main_artifact_ends_in_download_error_without_retry() {
 
 #[actix_rt::test]
 async fn a_500_then_success_is_retried() {
-    let fault = Fault {
-        statuses: [500].into(),
-        ..Fault::default()
-    };
+    let fault = |b: &mut Behaviour| b.fail_next = [500].into();
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(repo.artifact_gets(), 2);
@@ -585,9 +571,10 @@ async fn a_500_then_success_is_retried() {
 
 #[actix_rt::test]
 async fn a_stalled_server_hits_the_read_timeout_and_the_retry_succeeds() {
-    let fault = Fault {
-        stall: Some(Duration::from_secs(3)),
-        ..Fault::default()
+    let fault = |b: &mut Behaviour| {
+        b.stall_next = 1;
+        b.stall_at = 500;
+        b.stall_for = Duration::from_secs(3);
     };
     let (b, sync, repo, alpha) = hostile(fault, |_| {}, "", true).await;
     assert_eq!(sync["state"], "staged", "{sync}");
@@ -600,10 +587,9 @@ async fn no_checksum_anywhere_ends_in_download_error_unless_policy_is_warn() {
     let strip = |o: &mut Value| {
         o.as_object_mut().unwrap().remove("sha256");
     };
-    let (b, sync, ..) = hostile(Fault::default(), strip, "", false).await;
+    let (b, sync, ..) = hostile(|_| {}, strip, "", false).await;
     assert_download_error(&b, &sync, "no SHA-256");
-    let (b, sync, _, alpha) =
-        hostile(Fault::default(), strip, "checksum_policy = \"warn\"", false).await;
+    let (b, sync, _, alpha) = hostile(|_| {}, strip, "checksum_policy = \"warn\"", false).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(staged_tree(&b), alpha.files);
 }
@@ -773,13 +759,11 @@ async fn at_most_max_parallel_downloads_run_at_once() {
         .map(|a| publish(&repo, a, "1.0", &[], &[]))
         .collect();
     for p in &set {
-        repo.fault(
-            &p.main_path,
-            Fault {
-                stall: Some(Duration::from_millis(150)),
-                ..Fault::default()
-            },
-        );
+        repo.set(&p.main_path, |b| {
+            b.stall_next = 1;
+            b.stall_at = 500;
+            b.stall_for = Duration::from_millis(150);
+        });
     }
     let b = start_box(
         &repo,
@@ -829,4 +813,132 @@ async fn going_back_to_the_backup_set_moves_no_bytes() {
         by_module(&b.statuses()),
         BTreeMap::from([("alpha:1.0".into(), vec![Downloaded])])
     );
+}
+
+/// A span's fields by name, as recorded.
+type SpanFields = BTreeMap<String, String>;
+
+/// One span as opened: the thread that opened it, its name, its fields.
+type SpanRecord = (std::thread::ThreadId, String, SpanFields);
+
+/// Every span opened in this test binary, in order, and where the open
+/// ones are (span ids are reused once a span closes).
+#[derive(Default)]
+struct Spans {
+    opened: Vec<SpanRecord>,
+    open: BTreeMap<u64, usize>,
+}
+
+/// The spans of this test binary, shared with the subscriber.
+#[derive(Clone, Default)]
+struct SpanLog(Arc<Mutex<Spans>>);
+
+struct Fields<'a>(&'a mut SpanFields);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanLog {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        let name = attrs.metadata().name().to_owned();
+        let mut log = self.0.lock().unwrap();
+        let at = log.opened.len();
+        log.open.insert(id.into_u64(), at);
+        log.opened.push((std::thread::current().id(), name, fields));
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut log = self.0.lock().unwrap();
+        if let Some(&at) = log.open.get(&id.into_u64()) {
+            values.record(&mut Fields(&mut log.opened[at].2));
+        }
+    }
+}
+
+impl SpanLog {
+    /// The log of this test binary, installed as the global subscriber on
+    /// first use. Not a thread's default subscriber: with one scoped
+    /// subscriber, tracing caches a callsite that another test's thread
+    /// meets first as uninteresting, and its spans are never seen.
+    fn global() -> SpanLog {
+        use tracing_subscriber::layer::SubscriberExt;
+        static LOG: std::sync::OnceLock<SpanLog> = std::sync::OnceLock::new();
+        LOG.get_or_init(|| {
+            let log = SpanLog::default();
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(log.clone()),
+            )
+            .expect("no other global subscriber in this test binary");
+            tracing::callsite::rebuild_interest_cache();
+            log
+        })
+        .clone()
+    }
+
+    /// The fields of the spans named `name` that this thread opened (a
+    /// test's box runs on the test's thread).
+    fn named(&self, name: &str) -> Vec<SpanFields> {
+        let here = std::thread::current().id();
+        let log = self.0.lock().unwrap();
+        log.opened
+            .iter()
+            .filter(|(thread, n, _)| *thread == here && n == name)
+            .map(|(_, _, fields)| fields.clone())
+            .collect()
+    }
+}
+
+#[actix_rt::test]
+async fn a_synchronisation_has_a_span_with_its_trigger_and_target_set_and_each_handler_one() {
+    let spans = SpanLog::global();
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a")], &[]);
+    let b = start_box(&repo, objects(&[&alpha]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+
+    // The restart is asked for as the synchronisation ends: wait for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while spans.named("restarter.restart_to_apply").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarter never handled the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let module: Module = serde_json::from_value(alpha.object.clone()).unwrap();
+    let syncs = spans.named("synchronisation");
+    assert_eq!(syncs.len(), 1, "{syncs:?}");
+    assert_eq!(syncs[0]["trigger"], "FirstRun");
+    assert_eq!(syncs[0]["target_set"], target_set_id(&[module]));
+    for handler in [
+        "portal_link.synchronise",
+        "portal_link.get_env_modules_response",
+        "downloader.resolve_set",
+        "inventory.plan_sync",
+        "downloader.download_set",
+        "stager.stage_set",
+        "restarter.restart_to_apply",
+    ] {
+        assert_eq!(spans.named(handler).len(), 1, "{handler}");
+    }
+    assert_eq!(spans.named("downloader.download_set")[0]["modules"], "1");
 }

@@ -1,0 +1,48 @@
+//! The download cache (`modules-download/`) as data: what a verified file
+//! in it is, and when a file found there can be trusted.
+//!
+//! The Downloader fills the cache and the Stager empties it; both speak of
+//! its files through this module, not through each other.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{plan::Target, record::sha256_file};
+
+/// A fetched artifact in the cache, as the downloader verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CachedFile {
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The file at `path` if it has the target's size and digest: a cached
+/// file is trusted by its digest, never by its length alone (a target
+/// without a digest is always fetched again).
+pub async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    if target.size.is_some_and(|s| s != meta.len()) {
+        return None;
+    }
+    let expected = target.sha256.as_ref()?;
+    let path = path.to_owned();
+    let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
+        .await
+        .ok()?
+        .ok()?;
+    let matches = actual.eq_ignore_ascii_case(expected);
+    matches.then_some(CachedFile {
+        sha256: actual,
+        size: meta.len(),
+    })
+}
+
+/// Verifies a cached file against what the downloader recorded; used when
+/// a cache hit is reconsidered.
+pub fn cached_matches(path: &Path, expected: &CachedFile) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == expected.size)
+        && sha256_file(path).is_ok_and(|s| s == expected.sha256)
+}

@@ -1,0 +1,126 @@
+//! The small requests that look an artifact up before it is downloaded:
+//! whether it exists ([`probe`]) and which digest the repository gives for
+//! it ([`fetch_sha256_file`]).
+
+use reqwest::StatusCode;
+use tracing::debug;
+
+use super::{FetchError, MAX_DIGEST_FILE_BYTES, SMALL_REQUEST_TIMEOUT};
+
+/// Fetches `{url}.sha256`: a hex SHA-256 digest, optionally followed by white
+/// space and a file name. `Ok(None)` when the repository answers 404.
+/// Returns the digest in lower case.
+#[tracing::instrument(skip(client))]
+pub async fn fetch_sha256_file(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<Option<String>, FetchError> {
+    let digest_url = format!("{url}.sha256");
+    let transport = |source| FetchError::Transport {
+        url: digest_url.clone(),
+        source,
+    };
+    let mut response = client
+        .get(&digest_url)
+        .timeout(SMALL_REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(transport)?;
+    match response.status() {
+        StatusCode::NOT_FOUND => {
+            debug!(url = %digest_url, "no digest file");
+            return Ok(None);
+        }
+        StatusCode::OK => {}
+        other => {
+            return Err(FetchError::HttpStatus {
+                url: digest_url,
+                status: other.as_u16(),
+            })
+        }
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_DIGEST_FILE_BYTES {
+            return Err(FetchError::DigestFileTooLarge {
+                url: digest_url,
+                limit: MAX_DIGEST_FILE_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match parse_digest_file(&body) {
+        Some(digest) => Ok(Some(digest)),
+        None => Err(FetchError::BadDigest {
+            content: String::from_utf8_lossy(&body[..body.len().min(100)]).into_owned(),
+            url: digest_url,
+        }),
+    }
+}
+
+/// Whether `url` exists: `HEAD`, `true` on success, `false` on 404, an error
+/// otherwise (contracts section 4: any other failure is an error).
+#[tracing::instrument(skip(client))]
+pub async fn probe(client: &reqwest::Client, url: &str) -> Result<bool, FetchError> {
+    let response = client
+        .head(url)
+        .timeout(SMALL_REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|source| FetchError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND {
+        Ok(false)
+    } else if status.is_success() {
+        Ok(true)
+    } else {
+        Err(FetchError::HttpStatus {
+            url: url.to_owned(),
+            status: status.as_u16(),
+        })
+    }
+}
+
+/// The digest at the start of a `.sha256` file, lower case.
+fn parse_digest_file(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let digest = text.split_whitespace().next()?;
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| digest.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn digest_file_accepts_bare_digest_and_digest_with_file_name() {
+        assert_eq!(
+            parse_digest_file(DIGEST.as_bytes()).as_deref(),
+            Some(DIGEST)
+        );
+        let with_name = format!("{}  core-1.0.jar\n", DIGEST.to_uppercase());
+        assert_eq!(
+            parse_digest_file(with_name.as_bytes()).as_deref(),
+            Some(DIGEST)
+        );
+        assert_eq!(
+            parse_digest_file(format!("\n\t{DIGEST}\n").as_bytes()).as_deref(),
+            Some(DIGEST)
+        );
+    }
+
+    #[test]
+    fn digest_file_refuses_non_digests() {
+        assert_eq!(parse_digest_file(b""), None);
+        assert_eq!(parse_digest_file(b"<html>not found</html>"), None);
+        assert_eq!(parse_digest_file(&DIGEST.as_bytes()[..63]), None);
+        assert_eq!(parse_digest_file(format!("{DIGEST}0").as_bytes()), None);
+        assert_eq!(parse_digest_file(DIGEST.replace('f', "g").as_bytes()), None);
+    }
+}

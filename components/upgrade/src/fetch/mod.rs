@@ -1,0 +1,250 @@
+//! The download engine of the Downloader: moves one artifact from the
+//! repository into a `*.partial` file, resumably, bounded and verified.
+//!
+//! The original box downloaded with no timeout, no retry, no resume and no
+//! checksum. Here every transfer is bounded (connect and per-chunk read
+//! timeouts, a minimum throughput, the declared size), transient failures are
+//! retried with exponential backoff from what is already on disk, resumption
+//! survives a process restart (the validator of the response that started the
+//! partial is kept in `{partial}.meta`), and the SHA-256 of the whole file is
+//! computed while writing. The caller owns the file name (never a server
+//! header) and renames the partial once [`download`] returns.
+//!
+//! One [`download`] runs attempts until one succeeds or a failure is not
+//! transient. An attempt (`attempt`) goes through numbered steps, each in
+//! the submodule named after the dash:
+//!
+//! 1. Decide what of the partial can be kept — `resume` (the meta file,
+//!    the hash of the kept prefix).
+//! 2. Ask for the rest — `request`.
+//! 3. Check the answer against what was asked — `request`.
+//! 4. Bound the transfer: the declared size wins over the server's — `body`.
+//! 5. Stream, hash, write — `body`.
+//! 6. Verify and make durable — `body`.
+//!
+//! Besides: `lookup`, the small requests ([`probe`], [`fetch_sha256_file`]);
+//! `expected`, what the caller knows before and learns after a download;
+//! `error`, the [`FetchError`].
+
+mod attempt;
+mod body;
+mod error;
+mod expected;
+mod lookup;
+mod request;
+mod resume;
+
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tracing::{info, warn};
+
+use attempt::Attempt;
+pub use error::FetchError;
+pub use expected::{Checksum, Downloaded, Expected};
+pub use lookup::{fetch_sha256_file, probe};
+pub use resume::meta_path;
+
+/// Default time to establish a TCP (and TLS) connection: a repository that
+/// cannot accept a connection in 10 s over a box's uplink is down, not slow.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default longest silence inside a response (headers or body) before the
+/// transfer counts as stalled: long enough for a congested mobile uplink,
+/// short enough that a dead peer does not hold a download slot for minutes.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default minimum average throughput: at 1 KiB/s a 50 MiB module already
+/// takes 14 hours; below that a fresh connection is the better bet.
+pub const DEFAULT_MIN_THROUGHPUT_BYTES_PER_S: u64 = 1024;
+
+/// Default window over which the throughput is averaged: long enough to
+/// ride out TCP slow start and short bursts of loss.
+pub const DEFAULT_THROUGHPUT_WINDOW: Duration = Duration::from_secs(30);
+
+/// Default number of attempts (the first one included): five attempts with
+/// the default backoff span about a minute and a half of outage.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Default delay before the first retry; later delays double.
+pub const DEFAULT_BASE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Default cap of one retry delay (before jitter, which adds up to as much
+/// again): a box should not wait longer than a minute to try again.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Largest artifact accepted when neither the caller nor the server declares
+/// a size: module jars and model packages are far smaller, and a runaway body
+/// must not fill the box's disk.
+pub const MAX_UNDECLARED_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Largest `.sha256` file read: a digest and a file name fit in a few hundred
+/// bytes; anything longer is not a digest file.
+pub const MAX_DIGEST_FILE_BYTES: usize = 4096;
+
+/// Largest `{partial}.meta` file read: a URL and a validator; anything longer
+/// was not written by us and is ignored.
+pub const MAX_META_BYTES: usize = 16 * 1024;
+
+/// Most redirects followed (to the same host only): repository managers use
+/// one or two; more is a loop.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// Whole-request timeout of the small requests ([`probe`],
+/// [`fetch_sha256_file`]): they move at most a few kilobytes.
+pub const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a download is bounded and retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchConfig {
+    /// Time allowed to establish a connection (set on the client by [`client`]).
+    pub connect_timeout: Duration,
+    /// Longest wait for the response headers or for the next body chunk;
+    /// no byte for this long is a stall.
+    pub read_timeout: Duration,
+    /// Minimum average body throughput over [`Self::throughput_window`];
+    /// `0` disables the check.
+    pub min_throughput_bytes_per_s: u64,
+    /// Window over which the throughput is averaged.
+    pub throughput_window: Duration,
+    /// Attempts in one [`download`] call, the first one included (at least 1).
+    pub max_attempts: u32,
+    /// Delay before the first retry; it doubles per retry, with jitter.
+    pub base_backoff: Duration,
+    /// Cap of one retry delay before jitter.
+    pub max_backoff: Duration,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            min_throughput_bytes_per_s: DEFAULT_MIN_THROUGHPUT_BYTES_PER_S,
+            throughput_window: DEFAULT_THROUGHPUT_WINDOW,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            base_backoff: DEFAULT_BASE_BACKOFF,
+            max_backoff: DEFAULT_MAX_BACKOFF,
+        }
+    }
+}
+
+/// The HTTP client for the repository: rustls, the connect timeout of `cfg`,
+/// a `banalytics-box/<version>` User-Agent, and at most [`MAX_REDIRECTS`]
+/// redirects, all to the same host.
+pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
+    let same_host = reqwest::redirect::Policy::custom(|attempt| {
+        let first_host = attempt
+            .previous()
+            .first()
+            .and_then(|u| u.host_str().map(str::to_owned));
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if attempt.url().host_str().map(str::to_owned) != first_host {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(cfg.connect_timeout)
+        .user_agent(concat!("banalytics-box/", env!("CARGO_PKG_VERSION")))
+        .redirect(same_host)
+        .build()
+        .map_err(|source| FetchError::Client { source })
+}
+
+/// Downloads `url` into the file `partial`, resuming what is there.
+///
+/// Streams the body into `partial` while hashing it (a kept prefix is hashed
+/// first), never writes more than the declared size, resumes with `Range`
+/// and `If-Range` (validator kept in [`meta_path`]`(partial)`), restarts from
+/// zero when the server answers `200`, retries transient failures
+/// ([`FetchError::is_transient`]) with exponential backoff and jitter, checks
+/// the SHA-256 when expected, and fsyncs the file. A partial that already
+/// holds the declared size is only verified (and downloaded afresh if it
+/// does not match). `progress` receives the bytes on disk and the total when
+/// known. On success the meta file is removed; the caller renames `partial`.
+///
+/// One download per partial at a time: the caller holds the download
+/// folder's lock. Without an expected digest a partial that already holds
+/// the declared size is trusted as is; the caller's checksum policy decides
+/// whether that is acceptable ([`Checksum::required`]).
+#[tracing::instrument(skip(client, expected, cfg, progress), fields(partial = %partial.display()))]
+pub async fn download(
+    client: &reqwest::Client,
+    url: &str,
+    partial: &Path,
+    expected: &Expected,
+    cfg: &FetchConfig,
+    progress: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+) -> Result<Downloaded, FetchError> {
+    let transferred = AtomicU64::new(0);
+    let job = Attempt {
+        client,
+        url,
+        partial,
+        expected,
+        cfg,
+        progress,
+        transferred: &transferred,
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(cfg.base_backoff)
+        .with_max_delay(cfg.max_backoff)
+        .with_max_times(cfg.max_attempts.max(1) as usize - 1)
+        .with_jitter();
+    let outcome = (|| job.run())
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(FetchError::is_transient)
+        .notify(|error, delay| warn!(url, %error, ?delay, "download attempt failed, retrying"))
+        .await;
+    match &outcome {
+        Ok(done) => info!(
+            url,
+            size = done.size,
+            bytes_transferred = done.bytes_transferred,
+            resumed_from = done.resumed_from,
+            sha256 = %done.sha256,
+            "downloaded"
+        ),
+        Err(error) => warn!(url, %error, "download failed"),
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_future_is_send_so_an_actor_can_spawn_it_anywhere() {
+        fn assert_send<T: Send>(_: &T) {}
+        let client = reqwest::Client::new();
+        let expected = Expected::default();
+        let cfg = FetchConfig::default();
+        let progress = |_: u64, _: Option<u64>| {};
+        let future = download(
+            &client,
+            "http://r/a.jar",
+            Path::new("a.partial"),
+            &expected,
+            &cfg,
+            &progress,
+        );
+        assert_send(&future);
+    }
+
+    #[test]
+    fn default_config_matches_the_named_bounds() {
+        let cfg = FetchConfig::default();
+        assert_eq!(cfg.read_timeout, DEFAULT_READ_TIMEOUT);
+        assert_eq!(cfg.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert!(cfg.base_backoff <= cfg.max_backoff);
+        assert!(client(&cfg).is_ok());
+    }
+}
