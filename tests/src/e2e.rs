@@ -571,6 +571,11 @@ pub struct BoxSettings {
     pub log_level: String,
     /// `health_grace_s`: how long a new set runs before it commits.
     pub health_grace_s: f64,
+    /// `max_boot_attempts`: the starts a new set gets before the previous
+    /// set is put back.
+    pub max_boot_attempts: u32,
+    /// More `[components.NAME]` tables, appended to `box.toml`.
+    pub components: String,
 }
 
 impl BoxSettings {
@@ -585,6 +590,8 @@ impl BoxSettings {
             upgrade_extra: String::new(),
             log_level: "info".into(),
             health_grace_s: 0.5,
+            max_boot_attempts: 3,
+            components: String::new(),
         }
     }
 
@@ -606,8 +613,9 @@ kind = "software-upgrade-center"
 repository_url = "{repo}"
 restart_mode = "exit"
 health_grace_s = {health_grace_s:?}
-max_boot_attempts = 3
+max_boot_attempts = {max_boot_attempts}
 {upgrade_extra}
+{components}
 "#,
             level = self.log_level,
             portal = self.portal_url,
@@ -615,6 +623,8 @@ max_boot_attempts = 3
             repo = self.repository_url,
             upgrade_extra = self.upgrade_extra,
             health_grace_s = self.health_grace_s,
+            max_boot_attempts = self.max_boot_attempts,
+            components = self.components,
         )
     }
 }

@@ -19,5 +19,6 @@ mod fleet;
 mod host_process;
 mod plugins;
 mod portal;
+mod probation;
 mod resilience;
 mod restart;

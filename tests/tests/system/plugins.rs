@@ -32,6 +32,12 @@ fn samples() -> &'static Samples {
     BUILT.get_or_init(|| build_samples().expect("building the sample plugin"))
 }
 
+/// The sample plugin library, for the tests of other areas that install it
+/// as a module.
+pub(crate) fn sample_plugin() -> &'static Path {
+    &samples().normal
+}
+
 fn build_samples() -> Result<Samples> {
     // This test runs from `{target}/{profile}/deps/`; build into the same
     // target folder, so only the sample crate itself is compiled again.
