@@ -7,6 +7,7 @@
 //! The upload time is an ISO-8601 local date-time read as UTC: its shape is
 //! checked here, its calendar is `jiff`'s.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -20,6 +21,12 @@ pub const CORE_GROUP_ID: &str = "com.banalytics.box";
 pub const CORE_ARTIFACT_ID: &str = "core";
 /// File name of the core module in the module folder, whatever its version.
 pub const CORE_FILE_NAME: &str = "banalytics-box.jar";
+/// File name of a native core module (the host executable) in the module
+/// folder, whatever its version.
+pub const CORE_EXECUTABLE_NAME: &str = "banalytics-box";
+/// Packagings of native artifacts: built per platform and fetched with the
+/// box's target triple as the Maven classifier (contracts section 4).
+pub const NATIVE_PACKAGINGS: &[&str] = &["so", "dylib", "dll", "bin", "exe"];
 /// Packaging of a module object that declares none.
 pub const DEFAULT_PACKAGING: &str = "jar";
 /// Repository path suffix of the optional dependencies package.
@@ -30,6 +37,9 @@ pub const MODEL_SUFFIX: &str = "-model.zip";
 /// Why a module identity or module object was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum CoordsError {
+    /// A platform (target triple) of a native module is not a plain name.
+    #[error("platform {0:?} is not a target triple")]
+    InvalidPlatform(String),
     /// A coordinate or packaging is not a plain name.
     #[error("{field} {value:?} is not a valid name: {reason}")]
     InvalidName {
@@ -319,6 +329,10 @@ pub struct Module {
     pub dependencies: Option<PackageInfo>,
     /// The optional model package (`-model.zip`), when declared.
     pub model: Option<PackageInfo>,
+    /// For a native module: the digests of each platform's build, by
+    /// target triple. `None` when the portal declares none (the classified
+    /// artifact's `.sha256` file is used).
+    pub platforms: Option<BTreeMap<String, PackageInfo>>,
 }
 
 /// The portal's JSON spelling of a module object; unknown fields ignored.
@@ -341,6 +355,8 @@ struct ModuleWire {
     dependencies: Option<PackageInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     model: Option<PackageInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    platforms: Option<BTreeMap<String, PackageInfo>>,
 }
 
 impl TryFrom<ModuleWire> for Module {
@@ -356,8 +372,10 @@ impl TryFrom<ModuleWire> for Module {
             size: w.size,
             dependencies: w.dependencies,
             model: w.model,
+            platforms: w.platforms,
         };
         module.validate()?;
+        let platforms = module.platforms.iter_mut().flat_map(|p| p.values_mut());
         for digest in [
             module.sha256.as_mut(),
             module.dependencies.as_mut().map(|p| &mut p.sha256),
@@ -365,6 +383,7 @@ impl TryFrom<ModuleWire> for Module {
         ]
         .into_iter()
         .flatten()
+        .chain(platforms.map(|p| &mut p.sha256))
         {
             digest.make_ascii_lowercase();
         }
@@ -385,6 +404,7 @@ impl From<Module> for ModuleWire {
             size: m.size,
             dependencies: m.dependencies,
             model: m.model,
+            platforms: m.platforms,
         }
     }
 }
@@ -405,7 +425,28 @@ impl Module {
         if let Some(p) = &self.model {
             validate_sha256("model.sha256", &p.sha256)?;
         }
+        for (triple, p) in self.platforms.iter().flatten() {
+            validate_platform(triple)?;
+            validate_sha256("platforms.sha256", &p.sha256)?;
+        }
         Ok(())
+    }
+
+    /// Whether the main artifact is native: built per platform, fetched
+    /// with the platform's target triple as classifier.
+    pub fn is_native(&self) -> bool {
+        NATIVE_PACKAGINGS.contains(&self.packaging())
+    }
+
+    /// The repository path suffix of the main artifact for `platform`:
+    /// `-{triple}.{packaging}` for a native artifact, `.{packaging}` for
+    /// every other.
+    pub fn main_suffix(&self, platform: &str) -> String {
+        if self.is_native() {
+            format!("-{platform}.{}", self.packaging())
+        } else {
+            format!(".{}", self.packaging())
+        }
     }
 
     /// The packaging, `jar` when none was declared.
@@ -414,11 +455,15 @@ impl Module {
     }
 }
 
-/// The module's file name in the module folder: `banalytics-box.jar` for
-/// the core module, `{groupId}-{artifactId}-{version}.{packaging}` for
-/// every other.
+/// The module's file name in the module folder: `banalytics-box` for a
+/// native core module (the host executable), `banalytics-box.jar` for a
+/// Java-era one, `{groupId}-{artifactId}-{version}.{packaging}` for every
+/// other. The platform is not in the name: a box holds one platform's
+/// build.
 pub fn file_name(module: &Module) -> String {
-    if module.coords.is_core() {
+    if module.coords.is_core() && module.is_native() {
+        CORE_EXECUTABLE_NAME.to_owned()
+    } else if module.coords.is_core() {
         CORE_FILE_NAME.to_owned()
     } else {
         let c = &module.coords;
@@ -449,9 +494,26 @@ pub fn maven_path(coords: &Coords, suffix: &str) -> String {
     )
 }
 
-/// The Maven repository path of the module's main artifact.
-pub fn main_artifact_path(module: &Module) -> String {
-    maven_path(&module.coords, &format!(".{}", module.packaging()))
+/// The Maven repository path of the module's main artifact for `platform`
+/// (a target triple; used only for a native artifact).
+pub fn main_artifact_path(module: &Module, platform: &str) -> String {
+    maven_path(&module.coords, &module.main_suffix(platform))
+}
+
+/// Checks a target triple used as a classifier: what a Maven classifier
+/// and a file name allow (`[A-Za-z0-9_.-]`, not empty, no leading `.`).
+pub fn validate_platform(value: &str) -> Result<(), CoordsError> {
+    let ok = !value.is_empty()
+        && !value.starts_with('.')
+        && value.len() <= 100
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoordsError::InvalidPlatform(value.to_owned()))
+    }
 }
 
 /// The Unix epoch as a UTC date-time: upload times are counted from it.
@@ -724,7 +786,7 @@ mod tests {
     fn maven_paths_follow_repository_layout() {
         let m: Module = serde_json::from_value(module_json()).unwrap();
         assert_eq!(
-            main_artifact_path(&m),
+            main_artifact_path(&m, "x86_64-unknown-linux-gnu"),
             "com/banalytics/box/video-module/1.2.3/video-module-1.2.3.jar"
         );
         assert_eq!(
@@ -849,6 +911,50 @@ mod tests {
                 prop_assert!(path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."));
                 prop_assert!(!c.group_id().contains(".."));
             }
+        }
+    }
+
+    #[test]
+    fn a_native_module_is_classified_by_platform_and_a_java_one_is_not() {
+        let mut v = module_json();
+        v["packaging"] = json!("so");
+        v["platforms"] =
+            json!({"x86_64-unknown-linux-gnu": {"sha256": "AB".repeat(32), "size": 7}});
+        let m: Module = serde_json::from_value(v).unwrap();
+        assert!(m.is_native());
+        assert_eq!(
+            main_artifact_path(&m, "x86_64-unknown-linux-gnu"),
+            "com/banalytics/box/video-module/1.2.3/video-module-1.2.3-x86_64-unknown-linux-gnu.so"
+        );
+        let builds = m.platforms.as_ref().unwrap();
+        assert_eq!(builds["x86_64-unknown-linux-gnu"].sha256, "ab".repeat(32));
+        assert_eq!(file_name(&m), "com.banalytics.box-video-module-1.2.3.so");
+        let jar: Module = serde_json::from_value(module_json()).unwrap();
+        assert!(!jar.is_native());
+        assert_eq!(
+            main_artifact_path(&jar, "x86_64-unknown-linux-gnu"),
+            "com/banalytics/box/video-module/1.2.3/video-module-1.2.3.jar"
+        );
+    }
+
+    #[test]
+    fn a_native_core_is_the_host_executable() {
+        let mut v = module_json();
+        v["artifactId"] = json!("core");
+        v["type"] = json!("core");
+        v["packaging"] = json!("bin");
+        let m: Module = serde_json::from_value(v).unwrap();
+        assert_eq!(file_name(&m), CORE_EXECUTABLE_NAME);
+    }
+
+    #[test]
+    fn a_platform_that_is_not_a_plain_name_is_refused() {
+        for bad in ["", "../x", "a/b", ".hidden", "x y"] {
+            let mut v = module_json();
+            v["packaging"] = json!("so");
+            v["platforms"] = json!({bad: {"sha256": "ab".repeat(32)}});
+            let err = serde_json::from_value::<Module>(v).unwrap_err().to_string();
+            assert!(err.contains("is not a target triple"), "{bad}: {err}");
         }
     }
 }

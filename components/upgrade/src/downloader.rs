@@ -160,7 +160,7 @@ impl Handler<ResolveSet> for Downloader {
         Box::pin(
             async move {
                 stream::iter(msg.modules)
-                    .map(|m| resolve(&client, &repo, m, policy))
+                    .map(|m| resolve(&client, &repo, PLATFORM, m, policy))
                     .buffered(parallel)
                     .try_collect()
                     .await
@@ -170,10 +170,16 @@ impl Handler<ResolveSet> for Downloader {
     }
 }
 
-/// Where `module`'s artifacts are and which digests they must have.
+/// This box's platform: the target triple the host is built for, the
+/// classifier of native artifacts.
+pub const PLATFORM: &str = banalytics_sdk::plugin::TARGET;
+
+/// Where `module`'s artifacts are and which digests they must have, on
+/// `platform`.
 pub async fn resolve(
     client: &reqwest::Client,
     repository_url: &str,
+    platform: &str,
     module: Module,
     policy: ChecksumPolicy,
 ) -> Result<ResolvedModule, UpgradeError> {
@@ -188,24 +194,50 @@ pub async fn resolve(
             coords::maven_path(&module.coords, suffix)
         )
     };
-    let packaging = module.packaging.clone().unwrap_or_else(|| "jar".to_owned());
-    let main_url = url(&format!(".{packaging}"));
-    let main_sha = match &module.sha256 {
-        Some(s) => Some(s.clone()),
-        None => fetch::fetch_sha256_file(client, &main_url)
-            .await
-            .map_err(err)?,
+    let main_url = url(&module.main_suffix(platform));
+    // 1. Which build, and which digest: a native artifact is this
+    //    platform's build; a module with none refuses the whole set here,
+    //    before any artifact is downloaded.
+    let no_build = || UpgradeError::NoBuildForPlatform {
+        module: key.clone(),
+        platform: platform.to_owned(),
+    };
+    let (main_sha, main_size) = match (&module.platforms, module.is_native()) {
+        (Some(builds), true) => {
+            let build = builds.get(platform).ok_or_else(no_build)?;
+            (Some(build.sha256.clone()), build.size)
+        }
+        _ => {
+            let sha = match &module.sha256 {
+                Some(s) if !module.is_native() => Some(s.clone()),
+                _ => fetch::fetch_sha256_file(client, &main_url)
+                    .await
+                    .map_err(err)?,
+            };
+            if sha.is_none()
+                && module.is_native()
+                && !fetch::probe(client, &main_url).await.map_err(err)?
+            {
+                return Err(no_build());
+            }
+            let size = if module.is_native() {
+                None
+            } else {
+                module.size
+            };
+            (sha, size)
+        }
     };
     let main = target(
         &key,
         main_url,
         Checksum::resolve(main_sha.as_deref(), None),
-        module.size,
+        main_size,
         policy,
     )?;
     // A portal that sends digests (the extension fields) also says which
     // packages exist; for the original portal, ask the repository.
-    let declares_packages = module.sha256.is_some();
+    let declares_packages = module.sha256.is_some() || module.platforms.is_some();
     let mut packages = Vec::new();
     for (info, suffix) in [
         (&module.dependencies, "-bin.zip"),

@@ -45,6 +45,15 @@ pub enum UpgradeError {
         /// The artifact.
         url: String,
     },
+    /// A native module has no build for this box's platform: the whole set
+    /// is refused before anything is downloaded.
+    #[error("module {module} has no build for this box's platform {platform}; the set is refused before anything is downloaded")]
+    NoBuildForPlatform {
+        /// `groupId:artifactId:version`.
+        module: String,
+        /// This box's target triple.
+        platform: String,
+    },
     /// Not enough free space for the downloads and the staging.
     #[error("not enough free space on {path}: {needed} bytes needed, {free} free")]
     InsufficientSpace {

@@ -22,6 +22,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs, io,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -336,6 +337,11 @@ pub fn stage(
                 rec
             }
         };
+        if main.name == crate::coords::CORE_EXECUTABLE_NAME {
+            // The host executable of a native core: the launcher runs it.
+            let path = modules.root.join(&main.name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_at(&path))?;
+        }
         let package = |plan: &Option<PackagePlan>,
                        side: &mut Side,
                        active: fn(Origin, &Layout) -> PathBuf,

@@ -942,3 +942,91 @@ async fn a_synchronisation_has_a_span_with_its_trigger_and_target_set_and_each_h
     }
     assert_eq!(spans.named("downloader.download_set")[0]["modules"], "1");
 }
+
+/// A native plugin module `com.example:{artifact}:1.0` (packaging `so`)
+/// published for `platform` only, with its digest in the `platforms` map
+/// when `declared`, else in the classified artifact's `.sha256`.
+fn publish_native(repo: &Repo, artifact: &str, platform: &str, declared: bool) -> (Value, Vec<u8>) {
+    let lib = format!("native {artifact} for {platform}")
+        .repeat(50)
+        .into_bytes();
+    let path = format!("com/example/{artifact}/1.0/{artifact}-1.0-{platform}.so");
+    repo.put(&path, lib.clone(), !declared);
+    let mut object = json!({
+        "groupId": "com.example", "artifactId": artifact, "version": "1.0",
+        "type": "component", "uploadTime": "2026-03-01T10:15:30", "packaging": "so",
+    });
+    if declared {
+        object["platforms"] = json!({ platform: {"sha256": sha256_hex(&lib), "size": lib.len()} });
+    }
+    (object, lib)
+}
+
+#[actix_rt::test]
+async fn a_native_module_is_fetched_with_this_platforms_classifier() {
+    let platform = banalytics_upgrade_center::downloader::PLATFORM;
+    for declared in [true, false] {
+        let repo = Repo::start().await;
+        let (object, lib) = publish_native(&repo, "camera", platform, declared);
+        let b = start_box(&repo, vec![object], Options::default()).await;
+        let sync = b.first_sync().await;
+        assert_eq!(sync["state"], "staged", "{sync}");
+        assert_eq!(
+            std::fs::read(b.path("modules-upgrade/com.example-camera-1.0.so")).unwrap(),
+            lib
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_module_built_only_for_another_platform_refuses_the_set_before_any_download() {
+    for declared in [true, false] {
+        let repo = Repo::start().await;
+        let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+        let (object, _) = publish_native(&repo, "camera", "riscv64gc-unknown-linux-gnu", declared);
+        let b = start_box(
+            &repo,
+            vec![alpha.object.clone(), object],
+            Options::default(),
+        )
+        .await;
+        let sync = b.first_sync().await;
+        assert_eq!(sync["state"], "cancelled", "{sync}");
+        let statuses = b.statuses();
+        let last = statuses.last().unwrap();
+        assert_eq!(last.1, InstallationCancelled);
+        let message = last.2.as_deref().unwrap_or("");
+        assert!(
+            message.contains("com.example:camera:1.0")
+                && message.contains(banalytics_upgrade_center::downloader::PLATFORM),
+            "{message}"
+        );
+        assert_eq!(repo.artifact_gets(), 0, "no artifact was downloaded");
+        assert!(!b.path("modules-upgrade/modules-info.properties").exists());
+    }
+}
+
+#[actix_rt::test]
+async fn a_native_core_is_staged_as_the_executable_banalytics_box() {
+    use std::os::unix::fs::PermissionsExt;
+    let platform = banalytics_upgrade_center::downloader::PLATFORM;
+    let repo = Repo::start().await;
+    let exe = b"#!/bin/sh\nexit 0\n".repeat(20);
+    repo.put(
+        &format!("com/banalytics/box/core/2.0/core-2.0-{platform}.bin"),
+        exe.clone(),
+        false,
+    );
+    let core = json!({
+        "groupId": "com.banalytics.box", "artifactId": "core", "version": "2.0",
+        "type": "core", "uploadTime": "2026-03-01T10:15:30", "packaging": "bin",
+        "platforms": { platform: {"sha256": sha256_hex(&exe), "size": exe.len()} },
+    });
+    let b = start_box(&repo, vec![core], Options::default()).await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    let staged = b.path("modules-upgrade/banalytics-box");
+    assert_eq!(std::fs::read(&staged).unwrap(), exe);
+    let mode = std::fs::metadata(&staged).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "{mode:o}");
+}

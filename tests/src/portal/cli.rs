@@ -96,9 +96,18 @@ pub enum Command {
         /// `core` or `component`.
         #[arg(long = "type")]
         module_type: ModuleType,
-        /// The main artifact.
-        #[arg(long)]
-        file: PathBuf,
+        /// The main artifact (not with `--platform`).
+        #[arg(
+            long,
+            required_unless_present = "platform",
+            conflicts_with = "platform"
+        )]
+        file: Option<PathBuf>,
+        /// A native module's build for one platform, `TRIPLE=FILE`
+        /// (repeat per platform); the packaging must be native (`so`,
+        /// `bin`, ...).
+        #[arg(long, value_parser = parse_platform)]
+        platform: Vec<(String, PathBuf)>,
         /// Its extension (default `jar`).
         #[arg(long)]
         packaging: Option<String>,
@@ -233,6 +242,7 @@ async fn run(cli: Cli) -> Result<()> {
             ref version,
             module_type,
             ref file,
+            ref platform,
             ref packaging,
             ref bin,
             ref model,
@@ -245,10 +255,14 @@ async fn run(cli: Cli) -> Result<()> {
                 artifact_id: artifact.clone(),
                 version: version.clone(),
                 module_type,
-                file: abs(file)?,
+                file: file.as_ref().map(abs).transpose()?.unwrap_or_default(),
                 packaging: packaging.clone(),
                 bin: bin.as_ref().map(abs).transpose()?,
                 model: model.as_ref().map(abs).transpose()?,
+                platforms: platform
+                    .iter()
+                    .map(|(triple, file)| Ok((triple.clone(), abs(file)?)))
+                    .collect::<Result<_>>()?,
             };
             let module = client()?.publish(&req).await?;
             println!("{}", serde_json::to_string_pretty(&module)?);
@@ -417,4 +431,14 @@ async fn serve(config: PortalConfig) -> Result<()> {
     tracing::info!("stopping");
     handle.shutdown().await;
     Ok(())
+}
+
+/// `TRIPLE=FILE` of `publish --platform`.
+fn parse_platform(value: &str) -> std::result::Result<(String, PathBuf), String> {
+    match value.split_once('=') {
+        Some((triple, file)) if !triple.is_empty() && !file.is_empty() => {
+            Ok((triple.to_owned(), PathBuf::from(file)))
+        }
+        _ => Err(format!("{value:?} is not TRIPLE=FILE")),
+    }
 }

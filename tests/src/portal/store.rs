@@ -76,9 +76,12 @@ pub struct ModuleObject {
     pub module_type: ModuleType,
     /// When it was published, ISO-8601 local date-time read as UTC.
     pub upload_time: String,
-    /// Hex SHA-256 of the main artifact.
+    /// Hex SHA-256 of the main artifact; empty for a native module, whose
+    /// digests are per platform.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
-    /// Size of the main artifact in bytes.
+    /// Size of the main artifact in bytes; 0 for a native module.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub size: u64,
     /// Extension of the main artifact (`jar`, `so`, ...).
     pub packaging: String,
@@ -88,7 +91,18 @@ pub struct ModuleObject {
     /// The `-model.zip` model package, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<PartInfo>,
+    /// A native module's builds by target triple, each fetched with the
+    /// triple as the Maven classifier (`{artifactId}-{version}-{triple}.{packaging}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platforms: Option<BTreeMap<String, PartInfo>>,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Packagings of native artifacts, published per platform.
+pub const NATIVE_PACKAGINGS: &[&str] = &["so", "dylib", "dll", "bin", "exe"];
 
 impl ModuleObject {
     /// `groupId:artifactId:version`.
@@ -110,7 +124,9 @@ pub struct PublishRequest {
     /// `core` or `component`.
     #[serde(rename = "type")]
     pub module_type: ModuleType,
-    /// The main artifact, a file the portal process can read.
+    /// The main artifact, a file the portal process can read (empty for a
+    /// native module published per platform).
+    #[serde(default)]
     pub file: PathBuf,
     /// Extension of the main artifact; `jar` when absent.
     #[serde(default)]
@@ -121,6 +137,10 @@ pub struct PublishRequest {
     /// The optional model package.
     #[serde(default)]
     pub model: Option<PathBuf>,
+    /// For a native module: one build per target triple, instead of
+    /// `file` (which is then ignored).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub platforms: BTreeMap<String, PathBuf>,
 }
 
 impl PublishRequest {
@@ -138,6 +158,22 @@ impl PublishRequest {
             packaging: None,
             bin: None,
             model: None,
+            platforms: BTreeMap::new(),
+        }
+    }
+
+    /// A request for a native module built for each `(triple, file)` of
+    /// `builds`, packaged as `packaging` (`so`, `bin`, ...).
+    pub fn native(
+        coordinates: &str,
+        module_type: ModuleType,
+        packaging: &str,
+        builds: impl IntoIterator<Item = (String, PathBuf)>,
+    ) -> Self {
+        PublishRequest {
+            packaging: Some(packaging.to_owned()),
+            platforms: builds.into_iter().collect(),
+            ..PublishRequest::new(coordinates, module_type, PathBuf::new())
         }
     }
 }
@@ -352,11 +388,32 @@ impl Store {
         let base = format!("{}-{}", req.artifact_id, req.version);
 
         let mut changes = RepoChanges::default();
-        let main = copy_with_digest(
-            &req.file,
-            &dir.join(format!("{base}.{packaging}")),
-            &mut changes,
-        )?;
+        let (main, platforms) = if req.platforms.is_empty() {
+            let main = copy_with_digest(
+                &req.file,
+                &dir.join(format!("{base}.{packaging}")),
+                &mut changes,
+            )?;
+            (main, None)
+        } else {
+            if !NATIVE_PACKAGINGS.contains(&packaging.as_str()) {
+                return Err(PortalError::BadRequest(format!(
+                    "packaging {packaging:?} is not native ({}): builds per platform need one",
+                    NATIVE_PACKAGINGS.join(", ")
+                )));
+            }
+            let mut builds = BTreeMap::new();
+            for (triple, file) in &req.platforms {
+                validate_name("platform", triple)?;
+                let dest = dir.join(format!("{base}-{triple}.{packaging}"));
+                builds.insert(triple.clone(), copy_with_digest(file, &dest, &mut changes)?);
+            }
+            let none = PartInfo {
+                sha256: String::new(),
+                size: 0,
+            };
+            (none, Some(builds))
+        };
         let dependencies = publish_optional(
             req.bin.as_deref(),
             &dir.join(format!("{base}-bin.zip")),
@@ -379,6 +436,7 @@ impl Store {
             packaging,
             dependencies,
             model,
+            platforms,
         };
         let mut state = self.state.lock().expect("store lock");
         for (path, digest) in changes.written {
