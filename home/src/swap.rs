@@ -117,6 +117,10 @@ pub struct Journal {
     /// always moved them.
     #[serde(default = "yes")]
     pub models: bool,
+    /// An apply's components excused from the probation it starts
+    /// ([`Probation::excused`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excused: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -293,6 +297,25 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
     }))
 }
 
+/// The staged set's modules (`groupId:artifactId:version`), if a complete
+/// staged set waits.
+pub fn staged_modules(layout: &Layout) -> Option<Vec<String>> {
+    crate::installed::read_modules_info(&layout.upgrade())
+        .ok()
+        .flatten()
+        .map(|ms| ms.iter().map(|m| m.coords.to_string()).collect())
+}
+
+/// Throws the staged set away: first its marker (from then on it is not a
+/// staged set, whatever a crash leaves), then its folders.
+pub fn discard_staged(layout: &Layout) -> Result<(), SwapError> {
+    remove_file_durably(&layout.upgrade().join(MODULES_INFO))?;
+    for dir in [layout.upgrade(), layout.models_upgrade()] {
+        remove_dir_if_exists(&dir)?;
+    }
+    ensure_dir(layout, &layout.upgrade())
+}
+
 /// Checks that the active set, which an apply makes the backup, could be
 /// put back: every file its hash record lists is there with its recorded
 /// size (contents are checked by `verify`, not here: this runs at every
@@ -327,6 +350,12 @@ fn check_restorable(layout: &Layout) -> Result<(), SwapError> {
 /// on probation ([`Applied::WaitsForCommit`]) or could not be restored
 /// ([`SwapError::BackupNotRestorable`]).
 pub fn apply(layout: &Layout) -> Result<Applied, SwapError> {
+    apply_excusing(layout, &[])
+}
+
+/// [`apply`], with the probation it starts excusing `excused` (written
+/// with the probation record itself, so no reader sees it without them).
+pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, SwapError> {
     recover(layout)?;
     let Some(incoming) = set_identity(&layout.upgrade()) else {
         return Ok(Applied::NothingStaged);
@@ -345,6 +374,7 @@ pub fn apply(layout: &Layout) -> Result<Applied, SwapError> {
             outgoing,
             step: 0,
             models: layout.models_upgrade().exists(),
+            excused: excused.to_vec(),
         },
     )?;
     failpoint("apply.journal-written");
@@ -366,6 +396,7 @@ pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
             outgoing,
             step: 0,
             models: true,
+            excused: Vec::new(),
         },
     )?;
     failpoint("rollback.journal-written");
@@ -572,7 +603,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
                     set: j.incoming.clone(),
                     boot_attempts: 0,
                     last_error: None,
-                    excused: Vec::new(),
+                    excused: j.excused.clone(),
                 },
             )
         },

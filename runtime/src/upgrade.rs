@@ -134,22 +134,7 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
         info!(procedure = ?j.procedure, "interrupted module swap finished");
     }
     let failing_before = take_failing(state_dir);
-    match swap::apply(layout)? {
-        swap::Applied::Applied => {
-            info!(excused = ?failing_before, "staged module set applied");
-            if let Some(mut p) = swap::probation(layout)? {
-                p.excused = failing_before;
-                swap::set_probation(layout, &p)?;
-            }
-        }
-        swap::Applied::WaitsForCommit => {
-            info!(
-                waits_for = %swap::staged_waits_for(layout)?.unwrap_or_default(),
-                "staged module set not applied yet"
-            )
-        }
-        swap::Applied::NothingStaged => {}
-    }
+    apply_staged(layout, &failing_before)?;
     let Some(p) = swap::count_boot(layout)? else {
         return Ok(Boot::default());
     };
@@ -173,17 +158,44 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
     error!(%reason, "rolling back");
     // First the quarantine, so that the upgrade center never stages this
     // set again by itself, even after a crash in the middle of the rollback.
-    quarantine::write(layout, &quarantine::of_set(&layout.modules(), &reason)).map_err(
-        |source| Error::Io {
-            path: layout.state().join(quarantine::QUARANTINE_FILE),
-            source,
-        },
-    )?;
+    let rolled = quarantine::of_set(&layout.modules(), &reason);
+    quarantine::write(layout, &rolled).map_err(|source| Error::Io {
+        path: layout.state().join(quarantine::QUARANTINE_FILE),
+        source,
+    })?;
     swap::rollback(layout)?;
+    // A set staged while the failed one was on probation waited for this
+    // verdict: it is applied now, over the committed set, and goes on
+    // probation in this start; unless it is the set just taken off.
+    if swap::staged_modules(layout).is_some_and(|staged| rolled.is_set(&staged)) {
+        warn!("the staged set is the set just rolled back; it is discarded");
+        swap::discard_staged(layout)?;
+    }
+    let probation = match apply_staged(layout, &failing_before)? {
+        swap::Applied::Applied => swap::count_boot(layout)?,
+        _ => None,
+    };
     Ok(Boot {
-        probation: None,
+        probation,
         rolled_back: Some(reason),
     })
+}
+
+/// Applies a staged set if one waits and nothing stops it, excusing
+/// `failing_before` from its probation.
+fn apply_staged(layout: &Layout, failing_before: &[String]) -> Result<swap::Applied, Error> {
+    let applied = swap::apply_excusing(layout, failing_before)?;
+    match applied {
+        swap::Applied::Applied => info!(excused = ?failing_before, "staged module set applied"),
+        swap::Applied::WaitsForCommit => {
+            info!(
+                waits_for = %swap::staged_waits_for(layout)?.unwrap_or_default(),
+                "staged module set not applied yet"
+            )
+        }
+        swap::Applied::NothingStaged => {}
+    }
+    Ok(applied)
 }
 
 /// How the watch of a start ended.
@@ -357,7 +369,6 @@ impl ProbationWatch {
 pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Settings) -> Verdict {
     if let Some(reason) = boot.rolled_back {
         host.bus().publish(UpgradeRolledBack { reason }).await;
-        return Verdict::NoProbation;
     }
     let Some(mut probation) = boot.probation else {
         return Verdict::NoProbation;

@@ -926,7 +926,14 @@ pub fn served_files(m: &ModuleObject) -> Vec<(String, u64)> {
         m.version
     );
     let stem = format!("{}-{}", m.artifact_id, m.version);
-    let mut files = vec![(format!("{dir}/{stem}.{}", m.packaging), m.size)];
+    let main = match m.platforms.as_ref().and_then(|p| p.get(crate::PLATFORM)) {
+        Some(build) => (
+            format!("{dir}/{stem}-{}.{}", crate::PLATFORM, m.packaging),
+            build.size,
+        ),
+        None => (format!("{dir}/{stem}.{}", m.packaging), m.size),
+    };
+    let mut files = vec![main];
     if let Some(d) = &m.dependencies {
         files.push((format!("{dir}/{stem}-bin.zip"), d.size));
     }

@@ -3,6 +3,10 @@
 
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
+/// The target triple of the boxes the tests start (they are built together):
+/// the classifier of their native modules.
+pub const PLATFORM: &str = env!("BANALYTICS_TESTS_TARGET");
+
 pub mod e2e;
 pub mod fixtures;
 pub mod fleet;

@@ -26,7 +26,7 @@ use banalytics_tests::{
         cargo_command, ensure_binaries, BoxSettings, ManagedBox, ModuleSpec, PortalApi,
         EXIT_RESTART,
     },
-    portal::{Faults, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    portal::{Faults, Portal, PortalConfig, PortalHandle, PublishRequest},
 };
 use serde_json::json;
 
@@ -332,13 +332,11 @@ fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> 
         );
     }
     for echo in [ECHO_V1, ECHO_V2] {
-        let mut req = PublishRequest::new(echo, ModuleType::Component, plugin);
-        req.packaging = Some(std::env::consts::DLL_EXTENSION.to_owned());
-        let m = portal.publish(&req)?;
+        let m = portal.publish(&PublishRequest::plugin(echo, plugin))?;
         println!(
             "   {:<36} {:>9}  the sample plugin ({})",
             m.coordinates(),
-            mib(m.size),
+            mib(m.main_size()),
             m.packaging
         );
     }

@@ -105,6 +105,15 @@ fn is_zero(n: &u64) -> bool {
 pub const NATIVE_PACKAGINGS: &[&str] = &["so", "dylib", "dll", "bin", "exe"];
 
 impl ModuleObject {
+    /// The size of the main artifact a box of this machine's platform
+    /// fetches: its build's for a native module.
+    pub fn main_size(&self) -> u64 {
+        self.platforms
+            .as_ref()
+            .and_then(|p| p.get(crate::PLATFORM))
+            .map_or(self.size, |build| build.size)
+    }
+
     /// `groupId:artifactId:version`.
     pub fn coordinates(&self) -> String {
         format!("{}:{}:{}", self.group_id, self.artifact_id, self.version)
@@ -160,6 +169,18 @@ impl PublishRequest {
             model: None,
             platforms: BTreeMap::new(),
         }
+    }
+
+    /// A component plugin library built for this machine's platform
+    /// ([`crate::PLATFORM`]), packaged with the platform's library
+    /// extension.
+    pub fn plugin(coordinates: &str, file: impl Into<PathBuf>) -> Self {
+        PublishRequest::native(
+            coordinates,
+            ModuleType::Component,
+            std::env::consts::DLL_EXTENSION,
+            [(crate::PLATFORM.to_owned(), file.into())],
+        )
     }
 
     /// A request for a native module built for each `(triple, file)` of

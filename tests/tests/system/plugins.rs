@@ -392,18 +392,15 @@ fn a_second_plugin_exporting_the_same_kind_is_refused_naming_both() -> Result<()
 #[test]
 fn the_portal_upgrades_a_plugin_module_and_the_component_runs_from_the_new_file() -> Result<()> {
     let _machine = crate::machine::shared();
-    use banalytics_tests::portal::{ModuleType, Portal, PortalConfig, PublishRequest};
+    use banalytics_tests::portal::{Portal, PortalConfig, PublishRequest};
     const ENV: &str = "5f0c7a1e-0000-4000-8000-0000000e110e";
     let dir = tempfile::tempdir()?;
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
     for version in ["1.0", "2.0"] {
-        let mut req = PublishRequest::new(
+        portal.publish(&PublishRequest::plugin(
             &format!("com.example:sample:{version}"),
-            ModuleType::Component,
             &samples().normal,
-        );
-        req.packaging = Some(std::env::consts::DLL_EXTENSION.to_owned());
-        portal.publish(&req)?;
+        ))?;
     }
     portal.assign(ENV, &["com.example:sample:1.0"])?;
     let base = format!(

@@ -8,7 +8,9 @@
 //!   within the probation limit;
 //! - an automatic rollback quarantines the set it took off;
 //! - a set staged while the active set is on probation waits for the
-//!   commit, and the backup stays the last committed set;
+//!   commit, and the backup stays the last committed set; when that
+//!   probation fails instead, the waiting set is applied right after the
+//!   rollback;
 //! - a set staged without `models-upgrade/` (as the Java box stages them)
 //!   keeps the active models;
 //! - a configuration refused only with the new set (a plugin kind the set
@@ -29,7 +31,7 @@ use banalytics_tests::{
     e2e::{env_uuid, log_events, BoxSettings, ManagedBox, ModuleSpec, PortalApi, StatusLine},
     fixtures::tree,
     poll_until,
-    portal::{ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    portal::{Portal, PortalConfig, PortalHandle, PublishRequest},
     DEADLINE,
 };
 use serde_json::{json, Value};
@@ -418,6 +420,71 @@ fn a_set_staged_during_probation_waits_for_the_commit_and_the_backup_stays_the_c
     Ok(())
 }
 
+#[test]
+fn a_set_staged_during_a_probation_that_fails_is_applied_right_after_the_rollback() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let w = world()?;
+    let env = env_uuid(109);
+    w.assign(&env, &[ALPHA])?;
+    let mut settings = w.settings(&env);
+    settings.components = drill("stop");
+    // Every start synchronises: the start that puts B on probation stages
+    // what the portal assigned meanwhile.
+    settings.upgrade_extra = "software_update_type = \"on-boot\"".into();
+    let mut b = ManagedBox::new(&settings)?;
+    b.spawn()?;
+    converge(&w.portal, &mut b, &env, 0)?;
+
+    // B (with the module that breaks the drill) is staged; the box exits 75.
+    let seen = w.assign_and_sync(&env, &[ALPHA, BROKEN])?;
+    poll_until(DEADLINE, "the box to exit to apply B", || {
+        (!b.is_running()).then_some(())
+    })?;
+    // C is assigned before the start that puts B on probation: that start
+    // stages C, and C waits for B's verdict.
+    w.assign(&env, &[ALPHA, GAMMA])?;
+    // B fails its two starts; the start that puts A back applies C at once,
+    // over A, and C commits. Left staged instead, C would wait for a restart
+    // that nothing asks for.
+    let status = b.run_until(CONVERGE, "C committed", |b| {
+        let s = b.status().ok()?;
+        (s["host"]["running"] == true
+            && s["upgrade"]["probation"].is_null()
+            && set_of(&s["upgrade"]["installed"]) == sorted(&[ALPHA, GAMMA]))
+        .then_some(s)
+    })?;
+    ensure!(
+        set_of(&status["upgrade"]["backup"]) == sorted(&[ALPHA]),
+        "A, the last committed set, is C's backup: {status}"
+    );
+    ensure!(
+        status["upgrade"]["staged"].is_null(),
+        "nothing left staged: {status}"
+    );
+    let lines = poll_until(DEADLINE, "B cancelled, then C installed", || {
+        let lines = w.portal.statuses(&env).ok()?.get(seen..)?.to_vec();
+        let cancelled = lines
+            .iter()
+            .position(|l| l.status == "installation_cancelled")?;
+        let installed = lines.iter().rposition(|l| l.status == "installed")?;
+        (cancelled < installed).then_some(lines)
+    })?;
+    ensure!(
+        lines
+            .iter()
+            .filter(|l| l.status == "installation_cancelled")
+            .count()
+            == 1,
+        "{}",
+        text(&lines)
+    );
+    // A staged; B staged; B's two failed starts; C commits in the start
+    // that rolled B back.
+    ensure!(b.exits() == [75, 75, 75, 75], "{:?}", b.exits());
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
 /// Copies `from` into `to` (folders recursively), skipping the names in
 /// `skip` at any depth.
 fn copy_tree(from: &Path, to: &Path, skip: &[String]) -> Result<()> {
@@ -540,9 +607,8 @@ fn a_set_without_a_configured_plugin_kind_never_ends_in_exit_2_and_the_plugin_se
     const SAMPLE: &str = "com.example:sample:1.0";
     let w = world()?;
     let env = env_uuid(106);
-    let mut req = PublishRequest::new(SAMPLE, ModuleType::Component, sample_plugin());
-    req.packaging = Some(std::env::consts::DLL_EXTENSION.to_owned());
-    w.portal.publish_module(&req)?;
+    w.portal
+        .publish_module(&PublishRequest::plugin(SAMPLE, sample_plugin()))?;
     w.assign(&env, &[SAMPLE])?;
     let settings = w.settings(&env);
     let mut b = ManagedBox::new(&settings)?;
