@@ -708,4 +708,52 @@ mod tests {
         }
         assert!(parse_coordinates("com.banalytics.box:core:1.2.3+build-4").is_ok());
     }
+
+    #[test]
+    fn publishes_a_native_module_per_platform_with_classified_names_and_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let store = Store::open(dir.path().join("state.json"), repo.clone()).unwrap();
+        let x86 = dir.path().join("x86.so");
+        let arm = dir.path().join("arm.so");
+        fs::write(&x86, b"x86 build").unwrap();
+        fs::write(&arm, b"arm build, longer").unwrap();
+        let req = PublishRequest::native(
+            "com.example:cam:1.0",
+            ModuleType::Component,
+            "so",
+            [
+                ("x86_64-unknown-linux-gnu".to_owned(), x86),
+                ("aarch64-unknown-linux-gnu".to_owned(), arm),
+            ],
+        );
+        let m = store.publish(&req).unwrap();
+        let builds = m.platforms.as_ref().unwrap();
+        assert_eq!(builds["aarch64-unknown-linux-gnu"].size, 17);
+        let base = repo.join("com/example/cam/1.0");
+        assert_eq!(
+            fs::read(base.join("cam-1.0-x86_64-unknown-linux-gnu.so")).unwrap(),
+            b"x86 build"
+        );
+        let sha =
+            fs::read_to_string(base.join("cam-1.0-aarch64-unknown-linux-gnu.so.sha256")).unwrap();
+        assert!(sha.starts_with(&builds["aarch64-unknown-linux-gnu"].sha256));
+        assert!(
+            !base.join("cam-1.0.so").exists(),
+            "no unclassified artifact"
+        );
+        let json = serde_json::to_value(&m).unwrap();
+        assert!(
+            json.get("sha256").is_none() && json.get("size").is_none(),
+            "{json}"
+        );
+        assert_eq!(json["platforms"]["x86_64-unknown-linux-gnu"]["size"], 9);
+
+        let mut jar = req.clone();
+        jar.packaging = Some("jar".into());
+        assert!(
+            store.publish(&jar).is_err(),
+            "per-platform builds need a native packaging"
+        );
+    }
 }
