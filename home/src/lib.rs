@@ -6,6 +6,7 @@
 //!   (fsync of a folder, free space) every writer of the home uses.
 //! - [`coords`]: module identity (`groupId:artifactId:version`, type,
 //!   packages) and the names of its files.
+//! - [`running`]: which core (host executable) runs, its version and digest.
 //! - [`properties`]: the `java.util.Properties` codec the original box's
 //!   files use.
 //! - [`installed`]: `modules-info.properties`, the installed set.
@@ -32,6 +33,7 @@ pub mod properties;
 pub mod quarantine;
 pub mod record;
 pub mod registration;
+pub mod running;
 pub mod swap;
 
 pub use layout::Layout;

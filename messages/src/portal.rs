@@ -54,8 +54,26 @@ pub struct GetEnvModulesRequest {
     /// The running core's coordinates.
     #[serde(rename = "banalyticsBoxCoreModule")]
     pub core_module: ModuleRef,
+    /// Extension (the original portal ignores it): the digest of the core
+    /// that runs and where it comes from.
+    #[serde(
+        rename = "banalyticsBoxCoreBuild",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub core_build: Option<CoreBuild>,
 }
 portal_message!(GetEnvModulesRequest, "GET_ENV_MOD_REQ");
+
+/// The build of the core that runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreBuild {
+    /// SHA-256 of the executable, lower-case hex.
+    pub sha256: String,
+    /// `module-set` (the active set's core, started by the launcher) or
+    /// `launcher` (the installed executable itself).
+    pub origin: String,
+}
 
 /// `GET_ENV_MOD_RES`, portal → box: the whole target set. The module
 /// objects are kept as JSON; the upgrade center validates them and refuses
@@ -164,6 +182,7 @@ mod tests {
                 artifact_id: "core".into(),
                 version: "1.0".into(),
             },
+            core_build: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["environmentUUID"], "e");

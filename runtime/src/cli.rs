@@ -4,9 +4,10 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use banalytics_home::{
+    running::RunningCore,
     swap::{self, SwapError},
     Layout,
 };
@@ -16,7 +17,7 @@ use crate::{
     config::BoxConfig,
     control::{self, Request},
     host::Host,
-    ids, logging,
+    ids, launcher, logging,
     registry::Registry,
     upgrade, Error, Home, EXIT_FAILURE, EXIT_OK,
 };
@@ -100,18 +101,51 @@ fn run(home: &Home) -> Result<u8, Error> {
     // accepting any component kind; the full check follows once the plugin
     // kinds are known.
     let early = BoxConfig::load_any_kind(home.root())?;
-    let lock = hold_lock(home)?;
+    // Started by a launcher: it took the lock, prepared the module set and
+    // counted this start (`launcher`'s module docs).
+    let handshake = launcher::Handshake::from_env()?;
+    let lock = match &handshake {
+        Some(h) => h.take_lock(),
+        None => hold_lock(home)?,
+    };
     logging::init(&early.log);
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     let layout = Layout::new(home.root());
     let settings = upgrade::Settings::from_config(&early)?;
-    let boot = upgrade::prepare(&layout, &settings, &home.state_dir()).unwrap_or_else(|e| {
-        error!(error = %e, "the module folders could not be prepared; starting with them as they are, so that the box stays reachable");
-        upgrade::Boot {
-            probation: None,
-            rolled_back: Some(format!("the module set could not be applied or put back: {e}")),
+    let (boot, core) = match &handshake {
+        Some(h) => {
+            let boot = upgrade::Boot {
+                probation: swap::probation(&layout).ok().flatten(),
+                rolled_back: h.rolled_back.clone(),
+            };
+            let core = RunningCore {
+                pid: std::process::id(),
+                ..h.core.clone()
+            };
+            (boot, core)
         }
-    });
+        None => {
+            let boot = upgrade::prepare(&layout, &settings, &home.state_dir()).unwrap_or_else(|e| {
+                error!(error = %e, "the module folders could not be prepared; starting with them as they are, so that the box stays reachable");
+                upgrade::Boot {
+                    probation: None,
+                    rolled_back: Some(format!("the module set could not be applied or put back: {e}")),
+                }
+            });
+            let own = launcher::own_identity(&home.state_dir())
+                .map_err(io(PathBuf::from("/proc/self/exe")))?;
+            // Nothing of the set has run yet: a core of the set runs as
+            // this launcher's child, and this process only watches it.
+            if let Some(core) = launcher::core_to_run(&layout, &own) {
+                return launcher::launch(&layout, &settings, core, &lock, boot.rolled_back);
+            }
+            (boot, own)
+        }
+    };
+    if let Err(e) = banalytics_home::running::write(&layout, &core) {
+        warn!(error = %e, "cannot record which core runs");
+    }
+    info!(version = %core.version, sha256 = %core.sha256, origin = ?core.origin, "core");
     let (registry, plugins) = Registry::builtin().with_plugins(&layout.modules());
     plugins.log();
     let config = match BoxConfig::load(home.root(), &registry.names()) {
@@ -123,7 +157,7 @@ fn run(home: &Home) -> Result<u8, Error> {
             };
             let how = upgrade::fail_start_on_config(&layout, &settings, probation, &refusal)?;
             drop(lock);
-            return upgrade::restart(how, home.root());
+            return upgrade::restart(under_launcher(how, handshake.is_some()), home.root());
         }
     };
     let system = actix_rt::System::new();
@@ -137,6 +171,9 @@ fn run(home: &Home) -> Result<u8, Error> {
         info!(home = %home.root().display(), components = config.components.len(), pid = std::process::id(), "host starting");
         host.start_all().await;
         info!("host running");
+        if let Some(h) = &handshake {
+            h.ready();
+        }
         let mut watcher = {
             let (host, layout, settings) = (host.clone(), layout.clone(), settings.clone());
             actix_rt::spawn(async move { upgrade::after_start(&host, layout, boot, settings).await })
@@ -202,7 +239,16 @@ fn run(home: &Home) -> Result<u8, Error> {
     drop(lock);
     match ending {
         None => Ok(EXIT_OK),
-        Some(how) => upgrade::restart(how, home.root()),
+        Some(how) => upgrade::restart(under_launcher(how, handshake.is_some()), home.root()),
+    }
+}
+
+/// A core started by a launcher restarts by exiting: re-executing itself
+/// would skip the launcher, which re-executes itself instead.
+fn under_launcher(how: upgrade::Restart, launched: bool) -> upgrade::Restart {
+    match how {
+        upgrade::Restart::Exec if launched => upgrade::Restart::Exit,
+        how => how,
     }
 }
 
@@ -296,8 +342,10 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
         Some(r) => r.data.unwrap_or_default(),
         None => offline_status(home)?,
     };
-    data["upgrade"] =
-        serde_json::to_value(swap::report(&Layout::new(home.root()))).expect("plain data");
+    let layout = Layout::new(home.root());
+    data["upgrade"] = serde_json::to_value(swap::report(&layout)).expect("plain data");
+    data["core"] = serde_json::to_value(banalytics_home::running::read(&layout).ok().flatten())
+        .expect("plain data");
     if json {
         println!(
             "{}",
@@ -340,6 +388,14 @@ fn offline_status(home: &Home) -> Result<serde_json::Value, Error> {
 fn print_status(data: &serde_json::Value) {
     let running = data["host"]["running"].as_bool().unwrap_or(false);
     println!("host: {}", if running { "running" } else { "not running" });
+    let core = &data["core"];
+    if let Some(version) = core["version"].as_str() {
+        println!(
+            "core: {version} ({}, sha256 {})",
+            core["origin"].as_str().unwrap_or("?"),
+            core["sha256"].as_str().unwrap_or("?")
+        );
+    }
     println!(
         "{:<20} {:<26} {:<9} {:>8}  {:<36}  LAST ERROR",
         "COMPONENT", "KIND", "STATE", "RESTARTS", "ID"

@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod home;
 pub mod host;
 pub mod ids;
+pub mod launcher;
 pub mod logging;
 pub mod plugins;
 pub mod registry;

@@ -313,6 +313,7 @@ mod tests {
                 artifact_id: "core".into(),
                 version: "1.2".into(),
             },
+            core_build: None,
         })
         .unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();

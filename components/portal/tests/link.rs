@@ -75,6 +75,7 @@ async fn frames_route_both_ways_and_the_query_names_the_environment() {
             artifact_id: "core".into(),
             version: "2.1.0".into(),
         },
+        core_build: None,
     })
     .await;
     assert_eq!(

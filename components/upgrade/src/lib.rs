@@ -289,7 +289,7 @@ impl Component for UpgradeCenter {
             downloader,
             stager,
             restarter,
-            core: core_module(),
+            core: core_module(&layout),
         };
         let link = ctx.supervise("portal-link", move |_, _| PortalLink::new(peers.clone()));
         ctx.route::<SyncSoftware, _>(&link);

@@ -15,8 +15,8 @@ use std::{cell::RefCell, collections::HashSet, rc::Rc, time::Duration};
 use actix::prelude::*;
 use banalytics_messages::{
     portal::{
-        GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus, ModuleStatusUpdate,
-        SyncSoftware, UpgradeRequested,
+        CoreBuild, GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus,
+        ModuleStatusUpdate, SyncSoftware, UpgradeRequested,
     },
     upgrade::{UpgradeCommitted, UpgradeRolledBack},
 };
@@ -62,8 +62,9 @@ pub struct Peers {
     pub stager: SupervisedAddr<Stager>,
     /// The Restarter actor.
     pub restarter: SupervisedAddr<Restarter>,
-    /// The core's own coordinates, sent with `GET_ENV_MOD_REQ`.
-    pub core: ModuleRef,
+    /// The running core's coordinates and build, sent with
+    /// `GET_ENV_MOD_REQ`.
+    pub core: (ModuleRef, Option<CoreBuild>),
 }
 
 /// The PortalLink actor.
@@ -187,6 +188,18 @@ impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
         Box::pin(
             async move {
                 if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                    // The core may have changed with the set: the portal hears
+                    // which core runs now, then that the set is installed. Its
+                    // answer is not awaited (and ignored when it comes).
+                    let (core_module, core_build) = core_module(&peers.layout);
+                    peers
+                        .bus
+                        .publish(GetEnvModulesRequest {
+                            environment_uuid: env.clone(),
+                            core_module,
+                            core_build,
+                        })
+                        .await;
                     status(&peers, &env, None, ModuleStatus::Installed, None).await;
                 }
             }
@@ -332,7 +345,8 @@ async fn run(
         .bus
         .publish(GetEnvModulesRequest {
             environment_uuid: env.to_owned(),
-            core_module: peers.core.clone(),
+            core_module: peers.core.0.clone(),
+            core_build: peers.core.1.clone(),
         })
         .await;
     let response = tokio::time::timeout(RESPONSE_TIMEOUT, response)
@@ -477,12 +491,25 @@ async fn forward(
     }
 }
 
-/// The core's coordinates: this host, at the workspace version every crate
-/// shares.
-pub fn core_module() -> ModuleRef {
-    ModuleRef {
+/// The core's coordinates and build: those of the core that runs, as the
+/// host recorded them at start ([`banalytics_home::running`]); this
+/// crate's own version when nothing was recorded.
+pub fn core_module(layout: &Layout) -> (ModuleRef, Option<CoreBuild>) {
+    let running = banalytics_home::running::read(layout).ok().flatten();
+    let version = running
+        .as_ref()
+        .map_or(env!("CARGO_PKG_VERSION"), |c| c.version.as_str());
+    let module = ModuleRef {
         group_id: CORE_GROUP_ID.into(),
         artifact_id: CORE_ARTIFACT_ID.into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    }
+        version: version.into(),
+    };
+    let build = running.map(|c| CoreBuild {
+        sha256: c.sha256,
+        origin: serde_json::to_value(c.origin)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+    });
+    (module, build)
 }

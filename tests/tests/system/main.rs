@@ -12,6 +12,7 @@
 
 mod machine;
 
+mod core;
 mod crash;
 mod crash_staging;
 mod e2e;

@@ -1,0 +1,531 @@
+//! The launcher: the executable the service manager starts never changes,
+//! and it runs the core (the host executable) of the active module set.
+//!
+//! `run` in the installed executable finishes or applies a swap and counts
+//! the start of a set on probation ([`crate::upgrade::prepare`]) before
+//! anything of the new set runs. Then, when the active set holds a core
+//! (`modules/banalytics-box`) that is not this executable, the launcher
+//! starts it as its child with the same arguments and a handshake
+//! ([`Handshake`], in the environment variable [`HANDSHAKE_ENV`]) saying
+//! what was already done, and waits for it:
+//!
+//! 1. until the core reports that its components started (a line on the
+//!    `ready_fd` pipe), at most the probation limit while the set is on
+//!    probation: a core that hangs before that is killed;
+//! 2. until it exits, forwarding SIGTERM, SIGINT and SIGHUP to it.
+//!
+//! A core that cannot be started (not executable, another architecture),
+//! exits or is killed by a signal while its set is on probation fails that
+//! start: the launcher records the exit status or signal as the probation's
+//! last error and exits for a restart, so the next start counts again and
+//! the one after the last attempt rolls the set back, with that reason.
+//! The code that counts is the launcher's, which the new set did not
+//! change.
+//!
+//! The child, not an `exec`: only a parent sees how its child ended. The
+//! child dies with the launcher (`PR_SET_PDEATHSIG`), so a killed launcher
+//! leaves no core behind.
+
+use std::{
+    fs,
+    io::{self, Read},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::{
+            fs::{MetadataExt, PermissionsExt},
+            process::{CommandExt, ExitStatusExt},
+        },
+    },
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    sync::atomic::{AtomicI32, Ordering},
+    time::{Duration, Instant},
+};
+
+use banalytics_home::{
+    coords::CORE_EXECUTABLE_NAME,
+    installed::read_modules_info,
+    record::{sha256_file, SetRecord},
+    running::{CoreOrigin, RunningCore},
+    swap, Layout,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use crate::{
+    upgrade::{self, Settings},
+    Error, EXIT_FAILURE, EXIT_OK, EXIT_RESTART,
+};
+
+/// The environment variable that carries the handshake to the core.
+pub const HANDSHAKE_ENV: &str = "BANALYTICS_LAUNCHER";
+
+/// The handshake's version; a core refuses one it does not know.
+pub const HANDSHAKE_VERSION: u32 = 1;
+
+/// The version of this build: `BANALYTICS_CORE_VERSION` at build time, else
+/// the crate's.
+pub const BUILD_VERSION: &str = match option_env!("BANALYTICS_CORE_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// What the launcher tells the core it starts (version 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handshake {
+    /// [`HANDSHAKE_VERSION`].
+    pub version: u32,
+    /// The home lock, held by the launcher and inherited: the core holds it
+    /// through this descriptor instead of taking it again.
+    pub lock_fd: RawFd,
+    /// The write end of the readiness pipe: the core writes `ready\n` once
+    /// its components started.
+    pub ready_fd: RawFd,
+    /// The swap, apply and probation count are done; the core must not do
+    /// them again.
+    pub prepared: bool,
+    /// What the launcher's preparation rolled back, for the core to report.
+    pub rolled_back: Option<String>,
+    /// The core being started, as the core should report itself.
+    pub core: RunningCore,
+}
+
+impl Handshake {
+    /// The handshake in the environment, if this process was started by a
+    /// launcher; the variable is removed so that no grandchild sees it.
+    pub fn from_env() -> Result<Option<Handshake>, Error> {
+        let Some(text) = std::env::var_os(HANDSHAKE_ENV) else {
+            return Ok(None);
+        };
+        std::env::remove_var(HANDSHAKE_ENV);
+        let refused = |reason: String| Error::Io {
+            path: PathBuf::from(HANDSHAKE_ENV),
+            source: io::Error::new(io::ErrorKind::InvalidData, reason),
+        };
+        let h: Handshake = serde_json::from_str(&text.to_string_lossy())
+            .map_err(|e| refused(format!("the launcher's handshake is unreadable: {e}")))?;
+        if h.version != HANDSHAKE_VERSION {
+            return Err(refused(format!(
+                "the launcher speaks handshake version {}, this core {HANDSHAKE_VERSION}",
+                h.version
+            )));
+        }
+        Ok(Some(h))
+    }
+
+    /// The inherited home lock.
+    pub fn take_lock(&self) -> fs::File {
+        // SAFETY: the launcher passed this descriptor, open, for the child
+        // to own; nothing else in this process uses it.
+        unsafe { fs::File::from_raw_fd(self.lock_fd) }
+    }
+
+    /// Tells the launcher that the components started.
+    pub fn ready(&self) {
+        // SAFETY: the launcher passed the write end for the child to own.
+        let mut pipe = unsafe { fs::File::from_raw_fd(self.ready_fd) };
+        if let Err(e) = io::Write::write_all(&mut pipe, b"ready\n") {
+            warn!(error = %e, "cannot tell the launcher that the components started");
+        }
+    }
+}
+
+/// A core of the active set to run instead of this executable.
+#[derive(Debug, Clone)]
+pub struct CoreFile {
+    /// `modules/banalytics-box`.
+    pub path: PathBuf,
+    /// The core module's version.
+    pub version: String,
+    /// Its SHA-256.
+    pub sha256: String,
+}
+
+/// This executable, as a [`RunningCore`]; its SHA-256 is cached in
+/// `state/launcher-identity.json`, keyed by the file's inode, size and
+/// modification time, so a start hashes it only after it changed.
+pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
+    let exe = std::env::current_exe()?;
+    let meta = fs::metadata(&exe)?;
+    let key = format!(
+        "{}:{}:{}:{}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+    );
+    let cache = state_dir.join("launcher-identity.json");
+    #[derive(Serialize, Deserialize)]
+    struct Cached {
+        key: String,
+        sha256: String,
+    }
+    let cached: Option<Cached> = fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let sha256 = match cached {
+        Some(c) if c.key == key => c.sha256,
+        _ => {
+            let sha256 = sha256_file(&exe)?;
+            let json = serde_json::to_vec(&Cached {
+                key,
+                sha256: sha256.clone(),
+            })
+            .expect("plain data");
+            if let Err(e) = banalytics_home::layout::write_atomic(&cache, &json) {
+                warn!(error = %e, "cannot cache the launcher's digest");
+            }
+            sha256
+        }
+    };
+    Ok(RunningCore {
+        version: BUILD_VERSION.to_owned(),
+        sha256,
+        origin: CoreOrigin::Launcher,
+        path: exe.display().to_string(),
+        pid: std::process::id(),
+    })
+}
+
+/// The core of the active set, when it holds one that is not `own` (by
+/// SHA-256): `None` means this executable is the core.
+pub fn core_to_run(layout: &Layout, own: &RunningCore) -> Option<CoreFile> {
+    let modules = layout.modules();
+    let path = modules.join(CORE_EXECUTABLE_NAME);
+    if !path.is_file() {
+        return None;
+    }
+    let core = read_modules_info(&modules)
+        .ok()
+        .flatten()?
+        .into_iter()
+        .find(|m| m.coords.is_core())?;
+    let key = core.coords.to_string();
+    let recorded = SetRecord::load(&modules)
+        .ok()
+        .flatten()
+        .and_then(|r| r.modules.get(&key).map(|m| m.main.sha256.clone()));
+    let sha256 = match recorded {
+        Some(sha) => sha,
+        None => sha256_file(&path).ok()?,
+    };
+    (sha256 != own.sha256).then(|| CoreFile {
+        path,
+        version: core.coords.version().to_owned(),
+        sha256,
+    })
+}
+
+/// The ELF `e_machine` of this build's architecture.
+fn this_machine() -> Option<u16> {
+    Some(match std::env::consts::ARCH {
+        "x86" => 3,
+        "arm" => 40,
+        "x86_64" => 62,
+        "aarch64" => 183,
+        "riscv64" => 243,
+        _ => return None,
+    })
+}
+
+/// Checks that `path` can run here before it is started: executable, and
+/// either a script (`#!`) or an ELF file for this machine's architecture.
+/// `execvp` would otherwise hand a file it cannot execute to `/bin/sh`,
+/// and the start would fail with a shell's exit status instead of the
+/// reason.
+pub fn check_executable(path: &Path) -> Result<(), String> {
+    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!(
+            "{} is not executable (mode {:o})",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let mut head = [0u8; 20];
+    let n = fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let head = &head[..n];
+    if head.starts_with(b"#!") {
+        return Ok(());
+    }
+    if n < 20 || !head.starts_with(b"\x7fELF") {
+        return Err(format!(
+            "{} is neither an ELF executable nor a script",
+            path.display()
+        ));
+    }
+    let class = if cfg!(target_pointer_width = "64") {
+        2
+    } else {
+        1
+    };
+    let data = if cfg!(target_endian = "little") { 1 } else { 2 };
+    let machine = if head[5] == 1 {
+        u16::from_le_bytes([head[18], head[19]])
+    } else {
+        u16::from_be_bytes([head[18], head[19]])
+    };
+    if head[4] != class || head[5] != data || Some(machine) != this_machine() {
+        return Err(format!(
+            "{} is built for another architecture (ELF class {}, data {}, machine {machine}); this box is {}",
+            path.display(),
+            head[4],
+            head[5],
+            std::env::consts::ARCH
+        ));
+    }
+    Ok(())
+}
+
+/// The core's pid, for the signal forwarder (0: none).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(signal: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; the pid is our child's.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+}
+
+fn forward_signals() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: installing a handler that only calls kill(2).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: a two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two open descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// How a started core ended, in words for the probation record.
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("the core exited with status {code}"),
+        (None, Some(signal)) => format!(
+            "the core was killed by signal {signal} ({})",
+            signal_name(signal)
+        ),
+        _ => format!("the core ended: {status}"),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGALRM => "SIGALRM",
+        _ => "another signal",
+    }
+}
+
+/// Records `failure` as the last error of the set on probation, if one is.
+fn record_failure(layout: &Layout, failure: &str) -> bool {
+    match swap::probation(layout) {
+        Ok(Some(mut p)) => {
+            error!(%failure, attempt = p.boot_attempts, "failed start of the core on probation");
+            p.last_error = Some(failure.to_owned());
+            if let Err(e) = swap::set_probation(layout, &p) {
+                error!(error = %e, "cannot record the failed start");
+            }
+            true
+        }
+        _ => {
+            error!(%failure, "the core failed");
+            false
+        }
+    }
+}
+
+/// What the launcher ends with when its core ended with `status`.
+fn after_exit(layout: &Layout, settings: &Settings, status: ExitStatus) -> Result<u8, Error> {
+    match status.code() {
+        Some(0) => Ok(EXIT_OK),
+        Some(75) => restart(settings),
+        Some(code) if code == i32::from(crate::EXIT_CONFIG) => Ok(crate::EXIT_CONFIG),
+        _ => {
+            if record_failure(layout, &describe(status)) {
+                restart(settings)
+            } else {
+                Ok(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
+/// Restarts the way the settings say: under `exec`, the launcher
+/// re-executes itself (not the core); otherwise the service manager starts
+/// it again.
+fn restart(settings: &Settings) -> Result<u8, Error> {
+    match upgrade::Restart::from(&settings.restart_request(String::new())) {
+        how @ upgrade::Restart::Exec => upgrade::restart(how, Path::new(".")),
+        _ => Ok(EXIT_RESTART),
+    }
+}
+
+/// Runs `core` as this launcher's child and waits for it (module docs).
+/// `lock` is the home lock the child inherits; `rolled_back` what the
+/// preparation rolled back, for the core to report.
+pub fn launch(
+    layout: &Layout,
+    settings: &Settings,
+    core: CoreFile,
+    lock: &fs::File,
+    rolled_back: Option<String>,
+) -> Result<u8, Error> {
+    let on_probation = matches!(swap::probation(layout), Ok(Some(_)));
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    };
+    let (ready_read, ready_write) = pipe().map_err(io_err(Path::new("pipe")))?;
+    let handshake = Handshake {
+        version: HANDSHAKE_VERSION,
+        lock_fd: lock.as_raw_fd(),
+        ready_fd: ready_write.as_raw_fd(),
+        prepared: true,
+        rolled_back,
+        core: RunningCore {
+            version: core.version.clone(),
+            sha256: core.sha256.clone(),
+            origin: CoreOrigin::ModuleSet,
+            path: core.path.display().to_string(),
+            pid: 0,
+        },
+    };
+    let (lock_fd, write_fd) = (handshake.lock_fd, handshake.ready_fd);
+    let parent = std::process::id() as libc::pid_t;
+    let mut command = Command::new(&core.path);
+    command.args(std::env::args_os().skip(1)).env(
+        HANDSHAKE_ENV,
+        serde_json::to_string(&handshake).expect("plain data"),
+    );
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in [lock_fd, write_fd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // The core dies with the launcher; this thread (the launcher's
+            // main thread) lives as long as the launcher.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let failed_start = |failure: String| {
+        if record_failure(layout, &failure) {
+            restart(settings)
+        } else {
+            Ok(EXIT_FAILURE)
+        }
+    };
+    if let Err(problem) = check_executable(&core.path) {
+        return failed_start(format!("the core could not be started: {problem}"));
+    }
+    forward_signals();
+    let started = Instant::now();
+    info!(core = %core.path.display(), version = %core.version, on_probation, "starting the core of the active set");
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return failed_start(format!(
+                "the core could not be started: {}: {e}",
+                core.path.display()
+            ))
+        }
+    };
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    drop(ready_write);
+    info!(
+        pid = child.id(),
+        hop_us = started.elapsed().as_micros() as u64,
+        "core started"
+    );
+
+    // 1. Until the core's components started.
+    let limit = on_probation.then(|| upgrade::probation_limit(settings.health_grace));
+    let mut ready = fs::File::from(ready_read);
+    let mut line = Vec::new();
+    let deadline = limit.map(|l| Instant::now() + l);
+    loop {
+        let wait_ms = deadline.map_or(1_000, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
+                .as_millis() as i32
+        });
+        let mut pfd = libc::pollfd {
+            fd: ready.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+        if n > 0 {
+            let mut buf = [0u8; 64];
+            match ready.read(&mut buf) {
+                Ok(0) | Err(_) => break, // the core closed it: ended, or exec'd away
+                Ok(k) => {
+                    line.extend_from_slice(&buf[..k]);
+                    if line.ends_with(b"\n") {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            CHILD.store(0, Ordering::SeqCst);
+            return after_exit(layout, settings, status);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let _ = child.kill();
+            let _ = child.wait();
+            CHILD.store(0, Ordering::SeqCst);
+            let failure = format!(
+                "the core did not start its components within {:.1} s",
+                limit.unwrap_or_default().as_secs_f64()
+            );
+            record_failure(layout, &failure);
+            return restart(settings);
+        }
+    }
+    if line == b"ready\n" {
+        info!(
+            ready_ms = started.elapsed().as_millis() as u64,
+            "the core's components started"
+        );
+    }
+    // 2. Until it exits.
+    let status = child.wait().map_err(io_err(&core.path))?;
+    CHILD.store(0, Ordering::SeqCst);
+    info!(%status, "the core ended");
+    after_exit(layout, settings, status)
+}
