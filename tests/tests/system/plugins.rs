@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 
 /// The plugin ABI version of this SDK, and the one the sample's
 /// `abi-mismatch` feature declares.
-const ABI_VERSION: u32 = 1;
-const OTHER_ABI_VERSION: u32 = 2;
+const ABI_VERSION: u32 = 2;
+const OTHER_ABI_VERSION: u32 = 3;
 
 /// The sample plugin, built once per test run: the normal library and the
 /// one with another ABI version, copied out of the target folder.
