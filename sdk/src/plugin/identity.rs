@@ -113,6 +113,23 @@ pub enum FileIdentityError {
     },
 }
 
+impl FileIdentityError {
+    /// The same error naming `file` instead: a staged file by the name it
+    /// has in the set rather than by its path in a scratch folder.
+    pub fn in_file(mut self, file: impl Into<PathBuf>) -> Self {
+        let named = match &mut self {
+            FileIdentityError::Io { file, .. }
+            | FileIdentityError::NotALibrary { file, .. }
+            | FileIdentityError::NoIdentity { file }
+            | FileIdentityError::Unreadable { file, .. }
+            | FileIdentityError::AbiMismatch { file, .. }
+            | FileIdentityError::BuildMismatch { file, .. } => file,
+        };
+        *named = file.into();
+        self
+    }
+}
+
 impl FileIdentity {
     /// Reads the identity of the library at `path` from its file, without
     /// loading it: only the headers and the identity section are read. The
@@ -382,8 +399,9 @@ mod tests {
         );
         assert_eq!(
             this_build(ABI_VERSION + 1, &[])
-                .check(file)
+                .check(Path::new("modules-upgrade.tmp/x.so"))
                 .unwrap_err()
+                .in_file(file)
                 .to_string(),
             format!(
                 "com.example-sample-1.0.so: ABI version mismatch: expected {ABI_VERSION}, found {}",
