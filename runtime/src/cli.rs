@@ -112,7 +112,7 @@ fn run(home: &Home) -> Result<u8, Error> {
             rolled_back: Some(format!("the module set could not be applied or put back: {e}")),
         }
     });
-    let (registry, plugins) = Registry::builtin().with_plugins(&layout.modules());
+    let (registry, plugins) = Registry::for_config(&early).with_plugins(&layout.modules());
     plugins.log();
     let config = match BoxConfig::load(home.root(), &registry.names()) {
         Ok(config) => config,

@@ -16,6 +16,7 @@ pub mod host;
 pub mod ids;
 pub mod logging;
 pub mod plugins;
+pub mod preflight;
 pub mod registry;
 pub mod upgrade;
 

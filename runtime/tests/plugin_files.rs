@@ -2,7 +2,7 @@
 //! built as a `cdylib` into this target folder): the identity record read
 //! from the file without loading it, the load path that opens only the
 //! main artifacts of the set's component modules and refuses a library of
-//! another ABI before `dlopen`.
+//! another ABI before `dlopen`, and the preflight of a staged set.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +10,10 @@ use std::{
     sync::OnceLock,
 };
 
-use banalytics_runtime::plugins::{self, LoadOutcome};
+use banalytics_runtime::{
+    plugins::{self, LoadOutcome},
+    preflight,
+};
 use banalytics_sdk::plugin::{
     FileIdentity, FileIdentityError, ABI_VERSION, RUSTC_VERSION, SDK_VERSION, TARGET,
 };
@@ -172,4 +175,58 @@ fn only_main_artifacts_of_component_modules_are_loaded_and_another_abi_never_is(
         !mapped(&modules.join(so("libsneaky"))),
         "a file that is no component's main artifact is never opened"
     );
+}
+
+#[test]
+fn the_preflight_checks_a_staged_set_of_real_libraries_without_loading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = samples();
+    let builtin = vec!["probe".to_owned(), "software-upgrade-center".to_owned()];
+    let configured = vec![("echo".to_owned(), "sample-echo".to_owned())];
+
+    let good = dir.path().join("good");
+    module_set(
+        &good,
+        &["com.example:sample:1.0"],
+        &[(so("com.example-sample-1.0"), &s.normal)],
+    );
+    assert_eq!(preflight::check_set(&good, &builtin, &configured), Ok(()));
+
+    let other_abi = dir.path().join("other-abi");
+    module_set(
+        &other_abi,
+        &["com.example:sample:2.0"],
+        &[(so("com.example-sample-2.0"), &s.abi_mismatch)],
+    );
+    assert_eq!(
+        preflight::check_set(&other_abi, &builtin, &configured),
+        Err(format!(
+            "module com.example:sample:2.0: plugin {}: ABI version mismatch: expected {ABI_VERSION}, found {}; component \"echo\" of box.toml has kind \"sample-echo\", which neither a built-in kind nor a plugin of the set provides",
+            so("com.example-sample-2.0"),
+            ABI_VERSION + 1
+        ))
+    );
+
+    let twice = dir.path().join("twice");
+    module_set(
+        &twice,
+        &["com.example:sample:1.0", "com.example:copy:1.0"],
+        &[
+            (so("com.example-sample-1.0"), &s.normal),
+            (so("com.example-copy-1.0"), &s.normal),
+        ],
+    );
+    assert_eq!(
+        preflight::check_set(&twice, &builtin, &configured),
+        Err(format!(
+            "module com.example:sample:1.0: plugin {}: kind \"sample-echo\" is already exported by {}",
+            so("com.example-sample-1.0"),
+            so("com.example-copy-1.0")
+        ))
+    );
+    for set in [&good, &other_abi, &twice] {
+        for entry in std::fs::read_dir(set).unwrap() {
+            assert!(!mapped(&entry.unwrap().path()), "nothing was loaded");
+        }
+    }
 }

@@ -17,5 +17,6 @@ mod fleet;
 mod host_process;
 mod plugins;
 mod portal;
+mod preflight;
 mod resilience;
 mod restart;
