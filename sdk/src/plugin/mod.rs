@@ -3,8 +3,9 @@
 //!
 //! A component crate becomes a plugin library (`crate-type = ["cdylib"]`)
 //! with one line, [`export_plugin!`](crate::export_plugin), naming its
-//! [`PluginKind`]s. The host (`banalytics-runtime`, `plugins.rs`) loads every
-//! library in the home's `modules/` at start.
+//! [`PluginKind`]s. The host (`banalytics-runtime`, `plugins.rs`) loads, at
+//! start, the main artifact of each component module of the home's active
+//! set that is a library.
 //!
 //! # Why a C ABI
 //!
