@@ -146,7 +146,7 @@ fn run(home: &Home) -> Result<u8, Error> {
         warn!(error = %e, "cannot record which core runs");
     }
     info!(version = %core.version, sha256 = %core.sha256, origin = ?core.origin, "core");
-    let (registry, plugins) = Registry::builtin().with_plugins(&layout.modules());
+    let (registry, plugins) = Registry::for_config(&early).with_plugins(&layout.modules());
     plugins.log();
     let config = match BoxConfig::load(home.root(), &registry.names()) {
         Ok(config) => config,

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod launcher;
 pub mod logging;
 pub mod plugins;
+pub mod preflight;
 pub mod registry;
 pub mod upgrade;
 

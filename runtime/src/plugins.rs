@@ -1,26 +1,38 @@
-//! Component plugins: loading the libraries in `{home}/modules`, and the
-//! host-side proxy that runs a plugin's component through the C ABI of
-//! `banalytics_sdk::plugin` (whose docs describe the ABI, who frees what and
-//! the threads).
+//! Component plugins: loading the plugin libraries of the active module set
+//! in `{home}/modules`, and the host-side proxy that runs a plugin's
+//! component through the C ABI of `banalytics_sdk::plugin` (whose docs
+//! describe the ABI, who frees what and the threads).
 //!
-//! Loading, per file with the platform's library extension, in name order:
-//! 1. Open it with `libloading` (`RTLD_NOW | RTLD_LOCAL`); a file that is
-//!    not a loadable library is skipped with a warning.
-//! 2. `banalytics_plugin_abi_version`; a library without it is not a plugin
-//!    and is skipped with a warning naming the missing symbol. A different
-//!    version is refused before anything else of the library is called.
-//! 3. The other symbols, then the identity (SDK version, rustc version,
-//!    target), which must be the host's own: otherwise refused with the
-//!    expected and the found values.
-//! 4. The kinds: one that is built in or exported by a library loaded before
-//!    is refused, naming both; the library is refused as a whole. Each
-//!    accepted kind becomes a `ComponentKind` whose factory holds the loaded
-//!    plugin: nothing process-wide maps kind names to plugins.
+//! Which files are plugins ([`set_libraries`]): the main artifact of each
+//! module of type `component` that the set's `modules-info.properties`
+//! lists, when it has the platform's library extension (its name from the
+//! set's hash record, else `{groupId}-{artifactId}-{version}.{ext}`). No
+//! other file is ever opened: not a library a dependencies package
+//! (`-bin.zip`) extracted into the folder, not a stray file.
+//!
+//! Loading, per library, in name order:
+//! 1. Its identity record, read from the file without loading it
+//!    (`FileIdentity::read_checked`): a library without one, of another ABI
+//!    version or of another build (SDK version, rustc version, target) is
+//!    refused with the expected and the found values before `dlopen`, so
+//!    none of its code runs.
+//! 2. The kinds the record declares: one that is built in or exported by a
+//!    library loaded before is refused, naming both; the library is refused
+//!    as a whole, still before `dlopen`.
+//! 3. Open it with `libloading` (`RTLD_NOW | RTLD_LOCAL`), then
+//!    `banalytics_plugin_abi_version`, which must be the host's before any
+//!    other function is called.
+//! 4. The other symbols, then the identity the code answers, which must be
+//!    the host's build and declare the kinds of the record. Each accepted
+//!    kind becomes a `ComponentKind` whose factory holds the loaded plugin:
+//!    nothing process-wide maps kind names to plugins.
 //! 5. `init` with the host's log: the plugin's `tracing` events become the
 //!    host's, with a `plugin` field naming the file.
 //!
 //! A refused library never stops the host: its kinds are unknown, so a
-//! `box.toml` that names them is refused like any unknown kind.
+//! `box.toml` that names them is refused like any unknown kind. The upgrade
+//! center's preflight (`crate::preflight`) runs steps 1 and 2 on a staged
+//! set, so a set the host would refuse is not staged.
 //!
 //! **Libraries are never unloaded** (the `Library` is leaked): a plugin's threads,
 //! thread-locals and statics (its tracing subscriber, its panic hook) live as
@@ -39,12 +51,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use banalytics_home::{
+    coords::{self, Module, ModuleType},
+    installed::{self, MODULES_INFO_FILE},
+    record::{SetRecord, RECORD_FILE},
+};
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
     plugin::{
-        Buf, Bytes, HostCallbacks, HostLog, Identity, InitMessage, KindInfo, StartMessage,
-        StateMessage, ABI_VERSION, LEVEL_DEBUG, LEVEL_ERROR, LEVEL_INFO, LEVEL_TRACE, LEVEL_WARN,
-        RC_CLOSED, RC_ERROR, RC_OK,
+        Buf, Bytes, FileIdentity, HostCallbacks, HostLog, Identity, InitMessage, KindInfo,
+        StartMessage, StateMessage, ABI_VERSION, LEVEL_DEBUG, LEVEL_ERROR, LEVEL_INFO, LEVEL_TRACE,
+        LEVEL_WARN, RC_CLOSED, RC_ERROR, RC_OK,
     },
     Bus, ComponentError, StatusBoard, SubscriberId,
 };
@@ -108,7 +125,83 @@ struct KindEntry {
     info: KindInfo,
 }
 
-/// What happened to one file of `modules/`.
+/// A plugin library of a module set: the main artifact of one of its
+/// component modules (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetLibrary {
+    /// The module, `groupId:artifactId:version`.
+    pub module: String,
+    /// The library file in the set's folder.
+    pub path: PathBuf,
+}
+
+/// The plugin libraries of the module set in `dir`, in name order: the main
+/// artifact of each `component` module its `modules-info.properties` lists,
+/// when it has the platform's library extension. A set without the file
+/// (a first run) has none; an unreadable one is an error naming the file.
+pub fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, String> {
+    let Some(modules) = installed::read_modules_info(dir).map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    let record =
+        SetRecord::load(dir).map_err(|e| format!("{}: {e}", dir.join(RECORD_FILE).display()))?;
+    let extension = format!(".{}", std::env::consts::DLL_EXTENSION);
+    let mut libraries = Vec::new();
+    for m in modules
+        .iter()
+        .filter(|m| m.module_type == ModuleType::Component && !m.coords.is_core())
+    {
+        let key = m.coords.to_string();
+        let name = match record.as_ref().and_then(|r| r.modules.get(&key)) {
+            Some(recorded) => recorded.main.name.clone(),
+            // A set without a hash record (installed by the Java box, or by
+            // hand): a plugin's main artifact has its contract name.
+            None => {
+                let name = coords::file_name(&Module {
+                    coords: m.coords.clone(),
+                    module_type: m.module_type,
+                    upload_time: m.upload_epoch,
+                    packaging: Some(std::env::consts::DLL_EXTENSION.to_owned()),
+                    sha256: None,
+                    size: None,
+                    dependencies: None,
+                    model: None,
+                    platforms: None,
+                });
+                if !dir.join(&name).is_file() {
+                    continue;
+                }
+                name
+            }
+        };
+        if name.ends_with(&extension) {
+            libraries.push(SetLibrary {
+                module: key,
+                path: dir.join(name),
+            });
+        }
+    }
+    libraries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(libraries)
+}
+
+/// Why a plugin's `kind` cannot be registered beside the `builtin` kinds
+/// and those `loaded` before (each with its library), if it cannot.
+pub fn kind_conflict<S: AsRef<str>>(
+    kind: &str,
+    builtin: &[S],
+    loaded: &[(String, PathBuf)],
+) -> Option<String> {
+    if builtin.iter().any(|b| b.as_ref() == kind) {
+        return Some(format!("kind {kind:?} is already built into the host"));
+    }
+    loaded
+        .iter()
+        .find(|(k, _)| k == kind)
+        .map(|(_, other)| format!("kind {kind:?} is already exported by {}", other.display()))
+}
+
+/// What happened to one plugin library of the set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadOutcome {
     /// Loaded; its kinds are registered.
@@ -118,13 +211,13 @@ pub enum LoadOutcome {
         /// How long loading and checking took.
         took: Duration,
     },
-    /// Not a plugin; skipped with a warning.
-    Skipped(String),
-    /// A plugin the host cannot run; refused with an error.
+    /// A library the host cannot run; refused with an error, its kinds
+    /// unknown.
     Refused(String),
 }
 
-/// What loading `modules/` did, file by file; logged once logging is set up.
+/// What loading the set's plugins did, file by file; logged once logging is
+/// set up.
 #[derive(Debug, Clone, Default)]
 pub struct LoadReport {
     /// Each file with its outcome, in load order.
@@ -132,7 +225,7 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// Logs each outcome: loaded at info, skipped at warn, refused at error.
+    /// Logs each outcome: loaded at info, refused at error.
     pub fn log(&self) {
         for (path, outcome) in &self.files {
             let file = path.display();
@@ -140,33 +233,31 @@ impl LoadReport {
                 LoadOutcome::Loaded { kinds, took } => {
                     info!(%file, kinds = %kinds.join(","), took_ms = took.as_secs_f64() * 1e3, "plugin loaded")
                 }
-                LoadOutcome::Skipped(why) => warn!(%file, "{why}"),
                 LoadOutcome::Refused(why) => tracing::error!(%file, "{why}"),
             }
         }
     }
 }
 
-/// Loads the plugins in `dir` (a missing folder has none) and returns their
-/// component kinds, each with the library it comes from. `builtin` are the
-/// kinds built into the host.
+/// Loads the plugin libraries of the module set in `dir` (the home's
+/// `modules/`; see [`set_libraries`]) and returns their component kinds,
+/// each with the library it comes from. `builtin` are the kinds built into
+/// the host.
 pub fn load_dir(dir: &Path, builtin: &[&str]) -> (Vec<(ComponentKind, PathBuf)>, LoadReport) {
     let mut report = LoadReport::default();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
-            })
-            .collect(),
-        Err(_) => Vec::new(),
+    let libraries = match set_libraries(dir) {
+        Ok(libraries) => libraries,
+        Err(e) => {
+            report.files.push((
+                dir.join(MODULES_INFO_FILE),
+                LoadOutcome::Refused(format!("no plugin is loaded: {e}")),
+            ));
+            return (Vec::new(), report);
+        }
     };
-    files.sort();
     let mut loaded: Vec<(String, PathBuf)> = Vec::new();
     let mut result = Vec::new();
-    for path in files {
+    for SetLibrary { path, .. } in libraries {
         let started = Instant::now();
         let outcome = match load(&path, builtin, &loaded) {
             Ok((plugin, identity)) => {
@@ -187,7 +278,7 @@ pub fn load_dir(dir: &Path, builtin: &[&str]) -> (Vec<(ComponentKind, PathBuf)>,
                     took: started.elapsed(),
                 }
             }
-            Err(outcome) => outcome,
+            Err(why) => LoadOutcome::Refused(why),
         };
         report.files.push((path, outcome));
     }
@@ -198,29 +289,35 @@ fn load(
     path: &Path,
     builtin: &[&str],
     loaded: &[(String, PathBuf)],
-) -> Result<(Arc<Plugin>, Identity), LoadOutcome> {
+) -> Result<(Arc<Plugin>, Identity), String> {
     let shown = path.display();
-    let handle = dl::open(path).map_err(|e| {
-        LoadOutcome::Skipped(format!("skipping {shown}: not a loadable library: {e}"))
-    })?;
-    let abi_version = dl::symbol(handle, ABI_SYMBOL).ok_or_else(|| {
-        LoadOutcome::Skipped(format!(
-            "skipping {shown}: not a plugin (no symbol {ABI_SYMBOL})"
-        ))
-    })?;
+    // 1. and 2., before the library is opened: none of its code runs
+    // (initialisers included) unless it is for this host.
+    let record = FileIdentity::read_checked(path).map_err(|e| format!("plugin {e}"))?;
+    if let Some(conflict) = record
+        .kinds
+        .iter()
+        .find_map(|k| kind_conflict(k, builtin, loaded))
+    {
+        return Err(format!("plugin {shown}: {conflict}"));
+    }
+    // 3.
+    let handle = dl::open(path).map_err(|e| format!("plugin {shown}: cannot be loaded: {e}"))?;
+    let abi_version = dl::symbol(handle, ABI_SYMBOL)
+        .ok_or_else(|| format!("plugin {shown}: missing symbol {ABI_SYMBOL}"))?;
     // SAFETY: the symbol of this name has this signature in every plugin
     // ever built; it is the one function that never changes.
     let abi_version: AbiVersionFn = unsafe { std::mem::transmute(abi_version) };
     let found = catch_unwind(|| abi_version())
-        .map_err(|_| LoadOutcome::Refused(format!("plugin {shown}: {ABI_SYMBOL} panicked")))?;
+        .map_err(|_| format!("plugin {shown}: {ABI_SYMBOL} panicked"))?;
     if found != ABI_VERSION {
-        return Err(LoadOutcome::Refused(format!(
+        return Err(format!(
             "plugin {shown}: ABI version mismatch: expected {ABI_VERSION}, found {found}"
-        )));
+        ));
     }
+    // 4.
     let sym = |name: &str| {
-        dl::symbol(handle, name)
-            .ok_or_else(|| LoadOutcome::Refused(format!("plugin {shown}: missing symbol {name}")))
+        dl::symbol(handle, name).ok_or_else(|| format!("plugin {shown}: missing symbol {name}"))
     };
     // SAFETY: the ABI version matches, so each symbol has the signature of
     // this version (banalytics_sdk::plugin).
@@ -259,31 +356,19 @@ fn load(
     let code = unsafe { identity(&mut out) };
     let json = plugin.take(out);
     if code != RC_OK {
-        return Err(LoadOutcome::Refused(format!(
-            "plugin {shown}: identity failed with code {code}"
-        )));
+        return Err(format!("plugin {shown}: identity failed with code {code}"));
     }
     let identity: Identity = serde_json::from_slice(&json)
-        .map_err(|e| LoadOutcome::Refused(format!("plugin {shown}: unreadable identity: {e}")))?;
+        .map_err(|e| format!("plugin {shown}: unreadable identity: {e}"))?;
     if let Some(diff) = identity.mismatch(&Identity::host()) {
-        return Err(LoadOutcome::Refused(format!(
-            "plugin {shown}: build identity mismatch: {diff}"
-        )));
+        return Err(format!("plugin {shown}: build identity mismatch: {diff}"));
     }
-    for info in &identity.kinds {
-        if builtin.contains(&info.kind.as_str()) {
-            return Err(LoadOutcome::Refused(format!(
-                "plugin {shown}: kind {:?} is already built into the host",
-                info.kind
-            )));
-        }
-        if let Some((_, other)) = loaded.iter().find(|(k, _)| *k == info.kind) {
-            return Err(LoadOutcome::Refused(format!(
-                "plugin {shown}: kind {:?} is already exported by {}",
-                info.kind,
-                other.display()
-            )));
-        }
+    let kinds: Vec<&str> = identity.kinds.iter().map(|k| k.kind.as_str()).collect();
+    if kinds != record.kinds {
+        return Err(format!(
+            "plugin {shown}: exports the kinds {kinds:?}, but its identity record declares {:?}",
+            record.kinds
+        ));
     }
     let plugin = Arc::new(plugin);
     // Never freed: the plugin may log for the life of the process, so its
@@ -296,9 +381,7 @@ fn load(
     // SAFETY: `log` lives for the process.
     let code = unsafe { init(log) };
     if code != RC_OK {
-        return Err(LoadOutcome::Refused(format!(
-            "plugin {shown}: init failed with code {code}"
-        )));
+        return Err(format!("plugin {shown}: init failed with code {code}"));
     }
     Ok((plugin, identity))
 }

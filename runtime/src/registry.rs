@@ -4,11 +4,15 @@
 //! registry is the only place that finds a kind by name, and it is passed
 //! to whoever needs it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use banalytics_sdk::ComponentKind;
+use banalytics_upgrade_center::preflight::Preflight;
 
-use crate::plugins;
+use crate::{config::BoxConfig, plugins, preflight};
 
 /// Known component kinds.
 #[derive(Clone, Debug)]
@@ -24,12 +28,37 @@ struct Registered {
 }
 
 impl Registry {
-    /// The kinds built into this binary.
+    /// The kinds built into this binary; the upgrade center stages every
+    /// complete set (no preflight).
     pub fn builtin() -> Registry {
+        Registry::with_upgrade_center(banalytics_upgrade_center::kind())
+    }
+
+    /// The kinds built into this binary, the upgrade center's with this
+    /// host's preflight ([`preflight::check_set`]): a staged set must
+    /// provide every kind `config` names and hold only plugin libraries
+    /// this host would load.
+    pub fn for_config(config: &BoxConfig) -> Registry {
+        let builtin: Vec<String> = Registry::builtin()
+            .names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let configured: Vec<(String, String)> = config
+            .components
+            .iter()
+            .map(|c| (c.name.clone(), c.kind.clone()))
+            .collect();
+        let check: Preflight =
+            Arc::new(move |dir: &Path| preflight::check_set(dir, &builtin, &configured));
+        Registry::with_upgrade_center(banalytics_upgrade_center::kind_with(check))
+    }
+
+    fn with_upgrade_center(upgrade_center: ComponentKind) -> Registry {
         let kinds = [
             banalytics_probe::kind(),
             banalytics_portal_integration::kind(),
-            banalytics_upgrade_center::kind(),
+            upgrade_center,
         ];
         Registry {
             kinds: kinds
@@ -39,9 +68,9 @@ impl Registry {
         }
     }
 
-    /// These kinds and those of the plugins in `modules` (the home's
-    /// `modules/`); the report says what was loaded, skipped and refused,
-    /// to be logged once logging is set up.
+    /// These kinds and those of the plugins of the set in `modules` (the
+    /// home's `modules/`, [`plugins::load_dir`]); the report says what was
+    /// loaded and refused, to be logged once logging is set up.
     pub fn with_plugins(mut self, modules: &Path) -> (Registry, plugins::LoadReport) {
         let (kinds, report) = plugins::load_dir(modules, &self.names());
         self.kinds

@@ -39,10 +39,10 @@ pub fn plugin_kind() -> PluginKind {
 }
 
 #[cfg(not(feature = "abi-mismatch"))]
-banalytics_sdk::export_plugin!(plugin_kind());
+banalytics_sdk::export_plugin!(KIND_NAME => plugin_kind());
 
 #[cfg(feature = "abi-mismatch")]
-banalytics_sdk::export_plugin!(abi_version = banalytics_sdk::plugin::ABI_VERSION + 1; plugin_kind());
+banalytics_sdk::export_plugin!(abi_version = banalytics_sdk::plugin::ABI_VERSION + 1; KIND_NAME => plugin_kind());
 
 /// A request to every sample-echo instance.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -84,6 +84,16 @@ pub enum UpgradeError {
         /// The other module.
         second: String,
     },
+    /// The host's preflight refused the complete staged set: it would not
+    /// start (a kind `box.toml` names that nothing in the set provides, a
+    /// plugin library of another ABI or build). Nothing was staged.
+    #[error("target set {set} refused before staging: {reason}; nothing was staged, the active set is unchanged")]
+    Preflight {
+        /// The set's modules, `groupId:artifactId:version`, comma-separated.
+        set: String,
+        /// The host's reason, naming the kind, component or file.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {

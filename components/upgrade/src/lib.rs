@@ -22,6 +22,7 @@ pub mod fetch;
 pub mod inventory;
 pub mod plan;
 pub mod portal_link;
+pub mod preflight;
 pub mod restarter;
 pub mod stager;
 pub mod sync;
@@ -58,9 +59,17 @@ use crate::{
 /// The component kind's name, the `kind` value in `box.toml`.
 pub const KIND_NAME: &str = "software-upgrade-center";
 
-/// The component kind, for the host's registry.
+/// The component kind, for the host's registry; it stages every complete
+/// set ([`preflight::accept_all`]).
 pub fn kind() -> ComponentKind {
-    ComponentKind::new(KIND_NAME, create)
+    kind_with(preflight::accept_all())
+}
+
+/// The component kind whose instances run `preflight` on each complete
+/// staged set before it is published; a refusal cancels the
+/// synchronisation ([`preflight`]).
+pub fn kind_with(preflight: preflight::Preflight) -> ComponentKind {
+    ComponentKind::new(KIND_NAME, move |init| create(init, preflight.clone()))
 }
 
 /// The most downloads allowed at once: more only splits the same link.
@@ -202,9 +211,13 @@ struct UpgradeCenter {
     name: String,
     config: UpgradeConfig,
     layout: Layout,
+    preflight: preflight::Preflight,
 }
 
-fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
+fn create(
+    init: &ComponentInit,
+    preflight: preflight::Preflight,
+) -> Result<Box<dyn Component>, ComponentError> {
     let config: UpgradeConfig = init.config.parse()?;
     if !(1..=MAX_PARALLEL_DOWNLOADS).contains(&config.max_parallel_downloads) {
         return Err(ComponentError::Start(format!(
@@ -235,6 +248,7 @@ fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
         name: init.name.clone(),
         config,
         layout: Layout::new(&init.home),
+        preflight,
     }))
 }
 
@@ -269,8 +283,10 @@ impl Component for UpgradeCenter {
             )
             .expect("the client was built once at start")
         });
-        let (l, limits) = (layout.clone(), self.config.limits());
-        let stager = ctx.supervise("stager", move |_, _| Stager::new(l.clone(), limits));
+        let (l, limits, check) = (layout.clone(), self.config.limits(), self.preflight.clone());
+        let stager = ctx.supervise("stager", move |_, _| {
+            Stager::new(l.clone(), limits, check.clone())
+        });
         let (bus, mode, command, delay) = (
             ctx.bus().clone(),
             self.config.restart_mode,

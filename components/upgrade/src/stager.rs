@@ -11,6 +11,8 @@
 //!    packages can share a file only if it is byte-identical).
 //! 3. fsync every copied file and every folder.
 //! 4. Write the hash record, then `modules-info.properties` (the marker).
+//!    Then the host's preflight ([`crate::preflight`]) checks the complete
+//!    set; a refusal removes it and cancels the synchronisation.
 //! 5. Rename `models-upgrade.tmp` to `models-upgrade`, fsync the home.
 //! 6. Rename `modules-upgrade.tmp` to `modules-upgrade`, fsync the home:
 //!    from here the staged set exists.
@@ -39,6 +41,7 @@ use crate::{
     installed,
     layout::{self, sync_dir, Layout, MODULES_INFO},
     plan::{MainPlan, Origin, PackagePlan, SyncPlan},
+    preflight::Preflight,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
 
@@ -69,12 +72,18 @@ pub struct StagedSummary {
 pub struct Stager {
     layout: Layout,
     limits: Limits,
+    preflight: Preflight,
 }
 
 impl Stager {
-    /// A stager for the home `layout`.
-    pub fn new(layout: Layout, limits: Limits) -> Self {
-        Stager { layout, limits }
+    /// A stager for the home `layout`; `preflight` checks each complete set
+    /// before it is published.
+    pub fn new(layout: Layout, limits: Limits, preflight: Preflight) -> Self {
+        Stager {
+            layout,
+            limits,
+            preflight,
+        }
     }
 }
 
@@ -93,8 +102,9 @@ impl Handler<StageSet> for Stager {
             modules = msg.plan.modules.len(),
             fetched = msg.fetched.len()
         );
+        let preflight = self.preflight.clone();
         Box::pin(off_thread(move || {
-            span.in_scope(|| stage(&layout, &msg.plan, &msg.fetched, &limits))
+            span.in_scope(|| stage(&layout, &msg.plan, &msg.fetched, &limits, &preflight))
         }))
     }
 }
@@ -302,6 +312,7 @@ pub fn stage(
     plan: &SyncPlan,
     fetched: &HashMap<String, CachedFile>,
     limits: &Limits,
+    preflight: &Preflight,
 ) -> Result<StagedSummary, UpgradeError> {
     // 1.
     clear_staged(layout)?;
@@ -406,6 +417,14 @@ pub fn stage(
         .collect();
     installed::write_modules_info(&modules.root, &info)?;
     failpoint("stage.marker-written");
+    if let Err(reason) = preflight(&modules.root) {
+        clear_staged(layout)?;
+        let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
+        return Err(UpgradeError::Preflight {
+            set: set.join(", "),
+            reason,
+        });
+    }
     // 5.
     fs::rename(&models.root, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;
     sync_dir(layout.home()).map_err(io_at(layout.home()))?;

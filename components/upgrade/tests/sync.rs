@@ -21,7 +21,7 @@ use banalytics_sdk::{
     component::ComponentInit, Bus, ComponentContext, ConfigSection, RestartPolicy, State,
     StatusBoard,
 };
-use banalytics_upgrade_center::{kind, sync::target_set_id};
+use banalytics_upgrade_center::{kind_with, preflight::Preflight, sync::target_set_id};
 use repo::{sha256_hex, Behaviour, RangeMode, Repo};
 use serde_json::{json, Value};
 
@@ -43,6 +43,7 @@ struct Options {
     installed: bool,
     extra_config: String,
     portal_delay: Duration,
+    preflight: Preflight,
 }
 
 impl Default for Options {
@@ -52,6 +53,7 @@ impl Default for Options {
             installed: false,
             extra_config: String::new(),
             portal_delay: Duration::ZERO,
+            preflight: banalytics_upgrade_center::preflight::accept_all(),
         }
     }
 }
@@ -114,7 +116,7 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
         home: home.path().to_owned(),
         config: ConfigSection::from_snippet("suc", &config),
     };
-    let mut component = kind().create(&init).unwrap();
+    let mut component = kind_with(opts.preflight).create(&init).unwrap();
     let mut ctx = ComponentContext::new(
         "suc",
         init.id,
@@ -1029,4 +1031,54 @@ async fn a_native_core_is_staged_as_the_executable_banalytics_box() {
     assert_eq!(std::fs::read(&staged).unwrap(), exe);
     let mode = std::fs::metadata(&staged).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o755, "{mode:o}");
+}
+
+#[actix_rt::test]
+async fn a_set_the_preflight_refuses_is_cancelled_naming_the_set_and_nothing_is_staged() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[("lib/a.jar", b"dep a")], &[]);
+    let seen = Arc::new(Mutex::new(None));
+    let preflight: Preflight = {
+        let seen = seen.clone();
+        Arc::new(move |dir: &Path| {
+            // The complete set: its files, its marker and its hash record.
+            let info = std::fs::read_to_string(dir.join("modules-info.properties"))
+                .map_err(|e| e.to_string())?;
+            *seen.lock().unwrap() = Some((tree(dir), info));
+            Err("component echo names kind \"sample-echo\", which the set does not provide".into())
+        })
+    };
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            preflight,
+            ..Options::default()
+        },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "cancelled", "{sync}");
+    let (files, info) = seen.lock().unwrap().clone().expect("the preflight ran");
+    assert!(files.contains_key("lib/a.jar") && files.contains_key("modules-hashes.json"));
+    assert!(
+        info.contains("com.example\\:alpha\\:1.0=component\\:"),
+        "{info}"
+    );
+    let last = b.statuses().last().cloned().unwrap();
+    assert_eq!(last.1, InstallationCancelled);
+    assert_eq!(
+        last.2.as_deref(),
+        Some(
+            "target set com.example:alpha:1.0 refused before staging: component echo names kind \"sample-echo\", which the set does not provide; nothing was staged, the active set is unchanged"
+        )
+    );
+    for gone in [
+        "modules-upgrade",
+        "modules-upgrade.tmp",
+        "models-upgrade",
+        "models-upgrade.tmp",
+    ] {
+        assert!(!b.path(gone).exists(), "{gone} is left");
+    }
 }

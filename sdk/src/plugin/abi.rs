@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use crate::{component::ComponentInit, config::ConfigSection, status::ActorStatus};
 
-/// The version of this ABI: the functions, their signatures, the structs and
-/// the JSON documents. Changed whenever any of them changes.
-pub const ABI_VERSION: u32 = 1;
+/// The version of this ABI: the functions, their signatures, the structs,
+/// the JSON documents and the identity record in the library file. Changed
+/// whenever any of them changes (2: the identity record).
+pub const ABI_VERSION: u32 = 2;
 /// The SDK's version, part of the build identity.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// `rustc --version` of the compiler this SDK was built with.

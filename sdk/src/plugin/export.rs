@@ -17,31 +17,54 @@ pub struct PluginKind {
 }
 
 /// Exports `kinds` as a plugin library: generates the `extern "C"` functions
-/// the [`plugin`](crate::plugin) docs list. Each kind is an expression that
-/// makes a [`PluginKind`]; they are evaluated once, inside the first
-/// exported call that needs them (so a panic there is answered like any
-/// other). Use once per library:
+/// the [`plugin`](crate::plugin) docs list, and the identity record in the
+/// library file ([`identity`](crate::plugin::identity)). Each kind is its
+/// name, a constant `&str` (the record is written at compile time, so that
+/// a host reads it without loading the library), and an expression that
+/// makes its [`PluginKind`]; the expressions are evaluated once, inside the
+/// first exported call that needs them (so a panic there is answered like
+/// any other), and a kind whose name is not the declared one panics there.
+/// Use once per library:
 ///
 /// ```text
-/// banalytics_sdk::export_plugin!(my_component::plugin_kind());
+/// banalytics_sdk::export_plugin!(my_component::KIND_NAME => my_component::plugin_kind());
 /// ```
 ///
 /// `export_plugin!(abi_version = N; KINDS..)` exports another ABI version;
 /// it exists only to test the host's refusal.
 #[macro_export]
 macro_rules! export_plugin {
-    ($($kind:expr),+ $(,)?) => {
-        $crate::export_plugin!(abi_version = $crate::plugin::ABI_VERSION; $($kind),+);
+    ($($name:expr => $kind:expr),+ $(,)?) => {
+        $crate::export_plugin!(abi_version = $crate::plugin::ABI_VERSION; $($name => $kind),+);
     };
-    (abi_version = $abi:expr; $($kind:expr),+ $(,)?) => {
+    (abi_version = $abi:expr; $($name:expr => $kind:expr),+ $(,)?) => {
         const _: () = {
             use $crate::plugin::{guest, Buf, Bytes, HostCallbacks, HostLog};
             use ::std::ffi::c_void;
 
+            /// The declared kind names, in the identity record.
+            const KIND_NAMES: &[&str] = &[$($name),+];
+            const RECORD_LEN: usize = $crate::plugin::identity::record_len($abi, KIND_NAMES);
+
+            /// The identity record, in a section of its own so that a host
+            /// reads it from the file without loading the library; exported
+            /// (and `#[used]`) so that no linker drops it.
+            #[used]
+            #[unsafe(no_mangle)]
+            #[allow(non_upper_case_globals)]
+            #[cfg_attr(target_vendor = "apple", unsafe(link_section = "__DATA,__bnlx_plugin"))]
+            #[cfg_attr(not(target_vendor = "apple"), unsafe(link_section = ".banalytics_plugin"))]
+            pub static banalytics_plugin_identity_record: [u8; RECORD_LEN] =
+                $crate::plugin::identity::record::<RECORD_LEN>($abi, KIND_NAMES);
+
             /// The exported kinds, made at the first call that needs them.
             fn kinds() -> &'static [$crate::plugin::PluginKind] {
                 static KINDS: ::std::sync::LazyLock<::std::vec::Vec<$crate::plugin::PluginKind>> =
-                    ::std::sync::LazyLock::new(|| ::std::vec![$($kind),+]);
+                    ::std::sync::LazyLock::new(|| {
+                        let kinds = ::std::vec![$($kind),+];
+                        guest::check_declared(KIND_NAMES, &kinds);
+                        kinds
+                    });
                 &KINDS
             }
 

@@ -42,6 +42,18 @@ fn error(e: impl fmt::Display) -> (i32, String) {
     (RC_ERROR, e.to_string())
 }
 
+/// Panics unless `kinds` are named as `declared`, in order: the names in the
+/// identity record (written at compile time) must be the kinds the library
+/// makes. Called where the kinds are first made, inside an exported call,
+/// so the panic is answered like any other.
+pub fn check_declared(declared: &[&str], kinds: &[PluginKind]) {
+    let made: Vec<&str> = kinds.iter().map(|k| k.kind.name()).collect();
+    assert!(
+        made == declared,
+        "export_plugin! declares the kinds {declared:?} but makes {made:?}"
+    );
+}
+
 /// `banalytics_plugin_identity`.
 ///
 /// # Safety

@@ -3,8 +3,9 @@
 //!
 //! A component crate becomes a plugin library (`crate-type = ["cdylib"]`)
 //! with one line, [`export_plugin!`](crate::export_plugin), naming its
-//! [`PluginKind`]s. The host (`banalytics-runtime`, `plugins.rs`) loads every
-//! library in the home's `modules/` at start.
+//! [`PluginKind`]s. The host (`banalytics-runtime`, `plugins.rs`) loads, at
+//! start, the main artifact of each component module of the home's active
+//! set that is a library.
 //!
 //! # Why a C ABI
 //!
@@ -34,9 +35,18 @@
 //! | `banalytics_plugin_destroy(instance) -> code` | stops if running, ends the instance's thread; the pointer is dangling after |
 //! | `banalytics_plugin_free_buf(buf: Buf)` | frees a buffer the plugin returned |
 //!
-//! The host checks `abi_version` first and refuses a library whose version is
-//! not its own before it calls anything else; then it compares the identity
-//! with its own build ([`Identity::host`]). Every other function catches
+//! Besides the functions, the library carries its identity in its file: the
+//! static `banalytics_plugin_identity_record` in the link section
+//! `.banalytics_plugin`, a JSON [`FileIdentity`] (ABI version, SDK version,
+//! rustc version, target, kind names) written at compile time. The host
+//! reads and checks it ([`FileIdentity::read_checked`]) before it opens the
+//! library, so a library of another ABI or build never has its initialisers
+//! run; the upgrade center's preflight checks a staged set the same way.
+//!
+//! Once the library is open, the host checks `abi_version` first and refuses
+//! a library whose version is not its own before it calls anything else;
+//! then it compares the identity with its own build ([`Identity::host`]) and
+//! with the record in the file. Every other function catches
 //! panics: a panic never unwinds across the boundary, it is answered with
 //! [`RC_PANICKED`] and its message in `err`.
 //!
@@ -77,14 +87,18 @@
 //! # Modules
 //!
 //! `abi.rs` holds what both sides agree on: the constants, the `#[repr(C)]`
-//! structs and the JSON documents. `export.rs` holds [`PluginKind`] and the
-//! `export_plugin!` macro; `guest.rs` the plugin's side of every exported
-//! function, which the macro calls.
+//! structs and the JSON documents. `identity.rs` the identity record in the
+//! library file, written at compile time and read without loading the
+//! library. `export.rs` holds [`PluginKind`] and the `export_plugin!` macro;
+//! `guest.rs` the plugin's side of every exported function, which the macro
+//! calls.
 
 mod abi;
 mod export;
 #[doc(hidden)]
 pub mod guest;
+pub mod identity;
 
 pub use abi::*;
 pub use export::PluginKind;
+pub use identity::{FileIdentity, FileIdentityError};

@@ -20,7 +20,7 @@ const ENV: &str = "5f0c7a1e-0000-4000-8000-00000000c0de";
 
 fn config(portal: &PortalHandle) -> String {
     format!(
-        "[components.portal]\nkind = \"portal-integration\"\nportal_url = \"{}\"\n\n[components.upgrade-center]\nkind = \"software-upgrade-center\"\nrepository_url = \"{}\"\n",
+        "[components.portal]\nkind = \"portal-integration\"\nportal_url = \"{}\"\n\n[components.upgrade-center]\nkind = \"software-upgrade-center\"\nrepository_url = \"{}\"\nhealth_grace_s = 0.3\n",
         portal.portal_url(),
         portal.repo_url()
     )
@@ -43,8 +43,26 @@ fn home_with_a(portal: &PortalHandle) -> Result<TempHome> {
         "first run did not stage A"
     );
     ensure!(apply(&home)?, "apply failed");
+    commit(&home)?;
     portal.assign(ENV, &["com.example:alpha:2.0", "com.example:gamma:1.0"])?;
     Ok(home)
+}
+
+/// Runs the box until the set on probation is committed, then stops it: a
+/// set staged while another is on probation waits for its verdict, and
+/// this test is about staging, not probation.
+fn commit(home: &TempHome) -> Result<()> {
+    let run = home.start(100)?;
+    poll_until(DEADLINE, "the applied set committed", || {
+        let out = home.cli(&["status", "--json"]).ok()?;
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (s["host"]["running"] == true && s["upgrade"]["probation"].is_null()).then_some(())
+    })?;
+    ensure!(
+        run.signal_and_wait(libc::SIGTERM)?.success(),
+        "the box did not stop"
+    );
+    Ok(())
 }
 
 fn apply(home: &TempHome) -> Result<bool> {

@@ -21,6 +21,7 @@ mod host_process;
 mod native;
 mod plugins;
 mod portal;
+mod preflight;
 mod probation;
 mod resilience;
 mod restart;

@@ -1,8 +1,8 @@
 //! Component plugins in the real `banalytics-box run` process: the sample
-//! plugin (`components/sample`) built as a `cdylib`, placed in a box's
-//! `modules/`, loaded at start, and spoken to over the host bus through the
-//! control socket's `exchange` request (publish on one topic, answer the
-//! first message on another).
+//! plugin (`components/sample`) built as a `cdylib`, installed in a box's
+//! `modules/` as the main artifact of a component module, loaded at start,
+//! and spoken to over the host bus through the control socket's `exchange`
+//! request (publish on one topic, answer the first message on another).
 
 use std::{
     path::{Path, PathBuf},
@@ -17,17 +17,17 @@ use serde_json::{json, Value};
 
 /// The plugin ABI version of this SDK, and the one the sample's
 /// `abi-mismatch` feature declares.
-const ABI_VERSION: u32 = 1;
-const OTHER_ABI_VERSION: u32 = 2;
+const ABI_VERSION: u32 = 2;
+const OTHER_ABI_VERSION: u32 = 3;
 
 /// The sample plugin, built once per test run: the normal library and the
 /// one with another ABI version, copied out of the target folder.
-struct Samples {
-    normal: PathBuf,
-    abi_mismatch: PathBuf,
+pub(crate) struct Samples {
+    pub(crate) normal: PathBuf,
+    pub(crate) abi_mismatch: PathBuf,
 }
 
-fn samples() -> &'static Samples {
+pub(crate) fn samples() -> &'static Samples {
     static BUILT: OnceLock<Samples> = OnceLock::new();
     BUILT.get_or_init(|| build_samples().expect("building the sample plugin"))
 }
@@ -89,14 +89,32 @@ fn build_samples() -> Result<Samples> {
     })
 }
 
-/// A home with `config`, and `modules/` holding `files` (name, source).
-fn home_with_modules(config: &str, files: &[(&str, &Path)]) -> Result<TempHome> {
+/// The file name of the library of component module `coords`
+/// (`groupId:artifactId:version`): `{groupId}-{artifactId}-{version}.so`.
+fn library_name(coords: &str) -> String {
+    format!(
+        "{}.{}",
+        coords.replace(':', "-"),
+        std::env::consts::DLL_EXTENSION
+    )
+}
+
+/// A home with `config`, and in `modules/` a set of component modules
+/// (coordinates, library), each library its module's main artifact, as an
+/// installed set lists them in `modules-info.properties`.
+fn home_with_modules(config: &str, modules: &[(&str, &Path)]) -> Result<TempHome> {
     let home = TempHome::new(config)?;
-    let modules = home.path().join("modules");
-    std::fs::create_dir_all(&modules)?;
-    for (name, source) in files {
-        std::fs::copy(source, modules.join(name))?;
+    let dir = home.path().join("modules");
+    std::fs::create_dir_all(&dir)?;
+    let mut info = String::from("#installed by the test\n");
+    for (coords, source) in modules {
+        std::fs::copy(source, dir.join(library_name(coords)))?;
+        info.push_str(&format!(
+            "{}=component\\:1700000000\n",
+            coords.replace(':', "\\:")
+        ));
     }
+    std::fs::write(dir.join("modules-info.properties"), info)?;
     Ok(home)
 }
 
@@ -158,7 +176,7 @@ fn a_plugin_component_answers_over_the_host_bus_and_logs_into_the_host() -> Resu
     let _machine = crate::machine::shared();
     let home = home_with_modules(
         ECHO_AND_PROBE,
-        &[("com.example-sample-1.0.so", &samples().normal)],
+        &[("com.example:sample:1.0", &samples().normal)],
     )?;
     let host = home.start(1)?;
     let echo = wait_for_state(&home, "echo", "RUN")?;
@@ -195,7 +213,7 @@ fn a_panic_in_the_plugin_actor_is_restarted_after_the_policy_delay() -> Result<(
     let _machine = crate::machine::shared();
     let home = home_with_modules(
         ECHO_AND_PROBE,
-        &[("com.example-sample-1.0.so", &samples().normal)],
+        &[("com.example:sample:1.0", &samples().normal)],
     )?;
     let host = home.start(1)?;
     wait_for_state(&home, "echo", "RUN")?;
@@ -255,7 +273,7 @@ fn a_failed_plugin_actor_under_stop_waits_for_a_manual_restart() -> Result<()> {
         "restart_on_failure = \"10s\"",
         "restart_on_failure = \"stop\"",
     );
-    let home = home_with_modules(&config, &[("com.example-sample-1.0.so", &samples().normal)])?;
+    let home = home_with_modules(&config, &[("com.example:sample:1.0", &samples().normal)])?;
     let host = home.start(1)?;
     wait_for_state(&home, "echo", "RUN")?;
     let answer = exchange(
@@ -289,7 +307,8 @@ fn a_failed_plugin_actor_under_stop_waits_for_a_manual_restart() -> Result<()> {
 }
 
 #[test]
-fn a_plugin_of_another_abi_version_is_refused_and_other_libraries_are_skipped() -> Result<()> {
+fn a_plugin_of_another_abi_and_component_libraries_that_are_not_plugins_are_refused_unopened(
+) -> Result<()> {
     let _machine = crate::machine::shared();
     let dir = tempfile::tempdir()?;
     let junk = dir.path().join("junk.so");
@@ -297,56 +316,51 @@ fn a_plugin_of_another_abi_version_is_refused_and_other_libraries_are_skipped() 
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(&junk, bytes)?;
-    let mut files = vec![
-        (
-            "com.example-sample-2.0.so",
-            samples().abi_mismatch.as_path(),
-        ),
-        ("junk.so", junk.as_path()),
+    let mut modules = vec![
+        ("com.example:sample:2.0", samples().abi_mismatch.as_path()),
+        ("com.example:junk:1.0", junk.as_path()),
     ];
     // A real shared library that is not a plugin, where the system has one.
     let libm = Path::new("/lib/x86_64-linux-gnu/libm.so.6");
     if libm.exists() {
-        files.push(("libm-copy.so", libm));
+        modules.push(("com.example:libm-copy:1.0", libm));
     }
-    let home = home_with_modules("[components.heartbeat]\nkind = \"probe\"\n", &files)?;
+    let home = home_with_modules("[components.heartbeat]\nkind = \"probe\"\n", &modules)?;
+    // A library in the folder that no module has as its main artifact.
+    std::fs::copy(&samples().normal, home.path().join("modules/stray.so"))?;
     let host = home.start(1)?;
     wait_for_state(&home, "heartbeat", "RUN")?;
     assert_eq!(ping(&home, "heartbeat", 1)?["from"], "heartbeat");
 
     let modules = home.path().join("modules");
     let log = host.log();
-    let expected = format!(
-        "plugin {}: ABI version mismatch: expected {ABI_VERSION}, found {OTHER_ABI_VERSION}",
-        modules.join("com.example-sample-2.0.so").display()
-    );
-    let refused = log
-        .lines()
-        .find(|l| l.contains(&expected))
-        .with_context(|| format!("{expected:?} in\n{log}"))?;
-    assert!(refused.contains("ERROR"), "{refused}");
-    let junk_line = log
-        .lines()
-        .find(|l| {
-            l.contains(&format!(
-                "skipping {}: not a loadable library",
-                modules.join("junk.so").display()
-            ))
-        })
-        .with_context(|| format!("junk.so skipped in\n{log}"))?;
-    assert!(junk_line.contains("WARN"), "{junk_line}");
-    if libm.exists() {
-        let skipped = format!(
-            "skipping {}: not a plugin (no symbol banalytics_plugin_abi_version)",
-            modules.join("libm-copy.so").display()
-        );
+    let refused = |expected: String| -> Result<()> {
         let line = log
             .lines()
-            .find(|l| l.contains(&skipped))
-            .with_context(|| format!("{skipped:?} in\n{log}"))?;
-        assert!(line.contains("WARN"), "{line}");
+            .find(|l| l.contains(&expected))
+            .with_context(|| format!("{expected:?} in\n{log}"))?;
+        assert!(line.contains("ERROR"), "{line}");
+        Ok(())
+    };
+    refused(format!(
+        "plugin {}: ABI version mismatch: expected {ABI_VERSION}, found {OTHER_ABI_VERSION}",
+        modules.join("com.example-sample-2.0.so").display()
+    ))?;
+    refused(format!(
+        "plugin {}: not a library",
+        modules.join("com.example-junk-1.0.so").display()
+    ))?;
+    if libm.exists() {
+        refused(format!(
+            "plugin {}: no plugin identity (no section .banalytics_plugin)",
+            modules.join("com.example-libm-copy-1.0.so").display()
+        ))?;
     }
     assert!(!log.contains("plugin loaded"), "{log}");
+    assert!(!log.contains("stray.so"), "{log}");
+    // Refused before dlopen: the running host has none of them mapped.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", host.pid()))?;
+    assert!(!maps.contains(&modules.display().to_string()), "{maps}");
     assert_eq!(host.signal_and_wait(libc::SIGTERM)?.code(), Some(0));
 
     // Its kind is unknown, so a configuration naming it is refused.
@@ -367,8 +381,8 @@ fn a_second_plugin_exporting_the_same_kind_is_refused_naming_both() -> Result<()
     let home = home_with_modules(
         ECHO_AND_PROBE,
         &[
-            ("com.example-sample-1.0.so", &samples().normal),
-            ("com.example-sample-copy-1.0.so", &samples().normal),
+            ("com.example:sample:1.0", &samples().normal),
+            ("com.example:sample-copy:1.0", &samples().normal),
         ],
     )?;
     let host = home.start(1)?;
