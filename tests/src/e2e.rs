@@ -571,6 +571,10 @@ pub struct BoxSettings {
     pub log_level: String,
     /// `health_grace_s`: how long a new set runs before it commits.
     pub health_grace_s: f64,
+    /// `max_boot_attempts`: starts a new set gets to commit.
+    pub max_boot_attempts: u32,
+    /// Further `[components.NAME]` tables, after the upgrade center's.
+    pub extra_components: String,
 }
 
 impl BoxSettings {
@@ -585,6 +589,8 @@ impl BoxSettings {
             upgrade_extra: String::new(),
             log_level: "info".into(),
             health_grace_s: 0.5,
+            max_boot_attempts: 3,
+            extra_components: String::new(),
         }
     }
 
@@ -606,8 +612,9 @@ kind = "software-upgrade-center"
 repository_url = "{repo}"
 restart_mode = "exit"
 health_grace_s = {health_grace_s:?}
-max_boot_attempts = 3
+max_boot_attempts = {max_boot_attempts}
 {upgrade_extra}
+{extra_components}
 "#,
             level = self.log_level,
             portal = self.portal_url,
@@ -615,6 +622,8 @@ max_boot_attempts = 3
             repo = self.repository_url,
             upgrade_extra = self.upgrade_extra,
             health_grace_s = self.health_grace_s,
+            max_boot_attempts = self.max_boot_attempts,
+            extra_components = self.extra_components,
         )
     }
 }
