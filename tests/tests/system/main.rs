@@ -19,5 +19,6 @@ mod fleet;
 mod host_process;
 mod plugins;
 mod portal;
+mod quarantine;
 mod resilience;
 mod restart;
