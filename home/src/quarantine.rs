@@ -4,9 +4,10 @@
 //! The host writes it when it puts the previous set back; the upgrade
 //! center reads it and refuses to stage the same target set again (with
 //! `installation_cancelled` naming the rollback) until the portal assigns a
-//! different set or an operator asks for a retry. So no mode of the
-//! upgrade center re-stages a failed set by itself, and a box cannot loop
-//! on one.
+//! different set (the center lifts it) or an operator asks for a retry
+//! (`upgrade --retry` lets the set through; the host lifts the record once
+//! the set is active again, [`lift_if_active`]). So no mode of the upgrade
+//! center re-stages a failed set by itself, and a box cannot loop on one.
 
 use std::{fs, io, path::Path};
 
@@ -92,7 +93,28 @@ pub fn write(layout: &Layout, q: &Quarantine) -> io::Result<()> {
     Ok(write_atomic(&layout.state().join(QUARANTINE_FILE), &json)?)
 }
 
-/// Lifts the quarantine (a different target set, or a retry).
+/// Lifts the quarantine when its set is the active set again (an operator
+/// retried it, or put it back by hand): a record of a set that runs would
+/// refuse the set the box runs. Whether it was lifted; a missing record is
+/// `false`, an unreadable one an error.
+pub fn lift_if_active(layout: &Layout) -> io::Result<bool> {
+    let Some(q) = read(layout)? else {
+        return Ok(false);
+    };
+    let active = read_modules_info(&layout.modules())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let Some(active) = active else {
+        return Ok(false);
+    };
+    let keys: Vec<String> = active.iter().map(|m| m.coords.to_string()).collect();
+    if !q.is_set(&keys) {
+        return Ok(false);
+    }
+    clear(layout)?;
+    Ok(true)
+}
+
+/// Lifts the quarantine (a different target set, or its set active again).
 pub fn clear(layout: &Layout) -> io::Result<()> {
     match fs::remove_file(layout.state().join(QUARANTINE_FILE)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -128,5 +150,33 @@ mod tests {
         clear(&layout).unwrap();
         clear(&layout).unwrap();
         assert_eq!(read(&layout).unwrap(), None);
+    }
+
+    #[test]
+    fn the_quarantine_ends_when_its_set_is_active_again_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let install = |lines: &str| {
+            fs::create_dir_all(layout.modules()).unwrap();
+            fs::write(layout.modules().join("modules-info.properties"), lines).unwrap();
+        };
+        assert!(
+            !lift_if_active(&layout).unwrap(),
+            "no record, nothing lifted"
+        );
+        let q = Quarantine {
+            set: "id".into(),
+            modules: vec!["g:a:1".into(), "g:b:2".into()],
+            reason: "start 3 failed".into(),
+            rolled_back_ms: 1,
+        };
+        write(&layout, &q).unwrap();
+        assert!(!lift_if_active(&layout).unwrap(), "nothing installed");
+        install("g\\:a\\:1=component\\:0\n");
+        assert!(!lift_if_active(&layout).unwrap());
+        assert_eq!(read(&layout).unwrap(), Some(q.clone()), "another set runs");
+        install("g\\:b\\:2=component\\:0\ng\\:a\\:1=component\\:0\n");
+        assert!(lift_if_active(&layout).unwrap());
+        assert_eq!(read(&layout).unwrap(), None, "its set runs again");
     }
 }

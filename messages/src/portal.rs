@@ -153,7 +153,13 @@ impl BusMessage for PortalOutboxState {
 /// The local "start upgrade" (`banalytics-box upgrade`), published by the
 /// host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpgradeRequested {}
+pub struct UpgradeRequested {
+    /// `upgrade --retry`: install the target set even if it is the
+    /// quarantined one (an automatic rollback took it off), for this
+    /// synchronisation. Absent in older JSON, which means `false`.
+    #[serde(default)]
+    pub retry: bool,
+}
 
 impl BusMessage for UpgradeRequested {
     const TOPIC: &'static str = "host.upgrade-requested";
@@ -189,6 +195,18 @@ mod tests {
         assert_eq!(
             v["banalyticsBoxCoreModule"]["groupId"],
             "com.banalytics.box"
+        );
+    }
+
+    #[test]
+    fn an_upgrade_request_without_retry_decodes_as_no_retry() {
+        let old: UpgradeRequested = serde_json::from_str("{}").unwrap();
+        assert!(!old.retry);
+        let retry: UpgradeRequested = serde_json::from_str(r#"{"retry":true}"#).unwrap();
+        assert!(retry.retry);
+        assert_eq!(
+            serde_json::to_value(UpgradeRequested { retry: true }).unwrap(),
+            serde_json::json!({"retry": true})
         );
     }
 }

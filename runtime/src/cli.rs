@@ -51,6 +51,11 @@ pub enum Command {
         /// (a bar on a terminal, plain lines otherwise).
         #[arg(long)]
         wait: bool,
+        /// Install the target set even if an automatic rollback quarantined
+        /// it: lifts the quarantine for this synchronisation (the set goes
+        /// on probation again).
+        #[arg(long)]
+        retry: bool,
     },
     /// Apply the staged module set (with the host stopped).
     Apply,
@@ -73,7 +78,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run => run(&home),
         Command::Status { json } => status(&home, json),
-        Command::Upgrade { wait } => upgrade(&home, wait),
+        Command::Upgrade { wait, retry } => upgrade(&home, wait, retry),
         Command::Apply => apply(&home),
         Command::Rollback => rollback(&home),
         Command::Verify => verify(&home),
@@ -462,9 +467,9 @@ fn print_sets(u: &serde_json::Value) {
     }
 }
 
-fn upgrade(home: &Home, wait: bool) -> Result<u8, Error> {
+fn upgrade(home: &Home, wait: bool, retry: bool) -> Result<u8, Error> {
     let asked_ms = banalytics_sdk::status::now_ms();
-    let code = ask(home, &Request::Upgrade)?;
+    let code = ask(home, &Request::Upgrade { retry })?;
     if code != EXIT_OK || !wait {
         return Ok(code);
     }

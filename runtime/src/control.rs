@@ -28,7 +28,12 @@ pub enum Request {
     /// Component states.
     Status,
     /// Synchronise software now (the local "start upgrade").
-    Upgrade,
+    Upgrade {
+        /// Install the target set even if it is quarantined (`upgrade
+        /// --retry`). Absent in older requests, which means `false`.
+        #[serde(default)]
+        retry: bool,
+    },
     /// Restart a stopped or failed component.
     Restart {
         /// Instance name.
@@ -106,16 +111,17 @@ async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
                 "components": host.board().snapshot(),
             })),
         },
-        Ok(Request::Upgrade) => {
+        Ok(Request::Upgrade { retry }) => {
             let receivers = host
                 .bus()
-                .publish(banalytics_messages::portal::UpgradeRequested {})
+                .publish(banalytics_messages::portal::UpgradeRequested { retry })
                 .await;
             Response {
                 ok: receivers > 0,
-                message: Some(match receivers {
-                    0 => "no component handles upgrades on this host".to_owned(),
-                    _ => "synchronisation requested; `status` shows its progress".to_owned(),
+                message: Some(match (receivers, retry) {
+                    (0, _) => "no component handles upgrades on this host".to_owned(),
+                    (_, false) => "synchronisation requested; `status` shows its progress".to_owned(),
+                    (_, true) => "synchronisation requested with the quarantine lifted for it; `status` shows its progress".to_owned(),
                 }),
                 data: None,
             }
@@ -168,4 +174,21 @@ pub fn request(socket: &Path, request: &Request) -> io::Result<Option<Response>>
             format!("bad answer from host: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_request_of_an_older_cli_decodes_as_no_retry() {
+        let old: Request = serde_json::from_str(r#"{"cmd":"upgrade"}"#).unwrap();
+        assert!(matches!(old, Request::Upgrade { retry: false }));
+        let line = serde_json::to_string(&Request::Upgrade { retry: true }).unwrap();
+        assert_eq!(line, r#"{"cmd":"upgrade","retry":true}"#);
+        assert!(matches!(
+            serde_json::from_str::<Request>(&line).unwrap(),
+            Request::Upgrade { retry: true }
+        ));
+    }
 }

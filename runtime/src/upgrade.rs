@@ -135,6 +135,19 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
     }
     let failing_before = take_failing(state_dir);
     apply_staged(layout, &failing_before)?;
+    // A quarantined set that is active again (an operator's `upgrade
+    // --retry`) is on probation like any new set; if it fails again, the
+    // rollback below quarantines it again. Checked at every start, not only
+    // after an apply, so that a crash right after the apply changes nothing.
+    match quarantine::lift_if_active(layout) {
+        Ok(true) => info!("the quarantined module set is active again: quarantine lifted"),
+        Ok(false) => {}
+        Err(e) => warn!(
+            path = %layout.state().join(quarantine::QUARANTINE_FILE).display(),
+            error = %e,
+            "cannot check the quarantine against the active set"
+        ),
+    }
     let Some(p) = swap::count_boot(layout)? else {
         return Ok(Boot::default());
     };

@@ -22,6 +22,13 @@ pub enum UpgradeError {
         /// The fault, naming the field and value.
         reason: String,
     },
+    /// The target set is the one an automatic rollback took off the box;
+    /// the message is the quarantine's refusal, naming that rollback.
+    #[error("{refusal}")]
+    Quarantined {
+        /// [`banalytics_home::quarantine::Quarantine::refusal`].
+        refusal: String,
+    },
     /// The portal did not answer `GET_ENV_MOD_REQ` in time.
     #[error("the portal did not answer GET_ENV_MOD_REQ within {waited_s} s")]
     PortalTimeout {
@@ -177,6 +184,9 @@ mod tests {
             UpgradeError::PortalTimeout { waited_s: 60 },
             UpgradeError::InvalidTarget {
                 reason: "empty".into(),
+            },
+            UpgradeError::Quarantined {
+                refusal: "rolled back".into(),
             },
             io_at("/x")(std::io::Error::other("disk")),
         ] {

@@ -161,8 +161,8 @@ impl Handler<FromBus<SyncSoftware>> for PortalLink {
 impl Handler<FromBus<UpgradeRequested>> for PortalLink {
     type Result = ();
     #[instrument(name = "portal_link.upgrade_requested", skip_all)]
-    fn handle(&mut self, _: FromBus<UpgradeRequested>, ctx: &mut Context<Self>) {
-        self.handle(Synchronise(Trigger::Local), ctx);
+    fn handle(&mut self, FromBus(req): FromBus<UpgradeRequested>, ctx: &mut Context<Self>) {
+        self.handle(Synchronise(Trigger::local(req.retry)), ctx);
     }
 }
 
@@ -360,6 +360,17 @@ async fn run(
     let set_id = target_set_id(&target);
     Span::current().record("target_set", set_id.as_str());
     info!(target_set = %set_id, modules = target.len(), "target set received");
+    // The quarantine, before anything is resolved, planned or downloaded:
+    // the set an automatic rollback took off is refused unless retried.
+    let retry = report
+        .borrow()
+        .trigger
+        .is_some_and(Trigger::lifts_quarantine);
+    let (layout, set, span) = (peers.layout.clone(), target.clone(), Span::current());
+    crate::blocking::off_thread(move || {
+        span.in_scope(|| crate::sync::pass_quarantine(&layout, &set, retry))
+    })
+    .await?;
     set_state(peers, report, SyncState::Resolving);
     let resolved = match peers
         .downloader

@@ -13,9 +13,14 @@ use std::{
     time::Duration,
 };
 
-use banalytics_home::coords::Module;
+use banalytics_home::{
+    coords::Module,
+    quarantine::{self, Quarantine},
+    Layout,
+};
 use banalytics_messages::portal::{
     GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
+    UpgradeRequested,
 };
 use banalytics_sdk::{
     component::ComponentInit, Bus, ComponentContext, ConfigSection, RestartPolicy, State,
@@ -44,6 +49,7 @@ struct Options {
     extra_config: String,
     portal_delay: Duration,
     preflight: Preflight,
+    quarantined: Option<Quarantine>,
 }
 
 impl Default for Options {
@@ -54,6 +60,7 @@ impl Default for Options {
             extra_config: String::new(),
             portal_delay: Duration::ZERO,
             preflight: banalytics_upgrade_center::preflight::accept_all(),
+            quarantined: None,
         }
     }
 }
@@ -71,6 +78,9 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
     if opts.installed {
         std::fs::create_dir_all(home.path().join("modules")).unwrap();
         std::fs::write(home.path().join("modules/modules-info.properties"), "").unwrap();
+    }
+    if let Some(q) = &opts.quarantined {
+        quarantine::write(&Layout::new(home.path()), q).unwrap();
     }
     let bus = Bus::new();
     let board = StatusBoard::new();
@@ -184,6 +194,16 @@ impl TestBox {
         let since = banalytics_sdk::status::now_ms();
         tokio::time::sleep(Duration::from_millis(2)).await;
         self.bus.publish(SyncSoftware {}).await;
+        self.wait_sync_after(since + 1).await
+    }
+
+    /// `banalytics-box upgrade` (`--retry` with `retry`), as the host
+    /// publishes it.
+    async fn local_upgrade(&self, retry: bool) -> Value {
+        self.statuses.lock().unwrap().clear();
+        let since = banalytics_sdk::status::now_ms();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.bus.publish(UpgradeRequested { retry }).await;
         self.wait_sync_after(since + 1).await
     }
 
@@ -815,6 +835,69 @@ async fn going_back_to_the_backup_set_moves_no_bytes() {
         by_module(&b.statuses()),
         BTreeMap::from([("alpha:1.0".into(), vec![Downloaded])])
     );
+}
+
+#[actix_rt::test]
+async fn a_quarantined_target_is_refused_before_any_download_until_retried_or_replaced() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let beta = publish(&repo, "beta", "1.0", &[], &[]);
+    let q = Quarantine {
+        set: "0123abcd".into(),
+        modules: vec![
+            "com.example:alpha:1.0".into(),
+            "com.example:beta:1.0".into(),
+        ],
+        reason: "component drill is ERROR: failure drill".into(),
+        rolled_back_ms: 1_700_000_000_000,
+    };
+    let record = |b: &TestBox| quarantine::read(&Layout::new(b.home.path())).unwrap();
+    let b = start_box(
+        &repo,
+        objects(&[&beta, &alpha]),
+        Options {
+            quarantined: Some(q.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+
+    // Even a first run does not stage it by itself; nor does the portal or
+    // a plain local upgrade.
+    let first = b.first_sync().await;
+    let portal = b.resync(objects(&[&alpha, &beta])).await;
+    let local = b.local_upgrade(false).await;
+    for (sync, trigger) in [(first, "first-run"), (portal, "portal"), (local, "local")] {
+        assert_eq!(sync["state"], "cancelled", "{sync}");
+        assert_eq!(sync["trigger"], trigger);
+        assert_eq!(sync["result"], q.refusal().as_str());
+    }
+    assert_eq!(
+        b.statuses(),
+        [(String::new(), InstallationCancelled, Some(q.refusal()))],
+        "one installation_cancelled naming the rollback, no module status"
+    );
+    assert_eq!(
+        *b.requests.lock().unwrap(),
+        3,
+        "the target set was asked for"
+    );
+    assert_eq!(repo.artifact_gets(), 0, "nothing resolved or downloaded");
+    assert!(!b.path("modules-upgrade/modules-info.properties").exists());
+    assert_eq!(record(&b), Some(q.clone()));
+
+    // `upgrade --retry` installs it; the record stays until the host
+    // finds the set active.
+    let retried = b.local_upgrade(true).await;
+    assert_eq!(retried["state"], "staged", "{retried}");
+    assert_eq!(retried["trigger"], "retry");
+    assert!(b.path("modules-upgrade/modules-info.properties").exists());
+    assert_eq!(record(&b), Some(q.clone()));
+
+    // A different set from the portal lifts the quarantine.
+    let other = b.resync(objects(&[&alpha])).await;
+    assert_eq!(other["state"], "staged", "{other}");
+    assert_eq!(record(&b), None);
 }
 
 /// A span's fields by name, as recorded.

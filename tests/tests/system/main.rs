@@ -23,5 +23,6 @@ mod plugins;
 mod portal;
 mod preflight;
 mod probation;
+mod quarantine;
 mod resilience;
 mod restart;
