@@ -253,6 +253,7 @@ async fn status(
             module,
             status,
             status_message: message,
+            seq: None,
         })
         .await;
 }
