@@ -17,6 +17,7 @@ mod crash_staging;
 mod e2e;
 mod fleet;
 mod host_process;
+mod outbox;
 mod plugins;
 mod portal;
 mod resilience;
