@@ -162,6 +162,7 @@ fn a_box_killed_after_the_portal_confirmed_a_status_but_before_it_removed_it_sen
         .map(|s| s.seq.context("a durable status carries its seq"))
         .collect::<Result<_>>()?;
     let on_disk: Vec<u64> = outbox(&b.path()).iter().map(|(seq, _)| *seq).collect();
+    eprintln!("killed after the portal confirmed {confirmed:?}; on disk: {on_disk:?}");
     ensure!(
         !confirmed.is_empty() && confirmed.iter().all(|s| on_disk.contains(s)),
         "the confirmed statuses {confirmed:?} are still on disk: {on_disk:?}"
