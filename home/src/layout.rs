@@ -35,9 +35,16 @@ impl Layout {
         &self.home
     }
 
-    /// `state/`: the host's own files, and the quarantined set.
+    /// `state/`: the host's own files, the quarantined set and the portal
+    /// outbox.
     pub fn state(&self) -> PathBuf {
         self.home.join("state")
+    }
+
+    /// `state/portal-outbox/`: reports for the portal that wait on disk
+    /// ([`crate::outbox`]).
+    pub fn portal_outbox(&self) -> PathBuf {
+        self.state().join(crate::outbox::OUTBOX_DIR)
     }
 
     /// The active module set.

@@ -14,6 +14,8 @@
 //!   a set installed.
 //! - [`swap`]: apply, rollback, commit and recovery of module sets.
 //! - [`quarantine`]: the set an automatic rollback took off the box.
+//! - [`outbox`]: reports for the portal, on disk until the portal has
+//!   them.
 //! - [`registration`]: the environment UUID of
 //!   `config/device-registration.properties`.
 //! - [`failpoint`]: crash points for the crash-safety tests.
@@ -29,6 +31,7 @@ pub mod coords;
 pub mod failpoint;
 pub mod installed;
 pub mod layout;
+pub mod outbox;
 pub mod properties;
 pub mod quarantine;
 pub mod record;

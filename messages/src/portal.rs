@@ -104,6 +104,12 @@ pub enum ModuleStatus {
 }
 
 /// `EVT_ENV_MOD_UPD_STS`, box → portal: progress of a synchronisation.
+///
+/// A status with a `seq` is durable: its producer appended it to the
+/// portal outbox on disk (`banalytics_home::outbox`) under that number
+/// before publishing it, and Portal Integration sends it from there (the
+/// bus message only says "there is more on disk"). One without a `seq`
+/// travels in memory only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleStatusUpdate {
@@ -115,6 +121,11 @@ pub struct ModuleStatusUpdate {
     pub status: ModuleStatus,
     /// Why, for errors and cancellations.
     pub status_message: Option<String>,
+    /// The status's number in the portal outbox, when it is durable. On the
+    /// wire it is the extension field `seq`, by which the portal drops a
+    /// status it already has (the original portal ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 portal_message!(ModuleStatusUpdate, "EVT_ENV_MOD_UPD_STS");
 
@@ -129,8 +140,8 @@ impl BusMessage for PortalLinkChanged {
     const TOPIC: &'static str = "portal-link.changed";
 }
 
-/// Asks Portal Integration how many frames wait in its outbox; it answers
-/// with [`PortalOutboxState`].
+/// Asks Portal Integration how many frames wait for the portal, in memory
+/// and on disk; it answers with [`PortalOutboxState`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortalOutboxQuery {}
 
@@ -138,12 +149,15 @@ impl BusMessage for PortalOutboxQuery {
     const TOPIC: &'static str = "portal-link.outbox-query";
 }
 
-/// Frames waiting in Portal Integration's outbox, not yet written to the
-/// portal.
+/// Frames for the portal that it does not have yet: those queued in memory
+/// and the durable statuses still on disk.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortalOutboxState {
-    /// Frames queued.
+    /// Frames waiting, in memory and on disk.
     pub queued: usize,
+    /// Of them, durable statuses in the on-disk outbox.
+    #[serde(default)]
+    pub durable: usize,
 }
 
 impl BusMessage for PortalOutboxState {
@@ -176,6 +190,7 @@ mod tests {
             module: None,
             status: ModuleStatus::InstallationCancelled,
             status_message: Some("empty set".into()),
+            seq: None,
         };
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
@@ -207,6 +222,31 @@ mod tests {
         assert_eq!(
             serde_json::to_value(UpgradeRequested { retry: true }).unwrap(),
             serde_json::json!({"retry": true})
+        );
+    }
+
+    #[test]
+    fn seq_is_on_the_wire_only_when_durable_and_optional_when_read() {
+        let mut m = ModuleStatusUpdate {
+            environment_uuid: "e".into(),
+            module: None,
+            status: ModuleStatus::Installed,
+            status_message: None,
+            seq: Some(42),
+        };
+        assert_eq!(serde_json::to_value(&m).unwrap()["seq"], 42);
+        m.seq = None;
+        let v = serde_json::to_value(&m).unwrap();
+        assert!(v.get("seq").is_none(), "{v}");
+        let read: ModuleStatusUpdate = serde_json::from_value(v).unwrap();
+        assert_eq!(read, m);
+        let state: PortalOutboxState = serde_json::from_str(r#"{"queued":3}"#).unwrap();
+        assert_eq!(
+            state,
+            PortalOutboxState {
+                queued: 3,
+                durable: 0
+            }
         );
     }
 }

@@ -669,6 +669,12 @@ impl ManagedBox {
 
     /// Starts `run` without waiting for it to come up.
     pub fn spawn(&mut self) -> Result<()> {
+        self.spawn_with_env(&[])
+    }
+
+    /// Starts `run` with these environment variables added (a failpoint),
+    /// without waiting for it to come up. Later starts do not inherit them.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) -> Result<()> {
         ensure!(self.child.is_none(), "the box already runs");
         self.starts += 1;
         let log = std::fs::File::create(self.home.log_path(self.starts))?;
@@ -676,6 +682,7 @@ impl ManagedBox {
             .arg("--home")
             .arg(self.home.path())
             .arg("run")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -707,6 +714,20 @@ impl ManagedBox {
         }
         self.spawn()?;
         Ok(true)
+    }
+
+    /// Waits at most `timeout` for the process to exit on its own and
+    /// returns how it ended, without starting it again (unlike
+    /// [`ManagedBox::supervise`]).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let child = self.child.as_mut().context("the box does not run")?;
+        let status = poll_until(timeout, "the box to exit", || {
+            child.try_wait().ok().flatten()
+        })
+        .with_context(|| format!("box log: {}", self.log_tail(20)))?;
+        self.child = None;
+        self.exits.push(status.code().unwrap_or(-1));
+        Ok(status)
     }
 
     /// Supervises until `done` returns `Some`, for at most `timeout`.

@@ -327,6 +327,7 @@ mod tests {
             module: None,
             status: ModuleStatus::Installed,
             status_message: None,
+            seq: None,
         })
         .unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();

@@ -17,8 +17,11 @@
 //!   `ping_timeout_s - 5` s, dead after `ping_timeout_s` without a pong or
 //!   frame), reconnect with exponential backoff and jitter, decode and
 //!   publish inbound frames, publish `PortalLinkChanged`.
-//! * [`outbox::Outbox`] (actor `outbox`): the bounded FIFO of frames for the
-//!   portal, handed to the link in order once it is up.
+//! * [`outbox::Outbox`] (actor `outbox`): sends while the link is up: the
+//!   durable statuses from the home's portal outbox on disk
+//!   (`state/portal-outbox/`, [`banalytics_home::outbox`]) in `seq` order,
+//!   each removed only once the portal confirmed it (a ping's pong), then
+//!   the bounded FIFO of other frames in memory.
 //!
 //! The environment UUID comes from `config/device-registration.properties`
 //! ([`banalytics_home::registration`]); a box that is not registered connects with an empty
@@ -39,15 +42,19 @@
 //!   backoff reset. **A restart of `outbox`** loses nothing: the queue
 //!   belongs to the component, and the frame in flight stays at its front
 //!   until the link confirms it was written (so it may be sent twice, never
-//!   lost). Bus messages published during a restart delay wait in the
-//!   actor's mailbox.
-//! * **Stop** stops `outbox` (frames still queued are dropped and counted
-//!   in a warning), then `link`, which sends a WebSocket close and
-//!   publishes `PortalLinkChanged { connected: false }`.
+//!   lost); durable statuses stay on disk until the portal confirmed them.
+//!   Bus messages published during a restart delay wait in the actor's
+//!   mailbox.
+//! * **Stop** stops `outbox` (frames still queued in memory are dropped and
+//!   counted in a warning; durable statuses stay on disk and are sent after
+//!   the next start, also after a SIGKILL), then `link`, which sends a
+//!   WebSocket close and publishes `PortalLinkChanged { connected: false }`.
 //! * **Bounds:** frames from the portal up to 4 MiB
 //!   ([`frame::MAX_FRAME_BYTES`]; larger ones are read and skipped up to
 //!   [`link::HARD_FRAME_LIMIT`], beyond which the link reconnects); frames
-//!   to the portal up to `outbox_capacity` queued, then the publisher waits.
+//!   to the portal up to `outbox_capacity` queued, then the publisher waits;
+//!   durable statuses up to [`banalytics_home::outbox::MAX_ENTRIES`] on
+//!   disk, read [`outbox::CONFIRM_EVERY`] at a time.
 
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
@@ -62,7 +69,7 @@ use banalytics_sdk::{
     ComponentError,
 };
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 pub mod config;
 pub mod frame;
@@ -154,6 +161,7 @@ struct PortalIntegration {
     config: PortalConfig,
     timing: Timing,
     queue: Option<Arc<outbox::OutboxQueue>>,
+    durable: Option<Arc<outbox::DurableOutbox>>,
     answers: Option<tokio::task::AbortHandle>,
 }
 
@@ -165,6 +173,7 @@ impl PortalIntegration {
             config,
             timing,
             queue: None,
+            durable: None,
             answers: None,
         }
     }
@@ -195,19 +204,27 @@ impl Component for PortalIntegration {
         });
         let queue = Arc::new(outbox::OutboxQueue::new(self.config.outbox_capacity));
         self.queue = Some(queue.clone());
-        let q = queue.clone();
+        let durable = Arc::new(outbox::DurableOutbox::new(&self.home));
+        self.durable = Some(durable.clone());
+        let (q, d) = (queue.clone(), durable.clone());
         let outbox = ctx.supervise("outbox", move |_, _| {
-            outbox::Outbox::new(q.clone(), link.clone(), up_rx.clone())
+            outbox::Outbox::new(q.clone(), d.clone(), link.clone(), up_rx.clone())
         });
         ctx.route::<GetEnvModulesRequest, _>(&outbox);
         ctx.route::<ModuleStatusUpdate, _>(&outbox);
-        // Answers "how much is still queued?" (the upgrade center asks before
-        // it restarts the box, so that its statuses leave first).
+        // Answers "how much does the portal not have yet?" (the upgrade
+        // center asks before it restarts the box, so that its statuses
+        // leave first): the queue and the durable statuses not confirmed.
         let mut queries = ctx.bus().subscribe::<PortalOutboxQuery>();
         let (bus, q) = (ctx.bus().clone(), queue.clone());
         let answers = actix::spawn(async move {
             while queries.recv().await.is_some() {
-                bus.publish(PortalOutboxState { queued: q.len() }).await;
+                let durable = durable.count().await;
+                bus.publish(PortalOutboxState {
+                    queued: q.len() + durable,
+                    durable,
+                })
+                .await;
             }
         });
         self.answers = Some(answers.abort_handle());
@@ -222,6 +239,19 @@ impl Component for PortalIntegration {
             let unsent = queue.len();
             if unsent > 0 {
                 warn!(component = %self.name, unsent, "stopped with frames for the portal not sent");
+            }
+        }
+        if self.durable.take().is_some() {
+            // A listing of one folder: cheap enough for the stopping thread.
+            let layout = banalytics_home::Layout::new(&self.home);
+            match banalytics_home::outbox::count(&layout) {
+                Ok(0) => {}
+                Ok(waiting) => {
+                    info!(component = %self.name, waiting, "stopped with durable statuses for the portal: they stay on disk for the next start")
+                }
+                Err(e) => {
+                    warn!(component = %self.name, error = %e, "cannot count the durable statuses for the portal")
+                }
             }
         }
     }

@@ -13,7 +13,15 @@
 //!
 //! Frames to the portal arrive as [`SendFrame`]; the reply says whether the
 //! frame was written ([`LinkDown`] otherwise: the sender keeps it and tries
-//! again when the link is back).
+//! again when the link is back). A written frame is not yet a received one:
+//! a link that dies after the write loses what was in flight. So
+//! [`ConfirmFrames`] asks the portal to prove it read every frame written
+//! so far: the link sends a ping and answers once the pong comes. Every
+//! ping carries a number (8 bytes, big-endian) and a pong echoes its
+//! ping's; a pong of the confirming ping or of a later one is the proof,
+//! since the portal reads the connection in order and may answer only the
+//! latest of several pings (RFC 6455 5.5.3). No pong within
+//! [`Timing::dead_after`] means the link is dead, as for the keep-alive.
 //!
 //! Frames over [`MAX_FRAME_BYTES`] and up to [`HARD_FRAME_LIMIT`] are read
 //! and skipped. A frame over the hard limit cannot be skipped without
@@ -128,14 +136,33 @@ impl Message for SendFrame {
     type Result = Result<(), LinkDown>;
 }
 
-/// The frame was not written: the link is down (or went down while
-/// writing).
+/// Asks the portal to confirm that it read every frame written on this
+/// connection so far (see the module docs). `Ok` once it did; [`LinkDown`]
+/// when the link is down or goes down first, and then the sender cannot
+/// know which of those frames arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmFrames;
+
+impl Message for ConfirmFrames {
+    type Result = Result<(), LinkDown>;
+}
+
+/// The frame was not written (or not confirmed): the link is down (or went
+/// down meanwhile).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("portal link is down")]
 pub struct LinkDown;
 
+/// What the connection is asked to do.
+enum Item {
+    /// Write a text frame.
+    Text(String),
+    /// Ping, and answer when the pong comes.
+    Confirm,
+}
+
 struct Outgoing {
-    text: String,
+    item: Item,
     ack: oneshot::Sender<Result<(), LinkDown>>,
 }
 
@@ -203,18 +230,43 @@ impl Handler<SendFrame> for Link {
     type Result = ResponseFuture<Result<(), LinkDown>>;
 
     fn handle(&mut self, SendFrame(text): SendFrame, _: &mut Context<Self>) -> Self::Result {
+        self.hand_over(Item::Text(text))
+    }
+}
+
+impl Handler<ConfirmFrames> for Link {
+    type Result = ResponseFuture<Result<(), LinkDown>>;
+
+    fn handle(&mut self, _: ConfirmFrames, _: &mut Context<Self>) -> Self::Result {
+        self.hand_over(Item::Confirm)
+    }
+}
+
+impl Link {
+    /// Hands `item` to the connection and waits for its answer.
+    fn hand_over(&self, item: Item) -> ResponseFuture<Result<(), LinkDown>> {
         if !*self.up.borrow() {
             return Box::pin(std::future::ready(Err(LinkDown)));
         }
         let tx = self.tx.clone();
         Box::pin(async move {
             let (ack, acked) = oneshot::channel();
-            tx.send(Outgoing { text, ack })
+            tx.send(Outgoing { item, ack })
                 .await
                 .map_err(|_| LinkDown)?;
             acked.await.unwrap_or(Err(LinkDown))
         })
     }
+}
+
+/// A [`ConfirmFrames`] that waits for its pong.
+struct Confirming {
+    /// The number of its ping.
+    ping: u64,
+    /// When that ping was written.
+    sent: Instant,
+    /// Whom to answer.
+    ack: oneshot::Sender<Result<(), LinkDown>>,
 }
 
 /// How a connection ended.
@@ -332,8 +384,15 @@ async fn serve(
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // The number of the last ping sent, and the confirmation that waits
+    // for a pong.
+    let mut pings = 0u64;
+    let mut confirming: Option<Confirming> = None;
     loop {
-        let deadline = last_heard + timing.dead_after;
+        let mut deadline = last_heard + timing.dead_after;
+        if let Some(c) = &confirming {
+            deadline = deadline.min(c.sent + timing.dead_after);
+        }
         tokio::select! {
             _ = &mut *shutdown => {
                 let _ = timeout(CLOSE_GRACE, sink.send(WsMessage::Close(None))).await;
@@ -341,20 +400,43 @@ async fn serve(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 return End::Lost(format!(
-                    "no pong or frame from the portal for {} ms",
+                    "no {} from the portal for {} ms",
+                    if confirming.is_some() { "pong" } else { "pong or frame" },
                     timing.dead_after.as_millis()
                 ));
             }
             _ = ping.tick() => {
-                match timeout(timing.dead_after, sink.send(WsMessage::Ping(Default::default()))).await {
+                pings += 1;
+                match timeout(timing.dead_after, sink.send(ping_frame(pings))).await {
                     Ok(Ok(())) => debug!("ping sent to the portal"),
                     Ok(Err(e)) => return End::Lost(format!("cannot send a ping: {e}")),
                     Err(_) => return End::Lost("ping not written in time".into()),
                 }
             }
             out = outgoing.recv() => {
-                let Some(Outgoing { text, ack }) = out else {
+                let Some(Outgoing { item, ack }) = out else {
                     return End::Shutdown;
+                };
+                let text = match item {
+                    Item::Text(text) => text,
+                    Item::Confirm => {
+                        pings += 1;
+                        match timeout(timing.dead_after, sink.send(ping_frame(pings))).await {
+                            Ok(Ok(())) => {
+                                debug!(ping = pings, "confirmation asked of the portal");
+                                confirming = Some(Confirming { ping: pings, sent: Instant::now(), ack });
+                            }
+                            failed => {
+                                up.send_replace(false);
+                                let _ = ack.send(Err(LinkDown));
+                                return End::Lost(match failed {
+                                    Ok(Err(e)) => format!("cannot send a ping: {e}"),
+                                    _ => "ping not written in time".into(),
+                                });
+                            }
+                        }
+                        continue;
+                    }
                 };
                 let bytes = text.len();
                 match timeout(timing.dead_after, sink.send(WsMessage::Text(text.into()))).await {
@@ -389,12 +471,30 @@ async fn serve(
                     Some(Ok(WsMessage::Close(frame))) => {
                         info!(close = ?frame, "portal closes the link");
                     }
-                    Some(Ok(WsMessage::Pong(_))) => debug!("pong from the portal"),
+                    Some(Ok(WsMessage::Pong(payload))) => {
+                        let answered = pong_number(&payload);
+                        debug!(ping = answered, "pong from the portal");
+                        if confirming.as_ref().is_some_and(|c| answered >= Some(c.ping)) {
+                            if let Some(c) = confirming.take() {
+                                let _ = c.ack.send(Ok(()));
+                            }
+                        }
+                    }
                     Some(Ok(_)) => {}
                 }
             }
         }
     }
+}
+
+/// Ping number `n`.
+fn ping_frame(n: u64) -> WsMessage {
+    WsMessage::Ping(n.to_be_bytes().to_vec().into())
+}
+
+/// The number a pong echoes; `None` for a payload that is not one of ours.
+fn pong_number(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.try_into().ok()?))
 }
 
 /// Decodes one text frame and publishes it; logs and skips what cannot be

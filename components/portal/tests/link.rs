@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use banalytics_messages::portal::{
     GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus, ModuleStatusUpdate,
-    PortalLinkChanged, SyncSoftware,
+    PortalLinkChanged, PortalOutboxQuery, PortalOutboxState, SyncSoftware,
 };
 use banalytics_portal_integration::Timing;
 use banalytics_sdk::{Bus, State};
@@ -28,6 +28,7 @@ fn status(n: usize) -> ModuleStatusUpdate {
         }),
         status: ModuleStatus::Downloaded,
         status_message: Some(format!("#{n}")),
+        seq: None,
     }
 }
 
@@ -235,6 +236,125 @@ async fn after_the_portal_drops_the_link_queued_messages_arrive_in_order() {
         );
     }
     running.stop().await;
+}
+
+/// Appends `status(n)` to the home's portal outbox, as the upgrade center
+/// does before it publishes; returns its seq.
+fn append_durable(home: &std::path::Path, n: usize) -> u64 {
+    let entry = serde_json::to_vec(&status(n)).unwrap();
+    banalytics_home::outbox::append(&banalytics_home::Layout::new(home), &entry).unwrap()
+}
+
+fn durable_left(home: &std::path::Path) -> usize {
+    banalytics_home::outbox::count(&banalytics_home::Layout::new(home)).unwrap()
+}
+
+/// The next message that is not a text frame: what follows a batch of
+/// durable statuses is the ping that asks to confirm them.
+async fn next_control(conn: &mut Conn) -> Message {
+    tokio::time::timeout(WITHIN, conn.ws.next())
+        .await
+        .expect("a message in time")
+        .expect("the connection open")
+        .expect("a good message")
+}
+
+#[actix_rt::test]
+async fn durable_statuses_go_in_seq_order_and_stay_on_disk_until_the_portal_confirms_them() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let mut outbox_states = bus.subscribe::<PortalOutboxState>();
+    let home = home(Some("env-42"));
+    let path = home.path().to_owned();
+    // Left by an earlier run of the box, before a kill.
+    let seqs: Vec<u64> = (1..=3).map(|n| append_durable(&path, n)).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let running = start(
+        home,
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        bus.clone(),
+    );
+
+    // At link-up, in order, each with its seq.
+    let mut conn = portal.next_conn().await;
+    for n in 1..=3 {
+        let frame = conn.recv_json().await;
+        assert_eq!(frame["type"], "EVT_ENV_MOD_UPD_STS");
+        assert_eq!(frame["seq"], n, "{frame}");
+        assert_eq!(frame["statusMessage"], format!("#{n}"));
+    }
+    // Then the ping that asks for a confirmation. Its pong goes out only at
+    // the portal's next read, so the statuses must still be on disk, and
+    // the outbox query counts them.
+    assert!(matches!(next_control(&mut conn).await, Message::Ping(_)));
+    assert_eq!(
+        durable_left(&path),
+        3,
+        "removed before the portal confirmed"
+    );
+    bus.publish(PortalOutboxQuery {}).await;
+    assert_eq!(
+        next(&mut outbox_states).await,
+        PortalOutboxState {
+            queued: 3,
+            durable: 3
+        }
+    );
+
+    // The portal goes without answering: the box cannot know what it read,
+    // and sends all three again on the next link.
+    drop(conn);
+    let mut conn = portal.next_conn().await;
+    for n in 1..=3 {
+        assert_eq!(conn.recv_json().await["seq"], n);
+    }
+    // Reading on answers the ping: confirmed, removed.
+    let reader = tokio::spawn(async move {
+        let mut texts = Vec::new();
+        while let Some(Ok(msg)) = conn.ws.next().await {
+            if let Message::Text(t) = msg {
+                texts.push(serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap());
+            }
+        }
+        texts
+    });
+    assert!(
+        eventually(|| durable_left(&path) == 0).await,
+        "the confirmed statuses are removed"
+    );
+
+    // A new durable status: appended, then announced on the bus with its
+    // seq; the box sends it from disk, once. One without a seq goes from
+    // memory, as before.
+    let seq = append_durable(&path, 4);
+    assert_eq!(seq, 4, "numbers go on after removals");
+    bus.publish(ModuleStatusUpdate {
+        seq: Some(seq),
+        ..status(4)
+    })
+    .await;
+    assert!(eventually(|| durable_left(&path) == 0).await);
+    bus.publish(status(5)).await;
+    let until = tokio::time::Instant::now() + WITHIN;
+    let mut drained = false;
+    while !drained && tokio::time::Instant::now() < until {
+        bus.publish(PortalOutboxQuery {}).await;
+        drained = next(&mut outbox_states).await.queued == 0;
+        if !drained {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(drained, "the in-memory status left too");
+    running.stop().await;
+    let texts = reader.await.unwrap();
+    let seqs: Vec<&serde_json::Value> = texts.iter().map(|t| &t["seq"]).collect();
+    assert_eq!(
+        seqs,
+        [&json!(4), &serde_json::Value::Null],
+        "the durable status once, the other without a seq: {texts:?}"
+    );
+    assert_eq!(texts[1]["statusMessage"], "#5");
 }
 
 fn fast_timing() -> Timing {

@@ -13,6 +13,7 @@
 use std::{cell::RefCell, collections::HashSet, rc::Rc, time::Duration};
 
 use actix::prelude::*;
+use banalytics_home::outbox;
 use banalytics_messages::{
     portal::{
         CoreBuild, GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus,
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, info_span, instrument, warn, Instrument, Span};
 
 use crate::{
+    blocking::off_thread,
     coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
     downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE},
     error::{Failure, UpgradeError},
@@ -245,7 +247,11 @@ fn publish_report(peers: &Peers, report: &SyncReport) {
     peers.board.set_details(&peers.component, details);
 }
 
-/// Sends a status to the portal.
+/// Sends a status to the portal, durably: it is appended to the portal
+/// outbox on disk first ([`banalytics_home::outbox`]) and published with
+/// its `seq`, so Portal Integration sends it from there, also after a
+/// restart or a kill. When the outbox refuses it (full, or the disk
+/// fails), it goes in memory only, as before, and the log says so.
 async fn status(
     peers: &Peers,
     env: &str,
@@ -259,15 +265,22 @@ async fn status(
         version: c.version().to_owned(),
     });
     info!(module = ?module.as_ref().map(|m| format!("{}:{}:{}", m.group_id, m.artifact_id, m.version)), ?status, message = message.as_deref().unwrap_or(""), "status to portal");
-    peers
-        .bus
-        .publish(ModuleStatusUpdate {
-            environment_uuid: env.to_owned(),
-            module,
-            status,
-            status_message: message,
-        })
-        .await;
+    let mut update = ModuleStatusUpdate {
+        environment_uuid: env.to_owned(),
+        module,
+        status,
+        status_message: message,
+        seq: None,
+    };
+    let entry = serde_json::to_vec(&update).expect("plain data");
+    let layout = peers.layout.clone();
+    match off_thread(move || outbox::append(&layout, &entry)).await {
+        Ok(seq) => update.seq = Some(seq),
+        Err(e) => {
+            warn!(error = %e, ?status, "status not kept on disk: it is sent from memory and lost if the box stops first")
+        }
+    }
+    peers.bus.publish(update).await;
 }
 
 fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: SyncState) {

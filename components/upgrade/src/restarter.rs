@@ -1,13 +1,14 @@
 //! `Restarter`: once a staged set is complete, asks the host to restart the
 //! box so that `run` applies it.
 //!
-//! The statuses of the synchronisation were handed to Portal Integration
-//! before this runs (a bus publish returns once the subscriber has the
-//! message). Before asking for the restart, the Restarter asks Portal
-//! Integration how many frames still wait in its outbox
-//! ([`PortalOutboxQuery`]) until none do, for at most
-//! `status_flush_timeout_ms`: the host stops the link when it restarts, and
-//! a status still queued then would be lost.
+//! The statuses of the synchronisation were appended to the portal outbox
+//! on disk and announced to Portal Integration before this runs (a bus
+//! publish returns once the subscriber has the message). Before asking for
+//! the restart, the Restarter asks Portal Integration how many frames the
+//! portal does not have yet, in memory and on disk ([`PortalOutboxQuery`]),
+//! until none, for at most `status_flush_timeout_ms`: the host stops the
+//! link when it restarts. A durable status not confirmed by then is sent
+//! after the restart; waiting here only makes the portal see it sooner.
 
 use std::time::Duration;
 

@@ -28,7 +28,7 @@ fn fake_outbox(bus: &Bus, queued: usize) -> Arc<AtomicUsize> {
     actix_rt::spawn(async move {
         while queries.recv().await.is_some() {
             let queued = l.load(Ordering::SeqCst);
-            bus.publish(PortalOutboxState { queued }).await;
+            bus.publish(PortalOutboxState { queued, durable: 0 }).await;
             l.store(queued.saturating_sub(1), Ordering::SeqCst);
         }
     });

@@ -1165,3 +1165,49 @@ async fn a_set_the_preflight_refuses_is_cancelled_naming_the_set_and_nothing_is_
         assert!(!b.path(gone).exists(), "{gone} is left");
     }
 }
+
+#[actix_rt::test]
+async fn every_status_is_on_disk_under_its_seq_before_it_is_published() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let beta = publish(&repo, "beta", "1.0", &[], &[]);
+    let b = start_box(&repo, objects(&[&alpha, &beta]), Options::default()).await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+
+    // No Portal Integration runs here, so nothing was sent and removed: the
+    // outbox holds every status published, under the seq it carried.
+    let published = b.statuses.lock().unwrap().clone();
+    assert_eq!(published.len(), 4, "{published:?}");
+    let layout = banalytics_home::Layout::new(b.home.path());
+    let on_disk = banalytics_home::outbox::pending(&layout, usize::MAX).unwrap();
+    assert_eq!(
+        on_disk
+            .iter()
+            .map(|(seq, _)| Some(*seq))
+            .collect::<Vec<_>>(),
+        published.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        "published in the order appended, each with its number"
+    );
+    assert_eq!(on_disk[0].0, 1);
+    for ((seq, entry), status) in on_disk.iter().zip(&published) {
+        let mut stored: ModuleStatusUpdate = serde_json::from_slice(entry).unwrap();
+        assert_eq!(stored.seq, None, "the number is the entry's name");
+        stored.seq = Some(*seq);
+        assert_eq!(&stored, status);
+    }
+
+    // A second synchronisation goes on numbering.
+    let before = on_disk.last().unwrap().0;
+    banalytics_home::outbox::remove_all(
+        &layout,
+        &on_disk.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let sync = b.resync(vec![]).await;
+    assert_eq!(sync["state"], "cancelled", "{sync}");
+    let cancelled = b.statuses.lock().unwrap().clone();
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(cancelled[0].status, InstallationCancelled);
+    assert_eq!(cancelled[0].seq, Some(before + 1));
+}

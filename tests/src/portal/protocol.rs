@@ -3,11 +3,17 @@
 //! assigned set, records every `EVT_ENV_MOD_UPD_STS` in order, and pushes
 //! `EVT_SYNC_SOFT` (or any raw frame a test asks for) to live connections.
 //!
+//! A status with the extension field `seq` (a durable one: the box sends it
+//! again when it cannot know whether the portal read it) is recorded once
+//! per environment and `seq`; a repeat is dropped and counted
+//! (`duplicateStatuses`, in the environment's report and in the stats). A
+//! status without `seq` is recorded as it comes.
+//!
 //! The messages are plain JSON here on purpose: the portal is the box's
 //! test oracle, so it shares no wire types with the box's own code.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -39,6 +45,8 @@ pub const OUTBOUND_QUEUE: usize = 64;
 
 /// Statuses kept per environment; older ones are dropped (and counted) so a
 /// long-running portal stays bounded. Far above what any test produces.
+/// The same bound holds the `seq`s remembered per environment: the oldest
+/// are forgotten first, and a box resends only its newest statuses.
 pub const MAX_STATUSES_PER_ENV: usize = 10_000;
 
 /// One `EVT_ENV_MOD_UPD_STS` as the box sent it.
@@ -53,6 +61,9 @@ pub struct StatusRecord {
     pub status: Value,
     /// Why, or null.
     pub status_message: Value,
+    /// The durable status's number in the box's outbox, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// What the portal knows of one environment.
@@ -79,6 +90,9 @@ pub struct EnvironmentReport {
     pub statuses: Vec<StatusRecord>,
     /// Statuses dropped past [`MAX_STATUSES_PER_ENV`].
     pub statuses_dropped: u64,
+    /// Statuses dropped because one with the same `seq` was recorded.
+    #[serde(default)]
+    pub duplicate_statuses: u64,
 }
 
 #[derive(Default)]
@@ -90,6 +104,9 @@ struct EnvState {
     last_core_module: Option<Value>,
     statuses: Vec<StatusRecord>,
     statuses_dropped: u64,
+    /// The `seq`s recorded, at most [`MAX_STATUSES_PER_ENV`].
+    seqs: BTreeSet<u64>,
+    duplicate_statuses: u64,
 }
 
 /// Live connections and what each environment reported.
@@ -161,6 +178,7 @@ impl Environments {
                     r.last_core_module = e.last_core_module.clone();
                     r.statuses = e.statuses.clone();
                     r.statuses_dropped = e.statuses_dropped;
+                    r.duplicate_statuses = e.duplicate_statuses;
                 }
                 r
             })
@@ -272,6 +290,7 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                 module: field("module"),
                 status: field("status"),
                 status_message: field("statusMessage"),
+                seq: msg.get("seq").and_then(Value::as_u64),
             };
             let env = if conn_env.is_empty() {
                 record
@@ -283,14 +302,29 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                 conn_env.to_string()
             };
             let env = env.as_str();
-            info!(env, status = %record.status, module = %record.module, "status reported");
-            app.envs.with(env, |e| {
+            let recorded = app.envs.with(env, |e| {
+                if let Some(seq) = record.seq {
+                    if !e.seqs.insert(seq) {
+                        e.duplicate_statuses += 1;
+                        return false;
+                    }
+                    if e.seqs.len() > MAX_STATUSES_PER_ENV {
+                        e.seqs.pop_first();
+                    }
+                }
                 if e.statuses.len() >= MAX_STATUSES_PER_ENV {
                     e.statuses.remove(0);
                     e.statuses_dropped += 1;
                 }
-                e.statuses.push(record);
+                e.statuses.push(record.clone());
+                true
             });
+            if recorded {
+                info!(env, status = %record.status, module = %record.module, seq = ?record.seq, "status reported");
+            } else {
+                app.stats.duplicate_status();
+                info!(env, status = %record.status, seq = ?record.seq, "status already recorded: duplicate dropped");
+            }
             None
         }
         other => {

@@ -1,7 +1,8 @@
 //! Counters that let tests assert what crossed the wire: body bytes served
 //! and requests per repository path ("each byte served once" after a resume)
 //! and WebSocket connection attempts over time (reconnect backoff); and the
-//! files hashed to answer a request (none when every file was published).
+//! files hashed to answer a request (none when every file was published);
+//! and the durable statuses dropped as duplicates.
 
 use std::{
     collections::BTreeMap,
@@ -44,6 +45,11 @@ pub struct StatsReport {
     /// not write, or that changed since.
     #[serde(default)]
     pub etag_hashes: u64,
+    /// Durable statuses dropped because their environment and `seq` were
+    /// recorded already (a box sends one again when it could not know
+    /// whether the portal read it).
+    #[serde(default)]
+    pub duplicate_statuses: u64,
 }
 
 impl StatsReport {
@@ -101,6 +107,10 @@ impl Stats {
         let mut r = g.1.clone();
         r.uptime_ms = as_ms(g.0.elapsed());
         r
+    }
+
+    pub(crate) fn duplicate_status(&self) {
+        self.inner.lock().expect("stats lock").1.duplicate_statuses += 1;
     }
 
     pub(crate) fn reset(&self) {
