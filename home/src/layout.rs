@@ -141,6 +141,18 @@ pub struct FileError {
     pub source: io::Error,
 }
 
+impl FileError {
+    /// A `map_err` argument: the error of `action` on `path`.
+    pub fn at(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
+        let path = path.to_owned();
+        move |source| FileError {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
 impl From<FileError> for io::Error {
     fn from(e: FileError) -> Self {
         io::Error::new(e.source.kind(), e)
@@ -151,14 +163,7 @@ impl From<FileError> for io::Error {
 /// the new content: 1. write `{path}.tmp`, 2. fsync it, 3. rename it over
 /// `path`, 4. fsync the folder so the rename itself is durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    let err = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| FileError {
-            action,
-            path,
-            source,
-        }
-    };
+    let err = FileError::at;
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);

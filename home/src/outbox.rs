@@ -281,14 +281,7 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), OutboxError> {
 /// Creates the folder if needed and locks it; the lock goes with the file.
 fn lock(dir: &Path) -> Result<fs::File, OutboxError> {
     use std::os::unix::io::AsRawFd;
-    let err = |action, path: &Path| {
-        let path = path.to_owned();
-        move |source| FileError {
-            action,
-            path,
-            source,
-        }
-    };
+    let err = FileError::at;
     fs::create_dir_all(dir).map_err(err("create", dir))?;
     let path = dir.join(LOCK_FILE);
     let file = fs::OpenOptions::new()
