@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use banalytics_home::{
+    failpoint::failpoint,
     running::RunningCore,
     swap::{self, SwapError},
     Layout,
@@ -110,7 +111,11 @@ fn run(home: &Home) -> Result<u8, Error> {
     // counted this start (`launcher`'s module docs).
     let handshake = launcher::Handshake::from_env()?;
     let lock = match &handshake {
-        Some(h) => h.take_lock(),
+        Some(h) => {
+            let lock = h.take_lock();
+            failpoint("core.handshake-taken");
+            lock
+        }
         None => hold_lock(home)?,
     };
     logging::init(&early.log);
@@ -137,8 +142,10 @@ fn run(home: &Home) -> Result<u8, Error> {
                     rolled_back: Some(format!("the module set could not be applied or put back: {e}")),
                 }
             });
+            failpoint("launcher.prepared");
             let own = launcher::own_identity(&home.state_dir())
                 .map_err(io(PathBuf::from("/proc/self/exe")))?;
+            failpoint("launcher.identified");
             // Nothing of the set has run yet: a core of the set runs as
             // this launcher's child, and this process only watches it.
             if let Some(core) = launcher::core_to_run(&layout, &own) {
@@ -178,6 +185,7 @@ fn run(home: &Home) -> Result<u8, Error> {
         info!("host running");
         if let Some(h) = &handshake {
             h.ready();
+            failpoint("core.ready-sent");
         }
         let mut watcher = {
             let (host, layout, settings) = (host.clone(), layout.clone(), settings.clone());

@@ -44,6 +44,7 @@ use std::{
 
 use banalytics_home::{
     coords::CORE_EXECUTABLE_NAME,
+    failpoint::failpoint,
     installed::read_modules_info,
     record::{sha256_file, SetRecord},
     running::{CoreOrigin, RunningCore},
@@ -350,6 +351,7 @@ fn record_failure(layout: &Layout, failure: &str) -> bool {
             if let Err(e) = swap::set_probation(layout, &p) {
                 error!(error = %e, "cannot record the failed start");
             }
+            failpoint("launcher.failure-recorded");
             true
         }
         _ => {
@@ -361,6 +363,7 @@ fn record_failure(layout: &Layout, failure: &str) -> bool {
 
 /// What the launcher ends with when its core ended with `status`.
 fn after_exit(layout: &Layout, settings: &Settings, status: ExitStatus) -> Result<u8, Error> {
+    failpoint("launcher.core-exited");
     match status.code() {
         Some(0) => Ok(EXIT_OK),
         Some(75) => restart(settings),
@@ -452,6 +455,7 @@ pub fn launch(
         return failed_start(format!("the core could not be started: {problem}"));
     }
     forward_signals();
+    failpoint("launcher.core-spawning");
     let started = Instant::now();
     info!(core = %core.path.display(), version = %core.version, on_probation, "starting the core of the active set");
     let mut child = match command.spawn() {
@@ -465,6 +469,7 @@ pub fn launch(
     };
     CHILD.store(child.id() as i32, Ordering::SeqCst);
     drop(ready_write);
+    failpoint("launcher.core-spawned");
     info!(
         pid = child.id(),
         hop_us = started.elapsed().as_micros() as u64,
@@ -522,6 +527,7 @@ pub fn launch(
             ready_ms = started.elapsed().as_millis() as u64,
             "the core's components started"
         );
+        failpoint("launcher.core-ready");
     }
     // 2. Until it exits.
     let status = child.wait().map_err(io_err(&core.path))?;
