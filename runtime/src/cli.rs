@@ -25,7 +25,7 @@ use crate::{
 
 /// The Banalytics box host.
 #[derive(Debug, Parser)]
-#[command(name = "banalytics-box", version)]
+#[command(name = "banalytics-box", version = launcher::BUILD_VERSION)]
 pub struct Cli {
     /// The box home [default: $BANALYTICS_HOME, else the current directory]
     #[arg(long, global = true, env = "BANALYTICS_HOME")]
@@ -143,13 +143,17 @@ fn run(home: &Home) -> Result<u8, Error> {
                 }
             });
             failpoint("launcher.prepared");
-            let own = launcher::own_identity(&home.state_dir())
+            let mut own = launcher::own_identity(&home.state_dir())
                 .map_err(io(PathBuf::from("/proc/self/exe")))?;
             failpoint("launcher.identified");
             // Nothing of the set has run yet: a core of the set runs as
             // this launcher's child, and this process only watches it.
-            if let Some(core) = launcher::core_to_run(&layout, &own) {
-                return launcher::launch(&layout, &settings, core, &lock, boot.rolled_back);
+            match launcher::core_to_run(&layout, &own) {
+                launcher::CoreToRun::Other(core) => {
+                    return launcher::launch(&layout, &settings, core, &lock, boot.rolled_back);
+                }
+                launcher::CoreToRun::OwnNamedBySet { version } => own.version = version,
+                launcher::CoreToRun::Own => {}
             }
             (boot, own)
         }
