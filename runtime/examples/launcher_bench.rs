@@ -132,7 +132,8 @@ fn start(bin: &Path, home: &Path) -> Start {
         let Ok(event) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
-        let fields = &event["fields"];
+        // The JSON log format puts the fields beside the message.
+        let fields = &event;
         hop_us = hop_us.or(fields["hop_us"].as_f64());
         if fields["message"] == "core" {
             origin_module_set = fields["origin"].as_str() == Some("ModuleSet");
@@ -147,7 +148,7 @@ fn start(bin: &Path, home: &Path) -> Start {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     for line in lines.map_while(Result::ok) {
         if let Ok(event) = serde_json::from_str::<Value>(&line) {
-            ready_ms = ready_ms.or(event["fields"]["ready_ms"].as_f64());
+            ready_ms = ready_ms.or(event["ready_ms"].as_f64());
         }
     }
     let status = child.wait().expect("wait");

@@ -178,6 +178,10 @@ fn run(home: &Home) -> Result<u8, Error> {
     };
     let system = actix_rt::System::new();
     let ending = system.block_on(async {
+        // Handlers first: a SIGTERM right after the components started (or
+        // after the readiness line a launcher waits for) stops the host
+        // instead of killing it with the default action.
+        let stop_signals = stop_signals().map_err(io(PathBuf::from("signal")))?;
         let host = Arc::new(Host::build(home, &config, &registry)?);
         let socket = home.control_socket();
         let listener = control::bind(&socket).map_err(io(socket.clone()))?;
@@ -201,12 +205,11 @@ fn run(home: &Home) -> Result<u8, Error> {
         // staged set is applied only after the commit (a failed start
         // restarts anyway).
         let mut deferred: Option<RestartRequested> = None;
-        let stop = wait_for_stop_signal();
+        let stop = wait_for_stop_signal(stop_signals);
         tokio::pin!(stop);
         let ending = loop {
             tokio::select! {
                 signal = &mut stop => {
-                    let signal = signal.map_err(io(PathBuf::from("signal")))?;
                     info!(%signal, "stopping");
                     break None;
                 }
@@ -339,14 +342,22 @@ fn verify(home: &Home) -> Result<u8, Error> {
     Ok(EXIT_FAILURE)
 }
 
-async fn wait_for_stop_signal() -> std::io::Result<&'static str> {
+/// SIGTERM and SIGINT, caught from now on.
+fn stop_signals() -> std::io::Result<[tokio::signal::unix::Signal; 2]> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
+    Ok([
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    ])
+}
+
+async fn wait_for_stop_signal(
+    [mut term, mut int]: [tokio::signal::unix::Signal; 2],
+) -> &'static str {
+    tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    })
+    }
 }
 
 fn status(home: &Home, json: bool) -> Result<u8, Error> {
