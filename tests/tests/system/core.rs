@@ -120,6 +120,34 @@ fn a_core_of_the_set_runs_as_the_launchers_child_and_reports_itself() -> Result<
     Ok(())
 }
 
+#[test]
+fn a_core_of_the_set_with_the_launchers_own_bytes_is_the_launcher_reporting_the_sets_version(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = portal(dir.path())?;
+    let core_1 = "com.banalytics.box:core:1.0";
+    publish_core(&portal, dir.path(), core_1, &std::fs::read(box_bin())?)?;
+    let env = env_uuid(402);
+    portal.assign_set(&env, &[core_1.to_owned()])?;
+    let mut b = ManagedBox::new(&settings(&portal, &env))?;
+    b.spawn()?;
+
+    let v = verdict(&portal, &mut b, &env)?;
+    ensure!(v.status == "installed", "{v}");
+    let core = running_core(&mut b)?;
+    ensure!(
+        core["version"] == "1.0" && core["origin"] == "launcher",
+        "the launcher is core 1.0 of the set: {core}"
+    );
+    ensure!(
+        core["pid"].as_u64().map(|p| p as u32) == b.pid(),
+        "no child: the launcher runs the components itself: {core}"
+    );
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
 /// A set whose core is `bytes` is rolled back after two starts, with
 /// `reason` in `installation_cancelled` and in `status`; the launcher is
 /// the core again and the link is up.
