@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use banalytics_home::{
+    failpoint::failpoint,
     running::RunningCore,
     swap::{self, SwapError},
     Layout,
@@ -24,7 +25,7 @@ use crate::{
 
 /// The Banalytics box host.
 #[derive(Debug, Parser)]
-#[command(name = "banalytics-box", version)]
+#[command(name = "banalytics-box", version = launcher::BUILD_VERSION)]
 pub struct Cli {
     /// The box home [default: $BANALYTICS_HOME, else the current directory]
     #[arg(long, global = true, env = "BANALYTICS_HOME")]
@@ -110,7 +111,11 @@ fn run(home: &Home) -> Result<u8, Error> {
     // counted this start (`launcher`'s module docs).
     let handshake = launcher::Handshake::from_env()?;
     let lock = match &handshake {
-        Some(h) => h.take_lock(),
+        Some(h) => {
+            let lock = h.take_lock();
+            failpoint("core.handshake-taken");
+            lock
+        }
         None => hold_lock(home)?,
     };
     logging::init(&early.log);
@@ -137,12 +142,18 @@ fn run(home: &Home) -> Result<u8, Error> {
                     rolled_back: Some(format!("the module set could not be applied or put back: {e}")),
                 }
             });
-            let own = launcher::own_identity(&home.state_dir())
+            failpoint("launcher.prepared");
+            let mut own = launcher::own_identity(&home.state_dir())
                 .map_err(io(PathBuf::from("/proc/self/exe")))?;
+            failpoint("launcher.identified");
             // Nothing of the set has run yet: a core of the set runs as
             // this launcher's child, and this process only watches it.
-            if let Some(core) = launcher::core_to_run(&layout, &own) {
-                return launcher::launch(&layout, &settings, core, &lock, boot.rolled_back);
+            match launcher::core_to_run(&layout, &own) {
+                launcher::CoreToRun::Other(core) => {
+                    return launcher::launch(&layout, &settings, core, &lock, boot.rolled_back);
+                }
+                launcher::CoreToRun::OwnNamedBySet { version } => own.version = version,
+                launcher::CoreToRun::Own => {}
             }
             (boot, own)
         }
@@ -167,6 +178,10 @@ fn run(home: &Home) -> Result<u8, Error> {
     };
     let system = actix_rt::System::new();
     let ending = system.block_on(async {
+        // Handlers first: a SIGTERM right after the components started (or
+        // after the readiness line a launcher waits for) stops the host
+        // instead of killing it with the default action.
+        let stop_signals = stop_signals().map_err(io(PathBuf::from("signal")))?;
         let host = Arc::new(Host::build(home, &config, &registry)?);
         let socket = home.control_socket();
         let listener = control::bind(&socket).map_err(io(socket.clone()))?;
@@ -178,6 +193,7 @@ fn run(home: &Home) -> Result<u8, Error> {
         info!("host running");
         if let Some(h) = &handshake {
             h.ready();
+            failpoint("core.ready-sent");
         }
         let mut watcher = {
             let (host, layout, settings) = (host.clone(), layout.clone(), settings.clone());
@@ -189,12 +205,11 @@ fn run(home: &Home) -> Result<u8, Error> {
         // staged set is applied only after the commit (a failed start
         // restarts anyway).
         let mut deferred: Option<RestartRequested> = None;
-        let stop = wait_for_stop_signal();
+        let stop = wait_for_stop_signal(stop_signals);
         tokio::pin!(stop);
         let ending = loop {
             tokio::select! {
                 signal = &mut stop => {
-                    let signal = signal.map_err(io(PathBuf::from("signal")))?;
                     info!(%signal, "stopping");
                     break None;
                 }
@@ -327,14 +342,22 @@ fn verify(home: &Home) -> Result<u8, Error> {
     Ok(EXIT_FAILURE)
 }
 
-async fn wait_for_stop_signal() -> std::io::Result<&'static str> {
+/// SIGTERM and SIGINT, caught from now on.
+fn stop_signals() -> std::io::Result<[tokio::signal::unix::Signal; 2]> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
+    Ok([
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    ])
+}
+
+async fn wait_for_stop_signal(
+    [mut term, mut int]: [tokio::signal::unix::Signal; 2],
+) -> &'static str {
+    tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
-    })
+    }
 }
 
 fn status(home: &Home, json: bool) -> Result<u8, Error> {

@@ -22,6 +22,10 @@
 //! The code that counts is the launcher's, which the new set did not
 //! change.
 //!
+//! A set whose core is this executable's own bytes runs no child: the
+//! launcher is that core, and reports itself with the set's version of it
+//! ([`CoreToRun::OwnNamedBySet`]).
+//!
 //! The child, not an `exec`: only a parent sees how its child ended. The
 //! child dies with the launcher (`PR_SET_PDEATHSIG`), so a killed launcher
 //! leaves no core behind.
@@ -44,6 +48,7 @@ use std::{
 
 use banalytics_home::{
     coords::CORE_EXECUTABLE_NAME,
+    failpoint::failpoint,
     installed::read_modules_info,
     record::{sha256_file, SetRecord},
     running::{CoreOrigin, RunningCore},
@@ -187,9 +192,9 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
     })
 }
 
-/// The core of the active set, when it holds one that is not `own` (by
-/// SHA-256): `None` means this executable is the core.
-pub fn core_to_run(layout: &Layout, own: &RunningCore) -> Option<CoreFile> {
+/// The core module of the active set: its file, version and SHA-256 (the
+/// set's record, else hashed).
+fn set_core(layout: &Layout) -> Option<CoreFile> {
     let modules = layout.modules();
     let path = modules.join(CORE_EXECUTABLE_NAME);
     if !path.is_file() {
@@ -209,11 +214,38 @@ pub fn core_to_run(layout: &Layout, own: &RunningCore) -> Option<CoreFile> {
         Some(sha) => sha,
         None => sha256_file(&path).ok()?,
     };
-    (sha256 != own.sha256).then(|| CoreFile {
+    Some(CoreFile {
         path,
         version: core.coords.version().to_owned(),
         sha256,
     })
+}
+
+/// What runs when the launcher asked the active set for its core.
+#[derive(Debug, Clone)]
+pub enum CoreToRun {
+    /// The set holds no core: this executable is the core, with its build's
+    /// version.
+    Own,
+    /// The set's core is this executable's bytes: this executable is the
+    /// core, and the set names its version (`version`).
+    OwnNamedBySet {
+        /// The set's version of the core module.
+        version: String,
+    },
+    /// The set holds another core: it runs as this launcher's child.
+    Other(CoreFile),
+}
+
+/// The core of the active set, compared with `own` by SHA-256.
+pub fn core_to_run(layout: &Layout, own: &RunningCore) -> CoreToRun {
+    match set_core(layout) {
+        None => CoreToRun::Own,
+        Some(core) if core.sha256 == own.sha256 => CoreToRun::OwnNamedBySet {
+            version: core.version,
+        },
+        Some(core) => CoreToRun::Other(core),
+    }
 }
 
 /// The ELF `e_machine` of this build's architecture.
@@ -350,6 +382,7 @@ fn record_failure(layout: &Layout, failure: &str) -> bool {
             if let Err(e) = swap::set_probation(layout, &p) {
                 error!(error = %e, "cannot record the failed start");
             }
+            failpoint("launcher.failure-recorded");
             true
         }
         _ => {
@@ -361,6 +394,7 @@ fn record_failure(layout: &Layout, failure: &str) -> bool {
 
 /// What the launcher ends with when its core ended with `status`.
 fn after_exit(layout: &Layout, settings: &Settings, status: ExitStatus) -> Result<u8, Error> {
+    failpoint("launcher.core-exited");
     match status.code() {
         Some(0) => Ok(EXIT_OK),
         Some(75) => restart(settings),
@@ -452,6 +486,7 @@ pub fn launch(
         return failed_start(format!("the core could not be started: {problem}"));
     }
     forward_signals();
+    failpoint("launcher.core-spawning");
     let started = Instant::now();
     info!(core = %core.path.display(), version = %core.version, on_probation, "starting the core of the active set");
     let mut child = match command.spawn() {
@@ -465,6 +500,7 @@ pub fn launch(
     };
     CHILD.store(child.id() as i32, Ordering::SeqCst);
     drop(ready_write);
+    failpoint("launcher.core-spawned");
     info!(
         pid = child.id(),
         hop_us = started.elapsed().as_micros() as u64,
@@ -522,6 +558,7 @@ pub fn launch(
             ready_ms = started.elapsed().as_millis() as u64,
             "the core's components started"
         );
+        failpoint("launcher.core-ready");
     }
     // 2. Until it exits.
     let status = child.wait().map_err(io_err(&core.path))?;

@@ -7,6 +7,13 @@
 //! Each set carries the sample plugin (`components/sample`) as a module; the
 //! demo adds its component once the first set is installed, and shows the
 //! component answering over the bus from the file of the active set.
+//! Each set also carries a core (the host executable): v1's core 1.0 is
+//! the demo's own `banalytics-box` (the installed executable, the
+//! launcher), v2's core 2.0 the same host built again with
+//! `BANALYTICS_CORE_VERSION=2.0` (into `target/demo-core-2.0`; the first
+//! build takes minutes). After the upgrade `status` reports core 2.0,
+//! running as the launcher's child from `modules/`; after the rollback
+//! core 1.0, the launcher itself.
 //! Ends with what moved, the bytes and the time of each phase; exits 0 and
 //! leaves nothing running.
 //!
@@ -26,7 +33,8 @@ use banalytics_tests::{
         cargo_command, ensure_binaries, BoxSettings, ManagedBox, ModuleSpec, PortalApi,
         EXIT_RESTART,
     },
-    portal::{Faults, Portal, PortalConfig, PortalHandle, PublishRequest},
+    portal::{Faults, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    PLATFORM,
 };
 use serde_json::json;
 
@@ -71,10 +79,109 @@ kind = "sample-echo"
 restart_on_failure = "immediate"
 "#;
 
-fn coords(specs: &[ModuleSpec], echo: &str) -> Vec<String> {
+/// The cores of v1 and v2: the installed executable itself, and the same
+/// host built with another version string.
+const CORE_V1: &str = "com.banalytics.box:core:1.0";
+const CORE_V2: &str = "com.banalytics.box:core:2.0";
+
+/// Where core 2.0 is built, under the workspace's `target/`: a target
+/// folder of its own, so that its build and the demo's do not invalidate
+/// each other (the version string is a build input of the runtime crate).
+const CORE_V2_TARGET: &str = "demo-core-2.0";
+
+fn coords(specs: &[ModuleSpec], echo: &str, core: &str) -> Vec<String> {
     let mut c: Vec<String> = specs.iter().map(|s| s.coordinates.clone()).collect();
     c.push(echo.to_owned());
+    c.push(core.to_owned());
     c
+}
+
+/// Builds core 2.0: `banalytics-runtime` in release with
+/// `BANALYTICS_CORE_VERSION=2.0`, into `target/demo-core-2.0`. Cargo does
+/// nothing when it is up to date; the first build compiles every
+/// dependency again, which takes minutes on a small machine.
+fn ensure_core_v2() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("target dir")?
+        .join(CORE_V2_TARGET);
+    println!(
+        "building core 2.0 (banalytics-box with BANALYTICS_CORE_VERSION=2.0) into {}; the first time takes minutes",
+        target.display()
+    );
+    let status = cargo_command()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "banalytics-runtime",
+            "--bin",
+            "banalytics-box",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("BANALYTICS_CORE_VERSION", "2.0")
+        .status()
+        .context("building core 2.0")?;
+    let bin = target.join("release/banalytics-box");
+    if !status.success() || !bin.exists() {
+        bail!("could not build {}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Publishes the executable `bin` as the core `coordinates` for this
+/// platform.
+fn publish_core(portal: &PortalHandle, files: &Path, coordinates: &str, bin: &Path) -> Result<()> {
+    let file = files.join(coordinates.replace(':', "_"));
+    std::fs::create_dir_all(files)?;
+    std::fs::copy(bin, &file)?;
+    let m = portal.publish_module(&PublishRequest::native(
+        coordinates,
+        ModuleType::Core,
+        "bin",
+        [(PLATFORM.to_owned(), file.clone())],
+    ))?;
+    println!(
+        "   {:<36} {:>9}  the host executable, `{}`",
+        m.coordinates(),
+        mib(std::fs::metadata(&file)?.len()),
+        build_version(&file)?
+    );
+    Ok(())
+}
+
+/// What an executable says of its build: `banalytics-box --version`.
+fn build_version(bin: &Path) -> Result<String> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("{} --version", bin.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The core `status` reports, the file its process runs and that file's
+/// build version.
+fn show_core(b: &ManagedBox) -> Result<String> {
+    let status = b.status()?;
+    let core = &status["core"];
+    let version = core["version"].as_str().unwrap_or("?").to_owned();
+    let pid = core["pid"].as_u64().context("the core's pid")?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .with_context(|| format!("the core's process {pid}"))?;
+    let how = if Some(pid as u32) == b.pid() {
+        "the launcher itself"
+    } else {
+        "the launcher's child"
+    };
+    println!(
+        "   status: core {version} ({}), pid {pid}, {how}, running {} (`{}`)",
+        core["origin"].as_str().unwrap_or("?"),
+        exe.display(),
+        build_version(&exe)?
+    );
+    Ok(version)
 }
 
 /// Builds the sample plugin (`components/sample`) with this binary's
@@ -280,6 +387,7 @@ fn step(n: u32, what: &str) {
 fn main() -> Result<()> {
     let bin = ensure_binaries()?;
     let plugin = ensure_sample_plugin()?;
+    let core_v2 = ensure_core_v2()?;
     let dir = tempfile::Builder::new()
         .prefix("banalytics-demo-")
         .tempdir()?;
@@ -290,7 +398,7 @@ fn main() -> Result<()> {
         portal.url(),
         portal.repo_url()
     );
-    let result = demo(&portal, dir.path(), &plugin);
+    let result = demo(&portal, dir.path(), &plugin, [&bin, &core_v2]);
     portal.shutdown_blocking();
     let phases = result?;
 
@@ -313,7 +421,12 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> {
+fn demo(
+    portal: &PortalHandle,
+    dir: &Path,
+    plugin: &Path,
+    [core_v1, core_v2]: [&Path; 2],
+) -> Result<Vec<Phase>> {
     step(1, "publish v1 and v2 on the reference portal");
     let files = dir.join("files");
     let mut all = v1();
@@ -340,7 +453,9 @@ fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> 
             m.packaging
         );
     }
-    portal.assign_set(ENV, &coords(&v1(), ECHO_V1))?;
+    publish_core(portal, &files, CORE_V1, core_v1)?;
+    publish_core(portal, &files, CORE_V2, core_v2)?;
+    portal.assign_set(ENV, &coords(&v1(), ECHO_V1, CORE_V1))?;
     println!("   assigned v1 to environment {ENV}");
 
     let mut settings = BoxSettings::new(portal, Some(ENV));
@@ -356,6 +471,7 @@ fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> 
     b.spawn()?;
     let restarts = drive(portal, &mut b, 0)?;
     let installed_v1 = show_installed(&b)?;
+    show_core(&b)?;
     println!("   the operator adds the echo component (kind sample-echo, from the plugin module) and restarts the box");
     let stopped = b.stop()?;
     if !stopped.success() {
@@ -377,7 +493,7 @@ fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> 
 
     step(
         3,
-        "assign v2 (camera kept, motion and echo changed, recorder removed, faces added) and EVT_SYNC_SOFT",
+        "assign v2 (camera kept, motion, echo and the core changed, recorder removed, faces added) and EVT_SYNC_SOFT",
     );
     portal.set_faults(Faults {
         bandwidth_bytes_per_s: Some(DEMO_BANDWIDTH),
@@ -390,13 +506,17 @@ fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> 
     let t = Instant::now();
     portal.reset_stats();
     let seen = portal.statuses(ENV)?.len();
-    portal.assign_set(ENV, &coords(&v2(), ECHO_V2))?;
+    portal.assign_set(ENV, &coords(&v2(), ECHO_V2, CORE_V2))?;
     portal
         .wait_connected(ENV, Duration::from_secs(20))
         .context("the box is not connected to the portal")?;
     println!("   EVT_SYNC_SOFT to {} connection(s)", portal.sync(ENV));
     let restarts = drive(portal, &mut b, seen)?;
     let installed_v2 = show_installed(&b)?;
+    let core = show_core(&b)?;
+    if core != "2.0" {
+        bail!("status reports core {core} after the upgrade, not 2.0");
+    }
     show_echo(&b, 2)?;
     phases.push(Phase {
         name: "upgrade to v2",
@@ -414,11 +534,15 @@ fn demo(portal: &PortalHandle, dir: &Path, plugin: &Path) -> Result<Vec<Phase>> 
     let t = Instant::now();
     portal.reset_stats();
     let seen = portal.statuses(ENV)?.len();
-    portal.assign_set(ENV, &coords(&v1(), ECHO_V1))?;
+    portal.assign_set(ENV, &coords(&v1(), ECHO_V1, CORE_V1))?;
     portal.wait_connected(ENV, Duration::from_secs(20))?;
     println!("   EVT_SYNC_SOFT to {} connection(s)", portal.sync(ENV));
     let restarts = drive(portal, &mut b, seen)?;
     let installed_back = show_installed(&b)?;
+    let core = show_core(&b)?;
+    if core != "1.0" {
+        bail!("status reports core {core} after the rollback, not 1.0");
+    }
     show_echo(&b, 3)?;
     phases.push(Phase {
         name: "rollback to v1 via the portal",

@@ -13,6 +13,7 @@ use anyhow::{ensure, Context, Result};
 use banalytics_tests::{
     box_bin,
     e2e::{env_uuid, BoxSettings, ManagedBox, PortalApi, StatusLine},
+    poll_until,
     portal::{ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
     DEADLINE, PLATFORM,
 };
@@ -119,6 +120,34 @@ fn a_core_of_the_set_runs_as_the_launchers_child_and_reports_itself() -> Result<
     Ok(())
 }
 
+#[test]
+fn a_core_of_the_set_with_the_launchers_own_bytes_is_the_launcher_reporting_the_sets_version(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = portal(dir.path())?;
+    let core_1 = "com.banalytics.box:core:1.0";
+    publish_core(&portal, dir.path(), core_1, &std::fs::read(box_bin())?)?;
+    let env = env_uuid(402);
+    portal.assign_set(&env, &[core_1.to_owned()])?;
+    let mut b = ManagedBox::new(&settings(&portal, &env))?;
+    b.spawn()?;
+
+    let v = verdict(&portal, &mut b, &env)?;
+    ensure!(v.status == "installed", "{v}");
+    let core = running_core(&mut b)?;
+    ensure!(
+        core["version"] == "1.0" && core["origin"] == "launcher",
+        "the launcher is core 1.0 of the set: {core}"
+    );
+    ensure!(
+        core["pid"].as_u64().map(|p| p as u32) == b.pid(),
+        "no child: the launcher runs the components itself: {core}"
+    );
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
 /// A set whose core is `bytes` is rolled back after two starts, with
 /// `reason` in `installation_cancelled` and in `status`; the launcher is
 /// the core again and the link is up.
@@ -189,4 +218,217 @@ fn a_core_that_hangs_before_its_components_start_is_rolled_back() -> Result<()> 
         b"#!/bin/sh\nexec sleep 600\n",
         "did not start its components within",
     )
+}
+
+/// Copies the tree `from` to `to` (files, folders, symlinks, modes).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+            std::fs::set_permissions(&dst, std::fs::metadata(&src)?.permissions())?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// A box of `env` whose home is a copy of `template`.
+fn box_from(settings: &BoxSettings, template: &Path) -> Result<ManagedBox> {
+    let b = ManagedBox::new(settings)?;
+    std::fs::remove_dir_all(b.path())?;
+    copy_tree(template, &b.path())?;
+    Ok(b)
+}
+
+/// Whether the home's lock is free: no launcher and no core of it runs. A
+/// service manager waits the same way for the unit's processes to be gone
+/// before it starts the unit again.
+fn lock_free(home: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(home.join("state/host.lock"))
+    else {
+        return true;
+    };
+    // SAFETY: flock on an open descriptor; closing it releases the lock.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+fn committed(b: &ManagedBox) -> bool {
+    b.status().is_ok_and(|s| {
+        s["host"]["running"] == true
+            && s["upgrade"]["probation"].is_null()
+            && s["core"]["origin"] == "module-set"
+    })
+}
+
+/// Points reached in the core (the launcher's child), not the launcher:
+/// the core's own and the commit, which the running core does.
+fn in_the_core(point: &str) -> bool {
+    point.starts_with("core.") || point.starts_with("commit.")
+}
+
+/// The points on the path of a start that applies a staged set with a new
+/// core and runs it: the launcher's preparation (the swap, the probation
+/// count), its hop to the core, the core's handshake and the commit. Other
+/// points the core passes (a component's, such as the portal outbox's) are
+/// their own tests' business.
+fn on_the_launchers_path(point: &str) -> bool {
+    [
+        "launcher.",
+        "core.",
+        "apply.",
+        "probation.",
+        "commit.",
+        "rollback.",
+    ]
+    .iter()
+    .any(|p| point.starts_with(p))
+}
+
+#[test]
+fn a_kill_at_every_point_of_the_launchers_path_leaves_a_box_on_the_old_or_the_new_core(
+) -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = portal(dir.path())?;
+    let mut exe = std::fs::read(box_bin())?;
+    exe.extend_from_slice(b"\nbanalytics core 2.0\n");
+    publish_core(&portal, dir.path(), CORE_2, &exe)?;
+    let env = env_uuid(420);
+    portal.assign_set(&env, &[CORE_2.to_owned()])?;
+    let settings = settings(&portal, &env);
+
+    // The home as the start that stages core 2.0 leaves it: every run
+    // below starts from a copy.
+    let mut first = ManagedBox::new(&settings)?;
+    first.spawn()?;
+    let staged = first.wait_exit(CONVERGE)?;
+    ensure!(
+        staged.code() == Some(75) && first.path().join("modules-upgrade").is_dir(),
+        "the first start stages core 2.0 and exits for a restart: {staged}: {}",
+        first.log_tail(20)
+    );
+    let template = dir.path().join("staged-home");
+    copy_tree(&first.path(), &template)?;
+    drop(first);
+
+    // A clean run: the points the launcher and its core pass, in order.
+    let mut b = box_from(&settings, &template)?;
+    b.spawn_with_env(&[("BANALYTICS_FAILPOINT_TRACE", "1")])?;
+    poll_until(CONVERGE, "core 2.0 running, committed", || {
+        committed(&b).then_some(())
+    })
+    .with_context(|| b.log_tail(20))?;
+    ensure!(b.stop()?.success(), "{}", b.log_tail(20));
+    let mut points: Vec<String> = Vec::new();
+    for p in b.log().lines().filter_map(|l| l.strip_prefix("failpoint ")) {
+        if on_the_launchers_path(p) && !points.iter().any(|q| q == p) {
+            points.push(p.to_owned());
+        }
+    }
+    drop(b);
+    for expected in [
+        "apply.journal-written",
+        "probation.counted",
+        "launcher.prepared",
+        "launcher.identified",
+        "launcher.core-spawning",
+        "launcher.core-spawned",
+        "core.handshake-taken",
+        "core.ready-sent",
+        "launcher.core-ready",
+        "commit.begin",
+        "launcher.core-exited",
+    ] {
+        ensure!(
+            points.iter().any(|p| p == expected),
+            "{expected} not traced: {points:?}"
+        );
+    }
+
+    let mut outcomes = Vec::new();
+    for point in &points {
+        let mut b = box_from(&settings, &template)?;
+        b.spawn_with_env(&[("BANALYTICS_FAILPOINT", point)])?;
+        // Until the point kills a process, or, for a point on the way out
+        // (`launcher.core-exited`), until the box runs and is stopped.
+        let running = poll_until(CONVERGE, "the box to end or commit", || {
+            if !b.is_running() {
+                Some(false)
+            } else {
+                committed(&b).then_some(true)
+            }
+        })
+        .with_context(|| format!("{point}: {}", b.log_tail(20)))?;
+        let ended = if running {
+            b.stop()?
+        } else {
+            b.wait_exit(DEADLINE)?
+        };
+        let log = b.log();
+        ensure!(
+            log.contains(&format!("failpoint {point} reached")),
+            "{point}: not reached ({ended}): {}",
+            b.log_tail(20)
+        );
+        if in_the_core(point) {
+            ensure!(
+                ended.code().is_some() && log.contains("killed by signal 9 (SIGKILL)"),
+                "{point}: the core, not the launcher, is killed there, and the launcher says so ({ended}): {}",
+                b.log_tail(20)
+            );
+        } else {
+            ensure!(
+                ended.signal() == Some(libc::SIGKILL),
+                "{point}: the launcher is killed there ({ended}): {}",
+                b.log_tail(20)
+            );
+        }
+
+        // Started again as a service manager does: once the unit's
+        // processes are gone, and again on 75.
+        poll_until(DEADLINE, "the home lock released", || {
+            lock_free(&b.path()).then_some(())
+        })
+        .with_context(|| point.clone())?;
+        b.spawn()?;
+        let core = running_core(&mut b).with_context(|| point.clone())?;
+        let pid = core["pid"].as_u64().context("core pid")?;
+        let exe_link = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .with_context(|| format!("{point}: core {core}"))?;
+        match core["origin"].as_str() {
+            Some("module-set") => ensure!(
+                core["version"] == "2.0" && exe_link == b.path().join("modules/banalytics-box"),
+                "{point}: the set's core 2.0 runs: {core}, {}",
+                exe_link.display()
+            ),
+            Some("launcher") => ensure!(
+                Some(pid as u32) == b.pid() && exe_link == box_bin().canonicalize()?,
+                "{point}: the launcher's own core runs: {core}, {}",
+                exe_link.display()
+            ),
+            _ => anyhow::bail!("{point}: neither the old nor the new core: {core}"),
+        }
+        portal
+            .wait_connected(&env, DEADLINE)
+            .with_context(|| format!("{point}: the portal link"))?;
+        ensure!(b.stop()?.success(), "{point}: {}", b.log_tail(20));
+        outcomes.push(format!(
+            "{point} -> {} {}",
+            core["origin"].as_str().unwrap_or("?"),
+            core["version"].as_str().unwrap_or("?")
+        ));
+    }
+    eprintln!("launcher path: {} failpoints: {outcomes:?}", points.len());
+    Ok(())
 }

@@ -386,6 +386,8 @@ fn commit_survives_a_kill_at_every_step() -> Result<()> {
         points,
         [
             "probation.counted",
+            "launcher.prepared",
+            "launcher.identified",
             "commit.begin",
             "commit.probation-removed"
         ]
