@@ -8,7 +8,7 @@
 //! `max_boot_attempts + 1` starts of its own for that set; at the end,
 //! every status it put in its outbox must be at the portal exactly once.
 //!
-//! The kills come from a seeded xorshift generator: a failure names the
+//! The kills come from a seeded generator (`fastrand`): a failure names the
 //! seed, and `BANALYTICS_LOOP_SEED=N` replays that schedule (the moments
 //! the kills land at still vary with the machine's speed).
 
@@ -32,7 +32,7 @@ const KILLS: usize = 200;
 
 /// Kills per round: 1 to this many, so that some rounds see one kill and
 /// some see the set's every start killed (a good set then is rolled back).
-const MAX_KILLS_PER_ROUND: u64 = 6;
+const MAX_KILLS_PER_ROUND: usize = 6;
 
 /// A kill comes this long at most after the previous one (or after the
 /// round's synchronisation was triggered): long enough to reach every
@@ -127,24 +127,6 @@ const ROTATION: [Assignment; 4] = [
         good: true,
     },
 ];
-
-/// xorshift64*: no random crate in the workspace, and a fixed seed is the
-/// point.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform enough in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// How one `run` process ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -267,17 +249,17 @@ struct Shot {
 
 impl Shot {
     /// The next shot; the first of a round aims at the synchronisation.
-    fn draw(rng: &mut Rng, first: bool) -> Shot {
-        let within = Duration::from_millis(rng.below(MAX_KILL_DELAY_MS + 1));
+    fn draw(rng: &mut fastrand::Rng, first: bool) -> Shot {
+        let within = Duration::from_millis(rng.u64(0..=MAX_KILL_DELAY_MS));
         let aims = if first {
             &AIMS[..EARLY_AIMS]
         } else {
             &AIMS[..]
         };
-        let aim = (first || rng.below(UNAIMED) != 0).then(|| {
+        let aim = (first || rng.u64(0..UNAIMED) != 0).then(|| {
             (
-                aims[rng.below(aims.len() as u64) as usize],
-                Duration::from_millis(rng.below(AIM_JITTER_MS + 1)),
+                aims[rng.usize(..aims.len())],
+                Duration::from_millis(rng.u64(0..=AIM_JITTER_MS)),
             )
         });
         Shot { within, aim }
@@ -302,7 +284,7 @@ struct Loop {
     portal: PortalHandle,
     env: String,
     b: ManagedBox,
-    rng: Rng,
+    rng: fastrand::Rng,
     seed: u64,
     /// Every process so far, in order.
     starts: Vec<Start>,
@@ -357,9 +339,6 @@ impl Loop {
     /// to be looked for at the portal; then the service manager starts it
     /// again.
     fn kill(&mut self) -> Result<()> {
-        if self.b.pid().is_none() {
-            return self.spawn();
-        }
         // It may have exited by itself since we last looked: the service
         // manager's work, not a kill.
         self.supervise()?;
@@ -399,40 +378,35 @@ impl Loop {
         self.spawn()
     }
 
-    /// Supervises until the moment of `shot`.
+    /// Supervises until the moment of `shot`: its milestone plus its
+    /// jitter (in whichever process runs by then), or its latest moment.
     fn wait_for(&mut self, shot: Shot) -> Result<()> {
         let until = Instant::now() + shot.within;
-        let mut reached: Option<(usize, Instant)> = None;
+        let mut reached: Option<Instant> = None;
         loop {
             self.supervise()?;
             let now = Instant::now();
             if now >= until {
                 return Ok(());
             }
-            if let Some((milestone, jitter)) = shot.aim {
-                let n = self.b.starts();
-                if reached.is_none_or(|(m, _)| m != n) {
-                    reached = None;
-                    let there = if milestone == APPLY {
-                        self.applying
-                    } else {
-                        std::fs::read_to_string(self.b.home().log_path(n))
-                            .is_ok_and(|log| log.contains(&format!("\"message\":\"{milestone}\"")))
-                    };
-                    if there {
-                        reached = Some((
-                            n,
-                            if milestone == APPLY {
-                                self.started
-                            } else {
-                                now
-                            },
-                        ));
-                    }
-                }
-                if reached.is_some_and(|(_, at)| now >= at + jitter) {
-                    return Ok(());
-                }
+            let Some((milestone, jitter)) = shot.aim else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            if reached.is_none() {
+                reached = if milestone == APPLY {
+                    // A process that starts with a swap to do, while its
+                    // first `jitter` lasts.
+                    (self.applying && now <= self.started + jitter).then_some(self.started)
+                } else {
+                    let log = self.b.home().log_path(self.b.starts());
+                    std::fs::read_to_string(log)
+                        .is_ok_and(|log| log.contains(&format!("\"message\":\"{milestone}\"")))
+                        .then_some(now)
+                };
+            }
+            if reached.is_some_and(|at| now >= at + jitter) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -523,6 +497,8 @@ impl Loop {
 fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and_every_status_at_the_portal_once(
 ) -> Result<()> {
     let _machine = crate::machine::alone();
+    // Alone: the kills aim at windows of a few milliseconds, and a few
+    // minutes of one box restarting hundreds of times is enough load.
     let seed = std::env::var("BANALYTICS_LOOP_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -557,7 +533,7 @@ fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and
         b: ManagedBox::new(&settings)?,
         portal,
         env,
-        rng: Rng(seed | 1),
+        rng: fastrand::Rng::with_seed(seed),
         seed,
         starts: Vec::new(),
         started: Instant::now(),
@@ -583,8 +559,8 @@ fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and
 
         l.portal.assign(&l.env, a.modules)?;
         l.portal.wait_connected(&l.env, DEADLINE)?;
-        ensure!(l.portal.sync(&l.env) == 1, "the box is not connected");
-        let n = (1 + l.rng.below(MAX_KILLS_PER_ROUND)).min((KILLS - kills) as u64);
+        ensure!(l.portal.sync(&l.env) >= 1, "the box is not connected");
+        let n = l.rng.usize(1..=MAX_KILLS_PER_ROUND).min(KILLS - kills);
         for i in 0..n {
             let shot = Shot::draw(&mut l.rng, i == 0);
             l.wait_for(shot)?;
@@ -592,8 +568,9 @@ fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and
             kills += 1;
         }
         let status = l.settle(&assigned, &committed)?;
-        let report = l.portal.wait_connected(&l.env, DEADLINE)?;
-        ensure!(report.connected, "the portal sees the box connected");
+        l.portal
+            .wait_connected(&l.env, DEADLINE)
+            .with_context(|| format!("the box settled but is not connected (seed {seed})"))?;
         let installed = set_of(&status["upgrade"]["installed"]);
         let round: Vec<Start> = l.starts[from..].to_vec();
         let context = || {
@@ -605,7 +582,9 @@ fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and
         };
 
         // The trial: the starts that ended with the assigned set on
-        // probation, one block of them (a set is tried once per round).
+        // probation (`modules-probation.json` as each process left it),
+        // one block of them (a set is tried once per round), then the
+        // start that committed it or put the previous set back.
         let on_probation: Vec<usize> = round
             .iter()
             .enumerate()
@@ -640,15 +619,10 @@ fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and
         // SIGKILL is the service manager's answer to the kill, not a start
         // the box asked for, so it is not counted.
         let own_failed = trial - killed_in_trial;
-        let trial_starts = if trial == 0 { 0 } else { trial + 1 };
+        let trial_starts = if trial == 0 { 1 } else { trial + 1 };
         ensure!(
-            trial_starts - killed_in_trial.min(trial_starts) <= MAX_BOOT_ATTEMPTS as usize + 1,
+            trial_starts - killed_in_trial <= MAX_BOOT_ATTEMPTS as usize + 1,
             "{trial_starts} starts for the set, {killed_in_trial} of them after a kill: {}",
-            context()
-        );
-        ensure!(
-            own_failed <= MAX_BOOT_ATTEMPTS as usize,
-            "{own_failed} failed starts of its own: {}",
             context()
         );
         if a.good {
