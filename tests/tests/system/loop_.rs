@@ -207,7 +207,9 @@ fn outbox(home: &Path) -> BTreeMap<u64, Value> {
 
 /// The phase a killed process was in: the last milestone its log reached
 /// ("swap" when it left a swap journal behind: killed inside an apply or a
-/// rollback).
+/// rollback; "commit" from the commit to the append of `installed`, which
+/// [`Loop::kill`] also finds by the probation record gone before the log
+/// said so).
 fn phase(log: &str, journal: bool) -> &'static str {
     if journal {
         return "swap";
@@ -362,9 +364,14 @@ impl Loop {
         }
         let log = std::fs::read_to_string(self.b.home().log_path(self.b.starts()))?;
         let journal = self.b.path().join("modules-swap.journal").exists();
+        let on_probation = probation_record(&self.b.path()).is_some();
         self.record(End::Killed {
             after_ms,
-            phase: phase(&log, journal),
+            phase: match phase(&log, journal) {
+                // Committed (the record is gone) before it could say so.
+                "probation" if !on_probation => "commit",
+                phase => phase,
+            },
         });
         for (seq, entry) in outbox(&self.b.path()) {
             if let Some(earlier) = self.waiting.insert(seq, entry.clone()) {
