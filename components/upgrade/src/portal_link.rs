@@ -264,7 +264,9 @@ async fn status(
         artifact_id: c.artifact_id().to_owned(),
         version: c.version().to_owned(),
     });
-    info!(module = ?module.as_ref().map(|m| format!("{}:{}:{}", m.group_id, m.artifact_id, m.version)), ?status, message = message.as_deref().unwrap_or(""), "status to portal");
+    let coords = module
+        .as_ref()
+        .map(|m| format!("{}:{}:{}", m.group_id, m.artifact_id, m.version));
     let mut update = ModuleStatusUpdate {
         environment_uuid: env.to_owned(),
         module,
@@ -280,6 +282,9 @@ async fn status(
             warn!(error = %e, ?status, "status not kept on disk: it is sent from memory and lost if the box stops first")
         }
     }
+    // Logged once kept, with its number; the field is not `message`, which
+    // would stand for the event's own message in the JSON log.
+    info!(module = ?coords, ?status, status_message = update.status_message.as_deref().unwrap_or(""), seq = update.seq, "status to portal");
     peers.bus.publish(update).await;
 }
 
