@@ -404,12 +404,12 @@ fn main() -> Result<()> {
 
     println!("\n== summary");
     println!(
-        "{:<30} {:<64} {:>10} {:>8} {:>9}",
+        "{:<30} {:<82} {:>10} {:>8} {:>9}",
         "PHASE", "MOVED", "FETCHED", "RESTARTS", "TIME"
     );
     for p in &phases {
         println!(
-            "{:<30} {:<64} {:>10} {:>8} {:>7.2} s",
+            "{:<30} {:<82} {:>10} {:>8} {:>7.2} s",
             p.name,
             p.moved,
             mib(p.bytes),
