@@ -297,8 +297,8 @@ fn on_the_launchers_path(point: &str) -> bool {
 #[test]
 fn a_kill_at_every_point_of_the_launchers_path_leaves_a_box_on_the_old_or_the_new_core(
 ) -> Result<()> {
-    use std::os::unix::process::ExitStatusExt;
     let _machine = crate::machine::shared();
+    use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir()?;
     let portal = portal(dir.path())?;
     let mut exe = std::fs::read(box_bin())?;
