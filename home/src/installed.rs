@@ -191,6 +191,12 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstalledError> {
     }
 }
 
+/// The `groupId:artifactId:version` keys of the set in `dir`, in file
+/// order; `None` when it has no `modules-info.properties`.
+pub fn module_keys(dir: &Path) -> Result<Option<Vec<String>>, InstalledError> {
+    Ok(read_modules_info(dir)?.map(|ms| ms.iter().map(|m| m.coords.to_string()).collect()))
+}
+
 /// Reads `modules-info.properties` from a module folder; `None` when it is
 /// missing (first run, or a staged set that is not complete).
 pub fn read_modules_info(dir: &Path) -> Result<Option<Vec<InstalledModule>>, InstalledError> {

@@ -13,7 +13,7 @@ use std::{fs, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{installed::read_modules_info, layout::write_atomic, Layout};
+use crate::{installed::module_keys, layout::write_atomic, Layout};
 
 /// The file, in the home's `state/`.
 pub const QUARANTINE_FILE: &str = "quarantined-set.json";
@@ -36,10 +36,7 @@ impl Quarantine {
     /// Whether a target set of `modules` (`groupId:artifactId:version`, in
     /// any order) is this set.
     pub fn is_set(&self, modules: &[String]) -> bool {
-        let mut target = modules.to_vec();
-        target.sort();
-        target.dedup();
-        target == self.modules
+        normalised(modules.to_vec()) == self.modules
     }
 
     /// The sentence a refusal gives.
@@ -51,18 +48,17 @@ impl Quarantine {
     }
 }
 
+/// Module keys as a set: sorted, each once.
+fn normalised(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// The quarantine record of the set in `dir`, rolled back for `reason`
 /// now.
 pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
-    let mut modules: Vec<String> = read_modules_info(dir)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-        .iter()
-        .map(|m| m.coords.to_string())
-        .collect();
-    modules.sort();
-    modules.dedup();
+    let modules = normalised(module_keys(dir).ok().flatten().unwrap_or_default());
     let rolled_back_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -101,13 +97,9 @@ pub fn lift_if_active(layout: &Layout) -> io::Result<bool> {
     let Some(q) = read(layout)? else {
         return Ok(false);
     };
-    let active = read_modules_info(&layout.modules())
+    let active = module_keys(&layout.modules())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let Some(active) = active else {
-        return Ok(false);
-    };
-    let keys: Vec<String> = active.iter().map(|m| m.coords.to_string()).collect();
-    if !q.is_set(&keys) {
+    if !active.is_some_and(|keys| q.is_set(&keys)) {
         return Ok(false);
     }
     clear(layout)?;

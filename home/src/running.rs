@@ -27,6 +27,16 @@ pub enum CoreOrigin {
     Launcher,
 }
 
+impl CoreOrigin {
+    /// Its serde form: `module-set` or `launcher`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CoreOrigin::ModuleSet => "module-set",
+            CoreOrigin::Launcher => "launcher",
+        }
+    }
+}
+
 /// The core that runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningCore {
@@ -62,4 +72,16 @@ pub fn write(layout: &Layout, core: &RunningCore) -> io::Result<()> {
         &layout.state().join(RUNNING_CORE_FILE),
         &json,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_reads_as_its_serde_form() {
+        for origin in [CoreOrigin::ModuleSet, CoreOrigin::Launcher] {
+            assert_eq!(serde_json::to_value(origin).unwrap(), origin.as_str());
+        }
+    }
 }

@@ -300,10 +300,9 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
 /// The staged set's modules (`groupId:artifactId:version`), if a complete
 /// staged set waits.
 pub fn staged_modules(layout: &Layout) -> Option<Vec<String>> {
-    crate::installed::read_modules_info(&layout.upgrade())
+    crate::installed::module_keys(&layout.upgrade())
         .ok()
         .flatten()
-        .map(|ms| ms.iter().map(|m| m.coords.to_string()).collect())
 }
 
 /// Throws the staged set away: first its marker (from then on it is not a
@@ -702,12 +701,7 @@ pub fn count_boot(layout: &Layout) -> Result<Option<Probation>, SwapError> {
 
 /// The module folders as `status` shows them.
 pub fn report(layout: &Layout) -> SetsReport {
-    let keys = |dir: &Path| -> Option<Vec<String>> {
-        crate::installed::read_modules_info(dir)
-            .ok()
-            .flatten()
-            .map(|ms| ms.iter().map(|m| m.coords.to_string()).collect())
-    };
+    let keys = |dir: &Path| crate::installed::module_keys(dir).ok().flatten();
     SetsReport {
         installed: keys(&layout.modules()).unwrap_or_default(),
         staged: keys(&layout.upgrade()),

@@ -535,10 +535,7 @@ pub fn core_module(layout: &Layout) -> (ModuleRef, Option<CoreBuild>) {
     };
     let build = running.map(|c| CoreBuild {
         sha256: c.sha256,
-        origin: serde_json::to_value(c.origin)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        origin: c.origin.as_str().to_owned(),
     });
     (module, build)
 }
