@@ -42,6 +42,30 @@ fn publish_core(portal: &PortalHandle, dir: &Path, coordinates: &str, bytes: &[u
     Ok(())
 }
 
+/// Core 2.0: the test's own `banalytics-box` with bytes appended.
+fn core_2() -> Result<Vec<u8>> {
+    let mut exe = std::fs::read(box_bin())?;
+    exe.extend_from_slice(b"\nbanalytics core 2.0\n");
+    Ok(exe)
+}
+
+/// Publishes `bytes` as the core `coordinates`, assigns it alone to
+/// environment number `n` and starts a box of that environment.
+fn box_assigned_core(
+    portal: &PortalHandle,
+    dir: &Path,
+    coordinates: &str,
+    bytes: &[u8],
+    n: usize,
+) -> Result<(String, ManagedBox)> {
+    publish_core(portal, dir, coordinates, bytes)?;
+    let env = env_uuid(n);
+    portal.assign_set(&env, &[coordinates.to_owned()])?;
+    let mut b = ManagedBox::new(&settings(portal, &env))?;
+    b.spawn()?;
+    Ok((env, b))
+}
+
 fn settings(portal: &PortalHandle, env: &str) -> BoxSettings {
     let mut s = BoxSettings::new(portal, Some(env));
     s.max_boot_attempts = 2;
@@ -74,13 +98,7 @@ fn a_core_of_the_set_runs_as_the_launchers_child_and_reports_itself() -> Result<
     let _machine = crate::machine::shared();
     let dir = tempfile::tempdir()?;
     let portal = portal(dir.path())?;
-    let mut exe = std::fs::read(box_bin())?;
-    exe.extend_from_slice(b"\nbanalytics core 2.0\n");
-    publish_core(&portal, dir.path(), CORE_2, &exe)?;
-    let env = env_uuid(401);
-    portal.assign_set(&env, &[CORE_2.to_owned()])?;
-    let mut b = ManagedBox::new(&settings(&portal, &env))?;
-    b.spawn()?;
+    let (env, mut b) = box_assigned_core(&portal, dir.path(), CORE_2, &core_2()?, 401)?;
 
     let v = verdict(&portal, &mut b, &env)?;
     ensure!(v.status == "installed", "{v}");
@@ -127,11 +145,8 @@ fn a_core_of_the_set_with_the_launchers_own_bytes_is_the_launcher_reporting_the_
     let dir = tempfile::tempdir()?;
     let portal = portal(dir.path())?;
     let core_1 = "com.banalytics.box:core:1.0";
-    publish_core(&portal, dir.path(), core_1, &std::fs::read(box_bin())?)?;
-    let env = env_uuid(402);
-    portal.assign_set(&env, &[core_1.to_owned()])?;
-    let mut b = ManagedBox::new(&settings(&portal, &env))?;
-    b.spawn()?;
+    let (env, mut b) =
+        box_assigned_core(&portal, dir.path(), core_1, &std::fs::read(box_bin())?, 402)?;
 
     let v = verdict(&portal, &mut b, &env)?;
     ensure!(v.status == "installed", "{v}");
@@ -154,11 +169,7 @@ fn a_core_of_the_set_with_the_launchers_own_bytes_is_the_launcher_reporting_the_
 fn broken_core_is_rolled_back(n: usize, bytes: &[u8], reason: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let portal = portal(dir.path())?;
-    publish_core(&portal, dir.path(), CORE_2, bytes)?;
-    let env = env_uuid(410 + n);
-    portal.assign_set(&env, &[CORE_2.to_owned()])?;
-    let mut b = ManagedBox::new(&settings(&portal, &env))?;
-    b.spawn()?;
+    let (env, mut b) = box_assigned_core(&portal, dir.path(), CORE_2, bytes, 410 + n)?;
 
     let v = verdict(&portal, &mut b, &env)?;
     ensure!(
@@ -301,9 +312,7 @@ fn a_kill_at_every_point_of_the_launchers_path_leaves_a_box_on_the_old_or_the_ne
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir()?;
     let portal = portal(dir.path())?;
-    let mut exe = std::fs::read(box_bin())?;
-    exe.extend_from_slice(b"\nbanalytics core 2.0\n");
-    publish_core(&portal, dir.path(), CORE_2, &exe)?;
+    publish_core(&portal, dir.path(), CORE_2, &core_2()?)?;
     let env = env_uuid(420);
     portal.assign_set(&env, &[CORE_2.to_owned()])?;
     let settings = settings(&portal, &env);
