@@ -22,6 +22,9 @@
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
+#[path = "support/build.rs"]
+mod build;
+
 use std::{
     io::{BufRead, BufReader},
     os::unix::fs::PermissionsExt,
@@ -49,25 +52,8 @@ const CORE: (&str, &str) = (
 );
 
 fn build_box() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-    let target = profile_dir.parent().expect("target dir");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(workspace)
-        .args(["build", "--quiet", "-p", "banalytics-runtime", "--bin"])
-        .arg(CORE_EXECUTABLE_NAME)
-        .arg("--target-dir")
-        .arg(target);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cargo.arg("--release");
-    }
-    assert!(
-        cargo.status().expect("cargo").success(),
-        "building banalytics-box"
-    );
-    profile_dir.join(CORE_EXECUTABLE_NAME)
+    build::cargo_build(&["-p", "banalytics-runtime", "--bin", CORE_EXECUTABLE_NAME])
+        .join(CORE_EXECUTABLE_NAME)
 }
 
 fn home(dir: &Path, name: &str) -> PathBuf {

@@ -15,11 +15,10 @@
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+#[path = "support/build.rs"]
+mod build;
+
+use std::time::{Duration, Instant};
 
 use banalytics_runtime::{
     config::BoxConfig, host::Host, plugins::LoadOutcome, registry::Registry, Home,
@@ -60,24 +59,7 @@ kind = "probe"
 "#;
 
 fn build_sample() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-    let target = profile_dir.parent().expect("target dir");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(workspace)
-        .args(["build", "--quiet", "-p", "banalytics-sample", "--lib"])
-        .arg("--target-dir")
-        .arg(target);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cargo.arg("--release");
-    }
-    assert!(
-        cargo.status().expect("cargo").success(),
-        "building the sample"
-    );
-    profile_dir.join(format!(
+    build::cargo_build(&["-p", "banalytics-sample", "--lib"]).join(format!(
         "{}banalytics_sample.{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_EXTENSION
