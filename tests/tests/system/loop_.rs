@@ -21,8 +21,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use banalytics_tests::{
-    e2e::{env_uuid, log_events, BoxSettings, ManagedBox, ModuleSpec, PortalApi, EXIT_RESTART},
-    portal::{Portal, PortalConfig, PortalHandle},
+    e2e::{env_uuid, log_events, BoxSettings, ManagedBox, PortalApi, EXIT_RESTART},
+    portal::PortalHandle,
     DEADLINE,
 };
 use serde_json::Value;
@@ -91,11 +91,7 @@ const VERDICT: Duration = Duration::from_secs(10);
 /// The default seed; `BANALYTICS_LOOP_SEED` overrides it.
 const SEED: u64 = 10_200;
 
-const ALPHA: &str = "com.example:alpha:1.0";
-const BETA: &str = "com.example:beta:1.0";
-const GAMMA: &str = "com.example:gamma:1.0";
-/// The module whose file makes the `drill` component fail at start.
-const BROKEN: &str = "com.example:broken:1.0";
+use crate::probation::{drill, world, World, ALPHA, BETA, BROKEN, GAMMA};
 
 /// One assigned set of the rotation, and whether it can commit.
 struct Assignment {
@@ -512,17 +508,7 @@ fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and
         .unwrap_or(SEED);
     eprintln!("loop test seed {seed} (BANALYTICS_LOOP_SEED={seed} replays it)");
     let began = Instant::now();
-    let dir = tempfile::tempdir()?;
-    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
-    portal.publish_all(
-        &dir.path().join("files"),
-        &[
-            ModuleSpec::new(ALPHA, 20_000).with_packages(),
-            ModuleSpec::new(BETA, 15_000).with_packages(),
-            ModuleSpec::new(GAMMA, 10_000).with_packages(),
-            ModuleSpec::new(BROKEN, 5_000),
-        ],
-    )?;
+    let World { _dir, portal } = world()?;
     let env = env_uuid(200);
     let mut settings = BoxSettings::new(&portal, Some(&env));
     settings.max_boot_attempts = MAX_BOOT_ATTEMPTS;
@@ -530,10 +516,7 @@ fn two_hundred_sigkills_during_real_upgrades_leave_a_reachable_committed_box_and
     // Every start synchronises, so a kill anywhere in a synchronisation is
     // followed by one that finishes it, as on a box in the field.
     settings.upgrade_extra = "software_update_type = \"on-boot\"".into();
-    settings.components = format!(
-        "[components.drill]\nkind = \"probe\"\nrestart_on_failure = \"stop\"\nfail_while_file = \"modules/{}\"\n",
-        ModuleSpec::new(BROKEN, 0).file_name()
-    );
+    settings.components = drill("stop");
     let first = &ROTATION[0];
     portal.assign(&env, first.modules)?;
     let mut l = Loop {

@@ -40,29 +40,29 @@ use serde_json::{json, Value};
 /// two-core machine with debug builds.
 const CONVERGE: Duration = Duration::from_secs(60);
 
-const ALPHA: &str = "com.example:alpha:1.0";
-const BETA: &str = "com.example:beta:1.0";
-const GAMMA: &str = "com.example:gamma:1.0";
+pub(crate) const ALPHA: &str = "com.example:alpha:1.0";
+pub(crate) const BETA: &str = "com.example:beta:1.0";
+pub(crate) const GAMMA: &str = "com.example:gamma:1.0";
 /// The module whose file makes the `drill` component fail at start.
-const BROKEN: &str = "com.example:broken:1.0";
+pub(crate) const BROKEN: &str = "com.example:broken:1.0";
 
 /// A `drill` probe under `policy` that fails as it starts while the
 /// `broken` module is installed.
-fn drill(policy: &str) -> String {
+pub(crate) fn drill(policy: &str) -> String {
     format!(
         "[components.drill]\nkind = \"probe\"\nrestart_on_failure = \"{policy}\"\nfail_while_file = \"modules/{}\"\n",
         ModuleSpec::new(BROKEN, 0).file_name()
     )
 }
 
-struct World {
-    _dir: tempfile::TempDir,
-    portal: PortalHandle,
+pub(crate) struct World {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) portal: PortalHandle,
 }
 
 /// A portal with `alpha`, `beta` and `gamma` (with both packages) and
 /// `broken` (without) published.
-fn world() -> Result<World> {
+pub(crate) fn world() -> Result<World> {
     let dir = tempfile::tempdir()?;
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
     portal.publish_all(
