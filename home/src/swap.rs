@@ -37,8 +37,6 @@ use crate::{
 pub const JOURNAL: &str = "modules-swap.journal";
 /// The probation record of a set that was applied and not yet committed.
 pub const PROBATION: &str = "modules-probation.json";
-/// A note left by an automatic rollback, for the upgrade center to report.
-pub const ROLLBACK_NOTE: &str = "modules-rollback.json";
 
 /// Seconds every component must stay in RUN before a set on probation
 /// commits, unless the upgrade center's `health_grace_s` says otherwise.

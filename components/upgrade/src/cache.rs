@@ -39,10 +39,3 @@ pub async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
         size: meta.len(),
     })
 }
-
-/// Verifies a cached file against what the downloader recorded; used when
-/// a cache hit is reconsidered.
-pub fn cached_matches(path: &Path, expected: &CachedFile) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.len() == expected.size)
-        && sha256_file(path).is_ok_and(|s| s == expected.sha256)
-}
