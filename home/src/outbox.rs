@@ -24,6 +24,11 @@
 //! crate, so a lock in memory would not be shared. Reading takes no lock:
 //! an entry appears by a rename and goes by an unlink.
 //!
+//! **The outbox's id.** Numbers start again at 1 in a new outbox (a home
+//! provisioned again for the same environment), so the portal tells two
+//! outboxes apart by a random id kept beside the entries ([`id`]) and
+//! drops a status it already has by (id, number).
+//!
 //! **A held verdict.** The host reports the verdict of a probation
 //! (`installed` after a commit, `installation_cancelled` after a rollback)
 //! without a window in which a kill loses it or sends it for a verdict
@@ -70,6 +75,9 @@ const NEXT_SEQ_FILE: &str = "next-seq";
 
 /// The file every change locks.
 const LOCK_FILE: &str = "lock";
+
+/// The outbox's random id ([`id`]).
+const ID_FILE: &str = "id";
 
 /// The held verdict ([`hold_verdict`]): not an entry until released.
 pub const VERDICT_FILE: &str = "verdict.held";
@@ -211,6 +219,28 @@ fn free_seq(dir: &Path, limit: usize) -> Result<u64, OutboxError> {
         });
     }
     Ok(next_seq(counter(dir)?, &seqs))
+}
+
+/// This outbox's id (module docs): 32 hex digits, made when first asked
+/// for and kept in the folder.
+pub fn id(layout: &Layout) -> Result<String, OutboxError> {
+    let dir = layout.portal_outbox();
+    let path = dir.join(ID_FILE);
+    let read = |path: &Path| match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(OutboxError::from(FileError::at("read", path)(e))),
+    };
+    if let Some(id) = read(&path)?.filter(|id| !id.is_empty()) {
+        return Ok(id);
+    }
+    let _lock = lock(&dir)?;
+    if let Some(id) = read(&path)?.filter(|id| !id.is_empty()) {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    write_atomic(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
 }
 
 /// The oldest entries, at most `max`, in sequence order. An entry removed
@@ -524,6 +554,18 @@ mod tests {
         assert!(matches!(e, OutboxError::BadCounter { .. }), "{e}");
         assert!(e.to_string().contains("\"garbage\""), "{e}");
         assert_eq!(count(&layout).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_outbox_keeps_its_id_and_a_new_outbox_gets_another() {
+        let (dir, layout) = home();
+        let id = id(&layout).unwrap();
+        assert_eq!(id.len(), 32);
+        append(&layout, b"a").unwrap();
+        assert_eq!(super::id(&Layout::new(dir.path())).unwrap(), id);
+        assert_eq!(all(&layout), [(1, "a".into())], "the id is no entry");
+        let (_other, provisioned_again) = home();
+        assert_ne!(super::id(&provisioned_again).unwrap(), id);
     }
 
     #[test]

@@ -231,6 +231,7 @@ fn hold_verdict(layout: &Layout, status: ModuleStatus, message: Option<&str>) ->
         status,
         status_message: message.map(str::to_owned),
         seq: None,
+        outbox_id: None,
     };
     let entry = serde_json::to_vec(&report).expect("plain data");
     match outbox::hold_verdict(layout, &entry) {

@@ -299,6 +299,7 @@ impl Report {
                 status,
                 status_message: message,
                 seq: None,
+                outbox_id: None,
             },
         }
     }

@@ -263,6 +263,44 @@ fn a_kill_right_after_a_rollback_still_reports_its_reason_once() -> Result<()> {
 }
 
 #[test]
+fn a_home_provisioned_again_for_the_same_environment_is_heard_and_not_dropped_as_a_duplicate(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
+    let set = vec![ModuleSpec::new("com.example.cam:alpha:1.0", 20_000)];
+    portal.publish_all(&dir.path().join("files"), &set)?;
+    let env = env_uuid(38);
+    portal.assign_set(&env, &coords(&set))?;
+    // The same environment twice, each time in a new home: the second
+    // outbox numbers its statuses from 1 again.
+    let mut seqs = Vec::new();
+    for home in ["first", "provisioned again"] {
+        let before = portal.statuses(&env)?.len();
+        let mut b = ManagedBox::new(&BoxSettings::new(&portal, Some(&env)))?;
+        b.spawn()?;
+        b.run_until(CONVERGE, "installed", |_| {
+            let lines = portal.statuses(&env).ok()?;
+            lines
+                .get(before..)?
+                .iter()
+                .any(|l| l.status == "installed")
+                .then_some(())
+        })
+        .context(home)?;
+        ensure!(b.stop()?.success());
+        seqs.push(heard(&portal, &env)?[before..].to_vec());
+    }
+    ensure!(
+        seqs[0].iter().map(|h| h.2).eq(seqs[1].iter().map(|h| h.2)),
+        "both homes numbered the same statuses alike: {seqs:?}"
+    );
+    let report = portal.environment_report(&env)?.context("env")?;
+    ensure!(report.duplicate_statuses == 0, "{report:?}");
+    Ok(())
+}
+
+#[test]
 fn a_box_killed_after_the_portal_confirmed_a_status_but_before_it_removed_it_sends_it_again_and_the_portal_records_it_once(
 ) -> Result<()> {
     let _machine = crate::machine::shared();
