@@ -195,8 +195,9 @@ impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
             async move {
                 if let Ok(Some(env)) = peers.layout.environment_uuid() {
                     // The core may have changed with the set: the portal hears
-                    // which core runs now, then that the set is installed. Its
-                    // answer is not awaited (and ignored when it comes).
+                    // which core runs now. The host released `installed` to
+                    // the outbox already, so the two may arrive in either
+                    // order. The answer is not awaited (and ignored).
                     let (core_module, core_build) = core_module(&peers.layout);
                     peers
                         .bus

@@ -209,8 +209,8 @@ fn a_kill_on_either_side_of_the_commit_reports_installed_once() -> Result<()> {
 
 #[test]
 fn a_kill_right_after_a_rollback_still_reports_its_reason_once() -> Result<()> {
-    use crate::probation::{drill, world, ALPHA, BROKEN};
     let _machine = crate::machine::shared();
+    use crate::probation::{drill, world, ALPHA, BROKEN};
     let w = world()?;
     let env = env_uuid(37);
     w.portal
