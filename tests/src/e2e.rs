@@ -355,10 +355,33 @@ pub fn portal_bin() -> Result<PathBuf> {
             return Ok(bin);
         }
     }
-    bail!(
-        "banalytics-portal not found near {}: build it (`cargo build -p banalytics-tests --bin banalytics-portal`) or set BANALYTICS_PORTAL_BIN",
-        exe.display()
-    )
+    // A package of its own since the console: `cargo test --workspace`
+    // builds it, `cargo test -p banalytics-tests` alone does not.
+    let beside = beside.context("no folder of the running executable")?;
+    let dir = match beside.parent() {
+        Some(up) if beside.ends_with("deps") => up,
+        _ => beside,
+    };
+    let mut build = cargo_command();
+    build.args([
+        "build",
+        "-p",
+        "banalytics-portal",
+        "--bin",
+        "banalytics-portal",
+    ]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().context("building banalytics-portal")?;
+    let bin = dir.join("banalytics-portal");
+    if !status.success() || !bin.is_file() {
+        bail!(
+            "banalytics-portal not found near {}: build it (`cargo build -p banalytics-portal`) or set BANALYTICS_PORTAL_BIN",
+            exe.display()
+        );
+    }
+    Ok(bin)
 }
 
 /// The real `banalytics-portal serve`, a process of its own so that a test
@@ -912,7 +935,7 @@ pub fn ensure_binaries() -> Result<PathBuf> {
     let release = dir.ends_with("release");
     for (package, bin) in [
         ("banalytics-runtime", "banalytics-box"),
-        ("banalytics-tests", "banalytics-portal"),
+        ("banalytics-portal", "banalytics-portal"),
     ] {
         let mut build = cargo_command();
         build.args(["build", "-p", package, "--bin", bin]);

@@ -145,7 +145,7 @@ struct PortalProcess {
 
 impl PortalProcess {
     fn start(data: &Path, extra: &[&str]) -> Result<PortalProcess> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_banalytics-portal"))
+        let mut child = Command::new(banalytics_tests::e2e::portal_bin()?)
             .arg("serve")
             .arg("--data")
             .arg(data)
@@ -182,7 +182,7 @@ impl PortalProcess {
 
     /// Runs a client command against this portal (via `DATA/portal.addr`).
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_banalytics-portal"))
+        Command::new(banalytics_tests::e2e::portal_bin().expect("the portal binary"))
             .arg("--data")
             .arg(&self.data)
             .args(args)

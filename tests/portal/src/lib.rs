@@ -31,6 +31,13 @@
 //! banalytics-portal --data ./portal environments
 //! ```
 
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
+#![warn(missing_docs)]
+
+/// The target triple this portal is built for (the tests' boxes are built
+/// together with it): the platform [`ModuleObject::main_size`] reports.
+pub const PLATFORM: &str = env!("BANALYTICS_PORTAL_TARGET");
+
 mod admin;
 pub mod cli;
 pub mod client;
