@@ -384,6 +384,10 @@ pub fn portal_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The admin token the harness gives every portal process it starts (the
+/// portal stores only its hash); a person's portal makes its own.
+pub const HARNESS_ADMIN_TOKEN: &str = "banalytics-tests-admin-token";
+
 /// The real `banalytics-portal serve`, a process of its own so that a test
 /// can SIGKILL it; SIGKILLed on drop.
 pub struct PortalProcess {
@@ -409,6 +413,7 @@ impl PortalProcess {
         let mut child = cmd
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env("BANALYTICS_PORTAL_TOKEN", HARNESS_ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -450,7 +455,7 @@ impl PortalProcess {
             data: data.to_path_buf(),
             log,
             runtime,
-            client: AdminClient::new(url),
+            client: AdminClient::new(url).with_token(Some(HARNESS_ADMIN_TOKEN)),
         })
     }
 
