@@ -464,6 +464,16 @@ impl PortalProcess {
         self.addr
     }
 
+    /// A client of its admin API, with the harness's token.
+    pub fn admin(&self) -> AdminClient {
+        self.client.clone()
+    }
+
+    /// Runs `f` (a call of [`PortalProcess::admin`]) to completion.
+    pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(f)
+    }
+
     /// The data folder.
     pub fn data_dir(&self) -> &Path {
         &self.data

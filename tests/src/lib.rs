@@ -10,6 +10,7 @@ pub const PLATFORM: &str = env!("BANALYTICS_TESTS_TARGET");
 pub mod e2e;
 pub mod fixtures;
 pub mod fleet;
+pub mod simbox;
 
 /// The reference portal, a crate of its own (`tests/portal`).
 pub use banalytics_portal as portal;

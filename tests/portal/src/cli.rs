@@ -530,23 +530,31 @@ fn parse_wave(value: &str) -> std::result::Result<WaveSize, String> {
 
 async fn serve(config: PortalConfig) -> Result<()> {
     let handle = Portal::start(config).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening {}", handle.url())?;
-        writeln!(out, "console {}", handle.console_url())?;
-        if let Some(token) = handle.new_admin_token() {
-            writeln!(
-                out,
-                "admin token {token} (shown once: only its SHA-256 is kept, in {})",
-                handle.data_dir().join("admin-token.sha256").display()
-            )?;
-        }
-        out.flush()?;
-    }
+    // Before the `listening` line: a parent may signal as soon as it reads it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    // One write: a parent that reads only the `listening` line and closes
+    // the pipe must not make a later line fail with EPIPE.
+    let mut lines = format!(
+        "listening {}\nconsole {}\n",
+        handle.url(),
+        handle.console_url()
+    );
+    if let Some(token) = handle.new_admin_token() {
+        lines.push_str(&format!(
+            "admin token {token} (shown once: only its SHA-256 is kept, in {})\n",
+            handle.data_dir().join("admin-token.sha256").display()
+        ));
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(lines.as_bytes())?;
+        out.flush()?;
+    }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("stopping");

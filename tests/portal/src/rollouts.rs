@@ -1,6 +1,6 @@
 //! The portal's rollouts: the [`Rollout`] machines, written to
-//! `DATA/rollouts.json` (temporary file, fsync, rename) after every change,
-//! so that a restarted portal continues them. The portal feeds them the
+//! `DATA/rollouts.json` (temporary file, fsync, rename) after every change
+//! but a box's progress, so that a restarted portal continues them. The portal feeds them the
 //! statuses it records and a clock tick; this module turns their
 //! [`Action`]s into assignments and `EVT_SYNC_SOFT`s.
 
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{
-    rollout::{Action, Rollout, RolloutSpec},
+    rollout::{Action, BoxState, Rollout, RolloutSpec},
     App, PortalError,
 };
 
@@ -91,6 +91,7 @@ impl Rollouts {
     ) -> Result<(bool, Vec<TargetedAction>), PortalError> {
         let mut state = self.state.lock().expect("rollouts lock");
         let mut changed = false;
+        let mut durable_change = false;
         let mut actions = Vec::new();
         for r in state.rollouts.iter_mut() {
             if id.is_some_and(|id| id != r.id) {
@@ -98,14 +99,29 @@ impl Rollouts {
             }
             let before = r.clone();
             let out = f(r);
-            changed |= *r != before;
+            if *r != before {
+                changed = true;
+                durable_change |= durable(r) != durable(&before);
+            }
             actions.extend(out.into_iter().map(|a| (r.spec.target.clone(), a)));
         }
-        if changed {
+        if durable_change {
             self.persist(&state)?;
         }
         Ok((changed, actions))
     }
+}
+
+/// `r` without what need not survive a restart: the boxes' last progress
+/// (`downloading`, ...), which would otherwise cost a write per status.
+fn durable(r: &Rollout) -> Rollout {
+    let mut r = r.clone();
+    for (_, s) in &mut r.boxes {
+        if let BoxState::Assigned { progress, .. } = s {
+            *progress = None;
+        }
+    }
+    r
 }
 
 impl App {
