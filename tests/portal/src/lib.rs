@@ -39,7 +39,7 @@
 pub const PLATFORM: &str = env!("BANALYTICS_PORTAL_TARGET");
 
 mod admin;
-mod auth;
+pub mod auth;
 pub mod cli;
 pub mod client;
 mod console;
