@@ -26,6 +26,7 @@ pub mod preflight;
 pub mod restarter;
 pub mod stager;
 pub mod sync;
+pub mod tuf;
 
 // The home's files are the `banalytics-home` crate's; these names keep the
 // crate's own paths (`crate::layout::Layout`) short.
@@ -144,6 +145,18 @@ pub struct UpgradeConfig {
     /// (default 3).
     #[serde(default = "default_boot_attempts")]
     pub max_boot_attempts: u32,
+    /// The repository's TUF root, pinned at provisioning (a path relative
+    /// to the home, e.g. `config/repository-root.json`): every artifact
+    /// must then be a target of metadata signed from it ([`tuf`]).
+    #[serde(default)]
+    pub trust_root: Option<String>,
+    /// Where the TUF metadata is (default `{repository_url}/.tuf/`).
+    #[serde(default)]
+    pub trust_metadata_url: Option<String>,
+    /// Accept an `http://` repository on a host other than loopback (a
+    /// warning at every start).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
 }
 
 fn default_restart_mode() -> RestartMode {
@@ -225,14 +238,12 @@ fn create(
             config.max_parallel_downloads
         )));
     }
-    if !(config.repository_url.starts_with("http://")
-        || config.repository_url.starts_with("https://"))
-    {
-        return Err(ComponentError::Start(format!(
-            "repository_url = {:?} is not accepted; accepted: an http:// or https:// URL",
-            config.repository_url
-        )));
-    }
+    fetch::check_transport(
+        "repository_url",
+        &config.repository_url,
+        config.allow_insecure_http,
+    )
+    .map_err(ComponentError::Start)?;
     if config.restart_mode == RestartMode::Command && config.restart_command.is_none() {
         return Err(ComponentError::Start(
             "restart_mode = \"command\" needs restart_command, the program to run".into(),
@@ -267,6 +278,27 @@ impl Component for UpgradeCenter {
 
         let l = layout.clone();
         let inventory = ctx.supervise("inventory", move |_, _| Inventory::new(l.clone()));
+        let trust = match &self.config.trust_root {
+            Some(root) => Some(
+                tuf::Trust::new(
+                    layout.home().join(root),
+                    &self.config.repository_url,
+                    self.config.trust_metadata_url.as_deref(),
+                )
+                .map_err(ComponentError::Start)?,
+            ),
+            None => None,
+        };
+        if let Some(trust) = &trust {
+            if !trust.root.is_file() {
+                return Err(ComponentError::Start(format!(
+                    "trust_root = {:?}: no file at {}",
+                    self.config.trust_root.as_deref().unwrap_or_default(),
+                    trust.root.display()
+                )));
+            }
+            info!(root = %trust.root.display(), metadata = %trust.metadata_url, "artifacts must be TUF targets");
+        }
         let (l, repo, parallel, policy) = (
             layout.clone(),
             self.config.repository_url.clone(),
@@ -282,6 +314,7 @@ impl Component for UpgradeCenter {
                 policy,
             )
             .expect("the client was built once at start")
+            .with_trust(trust.clone())
         });
         let (l, limits, check) = (layout.clone(), self.config.limits(), self.preflight.clone());
         let stager = ctx.supervise("stager", move |_, _| {

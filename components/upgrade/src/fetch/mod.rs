@@ -131,17 +131,59 @@ impl Default for FetchConfig {
     }
 }
 
+/// Whether `url` (the config key `key`) may be used: `https://`, or
+/// `http://` to a loopback host, or any `http://` with `allow_insecure_http`
+/// (which logs a warning, at every start).
+pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!(
+            "{key} = {url:?} is not accepted; accepted: an https:// URL (http:// to a loopback host, or with allow_insecure_http = true)"
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.rsplit_once('@') {
+        Some((_, h)) => h,
+        None => authority,
+    };
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else if allow_insecure_http {
+        warn!(key, url, "plain http to a host that is not loopback, accepted because allow_insecure_http = true: anyone on the path can read and change what the box downloads");
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {url:?} is not accepted: plain http to {host:?}, which is not loopback; use https://, or set allow_insecure_http = true to accept the risk"
+        ))
+    }
+}
+
 /// The HTTP client for the repository: rustls, the connect timeout of `cfg`,
 /// a `banalytics-box/<version>` User-Agent, and at most [`MAX_REDIRECTS`]
-/// redirects, all to the same host.
+/// redirects, all to the same host and never from https to http.
 pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
     let same_host = reqwest::redirect::Policy::custom(|attempt| {
         let first_host = attempt
             .previous()
             .first()
             .and_then(|u| u.host_str().map(str::to_owned));
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
         if attempt.previous().len() > MAX_REDIRECTS {
             attempt.error("too many redirects")
+        } else if downgrade {
+            attempt.error("redirect from https to http refused")
         } else if attempt.url().host_str().map(str::to_owned) != first_host {
             attempt.stop()
         } else {
