@@ -184,7 +184,7 @@ fn component(
     kinds: Option<&[&str]>,
 ) -> Result<ComponentConfig, ConfigError> {
     let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
-    let n = name.get_ref().as_ref();
+    let n: &str = name.get_ref().as_ref();
     if n.is_empty()
         || !n
             .chars()
