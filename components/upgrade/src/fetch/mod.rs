@@ -174,20 +174,10 @@ pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Resul
 /// redirects, all to the same host and never from https to http.
 pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
     let same_host = reqwest::redirect::Policy::custom(|attempt| {
-        let first_host = attempt
-            .previous()
-            .first()
-            .and_then(|u| u.host_str().map(str::to_owned));
-        let downgrade = attempt.url().scheme() == "http"
-            && attempt.previous().iter().any(|u| u.scheme() == "https");
-        if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error("too many redirects")
-        } else if downgrade {
-            attempt.error("redirect from https to http refused")
-        } else if attempt.url().host_str().map(str::to_owned) != first_host {
-            attempt.stop()
-        } else {
-            attempt.follow()
+        match redirect(attempt.previous(), attempt.url()) {
+            Redirect::Follow => attempt.follow(),
+            Redirect::Stop => attempt.stop(),
+            Redirect::Refuse(why) => attempt.error(why),
         }
     });
     reqwest::Client::builder()
@@ -197,6 +187,33 @@ pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
         .redirect(same_host)
         .build()
         .map_err(|source| FetchError::Client { source })
+}
+
+/// What the repository client does with one redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// Follow it.
+    Follow,
+    /// Do not follow: the `3xx` is the answer (another host).
+    Stop,
+    /// Fail the request: a downgrade or a loop.
+    Refuse(&'static str),
+}
+
+/// The redirect rule: never from https to http, at most [`MAX_REDIRECTS`],
+/// and only to the host of the first request (`previous` holds the URLs
+/// requested so far, the first one first).
+pub fn redirect(previous: &[reqwest::Url], next: &reqwest::Url) -> Redirect {
+    let first_host = previous.first().and_then(|u| u.host_str());
+    if previous.len() > MAX_REDIRECTS {
+        Redirect::Refuse("too many redirects")
+    } else if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
+        Redirect::Refuse("redirect from https to http refused")
+    } else if next.host_str() != first_host {
+        Redirect::Stop
+    } else {
+        Redirect::Follow
+    }
 }
 
 /// Downloads `url` into the file `partial`, resuming what is there.
@@ -279,6 +296,55 @@ mod tests {
             &progress,
         );
         assert_send(&future);
+    }
+
+    #[test]
+    fn a_redirect_never_goes_from_https_to_http_nor_to_another_host() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let https = [u("https://repo.example/a.jar")];
+        assert_eq!(
+            redirect(&https, &u("http://repo.example/a.jar")),
+            Redirect::Refuse("redirect from https to http refused")
+        );
+        assert_eq!(
+            redirect(&https, &u("https://repo.example/b/a.jar")),
+            Redirect::Follow
+        );
+        assert_eq!(
+            redirect(&https, &u("https://cdn.example/a.jar")),
+            Redirect::Stop
+        );
+        let http = [u("http://127.0.0.1:8080/a.jar")];
+        assert_eq!(
+            redirect(&http, &u("http://127.0.0.1:8080/b.jar")),
+            Redirect::Follow
+        );
+        let many: Vec<_> = (0..=MAX_REDIRECTS).map(|_| https[0].clone()).collect();
+        assert!(matches!(redirect(&many, &https[0]), Redirect::Refuse(_)));
+    }
+
+    #[test]
+    fn plain_http_is_accepted_only_to_loopback_or_with_the_opt_in() {
+        for ok in [
+            "https://repo.example/repo",
+            "http://127.0.0.1:8080/repo",
+            "http://localhost/repo",
+            "http://[::1]:9/repo",
+            "http://user@127.0.0.2/repo",
+        ] {
+            assert!(check_transport("repository_url", ok, false).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://repo.example/repo",
+            "http://192.0.2.1/repo",
+            "http://127.0.0.1.evil.example/repo",
+            "http://localhost@evil.example/repo",
+        ] {
+            let e = check_transport("repository_url", refused, false).unwrap_err();
+            assert!(e.contains("not loopback"), "{refused}: {e}");
+            assert!(check_transport("repository_url", refused, true).is_ok());
+        }
+        assert!(check_transport("repository_url", "ftp://x/repo", true).is_err());
     }
 
     #[test]
