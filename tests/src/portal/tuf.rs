@@ -550,3 +550,112 @@ pub fn refresh_interval(data: &Path) -> std::time::Duration {
 pub fn is_target(rel: &str) -> bool {
     !rel.ends_with(".sha256") && !rel.starts_with(&format!("{METADATA_DIR}/"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(data: &Path) -> tough::Repository {
+        let root = std::fs::read(root_path(data)).unwrap();
+        let meta = url::Url::from_directory_path(metadata_dir(data)).unwrap();
+        let targets = url::Url::from_directory_path(data.join("repo")).unwrap();
+        block_on(async {
+            tough::RepositoryLoader::new(&root, meta, targets)
+                .transport(tough::FilesystemTransport)
+                .load()
+                .await
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn keys_init_makes_a_root_with_the_thresholds_and_no_consistent_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let offline = dir.path().join("usb-stick");
+        let opts = KeysInit {
+            root_keys: 3,
+            root_threshold: 2,
+            online_keys: 2,
+            online_threshold: 2,
+            root_key_dir: Some(offline.clone()),
+            ..KeysInit::default()
+        };
+        keys_init(dir.path(), &opts).unwrap();
+        assert_eq!(keys_in(&offline, "root-").len(), 3, "root keys offline");
+        assert!(keys_in(&dir.path().join("tuf/keys"), "root-").is_empty());
+        let root: tough::schema::Signed<Root> =
+            serde_json::from_slice(&std::fs::read(root_path(dir.path())).unwrap()).unwrap();
+        assert!(!root.signed.consistent_snapshot);
+        let roles = &root.signed.roles;
+        assert_eq!(roles[&RoleType::Root].threshold.get(), 2);
+        assert_eq!(roles[&RoleType::Root].keyids.len(), 3);
+        assert_eq!(roles[&RoleType::Targets].threshold.get(), 2);
+        assert_eq!(roles[&RoleType::Timestamp].keyids.len(), 2);
+        assert!(keys_init(dir.path(), &opts).is_err(), "never replaces keys");
+    }
+
+    #[test]
+    fn every_sign_is_a_complete_publication_that_tough_loads_with_maven_paths_as_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        keys_init(dir.path(), &KeysInit::default()).unwrap();
+        let jar = "com/example/a/1.0/a-1.0.jar";
+        let files = vec![(jar.to_owned(), hex::encode([7u8; 32]), 1234u64)];
+        sign(dir.path(), &files).unwrap();
+        sign(dir.path(), &files).unwrap();
+        let repo = load(dir.path());
+        let name = tough::TargetName::new(jar).unwrap();
+        let t = repo.targets().signed.targets.get(&name).expect("a target");
+        assert_eq!(t.length, 1234);
+        assert_eq!(repo.timestamp().signed.version.get(), 2);
+        // No versioned metadata: consistent_snapshot is off; nothing is
+        // left in the staging folder.
+        let names: Vec<String> = std::fs::read_dir(metadata_dir(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains(".snapshot.") || n.contains(".targets.")),
+            "{names:?}"
+        );
+        assert!(!dir.path().join("tuf/staging").exists());
+        assert!(!is_target(".tuf/timestamp.json"));
+        assert!(!is_target("com/example/a/1.0/a-1.0.jar.sha256"));
+    }
+
+    #[test]
+    fn a_rotated_root_is_signed_by_the_old_and_the_new_root_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        keys_init(dir.path(), &KeysInit::default()).unwrap();
+        sign(dir.path(), &[]).unwrap();
+        let v1 = std::fs::read(metadata_dir(dir.path()).join("1.root.json")).unwrap();
+        assert_eq!(rotate_root(dir.path(), &[]).unwrap(), 2);
+        let v2: tough::schema::Signed<Root> = serde_json::from_slice(
+            &std::fs::read(metadata_dir(dir.path()).join("2.root.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v2.signatures.len(), 2, "old and new root key");
+        // A client that trusts root 1 reaches root 2 and the new keys.
+        let meta = url::Url::from_directory_path(metadata_dir(dir.path())).unwrap();
+        let targets = url::Url::from_directory_path(dir.path().join("repo")).unwrap();
+        let repo = block_on(async {
+            tough::RepositoryLoader::new(&v1, meta, targets)
+                .transport(tough::FilesystemTransport)
+                .load()
+                .await
+                .unwrap()
+        });
+        assert_eq!(repo.root().signed.version.get(), 2);
+    }
+
+    #[test]
+    fn the_timestamp_is_due_for_a_refresh_at_half_its_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        keys_init(dir.path(), &KeysInit::default()).unwrap();
+        sign(dir.path(), &[]).unwrap();
+        assert!(!timestamp_due(dir.path()));
+        sign_with(dir.path(), &[], Some(100)).unwrap();
+        assert!(timestamp_due(dir.path()), "a day's lifetime, 100 s left");
+    }
+}
