@@ -774,6 +774,36 @@ async fn bad_target_sets_are_cancelled_naming_the_fault() {
 }
 
 #[actix_rt::test]
+async fn modules_whose_file_names_collide_ignoring_case_are_refused_as_a_set() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let named = |g: &str, a: &str| {
+        let mut o = alpha.object.clone();
+        o["groupId"] = json!(g);
+        o["artifactId"] = json!(a);
+        o["version"] = json!("1");
+        o
+    };
+    for (x, y) in [
+        (named("a-b", "c"), named("a", "b-c")),
+        (named("a-b", "c"), named("A", "B-c")),
+    ] {
+        let b = start_box(&repo, vec![x, y], Options::default()).await;
+        let sync = b.first_sync().await;
+        assert_eq!(sync["state"], "cancelled", "{sync}");
+        let statuses = b.statuses();
+        assert_eq!(statuses[0].1, InstallationCancelled);
+        let message = statuses[0].2.as_deref().unwrap().to_owned();
+        assert!(
+            message.contains("both need the file name")
+                && message.to_lowercase().contains("a-b-c-1.jar"),
+            "{message}"
+        );
+        assert_eq!(repo.artifact_gets(), 0);
+    }
+}
+
+#[actix_rt::test]
 async fn at_most_max_parallel_downloads_run_at_once() {
     let repo = Repo::start().await;
     let set: Vec<Published> = ["m1", "m2", "m3", "m4", "m5"]
