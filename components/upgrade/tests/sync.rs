@@ -661,6 +661,49 @@ async fn an_entry_climbing_out_cancels_the_upgrade() {
 }
 
 #[actix_rt::test]
+async fn a_package_placing_the_sets_own_records_cancels_the_upgrade_and_leaves_no_scratch() {
+    for name in [
+        "modules-info.properties",
+        "Modules-Hashes.json",
+        "modules-info.properties.tmp",
+        "modules-hashes.json.tmp",
+    ] {
+        hostile_archive(&[(name, b"com.evil:x:1=evil")], "", name).await;
+    }
+    // The scratch folder of a refused package is gone.
+    let repo = Repo::start().await;
+    let alpha = publish(
+        &repo,
+        "alpha",
+        "1.0",
+        &[("modules-info.properties", b"x")],
+        &[],
+    );
+    let b = start_box(&repo, vec![alpha.object.clone()], Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "cancelled");
+    let left: Vec<String> = std::fs::read_dir(b.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp.extract"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[actix_rt::test]
+async fn a_failed_extraction_leaves_no_scratch_folder() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[("../x", b"evil")], &[]);
+    let b = start_box(&repo, vec![alpha.object.clone()], Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "cancelled");
+    let left: Vec<String> = std::fs::read_dir(b.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp.extract"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[actix_rt::test]
 async fn an_absolute_entry_cancels_the_upgrade() {
     hostile_archive(&[("/abs-x-banalytics", b"evil")], "", "/abs-x-banalytics").await;
 }
