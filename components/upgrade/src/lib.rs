@@ -157,6 +157,10 @@ pub struct UpgradeConfig {
     /// warning at every start).
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// PEM certificates to trust for the repository besides the webpki
+    /// and system roots (relative to the home), as the portal's `ca_file`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_restart_mode() -> RestartMode {
@@ -273,7 +277,8 @@ impl Component for UpgradeCenter {
             ))
         })?;
         // Build one client now so that a TLS set-up failure is a start error.
-        let fetch_config = self.config.fetch_config();
+        let mut fetch_config = self.config.fetch_config();
+        fetch_config.ca_file = self.config.ca_file.as_ref().map(|f| layout.home().join(f));
         fetch::client(&fetch_config).map_err(|e| ComponentError::Start(e.to_string()))?;
 
         let l = layout.clone();

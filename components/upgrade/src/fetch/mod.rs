@@ -115,6 +115,9 @@ pub struct FetchConfig {
     pub base_backoff: Duration,
     /// Cap of one retry delay before jitter.
     pub max_backoff: Duration,
+    /// PEM certificates trusted besides the webpki and system roots (a
+    /// repository manager behind an internal CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for FetchConfig {
@@ -127,6 +130,7 @@ impl Default for FetchConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             base_backoff: DEFAULT_BASE_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            ca_file: None,
         }
     }
 }
@@ -169,7 +173,9 @@ pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Resul
     }
 }
 
-/// The HTTP client for the repository: rustls, the connect timeout of `cfg`,
+/// The HTTP client for the repository: rustls trusting the webpki roots,
+/// the operating system's store and `cfg.ca_file` (checks cannot be turned
+/// off), the connect timeout of `cfg`,
 /// a `banalytics-box/<version>` User-Agent, and at most [`MAX_REDIRECTS`]
 /// redirects, all to the same host and never from https to http.
 pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
@@ -180,7 +186,23 @@ pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
             Redirect::Refuse(why) => attempt.error(why),
         }
     });
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &cfg.ca_file {
+        let ca_err = |reason: String| FetchError::CaFile {
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_err("holds no PEM certificate".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
         .use_rustls_tls()
         .connect_timeout(cfg.connect_timeout)
         .user_agent(concat!("banalytics-box/", env!("CARGO_PKG_VERSION")))
@@ -345,6 +367,27 @@ mod tests {
             assert!(check_transport("repository_url", refused, true).is_ok());
         }
         assert!(check_transport("repository_url", "ftp://x/repo", true).is_err());
+    }
+
+    #[test]
+    fn ca_file_is_trusted_and_a_bad_one_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["repo.internal".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, cert.cert.pem()).unwrap();
+        let with = |p: &Path| FetchConfig {
+            ca_file: Some(p.to_owned()),
+            ..FetchConfig::default()
+        };
+        assert!(client(&with(&good)).is_ok());
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for bad in [empty, dir.path().join("missing.pem")] {
+            match client(&with(&bad)) {
+                Err(FetchError::CaFile { path, .. }) => assert_eq!(path, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]
