@@ -394,3 +394,85 @@ async fn a_targets_signature_short_of_the_threshold_is_refused() {
     let e = refresh(&s, &layout).await.unwrap_err();
     assert!(matches!(e, UpgradeError::Trust { .. }), "{e}");
 }
+
+fn module(frame: serde_json::Value) -> banalytics_home::coords::Module {
+    serde_json::from_value(frame).unwrap()
+}
+
+#[tokio::test]
+async fn only_signed_targets_are_resolved_and_the_frame_is_a_hint() {
+    use banalytics_upgrade_center::downloader::{resolve, ChecksumPolicy, PLATFORM};
+    let s = Signed::new().await;
+    let home = tempfile::tempdir().unwrap();
+    let layout = Layout::new(home.path());
+    let bin = "com/example/a/1.0/a-1.0-bin.zip";
+    s.serve(&s.sign(&[(JAR, b"jar one"), (bin, b"zip")], 1, 30, 1).await);
+    let trusted = refresh(&s, &layout).await.unwrap();
+    let client = fetch::client(&FetchConfig::default()).unwrap();
+    let frame = serde_json::json!({
+        "groupId": "com.example", "artifactId": "a", "version": "1.0",
+        "type": "component", "uploadTime": "2026-03-01T10:15:30",
+        // A hostile frame: digests and sizes of other bytes.
+        "sha256": sha256_hex(b"evil"), "size": 4,
+        "dependencies": {"sha256": sha256_hex(b"evil zip"), "size": 8},
+    });
+    let url = s.repo.url();
+    let r = resolve(
+        &client,
+        &url,
+        PLATFORM,
+        module(frame.clone()),
+        ChecksumPolicy::Require,
+        Some(&trusted),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.main.sha256.as_deref(),
+        Some(sha256_hex(b"jar one").as_str())
+    );
+    assert_eq!(r.main.size, Some(7));
+    let deps = r.dependencies.expect("the signed package");
+    assert_eq!(deps.sha256.as_deref(), Some(sha256_hex(b"zip").as_str()));
+    assert!(r.model.is_none(), "no model is signed");
+
+    // A package the frame declares that nobody signed: refused
+    // (extraneous dependencies).
+    let mut with_model = frame.clone();
+    with_model["model"] = serde_json::json!({"sha256": sha256_hex(b"m"), "size": 1});
+    let e = resolve(
+        &client,
+        &url,
+        PLATFORM,
+        module(with_model),
+        ChecksumPolicy::Require,
+        Some(&trusted),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&e, UpgradeError::NotATarget { path, .. } if path.ends_with("a-1.0-model.zip")),
+        "{e}"
+    );
+    // A module that is not a target at all.
+    let mut other = frame;
+    other["artifactId"] = serde_json::json!("b");
+    let e = resolve(
+        &client,
+        &url,
+        PLATFORM,
+        module(other),
+        ChecksumPolicy::Require,
+        Some(&trusted),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, UpgradeError::NotATarget { .. }), "{e}");
+    assert!(
+        !s.repo
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with(".sha256")),
+        "no .sha256 is asked for"
+    );
+}
