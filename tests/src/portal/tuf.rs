@@ -405,9 +405,12 @@ pub fn rotate_root(data: &Path, files: &[(String, String, u64)]) -> Result<u64, 
         &new_root_keys,
         Some((&old.signed, &old_root_keys)),
     )?;
-    // The new root keys replace the old ones in the root key folder.
+    // The new root keys replace the old ones in the root key folder; the
+    // old ones stay in that (offline) folder, never on the portal's disk.
+    let retired_root = s.root_key_dir.join("retired");
+    std::fs::create_dir_all(&retired_root).map_err(io(&retired_root))?;
     for k in &old_root_keys {
-        let to = retired.join(format!(
+        let to = retired_root.join(format!(
             "v{}-{}",
             old.signed.version,
             k.file_name().unwrap_or_default().to_string_lossy()
