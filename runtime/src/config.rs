@@ -143,6 +143,9 @@ impl BoxConfig {
         let toml_err = |e: toml::de::Error| ConfigError::from_toml(file, text, &e);
         let shared: Arc<str> = text.into();
         let root = DeTable::parse(text).map_err(toml_err)?;
+        for (_, value) in root.get_ref().iter() {
+            refuse_non_finite(value).map_err(|(offset, msg)| at(offset, msg))?;
+        }
         let mut log = LogConfig::default();
         let mut components = Vec::new();
         for (key, value) in root.get_ref().iter() {
@@ -175,6 +178,28 @@ impl BoxConfig {
     }
 }
 
+/// `nan` and `inf` are TOML floats but no setting of the box means them
+/// (`health_grace_s = nan` used to panic the host): refused wherever they
+/// are, with their offset.
+fn refuse_non_finite(value: &toml::Spanned<DeValue<'_>>) -> Result<(), (usize, String)> {
+    match value.get_ref() {
+        DeValue::Float(f) => {
+            let text = f.as_str();
+            let bare = text.trim_start_matches(['+', '-']);
+            if bare == "nan" || bare == "inf" {
+                return Err((
+                    value.span().start,
+                    format!("{text} is not accepted: numbers must be finite"),
+                ));
+            }
+            Ok(())
+        }
+        DeValue::Array(items) => items.iter().try_for_each(refuse_non_finite),
+        DeValue::Table(table) => table.iter().try_for_each(|(_, v)| refuse_non_finite(v)),
+        _ => Ok(()),
+    }
+}
+
 fn component(
     file: &Path,
     text: &str,
@@ -184,7 +209,7 @@ fn component(
     kinds: Option<&[&str]>,
 ) -> Result<ComponentConfig, ConfigError> {
     let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
-    let n = name.get_ref().as_ref();
+    let n: &str = name.get_ref().as_ref();
     if n.is_empty()
         || !n
             .chars()
@@ -283,6 +308,28 @@ mod tests {
             err.to_string().contains("accepted keys: log, components"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn refuses_non_finite_numbers_with_their_line() {
+        for (value, shown) in [
+            ("nan", "nan"),
+            ("+inf", "+inf"),
+            ("-nan", "-nan"),
+            ("[1.0, inf]", "inf"),
+        ] {
+            let err = parse(&format!(
+                "[components.p]\nkind = \"probe\"\n\n[components.u]\nkind = \"probe\"\nhealth_grace_s = {value}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(err.line, 6, "{err}");
+            assert!(err.to_string().contains("box.toml"), "{err}");
+            assert!(
+                err.message
+                    .contains(&format!("{shown} is not accepted: numbers must be finite")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -85,6 +85,34 @@ pub struct PortalConfig {
     /// unchanged (empty by default).
     #[serde(default)]
     pub environment_hash: String,
+    /// Accept a `ws://` portal on a host other than loopback (a warning at
+    /// every start).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+impl PortalConfig {
+    /// `wss://`, or `ws://` to a loopback host, or any `ws://` with
+    /// `allow_insecure_http = true`; otherwise why not.
+    pub fn check_transport(&self) -> Result<(), String> {
+        let url = self.portal_url.base();
+        if self.portal_url.is_tls() || self.allow_insecure_http {
+            return Ok(());
+        }
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if loopback {
+            Ok(())
+        } else {
+            Err(format!(
+                "portal_url = \"{url}\" is not accepted: an unencrypted link to a host that is not loopback; use wss:// (https://), or set allow_insecure_http = true to accept the risk"
+            ))
+        }
+    }
 }
 
 fn default_ping_timeout() -> u64 {
@@ -356,6 +384,23 @@ mod tests {
             "wss://router.example/base/portal-integration?environmentUuid=e-1&environmentHash=h%26x"
         );
         let u = PortalUrl::parse("ws://127.0.0.1:9000").unwrap();
+        let plain = |url: &str, allow: bool| {
+            parse(&format!(
+                "portal_url = \"{url}\"\nallow_insecure_http = {allow}\n"
+            ))
+            .unwrap()
+            .check_transport()
+        };
+        assert!(plain("ws://127.0.0.1:9000", false).is_ok());
+        assert!(plain("http://localhost:9000", false).is_ok());
+        assert!(plain("wss://router.example", false).is_ok());
+        let e = plain("ws://router.example", false).unwrap_err();
+        assert!(
+            e.contains("not loopback") && e.contains("allow_insecure_http"),
+            "{e}"
+        );
+        assert!(plain("http://192.0.2.1", false).is_err());
+        assert!(plain("ws://router.example", true).is_ok());
         assert_eq!(
             u.endpoint("", "").as_str(),
             "ws://127.0.0.1:9000/portal-integration?environmentUuid=&environmentHash="

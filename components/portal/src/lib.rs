@@ -184,8 +184,11 @@ impl Component for PortalIntegration {
         let ca_file = self.config.ca_file.as_ref().map(|f| self.home.join(f));
         let tls = tls::client_config(ca_file.as_deref())
             .map_err(|e| ComponentError::Start(e.to_string()))?;
+        self.config
+            .check_transport()
+            .map_err(ComponentError::Start)?;
         if !self.config.portal_url.is_tls() {
-            warn!(component = %self.name, portal = %self.config.portal_url.base(), "portal link is not encrypted (ws://)");
+            warn!(component = %self.name, portal = %self.config.portal_url.base(), allow_insecure_http = self.config.allow_insecure_http, "portal link is not encrypted (ws://)");
         }
         let settings = Arc::new(link::LinkSettings {
             portal_url: self.config.portal_url.clone(),

@@ -1,6 +1,6 @@
 //! The TLS client configuration of the link: rustls with the webpki
-//! (Mozilla) roots, plus the CAs of `ca_file` for a portal behind a private
-//! CA.
+//! (Mozilla) roots and the operating system's store, plus the CAs of
+//! `ca_file` for a portal behind a private CA.
 //!
 //! Certificates are always verified: there is deliberately no switch that
 //! turns the check off. A box that cannot verify its portal does not
@@ -19,6 +19,15 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Portal
     let mut roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // The operating system's store too, as operators behind an internal CA
+    // expect; a store that cannot be read leaves the webpki roots.
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(
+        certificates = added,
+        errors = native.errors.len(),
+        "system trust store"
+    );
     if let Some(path) = ca_file {
         let added = add_ca_file(&mut roots, path)?;
         tracing::info!(ca_file = %path.display(), certificates = added, "trusting the CA file for the portal");

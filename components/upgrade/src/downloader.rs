@@ -32,6 +32,7 @@ use crate::{
     fetch::{self, Checksum, Expected, FetchConfig},
     layout::{free_bytes, Layout},
     plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
+    tuf::{Trust, TrustedTargets},
 };
 
 /// Extra free space kept beyond the computed need: room for the hash
@@ -118,6 +119,7 @@ pub struct Downloader {
     client: reqwest::Client,
     max_parallel: usize,
     policy: ChecksumPolicy,
+    trust: Option<Trust>,
 }
 
 impl Downloader {
@@ -140,7 +142,14 @@ impl Downloader {
             client,
             max_parallel: max_parallel.max(1),
             policy,
+            trust: None,
         })
+    }
+
+    /// Artifacts must be TUF targets of `trust`'s repository ([`crate::tuf`]).
+    pub fn with_trust(mut self, trust: Option<Trust>) -> Self {
+        self.trust = trust;
+        self
     }
 }
 
@@ -156,11 +165,20 @@ impl Handler<ResolveSet> for Downloader {
         let repo = self.repository_url.clone();
         let policy = self.policy;
         let parallel = self.max_parallel;
+        let (layout, config, trust) =
+            (self.layout.clone(), self.config.clone(), self.trust.clone());
         let span = info_span!("downloader.resolve_set", modules = msg.modules.len());
         Box::pin(
             async move {
+                let trusted = match &trust {
+                    Some(trust) => {
+                        Some(crate::tuf::refresh(&client, &config, &layout, trust).await?)
+                    }
+                    None => None,
+                };
+                let trusted = trusted.as_ref();
                 stream::iter(msg.modules)
-                    .map(|m| resolve(&client, &repo, PLATFORM, m, policy))
+                    .map(|m| resolve(&client, &repo, PLATFORM, m, policy, trusted))
                     .buffered(parallel)
                     .try_collect()
                     .await
@@ -175,14 +193,19 @@ impl Handler<ResolveSet> for Downloader {
 pub const PLATFORM: &str = banalytics_sdk::plugin::TARGET;
 
 /// Where `module`'s artifacts are and which digests they must have, on
-/// `platform`.
+/// `platform`. With `trusted` targets metadata, only what it lists exists
+/// and its lengths and digests are the only ones used.
 pub async fn resolve(
     client: &reqwest::Client,
     repository_url: &str,
     platform: &str,
     module: Module,
     policy: ChecksumPolicy,
+    trusted: Option<&TrustedTargets>,
 ) -> Result<ResolvedModule, UpgradeError> {
+    if let Some(trusted) = trusted {
+        return resolve_trusted(repository_url, platform, module, trusted);
+    }
     let key = module.coords.to_string();
     let err = |source| UpgradeError::Fetch {
         module: key.clone(),
@@ -269,6 +292,60 @@ pub async fn resolve(
             }
         };
         packages.push(package);
+    }
+    let model = packages.pop().flatten();
+    let dependencies = packages.pop().flatten();
+    Ok(ResolvedModule {
+        module,
+        main,
+        dependencies,
+        model,
+    })
+}
+
+/// [`resolve`] from verified TUF targets metadata: the portal frame's
+/// digests, sizes and package declarations are hints at most. A package the
+/// frame declares that the metadata does not list refuses the module.
+fn resolve_trusted(
+    repository_url: &str,
+    platform: &str,
+    module: Module,
+    trusted: &TrustedTargets,
+) -> Result<ResolvedModule, UpgradeError> {
+    let key = module.coords.to_string();
+    let lookup = |suffix: &str| {
+        let path = coords::maven_path(&module.coords, suffix);
+        trusted.get(&path).map(|t| Target {
+            url: format!("{repository_url}/{path}"),
+            sha256: Some(t.sha256.clone()),
+            size: Some(t.length),
+        })
+    };
+    let not_a_target = |suffix: &str| UpgradeError::NotATarget {
+        module: key.clone(),
+        path: coords::maven_path(&module.coords, suffix),
+    };
+    let main_suffix = module.main_suffix(platform);
+    let main = match lookup(&main_suffix) {
+        Some(t) => t,
+        None if module.is_native() => {
+            return Err(UpgradeError::NoBuildForPlatform {
+                module: key,
+                platform: platform.to_owned(),
+            })
+        }
+        None => return Err(not_a_target(&main_suffix)),
+    };
+    let mut packages = Vec::new();
+    for (declared, suffix) in [
+        (module.dependencies.is_some(), "-bin.zip"),
+        (module.model.is_some(), "-model.zip"),
+    ] {
+        match lookup(suffix) {
+            Some(t) => packages.push(Some(t)),
+            None if declared => return Err(not_a_target(suffix)),
+            None => packages.push(None),
+        }
     }
     let model = packages.pop().flatten();
     let dependencies = packages.pop().flatten();

@@ -61,6 +61,22 @@ pub enum UpgradeError {
         /// This box's target triple.
         platform: String,
     },
+    /// The repository's TUF metadata could not be verified (signatures,
+    /// expiry, rollback, the clock): nothing of the set is fetched.
+    #[error("repository metadata refused: {reason}")]
+    Trust {
+        /// `tough`'s reason, or the clock's.
+        reason: String,
+    },
+    /// With `trust_root` set, an artifact the set needs is not a target of
+    /// the signed targets metadata.
+    #[error("module {module}: {path} is not a target of the repository's signed metadata")]
+    NotATarget {
+        /// `groupId:artifactId:version`.
+        module: String,
+        /// The artifact's Maven path.
+        path: String,
+    },
     /// Not enough free space for the downloads and the staging.
     #[error("not enough free space on {path}: {needed} bytes needed, {free} free")]
     InsufficientSpace {

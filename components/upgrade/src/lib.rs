@@ -26,6 +26,7 @@ pub mod preflight;
 pub mod restarter;
 pub mod stager;
 pub mod sync;
+pub mod tuf;
 
 // The home's files are the `banalytics-home` crate's; these names keep the
 // crate's own paths (`crate::layout::Layout`) short.
@@ -144,6 +145,22 @@ pub struct UpgradeConfig {
     /// (default 3).
     #[serde(default = "default_boot_attempts")]
     pub max_boot_attempts: u32,
+    /// The repository's TUF root, pinned at provisioning (a path relative
+    /// to the home, e.g. `config/repository-root.json`): every artifact
+    /// must then be a target of metadata signed from it ([`tuf`]).
+    #[serde(default)]
+    pub trust_root: Option<String>,
+    /// Where the TUF metadata is (default `{repository_url}/.tuf/`).
+    #[serde(default)]
+    pub trust_metadata_url: Option<String>,
+    /// Accept an `http://` repository on a host other than loopback (a
+    /// warning at every start).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// PEM certificates to trust for the repository besides the webpki
+    /// and system roots (relative to the home), as the portal's `ca_file`.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_restart_mode() -> RestartMode {
@@ -225,14 +242,12 @@ fn create(
             config.max_parallel_downloads
         )));
     }
-    if !(config.repository_url.starts_with("http://")
-        || config.repository_url.starts_with("https://"))
-    {
-        return Err(ComponentError::Start(format!(
-            "repository_url = {:?} is not accepted; accepted: an http:// or https:// URL",
-            config.repository_url
-        )));
-    }
+    fetch::check_transport(
+        "repository_url",
+        &config.repository_url,
+        config.allow_insecure_http,
+    )
+    .map_err(ComponentError::Start)?;
     if config.restart_mode == RestartMode::Command && config.restart_command.is_none() {
         return Err(ComponentError::Start(
             "restart_mode = \"command\" needs restart_command, the program to run".into(),
@@ -262,11 +277,33 @@ impl Component for UpgradeCenter {
             ))
         })?;
         // Build one client now so that a TLS set-up failure is a start error.
-        let fetch_config = self.config.fetch_config();
+        let mut fetch_config = self.config.fetch_config();
+        fetch_config.ca_file = self.config.ca_file.as_ref().map(|f| layout.home().join(f));
         fetch::client(&fetch_config).map_err(|e| ComponentError::Start(e.to_string()))?;
 
         let l = layout.clone();
         let inventory = ctx.supervise("inventory", move |_, _| Inventory::new(l.clone()));
+        let trust = match &self.config.trust_root {
+            Some(root) => Some(
+                tuf::Trust::new(
+                    layout.home().join(root),
+                    &self.config.repository_url,
+                    self.config.trust_metadata_url.as_deref(),
+                )
+                .map_err(ComponentError::Start)?,
+            ),
+            None => None,
+        };
+        if let Some(trust) = &trust {
+            if !trust.root.is_file() {
+                return Err(ComponentError::Start(format!(
+                    "trust_root = {:?}: no file at {}",
+                    self.config.trust_root.as_deref().unwrap_or_default(),
+                    trust.root.display()
+                )));
+            }
+            info!(root = %trust.root.display(), metadata = %trust.metadata_url, "artifacts must be TUF targets");
+        }
         let (l, repo, parallel, policy) = (
             layout.clone(),
             self.config.repository_url.clone(),
@@ -282,6 +319,7 @@ impl Component for UpgradeCenter {
                 policy,
             )
             .expect("the client was built once at start")
+            .with_trust(trust.clone())
         });
         let (l, limits, check) = (layout.clone(), self.config.limits(), self.preflight.clone());
         let stager = ctx.supervise("stager", move |_, _| {

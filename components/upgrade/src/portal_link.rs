@@ -342,7 +342,9 @@ fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: SyncState) 
 }
 
 /// Refuses an empty set, a module object that does not parse or has bad
-/// coordinates, and two modules with the same groupId and artifactId.
+/// coordinates, two modules with the same groupId and artifactId, and two
+/// whose file or cache names collide, compared case-insensitively
+/// (`a-b:c:1` and `a:b-c:1` are both `a-b-c-1.jar`).
 pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, UpgradeError> {
     if modules.is_empty() {
         return Err(UpgradeError::InvalidTarget {
@@ -365,6 +367,26 @@ pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, Upg
             });
         }
         out.push(m);
+    }
+    let mut names = std::collections::HashMap::<String, String>::new();
+    for m in &out {
+        let c = &m.coords;
+        let stem = format!("{}-{}-{}", c.group_id(), c.artifact_id(), c.version());
+        for name in [
+            crate::coords::file_name(m),
+            format!("{stem}-bin.zip"),
+            format!("{stem}-model.zip"),
+        ] {
+            if let Some(other) = names.insert(name.to_lowercase(), c.to_string()) {
+                if other != c.to_string() {
+                    return Err(UpgradeError::InvalidTarget {
+                        reason: format!(
+                            "modules {other} and {c} both need the file name {name} (names are compared ignoring case)"
+                        ),
+                    });
+                }
+            }
+        }
     }
     Ok(out)
 }

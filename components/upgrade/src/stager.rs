@@ -224,16 +224,30 @@ impl Side {
     ) -> Result<Vec<FileRecord>, UpgradeError> {
         remove_dir_if_exists(scratch)?;
         fs::create_dir_all(scratch).map_err(io_at(scratch))?;
-        let extracted = archive::extract(archive_path, scratch, limits).map_err(|source| {
-            UpgradeError::Archive {
-                module: module.to_owned(),
-                package: archive_path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                source,
-            }
-        })?;
+        let outcome = self.extract_into(archive_path, scratch, limits, module);
+        // The scratch folder goes, whether the package was taken or not.
+        let removed = remove_dir_if_exists(scratch);
+        let files = outcome?;
+        removed?;
+        Ok(files)
+    }
+
+    fn extract_into(
+        &mut self,
+        archive_path: &Path,
+        scratch: &Path,
+        limits: &Limits,
+        module: &str,
+    ) -> Result<Vec<FileRecord>, UpgradeError> {
+        let refused = |source| UpgradeError::Archive {
+            module: module.to_owned(),
+            package: archive_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source,
+        };
+        let extracted = archive::extract(archive_path, scratch, limits).map_err(refused)?;
         let mut files = Vec::new();
         for f in extracted.files {
             let name = f
@@ -242,6 +256,12 @@ impl Side {
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
+            if is_reserved(&name) {
+                return Err(refused(archive::ArchiveError::UnsafeName {
+                    entry: name,
+                    reason: "the box keeps its own file under this name in the module folder",
+                }));
+            }
             let rec = FileRecord {
                 name,
                 sha256: f.sha256,
@@ -250,9 +270,21 @@ impl Side {
             self.adopt(&scratch.join(&f.path), &rec, module)?;
             files.push(rec);
         }
-        remove_dir_if_exists(scratch)?;
         Ok(files)
     }
+}
+
+/// Whether a package may not place `name` (relative to the folder it is
+/// extracted into): the set's own records, `modules-info.properties` and
+/// `modules-hashes.json`, and their temporary names, ignoring case.
+pub fn is_reserved(name: &str) -> bool {
+    let lower = name.to_lowercase();
+    [
+        crate::installed::MODULES_INFO_FILE,
+        crate::record::RECORD_FILE,
+    ]
+    .iter()
+    .any(|r| lower == *r || lower.starts_with(&format!("{r}.")))
 }
 
 fn create_parent(path: &Path) -> Result<(), UpgradeError> {

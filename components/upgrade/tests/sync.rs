@@ -661,6 +661,49 @@ async fn an_entry_climbing_out_cancels_the_upgrade() {
 }
 
 #[actix_rt::test]
+async fn a_package_placing_the_sets_own_records_cancels_the_upgrade_and_leaves_no_scratch() {
+    for name in [
+        "modules-info.properties",
+        "Modules-Hashes.json",
+        "modules-info.properties.tmp",
+        "modules-hashes.json.tmp",
+    ] {
+        hostile_archive(&[(name, b"com.evil:x:1=evil")], "", name).await;
+    }
+    // The scratch folder of a refused package is gone.
+    let repo = Repo::start().await;
+    let alpha = publish(
+        &repo,
+        "alpha",
+        "1.0",
+        &[("modules-info.properties", b"x")],
+        &[],
+    );
+    let b = start_box(&repo, vec![alpha.object.clone()], Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "cancelled");
+    let left: Vec<String> = std::fs::read_dir(b.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp.extract"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[actix_rt::test]
+async fn a_failed_extraction_leaves_no_scratch_folder() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[("../x", b"evil")], &[]);
+    let b = start_box(&repo, vec![alpha.object.clone()], Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "cancelled");
+    let left: Vec<String> = std::fs::read_dir(b.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp.extract"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[actix_rt::test]
 async fn an_absolute_entry_cancels_the_upgrade() {
     hostile_archive(&[("/abs-x-banalytics", b"evil")], "", "/abs-x-banalytics").await;
 }
@@ -768,6 +811,36 @@ async fn bad_target_sets_are_cancelled_naming_the_fault() {
         assert!(
             statuses[0].2.as_deref().unwrap().contains(needle),
             "{statuses:?}"
+        );
+        assert_eq!(repo.artifact_gets(), 0);
+    }
+}
+
+#[actix_rt::test]
+async fn modules_whose_file_names_collide_ignoring_case_are_refused_as_a_set() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let named = |g: &str, a: &str| {
+        let mut o = alpha.object.clone();
+        o["groupId"] = json!(g);
+        o["artifactId"] = json!(a);
+        o["version"] = json!("1");
+        o
+    };
+    for (x, y) in [
+        (named("a-b", "c"), named("a", "b-c")),
+        (named("a-b", "c"), named("A", "B-c")),
+    ] {
+        let b = start_box(&repo, vec![x, y], Options::default()).await;
+        let sync = b.first_sync().await;
+        assert_eq!(sync["state"], "cancelled", "{sync}");
+        let statuses = b.statuses();
+        assert_eq!(statuses[0].1, InstallationCancelled);
+        let message = statuses[0].2.as_deref().unwrap().to_owned();
+        assert!(
+            message.contains("both need the file name")
+                && message.to_lowercase().contains("a-b-c-1.jar"),
+            "{message}"
         );
         assert_eq!(repo.artifact_gets(), 0);
     }

@@ -236,6 +236,12 @@ pub enum Command {
         #[arg(long)]
         reset: bool,
     },
+    /// The repository's TUF keys and metadata.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysCommand,
+    },
     /// Show the fault switches, or replace them all (`--clear` for none).
     Faults {
         /// Switch every fault off.
@@ -245,6 +251,48 @@ pub enum Command {
         #[command(flatten)]
         faults: FaultArgs,
     },
+}
+
+/// `keys` subcommands: the repository's TUF keys ([`super::tuf`]).
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the keys of every role and the first root (`DATA/tuf/root.json`,
+    /// the file boxes pin as `trust_root`). Works on the data folder; no
+    /// portal needs to run.
+    Init {
+        /// Root keys to create.
+        #[arg(long, default_value_t = 1)]
+        root_keys: usize,
+        /// Root signatures required.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u64,
+        /// Keys per online role (targets, snapshot, timestamp).
+        #[arg(long, default_value_t = 1)]
+        online_keys: usize,
+        /// Signatures required per online role.
+        #[arg(long, default_value_t = 1)]
+        online_threshold: u64,
+        /// Where the root keys go (default `DATA/tuf/offline`): a folder
+        /// that can be kept offline.
+        #[arg(long)]
+        root_key_dir: Option<PathBuf>,
+        /// Targets and snapshot lifetime in seconds.
+        #[arg(long, default_value_t = 30 * 86_400)]
+        targets_lifetime_s: i64,
+        /// Timestamp lifetime in seconds (re-signed at half-life while the
+        /// portal runs).
+        #[arg(long, default_value_t = 86_400)]
+        timestamp_lifetime_s: i64,
+        /// Do not refresh the timestamp (tests of expiry).
+        #[arg(long)]
+        no_refresh: bool,
+    },
+    /// Sign the repository's published artifacts now (after `init` on a
+    /// repository that already has modules). The portal must not run.
+    Sign,
+    /// New keys for every role and a root of the next version, signed by
+    /// the old and the new root keys. The portal must not run.
+    RotateRoot,
 }
 
 /// Parses the arguments and runs the command.
@@ -320,6 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&module)?);
             Ok(())
         }
+        Command::Keys { ref action } => keys(&cli.data, action),
         Command::Modules { json } => {
             let modules = client()?.modules().await?;
             if json {
@@ -526,6 +575,48 @@ fn print_rollout(r: &Rollout) {
 
 fn parse_wave(value: &str) -> std::result::Result<WaveSize, String> {
     WaveSize::parse(value).ok_or_else(|| format!("{value:?} is not N, P% or rest"))
+}
+
+fn keys(data: &std::path::Path, action: &KeysCommand) -> Result<()> {
+    let store = || {
+        super::store::Store::open(data.join("portal-state.json"), data.join("repo"))
+            .context("opening the portal state")
+    };
+    match action {
+        KeysCommand::Init {
+            root_keys,
+            root_threshold,
+            online_keys,
+            online_threshold,
+            root_key_dir,
+            targets_lifetime_s,
+            timestamp_lifetime_s,
+            no_refresh,
+        } => {
+            let opts = super::tuf::KeysInit {
+                root_keys: *root_keys,
+                root_threshold: *root_threshold,
+                online_keys: *online_keys,
+                online_threshold: *online_threshold,
+                root_key_dir: root_key_dir.clone(),
+                lifetimes: super::tuf::Lifetimes {
+                    targets_s: *targets_lifetime_s,
+                    timestamp_s: *timestamp_lifetime_s,
+                    refresh: !no_refresh,
+                    ..Default::default()
+                },
+            };
+            let root = super::tuf::keys_init(data, &opts)?;
+            store()?.sign_tuf()?;
+            println!("{}", root.display());
+        }
+        KeysCommand::Sign => store()?.sign_tuf()?,
+        KeysCommand::RotateRoot => {
+            let version = store()?.rotate_tuf_root()?;
+            println!("root version {version}");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: PortalConfig) -> Result<()> {

@@ -50,6 +50,7 @@ pub mod rollout;
 mod rollouts;
 mod stats;
 mod store;
+pub mod tuf;
 
 use std::{
     net::SocketAddr,
@@ -217,6 +218,28 @@ impl App {
 }
 
 /// Resolves once shutdown is signalled (or the signal is gone).
+/// Re-signs the TUF metadata before the timestamp expires, while the
+/// portal runs ([`tuf::timestamp_due`]).
+fn tuf_refresher(app: Arc<App>) {
+    let mut stop = app.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let interval = tuf::refresh_interval(&app.data_dir);
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if tuf::enabled(&app.data_dir) && tuf::timestamp_due(&app.data_dir) {
+                let a = app.clone();
+                let signed = tokio::task::spawn_blocking(move || a.store.sign_tuf()).await;
+                if let Ok(Err(error)) = signed {
+                    tracing::warn!(%error, "cannot refresh the TUF timestamp");
+                }
+            }
+        }
+    });
+}
+
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
@@ -305,6 +328,7 @@ impl Portal {
         .with_graceful_shutdown(async move {
             stopped(&mut stop).await;
         });
+        tuf_refresher(app.clone());
         tokio::spawn(async move {
             if let Err(error) = server.await {
                 tracing::error!(%error, "server failed");
@@ -428,6 +452,23 @@ impl PortalHandle {
     /// Puts a module into the repository and records it (blocking I/O).
     pub fn publish(&self, req: &PublishRequest) -> Result<ModuleObject, PortalError> {
         self.app.store.publish(req)
+    }
+
+    /// [`PortalHandle::publish`] without re-signing the TUF metadata: what
+    /// someone who controls the repository but not the keys can do.
+    pub fn publish_unsigned(&self, req: &PublishRequest) -> Result<ModuleObject, PortalError> {
+        self.app.store.publish_files(req, false)
+    }
+
+    /// Re-signs the TUF metadata over every published artifact, the
+    /// timestamp valid for `timestamp_s` seconds (negative: expired).
+    pub fn sign_tuf_with(&self, timestamp_s: Option<i64>) -> Result<(), PortalError> {
+        self.app.store.sign_tuf_with(timestamp_s)
+    }
+
+    /// Rotates the TUF root ([`tuf::rotate_root`]); returns its version.
+    pub fn rotate_tuf_root(&self) -> Result<u64, PortalError> {
+        self.app.store.rotate_tuf_root()
     }
 
     /// Every published module.

@@ -248,6 +248,8 @@ pub(crate) struct Store {
     /// Serialises publishes, so two publishes of one module never interleave
     /// their file writes.
     publishing: Mutex<()>,
+    /// Serialises TUF signing (a publish, the timestamp refresher).
+    signing: Mutex<()>,
 }
 
 impl Store {
@@ -270,6 +272,7 @@ impl Store {
             repo,
             state: Mutex::new(state),
             publishing: Mutex::new(()),
+            signing: Mutex::new(()),
         })
     }
 
@@ -405,6 +408,16 @@ impl Store {
     /// Copies a module's files into the repository layout with `.sha256`
     /// files beside them and records it and their digests, upload time now.
     pub(crate) fn publish(&self, req: &PublishRequest) -> Result<ModuleObject, PortalError> {
+        self.publish_files(req, true)
+    }
+
+    /// [`Store::publish`]; `sign` re-signs the TUF metadata (when the
+    /// repository has keys, [`super::tuf`]).
+    pub(crate) fn publish_files(
+        &self,
+        req: &PublishRequest,
+        sign: bool,
+    ) -> Result<ModuleObject, PortalError> {
         validate_group(&req.group_id)?;
         validate_name("artifactId", &req.artifact_id)?;
         validate_name("version", &req.version)?;
@@ -484,6 +497,10 @@ impl Store {
             .insert(module.coordinates(), module.clone())
             .is_some();
         self.persist(&state)?;
+        drop(state);
+        if sign {
+            self.sign_tuf()?;
+        }
         info!(
             module = %module.coordinates(),
             size = module.size,
@@ -492,6 +509,41 @@ impl Store {
             "published"
         );
         Ok(module)
+    }
+
+    /// Re-signs the repository's TUF metadata over every published
+    /// artifact ([`super::tuf::sign`]).
+    pub(crate) fn sign_tuf(&self) -> Result<(), PortalError> {
+        self.sign_tuf_with(None)
+    }
+
+    /// [`Store::sign_tuf`] with the timestamp valid for `timestamp_s`
+    /// seconds ([`super::tuf::sign_with`]).
+    pub(crate) fn sign_tuf_with(&self, timestamp_s: Option<i64>) -> Result<(), PortalError> {
+        let _signing = self.signing.lock().expect("signing lock");
+        super::tuf::sign_with(self.data_dir(), &self.tuf_targets(), timestamp_s)
+    }
+
+    /// Rotates the TUF root ([`super::tuf::rotate_root`]).
+    pub(crate) fn rotate_tuf_root(&self) -> Result<u64, PortalError> {
+        let _signing = self.signing.lock().expect("signing lock");
+        super::tuf::rotate_root(self.data_dir(), &self.tuf_targets())
+    }
+
+    /// The data folder (the repository's parent).
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.repo.parent().unwrap_or(&self.repo)
+    }
+
+    /// Every published artifact as a TUF target: Maven path, SHA-256, size.
+    pub(crate) fn tuf_targets(&self) -> Vec<(String, String, u64)> {
+        let state = self.state.lock().expect("store lock");
+        state
+            .files
+            .iter()
+            .filter(|(rel, _)| super::tuf::is_target(rel))
+            .map(|(rel, d)| (rel.clone(), d.sha256.clone(), d.size))
+            .collect()
     }
 
     /// `path` under the repository root as a `/`-separated relative path,

@@ -34,7 +34,7 @@ use banalytics_tests::{
         ensure_binaries, peak_rss_kib, served_files, BoxSettings, ManagedBox, ModuleSpec,
         PortalApi, PortalProcess,
     },
-    portal::ModuleObject,
+    portal::{tuf, ModuleObject},
 };
 use clap::Parser;
 
@@ -75,6 +75,10 @@ struct Args {
     /// Turns of the box and of curl each, alternating, box first.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Sign the repository with TUF (`keys init`) and give every box the
+    /// root as `trust_root`: compare with a run without it.
+    #[arg(long)]
+    trust_root: bool,
 }
 
 /// The environment UUID of the box of round `n`.
@@ -288,10 +292,20 @@ fn sync_now(portal: &PortalProcess, env: &str) -> Result<u64> {
 
 /// One box turn: a fresh home synchronises the set to staged; the box is
 /// stopped after, so nothing of it runs during curl's turn.
-fn box_turn(portal: &PortalProcess, env: &str) -> Result<(ManagedBox, SyncRun)> {
+fn box_turn(
+    portal: &PortalProcess,
+    env: &str,
+    trust_root: Option<&Path>,
+) -> Result<(ManagedBox, SyncRun)> {
     let mut settings = BoxSettings::new(portal, Some(env));
     settings.log_level = "warn".into();
+    if trust_root.is_some() {
+        settings.upgrade_extra = "trust_root = \"config/repository-root.json\"\n".into();
+    }
     let mut b = ManagedBox::new(&settings)?;
+    if let Some(root) = trust_root {
+        std::fs::copy(root, b.path().join("config/repository-root.json"))?;
+    }
     let t = Instant::now();
     let asked = now_ms();
     b.spawn()?;
@@ -395,7 +409,16 @@ fn main() -> Result<()> {
         dir.path().display()
     );
     let files = dir.path().join("files");
-    let portal = PortalProcess::start(&dir.path().join("portal"), None, &[])?;
+    let portal_data = dir.path().join("portal");
+    let trust_root = if args.trust_root {
+        std::fs::create_dir_all(&portal_data)?;
+        let root = tuf::keys_init(&portal_data, &tuf::KeysInit::default())?;
+        notes.push("trust_root set: the repository is TUF-signed and every box verifies it".into());
+        Some(root)
+    } else {
+        None
+    };
+    let portal = PortalProcess::start(&portal_data, None, &[])?;
     let a = set("a", modules, size);
     let published = portal.publish_all(&files, &a)?;
     // The repository keeps its own copy: the sources are not needed.
@@ -420,7 +443,7 @@ fn main() -> Result<()> {
         portal.assign_set(&env, &coords(&a))?;
         eprintln!("round {round}/{rounds}, box: first run, {label}");
         portal.reset_counters()?;
-        let (b, run) = box_turn(&portal, &env)?;
+        let (b, run) = box_turn(&portal, &env, trust_root.as_deref())?;
         let (bytes, hashed) = served(&portal)?;
         box_served.push(bytes);
         hashed_on_request += hashed;

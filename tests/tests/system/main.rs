@@ -28,3 +28,4 @@ mod probation;
 mod quarantine;
 mod resilience;
 mod restart;
+mod tuf;

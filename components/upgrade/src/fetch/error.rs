@@ -13,6 +13,14 @@ pub enum FetchError {
         /// The underlying error.
         source: reqwest::Error,
     },
+    /// `ca_file` cannot be read or holds no usable PEM certificate.
+    #[error("ca_file {path}: {reason}")]
+    CaFile {
+        /// The file, resolved against the home.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Connecting, sending or receiving failed at the transport level
     /// (connect error, connect timeout, reset, body cut inside a declared
     /// `Content-Length`).
@@ -183,6 +191,7 @@ impl FetchError {
             | FetchError::RangeNotSatisfiable { .. } => true,
             FetchError::HttpStatus { status, .. } => (500..600).contains(status),
             FetchError::Client { .. }
+            | FetchError::CaFile { .. }
             | FetchError::NotFound { .. }
             | FetchError::TooLarge { .. }
             | FetchError::BadContentRange { .. }

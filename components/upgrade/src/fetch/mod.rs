@@ -115,6 +115,9 @@ pub struct FetchConfig {
     pub base_backoff: Duration,
     /// Cap of one retry delay before jitter.
     pub max_backoff: Duration,
+    /// PEM certificates trusted besides the webpki and system roots (a
+    /// repository manager behind an internal CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for FetchConfig {
@@ -127,34 +130,112 @@ impl Default for FetchConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             base_backoff: DEFAULT_BASE_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            ca_file: None,
         }
     }
 }
 
-/// The HTTP client for the repository: rustls, the connect timeout of `cfg`,
+/// Whether `url` (the config key `key`) may be used: `https://`, or
+/// `http://` to a loopback host, or any `http://` with `allow_insecure_http`
+/// (which logs a warning, at every start).
+pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!(
+            "{key} = {url:?} is not accepted; accepted: an https:// URL (http:// to a loopback host, or with allow_insecure_http = true)"
+        ));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.rsplit_once('@') {
+        Some((_, h)) => h,
+        None => authority,
+    };
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else if allow_insecure_http {
+        warn!(key, url, "plain http to a host that is not loopback, accepted because allow_insecure_http = true: anyone on the path can read and change what the box downloads");
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} = {url:?} is not accepted: plain http to {host:?}, which is not loopback; use https://, or set allow_insecure_http = true to accept the risk"
+        ))
+    }
+}
+
+/// The HTTP client for the repository: rustls trusting the webpki roots,
+/// the operating system's store and `cfg.ca_file` (checks cannot be turned
+/// off), the connect timeout of `cfg`,
 /// a `banalytics-box/<version>` User-Agent, and at most [`MAX_REDIRECTS`]
-/// redirects, all to the same host.
+/// redirects, all to the same host and never from https to http.
 pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
     let same_host = reqwest::redirect::Policy::custom(|attempt| {
-        let first_host = attempt
-            .previous()
-            .first()
-            .and_then(|u| u.host_str().map(str::to_owned));
-        if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error("too many redirects")
-        } else if attempt.url().host_str().map(str::to_owned) != first_host {
-            attempt.stop()
-        } else {
-            attempt.follow()
+        match redirect(attempt.previous(), attempt.url()) {
+            Redirect::Follow => attempt.follow(),
+            Redirect::Stop => attempt.stop(),
+            Redirect::Refuse(why) => attempt.error(why),
         }
     });
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = &cfg.ca_file {
+        let ca_err = |reason: String| FetchError::CaFile {
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_err("holds no PEM certificate".into()));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
         .use_rustls_tls()
         .connect_timeout(cfg.connect_timeout)
         .user_agent(concat!("banalytics-box/", env!("CARGO_PKG_VERSION")))
         .redirect(same_host)
         .build()
         .map_err(|source| FetchError::Client { source })
+}
+
+/// What the repository client does with one redirect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirect {
+    /// Follow it.
+    Follow,
+    /// Do not follow: the `3xx` is the answer (another host).
+    Stop,
+    /// Fail the request: a downgrade or a loop.
+    Refuse(&'static str),
+}
+
+/// The redirect rule: never from https to http, at most [`MAX_REDIRECTS`],
+/// and only to the host of the first request (`previous` holds the URLs
+/// requested so far, the first one first).
+pub fn redirect(previous: &[reqwest::Url], next: &reqwest::Url) -> Redirect {
+    let first_host = previous.first().and_then(|u| u.host_str());
+    if previous.len() > MAX_REDIRECTS {
+        Redirect::Refuse("too many redirects")
+    } else if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
+        Redirect::Refuse("redirect from https to http refused")
+    } else if next.host_str() != first_host {
+        Redirect::Stop
+    } else {
+        Redirect::Follow
+    }
 }
 
 /// Downloads `url` into the file `partial`, resuming what is there.
@@ -237,6 +318,76 @@ mod tests {
             &progress,
         );
         assert_send(&future);
+    }
+
+    #[test]
+    fn a_redirect_never_goes_from_https_to_http_nor_to_another_host() {
+        let u = |s: &str| reqwest::Url::parse(s).unwrap();
+        let https = [u("https://repo.example/a.jar")];
+        assert_eq!(
+            redirect(&https, &u("http://repo.example/a.jar")),
+            Redirect::Refuse("redirect from https to http refused")
+        );
+        assert_eq!(
+            redirect(&https, &u("https://repo.example/b/a.jar")),
+            Redirect::Follow
+        );
+        assert_eq!(
+            redirect(&https, &u("https://cdn.example/a.jar")),
+            Redirect::Stop
+        );
+        let http = [u("http://127.0.0.1:8080/a.jar")];
+        assert_eq!(
+            redirect(&http, &u("http://127.0.0.1:8080/b.jar")),
+            Redirect::Follow
+        );
+        let many: Vec<_> = (0..=MAX_REDIRECTS).map(|_| https[0].clone()).collect();
+        assert!(matches!(redirect(&many, &https[0]), Redirect::Refuse(_)));
+    }
+
+    #[test]
+    fn plain_http_is_accepted_only_to_loopback_or_with_the_opt_in() {
+        for ok in [
+            "https://repo.example/repo",
+            "http://127.0.0.1:8080/repo",
+            "http://localhost/repo",
+            "http://[::1]:9/repo",
+            "http://user@127.0.0.2/repo",
+        ] {
+            assert!(check_transport("repository_url", ok, false).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://repo.example/repo",
+            "http://192.0.2.1/repo",
+            "http://127.0.0.1.evil.example/repo",
+            "http://localhost@evil.example/repo",
+        ] {
+            let e = check_transport("repository_url", refused, false).unwrap_err();
+            assert!(e.contains("not loopback"), "{refused}: {e}");
+            assert!(check_transport("repository_url", refused, true).is_ok());
+        }
+        assert!(check_transport("repository_url", "ftp://x/repo", true).is_err());
+    }
+
+    #[test]
+    fn ca_file_is_trusted_and_a_bad_one_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["repo.internal".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, cert.cert.pem()).unwrap();
+        let with = |p: &Path| FetchConfig {
+            ca_file: Some(p.to_owned()),
+            ..FetchConfig::default()
+        };
+        assert!(client(&with(&good)).is_ok());
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for bad in [empty, dir.path().join("missing.pem")] {
+            match client(&with(&bad)) {
+                Err(FetchError::CaFile { path, .. }) => assert_eq!(path, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,494 @@
+//! Artifact authenticity with The Update Framework, verified by `tough`.
+//!
+//! With `trust_root` set, every artifact the Downloader fetches must be a
+//! TUF target of the repository: its length and SHA-256 come from targets
+//! metadata that `tough` verified from the root pinned at provisioning
+//! (signatures, thresholds, versions, expiry, root rotation). The portal's
+//! digests and the `.sha256` files are ignored then. No part of TUF is
+//! written here; this module only gives `tough` what it needs from the box:
+//!
+//! - a [`Transport`] on the box's own HTTP client (its connect and read
+//!   timeouts, its redirect rules) for the metadata, which is small;
+//! - a store in the home (`state/tuf/`) that survives a kill: `tough`
+//!   writes its datastore in place without rename or fsync, so it works on
+//!   a scratch copy and the files it accepted are promoted one by one with
+//!   write-rename-fsync, the timestamp last;
+//! - a no-change synchronisation that moves `timestamp.json` only: when it
+//!   is byte-identical to the trusted one, the next root is not looked for
+//!   and snapshot and targets metadata come from the store (tough still
+//!   verifies all of them, expiry included).
+//!
+//! The targets themselves (the large artifacts) do not go through
+//! `tough::Repository::read_target`, which hands out bytes before its final
+//! hash check and has no resume: the fetch engine downloads them to a
+//! `.partial` with the verified length as the bound and the verified
+//! SHA-256 as the expected digest, and the Downloader promotes the file only
+//! after the whole stream verified.
+//!
+//! Clock: `tough` refuses to run when the clock is earlier than the last
+//! time it saw (`latest_known_time.json`), and this module refuses a clock
+//! earlier than [`CLOCK_FLOOR`] (a box without a real-time clock boots in
+//! 1970). Either way the synchronisation ends with a trust error and the
+//! installed set keeps running; the next synchronisation after the clock is
+//! set (NTP) proceeds. Expired metadata is therefore never accepted because
+//! the clock is behind, and the box is not bricked.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use tough::{
+    async_trait, Bytes, ExpirationEnforcement, RepositoryLoader, Transport, TransportError,
+    TransportErrorKind, TransportStream,
+};
+use tracing::{info, warn};
+use url::Url;
+
+use crate::{
+    error::{io_at, UpgradeError},
+    fetch::FetchConfig,
+    layout::{sync_dir, write_atomic, Layout},
+};
+
+/// The folder of the repository's trusted TUF metadata, under `state/`.
+pub const STORE_DIR: &str = "tuf";
+
+/// The metadata folder relative to `repository_url` when
+/// `trust_metadata_url` is not set. A Maven group never starts with a dot,
+/// so no artifact path can collide with it.
+pub const DEFAULT_METADATA_DIR: &str = ".tuf";
+
+/// The earliest clock accepted for verifying metadata: the day this rule
+/// was written. A box whose clock is before it (no real-time clock, 1970)
+/// does not verify metadata at all rather than call expired metadata fresh.
+pub const CLOCK_FLOOR: &str = "2026-11-01T00:00:00Z";
+
+/// Largest metadata file fetched when no length is known (root, timestamp):
+/// the portal's files are a few kilobytes; `tough` bounds snapshot and
+/// targets by the lengths signed in timestamp and snapshot.
+pub const MAX_METADATA_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The trusted metadata files, in the order they are promoted to the store:
+/// the timestamp last, so a kill mid-way leaves a store whose timestamp
+/// still describes the snapshot and targets beside it, or an older one.
+const PROMOTION_ORDER: [&str; 5] = [
+    "latest_known_time.json",
+    "root.json",
+    "targets.json",
+    "snapshot.json",
+    "timestamp.json",
+];
+
+/// Where the repository's TUF metadata is and which root it must chain to.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The pinned root (`trust_root`, resolved against the home).
+    pub root: PathBuf,
+    /// The metadata folder URL, ending in `/`.
+    pub metadata_url: Url,
+    /// The targets base URL (`repository_url`), ending in `/`.
+    pub targets_url: Url,
+}
+
+impl Trust {
+    /// The trust settings for `repository_url`: metadata at
+    /// `metadata_url`, or `{repository_url}/.tuf/`.
+    pub fn new(
+        root: PathBuf,
+        repository_url: &str,
+        metadata_url: Option<&str>,
+    ) -> Result<Trust, String> {
+        let base = format!("{}/", repository_url.trim_end_matches('/'));
+        let targets_url =
+            Url::parse(&base).map_err(|e| format!("repository_url = {base:?}: {e}"))?;
+        let metadata = match metadata_url {
+            Some(m) => format!("{}/", m.trim_end_matches('/')),
+            None => format!("{base}{DEFAULT_METADATA_DIR}/"),
+        };
+        let metadata_url =
+            Url::parse(&metadata).map_err(|e| format!("trust_metadata_url = {metadata:?}: {e}"))?;
+        Ok(Trust {
+            root,
+            metadata_url,
+            targets_url,
+        })
+    }
+}
+
+/// One target's verified facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedTarget {
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// The targets of verified, unexpired targets metadata, by target name
+/// (the Maven path relative to `repository_url`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedTargets {
+    targets: HashMap<String, TrustedTarget>,
+    /// The targets metadata version they come from.
+    pub version: u64,
+}
+
+impl TrustedTargets {
+    /// The target named `path`, if the signed metadata lists it.
+    pub fn get(&self, path: &str) -> Option<&TrustedTarget> {
+        self.targets.get(path)
+    }
+
+    /// How many targets are listed.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+}
+
+/// The clock against which metadata expiry is checked; a parameter so that
+/// tests can set the box's clock to 1970 without changing the machine's.
+pub type Clock = fn() -> jiff::Timestamp;
+
+/// Updates the trusted metadata from the repository and returns its
+/// targets: TUF's client workflow by `tough`, on the box's client, with the
+/// store in `layout`'s `state/tuf/`.
+#[tracing::instrument(skip_all, fields(metadata = %trust.metadata_url))]
+pub async fn refresh(
+    client: &reqwest::Client,
+    cfg: &FetchConfig,
+    layout: &Layout,
+    trust: &Trust,
+) -> Result<TrustedTargets, UpgradeError> {
+    refresh_at(client, cfg, layout, trust, jiff::Timestamp::now).await
+}
+
+/// [`refresh`] against `clock` for the floor check (tough reads the system
+/// clock itself).
+pub async fn refresh_at(
+    client: &reqwest::Client,
+    cfg: &FetchConfig,
+    layout: &Layout,
+    trust: &Trust,
+    clock: Clock,
+) -> Result<TrustedTargets, UpgradeError> {
+    let now = clock();
+    let floor: jiff::Timestamp = CLOCK_FLOOR.parse().expect("CLOCK_FLOOR is RFC 3339");
+    if now < floor {
+        return Err(UpgradeError::Trust {
+            reason: format!(
+                "the clock says {now}, before {floor}: metadata expiry cannot be checked; the installed set keeps running until the clock is set"
+            ),
+        });
+    }
+    let store = layout.state().join(STORE_DIR);
+    std::fs::create_dir_all(&store).map_err(io_at(&store))?;
+    let pinned = std::fs::read(&trust.root).map_err(|source| UpgradeError::Trust {
+        reason: format!("trust_root {}: {source}", trust.root.display()),
+    })?;
+    // The store's root is a newer one reached from the pinned root by a
+    // verified rotation; a newer pinned root (re-provisioning) wins.
+    let root = match std::fs::read(store.join("root.json")) {
+        Ok(stored) if version_of(&stored) >= version_of(&pinned) => stored,
+        _ => pinned,
+    };
+    match load(client, cfg, &store, trust, &root, true).await {
+        Ok(t) => Ok(t),
+        Err(LoadError::Verify(reason, true)) => {
+            // The store's own snapshot or targets was used and did not
+            // verify (a store cut short by a power loss): once more, all
+            // from the repository.
+            warn!(%reason, "metadata from the store did not verify; fetching all from the repository");
+            load(client, cfg, &store, trust, &root, false)
+                .await
+                .map_err(LoadError::into_upgrade)
+        }
+        Err(e) => Err(e.into_upgrade()),
+    }
+}
+
+enum LoadError {
+    /// Why, and whether metadata from the store stood in for the
+    /// repository's.
+    Verify(String, bool),
+    Io(UpgradeError),
+}
+
+impl LoadError {
+    fn into_upgrade(self) -> UpgradeError {
+        match self {
+            LoadError::Verify(reason, _) => UpgradeError::Trust { reason },
+            LoadError::Io(e) => e,
+        }
+    }
+}
+
+async fn load(
+    client: &reqwest::Client,
+    cfg: &FetchConfig,
+    store: &Path,
+    trust: &Trust,
+    root: &[u8],
+    use_store: bool,
+) -> Result<TrustedTargets, LoadError> {
+    let scratch = store.with_file_name(format!("{STORE_DIR}.scratch"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)
+        .map_err(io_at(&scratch))
+        .map_err(LoadError::Io)?;
+    for name in PROMOTION_ORDER {
+        match std::fs::copy(store.join(name), scratch.join(name)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LoadError::Io(io_at(store.join(name))(e))),
+        }
+    }
+    let transport = HomeTransport::new(client.clone(), cfg, store.to_path_buf(), use_store);
+    // The timestamp first: whether it changed decides what else moves.
+    let timestamp_url = trust
+        .metadata_url
+        .join("timestamp.json")
+        .map_err(|e| LoadError::Verify(e.to_string(), false))?;
+    transport
+        .prefetch(timestamp_url)
+        .await
+        .map_err(|e| LoadError::Verify(format!("timestamp.json: {e}"), false))?;
+    let loaded =
+        RepositoryLoader::new(&root, trust.metadata_url.clone(), trust.targets_url.clone())
+            .transport(transport.clone())
+            .datastore(&scratch)
+            .expiration_enforcement(ExpirationEnforcement::Safe)
+            .load()
+            .await;
+    let used_store = transport.used_store();
+    let repo = match loaded {
+        Ok(repo) => repo,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(LoadError::Verify(error_chain(&e), used_store));
+        }
+    };
+    // Promote what tough accepted: the bytes as the repository signed them
+    // (tough's datastore holds re-serialised copies whose hashes differ).
+    let fetched = transport.accepted();
+    for name in PROMOTION_ORDER {
+        let bytes = match fetched.get(name) {
+            Some(b) => b.clone(),
+            None => match std::fs::read(scratch.join(name)) {
+                Ok(b) => b,
+                Err(_) => continue,
+            },
+        };
+        write_atomic(&store.join(name), &bytes)
+            .map_err(|e| LoadError::Io(io_at(store.join(name))(std::io::Error::other(e))))?;
+    }
+    sync_dir(store)
+        .map_err(io_at(store))
+        .map_err(LoadError::Io)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let targets: HashMap<String, TrustedTarget> = repo
+        .all_targets()
+        .map(|(name, t)| {
+            (
+                name.raw().to_owned(),
+                TrustedTarget {
+                    sha256: hex::encode(&*t.hashes.sha256),
+                    length: t.length,
+                },
+            )
+        })
+        .collect();
+    let version = repo.targets().signed.version.get();
+    info!(
+        targets_version = version,
+        targets = targets.len(),
+        from_store = used_store,
+        "repository metadata verified"
+    );
+    Ok(TrustedTargets { targets, version })
+}
+
+fn version_of(metadata: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(metadata)
+        .ok()
+        .and_then(|v| v["signed"]["version"].as_u64())
+        .unwrap_or(0)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// `tough`'s transport on the box's HTTP client, with a memory of what it
+/// fetched this run and the store to answer from when nothing changed.
+#[derive(Debug, Clone)]
+struct HomeTransport {
+    client: reqwest::Client,
+    wait: Duration,
+    store: PathBuf,
+    use_store: bool,
+    state: Arc<Mutex<Fetched>>,
+}
+
+#[derive(Debug, Default)]
+struct Fetched {
+    /// Metadata bytes of this run, by file name.
+    files: HashMap<String, Vec<u8>>,
+    /// The repository's timestamp equals the trusted one.
+    timestamp_unchanged: bool,
+    /// Whether a file came from the store.
+    used_store: bool,
+}
+
+impl HomeTransport {
+    fn new(client: reqwest::Client, cfg: &FetchConfig, store: PathBuf, use_store: bool) -> Self {
+        HomeTransport {
+            client,
+            // Metadata is small: the connect and read bounds of the fetch
+            // engine bound a whole file.
+            wait: cfg.connect_timeout + cfg.read_timeout,
+            store,
+            use_store,
+            state: Arc::new(Mutex::new(Fetched::default())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fetched> {
+        self.state.lock().expect("transport state lock")
+    }
+
+    async fn prefetch(&self, url: Url) -> Result<(), TransportError> {
+        let bytes = self.get(&url).await?;
+        let stored = std::fs::read(self.store.join("timestamp.json")).ok();
+        let mut state = self.lock();
+        state.timestamp_unchanged = self.use_store && stored.as_deref() == Some(&bytes[..]);
+        state.files.insert("timestamp.json".into(), bytes);
+        Ok(())
+    }
+
+    fn used_store(&self) -> bool {
+        self.lock().used_store
+    }
+
+    fn accepted(&self) -> HashMap<String, Vec<u8>> {
+        self.lock().files.clone()
+    }
+
+    /// The store's `name` if the metadata that describes it this run says
+    /// the same of it as the trusted metadata does.
+    fn stored_if_unchanged(&self, name: &str) -> Option<Vec<u8>> {
+        if !self.use_store {
+            return None;
+        }
+        let parent = match name {
+            "snapshot.json" => "timestamp.json",
+            "targets.json" => "snapshot.json",
+            _ => return None,
+        };
+        let state = self.lock();
+        let now = state.files.get(parent)?;
+        let trusted = std::fs::read(self.store.join(parent)).ok()?;
+        let meta = |b: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(b)
+                .ok()
+                .map(|v| v["signed"]["meta"][name].clone())
+                .filter(|m| !m.is_null())
+        };
+        let same = meta(now).is_some() && meta(now) == meta(&trusted);
+        drop(state);
+        if !same {
+            return None;
+        }
+        std::fs::read(self.store.join(name)).ok()
+    }
+
+    async fn get(&self, url: &Url) -> Result<Vec<u8>, TransportError> {
+        let u = url.as_str();
+        let other = |e: String| TransportError::new_with_cause(TransportErrorKind::Other, u, e);
+        let response = tokio::time::timeout(self.wait, self.client.get(u).send())
+            .await
+            .map_err(|_| other(format!("no response within {:?}", self.wait)))?
+            .map_err(|e| other(e.to_string()))?;
+        match response.status().as_u16() {
+            200 => {}
+            404 | 403 | 410 => {
+                return Err(TransportError::new(TransportErrorKind::FileNotFound, u));
+            }
+            s => return Err(other(format!("HTTP {s}"))),
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        loop {
+            match tokio::time::timeout(self.wait, stream.next()).await {
+                Err(_) => return Err(other(format!("stalled for {:?}", self.wait))),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(other(e.to_string())),
+                Ok(Some(Ok(chunk))) => {
+                    if (body.len() + chunk.len()) as u64 > MAX_METADATA_BYTES {
+                        return Err(other(format!(
+                            "larger than {MAX_METADATA_BYTES} bytes, not metadata"
+                        )));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(body)
+    }
+}
+
+#[async_trait]
+impl Transport for HomeTransport {
+    async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
+        let name = url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .unwrap_or_default()
+            .to_owned();
+        let stream = |bytes: Vec<u8>| -> TransportStream {
+            Box::pin(futures_util::stream::once(async move {
+                Ok::<_, TransportError>(Bytes::from(bytes))
+            }))
+        };
+        if name == "timestamp.json" {
+            if let Some(bytes) = self.lock().files.get(&name).cloned() {
+                return Ok(stream(bytes));
+            }
+        }
+        let unchanged = self.lock().timestamp_unchanged;
+        if unchanged && name.ends_with(".root.json") {
+            // The repository publishes a new timestamp with every change,
+            // a rotated root included: nothing newer to look for.
+            return Err(TransportError::new(
+                TransportErrorKind::FileNotFound,
+                url.as_str(),
+            ));
+        }
+        if let Some(bytes) = self.stored_if_unchanged(&name) {
+            let mut state = self.lock();
+            state.used_store = true;
+            state.files.insert(name, bytes.clone());
+            return Ok(stream(bytes));
+        }
+        let bytes = self.get(&url).await?;
+        if !name.ends_with(".root.json") {
+            self.lock().files.insert(name, bytes.clone());
+        }
+        Ok(stream(bytes))
+    }
+}
