@@ -21,7 +21,8 @@ use banalytics_sdk::{
     actix::{self, prelude::*},
     component::{Component, ComponentContext, ComponentInit},
     plugin::{InitMessage, StartMessage, StateMessage},
-    Bus, ComponentError, StatusBoard, SubscriberId, Supervision,
+    status::now_ms,
+    Bus, ComponentError, State, StatusBoard, SubscriberId, Supervision,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -34,6 +35,9 @@ use crate::{
     plugins::{block_on, log_plugin_event, KindEntry},
     process::{describe_exit, die_with_parent},
 };
+
+/// The name of the actor that is the child process, on the board.
+const PROCESS_ACTOR: &str = "process";
 
 /// Frames that may wait for a child's socket: the writer thread writes
 /// what waits in one go, so a burst costs few system calls; a full queue
@@ -116,7 +120,7 @@ impl Component for IsolatedComponent {
         // The current child's writer, for `restart NAME`.
         let current: Rc<RefCell<Option<mpsc::Sender<Vec<u8>>>>> = Rc::default();
         let (spec, first, slot) = (self.spec.clone(), self.first.clone(), current.clone());
-        let addr = ctx.supervise("process", move |_, supervision: &Supervision| {
+        let addr = ctx.supervise(PROCESS_ACTOR, move |_, supervision: &Supervision| {
             let taken = first.lock().expect("first child poisoned").take();
             let link = match taken {
                 Some(link) => Ok(link),
@@ -214,7 +218,7 @@ impl ChildActor {
             return;
         };
         let reason = link.reap(hung);
-        link.detach();
+        link.detach_dead();
         self.supervision.fail(ctx, reason);
     }
 
@@ -441,6 +445,28 @@ impl Link {
     /// From now on the child's frames reach nobody.
     fn detach(&self) {
         *self.side.bridge.lock().expect("bridge poisoned") = None;
+    }
+
+    /// The child died: the plugin's actors it ran, mirrored on the board,
+    /// are gone with it (`STOPPED`, their counts and errors kept) until the
+    /// next child reports its own.
+    fn detach_dead(&self) {
+        let Some(bridge) = self.side.bridge.lock().expect("bridge poisoned").take() else {
+            return;
+        };
+        let Some(component) = bridge.board.component(&self.side.component) else {
+            return;
+        };
+        for (actor, mut status) in component.actors {
+            if actor == PROCESS_ACTOR || status.state == State::Stopped {
+                continue;
+            }
+            status.state = State::Stopped;
+            status.since_ms = now_ms();
+            bridge
+                .board
+                .mirror_actor(&self.side.component, &actor, status);
+        }
     }
 
     /// Stops the child: `stop`, then its socket closed, then SIGTERM, then

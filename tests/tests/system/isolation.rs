@@ -151,6 +151,10 @@ fn drill_in_isolated_component(drill: &str, expected: &str) -> Result<u64> {
             .ok()
             .filter(|c| c["state"] == "ERROR")
     })?;
+    assert_eq!(
+        failed["actors"]["echo"]["state"], "STOPPED",
+        "the plugin's actors went with their process: {failed}"
+    );
     let error_ms = failed["actors"]["process"]["since_ms"]
         .as_u64()
         .context("the process actor's ERROR time")?;
@@ -443,5 +447,36 @@ fn an_isolated_component_under_stop_waits_for_a_manual_restart_of_its_process() 
     );
     assert_ne!(the_child(host.pid())?, first);
     assert_eq!(host.signal_and_wait(libc::SIGTERM)?.code(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn isolation_of_a_built_in_kind_and_a_configuration_the_isolated_plugin_refuses_stop_the_start(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let built_in = home("[components.heartbeat]\nkind = \"probe\"\nisolation = \"process\"\n")?;
+    let out = built_in.cli(&["run"])?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "isolation = \"process\" applies to plugin kinds; probe is built into the host"
+        ),
+        "{stderr}"
+    );
+
+    // The plugin's own check of its table runs in the first child, before
+    // anything starts, as it does in process.
+    let refused = home(&ISOLATED.replace(
+        "label = \"echo-isolated\"",
+        "label = \"echo-isolated\"\ncolour = \"red\"",
+    ))?;
+    let out = refused.cli(&["run"])?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("component echo") && stderr.contains("colour"),
+        "{stderr}"
+    );
     Ok(())
 }
