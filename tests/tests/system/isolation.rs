@@ -480,3 +480,67 @@ fn isolation_of_a_built_in_kind_and_a_configuration_the_isolated_plugin_refuses_
     );
     Ok(())
 }
+
+/// A started host process, killed when dropped.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_descriptor_the_host_inherited_open_across_exec_does_not_reach_the_plugin_process() -> Result<()>
+{
+    let _machine = crate::machine::shared();
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    // A host started by the launcher inherits the home lock this way: a
+    // descriptor without close-on-exec, which every child of the host
+    // would inherit unless it is closed for it.
+    let home = home(ISOLATED)?;
+    let canary_path = home.path().join("canary");
+    let canary = std::fs::File::create(&canary_path)?;
+    let fd = canary.as_raw_fd();
+    let log = std::fs::File::create(home.log_path(1))?;
+    let mut command = std::process::Command::new(banalytics_tests::box_bin());
+    command
+        .arg("--home")
+        .arg(home.path())
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // SAFETY: dup2 between fork and exec, async-signal-safe. Descriptor
+    // 200: above the plugin process's socket (3), as the lock would be;
+    // dup2 leaves close-on-exec off.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 200) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let host = Started(command.spawn()?);
+    drop(canary);
+    poll_until(DEADLINE, "echo in RUN", || {
+        home.component("echo").ok().filter(|c| c["state"] == "RUN")
+    })?;
+    let holds_canary = |pid: u32| -> bool {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|t| t == canary_path)
+    };
+    assert!(holds_canary(host.0.id()), "the host inherited the canary");
+    let child = the_child(host.0.id())?;
+    assert!(
+        !holds_canary(child),
+        "the plugin process holds the host's inherited descriptor"
+    );
+    assert_eq!(request(&home, 1, DEADLINE)?["seq"], 1);
+    Ok(())
+}
