@@ -259,19 +259,25 @@ impl Actor for ChildActor {
 }
 
 impl Handler<Deliver> for ChildActor {
-    type Result = ResponseFuture<()>;
+    type Result = actix::Response<()>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
-        let tx = self.link.as_ref().map(|l| l.tx.clone());
-        Box::pin(async move {
-            if let Some(tx) = tx {
-                let frame = Frame::Deliver {
-                    topic: msg.topic,
-                    message: msg.json,
-                };
-                let _ = tx.send(frame.to_bytes()).await;
-            }
-        })
+        let Some(tx) = self.link.as_ref().map(|l| l.tx.clone()) else {
+            return actix::Response::reply(());
+        };
+        let frame = Frame::Deliver {
+            topic: msg.topic,
+            message: msg.json,
+        }
+        .to_bytes();
+        // At once while the writer keeps up; else the handler waits for
+        // room, and with it the mailbox.
+        match tx.try_send(frame) {
+            Err(mpsc::error::TrySendError::Full(frame)) => actix::Response::fut(async move {
+                let _ = tx.send(frame).await;
+            }),
+            _ => actix::Response::reply(()),
+        }
     }
 }
 
