@@ -11,7 +11,11 @@
 //!    `sample.request`s while a subscriber counts the N `sample.reply`s the
 //!    plugin's actor sends back. Each round trip crosses the boundary twice
 //!    (request in, reply out), each time serialized to JSON and copied.
-//! 3. The same with the built-in `probe` (no boundary), for comparison.
+//! 3. The same through an isolated component (`isolation = "process"`):
+//!    each round trip also crosses the socket pair to the child process
+//!    twice, as frames. This program is its own child: like the host, it
+//!    runs the hidden `plugin-child` subcommand when started with it.
+//! 4. The same with the built-in `probe` (no boundary), for comparison.
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
@@ -58,6 +62,16 @@ restart_on_failure = "immediate"
 kind = "probe"
 "#;
 
+const ISOLATED: &str = r#"
+[log]
+level = "warn"
+
+[components.echo]
+kind = "sample-echo"
+restart_on_failure = "immediate"
+isolation = "process"
+"#;
+
 fn build_sample() -> std::path::PathBuf {
     build::cargo_build(&["-p", "banalytics-sample", "--lib"]).join(format!(
         "{}banalytics_sample.{}",
@@ -66,7 +80,11 @@ fn build_sample() -> std::path::PathBuf {
     ))
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
+    // The isolated component's child is this executable (see the docs).
+    if std::env::args().nth(1).as_deref() == Some("plugin-child") {
+        return banalytics_runtime::cli::main();
+    }
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
@@ -109,6 +127,8 @@ fn main() {
 
     let home = Home::new(dir.path());
     let config = BoxConfig::parse(&dir.path().join("box.toml"), CONFIG, &registry.names()).unwrap();
+    let isolated =
+        BoxConfig::parse(&dir.path().join("box.toml"), ISOLATED, &registry.names()).unwrap();
     actix_rt::System::new().block_on(async move {
         let host = Host::build(&home, &config, &registry).unwrap();
         host.start_all().await;
@@ -130,7 +150,22 @@ fn main() {
             n as f64 / took.as_secs_f64()
         );
         host.stop_all().await;
+
+        let host = Host::build(&home, &isolated, &registry).unwrap();
+        host.start_all().await;
+        round_trips(&host, 1_000).await;
+        let took = round_trips(&host, n).await;
+        let isolated_rate = n as f64 / took.as_secs_f64();
+        println!(
+            "isolated plugin round trips (isolation = \"process\"): {n} in {:.3} s = {:.0}/s ({:.2} µs per round trip; in process {:.0}/s)",
+            took.as_secs_f64(),
+            isolated_rate,
+            took.as_secs_f64() * 1e6 / n as f64,
+            rate
+        );
+        host.stop_all().await;
     });
+    std::process::ExitCode::SUCCESS
 }
 
 async fn round_trips(host: &Host, n: u64) -> Duration {

@@ -70,11 +70,17 @@ pub enum Command {
         /// Component instance name, as in box.toml.
         component: String,
     },
+    /// The child process of an isolated component (started by the host).
+    #[command(hide = true)]
+    PluginChild(crate::isolation::child::ChildArgs),
 }
 
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::PluginChild(args) = &cli.command {
+        return ExitCode::from(crate::isolation::child::main(args));
+    }
     let home = Home::new(&cli.home.clone().unwrap_or_else(|| PathBuf::from(".")));
     let result = match cli.command {
         Command::Run => run(&home),
@@ -89,6 +95,7 @@ pub fn main() -> ExitCode {
                 component: component.clone(),
             },
         ),
+        Command::PluginChild(_) => unreachable!("handled above"),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -14,6 +14,8 @@ use banalytics_sdk::{ConfigError, ConfigSection, RestartPolicy};
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use crate::isolation::{Isolation, Limits};
+
 /// The configuration file, relative to the home.
 pub const CONFIG_FILE: &str = "config/box.toml";
 
@@ -79,6 +81,8 @@ pub struct ComponentConfig {
     pub kind: String,
     /// `restart_on_failure`.
     pub policy: RestartPolicy,
+    /// `isolation` (with `memory_limit` and `cpu_limit`).
+    pub isolation: Isolation,
     /// The whole table, for the component's own keys.
     pub section: ConfigSection,
 }
@@ -273,12 +277,142 @@ fn component(
             })
             .map_err(|msg| at(p.span().start, msg))?,
     };
+    let isolation = isolation(table, &at)?;
     Ok(ComponentConfig {
         name: n.to_owned(),
         kind,
         policy,
+        isolation,
         section: ConfigSection::new(file, shared.clone(), n),
     })
+}
+
+/// The isolation of the component whose table `section` is (for a plugin
+/// kind's factory, which gets the section rather than the parsed file).
+pub fn isolation_of(section: &ConfigSection) -> Result<Isolation, ConfigError> {
+    let (file, text) = (section.file(), section.text());
+    let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
+    let root = DeTable::parse(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+    let table = root
+        .get_ref()
+        .get("components")
+        .and_then(|c| c.get_ref().as_table())
+        .and_then(|c| c.get(section.name()))
+        .and_then(|t| t.get_ref().as_table());
+    match table {
+        Some(table) => isolation(table, &at),
+        None => Ok(Isolation::None),
+    }
+}
+
+/// `isolation`, `memory_limit` and `cpu_limit` of one component table.
+fn isolation(
+    table: &DeTable<'_>,
+    at: &dyn Fn(usize, String) -> ConfigError,
+) -> Result<Isolation, ConfigError> {
+    let process = match table.get("isolation") {
+        None => false,
+        Some(v) => match v.get_ref().as_str() {
+            Some("none") => false,
+            Some("process") => true,
+            _ => {
+                return Err(at(
+                    v.span().start,
+                    format!(
+                        "isolation = {} is not accepted; accepted values: none, process",
+                        shown(v.get_ref())
+                    ),
+                ))
+            }
+        },
+    };
+    let mut limits = Limits::default();
+    for (key, parse, slot) in [
+        (
+            "memory_limit",
+            parse_bytes as fn(&DeValue<'_>) -> Option<u64>,
+            &mut limits.memory_bytes,
+        ),
+        ("cpu_limit", parse_seconds, &mut limits.cpu_seconds),
+    ] {
+        let Some(v) = table.get(key) else { continue };
+        if !process {
+            return Err(at(
+                v.span().start,
+                format!("{key} applies only to an isolated component; add isolation = \"process\""),
+            ));
+        }
+        *slot = Some(parse(v.get_ref()).filter(|n| *n > 0).ok_or_else(|| {
+            at(
+                v.span().start,
+                format!(
+                    "{key} = {} is not accepted; accepted: {}",
+                    shown(v.get_ref()),
+                    if key == "memory_limit" {
+                        "a number of bytes, or a string such as \"512MiB\", \"2G\" (K, M, G, KiB, MiB, GiB)"
+                    } else {
+                        "a number of CPU seconds, or a string such as \"90s\", \"10min\", \"2h\""
+                    }
+                ),
+            )
+        })?);
+    }
+    Ok(if process {
+        Isolation::Process(limits)
+    } else {
+        Isolation::None
+    })
+}
+
+fn shown(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => format!("{s:?}"),
+        DeValue::Integer(i) => i.to_string(),
+        other => other.type_str().to_owned(),
+    }
+}
+
+fn integer(v: &DeValue<'_>) -> Option<u64> {
+    match v {
+        DeValue::Integer(i) => i.as_str().replace('_', "").parse().ok(),
+        _ => None,
+    }
+}
+
+/// A byte count: an integer, or a number with a unit (K, M, G are powers of
+/// 1024, as `ulimit` and systemd's `MemoryMax` read them).
+fn parse_bytes(v: &DeValue<'_>) -> Option<u64> {
+    if let Some(n) = integer(v) {
+        return Some(n);
+    }
+    let s = v.as_str()?.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// CPU seconds: an integer, or a number with `s`, `min` or `h`.
+fn parse_seconds(v: &DeValue<'_>) -> Option<u64> {
+    if let Some(n) = integer(v) {
+        return Some(n);
+    }
+    let s = v.as_str()?.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let factor: u64 = match unit.trim() {
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
 }
 
 #[cfg(test)]
@@ -337,6 +471,33 @@ mod tests {
         let err = parse("[log]\nlevel = \"loud\"\n").unwrap_err();
         assert_eq!(err.line, 2, "{err}");
         assert!(err.message.contains("trace"), "{err}");
+    }
+
+    #[test]
+    fn isolation_and_its_limits_are_read_and_refused_with_their_line() {
+        let c = parse("[components.a]\nkind = \"probe\"\nisolation = \"process\"\nmemory_limit = \"512MiB\"\ncpu_limit = \"10min\"\n\n[components.b]\nkind = \"probe\"\n").unwrap();
+        assert_eq!(
+            c.components[0].isolation,
+            Isolation::Process(Limits {
+                memory_bytes: Some(512 << 20),
+                cpu_seconds: Some(600),
+            })
+        );
+        assert_eq!(c.components[1].isolation, Isolation::None);
+        let err = parse("[components.a]\nkind = \"probe\"\nisolation = \"thread\"\n").unwrap_err();
+        assert_eq!(err.line, 3, "{err}");
+        assert!(
+            err.message.contains("accepted values: none, process"),
+            "{err}"
+        );
+        let err = parse("[components.a]\nkind = \"probe\"\nmemory_limit = 1000\n").unwrap_err();
+        assert_eq!(err.line, 3, "{err}");
+        assert!(err.message.contains("isolation = \"process\""), "{err}");
+        let err = parse(
+            "[components.a]\nkind = \"probe\"\nisolation = \"process\"\ncpu_limit = \"soon\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.line, 4, "{err}");
     }
 
     #[test]

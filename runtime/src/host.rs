@@ -16,7 +16,7 @@ use banalytics_sdk::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{config::BoxConfig, ids, registry::Registry, Error, Home};
+use crate::{config::BoxConfig, ids, isolation::Isolation, registry::Registry, Error, Home};
 
 struct Handle {
     name: String,
@@ -46,6 +46,15 @@ impl Host {
             let kind = registry
                 .get(&c.kind)
                 .expect("kinds were checked when the configuration was parsed");
+            if c.isolation != Isolation::None && registry.origin(&c.kind).is_none() {
+                return Err(Error::Component {
+                    name: c.name.clone(),
+                    message: format!(
+                        "isolation = \"process\" applies to plugin kinds; {} is built into the host",
+                        c.kind
+                    ),
+                });
+            }
             let init = ComponentInit {
                 name: c.name.clone(),
                 id: ids[&c.name],

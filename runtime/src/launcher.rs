@@ -37,7 +37,7 @@ use std::{
         fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::{
             fs::{MetadataExt, PermissionsExt},
-            process::{CommandExt, ExitStatusExt},
+            process::CommandExt,
         },
     },
     path::{Path, PathBuf},
@@ -354,28 +354,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// How a started core ended, in words for the probation record.
 fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("the core exited with status {code}"),
-        (None, Some(signal)) => format!(
-            "the core was killed by signal {signal} ({})",
-            signal_name(signal)
-        ),
-        _ => format!("the core ended: {status}"),
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGILL => "SIGILL",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGALRM => "SIGALRM",
-        _ => "another signal",
-    }
+    crate::process::describe_exit("the core", status)
 }
 
 /// Records `failure` as the last error of the set on probation, if one is.
@@ -472,13 +451,7 @@ pub fn launch(
             }
             // The core dies with the launcher; this thread (the launcher's
             // main thread) lives as long as the launcher.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
+            crate::process::die_with_parent(parent)
         });
     }
     let failed_start = |failure: String| {

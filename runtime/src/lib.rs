@@ -15,10 +15,12 @@ pub mod exchange;
 pub mod home;
 pub mod host;
 pub mod ids;
+pub mod isolation;
 pub mod launcher;
 pub mod logging;
 pub mod plugins;
 pub mod preflight;
+pub mod process;
 pub mod registry;
 pub mod upgrade;
 

@@ -67,12 +67,14 @@ use banalytics_sdk::{
 };
 use tracing::{info, warn};
 
+use crate::isolation::{Isolation, Spawner};
+
 /// The symbol every plugin exports first; its signature never changes.
 pub const ABI_SYMBOL: &str = "banalytics_plugin_abi_version";
 
 type AbiVersionFn = extern "C" fn() -> u32;
 type IdentityFn = unsafe extern "C" fn(*mut Buf) -> i32;
-type InitFn = unsafe extern "C" fn(*const HostLog) -> i32;
+pub(crate) type InitFn = unsafe extern "C" fn(*const HostLog) -> i32;
 type CreateFn =
     unsafe extern "C" fn(Bytes, Bytes, *const HostCallbacks, *mut *mut c_void, *mut Buf) -> i32;
 type StartFn = unsafe extern "C" fn(*mut c_void, Bytes, *mut Buf) -> i32;
@@ -81,27 +83,27 @@ type DeliverFn = unsafe extern "C" fn(*mut c_void, Bytes, Bytes) -> i32;
 type FreeBufFn = unsafe extern "C" fn(Buf);
 
 /// The functions of one loaded plugin.
-struct Api {
-    create: CreateFn,
-    start: StartFn,
-    stop: InstanceFn,
-    deliver: DeliverFn,
-    restart_failed: InstanceFn,
-    destroy: InstanceFn,
+pub(crate) struct Api {
+    pub(crate) create: CreateFn,
+    pub(crate) start: StartFn,
+    pub(crate) stop: InstanceFn,
+    pub(crate) deliver: DeliverFn,
+    pub(crate) restart_failed: InstanceFn,
+    pub(crate) destroy: InstanceFn,
     free_buf: FreeBufFn,
 }
 
 /// A loaded, accepted plugin library, shared by its kinds' factories and
 /// their instances (and held for the process by its log, see `load`).
-struct Plugin {
-    path: PathBuf,
-    label: String,
-    api: Api,
+pub(crate) struct Plugin {
+    pub(crate) path: PathBuf,
+    pub(crate) label: String,
+    pub(crate) api: Api,
 }
 
 impl Plugin {
     /// Takes a buffer the plugin returned: copies it, frees it there.
-    fn take(&self, buf: Buf) -> Vec<u8> {
+    pub(crate) fn take(&self, buf: Buf) -> Vec<u8> {
         // SAFETY: a live buffer from this plugin, freed right after.
         let bytes = unsafe { buf.as_slice() }.to_vec();
         // SAFETY: the plugin's own buffer, returned once.
@@ -109,7 +111,7 @@ impl Plugin {
         bytes
     }
 
-    fn message(&self, code: i32, err: Buf) -> String {
+    pub(crate) fn message(&self, code: i32, err: Buf) -> String {
         let text = String::from_utf8_lossy(&self.take(err)).into_owned();
         match code {
             RC_CLOSED => format!("plugin {}: instance is gone", self.path.display()),
@@ -118,11 +120,13 @@ impl Plugin {
     }
 }
 
-/// What the factory of one plugin kind holds: the plugin and the kind's
-/// declaration (its topics).
-struct KindEntry {
-    plugin: Arc<Plugin>,
-    info: KindInfo,
+/// What the factory of one plugin kind holds: the plugin, the kind's
+/// declaration (its topics), and the spawner of isolated instances' child
+/// processes (one per host, shared by every kind).
+pub(crate) struct KindEntry {
+    pub(crate) plugin: Arc<Plugin>,
+    pub(crate) info: KindInfo,
+    pub(crate) spawner: Arc<Spawner>,
 }
 
 /// A plugin library of a module set: the main artifact of one of its
@@ -257,6 +261,7 @@ pub fn load_dir(dir: &Path, builtin: &[&str]) -> (Vec<(ComponentKind, PathBuf)>,
     };
     let mut loaded: Vec<(String, PathBuf)> = Vec::new();
     let mut result = Vec::new();
+    let spawner = Arc::new(Spawner::default());
     for SetLibrary { path, .. } in libraries {
         let started = Instant::now();
         let outcome = match load(&path, builtin, &loaded) {
@@ -269,8 +274,18 @@ pub fn load_dir(dir: &Path, builtin: &[&str]) -> (Vec<(ComponentKind, PathBuf)>,
                     let entry = Arc::new(KindEntry {
                         plugin: plugin.clone(),
                         info,
+                        spawner: spawner.clone(),
                     });
-                    let kind = ComponentKind::new(name, move |init| create_component(&entry, init));
+                    // `isolation` is read from the component's table: in
+                    // process, or a proxy of a child process.
+                    let kind = ComponentKind::new(name, move |init| {
+                        match crate::config::isolation_of(&init.config)? {
+                            Isolation::None => create_component(&entry, init),
+                            Isolation::Process(limits) => {
+                                crate::isolation::create(&entry, init, limits)
+                            }
+                        }
+                    });
                     result.push((kind, path.clone()));
                 }
                 LoadOutcome::Loaded {
@@ -290,17 +305,58 @@ fn load(
     builtin: &[&str],
     loaded: &[(String, PathBuf)],
 ) -> Result<(Arc<Plugin>, Identity), String> {
+    let shown = path.display().to_string();
+    let Opened {
+        plugin,
+        identity,
+        init,
+    } = open(path, |record| {
+        // 2., before the library is opened.
+        match record
+            .kinds
+            .iter()
+            .find_map(|k| kind_conflict(k, builtin, loaded))
+        {
+            Some(conflict) => Err(format!("plugin {shown}: {conflict}")),
+            None => Ok(()),
+        }
+    })?;
+    let plugin = Arc::new(plugin);
+    // Never freed: the plugin may log for the life of the process, so its
+    // log and the reference to the plugin it holds are never given back.
+    let log = Box::leak(Box::new(HostLog {
+        ctx: Arc::into_raw(plugin.clone()).cast_mut().cast(),
+        enabled: host_log_enabled,
+        log: host_log,
+    }));
+    // SAFETY: `log` lives for the process.
+    let code = unsafe { init(log) };
+    if code != RC_OK {
+        return Err(format!("plugin {shown}: init failed with code {code}"));
+    }
+    Ok((plugin, identity))
+}
+
+/// A library opened and checked, not yet initialised.
+pub(crate) struct Opened {
+    pub(crate) plugin: Plugin,
+    pub(crate) identity: Identity,
+    /// `banalytics_plugin_init`, to be called once with the log.
+    pub(crate) init: InitFn,
+}
+
+/// Steps 1, 3 and 4 of loading (module docs), with `check` on the identity
+/// record between 1 and 3: the host's load and an isolated component's
+/// child process open a library the same way.
+pub(crate) fn open(
+    path: &Path,
+    check: impl FnOnce(&FileIdentity) -> Result<(), String>,
+) -> Result<Opened, String> {
     let shown = path.display();
-    // 1. and 2., before the library is opened: none of its code runs
+    // 1., before the library is opened: none of its code runs
     // (initialisers included) unless it is for this host.
     let record = FileIdentity::read_checked(path).map_err(|e| format!("plugin {e}"))?;
-    if let Some(conflict) = record
-        .kinds
-        .iter()
-        .find_map(|k| kind_conflict(k, builtin, loaded))
-    {
-        return Err(format!("plugin {shown}: {conflict}"));
-    }
+    check(&record)?;
     // 3.
     let handle = dl::open(path).map_err(|e| format!("plugin {shown}: cannot be loaded: {e}"))?;
     let abi_version = dl::symbol(handle, ABI_SYMBOL)
@@ -370,20 +426,11 @@ fn load(
             record.kinds
         ));
     }
-    let plugin = Arc::new(plugin);
-    // Never freed: the plugin may log for the life of the process, so its
-    // log and the reference to the plugin it holds are never given back.
-    let log = Box::leak(Box::new(HostLog {
-        ctx: Arc::into_raw(plugin.clone()).cast_mut().cast(),
-        enabled: host_log_enabled,
-        log: host_log,
-    }));
-    // SAFETY: `log` lives for the process.
-    let code = unsafe { init(log) };
-    if code != RC_OK {
-        return Err(format!("plugin {shown}: init failed with code {code}"));
-    }
-    Ok((plugin, identity))
+    Ok(Opened {
+        plugin,
+        identity,
+        init,
+    })
 }
 
 extern "C" fn host_log_enabled(_: *mut c_void, level: u32) -> bool {
@@ -408,6 +455,14 @@ extern "C" fn host_log(ctx: *mut c_void, level: u32, target: Bytes, message: Byt
                 String::from_utf8_lossy(message.as_slice()),
             )
         };
+        log_plugin_event(plugin, level, &target, &message);
+    });
+}
+
+/// One event of a plugin's log as a host event, with the `plugin` field:
+/// from the library in this process, or from an isolated child.
+pub(crate) fn log_plugin_event(plugin: &str, level: u32, target: &str, message: &str) {
+    {
         match level {
             LEVEL_ERROR => tracing::error!(%plugin, plugin_target = %target, "{message}"),
             LEVEL_WARN => tracing::warn!(%plugin, plugin_target = %target, "{message}"),
@@ -416,7 +471,7 @@ extern "C" fn host_log(ctx: *mut c_void, level: u32, target: Bytes, message: Byt
             LEVEL_TRACE => tracing::trace!(%plugin, plugin_target = %target, "{message}"),
             _ => {}
         }
-    });
+    }
 }
 
 /// Creates an instance of `entry`'s kind in its plugin, and its proxy.
@@ -665,7 +720,7 @@ extern "C" fn host_state(ctx: *mut c_void, state: Bytes) {
 /// Runs `fut` to completion on this thread, parking while it waits. For the
 /// plugin's threads, which belong to no runtime of the host; the host bus
 /// needs none (tokio's channels work without a runtime).
-fn block_on<F: Future>(fut: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl Wake for Unpark {
         fn wake(self: Arc<Self>) {

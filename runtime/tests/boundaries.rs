@@ -11,8 +11,19 @@ use std::{fs, path::Path};
 fn the_runtime_uses_only_the_upgrade_centers_component_kind() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut uses = Vec::new();
-    for entry in fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
+    let mut files = Vec::new();
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    for path in files {
         let text = fs::read_to_string(&path).unwrap();
         for (n, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("//") {

@@ -1,6 +1,7 @@
 //! A component's section of `config/box.toml`, and errors that point into it.
 //!
-//! The host owns the keys `kind` and `restart_on_failure`; the component
+//! The host owns the keys `kind`, `restart_on_failure` and the isolation
+//! keys (`isolation`, `memory_limit`, `cpu_limit`); the component
 //! owns the rest of its table and deserializes it with
 //! [`ConfigSection::parse`] into its own struct, which should say
 //! `#[serde(deny_unknown_fields)]` so that a typo is refused at start.
@@ -17,7 +18,13 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 /// Keys of a component table that belong to the host, not the component.
-pub const HOST_KEYS: [&str; 2] = ["kind", "restart_on_failure"];
+pub const HOST_KEYS: [&str; 5] = [
+    "kind",
+    "restart_on_failure",
+    "isolation",
+    "memory_limit",
+    "cpu_limit",
+];
 
 /// A refused configuration value: where it is and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

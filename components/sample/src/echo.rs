@@ -1,9 +1,11 @@
 //! `Echo`, the sample's one actor.
 
+use std::{sync::Mutex, time::Duration};
+
 use actix::prelude::*;
 use banalytics_sdk::Bus;
 
-use crate::{SampleReply, SampleRequest};
+use crate::{Drill, SampleReply, SampleRequest};
 
 /// Answers requests, or panics when asked to.
 pub struct Echo {
@@ -25,6 +27,28 @@ impl Echo {
     pub(crate) fn answer(&self, req: &SampleRequest) -> ResponseFuture<()> {
         if req.panic {
             panic!("sample drill: request {} asked echo to panic", req.seq);
+        }
+        match req.drill {
+            None => {}
+            Some(Drill::Segfault) => {
+                tracing::warn!(seq = req.seq, "sample drill: segfault");
+                // SAFETY: none; this is the drill. Page 0 is never mapped,
+                // so the write faults (an aligned, non-null address, so
+                // that no debug check turns it into a panic first).
+                unsafe { std::ptr::write_volatile(std::ptr::without_provenance_mut::<u64>(8), 1) };
+            }
+            Some(Drill::Abort) => {
+                tracing::warn!(seq = req.seq, "sample drill: abort");
+                std::process::abort();
+            }
+            Some(Drill::Hang) => {
+                tracing::warn!(seq = req.seq, "sample drill: hang");
+                static WEDGED: Mutex<()> = Mutex::new(());
+                let _held = WEDGED.lock();
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
         }
         let bus = self.bus.clone();
         let reply = SampleReply {

@@ -4,7 +4,11 @@
 //! panics in its actor when a request asks it to, so that the tests and the
 //! demo can check a plugin component end to end: loading, messages across
 //! the plugin boundary and back, restart after failure with the policy
-//! delay. `export_plugin!` at the bottom makes the `cdylib` a plugin; the
+//! delay. Its [`Drill`]s do what no `catch_unwind` contains (a segfault, an
+//! abort, a handler that never returns), to show process isolation: in a
+//! component with `isolation = "process"` they take down its child
+//! process only; in process, a segfault or an abort kills the whole host
+//! and a hang wedges the component for good. `export_plugin!` at the bottom makes the `cdylib` a plugin; the
 //! feature `abi-mismatch` makes it declare another ABI version, which a host
 //! must refuse.
 
@@ -52,6 +56,24 @@ pub struct SampleRequest {
     /// Panic in the handler instead of answering (failure drill).
     #[serde(default)]
     pub panic: bool,
+    /// A failure drill that no panic handler contains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<Drill>,
+}
+
+/// What a [`SampleRequest`] may ask the handler to do instead of answering.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Drill {
+    /// Write to an unmapped address: the process gets SIGSEGV, as with a
+    /// bug in a native library.
+    Segfault,
+    /// `std::process::abort`: the process gets SIGABRT, as with a plugin
+    /// built with `panic = "abort"`.
+    Abort,
+    /// Block forever holding a lock, never returning from the handler: the
+    /// actor's thread is wedged.
+    Hang,
 }
 
 impl BusMessage for SampleRequest {

@@ -18,6 +18,7 @@ mod crash_staging;
 mod e2e;
 mod fleet;
 mod host_process;
+mod isolation;
 mod loop_;
 mod native;
 mod outbox;

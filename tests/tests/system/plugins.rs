@@ -102,7 +102,7 @@ fn library_name(coords: &str) -> String {
 /// A home with `config`, and in `modules/` a set of component modules
 /// (coordinates, library), each library its module's main artifact, as an
 /// installed set lists them in `modules-info.properties`.
-fn home_with_modules(config: &str, modules: &[(&str, &Path)]) -> Result<TempHome> {
+pub(crate) fn home_with_modules(config: &str, modules: &[(&str, &Path)]) -> Result<TempHome> {
     let home = TempHome::new(config)?;
     let dir = home.path().join("modules");
     std::fs::create_dir_all(&dir)?;

@@ -1,0 +1,293 @@
+//! The child process of an isolated component (`banalytics-box
+//! plugin-child`, hidden): opens the plugin library as the host does and
+//! serves the host's frames on descriptor 3 with the plugin's C ABI.
+//!
+//! Two threads: this one reads the frames and delivers bus messages to the
+//! instance (blocking while its queue is full: backpressure to the host);
+//! the control thread carries out `create`, `start`, `stop`,
+//! `restart_failed` and pings, in order. A ping is answered after a `start`
+//! of the running instance went through its lifecycle loop (the driver
+//! answers it without doing anything), so a wedged instance answers none.
+//! When the host closes the socket, the instance is destroyed and the
+//! process exits.
+
+use std::{
+    ffi::c_void,
+    io::{self, BufReader, Write},
+    os::{fd::FromRawFd, unix::net::UnixStream},
+    panic::catch_unwind,
+    path::PathBuf,
+    sync::{mpsc, Arc, Mutex},
+};
+
+use banalytics_sdk::plugin::{Buf, Bytes, HostCallbacks, HostLog, RC_CLOSED, RC_ERROR, RC_OK};
+
+use super::{frame::Frame, CHILD_SOCKET_FD};
+use crate::plugins::{self, Plugin};
+
+/// The hidden subcommand's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChildArgs {
+    /// The plugin library.
+    #[arg(long)]
+    pub library: PathBuf,
+    /// The host's log level (`LEVEL_*`: 1 error .. 5 trace; 0 off).
+    #[arg(long, default_value_t = 3)]
+    pub log_level: u32,
+}
+
+/// Frames to the host, from any thread of the child.
+struct Writer {
+    stream: Mutex<UnixStream>,
+    level: u32,
+}
+
+impl Writer {
+    fn send(&self, frame: &Frame) -> bool {
+        let bytes = frame.to_bytes();
+        self.stream
+            .lock()
+            .map(|mut s| s.write_all(&bytes).is_ok())
+            .unwrap_or(false)
+    }
+}
+
+fn writer<'a>(ctx: *mut c_void) -> &'a Writer {
+    // SAFETY: `ctx` is the writer leaked in `main`, alive for the process.
+    unsafe { &*ctx.cast::<Writer>() }
+}
+
+extern "C" fn log_enabled(ctx: *mut c_void, level: u32) -> bool {
+    level <= writer(ctx).level
+}
+
+extern "C" fn log(ctx: *mut c_void, level: u32, target: Bytes, message: Bytes) {
+    let _ = catch_unwind(|| {
+        // SAFETY: borrowed for this call.
+        let (target, message) = unsafe { (target.as_slice(), message.as_slice()) };
+        writer(ctx).send(&Frame::Log {
+            level,
+            target: String::from_utf8_lossy(target).into_owned(),
+            message: String::from_utf8_lossy(message).into_owned(),
+        });
+    });
+}
+
+extern "C" fn publish(ctx: *mut c_void, topic: Bytes, message: Bytes) -> i32 {
+    catch_unwind(|| {
+        // SAFETY: borrowed for this call.
+        let (topic, message) = unsafe { (topic.as_slice(), message.as_slice()) };
+        let frame = Frame::Publish {
+            topic: String::from_utf8_lossy(topic).into_owned(),
+            message: message.to_vec(),
+        };
+        if writer(ctx).send(&frame) {
+            RC_OK
+        } else {
+            RC_CLOSED
+        }
+    })
+    .unwrap_or(RC_ERROR)
+}
+
+extern "C" fn state(ctx: *mut c_void, state: Bytes) {
+    let _ = catch_unwind(|| {
+        // SAFETY: borrowed for this call.
+        let state = unsafe { state.as_slice() };
+        writer(ctx).send(&Frame::State(state.to_vec()));
+    });
+}
+
+/// The instance pointer; the ABI allows calls on it from any thread.
+#[derive(Clone, Copy)]
+struct Instance(*mut c_void);
+// SAFETY: the ABI allows calls on an instance from any host thread.
+unsafe impl Send for Instance {}
+
+/// What the control thread carries out.
+enum Control {
+    Start(Vec<u8>),
+    Stop,
+    RestartFailed,
+    Ping(u64),
+}
+
+/// Pings that may wait for the control thread; beyond, a ping is dropped
+/// (the host counts the missing pongs).
+const CONTROL_QUEUE: usize = 16;
+
+/// The child's whole life; its exit status.
+pub fn main(args: &ChildArgs) -> u8 {
+    // SAFETY: the host passes the child's end of the socket pair as this
+    // descriptor, for this process to own.
+    let stream = unsafe { UnixStream::from_raw_fd(CHILD_SOCKET_FD) };
+    match serve(args, stream) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("banalytics-box plugin-child: {e}");
+            1
+        }
+    }
+}
+
+fn serve(args: &ChildArgs, stream: UnixStream) -> io::Result<()> {
+    let writer: &'static Writer = Box::leak(Box::new(Writer {
+        stream: Mutex::new(stream.try_clone()?),
+        level: args.log_level,
+    }));
+    let ctx: *mut c_void = (writer as *const Writer).cast_mut().cast();
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let opened = plugins::open(&args.library, |_| Ok(())).and_then(|opened| {
+        let log = Box::leak(Box::new(HostLog {
+            ctx,
+            enabled: log_enabled,
+            log,
+        }));
+        // SAFETY: `log` lives for the process.
+        match unsafe { (opened.init)(log) } {
+            RC_OK => Ok(Arc::new(opened.plugin)),
+            code => Err(format!(
+                "plugin {}: init failed with code {code}",
+                args.library.display()
+            )),
+        }
+    });
+    // The first frame is `create`.
+    let Some(Frame::Create { kind, init }) = Frame::read(&mut reader)? else {
+        return Err(io::Error::other("the host did not begin with create"));
+    };
+    let callbacks: &'static HostCallbacks = Box::leak(Box::new(HostCallbacks {
+        ctx,
+        publish,
+        state,
+    }));
+    let created = opened.and_then(|plugin| {
+        let (mut instance, mut err) = (std::ptr::null_mut(), Buf::EMPTY);
+        // SAFETY: arguments borrowed for the call; `callbacks` live for the
+        // process.
+        let code = unsafe {
+            (plugin.api.create)(
+                Bytes::of(kind.as_bytes()),
+                Bytes::of(&init),
+                callbacks,
+                &mut instance,
+                &mut err,
+            )
+        };
+        match code {
+            RC_OK => Ok((plugin, Instance(instance))),
+            code => Err(plugin.message(code, err)),
+        }
+    });
+    let (plugin, instance) = match created {
+        Ok(created) => {
+            writer.send(&Frame::Created(Ok(())));
+            created
+        }
+        Err(e) => {
+            writer.send(&Frame::Created(Err(e)));
+            return Ok(());
+        }
+    };
+    let (control, orders) = mpsc::sync_channel(CONTROL_QUEUE);
+    let controller = {
+        let plugin = plugin.clone();
+        std::thread::Builder::new()
+            .name("plugin control".to_owned())
+            .spawn(move || control_loop(&plugin, instance, orders, writer))?
+    };
+    loop {
+        let frame = match Frame::read(&mut reader) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("banalytics-box plugin-child: unreadable frame from the host: {e}");
+                break;
+            }
+        };
+        let order = match frame {
+            Frame::Deliver { topic, message } => {
+                // SAFETY: a live instance (destroyed only below); bytes
+                // borrowed for the call.
+                let code = unsafe {
+                    (plugin.api.deliver)(
+                        instance.0,
+                        Bytes::of(topic.as_bytes()),
+                        Bytes::of(&message),
+                    )
+                };
+                if code == RC_CLOSED {
+                    break;
+                }
+                continue;
+            }
+            Frame::Start { args } => Control::Start(args),
+            Frame::Stop => Control::Stop,
+            Frame::RestartFailed => Control::RestartFailed,
+            Frame::Ping(n) => {
+                let _ = control.try_send(Control::Ping(n));
+                continue;
+            }
+            _ => continue,
+        };
+        if control.send(order).is_err() {
+            break;
+        }
+    }
+    drop(control);
+    let _ = controller.join();
+    // SAFETY: the instance, handed back once; nothing uses it after.
+    unsafe { (plugin.api.destroy)(instance.0) };
+    Ok(())
+}
+
+/// Carries out the lifecycle orders and answers pings.
+fn control_loop(
+    plugin: &Plugin,
+    instance: Instance,
+    orders: mpsc::Receiver<Control>,
+    writer: &Writer,
+) {
+    let mut running: Option<Vec<u8>> = None;
+    while let Ok(order) = orders.recv() {
+        match order {
+            Control::Start(args) => {
+                let mut err = Buf::EMPTY;
+                // SAFETY: a live instance; `args` borrowed for the call.
+                let code = unsafe { (plugin.api.start)(instance.0, Bytes::of(&args), &mut err) };
+                let result = match code {
+                    RC_OK => {
+                        running = Some(args);
+                        Ok(())
+                    }
+                    code => Err(plugin.message(code, err)),
+                };
+                writer.send(&Frame::Started(result));
+            }
+            Control::Stop => {
+                running = None;
+                // SAFETY: a live instance.
+                unsafe { (plugin.api.stop)(instance.0) };
+                writer.send(&Frame::Stopped);
+            }
+            Control::RestartFailed => {
+                // SAFETY: a live instance.
+                unsafe { (plugin.api.restart_failed)(instance.0) };
+            }
+            Control::Ping(n) => {
+                if let Some(args) = &running {
+                    // A start of the running instance: its driver answers
+                    // without doing anything, once it is free to.
+                    let mut err = Buf::EMPTY;
+                    // SAFETY: a live instance; `args` borrowed.
+                    let code = unsafe { (plugin.api.start)(instance.0, Bytes::of(args), &mut err) };
+                    if code != RC_OK {
+                        let _ = plugin.message(code, err);
+                        continue;
+                    }
+                }
+                writer.send(&Frame::Pong(n));
+            }
+        }
+    }
+}

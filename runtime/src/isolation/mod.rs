@@ -1,0 +1,168 @@
+//! Process isolation of a plugin component (`isolation = "process"` in its
+//! `[components.NAME]` table): the component runs in a child process, so a
+//! segfault, an `abort`, a stack overflow or a wedged thread in it takes
+//! down that child only, never the host and its other components.
+//!
+//! **The child** is this same executable with the hidden subcommand
+//! `plugin-child` ([`child`]). It opens the same library file the same way
+//! (`plugins::open`: identity record, `dlopen` with `RTLD_NOW |
+//! RTLD_LOCAL`, ABI and build checks) and calls the same C ABI functions;
+//! what the host would have passed and received in process crosses the
+//! socket pair as [`frame`]s carrying the same JSON documents.
+//!
+//! **The host side** ([`proxy`]) is an ordinary `Component`, like the
+//! in-process proxy: its `start` subscribes raw on the kind's `subscribes`
+//! topics and supervises one actor, `process`, with the component's
+//! policy, through the SDK's supervisor. One instance of that actor is one
+//! child: its factory spawns the child, `create`s and `start`s the plugin
+//! instance in it; its messages are the bus messages for the instance.
+//! So what the supervisor does for any actor holds for the child:
+//!
+//! * a child that dies (by a signal or an exit) or answers no heartbeat
+//!   for [`HEARTBEAT_TIMEOUT`] (then it is killed with SIGKILL) fails the
+//!   actor with the exit status or signal as the reason: the component is
+//!   in `ERROR`, `status` shows it, and after the policy's delay (stop,
+//!   immediate, 10 s, 30 s, 1 min; a tokio timer) a new child is started;
+//!   under `stop` it waits for `banalytics-box restart NAME`;
+//! * messages that arrive while the child is down wait in the actor's
+//!   bounded mailbox (`MAILBOX_CAPACITY`) and go to the next child. Those
+//!   already written to the dead child's socket are lost with it, as the
+//!   message whose handler panicked is lost for an in-process actor.
+//!
+//! The plugin's own actors are supervised inside the child, as in process,
+//! and mirrored onto the host's board from the `state` frames; their logs
+//! come back as `log` frames and become host events with the `plugin`
+//! field. `restart NAME` restarts the `process` actor when it failed and
+//! sends `restart_failed` to the child for the plugin's failed actors.
+//!
+//! **The heartbeat.** Every [`HEARTBEAT_INTERVAL`] the host sends a ping;
+//! the child answers it only after the instance's lifecycle loop (the
+//! SDK's `Driver`, on the instance's thread, where its actors run) has
+//! answered a `start` of the running instance, which the driver answers
+//! without doing anything. So a handler that spins or blocks forever
+//! stops the pongs, not only a dead socket.
+//!
+//! **The child process** ([`Spawner`], [`proxy`]): spawned from one thread
+//! that lives as long as the host, with `PR_SET_PDEATHSIG` = SIGKILL and a
+//! check of the parent's pid right after (`crate::process`), so a host
+//! killed with SIGKILL leaves no child. The socket pair is its only
+//! inherited descriptor besides stdin (null), stdout (null) and stderr
+//! (the host's, for what a dying process prints): the child's end becomes
+//! descriptor 3 and every other descriptor is closed at `exec`. Its
+//! `memory_limit` (address space, `RLIMIT_AS`) and `cpu_limit` (CPU
+//! seconds, `RLIMIT_CPU`: SIGXCPU at the limit, SIGKILL 5 s later) are set
+//! between fork and exec, before the library is loaded.
+//!
+//! **Stopping** (a stop of the component, SIGTERM of the host): the mailbox
+//! is drained to the child, then a `stop` frame, whose answer is awaited
+//! [`STOP_GRACE`]; then the socket is closed and the child, which destroys
+//! the instance and exits, gets [`EXIT_GRACE`]; then SIGTERM, and SIGKILL
+//! after [`EXIT_GRACE`] again.
+//!
+//! Deliberately absent: cgroups (the limits are `setrlimit`'s, per
+//! process), isolating built-in kinds (refused in `box.toml`: they are the
+//! host's own code), and keeping the host from loading the library itself
+//! (it still reads the kinds and topics from it at start, so a library
+//! whose initialisers crash takes the host down at load, isolated or not).
+
+pub mod child;
+pub mod frame;
+mod proxy;
+
+use std::{
+    io,
+    process::{Child, Command},
+    sync::{mpsc, Mutex},
+    time::Duration,
+};
+
+pub(crate) use proxy::create;
+
+/// How a component runs: in the host (the default) or in a child process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// In the host process (`isolation = "none"`, the default).
+    #[default]
+    None,
+    /// In a child process of its own (`isolation = "process"`).
+    Process(Limits),
+}
+
+/// The limits of an isolated component's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// `memory_limit`: the address space, in bytes (`RLIMIT_AS`).
+    pub memory_bytes: Option<u64>,
+    /// `cpu_limit`: CPU seconds of one child (`RLIMIT_CPU`).
+    pub cpu_seconds: Option<u64>,
+}
+
+/// How often the host pings a child. Often enough that a wedged child is
+/// found within seconds, rarely enough to cost nothing.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A child that answered no ping for this long is wedged and killed. Five
+/// intervals: a child busy on a loaded two-core machine still answers in
+/// time, a wedged one is restarted within seconds.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a child may take to load its library and answer `create`, or
+/// to answer `start` (the component's own `start` returned).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long the host waits for a child to answer a `stop` frame, once its
+/// mailbox was drained. The plugin's own actors get the SDK's `STOP_GRACE`
+/// (5 s) each inside; past this, the child is closed and then signalled.
+pub const STOP_GRACE: Duration = Duration::from_secs(6);
+
+/// How long a child may take to exit after its socket was closed, and
+/// after SIGTERM, before the next step.
+pub const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The descriptor the child finds its end of the socket pair on.
+pub const CHILD_SOCKET_FD: i32 = 3;
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns the children of isolated components from one thread that lives
+/// as long as the process: `PR_SET_PDEATHSIG` fires when the thread that
+/// forked a child exits, not the process, so a child spawned from an
+/// arbiter that a stop ended would be killed with it. One per host (the
+/// plugin kinds share it); the thread is started at the first spawn.
+#[derive(Default)]
+pub struct Spawner {
+    requests: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
+}
+
+impl Spawner {
+    /// Spawns `command` on the spawner thread.
+    pub fn spawn(&self, command: Command) -> io::Result<Child> {
+        let requests = {
+            let mut slot = self.requests.lock().expect("spawner poisoned");
+            match slot.as_ref() {
+                Some(tx) => tx.clone(),
+                None => {
+                    let (tx, rx) = mpsc::channel::<SpawnRequest>();
+                    std::thread::Builder::new()
+                        .name("isolation spawner".to_owned())
+                        .spawn(move || {
+                            while let Ok((mut command, answer)) = rx.recv() {
+                                let _ = answer.send(command.spawn());
+                            }
+                            // Every sender is gone, but children spawned
+                            // from here may live on: this thread must not
+                            // end before the process.
+                            loop {
+                                std::thread::park();
+                            }
+                        })?;
+                    slot.insert(tx).clone()
+                }
+            }
+        };
+        let (answer, result) = mpsc::channel();
+        let gone = || io::Error::other("the spawner thread is gone");
+        requests.send((command, answer)).map_err(|_| gone())?;
+        result.recv().map_err(|_| gone())?
+    }
+}

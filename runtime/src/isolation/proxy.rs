@@ -1,0 +1,694 @@
+//! The host's side of an isolated component: the proxy component, the
+//! `process` actor (one instance per child) and the link to one child.
+
+use std::{
+    cell::RefCell,
+    io::{self, BufReader, Write},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::{net::UnixStream, process::CommandExt},
+    },
+    process::{Child, Command, Stdio},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use banalytics_sdk::{
+    actix::{self, prelude::*},
+    component::{Component, ComponentContext, ComponentInit},
+    plugin::{InitMessage, StartMessage, StateMessage},
+    status::now_ms,
+    Bus, ComponentError, State, StatusBoard, SubscriberId, Supervision,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::{
+    frame::Frame, Limits, CHILD_SOCKET_FD, EXIT_GRACE, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL,
+    HEARTBEAT_TIMEOUT, STOP_GRACE,
+};
+use crate::{
+    plugins::{block_on, log_plugin_event, KindEntry},
+    process::{describe_exit, die_with_parent},
+};
+
+/// The name of the actor that is the child process, on the board.
+const PROCESS_ACTOR: &str = "process";
+
+/// Frames that may wait for a child's socket: the writer thread writes
+/// what waits in one go, so a burst costs few system calls; a full queue
+/// makes the `process` actor wait, and its mailbox fill.
+const WRITE_QUEUE: usize = 256;
+
+/// What every child of one component needs.
+struct ChildSpec {
+    entry: Arc<KindEntry>,
+    component: String,
+    init_json: Vec<u8>,
+    limits: Limits,
+}
+
+/// Creates an isolated instance of `entry`'s kind: the first child is
+/// spawned and its instance created now, so that a configuration the
+/// plugin refuses is refused before anything starts, as in process.
+pub(crate) fn create(
+    entry: &Arc<KindEntry>,
+    init: &ComponentInit,
+    limits: Limits,
+) -> Result<Box<dyn Component>, ComponentError> {
+    let spec = Arc::new(ChildSpec {
+        entry: entry.clone(),
+        component: init.name.clone(),
+        init_json: serde_json::to_vec(&InitMessage::new(init)).expect("init serializes"),
+        limits,
+    });
+    let first = Link::open(&spec).map_err(ComponentError::Start)?;
+    Ok(Box::new(IsolatedComponent {
+        spec,
+        first: Arc::new(Mutex::new(Some(first))),
+        forwarders: None,
+    }))
+}
+
+/// The proxy of an isolated component.
+struct IsolatedComponent {
+    spec: Arc<ChildSpec>,
+    /// The child spawned at `create`, for the first start.
+    first: Arc<Mutex<Option<Link>>>,
+    forwarders: Option<Forwarders>,
+}
+
+struct Forwarders {
+    bus: Bus,
+    subscriptions: Vec<(String, SubscriberId)>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+/// What the reader thread of a child reaches while the component runs.
+struct Bridge {
+    bus: Bus,
+    board: StatusBoard,
+    /// The proxy's own raw subscriptions: a message from the child is not
+    /// forwarded back to it.
+    except: Vec<SubscriberId>,
+}
+
+impl Component for IsolatedComponent {
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
+        let bus = ctx.bus().clone();
+        let subs: Vec<_> = self
+            .spec
+            .entry
+            .info
+            .subscribes
+            .iter()
+            .map(|t| (t.clone(), bus.subscribe_raw(t)))
+            .collect();
+        let bridge = Arc::new(Bridge {
+            bus: bus.clone(),
+            board: ctx.board().clone(),
+            except: subs.iter().map(|(_, s)| s.id()).collect(),
+        });
+        let args = serde_json::to_vec(&StartMessage {
+            policy: ctx.policy().to_string(),
+        })
+        .expect("start args serialize");
+        // The current child's writer, for `restart NAME`.
+        let current: Rc<RefCell<Option<mpsc::Sender<Vec<u8>>>>> = Rc::default();
+        let (spec, first, slot) = (self.spec.clone(), self.first.clone(), current.clone());
+        let addr = ctx.supervise(PROCESS_ACTOR, move |_, supervision: &Supervision| {
+            let taken = first.lock().expect("first child poisoned").take();
+            let link = match taken {
+                Some(link) => Ok(link),
+                None => Link::open(&spec),
+            };
+            match link.and_then(|link| link.start(&args, bridge.clone())) {
+                Ok(link) => {
+                    *slot.borrow_mut() = Some(link.tx.clone());
+                    ChildActor::new(Some(link), None, supervision.clone())
+                }
+                Err(reason) => {
+                    *slot.borrow_mut() = None;
+                    ChildActor::new(None, Some(reason), supervision.clone())
+                }
+            }
+        });
+        ctx.on_restart_failed(move || {
+            if let Some(tx) = current.borrow().as_ref() {
+                let _ = tx.try_send(Frame::RestartFailed.to_bytes());
+            }
+        });
+        // Messages for the child go through the actor's mailbox, which
+        // keeps them while the child is down.
+        let mut subscriptions = Vec::new();
+        let mut tasks = Vec::new();
+        for (topic, mut sub) in subs {
+            subscriptions.push((topic.clone(), sub.id()));
+            let addr = addr.clone();
+            let task = actix_rt::spawn(async move {
+                while let Some(json) = sub.recv().await {
+                    let message = Deliver {
+                        topic: topic.clone(),
+                        json: Arc::unwrap_or_clone(json),
+                    };
+                    if addr.tell(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tasks.push(task.abort_handle());
+        }
+        self.forwarders = Some(Forwarders {
+            bus,
+            subscriptions,
+            tasks,
+        });
+        Ok(())
+    }
+
+    fn stopped(&mut self) {
+        if let Some(f) = self.forwarders.take() {
+            for task in f.tasks {
+                task.abort();
+            }
+            for (topic, id) in f.subscriptions {
+                f.bus.unsubscribe(&topic, id);
+            }
+        }
+    }
+}
+
+/// A bus message for the instance in the child.
+struct Deliver {
+    topic: String,
+    json: Vec<u8>,
+}
+
+impl Message for Deliver {
+    type Result = ();
+}
+
+/// One child process, as a supervised actor: it fails when the child dies
+/// or stops answering, and stops the child when it is stopped.
+struct ChildActor {
+    link: Option<Link>,
+    failure: Option<String>,
+    supervision: Supervision,
+    next_ping: u64,
+}
+
+impl ChildActor {
+    fn new(link: Option<Link>, failure: Option<String>, supervision: Supervision) -> Self {
+        ChildActor {
+            link,
+            failure,
+            supervision,
+            next_ping: 0,
+        }
+    }
+
+    /// The child ended (`hung`: it answered no heartbeat and is killed
+    /// now): the actor fails with how it ended.
+    fn ended(&mut self, ctx: &mut Context<Self>, hung: bool) {
+        let Some(mut link) = self.link.take() else {
+            return;
+        };
+        let reason = link.reap(hung);
+        link.detach_dead();
+        self.supervision.fail(ctx, reason);
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Some(link) = &self.link else { return };
+        if link.since_pong() > HEARTBEAT_TIMEOUT {
+            self.ended(ctx, true);
+            return;
+        }
+        self.next_ping += 1;
+        // A full queue means the child reads nothing: the missing pong
+        // says so in time.
+        let _ = link.tx.try_send(Frame::Ping(self.next_ping).to_bytes());
+    }
+}
+
+impl Actor for ChildActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(reason) = self.failure.take() {
+            self.supervision.fail(ctx, reason);
+            return;
+        }
+        if let Some(gone) = self.link.as_mut().and_then(|l| l.gone.take()) {
+            ctx.spawn(
+                actix::fut::wrap_future(gone).map(|_, act: &mut Self, ctx| act.ended(ctx, false)),
+            );
+        }
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| act.heartbeat(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(mut link) = self.link.take() {
+            link.shutdown();
+        }
+    }
+}
+
+impl Handler<Deliver> for ChildActor {
+    type Result = actix::Response<()>;
+
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
+        let Some(tx) = self.link.as_ref().map(|l| l.tx.clone()) else {
+            return actix::Response::reply(());
+        };
+        let frame = Frame::Deliver {
+            topic: msg.topic,
+            message: msg.json,
+        }
+        .to_bytes();
+        // At once while the writer keeps up; else the handler waits for
+        // room, and with it the mailbox.
+        match tx.try_send(frame) {
+            Err(mpsc::error::TrySendError::Full(frame)) => actix::Response::fut(async move {
+                let _ = tx.send(frame).await;
+            }),
+            _ => actix::Response::reply(()),
+        }
+    }
+}
+
+/// What the reader thread of one child shares with its link.
+struct Side {
+    component: String,
+    plugin: String,
+    bridge: Mutex<Option<Arc<Bridge>>>,
+    /// Milliseconds from `epoch` to the last pong (or the start).
+    last_pong_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// One child process and its socket: frames go out through a writer
+/// thread, come in through a reader thread.
+struct Link {
+    child: Child,
+    reaped: bool,
+    tx: mpsc::Sender<Vec<u8>>,
+    replies: std_mpsc::Receiver<Frame>,
+    gone: Option<oneshot::Receiver<()>>,
+    side: Arc<Side>,
+}
+
+impl Link {
+    /// Spawns a child for `spec` and creates the instance in it.
+    fn open(spec: &ChildSpec) -> Result<Link, String> {
+        let library = &spec.entry.plugin.path;
+        let (host_end, child_end) = UnixStream::pair()
+            .map_err(|e| format!("cannot create the plugin process's socket: {e}"))?;
+        let child_end = OwnedFd::from(child_end);
+        let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        command
+            .arg("plugin-child")
+            .arg("--library")
+            .arg(library)
+            .arg("--log-level")
+            .arg(log_level().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let parent = std::process::id() as libc::pid_t;
+        let (fd, limits) = (child_end.as_raw_fd(), spec.limits);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                die_with_parent(parent)?;
+                child_descriptors(fd)?;
+                set_limits(limits)
+            });
+        }
+        let child = spec
+            .entry
+            .spawner
+            .spawn(command)
+            .map_err(|e| format!("cannot start the plugin process: {e}"))?;
+        drop(child_end);
+        info!(component = %spec.component, pid = child.id(), library = %library.display(), "plugin process started");
+        let side = Arc::new(Side {
+            component: spec.component.clone(),
+            plugin: spec.entry.plugin.label.clone(),
+            bridge: Mutex::new(None),
+            last_pong_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let (reply_tx, replies) = std_mpsc::channel();
+        let (gone_tx, gone) = oneshot::channel();
+        let io = |e: io::Error| format!("cannot start the plugin process: {e}");
+        let reader_stream = host_end.try_clone().map_err(io)?;
+        let reader_side = side.clone();
+        std::thread::Builder::new()
+            .name(format!("from process {}", spec.component))
+            .spawn(move || {
+                read_frames(reader_stream, &reader_side, &reply_tx);
+                let _ = gone_tx.send(());
+            })
+            .map_err(io)?;
+        std::thread::Builder::new()
+            .name(format!("to process {}", spec.component))
+            .spawn(move || write_frames(host_end, rx))
+            .map_err(io)?;
+        let mut link = Link {
+            child,
+            reaped: false,
+            tx,
+            replies,
+            gone: Some(gone),
+            side,
+        };
+        let create = Frame::Create {
+            kind: spec.entry.info.kind.clone(),
+            init: spec.init_json.clone(),
+        };
+        match link.call(create, "create") {
+            Ok(Frame::Created(Ok(()))) => Ok(link),
+            Ok(Frame::Created(Err(e))) => Err(e),
+            Ok(other) => Err(format!("the plugin process answered create with {other:?}")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `frame` and waits for the answer, at most [`HANDSHAKE_TIMEOUT`];
+    /// a child that does not answer is killed, and the error says how it
+    /// ended.
+    fn call(&mut self, frame: Frame, what: &str) -> Result<Frame, String> {
+        if self.tx.try_send(frame.to_bytes()).is_ok() {
+            if let Ok(answer) = self.replies.recv_timeout(HANDSHAKE_TIMEOUT) {
+                return Ok(answer);
+            }
+        }
+        let hung = matches!(self.child.try_wait(), Ok(None));
+        Err(format!("no answer to {what}: {}", self.reap(hung)))
+    }
+
+    /// Starts the instance with `args`; the bridge carries its messages and
+    /// states from now on.
+    fn start(mut self, args: &[u8], bridge: Arc<Bridge>) -> Result<Link, String> {
+        *self.side.bridge.lock().expect("bridge poisoned") = Some(bridge);
+        let answer = self.call(
+            Frame::Start {
+                args: args.to_vec(),
+            },
+            "start",
+        );
+        self.side.last_pong_ms.store(
+            self.side.epoch.elapsed().as_millis() as u64,
+            Ordering::SeqCst,
+        );
+        match answer {
+            Ok(Frame::Started(Ok(()))) => Ok(self),
+            Ok(Frame::Started(Err(e))) => Err(e),
+            Ok(other) => Err(format!("the plugin process answered start with {other:?}")),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn since_pong(&self) -> Duration {
+        let now = self.side.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.side.last_pong_ms.load(Ordering::SeqCst)))
+    }
+
+    /// Waits for the child to end, killing it first when `kill`; how it
+    /// ended, in words.
+    fn reap(&mut self, kill: bool) -> String {
+        if kill {
+            let _ = self.child.kill();
+        }
+        // The socket closes a moment before the process is gone.
+        let status = match wait_for(&mut self.child, EXIT_GRACE) {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                match self.child.wait() {
+                    Ok(status) => status,
+                    Err(e) => return format!("the plugin process cannot be waited for: {e}"),
+                }
+            }
+        };
+        self.reaped = true;
+        let ended = describe_exit("the plugin process", status);
+        if kill {
+            format!(
+                "{ended}: it answered no heartbeat for {} s",
+                HEARTBEAT_TIMEOUT.as_secs()
+            )
+        } else {
+            ended
+        }
+    }
+
+    /// From now on the child's frames reach nobody.
+    fn detach(&self) {
+        *self.side.bridge.lock().expect("bridge poisoned") = None;
+    }
+
+    /// The child died: the plugin's actors it ran, mirrored on the board,
+    /// are gone with it (`STOPPED`, their counts and errors kept) until the
+    /// next child reports its own.
+    fn detach_dead(&self) {
+        let Some(bridge) = self.side.bridge.lock().expect("bridge poisoned").take() else {
+            return;
+        };
+        let Some(component) = bridge.board.component(&self.side.component) else {
+            return;
+        };
+        for (actor, mut status) in component.actors {
+            if actor == PROCESS_ACTOR || status.state == State::Stopped {
+                continue;
+            }
+            status.state = State::Stopped;
+            status.since_ms = now_ms();
+            bridge
+                .board
+                .mirror_actor(&self.side.component, &actor, status);
+        }
+    }
+
+    /// Stops the child: `stop`, then its socket closed, then SIGTERM, then
+    /// SIGKILL (module docs).
+    fn shutdown(&mut self) {
+        let (component, pid) = (self.side.component.clone(), self.child.id());
+        if self.tx.try_send(Frame::Stop.to_bytes()).is_ok() {
+            let deadline = Instant::now() + STOP_GRACE;
+            loop {
+                match self
+                    .replies
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    Ok(Frame::Stopped) => break,
+                    Ok(_) => continue,
+                    Err(_) => {
+                        warn!(%component, pid, grace_ms = STOP_GRACE.as_millis() as u64, "the plugin process did not stop in time");
+                        break;
+                    }
+                }
+            }
+        }
+        self.detach();
+        // Closing the writer closes the socket for writing: the child
+        // destroys its instance and exits.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        let mut status = wait_for(&mut self.child, EXIT_GRACE);
+        if status.is_none() {
+            warn!(%component, pid, "the plugin process did not exit; sending SIGTERM");
+            // SAFETY: kill(2) on our own, not yet reaped, child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            status = wait_for(&mut self.child, EXIT_GRACE);
+        }
+        if status.is_none() {
+            warn!(%component, pid, "the plugin process did not exit on SIGTERM; sending SIGKILL");
+            let _ = self.child.kill();
+            status = self.child.wait().ok();
+        }
+        self.reaped = true;
+        if let Some(status) = status {
+            info!(%component, pid, ended = %describe_exit("the plugin process", status), "plugin process stopped");
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits at most `grace` for `child` to exit.
+fn wait_for(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The host's log level as a `LEVEL_*` number, for the child's `enabled`.
+fn log_level() -> u32 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+/// In the child, between fork and exec: its end of the socket becomes
+/// descriptor 3, and every descriptor above is closed at exec.
+///
+/// # Safety
+/// Async-signal-safe calls only (`dup2`, `fcntl`, `close_range`).
+unsafe fn child_descriptors(fd: i32) -> io::Result<()> {
+    // SAFETY: plain descriptor calls, async-signal-safe.
+    unsafe {
+        if fd == CHILD_SOCKET_FD {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, CHILD_SOCKET_FD) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Close-on-exec rather than closed: std's own pipe that reports an
+        // exec failure is among them and must stay open until the exec.
+        let first = (CHILD_SOCKET_FD + 1) as libc::c_uint;
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            // Kernels before 5.11: one descriptor at a time.
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            let last = limit.rlim_cur.min(1 << 16) as i32;
+            for fd in CHILD_SOCKET_FD + 1..last {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In the child, between fork and exec: `memory_limit` and `cpu_limit`.
+///
+/// # Safety
+/// Async-signal-safe calls only (`setrlimit`).
+unsafe fn set_limits(limits: Limits) -> io::Result<()> {
+    let set = |resource, soft: u64, hard: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: a valid rlimit; async-signal-safe.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    if let Some(bytes) = limits.memory_bytes {
+        set(libc::RLIMIT_AS, bytes, bytes)?;
+    }
+    if let Some(seconds) = limits.cpu_seconds {
+        set(libc::RLIMIT_CPU, seconds, seconds + 5)?;
+    }
+    Ok(())
+}
+
+/// The writer thread: frames from the queue to the socket, what waits in
+/// one write; at the end of the queue the socket is shut for writing.
+fn write_frames(mut stream: UnixStream, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(mut batch) = rx.blocking_recv() {
+        while batch.len() < 64 << 10 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if stream.write_all(&batch).is_err() {
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// The reader thread: the child's frames, until its socket closes.
+fn read_frames(stream: UnixStream, side: &Side, replies: &std_mpsc::Sender<Frame>) {
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    loop {
+        let frame = match Frame::read(&mut reader) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(component = %side.component, plugin = %side.plugin, error = %e, "unreadable frame from the plugin process");
+                return;
+            }
+        };
+        match frame {
+            Frame::Publish { topic, message } => {
+                let bridge = side.bridge.lock().expect("bridge poisoned").clone();
+                if let Some(bridge) = bridge {
+                    let published = block_on(bridge.bus.publish_raw_except(
+                        &topic,
+                        message,
+                        &bridge.except,
+                    ));
+                    if let Err(e) = published {
+                        warn!(plugin = %side.plugin, component = %side.component, error = %e, "message from plugin refused");
+                    }
+                }
+            }
+            Frame::State(json) => {
+                let Ok(state) = serde_json::from_slice::<StateMessage>(&json) else {
+                    warn!(plugin = %side.plugin, component = %side.component, "unreadable state from plugin");
+                    continue;
+                };
+                let bridge = side.bridge.lock().expect("bridge poisoned").clone();
+                if let Some(bridge) = bridge {
+                    for (actor, status) in state.actors {
+                        bridge.board.mirror_actor(&side.component, &actor, status);
+                    }
+                    if !state.details.is_null() {
+                        bridge.board.set_details(&side.component, state.details);
+                    }
+                }
+            }
+            Frame::Log {
+                level,
+                target,
+                message,
+            } => log_plugin_event(&side.plugin, level, &target, &message),
+            Frame::Pong(_) => side
+                .last_pong_ms
+                .store(side.epoch.elapsed().as_millis() as u64, Ordering::SeqCst),
+            answer @ (Frame::Created(_) | Frame::Started(_) | Frame::Stopped) => {
+                let _ = replies.send(answer);
+            }
+            other => {
+                warn!(component = %side.component, frame = ?other, "unexpected frame from the plugin process");
+            }
+        }
+    }
+}
