@@ -24,6 +24,7 @@ pub mod plan;
 pub mod portal_link;
 pub mod preflight;
 pub mod restarter;
+pub mod schedule;
 pub mod stager;
 pub mod sync;
 
