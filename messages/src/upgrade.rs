@@ -1,5 +1,6 @@
 //! Messages between the upgrade center and the host about restarts and the
-//! probation of a new module set. The host acts on them because it is the
+//! probation of a new module set, the operator's approval and the busy
+//! leases that defer a restart. The host acts on them because it is the
 //! only part that knows the process.
 
 use serde::{Deserialize, Serialize};
@@ -71,4 +72,49 @@ pub struct UpgradeRolledBack {
 
 impl BusMessage for UpgradeRolledBack {
     const TOPIC: &'static str = "host.upgrade-rolled-back";
+}
+
+/// Apply the staged set now: the operator approved it (`banalytics-box
+/// approve`, published by the host). A staged set that waits for its
+/// maintenance window or for approval is applied at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproveStagedSet {
+    /// Who approved, for the log (`cli`).
+    pub by: String,
+}
+
+impl BusMessage for ApproveStagedSet {
+    const TOPIC: &'static str = "host.approve-staged-set";
+}
+
+/// A component took a busy lease: the host defers restarts (to apply a
+/// set, or that probation causes) until it is released, at most the
+/// upgrade center's `max_defer`. A lease taken again under the same
+/// `holder` and `lease` replaces the first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyLeaseTaken {
+    /// The component instance that holds it.
+    pub holder: String,
+    /// The lease's name, unique for its holder (`alarm-clip`).
+    pub lease: String,
+    /// Why, for the log and `status`.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl BusMessage for BusyLeaseTaken {
+    const TOPIC: &'static str = "host.busy-lease-taken";
+}
+
+/// A component released the busy lease it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyLeaseReleased {
+    /// The component instance that held it.
+    pub holder: String,
+    /// The lease's name.
+    pub lease: String,
+}
+
+impl BusMessage for BusyLeaseReleased {
+    const TOPIC: &'static str = "host.busy-lease-released";
 }

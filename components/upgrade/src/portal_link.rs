@@ -32,7 +32,8 @@ use crate::{
     error::{Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
     layout::Layout,
-    restarter::{RestartToApply, Restarter},
+    restarter::{Approve, RestartToApply, Restarter, WaitingSet},
+    schedule::ApplyPolicy,
     stager::{StageSet, Stager},
     sync::{target_set_id, HomeFacts, SyncReport, SyncState, Trigger},
 };
@@ -67,6 +68,8 @@ pub struct Peers {
     /// The running core's coordinates and build, sent with
     /// `GET_ENV_MOD_REQ`.
     pub core: (ModuleRef, Option<CoreBuild>),
+    /// When a staged set is applied, for the `downloaded` statuses.
+    pub apply: ApplyPolicy,
 }
 
 /// The PortalLink actor.
@@ -389,6 +392,36 @@ async fn run(
         span.in_scope(|| crate::sync::pass_quarantine(&layout, &set, retry))
     })
     .await?;
+    // The set staged already and waiting for its restart is not staged
+    // again; a portal synchronisation approves it when so configured.
+    if peers.restarter.send(WaitingSet).await?.as_deref() == Some(set_id.as_str()) {
+        let approved = report.borrow().trigger == Some(Trigger::Portal)
+            && peers.apply.approval_from_portal
+            && peers
+                .restarter
+                .send(Approve {
+                    by: "portal".into(),
+                    set_id: Some(set_id.clone()),
+                })
+                .await?;
+        let mut r = report.borrow_mut();
+        r.state = SyncState::Staged;
+        r.result = Some(if approved {
+            "the staged set was approved by the portal; restarting to apply it".into()
+        } else {
+            "the target set is staged already".into()
+        });
+        r.waits_for = if approved {
+            None
+        } else {
+            peers.apply.waits_for()
+        };
+        info!(
+            approved,
+            "target set is the staged set waiting for its restart"
+        );
+        return Ok(());
+    }
     set_state(peers, report, SyncState::Resolving);
     let resolved = match peers
         .downloader
@@ -421,7 +454,7 @@ async fn run(
             env,
             Some(&m.resolved.module.coords),
             ModuleStatus::Downloaded,
-            None,
+            peers.apply.waits_for(),
         )
         .await;
     }
@@ -467,9 +500,16 @@ async fn run(
             summary.reused_files
         ));
         r.staged = Some(summary);
+        r.waits_for = peers.apply.waits_for();
     }
     publish_report(peers, &report.borrow());
-    peers.restarter.tell(RestartToApply { reason }).await?;
+    peers
+        .restarter
+        .tell(RestartToApply {
+            reason,
+            set_id: Some(set_id),
+        })
+        .await?;
     Ok(())
 }
 
@@ -497,7 +537,7 @@ async fn forward(
                 env,
                 coords_of(&module).as_ref(),
                 ModuleStatus::Downloaded,
-                None,
+                peers.apply.waits_for(),
             )
             .await
         }

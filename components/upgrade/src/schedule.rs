@@ -295,6 +295,79 @@ impl Window {
     }
 }
 
+/// When a staged set is applied: the upgrade center's `apply` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyMode {
+    /// Restart as soon as the set is staged (the default).
+    #[default]
+    Immediately,
+    /// Restart in the next maintenance window (`maintenance_window`).
+    Window,
+    /// Restart once approved (`banalytics-box approve`, or the portal when
+    /// `approval_from_portal = true`).
+    Approval,
+}
+
+/// What a staged set waits for before the restart that applies it.
+#[derive(Clone)]
+pub struct ApplyPolicy {
+    /// The mode.
+    pub mode: ApplyMode,
+    /// The maintenance window, with [`ApplyMode::Window`].
+    pub window: Option<Window>,
+    /// Whether a portal `EVT_SYNC_SOFT` for the staged set approves it.
+    pub approval_from_portal: bool,
+    /// The clock the window is read against.
+    pub clock: SharedClock,
+}
+
+impl fmt::Debug for ApplyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplyPolicy")
+            .field("mode", &self.mode)
+            .field("window", &self.window)
+            .field("approval_from_portal", &self.approval_from_portal)
+            .finish()
+    }
+}
+
+impl Default for ApplyPolicy {
+    fn default() -> Self {
+        ApplyPolicy {
+            mode: ApplyMode::Immediately,
+            window: None,
+            approval_from_portal: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl ApplyPolicy {
+    /// What a set staged now waits for, in words for `status` and the
+    /// portal's `statusMessage`; `None` when it restarts at once.
+    pub fn waits_for(&self) -> Option<String> {
+        match (self.mode, &self.window) {
+            (ApplyMode::Immediately, _) => None,
+            (ApplyMode::Window, Some(w)) => match w.state_at(self.clock.now()) {
+                Ok(WindowState::Open { .. }) => None,
+                Ok(WindowState::Closed { opens, closes }) => Some(format!(
+                    "the restart waits for the maintenance window {w}: from {opens} until {closes}"
+                )),
+                Err(e) => Some(format!(
+                    "the restart waits for the maintenance window {w}, which {e}"
+                )),
+            },
+            (ApplyMode::Window, None) => None,
+            (ApplyMode::Approval, _) => Some(if self.approval_from_portal {
+                "the restart waits for approval: `banalytics-box approve` on the box, or a synchronisation from the portal".to_owned()
+            } else {
+                "the restart waits for approval: `banalytics-box approve` on the box".to_owned()
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,15 @@ impl Attempt<'_> {
             kept.hasher.update(&chunk);
             on_disk += len;
             (self.progress)(on_disk, total);
+            // The cap, by not reading on before the limiter allows; then
+            // the window, checked between chunks so a pause loses none.
+            self.cfg.gate.take(chunk.len()).await;
+            if !self.cfg.gate.is_open() {
+                return Err(FetchError::Paused {
+                    url: url.to_owned(),
+                    received: on_disk - resumed_from,
+                });
+            }
             if let Err(bytes_per_s) = meter.record(len, Instant::now()) {
                 return Err(FetchError::TooSlow {
                     url: url.to_owned(),

@@ -31,6 +31,7 @@ mod body;
 mod error;
 mod expected;
 mod lookup;
+pub mod rate;
 mod request;
 mod resume;
 
@@ -115,6 +116,9 @@ pub struct FetchConfig {
     pub base_backoff: Duration,
     /// Cap of one retry delay before jitter.
     pub max_backoff: Duration,
+    /// The bandwidth cap and download window, shared by every download
+    /// of the upgrade center (default: neither).
+    pub gate: rate::Gate,
 }
 
 impl Default for FetchConfig {
@@ -127,6 +131,7 @@ impl Default for FetchConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             base_backoff: DEFAULT_BASE_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
+            gate: rate::Gate::default(),
         }
     }
 }
@@ -197,12 +202,26 @@ pub async fn download(
         .with_max_delay(cfg.max_backoff)
         .with_max_times(cfg.max_attempts.max(1) as usize - 1)
         .with_jitter();
-    let outcome = (|| job.run())
-        .retry(backoff)
-        .sleep(tokio::time::sleep)
-        .when(FetchError::is_transient)
-        .notify(|error, delay| warn!(url, %error, ?delay, "download attempt failed, retrying"))
-        .await;
+    // Outside the download window no attempt starts; one that the closing
+    // window paused resumes, keeping its bytes, when the next one opens.
+    let outcome = loop {
+        cfg.gate.wait_open().await;
+        let outcome = (|| job.run())
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(FetchError::is_transient)
+            .notify(|error, delay| warn!(url, %error, ?delay, "download attempt failed, retrying"))
+            .await;
+        match outcome {
+            Err(FetchError::Paused { received, .. }) => {
+                info!(
+                    url,
+                    received, "download window closed: download paused until it opens again"
+                )
+            }
+            outcome => break outcome,
+        }
+    };
     match &outcome {
         Ok(done) => info!(
             url,
