@@ -31,15 +31,6 @@ pub enum FetchError {
         /// How long it waited.
         timeout: Duration,
     },
-    /// The download window closed: the attempt stopped, its bytes kept, to
-    /// resume in the next window.
-    #[error("download of {url} paused: the download window closed after {received} bytes")]
-    Paused {
-        /// The URL requested.
-        url: String,
-        /// Body bytes received in this attempt before the pause.
-        received: u64,
-    },
     /// The body stopped: no byte for the read timeout.
     #[error("download of {url} stalled: no byte for {timeout:?} after {received} bytes")]
     Stalled {
@@ -199,7 +190,6 @@ impl FetchError {
             | FetchError::NoChecksum { .. }
             | FetchError::BadDigest { .. }
             | FetchError::DigestFileTooLarge { .. }
-            | FetchError::Paused { .. }
             | FetchError::Io { .. } => false,
         }
     }

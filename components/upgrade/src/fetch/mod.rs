@@ -202,26 +202,15 @@ pub async fn download(
         .with_max_delay(cfg.max_backoff)
         .with_max_times(cfg.max_attempts.max(1) as usize - 1)
         .with_jitter();
-    // Outside the download window no attempt starts; one that the closing
-    // window paused resumes, keeping its bytes, when the next one opens.
-    let outcome = loop {
-        cfg.gate.wait_open().await;
-        let outcome = (|| job.run())
-            .retry(backoff)
-            .sleep(tokio::time::sleep)
-            .when(FetchError::is_transient)
-            .notify(|error, delay| warn!(url, %error, ?delay, "download attempt failed, retrying"))
-            .await;
-        match outcome {
-            Err(FetchError::Paused { received, .. }) => {
-                info!(
-                    url,
-                    received, "download window closed: download paused until it opens again"
-                )
-            }
-            outcome => break outcome,
-        }
-    };
+    // Outside the download window no download starts (one that the
+    // window closes on pauses inside its attempt: `body`).
+    cfg.gate.wait_open().await;
+    let outcome = (|| job.run())
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(FetchError::is_transient)
+        .notify(|error, delay| warn!(url, %error, ?delay, "download attempt failed, retrying"))
+        .await;
     match &outcome {
         Ok(done) => info!(
             url,

@@ -5,9 +5,10 @@
 //!
 //! The body of a transfer asks the gate for each chunk it received before
 //! reading the next, so the cap holds by TCP back-pressure: the sender
-//! waits for the box. When the window closes, the attempt ends with
-//! [`FetchError::Paused`](super::FetchError::Paused), keeping the partial;
-//! [`download`](super::download) waits for the next window and resumes it
+//! waits for the box. When the window closes, the transfer pauses between
+//! two chunks with its connection kept, so the bytes in flight are not
+//! lost, and reads on when the next window opens; a connection the server
+//! dropped meanwhile fails that read, and the retry resumes the partial
 //! with a `Range` request.
 
 use std::{fmt, num::NonZeroU32, sync::Arc};
