@@ -19,6 +19,7 @@ mod e2e;
 mod fleet;
 mod host_process;
 mod loop_;
+mod maintenance;
 mod native;
 mod outbox;
 mod plugins;
