@@ -118,3 +118,17 @@ pub struct BusyLeaseReleased {
 impl BusMessage for BusyLeaseReleased {
     const TOPIC: &'static str = "host.busy-lease-released";
 }
+
+/// The host defers a restart it was asked for while busy leases are held
+/// (at most until `until_ms`); the upgrade center tells the portal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartDeferred {
+    /// `holder/lease (reason)` of each lease held.
+    pub holders: Vec<String>,
+    /// The restart happens at the latest then, ms since the epoch.
+    pub until_ms: u64,
+}
+
+impl BusMessage for RestartDeferred {
+    const TOPIC: &'static str = "host.restart-deferred";
+}

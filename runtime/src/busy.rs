@@ -11,7 +11,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use banalytics_messages::upgrade::{BusyLeaseReleased, BusyLeaseTaken};
+use banalytics_messages::upgrade::{BusyLeaseReleased, BusyLeaseTaken, RestartDeferred};
 use banalytics_sdk::{status::now_ms, Bus};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -43,6 +43,7 @@ pub struct BusyState {
 /// The leases held on a host's bus.
 #[derive(Clone)]
 pub struct BusyLeases {
+    bus: Bus,
     held: watch::Sender<BTreeMap<(String, String), Lease>>,
     deferred_until: watch::Sender<Option<u64>>,
 }
@@ -52,6 +53,7 @@ impl BusyLeases {
     /// called inside a tokio runtime.
     pub fn follow(bus: &Bus) -> BusyLeases {
         let leases = BusyLeases {
+            bus: bus.clone(),
             held: watch::channel(BTreeMap::new()).0,
             deferred_until: watch::channel(None).0,
         };
@@ -103,21 +105,26 @@ impl BusyLeases {
             m.values()
                 .map(|l| format!("{}/{} ({})", l.holder, l.lease, l.reason))
                 .collect::<Vec<_>>()
-                .join(", ")
         };
         let now = holders(&held.borrow());
         if now.is_empty() {
             return;
         }
-        info!(holders = %now, ?max_defer, "restart deferred until the busy leases are released");
-        self.deferred_until
-            .send_replace(Some(now_ms() + max_defer.as_millis() as u64));
+        let until_ms = now_ms() + max_defer.as_millis() as u64;
+        info!(holders = %now.join(", "), ?max_defer, "restart deferred until the busy leases are released");
+        self.deferred_until.send_replace(Some(until_ms));
+        self.bus
+            .publish(RestartDeferred {
+                holders: now,
+                until_ms,
+            })
+            .await;
         let released = tokio::time::timeout(max_defer, held.wait_for(BTreeMap::is_empty)).await;
         self.deferred_until.send_replace(None);
         match released {
             Ok(_) => info!("busy leases released; restarting"),
             Err(_) => {
-                let still = holders(&self.held.borrow());
+                let still = holders(&self.held.borrow()).join(", ");
                 warn!(holders = %still, ?max_defer, "busy leases still held after max_defer; restarting anyway")
             }
         }

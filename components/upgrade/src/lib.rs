@@ -36,7 +36,9 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use banalytics_messages::{
     portal::{GetEnvModulesResponse, SyncSoftware, UpgradeRequested},
-    upgrade::{ApproveStagedSet, RestartMode, UpgradeCommitted, UpgradeRolledBack},
+    upgrade::{
+        ApproveStagedSet, RestartDeferred, RestartMode, UpgradeCommitted, UpgradeRolledBack,
+    },
 };
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
@@ -388,6 +390,7 @@ impl Component for UpgradeCenter {
         ctx.route::<GetEnvModulesResponse, _>(&link);
         ctx.route::<UpgradeCommitted, _>(&link);
         ctx.route::<UpgradeRolledBack, _>(&link);
+        ctx.route::<RestartDeferred, _>(&link);
         ctx.route::<ApproveStagedSet, _>(&peers_restarter);
 
         match layout.environment_uuid() {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use banalytics_tests::e2e::{
     env_uuid, BoxSettings, ManagedBox, ModuleSpec, PortalApi, PortalProcess, EXIT_RESTART,
 };
@@ -239,6 +239,18 @@ fn a_busy_lease_defers_the_restart_until_it_is_released() -> Result<()> {
         "{}",
         status["busy"]
     );
+    let busy = |l: &banalytics_tests::e2e::StatusLine| {
+        l.status == "downloaded" && l.message.contains("waits for busy components (probe/drill")
+    };
+    banalytics_tests::poll_until(CONVERGE, "the portal to hear of the busy probe", || {
+        s.portal
+            .statuses(&s.env)
+            .ok()?
+            .iter()
+            .any(busy)
+            .then_some(())
+    })
+    .with_context(|| s.b.log_tail(30))?;
     s.still_running("while the probe is busy")?;
     s.busy_drill(false)?;
     s.expect_restart("the lease released")?;
