@@ -87,6 +87,11 @@ pub struct ProbeConfig {
     /// while it exists.
     #[serde(default)]
     pub fail_while_file: Option<PathBuf>,
+    /// Busy drill: take the busy lease `drill` as the component starts (a
+    /// component that is busy from its start), until a
+    /// [`ProbeBusyDrill`] releases it.
+    #[serde(default)]
+    pub busy_lease_at_start: bool,
 }
 
 struct Probe {
@@ -120,6 +125,13 @@ impl Component for Probe {
         });
         ctx.route::<ProbePing, _>(&addr);
         ctx.route::<ProbeBusyDrill, _>(&addr);
+        if self.config.busy_lease_at_start {
+            let _ = addr.try_send(FromBus(std::sync::Arc::new(ProbeBusyDrill {
+                to: self.name.clone(),
+                seq: 0,
+                hold: true,
+            })));
+        }
         Ok(())
     }
 }

@@ -283,3 +283,58 @@ fn a_busy_lease_never_defers_the_restart_beyond_max_defer() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_busy_gate_also_holds_the_restart_a_failed_probation_causes() -> Result<()> {
+    use crate::probation::{drill, world, ALPHA, BROKEN};
+    let _machine = crate::machine::shared();
+    let w = world()?;
+    let env = env_uuid(1207);
+    w.portal.assign_set(&env, &[ALPHA.into(), BROKEN.into()])?;
+    let mut settings = BoxSettings::new(&w.portal, Some(&env));
+    settings.max_boot_attempts = 2;
+    settings.upgrade_extra = "max_defer = \"3s\"".into();
+    // `drill` fails while the broken module is installed; `busy` holds
+    // its lease from its start on.
+    settings.components = format!(
+        "{}[components.busy]\nkind = \"probe\"\nbusy_lease_at_start = true\n",
+        drill("stop")
+    );
+    let mut b = ManagedBox::new(&settings)?;
+    b.spawn()?;
+    let staged = b.wait_exit(CONVERGE)?;
+    ensure!(
+        staged.code() == Some(EXIT_RESTART),
+        "{staged:?}: {}",
+        b.log_tail(20)
+    );
+    // The set starts on probation, `drill` fails, the verdict asks for a
+    // restart: the busy lease holds it for max_defer.
+    b.spawn()?;
+    let started = Instant::now();
+    let failed = b.wait_exit(CONVERGE)?;
+    let waited = started.elapsed();
+    ensure!(
+        failed.code() == Some(EXIT_RESTART),
+        "{failed:?}: {}",
+        b.log_tail(20)
+    );
+    let log = std::fs::read_to_string(b.home().log_path(2))?;
+    let verdict = log
+        .find("of the new module set failed")
+        .context("the probation verdict in the second start's log")?;
+    let deferred = log
+        .find("restart deferred until the busy leases are released")
+        .context("the deferral in the second start's log")?;
+    ensure!(verdict < deferred, "the deferral follows the verdict");
+    ensure!(
+        log.contains("busy leases still held after max_defer") && log.contains("busy/drill"),
+        "the log names who held the lease: {}",
+        b.log_tail(20)
+    );
+    ensure!(
+        waited >= Duration::from_secs(3),
+        "restarted after {waited:?}"
+    );
+    Ok(())
+}
