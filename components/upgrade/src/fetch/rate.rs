@@ -11,9 +11,14 @@
 //! dropped meanwhile fails that read, and the retry resumes the partial
 //! with a `Range` request.
 
-use std::{fmt, num::NonZeroU32, sync::Arc};
+use std::{
+    fmt,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
 
 use crate::schedule::{SharedClock, Window, WindowState};
 
@@ -65,6 +70,9 @@ pub struct Gate {
 struct Inner {
     rate: Option<(NonZeroU32, DefaultDirectRateLimiter, NonZeroU32)>,
     window: Option<(Window, SharedClock)>,
+    /// The window is open until then: asked per chunk, the schedule is
+    /// computed again only once that instant passed.
+    open_until: Mutex<Option<Timestamp>>,
 }
 
 impl Gate {
@@ -84,6 +92,7 @@ impl Gate {
             inner: Some(Arc::new(Inner {
                 rate,
                 window: window.map(|w| (w, clock)),
+                open_until: Mutex::new(None),
             })),
         }
     }
@@ -111,9 +120,26 @@ impl Gate {
 
     /// Whether body bytes may be read now (always, without a window).
     pub fn is_open(&self) -> bool {
-        match self.inner.as_ref().and_then(|i| i.window.as_ref()) {
-            None => true,
-            Some((w, clock)) => matches!(w.state_at(clock.now()), Ok(WindowState::Open { .. })),
+        let Some(inner) = self.inner.as_ref() else {
+            return true;
+        };
+        let Some((w, clock)) = inner.window.as_ref() else {
+            return true;
+        };
+        let now = clock.now();
+        let mut open_until = inner.open_until.lock().expect("gate lock poisoned");
+        if open_until.is_some_and(|t| now < t) {
+            return true;
+        }
+        match w.state_at(now) {
+            Ok(WindowState::Open { closes }) => {
+                *open_until = Some(closes.timestamp());
+                true
+            }
+            _ => {
+                *open_until = None;
+                false
+            }
         }
     }
 
