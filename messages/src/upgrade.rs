@@ -132,3 +132,16 @@ pub struct RestartDeferred {
 impl BusMessage for RestartDeferred {
     const TOPIC: &'static str = "host.restart-deferred";
 }
+
+/// The upgrade center's answer to [`ApproveStagedSet`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalHandled {
+    /// Whether a staged set waited and now restarts the box.
+    pub restarting: bool,
+    /// The set that waited, when one did.
+    pub set_id: Option<String>,
+}
+
+impl BusMessage for ApprovalHandled {
+    const TOPIC: &'static str = "host.approval-handled";
+}

@@ -21,6 +21,9 @@ pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 /// How long the CLI waits for the host's answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `approve` waits for the upgrade center's answer.
+pub const APPROVAL_WAIT: Duration = Duration::from_secs(10);
+
 /// What the CLI can ask.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -104,20 +107,32 @@ async fn approve(host: &Host, layout: &banalytics_home::Layout) -> Response {
     if !layout.has_staged_set() {
         return refuse("nothing to approve: no staged set (status shows the sets)".to_owned());
     }
+    use banalytics_messages::upgrade::{ApprovalHandled, ApproveStagedSet};
+    let mut answers = host.bus().subscribe::<ApprovalHandled>();
     let receivers = host
         .bus()
-        .publish(banalytics_messages::upgrade::ApproveStagedSet { by: "cli".into() })
+        .publish(ApproveStagedSet { by: "cli".into() })
         .await;
     if receivers == 0 {
         return refuse("no component handles upgrades on this host".to_owned());
     }
-    Response {
-        ok: true,
-        message: Some(
-            "staged set approved: the host restarts to apply it (after the busy leases, if any)"
+    match tokio::time::timeout(APPROVAL_WAIT, answers.recv()).await {
+        Ok(Some(a)) if a.restarting => Response {
+            ok: true,
+            message: Some(
+                "staged set approved: the host restarts to apply it (after the busy leases, if any)"
+                    .to_owned(),
+            ),
+            data: None,
+        },
+        Ok(Some(_)) => refuse(
+            "the staged set waits for no approval (it restarts by itself, or the host holds its restart; status says why): nothing was changed"
                 .to_owned(),
         ),
-        data: None,
+        _ => refuse(format!(
+            "the upgrade center did not answer within {} s; nothing is known to have changed",
+            APPROVAL_WAIT.as_secs()
+        )),
     }
 }
 

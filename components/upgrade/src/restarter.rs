@@ -26,7 +26,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use banalytics_messages::{
     portal::{PortalOutboxQuery, PortalOutboxState},
-    upgrade::{ApproveStagedSet, RestartMode, RestartRequested},
+    upgrade::{ApprovalHandled, ApproveStagedSet, RestartMode, RestartRequested},
 };
 use banalytics_sdk::{Bus, FromBus};
 use tokio::sync::oneshot;
@@ -189,16 +189,27 @@ impl Handler<Approve> for Restarter {
 }
 
 impl Handler<FromBus<ApproveStagedSet>> for Restarter {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, FromBus(msg): FromBus<ApproveStagedSet>, ctx: &mut Context<Self>) {
-        self.handle(
+    /// `approve` from the CLI: approves the set that waits, if any, and
+    /// answers [`ApprovalHandled`].
+    fn handle(
+        &mut self,
+        FromBus(msg): FromBus<ApproveStagedSet>,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        let set_id = self.pending.as_ref().and_then(|p| p.set_id.clone());
+        let restarting = self.handle(
             Approve {
                 by: msg.by.clone(),
                 set_id: None,
             },
             ctx,
         );
+        let bus = self.bus.clone();
+        Box::pin(async move {
+            bus.publish(ApprovalHandled { restarting, set_id }).await;
+        })
     }
 }
 
