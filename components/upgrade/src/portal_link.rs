@@ -185,6 +185,52 @@ impl Handler<FromBus<GetEnvModulesResponse>> for PortalLink {
     }
 }
 
+impl Handler<FromBus<RestartDeferred>> for PortalLink {
+    type Result = ResponseFuture<()>;
+
+    /// The host waits for busy components before the restart that applies
+    /// the set staged here: `status` and the portal (the staged modules'
+    /// `downloaded` status) hear what for and until when.
+    fn handle(
+        &mut self,
+        FromBus(deferred): FromBus<RestartDeferred>,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let Some(staged) = self.report.borrow().staged.clone() else {
+            return Box::pin(async {});
+        };
+        let until = jiff::Timestamp::from_millisecond(deferred.until_ms as i64)
+            .map_or_else(|_| format!("{} ms", deferred.until_ms), |t| t.to_string());
+        let message = format!(
+            "the restart waits for busy components ({}), at most until {until}",
+            deferred.holders.join(", ")
+        );
+        self.report.borrow_mut().waits_for = Some(message.clone());
+        publish_report(&self.peers, &self.report.borrow());
+        let peers = self.peers.clone();
+        let span = info_span!("portal_link.restart_deferred");
+        Box::pin(
+            async move {
+                if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                    for module in &staged.modules {
+                        let coords = module.parse::<Coords>().ok();
+                        let message = Some(message.clone());
+                        status(
+                            &peers,
+                            &env,
+                            coords.as_ref(),
+                            ModuleStatus::Downloaded,
+                            message,
+                        )
+                        .await;
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
 impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: FromBus<UpgradeCommitted>, _: &mut Context<Self>) -> Self::Result {
@@ -234,52 +280,6 @@ impl Handler<FromBus<UpgradeRolledBack>> for PortalLink {
                         Some(reason),
                     )
                     .await;
-                }
-            }
-            .instrument(span),
-        )
-    }
-}
-
-impl Handler<FromBus<RestartDeferred>> for PortalLink {
-    type Result = ResponseFuture<()>;
-
-    /// The host waits for busy components before the restart that applies
-    /// the set staged here: `status` and the portal (the staged modules'
-    /// `downloaded` status) hear what for and until when.
-    fn handle(
-        &mut self,
-        FromBus(deferred): FromBus<RestartDeferred>,
-        _: &mut Context<Self>,
-    ) -> Self::Result {
-        let Some(staged) = self.report.borrow().staged.clone() else {
-            return Box::pin(async {});
-        };
-        let until = jiff::Timestamp::from_millisecond(deferred.until_ms as i64)
-            .map_or_else(|_| format!("{} ms", deferred.until_ms), |t| t.to_string());
-        let message = format!(
-            "the restart waits for busy components ({}), at most until {until}",
-            deferred.holders.join(", ")
-        );
-        self.report.borrow_mut().waits_for = Some(message.clone());
-        publish_report(&self.peers, &self.report.borrow());
-        let peers = self.peers.clone();
-        let span = info_span!("portal_link.restart_deferred");
-        Box::pin(
-            async move {
-                if let Ok(Some(env)) = peers.layout.environment_uuid() {
-                    for module in &staged.modules {
-                        let coords = module.parse::<Coords>().ok();
-                        let message = Some(message.clone());
-                        status(
-                            &peers,
-                            &env,
-                            coords.as_ref(),
-                            ModuleStatus::Downloaded,
-                            message,
-                        )
-                        .await;
-                    }
                 }
             }
             .instrument(span),
