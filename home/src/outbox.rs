@@ -24,6 +24,23 @@
 //! crate, so a lock in memory would not be shared. Reading takes no lock:
 //! an entry appears by a rename and goes by an unlink.
 //!
+//! **The outbox's id.** Numbers start again at 1 in a new outbox (a home
+//! provisioned again for the same environment), so the portal tells two
+//! outboxes apart by a random id kept beside the entries ([`id`]) and
+//! drops a status it already has by (id, number).
+//!
+//! **A held verdict.** The host reports the verdict of a probation
+//! (`installed` after a commit, `installation_cancelled` after a rollback)
+//! without a window in which a kill loses it or sends it for a verdict
+//! that never happened: it writes the report as the held verdict
+//! ([`hold_verdict`], the file `verdict.held`, not an entry) *before* the
+//! commit or rollback, and turns it into an entry ([`release_verdict`], one
+//! rename that also gives it its number) right after. A kill in between
+//! leaves the held verdict; the next start releases it when the probation
+//! it ended is gone, and drops it ([`drop_verdict`]) when the probation is
+//! still on, because then the verdict never happened. The number is taken
+//! at the release, so a dropped verdict leaves no gap in the numbers.
+//!
 //! Plain blocking file I/O; async callers run it off their thread.
 
 use std::{
@@ -58,6 +75,12 @@ const NEXT_SEQ_FILE: &str = "next-seq";
 
 /// The file every change locks.
 const LOCK_FILE: &str = "lock";
+
+/// The outbox's random id ([`id`]).
+const ID_FILE: &str = "id";
+
+/// The held verdict ([`hold_verdict`]): not an entry until released.
+pub const VERDICT_FILE: &str = "verdict.held";
 
 /// Digits of an entry's name: every `u64` fits.
 const SEQ_DIGITS: usize = 20;
@@ -111,26 +134,113 @@ pub fn append(layout: &Layout, entry: &[u8]) -> Result<u64, OutboxError> {
 }
 
 fn append_bounded(layout: &Layout, entry: &[u8], limit: usize) -> Result<u64, OutboxError> {
+    check_size(entry)?;
+    let dir = layout.portal_outbox();
+    let _lock = lock(&dir)?;
+    remove_stale_temporaries(&dir)?;
+    let seq = free_seq(&dir, limit)?;
+    write_atomic(&dir.join(entry_name(seq)), entry)?;
+    Ok(seq)
+}
+
+/// Keeps `entry` as the held verdict (module docs), durably, replacing a
+/// held verdict that was not released. It is no entry yet: nothing sends
+/// it before [`release_verdict`].
+pub fn hold_verdict(layout: &Layout, entry: &[u8]) -> Result<(), OutboxError> {
+    check_size(entry)?;
+    let dir = layout.portal_outbox();
+    let _lock = lock(&dir)?;
+    remove_stale_temporaries(&dir)?;
+    write_atomic(&dir.join(VERDICT_FILE), entry)?;
+    Ok(())
+}
+
+/// Makes the held verdict the newest entry, durably, in one rename, and
+/// returns its number; `None` when no verdict is held (never held, or
+/// released or dropped already). Refused, and the verdict kept held, when
+/// the outbox is full.
+pub fn release_verdict(layout: &Layout) -> Result<Option<u64>, OutboxError> {
+    release_verdict_bounded(layout, MAX_ENTRIES)
+}
+
+fn release_verdict_bounded(layout: &Layout, limit: usize) -> Result<Option<u64>, OutboxError> {
+    let dir = layout.portal_outbox();
+    let held = dir.join(VERDICT_FILE);
+    if !held.exists() {
+        return Ok(None);
+    }
+    let _lock = lock(&dir)?;
+    if !held.exists() {
+        return Ok(None);
+    }
+    let seq = free_seq(&dir, limit)?;
+    let entry = dir.join(entry_name(seq));
+    fs::rename(&held, &entry).map_err(FileError::at("rename", &held))?;
+    sync_dir(&dir).map_err(FileError::at("sync", &dir))?;
+    Ok(Some(seq))
+}
+
+/// Drops the held verdict, durably; `false` when none was held.
+pub fn drop_verdict(layout: &Layout) -> Result<bool, OutboxError> {
+    let dir = layout.portal_outbox();
+    let held = dir.join(VERDICT_FILE);
+    if !held.exists() {
+        return Ok(false);
+    }
+    let _lock = lock(&dir)?;
+    match fs::remove_file(&held) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(FileError::at("remove", &held)(e).into()),
+    }
+    sync_dir(&dir).map_err(FileError::at("sync", &dir))?;
+    Ok(true)
+}
+
+fn check_size(entry: &[u8]) -> Result<(), OutboxError> {
     if entry.len() > MAX_ENTRY_BYTES {
         return Err(OutboxError::TooLarge {
             bytes: entry.len(),
             limit: MAX_ENTRY_BYTES,
         });
     }
-    let dir = layout.portal_outbox();
-    let _lock = lock(&dir)?;
-    remove_stale_temporaries(&dir)?;
-    let seqs = seqs(&dir)?;
+    Ok(())
+}
+
+/// The number the next entry gets; refused when `limit` entries wait.
+/// Only under the lock.
+fn free_seq(dir: &Path, limit: usize) -> Result<u64, OutboxError> {
+    let seqs = seqs(dir)?;
     if seqs.len() >= limit {
         return Err(OutboxError::Full {
-            dir,
+            dir: dir.to_owned(),
             entries: seqs.len(),
             limit,
         });
     }
-    let seq = next_seq(counter(&dir)?, &seqs);
-    write_atomic(&dir.join(entry_name(seq)), entry)?;
-    Ok(seq)
+    Ok(next_seq(counter(dir)?, &seqs))
+}
+
+/// This outbox's id (module docs): 32 hex digits, made when first asked
+/// for and kept in the folder.
+pub fn id(layout: &Layout) -> Result<String, OutboxError> {
+    let dir = layout.portal_outbox();
+    let path = dir.join(ID_FILE);
+    let read = |path: &Path| match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(OutboxError::from(FileError::at("read", path)(e))),
+    };
+    if let Some(id) = read(&path)?.filter(|id| !id.is_empty()) {
+        return Ok(id);
+    }
+    let _lock = lock(&dir)?;
+    if let Some(id) = read(&path)?.filter(|id| !id.is_empty()) {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    write_atomic(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
 }
 
 /// The oldest entries, at most `max`, in sequence order. An entry removed
@@ -444,6 +554,67 @@ mod tests {
         assert!(matches!(e, OutboxError::BadCounter { .. }), "{e}");
         assert!(e.to_string().contains("\"garbage\""), "{e}");
         assert_eq!(count(&layout).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_outbox_keeps_its_id_and_a_new_outbox_gets_another() {
+        let (dir, layout) = home();
+        let id = id(&layout).unwrap();
+        assert_eq!(id.len(), 32);
+        append(&layout, b"a").unwrap();
+        assert_eq!(super::id(&Layout::new(dir.path())).unwrap(), id);
+        assert_eq!(all(&layout), [(1, "a".into())], "the id is no entry");
+        let (_other, provisioned_again) = home();
+        assert_ne!(super::id(&provisioned_again).unwrap(), id);
+    }
+
+    #[test]
+    fn a_held_verdict_is_no_entry_until_released_and_then_the_newest() {
+        let (_dir, layout) = home();
+        append(&layout, b"a").unwrap();
+        hold_verdict(&layout, b"first").unwrap();
+        hold_verdict(&layout, b"verdict").unwrap(); // replaces
+        assert_eq!(all(&layout), [(1, "a".into())], "nothing sends it");
+        assert_eq!(count(&layout).unwrap(), 1);
+        // Appended meanwhile: numbered before the verdict, which takes its
+        // number at the release.
+        assert_eq!(append(&layout, b"b").unwrap(), 2);
+        assert_eq!(release_verdict(&layout).unwrap(), Some(3));
+        assert_eq!(
+            all(&layout),
+            [(1, "a".into()), (2, "b".into()), (3, "verdict".into())]
+        );
+        assert_eq!(release_verdict(&layout).unwrap(), None, "released once");
+        assert!(!drop_verdict(&layout).unwrap(), "nothing held");
+        assert!(!layout.portal_outbox().join(VERDICT_FILE).exists());
+    }
+
+    #[test]
+    fn a_dropped_verdict_leaves_no_gap_in_the_numbers() {
+        let (_dir, layout) = home();
+        append(&layout, b"a").unwrap();
+        hold_verdict(&layout, b"never").unwrap();
+        assert!(drop_verdict(&layout).unwrap());
+        assert_eq!(release_verdict(&layout).unwrap(), None);
+        assert_eq!(append(&layout, b"b").unwrap(), 2);
+        assert_eq!(all(&layout), [(1, "a".into()), (2, "b".into())]);
+    }
+
+    #[test]
+    fn a_verdict_is_kept_held_while_the_outbox_is_full() {
+        let (_dir, layout) = home();
+        append(&layout, b"a").unwrap();
+        hold_verdict(&layout, b"v").unwrap();
+        let e = release_verdict_bounded(&layout, 1).unwrap_err();
+        assert!(matches!(e, OutboxError::Full { .. }), "{e}");
+        assert!(layout.portal_outbox().join(VERDICT_FILE).is_file());
+        remove(&layout, 1).unwrap();
+        assert_eq!(release_verdict_bounded(&layout, 1).unwrap(), Some(2));
+        let big = vec![b'x'; MAX_ENTRY_BYTES + 1];
+        assert!(matches!(
+            hold_verdict(&layout, &big),
+            Err(OutboxError::TooLarge { .. })
+        ));
     }
 
     #[test]

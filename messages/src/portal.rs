@@ -126,6 +126,12 @@ pub struct ModuleStatusUpdate {
     /// status it already has (the original portal ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The id of the outbox that numbered it (`banalytics_home::outbox::id`):
+    /// numbers start again in a new outbox, so the portal drops a status
+    /// by (outbox id, `seq`). The extension field `outboxId`, set by Portal
+    /// Integration as it sends an entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_id: Option<String>,
 }
 portal_message!(ModuleStatusUpdate, "EVT_ENV_MOD_UPD_STS");
 
@@ -191,6 +197,7 @@ mod tests {
             status: ModuleStatus::InstallationCancelled,
             status_message: Some("empty set".into()),
             seq: None,
+            outbox_id: None,
         };
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
@@ -233,9 +240,12 @@ mod tests {
             status: ModuleStatus::Installed,
             status_message: None,
             seq: Some(42),
+            outbox_id: Some("0a1b".into()),
         };
-        assert_eq!(serde_json::to_value(&m).unwrap()["seq"], 42);
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!((&v["seq"], &v["outboxId"]), (&42.into(), &"0a1b".into()));
         m.seq = None;
+        m.outbox_id = None;
         let v = serde_json::to_value(&m).unwrap();
         assert!(v.get("seq").is_none(), "{v}");
         let read: ModuleStatusUpdate = serde_json::from_value(v).unwrap();

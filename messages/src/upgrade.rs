@@ -56,7 +56,15 @@ impl BusMessage for RestartRequested {
 /// The set on probation ran healthy for the grace period and is now the
 /// installed set (the upgrade center reports `installed`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpgradeCommitted {}
+pub struct UpgradeCommitted {
+    /// The portal outbox entry of `installed`, when the host kept it there
+    /// with the commit (`banalytics_home::outbox::release_verdict`); the
+    /// upgrade center then only announces it. `None`: nothing was kept (no
+    /// registration, or the outbox refused), so the upgrade center reports
+    /// it itself.
+    #[serde(default)]
+    pub status_seq: Option<u64>,
+}
 
 impl BusMessage for UpgradeCommitted {
     const TOPIC: &'static str = "host.upgrade-committed";
@@ -68,6 +76,10 @@ impl BusMessage for UpgradeCommitted {
 pub struct UpgradeRolledBack {
     /// Why, naming the failure.
     pub reason: String,
+    /// The portal outbox entry of `installation_cancelled`, as
+    /// [`UpgradeCommitted::status_seq`].
+    #[serde(default)]
+    pub status_seq: Option<u64>,
 }
 
 impl BusMessage for UpgradeRolledBack {

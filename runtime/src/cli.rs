@@ -131,6 +131,7 @@ fn run(home: &Home) -> Result<u8, Error> {
             let boot = upgrade::Boot {
                 probation: swap::probation(&layout).ok().flatten(),
                 rolled_back: h.rolled_back.clone(),
+                rolled_back_seq: h.rolled_back_seq,
             };
             let core = RunningCore {
                 pid: std::process::id(),
@@ -144,6 +145,7 @@ fn run(home: &Home) -> Result<u8, Error> {
                 upgrade::Boot {
                     probation: None,
                     rolled_back: Some(format!("the module set could not be applied or put back: {e}")),
+                    rolled_back_seq: None,
                 }
             });
             failpoint("launcher.prepared");
@@ -154,7 +156,7 @@ fn run(home: &Home) -> Result<u8, Error> {
             // this launcher's child, and this process only watches it.
             match launcher::core_to_run(&layout, &own) {
                 launcher::CoreToRun::Other(core) => {
-                    return launcher::launch(&layout, &settings, core, &lock, boot.rolled_back);
+                    return launcher::launch(&layout, &settings, core, &lock, boot);
                 }
                 launcher::CoreToRun::OwnNamedBySet { version } => own.version = version,
                 launcher::CoreToRun::Own => {}

@@ -199,7 +199,8 @@ async fn answer(
 }
 
 /// Sends one request to the host at `socket`; `Ok(None)` when no host is
-/// listening there.
+/// listening there, or when it closed the connection without an answer (a
+/// host that is stopping, for example to restart and apply a staged set).
 pub fn request(socket: &Path, request: &Request) -> io::Result<Option<Response>> {
     use std::io::{BufRead, Write};
     let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
@@ -217,9 +218,22 @@ pub fn request(socket: &Path, request: &Request) -> io::Result<Option<Response>>
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    let went_away = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        )
+    };
     let mut answer = String::new();
-    io::BufReader::new(stream).read_line(&mut answer)?;
+    let sent = stream
+        .write_all(&line)
+        .and_then(|()| io::BufReader::new(stream).read_line(&mut answer));
+    match sent {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(e) if went_away(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    }
     serde_json::from_str(&answer).map(Some).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -231,6 +245,25 @@ pub fn request(socket: &Path, request: &Request) -> io::Result<Option<Response>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_that_closes_without_answering_is_a_host_that_went_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("control.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let host = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                drop(stream); // stopping: no answer
+            }
+        });
+        for _ in 0..2 {
+            assert!(request(&socket, &Request::Status).unwrap().is_none());
+        }
+        host.join().unwrap();
+        let gone = dir.path().join("gone.sock");
+        assert!(request(&gone, &Request::Status).unwrap().is_none());
+    }
 
     #[test]
     fn an_upgrade_request_of_an_older_cli_decodes_as_no_retry() {

@@ -91,6 +91,11 @@ pub struct Handshake {
     pub prepared: bool,
     /// What the launcher's preparation rolled back, for the core to report.
     pub rolled_back: Option<String>,
+    /// The outbox entry of that report, when it was kept there
+    /// (`upgrade::Boot::rolled_back_seq`). Absent in a handshake from a
+    /// launcher that predates it.
+    #[serde(default)]
+    pub rolled_back_seq: Option<u64>,
     /// The core being started, as the core should report itself.
     pub core: RunningCore,
 }
@@ -420,14 +425,14 @@ fn restart(settings: &Settings) -> Result<u8, Error> {
 }
 
 /// Runs `core` as this launcher's child and waits for it (module docs).
-/// `lock` is the home lock the child inherits; `rolled_back` what the
-/// preparation rolled back, for the core to report.
+/// `lock` is the home lock the child inherits; `boot` what the preparation
+/// rolled back, for the core to report.
 pub fn launch(
     layout: &Layout,
     settings: &Settings,
     core: CoreFile,
     lock: &fs::File,
-    rolled_back: Option<String>,
+    boot: upgrade::Boot,
 ) -> Result<u8, Error> {
     let on_probation = matches!(swap::probation(layout), Ok(Some(_)));
     let io_err = |path: &Path| {
@@ -440,7 +445,8 @@ pub fn launch(
         lock_fd: lock.as_raw_fd(),
         ready_fd: ready_write.as_raw_fd(),
         prepared: true,
-        rolled_back,
+        rolled_back: boot.rolled_back,
+        rolled_back_seq: boot.rolled_back_seq,
         core: RunningCore {
             version: core.version.clone(),
             sha256: core.sha256.clone(),

@@ -5,6 +5,13 @@
 //!
 //! The file work is `banalytics_home::swap`; what is here is the part that
 //! needs the process and the status board.
+//!
+//! The verdict's report (`installed`, `installation_cancelled`) is kept
+//! with the verdict itself: held in the portal outbox before the commit or
+//! rollback and released right after it (`banalytics_home::outbox`'s
+//! module docs), and a verdict a kill left held is settled at the next
+//! start. So a kill at any point neither loses the report nor sends one
+//! for a verdict that never happened.
 
 use std::{
     collections::BTreeMap,
@@ -13,12 +20,14 @@ use std::{
 };
 
 use banalytics_home::{
-    quarantine,
+    failpoint::failpoint,
+    outbox, quarantine,
     swap::{self, Probation},
     Layout,
 };
-use banalytics_messages::upgrade::{
-    RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack,
+use banalytics_messages::{
+    portal::{ModuleStatus, ModuleStatusUpdate},
+    upgrade::{RestartMode, RestartRequested, UpgradeCommitted, UpgradeRolledBack},
 };
 use banalytics_sdk::{status::ComponentStatus, State, StatusBoard};
 use serde::Deserialize;
@@ -117,6 +126,9 @@ pub struct Boot {
     /// folders could not be prepared (the host then starts with them as
     /// they are, so that the box stays reachable).
     pub rolled_back: Option<String>,
+    /// The portal outbox entry of the rollback's `installation_cancelled`,
+    /// when it was kept there ([`UpgradeRolledBack::status_seq`]).
+    pub rolled_back_seq: Option<u64>,
 }
 
 /// A configuration that is refused only with the new set (a kind the set
@@ -145,6 +157,7 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
     if let Some(j) = swap::recover(layout)? {
         info!(procedure = ?j.procedure, "interrupted module swap finished");
     }
+    settle_held_verdict(layout)?;
     let failing_before = take_failing(state_dir);
     apply_staged(layout, &failing_before)?;
     // A quarantined set that is active again (an operator's `upgrade
@@ -171,7 +184,7 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
         );
         return Ok(Boot {
             probation: Some(p),
-            rolled_back: None,
+            ..Boot::default()
         });
     }
     let reason = format!(
@@ -181,6 +194,7 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
         p.last_error.as_deref().unwrap_or("none recorded (the host stopped before the grace period ended)")
     );
     error!(%reason, "rolling back");
+    let held = hold_verdict(layout, ModuleStatus::InstallationCancelled, Some(&reason));
     // First the quarantine, so that the upgrade center never stages this
     // set again by itself, even after a crash in the middle of the rollback.
     let rolled = quarantine::of_set(&layout.modules(), &reason);
@@ -189,6 +203,9 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
         source,
     })?;
     swap::rollback(layout)?;
+    // Released before a staged set is applied below: that would put the
+    // home on probation again, and a verdict held then is dropped.
+    let rolled_back_seq = held.then(|| release_verdict(layout)).flatten();
     // A set staged while the failed one was on probation waited for this
     // verdict: it is applied now, over the committed set, and goes on
     // probation in this start; unless it is the set just taken off.
@@ -203,7 +220,81 @@ pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result
     Ok(Boot {
         probation,
         rolled_back: Some(reason),
+        rolled_back_seq,
     })
+}
+
+/// Holds the verdict's report for the portal in the outbox (module docs).
+/// `false` when nothing is held: the box has no registration (nothing is
+/// reported), or the outbox refused (the upgrade center then reports the
+/// verdict from memory, as it does when the status seq is `None`).
+fn hold_verdict(layout: &Layout, status: ModuleStatus, message: Option<&str>) -> bool {
+    let env = match layout.environment_uuid() {
+        Ok(Some(env)) => env,
+        Ok(None) => return false,
+        Err(e) => {
+            warn!(error = %e, "cannot read the registration; the verdict is reported from memory");
+            return false;
+        }
+    };
+    let report = ModuleStatusUpdate {
+        environment_uuid: env,
+        module: None,
+        status,
+        status_message: message.map(str::to_owned),
+        seq: None,
+        outbox_id: None,
+    };
+    let entry = serde_json::to_vec(&report).expect("plain data");
+    match outbox::hold_verdict(layout, &entry) {
+        Ok(()) => {
+            failpoint("verdict.held");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot keep the verdict's report on disk; it is reported from memory");
+            false
+        }
+    }
+}
+
+/// Releases the held verdict once the commit or rollback is done: the
+/// entry's number. On failure the verdict stays held and the next start
+/// releases it; meanwhile the upgrade center reports it from memory.
+fn release_verdict(layout: &Layout) -> Option<u64> {
+    match outbox::release_verdict(layout) {
+        Ok(seq) => seq,
+        Err(e) => {
+            error!(error = %e, "cannot release the verdict's report; the next start does");
+            None
+        }
+    }
+}
+
+/// A verdict a kill left held: released when the probation it ended is
+/// gone (the commit or rollback happened), dropped when the probation is
+/// still on (it never happened; this start goes on with the probation).
+/// Runs after an interrupted swap is finished, before anything is applied.
+fn settle_held_verdict(layout: &Layout) -> Result<(), Error> {
+    let settled = match swap::probation(layout)? {
+        None => outbox::release_verdict(layout).map(|seq| {
+            if let Some(seq) = seq {
+                info!(
+                    seq,
+                    "the report of a verdict reached before the host stopped is released"
+                );
+            }
+        }),
+        Some(_) => outbox::drop_verdict(layout).map(|dropped| {
+            if dropped {
+                info!("a verdict held when the host stopped is dropped: its probation is still on");
+            }
+        }),
+    };
+    if let Err(e) = settled {
+        warn!(error = %e, "cannot settle the verdict held when the host stopped");
+    }
+    Ok(())
 }
 
 /// Applies a staged set if one waits and nothing stops it, excusing
@@ -393,7 +484,10 @@ impl ProbationWatch {
 /// again, and the one after the last attempt rolls back).
 pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Settings) -> Verdict {
     if let Some(reason) = boot.rolled_back {
-        host.bus().publish(UpgradeRolledBack { reason }).await;
+        let status_seq = boot.rolled_back_seq;
+        host.bus()
+            .publish(UpgradeRolledBack { reason, status_seq })
+            .await;
     }
     let Some(mut probation) = boot.probation else {
         return Verdict::NoProbation;
@@ -437,14 +531,16 @@ pub async fn after_start(host: &Host, layout: Layout, boot: Boot, settings: Sett
             }
         }
     }
+    let held = hold_verdict(&layout, ModuleStatus::Installed, None);
     match swap::commit(&layout) {
         Ok(()) => {
+            let status_seq = held.then(|| release_verdict(&layout)).flatten();
             info!(
                 grace_s = settings.health_grace.as_secs_f64(),
                 excused = ?probation.excused,
                 "new module set committed"
             );
-            host.bus().publish(UpgradeCommitted {}).await;
+            host.bus().publish(UpgradeCommitted { status_seq }).await;
             Verdict::Committed
         }
         Err(e) => {

@@ -328,6 +328,7 @@ mod tests {
             status: ModuleStatus::Installed,
             status_message: None,
             seq: None,
+            outbox_id: None,
         })
         .unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();

@@ -200,9 +200,14 @@ impl DurableOutbox {
     }
 
     /// The oldest entries, at most [`CONFIRM_EVERY`].
-    async fn oldest(&self) -> Result<Vec<(u64, Vec<u8>)>, outbox::OutboxError> {
+    /// The outbox's id and its oldest entries.
+    async fn oldest(&self) -> Result<(String, Vec<(u64, Vec<u8>)>), outbox::OutboxError> {
         let layout = self.layout.clone();
-        off_thread(move || outbox::pending(&layout, CONFIRM_EVERY)).await
+        off_thread(move || {
+            let entries = outbox::pending(&layout, CONFIRM_EVERY)?;
+            Ok((outbox::id(&layout)?, entries))
+        })
+        .await
     }
 
     async fn remove(&self, seqs: Vec<u64>) -> Result<(), outbox::OutboxError> {
@@ -333,8 +338,8 @@ async fn send(link: &SupervisedAddr<Link>, text: String, wire_type: &str) -> Opt
 /// before that (the portal drops one it has by its `seq`), never lost.
 async fn send_durable(durable: &DurableOutbox, link: &SupervisedAddr<Link>) -> Round {
     loop {
-        let entries = match durable.oldest().await {
-            Ok(entries) => entries,
+        let (outbox_id, entries) = match durable.oldest().await {
+            Ok(oldest) => oldest,
             Err(e) => {
                 // Tried again at the next nudge or link-up.
                 error!(error = %e, "cannot read the durable statuses for the portal");
@@ -346,7 +351,7 @@ async fn send_durable(durable: &DurableOutbox, link: &SupervisedAddr<Link>) -> R
         }
         let mut sent = Vec::with_capacity(entries.len());
         for (seq, bytes) in entries {
-            let text = match status_frame(seq, &bytes) {
+            let text = match status_frame(&outbox_id, seq, &bytes) {
                 Ok(text) => text,
                 Err(reason) => {
                     // Nothing can ever send it; keeping it would stop every
@@ -388,11 +393,13 @@ async fn send_durable(durable: &DurableOutbox, link: &SupervisedAddr<Link>) -> R
     }
 }
 
-/// The frame of durable entry `seq`: the status it holds, with its `seq`.
-fn status_frame(seq: u64, entry: &[u8]) -> Result<String, String> {
+/// The frame of durable entry `seq` of outbox `outbox_id`: the status it
+/// holds, with its `seq` and `outboxId`.
+fn status_frame(outbox_id: &str, seq: u64, entry: &[u8]) -> Result<String, String> {
     let mut status: ModuleStatusUpdate =
         serde_json::from_slice(entry).map_err(|e| e.to_string())?;
     status.seq = Some(seq);
+    status.outbox_id = Some(outbox_id.to_owned());
     frame::encode(&status).map_err(|e| e.to_string())
 }
 

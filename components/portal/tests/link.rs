@@ -29,6 +29,7 @@ fn status(n: usize) -> ModuleStatusUpdate {
         status: ModuleStatus::Downloaded,
         status_message: Some(format!("#{n}")),
         seq: None,
+        outbox_id: None,
     }
 }
 
@@ -331,6 +332,7 @@ async fn durable_statuses_go_in_seq_order_and_stay_on_disk_until_the_portal_conf
     assert_eq!(seq, 4, "numbers go on after removals");
     bus.publish(ModuleStatusUpdate {
         seq: Some(seq),
+        outbox_id: None,
         ..status(4)
     })
     .await;

@@ -233,15 +233,20 @@ impl Handler<FromBus<RestartDeferred>> for PortalLink {
 
 impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
     type Result = ResponseFuture<()>;
-    fn handle(&mut self, _: FromBus<UpgradeCommitted>, _: &mut Context<Self>) -> Self::Result {
+    fn handle(
+        &mut self,
+        FromBus(committed): FromBus<UpgradeCommitted>,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
         let peers = self.peers.clone();
         let span = info_span!("portal_link.upgrade_committed");
         Box::pin(
             async move {
                 if let Ok(Some(env)) = peers.layout.environment_uuid() {
                     // The core may have changed with the set: the portal hears
-                    // which core runs now, then that the set is installed. Its
-                    // answer is not awaited (and ignored when it comes).
+                    // which core runs now. The host released `installed` to
+                    // the outbox already, so the two may arrive in either
+                    // order. The answer is not awaited (and ignored).
                     let (core_module, core_build) = core_module(&peers.layout);
                     peers
                         .bus
@@ -251,7 +256,8 @@ impl Handler<FromBus<UpgradeCommitted>> for PortalLink {
                             core_build,
                         })
                         .await;
-                    status(&peers, &env, None, ModuleStatus::Installed, None).await;
+                    let report = Report::new(&env, None, ModuleStatus::Installed, None);
+                    verdict(&peers, report, committed.status_seq).await;
                 }
             }
             .instrument(span),
@@ -271,19 +277,31 @@ impl Handler<FromBus<UpgradeRolledBack>> for PortalLink {
         Box::pin(
             async move {
                 if let Ok(Some(env)) = peers.layout.environment_uuid() {
-                    let reason = rb.reason.clone();
-                    status(
-                        &peers,
+                    let report = Report::new(
                         &env,
                         None,
                         ModuleStatus::InstallationCancelled,
-                        Some(reason),
-                    )
-                    .await;
+                        Some(rb.reason.clone()),
+                    );
+                    verdict(&peers, report, rb.status_seq).await;
                 }
             }
             .instrument(span),
         )
+    }
+}
+
+/// Reports a verdict of the host: the host kept it in the outbox already
+/// under `seq` (it holds it across the commit or rollback, so a kill
+/// cannot lose it), and it is only announced; without a `seq` it is
+/// reported like any status.
+async fn verdict(peers: &Peers, mut report: Report, seq: Option<u64>) {
+    match seq {
+        Some(seq) => {
+            report.update.seq = Some(seq);
+            report.announce(peers).await;
+        }
+        None => report.send(peers).await,
     }
 }
 
@@ -296,11 +314,7 @@ fn publish_report(peers: &Peers, report: &SyncReport) {
     peers.board.set_details(&peers.component, details);
 }
 
-/// Sends a status to the portal, durably: it is appended to the portal
-/// outbox on disk first ([`banalytics_home::outbox`]) and published with
-/// its `seq`, so Portal Integration sends it from there, also after a
-/// restart or a kill. When the outbox refuses it (full, or the disk
-/// fails), it goes in memory only, as before, and the log says so.
+/// Sends a status to the portal, durably (see [`Report::send`]).
 async fn status(
     peers: &Peers,
     env: &str,
@@ -308,33 +322,67 @@ async fn status(
     status: ModuleStatus,
     message: Option<String>,
 ) {
-    let module = module.map(|c| ModuleRef {
-        group_id: c.group_id().to_owned(),
-        artifact_id: c.artifact_id().to_owned(),
-        version: c.version().to_owned(),
-    });
-    let coords = module
-        .as_ref()
-        .map(|m| format!("{}:{}:{}", m.group_id, m.artifact_id, m.version));
-    let mut update = ModuleStatusUpdate {
-        environment_uuid: env.to_owned(),
-        module,
-        status,
-        status_message: message,
-        seq: None,
-    };
-    let entry = serde_json::to_vec(&update).expect("plain data");
-    let layout = peers.layout.clone();
-    match off_thread(move || outbox::append(&layout, &entry)).await {
-        Ok(seq) => update.seq = Some(seq),
-        Err(e) => {
-            warn!(error = %e, ?status, "status not kept on disk: it is sent from memory and lost if the box stops first")
+    Report::new(env, module, status, message).send(peers).await;
+}
+
+/// A status for the portal.
+struct Report {
+    update: ModuleStatusUpdate,
+}
+
+impl Report {
+    fn new(
+        env: &str,
+        module: Option<&Coords>,
+        status: ModuleStatus,
+        message: Option<String>,
+    ) -> Self {
+        let module = module.map(|c| ModuleRef {
+            group_id: c.group_id().to_owned(),
+            artifact_id: c.artifact_id().to_owned(),
+            version: c.version().to_owned(),
+        });
+        Report {
+            update: ModuleStatusUpdate {
+                environment_uuid: env.to_owned(),
+                module,
+                status,
+                status_message: message,
+                seq: None,
+                outbox_id: None,
+            },
         }
     }
-    // Logged once kept, with its number; the field is not `message`, which
-    // would stand for the event's own message in the JSON log.
-    info!(module = ?coords, ?status, status_message = update.status_message.as_deref().unwrap_or(""), seq = update.seq, "status to portal");
-    peers.bus.publish(update).await;
+
+    /// Appends the status to the portal outbox on disk
+    /// ([`banalytics_home::outbox`]) and announces it with its `seq`, so
+    /// Portal Integration sends it from there, also after a restart or a
+    /// kill. When the outbox refuses it (full, or the disk fails), it goes
+    /// in memory only, and the log says so.
+    async fn send(mut self, peers: &Peers) {
+        let entry = serde_json::to_vec(&self.update).expect("plain data");
+        let layout = peers.layout.clone();
+        match off_thread(move || outbox::append(&layout, &entry)).await {
+            Ok(seq) => self.update.seq = Some(seq),
+            Err(e) => {
+                warn!(error = %e, status = ?self.update.status, "status not kept on disk: it is sent from memory and lost if the box stops first")
+            }
+        }
+        self.announce(peers).await;
+    }
+
+    /// Logs the status and publishes it for Portal Integration.
+    async fn announce(self, peers: &Peers) {
+        let u = &self.update;
+        let coords = u
+            .module
+            .as_ref()
+            .map(|m| format!("{}:{}:{}", m.group_id, m.artifact_id, m.version));
+        // Logged once kept, with its number; the field is not `message`,
+        // which would stand for the event's own message in the JSON log.
+        info!(module = ?coords, status = ?u.status, status_message = u.status_message.as_deref().unwrap_or(""), seq = u.seq, "status to portal");
+        peers.bus.publish(self.update).await;
+    }
 }
 
 fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: SyncState) {

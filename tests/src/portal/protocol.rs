@@ -64,6 +64,10 @@ pub struct StatusRecord {
     /// The durable status's number in the box's outbox, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The id of the box's outbox that numbered it: a home provisioned
+    /// again numbers from 1 again under another id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_id: Option<String>,
 }
 
 /// What the portal knows of one environment.
@@ -104,8 +108,9 @@ struct EnvState {
     last_core_module: Option<Value>,
     statuses: Vec<StatusRecord>,
     statuses_dropped: u64,
-    /// The `seq`s recorded, at most [`MAX_STATUSES_PER_ENV`].
-    seqs: BTreeSet<u64>,
+    /// The (outbox id, `seq`) pairs recorded, at most
+    /// [`MAX_STATUSES_PER_ENV`].
+    seqs: BTreeSet<(String, u64)>,
     duplicate_statuses: u64,
 }
 
@@ -291,6 +296,10 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                 status: field("status"),
                 status_message: field("statusMessage"),
                 seq: msg.get("seq").and_then(Value::as_u64),
+                outbox_id: msg
+                    .get("outboxId")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             };
             let env = if conn_env.is_empty() {
                 record
@@ -304,7 +313,8 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
             let env = env.as_str();
             let recorded = app.envs.with(env, |e| {
                 if let Some(seq) = record.seq {
-                    if !e.seqs.insert(seq) {
+                    let outbox = record.outbox_id.clone().unwrap_or_default();
+                    if !e.seqs.insert((outbox, seq)) {
                         e.duplicate_statuses += 1;
                         return false;
                     }

@@ -3,7 +3,10 @@
 //! up again), with real processes: `installed` reported while the portal
 //! is down survives a SIGKILL of the box; a box killed after the portal
 //! confirmed a status but before it forgot it sends it again, and the
-//! portal records it once; and the reference portal's side of "once".
+//! portal records it once; a kill on either side of a commit or a rollback
+//! neither loses its verdict (`installed`, `installation_cancelled`) nor
+//! sends one for a verdict that never happened; and the reference portal's
+//! side of "once".
 
 use std::{os::unix::process::ExitStatusExt, path::Path, time::Duration};
 
@@ -126,6 +129,174 @@ fn installed_reported_while_the_portal_is_down_reaches_it_once_after_a_sigkill_a
     ensure!(portal.stats_report()?.duplicate_statuses == 0);
     ensure!(b.is_running() && b.exits() == [EXIT_RESTART]);
     ensure!(b.stop()?.success());
+    Ok(())
+}
+
+/// The statuses `env`'s portal has, as (status, message, seq).
+fn heard(portal: &dyn PortalApi, env: &str) -> Result<Vec<(String, String, Option<u64>)>> {
+    let report = portal.environment_report(env)?.context("the environment")?;
+    Ok(report
+        .statuses
+        .iter()
+        .map(|s| {
+            (
+                s.status.as_str().unwrap_or_default().to_owned(),
+                s.status_message.as_str().unwrap_or_default().to_owned(),
+                s.seq,
+            )
+        })
+        .collect())
+}
+
+/// Every status arrived once, numbered 1, 2, 3... with no gap: none was
+/// lost and none numbered for a verdict that never happened.
+fn numbered_without_gaps(heard: &[(String, String, Option<u64>)]) -> Result<()> {
+    let seqs: Vec<Option<u64>> = heard.iter().map(|h| h.2).collect();
+    let want: Vec<Option<u64>> = (1..=heard.len() as u64).map(Some).collect();
+    ensure!(seqs == want, "statuses numbered 1..n once each: {heard:?}");
+    Ok(())
+}
+
+#[test]
+fn a_kill_on_either_side_of_the_commit_reports_installed_once() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
+    let set = vec![ModuleSpec::new("com.example.cam:alpha:1.0", 20_000)];
+    portal.publish_all(&dir.path().join("files"), &set)?;
+    // After the commit (the held verdict is released at the next start;
+    // before it was held, `installed` was lost there), and before it (the
+    // held verdict is dropped: the next start is on probation again and
+    // commits).
+    for (n, point) in ["commit.probation-removed", "verdict.held"]
+        .into_iter()
+        .enumerate()
+    {
+        let env = env_uuid(35 + n);
+        portal.assign_set(&env, &coords(&set))?;
+        let mut b = ManagedBox::new(&BoxSettings::new(&portal, Some(&env)))?;
+        b.spawn()?;
+        let first = b.wait_exit(CONVERGE)?;
+        ensure!(first.code() == Some(EXIT_RESTART), "{first:?}");
+        b.spawn_with_env(&[("BANALYTICS_FAILPOINT", point)])?;
+        let killed = b.wait_exit(CONVERGE)?;
+        ensure!(
+            killed.signal() == Some(libc::SIGKILL),
+            "{point}: {killed:?}; {}",
+            b.log_tail(20)
+        );
+        ensure!(
+            b.path().join("state/portal-outbox/verdict.held").is_file(),
+            "{point}: the verdict is held across the commit"
+        );
+        b.spawn()?;
+        portal.wait_for_status(&env, "installed", 0, CONVERGE)?;
+        b.run_until(DEADLINE, "the box's outbox to empty", |b| {
+            outbox(&b.path()).is_empty().then_some(())
+        })?;
+        let heard = heard(&portal, &env)?;
+        let installed = heard.iter().filter(|h| h.0 == "installed").count();
+        ensure!(installed == 1, "{point}: installed once: {heard:?}");
+        numbered_without_gaps(&heard).context(point)?;
+        ensure!(
+            !b.path().join("state/portal-outbox/verdict.held").exists(),
+            "{point}: settled"
+        );
+        ensure!(b.stop()?.success());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_kill_right_after_a_rollback_still_reports_its_reason_once() -> Result<()> {
+    let _machine = crate::machine::shared();
+    use crate::probation::{drill, world, ALPHA, BROKEN};
+    let w = world()?;
+    let env = env_uuid(37);
+    w.portal
+        .assign_set(&env, &[ALPHA.to_owned(), BROKEN.to_owned()])?;
+    let mut settings = BoxSettings::new(&w.portal, Some(&env));
+    settings.max_boot_attempts = 1;
+    settings.components = drill("stop");
+    let mut b = ManagedBox::new(&settings)?;
+    // Staged; then the one start the set gets fails.
+    for what in [
+        "the first run stages the set",
+        "the start on probation fails",
+    ] {
+        b.spawn()?;
+        let exit = b.wait_exit(CONVERGE)?;
+        ensure!(exit.code() == Some(EXIT_RESTART), "{what}: {exit:?}");
+    }
+    // The start that rolls back is killed as the rollback ends, before the
+    // report is released.
+    b.spawn_with_env(&[("BANALYTICS_FAILPOINT", "rollback.6.probation-cleared")])?;
+    let killed = b.wait_exit(CONVERGE)?;
+    ensure!(
+        killed.signal() == Some(libc::SIGKILL),
+        "{killed:?}; {}",
+        b.log_tail(20)
+    );
+    b.spawn()?;
+    // Its own report, not the refusal of the quarantined set that a later
+    // synchronisation would send ("this target set was rolled back at").
+    const REASON: &str = "the new module set did not stay in RUN";
+    b.run_until(CONVERGE, "the rollback's reason", |_| {
+        let heard = heard(&w.portal, &env).ok()?;
+        heard
+            .iter()
+            .any(|h| h.0 == "installation_cancelled" && h.1.starts_with(REASON))
+            .then_some(())
+    })?;
+    b.run_until(DEADLINE, "the box's outbox to empty", |b| {
+        outbox(&b.path()).is_empty().then_some(())
+    })?;
+    let heard = heard(&w.portal, &env)?;
+    let reports: Vec<_> = heard.iter().filter(|h| h.1.starts_with(REASON)).collect();
+    ensure!(
+        reports.len() == 1 && reports[0].1.contains("failure drill"),
+        "the rollback reported once, with its reason: {heard:?}"
+    );
+    numbered_without_gaps(&heard)?;
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_home_provisioned_again_for_the_same_environment_is_heard_and_not_dropped_as_a_duplicate(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
+    let set = vec![ModuleSpec::new("com.example.cam:alpha:1.0", 20_000)];
+    portal.publish_all(&dir.path().join("files"), &set)?;
+    let env = env_uuid(38);
+    portal.assign_set(&env, &coords(&set))?;
+    // The same environment twice, each time in a new home: the second
+    // outbox numbers its statuses from 1 again.
+    let mut seqs = Vec::new();
+    for home in ["first", "provisioned again"] {
+        let before = portal.statuses(&env)?.len();
+        let mut b = ManagedBox::new(&BoxSettings::new(&portal, Some(&env)))?;
+        b.spawn()?;
+        b.run_until(CONVERGE, "installed", |_| {
+            let lines = portal.statuses(&env).ok()?;
+            lines
+                .get(before..)?
+                .iter()
+                .any(|l| l.status == "installed")
+                .then_some(())
+        })
+        .context(home)?;
+        ensure!(b.stop()?.success());
+        seqs.push(heard(&portal, &env)?[before..].to_vec());
+    }
+    ensure!(
+        seqs[0].iter().map(|h| h.2).eq(seqs[1].iter().map(|h| h.2)),
+        "both homes numbered the same statuses alike: {seqs:?}"
+    );
+    let report = portal.environment_report(&env)?.context("env")?;
+    ensure!(report.duplicate_statuses == 0, "{report:?}");
     Ok(())
 }
 
