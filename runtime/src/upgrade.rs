@@ -72,7 +72,7 @@ impl Default for HostKeys {
             max_boot_attempts: swap::DEFAULT_MAX_BOOT_ATTEMPTS,
             restart_mode: RestartMode::platform_default(),
             restart_command: RestartMode::default_command(),
-            max_defer: banalytics_upgrade_center::DEFAULT_MAX_DEFER.to_owned(),
+            max_defer: banalytics_messages::upgrade::DEFAULT_MAX_DEFER.to_owned(),
         }
     }
 }

@@ -173,13 +173,8 @@ pub struct UpgradeConfig {
 }
 
 fn default_max_defer() -> String {
-    DEFAULT_MAX_DEFER.to_owned()
+    banalytics_messages::upgrade::DEFAULT_MAX_DEFER.to_owned()
 }
-
-/// The default of `max_defer`: long enough for an alarm clip or a
-/// recording segment to finish, short enough that a stuck lease does not
-/// keep a box on an old set for a day.
-pub const DEFAULT_MAX_DEFER: &str = "30m";
 
 fn default_restart_mode() -> RestartMode {
     RestartMode::platform_default()

@@ -17,6 +17,8 @@ use banalytics_tests::e2e::{
 };
 use serde_json::json;
 
+use crate::probation::{drill, world, ALPHA, BROKEN};
+
 /// How long a synchronisation, a restart and a commit may take on a loaded
 /// two-core machine with debug builds.
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -286,7 +288,6 @@ fn a_busy_lease_never_defers_the_restart_beyond_max_defer() -> Result<()> {
 
 #[test]
 fn the_busy_gate_also_holds_the_restart_a_failed_probation_causes() -> Result<()> {
-    use crate::probation::{drill, world, ALPHA, BROKEN};
     let _machine = crate::machine::shared();
     let w = world()?;
     let env = env_uuid(1207);
