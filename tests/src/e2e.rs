@@ -355,11 +355,38 @@ pub fn portal_bin() -> Result<PathBuf> {
             return Ok(bin);
         }
     }
-    bail!(
-        "banalytics-portal not found near {}: build it (`cargo build -p banalytics-tests --bin banalytics-portal`) or set BANALYTICS_PORTAL_BIN",
-        exe.display()
-    )
+    // A package of its own since the console: `cargo test --workspace`
+    // builds it, `cargo test -p banalytics-tests` alone does not.
+    let beside = beside.context("no folder of the running executable")?;
+    let dir = match beside.parent() {
+        Some(up) if beside.ends_with("deps") => up,
+        _ => beside,
+    };
+    let mut build = cargo_command();
+    build.args([
+        "build",
+        "-p",
+        "banalytics-portal",
+        "--bin",
+        "banalytics-portal",
+    ]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().context("building banalytics-portal")?;
+    let bin = dir.join("banalytics-portal");
+    if !status.success() || !bin.is_file() {
+        bail!(
+            "banalytics-portal not found near {}: build it (`cargo build -p banalytics-portal`) or set BANALYTICS_PORTAL_BIN",
+            exe.display()
+        );
+    }
+    Ok(bin)
 }
+
+/// The admin token the harness gives every portal process it starts (the
+/// portal stores only its hash); a person's portal makes its own.
+pub const HARNESS_ADMIN_TOKEN: &str = "banalytics-tests-admin-token";
 
 /// The real `banalytics-portal serve`, a process of its own so that a test
 /// can SIGKILL it; SIGKILLed on drop.
@@ -386,6 +413,7 @@ impl PortalProcess {
         let mut child = cmd
             .args(extra)
             .env("RUST_LOG", "warn")
+            .env("BANALYTICS_PORTAL_TOKEN", HARNESS_ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
@@ -427,13 +455,23 @@ impl PortalProcess {
             data: data.to_path_buf(),
             log,
             runtime,
-            client: AdminClient::new(url),
+            client: AdminClient::new(url).with_token(Some(HARNESS_ADMIN_TOKEN)),
         })
     }
 
     /// The address it listens on (to start it again on the same port).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// A client of its admin API, with the harness's token.
+    pub fn admin(&self) -> AdminClient {
+        self.client.clone()
+    }
+
+    /// Runs `f` (a call of [`PortalProcess::admin`]) to completion.
+    pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(f)
     }
 
     /// The data folder.
@@ -912,7 +950,7 @@ pub fn ensure_binaries() -> Result<PathBuf> {
     let release = dir.ends_with("release");
     for (package, bin) in [
         ("banalytics-runtime", "banalytics-box"),
-        ("banalytics-tests", "banalytics-portal"),
+        ("banalytics-portal", "banalytics-portal"),
     ] {
         let mut build = cargo_command();
         build.args(["build", "-p", package, "--bin", bin]);

@@ -10,7 +10,14 @@ pub const PLATFORM: &str = env!("BANALYTICS_TESTS_TARGET");
 pub mod e2e;
 pub mod fixtures;
 pub mod fleet;
-pub mod portal;
+pub mod simbox;
+
+/// The reference portal, a crate of its own (`tests/portal`).
+pub use banalytics_portal as portal;
+
+// The `upgrade-bench` binary parses its arguments with it; a package's
+// binaries can only use the dependencies of its library.
+use clap as _;
 
 use std::{
     path::{Path, PathBuf},

@@ -15,9 +15,11 @@
 //! running as the launcher's child from `modules/`; after the rollback
 //! core 1.0, the launcher itself.
 //! Ends with what moved, the bytes and the time of each phase; exits 0 and
-//! leaves nothing running.
+//! leaves nothing running. It prints the fleet console's URL and the admin
+//! token at the start; with `--keep` the portal and the box stay up at the
+//! end, so that a person can look at the console, until Ctrl-C.
 //!
-//! `cargo run --release -p banalytics-tests --bin banalytics-demo`
+//! `cargo run --release -p banalytics-tests --bin banalytics-demo [-- --keep]`
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
@@ -385,6 +387,11 @@ fn step(n: u32, what: &str) {
 }
 
 fn main() -> Result<()> {
+    let keep = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--keep") => true,
+        Some(other) => bail!("unknown argument {other:?}: the demo takes only --keep"),
+    };
     let bin = ensure_binaries()?;
     let plugin = ensure_sample_plugin()?;
     let core_v2 = ensure_core_v2()?;
@@ -398,9 +405,19 @@ fn main() -> Result<()> {
         portal.url(),
         portal.repo_url()
     );
-    let result = demo(&portal, dir.path(), &plugin, [&bin, &core_v2]);
-    portal.shutdown_blocking();
-    let phases = result?;
+    println!(
+        "fleet console: {} (admin token {})",
+        portal.console_url(),
+        portal.new_admin_token().unwrap_or("?")
+    );
+    let result = demo(&portal, dir.path(), &plugin, [&bin, &core_v2], keep);
+    let (phases, kept) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            portal.shutdown_blocking();
+            return Err(e);
+        }
+    };
 
     println!("\n== summary");
     println!(
@@ -417,6 +434,20 @@ fn main() -> Result<()> {
             p.took.as_secs_f64()
         );
     }
+    if let Some(mut b) = kept {
+        println!(
+            "\n--keep: the portal and the box stay up; look at {} (admin token {}); Ctrl-C stops both",
+            portal.console_url(),
+            portal.new_admin_token().unwrap_or("?")
+        );
+        wait_for_ctrl_c(&mut b)?;
+        // Ctrl-C in a terminal reaches the box too (one process group).
+        match b.stop() {
+            Ok(status) => println!("   box exit status: {}", status.code().unwrap_or(-1)),
+            Err(e) => println!("   box: {e:#}"),
+        }
+    }
+    portal.shutdown_blocking();
     println!("\nthe portal and the box are stopped; nothing is left running");
     Ok(())
 }
@@ -426,7 +457,8 @@ fn demo(
     dir: &Path,
     plugin: &Path,
     [core_v1, core_v2]: [&Path; 2],
-) -> Result<Vec<Phase>> {
+    keep: bool,
+) -> Result<(Vec<Phase>, Option<ManagedBox>)> {
     step(1, "publish v1 and v2 on the reference portal");
     let files = dir.join("files");
     let mut all = v1();
@@ -561,10 +593,35 @@ fn demo(
     if !out.status.success() {
         bail!("verify failed: {}", String::from_utf8_lossy(&out.stderr));
     }
+    if keep {
+        return Ok((phases, Some(b)));
+    }
     let status = b.stop()?;
     println!("   box exit status: {}", status.code().unwrap_or(-1));
     if !status.success() {
         bail!("the box exited with {status}");
     }
-    Ok(phases)
+    Ok((phases, None))
+}
+
+/// Supervises `b` (as a service manager would) until Ctrl-C.
+fn wait_for_ctrl_c(b: &mut ManagedBox) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        if let Ok(rt) = rt {
+            let _ = rt.block_on(tokio::signal::ctrl_c());
+        }
+        let _ = tx.send(());
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                b.supervise()?;
+            }
+            _ => return Ok(()),
+        }
+    }
 }

@@ -7,6 +7,13 @@
 //! and the most connection attempts the portal saw in any one second.
 //!
 //! `cargo run --release -p banalytics-tests --bin fleet-bench -- [BOXES] [DOWN_SECONDS]`
+//!
+//! `fleet-bench rollout [BOXES]` (200 by default) runs a staged rollout
+//! instead: BOXES simulated boxes ([`banalytics_tests::simbox`], in-process
+//! protocol clients, since 200 box processes do not fit the machine)
+//! against one `banalytics-portal` process, a set rolled out in three waves
+//! (1 box, 10 %, the rest). Prints the time of each wave and of the whole
+//! rollout, and the portal process's peak RSS.
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
@@ -17,9 +24,16 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use banalytics_tests::{
-    e2e::{ensure_binaries, rss_kib, served_files, ModuleSpec, PortalApi, PortalProcess},
+    e2e::{
+        ensure_binaries, env_uuid, peak_rss_kib, rss_kib, served_files, ModuleSpec, PortalApi,
+        PortalProcess,
+    },
     fleet::Fleet,
-    portal::ModuleObject,
+    portal::{
+        rollout::{RolloutSpec, RolloutState, DEFAULT_REPORT_TIMEOUT_MS, DEFAULT_WAVES},
+        ModuleObject,
+    },
+    simbox::SimBox,
 };
 
 const KIB: u64 = 1024;
@@ -66,7 +80,141 @@ fn bytes(portal: &PortalProcess, needed: &[&ModuleObject], boxes: usize) -> Resu
     Ok((served, minimum))
 }
 
+/// A simulated box's install time: a real box's restart and grace period
+/// are seconds; this keeps the waves visible without making the run long.
+const SIM_INSTALL: Duration = Duration::from_millis(300);
+
+fn rollout_bench(boxes: usize) -> Result<()> {
+    ensure_binaries()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rollout-bench-")
+        .tempdir()?;
+    let portal = PortalProcess::start(&dir.path().join("portal"), None, &[])?;
+    let set = v2();
+    portal.publish_all(&dir.path().join("files"), &set)?;
+    let envs: Vec<String> = (0..boxes).map(env_uuid).collect();
+    let sims = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    let tasks: Vec<_> = envs
+        .iter()
+        .map(|env| {
+            let sim = SimBox {
+                ws_url: format!(
+                    "ws://{}/portal-integration?environmentUuid={env}&environmentHash=sim",
+                    portal.addr()
+                ),
+                env: env.clone(),
+                install_time: SIM_INSTALL,
+            };
+            sims.spawn(sim.run(stop_rx.clone()))
+        })
+        .collect();
+    let connected = loop {
+        let n = portal
+            .environment_reports()?
+            .iter()
+            .filter(|e| e.connected)
+            .count();
+        if n == boxes {
+            break t.elapsed();
+        }
+        if t.elapsed() > CONVERGE {
+            bail!("only {n} of {boxes} simulated boxes connected");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let admin = portal.admin();
+    let spec = RolloutSpec {
+        name: "fleet-bench".into(),
+        target: coords(&set),
+        environments: envs.clone(),
+        waves: DEFAULT_WAVES.to_vec(),
+        failure_threshold_percent: 0,
+        report_timeout_ms: DEFAULT_REPORT_TIMEOUT_MS,
+    };
+    let t = Instant::now();
+    let started = portal.block_on(admin.start_rollout(&spec))?;
+    let mut wave_done: Vec<Duration> = Vec::new();
+    let finished = loop {
+        let r = portal
+            .block_on(admin.rollouts())?
+            .into_iter()
+            .find(|r| r.id == started.id)
+            .context("the rollout")?;
+        while wave_done.len() < r.current_wave.min(r.waves.len()) {
+            wave_done.push(t.elapsed());
+        }
+        match r.state {
+            RolloutState::Finished => break r,
+            RolloutState::Running => {}
+            other => bail!("the rollout stopped: {other:?}"),
+        }
+        if t.elapsed() > CONVERGE {
+            bail!("the rollout did not finish within {CONVERGE:?}: {r:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t.elapsed();
+    let peak = peak_rss_kib(portal.pid());
+    let _ = stop_tx.send(true);
+    let installs: usize = sims
+        .block_on(async {
+            let mut n = 0;
+            for t in tasks {
+                n += t.await??;
+            }
+            anyhow::Ok(n)
+        })
+        .context("the simulated boxes")?;
+
+    println!("\nfleet-bench rollout: {boxes} simulated boxes (in-process protocol clients), one banalytics-portal process, loopback");
+    println!(
+        "{:<58} {:.2} s",
+        "all boxes connected after",
+        connected.as_secs_f64()
+    );
+    let sizes: Vec<String> = finished.waves.iter().map(|w| w.len().to_string()).collect();
+    println!("{:<58} {}", "waves (boxes)", sizes.join(" / "));
+    let mut before = Duration::ZERO;
+    for (i, done) in wave_done.iter().enumerate() {
+        println!(
+            "{:<58} {:.2} s (ended {:.2} s after the start)",
+            format!("  wave {} took", i + 1),
+            (*done - before).as_secs_f64(),
+            done.as_secs_f64()
+        );
+        before = *done;
+    }
+    println!(
+        "{:<58} {:.2} s",
+        "3-wave rollout: all installed after",
+        took.as_secs_f64()
+    );
+    println!(
+        "{:<58} {} of {boxes}",
+        "  installed sets reported", installs
+    );
+    println!("{:<58} {SIM_INSTALL:?}", "  simulated install time per box");
+    println!(
+        "{:<58} {}",
+        "portal peak RSS (VmHWM)",
+        peak.map_or_else(|| "?".to_string(), |k| format!("{k} KiB"))
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("rollout") {
+        let boxes = std::env::args()
+            .nth(2)
+            .map_or(Ok(200), |a| a.parse())
+            .context("BOXES")?;
+        return rollout_bench(boxes);
+    }
     let mut args = std::env::args().skip(1);
     let boxes: usize = args.next().map_or(Ok(50), |a| a.parse()).context("BOXES")?;
     let down_s: u64 = args

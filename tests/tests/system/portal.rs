@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use banalytics_tests::{
+    e2e::HARNESS_ADMIN_TOKEN,
     portal::{
         artifact_path, Faults, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest,
     },
@@ -145,10 +146,11 @@ struct PortalProcess {
 
 impl PortalProcess {
     fn start(data: &Path, extra: &[&str]) -> Result<PortalProcess> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_banalytics-portal"))
+        let mut child = Command::new(banalytics_tests::e2e::portal_bin()?)
             .arg("serve")
             .arg("--data")
             .arg(data)
+            .env("BANALYTICS_PORTAL_TOKEN", HARNESS_ADMIN_TOKEN)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -182,7 +184,8 @@ impl PortalProcess {
 
     /// Runs a client command against this portal (via `DATA/portal.addr`).
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_banalytics-portal"))
+        Command::new(banalytics_tests::e2e::portal_bin().expect("the portal binary"))
+            .env("BANALYTICS_PORTAL_TOKEN", HARNESS_ADMIN_TOKEN)
             .arg("--data")
             .arg(&self.data)
             .args(args)

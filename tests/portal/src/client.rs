@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
+    rollout::{Rollout, RolloutSpec},
     AssignRawRequest, AssignRequest, Delivered, EnvironmentReport, Faults, ModuleObject,
     PublishRequest, SendRawRequest, StatsReport, SyncRequest,
 };
@@ -16,6 +17,7 @@ use super::{
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl AdminClient {
@@ -24,7 +26,14 @@ impl AdminClient {
         AdminClient {
             base: url.trim().trim_end_matches('/').to_string(),
             http: reqwest::Client::new(),
+            token: None,
         }
+    }
+
+    /// The same client, sending the admin token with every call.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(str::to_string);
+        self
     }
 
     /// A client of the portal whose data folder is `dir` (reads
@@ -54,6 +63,9 @@ impl AdminClient {
     ) -> Result<T> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -160,6 +172,38 @@ impl AdminClient {
     pub async fn reset_stats(&self) -> Result<StatsReport> {
         self.call(reqwest::Method::POST, "/admin/stats/reset", None::<&()>)
             .await
+    }
+
+    /// `GET /admin/rollouts`, newest first.
+    pub async fn rollouts(&self) -> Result<Vec<Rollout>> {
+        self.call(reqwest::Method::GET, "/admin/rollouts", None::<&()>)
+            .await
+    }
+
+    /// `POST /admin/rollouts`: starts a rollout.
+    pub async fn start_rollout(&self, spec: &RolloutSpec) -> Result<Rollout> {
+        self.call(reqwest::Method::POST, "/admin/rollouts", Some(spec))
+            .await
+    }
+
+    /// `POST /admin/rollouts/ID/resume`.
+    pub async fn resume_rollout(&self, id: u64) -> Result<Rollout> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/admin/rollouts/{id}/resume"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /admin/rollouts/ID/cancel`.
+    pub async fn cancel_rollout(&self, id: u64) -> Result<Rollout> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/admin/rollouts/{id}/cancel"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `GET /admin/faults`.

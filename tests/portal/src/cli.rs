@@ -7,7 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use super::{AdminClient, Faults, ModuleType, Portal, PortalConfig, PublishRequest};
+use super::{
+    rollout::{Rollout, RolloutSpec, RolloutState, WaveSize, DEFAULT_REPORT_TIMEOUT_MS},
+    AdminClient, Faults, ModuleType, Portal, PortalConfig, PublishRequest,
+};
 
 /// The reference Banalytics portal: the portal protocol on
 /// `/portal-integration` and a Maven-layout repository on `/repo/`.
@@ -25,6 +28,16 @@ pub struct Cli {
     /// A running portal's URL; default: read from `DATA/portal.addr`.
     #[arg(long, global = true)]
     pub portal: Option<String>,
+    /// The admin token. Clients send it; `serve` stores its hash as the
+    /// admin token (otherwise `serve` makes one at the first start and
+    /// prints it once).
+    #[arg(
+        long,
+        global = true,
+        env = "BANALYTICS_PORTAL_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -161,6 +174,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start a rollout: a target set to a group, in waves.
+    RolloutStart {
+        /// A name for people.
+        #[arg(long, default_value = "rollout")]
+        name: String,
+        /// An environment of the group (repeat, in wave order).
+        #[arg(long = "env", required = true)]
+        envs: Vec<String>,
+        /// A wave size: `N` boxes, `P%` of the group, or `rest` (repeat).
+        #[arg(long = "wave", value_parser = parse_wave, default_values = ["1", "10%", "rest"])]
+        waves: Vec<WaveSize>,
+        /// Halt when more than this percentage of a wave failed.
+        #[arg(long, default_value_t = 0)]
+        threshold: u8,
+        /// Seconds a box has to report a verdict after it was assigned.
+        #[arg(long, default_value_t = DEFAULT_REPORT_TIMEOUT_MS / 1000)]
+        timeout_s: u64,
+        /// `groupId:artifactId:version`, each published: the target set.
+        #[arg(required = true)]
+        coordinates: Vec<String>,
+    },
+    /// List rollouts, newest first.
+    Rollouts {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a halted rollout (its failures so far are accepted).
+    RolloutResume {
+        /// The rollout's number.
+        id: u64,
+    },
+    /// Cancel a rollout: no further box is assigned.
+    RolloutCancel {
+        /// The rollout's number.
+        id: u64,
+    },
     /// Send an arbitrary text frame to an environment (tests).
     SendRaw {
         /// The environment UUID.
@@ -217,10 +267,11 @@ pub fn main() -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     let client = || -> Result<AdminClient> {
-        match &cli.portal {
-            Some(url) => Ok(AdminClient::new(url)),
-            None => AdminClient::from_data_dir(&cli.data),
-        }
+        let c = match &cli.portal {
+            Some(url) => AdminClient::new(url),
+            None => AdminClient::from_data_dir(&cli.data)?,
+        };
+        Ok(c.with_token(cli.token.as_deref()))
     };
     match cli.command {
         Command::Serve {
@@ -233,6 +284,7 @@ async fn run(cli: Cli) -> Result<()> {
                 listen,
                 state_file: state_file.clone(),
                 faults: faults.clone().into(),
+                admin_token: cli.token.clone(),
             })
             .await
         }
@@ -355,6 +407,44 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::RolloutStart {
+            ref name,
+            ref envs,
+            ref waves,
+            threshold,
+            timeout_s,
+            ref coordinates,
+        } => {
+            let r = client()?
+                .start_rollout(&RolloutSpec {
+                    name: name.clone(),
+                    target: coordinates.clone(),
+                    environments: envs.clone(),
+                    waves: waves.clone(),
+                    failure_threshold_percent: threshold.min(100),
+                    report_timeout_ms: timeout_s.saturating_mul(1000),
+                })
+                .await?;
+            print_rollout(&r);
+            Ok(())
+        }
+        Command::Rollouts { json } => {
+            let rollouts = client()?.rollouts().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rollouts)?);
+            } else {
+                rollouts.iter().for_each(print_rollout);
+            }
+            Ok(())
+        }
+        Command::RolloutResume { id } => {
+            print_rollout(&client()?.resume_rollout(id).await?);
+            Ok(())
+        }
+        Command::RolloutCancel { id } => {
+            print_rollout(&client()?.cancel_rollout(id).await?);
+            Ok(())
+        }
         Command::SendRaw {
             ref env,
             ref text,
@@ -415,17 +505,56 @@ fn module_label(m: &Value) -> String {
     }
 }
 
+fn print_rollout(r: &Rollout) {
+    let halted = match &r.state {
+        RolloutState::Halted { reason } => format!(" ({reason})"),
+        _ => String::new(),
+    };
+    println!(
+        "rollout {} {:?} {}{halted}: wave {} of {}, {} of {} installed, {} failed; target {}",
+        r.id,
+        r.spec.name,
+        r.state.as_str(),
+        (r.current_wave + 1).min(r.waves.len()),
+        r.waves.len(),
+        r.installed(),
+        r.boxes.len(),
+        r.failed(),
+        r.spec.target.join(", ")
+    );
+}
+
+fn parse_wave(value: &str) -> std::result::Result<WaveSize, String> {
+    WaveSize::parse(value).ok_or_else(|| format!("{value:?} is not N, P% or rest"))
+}
+
 async fn serve(config: PortalConfig) -> Result<()> {
     let handle = Portal::start(config).await?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening {}", handle.url())?;
-        out.flush()?;
-    }
+    // Before the `listening` line: a parent may signal as soon as it reads it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    // One write: a parent that reads only the `listening` line and closes
+    // the pipe must not make a later line fail with EPIPE.
+    let mut lines = format!(
+        "listening {}\nconsole {}\n",
+        handle.url(),
+        handle.console_url()
+    );
+    if let Some(token) = handle.new_admin_token() {
+        lines.push_str(&format!(
+            "admin token {token} (shown once: only its SHA-256 is kept, in {})\n",
+            handle.data_dir().join("admin-token.sha256").display()
+        ));
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(lines.as_bytes())?;
+        out.flush()?;
+    }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("stopping");

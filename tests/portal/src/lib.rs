@@ -31,12 +31,23 @@
 //! banalytics-portal --data ./portal environments
 //! ```
 
+#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
+#![warn(missing_docs)]
+
+/// The target triple this portal is built for (the tests' boxes are built
+/// together with it): the platform [`ModuleObject::main_size`] reports.
+pub const PLATFORM: &str = env!("BANALYTICS_PORTAL_TARGET");
+
 mod admin;
+pub mod auth;
 pub mod cli;
 pub mod client;
+mod console;
 mod faults;
 mod protocol;
 mod repo;
+pub mod rollout;
+mod rollouts;
 mod stats;
 mod store;
 
@@ -125,6 +136,10 @@ pub struct PortalConfig {
     pub state_file: Option<PathBuf>,
     /// Fault switches at start.
     pub faults: Faults,
+    /// The admin token, when the operator chooses it; otherwise one is
+    /// made at the first start ([`PortalHandle::new_admin_token`]). Only
+    /// its hash is stored.
+    pub admin_token: Option<String>,
 }
 
 impl PortalConfig {
@@ -135,6 +150,7 @@ impl PortalConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_file: None,
             faults: Faults::default(),
+            admin_token: None,
         }
     }
 }
@@ -149,6 +165,12 @@ pub(crate) struct App {
     faults: Mutex<Faults>,
     etags: repo::EtagCache,
     shutdown: watch::Receiver<bool>,
+    auth: auth::Auth,
+    rollouts: rollouts::Rollouts,
+    console: console::ConsoleState,
+    /// Bumped on every change the console shows; its pages' event streams
+    /// wait on it (a watch coalesces a burst into one update).
+    changes: watch::Sender<u64>,
     /// Cloned by each WebSocket task; taken at shutdown so that the
     /// receiver sees every task end.
     tasks: Mutex<Option<mpsc::Sender<()>>>,
@@ -167,6 +189,23 @@ impl App {
         n
     }
 
+    /// Tells the console's live pages that something changed.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A status was recorded for `env`: the rollouts and the console learn
+    /// of it.
+    fn status_recorded(&self, env: &str, record: &StatusRecord) {
+        let status = record.status.as_str().unwrap_or_default();
+        if status == "installed" {
+            let set = self.store.assignments().remove(env).unwrap_or_default();
+            self.console.installed(env, set);
+        }
+        self.rollout_status(env, status, record.status_message.as_str());
+        self.changed();
+    }
+
     fn environments(&self) -> Vec<EnvironmentReport> {
         self.envs.reports(&self.store.assignments())
     }
@@ -180,6 +219,21 @@ impl App {
 /// Resolves once shutdown is signalled (or the signal is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// How often the rollouts' time limits are checked.
+const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ticks the rollouts until shutdown.
+async fn rollout_clock(app: Arc<App>) {
+    let mut stop = app.shutdown.clone();
+    let mut every = tokio::time::interval(ROLLOUT_TICK);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            _ = every.tick() => app.rollout_tick(),
+        }
+    }
 }
 
 /// Starts portals.
@@ -199,6 +253,11 @@ impl Portal {
             .clone()
             .unwrap_or_else(|| data_dir.join("portal-state.json"));
         let store = store::Store::open(state_file, repo_dir.clone())?;
+        let (auth, new_admin_token) = auth::Auth::open(
+            &data_dir.join("admin-token.sha256"),
+            config.admin_token.as_deref(),
+        )?;
+        let rollouts = rollouts::Rollouts::open(data_dir.join("rollouts.json"))?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| PortalError::Bind {
@@ -220,12 +279,18 @@ impl Portal {
             faults: Mutex::new(config.faults.clone()),
             etags: repo::EtagCache::default(),
             shutdown: shutdown_rx.clone(),
+            auth,
+            rollouts,
+            changes: watch::channel(0).0,
+            console: console::ConsoleState::default(),
             tasks: Mutex::new(Some(tasks_tx)),
         });
+        tokio::spawn(rollout_clock(app.clone()));
         let router = Router::new()
             .route("/portal-integration", get(protocol::upgrade))
             .route("/repo/{*path}", get(repo::serve))
-            .merge(admin::router())
+            .merge(admin::router(app.clone()))
+            .merge(console::router(app.clone()))
             .with_state(app.clone());
         let url = format!("http://{addr}");
         let addr_file = data_dir.join("portal.addr");
@@ -258,6 +323,7 @@ impl Portal {
             shutdown: shutdown_tx,
             done: Some(done_rx),
             runtime: None,
+            new_admin_token,
         })
     }
 
@@ -286,9 +352,45 @@ pub struct PortalHandle {
     shutdown: watch::Sender<bool>,
     done: Option<oneshot::Receiver<()>>,
     runtime: Option<tokio::runtime::Runtime>,
+    new_admin_token: Option<String>,
 }
 
 impl PortalHandle {
+    /// The admin token made at this first start of the data folder, the
+    /// only time it exists in clear; `None` on later starts and when the
+    /// operator chose it.
+    pub fn new_admin_token(&self) -> Option<&str> {
+        self.new_admin_token.as_deref()
+    }
+
+    /// `http://ADDR/console`, the fleet console.
+    pub fn console_url(&self) -> String {
+        format!("http://{}/console", self.addr)
+    }
+
+    /// Starts a rollout of `spec`.
+    pub fn start_rollout(
+        &self,
+        spec: rollout::RolloutSpec,
+    ) -> Result<rollout::Rollout, PortalError> {
+        self.app.start_rollout(spec)
+    }
+
+    /// Every rollout, newest first.
+    pub fn rollouts(&self) -> Vec<rollout::Rollout> {
+        self.app.rollouts.list()
+    }
+
+    /// Resumes a halted rollout.
+    pub fn resume_rollout(&self, id: u64) -> Result<rollout::Rollout, PortalError> {
+        self.app.resume_rollout(id)
+    }
+
+    /// Cancels a rollout.
+    pub fn cancel_rollout(&self, id: u64) -> Result<rollout::Rollout, PortalError> {
+        self.app.cancel_rollout(id)
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -346,6 +346,19 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses a set with unknown or malformed coordinates.
+    pub(crate) fn check_set(&self, coordinates: &[String]) -> Result<(), PortalError> {
+        let state = self.state.lock().expect("store lock");
+        for c in coordinates {
+            let (g, a, v) = parse_coordinates(c)?;
+            let key = format!("{g}:{a}:{v}");
+            if !state.modules.contains_key(&key) {
+                return Err(PortalError::UnknownModule { coordinates: key });
+            }
+        }
+        Ok(())
+    }
+
     /// Makes `coordinates` the whole target set of `env`. Unknown or
     /// malformed coordinates refuse the whole set and change nothing.
     pub(crate) fn assign(

@@ -2,12 +2,13 @@
 //! `sync`, `environments`, `send-raw`, `stats` and `faults` commands call.
 //! It can publish files from the portal's own disk and push frames to boxes,
 //! so it answers loopback peers only, whatever address the portal listens
-//! on.
+//! on, and only with the admin token (`Authorization: Bearer TOKEN`, see
+//! [`super::auth`]). The rollouts' calls are here too.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State},
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::warn;
 
-use super::{App, Faults, PortalError, PublishRequest};
+use super::{rollout::RolloutSpec, App, Faults, PortalError, PublishRequest};
 
 /// Largest admin request body: `send-raw` must be able to carry a frame
 /// over the protocol's 4 MiB limit, to test that the box refuses it.
@@ -69,7 +70,7 @@ pub struct Delivered {
     pub delivered: usize,
 }
 
-pub(crate) fn router() -> Router<Arc<App>> {
+pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
         .route("/admin/publish", post(publish))
         .route("/admin/modules", get(modules))
@@ -81,8 +82,69 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .route("/admin/stats", get(stats))
         .route("/admin/stats/reset", post(reset_stats))
         .route("/admin/faults", get(get_faults).put(put_faults))
+        .route("/admin/rollouts", get(rollouts).post(start_rollout))
+        .route("/admin/rollouts/{id}/resume", post(resume_rollout))
+        .route("/admin/rollouts/{id}/cancel", post(cancel_rollout))
         .layer(DefaultBodyLimit::max(MAX_ADMIN_BODY))
+        .route_layer(middleware::from_fn_with_state(app, token_required))
         .route_layer(middleware::from_fn(loopback_only))
+}
+
+/// Refuses a request without the admin token; a wrong token counts
+/// against the peer's login quota.
+async fn token_required(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t) if app.auth.token_ok(t) => next.run(req).await,
+        _ => {
+            let status = if app.auth.attempt_allowed(peer.ip()) {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::TOO_MANY_REQUESTS
+            };
+            warn!(%peer, path = %req.uri().path(), %status, "admin request without the admin token refused");
+            (
+                status,
+                Json(json!({"error": "the admin API needs the admin token (Authorization: Bearer TOKEN)"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn rollouts(State(app): State<Arc<App>>) -> Response {
+    Json(app.rollouts.list()).into_response()
+}
+
+async fn start_rollout(
+    State(app): State<Arc<App>>,
+    Json(spec): Json<RolloutSpec>,
+) -> Result<Response, PortalError> {
+    Ok(Json(app.start_rollout(spec)?).into_response())
+}
+
+async fn resume_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<u64>,
+) -> Result<Response, PortalError> {
+    Ok(Json(app.resume_rollout(id)?).into_response())
+}
+
+async fn cancel_rollout(
+    State(app): State<Arc<App>>,
+    Path(id): Path<u64>,
+) -> Result<Response, PortalError> {
+    Ok(Json(app.cancel_rollout(id)?).into_response())
 }
 
 async fn loopback_only(

@@ -224,6 +224,7 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
     let (tx, mut rx) = mpsc::channel::<String>(OUTBOUND_QUEUE);
     let id = app.envs.connect(&env, hash, tx);
     info!(connection = id, "box connected");
+    app.changed();
     let mut shutdown = app.shutdown.clone();
     loop {
         tokio::select! {
@@ -259,6 +260,7 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
     }
     app.envs.disconnect(&env, id);
     info!(connection = id, "box disconnected");
+    app.changed();
 }
 
 /// Handles one text frame; the reply to send, if any.
@@ -331,6 +333,7 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
             });
             if recorded {
                 info!(env, status = %record.status, module = %record.module, seq = ?record.seq, "status reported");
+                app.status_recorded(env, &record);
             } else {
                 app.stats.duplicate_status();
                 info!(env, status = %record.status, seq = ?record.seq, "status already recorded: duplicate dropped");

@@ -1,0 +1,744 @@
+//! The fleet console under `/console`: server-rendered pages (`maud`)
+//! for environments, modules, assignment and rollouts, kept live by
+//! Server-Sent Events. Each live region of a page names its view
+//! (`data-sse="/console/events?view=..."`); the one small script
+//! ([`SCRIPT`], embedded, no build step) opens that stream and swaps the
+//! region's HTML with each event. The server renders the region again at
+//! most every [`RENDER_EVERY`] after a change, so a burst of statuses is one
+//! update.
+//!
+//! Every page but the login page needs a session; the login page trades
+//! the admin token for one ([`super::auth`]). Forms post with the session
+//! cookie, which is `SameSite=Strict`, so another site cannot post them.
+//!
+//! The console knows no more than the portal: what the boxes reported
+//! (statuses, the core of their last request) and what was assigned. The
+//! installed set is the set that was assigned when the box last reported
+//! `installed`, remembered since this portal started.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::{ConnectInfo, Path, Query, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        Html, IntoResponse, Redirect, Response,
+    },
+    routing::{get, post},
+    Form, Router,
+};
+use futures_util::stream::Stream;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use serde_json::Value;
+
+use super::{
+    auth::SESSION_COOKIE,
+    rollout::{BoxState, Rollout, RolloutSpec, WaveSize, DEFAULT_REPORT_TIMEOUT_MS},
+    App, EnvironmentReport, StatusRecord,
+};
+
+/// The console's only script: live regions follow their event stream.
+pub const SCRIPT: &str = r#"// Each element with data-sse follows its Server-Sent Events stream:
+// every event carries the element's new HTML.
+document.querySelectorAll("[data-sse]").forEach(function (el) {
+  var source = new EventSource(el.dataset.sse);
+  source.onmessage = function (e) { el.innerHTML = e.data; };
+});
+"#;
+
+/// The shortest time between two renders of one live region.
+pub const RENDER_EVERY: Duration = Duration::from_millis(200);
+
+/// Statuses shown in an environment's history, newest first.
+const HISTORY_SHOWN: usize = 200;
+
+/// What the console remembers beside the portal's own state.
+#[derive(Default)]
+pub(crate) struct ConsoleState {
+    installed: Mutex<BTreeMap<String, Vec<String>>>,
+}
+
+impl ConsoleState {
+    /// `env` reported `installed` while `set` was assigned.
+    pub(crate) fn installed(&self, env: &str, set: Vec<String>) {
+        self.installed
+            .lock()
+            .expect("console lock")
+            .insert(env.to_string(), set);
+    }
+
+    fn installed_set(&self, env: &str) -> Option<Vec<String>> {
+        self.installed
+            .lock()
+            .expect("console lock")
+            .get(env)
+            .cloned()
+    }
+}
+
+pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
+    let private = Router::new()
+        .route("/console", get(environments_page))
+        .route("/console/env/{env}", get(environment_page))
+        .route("/console/modules", get(modules_page))
+        .route("/console/assign", get(assign_page).post(assign))
+        .route("/console/sync", post(sync))
+        .route("/console/rollouts", get(rollouts_page))
+        .route("/console/rollouts/{id}", get(rollout_page))
+        .route("/console/rollouts/{id}/resume", post(resume))
+        .route("/console/rollouts/{id}/cancel", post(cancel))
+        .route("/console/events", get(events))
+        .route("/console/logout", post(logout))
+        .route_layer(middleware::from_fn_with_state(app, session_required));
+    Router::new()
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/console.js", get(script))
+        .merge(private)
+}
+
+fn session_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+async fn session_required(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    match session_of(req.headers()) {
+        Some(s) if app.auth.session_ok(&s) => next.run(req).await,
+        _ if req.method() == axum::http::Method::GET => {
+            Redirect::to("/console/login").into_response()
+        }
+        _ => (StatusCode::UNAUTHORIZED, "log in first").into_response(),
+    }
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+fn page(title: &str, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    title { (title) " · Banalytics fleet console" }
+                    style { (PreEscaped(STYLE)) }
+                }
+                body {
+                    nav {
+                        a href="/console" { "Environments" }
+                        a href="/console/modules" { "Modules" }
+                        a href="/console/assign" { "Assign" }
+                        a href="/console/rollouts" { "Rollouts" }
+                        form method="post" action="/console/logout" class="inline" {
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                    h1 { (title) }
+                    (body)
+                    script src="/console/console.js" {}
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1em 2em;color:#222}
+nav a{margin-right:1em}nav{margin-bottom:1em}.inline{display:inline}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
+.ok{color:#070}.bad{color:#b00}.dim{color:#777}fieldset{margin:.5em 0}";
+
+// ---------------------------------------------------------------- login
+
+async fn login_page() -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head { meta charset="utf-8"; title { "Log in · Banalytics fleet console" } }
+                body {
+                    h1 { "Banalytics fleet console" }
+                    form method="post" action="/console/login" {
+                        label { "Admin token " input type="password" name="token" id="token" autofocus; }
+                        " "
+                        button type="submit" id="login" { "Log in" }
+                    }
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !app.auth.attempt_allowed(peer.ip()) {
+        tracing::warn!(%peer, "console login refused: too many attempts");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many login attempts: wait a minute",
+        )
+            .into_response();
+    }
+    if !app.auth.token_ok(form.token.trim()) {
+        tracing::warn!(%peer, "console login with a wrong token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html("wrong token: <a href=\"/console/login\">again</a>"),
+        )
+            .into_response();
+    }
+    match app.auth.new_session() {
+        Ok(session) => (
+            StatusCode::SEE_OTHER,
+            [
+                (
+                    header::SET_COOKIE,
+                    format!("{SESSION_COOKIE}={session}; Path=/console; HttpOnly; SameSite=Strict"),
+                ),
+                (header::LOCATION, "/console".to_string()),
+            ],
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(s) = session_of(&headers) {
+        app.auth.end_session(&s);
+    }
+    Redirect::to("/console/login").into_response()
+}
+
+// ---------------------------------------------------------------- views
+
+/// A live region: `view` rendered now, then again on every change.
+fn live(view: &str, now: Markup) -> Markup {
+    html! {
+        div id="live" data-sse={ "/console/events?view=" (view) } { (now) }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    view: String,
+}
+
+/// Renders `view`; `None` when it names nothing.
+fn render(app: &App, view: &str) -> Option<Markup> {
+    match view.split_once(':') {
+        None if view == "envs" => Some(environments_table(app)),
+        None if view == "rollouts" => Some(rollouts_table(app)),
+        Some(("env", env)) => Some(environment_detail(app, env)),
+        Some(("rollout", id)) => id
+            .parse()
+            .ok()
+            .and_then(|id| app.rollouts.get(id))
+            .map(|r| rollout_detail(&r)),
+        _ => None,
+    }
+}
+
+async fn events(
+    State(app): State<Arc<App>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, StatusCode> {
+    if render(&app, &q.view).is_none() {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    let changes = app.changes.subscribe();
+    let shutdown = app.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (app, q.view, changes, shutdown, true),
+        |(app, view, mut changes, mut shutdown, first)| async move {
+            if !first {
+                tokio::select! {
+                    _ = super::stopped(&mut shutdown) => return None,
+                    r = changes.changed() => if r.is_err() { return None },
+                }
+                tokio::time::sleep(RENDER_EVERY).await;
+                changes.borrow_and_update();
+            }
+            let html = render(&app, &view)?.into_string();
+            Some((
+                Ok(Event::default().data(html)),
+                (app, view, changes, shutdown, false),
+            ))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(String::new, str::to_string)
+}
+
+fn module_label(m: &Value) -> String {
+    match m {
+        Value::Object(o) => format!(
+            "{}:{}:{}",
+            o.get("groupId").and_then(Value::as_str).unwrap_or("?"),
+            o.get("artifactId").and_then(Value::as_str).unwrap_or("?"),
+            o.get("version").and_then(Value::as_str).unwrap_or("?")
+        ),
+        _ => "whole set".to_string(),
+    }
+}
+
+fn status_line(s: &StatusRecord) -> String {
+    let mut line = text(&s.status);
+    if !s.module.is_null() {
+        line.push(' ');
+        line.push_str(&module_label(&s.module));
+    }
+    if let Some(m) = s.status_message.as_str().filter(|m| !m.is_empty()) {
+        line.push_str(": ");
+        line.push_str(m);
+    }
+    line
+}
+
+fn is_verdict(s: &StatusRecord) -> bool {
+    matches!(
+        s.status.as_str(),
+        Some("installed" | "installation_cancelled")
+    )
+}
+
+/// The statuses after the last verdict: a synchronisation in progress.
+fn in_progress(e: &EnvironmentReport) -> &[StatusRecord] {
+    let from = e.statuses.iter().rposition(is_verdict).map_or(0, |i| i + 1);
+    &e.statuses[from..]
+}
+
+/// The reason of the last verdict when it was a cancellation or rollback.
+fn rollback_reason(e: &EnvironmentReport) -> Option<String> {
+    let last = e.statuses.iter().rev().find(|s| is_verdict(s))?;
+    (last.status.as_str() == Some("installation_cancelled")).then(|| text(&last.status_message))
+}
+
+fn progress_text(e: &EnvironmentReport) -> String {
+    let running = in_progress(e);
+    if running.is_empty() {
+        return String::new();
+    }
+    let downloaded = running
+        .iter()
+        .filter(|s| s.status.as_str() == Some("downloaded"))
+        .count();
+    let last = running.last().map(status_line).unwrap_or_default();
+    format!("{downloaded} downloaded; last: {last}")
+}
+
+fn core_label(e: &EnvironmentReport) -> String {
+    e.last_core_module
+        .as_ref()
+        .map(module_label)
+        .unwrap_or_else(|| "?".to_string())
+}
+
+fn connected_cell(e: &EnvironmentReport) -> Markup {
+    html! {
+        @if e.connected { span.ok { "connected" } } @else { span.bad { "offline" } }
+    }
+}
+
+fn environments_table(app: &App) -> Markup {
+    let envs = app.environments();
+    html! {
+        p { (envs.len()) " environment(s), " (envs.iter().filter(|e| e.connected).count()) " connected" }
+        table id="environments" {
+            tr { th {} th { "Environment" } th { "Link" } th { "Core" } th { "Installed set" } th { "Assigned" } th { "Last status" } th { "Synchronisation" } }
+            @for e in &envs {
+                tr data-env=(e.environment_uuid) {
+                    td { input type="checkbox" form="group" name="env" value=(e.environment_uuid); }
+                    td { a href={ "/console/env/" (e.environment_uuid) } { (e.environment_uuid) } }
+                    td { (connected_cell(e)) }
+                    td { (core_label(e)) }
+                    td { (app.console.installed_set(&e.environment_uuid).map(|s| s.join(", ")).unwrap_or_else(|| "?".into())) }
+                    td { (e.assigned.join(", ")) }
+                    td class="last-status" {
+                        (e.statuses.last().map(status_line).unwrap_or_default())
+                        @if let Some(reason) = rollback_reason(e) {
+                            br; span.bad { "rolled back / cancelled: " (reason) }
+                        }
+                    }
+                    td class="progress" { (progress_text(e)) }
+                }
+            }
+        }
+    }
+}
+
+async fn environments_page(State(app): State<Arc<App>>) -> Html<String> {
+    page(
+        "Environments",
+        html! {
+            form id="group" method="get" action="/console/assign" {
+                button type="submit" { "Assign to the selected…" }
+            }
+            (live("envs", environments_table(&app)))
+        },
+    )
+}
+
+fn environment_detail(app: &App, env: &str) -> Markup {
+    let e = app
+        .environments()
+        .into_iter()
+        .find(|e| e.environment_uuid == env)
+        .unwrap_or_else(|| EnvironmentReport {
+            environment_uuid: env.to_string(),
+            ..EnvironmentReport::default()
+        });
+    html! {
+        table {
+            tr { th { "Link" } td { (connected_cell(&e)) " (" (e.live_connections) " open, " (e.connections) " since start)" } }
+            tr { th { "Core" } td { (core_label(&e)) } }
+            tr { th { "Installed set" } td { (app.console.installed_set(env).map(|s| s.join(", ")).unwrap_or_else(|| "?".into())) } }
+            tr { th { "Assigned" } td { (e.assigned.join(", ")) } }
+            tr { th { "Synchronisation" } td class="progress" { (progress_text(&e)) } }
+            @if let Some(reason) = rollback_reason(&e) {
+                tr { th { "Rolled back / cancelled" } td.bad class="reason" { (reason) } }
+            }
+        }
+        h2 { "History" }
+        ol reversed {
+            @for s in e.statuses.iter().rev().take(HISTORY_SHOWN) {
+                li { (status_line(s)) }
+            }
+        }
+    }
+}
+
+async fn environment_page(State(app): State<Arc<App>>, Path(env): Path<String>) -> Html<String> {
+    page(
+        &format!("Environment {env}"),
+        html! {
+            form method="post" action="/console/sync" {
+                input type="hidden" name="env" value=(env);
+                button type="submit" { "Synchronise now" }
+                " "
+                a href={ "/console/assign?env=" (env) } { "Assign…" }
+            }
+            (live(&format!("env:{env}"), environment_detail(&app, &env)))
+        },
+    )
+}
+
+async fn modules_page(State(app): State<Arc<App>>) -> Html<String> {
+    let modules = app.store.modules();
+    page(
+        "Modules",
+        html! {
+            table id="modules" {
+                tr { th { "Module" } th { "Version" } th { "Type" } th { "Platforms" } th { "Size" } th { "Dependencies" } th { "Model" } th { "Uploaded" } }
+                @for m in &modules {
+                    tr {
+                        td { (m.group_id) ":" (m.artifact_id) }
+                        td { (m.version) }
+                        td { (format!("{:?}", m.module_type).to_lowercase()) }
+                        td {
+                            @match &m.platforms {
+                                Some(p) => { @for (triple, part) in p { (triple) " (" (part.size) " B)" br; } }
+                                None => { "any (" (m.packaging) ")" }
+                            }
+                        }
+                        td { (m.size) " B" }
+                        td { (m.dependencies.as_ref().map(|d| format!("{} B", d.size)).unwrap_or_default()) }
+                        td { (m.model.as_ref().map(|d| format!("{} B", d.size)).unwrap_or_default()) }
+                        td { (m.upload_time) }
+                    }
+                }
+            }
+        },
+    )
+}
+
+// ---------------------------------------------------------------- assign
+
+async fn assign_page(
+    State(app): State<Arc<App>>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Html<String> {
+    let chosen: Vec<String> = query
+        .into_iter()
+        .filter(|(k, _)| k == "env")
+        .map(|(_, v)| v)
+        .collect();
+    let envs = app.environments();
+    let current: Vec<String> = chosen
+        .first()
+        .and_then(|e| envs.iter().find(|r| &r.environment_uuid == e))
+        .map(|r| r.assigned.clone())
+        .unwrap_or_default();
+    let mut artifacts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in app.store.modules() {
+        artifacts
+            .entry(format!("{}:{}", m.group_id, m.artifact_id))
+            .or_default()
+            .push(m.version.clone());
+    }
+    page(
+        "Assign",
+        html! {
+            form method="post" action="/console/assign" id="assign" {
+                fieldset {
+                    legend { "Environments (one, or a group)" }
+                    @for e in &envs {
+                        label {
+                            input type="checkbox" name="env" value=(e.environment_uuid) checked[chosen.contains(&e.environment_uuid)];
+                            " " (e.environment_uuid)
+                        }
+                        br;
+                    }
+                }
+                fieldset {
+                    legend { "Target set: a version per module" }
+                    @for (artifact, versions) in &artifacts {
+                        label {
+                            (artifact) " "
+                            select name={ "module:" (artifact) } data-artifact=(artifact) {
+                                option value="" { "not installed" }
+                                @for v in versions {
+                                    @let c = format!("{artifact}:{v}");
+                                    option value=(v) selected[current.contains(&c)] { (v) }
+                                }
+                            }
+                        }
+                        br;
+                    }
+                }
+                button type="submit" name="action" value="assign" { "Assign" }
+                " "
+                button type="submit" name="action" value="assign_sync" id="assign-sync" { "Assign and synchronise now" }
+                fieldset {
+                    legend { "Or as a rollout in waves" }
+                    label { "Name " input name="name" value="rollout"; } " "
+                    label { "Waves " input name="waves" value="1, 10%, rest"; } " "
+                    label { "Halt when more than " input name="threshold" value="0" size="3"; "% of a wave failed" } " "
+                    label { "Report within " input name="timeout_s" value=(DEFAULT_REPORT_TIMEOUT_MS / 1000) size="5"; " s" } " "
+                    button type="submit" name="action" value="rollout" id="start-rollout" { "Start rollout" }
+                }
+            }
+        },
+    )
+}
+
+fn form_values<'a>(form: &'a [(String, String)], key: &'a str) -> impl Iterator<Item = &'a str> {
+    form.iter()
+        .filter(move |(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn bad_request(msg: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Html(html! { p { (msg) } a href="/console/assign" { "back" } }.into_string()),
+    )
+        .into_response()
+}
+
+async fn assign(State(app): State<Arc<App>>, Form(form): Form<Vec<(String, String)>>) -> Response {
+    let envs: Vec<String> = form_values(&form, "env").map(str::to_string).collect();
+    if envs.is_empty() {
+        return bad_request("choose at least one environment".into());
+    }
+    let target: Vec<String> = form
+        .iter()
+        .filter_map(|(k, v)| {
+            let artifact = k.strip_prefix("module:")?;
+            (!v.is_empty()).then(|| format!("{artifact}:{v}"))
+        })
+        .collect();
+    let field = |k: &str| {
+        form_values(&form, k)
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    match field("action").as_str() {
+        "rollout" => {
+            let Some(waves) = field("waves")
+                .split(',')
+                .map(WaveSize::parse)
+                .collect::<Option<Vec<_>>>()
+            else {
+                return bad_request(format!(
+                    "waves {:?}: give sizes like 1, 10%, rest",
+                    field("waves")
+                ));
+            };
+            let spec = RolloutSpec {
+                name: field("name"),
+                target,
+                environments: envs,
+                waves,
+                failure_threshold_percent: field("threshold").parse().unwrap_or(0).min(100),
+                report_timeout_ms: field("timeout_s")
+                    .parse::<u64>()
+                    .map_or(DEFAULT_REPORT_TIMEOUT_MS, |s| s.saturating_mul(1000)),
+            };
+            match app.start_rollout(spec) {
+                Ok(r) => Redirect::to(&format!("/console/rollouts/{}", r.id)).into_response(),
+                Err(e) => bad_request(e.to_string()),
+            }
+        }
+        action => {
+            for env in &envs {
+                if let Err(e) = app.store.assign(env, &target) {
+                    return bad_request(e.to_string());
+                }
+                if action == "assign_sync" {
+                    app.sync(env);
+                }
+            }
+            app.changed();
+            Redirect::to("/console").into_response()
+        }
+    }
+}
+
+async fn sync(State(app): State<Arc<App>>, Form(form): Form<Vec<(String, String)>>) -> Response {
+    let envs: Vec<&str> = form_values(&form, "env").collect();
+    for env in &envs {
+        app.sync(env);
+    }
+    match envs.as_slice() {
+        [one] => Redirect::to(&format!("/console/env/{one}")).into_response(),
+        _ => Redirect::to("/console").into_response(),
+    }
+}
+
+// ---------------------------------------------------------------- rollouts
+
+fn box_cell(s: &BoxState) -> Markup {
+    html! {
+        @match s {
+            BoxState::Waiting => span.dim { "waiting for its wave" },
+            BoxState::Assigned { progress, .. } => span { "assigned" (progress.as_ref().map(|p| format!(": {p}")).unwrap_or_default()) },
+            BoxState::Installed => span.ok { "installed" },
+            BoxState::Failed { reason, accepted } => span.bad {
+                "failed: " (reason) @if *accepted { " (accepted)" }
+            },
+        }
+    }
+}
+
+fn rollout_summary(r: &Rollout) -> String {
+    format!(
+        "{}: wave {} of {}, {} of {} installed, {} failed",
+        r.state.as_str(),
+        (r.current_wave + 1).min(r.waves.len()),
+        r.waves.len(),
+        r.installed(),
+        r.boxes.len(),
+        r.failed()
+    )
+}
+
+fn rollouts_table(app: &App) -> Markup {
+    html! {
+        table id="rollouts" {
+            tr { th { "#" } th { "Name" } th { "Target" } th { "State" } }
+            @for r in app.rollouts.list() {
+                tr {
+                    td { a href={ "/console/rollouts/" (r.id) } { (r.id) } }
+                    td { (r.spec.name) }
+                    td { (r.spec.target.join(", ")) }
+                    td { (rollout_summary(&r)) }
+                }
+            }
+        }
+    }
+}
+
+fn rollout_detail(r: &Rollout) -> Markup {
+    html! {
+        p id="rollout-state" data-state=(r.state.as_str()) { (rollout_summary(r)) }
+        @if let super::rollout::RolloutState::Halted { reason } = &r.state {
+            p.bad id="halt-reason" { "Halted: " (reason) }
+        }
+        p { "Target: " (r.spec.target.join(", ")) "; waves " (r.spec.waves.iter().map(WaveSize::label).collect::<Vec<_>>().join(", ")) "; halts above " (r.spec.failure_threshold_percent) "% failed per wave; report within " (r.spec.report_timeout_ms / 1000) " s" }
+        table id="rollout-boxes" {
+            tr { th { "Wave" } th { "Environment" } th { "State" } }
+            @for (i, wave) in r.waves.iter().enumerate() {
+                @for env in wave {
+                    tr data-env=(env) {
+                        td { (i + 1) }
+                        td { a href={ "/console/env/" (env) } { (env) } }
+                        td class="box-state" { (r.box_state(env).map(box_cell).unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn rollouts_page(State(app): State<Arc<App>>) -> Html<String> {
+    page("Rollouts", live("rollouts", rollouts_table(&app)))
+}
+
+async fn rollout_page(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
+    let Some(r) = app.rollouts.get(id) else {
+        return (StatusCode::NOT_FOUND, "no such rollout").into_response();
+    };
+    page(
+        &format!("Rollout {} ({})", r.id, r.spec.name),
+        html! {
+            form method="post" action={ "/console/rollouts/" (id) "/resume" } class="inline" {
+                button type="submit" id="resume" { "Resume" }
+            }
+            " "
+            form method="post" action={ "/console/rollouts/" (id) "/cancel" } class="inline" {
+                button type="submit" id="cancel" { "Cancel" }
+            }
+            (live(&format!("rollout:{id}"), rollout_detail(&r)))
+        },
+    )
+    .into_response()
+}
+
+async fn resume(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
+    match app.resume_rollout(id) {
+        Ok(_) => Redirect::to(&format!("/console/rollouts/{id}")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cancel(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
+    match app.cancel_rollout(id) {
+        Ok(_) => Redirect::to(&format!("/console/rollouts/{id}")).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

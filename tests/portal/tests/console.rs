@@ -1,0 +1,187 @@
+//! The console's pages over HTTP, without a browser: login with the admin
+//! token (and its rate limit), pages refused without a session, the
+//! Modules and Assign pages, and a live region's event stream carrying a
+//! change. The browser test (`banalytics-tests --test console`) shows the
+//! rest with real boxes.
+
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
+use std::time::Duration;
+
+use banalytics_portal::{
+    auth::LOGIN_QUOTA_PER_MINUTE, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest,
+};
+use futures_util::StreamExt;
+use reqwest::{redirect::Policy, Client, StatusCode};
+
+const TOKEN: &str = "console-test-token";
+
+async fn start(dir: &std::path::Path) -> PortalHandle {
+    let mut config = PortalConfig::new(dir.join("portal"));
+    config.admin_token = Some(TOKEN.to_string());
+    let portal = Portal::start(config).await.unwrap();
+    for (v, len) in [("1.0", 10), ("2.0", 20)] {
+        let file = dir.join(format!("cam-{v}.jar"));
+        std::fs::write(&file, vec![7u8; len]).unwrap();
+        portal
+            .publish(&PublishRequest::new(
+                &format!("com.example:cam:{v}"),
+                ModuleType::Component,
+                file,
+            ))
+            .unwrap();
+    }
+    portal
+}
+
+fn client() -> Client {
+    Client::builder().redirect(Policy::none()).build().unwrap()
+}
+
+/// Logs in; the session cookie (`name=value`).
+async fn login(http: &Client, portal: &PortalHandle, token: &str) -> reqwest::Response {
+    http.post(format!("{}/login", portal.console_url()))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap()
+}
+
+fn cookie(resp: &reqwest::Response) -> String {
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .expect("a session cookie")
+        .to_str()
+        .unwrap();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    set.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_need_a_session_that_the_admin_token_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(dir.path()).await;
+    let http = client();
+
+    let resp = http.get(portal.console_url()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()["location"], "/console/login");
+    let resp = http
+        .get(format!("{}/events?view=envs", portal.console_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        resp.status(),
+        StatusCode::OK,
+        "no event stream without a session"
+    );
+
+    assert_eq!(
+        login(&http, &portal, "wrong").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let ok = login(&http, &portal, TOKEN).await;
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    let session = cookie(&ok);
+
+    let page = |path: &'static str| {
+        let http = http.clone();
+        let session = session.clone();
+        let url = format!("{}{path}", portal.console_url());
+        async move {
+            let resp = http
+                .get(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{path}");
+            resp.text().await.unwrap()
+        }
+    };
+    let modules = page("/modules").await;
+    assert!(
+        modules.contains("com.example:cam") && modules.contains("2.0"),
+        "{modules}"
+    );
+    let assign = page("/assign").await;
+    assert!(
+        assign.contains("not installed") && assign.contains("Start rollout"),
+        "{assign}"
+    );
+    assert!(page("")
+        .await
+        .contains("data-sse=\"/console/events?view=envs\""));
+
+    // The live region's stream: the current table, then a new one when a
+    // box connects.
+    let resp = http
+        .get(format!("{}/events?view=envs", portal.console_url()))
+        .header("cookie", session.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    seen.push_str(&String::from_utf8_lossy(&first));
+    assert!(seen.contains("0 environment(s)"), "{seen}");
+    let (_ws, _) = tokio_tungstenite::connect_async(portal.ws_url("env-a", "h"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !seen.contains("env-a") {
+            let chunk = body.next().await.unwrap().unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the stream carries the new environment");
+
+    // Logging out ends the session.
+    let resp = http
+        .post(format!("{}/logout", portal.console_url()))
+        .header("cookie", session.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let resp = http
+        .get(portal.console_url())
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    drop(body);
+    portal.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(dir.path()).await;
+    let http = client();
+    for _ in 0..LOGIN_QUOTA_PER_MINUTE {
+        assert_eq!(
+            login(&http, &portal, "guess").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Past the quota even the right token waits.
+    assert_eq!(
+        login(&http, &portal, TOKEN).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    portal.shutdown().await;
+}

@@ -1,0 +1,215 @@
+//! Rollouts through the real portal: boxes are in-process clients of the
+//! protocol (WebSocket), the rollout is driven by what they report, and
+//! a portal stopped and started again in the middle of a rollout goes on
+//! from where it was. The admin API refuses calls without the token.
+
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use banalytics_portal::{
+    rollout::{BoxState, RolloutSpec, RolloutState, DEFAULT_WAVES},
+    AdminClient, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::{connect_async, tungstenite::Message};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const TOKEN: &str = "rollout-test-token";
+
+async fn start(data: &Path) -> PortalHandle {
+    let mut config = PortalConfig::new(data);
+    config.admin_token = Some(TOKEN.to_string());
+    Portal::start(config).await.unwrap()
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A box: connects as `env`.
+async fn connect(portal: &PortalHandle, env: &str) -> Ws {
+    connect_async(portal.ws_url(env, "h")).await.unwrap().0
+}
+
+/// Waits for `EVT_SYNC_SOFT` on `ws`.
+async fn synced(ws: &mut Ws) {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("EVT_SYNC_SOFT") => return,
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("EVT_SYNC_SOFT before the deadline");
+}
+
+async fn report(ws: &mut Ws, env: &str, status: &str, message: Option<&str>) {
+    let frame = json!({
+        "type": "EVT_ENV_MOD_UPD_STS",
+        "environmentUuid": env,
+        "module": Value::Null,
+        "status": status,
+        "statusMessage": message,
+    });
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+fn spec(envs: &[String]) -> RolloutSpec {
+    RolloutSpec {
+        name: "v2".into(),
+        target: vec!["com.example:cam:2.0".into()],
+        environments: envs.to_vec(),
+        waves: DEFAULT_WAVES.to_vec(),
+        failure_threshold_percent: 0,
+        report_timeout_ms: 600_000,
+    }
+}
+
+fn publish(portal: &PortalHandle, dir: &Path) {
+    let file = dir.join("cam.jar");
+    std::fs::write(&file, b"cam 2.0").unwrap();
+    portal
+        .publish(&PublishRequest::new(
+            "com.example:cam:2.0",
+            ModuleType::Component,
+            file,
+        ))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_follow_the_reports_and_survive_a_portal_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("portal");
+    let portal = start(&data).await;
+    publish(&portal, dir.path());
+    let envs: Vec<String> = (0..3).map(|i| format!("env-{i}")).collect();
+    let mut boxes = Vec::new();
+    for e in &envs {
+        boxes.push(connect(&portal, e).await);
+    }
+    eventually("three connected", || {
+        (portal.environments().iter().filter(|e| e.connected).count() == 3).then_some(())
+    })
+    .await;
+
+    let r = portal.start_rollout(spec(&envs)).unwrap();
+    assert_eq!(r.waves.len(), 3, "1 box, 10 % (1 box), the rest");
+    synced(&mut boxes[0]).await;
+    assert_eq!(
+        portal.environment("env-0").unwrap().assigned,
+        ["com.example:cam:2.0"]
+    );
+    assert!(portal.environment("env-1").unwrap().assigned.is_empty());
+    report(&mut boxes[0], "env-0", "downloading", None).await;
+    report(&mut boxes[0], "env-0", "installed", None).await;
+    synced(&mut boxes[1]).await;
+
+    // Stop the portal with wave 2 assigned; the box installs meanwhile and
+    // reports once the portal is back (its statuses are durable).
+    drop(boxes);
+    let addr = portal.addr();
+    portal.shutdown().await;
+    let mut config = PortalConfig::new(&data);
+    config.listen = addr;
+    let portal = Portal::start(config).await.unwrap();
+    let r = portal.rollouts().remove(0);
+    assert_eq!(r.state, RolloutState::Running);
+    assert_eq!(r.current_wave, 1);
+    assert_eq!(r.box_state("env-0"), Some(&BoxState::Installed));
+    let mut b1 = connect(&portal, "env-1").await;
+    let mut b2 = connect(&portal, "env-2").await;
+    report(&mut b1, "env-1", "installed", None).await;
+    synced(&mut b2).await;
+    report(
+        &mut b2,
+        "env-2",
+        "installation_cancelled",
+        Some("rolled back: component drill failed"),
+    )
+    .await;
+    let r = eventually("the rollout to halt", || {
+        portal
+            .rollouts()
+            .into_iter()
+            .find(|r| matches!(r.state, RolloutState::Halted { .. }))
+    })
+    .await;
+    let RolloutState::Halted { reason } = &r.state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("env-2: installation_cancelled: rolled back: component drill failed"),
+        "{reason}"
+    );
+
+    // The operator resumes from the admin API: the last wave's failure is
+    // accepted and the rollout ends.
+    let client = AdminClient::new(&portal.url()).with_token(Some(TOKEN));
+    let r = client.resume_rollout(r.id).await.unwrap();
+    assert_eq!(r.state, RolloutState::Finished);
+    assert_eq!((r.installed(), r.failed()), (2, 1));
+    portal.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_the_token_and_cancel_stops_the_waves() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(&dir.path().join("portal")).await;
+    publish(&portal, dir.path());
+    let without = AdminClient::new(&portal.url());
+    let err = without.environments().await.unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+    let wrong = AdminClient::new(&portal.url()).with_token(Some("guess"));
+    assert!(wrong.rollouts().await.is_err());
+    let client = AdminClient::new(&portal.url()).with_token(Some(TOKEN));
+    let envs: Vec<String> = (0..5).map(|i| format!("env-{i}")).collect();
+    let r = client.start_rollout(&spec(&envs)).await.unwrap();
+    assert!(matches!(
+        r.box_state("env-0"),
+        Some(BoxState::Assigned { .. })
+    ));
+    let r = client.cancel_rollout(r.id).await.unwrap();
+    assert_eq!(r.state, RolloutState::Cancelled);
+    let mut b0 = connect(&portal, "env-0").await;
+    report(&mut b0, "env-0", "installed", None).await;
+    // The status is handled (and fed to the rollouts) before it is listed.
+    eventually("the status recorded", || {
+        (portal.environment("env-0")?.statuses.len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        portal
+            .environment("env-1")
+            .is_none_or(|e| e.assigned.is_empty()),
+        "a cancelled rollout assigns no further box"
+    );
+    let unknown = client
+        .start_rollout(&RolloutSpec {
+            target: vec!["com.example:nope:1".into()],
+            ..spec(&envs)
+        })
+        .await;
+    assert!(unknown.is_err(), "an unknown module refuses the rollout");
+    portal.shutdown().await;
+}

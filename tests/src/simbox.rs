@@ -1,0 +1,91 @@
+//! A simulated box: an in-process client of the portal protocol, for fleets
+//! larger than the machine can run as `banalytics-box` processes (a
+//! 200-box rollout). It connects as its environment, asks for its target
+//! set at connection and on every `EVT_SYNC_SOFT`, and for a set that
+//! differs from the one it has reports `downloading` and `downloaded` per
+//! module, then `installed` after its install time, as a real box does. It
+//! downloads nothing from the repository and runs nothing: it measures the
+//! portal's side of a rollout (connections, statuses, waves), not the
+//! box's.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_tungstenite::{connect_async, tungstenite::Message};
+
+/// How a simulated box behaves.
+#[derive(Debug, Clone)]
+pub struct SimBox {
+    /// `ws://ADDR/portal-integration?...` of its environment.
+    pub ws_url: String,
+    /// Its environment UUID.
+    pub env: String,
+    /// From `downloaded` to `installed`: a real box's restart and grace.
+    pub install_time: Duration,
+}
+
+fn coordinates(m: &Value) -> String {
+    let f = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    format!("{}:{}:{}", f("groupId"), f("artifactId"), f("version"))
+}
+
+impl SimBox {
+    /// Runs until `stop` turns true; returns how many sets it installed.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<usize> {
+        let (mut ws, _) = connect_async(&self.ws_url)
+            .await
+            .with_context(|| format!("connecting {}", self.ws_url))?;
+        let request = json!({
+            "type": "GET_ENV_MOD_REQ",
+            "environmentUUID": self.env,
+            "banalyticsBoxCoreModule": {"groupId": "com.banalytics.box", "artifactId": "core", "version": "1.0"},
+        })
+        .to_string();
+        ws.send(Message::Text(request.clone().into())).await?;
+        let mut installed: Vec<String> = Vec::new();
+        let mut installs = 0;
+        loop {
+            let frame = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                frame = ws.next() => frame,
+            };
+            let text = match frame {
+                Some(Ok(Message::Text(t))) => t.to_string(),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e).context("the portal link failed"),
+            };
+            let msg: Value = serde_json::from_str(&text).context("a frame from the portal")?;
+            match msg["type"].as_str() {
+                Some("EVT_SYNC_SOFT") => {
+                    ws.send(Message::Text(request.clone().into())).await?;
+                }
+                Some("GET_ENV_MOD_RES") => {
+                    let modules = msg["modules"].as_array().cloned().unwrap_or_default();
+                    let mut set: Vec<String> = modules.iter().map(coordinates).collect();
+                    set.sort();
+                    if set.is_empty() || set == installed {
+                        continue;
+                    }
+                    for m in &modules {
+                        for status in ["downloading", "downloaded"] {
+                            let s = json!({"type": "EVT_ENV_MOD_UPD_STS", "environmentUuid": self.env, "module": m, "status": status, "statusMessage": null});
+                            ws.send(Message::Text(s.to_string().into())).await?;
+                        }
+                    }
+                    tokio::time::sleep(self.install_time).await;
+                    let s = json!({"type": "EVT_ENV_MOD_UPD_STS", "environmentUuid": self.env, "module": null, "status": "installed", "statusMessage": null});
+                    ws.send(Message::Text(s.to_string().into())).await?;
+                    installed = set;
+                    installs += 1;
+                }
+                _ => {}
+            }
+        }
+        let _ = ws.close(None).await;
+        Ok(installs)
+    }
+}

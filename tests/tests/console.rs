@@ -1,0 +1,327 @@
+//! The fleet console in a real browser: headless Chromium driven over
+//! WebDriver (`chromedriver`, Debian's `chromium-driver`) with
+//! `fantoccini`, against the real portal and three real boxes. A person's
+//! steps: log in with the admin token, see the three environments, assign
+//! v2 to the group as a rollout, watch the progress change without a
+//! reload, and see the rollout halt when the third box's set is rolled
+//! back, with that box's reason.
+//!
+//! It needs a browser, so `cargo test --workspace` skips it (`#[ignore]`);
+//! `.ci/run` installs `chromium chromium-driver` and runs it:
+//!
+//! ```text
+//! cargo test -p banalytics-tests --test console -- --ignored
+//! ```
+//!
+//! On failure it saves a screenshot and the page's HTML under
+//! `target/console-test/`.
+
+#![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use banalytics_tests::{
+    e2e::{env_uuid, BoxSettings, ManagedBox, ModuleSpec, PortalApi},
+    portal::{Portal, PortalConfig, PortalHandle},
+    DEADLINE,
+};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const ALPHA_1: &str = "com.example:alpha:1.0";
+const ALPHA_2: &str = "com.example:alpha:2.0";
+/// Harmless on two boxes; on the third its file makes the `drill`
+/// component fail at start, so the set is rolled back.
+const BROKEN: &str = "com.example:broken:1.0";
+
+/// A download, a restart, probation and a rollback of debug builds on a
+/// loaded two-core machine.
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// `chromedriver` on a free loopback port; killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Result<Driver> {
+        // chromedriver takes no port 0: take a free port and hand it over.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting chromedriver (apt-get install chromium chromium-driver)")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            ensure!(
+                start.elapsed() < DEADLINE,
+                "chromedriver did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Driver { child, url })
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where failure evidence goes: `target/console-test/`.
+fn evidence_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/console-HASH
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    target.join("console-test")
+}
+
+/// Polls `f` (which may read the page) until it returns `Some`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn text_of(c: &Client, css: &str) -> Option<String> {
+    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// The browser's part: what a person does and sees.
+async fn operate(c: &Client, portal: &PortalHandle, token: &str, envs: &[String]) -> Result<()> {
+    // Logs in.
+    c.goto(&portal.console_url()).await?;
+    let url = c.current_url().await?;
+    ensure!(
+        url.path() == "/console/login",
+        "not logged in, so the login page: {url}"
+    );
+    c.find(Locator::Id("token")).await?.send_keys(token).await?;
+    c.find(Locator::Id("login")).await?.click().await?;
+
+    // Sees the three environments, connected.
+    eventually(DEADLINE, "three connected environments", || async {
+        let rows = c
+            .find_all(Locator::Css("#environments tr[data-env]"))
+            .await
+            .ok()?;
+        let text = text_of(c, "#environments").await?;
+        (rows.len() == 3 && text.matches("connected").count() == 3 && !text.contains("offline"))
+            .then_some(())
+    })
+    .await?;
+    let table = text_of(c, "#environments").await.unwrap_or_default();
+    for env in envs {
+        ensure!(table.contains(env.as_str()), "{env} listed: {table}");
+    }
+
+    // Assigns v2 to the group as a rollout.
+    c.goto(&format!("{}/assign", portal.console_url())).await?;
+    for env in envs {
+        c.find(Locator::Css(&format!(
+            "#assign input[name=env][value='{env}']"
+        )))
+        .await?
+        .click()
+        .await?;
+    }
+    c.find(Locator::Css("select[name='module:com.example:alpha']"))
+        .await?
+        .select_by_value("2.0")
+        .await?;
+    c.find(Locator::Css("select[name='module:com.example:broken']"))
+        .await?
+        .select_by_value("1.0")
+        .await?;
+    c.find(Locator::Id("start-rollout")).await?.click().await?;
+    let url = c.current_url().await?;
+    ensure!(
+        url.path().starts_with("/console/rollouts/"),
+        "on the rollout's page: {url}"
+    );
+
+    // Watches the progress change without a reload: a mark set on this
+    // document now is still there when the page shows the later states.
+    c.execute("window.consoleTestMark = 'same document';", vec![])
+        .await?;
+    let mut seen: Vec<String> = Vec::new();
+    let start = Instant::now();
+    loop {
+        let state = text_of(c, "#rollout-state").await.unwrap_or_default();
+        if seen.last() != Some(&state) {
+            eprintln!("console: {state}");
+            seen.push(state.clone());
+        }
+        if state.starts_with("halted") {
+            break;
+        }
+        ensure!(
+            start.elapsed() < CONVERGE * 3,
+            "the rollout did not halt: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mark = c
+        .execute("return window.consoleTestMark || null;", vec![])
+        .await?;
+    ensure!(mark == "same document", "the page was reloaded: {mark}");
+    ensure!(
+        seen.iter().any(|s| s.contains("1 of 3 installed"))
+            && seen.iter().any(|s| s.contains("2 of 3 installed")),
+        "the page showed the waves' progress as it happened: {seen:?}"
+    );
+
+    // Sees why: the third box's set was rolled back, with its reason.
+    let reason = text_of(c, "#halt-reason").await.context("a halt reason")?;
+    let cancelled = portal
+        .statuses(&envs[2])?
+        .into_iter()
+        .rev()
+        .find(|l| l.status == "installation_cancelled")
+        .context("the third box reported installation_cancelled")?;
+    ensure!(!cancelled.message.is_empty(), "the box gave a reason");
+    ensure!(
+        reason.contains(envs[2].as_str()) && reason.contains(cancelled.message.as_str()),
+        "the halt names the box and its reason {:?}: {reason}",
+        cancelled.message
+    );
+    let row = text_of(c, &format!("#rollout-boxes tr[data-env='{}']", envs[2]))
+        .await
+        .unwrap_or_default();
+    ensure!(
+        row.contains("failed"),
+        "the box's row shows the failure: {row}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs chromium and chromium-driver: run with --ignored (.ci/run does)"]
+fn an_operator_rolls_out_v2_in_waves_and_sees_it_halt_on_a_rollback() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
+    let token = portal
+        .new_admin_token()
+        .context("a fresh portal makes an admin token")?
+        .to_string();
+    portal.publish_all(
+        &dir.path().join("files"),
+        &[
+            ModuleSpec::new(ALPHA_1, 20_000).with_packages(),
+            ModuleSpec::new(ALPHA_2, 21_000).with_packages(),
+            ModuleSpec::new(BROKEN, 5_000),
+        ],
+    )?;
+    let envs: Vec<String> = (301..304).map(env_uuid).collect();
+    let drill = format!(
+        "[components.drill]\nkind = \"probe\"\nrestart_on_failure = \"stop\"\nfail_while_file = \"modules/{}\"\n",
+        ModuleSpec::new(BROKEN, 0).file_name()
+    );
+    let mut boxes = Vec::new();
+    for (i, env) in envs.iter().enumerate() {
+        portal.assign_set(env, &[ALPHA_1.to_string()])?;
+        let mut s = BoxSettings::new(&portal, Some(env));
+        s.max_boot_attempts = 2;
+        if i == 2 {
+            s.components = drill.clone();
+        }
+        let mut b = ManagedBox::new(&s)?;
+        b.spawn()?;
+        boxes.push(b);
+    }
+    // A service manager for the three boxes while the browser works.
+    let stop = Arc::new(AtomicBool::new(false));
+    let supervisor = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<Vec<ManagedBox>> {
+            while !stop.load(Ordering::Relaxed) {
+                for b in &mut boxes {
+                    b.supervise()?;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(boxes)
+        })
+    };
+    for env in &envs {
+        portal.wait_for_status(env, "installed", 0, CONVERGE)?;
+        portal.wait_connected(env, DEADLINE)?;
+    }
+
+    let driver = Driver::start()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .context("a WebDriver session")?;
+        let result = operate(&client, &portal, &token, &envs).await;
+        if result.is_err() {
+            let dir = evidence_dir();
+            let _ = std::fs::create_dir_all(&dir);
+            if let Ok(png) = client.screenshot().await {
+                let _ = std::fs::write(dir.join("failure.png"), png);
+            }
+            if let Ok(html) = client.source().await {
+                let _ = std::fs::write(dir.join("failure.html"), html);
+            }
+            eprintln!("screenshot and page saved in {}", dir.display());
+        }
+        let _ = client.close().await;
+        result
+    });
+    stop.store(true, Ordering::Relaxed);
+    let boxes = supervisor.join().expect("supervisor thread");
+    if outcome.is_err() {
+        if let Ok(boxes) = &boxes {
+            for b in boxes {
+                eprintln!("--- box {}:\n{}", b.path().display(), b.log_tail(15));
+            }
+        }
+    }
+    outcome?;
+    boxes?;
+    Ok(())
+}
