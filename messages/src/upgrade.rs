@@ -1,5 +1,6 @@
 //! Messages between the upgrade center and the host about restarts and the
-//! probation of a new module set. The host acts on them because it is the
+//! probation of a new module set, the operator's approval and the busy
+//! leases that defer a restart. The host acts on them because it is the
 //! only part that knows the process.
 
 use serde::{Deserialize, Serialize};
@@ -83,4 +84,82 @@ pub struct UpgradeRolledBack {
 
 impl BusMessage for UpgradeRolledBack {
     const TOPIC: &'static str = "host.upgrade-rolled-back";
+}
+
+/// Apply the staged set now: the operator approved it (`banalytics-box
+/// approve`, published by the host). A staged set that waits for its
+/// maintenance window or for approval is applied at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApproveStagedSet {
+    /// Who approved, for the log (`cli`).
+    pub by: String,
+}
+
+impl BusMessage for ApproveStagedSet {
+    const TOPIC: &'static str = "host.approve-staged-set";
+}
+
+/// The default of the upgrade center's `max_defer`, which the host reads
+/// too: long enough for an alarm clip or a recording segment to finish,
+/// short enough that a stuck lease does not keep a box on an old set for a
+/// day.
+pub const DEFAULT_MAX_DEFER: &str = "30m";
+
+/// A component took a busy lease: the host defers restarts (to apply a
+/// set, or that probation causes) until it is released, at most the
+/// upgrade center's `max_defer`. A lease taken again under the same
+/// `holder` and `lease` replaces the first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyLeaseTaken {
+    /// The component instance that holds it.
+    pub holder: String,
+    /// The lease's name, unique for its holder (`alarm-clip`).
+    pub lease: String,
+    /// Why, for the log and `status`.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl BusMessage for BusyLeaseTaken {
+    const TOPIC: &'static str = "host.busy-lease-taken";
+}
+
+/// A component released the busy lease it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyLeaseReleased {
+    /// The component instance that held it.
+    pub holder: String,
+    /// The lease's name.
+    pub lease: String,
+}
+
+impl BusMessage for BusyLeaseReleased {
+    const TOPIC: &'static str = "host.busy-lease-released";
+}
+
+/// The host defers a restart it was asked for while busy leases are held
+/// (at most until `until_ms`); the upgrade center tells the portal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartDeferred {
+    /// `holder/lease (reason)` of each lease held.
+    pub holders: Vec<String>,
+    /// The restart happens at the latest then, ms since the epoch.
+    pub until_ms: u64,
+}
+
+impl BusMessage for RestartDeferred {
+    const TOPIC: &'static str = "host.restart-deferred";
+}
+
+/// The upgrade center's answer to [`ApproveStagedSet`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalHandled {
+    /// Whether a staged set waited and now restarts the box.
+    pub restarting: bool,
+    /// The set that waited, when one did.
+    pub set_id: Option<String>,
+}
+
+impl BusMessage for ApprovalHandled {
+    const TOPIC: &'static str = "host.approval-handled";
 }

@@ -58,6 +58,9 @@ pub enum Command {
         #[arg(long)]
         retry: bool,
     },
+    /// Approve the staged set: the running host restarts to apply it now,
+    /// whatever maintenance window or approval it waits for.
+    Approve,
     /// Apply the staged module set (with the host stopped).
     Apply,
     /// Make the backup module set the active one again (with the host
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Run => run(&home),
         Command::Status { json } => status(&home, json),
         Command::Upgrade { wait, retry } => upgrade(&home, wait, retry),
+        Command::Approve => ask(&home, &Request::Approve),
         Command::Apply => apply(&home),
         Command::Rollback => rollback(&home),
         Command::Verify => verify(&home),
@@ -248,6 +252,18 @@ fn run(home: &Home) -> Result<u8, Error> {
                     break Some(upgrade::Restart::from(&request));
                 }
             }
+        };
+        // Busy leases defer every restart, at most `max_defer`; a stop
+        // signal meanwhile stops without restarting.
+        let ending = match ending {
+            Some(how) => tokio::select! {
+                signal = &mut stop => {
+                    info!(%signal, "stopping");
+                    None
+                }
+                () = host.busy().wait_released(settings.max_defer) => Some(how),
+            },
+            None => None,
         };
         watcher.abort();
         if ending.is_some() && matches!(swap::probation(&layout), Ok(None)) {
@@ -453,6 +469,28 @@ fn print_status(data: &serde_json::Value) {
         );
     }
     print_sets(&data["upgrade"]);
+    print_waits(data);
+}
+
+/// What a staged set waits for: the upgrade center's window or approval,
+/// and the busy leases that defer the restart.
+fn print_waits(data: &serde_json::Value) {
+    for c in data["components"].as_array().into_iter().flatten() {
+        if let Some(why) = c["details"]["sync"]["waits_for"].as_str() {
+            println!("  {}: {why}", c["name"].as_str().unwrap_or("?"));
+        }
+    }
+    for l in data["busy"]["leases"].as_array().into_iter().flatten() {
+        println!(
+            "busy: {} holds {:?} ({})",
+            l["holder"].as_str().unwrap_or("?"),
+            l["lease"].as_str().unwrap_or("?"),
+            l["reason"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(until) = data["busy"]["restart_deferred_until_ms"].as_u64() {
+        println!("  the restart waits for the busy leases, at most until {until} ms");
+    }
 }
 
 /// The module sets part of `status` ([`swap::SetsReport`]).

@@ -21,6 +21,9 @@ pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 /// How long the CLI waits for the host's answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `approve` waits for the upgrade center's answer.
+pub const APPROVAL_WAIT: Duration = Duration::from_secs(10);
+
 /// What the CLI can ask.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -34,6 +37,8 @@ pub enum Request {
         #[serde(default)]
         retry: bool,
     },
+    /// Apply the staged set now, whatever it waits for (`approve`).
+    Approve,
     /// Restart a stopped or failed component.
     Restart {
         /// Instance name.
@@ -72,14 +77,15 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
 
 /// Answers requests until `shutdown` changes.
 pub async fn serve(listener: UnixListener, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+    let layout = banalytics_home::Layout::new(host.home());
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let host = host.clone();
+                    let (host, layout) = (host.clone(), layout.clone());
                     actix_rt::spawn(async move {
-                        if let Err(e) = answer(stream, &host).await {
+                        if let Err(e) = answer(stream, &host, &layout).await {
                             debug!(error = %e, "control connection ended");
                         }
                     });
@@ -90,7 +96,51 @@ pub async fn serve(listener: UnixListener, host: Arc<Host>, mut shutdown: watch:
     }
 }
 
-async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
+/// `approve`: refused when nothing is staged; otherwise the upgrade
+/// center hears it on the bus.
+async fn approve(host: &Host, layout: &banalytics_home::Layout) -> Response {
+    let refuse = |message: String| Response {
+        ok: false,
+        message: Some(message),
+        data: None,
+    };
+    if !layout.has_staged_set() {
+        return refuse("nothing to approve: no staged set (status shows the sets)".to_owned());
+    }
+    use banalytics_messages::upgrade::{ApprovalHandled, ApproveStagedSet};
+    let mut answers = host.bus().subscribe::<ApprovalHandled>();
+    let receivers = host
+        .bus()
+        .publish(ApproveStagedSet { by: "cli".into() })
+        .await;
+    if receivers == 0 {
+        return refuse("no component handles upgrades on this host".to_owned());
+    }
+    match tokio::time::timeout(APPROVAL_WAIT, answers.recv()).await {
+        Ok(Some(a)) if a.restarting => Response {
+            ok: true,
+            message: Some(
+                "staged set approved: the host restarts to apply it (after the busy leases, if any)"
+                    .to_owned(),
+            ),
+            data: None,
+        },
+        Ok(Some(_)) => refuse(
+            "the staged set waits for no approval (it restarts by itself, or the host holds its restart; status says why): nothing was changed"
+                .to_owned(),
+        ),
+        _ => refuse(format!(
+            "the upgrade center did not answer within {} s; nothing is known to have changed",
+            APPROVAL_WAIT.as_secs()
+        )),
+    }
+}
+
+async fn answer(
+    stream: UnixStream,
+    host: &Host,
+    layout: &banalytics_home::Layout,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read)
@@ -109,6 +159,7 @@ async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
             data: Some(serde_json::json!({
                 "host": { "running": true, "pid": std::process::id() },
                 "components": host.board().snapshot(),
+                "busy": host.busy().state(),
             })),
         },
         Ok(Request::Upgrade { retry }) => {
@@ -126,6 +177,7 @@ async fn answer(stream: UnixStream, host: &Host) -> io::Result<()> {
                 data: None,
             }
         }
+        Ok(Request::Approve) => approve(host, layout).await,
         Ok(Request::Exchange(x)) => crate::exchange::answer(host.bus(), x).await,
         Ok(Request::Restart { component }) => match host.restart(&component).await {
             Ok(message) => Response {

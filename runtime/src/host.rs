@@ -16,7 +16,9 @@ use banalytics_sdk::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{config::BoxConfig, ids, isolation::Isolation, registry::Registry, Error, Home};
+use crate::{
+    busy::BusyLeases, config::BoxConfig, ids, isolation::Isolation, registry::Registry, Error, Home,
+};
 
 struct Handle {
     name: String,
@@ -28,6 +30,8 @@ struct Handle {
 pub struct Host {
     board: StatusBoard,
     bus: Bus,
+    busy: BusyLeases,
+    home: std::path::PathBuf,
     components: Vec<Handle>,
 }
 
@@ -69,6 +73,8 @@ impl Host {
         }
         let board = StatusBoard::new();
         let bus = Bus::new();
+        // Before any component starts, so that no lease is missed.
+        let busy = BusyLeases::follow(&bus);
         let mut components = Vec::new();
         for (c, init, component) in created {
             board.register(&c.name, &c.kind, &init.id.to_string());
@@ -94,6 +100,8 @@ impl Host {
         Ok(Host {
             board,
             bus,
+            busy,
+            home: home.root().to_owned(),
             components,
         })
     }
@@ -101,6 +109,16 @@ impl Host {
     /// The status board.
     pub fn board(&self) -> &StatusBoard {
         &self.board
+    }
+
+    /// The home the host runs in.
+    pub fn home(&self) -> &std::path::Path {
+        &self.home
+    }
+
+    /// The busy leases the components hold.
+    pub fn busy(&self) -> &BusyLeases {
+        &self.busy
     }
 
     /// The bus the components share.

@@ -48,6 +48,8 @@ pub struct Settings {
     pub restart_mode: RestartMode,
     /// The program of `RestartMode::Command`.
     pub restart_command: Option<String>,
+    /// Longest a busy lease defers a restart.
+    pub max_defer: Duration,
 }
 
 /// The keys of the upgrade center's section that the host acts on. The
@@ -60,6 +62,7 @@ struct HostKeys {
     max_boot_attempts: u32,
     restart_mode: RestartMode,
     restart_command: Option<String>,
+    max_defer: String,
 }
 
 impl Default for HostKeys {
@@ -69,6 +72,7 @@ impl Default for HostKeys {
             max_boot_attempts: swap::DEFAULT_MAX_BOOT_ATTEMPTS,
             restart_mode: RestartMode::platform_default(),
             restart_command: RestartMode::default_command(),
+            max_defer: banalytics_messages::upgrade::DEFAULT_MAX_DEFER.to_owned(),
         }
     }
 }
@@ -90,6 +94,14 @@ impl Settings {
             max_boot_attempts: keys.max_boot_attempts.max(1),
             restart_mode: keys.restart_mode,
             restart_command: keys.restart_command,
+            // The upgrade center refuses a bad value when it is created;
+            // the host falls back to the default.
+            max_defer: keys
+                .max_defer
+                .parse::<jiff::SignedDuration>()
+                .ok()
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(Duration::from_secs(30 * 60)),
         })
     }
 }

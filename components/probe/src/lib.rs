@@ -5,7 +5,9 @@
 //! component runs. It also carries a failure drill: while the file named by
 //! `fail_while_file` exists, its actor panics as it starts, so restart
 //! policies and `banalytics-box restart` can be exercised on a real box; a
-//! ping with `panic = true` makes the actor panic in its handler.
+//! ping with `panic = true` makes the actor panic in its handler. The busy
+//! drill ([`ProbeBusyDrill`]) takes or releases a busy lease over the bus,
+//! as a camera recording an alarm clip would, to defer the host's restarts.
 
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
@@ -60,6 +62,23 @@ impl BusMessage for ProbePong {
     const TOPIC: &'static str = "probe.pong";
 }
 
+/// Busy drill for the probe named `to` (or every probe, with `"*"`): take
+/// (`hold = true`) or release its busy lease `drill`; answered with a
+/// [`ProbePong`] of the same `seq` once the lease message is on the bus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbeBusyDrill {
+    /// The probe instance name, or `"*"`.
+    pub to: String,
+    /// Echoed in the pong.
+    pub seq: u64,
+    /// Take the lease (`true`) or release it (`false`).
+    pub hold: bool,
+}
+
+impl BusMessage for ProbeBusyDrill {
+    const TOPIC: &'static str = "probe.busy-drill";
+}
+
 /// The probe's own keys in `box.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +87,11 @@ pub struct ProbeConfig {
     /// while it exists.
     #[serde(default)]
     pub fail_while_file: Option<PathBuf>,
+    /// Busy drill: take the busy lease `drill` as the component starts (a
+    /// component that is busy from its start), until a
+    /// [`ProbeBusyDrill`] releases it.
+    #[serde(default)]
+    pub busy_lease_at_start: bool,
 }
 
 struct Probe {
@@ -100,7 +124,27 @@ impl Component for Probe {
             prober::Prober::new(name.clone(), bus.clone(), generation, drill.clone())
         });
         ctx.route::<ProbePing, _>(&addr);
+        ctx.route::<ProbeBusyDrill, _>(&addr);
+        if self.config.busy_lease_at_start {
+            let _ = addr.try_send(FromBus(std::sync::Arc::new(ProbeBusyDrill {
+                to: self.name.clone(),
+                seq: 0,
+                hold: true,
+            })));
+        }
         Ok(())
+    }
+}
+
+impl Handler<FromBus<ProbeBusyDrill>> for prober::Prober {
+    type Result = ResponseFuture<()>;
+
+    fn handle(
+        &mut self,
+        FromBus(drill): FromBus<ProbeBusyDrill>,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        self.busy(&drill)
     }
 }
 

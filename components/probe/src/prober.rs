@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use actix::prelude::*;
 use banalytics_sdk::Bus;
 
-use crate::{ProbePing, ProbePong};
+use banalytics_messages::upgrade::{BusyLeaseReleased, BusyLeaseTaken};
+
+use crate::{ProbeBusyDrill, ProbePing, ProbePong};
+
+/// The name of the busy lease the drill takes.
+pub const DRILL_LEASE: &str = "drill";
 
 /// Answers pings addressed to its probe.
 pub struct Prober {
@@ -44,6 +49,44 @@ impl Prober {
         };
         Box::pin(async move {
             bus.publish(pong).await;
+        })
+    }
+}
+
+impl Prober {
+    pub(crate) fn busy(&self, drill: &ProbeBusyDrill) -> ResponseFuture<()> {
+        if drill.to != self.name && drill.to != "*" {
+            return Box::pin(async {});
+        }
+        let (bus, holder, hold, seq, generation) = (
+            self.bus.clone(),
+            self.name.clone(),
+            drill.hold,
+            drill.seq,
+            self.generation,
+        );
+        Box::pin(async move {
+            tracing::info!(probe = %holder, hold, "busy drill");
+            if hold {
+                bus.publish(BusyLeaseTaken {
+                    holder: holder.clone(),
+                    lease: DRILL_LEASE.into(),
+                    reason: "busy drill".into(),
+                })
+                .await;
+            } else {
+                bus.publish(BusyLeaseReleased {
+                    holder: holder.clone(),
+                    lease: DRILL_LEASE.into(),
+                })
+                .await;
+            }
+            bus.publish(ProbePong {
+                from: holder,
+                seq,
+                generation,
+            })
+            .await;
         })
     }
 }

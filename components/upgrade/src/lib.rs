@@ -24,6 +24,7 @@ pub mod plan;
 pub mod portal_link;
 pub mod preflight;
 pub mod restarter;
+pub mod schedule;
 pub mod stager;
 pub mod sync;
 pub mod tuf;
@@ -32,11 +33,13 @@ pub mod tuf;
 // crate's own paths (`crate::layout::Layout`) short.
 use banalytics_home::{coords, failpoint, installed, layout, record};
 
-use std::time::Duration;
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use banalytics_messages::{
     portal::{GetEnvModulesResponse, SyncSoftware, UpgradeRequested},
-    upgrade::{RestartMode, UpgradeCommitted, UpgradeRolledBack},
+    upgrade::{
+        ApproveStagedSet, RestartDeferred, RestartMode, UpgradeCommitted, UpgradeRolledBack,
+    },
 };
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
@@ -53,6 +56,7 @@ use crate::{
     layout::Layout,
     portal_link::{core_module, Peers, PortalLink, Synchronise},
     restarter::Restarter,
+    schedule::{ApplyMode, ApplyPolicy, SystemClock, Window, WindowConfig},
     stager::Stager,
     sync::Trigger,
 };
@@ -161,6 +165,32 @@ pub struct UpgradeConfig {
     /// and system roots (relative to the home), as the portal's `ca_file`.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// When a staged set is applied: `immediately` (default), `window` or
+    /// `approval`.
+    #[serde(default)]
+    pub apply: ApplyMode,
+    /// The maintenance window of `apply = "window"`.
+    #[serde(default)]
+    pub maintenance_window: Option<WindowConfig>,
+    /// Whether a portal `EVT_SYNC_SOFT` for the staged set approves it
+    /// (default false).
+    #[serde(default)]
+    pub approval_from_portal: bool,
+    /// Longest a busy lease defers a restart (default `30m`); the host
+    /// reads it.
+    #[serde(default = "default_max_defer")]
+    pub max_defer: String,
+    /// Cap of all downloads together, e.g. `"2 MiB/s"` (default: none).
+    #[serde(default)]
+    pub max_download_rate: Option<String>,
+    /// When downloads may run (default: always); a download still running
+    /// when it closes pauses and resumes in the next one.
+    #[serde(default)]
+    pub download_window: Option<WindowConfig>,
+}
+
+fn default_max_defer() -> String {
+    banalytics_messages::upgrade::DEFAULT_MAX_DEFER.to_owned()
 }
 
 fn default_restart_mode() -> RestartMode {
@@ -229,6 +259,8 @@ struct UpgradeCenter {
     config: UpgradeConfig,
     layout: Layout,
     preflight: preflight::Preflight,
+    apply: ApplyPolicy,
+    gate: fetch::rate::Gate,
 }
 
 fn create(
@@ -253,6 +285,40 @@ fn create(
             "restart_mode = \"command\" needs restart_command, the program to run".into(),
         ));
     }
+    let window = |key: &str, cfg: &Option<WindowConfig>| {
+        cfg.as_ref()
+            .map(Window::parse)
+            .transpose()
+            .map_err(|e| ComponentError::Start(format!("{key}: {e}")))
+    };
+    let maintenance_window = window("maintenance_window", &config.maintenance_window)?;
+    let download_window = window("download_window", &config.download_window)?;
+    if config.apply == ApplyMode::Window && maintenance_window.is_none() {
+        return Err(ComponentError::Start(
+            "apply = \"window\" needs maintenance_window, e.g. { schedule = \"0 2 * * *\", duration = \"2h\", timezone = \"Europe/Berlin\" }".into(),
+        ));
+    }
+    jiff::SignedDuration::from_str(&config.max_defer)
+        .ok()
+        .filter(|d| !d.is_negative())
+        .ok_or_else(|| {
+            ComponentError::Start(format!(
+                "max_defer = {:?} is not accepted; accepted: a duration such as \"30m\" or \"2h\"",
+                config.max_defer
+            ))
+        })?;
+    let rate = config
+        .max_download_rate
+        .as_deref()
+        .map(fetch::rate::parse_rate)
+        .transpose()
+        .map_err(|e| ComponentError::Start(format!("max_download_rate: {e}")))?;
+    let apply = ApplyPolicy {
+        mode: config.apply,
+        window: maintenance_window,
+        approval_from_portal: config.approval_from_portal,
+        clock: Arc::new(SystemClock),
+    };
     if config.status_flush_timeout_ms > 60_000 {
         return Err(ComponentError::Start(format!(
             "status_flush_timeout_ms = {} is not accepted; accepted values: 0 to 60000",
@@ -264,6 +330,8 @@ fn create(
         config,
         layout: Layout::new(&init.home),
         preflight,
+        apply,
+        gate: fetch::rate::Gate::new(rate, download_window, Arc::new(SystemClock)),
     }))
 }
 
@@ -279,6 +347,7 @@ impl Component for UpgradeCenter {
         // Build one client now so that a TLS set-up failure is a start error.
         let mut fetch_config = self.config.fetch_config();
         fetch_config.ca_file = self.config.ca_file.as_ref().map(|f| layout.home().join(f));
+        fetch_config.gate = self.gate.clone();
         fetch::client(&fetch_config).map_err(|e| ComponentError::Start(e.to_string()))?;
 
         let l = layout.clone();
@@ -331,8 +400,9 @@ impl Component for UpgradeCenter {
             self.config.restart_command.clone(),
             Duration::from_millis(self.config.status_flush_timeout_ms),
         );
+        let apply = self.apply.clone();
         let restarter = ctx.supervise("restarter", move |_, _| {
-            Restarter::new(bus.clone(), mode, command.clone(), delay)
+            Restarter::new(bus.clone(), mode, command.clone(), delay).with_policy(apply.clone())
         });
         let peers = Peers {
             layout: layout.clone(),
@@ -344,13 +414,17 @@ impl Component for UpgradeCenter {
             stager,
             restarter,
             core: core_module(&layout),
+            apply: self.apply.clone(),
         };
+        let peers_restarter = peers.restarter.clone();
         let link = ctx.supervise("portal-link", move |_, _| PortalLink::new(peers.clone()));
         ctx.route::<SyncSoftware, _>(&link);
         ctx.route::<UpgradeRequested, _>(&link);
         ctx.route::<GetEnvModulesResponse, _>(&link);
         ctx.route::<UpgradeCommitted, _>(&link);
         ctx.route::<UpgradeRolledBack, _>(&link);
+        ctx.route::<RestartDeferred, _>(&link);
+        ctx.route::<ApproveStagedSet, _>(&peers_restarter);
 
         match layout.environment_uuid() {
             Ok(Some(env)) => info!(environment = %env, "registered with the portal"),

@@ -19,7 +19,7 @@ use banalytics_messages::{
         CoreBuild, GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus,
         ModuleStatusUpdate, SyncSoftware, UpgradeRequested,
     },
-    upgrade::{UpgradeCommitted, UpgradeRolledBack},
+    upgrade::{RestartDeferred, UpgradeCommitted, UpgradeRolledBack},
 };
 use banalytics_sdk::{status::now_ms, Bus, FromBus, StatusBoard, SupervisedAddr};
 use tokio::sync::{mpsc, oneshot};
@@ -32,7 +32,8 @@ use crate::{
     error::{Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
     layout::Layout,
-    restarter::{RestartToApply, Restarter},
+    restarter::{Approve, RestartToApply, Restarter, WaitingSet},
+    schedule::ApplyPolicy,
     stager::{StageSet, Stager},
     sync::{target_set_id, HomeFacts, SyncReport, SyncState, Trigger},
 };
@@ -67,6 +68,8 @@ pub struct Peers {
     /// The running core's coordinates and build, sent with
     /// `GET_ENV_MOD_REQ`.
     pub core: (ModuleRef, Option<CoreBuild>),
+    /// When a staged set is applied, for the `downloaded` statuses.
+    pub apply: ApplyPolicy,
 }
 
 /// The PortalLink actor.
@@ -179,6 +182,52 @@ impl Handler<FromBus<GetEnvModulesResponse>> for PortalLink {
             }
             None => info!("GET_ENV_MOD_RES arrived while none was awaited; ignored"),
         }
+    }
+}
+
+impl Handler<FromBus<RestartDeferred>> for PortalLink {
+    type Result = ResponseFuture<()>;
+
+    /// The host waits for busy components before the restart that applies
+    /// the set staged here: `status` and the portal (the staged modules'
+    /// `downloaded` status) hear what for and until when.
+    fn handle(
+        &mut self,
+        FromBus(deferred): FromBus<RestartDeferred>,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let Some(staged) = self.report.borrow().staged.clone() else {
+            return Box::pin(async {});
+        };
+        let until = jiff::Timestamp::from_millisecond(deferred.until_ms as i64)
+            .map_or_else(|_| format!("{} ms", deferred.until_ms), |t| t.to_string());
+        let message = format!(
+            "the restart waits for busy components ({}), at most until {until}",
+            deferred.holders.join(", ")
+        );
+        self.report.borrow_mut().waits_for = Some(message.clone());
+        publish_report(&self.peers, &self.report.borrow());
+        let peers = self.peers.clone();
+        let span = info_span!("portal_link.restart_deferred");
+        Box::pin(
+            async move {
+                if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                    for module in &staged.modules {
+                        let coords = module.parse::<Coords>().ok();
+                        let message = Some(message.clone());
+                        status(
+                            &peers,
+                            &env,
+                            coords.as_ref(),
+                            ModuleStatus::Downloaded,
+                            message,
+                        )
+                        .await;
+                    }
+                }
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -459,6 +508,36 @@ async fn run(
         span.in_scope(|| crate::sync::pass_quarantine(&layout, &set, retry))
     })
     .await?;
+    // The set staged already and waiting for its restart is not staged
+    // again; a portal synchronisation approves it when so configured.
+    if peers.restarter.send(WaitingSet).await?.as_deref() == Some(set_id.as_str()) {
+        let approved = report.borrow().trigger == Some(Trigger::Portal)
+            && peers.apply.approval_from_portal
+            && peers
+                .restarter
+                .send(Approve {
+                    by: "portal".into(),
+                    set_id: Some(set_id.clone()),
+                })
+                .await?;
+        let mut r = report.borrow_mut();
+        r.state = SyncState::Staged;
+        r.result = Some(if approved {
+            "the staged set was approved by the portal; restarting to apply it".into()
+        } else {
+            "the target set is staged already".into()
+        });
+        r.waits_for = if approved {
+            None
+        } else {
+            peers.apply.waits_for()
+        };
+        info!(
+            approved,
+            "target set is the staged set waiting for its restart"
+        );
+        return Ok(());
+    }
     set_state(peers, report, SyncState::Resolving);
     let resolved = match peers
         .downloader
@@ -491,7 +570,7 @@ async fn run(
             env,
             Some(&m.resolved.module.coords),
             ModuleStatus::Downloaded,
-            None,
+            peers.apply.waits_for(),
         )
         .await;
     }
@@ -537,9 +616,16 @@ async fn run(
             summary.reused_files
         ));
         r.staged = Some(summary);
+        r.waits_for = peers.apply.waits_for();
     }
     publish_report(peers, &report.borrow());
-    peers.restarter.tell(RestartToApply { reason }).await?;
+    peers
+        .restarter
+        .tell(RestartToApply {
+            reason,
+            set_id: Some(set_id),
+        })
+        .await?;
     Ok(())
 }
 
@@ -567,7 +653,7 @@ async fn forward(
                 env,
                 coords_of(&module).as_ref(),
                 ModuleStatus::Downloaded,
-                None,
+                peers.apply.waits_for(),
             )
             .await
         }

@@ -9,23 +9,62 @@
 //! until none, for at most `status_flush_timeout_ms`: the host stops the
 //! link when it restarts. A durable status not confirmed by then is sent
 //! after the restart; waiting here only makes the portal see it sooner.
+//!
+//! The upgrade center's `apply` decides when ([`ApplyPolicy`]): at once
+//! (the default), in the next maintenance window, or once approved. A
+//! restart that waits runs as a future of this actor, so that the
+//! approval ([`Approve`], or `ApproveStagedSet` from the CLI) is handled
+//! meanwhile; a newer staged set replaces the one that waits. An approval
+//! applies the staged set at once in either waiting mode. When the window
+//! closes while the statuses are flushed, the restart waits for the next
+//! window. The wait is in memory: a restart of this actor forgets it, and
+//! a box that restarts for another reason applies the staged set as it
+//! starts (it restarted anyway).
 
 use std::time::Duration;
 
 use actix::prelude::*;
 use banalytics_messages::{
     portal::{PortalOutboxQuery, PortalOutboxState},
-    upgrade::{RestartMode, RestartRequested},
+    upgrade::{ApprovalHandled, ApproveStagedSet, RestartMode, RestartRequested},
 };
-use banalytics_sdk::Bus;
-use tracing::{info, info_span, Instrument};
+use banalytics_sdk::{Bus, FromBus};
+use tokio::sync::oneshot;
+use tracing::{info, info_span, warn, Instrument};
 
-/// Restart the box to apply the staged set.
+use crate::schedule::{ApplyMode, ApplyPolicy, WindowState};
+
+/// Restart the box to apply the staged set (when the [`ApplyPolicy`]
+/// allows).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RestartToApply {
     /// Why, for the log.
     pub reason: String,
+    /// The staged set's id, which a portal approval names.
+    pub set_id: Option<String>,
+}
+
+/// Apply the staged set that waits now. Answers whether one waited (the
+/// set named by `set_id`, when given).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Approve {
+    /// Who approved, for the log: `cli`, `portal`.
+    pub by: String,
+    /// Only this set.
+    pub set_id: Option<String>,
+}
+
+/// Which staged set waits for its restart, if any.
+#[derive(Message)]
+#[rtype(result = "Option<String>")]
+pub struct WaitingSet;
+
+struct Pending {
+    set_id: Option<String>,
+    approve: Option<oneshot::Sender<String>>,
+    handle: SpawnHandle,
 }
 
 /// The Restarter actor.
@@ -34,6 +73,8 @@ pub struct Restarter {
     mode: RestartMode,
     command: Option<String>,
     flush_timeout: Duration,
+    policy: ApplyPolicy,
+    pending: Option<Pending>,
 }
 
 /// How often the outbox is asked while statuses are still queued.
@@ -53,7 +94,15 @@ impl Restarter {
             mode,
             command,
             flush_timeout,
+            policy: ApplyPolicy::default(),
+            pending: None,
         }
+    }
+
+    /// The same restarter, restarting when `policy` allows.
+    pub fn with_policy(mut self, policy: ApplyPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -64,7 +113,7 @@ impl Actor for Restarter {
 impl Handler<RestartToApply> for Restarter {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: RestartToApply, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RestartToApply, ctx: &mut Context<Self>) -> Self::Result {
         let (bus, mode, command, timeout) = (
             self.bus.clone(),
             self.mode,
@@ -72,19 +121,156 @@ impl Handler<RestartToApply> for Restarter {
             self.flush_timeout,
         );
         let span = info_span!("restarter.restart_to_apply", ?mode, reason = %msg.reason);
-        Box::pin(
-            async move {
-                let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
-                info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
-                bus.publish(RestartRequested {
-                    mode,
-                    command,
-                    reason: msg.reason,
-                })
-                .await;
+        if self.policy.mode == ApplyMode::Immediately {
+            return Box::pin(
+                async move {
+                    let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
+                    info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
+                    bus.publish(RestartRequested {
+                        mode,
+                        command,
+                        reason: msg.reason,
+                    })
+                    .await;
+                }
+                .instrument(span),
+            );
+        }
+        if let Some(old) = self.pending.take() {
+            info!(set = ?old.set_id, "a newer staged set replaces the one that waited");
+            ctx.cancel_future(old.handle);
+        }
+        let (approve, approved) = oneshot::channel();
+        let policy = self.policy.clone();
+        let reason = msg.reason.clone();
+        let waits = policy.waits_for();
+        span.in_scope(|| info!(waits_for = waits.as_deref().unwrap_or("nothing"), set = ?msg.set_id, "staged set waits for its restart"));
+        let wait = async move {
+            let why = wait_turn(&policy, approved, &bus, timeout).await;
+            info!(?mode, %why, reason = %reason, "restarting to apply the staged set");
+            bus.publish(RestartRequested {
+                mode,
+                command,
+                reason: format!("{reason} ({why})"),
+            })
+            .await;
+        }
+        .instrument(span);
+        let handle = ctx.spawn(wait.into_actor(self).map(|(), act, _| act.pending = None));
+        self.pending = Some(Pending {
+            set_id: msg.set_id,
+            approve: Some(approve),
+            handle,
+        });
+        Box::pin(async {})
+    }
+}
+
+impl Handler<Approve> for Restarter {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Approve, _: &mut Context<Self>) -> bool {
+        let Some(pending) = self.pending.as_mut() else {
+            info!(by = %msg.by, "approval with no staged set waiting; nothing to do");
+            return false;
+        };
+        if msg.set_id.is_some() && msg.set_id != pending.set_id {
+            info!(by = %msg.by, approved = ?msg.set_id, waiting = ?pending.set_id, "approval for another set than the one waiting; ignored");
+            return false;
+        }
+        match pending.approve.take() {
+            Some(tx) => {
+                info!(by = %msg.by, set = ?pending.set_id, "staged set approved");
+                tx.send(msg.by).is_ok()
             }
-            .instrument(span),
-        )
+            None => true,
+        }
+    }
+}
+
+impl Handler<FromBus<ApproveStagedSet>> for Restarter {
+    type Result = ResponseFuture<()>;
+
+    /// `approve` from the CLI: approves the set that waits, if any, and
+    /// answers [`ApprovalHandled`].
+    fn handle(
+        &mut self,
+        FromBus(msg): FromBus<ApproveStagedSet>,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        let set_id = self.pending.as_ref().and_then(|p| p.set_id.clone());
+        let restarting = self.handle(
+            Approve {
+                by: msg.by.clone(),
+                set_id: None,
+            },
+            ctx,
+        );
+        let bus = self.bus.clone();
+        Box::pin(async move {
+            bus.publish(ApprovalHandled { restarting, set_id }).await;
+        })
+    }
+}
+
+impl Handler<WaitingSet> for Restarter {
+    type Result = Option<String>;
+
+    fn handle(&mut self, _: WaitingSet, _: &mut Context<Self>) -> Option<String> {
+        self.pending.as_ref().and_then(|p| p.set_id.clone())
+    }
+}
+
+/// Waits until the staged set may be applied: approved, or (in window
+/// mode) a maintenance window open once the statuses were flushed.
+/// Returns why now, for the log.
+async fn wait_turn(
+    policy: &ApplyPolicy,
+    mut approved: oneshot::Receiver<String>,
+    bus: &Bus,
+    flush_timeout: Duration,
+) -> String {
+    loop {
+        let why = tokio::select! {
+            by = &mut approved => match by {
+                Ok(by) => {
+                    let flushed = tokio::time::timeout(flush_timeout, flush(bus)).await.is_ok();
+                    return format!("approved by {by}, statuses flushed: {flushed}");
+                }
+                // The sender lives as long as the wait; never without it.
+                Err(_) => std::future::pending().await,
+            },
+            closes = window_opens(policy) => format!("in the maintenance window until {closes}"),
+        };
+        let flushed = tokio::time::timeout(flush_timeout, flush(bus))
+            .await
+            .is_ok();
+        let window = policy.window.as_ref().expect("window mode has a window");
+        match window.state_at(policy.clock.now()) {
+            Ok(WindowState::Open { .. }) => return format!("{why}, statuses flushed: {flushed}"),
+            _ => {
+                warn!(%window, "the maintenance window closed before the restart could start; waiting for the next one")
+            }
+        }
+    }
+}
+
+/// Returns when a maintenance window is open, with when it closes; never
+/// when the policy has no window (approval only).
+async fn window_opens(policy: &ApplyPolicy) -> String {
+    let Some(window) = policy
+        .window
+        .as_ref()
+        .filter(|_| policy.mode == ApplyMode::Window)
+    else {
+        return std::future::pending().await;
+    };
+    match window.wait_open(&*policy.clock).await {
+        Ok(closes) => closes.to_string(),
+        Err(e) => {
+            warn!(%window, error = %e, "the maintenance window never opens: only an approval applies the staged set");
+            std::future::pending().await
+        }
     }
 }
 

@@ -130,6 +130,10 @@ pub struct SyncReport {
     pub skipped_triggers: u64,
     /// The staged set, once staged.
     pub staged: Option<StagedSummary>,
+    /// What the staged set waits for before the restart that applies it
+    /// (a maintenance window, an approval), and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<String>,
     /// The home as it was when the report (re)started: read once, not at
     /// every progress update.
     #[serde(skip)]

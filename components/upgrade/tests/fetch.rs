@@ -36,6 +36,7 @@ fn test_config() -> FetchConfig {
         max_attempts: 3,
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),
+        gate: Default::default(),
         ..FetchConfig::default()
     }
 }

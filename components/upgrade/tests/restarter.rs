@@ -50,6 +50,7 @@ async fn restart_waits_until_the_queued_statuses_left() {
     .start();
     r.send(RestartToApply {
         reason: "test".into(),
+        set_id: None,
     })
     .await
     .unwrap();
@@ -72,6 +73,7 @@ async fn restart_is_bounded_by_the_flush_timeout() {
     let t = Instant::now();
     r.send(RestartToApply {
         reason: "test".into(),
+        set_id: None,
     })
     .await
     .unwrap();
@@ -98,9 +100,200 @@ async fn without_portal_integration_the_restart_is_immediate() {
     let t = Instant::now();
     r.send(RestartToApply {
         reason: "test".into(),
+        set_id: None,
     })
     .await
     .unwrap();
     assert_eq!(t.elapsed(), Duration::ZERO);
     assert!(restarts.try_recv().is_some());
+}
+
+mod apply {
+    //! When the staged set is applied: in its maintenance window, or once
+    //! approved; in paused tokio time, with the window read on a clock
+    //! that follows it.
+
+    use std::sync::Arc;
+
+    use banalytics_upgrade_center::{
+        restarter::{Approve, WaitingSet},
+        schedule::{ApplyMode, ApplyPolicy, Clock, TokioClock, Window, WindowConfig},
+    };
+    use jiff::Timestamp;
+
+    use super::*;
+
+    fn berlin(civil: &str) -> Timestamp {
+        jiff::civil::DateTime::from_str(civil)
+            .unwrap()
+            .in_tz("Europe/Berlin")
+            .unwrap()
+            .timestamp()
+    }
+
+    use std::str::FromStr;
+
+    fn window_policy(clock: &TokioClock, schedule: &str, duration: &str) -> ApplyPolicy {
+        ApplyPolicy {
+            mode: ApplyMode::Window,
+            window: Some(
+                Window::parse(&WindowConfig {
+                    schedule: schedule.into(),
+                    duration: duration.into(),
+                    timezone: "Europe/Berlin".into(),
+                })
+                .unwrap(),
+            ),
+            approval_from_portal: false,
+            clock: Arc::new(clock.clone()),
+        }
+    }
+
+    fn staged(set: &str) -> RestartToApply {
+        RestartToApply {
+            reason: "staged 1 modules".into(),
+            set_id: Some(set.into()),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_set_staged_at_14_00_with_a_window_from_02_00_restarts_at_02_00_not_before() {
+        tokio::time::pause();
+        let clock = TokioClock::starting_at(berlin("2026-06-10T14:00:00"));
+        let policy = window_policy(&clock, "0 2 * * *", "2h");
+        assert!(policy
+            .waits_for()
+            .unwrap()
+            .contains("2026-06-11T02:00:00+02:00[Europe/Berlin]"));
+        let bus = Bus::new();
+        let mut restarts = bus.subscribe::<RestartRequested>();
+        let r = Restarter::new(
+            bus.clone(),
+            RestartMode::Exit,
+            None,
+            Duration::from_secs(10),
+        )
+        .with_policy(policy)
+        .start();
+        r.send(staged("set-a")).await.unwrap();
+        assert_eq!(r.send(WaitingSet).await.unwrap().as_deref(), Some("set-a"));
+        // One second before the window: nothing.
+        tokio::time::sleep_until(Instant::now() + Duration::from_secs(12 * 3600 - 1)).await;
+        assert!(restarts.try_recv().is_none(), "restarted before the window");
+        let request = restarts.recv().await.expect("restart requested");
+        let at = clock.now();
+        assert!(
+            at >= berlin("2026-06-11T02:00:00") && at < berlin("2026-06-11T02:00:01"),
+            "restarted at {at}"
+        );
+        assert!(
+            request.reason.contains("maintenance window"),
+            "{}",
+            request.reason
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_window_that_closes_while_statuses_are_flushed_waits_for_the_next_one() {
+        tokio::time::pause();
+        let clock = TokioClock::starting_at(berlin("2026-06-10T14:00:00"));
+        let bus = Bus::new();
+        // Portal Integration never empties its outbox: each flush takes
+        // the whole flush timeout, longer than the 1-minute window.
+        let _stuck = fake_outbox(&bus, usize::MAX);
+        let mut restarts = bus.subscribe::<RestartRequested>();
+        let r = Restarter::new(
+            bus.clone(),
+            RestartMode::Exit,
+            None,
+            Duration::from_secs(120),
+        )
+        .with_policy(window_policy(&clock, "0 2 * * *", "1m"))
+        .start();
+        r.send(staged("set-a")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(13 * 3600)).await;
+        assert!(
+            restarts.try_recv().is_none(),
+            "restarted after the window closed"
+        );
+        // Next day: still stuck, so never; the wait goes on.
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        assert!(restarts.try_recv().is_none());
+        assert_eq!(r.send(WaitingSet).await.unwrap().as_deref(), Some("set-a"));
+    }
+
+    #[actix_rt::test]
+    async fn approval_mode_waits_for_the_approval_of_the_waiting_set() {
+        tokio::time::pause();
+        let clock = TokioClock::starting_at(berlin("2026-06-10T14:00:00"));
+        let policy = ApplyPolicy {
+            mode: ApplyMode::Approval,
+            clock: Arc::new(clock),
+            ..ApplyPolicy::default()
+        };
+        assert!(policy
+            .waits_for()
+            .unwrap()
+            .contains("banalytics-box approve"));
+        let bus = Bus::new();
+        let mut restarts = bus.subscribe::<RestartRequested>();
+        let r = Restarter::new(
+            bus.clone(),
+            RestartMode::Exit,
+            None,
+            Duration::from_secs(10),
+        )
+        .with_policy(policy)
+        .start();
+        r.send(staged("set-a")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(7 * 24 * 3600)).await;
+        assert!(restarts.try_recv().is_none(), "restarted without approval");
+        let other = Approve {
+            by: "portal".into(),
+            set_id: Some("set-b".into()),
+        };
+        assert!(
+            !r.send(other).await.unwrap(),
+            "another set's approval counted"
+        );
+        let mine = Approve {
+            by: "cli".into(),
+            set_id: None,
+        };
+        assert!(r.send(mine).await.unwrap());
+        let request = restarts.recv().await.expect("restart requested");
+        assert!(
+            request.reason.contains("approved by cli"),
+            "{}",
+            request.reason
+        );
+    }
+
+    #[actix_rt::test]
+    async fn an_approval_in_window_mode_applies_at_once() {
+        tokio::time::pause();
+        let clock = TokioClock::starting_at(berlin("2026-06-10T14:00:00"));
+        let bus = Bus::new();
+        let mut restarts = bus.subscribe::<RestartRequested>();
+        let r = Restarter::new(
+            bus.clone(),
+            RestartMode::Exit,
+            None,
+            Duration::from_secs(10),
+        )
+        .with_policy(window_policy(&clock, "0 2 * * *", "2h"))
+        .start();
+        r.send(staged("set-a")).await.unwrap();
+        // `ApproveStagedSet` from the bus becomes this message.
+        assert!(r
+            .send(Approve {
+                by: "cli".into(),
+                set_id: None
+            })
+            .await
+            .unwrap());
+        let request = restarts.recv().await.expect("restart requested");
+        assert!(clock.now() < berlin("2026-06-10T14:00:01"));
+        assert!(request.reason.contains("approved by cli"));
+    }
 }

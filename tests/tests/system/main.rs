@@ -20,6 +20,7 @@ mod fleet;
 mod host_process;
 mod isolation;
 mod loop_;
+mod maintenance;
 mod native;
 mod outbox;
 mod plugins;

@@ -98,6 +98,24 @@ impl Attempt<'_> {
             kept.hasher.update(&chunk);
             on_disk += len;
             (self.progress)(on_disk, total);
+            // The cap, by not reading on before the limiter allows; then
+            // the window, checked between chunks. A closed window pauses
+            // the transfer with its connection kept, so the bytes already
+            // on their way (socket buffers) are not lost; when the server
+            // drops the connection meanwhile, the read after the pause
+            // fails and the retry resumes from the partial with a Range.
+            self.cfg.gate.take(chunk.len()).await;
+            if !self.cfg.gate.is_open() {
+                file.flush().await.map_err(self.io("write", self.partial))?;
+                tracing::info!(url, on_disk, "download window closed: transfer paused");
+                self.cfg.gate.wait_open().await;
+                tracing::info!(url, on_disk, "download window open: transfer resumed");
+                meter = ThroughputMeter::new(
+                    self.cfg.min_throughput_bytes_per_s,
+                    self.cfg.throughput_window,
+                    Instant::now(),
+                );
+            }
             if let Err(bytes_per_s) = meter.record(len, Instant::now()) {
                 return Err(FetchError::TooSlow {
                     url: url.to_owned(),

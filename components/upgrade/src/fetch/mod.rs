@@ -31,6 +31,7 @@ mod body;
 mod error;
 mod expected;
 mod lookup;
+pub mod rate;
 mod request;
 mod resume;
 
@@ -118,6 +119,9 @@ pub struct FetchConfig {
     /// PEM certificates trusted besides the webpki and system roots (a
     /// repository manager behind an internal CA).
     pub ca_file: Option<std::path::PathBuf>,
+    /// The bandwidth cap and download window, shared by every download
+    /// of the upgrade center (default: neither).
+    pub gate: rate::Gate,
 }
 
 impl Default for FetchConfig {
@@ -131,6 +135,7 @@ impl Default for FetchConfig {
             base_backoff: DEFAULT_BASE_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
             ca_file: None,
+            gate: rate::Gate::default(),
         }
     }
 }
@@ -278,6 +283,9 @@ pub async fn download(
         .with_max_delay(cfg.max_backoff)
         .with_max_times(cfg.max_attempts.max(1) as usize - 1)
         .with_jitter();
+    // Outside the download window no download starts (one that the
+    // window closes on pauses inside its attempt: `body`).
+    cfg.gate.wait_open().await;
     let outcome = (|| job.run())
         .retry(backoff)
         .sleep(tokio::time::sleep)
