@@ -93,16 +93,32 @@ fn sync_once(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    poll_until(DEADLINE, "the box to connect", || {
+    // Every component started (the upgrade center would miss an
+    // EVT_SYNC_SOFT that arrives before it subscribed) and the link is up.
+    let ready = poll_until(DEADLINE, "the box to start and connect", || {
+        let started = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("host running"));
         portal
             .environment(ENV)
-            .filter(|e| e.live_connections > 0)
+            .filter(|e| started && e.live_connections > 0)
             .map(|_| ())
-    })?;
+    });
+    if let Err(e) = ready {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     ensure!(portal.sync(ENV) >= 1, "sync not delivered");
     let status = poll_until(DEADLINE, "the box to end", || {
         child.try_wait().ok().flatten()
-    })?;
+    });
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.context(std::fs::read_to_string(&log).unwrap_or_default()));
+        }
+    };
     poll_until(DEADLINE, "the portal to see the box go", || {
         portal
             .environment(ENV)
