@@ -1,6 +1,8 @@
 //! The reference portal: a real server that speaks the portal protocol on
 //! `/portal-integration` and serves a Maven-layout artifact repository on
-//! `/repo/...`, with a loopback JSON admin API on `/admin/...`.
+//! `/repo/...`, with a loopback JSON admin API on `/admin/...` and the
+//! fleet console on `/console` (both need the admin token, [`auth`]):
+//! environments, modules, assignment and rollouts in waves ([`rollout`]).
 //!
 //! It is the counterpart of every end-to-end test of the box, and it is
 //! usable by a module developer or a small self-hosted fleet
@@ -10,20 +12,23 @@
 //!
 //! Lifecycle: [`PortalHandle::shutdown`] signals every task (the HTTP
 //! server, each WebSocket connection, each body stream) and returns once
-//! all of them have ended. Published modules and assignments live in the
-//! data folder and survive a restart; connections, statuses, counters and
-//! fault switches do not.
+//! all of them have ended (the console's event streams end with it).
+//! Published modules, assignments, rollouts and the admin token's hash live
+//! in the data folder and survive a restart; connections, statuses,
+//! counters, console sessions and fault switches do not.
 //!
 //! Layout of the data folder: `repo/` (the repository), `portal-state.json`
 //! (modules, assignments and the digests of the published files, unless
-//! `--state-file` says otherwise),
-//! `portal.addr` (the URL of the running portal).
+//! `--state-file` says otherwise), `rollouts.json` (every rollout),
+//! `admin-token.sha256` (the admin token's hash), `portal.addr` (the URL of
+//! the running portal).
 //!
 //! A module developer's loop, with a box whose `portal_url` is
 //! `ws://127.0.0.1:PORT` and `repository_url` is `http://127.0.0.1:PORT/repo`:
 //!
 //! ```text
-//! banalytics-portal serve --data ./portal --listen 127.0.0.1:8080 &
+//! banalytics-portal serve --data ./portal --listen 127.0.0.1:8080 &  # prints the admin token once
+//! export BANALYTICS_PORTAL_TOKEN=...
 //! banalytics-portal --data ./portal publish --group com.example --artifact cam \
 //!     --version 1.0.1 --type component --packaging so --file target/release/libcam.so
 //! banalytics-portal --data ./portal assign --env $ENV com.example:cam:1.0.1

@@ -1,7 +1,7 @@
 //! The console's pages over HTTP, without a browser: login with the admin
 //! token (and its rate limit), pages refused without a session, the
-//! Modules and Assign pages, and a live region's event stream carrying a
-//! change. The browser test (`banalytics-tests --test console`) shows the
+//! Modules and Assign pages, a live region's event stream carrying a
+//! change, and a rollout resumed and cancelled with the page's buttons. The browser test (`banalytics-tests --test console`) shows the
 //! rest with real boxes.
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
@@ -9,7 +9,9 @@
 use std::time::Duration;
 
 use banalytics_portal::{
-    auth::LOGIN_QUOTA_PER_MINUTE, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest,
+    auth::LOGIN_QUOTA_PER_MINUTE,
+    rollout::{RolloutSpec, RolloutState, DEFAULT_WAVES},
+    ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest,
 };
 use futures_util::StreamExt;
 use reqwest::{redirect::Policy, Client, StatusCode};
@@ -183,5 +185,72 @@ async fn logins_are_rate_limited() {
         login(&http, &portal, TOKEN).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+    portal.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollout_page_resumes_and_cancels() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(dir.path()).await;
+    let http = client();
+    let session = cookie(&login(&http, &portal, TOKEN).await);
+    // No box answers and the time limit is 0 s: the first tick fails the
+    // first wave's box and the rollout halts.
+    let r = portal
+        .start_rollout(RolloutSpec {
+            name: "ui".into(),
+            target: vec!["com.example:cam:2.0".into()],
+            environments: (0..3).map(|i| format!("env-{i}")).collect(),
+            waves: DEFAULT_WAVES.to_vec(),
+            failure_threshold_percent: 0,
+            report_timeout_ms: 0,
+        })
+        .unwrap();
+    let page = format!("{}/rollouts/{}", portal.console_url(), r.id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let html = loop {
+        let html = http
+            .get(&page)
+            .header("cookie", session.clone())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if html.contains("id=\"halt-reason\"") {
+            break html;
+        }
+        assert!(std::time::Instant::now() < deadline, "no halt: {html}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(html.contains("env-0: no report within 0 s"), "{html}");
+
+    let post = |action: &'static str| {
+        let http = http.clone();
+        let session = session.clone();
+        let url = format!("{page}/{action}");
+        async move {
+            let resp = http
+                .post(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{action}");
+        }
+    };
+    post("resume").await;
+    let r2 = portal.rollouts().remove(0);
+    assert!(
+        r2.current_wave >= 1
+            && portal.environment("env-1").unwrap().assigned == ["com.example:cam:2.0"],
+        "resumed: the next wave is assigned: {r2:?}"
+    );
+    post("cancel").await;
+    assert_eq!(portal.rollouts().remove(0).state, RolloutState::Cancelled);
+    // Without a session the buttons do nothing.
+    let resp = http.post(format!("{page}/resume")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     portal.shutdown().await;
 }
