@@ -376,14 +376,7 @@ mod tests {
     }
 
     #[test]
-    fn urls_map_http_to_ws_and_refuse_other_schemes() {
-        let u = PortalUrl::parse("https://router.example/base/").unwrap();
-        assert!(u.is_tls());
-        assert_eq!(
-            u.endpoint("e-1", "h&x").as_str(),
-            "wss://router.example/base/portal-integration?environmentUuid=e-1&environmentHash=h%26x"
-        );
-        let u = PortalUrl::parse("ws://127.0.0.1:9000").unwrap();
+    fn a_ws_portal_that_is_not_loopback_is_refused_without_the_opt_in() {
         let plain = |url: &str, allow: bool| {
             parse(&format!(
                 "portal_url = \"{url}\"\nallow_insecure_http = {allow}\n"
@@ -401,6 +394,17 @@ mod tests {
         );
         assert!(plain("http://192.0.2.1", false).is_err());
         assert!(plain("ws://router.example", true).is_ok());
+    }
+
+    #[test]
+    fn urls_map_http_to_ws_and_refuse_other_schemes() {
+        let u = PortalUrl::parse("https://router.example/base/").unwrap();
+        assert!(u.is_tls());
+        assert_eq!(
+            u.endpoint("e-1", "h&x").as_str(),
+            "wss://router.example/base/portal-integration?environmentUuid=e-1&environmentHash=h%26x"
+        );
+        let u = PortalUrl::parse("ws://127.0.0.1:9000").unwrap();
         assert_eq!(
             u.endpoint("", "").as_str(),
             "ws://127.0.0.1:9000/portal-integration?environmentUuid=&environmentHash="
