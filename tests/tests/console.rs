@@ -167,11 +167,13 @@ async fn operate(c: &Client, portal: &PortalHandle, token: &str, envs: &[String]
         .select_by_value("1.0")
         .await?;
     c.find(Locator::Id("start-rollout")).await?.click().await?;
-    let url = c.current_url().await?;
-    ensure!(
-        url.path().starts_with("/console/rollouts/"),
-        "on the rollout's page: {url}"
-    );
+    // The form's answer is a redirect: the click returns before it loaded.
+    eventually(DEADLINE, "the rollout's page", || async {
+        let url = c.current_url().await.ok()?;
+        let loaded = c.find(Locator::Css("#rollout-state")).await.is_ok();
+        (url.path().starts_with("/console/rollouts/") && loaded).then_some(())
+    })
+    .await?;
 
     // Watches the progress change without a reload: a mark set on this
     // document now is still there when the page shows the later states.
