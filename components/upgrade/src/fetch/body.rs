@@ -92,6 +92,7 @@ impl Attempt<'_> {
                     received_more: on_disk + len - limit,
                 });
             }
+            self.keep_free(on_disk, len).await?;
             file.write_all(&chunk)
                 .await
                 .map_err(self.io("write", self.partial))?;
@@ -134,6 +135,23 @@ impl Attempt<'_> {
             });
         }
         Ok(on_disk)
+    }
+
+    /// Stops before writing `len` more bytes would leave less than
+    /// `min_free_space` free.
+    async fn keep_free(&self, on_disk: u64, len: u64) -> Result<(), FetchError> {
+        let space = &self.cfg.space;
+        match space.room_for(self.partial, len) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(free)) => Err(FetchError::NoSpace {
+                url: self.url.to_owned(),
+                free,
+                written: on_disk,
+                min_free: space.min_free,
+                enospc: false,
+            }),
+            Err(e) => Err(self.io("statvfs", self.partial)(e)),
+        }
     }
 
     /// Step 6: checks the SHA-256 of the whole file when one is expected,
