@@ -201,6 +201,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_parse_in_the_units_of_rates() {
+        assert_eq!(parse_size("512 MiB"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("0 B"), Ok(0));
+        assert!(parse_size("512").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("2 MiB/s").is_err());
+    }
+
+    #[test]
     fn rates_parse_in_bytes_per_second() {
         assert_eq!(parse_rate("2 MiB/s").unwrap().get(), 2 * 1024 * 1024);
         assert_eq!(parse_rate("500KiB/s").unwrap().get(), 500 * 1024);
