@@ -30,7 +30,7 @@ use crate::{
     coords::{self, Module},
     error::{io_at, UpgradeError},
     fetch::{self, Checksum, Expected, FetchConfig},
-    layout::{free_bytes, Layout},
+    layout::Layout,
     plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
     tuf::{Trust, TrustedTargets},
 };
@@ -405,7 +405,7 @@ impl Handler<DownloadSet> for Downloader {
         );
         Box::pin(
             async move {
-                check_free_space(&job.layout, &msg.plan)?;
+                check_free_space(&job.layout, &job.client, &job.config, &msg.plan).await?;
                 let work: Vec<(String, Vec<Fetch>)> = msg
                     .plan
                     .modules
@@ -437,27 +437,53 @@ fn total_bytes(plan: &SyncPlan) -> u64 {
 }
 
 /// Refuses before the first byte when the downloads and their extraction
-/// would not fit. Package sizes stand in for their extracted size; the
-/// extraction enforces its own limits.
-fn check_free_space(layout: &Layout, plan: &SyncPlan) -> Result<(), UpgradeError> {
-    let downloads = total_bytes(plan);
-    let extraction: u64 = plan
-        .modules
-        .iter()
-        .flat_map(|m| [&m.dependencies, &m.model])
-        .filter_map(|p| match p {
-            Some(PackagePlan::Fetch(f)) => f.target.size,
-            _ => None,
-        })
-        .sum();
+/// would not fit and leave `min_free_space` free. Package sizes stand in
+/// for their extracted size (the stager checks the archives' declared
+/// uncompressed sizes before extracting); an artifact whose size nobody
+/// declared is sized by `HEAD` (`Content-Length`).
+async fn check_free_space(
+    layout: &Layout,
+    client: &reqwest::Client,
+    config: &FetchConfig,
+    plan: &SyncPlan,
+) -> Result<(), UpgradeError> {
+    let mut downloads = 0;
+    let mut extraction = 0;
+    for m in &plan.modules {
+        let packages: Vec<&Fetch> = [&m.dependencies, &m.model]
+            .into_iter()
+            .filter_map(|p| match p {
+                Some(PackagePlan::Fetch(f)) => Some(f),
+                _ => None,
+            })
+            .collect();
+        for f in m.fetches() {
+            let size = match f.target.size {
+                Some(size) => size,
+                None => fetch::content_length(client, &f.target.url)
+                    .await
+                    .map_err(|source| UpgradeError::Fetch {
+                        module: m.key(),
+                        source,
+                    })?
+                    .unwrap_or(0),
+            };
+            downloads += size;
+            if packages.iter().any(|p| p.cache_name == f.cache_name) {
+                extraction += size;
+            }
+        }
+    }
     let needed = downloads + extraction + FREE_SPACE_MARGIN;
     let dir = layout.download();
-    let free = free_bytes(&dir).map_err(io_at(&dir))?;
-    if downloads > 0 && needed > free {
+    let free = config.space.free(&dir).map_err(io_at(&dir))?;
+    let keep = config.space.min_free;
+    if downloads > 0 && needed.saturating_add(keep) > free {
         return Err(UpgradeError::InsufficientSpace {
             path: dir,
             needed,
             free,
+            keep,
         });
     }
     Ok(())

@@ -78,7 +78,7 @@ pub enum UpgradeError {
         path: String,
     },
     /// Not enough free space for the downloads and the staging.
-    #[error("not enough free space on {path}: {needed} bytes needed, {free} free")]
+    #[error("not enough free space on {path}: {needed} bytes needed, {free} free, {keep} to keep free (min_free_space)")]
     InsufficientSpace {
         /// A folder on the file system checked.
         path: PathBuf,
@@ -86,6 +86,8 @@ pub enum UpgradeError {
         needed: u64,
         /// Bytes free.
         free: u64,
+        /// Bytes that must stay free (`min_free_space`).
+        keep: u64,
     },
     /// A package was refused or could not be extracted.
     #[error("module {module}: {package}: {source}")]

@@ -74,7 +74,18 @@ pub fn kind() -> ComponentKind {
 /// staged set before it is published; a refusal cancels the
 /// synchronisation ([`preflight`]).
 pub fn kind_with(preflight: preflight::Preflight) -> ComponentKind {
-    ComponentKind::new(KIND_NAME, move |init| create(init, preflight.clone()))
+    kind_with_space(preflight, fetch::space::Space::system_probe())
+}
+
+/// [`kind_with`], measuring free space with `probe` instead of `statvfs`:
+/// tests stand in for a full file system with it.
+pub fn kind_with_space(
+    preflight: preflight::Preflight,
+    probe: fetch::space::SpaceProbe,
+) -> ComponentKind {
+    ComponentKind::new(KIND_NAME, move |init| {
+        create(init, preflight.clone(), probe.clone())
+    })
 }
 
 /// The most downloads allowed at once: more only splits the same link.
@@ -187,6 +198,12 @@ pub struct UpgradeConfig {
     /// when it closes pauses and resumes in the next one.
     #[serde(default)]
     pub download_window: Option<WindowConfig>,
+    /// Free space kept for the user's data (recordings) on the home's file
+    /// system, e.g. `"512 MiB"` (the default): a set that would not leave
+    /// it is refused before any download, and a download that would go
+    /// below it stops and discards its partial file.
+    #[serde(default)]
+    pub min_free_space: Option<String>,
 }
 
 fn default_max_defer() -> String {
@@ -261,11 +278,13 @@ struct UpgradeCenter {
     preflight: preflight::Preflight,
     apply: ApplyPolicy,
     gate: fetch::rate::Gate,
+    space: fetch::space::Space,
 }
 
 fn create(
     init: &ComponentInit,
     preflight: preflight::Preflight,
+    probe: fetch::space::SpaceProbe,
 ) -> Result<Box<dyn Component>, ComponentError> {
     let config: UpgradeConfig = init.config.parse()?;
     if !(1..=MAX_PARALLEL_DOWNLOADS).contains(&config.max_parallel_downloads) {
@@ -313,6 +332,13 @@ fn create(
         .map(fetch::rate::parse_rate)
         .transpose()
         .map_err(|e| ComponentError::Start(format!("max_download_rate: {e}")))?;
+    let min_free = config
+        .min_free_space
+        .as_deref()
+        .map(fetch::rate::parse_size)
+        .transpose()
+        .map_err(|e| ComponentError::Start(format!("min_free_space: {e}")))?
+        .unwrap_or(fetch::space::DEFAULT_MIN_FREE_SPACE);
     let apply = ApplyPolicy {
         mode: config.apply,
         window: maintenance_window,
@@ -332,6 +358,7 @@ fn create(
         preflight,
         apply,
         gate: fetch::rate::Gate::new(rate, download_window, Arc::new(SystemClock)),
+        space: fetch::space::Space::new(min_free, probe),
     }))
 }
 
@@ -348,6 +375,7 @@ impl Component for UpgradeCenter {
         let mut fetch_config = self.config.fetch_config();
         fetch_config.ca_file = self.config.ca_file.as_ref().map(|f| layout.home().join(f));
         fetch_config.gate = self.gate.clone();
+        fetch_config.space = self.space.clone();
         fetch::client(&fetch_config).map_err(|e| ComponentError::Start(e.to_string()))?;
 
         let l = layout.clone();
@@ -390,9 +418,13 @@ impl Component for UpgradeCenter {
             .expect("the client was built once at start")
             .with_trust(trust.clone())
         });
-        let (l, limits, check) = (layout.clone(), self.config.limits(), self.preflight.clone());
+        let limits = Limits {
+            space: self.space.clone(),
+            ..self.config.limits()
+        };
+        let (l, check) = (layout.clone(), self.preflight.clone());
         let stager = ctx.supervise("stager", move |_, _| {
-            Stager::new(l.clone(), limits, check.clone())
+            Stager::new(l.clone(), limits.clone(), check.clone())
         });
         let (bus, mode, command, delay) = (
             ctx.bus().clone(),

@@ -96,7 +96,7 @@ impl Handler<StageSet> for Stager {
 
     fn handle(&mut self, msg: StageSet, _: &mut Context<Self>) -> Self::Result {
         let layout = self.layout.clone();
-        let limits = self.limits;
+        let limits = self.limits.clone();
         let span = info_span!(
             "stager.stage_set",
             modules = msg.plan.modules.len(),

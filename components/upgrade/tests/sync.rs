@@ -26,7 +26,9 @@ use banalytics_sdk::{
     component::ComponentInit, Bus, ComponentContext, ConfigSection, RestartPolicy, State,
     StatusBoard,
 };
-use banalytics_upgrade_center::{kind_with, preflight::Preflight, sync::target_set_id};
+use banalytics_upgrade_center::{
+    fetch::space::SpaceProbe, kind_with, kind_with_space, preflight::Preflight, sync::target_set_id,
+};
 use repo::{sha256_hex, Behaviour, RangeMode, Repo};
 use serde_json::{json, Value};
 
@@ -50,6 +52,10 @@ struct Options {
     portal_delay: Duration,
     preflight: Preflight,
     quarantined: Option<Quarantine>,
+    /// Stands in for `statvfs` (the free space of a path).
+    space_probe: Option<SpaceProbe>,
+    /// Runs on the home before the component starts.
+    prepare: Option<fn(&Path)>,
 }
 
 impl Default for Options {
@@ -61,6 +67,8 @@ impl Default for Options {
             portal_delay: Duration::ZERO,
             preflight: banalytics_upgrade_center::preflight::accept_all(),
             quarantined: None,
+            space_probe: None,
+            prepare: None,
         }
     }
 }
@@ -81,6 +89,9 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
     }
     if let Some(q) = &opts.quarantined {
         quarantine::write(&Layout::new(home.path()), q).unwrap();
+    }
+    if let Some(prepare) = opts.prepare {
+        prepare(home.path());
     }
     let bus = Bus::new();
     let board = StatusBoard::new();
@@ -126,7 +137,11 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
         home: home.path().to_owned(),
         config: ConfigSection::from_snippet("suc", &config),
     };
-    let mut component = kind_with(opts.preflight).create(&init).unwrap();
+    let kind = match opts.space_probe {
+        Some(probe) => kind_with_space(opts.preflight, probe),
+        None => kind_with(opts.preflight),
+    };
+    let mut component = kind.create(&init).unwrap();
     let mut ctx = ComponentContext::new(
         "suc",
         init.id,
@@ -1283,4 +1298,210 @@ async fn every_status_is_on_disk_under_its_seq_before_it_is_published() {
     assert_eq!(cancelled.len(), 1, "{cancelled:?}");
     assert_eq!(cancelled[0].status, InstallationCancelled);
     assert_eq!(cancelled[0].seq, Some(before + 1));
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// The original portal: no `size`, no `sha256`; the repository has the
+/// `.sha256` files. Alpha's main artifact is `len` bytes.
+fn undeclared_alpha(repo: &Repo, len: usize) -> (Published, Vec<u8>) {
+    let alpha = publish(repo, "alpha", "1.0", &[], &[]);
+    let body = repo::body(len, 3);
+    repo.put(&alpha.main_path, body.clone(), true);
+    let mut published = alpha;
+    let o = published.object.as_object_mut().unwrap();
+    o.remove("size");
+    o.remove("sha256");
+    (published, body)
+}
+
+/// Files left in `modules-download/` (partials, meta files).
+fn download_leftovers(b: &TestBox) -> Vec<String> {
+    std::fs::read_dir(b.path("modules-download"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[actix_rt::test]
+async fn an_undeclared_size_is_taken_from_head_and_refused_before_any_download() {
+    let repo = Repo::start().await;
+    let (alpha, _) = undeclared_alpha(&repo, 4 * MIB as usize);
+    // Room for the margin and the reserve, not for 4 MiB more: without
+    // the HEAD size the check would count 0 bytes and let it through.
+    let free = 16 * MIB + MIB + 2 * MIB;
+    let b = start_box(
+        &repo,
+        vec![alpha.object.clone()],
+        Options {
+            extra_config: "min_free_space = \"1 MiB\"\n".into(),
+            space_probe: Some(Arc::new(move |_: &Path| Ok(free))),
+            ..Options::default()
+        },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "cancelled", "{sync}");
+    let message = sync["result"].as_str().unwrap();
+    let needed = 4 * MIB + 16 * MIB;
+    assert!(
+        message.contains(&format!(
+            "{needed} bytes needed, {free} free, {MIB} to keep free"
+        )),
+        "{message}"
+    );
+    assert_eq!(repo.artifact_gets(), 0);
+    assert!(repo
+        .requests()
+        .iter()
+        .any(|r| r.method == "HEAD" && r.path == alpha.main_path));
+    assert_eq!(b.statuses().last().unwrap().1, InstallationCancelled);
+    assert!(download_leftovers(&b).is_empty());
+}
+
+#[actix_rt::test]
+async fn a_download_that_would_go_below_min_free_space_stops_and_discards_its_partial() {
+    let repo = Repo::start().await;
+    let (alpha, _) = undeclared_alpha(&repo, 4 * MIB as usize);
+    // The check before the download sees plenty; then recordings take the
+    // disk: 1 MiB above the 8 MiB reserve, less what the partial holds.
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let probe: SpaceProbe = Arc::new(move |path: &Path| {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Ok(1 << 40);
+        }
+        let partial = path.with_file_name("com.example-alpha-1.0.jar.partial");
+        let written = std::fs::metadata(partial).map_or(0, |m| m.len());
+        Ok((9 * MIB).saturating_sub(written))
+    });
+    let b = start_box(
+        &repo,
+        vec![alpha.object.clone()],
+        Options {
+            extra_config: "min_free_space = \"8 MiB\"\n".into(),
+            space_probe: Some(probe),
+            ..Options::default()
+        },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert_download_error(
+        &b,
+        &sync,
+        &format!("{} must stay free (min_free_space)", 8 * MIB),
+    );
+    let message = b.statuses().last().unwrap().2.clone().unwrap();
+    assert!(message.contains("bytes free after"), "{message}");
+    assert_eq!(repo.artifact_gets(), 1, "stopped, not retried");
+    let written: u64 = message
+        .split(" bytes written")
+        .next()
+        .and_then(|m| m.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(
+        written <= MIB && written > 0,
+        "stopped within the last free MiB: {message}"
+    );
+    assert!(
+        download_leftovers(&b).is_empty(),
+        "{:?}",
+        download_leftovers(&b)
+    );
+}
+
+#[actix_rt::test]
+async fn a_download_hitting_enospc_stops_and_discards_its_partial() {
+    let repo = Repo::start().await;
+    let (alpha, _) = undeclared_alpha(&repo, 2 * MIB as usize);
+    // The partial is a link to /dev/full: every write fails with ENOSPC.
+    let b = start_box(
+        &repo,
+        vec![alpha.object.clone()],
+        Options {
+            prepare: Some(|home: &Path| {
+                let dir = home.join("modules-download");
+                std::fs::create_dir_all(&dir).unwrap();
+                std::os::unix::fs::symlink(
+                    "/dev/full",
+                    dir.join("com.example-alpha-1.0.jar.partial"),
+                )
+                .unwrap();
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert_download_error(&b, &sync, "the file system is full");
+    assert_eq!(repo.artifact_gets(), 1, "stopped, not retried");
+    assert!(
+        download_leftovers(&b).is_empty(),
+        "{:?}",
+        download_leftovers(&b)
+    );
+}
+
+#[actix_rt::test]
+async fn an_archive_whose_declared_sizes_would_not_leave_min_free_space_is_not_extracted() {
+    let repo = Repo::start().await;
+    let big = repo::body(3 * MIB as usize, 5);
+    let alpha = publish(&repo, "alpha", "1.0", &[("lib/big.bin", &big)], &[]);
+    // Only the extraction scratch folders are short of space.
+    let probe: SpaceProbe = Arc::new(|path: &Path| {
+        Ok(if path.to_string_lossy().contains(".tmp.extract") {
+            2 * MIB
+        } else {
+            1 << 40
+        })
+    });
+    let b = start_box(
+        &repo,
+        vec![alpha.object.clone()],
+        Options {
+            extra_config: "min_free_space = \"1 MiB\"\n".into(),
+            space_probe: Some(probe),
+            ..Options::default()
+        },
+    )
+    .await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "cancelled", "{sync}");
+    let statuses = b.statuses();
+    let message = statuses.last().unwrap().2.clone().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "archive expands to {} bytes, {} free, {MIB} must stay free",
+            3 * MIB,
+            2 * MIB
+        )),
+        "{statuses:?}"
+    );
+    let left: Vec<String> = std::fs::read_dir(b.home.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp.extract"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(tree(&b.path("modules")).is_empty());
+}
+
+#[test]
+fn min_free_space_is_a_size_and_a_bad_one_refuses_the_start() {
+    let init = ComponentInit {
+        name: "suc".into(),
+        id: uuid_of(),
+        home: std::env::temp_dir(),
+        config: ConfigSection::from_snippet(
+            "suc",
+            "kind = \"software-upgrade-center\"\nrepository_url = \"http://127.0.0.1:9\"\nmin_free_space = \"lots\"\n",
+        ),
+    };
+    let err = kind_with(banalytics_upgrade_center::preflight::accept_all())
+        .create(&init)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("min_free_space"), "{err}");
 }

@@ -91,6 +91,17 @@ pub enum ArchiveError {
         /// [`Limits::max_total_bytes`](super::Limits::max_total_bytes).
         limit: u64,
     },
+    /// The declared uncompressed sizes would not leave `min_free_space`
+    /// free. Nothing was written.
+    #[error("archive expands to {declared} bytes, {free} free, {min_free} must stay free (min_free_space)")]
+    NoSpace {
+        /// Sum of the entries' declared uncompressed sizes.
+        declared: u64,
+        /// Bytes free on the target's file system.
+        free: u64,
+        /// The reserve.
+        min_free: u64,
+    },
     /// An entry expands more than the allowed ratio: a zip bomb.
     #[error("archive entry {entry:?} expands {ratio}:1, over the limit of {limit}:1")]
     RatioExceeded {

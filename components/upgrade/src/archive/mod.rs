@@ -69,7 +69,7 @@ pub const DEFAULT_MAX_RATIO: u64 = 200;
 const RATIO_GRACE_BYTES: u64 = 1024 * 1024;
 
 /// Bounds that an archive must stay within to be extracted at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Most entries (files and directories, counting duplicates) the
     /// central directory may hold.
@@ -81,6 +81,10 @@ pub struct Limits {
     /// Largest ratio of uncompressed to compressed bytes an entry may have
     /// (`200` means 200:1), once it has expanded past 1 MiB.
     pub max_ratio: u64,
+    /// The free space to keep on the target's file system: an archive
+    /// whose declared uncompressed sizes would not leave it is refused
+    /// before anything is written (default: no reserve).
+    pub space: crate::fetch::space::Space,
 }
 
 impl Default for Limits {
@@ -90,6 +94,7 @@ impl Default for Limits {
             max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             max_ratio: DEFAULT_MAX_RATIO,
+            space: crate::fetch::space::Space::default(),
         }
     }
 }
@@ -142,6 +147,18 @@ pub fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<Extract
 
     // Pass 1: validate everything, write nothing.
     let plan = validate::validate(&mut zip, archive, limits)?;
+    let declared: u64 = plan.files.iter().map(|f| f.declared).sum();
+    match limits.space.room_for(target, declared) {
+        Ok(Ok(())) => {}
+        Ok(Err(free)) => {
+            return Err(ArchiveError::NoSpace {
+                declared,
+                free,
+                min_free: limits.space.min_free,
+            })
+        }
+        Err(e) => return Err(io_err(target)(e)),
+    }
 
     // Pass 2: directories, then files, then fsync the directories.
     let extracted = write::write(&mut zip, &plan, target, limits)?;

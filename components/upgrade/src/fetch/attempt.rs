@@ -52,7 +52,20 @@ impl Attempt<'_> {
         path: &Path,
     ) -> impl FnOnce(std::io::Error) -> FetchError {
         let path = path.to_owned();
-        move |source| FetchError::Io { op, path, source }
+        let (url, space) = (self.url.to_owned(), self.cfg.space.clone());
+        move |source| {
+            if super::space::is_no_space(&source) {
+                // The file system is full: the partial can never complete.
+                return FetchError::NoSpace {
+                    free: space.free(&path).unwrap_or(0),
+                    written: std::fs::metadata(&path).map_or(0, |m| m.len()),
+                    min_free: space.min_free,
+                    enospc: true,
+                    url,
+                };
+            }
+            FetchError::Io { op, path, source }
+        }
     }
 
     /// Removes the partial and its meta file; missing files are fine.
@@ -120,11 +133,14 @@ impl Attempt<'_> {
         // on every path, so that the next attempt (which sizes the partial
         // to resume) and the caller see every byte written.
         let flushed = file.flush().await.map_err(self.io("write", self.partial));
-        let error = match outcome {
-            Ok(done) => return flushed.map(|()| done),
-            Err(error) => error,
+        let (error, flush_error) = match (outcome, flushed) {
+            (Ok(done), Ok(())) => return Ok(done),
+            (Ok(_), Err(e)) => (e, None),
+            // A full file system decides, whatever the transfer said.
+            (Err(_), Err(e @ FetchError::NoSpace { .. })) => (e, None),
+            (Err(error), flushed) => (error, flushed.err()),
         };
-        if let Err(flush_error) = flushed {
+        if let Some(flush_error) = flush_error {
             warn!(url = self.url, error = %flush_error, "cannot flush the partial after a failure");
         }
         let empty = file.metadata().await.is_ok_and(|m| m.len() == 0);

@@ -15,6 +15,9 @@ use tokio::time::Instant;
 use super::attempt::{Attempt, Kept};
 use super::{Downloaded, FetchError, MAX_UNDECLARED_BYTES};
 
+/// Bytes written between two free-space checks during a download.
+const SPACE_CHECK_BYTES: u64 = 256 * 1024;
+
 /// How far a body may go, decided by step 4.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bounds {
@@ -65,6 +68,8 @@ impl Attempt<'_> {
         );
         (self.progress)(on_disk, total);
         let mut body = response.bytes_stream();
+        // Bytes that may still be written before free space is asked again.
+        let mut room = 0u64;
         loop {
             let next = tokio::time::timeout(self.cfg.read_timeout, body.next())
                 .await
@@ -92,6 +97,14 @@ impl Attempt<'_> {
                     received_more: on_disk + len - limit,
                 });
             }
+            if len > room {
+                // Ask once per SPACE_CHECK_BYTES, for the bytes until the
+                // next check: a statvfs per chunk would cost a few percent
+                // of a fast loopback transfer.
+                room = len.max(SPACE_CHECK_BYTES);
+                self.keep_free(on_disk, room)?;
+            }
+            room -= len;
             file.write_all(&chunk)
                 .await
                 .map_err(self.io("write", self.partial))?;
@@ -134,6 +147,23 @@ impl Attempt<'_> {
             });
         }
         Ok(on_disk)
+    }
+
+    /// Stops before writing `len` more bytes would leave less than
+    /// `min_free_space` free.
+    fn keep_free(&self, on_disk: u64, len: u64) -> Result<(), FetchError> {
+        let space = &self.cfg.space;
+        match space.room_for(self.partial, len) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(free)) => Err(FetchError::NoSpace {
+                url: self.url.to_owned(),
+                free,
+                written: on_disk,
+                min_free: space.min_free,
+                enospc: false,
+            }),
+            Err(e) => Err(self.io("statvfs", self.partial)(e)),
+        }
     }
 
     /// Step 6: checks the SHA-256 of the whole file when one is expected,

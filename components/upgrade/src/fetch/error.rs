@@ -78,6 +78,21 @@ pub enum FetchError {
         /// The HTTP status code.
         status: u16,
     },
+    /// Writing on would leave less than `min_free_space` free, or the file
+    /// system is full (`ENOSPC`). The partial file was removed.
+    #[error("download of {url} stopped: {free} bytes free after {written} bytes written, {min_free} must stay free (min_free_space){}", if *enospc { "; the file system is full" } else { "" })]
+    NoSpace {
+        /// The URL requested.
+        url: String,
+        /// Bytes free when it stopped.
+        free: u64,
+        /// Bytes of the file on disk when it stopped.
+        written: u64,
+        /// The reserve.
+        min_free: u64,
+        /// Whether a write failed with `ENOSPC`.
+        enospc: bool,
+    },
     /// The server sent, or announced, more bytes than declared. Nothing past
     /// the declared size was written and the partial file was removed.
     #[error("{url} sent more than the declared {declared} bytes (at least {received_more} more)")]
@@ -172,6 +187,7 @@ impl FetchError {
         matches!(
             self,
             FetchError::TooLarge { .. }
+                | FetchError::NoSpace { .. }
                 | FetchError::BadContentRange { .. }
                 | FetchError::RangeNotSatisfiable { .. }
                 | FetchError::ChecksumMismatch { .. }
@@ -194,6 +210,7 @@ impl FetchError {
             | FetchError::CaFile { .. }
             | FetchError::NotFound { .. }
             | FetchError::TooLarge { .. }
+            | FetchError::NoSpace { .. }
             | FetchError::BadContentRange { .. }
             | FetchError::ChecksumMismatch { .. }
             | FetchError::NoChecksum { .. }

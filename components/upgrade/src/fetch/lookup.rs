@@ -84,6 +84,33 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<bool, FetchErr
     }
 }
 
+/// The size `HEAD` announces for `url` (`Content-Length`), for the
+/// free-space check of artifacts whose size nobody declared. `None` when
+/// the server does not say, or does not answer `HEAD` with a success.
+#[tracing::instrument(skip(client))]
+pub async fn content_length(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<Option<u64>, FetchError> {
+    let response = client
+        .head(url)
+        .timeout(SMALL_REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|source| FetchError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
+    if !response.status().is_success() {
+        return Ok(None);
+    }
+    Ok(response
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok()))
+}
+
 /// The digest at the start of a `.sha256` file, lower case.
 fn parse_digest_file(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;

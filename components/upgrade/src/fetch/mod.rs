@@ -34,6 +34,7 @@ mod lookup;
 pub mod rate;
 mod request;
 mod resume;
+pub mod space;
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -45,7 +46,7 @@ use tracing::{info, warn};
 use attempt::Attempt;
 pub use error::FetchError;
 pub use expected::{Checksum, Downloaded, Expected};
-pub use lookup::{fetch_sha256_file, probe};
+pub use lookup::{content_length, fetch_sha256_file, probe};
 pub use resume::meta_path;
 
 /// Default time to establish a TCP (and TLS) connection: a repository that
@@ -122,6 +123,8 @@ pub struct FetchConfig {
     /// The bandwidth cap and download window, shared by every download
     /// of the upgrade center (default: neither).
     pub gate: rate::Gate,
+    /// The free space kept for the user's data (`min_free_space`).
+    pub space: space::Space,
 }
 
 impl Default for FetchConfig {
@@ -136,6 +139,7 @@ impl Default for FetchConfig {
             max_backoff: DEFAULT_MAX_BACKOFF,
             ca_file: None,
             gate: rate::Gate::default(),
+            space: space::Space::default(),
         }
     }
 }
