@@ -230,7 +230,7 @@ fn rename(layout: &Layout, from: &Path, to: &Path) -> Result<(), SwapError> {
 #[cfg(target_os = "linux")]
 fn exchange_atomic(a: &Path, b: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    if std::env::var_os("BANALYTICS_NO_EXCHANGE").is_some() {
+    if crate::failpoint::no_exchange() {
         return Err(io::Error::from(io::ErrorKind::Unsupported));
     }
     let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
@@ -431,7 +431,9 @@ fn run_journal(layout: &Layout) -> Result<(), SwapError> {
     // Last: the journal goes. Until this fsync, recovery redoes the (now
     // no-op) steps.
     remove_file_durably(&path)?;
-    failpoint(&format!("{}.journal-removed", name(j.procedure)));
+    if crate::failpoint::ENABLED {
+        failpoint(&format!("{}.journal-removed", name(j.procedure)));
+    }
     for trash in [
         layout.home().join("modules-trash"),
         layout.home().join("models-trash"),
@@ -472,11 +474,15 @@ impl Steps<'_> {
         }
         if !done() {
             act()?;
-            failpoint(&format!("{}.{n}.{what}", self.procedure));
+            if crate::failpoint::ENABLED {
+                failpoint(&format!("{}.{n}.{what}", self.procedure));
+            }
         }
         self.journal.step = n;
         write_json(&journal_path(self.layout), &self.journal)?;
-        failpoint(&format!("{}.{n}.recorded", self.procedure));
+        if crate::failpoint::ENABLED {
+            failpoint(&format!("{}.{n}.recorded", self.procedure));
+        }
         Ok(())
     }
 }

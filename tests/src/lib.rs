@@ -31,22 +31,43 @@ use serde_json::Value;
 /// How long a test waits for a host to come up or to answer.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The `banalytics-box` binary: `$BANALYTICS_BOX_BIN`, else the one cargo
-/// built beside this test (`cargo test --workspace` builds it, because the
-/// runtime crate has integration tests).
+/// The `banalytics-box` binary: `$BANALYTICS_BOX_BIN`, else the one in this
+/// test's target folder, built once per test process with the test switches
+/// (`cargo build -p banalytics-runtime --features failpoints`): the crash
+/// tests kill it at its failpoints, which a build without the feature does
+/// not have. Cargo does nothing when it is up to date.
 pub fn box_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BANALYTICS_BOX_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("banalytics-box");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test --workspace` (or `cargo build -p banalytics-runtime` first)",
-        bin.display()
-    );
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let mut build = e2e::cargo_command();
+            build.args([
+                "build",
+                "-p",
+                "banalytics-runtime",
+                "--bin",
+                "banalytics-box",
+                "--features",
+                "failpoints",
+            ]);
+            if dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("running cargo build");
+            let bin = dir.join("banalytics-box");
+            assert!(
+                status.success() && bin.exists(),
+                "could not build {} with --features failpoints",
+                bin.display()
+            );
+            bin
+        })
+        .clone()
 }
 
 /// Polls `f` until it returns `Some`, for at most `timeout`.
