@@ -62,16 +62,7 @@ pub async fn fetch_sha256_file(
 /// otherwise (contracts section 4: any other failure is an error).
 #[tracing::instrument(skip(client))]
 pub async fn probe(client: &reqwest::Client, url: &str) -> Result<bool, FetchError> {
-    let response = client
-        .head(url)
-        .timeout(SMALL_REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|source| FetchError::Transport {
-            url: url.to_owned(),
-            source,
-        })?;
-    let status = response.status();
+    let status = head(client, url).await?.status();
     if status == StatusCode::NOT_FOUND {
         Ok(false)
     } else if status.is_success() {
@@ -92,15 +83,7 @@ pub async fn content_length(
     client: &reqwest::Client,
     url: &str,
 ) -> Result<Option<u64>, FetchError> {
-    let response = client
-        .head(url)
-        .timeout(SMALL_REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|source| FetchError::Transport {
-            url: url.to_owned(),
-            source,
-        })?;
+    let response = head(client, url).await?;
     if !response.status().is_success() {
         return Ok(None);
     }
@@ -109,6 +92,19 @@ pub async fn content_length(
         .get(reqwest::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok()))
+}
+
+/// A `HEAD` request for `url` with the small-request timeout.
+async fn head(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, FetchError> {
+    client
+        .head(url)
+        .timeout(SMALL_REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|source| FetchError::Transport {
+            url: url.to_owned(),
+            source,
+        })
 }
 
 /// The digest at the start of a `.sha256` file, lower case.
