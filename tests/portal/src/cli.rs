@@ -64,6 +64,9 @@ pub struct FaultArgs {
     /// Ignore `Range`: always answer 200 with the whole file.
     #[arg(long)]
     pub ignore_range: bool,
+    /// Redirect artifact requests to this base URL (`302`, path kept).
+    #[arg(long)]
+    pub redirect_to: Option<String>,
 }
 
 impl From<FaultArgs> for Faults {
@@ -75,6 +78,7 @@ impl From<FaultArgs> for Faults {
             cut_once: a.cut_once,
             cut_path_suffix: a.cut_path_suffix,
             ignore_range: a.ignore_range,
+            redirect_to: a.redirect_to,
         }
     }
 }

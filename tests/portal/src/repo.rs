@@ -170,6 +170,13 @@ pub(crate) async fn serve(State(app): State<Arc<App>>, req: Request) -> Response
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
+    if let Some(location) = faults.redirect(&uri_path) {
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, location)
+            .body(Body::empty())
+            .expect("a redirect response");
+    }
     let rel = uri_path.strip_prefix("/repo/").unwrap_or_default();
     let Some(file) = resolve(&app.repo_dir, rel) else {
         return StatusCode::NOT_FOUND.into_response();
