@@ -72,7 +72,10 @@ impl Host {
             created.push((c, init, component));
         }
         let board = StatusBoard::new();
-        let bus = Bus::new();
+        // In its start phase until `start_all` ends: a message published
+        // by an early component (a synchronisation request on a fast
+        // portal link) also reaches the components started after it.
+        let bus = Bus::starting();
         // Before any component starts, so that no lease is missed.
         let busy = BusyLeases::follow(&bus);
         let mut components = Vec::new();
@@ -127,7 +130,8 @@ impl Host {
     }
 
     /// Starts every component in configuration order, each once the previous
-    /// one's `start` returned.
+    /// one's `start` returned, then ends the bus's start phase: whatever
+    /// was published meanwhile has reached every subscription made in it.
     pub async fn start_all(&self) {
         for c in &self.components {
             let (done, wait) = oneshot::channel();
@@ -135,6 +139,7 @@ impl Host {
                 let _ = wait.await;
             }
         }
+        self.bus.started();
     }
 
     /// Restarts the component `name` if it is stopped or in `ERROR`.

@@ -76,3 +76,34 @@ async fn probes_answer_over_the_bus_and_a_panicking_one_is_restarted() {
     host.stop_all().await;
     assert!(board.snapshot().iter().all(|c| c.state == State::Stopped));
 }
+
+/// The portal link can come up and deliver a synchronisation request
+/// before a component configured after Portal Integration has started and
+/// subscribed; the host's bus keeps what is published until every
+/// component started, so the request is not lost.
+#[actix_rt::test]
+async fn a_message_published_before_a_component_subscribed_reaches_it_once_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::new(dir.path());
+    let registry = Registry::builtin();
+    let config = BoxConfig::parse(&dir.path().join("box.toml"), CONFIG, &registry.names()).unwrap();
+    let host = Host::build(&home, &config, &registry).unwrap();
+    let mut pongs = host.bus().subscribe::<ProbePong>();
+    assert_eq!(
+        host.bus().publish(ping("beta", 1, false)).await,
+        0,
+        "no component has subscribed yet"
+    );
+    host.start_all().await;
+
+    let pong = next(&mut pongs).await;
+    assert_eq!((pong.from.as_str(), pong.seq), ("beta", 1));
+    host.bus().publish(ping("alpha", 2, false)).await;
+    let pong = next(&mut pongs).await;
+    assert_eq!(
+        (pong.from.as_str(), pong.seq),
+        ("alpha", 2),
+        "the early ping reached beta once, and alpha ignored it"
+    );
+    host.stop_all().await;
+}

@@ -17,6 +17,18 @@
 //! its raw subscribers. A typed `publish` serializes only when the topic has
 //! raw subscribers, once for all of them; without any, the in-process path
 //! stays free of serialization.
+//!
+//! # The start phase
+//!
+//! A host starts its components one after the other, and a component
+//! subscribes when it starts; a message published by an earlier component
+//! (the portal's synchronisation request, on a link that came up fast)
+//! would miss a later component's subscription. A bus made with
+//! [`Bus::starting`] therefore keeps what is published until
+//! [`Bus::started`] ([`START_HOLD`] per topic at most) and hands it to each
+//! subscription made meanwhile, before anything newer: the components see
+//! the start as if all of them had subscribed before anything was
+//! published.
 
 use std::{
     any::{Any, TypeId},
@@ -35,6 +47,12 @@ use tokio::sync::mpsc;
 /// a publisher to a full queue waits, so a slow subscriber slows its
 /// publishers instead of losing messages.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
+
+/// Messages per topic a [`Bus::starting`] keeps for subscriptions made
+/// later in the start phase; what is published beyond it reaches only the
+/// subscribers of the moment, as after the start. Well below
+/// [`SUBSCRIBER_QUEUE`], so that a new subscription always takes them.
+pub const START_HOLD: usize = 256;
 
 /// A message that travels on the bus: plain, serializable data.
 pub trait BusMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -66,6 +84,45 @@ struct Typed {
 struct Topic {
     typed: Option<Typed>,
     subscribers: Arc<[Arc<Subscriber>]>,
+    /// What was published in the start phase, oldest first.
+    held: Vec<Held>,
+    /// More than [`START_HOLD`] were published in the start phase.
+    overflowed: bool,
+}
+
+/// Where a message goes: the subscribers, and the topic's decoder and type
+/// name once a typed subscription registered them.
+type Route = (Arc<[Arc<Subscriber>]>, Option<(Decode, &'static str)>);
+
+impl Topic {
+    fn new() -> Self {
+        Topic {
+            typed: None,
+            subscribers: Arc::new([]),
+            held: Vec::new(),
+            overflowed: false,
+        }
+    }
+
+    fn route(&self) -> Route {
+        (
+            self.subscribers.clone(),
+            self.typed.as_ref().map(|t| (t.decode, t.type_name)),
+        )
+    }
+}
+
+fn raw_topic<'a>(topics: &'a mut HashMap<String, Topic>, name: &str) -> &'a mut Topic {
+    topics.entry(name.to_owned()).or_insert_with(Topic::new)
+}
+
+/// A message kept in the start phase: its JSON, and the value itself when
+/// it was published typed.
+struct Held {
+    /// `None` when it could not be serialized (raw subscriptions get no
+    /// such message after the start phase either).
+    json: Option<Payload>,
+    value: Option<Payload>,
 }
 
 /// A handle to the host's bus; clones share it.
@@ -73,6 +130,8 @@ struct Topic {
 pub struct Bus {
     topics: Arc<RwLock<HashMap<String, Topic>>>,
     next_id: Arc<AtomicU64>,
+    /// In the start phase ([`Bus::starting`]).
+    holding: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Identifies one subscription, e.g. to leave it out of a
@@ -101,6 +160,24 @@ impl Bus {
         Self::default()
     }
 
+    /// A bus in its start phase: what is published is also kept for the
+    /// subscriptions made before [`Bus::started`] (see the module docs).
+    pub fn starting() -> Self {
+        let bus = Self::default();
+        bus.holding.store(true, Ordering::SeqCst);
+        bus
+    }
+
+    /// Ends the start phase: what was kept is let go, and a subscription
+    /// gets only what is published after it, as on any bus.
+    pub fn started(&self) {
+        let mut topics = self.topics.write().expect("bus lock poisoned");
+        self.holding.store(false, Ordering::SeqCst);
+        for topic in topics.values_mut() {
+            topic.held = Vec::new();
+        }
+    }
+
     /// Subscribes to every `M` published from now on.
     ///
     /// # Panics
@@ -111,6 +188,18 @@ impl Bus {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut topics = self.topics.write().expect("bus lock poisoned");
         let topic = topic_of::<M>(&mut topics);
+        for held in &topic.held {
+            // A raw publish is decoded when it is kept, once a typed
+            // subscription registered the topic's type; later, here.
+            let value = match (&held.value, &held.json) {
+                (Some(value), _) => Some(value.clone()),
+                (None, Some(json)) => decode::<M>(raw_bytes(json.clone()).as_slice()).ok(),
+                (None, None) => None,
+            };
+            if let Some(value) = value {
+                let _ = tx.try_send(value);
+            }
+        }
         let mut subs: Vec<_> = topic.subscribers.iter().cloned().collect();
         subs.push(Arc::new(Subscriber { id, tx, raw: false }));
         topic.subscribers = subs.into();
@@ -126,10 +215,10 @@ impl Bus {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut topics = self.topics.write().expect("bus lock poisoned");
-        let entry = topics.entry(topic.to_owned()).or_insert_with(|| Topic {
-            typed: None,
-            subscribers: Arc::new([]),
-        });
+        let entry = raw_topic(&mut topics, topic);
+        for json in entry.held.iter().filter_map(|h| h.json.clone()) {
+            let _ = tx.try_send(json);
+        }
         let mut subs: Vec<_> = entry.subscribers.iter().cloned().collect();
         subs.push(Arc::new(Subscriber { id, tx, raw: true }));
         entry.subscribers = subs.into();
@@ -163,28 +252,44 @@ impl Bus {
         json: Vec<u8>,
         except: &[SubscriberId],
     ) -> Result<usize, BusError> {
-        let (subscribers, typed) = {
-            let topics = self.topics.read().expect("bus lock poisoned");
-            match topics.get(topic) {
-                Some(t) => (
-                    t.subscribers.clone(),
-                    t.typed.as_ref().map(|t| (t.decode, t.type_name)),
+        let json: Payload = Arc::new(json);
+        let decode_error = |type_name, e: serde_json::Error| BusError::Decode {
+            topic: topic.to_owned(),
+            type_name,
+            message: e.to_string(),
+        };
+        let held = self.hold(topic, raw_topic, |t| {
+            let value = match &t.typed {
+                Some(typed) => Some(
+                    (typed.decode)(raw_bytes(json.clone()).as_slice())
+                        .map_err(|e| decode_error(typed.type_name, e))?,
                 ),
-                None => return Ok(0),
+                None => None,
+            };
+            Ok(Held {
+                json: Some(json.clone()),
+                value,
+            })
+        })?;
+        let (subscribers, typed) = match held {
+            Some(route) => route,
+            None => {
+                let topics = self.topics.read().expect("bus lock poisoned");
+                match topics.get(topic) {
+                    Some(t) => t.route(),
+                    None => return Ok(0),
+                }
             }
         };
         let wanted = |s: &Subscriber| !except.iter().any(|e| e.0 == s.id);
         let value = match typed {
-            Some((decode, type_name)) if subscribers.iter().any(|s| !s.raw && wanted(s)) => {
-                Some(decode(&json).map_err(|e| BusError::Decode {
-                    topic: topic.to_owned(),
-                    type_name,
-                    message: e.to_string(),
-                })?)
-            }
+            Some((decode, type_name)) if subscribers.iter().any(|s| !s.raw && wanted(s)) => Some(
+                decode(raw_bytes(json.clone()).as_slice())
+                    .map_err(|e| decode_error(type_name, e))?,
+            ),
             _ => None,
         };
-        let bytes: Payload = Arc::new(json);
+        let bytes = json;
         let mut delivered = 0;
         let mut gone = Vec::new();
         for sub in subscribers.iter().filter(|s| wanted(s)) {
@@ -207,22 +312,37 @@ impl Bus {
     /// Publishes `msg` to every current subscriber of `M` and returns how
     /// many got it. Waits while a subscriber's queue is full.
     pub async fn publish<M: BusMessage>(&self, msg: M) -> usize {
-        let subscribers = match self.subscribers::<M>() {
-            Some(s) => s,
-            None => return 0,
+        let payload: Payload = Arc::new(msg);
+        let msg = payload.downcast_ref::<M>().expect("just made");
+        let json = || match serde_json::to_vec(msg) {
+            Ok(json) => Some(Arc::new(json) as Payload),
+            Err(e) => {
+                tracing::error!(topic = M::TOPIC, error = %e, "cannot serialize a bus message for raw subscribers; they do not get it");
+                None
+            }
         };
-        // Serialize once, and only when someone wants the bytes.
-        let bytes: Option<Payload> = match subscribers.iter().any(|s| s.raw) {
-            false => None,
-            true => match serde_json::to_vec(&msg) {
-                Ok(json) => Some(Arc::new(json)),
-                Err(e) => {
-                    tracing::error!(topic = M::TOPIC, error = %e, "cannot serialize a bus message for raw subscribers; they do not get it");
-                    None
-                }
+        let held = self.hold(
+            M::TOPIC,
+            |t, _| topic_of::<M>(t),
+            |_| {
+                Ok(Held {
+                    json: json(),
+                    value: Some(payload.clone()),
+                })
+            },
+        );
+        let subscribers = match held.expect("a typed message is never refused") {
+            Some((subscribers, _)) => subscribers,
+            None => match self.subscribers::<M>() {
+                Some(s) => s,
+                None => return 0,
             },
         };
-        let payload: Payload = Arc::new(msg);
+        // Serialize once, and only when someone wants the bytes.
+        let bytes = match subscribers.iter().any(|s| s.raw) {
+            false => None,
+            true => json(),
+        };
         let mut delivered = 0;
         let mut gone = Vec::new();
         for sub in subscribers.iter() {
@@ -254,6 +374,35 @@ impl Bus {
         Some(topic.subscribers.clone())
     }
 
+    /// In the start phase, keeps the message `keep` gives for later
+    /// subscriptions and returns the topic's subscribers of the moment and
+    /// its decoder, under one lock: each subscription gets the message
+    /// exactly once, from the one or the other. `Ok(None)` after the start
+    /// phase: the caller looks the subscribers up itself.
+    fn hold(
+        &self,
+        topic: &str,
+        topic_of: for<'t, 'n> fn(&'t mut HashMap<String, Topic>, &'n str) -> &'t mut Topic,
+        keep: impl FnOnce(&Topic) -> Result<Held, BusError>,
+    ) -> Result<Option<Route>, BusError> {
+        if !self.holding.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut topics = self.topics.write().expect("bus lock poisoned");
+        if !self.holding.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let entry = topic_of(&mut topics, topic);
+        let held = keep(entry)?;
+        if entry.held.len() < START_HOLD {
+            entry.held.push(held);
+        } else if !entry.overflowed {
+            entry.overflowed = true;
+            tracing::warn!(topic, kept = START_HOLD, "more messages in the start phase than are kept; components that subscribe later get only the first ones");
+        }
+        Ok(Some(entry.route()))
+    }
+
     fn forget(&self, topic: &str, ids: &[u64]) {
         let mut topics = self.topics.write().expect("bus lock poisoned");
         if let Some(t) = topics.get_mut(topic) {
@@ -269,10 +418,7 @@ impl Bus {
 }
 
 fn topic_of<M: BusMessage>(topics: &mut HashMap<String, Topic>) -> &mut Topic {
-    let topic = topics.entry(M::TOPIC.to_owned()).or_insert_with(|| Topic {
-        typed: None,
-        subscribers: Arc::new([]),
-    });
+    let topic = raw_topic(topics, M::TOPIC);
     check_type::<M>(topic);
     topic.typed.get_or_insert_with(|| Typed {
         type_id: TypeId::of::<M>(),
@@ -476,6 +622,55 @@ mod tests {
         assert_eq!(*raw.recv().await.unwrap(), b"{}".to_vec());
         assert!(raw.recv().await.is_none());
         assert_eq!(bus.publish_raw("none", b"1".to_vec()).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn in_the_start_phase_a_later_subscription_gets_what_was_published_before_it_first() {
+        let bus = Bus::starting();
+        assert_eq!(bus.publish(Ping(1)).await, 0, "nobody subscribed yet");
+        assert_eq!(bus.publish_raw(Ping::TOPIC, b"2".to_vec()).await, Ok(0));
+        let mut early = bus.subscribe::<Ping>();
+        let mut raw = bus.subscribe_raw(Ping::TOPIC);
+        assert_eq!(bus.publish(Ping(3)).await, 2);
+        let mut late = bus.subscribe::<Ping>();
+        for sub in [&mut early, &mut late] {
+            for i in 1..=3 {
+                assert_eq!(*sub.recv().await.unwrap(), Ping(i), "each once, in order");
+            }
+            assert!(sub.try_recv().is_none());
+        }
+        for json in [b"1", b"2", b"3"] {
+            assert_eq!(*raw.recv().await.unwrap(), json.to_vec());
+        }
+        assert!(raw.try_recv().is_none());
+
+        bus.started();
+        assert_eq!(bus.publish(Ping(4)).await, 3);
+        let mut after = bus.subscribe::<Ping>();
+        assert!(
+            after.try_recv().is_none(),
+            "after the start, only what comes"
+        );
+        assert_eq!(bus.publish(Ping(5)).await, 4);
+        assert_eq!(*after.recv().await.unwrap(), Ping(5));
+    }
+
+    #[tokio::test]
+    async fn the_start_phase_keeps_a_bounded_number_and_refuses_undecodable_bytes() {
+        let bus = Bus::starting();
+        let _typed = bus.subscribe::<Ping>();
+        assert!(bus
+            .publish_raw(Ping::TOPIC, b"\"x\"".to_vec())
+            .await
+            .is_err());
+        for i in 0..(START_HOLD as u32 + 10) {
+            bus.publish(Ping(i)).await;
+        }
+        let mut late = bus.subscribe::<Ping>();
+        for i in 0..START_HOLD as u32 {
+            assert_eq!(late.try_recv().unwrap().0, i);
+        }
+        assert!(late.try_recv().is_none());
     }
 
     #[test]

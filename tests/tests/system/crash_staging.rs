@@ -93,13 +93,13 @@ fn sync_once(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn()?;
-    // Every component started (the upgrade center would miss an
-    // EVT_SYNC_SOFT that arrives before it subscribed) and the link is up.
-    let ready = poll_until(DEADLINE, "the box to start and connect", || {
-        let started = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("host running"));
+    // The link is up; the upgrade center may not have started yet: the
+    // host's bus keeps the EVT_SYNC_SOFT for it until every component
+    // started.
+    let ready = poll_until(DEADLINE, "the box to connect", || {
         portal
             .environment(ENV)
-            .filter(|e| started && e.live_connections > 0)
+            .filter(|e| e.live_connections > 0)
             .map(|_| ())
     });
     if let Err(e) = ready {
