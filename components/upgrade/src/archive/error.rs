@@ -102,6 +102,18 @@ pub enum ArchiveError {
         /// The reserve.
         min_free: u64,
     },
+    /// The file system filled up while the entries were written (`ENOSPC`):
+    /// something else (recordings) took the space after the check. The
+    /// caller removes the scratch folder, which frees what was written.
+    #[error("the file system of {target} filled up during extraction (ENOSPC) with {free} bytes free; {min_free} must stay free (min_free_space)")]
+    FileSystemFull {
+        /// The folder extracted into.
+        target: PathBuf,
+        /// Bytes free when it stopped.
+        free: u64,
+        /// The reserve.
+        min_free: u64,
+    },
     /// An entry expands more than the allowed ratio: a zip bomb.
     #[error("archive entry {entry:?} expands {ratio}:1, over the limit of {limit}:1")]
     RatioExceeded {

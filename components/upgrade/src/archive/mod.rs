@@ -161,13 +161,29 @@ pub fn extract(archive: &Path, target: &Path, limits: &Limits) -> Result<Extract
     }
 
     // Pass 2: directories, then files, then fsync the directories.
-    let extracted = write::write(&mut zip, &plan, target, limits)?;
+    let extracted =
+        write::write(&mut zip, &plan, target, limits).map_err(|e| filled_up(e, target, limits))?;
     tracing::info!(
         files = extracted.files.len(),
         bytes = extracted.total_bytes,
         "extracted"
     );
     Ok(extracted)
+}
+
+/// An `ENOSPC` while writing says so, with the numbers, instead of a plain
+/// I/O error on the file that happened to be written.
+fn filled_up(error: ArchiveError, target: &Path, limits: &Limits) -> ArchiveError {
+    match error {
+        ArchiveError::Io { source, .. } if crate::fetch::space::is_no_space(&source) => {
+            ArchiveError::FileSystemFull {
+                target: target.to_path_buf(),
+                free: limits.space.free(target).unwrap_or(0),
+                min_free: limits.space.min_free,
+            }
+        }
+        other => other,
+    }
 }
 
 /// The ratio of `uncompressed` to `compressed`, if it is over `limit` and
@@ -204,5 +220,44 @@ mod tests {
         assert_eq!(limits.max_total_bytes, 4 << 30);
         assert_eq!(limits.max_entry_bytes, 2 << 30);
         assert_eq!(limits.max_ratio, 200);
+    }
+
+    #[test]
+    fn enospc_while_writing_is_reported_as_a_full_file_system_with_the_numbers() {
+        let limits = Limits {
+            space: crate::fetch::space::Space::new(
+                512,
+                std::sync::Arc::new(|_: &Path| Ok::<u64, io::Error>(7)),
+            ),
+            ..Limits::default()
+        };
+        let target = Path::new("/home/models/.scratch");
+        let full = ArchiveError::Io {
+            path: target.join("a.bin"),
+            source: io::Error::from_raw_os_error(28),
+        };
+        let error = filled_up(full, target, &limits);
+        assert!(
+            matches!(
+                &error,
+                ArchiveError::FileSystemFull {
+                    free: 7,
+                    min_free: 512,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error
+            .to_string()
+            .contains("filled up during extraction (ENOSPC)"));
+        let other = ArchiveError::Io {
+            path: target.join("a.bin"),
+            source: io::Error::from_raw_os_error(5),
+        };
+        assert!(matches!(
+            filled_up(other, target, &limits),
+            ArchiveError::Io { .. }
+        ));
     }
 }
