@@ -305,7 +305,10 @@ pub async fn resolve(
 
 /// [`resolve`] from verified TUF targets metadata: the portal frame's
 /// digests, sizes and package declarations are hints at most. A package the
-/// frame declares that the metadata does not list refuses the module.
+/// frame declares that the metadata does not list refuses the module. Each
+/// artifact is fetched where the repository stores it
+/// ([`crate::tuf::TrustedTarget::path`]: hash-prefixed with consistent
+/// snapshots).
 fn resolve_trusted(
     repository_url: &str,
     platform: &str,
@@ -316,7 +319,7 @@ fn resolve_trusted(
     let lookup = |suffix: &str| {
         let path = coords::maven_path(&module.coords, suffix);
         trusted.get(&path).map(|t| Target {
-            url: format!("{repository_url}/{path}"),
+            url: format!("{repository_url}/{}", t.path),
             sha256: Some(t.sha256.clone()),
             size: Some(t.length),
         })

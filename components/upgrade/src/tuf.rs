@@ -25,6 +25,13 @@
 //! SHA-256 as the expected digest, and the Downloader promotes the file only
 //! after the whole stream verified.
 //!
+//! Any conforming repository works, also with `consistent_snapshot = true`
+//! in its root (python-tuf's default): `tough` then fetches the versioned
+//! `N.snapshot.json` and `N.targets.json`, which the store keeps under the
+//! role names, and the box fetches each target at
+//! `dir/{sha256}.basename` ([`download_path`], TUF 5.7.3), computed from
+//! the verified root and the verified hash.
+//!
 //! Clock: `tough` refuses to run when the clock is earlier than the last
 //! time it saw (`latest_known_time.json`), and this module refuses a clock
 //! earlier than [`CLOCK_FLOOR`] (a box without a real-time clock boots in
@@ -126,6 +133,30 @@ pub struct TrustedTarget {
     pub sha256: String,
     /// Length in bytes.
     pub length: u64,
+    /// Where the repository stores it, relative to the targets URL
+    /// ([`download_path`]): the target name, or with consistent snapshots
+    /// the name with the SHA-256 before its basename.
+    pub path: String,
+}
+
+/// Where a target named `name` with SHA-256 `sha256` (hex) is fetched from,
+/// relative to the targets URL (TUF 5.7.3). Without consistent snapshots
+/// it is the name; with them, the hash prefixes the file name and not the
+/// whole path: `com/a/1.0/a-1.0.jar` is at `com/a/1.0/{sha256}.a-1.0.jar`,
+/// where python-tuf stores it and its client fetches it. (`tough`'s own
+/// `read_target` puts the hash before the whole name, `{sha256}.com/a/...`,
+/// which is not where other implementations put it; the box does not use
+/// it.) Of the hashes the
+/// targets metadata may list, SHA-256 is the one `tough` verifies and the
+/// one used here.
+pub fn download_path(name: &str, sha256: &str, consistent_snapshot: bool) -> String {
+    if !consistent_snapshot {
+        return name.to_owned();
+    }
+    match name.rsplit_once('/') {
+        Some((dir, file)) => format!("{dir}/{sha256}.{file}"),
+        None => format!("{sha256}.{name}"),
+    }
 }
 
 /// The targets of verified, unexpired targets metadata, by target name
@@ -294,14 +325,19 @@ async fn load(
         .map_err(io_at(store))
         .map_err(LoadError::Io)?;
     let _ = std::fs::remove_dir_all(&scratch);
+    // A fact of the verified root, like the targets' hashes.
+    let consistent_snapshot = repo.root().signed.consistent_snapshot;
     let targets: HashMap<String, TrustedTarget> = repo
         .all_targets()
         .map(|(name, t)| {
+            let sha256 = hex::encode(&*t.hashes.sha256);
+            let path = download_path(name.raw(), &sha256, consistent_snapshot);
             (
                 name.raw().to_owned(),
                 TrustedTarget {
-                    sha256: hex::encode(&*t.hashes.sha256),
+                    sha256,
                     length: t.length,
+                    path,
                 },
             )
         })
@@ -310,6 +346,7 @@ async fn load(
     info!(
         targets_version = version,
         targets = targets.len(),
+        consistent_snapshot,
         from_store = used_store,
         "repository metadata verified"
     );
@@ -332,6 +369,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// The store's name of the metadata file `file` of the repository: with
+/// consistent snapshots `tough` asks for `{version}.snapshot.json` and
+/// `{version}.targets.json`, which the store keeps (like `tough`'s own
+/// datastore) as `snapshot.json` and `targets.json`. Versioned roots
+/// (`{version}.root.json`, the rotation chain) keep their names.
+fn store_name(file: &str) -> &str {
+    match file.split_once('.') {
+        Some((version, rest))
+            if !version.is_empty()
+                && version.bytes().all(|b| b.is_ascii_digit())
+                && (rest == "snapshot.json" || rest == "targets.json") =>
+        {
+            rest
+        }
+        _ => file,
+    }
 }
 
 /// `tough`'s transport on the box's HTTP client, with a memory of what it
@@ -455,11 +510,11 @@ impl HomeTransport {
 #[async_trait]
 impl Transport for HomeTransport {
     async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
-        let name = url
+        let file = url
             .path_segments()
             .and_then(|mut s| s.next_back())
-            .unwrap_or_default()
-            .to_owned();
+            .unwrap_or_default();
+        let name = store_name(file).to_owned();
         let stream = |bytes: Vec<u8>| -> TransportStream {
             Box::pin(futures_util::stream::once(async move {
                 Ok::<_, TransportError>(Bytes::from(bytes))
@@ -490,5 +545,34 @@ impl Transport for HomeTransport {
             self.lock().files.insert(name, bytes.clone());
         }
         Ok(stream(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistent_snapshot_prefixes_the_file_name_not_the_folders() {
+        let h = "ab12";
+        assert_eq!(
+            download_path("com/a/1.0/a-1.0.jar", h, true),
+            "com/a/1.0/ab12.a-1.0.jar"
+        );
+        assert_eq!(download_path("a-1.0.jar", h, true), "ab12.a-1.0.jar");
+        assert_eq!(
+            download_path("com/a/1.0/a-1.0.jar", h, false),
+            "com/a/1.0/a-1.0.jar"
+        );
+    }
+
+    #[test]
+    fn versioned_snapshot_and_targets_are_stored_under_their_role_names() {
+        assert_eq!(store_name("12.snapshot.json"), "snapshot.json");
+        assert_eq!(store_name("3.targets.json"), "targets.json");
+        assert_eq!(store_name("targets.json"), "targets.json");
+        assert_eq!(store_name("2.root.json"), "2.root.json");
+        assert_eq!(store_name("timestamp.json"), "timestamp.json");
+        assert_eq!(store_name("x.targets.json"), "x.targets.json");
     }
 }
