@@ -1011,3 +1011,108 @@ async fn head_requests_follow_a_redirect_to_another_host_as_the_download_would()
         "only the authoritative ones reached the other host"
     );
 }
+
+/// An https server on 127.0.0.1 (certificate from a fresh CA, whose PEM is
+/// written to `ca_file`) that answers every request with `302` to
+/// `location`; returns its URL for `path`.
+async fn https_redirecting_to(location: String, ca_file: &Path, path: &str) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    std::fs::write(ca_file, ca_cert.pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, location) = (acceptor.clone(), location.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    format!("https://{addr}/repo/{path}")
+}
+
+#[tokio::test]
+async fn a_redirect_from_https_to_http_is_refused_even_for_a_digest_from_tuf() {
+    let scene = Scene::new(|_| {}).await;
+    let ca_file = scene.dir.path().join("ca.pem");
+    let cfg = FetchConfig {
+        ca_file: Some(ca_file.clone()),
+        ..single_attempt()
+    };
+    let progress = |_: u64, _: Option<u64>| {};
+    // To the same host name, and to another one.
+    for location in [
+        scene.artifact_url(),
+        scene.artifact_url().replace("127.0.0.1", "localhost"),
+    ] {
+        let url = https_redirecting_to(location.clone(), &ca_file, ARTIFACT_PATH).await;
+        let client = fetch::client(&cfg).unwrap();
+
+        let outcome = download(
+            &client,
+            &url,
+            &scene.partial(),
+            &scene.expected_from(DigestSource::Tuf),
+            &cfg,
+            &progress,
+        )
+        .await;
+
+        match outcome {
+            Err(FetchError::RedirectRefused {
+                url: first,
+                location: refused,
+                reason,
+            }) => {
+                assert_eq!(first, url);
+                assert_eq!(refused, location);
+                assert!(reason.contains("from https to http"), "{reason}");
+            }
+            other => panic!("{location}: {other:?}"),
+        }
+    }
+    assert!(scene.server.requests().is_empty(), "http was never asked");
+    assert!(
+        scene.files().iter().all(|f| f == "ca.pem"),
+        "{:?}",
+        scene.files()
+    );
+}
