@@ -101,7 +101,8 @@ pub const MAX_META_BYTES: usize = 16 * 1024;
 pub const MAX_REDIRECTS: usize = 5;
 
 /// Whole-request timeout of the small requests ([`probe`],
-/// [`fetch_sha256_file`]): they move at most a few kilobytes.
+/// [`content_length`], [`fetch_sha256_file`]), per redirect hop: they move
+/// at most a few kilobytes.
 pub const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a download is bounded and retried.

@@ -13,9 +13,10 @@
 //! file, the repository's host is the only one trusted to serve them.
 //!
 //! Every hop is a new request built by the caller for the new URL, so the
-//! `Range` and `If-Range` of a resume go along, and credentials in the
-//! repository URL do not (reqwest turns them into a header of the first
-//! request only).
+//! `Range` and `If-Range` of a resume go along. Credentials in the
+//! repository URL (`https://user:pass@repo/...`, which reqwest turns into
+//! an `Authorization` header) go along to the same scheme, host and port
+//! only, as reqwest's own redirect handling does.
 
 use reqwest::header::LOCATION;
 use reqwest::{RequestBuilder, Response, StatusCode, Url};
@@ -65,6 +66,7 @@ pub async fn send(
     digest: DigestSource,
     build: impl Fn(&str) -> RequestBuilder,
 ) -> Result<Response, FetchError> {
+    let first = Url::parse(url).ok();
     let mut previous: Vec<Url> = Vec::new();
     let mut current = url.to_owned();
     loop {
@@ -82,7 +84,7 @@ pub async fn send(
         match redirect(&previous, &next, digest) {
             Redirect::Follow => {
                 debug!(from = %current, to = %next, status = response.status().as_u16(), "following redirect");
-                current = next.into();
+                current = with_credentials_of(first.as_ref(), next).into();
             }
             Redirect::Refuse(reason) => {
                 return Err(FetchError::RedirectRefused {
@@ -93,6 +95,22 @@ pub async fn send(
             }
         }
     }
+}
+
+/// `next` with the user name and password of `first` when it goes to the
+/// same origin (scheme, host, port) and names no user of its own.
+fn with_credentials_of(first: Option<&Url>, mut next: Url) -> Url {
+    if let Some(first) = first.filter(|f| !f.username().is_empty()) {
+        let same_origin = first.scheme() == next.scheme()
+            && first.host_str() == next.host_str()
+            && first.port_or_known_default() == next.port_or_known_default();
+        if same_origin && next.username().is_empty() {
+            // Only fails for URLs that cannot have a user (no host).
+            let _ = next.set_username(first.username());
+            let _ = next.set_password(first.password());
+        }
+    }
+    next
 }
 
 /// Where a redirect answer points, resolved against the URL that answered.
@@ -168,6 +186,23 @@ mod tests {
             redirect(&http, &u("http://127.0.0.1:8080/b.jar"), DigestSource::None),
             Redirect::Follow
         );
+    }
+
+    #[test]
+    fn credentials_go_along_to_the_same_origin_only() {
+        let first = u("https://box:secret@repo.example/repo/a.jar");
+        let carried = with_credentials_of(Some(&first), u("https://repo.example/b/a.jar"));
+        assert_eq!(carried.as_str(), "https://box:secret@repo.example/b/a.jar");
+        for other in [
+            "https://cdn.example/a.jar",
+            "https://repo.example:8443/a.jar",
+            "http://repo.example/a.jar",
+        ] {
+            assert_eq!(with_credentials_of(Some(&first), u(other)), u(other));
+        }
+        let plain = u("https://repo.example/a.jar");
+        let next = u("https://repo.example/b.jar");
+        assert_eq!(with_credentials_of(Some(&plain), next.clone()), next);
     }
 
     #[test]
