@@ -29,7 +29,7 @@ use crate::{
     cache::{cache_hit, CachedFile},
     coords::{self, Module},
     error::{io_at, UpgradeError},
-    fetch::{self, Checksum, Expected, FetchConfig},
+    fetch::{self, Checksum, DigestSource, FetchConfig},
     layout::Layout,
     plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
     tuf::{Trust, TrustedTargets},
@@ -321,6 +321,7 @@ fn resolve_trusted(
         trusted.get(&path).map(|t| Target {
             url: format!("{repository_url}/{}", t.path),
             sha256: Some(t.sha256.clone()),
+            digest_source: DigestSource::Tuf,
             size: Some(t.length),
         })
     };
@@ -383,6 +384,7 @@ fn target(
     Ok(Target {
         url,
         sha256: checksum.sha256().map(str::to_owned),
+        digest_source: checksum.source(),
         size,
     })
 }
@@ -463,7 +465,7 @@ async fn check_free_space(
         for f in m.fetches() {
             let size = match f.target.size {
                 Some(size) => size,
-                None => fetch::content_length(client, &f.target.url)
+                None => fetch::content_length(client, &f.target.url, f.target.digest_source)
                     .await
                     .map_err(|source| UpgradeError::Fetch {
                         module: m.key(),
@@ -553,10 +555,7 @@ impl Job {
             return Ok((hit, 0));
         }
         let partial = cache.join(format!("{}.partial", f.cache_name));
-        let expected = Expected {
-            sha256: f.target.sha256.clone(),
-            size: f.target.size,
-        };
+        let expected = f.target.expected();
         let seen = AtomicU64::new(0);
         // The fetch engine's callback is synchronous: it only counts, and
         // `reporting` sends the events, where a full queue may make it wait.
@@ -676,6 +675,7 @@ mod tests {
                     target: Target {
                         url: format!("http://127.0.0.1:9/{name}"),
                         sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))),
+                        digest_source: DigestSource::Portal,
                         size: Some(body.len() as u64),
                     },
                     cache_name: name,

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     coords::{self, Module},
+    fetch::{DigestSource, Expected},
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
 
@@ -21,10 +22,25 @@ use crate::{
 pub struct Target {
     /// Its repository URL.
     pub url: String,
-    /// The SHA-256 it must have, when known (module object or `.sha256`).
+    /// The SHA-256 it must have, when known (TUF, module object or `.sha256`).
     pub sha256: Option<String>,
+    /// Where [`Self::sha256`] came from (`"tuf"`, `"portal"`,
+    /// `"repository"`, `"none"`): a redirect to another host is followed
+    /// only for `tuf` and `portal`.
+    pub digest_source: DigestSource,
     /// The size it must have, when declared.
     pub size: Option<u64>,
+}
+
+impl Target {
+    /// What the fetch engine is to expect of this artifact.
+    pub fn expected(&self) -> Expected {
+        Expected {
+            sha256: self.sha256.clone(),
+            size: self.size,
+            digest_source: self.digest_source,
+        }
+    }
 }
 
 /// A module of the target set with its artifacts' locations and digests.

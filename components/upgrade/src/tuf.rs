@@ -475,7 +475,12 @@ impl HomeTransport {
     async fn get(&self, url: &Url) -> Result<Vec<u8>, TransportError> {
         let u = url.as_str();
         let other = |e: String| TransportError::new_with_cause(TransportErrorKind::Other, u, e);
-        let response = tokio::time::timeout(self.wait, self.client.get(u).send())
+        // Metadata is small and signed, but its URL is the repository's:
+        // redirects stay on its host, like those of a `.sha256` file.
+        let chain = crate::fetch::send(u, crate::fetch::DigestSource::None, |hop| {
+            self.client.get(hop)
+        });
+        let response = tokio::time::timeout(self.wait, chain)
             .await
             .map_err(|_| other(format!("no response within {:?}", self.wait)))?
             .map_err(|e| other(e.to_string()))?;

@@ -40,6 +40,7 @@ fn expected(data: &[u8]) -> Expected {
     Expected {
         sha256: Some(sha256_hex(data)),
         size: Some(data.len() as u64),
+        ..Expected::default()
     }
 }
 

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use banalytics_upgrade_center::fetch::{
-    self, download, fetch_sha256_file, meta_path, probe, Downloaded, Expected, FetchConfig,
-    FetchError,
+    self, content_length, download, fetch_sha256_file, meta_path, probe, DigestSource, Downloaded,
+    Expected, FetchConfig, FetchError, MAX_REDIRECTS,
 };
 use repo::{body, sha256_hex, Behaviour, RangeMode, Repo};
 
@@ -87,11 +87,40 @@ impl Scene {
         self.dir.path().join("mod-1.0.jar.partial")
     }
 
+    /// The digest and size, the digest from the repository's `.sha256`
+    /// (not authoritative: redirects stay on the repository's host).
     fn expected(&self) -> Expected {
+        self.expected_from(DigestSource::Repository)
+    }
+
+    /// The digest and size, the digest from `source`.
+    fn expected_from(&self, source: DigestSource) -> Expected {
         Expected {
             sha256: Some(sha256_hex(&self.data)),
             size: Some(self.data.len() as u64),
+            digest_source: source,
         }
+    }
+
+    /// Makes the artifact's path answer `302` to [`MOVED_PATH`] on the same
+    /// server named `localhost` (another host for the client), which serves
+    /// the same bytes under another ETag; returns the moved URL.
+    fn redirect_to_another_host(&self) -> String {
+        self.server.serve(
+            MOVED_PATH,
+            Behaviour {
+                etag: Some("\"cdn\"".to_owned()),
+                ..Behaviour::serving(self.data.clone())
+            },
+        );
+        let elsewhere = self
+            .server
+            .url_of(MOVED_PATH)
+            .replace("127.0.0.1", "localhost");
+        let location = elsewhere.clone();
+        self.server
+            .set(ARTIFACT_PATH, |b| b.redirect_to = Some(location));
+        elsewhere
     }
 
     /// Runs a download with a fresh client (as a restarted process would),
@@ -192,6 +221,7 @@ async fn wrong_sha256_fails_without_retry_and_removes_the_partial() {
     let expected = Expected {
         sha256: Some("0".repeat(64)),
         size: Some(LEN as u64),
+        ..Expected::default()
     };
 
     let (outcome, _) = scene.download(&expected, &test_config()).await;
@@ -580,6 +610,7 @@ async fn changed_etag_makes_the_server_send_the_whole_file_and_the_download_rest
     let expected = Expected {
         sha256: Some(sha256_hex(&republished)),
         size: Some(republished.len() as u64),
+        ..Expected::default()
     };
     let (outcome, _) = scene.download(&expected, &test_config()).await;
 
@@ -777,22 +808,311 @@ async fn redirect_to_the_same_host_is_followed() {
 }
 
 #[tokio::test]
-async fn redirect_to_another_host_is_not_followed() {
-    let scene = Scene::new(|_| {}).await;
-    let elsewhere = scene
-        .server
-        .url_of(MOVED_PATH)
-        .replace("127.0.0.1", "localhost");
+async fn redirect_to_another_host_is_followed_for_a_digest_from_tuf_or_the_portal() {
+    for source in [DigestSource::Tuf, DigestSource::Portal] {
+        let scene = Scene::new(|_| {}).await;
+        scene.redirect_to_another_host();
+
+        let (outcome, _) = scene
+            .download(&scene.expected_from(source), &test_config())
+            .await;
+
+        assert_eq!(outcome.unwrap().size, LEN as u64, "{source}");
+        let requests = scene.server.requests();
+        let hops: Vec<(&str, u16)> = requests
+            .iter()
+            .map(|r| (r.path.as_str(), r.status))
+            .collect();
+        assert_eq!(hops, vec![(ARTIFACT_PATH, 302), (MOVED_PATH, 200)]);
+        assert_eq!(scene.on_disk().unwrap(), scene.data);
+    }
+}
+
+#[tokio::test]
+async fn redirect_to_another_host_is_refused_for_a_repository_digest_or_none() {
+    for expected in [
+        |s: &Scene| s.expected_from(DigestSource::Repository),
+        |_: &Scene| Expected::default(),
+    ] {
+        let scene = Scene::new(|_| {}).await;
+        let elsewhere = scene.redirect_to_another_host();
+
+        let (outcome, _) = scene.download(&expected(&scene), &test_config()).await;
+
+        let error = outcome.unwrap_err();
+        match &error {
+            FetchError::RedirectRefused {
+                url,
+                location,
+                reason,
+            } => {
+                assert_eq!(url, &scene.artifact_url());
+                assert_eq!(location, &elsewhere);
+                assert!(
+                    reason.contains("another host localhost")
+                        && reason.contains("not from TUF or the portal"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!error.is_transient());
+        assert!(error.to_string().contains("localhost"), "{error}");
+        assert_eq!(
+            scene.server.requests().len(),
+            1,
+            "not retried, not followed"
+        );
+        assert!(scene.files().is_empty(), "left {:?}", scene.files());
+    }
+}
+
+/// Serves `hops` redirects, alternating between the host names
+/// `127.0.0.1` and `localhost`, before the artifact itself; returns the URL
+/// of the first.
+fn redirect_chain(scene: &Scene, hops: usize) -> String {
+    let path = |i: usize| format!("hop/{i}/mod-1.0.jar");
+    let url = |i: usize| {
+        let u = scene.server.url_of(&path(i));
+        if i % 2 == 1 {
+            u.replace("127.0.0.1", "localhost")
+        } else {
+            u
+        }
+    };
+    for i in 0..hops {
+        scene.server.serve(
+            &path(i),
+            Behaviour {
+                redirect_to: Some(url(i + 1)),
+                ..Behaviour::serving(Vec::new())
+            },
+        );
+    }
     scene
         .server
-        .set(ARTIFACT_PATH, |b| b.redirect_to = Some(elsewhere));
+        .serve(&path(hops), Behaviour::serving(scene.data.clone()));
+    url(0)
+}
 
-    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+#[tokio::test]
+async fn at_most_max_redirects_hops_are_followed_in_all() {
+    let scene = Scene::new(|_| {}).await;
+    let client = fetch::client(&test_config()).unwrap();
+    let expected = scene.expected_from(DigestSource::Tuf);
+    let progress = |_: u64, _: Option<u64>| {};
+    let partial = scene.partial();
 
-    assert!(
-        matches!(outcome, Err(FetchError::HttpStatus { status: 302, .. })),
-        "{outcome:?}"
+    let url = redirect_chain(&scene, MAX_REDIRECTS);
+    let done = download(
+        &client,
+        &url,
+        &partial,
+        &expected,
+        &test_config(),
+        &progress,
+    )
+    .await;
+    assert_eq!(done.unwrap().size, LEN as u64);
+    assert_eq!(scene.server.requests().len(), MAX_REDIRECTS + 1);
+
+    std::fs::remove_file(&partial).unwrap();
+    scene.server.reset_counters();
+    let url = redirect_chain(&scene, MAX_REDIRECTS + 1);
+    let refused = download(
+        &client,
+        &url,
+        &partial,
+        &expected,
+        &test_config(),
+        &progress,
+    )
+    .await;
+    match refused {
+        Err(FetchError::RedirectRefused { reason, .. }) => {
+            assert!(reason.contains("too many redirects"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        scene.server.requests().len(),
+        MAX_REDIRECTS + 1,
+        "the last redirect is not followed, and nothing is retried"
     );
-    assert_eq!(scene.server.requests().len(), 1);
-    assert!(scene.files().is_empty(), "left {:?}", scene.files());
+    assert!(!partial.exists());
+}
+
+#[tokio::test]
+async fn a_download_cut_after_a_redirect_resumes_through_it_with_the_final_servers_validator() {
+    let scene = Scene::new(|_| {}).await;
+    scene.redirect_to_another_host();
+    scene.server.set(MOVED_PATH, |b| {
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    });
+    let expected = scene.expected_from(DigestSource::Portal);
+    let (first, _) = scene.download(&expected, &single_attempt()).await;
+    assert!(first.is_err());
+    assert_eq!(scene.on_disk().unwrap(), scene.data[..CUT_AT]);
+    assert!(meta_exists(&scene.partial()));
+    scene.server.reset_counters();
+
+    // A new process (a fresh client) resumes from the meta file.
+    let (outcome, _) = scene.download(&expected, &test_config()).await;
+
+    let done = outcome.unwrap();
+    assert_eq!(done.resumed_from, CUT_AT as u64);
+    assert_eq!(done.bytes_transferred, (LEN - CUT_AT) as u64);
+    let requests = scene.server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let range = format!("bytes={CUT_AT}-");
+    for (request, path, status) in [
+        (&requests[0], ARTIFACT_PATH, 302),
+        (&requests[1], MOVED_PATH, 206),
+    ] {
+        assert_eq!(request.path, path);
+        assert_eq!(request.status, status);
+        assert_eq!(request.range.as_deref(), Some(range.as_str()), "{path}");
+        assert_eq!(request.if_range.as_deref(), Some("\"cdn\""), "{path}");
+    }
+    assert_eq!(scene.on_disk().unwrap(), scene.data);
+    assert!(!meta_exists(&scene.partial()));
+}
+
+#[tokio::test]
+async fn head_requests_follow_a_redirect_to_another_host_as_the_download_would() {
+    let scene = Scene::new(|_| {}).await;
+    let elsewhere = scene.redirect_to_another_host();
+    let client = fetch::client(&test_config()).unwrap();
+    let url = scene.artifact_url();
+
+    for source in [DigestSource::Tuf, DigestSource::Portal] {
+        assert_eq!(
+            content_length(&client, &url, source).await.unwrap(),
+            Some(LEN as u64)
+        );
+    }
+    for source in [DigestSource::Repository, DigestSource::None] {
+        assert!(matches!(
+            content_length(&client, &url, source).await,
+            Err(FetchError::RedirectRefused { location, .. }) if location == elsewhere
+        ));
+    }
+    // `probe` is asked only where no authoritative digest is known.
+    assert!(matches!(
+        probe(&client, &url).await,
+        Err(FetchError::RedirectRefused { location, .. }) if location == elsewhere
+    ));
+    let requests = scene.server.requests();
+    assert!(requests.iter().all(|r| r.method == "HEAD"));
+    let moved = requests.iter().filter(|r| r.path == MOVED_PATH).count();
+    assert_eq!(
+        moved, 2,
+        "only the authoritative ones reached the other host"
+    );
+}
+
+/// An https server on 127.0.0.1 (certificate from a fresh CA, whose PEM is
+/// written to `ca_file`) that answers every request with `302` to
+/// `location`; returns its URL for `path`.
+async fn https_redirecting_to(location: String, ca_file: &Path, path: &str) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca_cert, &ca_key)
+        .unwrap();
+    std::fs::write(ca_file, ca_cert.pem()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, location) = (acceptor.clone(), location.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    format!("https://{addr}/repo/{path}")
+}
+
+#[tokio::test]
+async fn a_redirect_from_https_to_http_is_refused_even_for_a_digest_from_tuf() {
+    let scene = Scene::new(|_| {}).await;
+    let ca_file = scene.dir.path().join("ca.pem");
+    let cfg = FetchConfig {
+        ca_file: Some(ca_file.clone()),
+        ..single_attempt()
+    };
+    let progress = |_: u64, _: Option<u64>| {};
+    // To the same host name, and to another one.
+    for location in [
+        scene.artifact_url(),
+        scene.artifact_url().replace("127.0.0.1", "localhost"),
+    ] {
+        let url = https_redirecting_to(location.clone(), &ca_file, ARTIFACT_PATH).await;
+        let client = fetch::client(&cfg).unwrap();
+
+        let outcome = download(
+            &client,
+            &url,
+            &scene.partial(),
+            &scene.expected_from(DigestSource::Tuf),
+            &cfg,
+            &progress,
+        )
+        .await;
+
+        match outcome {
+            Err(FetchError::RedirectRefused {
+                url: first,
+                location: refused,
+                reason,
+            }) => {
+                assert_eq!(first, url);
+                assert_eq!(refused, location);
+                assert!(reason.contains("from https to http"), "{reason}");
+            }
+            other => panic!("{location}: {other:?}"),
+        }
+    }
+    assert!(scene.server.requests().is_empty(), "http was never asked");
+    assert!(
+        scene.files().iter().all(|f| f == "ca.pem"),
+        "{:?}",
+        scene.files()
+    );
 }

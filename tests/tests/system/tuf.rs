@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use banalytics_tests::{
     e2e::{env_uuid, BoxSettings, ManagedBox, ModuleSpec, PortalApi, StatusLine},
-    portal::{tuf, Portal, PortalConfig, PortalHandle},
+    portal::{tuf, Faults, Portal, PortalConfig, PortalHandle},
     DEADLINE,
 };
 
@@ -336,6 +336,135 @@ fn an_http_repository_that_is_not_loopback_is_refused_without_the_opt_in() -> Re
             .then_some(())
     })
     .context("the opt-in warns")?;
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
+/// A second reference portal on another host name (`localhost`, where the
+/// portal is `127.0.0.1`) serving a copy of `portal`'s repository, as a CDN
+/// does; `portal` now answers artifact requests (not `.sha256` files, not
+/// TUF metadata) with `302` to it.
+fn hand_off_to_a_cdn(portal: &PortalHandle, dir: &std::path::Path) -> Result<PortalHandle> {
+    let cdn_data = dir.join("cdn");
+    copy_tree(&portal.data_dir().join("repo"), &cdn_data.join("repo"))?;
+    let cdn = Portal::spawn(PortalConfig::new(&cdn_data))?;
+    portal.set_faults(Faults {
+        redirect_to: Some(format!("http://localhost:{}", cdn.addr().port())),
+        ..Faults::default()
+    });
+    Ok(cdn)
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The repository paths `portal` answered, with at least one request.
+fn requested(portal: &PortalHandle) -> Vec<String> {
+    portal
+        .stats()
+        .paths
+        .into_iter()
+        .filter(|(p, s)| p.starts_with("/repo/") && s.requests > 0)
+        .map(|(p, _)| p)
+        .collect()
+}
+
+#[test]
+fn with_trust_root_a_box_installs_through_the_cdn_its_repository_redirects_to() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let w = signed_world()?;
+    let env = env_uuid(1107);
+    w.portal.publish_all(&w.files(), &set_v1())?;
+    let cdn = hand_off_to_a_cdn(&w.portal, w.dir.path())?;
+    w.portal.assign_set(&env, &coords(&set_v1()))?;
+    let mut b = w.trusting_box(&env)?;
+    b.spawn()?;
+    let v = verdict(&w, &mut b, &env, 0)?;
+    ensure!(v.status == "installed", "{v}\n{}", b.log_tail(40));
+    ensure!(b.installed()? == sorted(&set_v1()), "{:?}", b.installed()?);
+    // The bytes came from the CDN: every artifact, packages included.
+    let served: Vec<String> = requested(&cdn)
+        .into_iter()
+        .filter(|p| cdn.stats().paths[p].bytes > 0)
+        .collect();
+    for spec in set_v1() {
+        ensure!(
+            served.contains(&spec.repo_path()),
+            "{} not served by the CDN: {served:?}",
+            spec.repo_path()
+        );
+    }
+    ensure!(
+        served.iter().any(|p| p.ends_with("alpha-1.0-bin.zip"))
+            && served.iter().any(|p| p.ends_with("alpha-1.0-model.zip")),
+        "{served:?}"
+    );
+    ensure!(
+        !requested(&cdn).iter().any(|p| p.contains("/.tuf/")),
+        "the metadata stays with the repository"
+    );
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
+#[test]
+fn with_only_sha256_files_a_box_refuses_the_redirect_to_a_cdn_and_reports_download_error(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
+    let env = env_uuid(1108);
+    let specs = set_v1();
+    let published = portal.publish_all(&dir.path().join("files"), &specs)?;
+    let cdn = hand_off_to_a_cdn(&portal, dir.path())?;
+    // The original portal: module objects without digests, sizes or
+    // package declarations; the only digests are the `.sha256` files of
+    // the repository, which redirects the artifacts elsewhere.
+    let frames = published
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m)?;
+            let object = v.as_object_mut().context("a module object")?;
+            for extension in ["sha256", "size", "dependencies", "model", "platforms"] {
+                object.remove(extension);
+            }
+            Ok(v)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    portal.assign_raw(&env, frames)?;
+    let mut b = ManagedBox::new(&BoxSettings::new(&portal, Some(&env)))?;
+    b.spawn()?;
+    let line = b.run_until(CONVERGE, "a verdict", |_| {
+        portal.statuses(&env).ok()?.into_iter().find(|l| {
+            ["installed", "installation_cancelled", "download_error"].contains(&l.status.as_str())
+        })
+    })?;
+    ensure!(
+        line.status == "download_error"
+            && line
+                .message
+                .contains("redirect to another host localhost refused")
+            && line.message.contains("not from TUF or the portal"),
+        "{line}\n{}",
+        b.log_tail(40)
+    );
+    ensure!(b.installed()?.is_empty(), "{:?}", b.installed()?);
+    ensure!(
+        requested(&cdn).is_empty(),
+        "the CDN was asked: {:?}",
+        requested(&cdn)
+    );
     ensure!(b.stop()?.success());
     Ok(())
 }

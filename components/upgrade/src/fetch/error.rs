@@ -70,6 +70,18 @@ pub enum FetchError {
         /// The URL requested.
         url: String,
     },
+    /// A redirect that the rule of [`redirect`](super::redirect()) refuses:
+    /// to another host for an artifact whose digest is not from TUF or the
+    /// portal, from https to http, or one hop too many.
+    #[error("{url} redirects to {location}: {reason}")]
+    RedirectRefused {
+        /// The URL requested first.
+        url: String,
+        /// Where the refused redirect points.
+        location: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The server answered a status that is neither success nor 404.
     #[error("{url} answered http {status}")]
     HttpStatus {
@@ -196,7 +208,8 @@ impl FetchError {
 
     /// Whether another attempt may succeed: connect and transport errors,
     /// timeouts, stalls, slow or truncated bodies, a `416` after which the
-    /// download restarts from zero, and `5xx`. Never a `4xx`.
+    /// download restarts from zero, and `5xx`. Never a `4xx`, nor a refused
+    /// redirect.
     pub fn is_transient(&self) -> bool {
         match self {
             FetchError::Transport { source, .. } => !source.is_builder() && !source.is_redirect(),
@@ -209,6 +222,7 @@ impl FetchError {
             FetchError::Client { .. }
             | FetchError::CaFile { .. }
             | FetchError::NotFound { .. }
+            | FetchError::RedirectRefused { .. }
             | FetchError::TooLarge { .. }
             | FetchError::NoSpace { .. }
             | FetchError::BadContentRange { .. }
@@ -235,6 +249,12 @@ mod tests {
         assert!(!status(403).is_transient());
         assert!(!status(429).is_transient());
         assert!(!FetchError::NotFound { url: url() }.is_transient());
+        assert!(!FetchError::RedirectRefused {
+            url: url(),
+            location: "http://cdn/a.jar".into(),
+            reason: "redirect to another host cdn refused".into()
+        }
+        .is_transient());
         assert!(FetchError::Truncated {
             url: url(),
             expected: 2,

@@ -1,13 +1,60 @@
-//! What the caller knows about an artifact before a download (its digest
-//! and size) and what a download delivered.
+//! What the caller knows about an artifact before a download (its digest,
+//! where that digest came from, and its size) and what a download
+//! delivered.
+
+use serde::Serialize;
 
 use super::FetchError;
+
+/// Where an artifact's expected digest came from. It decides whether a
+/// redirect to another host may be followed ([`super::redirect()`]): only
+/// a digest the repository cannot forge makes the host that serves the
+/// bytes irrelevant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DigestSource {
+    /// Targets metadata that `tough` verified against the pinned TUF root.
+    Tuf,
+    /// The module object in the portal's frame (the portal link, not the
+    /// repository, said it).
+    Portal,
+    /// The repository's own `{url}.sha256` file: it proves only that the
+    /// bytes are what the repository meant to send.
+    Repository,
+    /// No digest at all.
+    #[default]
+    None,
+}
+
+impl DigestSource {
+    /// Whether the digest is independent of the repository and of whoever
+    /// serves the bytes: from TUF or from the portal.
+    pub fn is_authoritative(self) -> bool {
+        matches!(self, DigestSource::Tuf | DigestSource::Portal)
+    }
+}
+
+impl std::fmt::Display for DigestSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DigestSource::Tuf => "digest from TUF",
+            DigestSource::Portal => "digest from the portal",
+            DigestSource::Repository => "digest from the repository's .sha256 file",
+            DigestSource::None => "no digest",
+        })
+    }
+}
 
 /// Where the integrity of an artifact comes from, once resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Checksum {
-    /// A SHA-256 digest, lower-case hex.
-    Sha256(String),
+    /// A SHA-256 digest.
+    Sha256 {
+        /// Lower-case hex.
+        digest: String,
+        /// Who gave it.
+        source: DigestSource,
+    },
     /// Neither the module object nor the repository gives a digest.
     None,
 }
@@ -17,9 +64,15 @@ impl Checksum {
     /// `.sha256` file (the module object wins, contracts section 4).
     pub fn resolve(from_module: Option<&str>, from_repository: Option<String>) -> Self {
         match from_module {
-            Some(digest) => Checksum::Sha256(digest.trim().to_ascii_lowercase()),
+            Some(digest) => Checksum::Sha256 {
+                digest: digest.trim().to_ascii_lowercase(),
+                source: DigestSource::Portal,
+            },
             None => match from_repository {
-                Some(digest) => Checksum::Sha256(digest),
+                Some(digest) => Checksum::Sha256 {
+                    digest,
+                    source: DigestSource::Repository,
+                },
                 None => Checksum::None,
             },
         }
@@ -28,8 +81,16 @@ impl Checksum {
     /// The digest, if any.
     pub fn sha256(&self) -> Option<&str> {
         match self {
-            Checksum::Sha256(digest) => Some(digest),
+            Checksum::Sha256 { digest, .. } => Some(digest),
             Checksum::None => None,
+        }
+    }
+
+    /// Where the digest came from ([`DigestSource::None`] without one).
+    pub fn source(&self) -> DigestSource {
+        match self {
+            Checksum::Sha256 { source, .. } => *source,
+            Checksum::None => DigestSource::None,
         }
     }
 
@@ -49,16 +110,24 @@ pub struct Expected {
     pub sha256: Option<String>,
     /// Size in bytes; never more than this is written.
     pub size: Option<u64>,
+    /// Where [`Self::sha256`] came from: a redirect to another host is
+    /// followed only when it is TUF or the portal.
+    pub digest_source: DigestSource,
 }
 
 impl Expected {
     /// Expectations from a resolved checksum and an optional declared size.
     pub fn new(checksum: Checksum, size: Option<u64>) -> Self {
+        let digest_source = checksum.source();
         let sha256 = match checksum {
-            Checksum::Sha256(digest) => Some(digest),
+            Checksum::Sha256 { digest, .. } => Some(digest),
             Checksum::None => None,
         };
-        Self { sha256, size }
+        Self {
+            sha256,
+            size,
+            digest_source,
+        }
     }
 }
 
@@ -87,26 +156,37 @@ mod tests {
     fn checksum_from_module_wins_over_repository() {
         let module = DIGEST.to_uppercase();
         let resolved = Checksum::resolve(Some(&module), Some("0".repeat(64)));
-        assert_eq!(resolved, Checksum::Sha256(DIGEST.to_owned()));
         assert_eq!(
-            Checksum::resolve(None, Some(DIGEST.to_owned())).sha256(),
-            Some(DIGEST)
+            resolved,
+            Checksum::Sha256 {
+                digest: DIGEST.to_owned(),
+                source: DigestSource::Portal
+            }
+        );
+        let repository = Checksum::resolve(None, Some(DIGEST.to_owned()));
+        assert_eq!(repository.sha256(), Some(DIGEST));
+        assert_eq!(repository.source(), DigestSource::Repository);
+        assert_eq!(
+            Expected::new(resolved, None).digest_source,
+            DigestSource::Portal
         );
         assert_eq!(Checksum::resolve(None, None), Checksum::None);
         assert!(matches!(
             Checksum::None.required("http://r/a.jar"),
             Err(FetchError::NoChecksum { url }) if url == "http://r/a.jar"
         ));
-        assert_eq!(
-            Checksum::Sha256(DIGEST.into()).required("u").unwrap(),
-            DIGEST
-        );
+        assert_eq!(repository.required("u").unwrap(), DIGEST);
         assert_eq!(
             Expected::new(Checksum::None, Some(3)),
             Expected {
                 sha256: None,
-                size: Some(3)
+                size: Some(3),
+                digest_source: DigestSource::None,
             }
         );
+        assert!(DigestSource::Tuf.is_authoritative());
+        assert!(DigestSource::Portal.is_authoritative());
+        assert!(!DigestSource::Repository.is_authoritative());
+        assert!(!DigestSource::None.is_authoritative());
     }
 }

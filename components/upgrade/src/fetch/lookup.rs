@@ -1,11 +1,18 @@
 //! The small requests that look an artifact up before it is downloaded:
-//! whether it exists ([`probe`]) and which digest the repository gives for
-//! it ([`fetch_sha256_file`]).
+//! whether it exists ([`probe`]), how large it is ([`content_length`]) and
+//! which digest the repository gives for it ([`fetch_sha256_file`]).
+//!
+//! They follow redirects by the same rule as the download
+//! ([`redirect`](super::redirect())): `content_length` for the digest the
+//! download will have, the others as for an artifact without an
+//! authoritative digest, since that is where they are asked. A redirect to
+//! another host is then [`FetchError::RedirectRefused`], the same error the
+//! download would end with, before a byte of it moves.
 
 use reqwest::StatusCode;
 use tracing::debug;
 
-use super::{FetchError, MAX_DIGEST_FILE_BYTES, SMALL_REQUEST_TIMEOUT};
+use super::{DigestSource, FetchError, MAX_DIGEST_FILE_BYTES, SMALL_REQUEST_TIMEOUT};
 
 /// Fetches `{url}.sha256`: a hex SHA-256 digest, optionally followed by white
 /// space and a file name. `Ok(None)` when the repository answers 404.
@@ -20,12 +27,10 @@ pub async fn fetch_sha256_file(
         url: digest_url.clone(),
         source,
     };
-    let mut response = client
-        .get(&digest_url)
-        .timeout(SMALL_REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(transport)?;
+    let mut response = super::send(&digest_url, DigestSource::None, |hop| {
+        client.get(hop).timeout(SMALL_REQUEST_TIMEOUT)
+    })
+    .await?;
     match response.status() {
         StatusCode::NOT_FOUND => {
             debug!(url = %digest_url, "no digest file");
@@ -60,9 +65,14 @@ pub async fn fetch_sha256_file(
 
 /// Whether `url` exists: `HEAD`, `true` on success, `false` on 404, an error
 /// otherwise (contracts section 4: any other failure is an error).
+///
+/// It is asked only where no digest from TUF or the portal is known (the
+/// original portal's packages, a native build without one), so a redirect
+/// to another host is refused ([`FetchError::RedirectRefused`]): the
+/// download of that artifact would be refused the same way.
 #[tracing::instrument(skip(client))]
 pub async fn probe(client: &reqwest::Client, url: &str) -> Result<bool, FetchError> {
-    let status = head(client, url).await?.status();
+    let status = head(client, url, DigestSource::None).await?.status();
     if status == StatusCode::NOT_FOUND {
         Ok(false)
     } else if status.is_success() {
@@ -78,12 +88,16 @@ pub async fn probe(client: &reqwest::Client, url: &str) -> Result<bool, FetchErr
 /// The size `HEAD` announces for `url` (`Content-Length`), for the
 /// free-space check of artifacts whose size nobody declared. `None` when
 /// the server does not say, or does not answer `HEAD` with a success.
+/// Redirects are followed as the download of an artifact whose digest came
+/// from `digest` follows them: to another host only from TUF or the portal,
+/// else [`FetchError::RedirectRefused`].
 #[tracing::instrument(skip(client))]
 pub async fn content_length(
     client: &reqwest::Client,
     url: &str,
+    digest: DigestSource,
 ) -> Result<Option<u64>, FetchError> {
-    let response = head(client, url).await?;
+    let response = head(client, url, digest).await?;
     if !response.status().is_success() {
         return Ok(None);
     }
@@ -94,17 +108,17 @@ pub async fn content_length(
         .and_then(|v| v.trim().parse().ok()))
 }
 
-/// A `HEAD` request for `url` with the small-request timeout.
-async fn head(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, FetchError> {
-    client
-        .head(url)
-        .timeout(SMALL_REQUEST_TIMEOUT)
-        .send()
-        .await
-        .map_err(|source| FetchError::Transport {
-            url: url.to_owned(),
-            source,
-        })
+/// A `HEAD` request for `url` with the small-request timeout per hop,
+/// following redirects for a digest from `digest`.
+async fn head(
+    client: &reqwest::Client,
+    url: &str,
+    digest: DigestSource,
+) -> Result<reqwest::Response, FetchError> {
+    super::send(url, digest, |hop| {
+        client.head(hop).timeout(SMALL_REQUEST_TIMEOUT)
+    })
+    .await
 }
 
 /// The digest at the start of a `.sha256` file, lower case.

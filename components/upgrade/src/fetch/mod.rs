@@ -22,7 +22,10 @@
 //! 5. Stream, hash, write — `body`.
 //! 6. Verify and make durable — `body`.
 //!
-//! Besides: `lookup`, the small requests ([`probe`], [`fetch_sha256_file`]);
+//! Besides: `redirect`, the redirects every request follows by hand
+//! ([`send`]; to another host only for an artifact whose digest came from
+//! TUF or the portal); `lookup`, the small requests ([`probe`],
+//! [`content_length`], [`fetch_sha256_file`]);
 //! `expected`, what the caller knows before and learns after a download;
 //! `error`, the [`FetchError`].
 
@@ -32,6 +35,7 @@ mod error;
 mod expected;
 mod lookup;
 pub mod rate;
+mod redirect;
 mod request;
 mod resume;
 pub mod space;
@@ -45,8 +49,9 @@ use tracing::{info, warn};
 
 use attempt::Attempt;
 pub use error::FetchError;
-pub use expected::{Checksum, Downloaded, Expected};
+pub use expected::{Checksum, DigestSource, Downloaded, Expected};
 pub use lookup::{content_length, fetch_sha256_file, probe};
+pub use redirect::{redirect, send, Redirect};
 pub use resume::meta_path;
 
 /// Default time to establish a TCP (and TLS) connection: a repository that
@@ -90,12 +95,14 @@ pub const MAX_DIGEST_FILE_BYTES: usize = 4096;
 /// was not written by us and is ignored.
 pub const MAX_META_BYTES: usize = 16 * 1024;
 
-/// Most redirects followed (to the same host only): repository managers use
-/// one or two; more is a loop.
+/// Most redirects followed for one request, all hops together (`redirect`):
+/// repository managers use one or two, a hand-off to a CDN one more; more
+/// is a loop.
 pub const MAX_REDIRECTS: usize = 5;
 
 /// Whole-request timeout of the small requests ([`probe`],
-/// [`fetch_sha256_file`]): they move at most a few kilobytes.
+/// [`content_length`], [`fetch_sha256_file`]), per redirect hop: they move
+/// at most a few kilobytes.
 pub const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a download is bounded and retried.
@@ -185,16 +192,10 @@ pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Resul
 /// The HTTP client for the repository: rustls trusting the webpki roots,
 /// the operating system's store and `cfg.ca_file` (checks cannot be turned
 /// off), the connect timeout of `cfg`,
-/// a `banalytics-box/<version>` User-Agent, and at most [`MAX_REDIRECTS`]
-/// redirects, all to the same host and never from https to http.
+/// a `banalytics-box/<version>` User-Agent, and no redirect followed by
+/// the client itself: [`send`] follows them by hand, under the rule of
+/// [`redirect()`].
 pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
-    let same_host = reqwest::redirect::Policy::custom(|attempt| {
-        match redirect(attempt.previous(), attempt.url()) {
-            Redirect::Follow => attempt.follow(),
-            Redirect::Stop => attempt.stop(),
-            Redirect::Refuse(why) => attempt.error(why),
-        }
-    });
     let mut builder = reqwest::Client::builder();
     if let Some(path) = &cfg.ca_file {
         let ca_err = |reason: String| FetchError::CaFile {
@@ -215,36 +216,9 @@ pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
         .use_rustls_tls()
         .connect_timeout(cfg.connect_timeout)
         .user_agent(concat!("banalytics-box/", env!("CARGO_PKG_VERSION")))
-        .redirect(same_host)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|source| FetchError::Client { source })
-}
-
-/// What the repository client does with one redirect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redirect {
-    /// Follow it.
-    Follow,
-    /// Do not follow: the `3xx` is the answer (another host).
-    Stop,
-    /// Fail the request: a downgrade or a loop.
-    Refuse(&'static str),
-}
-
-/// The redirect rule: never from https to http, at most [`MAX_REDIRECTS`],
-/// and only to the host of the first request (`previous` holds the URLs
-/// requested so far, the first one first).
-pub fn redirect(previous: &[reqwest::Url], next: &reqwest::Url) -> Redirect {
-    let first_host = previous.first().and_then(|u| u.host_str());
-    if previous.len() > MAX_REDIRECTS {
-        Redirect::Refuse("too many redirects")
-    } else if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
-        Redirect::Refuse("redirect from https to http refused")
-    } else if next.host_str() != first_host {
-        Redirect::Stop
-    } else {
-        Redirect::Follow
-    }
 }
 
 /// Downloads `url` into the file `partial`, resuming what is there.
@@ -330,31 +304,6 @@ mod tests {
             &progress,
         );
         assert_send(&future);
-    }
-
-    #[test]
-    fn a_redirect_never_goes_from_https_to_http_nor_to_another_host() {
-        let u = |s: &str| reqwest::Url::parse(s).unwrap();
-        let https = [u("https://repo.example/a.jar")];
-        assert_eq!(
-            redirect(&https, &u("http://repo.example/a.jar")),
-            Redirect::Refuse("redirect from https to http refused")
-        );
-        assert_eq!(
-            redirect(&https, &u("https://repo.example/b/a.jar")),
-            Redirect::Follow
-        );
-        assert_eq!(
-            redirect(&https, &u("https://cdn.example/a.jar")),
-            Redirect::Stop
-        );
-        let http = [u("http://127.0.0.1:8080/a.jar")];
-        assert_eq!(
-            redirect(&http, &u("http://127.0.0.1:8080/b.jar")),
-            Redirect::Follow
-        );
-        let many: Vec<_> = (0..=MAX_REDIRECTS).map(|_| https[0].clone()).collect();
-        assert!(matches!(redirect(&many, &https[0]), Redirect::Refuse(_)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Steps 2 and 3 of an attempt: ask for the rest of the file (`Range` and
-//! `If-Range` when bytes are kept), and check the answer against what was
-//! asked before a byte of the body is written.
+//! `If-Range` when bytes are kept, sent again on every redirect hop), and
+//! check the answer against what was asked before a byte of the body is
+//! written.
 
 use reqwest::header::{HeaderMap, HeaderName, CONTENT_RANGE, IF_RANGE, RANGE};
 use reqwest::{Response, StatusCode};
@@ -13,31 +14,35 @@ use super::FetchError;
 
 impl Attempt<'_> {
     /// Step 2: asks for the bytes from `offset`, resuming with `validator`
-    /// when there is one; waits at most the connect and read timeouts for
-    /// the response headers.
+    /// when there is one, following redirects by the rule of
+    /// [`redirect`](super::redirect()) for the expected digest's source (the
+    /// server at the end of the chain answers, and its validator is the one
+    /// kept); waits at most the connect and read timeouts for the response
+    /// headers.
     pub(super) async fn request(
         &self,
         offset: u64,
         validator: Option<&str>,
     ) -> Result<Response, FetchError> {
         let url = self.url;
-        let mut request = self.client.get(url);
-        if let Some(validator) = validator {
-            request = request
-                .header(RANGE, format!("bytes={offset}-"))
-                .header(IF_RANGE, validator);
-        }
+        let build = |hop: &str| {
+            let request = self.client.get(hop);
+            match validator {
+                Some(validator) => request
+                    .header(RANGE, format!("bytes={offset}-"))
+                    .header(IF_RANGE, validator),
+                None => request,
+            }
+        };
         let wait = self.cfg.connect_timeout + self.cfg.read_timeout;
-        let response = tokio::time::timeout(wait, request.send())
-            .await
-            .map_err(|_| FetchError::NoResponse {
-                url: url.to_owned(),
-                timeout: wait,
-            })?
-            .map_err(|source| FetchError::Transport {
-                url: url.to_owned(),
-                source,
-            })?;
+        let chain = super::send(url, self.expected.digest_source, build);
+        let response =
+            tokio::time::timeout(wait, chain)
+                .await
+                .map_err(|_| FetchError::NoResponse {
+                    url: url.to_owned(),
+                    timeout: wait,
+                })??;
         debug!(url, status = response.status().as_u16(), offset, "response");
         Ok(response)
     }
