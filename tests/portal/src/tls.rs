@@ -130,3 +130,26 @@ impl Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_certificate_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("cert.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        for cert in [empty, dir.path().join("missing.pem")] {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: dir.path().join("key.pem"),
+            };
+            match files.acceptor() {
+                Err(PortalError::Tls { path, .. }) => assert_eq!(path, cert),
+                Err(other) => panic!("{cert:?}: {other}"),
+                Ok(_) => panic!("{cert:?} accepted"),
+            }
+        }
+    }
+}
