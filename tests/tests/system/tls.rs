@@ -8,11 +8,15 @@
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener},
+    process::{Command, Output},
 };
 
 use anyhow::{ensure, Result};
 use banalytics_tests::{
-    e2e::{env_uuid, BoxSettings, ManagedBox, PortalApi, PortalProcess},
+    e2e::{
+        env_uuid, portal_bin, BoxSettings, ManagedBox, PortalApi, PortalProcess,
+        HARNESS_ADMIN_TOKEN,
+    },
     portal::{tuf, Faults},
     tls::PrivateCa,
 };
@@ -104,6 +108,33 @@ fn a_box_trusting_a_private_ca_by_ca_file_installs_a_signed_set_over_https_and_w
             .any(|(p, s)| p.ends_with("/beta-1.0.jar") && s.requests > 0),
         "beta-1.0.jar was not downloaded: {:?}",
         stats.paths.keys()
+    );
+    // The portal's own commands find it through `portal.addr` (https) and
+    // trust the CA only with `--ca-file`.
+    let environments = |ca_file: Option<&std::path::Path>| -> Result<Output> {
+        let mut cmd = Command::new(portal_bin()?);
+        cmd.arg("--data").arg(w.portal.data_dir());
+        if let Some(ca) = ca_file {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        Ok(cmd
+            .arg("environments")
+            .env("BANALYTICS_PORTAL_TOKEN", HARNESS_ADMIN_TOKEN)
+            .env_remove("BANALYTICS_PORTAL_CA_FILE")
+            .output()?)
+    };
+    let out = environments(Some(&w.dir.path().join("tls/ca.pem")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains(&env),
+        "environments with --ca-file: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = environments(None)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("UnknownIssuer"),
+        "environments without --ca-file: {stderr}"
     );
     ensure!(b.stop()?.success());
     Ok(())
