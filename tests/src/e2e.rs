@@ -22,7 +22,7 @@ use crate::{
     poll_until,
     portal::{
         AdminClient, EnvironmentReport, Faults, ModuleObject, ModuleType, PortalHandle,
-        PublishRequest, StatsReport,
+        PublishRequest, StatsReport, TlsFiles,
     },
     TempHome, DEADLINE,
 };
@@ -222,9 +222,9 @@ pub fn status_lines(report: &EnvironmentReport) -> Vec<StatusLine> {
 /// What a test, the demo and the benchmarks do with a portal, blocking, the
 /// same for an in-process [`PortalHandle`] and a [`PortalProcess`].
 pub trait PortalApi {
-    /// `ws://ADDR`, the box's `portal_url`.
+    /// `ws://ADDR` (`wss://` with TLS), the box's `portal_url`.
     fn portal_url(&self) -> String;
-    /// `http://ADDR/repo`, the box's `repository_url`.
+    /// `http://ADDR/repo` (`https://` with TLS), the box's `repository_url`.
     fn repo_url(&self) -> String;
     /// Publishes a module.
     fn publish_module(&self, req: &PublishRequest) -> Result<ModuleObject>;
@@ -393,6 +393,8 @@ pub const HARNESS_ADMIN_TOKEN: &str = "banalytics-tests-admin-token";
 pub struct PortalProcess {
     child: Option<Child>,
     addr: SocketAddr,
+    /// `http://ADDR` or `https://ADDR`, as it printed.
+    url: String,
     data: PathBuf,
     log: PathBuf,
     runtime: tokio::runtime::Runtime,
@@ -403,12 +405,31 @@ impl PortalProcess {
     /// Starts `serve --data DATA [--listen ADDR] EXTRA..` and waits for its
     /// `listening` line. Its stderr goes to `DATA/../portal-N.log`.
     pub fn start(data: &Path, listen: Option<SocketAddr>, extra: &[&str]) -> Result<Self> {
+        Self::start_with(data, listen, None, extra)
+    }
+
+    /// [`PortalProcess::start`] serving https and wss with `tls`
+    /// (`--tls-cert`, `--tls-key`); its admin client trusts `ca_pem`.
+    pub fn start_tls(data: &Path, tls: &TlsFiles, ca_pem: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_with(data, None, Some((tls, ca_pem)), extra)
+    }
+
+    fn start_with(
+        data: &Path,
+        listen: Option<SocketAddr>,
+        tls: Option<(&TlsFiles, &str)>,
+        extra: &[&str],
+    ) -> Result<Self> {
         std::fs::create_dir_all(data)?;
         let log = unique_log(data, "portal")?;
         let mut cmd = Command::new(portal_bin()?);
         cmd.arg("serve").arg("--data").arg(data);
         if let Some(addr) = listen {
             cmd.arg("--listen").arg(addr.to_string());
+        }
+        if let Some((files, _)) = tls {
+            cmd.arg("--tls-cert").arg(&files.cert);
+            cmd.arg("--tls-key").arg(&files.key);
         }
         let mut child = cmd
             .args(extra)
@@ -444,18 +465,28 @@ impl PortalProcess {
         };
         let addr: SocketAddr = url
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .parse()
             .with_context(|| format!("portal address in {url:?}"))?;
+        ensure!(
+            url.starts_with("https://") == tls.is_some(),
+            "the portal serves {url}"
+        );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let mut client = AdminClient::new(url).with_token(Some(HARNESS_ADMIN_TOKEN));
+        if let Some((_, ca_pem)) = tls {
+            client = client.with_ca_pem(ca_pem.as_bytes())?;
+        }
         Ok(PortalProcess {
             child: Some(child),
             addr,
+            url: url.to_owned(),
             data: data.to_path_buf(),
             log,
             runtime,
-            client: AdminClient::new(url).with_token(Some(HARNESS_ADMIN_TOKEN)),
+            client,
         })
     }
 
@@ -512,10 +543,11 @@ impl Drop for PortalProcess {
 
 impl PortalApi for PortalProcess {
     fn portal_url(&self) -> String {
-        format!("ws://{}", self.addr)
+        // `http://` becomes `ws://`, `https://` `wss://`.
+        format!("ws{}", self.url.trim_start_matches("http"))
     }
     fn repo_url(&self) -> String {
-        format!("http://{}/repo", self.addr)
+        format!("{}/repo", self.url)
     }
     fn publish_module(&self, req: &PublishRequest) -> Result<ModuleObject> {
         self.block(self.client.publish(req))

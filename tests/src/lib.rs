@@ -11,6 +11,7 @@ pub mod e2e;
 pub mod fixtures;
 pub mod fleet;
 pub mod simbox;
+pub mod tls;
 
 /// The reference portal, a crate of its own (`tests/portal`).
 pub use banalytics_portal as portal;

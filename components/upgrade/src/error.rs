@@ -173,6 +173,21 @@ impl UpgradeError {
     }
 }
 
+/// `e` and each of its sources, `: `-separated, for a message that must
+/// name the cause: an HTTP client's error names the request, its sources
+/// say what failed (`invalid peer certificate: UnknownIssuer`, a refused
+/// redirect).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Wraps an I/O error with its path.
 pub fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> UpgradeError {
     let path = path.into();

@@ -56,7 +56,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::{
-    error::{io_at, UpgradeError},
+    error::{error_chain, io_at, UpgradeError},
     fetch::FetchConfig,
     layout::{sync_dir, write_atomic, Layout},
 };
@@ -360,17 +360,6 @@ fn version_of(metadata: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// The store's name of the metadata file `file` of the repository: with
 /// consistent snapshots `tough` asks for `{version}.snapshot.json` and
 /// `{version}.targets.json`, which the store keeps (like `tough`'s own
@@ -483,7 +472,9 @@ impl HomeTransport {
         let response = tokio::time::timeout(self.wait, chain)
             .await
             .map_err(|_| other(format!("no response within {:?}", self.wait)))?
-            .map_err(|e| other(e.to_string()))?;
+            // The chain: reqwest's own message names only the URL, the
+            // cause (a refused certificate, a refused redirect) is below it.
+            .map_err(|e| other(error_chain(&e)))?;
         match response.status().as_u16() {
             200 => {}
             404 | 403 | 410 => {
@@ -497,7 +488,7 @@ impl HomeTransport {
             match tokio::time::timeout(self.wait, stream.next()).await {
                 Err(_) => return Err(other(format!("stalled for {:?}", self.wait))),
                 Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(other(e.to_string())),
+                Ok(Some(Err(e))) => return Err(other(error_chain(&e))),
                 Ok(Some(Ok(chunk))) => {
                     if (body.len() + chunk.len()) as u64 > MAX_METADATA_BYTES {
                         return Err(other(format!(

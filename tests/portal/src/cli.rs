@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     rollout::{Rollout, RolloutSpec, RolloutState, WaveSize, DEFAULT_REPORT_TIMEOUT_MS},
-    AdminClient, Faults, ModuleType, Portal, PortalConfig, PublishRequest,
+    AdminClient, Faults, ModuleType, Portal, PortalConfig, PublishRequest, TlsFiles,
 };
 
 /// The reference Banalytics portal: the portal protocol on
@@ -38,6 +38,11 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// PEM certificates the commands trust for an https portal, besides
+    /// the webpki roots (a portal whose certificate comes from a private
+    /// CA).
+    #[arg(long, global = true, env = "BANALYTICS_PORTAL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -95,6 +100,13 @@ pub enum Command {
         /// `DATA/portal-state.json`.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// Serve https and wss with this PEM certificate chain (leaf
+        /// first); with `--tls-key`.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key; with `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Fault switches at start.
         #[command(flatten)]
         faults: FaultArgs,
@@ -319,24 +331,36 @@ pub fn main() -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     let client = || -> Result<AdminClient> {
-        let c = match &cli.portal {
+        let mut c = match &cli.portal {
             Some(url) => AdminClient::new(url),
             None => AdminClient::from_data_dir(&cli.data)?,
         };
+        if let Some(path) = &cli.ca_file {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-file {}", path.display()))?;
+            c = c.with_ca_pem(&pem)?;
+        }
         Ok(c.with_token(cli.token.as_deref()))
     };
     match cli.command {
         Command::Serve {
             listen,
             ref state_file,
+            ref tls_cert,
+            ref tls_key,
             ref faults,
         } => {
+            let tls = tls_cert
+                .clone()
+                .zip(tls_key.clone())
+                .map(|(cert, key)| TlsFiles { cert, key });
             serve(PortalConfig {
                 data_dir: cli.data.clone(),
                 listen,
                 state_file: state_file.clone(),
                 faults: faults.clone().into(),
                 admin_token: cli.token.clone(),
+                tls,
             })
             .await
         }

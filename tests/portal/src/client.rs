@@ -21,7 +21,8 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client of the portal at `url` (`http://127.0.0.1:PORT`).
+    /// A client of the portal at `url` (`http://127.0.0.1:PORT`, or
+    /// `https://` with [`AdminClient::with_ca_pem`] for a private CA).
     pub fn new(url: &str) -> Self {
         AdminClient {
             base: url.trim().trim_end_matches('/').to_string(),
@@ -36,6 +37,22 @@ impl AdminClient {
         self
     }
 
+    /// The same client, trusting the PEM certificates of `pem` besides
+    /// the webpki roots: for a portal whose certificate comes from a
+    /// private CA.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).context("reading the CA PEM")?;
+        if certs.is_empty() {
+            bail!("the CA PEM holds no certificate");
+        }
+        let mut builder = reqwest::Client::builder().use_rustls_tls();
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+        self.http = builder.build().context("building the http client")?;
+        Ok(self)
+    }
+
     /// A client of the portal whose data folder is `dir` (reads
     /// `dir/portal.addr`).
     pub fn from_data_dir(dir: &Path) -> Result<Self> {
@@ -43,7 +60,7 @@ impl AdminClient {
         let addr = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {} (is the portal running?)", file.display()))?;
         let addr = addr.trim();
-        if addr.starts_with("http://") {
+        if addr.starts_with("http://") || addr.starts_with("https://") {
             Ok(AdminClient::new(addr))
         } else {
             Ok(AdminClient::new(&format!("http://{addr}")))

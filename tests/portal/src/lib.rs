@@ -6,7 +6,8 @@
 //!
 //! It is the counterpart of every end-to-end test of the box, and it is
 //! usable by a module developer or a small self-hosted fleet
-//! (`banalytics-portal serve --data DIR`). Tests start it in-process with
+//! (`banalytics-portal serve --data DIR`), over https and wss with
+//! `--tls-cert` and `--tls-key` ([`tls`]). Tests start it in-process with
 //! [`Portal::start`] / [`Portal::spawn`] or run the binary; both drive the
 //! same code.
 //!
@@ -55,9 +56,11 @@ pub mod rollout;
 mod rollouts;
 mod stats;
 mod store;
+pub mod tls;
 pub mod tuf;
 
 use std::{
+    future::IntoFuture as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -81,6 +84,7 @@ pub use store::{
     artifact_path, iso_local_date_time, module_dir, ModuleObject, ModuleType, PartInfo,
     PublishRequest,
 };
+pub use tls::TlsFiles;
 
 /// What the portal refuses or fails at.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,14 @@ pub enum PortalError {
         #[source]
         source: serde_json::Error,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error("tls: {path}: {reason}")]
+    Tls {
+        /// The certificate or key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -146,6 +158,8 @@ pub struct PortalConfig {
     /// made at the first start ([`PortalHandle::new_admin_token`]). Only
     /// its hash is stored.
     pub admin_token: Option<String>,
+    /// Serve https and wss with this certificate; plain http when `None`.
+    pub tls: Option<TlsFiles>,
 }
 
 impl PortalConfig {
@@ -157,6 +171,7 @@ impl PortalConfig {
             state_file: None,
             faults: Faults::default(),
             admin_token: None,
+            tls: None,
         }
     }
 }
@@ -264,6 +279,12 @@ async fn rollout_clock(app: Arc<App>) {
     }
 }
 
+/// `SCHEME://ADDR`, with the secure scheme (`https`, `wss`) when `tls`.
+fn base_url(scheme: &str, tls: bool, addr: SocketAddr) -> String {
+    let s = if tls { "s" } else { "" };
+    format!("{scheme}{s}://{addr}")
+}
+
 /// Starts portals.
 pub struct Portal;
 
@@ -286,6 +307,7 @@ impl Portal {
             config.admin_token.as_deref(),
         )?;
         let rollouts = rollouts::Rollouts::open(data_dir.join("rollouts.json"))?;
+        let acceptor = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| PortalError::Bind {
@@ -320,23 +342,44 @@ impl Portal {
             .merge(admin::router(app.clone()))
             .merge(console::router(app.clone()))
             .with_state(app.clone());
-        let url = format!("http://{addr}");
+        let tls = acceptor.is_some();
+        let url = base_url("http", tls, addr);
         let addr_file = data_dir.join("portal.addr");
         store::write_atomically(&addr_file, format!("{url}\n").as_bytes())?;
 
         let (done_tx, done_rx) = oneshot::channel();
-        let mut stop = shutdown_rx;
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            stopped(&mut stop).await;
-        });
+        let mut stop = shutdown_rx.clone();
+        let graceful = async move { stopped(&mut stop).await };
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = match acceptor {
+            None => tokio::spawn(
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(graceful)
+                    .into_future(),
+            ),
+            Some(acceptor) => {
+                use axum::serve::ListenerExt as _;
+                let tls = tls::TlsListener::new(listener, acceptor, shutdown_rx)
+                    .map_err(|source| PortalError::Bind {
+                        addr: config.listen,
+                        source,
+                    })?
+                    // A no-op tap: axum gives `ConnectInfo<SocketAddr>` for a
+                    // tapped listener whose address is a `SocketAddr`.
+                    .tap_io(|_| {});
+                tokio::spawn(
+                    axum::serve(tls, service)
+                        .with_graceful_shutdown(graceful)
+                        .into_future(),
+                )
+            }
+        };
         tuf_refresher(app.clone());
         tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "server failed");
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "server failed"),
+                Err(error) => tracing::error!(%error, "server task failed"),
             }
             // Every WebSocket task holds a sender; `shutdown` took the
             // original, so this returns when the last one has ended.
@@ -345,9 +388,10 @@ impl Portal {
             info!("portal stopped");
             let _ = done_tx.send(());
         });
-        info!(%addr, data = %data_dir.display(), "portal listening");
+        info!(%addr, tls, data = %data_dir.display(), "portal listening");
         Ok(PortalHandle {
             addr,
+            tls,
             app,
             shutdown: shutdown_tx,
             done: Some(done_rx),
@@ -377,6 +421,7 @@ impl Portal {
 /// A running portal. Dropping it signals shutdown without waiting.
 pub struct PortalHandle {
     addr: SocketAddr,
+    tls: bool,
     app: Arc<App>,
     shutdown: watch::Sender<bool>,
     done: Option<oneshot::Receiver<()>>,
@@ -392,9 +437,9 @@ impl PortalHandle {
         self.new_admin_token.as_deref()
     }
 
-    /// `http://ADDR/console`, the fleet console.
+    /// `http://ADDR/console` (`https` with TLS), the fleet console.
     pub fn console_url(&self) -> String {
-        format!("http://{}/console", self.addr)
+        format!("{}/console", self.url())
     }
 
     /// Starts a rollout of `spec`.
@@ -425,27 +470,33 @@ impl PortalHandle {
         self.addr
     }
 
-    /// `http://ADDR`.
+    /// Whether it serves https and wss.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// `http://ADDR` (`https` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        base_url("http", self.tls, self.addr)
     }
 
-    /// `http://ADDR/repo`, the box's `repository_url`.
+    /// `http://ADDR/repo` (`https` with TLS), the box's `repository_url`.
     pub fn repo_url(&self) -> String {
-        format!("http://{}/repo", self.addr)
+        format!("{}/repo", self.url())
     }
 
-    /// `ws://ADDR`, the box's `portal_url` (the box appends
-    /// `/portal-integration?...`).
+    /// `ws://ADDR` (`wss` with TLS), the box's `portal_url` (the box
+    /// appends `/portal-integration?...`).
     pub fn portal_url(&self) -> String {
-        format!("ws://{}", self.addr)
+        base_url("ws", self.tls, self.addr)
     }
 
-    /// `ws://ADDR/portal-integration?environmentUuid=ENV&environmentHash=HASH`.
+    /// `ws://ADDR/portal-integration?environmentUuid=ENV&environmentHash=HASH`
+    /// (`wss` with TLS).
     pub fn ws_url(&self, env: &str, hash: &str) -> String {
         format!(
-            "ws://{}/portal-integration?environmentUuid={env}&environmentHash={hash}",
-            self.addr
+            "{}/portal-integration?environmentUuid={env}&environmentHash={hash}",
+            self.portal_url()
         )
     }
 

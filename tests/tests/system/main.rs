@@ -30,4 +30,5 @@ mod probation;
 mod quarantine;
 mod resilience;
 mod restart;
+mod tls;
 mod tuf;

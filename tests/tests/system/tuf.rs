@@ -13,7 +13,7 @@ use banalytics_tests::{
 };
 
 /// A whole synchronisation, restart and commit on a loaded machine.
-const CONVERGE: Duration = Duration::from_secs(60);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(60);
 
 struct World {
     dir: tempfile::TempDir,
@@ -56,35 +56,40 @@ impl World {
     }
 }
 
-fn set_v1() -> Vec<ModuleSpec> {
+pub(crate) fn set_v1() -> Vec<ModuleSpec> {
     vec![
         ModuleSpec::new("com.example.tuf:alpha:1.0", 30_000).with_packages(),
         ModuleSpec::new("com.example.tuf:beta:1.0", 20_000),
     ]
 }
 
-fn set_v2() -> Vec<ModuleSpec> {
+pub(crate) fn set_v2() -> Vec<ModuleSpec> {
     vec![
         ModuleSpec::new("com.example.tuf:alpha:1.0", 30_000).with_packages(),
         ModuleSpec::new("com.example.tuf:beta:2.0", 25_000),
     ]
 }
 
-fn coords(specs: &[ModuleSpec]) -> Vec<String> {
+pub(crate) fn coords(specs: &[ModuleSpec]) -> Vec<String> {
     specs.iter().map(|s| s.coordinates.clone()).collect()
 }
 
-fn sorted(specs: &[ModuleSpec]) -> Vec<String> {
+pub(crate) fn sorted(specs: &[ModuleSpec]) -> Vec<String> {
     let mut c = coords(specs);
     c.sort();
     c
 }
 
-/// Supervises `b` until the portal has a verdict for `env` after status
+/// Supervises `b` until `portal` has a verdict for `env` after status
 /// `after`: `installed` (and the box committed) or a refusal.
-fn verdict(w: &World, b: &mut ManagedBox, env: &str, after: usize) -> Result<StatusLine> {
+pub(crate) fn verdict(
+    portal: &dyn PortalApi,
+    b: &mut ManagedBox,
+    env: &str,
+    after: usize,
+) -> Result<StatusLine> {
     let line = b.run_until(CONVERGE, "a verdict", |_| {
-        w.portal
+        portal
             .statuses(env)
             .ok()?
             .into_iter()
@@ -104,10 +109,10 @@ fn verdict(w: &World, b: &mut ManagedBox, env: &str, after: usize) -> Result<Sta
 }
 
 /// Asks the connected box to synchronise; returns the statuses seen before.
-fn sync(w: &World, env: &str) -> Result<usize> {
-    let seen = w.portal.statuses(env)?.len();
-    w.portal.wait_connected(env, DEADLINE)?;
-    ensure!(w.portal.sync_env(env)? == 1, "the box is not connected");
+pub(crate) fn sync(portal: &dyn PortalApi, env: &str) -> Result<usize> {
+    let seen = portal.statuses(env)?.len();
+    portal.wait_connected(env, DEADLINE)?;
+    ensure!(portal.sync_env(env)? == 1, "the box is not connected");
     Ok(seen)
 }
 
@@ -116,7 +121,7 @@ fn install_v1(w: &World, env: &str) -> Result<ManagedBox> {
     w.portal.assign_set(env, &coords(&set_v1()))?;
     let mut b = w.trusting_box(env)?;
     b.spawn()?;
-    let v = verdict(w, &mut b, env, 0)?;
+    let v = verdict(&w.portal, &mut b, env, 0)?;
     ensure!(v.status == "installed", "{v}\n{}", b.log_tail(40));
     ensure!(b.installed()? == sorted(&set_v1()), "{:?}", b.installed()?);
     Ok(b)
@@ -150,7 +155,7 @@ fn a_box_with_trust_root_installs_from_the_signed_portal_and_a_no_change_sync_fe
     }
     // Nothing changed: one request, for timestamp.json.
     w.portal.reset_counters()?;
-    let seen = sync(&w, &env)?;
+    let seen = sync(&w.portal, &env)?;
     b.run_until(CONVERGE, "the no-change sync", |_| {
         let n = w.portal.statuses(&env).ok()?.len();
         let asked = metadata_requests(&w).ok()?;
@@ -195,7 +200,7 @@ fn a_tampered_artifact_is_refused_although_the_portal_sends_its_digests() -> Res
     w.portal.assign_set(&env, &coords(&set_v1()))?;
     let mut b = w.trusting_box(&env)?;
     b.spawn()?;
-    let v = verdict(&w, &mut b, &env, 0)?;
+    let v = verdict(&w.portal, &mut b, &env, 0)?;
     ensure!(
         v.status == "download_error" && v.module == "beta:1.0",
         "{v}\n{}",
@@ -227,7 +232,7 @@ fn an_expired_timestamp_is_refused() -> Result<()> {
     w.portal.assign_set(&env, &coords(&set_v1()))?;
     let mut b = w.trusting_box(&env)?;
     b.spawn()?;
-    let v = verdict(&w, &mut b, &env, 0)?;
+    let v = verdict(&w.portal, &mut b, &env, 0)?;
     ensure!(
         v.status == "installation_cancelled"
             && v.message.contains("repository metadata refused")
@@ -260,15 +265,15 @@ fn a_replayed_older_snapshot_is_refused() -> Result<()> {
     w.portal.assign_set(&env, &coords(&set_v1()))?;
     let mut b = w.trusting_box(&env)?;
     b.spawn()?;
-    let v = verdict(&w, &mut b, &env, 0)?;
+    let v = verdict(&w.portal, &mut b, &env, 0)?;
     ensure!(v.status == "installed", "{v}");
     // The attacker serves the older, validly signed, unexpired metadata.
     for (f, bytes) in &old {
         std::fs::write(meta.join(f), bytes)?;
     }
     w.portal.assign_set(&env, &coords(&set_v2()))?;
-    let seen = sync(&w, &env)?;
-    let v = verdict(&w, &mut b, &env, seen)?;
+    let seen = sync(&w.portal, &env)?;
+    let v = verdict(&w.portal, &mut b, &env, seen)?;
     ensure!(
         v.status == "installation_cancelled" && v.message.contains("repository metadata refused"),
         "{v}"
@@ -292,8 +297,8 @@ fn a_rotated_root_is_followed() -> Result<()> {
     // Signed with the new online keys only.
     w.portal.publish_all(&w.files(), &set_v2()[1..])?;
     w.portal.assign_set(&env, &coords(&set_v2()))?;
-    let seen = sync(&w, &env)?;
-    let v = verdict(&w, &mut b, &env, seen)?;
+    let seen = sync(&w.portal, &env)?;
+    let v = verdict(&w.portal, &mut b, &env, seen)?;
     ensure!(v.status == "installed", "{v}\n{}", b.log_tail(40));
     ensure!(b.installed()? == sorted(&set_v2()), "{:?}", b.installed()?);
     let root: serde_json::Value =

@@ -23,8 +23,9 @@ pub enum FetchError {
     },
     /// Connecting, sending or receiving failed at the transport level
     /// (connect error, connect timeout, reset, body cut inside a declared
-    /// `Content-Length`).
-    #[error("request to {url} failed: {source}")]
+    /// `Content-Length`). The message names the cause, from the client
+    /// error's sources (a refused certificate, a refused redirect).
+    #[error("request to {url} failed: {}", crate::error::error_chain(.source))]
     Transport {
         /// The URL requested.
         url: String,
@@ -279,5 +280,17 @@ mod tests {
             received_more: 1
         }
         .is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_names_its_cause_not_only_the_url() {
+        // A port nobody listens on: refused at connect.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/a.jar", free.local_addr().unwrap());
+        drop(free);
+        let source = reqwest::get(&url).await.unwrap_err();
+        let message = FetchError::Transport { url, source }.to_string();
+        assert!(message.to_lowercase().contains("connect"), "{message}");
+        assert!(message.contains("refused"), "{message}");
     }
 }
