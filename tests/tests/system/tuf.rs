@@ -395,7 +395,7 @@ fn with_trust_root_a_box_installs_through_the_cdn_its_repository_redirects_to() 
     w.portal.assign_set(&env, &coords(&set_v1()))?;
     let mut b = w.trusting_box(&env)?;
     b.spawn()?;
-    let v = verdict(&w, &mut b, &env, 0)?;
+    let v = verdict(&w.portal, &mut b, &env, 0)?;
     ensure!(v.status == "installed", "{v}\n{}", b.log_tail(40));
     ensure!(b.installed()? == sorted(&set_v1()), "{:?}", b.installed()?);
     // The bytes came from the CDN: every artifact, packages included.
