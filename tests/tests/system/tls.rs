@@ -140,6 +140,28 @@ fn a_box_trusting_a_private_ca_by_ca_file_installs_a_signed_set_over_https_and_w
     Ok(())
 }
 
+/// Operators behind an internal CA add it to the operating system's store
+/// rather than to every program: the repository client trusts that store
+/// too. `SSL_CERT_FILE` names the store's bundle to `rustls-native-certs`,
+/// as it does to OpenSSL, so the box trusts the private CA here without
+/// the repository `ca_file`.
+#[test]
+fn a_private_ca_in_the_system_trust_store_is_trusted_without_ca_file() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let w = tls_world()?;
+    let env = env_uuid(1204);
+    w.portal.publish_all(&w.files(), &set_v1())?;
+    w.portal.assign_set(&env, &coords(&set_v1()))?;
+    let mut b = w.tls_box(&env, false)?;
+    let store = w.dir.path().join("tls/ca.pem");
+    b.spawn_with_env(&[("SSL_CERT_FILE", store.to_str().expect("a UTF-8 path"))])?;
+    let v = verdict(&w.portal, &mut b, &env, 0)?;
+    ensure!(v.status == "installed", "{v}\n{}", b.log_tail(40));
+    ensure!(b.installed()? == sorted(&set_v1()), "{:?}", b.installed()?);
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
 #[test]
 fn without_the_repository_ca_file_the_box_names_the_certificate_and_installs_nothing() -> Result<()>
 {
