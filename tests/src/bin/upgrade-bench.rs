@@ -76,7 +76,9 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// Sign the repository with TUF (`keys init`) and give every box the
-    /// root as `trust_root`: compare with a run without it.
+    /// root as `trust_root`; each round also runs a box without it against
+    /// the same repository (the two in alternating order), and the run
+    /// prints the ratio.
     #[arg(long)]
     trust_root: bool,
 }
@@ -84,6 +86,12 @@ struct Args {
 /// The environment UUID of the box of round `n`.
 fn env_of_round(n: u32) -> String {
     format!("be4c0000-0000-4000-8000-{n:012}")
+}
+
+/// The environment UUID of round `n`'s box without `trust_root`
+/// (`--trust-root` runs).
+fn env_without_trust(n: u32) -> String {
+    format!("be4c0000-0000-4000-9000-{n:012}")
 }
 
 fn free_bytes(dir: &Path) -> Result<u64> {
@@ -438,9 +446,22 @@ fn main() -> Result<()> {
     let mut curl_served = Vec::new();
     let mut hashed_on_request = 0;
     let mut last = None;
+    let mut untrusted = Vec::new();
     for round in 1..=rounds {
         let env = env_of_round(round);
         portal.assign_set(&env, &coords(&a))?;
+        // The box without trust_root goes first in odd rounds and second
+        // in even ones, so that neither always meets a warmer cache.
+        let plain_turn = |untrusted: &mut Vec<SyncRun>| -> Result<()> {
+            let env = env_without_trust(round);
+            portal.assign_set(&env, &coords(&a))?;
+            eprintln!("round {round}/{rounds}, box without trust_root: first run, {label}");
+            untrusted.push(box_turn(&portal, &env, None)?.1);
+            Ok(())
+        };
+        if trust_root.is_some() && round % 2 == 1 {
+            plain_turn(&mut untrusted)?;
+        }
         eprintln!("round {round}/{rounds}, box: first run, {label}");
         portal.reset_counters()?;
         let (b, run) = box_turn(&portal, &env, trust_root.as_deref())?;
@@ -448,6 +469,9 @@ fn main() -> Result<()> {
         box_served.push(bytes);
         hashed_on_request += hashed;
         boxes.push(run);
+        if trust_root.is_some() && round % 2 == 0 {
+            plain_turn(&mut untrusted)?;
+        }
         if round == rounds {
             last = Some((b, env));
         } else {
@@ -471,6 +495,27 @@ fn main() -> Result<()> {
         secs(box_median),
         format!("{}  {}", rate(set_bytes, box_median), turns(&wall)),
     ));
+    if !untrusted.is_empty() {
+        let plain: Vec<Duration> = untrusted.iter().map(|r| r.wall).collect();
+        let per_round: Vec<String> = wall
+            .iter()
+            .zip(&plain)
+            .map(|(t, p)| format!("{:.3}", t.as_secs_f64() / p.as_secs_f64()))
+            .collect();
+        rows.push((
+            "  the same without trust_root".into(),
+            secs(median(&plain)),
+            format!("{}  {}", rate(set_bytes, median(&plain)), turns(&plain)),
+        ));
+        rows.push((
+            "  with trust_root / without".into(),
+            format!(
+                "{:.3}×",
+                box_median.as_secs_f64() / median(&plain).as_secs_f64()
+            ),
+            format!("per round: {}", per_round.join(" ")),
+        ));
+    }
     let staging: Vec<Duration> = boxes.iter().map(|r| r.staging).collect();
     rows.push((
         "  of which staging, as far as status polls saw it".into(),
