@@ -35,13 +35,17 @@ fn ping(to: &str, seq: u64, panic: bool) -> ProbePing {
     }
 }
 
+/// A host of the two probes of [`CONFIG`] in `home`, not started.
+fn probes(home: &std::path::Path) -> Host {
+    let registry = Registry::builtin();
+    let config = BoxConfig::parse(&home.join("box.toml"), CONFIG, &registry.names()).unwrap();
+    Host::build(&Home::new(home), &config, &registry).unwrap()
+}
+
 #[actix_rt::test]
 async fn probes_answer_over_the_bus_and_a_panicking_one_is_restarted() {
     let dir = tempfile::tempdir().unwrap();
-    let home = Home::new(dir.path());
-    let registry = Registry::builtin();
-    let config = BoxConfig::parse(&dir.path().join("box.toml"), CONFIG, &registry.names()).unwrap();
-    let host = Host::build(&home, &config, &registry).unwrap();
+    let host = probes(dir.path());
     let mut pongs = host.bus().subscribe::<ProbePong>();
     host.start_all().await;
 
@@ -84,10 +88,7 @@ async fn probes_answer_over_the_bus_and_a_panicking_one_is_restarted() {
 #[actix_rt::test]
 async fn a_message_published_before_a_component_subscribed_reaches_it_once_it_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let home = Home::new(dir.path());
-    let registry = Registry::builtin();
-    let config = BoxConfig::parse(&dir.path().join("box.toml"), CONFIG, &registry.names()).unwrap();
-    let host = Host::build(&home, &config, &registry).unwrap();
+    let host = probes(dir.path());
     let mut pongs = host.bus().subscribe::<ProbePong>();
     assert_eq!(
         host.bus().publish(ping("beta", 1, false)).await,
