@@ -9,7 +9,8 @@
 //!
 //! Every page but the login page needs a session; the login page trades
 //! the admin token for one ([`super::auth`]). Forms post with the session
-//! cookie, which is `SameSite=Strict`, so another site cannot post them.
+//! cookie, which is `SameSite=Strict`, so another site cannot post them
+//! (and `Secure` when the portal serves TLS).
 //!
 //! The console knows no more than the portal: what the boxes reported
 //! (statuses, the core of their last request) and what was assigned. The
@@ -220,16 +221,20 @@ async fn login(
         Ok(session) => (
             StatusCode::SEE_OTHER,
             [
-                (
-                    header::SET_COOKIE,
-                    format!("{SESSION_COOKIE}={session}; Path=/console; HttpOnly; SameSite=Strict"),
-                ),
+                (header::SET_COOKIE, session_cookie(&session, app.tls)),
                 (header::LOCATION, "/console".to_string()),
             ],
         )
             .into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// The `Set-Cookie` value of a console session: never readable by
+/// scripts, never sent by another site, and over TLS never sent in clear.
+fn session_cookie(session: &str, tls: bool) -> String {
+    let secure = if tls { "; Secure" } else { "" };
+    format!("{SESSION_COOKIE}={session}; Path=/console; HttpOnly; SameSite=Strict{secure}")
 }
 
 async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
@@ -740,5 +745,20 @@ async fn cancel(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
     match app.cancel_rollout(id) {
         Ok(_) => Redirect::to(&format!("/console/rollouts/{id}")).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_secure_exactly_when_the_portal_serves_tls() {
+        let plain = session_cookie("abc", false);
+        assert_eq!(
+            plain,
+            format!("{SESSION_COOKIE}=abc; Path=/console; HttpOnly; SameSite=Strict")
+        );
+        assert_eq!(session_cookie("abc", true), format!("{plain}; Secure"));
     }
 }

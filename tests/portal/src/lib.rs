@@ -195,6 +195,8 @@ pub(crate) struct App {
     /// Cloned by each WebSocket task; taken at shutdown so that the
     /// receiver sees every task end.
     tasks: Mutex<Option<mpsc::Sender<()>>>,
+    /// Served over TLS: the console's session cookie is `Secure`.
+    tls: bool,
 }
 
 impl App {
@@ -308,6 +310,7 @@ impl Portal {
         )?;
         let rollouts = rollouts::Rollouts::open(data_dir.join("rollouts.json"))?;
         let acceptor = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
+        let tls = acceptor.is_some();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| PortalError::Bind {
@@ -334,6 +337,7 @@ impl Portal {
             changes: watch::channel(0).0,
             console: console::ConsoleState::default(),
             tasks: Mutex::new(Some(tasks_tx)),
+            tls,
         });
         tokio::spawn(rollout_clock(app.clone()));
         let router = Router::new()
@@ -342,7 +346,6 @@ impl Portal {
             .merge(admin::router(app.clone()))
             .merge(console::router(app.clone()))
             .with_state(app.clone());
-        let tls = acceptor.is_some();
         let url = base_url("http", tls, addr);
         let addr_file = data_dir.join("portal.addr");
         store::write_atomically(&addr_file, format!("{url}\n").as_bytes())?;
