@@ -47,6 +47,12 @@ impl Layout {
         self.state().join(crate::outbox::OUTBOX_DIR)
     }
 
+    /// `state/digest-cache.json`: the SHA-256 of installed files by inode,
+    /// size and modification time ([`crate::digests`]).
+    pub fn digest_cache(&self) -> PathBuf {
+        self.state().join(crate::digests::DIGEST_CACHE_FILE)
+    }
+
     /// The active module set.
     pub fn modules(&self) -> PathBuf {
         self.home.join("modules")

@@ -12,6 +12,9 @@
 //! - [`installed`]: `modules-info.properties`, the installed set.
 //! - [`record`]: `modules-hashes.json`, the SHA-256 and size of every file
 //!   a set installed.
+//! - [`digests`]: `state/digest-cache.json`, the SHA-256 of installed
+//!   files by inode, size and modification time, so that unchanged files
+//!   are not read again.
 //! - [`swap`]: apply, rollback, commit and recovery of module sets.
 //! - [`quarantine`]: the set an automatic rollback took off the box.
 //! - [`outbox`]: reports for the portal, on disk until the portal has
@@ -28,6 +31,7 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod coords;
+pub mod digests;
 pub mod failpoint;
 pub mod installed;
 pub mod layout;

@@ -156,13 +156,21 @@ impl SetRecord {
 
 /// SHA-256 of a file, lower-case hex, read in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
+    sha256_reader(&mut fs::File::open(path)?)
+}
+
+/// SHA-256 of everything `reader` yields, lower-case hex, read in 1 MiB
+/// blocks.
+pub fn sha256_reader(reader: &mut impl io::Read) -> io::Result<String> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             break;
         }

@@ -1,11 +1,21 @@
 //! `Inventory`: reads the installed set and plans each module of a target
 //! set against it (keep, add, change, remove). The reading runs off the
 //! actor's thread.
+//!
+//! An installed file is trusted for the plan, and so hard-linked into a
+//! new set, only when its content has the recorded SHA-256. The digests
+//! come from the home's digest cache (`state/digest-cache.json`,
+//! [`banalytics_home::digests`]), so a file is read again only after its
+//! inode, size or modification time changed.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use actix::prelude::*;
-use tracing::{info, info_span, warn};
+use banalytics_home::digests::{DigestCache, DigestStats};
+use tracing::{field, info, info_span, warn, Span};
 
 use crate::{
     blocking::off_thread,
@@ -13,7 +23,7 @@ use crate::{
     installed,
     layout::Layout,
     plan::{self, ResolvedModule, SyncPlan},
-    record::SetRecord,
+    record::{FileRecord, SetRecord},
 };
 
 /// Plan a resolved target set against what is installed now.
@@ -27,12 +37,18 @@ pub struct PlanSync {
 /// The Inventory actor.
 pub struct Inventory {
     layout: Layout,
+    /// Held by a plan while it reads and writes the digest cache: plans
+    /// run off the actor's thread and could otherwise overlap.
+    digests: Arc<Mutex<()>>,
 }
 
 impl Inventory {
     /// An inventory of the home `layout`.
     pub fn new(layout: Layout) -> Self {
-        Inventory { layout }
+        Inventory {
+            layout,
+            digests: Arc::default(),
+        }
     }
 }
 
@@ -45,24 +61,52 @@ impl Handler<PlanSync> for Inventory {
 
     fn handle(&mut self, msg: PlanSync, _: &mut Context<Self>) -> Self::Result {
         let layout = self.layout.clone();
-        let span = info_span!("inventory.plan_sync", modules = msg.target.len());
+        let digests = self.digests.clone();
+        let span = info_span!(
+            "inventory.plan_sync",
+            modules = msg.target.len(),
+            hashed_files = field::Empty,
+            hashed_bytes = field::Empty,
+            cached_files = field::Empty,
+        );
         Box::pin(off_thread(move || {
+            let _one_at_a_time = digests.lock().unwrap_or_else(|e| e.into_inner());
             span.in_scope(|| plan_sync(&layout, msg.target))
         }))
     }
 }
 
 /// Plans `target` against the installed and backup sets of `layout`:
-/// reads `modules-info.properties` and the hash records, and `stat`s every
-/// recorded file.
+/// reads `modules-info.properties` and the hash records, and checks every
+/// recorded file's content through the digest cache. What the check cost
+/// is recorded in the current span (`hashed_files`, `hashed_bytes`,
+/// `cached_files`) and logged.
 pub fn plan_sync(layout: &Layout, target: Vec<ResolvedModule>) -> Result<SyncPlan, UpgradeError> {
     let installed: Vec<String> = installed::read_modules_info(&layout.modules())?
         .unwrap_or_default()
         .iter()
         .map(|m| m.coords.to_string())
         .collect();
-    let record = trusted_record(&layout.modules(), &layout.models())?;
-    let backup = trusted_record(&layout.backup(), &layout.models_backup())?;
+    let mut digests = DigestCache::open(&layout.digest_cache());
+    let record = trusted_record(&layout.modules(), &layout.models(), &mut digests)?;
+    let backup = trusted_record(&layout.backup(), &layout.models_backup(), &mut digests)?;
+    if let Err(e) = digests.save() {
+        // Only the next plan's speed depends on it.
+        warn!(error = %e, "cannot write the digest cache");
+    }
+    let DigestStats {
+        hashed_files,
+        hashed_bytes,
+        cached_files,
+    } = digests.stats();
+    let span = Span::current();
+    span.record("hashed_files", hashed_files);
+    span.record("hashed_bytes", hashed_bytes);
+    span.record("cached_files", cached_files);
+    info!(
+        hashed_files,
+        hashed_bytes, cached_files, "installed files checked against their records"
+    );
     let plan = plan::plan(target, &installed, record.as_ref(), backup.as_ref());
     for m in &plan.modules {
         info!(module = %m.key(), action = ?m.action, fetches = m.fetches().count(), "planned");
@@ -74,10 +118,16 @@ pub fn plan_sync(layout: &Layout, target: Vec<ResolvedModule>) -> Result<SyncPla
 }
 
 /// The record of the set in `modules` (with its models in `models`),
-/// without the modules whose files are missing or of the wrong size (those
-/// are fetched again rather than trusted). A full digest check is
-/// `verify`'s job; this one is a `stat` per file.
-pub fn trusted_record(modules: &Path, models: &Path) -> Result<Option<SetRecord>, UpgradeError> {
+/// without the modules of which a file is missing or differs from its
+/// record in size or SHA-256: those are fetched again rather than
+/// trusted, with a warning naming the first such file. Digests come from
+/// `digests`, which reads a file only when it changed since it was last
+/// hashed.
+pub fn trusted_record(
+    modules: &Path,
+    models: &Path,
+    digests: &mut DigestCache,
+) -> Result<Option<SetRecord>, UpgradeError> {
     let Some(mut record) = SetRecord::load(modules).map_err(io_at(modules))? else {
         return Ok(None);
     };
@@ -86,13 +136,42 @@ pub fn trusted_record(modules: &Path, models: &Path) -> Result<Option<SetRecord>
             format: SetRecord::FORMAT,
             modules: [(key.clone(), m.clone())].into(),
         };
-        let intact = single
+        let bad = single
             .files(modules, models)
-            .all(|(path, f)| std::fs::metadata(&path).is_ok_and(|meta| meta.len() == f.size));
-        if !intact {
-            warn!(module = %key, "installed files missing or changed; they will be fetched again");
+            .find_map(|(path, f)| mismatch(&path, f, digests).map(|problem| (path, problem)));
+        if let Some((path, problem)) = &bad {
+            warn!(
+                module = %key,
+                file = %path.display(),
+                problem = %problem,
+                "installed file missing or changed; its module will be fetched again"
+            );
         }
-        intact
+        bad.is_none()
     });
     Ok(Some(record))
+}
+
+/// What is wrong with the installed file at `path` against its record, if
+/// anything: missing, another size (found by `stat`, without reading it),
+/// or another SHA-256.
+fn mismatch(path: &Path, recorded: &FileRecord, digests: &mut DigestCache) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(e) => return Some(format!("cannot read: {e}")),
+        Ok(meta) if meta.len() != recorded.size => {
+            return Some(format!(
+                "size {} bytes, recorded {}",
+                meta.len(),
+                recorded.size
+            ))
+        }
+        Ok(_) => {}
+    }
+    match digests.sha256(path) {
+        Err(e) => Some(format!("cannot read: {e}")),
+        Ok(actual) if !actual.eq_ignore_ascii_case(&recorded.sha256) => {
+            Some(format!("sha-256 {actual}, recorded {}", recorded.sha256))
+        }
+        Ok(_) => None,
+    }
 }

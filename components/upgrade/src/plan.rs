@@ -7,7 +7,9 @@
 //! same coordinates and the same SHA-256 (or, without a known digest under
 //! `checksum_policy = "warn"`, the same coordinates), and taken from the
 //! backup set on the same terms, so that going back to the previous set
-//! through the portal moves no bytes.
+//! through the portal moves no bytes. The records it is given are the
+//! trusted ones ([`crate::inventory::trusted_record`]): a module with a
+//! file whose content no longer matches is not in them, so it is fetched.
 
 use serde::Serialize;
 

@@ -926,6 +926,60 @@ async fn going_back_to_the_backup_set_moves_no_bytes() {
 }
 
 #[actix_rt::test]
+async fn an_installed_file_changed_in_place_with_its_size_is_fetched_again_for_a_set_that_reuses_it(
+) {
+    let repo = Repo::start().await;
+    let alpha = publish(
+        &repo,
+        "alpha",
+        "1.0",
+        &[("lib/a.jar", b"dep a")],
+        &[("alpha/m.bin", b"model a")],
+    );
+    let beta = publish(&repo, "beta", "1.0", &[], &[]);
+    let b = start_box(&repo, objects(&[&alpha, &beta]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    b.install_staged();
+    // A check with every file intact first, so that their digests are
+    // cached: the cache must not hide the change.
+    assert_eq!(
+        b.resync(objects(&[&alpha, &beta])).await["state"],
+        "up-to-date"
+    );
+
+    // Other bytes of the same length, written into the installed file.
+    let dep = b.path("modules/lib/a.jar");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&dep).unwrap();
+    f.write_all(b"dep X").unwrap();
+    drop(f);
+    assert_eq!(std::fs::metadata(&dep).unwrap().len(), 5);
+
+    let beta2 = publish(&repo, "beta", "1.1", &[], &[]);
+    repo.reset_counters();
+    let sync = b.resync(objects(&[&alpha, &beta2])).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    let (files, models) = expected_tree(&[&alpha, &beta2]);
+    assert_eq!(
+        staged_tree(&b),
+        files,
+        "the staged set has the published bytes"
+    );
+    assert_eq!(tree(&b.path("models-upgrade")), models);
+    assert!(
+        repo.bytes_for("com/example/alpha/1.0/alpha-1.0-bin.zip") > 0,
+        "the changed package was not fetched again"
+    );
+    assert_eq!(
+        by_module(&b.statuses()),
+        BTreeMap::from([
+            ("alpha:1.0".into(), vec![Downloading, Downloaded]),
+            ("beta:1.1".into(), vec![Downloading, Downloaded]),
+        ]),
+        "alpha is fetched again as a whole"
+    );
+}
+
+#[actix_rt::test]
 async fn a_quarantined_target_is_refused_before_any_download_until_retried_or_replaced() {
     let repo = Repo::start().await;
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
@@ -1114,6 +1168,83 @@ async fn a_synchronisation_has_a_span_with_its_trigger_and_target_set_and_each_h
         assert_eq!(spans.named(handler).len(), 1, "{handler}");
     }
     assert_eq!(spans.named("downloader.download_set")[0]["modules"], "1");
+}
+
+/// What the last check of the installed files cost, from this thread's
+/// latest `inventory.plan_sync` span: (files read and hashed, files whose
+/// digest came from the cache).
+fn last_check(spans: &SpanLog) -> (String, String) {
+    let plans = spans.named("inventory.plan_sync");
+    let last = plans.last().expect("no plan");
+    (last["hashed_files"].clone(), last["cached_files"].clone())
+}
+
+#[actix_rt::test]
+async fn unchanged_installed_files_are_read_once_then_known_by_the_digest_cache() {
+    use std::os::unix::fs::MetadataExt;
+    let spans = SpanLog::global();
+    let repo = Repo::start().await;
+    let alpha = publish(
+        &repo,
+        "alpha",
+        "1.0",
+        &[("lib/a.jar", b"dep a")],
+        &[("alpha/m.bin", b"model a")],
+    );
+    let b = start_box(&repo, objects(&[&alpha]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    b.install_staged();
+    let count = |hashed: &str, cached: &str| (hashed.to_owned(), cached.to_owned());
+
+    // The first check reads each installed file once, and the cache file
+    // records its digest by inode.
+    assert_eq!(b.resync(objects(&[&alpha])).await["state"], "up-to-date");
+    assert_eq!(last_check(&spans), count("3", "0"));
+    let cache: Value =
+        serde_json::from_slice(&std::fs::read(b.path("state/digest-cache.json")).unwrap()).unwrap();
+    let mut cached: Vec<(u64, String)> = cache["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["ino"].as_u64().unwrap(),
+                e["sha256"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    cached.sort();
+    let mut installed: Vec<(u64, String)> = [
+        "modules/com.example-alpha-1.0.jar",
+        "modules/lib/a.jar",
+        "models/alpha/m.bin",
+    ]
+    .iter()
+    .map(|f| {
+        let path = b.path(f);
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        (ino, sha256_hex(&std::fs::read(&path).unwrap()))
+    })
+    .collect();
+    installed.sort();
+    assert_eq!(cached, installed);
+
+    // Nothing changed: nothing is read.
+    assert_eq!(b.resync(objects(&[&alpha])).await["state"], "up-to-date");
+    assert_eq!(last_check(&spans), count("0", "3"));
+
+    // A new set that reuses them: they are hard-linked into it unread;
+    // after the swap, active and backup share their inodes, and only the
+    // new module's file is read.
+    let beta = publish(&repo, "beta", "1.0", &[], &[]);
+    assert_eq!(b.resync(objects(&[&alpha, &beta])).await["state"], "staged");
+    assert_eq!(last_check(&spans), count("0", "3"));
+    b.install_staged();
+    assert_eq!(
+        b.resync(objects(&[&alpha, &beta])).await["state"],
+        "up-to-date"
+    );
+    assert_eq!(last_check(&spans), count("1", "6"));
 }
 
 /// A native plugin module `com.example:{artifact}:1.0` (packaging `so`)

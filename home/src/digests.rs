@@ -1,0 +1,342 @@
+//! `state/digest-cache.json`: the SHA-256 of installed files, keyed by what
+//! `stat` says of each (device, inode, size, modification time in
+//! nanoseconds), so that checking a set's files against its record reads
+//! only the files that changed since they were last hashed.
+//!
+//! Why this key: staging hard-links the files a new set reuses (same inode,
+//! same modification time) and a swap renames folders (the same again), so
+//! an unchanged file keeps its entry through upgrades and rollbacks, and a
+//! file linked into two sets is one entry. The change time (`ctime`) is not
+//! part of the key although a writer cannot set it: every hard link changes
+//! it, so each staging would drop the entry of every file it reuses.
+//!
+//! What the key cannot see: bytes changed while the size and the
+//! modification time stay, i.e. a writer that restores the old time
+//! (`touch -d`, `utimensat`) and storage that corrupts a file underneath
+//! the file system. `banalytics-box verify` reads every byte and uses no
+//! cache.
+//!
+//! The cache is never a source of trust by itself: an entry is used only
+//! for a file whose key is identical, and a missing, unreadable or
+//! malformed cache file is an empty cache. Each pass keeps only the
+//! entries it used ([`DigestCache::save`]), so entries of files that are
+//! gone are pruned.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::{
+    layout::{write_atomic, FileError},
+    record::sha256_reader,
+};
+
+/// The cache file's name, in `state/`.
+pub const DIGEST_CACHE_FILE: &str = "digest-cache.json";
+
+/// What `stat` says of a file: a cached digest is used only for a file
+/// whose key is identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileKey {
+    /// The device of its file system.
+    pub dev: u64,
+    /// Its inode.
+    pub ino: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl FileKey {
+    /// The key of the file `meta` describes.
+    pub fn of(meta: &fs::Metadata) -> FileKey {
+        FileKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+        }
+    }
+}
+
+/// One entry of the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    #[serde(flatten)]
+    key: FileKey,
+    sha256: String,
+}
+
+/// The file's content.
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheFile {
+    format: u32,
+    entries: Vec<Entry>,
+}
+
+/// The current format of the file; another one is an empty cache.
+const FORMAT: u32 = 1;
+
+/// What one pass cost: files read and hashed, and files known by their key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DigestStats {
+    /// Files read and hashed.
+    pub hashed_files: u64,
+    /// Their bytes.
+    pub hashed_bytes: u64,
+    /// Files whose digest came from the cache, unread.
+    pub cached_files: u64,
+}
+
+/// The cache, for one pass over the installed sets: [`open`](Self::open),
+/// [`sha256`](Self::sha256) per file, [`save`](Self::save).
+#[derive(Debug)]
+pub struct DigestCache {
+    path: PathBuf,
+    /// The entries as read from the file.
+    known: BTreeMap<FileKey, String>,
+    /// The entries this pass used or made: what [`save`](Self::save) keeps.
+    used: BTreeMap<FileKey, String>,
+    stats: DigestStats,
+}
+
+impl DigestCache {
+    /// The cache kept in `path` (`Layout::digest_cache`). A missing file is
+    /// an empty cache; so is an unreadable or malformed one, with a
+    /// warning (it is rewritten at the next [`save`](Self::save)).
+    pub fn open(path: &Path) -> DigestCache {
+        let known = match fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<CacheFile>(&bytes) {
+                Ok(f) if f.format == FORMAT => {
+                    f.entries.into_iter().map(|e| (e.key, e.sha256)).collect()
+                }
+                Ok(f) => {
+                    warn!(path = %path.display(), format = f.format, "digest cache of another format; every file is hashed again");
+                    BTreeMap::new()
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "malformed digest cache; every file is hashed again");
+                    BTreeMap::new()
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read the digest cache; every file is hashed again");
+                BTreeMap::new()
+            }
+        };
+        DigestCache {
+            path: path.to_owned(),
+            known,
+            used: BTreeMap::new(),
+            stats: DigestStats::default(),
+        }
+    }
+
+    /// The SHA-256 of the file at `path`, lower-case hex: the cached one
+    /// when the file's key is known, else read in 1 MiB blocks. A digest
+    /// read is cached only when the file's key was the same before and
+    /// after the read, so a file written meanwhile is hashed again next
+    /// time.
+    pub fn sha256(&mut self, path: &Path) -> io::Result<String> {
+        let mut file = fs::File::open(path)?;
+        let key = FileKey::of(&file.metadata()?);
+        if let Some(sha) = self.used.get(&key).or_else(|| self.known.get(&key)) {
+            let sha = sha.clone();
+            self.stats.cached_files += 1;
+            self.used.insert(key, sha.clone());
+            return Ok(sha);
+        }
+        let sha = sha256_reader(&mut file)?;
+        self.stats.hashed_files += 1;
+        self.stats.hashed_bytes += key.size;
+        if FileKey::of(&file.metadata()?) == key {
+            self.used.insert(key, sha.clone());
+        }
+        Ok(sha)
+    }
+
+    /// What this pass cost so far.
+    pub fn stats(&self) -> DigestStats {
+        self.stats
+    }
+
+    /// Writes the entries this pass used or made, and only those
+    /// ([`write_atomic`]; the folder is created when missing); nothing is
+    /// written when they are the entries read.
+    pub fn save(&self) -> Result<(), FileError> {
+        if self.used == self.known {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(FileError::at("create", dir))?;
+        }
+        let file = CacheFile {
+            format: FORMAT,
+            entries: self
+                .used
+                .iter()
+                .map(|(key, sha256)| Entry {
+                    key: *key,
+                    sha256: sha256.clone(),
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).expect("numbers and strings");
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write, time::Duration};
+
+    use super::*;
+    use crate::record::sha256_file;
+
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("state").join(DIGEST_CACHE_FILE);
+        (dir, cache)
+    }
+
+    #[test]
+    fn an_unchanged_file_is_read_once_and_then_known_by_its_key() {
+        let (dir, cache) = setup();
+        let file = dir.path().join("a.jar");
+        fs::write(&file, b"alpha").unwrap();
+
+        let mut pass = DigestCache::open(&cache);
+        assert_eq!(pass.sha256(&file).unwrap(), sha256_file(&file).unwrap());
+        assert_eq!(
+            pass.stats(),
+            DigestStats {
+                hashed_files: 1,
+                hashed_bytes: 5,
+                cached_files: 0
+            }
+        );
+        pass.save().unwrap();
+
+        let mut next = DigestCache::open(&cache);
+        assert_eq!(next.sha256(&file).unwrap(), sha256_file(&file).unwrap());
+        assert_eq!(next.stats().hashed_files, 0, "read again");
+        assert_eq!(next.stats().cached_files, 1);
+    }
+
+    #[test]
+    fn a_hard_link_and_a_renamed_folder_keep_the_entry() {
+        let (dir, cache) = setup();
+        let set = dir.path().join("modules");
+        fs::create_dir_all(&set).unwrap();
+        fs::write(set.join("a.jar"), b"alpha").unwrap();
+        let mut pass = DigestCache::open(&cache);
+        pass.sha256(&set.join("a.jar")).unwrap();
+        pass.save().unwrap();
+
+        // Staging links the file into the new set; a swap renames both.
+        let staged = dir.path().join("modules-upgrade");
+        fs::create_dir_all(&staged).unwrap();
+        fs::hard_link(set.join("a.jar"), staged.join("a.jar")).unwrap();
+        fs::rename(&set, dir.path().join("modules-backup")).unwrap();
+        fs::rename(&staged, &set).unwrap();
+
+        let mut next = DigestCache::open(&cache);
+        next.sha256(&set.join("a.jar")).unwrap();
+        next.sha256(&dir.path().join("modules-backup/a.jar"))
+            .unwrap();
+        assert_eq!(next.stats().hashed_files, 0);
+        assert_eq!(next.stats().cached_files, 2);
+    }
+
+    #[test]
+    fn bytes_written_in_place_with_the_same_size_are_hashed_again() {
+        let (dir, cache) = setup();
+        let file = dir.path().join("a.jar");
+        fs::write(&file, b"alpha").unwrap();
+        let mut pass = DigestCache::open(&cache);
+        let before = pass.sha256(&file).unwrap();
+        pass.save().unwrap();
+
+        // A modification time other than the first, whatever the clock's
+        // granularity.
+        let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+        let mut f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all(b"omega").unwrap();
+        f.set_modified(mtime + Duration::from_secs(1)).unwrap();
+        drop(f);
+
+        let mut next = DigestCache::open(&cache);
+        let after = next.sha256(&file).unwrap();
+        assert_ne!(after, before);
+        assert_eq!(after, sha256_file(&file).unwrap());
+        assert_eq!(next.stats().hashed_files, 1);
+    }
+
+    /// The inodes in the cache file, in order.
+    fn cached_inodes(cache: &Path) -> Vec<u64> {
+        let file: serde_json::Value = serde_json::from_slice(&fs::read(cache).unwrap()).unwrap();
+        let mut inodes: Vec<u64> = file["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["ino"].as_u64().unwrap())
+            .collect();
+        inodes.sort();
+        inodes
+    }
+
+    #[test]
+    fn a_pass_keeps_only_the_entries_it_used() {
+        let (dir, cache) = setup();
+        let ino = |name: &str| fs::metadata(dir.path().join(name)).unwrap().ino();
+        for name in ["a", "b"] {
+            fs::write(dir.path().join(name), name).unwrap();
+        }
+        let mut pass = DigestCache::open(&cache);
+        pass.sha256(&dir.path().join("a")).unwrap();
+        pass.sha256(&dir.path().join("b")).unwrap();
+        pass.save().unwrap();
+        let mut both = vec![ino("a"), ino("b")];
+        both.sort();
+        assert_eq!(cached_inodes(&cache), both);
+        fs::remove_file(dir.path().join("b")).unwrap();
+
+        let mut next = DigestCache::open(&cache);
+        next.sha256(&dir.path().join("a")).unwrap();
+        next.save().unwrap();
+        assert_eq!(
+            cached_inodes(&cache),
+            [ino("a")],
+            "the gone file was pruned"
+        );
+    }
+
+    #[test]
+    fn a_malformed_or_foreign_cache_is_empty_and_rewritten() {
+        let (dir, cache) = setup();
+        let file = dir.path().join("a.jar");
+        fs::write(&file, b"alpha").unwrap();
+        fs::create_dir_all(cache.parent().unwrap()).unwrap();
+        for bad in [&b"{ not json"[..], br#"{"format": 99, "entries": []}"#] {
+            fs::write(&cache, bad).unwrap();
+            let mut pass = DigestCache::open(&cache);
+            pass.sha256(&file).unwrap();
+            assert_eq!(pass.stats().hashed_files, 1);
+            pass.save().unwrap();
+            let mut next = DigestCache::open(&cache);
+            next.sha256(&file).unwrap();
+            assert_eq!(next.stats().cached_files, 1);
+        }
+    }
+}
