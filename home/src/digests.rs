@@ -107,6 +107,9 @@ pub struct DigestCache {
     known: BTreeMap<FileKey, String>,
     /// The entries this pass used or made: what [`save`](Self::save) keeps.
     used: BTreeMap<FileKey, String>,
+    /// [`save`](Self::save) keeps the entries read too
+    /// ([`remember`](Self::remember) was called).
+    keep_known: bool,
     stats: DigestStats,
 }
 
@@ -139,6 +142,7 @@ impl DigestCache {
             path: path.to_owned(),
             known,
             used: BTreeMap::new(),
+            keep_known: false,
             stats: DigestStats::default(),
         }
     }
@@ -166,16 +170,36 @@ impl DigestCache {
         Ok(sha)
     }
 
+    /// Records that the file at `path` has SHA-256 `sha256` without reading
+    /// it: for a writer that computed the digest while writing the file
+    /// (the stager, for the files of a staged set), so that the next plan
+    /// need not read what was just verified. Unlike a checking pass, this
+    /// one keeps the entries it read: [`save`](Self::save) writes them
+    /// together with the new ones.
+    pub fn remember(&mut self, path: &Path, sha256: &str) -> io::Result<()> {
+        let key = FileKey::of(&fs::metadata(path)?);
+        self.keep_known = true;
+        self.used.insert(key, sha256.to_ascii_lowercase());
+        Ok(())
+    }
+
     /// What this pass cost so far.
     pub fn stats(&self) -> DigestStats {
         self.stats
     }
 
-    /// Writes the entries this pass used or made, and only those
+    /// Writes the entries this pass used or made, and only those (with the
+    /// entries read as well after [`remember`](Self::remember))
     /// ([`write_atomic`]; the folder is created when missing); nothing is
     /// written when they are the entries read.
     pub fn save(&self) -> Result<(), FileError> {
-        if self.used == self.known {
+        let mut entries = self.used.clone();
+        if self.keep_known {
+            for (key, sha256) in &self.known {
+                entries.entry(*key).or_insert_with(|| sha256.clone());
+            }
+        }
+        if entries == self.known {
             return Ok(());
         }
         if let Some(dir) = self.path.parent() {
@@ -183,13 +207,9 @@ impl DigestCache {
         }
         let file = CacheFile {
             format: FORMAT,
-            entries: self
-                .used
-                .iter()
-                .map(|(key, sha256)| Entry {
-                    key: *key,
-                    sha256: sha256.clone(),
-                })
+            entries: entries
+                .into_iter()
+                .map(|(key, sha256)| Entry { key, sha256 })
                 .collect(),
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("numbers and strings");
@@ -232,6 +252,28 @@ mod tests {
         assert_eq!(next.sha256(&file).unwrap(), sha256_file(&file).unwrap());
         assert_eq!(next.stats().hashed_files, 0, "read again");
         assert_eq!(next.stats().cached_files, 1);
+    }
+
+    #[test]
+    fn a_remembered_digest_is_known_without_a_read_and_the_entries_read_stay() {
+        let (dir, cache) = setup();
+        let (old, new) = (dir.path().join("old.jar"), dir.path().join("new.jar"));
+        fs::write(&old, b"old").unwrap();
+        fs::write(&new, b"new").unwrap();
+        let mut check = DigestCache::open(&cache);
+        check.sha256(&old).unwrap();
+        check.save().unwrap();
+
+        let mut stager = DigestCache::open(&cache);
+        let digest = sha256_file(&new).unwrap();
+        stager.remember(&new, &digest.to_uppercase()).unwrap();
+        stager.save().unwrap();
+
+        let mut next = DigestCache::open(&cache);
+        assert_eq!(next.sha256(&new).unwrap(), digest);
+        assert_eq!(next.sha256(&old).unwrap(), sha256_file(&old).unwrap());
+        assert_eq!(next.stats().hashed_files, 0, "neither is read");
+        assert_eq!(next.stats().cached_files, 2);
     }
 
     #[test]

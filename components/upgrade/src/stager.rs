@@ -29,8 +29,9 @@ use std::{
 };
 
 use actix::prelude::*;
+use banalytics_home::digests::DigestCache;
 use serde::Serialize;
-use tracing::{info, info_span, instrument};
+use tracing::{info, info_span, instrument, warn};
 
 use crate::{
     archive::{self, Limits},
@@ -337,6 +338,25 @@ fn roots(layout: &Layout, origin: Origin) -> (PathBuf, PathBuf) {
     }
 }
 
+/// Puts the digests of the staged set's files, computed while they were
+/// downloaded, extracted or checked by the plan, into the home's digest
+/// cache: the swap renames the folders and keeps inodes and modification
+/// times, so the next plan knows the installed files without reading them
+/// (a whole set, after every upgrade, on a box's slow storage). Only that
+/// speed depends on it: a failure is a warning.
+fn remember_digests(layout: &Layout, record: &SetRecord) {
+    let mut cache = DigestCache::open(&layout.digest_cache());
+    let (modules, models) = (layout.upgrade(), layout.models_upgrade());
+    for (path, file) in record.files(&modules, &models) {
+        if let Err(e) = cache.remember(&path, &file.sha256) {
+            warn!(path = %path.display(), error = %e, "cannot note a staged file's digest");
+        }
+    }
+    if let Err(e) = cache.save() {
+        warn!(error = %e, "cannot write the digest cache");
+    }
+}
+
 /// Builds and publishes the staged set; see the module docs for the steps.
 #[instrument(skip_all, fields(modules = plan.modules.len()))]
 pub fn stage(
@@ -470,6 +490,7 @@ pub fn stage(
             let _ = fs::remove_file(layout.download().join(&f.cache_name));
         }
     }
+    remember_digests(layout, &record);
     let summary = StagedSummary {
         modules: record.modules.keys().cloned().collect(),
         files: modules.files + models.files,
