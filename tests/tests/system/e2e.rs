@@ -337,6 +337,14 @@ fn unknown_malformed_and_oversized_frames_keep_the_link_up_and_the_next_sync_wor
     let mut b = ManagedBox::new(&BoxSettings::new(&w.portal, Some(&env)))?;
     b.spawn()?;
     converge(&w.portal, &mut b, &env, 0)?;
+    // The commit asks for the set once more (the core may have changed),
+    // and that request may reach the portal after `installed`: the count
+    // starts once it has, the first run's and the commit's.
+    poll_until(DEADLINE, "the commit's GET_ENV_MOD_REQ", || {
+        w.portal
+            .environment(&env)
+            .filter(|e| e.module_requests >= 2)
+    })?;
     let before = w.portal.wait_connected(&env, DEADLINE)?;
 
     let oversized = format!(
