@@ -472,9 +472,9 @@ impl HomeTransport {
         let response = tokio::time::timeout(self.wait, chain)
             .await
             .map_err(|_| other(format!("no response within {:?}", self.wait)))?
-            // The chain: reqwest's own message names only the URL, the
-            // cause (a refused certificate, a refused redirect) is below it.
-            .map_err(|e| other(error_chain(&e)))?;
+            // A `FetchError`'s message names the cause already (a refused
+            // certificate, a refused redirect); its sources would repeat it.
+            .map_err(|e| other(e.to_string()))?;
         match response.status().as_u16() {
             200 => {}
             404 | 403 | 410 => {
