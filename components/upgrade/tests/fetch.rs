@@ -130,21 +130,24 @@ impl Scene {
         expected: &Expected,
         cfg: &FetchConfig,
     ) -> (Result<Downloaded, FetchError>, u64) {
+        self.download_from(&self.artifact_url(), expected, cfg)
+            .await
+    }
+
+    /// As [`Self::download`], from `url` into the scene's partial.
+    async fn download_from(
+        &self,
+        url: &str,
+        expected: &Expected,
+        cfg: &FetchConfig,
+    ) -> (Result<Downloaded, FetchError>, u64) {
         let client = fetch::client(cfg).unwrap();
         let max_seen = Mutex::new(0u64);
         let progress = |on_disk: u64, _total: Option<u64>| {
             let mut max = max_seen.lock().unwrap();
             *max = (*max).max(on_disk);
         };
-        let outcome = download(
-            &client,
-            &self.artifact_url(),
-            &self.partial(),
-            expected,
-            cfg,
-            &progress,
-        )
-        .await;
+        let outcome = download(&client, url, &self.partial(), expected, cfg, &progress).await;
         let max = *max_seen.lock().unwrap();
         (outcome, max)
     }
@@ -898,36 +901,19 @@ fn redirect_chain(scene: &Scene, hops: usize) -> String {
 #[tokio::test]
 async fn at_most_max_redirects_hops_are_followed_in_all() {
     let scene = Scene::new(|_| {}).await;
-    let client = fetch::client(&test_config()).unwrap();
     let expected = scene.expected_from(DigestSource::Tuf);
-    let progress = |_: u64, _: Option<u64>| {};
-    let partial = scene.partial();
+    let hops = |n: usize| {
+        let (url, scene, expected) = (redirect_chain(&scene, n), &scene, &expected);
+        async move { scene.download_from(&url, expected, &test_config()).await }
+    };
 
-    let url = redirect_chain(&scene, MAX_REDIRECTS);
-    let done = download(
-        &client,
-        &url,
-        &partial,
-        &expected,
-        &test_config(),
-        &progress,
-    )
-    .await;
+    let (done, _) = hops(MAX_REDIRECTS).await;
     assert_eq!(done.unwrap().size, LEN as u64);
     assert_eq!(scene.server.requests().len(), MAX_REDIRECTS + 1);
 
-    std::fs::remove_file(&partial).unwrap();
+    std::fs::remove_file(scene.partial()).unwrap();
     scene.server.reset_counters();
-    let url = redirect_chain(&scene, MAX_REDIRECTS + 1);
-    let refused = download(
-        &client,
-        &url,
-        &partial,
-        &expected,
-        &test_config(),
-        &progress,
-    )
-    .await;
+    let (refused, _) = hops(MAX_REDIRECTS + 1).await;
     match refused {
         Err(FetchError::RedirectRefused { reason, .. }) => {
             assert!(reason.contains("too many redirects"), "{reason}")
@@ -939,7 +925,7 @@ async fn at_most_max_redirects_hops_are_followed_in_all() {
         MAX_REDIRECTS + 1,
         "the last redirect is not followed, and nothing is retried"
     );
-    assert!(!partial.exists());
+    assert!(!scene.partial().exists());
 }
 
 #[tokio::test]

@@ -457,20 +457,27 @@ async fn first_run_stages_a_then_b_stages_exactly_b_with_statuses_in_order() {
     assert!(b.path("modules/com.example-gamma-1.0.jar").exists());
 }
 
-#[actix_rt::test]
-async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_its_own() {
-    let repo = Repo::start().await;
+/// alpha 1.0 (with a dependency `lib/a.jar` and a model) and beta 1.0
+/// published in `repo`, and a box that installed the two as its first set.
+async fn alpha_and_beta_installed(repo: &Repo) -> (Published, Published, TestBox) {
     let alpha = publish(
-        &repo,
+        repo,
         "alpha",
         "1.0",
         &[("lib/a.jar", b"dep a")],
-        &[("alpha/m.bin", b"m")],
+        &[("alpha/m.bin", b"model a")],
     );
-    let beta = publish(&repo, "beta", "1.0", &[], &[]);
-    let b = start_box(&repo, objects(&[&alpha, &beta]), Options::default()).await;
+    let beta = publish(repo, "beta", "1.0", &[], &[]);
+    let b = start_box(repo, objects(&[&alpha, &beta]), Options::default()).await;
     assert_eq!(b.first_sync().await["state"], "staged");
     b.install_staged();
+    (alpha, beta, b)
+}
+
+#[actix_rt::test]
+async fn resync_of_the_installed_target_requests_zero_bytes_and_a_change_only_its_own() {
+    let repo = Repo::start().await;
+    let (alpha, beta, b) = alpha_and_beta_installed(&repo).await;
 
     repo.reset_counters();
     let sync = b.resync(objects(&[&alpha, &beta])).await;
@@ -929,17 +936,7 @@ async fn going_back_to_the_backup_set_moves_no_bytes() {
 async fn an_installed_file_changed_in_place_with_its_size_is_fetched_again_for_a_set_that_reuses_it(
 ) {
     let repo = Repo::start().await;
-    let alpha = publish(
-        &repo,
-        "alpha",
-        "1.0",
-        &[("lib/a.jar", b"dep a")],
-        &[("alpha/m.bin", b"model a")],
-    );
-    let beta = publish(&repo, "beta", "1.0", &[], &[]);
-    let b = start_box(&repo, objects(&[&alpha, &beta]), Options::default()).await;
-    assert_eq!(b.first_sync().await["state"], "staged");
-    b.install_staged();
+    let (alpha, beta, b) = alpha_and_beta_installed(&repo).await;
     // A check with every file intact first, so that their digests are
     // cached: the cache must not hide the change.
     assert_eq!(
