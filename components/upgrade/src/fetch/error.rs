@@ -213,7 +213,9 @@ impl FetchError {
     /// redirect.
     pub fn is_transient(&self) -> bool {
         match self {
-            FetchError::Transport { source, .. } => !source.is_builder() && !source.is_redirect(),
+            // The client follows no redirect itself (`fetch::send` does),
+            // so reqwest never fails on one.
+            FetchError::Transport { source, .. } => !source.is_builder(),
             FetchError::NoResponse { .. }
             | FetchError::Stalled { .. }
             | FetchError::TooSlow { .. }
