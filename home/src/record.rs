@@ -131,26 +131,35 @@ impl SetRecord {
 
     /// Checks every recorded file against its size and SHA-256.
     pub fn verify(&self, modules: &Path, models: &Path) -> Vec<BadFile> {
-        let mut bad = Vec::new();
-        for (path, record) in self.files(modules, models) {
-            let problem = match fs::metadata(&path) {
-                Err(e) => Some(format!("cannot read: {e}")),
-                Ok(m) if m.len() != record.size => {
-                    Some(format!("size {} bytes, recorded {}", m.len(), record.size))
-                }
-                Ok(_) => match sha256_file(&path) {
-                    Err(e) => Some(format!("cannot read: {e}")),
-                    Ok(actual) if actual != record.sha256 => {
-                        Some(format!("sha-256 {actual}, recorded {}", record.sha256))
-                    }
-                    Ok(_) => None,
-                },
-            };
-            if let Some(problem) = problem {
-                bad.push(BadFile { path, problem });
-            }
+        self.files(modules, models)
+            .filter_map(|(path, record)| {
+                let problem = check_file(&path, record, sha256_file)?;
+                Some(BadFile { path, problem })
+            })
+            .collect()
+    }
+}
+
+/// What is wrong with the file at `path` against its `record`, if
+/// anything: missing, another size (found by `stat`, without reading it),
+/// or another SHA-256, which `sha256` gives (read, or known from a cache).
+pub fn check_file(
+    path: &Path,
+    record: &FileRecord,
+    sha256: impl FnOnce(&Path) -> io::Result<String>,
+) -> Option<String> {
+    match fs::metadata(path) {
+        Err(e) => Some(format!("cannot read: {e}")),
+        Ok(m) if m.len() != record.size => {
+            Some(format!("size {} bytes, recorded {}", m.len(), record.size))
         }
-        bad
+        Ok(_) => match sha256(path) {
+            Err(e) => Some(format!("cannot read: {e}")),
+            Ok(actual) if !actual.eq_ignore_ascii_case(&record.sha256) => {
+                Some(format!("sha-256 {actual}, recorded {}", record.sha256))
+            }
+            Ok(_) => None,
+        },
     }
 }
 

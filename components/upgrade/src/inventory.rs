@@ -23,7 +23,7 @@ use crate::{
     installed,
     layout::Layout,
     plan::{self, ResolvedModule, SyncPlan},
-    record::{FileRecord, SetRecord},
+    record::{check_file, SetRecord},
 };
 
 /// Plan a resolved target set against what is installed now.
@@ -136,9 +136,9 @@ pub fn trusted_record(
             format: SetRecord::FORMAT,
             modules: [(key.clone(), m.clone())].into(),
         };
-        let bad = single
-            .files(modules, models)
-            .find_map(|(path, f)| mismatch(&path, f, digests).map(|problem| (path, problem)));
+        let bad = single.files(modules, models).find_map(|(path, f)| {
+            check_file(&path, f, |p| digests.sha256(p)).map(|problem| (path, problem))
+        });
         if let Some((path, problem)) = &bad {
             warn!(
                 module = %key,
@@ -150,28 +150,4 @@ pub fn trusted_record(
         bad.is_none()
     });
     Ok(Some(record))
-}
-
-/// What is wrong with the installed file at `path` against its record, if
-/// anything: missing, another size (found by `stat`, without reading it),
-/// or another SHA-256.
-fn mismatch(path: &Path, recorded: &FileRecord, digests: &mut DigestCache) -> Option<String> {
-    match std::fs::metadata(path) {
-        Err(e) => return Some(format!("cannot read: {e}")),
-        Ok(meta) if meta.len() != recorded.size => {
-            return Some(format!(
-                "size {} bytes, recorded {}",
-                meta.len(),
-                recorded.size
-            ))
-        }
-        Ok(_) => {}
-    }
-    match digests.sha256(path) {
-        Err(e) => Some(format!("cannot read: {e}")),
-        Ok(actual) if !actual.eq_ignore_ascii_case(&recorded.sha256) => {
-            Some(format!("sha-256 {actual}, recorded {}", recorded.sha256))
-        }
-        Ok(_) => None,
-    }
 }
