@@ -32,6 +32,24 @@
 //! `dir/{sha256}.basename` ([`download_path`], TUF 5.7.3), computed from
 //! the verified root and the verified hash.
 //!
+//! Delegated targets roles (TUF 5.6.7) are loaded by `tough`; their
+//! metadata is kept in the store's `delegated/` folder like the top-level
+//! roles', so a no-change synchronisation moves the timestamp only. Each
+//! target is resolved by TUF's delegation search
+//! (`tough::schema::Targets::find_target`: the top-level targets first,
+//! then only roles whose paths match the name, in order, stopping at a
+//! terminating one). `tough`'s `all_targets` lists every role's targets
+//! whatever its paths, so it is used for the names only: taken as is, a
+//! role delegated `org/other/*` could sign `com/example/...` and even
+//! replace the top-level role's hash for it.
+//!
+//! Known difference: in `tough` a path pattern's `*` also matches `/`
+//! (globset), in the specification it does not. A delegation written for
+//! the specification's meaning (`com/example/*` for the files directly in
+//! that folder) therefore gives the role more names in `tough`; patterns
+//! with one `*` per folder level (`com/example/*/*/*`) mean the same to
+//! both.
+//!
 //! Clock: `tough` refuses to run when the clock is earlier than the last
 //! time it saw (`latest_known_time.json`), and this module refuses a clock
 //! earlier than [`CLOCK_FLOOR`] (a box without a real-time clock boots in
@@ -310,6 +328,7 @@ async fn load(
     // Promote what tough accepted: the bytes as the repository signed them
     // (tough's datastore holds re-serialised copies whose hashes differ).
     let fetched = transport.accepted();
+    promote_delegated(store, &fetched).map_err(LoadError::Io)?;
     for name in PROMOTION_ORDER {
         let bytes = match fetched.get(name) {
             Some(b) => b.clone(),
@@ -327,21 +346,29 @@ async fn load(
     let _ = std::fs::remove_dir_all(&scratch);
     // A fact of the verified root, like the targets' hashes.
     let consistent_snapshot = repo.root().signed.consistent_snapshot;
-    let targets: HashMap<String, TrustedTarget> = repo
-        .all_targets()
-        .map(|(name, t)| {
-            let sha256 = hex::encode(&*t.hashes.sha256);
-            let path = download_path(name.raw(), &sha256, consistent_snapshot);
-            (
-                name.raw().to_owned(),
-                TrustedTarget {
-                    sha256,
-                    length: t.length,
-                    path,
-                },
-            )
-        })
-        .collect();
+    let top = &repo.targets().signed;
+    let mut targets = HashMap::new();
+    for (name, _) in repo.all_targets() {
+        // The name as some role lists it; its facts as the delegation
+        // search finds them (see the module's doc).
+        let Ok(t) = top.find_target(name, false) else {
+            warn!(
+                target = name.raw(),
+                "listed by a delegated role whose paths do not cover it: not a target"
+            );
+            continue;
+        };
+        let sha256 = hex::encode(&*t.hashes.sha256);
+        let path = download_path(name.raw(), &sha256, consistent_snapshot);
+        targets.insert(
+            name.raw().to_owned(),
+            TrustedTarget {
+                sha256,
+                length: t.length,
+                path,
+            },
+        );
+    }
     let version = repo.targets().signed.version.get();
     info!(
         targets_version = version,
@@ -360,22 +387,65 @@ fn version_of(metadata: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// The store's name of the metadata file `file` of the repository: with
-/// consistent snapshots `tough` asks for `{version}.snapshot.json` and
-/// `{version}.targets.json`, which the store keeps (like `tough`'s own
-/// datastore) as `snapshot.json` and `targets.json`. Versioned roots
-/// (`{version}.root.json`, the rotation chain) keep their names.
-fn store_name(file: &str) -> &str {
-    match file.split_once('.') {
+/// The store's folder of delegated targets roles' metadata.
+const DELEGATED_DIR: &str = "delegated";
+
+/// The store's name, relative to the store, of the metadata file `file`
+/// of the repository; `None` for a name the store does not keep (it is
+/// fetched every time). With consistent snapshots `tough` asks for
+/// `{version}.snapshot.json`, `{version}.targets.json` and
+/// `{version}.{role}.json`, which the store keeps (like `tough`'s own
+/// datastore) without the version. Versioned roots (`{version}.root.json`,
+/// the rotation chain) keep their names. A delegated role's file goes to
+/// `delegated/`, so that no role name can stand for a top-level file.
+fn store_key(file: &str) -> Option<String> {
+    let unversioned = match file.split_once('.') {
         Some((version, rest))
             if !version.is_empty()
                 && version.bytes().all(|b| b.is_ascii_digit())
-                && (rest == "snapshot.json" || rest == "targets.json") =>
+                && rest != "root.json" =>
         {
             rest
         }
         _ => file,
+    };
+    let safe = !unversioned.starts_with('.')
+        && unversioned
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-%".contains(&b));
+    match unversioned {
+        _ if !safe || !unversioned.ends_with(".json") => None,
+        "timestamp.json" | "snapshot.json" | "targets.json" => Some(unversioned.to_owned()),
+        _ if unversioned.ends_with(".root.json") => Some(unversioned.to_owned()),
+        role => Some(format!("{DELEGATED_DIR}/{role}")),
     }
+}
+
+/// Writes the delegated roles' metadata `tough` accepted to the store's
+/// `delegated/` folder, each with write-rename-fsync, and removes the
+/// files of roles no longer loaded. Before the snapshot and the timestamp:
+/// the store's snapshot never names a delegated file the store lacks.
+fn promote_delegated(
+    store: &Path,
+    accepted: &HashMap<String, Vec<u8>>,
+) -> Result<(), UpgradeError> {
+    let dir = store.join(DELEGATED_DIR);
+    std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+    let prefix = format!("{DELEGATED_DIR}/");
+    for (key, bytes) in accepted {
+        if key.starts_with(&prefix) {
+            let path = store.join(key);
+            write_atomic(&path, bytes).map_err(|e| io_at(&path)(std::io::Error::other(e)))?;
+        }
+    }
+    for entry in std::fs::read_dir(&dir).map_err(io_at(&dir))? {
+        let entry = entry.map_err(io_at(&dir))?;
+        let key = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        if !accepted.contains_key(&key) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    sync_dir(&dir).map_err(io_at(&dir))
 }
 
 /// `tough`'s transport on the box's HTTP client, with a memory of what it
@@ -433,16 +503,21 @@ impl HomeTransport {
         self.lock().files.clone()
     }
 
-    /// The store's `name` if the metadata that describes it this run says
-    /// the same of it as the trusted metadata does.
-    fn stored_if_unchanged(&self, name: &str) -> Option<Vec<u8>> {
+    /// The store's `key` ([`store_key`]) if the metadata that describes it
+    /// this run says the same of it as the trusted metadata does.
+    fn stored_if_unchanged(&self, key: &str) -> Option<Vec<u8>> {
         if !self.use_store {
             return None;
         }
-        let parent = match name {
-            "snapshot.json" => "timestamp.json",
-            "targets.json" => "snapshot.json",
-            _ => return None,
+        // The snapshot lists the targets roles, top-level and delegated,
+        // under their role names.
+        let (parent, name) = match key {
+            "snapshot.json" => ("timestamp.json", key),
+            "targets.json" => ("snapshot.json", key),
+            _ => (
+                "snapshot.json",
+                key.strip_prefix(&format!("{DELEGATED_DIR}/"))?,
+            ),
         };
         let state = self.lock();
         let now = state.files.get(parent)?;
@@ -458,7 +533,7 @@ impl HomeTransport {
         if !same {
             return None;
         }
-        std::fs::read(self.store.join(name)).ok()
+        std::fs::read(self.store.join(key)).ok()
     }
 
     async fn get(&self, url: &Url) -> Result<Vec<u8>, TransportError> {
@@ -510,19 +585,22 @@ impl Transport for HomeTransport {
             .path_segments()
             .and_then(|mut s| s.next_back())
             .unwrap_or_default();
-        let name = store_name(file).to_owned();
+        let key = store_key(file);
         let stream = |bytes: Vec<u8>| -> TransportStream {
             Box::pin(futures_util::stream::once(async move {
                 Ok::<_, TransportError>(Bytes::from(bytes))
             }))
         };
-        if name == "timestamp.json" {
-            if let Some(bytes) = self.lock().files.get(&name).cloned() {
+        let Some(key) = key else {
+            return Ok(stream(self.get(&url).await?));
+        };
+        if key == "timestamp.json" {
+            if let Some(bytes) = self.lock().files.get(&key).cloned() {
                 return Ok(stream(bytes));
             }
         }
-        let unchanged = self.lock().timestamp_unchanged;
-        if unchanged && name.ends_with(".root.json") {
+        let root = key.ends_with(".root.json");
+        if root && self.lock().timestamp_unchanged {
             // The repository publishes a new timestamp with every change,
             // a rotated root included: nothing newer to look for.
             return Err(TransportError::new(
@@ -530,15 +608,15 @@ impl Transport for HomeTransport {
                 url.as_str(),
             ));
         }
-        if let Some(bytes) = self.stored_if_unchanged(&name) {
+        if let Some(bytes) = self.stored_if_unchanged(&key) {
             let mut state = self.lock();
             state.used_store = true;
-            state.files.insert(name, bytes.clone());
+            state.files.insert(key, bytes.clone());
             return Ok(stream(bytes));
         }
         let bytes = self.get(&url).await?;
-        if !name.ends_with(".root.json") {
-            self.lock().files.insert(name, bytes.clone());
+        if !root {
+            self.lock().files.insert(key, bytes.clone());
         }
         Ok(stream(bytes))
     }
@@ -563,12 +641,27 @@ mod tests {
     }
 
     #[test]
-    fn versioned_snapshot_and_targets_are_stored_under_their_role_names() {
-        assert_eq!(store_name("12.snapshot.json"), "snapshot.json");
-        assert_eq!(store_name("3.targets.json"), "targets.json");
-        assert_eq!(store_name("targets.json"), "targets.json");
-        assert_eq!(store_name("2.root.json"), "2.root.json");
-        assert_eq!(store_name("timestamp.json"), "timestamp.json");
-        assert_eq!(store_name("x.targets.json"), "x.targets.json");
+    fn versioned_metadata_is_stored_under_its_role_names_and_delegated_roles_apart() {
+        let key = |f| store_key(f);
+        assert_eq!(key("12.snapshot.json").as_deref(), Some("snapshot.json"));
+        assert_eq!(key("3.targets.json").as_deref(), Some("targets.json"));
+        assert_eq!(key("targets.json").as_deref(), Some("targets.json"));
+        assert_eq!(key("2.root.json").as_deref(), Some("2.root.json"));
+        assert_eq!(key("timestamp.json").as_deref(), Some("timestamp.json"));
+        assert_eq!(
+            key("tuf-team.json").as_deref(),
+            Some("delegated/tuf-team.json")
+        );
+        assert_eq!(
+            key("4.tuf-team.json").as_deref(),
+            Some("delegated/tuf-team.json")
+        );
+        assert_eq!(
+            key("x.targets.json").as_deref(),
+            Some("delegated/x.targets.json")
+        );
+        assert_eq!(key("..%2Fa.json").as_deref(), None, "not a plain file name");
+        assert_eq!(key("a b.json").as_deref(), None);
+        assert_eq!(key("README"), None);
     }
 }

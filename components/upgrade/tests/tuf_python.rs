@@ -8,6 +8,15 @@
 //! it. Both pin `1.root.json` and must follow the rotation to
 //! `2.root.json`, whose new timestamp key signs the published timestamp.
 //!
+//! Two more, `delegated` (consistent snapshots) and `delegated-plain`,
+//! sign the same targets through delegated targets roles: `targets` →
+//! `tuf-team` (terminating) → `a-owner`, which lists the jar and the
+//! `-bin.zip`; after `tuf-team`, a `rogue` role delegated broader paths
+//! lists the jar with other bytes and `com/example/tuf/b/1.0/b-1.0.jar`.
+//! python-tuf's own client resolves the jar to `a-owner`'s bytes and
+//! `b-1.0.jar` to no target (the terminating delegation ends its search);
+//! so must the box.
+//!
 //! The artifacts go through the Downloader actor, as in a synchronisation:
 //! `ResolveSet` refreshes the metadata with `tough` and resolves the module
 //! from the verified targets, `DownloadSet` fetches them with the box's
@@ -90,7 +99,7 @@ impl Fixture {
     }
 
     fn consistent(&self) -> bool {
-        self.name == "consistent"
+        matches!(self.name, "consistent" | "delegated")
     }
 
     /// The pinned root (version 1) and the repository's two folders.
@@ -276,7 +285,7 @@ async fn a_tampered_target_of_a_consistent_python_tuf_repository_is_refused() {
     a_tampered_target_is_refused("consistent").await;
 }
 
-async fn a_no_change_refresh_fetches_the_timestamp_only(name: &'static str) {
+async fn a_no_change_refresh_fetches_the_timestamp_only(name: &'static str, version: u64) {
     let f = Fixture::serve(name).await;
     let home = tempfile::tempdir().unwrap();
     let layout = Layout::new(home.path());
@@ -285,7 +294,7 @@ async fn a_no_change_refresh_fetches_the_timestamp_only(name: &'static str) {
     let first = tuf::refresh(&client, &cfg, &layout, &f.trust())
         .await
         .unwrap();
-    assert_eq!(first.version, 2);
+    assert_eq!(first.version, version);
     f.repo.reset_counters();
     let again = tuf::refresh(&client, &cfg, &layout, &f.trust())
         .await
@@ -297,12 +306,12 @@ async fn a_no_change_refresh_fetches_the_timestamp_only(name: &'static str) {
 
 #[tokio::test]
 async fn a_no_change_refresh_of_a_python_tuf_repository_fetches_the_timestamp_only() {
-    a_no_change_refresh_fetches_the_timestamp_only("plain").await;
+    a_no_change_refresh_fetches_the_timestamp_only("plain", 2).await;
 }
 
 #[tokio::test]
 async fn a_no_change_refresh_of_a_consistent_python_tuf_repository_fetches_the_timestamp_only() {
-    a_no_change_refresh_fetches_the_timestamp_only("consistent").await;
+    a_no_change_refresh_fetches_the_timestamp_only("consistent", 2).await;
 }
 
 /// `tough`'s own target reader gives a whole download 30 s and cannot
@@ -339,4 +348,96 @@ async fn a_target_cut_in_the_middle_is_resumed_by_the_boxs_fetch_engine() {
         [(200, None), (206, Some(format!("bytes={half}-")))],
         "the second request asks only for the rest"
     );
+}
+
+const OTHER: &str = "com/example/tuf/b/1.0/b-1.0.jar";
+
+/// The delegated roles' metadata, fetched under the names the repository
+/// gives them, and kept in the home; the targets resolved by TUF's
+/// delegation search, not by whichever role listed a name last.
+async fn delegated_targets_resolve_by_the_delegation_search(name: &'static str) {
+    let f = Fixture::serve(name).await;
+    let home = tempfile::tempdir().unwrap();
+    let layout = Layout::new(home.path());
+    let (resolved, cached) = sync(&f, &layout).await.unwrap();
+
+    // a-owner's jar, not rogue's (whose bytes the consistent repository
+    // also serves, at their own hash-prefixed path).
+    let genuine = sha256_hex(&f.targets[JAR]);
+    assert_eq!(resolved.main.sha256.as_deref(), Some(genuine.as_str()));
+    assert_eq!(resolved.main.url, f.repo.url_of(&f.stored_at(JAR)));
+    let jar = std::fs::read(layout.download().join("com.example.tuf-a-1.0.jar")).unwrap();
+    assert_eq!(jar, f.targets[JAR]);
+    assert_eq!(cached.len(), 2, "the jar and the -bin.zip: {cached:?}");
+
+    let prefix = if f.consistent() { "1." } else { "" };
+    let got = f.metadata_gets();
+    for role in ["tuf-team", "a-owner", "rogue"] {
+        let file = format!("{prefix}{role}.json");
+        assert!(got.contains(&file), "{file}: {got:?}");
+        assert!(
+            home.path()
+                .join(format!("state/tuf/delegated/{role}.json"))
+                .is_file(),
+            "{role} kept in the home"
+        );
+    }
+
+    let cfg = FetchConfig::default();
+    let client = fetch::client(&cfg).unwrap();
+    let trusted = tuf::refresh(&client, &cfg, &layout, &f.trust())
+        .await
+        .unwrap();
+    assert_eq!(trusted.get(JAR).unwrap().sha256, genuine);
+    assert!(
+        trusted.get(OTHER).is_none(),
+        "the terminating tuf-team ends the search for b-1.0.jar"
+    );
+    assert_eq!(trusted.len(), 2);
+}
+
+#[actix_rt::test]
+async fn a_delegated_role_signs_only_the_paths_delegated_to_it() {
+    delegated_targets_resolve_by_the_delegation_search("delegated").await;
+}
+
+#[actix_rt::test]
+async fn a_delegated_role_signs_only_the_paths_delegated_to_it_without_consistent_snapshots() {
+    delegated_targets_resolve_by_the_delegation_search("delegated-plain").await;
+}
+
+#[tokio::test]
+async fn a_no_change_refresh_of_a_delegated_repository_fetches_the_timestamp_only() {
+    a_no_change_refresh_fetches_the_timestamp_only("delegated", 1).await;
+    a_no_change_refresh_fetches_the_timestamp_only("delegated-plain", 1).await;
+}
+
+/// A delegated role's file in the home cut short (a power loss on a file
+/// system that lost the rename's data): the refresh that used it fails to
+/// verify, fetches all from the repository once more, and mends the store.
+#[tokio::test]
+async fn a_damaged_delegated_role_in_the_home_is_fetched_again_and_mended() {
+    let f = Fixture::serve("delegated").await;
+    let home = tempfile::tempdir().unwrap();
+    let layout = Layout::new(home.path());
+    let cfg = FetchConfig::default();
+    let client = fetch::client(&cfg).unwrap();
+    tuf::refresh(&client, &cfg, &layout, &f.trust())
+        .await
+        .unwrap();
+    let kept = home.path().join("state/tuf/delegated/a-owner.json");
+    let good = std::fs::read(&kept).unwrap();
+    std::fs::write(&kept, &good[..good.len() / 2]).unwrap();
+    f.repo.reset_counters();
+
+    let again = tuf::refresh(&client, &cfg, &layout, &f.trust())
+        .await
+        .unwrap();
+    assert_eq!(again.get(JAR).unwrap().sha256, sha256_hex(&f.targets[JAR]));
+    assert!(
+        f.metadata_gets().contains(&"1.a-owner.json".to_owned()),
+        "{:?}",
+        f.metadata_gets()
+    );
+    assert_eq!(std::fs::read(&kept).unwrap(), good, "the store mended");
 }
