@@ -179,6 +179,12 @@ pub struct UpgradeRequested {
     /// synchronisation. Absent in older JSON, which means `false`.
     #[serde(default)]
     pub retry: bool,
+    /// The asker's number for this request (`upgrade --wait` picks one at
+    /// random): the synchronisation it started or joined lists it in its
+    /// `status` (`sync.requests`), so the asker follows that one. Absent
+    /// in older JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<u64>,
 }
 
 impl BusMessage for UpgradeRequested {
@@ -227,7 +233,11 @@ mod tests {
         let retry: UpgradeRequested = serde_json::from_str(r#"{"retry":true}"#).unwrap();
         assert!(retry.retry);
         assert_eq!(
-            serde_json::to_value(UpgradeRequested { retry: true }).unwrap(),
+            serde_json::to_value(UpgradeRequested {
+                retry: true,
+                request: None
+            })
+            .unwrap(),
             serde_json::json!({"retry": true})
         );
     }

@@ -538,17 +538,55 @@ fn print_sets(u: &serde_json::Value) {
 }
 
 fn upgrade(home: &Home, wait: bool, retry: bool) -> Result<u8, Error> {
-    let asked_ms = banalytics_sdk::status::now_ms();
-    let code = ask(home, &Request::Upgrade { retry })?;
+    let asked = Asked {
+        at_ms: banalytics_sdk::status::now_ms(),
+        // A number of this request's own: the synchronisation that
+        // answers it (started by it or already running) lists it.
+        request: wait.then(|| uuid::Uuid::new_v4().as_u64_pair().0),
+        retry,
+    };
+    let code = ask(
+        home,
+        &Request::Upgrade {
+            retry,
+            request: asked.request,
+        },
+    )?;
     if code != EXIT_OK || !wait {
         return Ok(code);
     }
-    follow_sync(home, asked_ms)
+    follow_sync(home, &asked)
 }
 
-/// Polls `status` until the synchronisation started after `asked_ms` ends,
+/// An `upgrade --wait` request, to find the synchronisation that answers
+/// it.
+struct Asked {
+    at_ms: u64,
+    request: Option<u64>,
+    retry: bool,
+}
+
+/// Whether `sync` (the upgrade center's `status`) answers `asked`, and
+/// whether it was already running when asked.
+fn answers(sync: &serde_json::Value, asked: &Asked) -> Option<bool> {
+    match (sync["requests"].as_array(), asked.request) {
+        (Some(requests), Some(request)) => {
+            requests.iter().find(|r| r.as_u64() == Some(request))?;
+            Some(sync["started_by"].as_u64() != Some(request))
+        }
+        // A host that does not know request numbers: the first
+        // synchronisation that started about when asked (a second of
+        // slack for the clocks of two processes).
+        _ => {
+            let started = sync["started_ms"].as_u64().unwrap_or(0);
+            (started >= asked.at_ms.saturating_sub(1000)).then_some(false)
+        }
+    }
+}
+
+/// Polls `status` until the synchronisation that answers `asked` ends,
 /// drawing its progress.
-fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
+fn follow_sync(home: &Home, asked: &Asked) -> Result<u8, Error> {
     use std::io::IsTerminal;
     let terminal = std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::new(0);
@@ -564,6 +602,7 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut last_line = (String::new(), 0u64);
+    let mut told_joined = false;
     loop {
         let socket = home.control_socket();
         let data = control::request(&socket, &Request::Status)
@@ -593,8 +632,17 @@ fn follow_sync(home: &Home, asked_ms: u64) -> Result<u8, Error> {
             sync["done_bytes"].as_u64().unwrap_or(0),
             sync["total_bytes"].as_u64().unwrap_or(0),
         );
-        let started = sync["started_ms"].as_u64().unwrap_or(0);
-        if started >= asked_ms.saturating_sub(1000) {
+        if let Some(joined) = answers(&sync, asked) {
+            if joined && !told_joined {
+                told_joined = true;
+                println!(
+                    "a synchronisation was running (trigger: {}): following it",
+                    sync["trigger"].as_str().unwrap_or("?")
+                );
+                if asked.retry {
+                    println!("  --retry does not apply to it; ask again once it ended");
+                }
+            }
             if terminal {
                 bar.set_length(total);
                 bar.set_position(done);
@@ -644,5 +692,42 @@ fn ask(home: &Home, request: &Request) -> Result<u8, Error> {
                 Ok(EXIT_FAILURE)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn asked(request: Option<u64>) -> Asked {
+        Asked {
+            at_ms: 10_000,
+            request,
+            retry: false,
+        }
+    }
+
+    #[test]
+    fn a_request_follows_the_synchronisation_that_lists_it_started_or_joined() {
+        let started = json!({"requests": [7], "started_by": 7, "started_ms": 10_000});
+        assert_eq!(answers(&started, &asked(Some(7))), Some(false));
+        // Running since long before the ask, joined by it.
+        let joined = json!({"requests": [3, 7], "started_by": 3, "started_ms": 1});
+        assert_eq!(answers(&joined, &asked(Some(7))), Some(true));
+        let by_portal = json!({"requests": [7], "started_ms": 1});
+        assert_eq!(answers(&by_portal, &asked(Some(7))), Some(true));
+        // One that started just before the ask and does not list it: the
+        // request came after it ended and starts the next.
+        let before = json!({"requests": [], "started_ms": 9_999, "finished_ms": 10_001});
+        assert_eq!(answers(&before, &asked(Some(7))), None);
+    }
+
+    #[test]
+    fn with_a_host_that_knows_no_request_numbers_the_start_time_decides() {
+        let old = json!({"started_ms": 9_500});
+        assert_eq!(answers(&old, &asked(Some(7))), Some(false));
+        let older = json!({"started_ms": 8_000});
+        assert_eq!(answers(&older, &asked(Some(7))), None);
     }
 }

@@ -36,6 +36,11 @@ pub enum Request {
         /// --retry`). Absent in older requests, which means `false`.
         #[serde(default)]
         retry: bool,
+        /// The asker's number for this request, which `status` shows in
+        /// the synchronisation it started or joined (`upgrade --wait`
+        /// follows that one). Absent in older requests.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<u64>,
     },
     /// Apply the staged set now, whatever it waits for (`approve`).
     Approve,
@@ -162,10 +167,10 @@ async fn answer(
                 "busy": host.busy().state(),
             })),
         },
-        Ok(Request::Upgrade { retry }) => {
+        Ok(Request::Upgrade { retry, request }) => {
             let receivers = host
                 .bus()
-                .publish(banalytics_messages::portal::UpgradeRequested { retry })
+                .publish(banalytics_messages::portal::UpgradeRequested { retry, request })
                 .await;
             Response {
                 ok: receivers > 0,
@@ -268,12 +273,31 @@ mod tests {
     #[test]
     fn an_upgrade_request_of_an_older_cli_decodes_as_no_retry() {
         let old: Request = serde_json::from_str(r#"{"cmd":"upgrade"}"#).unwrap();
-        assert!(matches!(old, Request::Upgrade { retry: false }));
-        let line = serde_json::to_string(&Request::Upgrade { retry: true }).unwrap();
+        assert!(matches!(
+            old,
+            Request::Upgrade {
+                retry: false,
+                request: None
+            }
+        ));
+        let line = serde_json::to_string(&Request::Upgrade {
+            retry: true,
+            request: None,
+        })
+        .unwrap();
         assert_eq!(line, r#"{"cmd":"upgrade","retry":true}"#);
         assert!(matches!(
             serde_json::from_str::<Request>(&line).unwrap(),
-            Request::Upgrade { retry: true }
+            Request::Upgrade {
+                retry: true,
+                request: None
+            }
         ));
+        let line = serde_json::to_string(&Request::Upgrade {
+            retry: false,
+            request: Some(7),
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"cmd":"upgrade","retry":false,"request":7}"#);
     }
 }

@@ -35,7 +35,7 @@ use crate::{
     restarter::{Approve, RestartToApply, Restarter, WaitingSet},
     schedule::ApplyPolicy,
     stager::{StageSet, Stager},
-    sync::{target_set_id, HomeFacts, SyncReport, SyncState, Trigger},
+    sync::{target_set_id, HomeFacts, SyncReport, SyncState, Trigger, MAX_REQUESTS},
 };
 
 /// How long the portal has to answer `GET_ENV_MOD_REQ`.
@@ -167,7 +167,21 @@ impl Handler<FromBus<UpgradeRequested>> for PortalLink {
     type Result = ();
     #[instrument(name = "portal_link.upgrade_requested", skip_all)]
     fn handle(&mut self, FromBus(req): FromBus<UpgradeRequested>, ctx: &mut Context<Self>) {
+        let joins = self.running;
         self.handle(Synchronise(Trigger::local(req.retry)), ctx);
+        // Started or joined: the running synchronisation answers it, and
+        // `status` says so to the asker.
+        if let Some(request) = req.request {
+            let mut report = self.report.borrow_mut();
+            if !joins {
+                report.started_by = Some(request);
+            }
+            if report.requests.len() == MAX_REQUESTS {
+                report.requests.remove(0);
+            }
+            report.requests.push(request);
+            publish_report(&self.peers, &report);
+        }
     }
 }
 

@@ -109,6 +109,9 @@ impl fmt::Display for SyncState {
     }
 }
 
+/// How many local request numbers a [`SyncReport`] keeps.
+pub const MAX_REQUESTS: usize = 16;
+
 /// Where a synchronisation stands, as `status` shows it.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct SyncReport {
@@ -128,6 +131,17 @@ pub struct SyncReport {
     pub total_bytes: u64,
     /// Triggers skipped because a synchronisation was running.
     pub skipped_triggers: u64,
+    /// The numbers of the local requests (`upgrade --wait`) this
+    /// synchronisation answers: the one that started it, then those that
+    /// came while it ran (at most [`MAX_REQUESTS`], the newest kept).
+    /// Always shown, also empty: its presence tells an asker that the host
+    /// knows request numbers.
+    #[serde(default)]
+    pub requests: Vec<u64>,
+    /// The number of the local request that started it, if it had one;
+    /// the others in `requests` came while it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<u64>,
     /// The staged set, once staged.
     pub staged: Option<StagedSummary>,
     /// What the staged set waits for before the restart that applies it

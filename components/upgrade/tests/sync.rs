@@ -218,7 +218,12 @@ impl TestBox {
         self.statuses.lock().unwrap().clear();
         let since = banalytics_sdk::status::now_ms();
         tokio::time::sleep(Duration::from_millis(2)).await;
-        self.bus.publish(UpgradeRequested { retry }).await;
+        self.bus
+            .publish(UpgradeRequested {
+                retry,
+                request: None,
+            })
+            .await;
         self.wait_sync_after(since + 1).await
     }
 

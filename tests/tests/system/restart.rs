@@ -249,6 +249,77 @@ fn exec_mode_re_executes_the_host_and_the_new_set_runs_without_a_supervisor() ->
     Ok(())
 }
 
+/// `upgrade --wait` asked while a synchronisation has been running for
+/// more than a second joins it: the CLI follows that one to its end, here
+/// a failure. (Before, it waited for one that started after it asked,
+/// which never came: it hung.)
+#[test]
+fn upgrade_wait_during_a_running_synchronisation_follows_it_to_its_end() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let mut w = world("exit")?;
+    ensure!(w.run_until_exit()?.code() == Some(75));
+    w.starts += 1;
+    let mut host = w.home.start(w.starts)?;
+    w.wait_for_status("installed", 0)?;
+    // A module whose files are gone from the repository, and every
+    // repository answer late: the synchronisation runs for seconds, then
+    // fails.
+    std::fs::remove_dir_all(w._dir.path().join("portal/repo/com/example/broken"))?;
+    w.portal
+        .assign(ENV, &["com.example:alpha:1.0", "com.example:broken:1.0"])?;
+    w.portal.set_faults(Faults {
+        latency_ms: 4_000,
+        ..Faults::default()
+    });
+    let first = w.home.cli(&["upgrade"])?;
+    ensure!(first.status.success(), "{first:?}");
+    poll_until(
+        DEADLINE,
+        "a synchronisation running for over a second",
+        || {
+            let sync = w.home.component("upgrade-center").ok()?["details"]["sync"].clone();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as u64;
+            let age = now_ms.checked_sub(sync["started_ms"].as_u64()?)?;
+            (sync["finished_ms"].is_null() && age > 1_200).then_some(())
+        },
+    )?;
+
+    let mut cli = std::process::Command::new(banalytics_tests::box_bin())
+        .arg("--home")
+        .arg(w.home.path())
+        .args(["upgrade", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let ended = poll_until(DEADLINE, "upgrade --wait to end", || {
+        cli.try_wait().ok().flatten()
+    });
+    if ended.is_err() {
+        let _ = cli.kill();
+    }
+    let out = cli.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        ended.is_ok() && out.status.code() == Some(1),
+        "{ended:?} {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        text.contains("a synchronisation was running (trigger: local): following it"),
+        "{text}"
+    );
+    ensure!(
+        text.contains("broken"),
+        "the failure names the module: {text}"
+    );
+    ensure!(host.is_running(), "the host runs on");
+    ensure!(host.signal_and_wait(libc::SIGTERM)?.success());
+    Ok(())
+}
+
 #[test]
 fn upgrade_wait_follows_the_synchronisation_with_progress_lines() -> Result<()> {
     let _machine = crate::machine::shared();
