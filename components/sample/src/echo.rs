@@ -41,8 +41,15 @@ impl Echo {
                 tracing::warn!(seq = req.seq, "sample drill: abort");
                 std::process::abort();
             }
-            Some(Drill::Hang) => {
-                tracing::warn!(seq = req.seq, "sample drill: hang");
+            Some(drill @ (Drill::Hang | Drill::Deaf)) => {
+                if drill == Drill::Deaf {
+                    // SAFETY: installs SIG_IGN, no handler code; this is
+                    // the drill.
+                    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                    tracing::warn!(seq = req.seq, "sample drill: deaf (SIGTERM ignored), hang");
+                } else {
+                    tracing::warn!(seq = req.seq, "sample drill: hang");
+                }
                 static WEDGED: Mutex<()> = Mutex::new(());
                 let _held = WEDGED.lock();
                 loop {

@@ -74,6 +74,11 @@ pub enum Drill {
     /// Block forever holding a lock, never returning from the handler: the
     /// actor's thread is wedged.
     Hang,
+    /// Ignore SIGTERM, then hang: a process that answers no `stop`, stays
+    /// when its socket closes and survives SIGTERM, so only SIGKILL ends
+    /// it (as with a library that installs a handler of its own and then
+    /// wedges).
+    Deaf,
 }
 
 impl BusMessage for SampleRequest {

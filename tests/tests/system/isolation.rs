@@ -3,7 +3,8 @@
 //! the isolated component's child process, which the component's policy
 //! restarts after its delay, while the probe and Portal Integration go on
 //! answering; the same drill in process kills the host; a host killed with
-//! SIGKILL leaves no child behind.
+//! SIGKILL leaves no child behind; a child deaf to `stop` and SIGTERM is
+//! ended with SIGKILL when the host stops.
 
 use std::{
     collections::BTreeSet,
@@ -542,5 +543,55 @@ fn a_descriptor_the_host_inherited_open_across_exec_does_not_reach_the_plugin_pr
         "the plugin process holds the host's inherited descriptor"
     );
     assert_eq!(request(&home, 1, DEADLINE)?["seq"], 1);
+    Ok(())
+}
+
+/// A plugin process deaf to everything but SIGKILL (it answers no `stop`,
+/// stays when its socket closes, ignores SIGTERM): the host's own stop
+/// goes through every step (the `stop` frame's grace, the socket closed,
+/// SIGTERM, SIGKILL), ends it, and exits; no process is left behind.
+#[test]
+fn a_plugin_process_deaf_to_stop_and_sigterm_is_killed_when_the_host_stops() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let home = home(ISOLATED)?;
+    let host = home.start(1)?;
+    poll_until(DEADLINE, "echo in RUN", || {
+        home.component("echo").ok().filter(|c| c["state"] == "RUN")
+    })?;
+    let child = the_child(host.pid())?;
+    let answer = home.exchange(
+        "sample.request",
+        json!({ "seq": 1, "drill": "deaf" }),
+        "sample.reply",
+        Duration::from_millis(300),
+    )?;
+    assert!(answer.is_err(), "the drill answers nothing: {answer:?}");
+    // SIGTERM ignored (bit 15 of the mask, counted from 1), before the
+    // heartbeat (5 s) would kill the child on its own.
+    poll_until(Duration::from_secs(3), "the child ignoring SIGTERM", || {
+        let status = std::fs::read_to_string(format!("/proc/{child}/status")).ok()?;
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+        let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+        (mask & (1 << (libc::SIGTERM - 1)) != 0).then_some(())
+    })?;
+
+    let stopping = Instant::now();
+    let status = host.signal_and_wait(libc::SIGTERM)?;
+    let took = stopping.elapsed();
+    assert_eq!(status.code(), Some(0), "the host stops cleanly");
+    assert!(gone(child), "the deaf child is gone");
+    let log = std::fs::read_to_string(home.log_path(1))?;
+    for step in [
+        "the plugin process did not stop in time",
+        "the plugin process did not exit; sending SIGTERM",
+        "the plugin process did not exit on SIGTERM; sending SIGKILL",
+    ] {
+        assert!(log.contains(step), "{step}:\n{log}");
+    }
+    // STOP_GRACE (6 s) + EXIT_GRACE (2 s) twice, and the host's own stop.
+    assert!(
+        took < Duration::from_secs(16),
+        "the host's stop ended in {took:?}"
+    );
     Ok(())
 }
