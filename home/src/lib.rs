@@ -33,6 +33,7 @@
 pub mod coords;
 pub mod digests;
 pub mod failpoint;
+pub mod hold;
 pub mod installed;
 pub mod layout;
 pub mod outbox;

@@ -278,6 +278,9 @@ pub enum Applied {
     /// must stay the last committed set, so the staged set is applied only
     /// after the active set is committed or rolled back.
     WaitsForCommit,
+    /// A staged set waits, and a hold ([`crate::hold`]) keeps it for the
+    /// upgrade center's apply policy (a maintenance window, an approval).
+    Held,
 }
 
 /// Why a staged set is not applied now, if it waits; `None` when there is
@@ -286,13 +289,15 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
     if set_identity(&layout.upgrade()).is_none() {
         return Ok(None);
     }
-    Ok(probation(layout)?.map(|p| {
-        format!(
-            "the active set {} is on probation (start {}); the staged set is applied once it is committed or rolled back",
-            short(&p.set),
-            p.boot_attempts
-        )
-    }))
+    Ok(probation(layout)?
+        .map(|p| {
+            format!(
+                "the active set {} is on probation (start {}); the staged set is applied once it is committed or rolled back",
+                short(&p.set),
+                p.boot_attempts
+            )
+        })
+        .or_else(|| crate::hold::of_staged(layout).map(|h| h.waits_for)))
 }
 
 /// The staged set's modules (`groupId:artifactId:version`), if a complete
@@ -359,6 +364,9 @@ pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, Sw
     };
     if probation(layout)?.is_some() {
         return Ok(Applied::WaitsForCommit);
+    }
+    if crate::hold::of_staged(layout).is_some() {
+        return Ok(Applied::Held);
     }
     check_restorable(layout)?;
     let outgoing = set_identity(&layout.modules()).unwrap_or_default();
@@ -811,6 +819,26 @@ mod tests {
         assert!(versions(&layout.modules()).is_empty());
         assert!(probation(&layout).unwrap().is_none());
         assert!(!layout.models().join("model.bin").exists());
+    }
+
+    #[test]
+    fn a_held_staged_set_is_not_applied_and_says_what_it_waits_for() {
+        let (_dir, layout) = home();
+        write_set(&layout.upgrade(), None, "1");
+        let keys = crate::installed::module_keys(&layout.upgrade())
+            .unwrap()
+            .unwrap();
+        let hold = crate::hold::Hold::new(keys, None, "the maintenance window".into());
+        crate::hold::write(&layout, &hold).unwrap();
+        assert_eq!(apply(&layout).unwrap(), Applied::Held);
+        assert!(layout.has_staged_set(), "still staged");
+        assert_eq!(
+            staged_waits_for(&layout).unwrap().as_deref(),
+            Some("the maintenance window")
+        );
+        crate::hold::release(&layout).unwrap();
+        assert_eq!(apply(&layout).unwrap(), Applied::Applied);
+        assert_eq!(versions(&layout.modules()), ["1"]);
     }
 
     #[test]

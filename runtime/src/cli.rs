@@ -241,9 +241,13 @@ fn run(home: &Home) -> Result<u8, Error> {
                         Ok(upgrade::Verdict::Failed(request)) => request,
                         Ok(upgrade::Verdict::Committed) => match deferred.take() {
                             Some(request) => request,
-                            None if layout.has_staged_set() => settings.restart_request(
-                                "a set staged while the active set was on probation waits".to_owned(),
-                            ),
+                            None if layout.has_staged_set()
+                                && banalytics_home::hold::of_staged(&layout).is_none() =>
+                            {
+                                settings.restart_request(
+                                    "a set staged while the active set was on probation waits".to_owned(),
+                                )
+                            }
                             None => continue,
                         },
                         _ => continue,
@@ -317,6 +321,17 @@ fn apply(home: &Home) -> Result<u8, Error> {
     if let Some(j) = swap::recover(&layout)? {
         println!("finished an interrupted {:?}", j.procedure);
     }
+    // The operator's own apply goes before the upgrade center's policy.
+    if let Some(held) = banalytics_home::hold::of_staged(&layout) {
+        banalytics_home::hold::release(&layout).map_err(|source| Error::Io {
+            path: layout.state().join(banalytics_home::hold::HOLD_FILE),
+            source,
+        })?;
+        println!(
+            "the staged set was held ({}): applied anyway",
+            held.waits_for
+        );
+    }
     match swap::apply(&layout)? {
         swap::Applied::Applied => {
             println!("staged set applied; it is on probation until the next `run` commits it");
@@ -326,7 +341,7 @@ fn apply(home: &Home) -> Result<u8, Error> {
             println!("no staged set to apply");
             Ok(EXIT_OK)
         }
-        swap::Applied::WaitsForCommit => {
+        swap::Applied::WaitsForCommit | swap::Applied::Held => {
             let why = swap::staged_waits_for(&layout)?.unwrap_or_default();
             eprintln!("banalytics-box: nothing was changed: {why}");
             Ok(EXIT_FAILURE)

@@ -303,7 +303,7 @@ fn apply_staged(layout: &Layout, failing_before: &[String]) -> Result<swap::Appl
     let applied = swap::apply_excusing(layout, failing_before)?;
     match applied {
         swap::Applied::Applied => info!(excused = ?failing_before, "staged module set applied"),
-        swap::Applied::WaitsForCommit => {
+        swap::Applied::WaitsForCommit | swap::Applied::Held => {
             info!(
                 waits_for = %swap::staged_waits_for(layout)?.unwrap_or_default(),
                 "staged module set not applied yet"

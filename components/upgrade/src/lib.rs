@@ -432,9 +432,11 @@ impl Component for UpgradeCenter {
             self.config.restart_command.clone(),
             Duration::from_millis(self.config.status_flush_timeout_ms),
         );
-        let apply = self.apply.clone();
+        let (apply, home) = (self.apply.clone(), layout.clone());
         let restarter = ctx.supervise("restarter", move |_, _| {
-            Restarter::new(bus.clone(), mode, command.clone(), delay).with_policy(apply.clone())
+            Restarter::new(bus.clone(), mode, command.clone(), delay)
+                .with_policy(apply.clone())
+                .with_home(home.clone())
         });
         let peers = Peers {
             layout: layout.clone(),

@@ -13,7 +13,10 @@
 use std::{cell::RefCell, collections::HashSet, rc::Rc, time::Duration};
 
 use actix::prelude::*;
-use banalytics_home::outbox;
+use banalytics_home::{
+    hold::{self, Hold},
+    outbox,
+};
 use banalytics_messages::{
     portal::{
         CoreBuild, GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus,
@@ -29,7 +32,7 @@ use crate::{
     blocking::off_thread,
     coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
     downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE},
-    error::{Failure, UpgradeError},
+    error::{io_at, Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
     layout::Layout,
     restarter::{Approve, RestartToApply, Restarter, WaitingSet},
@@ -617,6 +620,18 @@ async fn run(
     }
     let fetched = fetched??;
     set_state(peers, report, SyncState::Staging);
+    // The hold its policy asks for goes before the set is complete (or an
+    // old one is removed): no restart for another reason applies it early.
+    let keys = plan
+        .modules
+        .iter()
+        .map(|m| m.resolved.module.coords.to_string())
+        .collect();
+    let held = match peers.apply.holds() {
+        Some(why) => hold::write(&peers.layout, &Hold::new(keys, Some(set_id.clone()), why)),
+        None => hold::release(&peers.layout),
+    };
+    held.map_err(io_at(peers.layout.state().join(hold::HOLD_FILE)))?;
     let summary = peers.stager.send(StageSet { plan, fetched }).await??;
     let reason = format!("staged {} modules", summary.modules.len());
     {

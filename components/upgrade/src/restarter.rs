@@ -17,13 +17,18 @@
 //! meanwhile; a newer staged set replaces the one that waits. An approval
 //! applies the staged set at once in either waiting mode. When the window
 //! closes while the statuses are flushed, the restart waits for the next
-//! window. The wait is in memory: a restart of this actor forgets it, and
-//! a box that restarts for another reason applies the staged set as it
-//! starts (it restarted anyway).
+//! window. The wait itself is in memory; what survives a restart of the
+//! box or of this actor is the hold (`banalytics_home::hold`) that the
+//! synchronisation wrote before it staged the set: the host does not apply
+//! a held set when it starts, and this actor, when it starts, finds the
+//! held set and waits for its turn again. The hold is removed right
+//! before the restart is asked for; a kill in between applies the set at
+//! the next start, when its turn had come.
 
 use std::time::Duration;
 
 use actix::prelude::*;
+use banalytics_home::{hold, Layout};
 use banalytics_messages::{
     portal::{PortalOutboxQuery, PortalOutboxState},
     upgrade::{ApprovalHandled, ApproveStagedSet, RestartMode, RestartRequested},
@@ -75,6 +80,9 @@ pub struct Restarter {
     flush_timeout: Duration,
     policy: ApplyPolicy,
     pending: Option<Pending>,
+    /// The home whose held staged set this actor waits for (see the
+    /// module docs); `None`: no hold is read or removed.
+    home: Option<Layout>,
 }
 
 /// How often the outbox is asked while statuses are still queued.
@@ -96,7 +104,16 @@ impl Restarter {
             flush_timeout,
             policy: ApplyPolicy::default(),
             pending: None,
+            home: None,
         }
+    }
+
+    /// The same restarter, waiting again at start for a staged set of
+    /// `layout` that a hold names, and removing the hold before it asks
+    /// for the restart.
+    pub fn with_home(mut self, layout: Layout) -> Self {
+        self.home = Some(layout);
+        self
     }
 
     /// The same restarter, restarting when `policy` allows.
@@ -108,6 +125,38 @@ impl Restarter {
 
 impl Actor for Restarter {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(held) = self.home.as_ref().and_then(hold::of_staged) else {
+            return;
+        };
+        info!(waits_for = %held.waits_for, set = ?held.set_id, "a staged set is held for its apply policy: waiting for its turn again");
+        // Handled here, before any message: a synchronisation that asks
+        // which set waits already hears of this one.
+        let wait = self.handle(
+            RestartToApply {
+                reason: format!(
+                    "staged {} modules (held since before this start)",
+                    held.modules.len()
+                ),
+                set_id: held.set_id,
+            },
+            ctx,
+        );
+        ctx.spawn(actix::fut::wrap_future(wait));
+    }
+}
+
+/// Removes the hold of `home`'s staged set, right before the restart that
+/// applies it is asked for; a hold that cannot be removed is logged (the
+/// set then stays held at the next start, and this actor waits for its
+/// turn again).
+fn release(home: Option<&Layout>) {
+    if let Some(layout) = home {
+        if let Err(e) = hold::release(layout) {
+            warn!(error = %e, "cannot remove the apply hold: the staged set stays held at the next start");
+        }
+    }
 }
 
 impl Handler<RestartToApply> for Restarter {
@@ -121,10 +170,13 @@ impl Handler<RestartToApply> for Restarter {
             self.flush_timeout,
         );
         let span = info_span!("restarter.restart_to_apply", ?mode, reason = %msg.reason);
+        let home = self.home.clone();
         if self.policy.mode == ApplyMode::Immediately {
             return Box::pin(
                 async move {
                     let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
+                    // A hold left from an earlier policy.
+                    release(home.as_ref());
                     info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
                     bus.publish(RestartRequested {
                         mode,
@@ -147,6 +199,7 @@ impl Handler<RestartToApply> for Restarter {
         span.in_scope(|| info!(waits_for = waits.as_deref().unwrap_or("nothing"), set = ?msg.set_id, "staged set waits for its restart"));
         let wait = async move {
             let why = wait_turn(&policy, approved, &bus, timeout).await;
+            release(home.as_ref());
             info!(?mode, %why, reason = %reason, "restarting to apply the staged set");
             bus.publish(RestartRequested {
                 mode,

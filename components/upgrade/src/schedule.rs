@@ -344,8 +344,25 @@ impl Default for ApplyPolicy {
 }
 
 impl ApplyPolicy {
-    /// What a set staged now waits for, in words for `status` and the
-    /// portal's `statusMessage`; `None` when it restarts at once.
+    /// Whether a set staged under this policy is held back from being
+    /// applied by a restart for another reason (`banalytics_home::hold`),
+    /// and what for, in words; `None` when it is applied at the next start
+    /// whatever caused it. A window that is open now holds too: the set
+    /// waits for its restart, and a start after the window closed must not
+    /// apply it.
+    pub fn holds(&self) -> Option<String> {
+        match (self.mode, &self.window) {
+            (ApplyMode::Immediately, _) | (ApplyMode::Window, None) => None,
+            (ApplyMode::Window, Some(w)) => Some(
+                self.waits_for()
+                    .unwrap_or_else(|| format!("the restart waits for the maintenance window {w}")),
+            ),
+            (ApplyMode::Approval, _) => self.waits_for(),
+        }
+    }
+
+    /// What the restart waits for now, in words; `None` when nothing
+    /// (immediately, or in an open window).
     pub fn waits_for(&self) -> Option<String> {
         match (self.mode, &self.window) {
             (ApplyMode::Immediately, _) => None,

@@ -296,4 +296,98 @@ mod apply {
         assert!(clock.now() < berlin("2026-06-10T14:00:01"));
         assert!(request.reason.contains("approved by cli"));
     }
+
+    /// A home whose complete staged set (`g:a:1`) is held, as a
+    /// synchronisation under `apply = "window"` or `"approval"` leaves it.
+    fn held_home() -> (tempfile::TempDir, banalytics_home::Layout) {
+        use banalytics_home::{
+            coords::{Coords, ModuleType},
+            hold::{self, Hold},
+            installed::{write_modules_info, InstalledModule},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let layout = banalytics_home::Layout::new(dir.path());
+        std::fs::create_dir_all(layout.upgrade()).unwrap();
+        let module = InstalledModule {
+            coords: Coords::new("g", "a", "1").unwrap(),
+            module_type: ModuleType::Component,
+            upload_epoch: 0,
+        };
+        write_modules_info(&layout.upgrade(), &[module]).unwrap();
+        let hold = Hold::new(
+            vec!["g:a:1".into()],
+            Some("set-a".into()),
+            "approval".into(),
+        );
+        hold::write(&layout, &hold).unwrap();
+        assert!(hold::of_staged(&layout).is_some());
+        (dir, layout)
+    }
+
+    #[actix_rt::test]
+    async fn a_restarter_that_starts_beside_a_held_set_waits_for_its_turn_again_and_then_lifts_the_hold(
+    ) {
+        tokio::time::pause();
+        let (_dir, layout) = held_home();
+        let clock = TokioClock::starting_at(berlin("2026-06-10T14:00:00"));
+        let bus = Bus::new();
+        let mut restarts = bus.subscribe::<RestartRequested>();
+        let r = Restarter::new(
+            bus.clone(),
+            RestartMode::Exit,
+            None,
+            Duration::from_secs(10),
+        )
+        .with_policy(ApplyPolicy {
+            mode: ApplyMode::Approval,
+            clock: Arc::new(clock),
+            ..ApplyPolicy::default()
+        })
+        .with_home(layout.clone())
+        .start();
+        assert_eq!(
+            r.send(WaitingSet).await.unwrap().as_deref(),
+            Some("set-a"),
+            "the held set waits again, under its id (a portal approval names it)"
+        );
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        assert!(restarts.try_recv().is_none(), "restarted without approval");
+        assert!(banalytics_home::hold::of_staged(&layout).is_some());
+        assert!(r
+            .send(Approve {
+                by: "portal".into(),
+                set_id: Some("set-a".into()),
+            })
+            .await
+            .unwrap());
+        let request = restarts.recv().await.expect("restart requested");
+        assert!(
+            request.reason.contains("approved by portal"),
+            "{}",
+            request.reason
+        );
+        assert_eq!(
+            banalytics_home::hold::read(&layout).unwrap(),
+            None,
+            "the hold went before the restart was asked for"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_hold_left_from_an_earlier_policy_is_lifted_and_the_set_applied_at_once() {
+        tokio::time::pause();
+        let (_dir, layout) = held_home();
+        let bus = Bus::new();
+        let mut restarts = bus.subscribe::<RestartRequested>();
+        let _r = Restarter::new(
+            bus.clone(),
+            RestartMode::Exit,
+            None,
+            Duration::from_secs(10),
+        )
+        .with_home(layout.clone())
+        .start();
+        restarts.recv().await.expect("restart requested");
+        assert_eq!(banalytics_home::hold::read(&layout).unwrap(), None);
+    }
 }

@@ -144,6 +144,52 @@ fn approval_from_the_cli_applies_the_staged_set_and_the_portal_heard_what_it_wai
     Ok(())
 }
 
+/// The wait for the approval survives a restart for another reason (a
+/// power cut, a crash: here SIGKILL): the start after it does not apply
+/// the staged set, `status` still says what it waits for, and it is
+/// applied once approved. (Before, the next start applied it.)
+#[test]
+fn a_staged_set_waiting_for_approval_is_not_applied_by_a_restart_for_another_reason() -> Result<()>
+{
+    let _machine = crate::machine::shared();
+    let mut s = staged_box(5, "apply = \"approval\"")?;
+    s.b.kill()?;
+    s.b.spawn()?;
+    let report =
+        s.b.run_until(CONVERGE, "the first synchronisation after the kill", |b| {
+            b.sync_report().filter(|r| r["finished_ms"].is_u64())
+        })?;
+    ensure!(
+        report["result"] == "the target set is staged already",
+        "the held set is not staged again: {report}"
+    );
+    ensure!(
+        s.b.installed()?.is_empty(),
+        "applied at the start after the kill: {}",
+        s.b.log_tail(20)
+    );
+    let status = s.b.status()?;
+    ensure!(
+        status["upgrade"]["staged_waits_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("banalytics-box approve")),
+        "{}",
+        status["upgrade"]
+    );
+    s.still_running("held after the kill")?;
+
+    s.approve()?;
+    s.expect_restart("approved")?;
+    s.b.spawn()?;
+    s.portal.wait_for_status(&s.env, "installed", 0, CONVERGE)?;
+    ensure!(s.b.installed()? == ["com.example.cam:alpha:1.0"]);
+    ensure!(
+        !s.b.home().path().join("state/apply-hold.json").exists(),
+        "the hold went before the restart"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_portal_sync_of_the_staged_set_is_no_approval_unless_approval_from_portal() -> Result<()> {
     let _machine = crate::machine::shared();
