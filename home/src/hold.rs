@@ -16,11 +16,15 @@
 //! failed after writing it) holds nothing. An operator's `banalytics-box
 //! apply` applies a held set anyway and removes the hold.
 
-use std::{fs, io};
+use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{installed::module_keys, layout::write_atomic, Layout};
+use crate::{
+    installed::module_keys,
+    layout::{read_state, remove_state, write_state},
+    Layout,
+};
 
 /// The file, in the home's `state/`.
 pub const HOLD_FILE: &str = "apply-hold.json";
@@ -51,28 +55,17 @@ impl Hold {
 
 /// The hold, if there is one. An unreadable one is an error, not "none".
 pub fn read(layout: &Layout) -> io::Result<Option<Hold>> {
-    match fs::read(layout.state().join(HOLD_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    read_state(layout, HOLD_FILE)
 }
 
 /// Records `hold`, durably.
 pub fn write(layout: &Layout, hold: &Hold) -> io::Result<()> {
-    fs::create_dir_all(layout.state())?;
-    let json = serde_json::to_vec_pretty(hold).expect("plain data");
-    Ok(write_atomic(&layout.state().join(HOLD_FILE), &json)?)
+    write_state(layout, HOLD_FILE, hold)
 }
 
 /// Removes the hold, durably; `Ok` when there was none.
 pub fn release(layout: &Layout) -> io::Result<()> {
-    match fs::remove_file(layout.state().join(HOLD_FILE)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => crate::layout::sync_dir(&layout.state()),
-    }
+    remove_state(layout, HOLD_FILE)
 }
 
 /// The hold of the complete staged set, if one holds it. A hold that
@@ -99,6 +92,8 @@ pub fn of_staged(layout: &Layout) -> Option<Hold> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
     use crate::{
         coords::{Coords, ModuleType},

@@ -197,6 +197,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
     sync_dir(dir).map_err(err("sync", dir))
 }
 
+/// The JSON record `file` of the home's `state/`; `None` when it is
+/// missing. An unreadable one is an error (`InvalidData`), not "none".
+pub fn read_state<T: serde::de::DeserializeOwned>(
+    layout: &Layout,
+    file: &str,
+) -> io::Result<Option<T>> {
+    match fs::read(layout.state().join(file)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the JSON record `file` of the home's `state/`, durably
+/// ([`write_atomic`]).
+pub fn write_state<T: serde::Serialize>(layout: &Layout, file: &str, value: &T) -> io::Result<()> {
+    fs::create_dir_all(layout.state())?;
+    let json = serde_json::to_vec_pretty(value).expect("plain data");
+    Ok(write_atomic(&layout.state().join(file), &json)?)
+}
+
+/// Removes the record `file` of the home's `state/`, durably; a missing
+/// one is no error.
+pub fn remove_state(layout: &Layout, file: &str) -> io::Result<()> {
+    match fs::remove_file(layout.state().join(file)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => sync_dir(&layout.state()),
+    }
+}
+
 /// fsyncs a folder, so that renames and creations in it are durable. An
 /// empty path is the current folder.
 #[cfg(unix)]

@@ -9,11 +9,15 @@
 //! the set is active again, [`lift_if_active`]). So no mode of the upgrade
 //! center re-stages a failed set by itself, and a box cannot loop on one.
 
-use std::{fs, io, path::Path};
+use std::{io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{installed::module_keys, layout::write_atomic, Layout};
+use crate::{
+    installed::module_keys,
+    layout::{read_state, remove_state, write_state},
+    Layout,
+};
 
 /// The file, in the home's `state/`.
 pub const QUARANTINE_FILE: &str = "quarantined-set.json";
@@ -73,20 +77,12 @@ pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
 /// The quarantined set, if there is one. An unreadable record is reported
 /// as an error, not taken for "none".
 pub fn read(layout: &Layout) -> io::Result<Option<Quarantine>> {
-    match fs::read(layout.state().join(QUARANTINE_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    read_state(layout, QUARANTINE_FILE)
 }
 
 /// Records `q`, durably.
 pub fn write(layout: &Layout, q: &Quarantine) -> io::Result<()> {
-    fs::create_dir_all(layout.state())?;
-    let json = serde_json::to_vec_pretty(q).expect("plain data");
-    Ok(write_atomic(&layout.state().join(QUARANTINE_FILE), &json)?)
+    write_state(layout, QUARANTINE_FILE, q)
 }
 
 /// Lifts the quarantine when its set is the active set again (an operator
@@ -108,14 +104,13 @@ pub fn lift_if_active(layout: &Layout) -> io::Result<bool> {
 
 /// Lifts the quarantine (a different target set, or its set active again).
 pub fn clear(layout: &Layout) -> io::Result<()> {
-    match fs::remove_file(layout.state().join(QUARANTINE_FILE)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => crate::layout::sync_dir(&layout.state()),
-    }
+    remove_state(layout, QUARANTINE_FILE)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

@@ -7,11 +7,11 @@
 //! `GET_ENV_MOD_REQ`) report the truth, not the version a crate was built
 //! with.
 
-use std::{fs, io};
+use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{layout::write_atomic, Layout};
+use crate::Layout;
 
 /// The file, in the home's `state/`.
 pub const RUNNING_CORE_FILE: &str = "running-core.json";
@@ -55,23 +55,12 @@ pub struct RunningCore {
 
 /// What the last start recorded, if anything.
 pub fn read(layout: &Layout) -> io::Result<Option<RunningCore>> {
-    match fs::read(layout.state().join(RUNNING_CORE_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::layout::read_state(layout, RUNNING_CORE_FILE)
 }
 
 /// Records `core` as the one that runs.
 pub fn write(layout: &Layout, core: &RunningCore) -> io::Result<()> {
-    fs::create_dir_all(layout.state())?;
-    let json = serde_json::to_vec_pretty(core).expect("plain data");
-    Ok(write_atomic(
-        &layout.state().join(RUNNING_CORE_FILE),
-        &json,
-    )?)
+    crate::layout::write_state(layout, RUNNING_CORE_FILE, core)
 }
 
 #[cfg(test)]
