@@ -20,6 +20,12 @@ use banalytics_sdk::Bus;
 use banalytics_upgrade_center::restarter::{RestartToApply, Restarter};
 use tokio::time::Instant;
 
+/// A Restarter that exits to restart, waiting at most `flush` for the
+/// statuses.
+fn exit_restarter(bus: &Bus, flush: Duration) -> Restarter {
+    Restarter::new(bus.clone(), RestartMode::Exit, None, flush)
+}
+
 /// A fake Portal Integration whose outbox drains by one frame per query.
 fn fake_outbox(bus: &Bus, queued: usize) -> Arc<AtomicUsize> {
     let left = Arc::new(AtomicUsize::new(queued));
@@ -41,13 +47,7 @@ async fn restart_waits_until_the_queued_statuses_left() {
     let bus = Bus::new();
     let left = fake_outbox(&bus, 3);
     let mut restarts = bus.subscribe::<RestartRequested>();
-    let r = Restarter::new(
-        bus.clone(),
-        RestartMode::Exit,
-        None,
-        Duration::from_secs(10),
-    )
-    .start();
+    let r = exit_restarter(&bus, Duration::from_secs(10)).start();
     r.send(RestartToApply {
         reason: "test".into(),
         set_id: None,
@@ -90,13 +90,7 @@ async fn without_portal_integration_the_restart_is_immediate() {
     tokio::time::pause();
     let bus = Bus::new();
     let mut restarts = bus.subscribe::<RestartRequested>();
-    let r = Restarter::new(
-        bus.clone(),
-        RestartMode::Exit,
-        None,
-        Duration::from_secs(10),
-    )
-    .start();
+    let r = exit_restarter(&bus, Duration::from_secs(10)).start();
     let t = Instant::now();
     r.send(RestartToApply {
         reason: "test".into(),
@@ -167,14 +161,9 @@ mod apply {
             .contains("2026-06-11T02:00:00+02:00[Europe/Berlin]"));
         let bus = Bus::new();
         let mut restarts = bus.subscribe::<RestartRequested>();
-        let r = Restarter::new(
-            bus.clone(),
-            RestartMode::Exit,
-            None,
-            Duration::from_secs(10),
-        )
-        .with_policy(policy)
-        .start();
+        let r = exit_restarter(&bus, Duration::from_secs(10))
+            .with_policy(policy)
+            .start();
         r.send(staged("set-a")).await.unwrap();
         assert_eq!(r.send(WaitingSet).await.unwrap().as_deref(), Some("set-a"));
         // One second before the window: nothing.
@@ -202,14 +191,9 @@ mod apply {
         // the whole flush timeout, longer than the 1-minute window.
         let _stuck = fake_outbox(&bus, usize::MAX);
         let mut restarts = bus.subscribe::<RestartRequested>();
-        let r = Restarter::new(
-            bus.clone(),
-            RestartMode::Exit,
-            None,
-            Duration::from_secs(120),
-        )
-        .with_policy(window_policy(&clock, "0 2 * * *", "1m"))
-        .start();
+        let r = exit_restarter(&bus, Duration::from_secs(120))
+            .with_policy(window_policy(&clock, "0 2 * * *", "1m"))
+            .start();
         r.send(staged("set-a")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(13 * 3600)).await;
         assert!(
@@ -237,14 +221,9 @@ mod apply {
             .contains("banalytics-box approve"));
         let bus = Bus::new();
         let mut restarts = bus.subscribe::<RestartRequested>();
-        let r = Restarter::new(
-            bus.clone(),
-            RestartMode::Exit,
-            None,
-            Duration::from_secs(10),
-        )
-        .with_policy(policy)
-        .start();
+        let r = exit_restarter(&bus, Duration::from_secs(10))
+            .with_policy(policy)
+            .start();
         r.send(staged("set-a")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(7 * 24 * 3600)).await;
         assert!(restarts.try_recv().is_none(), "restarted without approval");
@@ -275,14 +254,9 @@ mod apply {
         let clock = TokioClock::starting_at(berlin("2026-06-10T14:00:00"));
         let bus = Bus::new();
         let mut restarts = bus.subscribe::<RestartRequested>();
-        let r = Restarter::new(
-            bus.clone(),
-            RestartMode::Exit,
-            None,
-            Duration::from_secs(10),
-        )
-        .with_policy(window_policy(&clock, "0 2 * * *", "2h"))
-        .start();
+        let r = exit_restarter(&bus, Duration::from_secs(10))
+            .with_policy(window_policy(&clock, "0 2 * * *", "2h"))
+            .start();
         r.send(staged("set-a")).await.unwrap();
         // `ApproveStagedSet` from the bus becomes this message.
         assert!(r
@@ -332,19 +306,14 @@ mod apply {
         let clock = TokioClock::starting_at(berlin("2026-06-10T14:00:00"));
         let bus = Bus::new();
         let mut restarts = bus.subscribe::<RestartRequested>();
-        let r = Restarter::new(
-            bus.clone(),
-            RestartMode::Exit,
-            None,
-            Duration::from_secs(10),
-        )
-        .with_policy(ApplyPolicy {
-            mode: ApplyMode::Approval,
-            clock: Arc::new(clock),
-            ..ApplyPolicy::default()
-        })
-        .with_home(layout.clone())
-        .start();
+        let r = exit_restarter(&bus, Duration::from_secs(10))
+            .with_policy(ApplyPolicy {
+                mode: ApplyMode::Approval,
+                clock: Arc::new(clock),
+                ..ApplyPolicy::default()
+            })
+            .with_home(layout.clone())
+            .start();
         assert_eq!(
             r.send(WaitingSet).await.unwrap().as_deref(),
             Some("set-a"),
@@ -379,14 +348,9 @@ mod apply {
         let (_dir, layout) = held_home();
         let bus = Bus::new();
         let mut restarts = bus.subscribe::<RestartRequested>();
-        let _r = Restarter::new(
-            bus.clone(),
-            RestartMode::Exit,
-            None,
-            Duration::from_secs(10),
-        )
-        .with_home(layout.clone())
-        .start();
+        let _r = exit_restarter(&bus, Duration::from_secs(10))
+            .with_home(layout.clone())
+            .start();
         restarts.recv().await.expect("restart requested");
         assert_eq!(banalytics_home::hold::read(&layout).unwrap(), None);
     }
