@@ -35,7 +35,7 @@ use banalytics_messages::{
 };
 use banalytics_sdk::{Bus, FromBus};
 use tokio::sync::oneshot;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::schedule::{ApplyMode, ApplyPolicy, WindowState};
 
@@ -148,13 +148,18 @@ impl Actor for Restarter {
 }
 
 /// Removes the hold of `home`'s staged set, right before the restart that
-/// applies it is asked for; a hold that cannot be removed is logged (the
-/// set then stays held at the next start, and this actor waits for its
-/// turn again).
-fn release(home: Option<&Layout>) {
-    if let Some(layout) = home {
-        if let Err(e) = hold::release(layout) {
-            warn!(error = %e, "cannot remove the apply hold: the staged set stays held at the next start");
+/// applies it is asked for. `false` when it cannot be removed: then no
+/// restart is asked for, since the next start would not apply the set and
+/// this actor would ask again at once, a restart loop.
+fn release(home: Option<&Layout>) -> bool {
+    let Some(layout) = home else {
+        return true;
+    };
+    match hold::release(layout) {
+        Ok(()) => true,
+        Err(e) => {
+            error!(error = %e, file = %layout.state().join(hold::HOLD_FILE).display(), "cannot remove the apply hold: no restart; the staged set stays staged (`banalytics-box apply` on the stopped box applies it)");
+            false
         }
     }
 }
@@ -176,7 +181,9 @@ impl Handler<RestartToApply> for Restarter {
                 async move {
                     let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
                     // A hold left from an earlier policy.
-                    release(home.as_ref());
+                    if !release(home.as_ref()) {
+                        return;
+                    }
                     info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
                     bus.publish(RestartRequested {
                         mode,
@@ -199,7 +206,9 @@ impl Handler<RestartToApply> for Restarter {
         span.in_scope(|| info!(waits_for = waits.as_deref().unwrap_or("nothing"), set = ?msg.set_id, "staged set waits for its restart"));
         let wait = async move {
             let why = wait_turn(&policy, approved, &bus, timeout).await;
-            release(home.as_ref());
+            if !release(home.as_ref()) {
+                return;
+            }
             info!(?mode, %why, reason = %reason, "restarting to apply the staged set");
             bus.publish(RestartRequested {
                 mode,

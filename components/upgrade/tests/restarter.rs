@@ -354,4 +354,29 @@ mod apply {
         restarts.recv().await.expect("restart requested");
         assert_eq!(banalytics_home::hold::read(&layout).unwrap(), None);
     }
+
+    /// A hold that cannot be removed would hold the set at the next start
+    /// too, and this actor would ask for the restart again at once: a
+    /// restart loop. It asks for none.
+    #[actix_rt::test]
+    async fn a_hold_that_cannot_be_removed_asks_for_no_restart() {
+        tokio::time::pause();
+        let (_dir, layout) = held_home();
+        // A folder in the hold's place: unreadable (so it holds) and not
+        // removable as a file.
+        let file = layout.state().join(banalytics_home::hold::HOLD_FILE);
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir_all(file.join("x")).unwrap();
+        assert!(banalytics_home::hold::of_staged(&layout).is_some());
+        let bus = Bus::new();
+        let mut restarts = bus.subscribe::<RestartRequested>();
+        let _r = exit_restarter(&bus, Duration::from_secs(10))
+            .with_home(layout.clone())
+            .start();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(
+            restarts.try_recv().is_none(),
+            "a restart that cannot apply the set"
+        );
+    }
 }
