@@ -140,6 +140,27 @@ impl App {
         let now = now_ms();
         let (rollout, actions) = {
             let mut state = self.rollouts.state.lock().expect("rollouts lock");
+            // An environment in two live rollouts would be assigned by
+            // both, and its reports counted by both.
+            if let Some((live, env)) =
+                state
+                    .rollouts
+                    .iter()
+                    .filter(|r| !r.is_over())
+                    .find_map(|r| {
+                        spec.environments
+                            .iter()
+                            .find(|e| r.boxes.iter().any(|(b, _)| b == *e))
+                            .map(|e| (r, e))
+                    })
+            {
+                return Err(PortalError::BadRequest(format!(
+                    "environment {env} is in rollout {} ({:?}, {}), which is not over: cancel it first",
+                    live.id,
+                    live.spec.name,
+                    live.state.as_str()
+                )));
+            }
             state.next_id += 1;
             let mut r = Rollout::new(state.next_id, spec, now);
             let actions = r.start(now);

@@ -213,3 +213,42 @@ async fn the_admin_api_needs_the_token_and_cancel_stops_the_waves() {
     assert!(unknown.is_err(), "an unknown module refuses the rollout");
     portal.shutdown().await;
 }
+
+/// An environment is in one live rollout at a time: a second rollout that
+/// names it is refused (naming the first) until the first is over; a
+/// halted rollout is not over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_over_an_environment_of_a_live_rollout_is_refused_until_it_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(&dir.path().join("portal")).await;
+    publish(&portal, dir.path());
+    let client = AdminClient::new(&portal.url()).with_token(Some(TOKEN));
+    let envs: Vec<String> = (0..4).map(|i| format!("env-{i}")).collect();
+    let first = client.start_rollout(&spec(&envs[..2])).await.unwrap();
+
+    let overlapping = client
+        .start_rollout(&spec(&envs[1..]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        overlapping.contains("400")
+            && overlapping.contains("env-1")
+            && overlapping.contains(&format!("rollout {}", first.id)),
+        "{overlapping}"
+    );
+    assert_eq!(portal.rollouts().len(), 1, "nothing started");
+    assert!(
+        portal
+            .environment("env-2")
+            .is_none_or(|e| e.assigned.is_empty()),
+        "nothing assigned"
+    );
+    // Other environments are free.
+    client.start_rollout(&spec(&envs[2..])).await.unwrap();
+    // Once the first is over, its environments are free again.
+    client.cancel_rollout(first.id).await.unwrap();
+    client.start_rollout(&spec(&envs[..2])).await.unwrap();
+    assert_eq!(portal.rollouts().len(), 3);
+    portal.shutdown().await;
+}
