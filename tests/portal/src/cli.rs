@@ -309,6 +309,12 @@ pub enum KeysCommand {
     /// New keys for every role and a root of the next version, signed by
     /// the old and the new root keys. The portal must not run.
     RotateRoot,
+    /// The next version of the same root (same keys) with a new lifetime,
+    /// signed by the root keys (their folder must be mounted). A running
+    /// portal does this by itself in the root's last quarter when the root
+    /// keys are at hand, and warns when they are not. The portal must not
+    /// run.
+    RenewRoot,
 }
 
 /// Parses the arguments and runs the command.
@@ -641,6 +647,10 @@ fn keys(data: &std::path::Path, action: &KeysCommand) -> Result<()> {
         KeysCommand::Sign => store()?.sign_tuf()?,
         KeysCommand::RotateRoot => {
             let version = store()?.rotate_tuf_root()?;
+            println!("root version {version}");
+        }
+        KeysCommand::RenewRoot => {
+            let version = store()?.renew_tuf_root()?;
             println!("root version {version}");
         }
     }

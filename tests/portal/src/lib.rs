@@ -239,13 +239,36 @@ impl App {
     }
 }
 
-/// Resolves once shutdown is signalled (or the signal is gone).
+/// How often the portal repeats that the root is due while it cannot
+/// renew it.
+const ROOT_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Re-signs the TUF metadata before the timestamp expires, while the
-/// portal runs ([`tuf::timestamp_due`]).
+/// portal runs ([`tuf::timestamp_due`]); renews the root in the last
+/// quarter of its lifetime when the root keys are at hand, and otherwise
+/// warns, at start and daily, until it is renewed or rotated.
 fn tuf_refresher(app: Arc<App>) {
     let mut stop = app.shutdown.clone();
     tokio::spawn(async move {
+        let mut warned: Option<tokio::time::Instant> = None;
         loop {
+            if tuf::enabled(&app.data_dir)
+                && tuf::root_due_at(&app.data_dir, jiff::Timestamp::now())
+            {
+                if tuf::root_keys_present(&app.data_dir) {
+                    let a = app.clone();
+                    match tokio::task::spawn_blocking(move || a.store.renew_tuf_root()).await {
+                        Ok(Ok(_)) => warned = None,
+                        Ok(Err(error)) => tracing::warn!(%error, "cannot renew the TUF root"),
+                        Err(error) => tracing::warn!(%error, "cannot renew the TUF root"),
+                    }
+                } else if warned.is_none_or(|w| w.elapsed() >= ROOT_WARNING_EVERY) {
+                    warned = Some(tokio::time::Instant::now());
+                    let expires = tuf::root_expires(&app.data_dir)
+                        .map_or_else(|| "?".to_owned(), |e| e.to_string());
+                    tracing::warn!(%expires, "the TUF root expires soon and its keys are not at hand: run `banalytics-portal keys renew-root` (or `keys rotate-root`) with the root key folder mounted; once it expired, every box refuses the repository");
+                }
+            }
             let interval = tuf::refresh_interval(&app.data_dir);
             tokio::select! {
                 _ = stopped(&mut stop) => return,
@@ -262,6 +285,7 @@ fn tuf_refresher(app: Arc<App>) {
     });
 }
 
+/// Resolves once shutdown is signalled (or the signal is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }

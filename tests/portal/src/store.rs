@@ -530,6 +530,12 @@ impl Store {
         super::tuf::rotate_root(self.data_dir(), &self.tuf_targets())
     }
 
+    /// Renews the TUF root ([`super::tuf::renew_root`]).
+    pub(crate) fn renew_tuf_root(&self) -> Result<u64, PortalError> {
+        let _signing = self.signing.lock().expect("signing lock");
+        super::tuf::renew_root(self.data_dir(), &self.tuf_targets())
+    }
+
     /// The data folder (the repository's parent).
     pub(crate) fn data_dir(&self) -> &Path {
         self.repo.parent().unwrap_or(&self.repo)

@@ -538,6 +538,75 @@ pub fn timestamp_due(data: &Path) -> bool {
     }
 }
 
+/// When the root is due for renewal: in the last quarter of its lifetime.
+/// A box refuses the whole repository once the root it trusts expired, so
+/// it is renewed (or rotated) long before.
+pub const ROOT_RENEW_FRACTION: i64 = 4;
+
+/// The published root's expiry, if the repository is signed.
+pub fn root_expires(data: &Path) -> Option<jiff::Timestamp> {
+    let bytes = std::fs::read(root_path(data)).ok()?;
+    let root: tough::schema::Signed<Root> = serde_json::from_slice(&bytes).ok()?;
+    Some(root.signed.expires)
+}
+
+/// Whether the root has less than a [`ROOT_RENEW_FRACTION`] of its
+/// lifetime left at `now` (or is past its expiry).
+pub fn root_due_at(data: &Path, now: jiff::Timestamp) -> bool {
+    let (Ok(s), Some(expires)) = (settings(data), root_expires(data)) else {
+        return false;
+    };
+    expires.as_second() - now.as_second() < s.lifetimes.root_s / ROOT_RENEW_FRACTION
+}
+
+/// Whether the root keys are at hand (their folder is mounted): enough of
+/// them for the root's threshold.
+pub fn root_keys_present(data: &Path) -> bool {
+    let (Ok(s), Ok(bytes)) = (settings(data), std::fs::read(root_path(data))) else {
+        return false;
+    };
+    let Ok(root) = serde_json::from_slice::<tough::schema::Signed<Root>>(&bytes) else {
+        return false;
+    };
+    let threshold = root
+        .signed
+        .roles
+        .get(&RoleType::Root)
+        .map_or(1, |r| r.threshold.get());
+    keys_in(&s.root_key_dir, "root-").len() as u64 >= threshold
+}
+
+/// `keys renew-root`, and what the running portal does in the root's last
+/// quarter when the root keys are at hand: the next version of the same
+/// root (same keys and thresholds) with a new lifetime, signed by the root
+/// keys, and the repository re-signed so that a box looks for it (a box
+/// looks for a newer root whenever the timestamp changed). Returns the new
+/// version.
+pub fn renew_root(data: &Path, files: &[(String, String, u64)]) -> Result<u64, PortalError> {
+    let s = settings(data)?;
+    let bytes = std::fs::read(root_path(data)).map_err(io(&root_path(data)))?;
+    let old: tough::schema::Signed<Root> =
+        serde_json::from_slice(&bytes).map_err(|e| err("root.json", e))?;
+    let root_keys = keys_in(&s.root_key_dir, "root-");
+    if root_keys.is_empty() {
+        return Err(PortalError::BadRequest(format!(
+            "tuf: no root keys in {}: mount the root key folder to renew the root",
+            s.root_key_dir.display()
+        )));
+    }
+    let mut root = old.signed.clone();
+    let version = old.signed.version.get() + 1;
+    root.version = NonZeroU64::new(version).expect("from 2");
+    root.expires = in_secs(s.lifetimes.root_s)?;
+    let expires = root.expires;
+    // The same keys sign it under the old root and the new: one set of
+    // signatures meets both thresholds.
+    write_root(data, root, &root_keys, None)?;
+    sign(data, files)?;
+    info!(version, %expires, "root renewed");
+    Ok(version)
+}
+
 /// How often the running portal checks [`timestamp_due`]: a tenth of the
 /// timestamp lifetime, between a second and a minute.
 pub fn refresh_interval(data: &Path) -> std::time::Duration {
@@ -660,5 +729,52 @@ mod tests {
         assert!(!timestamp_due(dir.path()));
         sign_with(dir.path(), &[], Some(100)).unwrap();
         assert!(timestamp_due(dir.path()), "a day's lifetime, 100 s left");
+    }
+
+    #[test]
+    fn a_renewed_root_keeps_its_keys_and_a_box_that_trusts_the_old_one_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let offline = dir.path().join("usb-stick");
+        let opts = KeysInit {
+            root_key_dir: Some(offline.clone()),
+            ..KeysInit::default()
+        };
+        keys_init(dir.path(), &opts).unwrap();
+        sign(dir.path(), &[]).unwrap();
+        let v1 = std::fs::read(metadata_dir(dir.path()).join("1.root.json")).unwrap();
+        let expires = root_expires(dir.path()).unwrap();
+        let now = jiff::Timestamp::now();
+        assert!(!root_due_at(dir.path(), now), "a year left");
+        let late = now
+            .checked_add(jiff::SignedDuration::from_hours(300 * 24))
+            .unwrap();
+        assert!(root_due_at(dir.path(), late), "65 days left of 365");
+        assert!(root_keys_present(dir.path()));
+
+        assert_eq!(renew_root(dir.path(), &[]).unwrap(), 2);
+        assert!(root_expires(dir.path()).unwrap() >= expires);
+        let v2: tough::schema::Signed<Root> = serde_json::from_slice(
+            &std::fs::read(metadata_dir(dir.path()).join("2.root.json")).unwrap(),
+        )
+        .unwrap();
+        let v1_signed: tough::schema::Signed<Root> = serde_json::from_slice(&v1).unwrap();
+        assert_eq!(v2.signed.keys, v1_signed.signed.keys, "the same keys");
+        let meta = url::Url::from_directory_path(metadata_dir(dir.path())).unwrap();
+        let targets = url::Url::from_directory_path(dir.path().join("repo")).unwrap();
+        let repo = block_on(async {
+            tough::RepositoryLoader::new(&v1, meta, targets)
+                .transport(tough::FilesystemTransport)
+                .load()
+                .await
+                .unwrap()
+        });
+        assert_eq!(repo.root().signed.version.get(), 2);
+        assert_eq!(repo.timestamp().signed.version.get(), 2, "re-signed");
+
+        // The root keys' folder unmounted: nothing to renew with.
+        std::fs::rename(&offline, dir.path().join("elsewhere")).unwrap();
+        assert!(!root_keys_present(dir.path()));
+        let e = renew_root(dir.path(), &[]).unwrap_err().to_string();
+        assert!(e.contains("usb-stick"), "{e}");
     }
 }
