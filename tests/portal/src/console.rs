@@ -404,10 +404,30 @@ fn environments_table(app: &App) -> Markup {
     }
 }
 
+/// The warning of a TUF root in its last quarter that the portal cannot
+/// renew by itself (its keys are not at hand), if so.
+fn tuf_root_warning(app: &App) -> Option<Markup> {
+    let data = &app.data_dir;
+    let due = super::tuf::enabled(data)
+        && super::tuf::root_due_at(data, jiff::Timestamp::now())
+        && !super::tuf::root_keys_present(data);
+    let expires = super::tuf::root_expires(data)?;
+    due.then(|| {
+        html! {
+            p.bad id="tuf-root" {
+                "The repository's TUF root expires at " (expires.to_string())
+                " and its keys are not at hand: run " code { "banalytics-portal keys renew-root" }
+                " with the root key folder mounted. Once it expired, every box refuses the repository."
+            }
+        }
+    })
+}
+
 async fn environments_page(State(app): State<Arc<App>>) -> Html<String> {
     page(
         "Environments",
         html! {
+            @if let Some(warning) = tuf_root_warning(&app) { (warning) }
             form id="group" method="get" action="/console/assign" {
                 button type="submit" { "Assign to the selected…" }
             }

@@ -1,7 +1,8 @@
 //! The running portal keeps its TUF root from expiring: in the root's last
 //! quarter it renews it by itself when the root keys are at hand (a box
 //! that trusts the old root follows, see the `tuf` unit tests), and leaves
-//! it alone (it warns) when they are not.
+//! it alone when they are not, with a warning on the console's first page
+//! (and in its log, at start and daily).
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
@@ -71,8 +72,37 @@ async fn without_the_root_keys_a_running_portal_leaves_the_root_as_it_is() {
     // The root key folder unmounted, as an offline key is kept.
     std::fs::rename(&keys, dir.path().join("drawer")).unwrap();
     assert!(!tuf::root_keys_present(&data));
-    let portal = Portal::start(PortalConfig::new(&data)).await.unwrap();
+    let mut config = PortalConfig::new(&data);
+    config.admin_token = Some("root-test-token".into());
+    let portal = Portal::start(config).await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(root_version(&data), 2, "nothing to sign a root with");
+
+    // The console's first page says so.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(format!("{}/login", portal.console_url()))
+        .form(&[("token", "root-test-token")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(portal.console_url())
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("id=\"tuf-root\"") && page.contains("keys renew-root"),
+        "{page}"
+    );
     portal.shutdown().await;
 }
