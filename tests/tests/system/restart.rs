@@ -262,8 +262,9 @@ fn upgrade_wait_during_a_running_synchronisation_follows_it_to_its_end() -> Resu
     let mut host = w.home.start(w.starts)?;
     w.wait_for_status("installed", 0)?;
     // A module whose files are gone from the repository, and every
-    // repository answer late: the synchronisation runs for seconds, then
-    // fails.
+    // repository answer 4 s late: the synchronisation asks a few times, so
+    // it runs for about ten seconds, then fails; time to spare for the
+    // second ask to join it.
     std::fs::remove_dir_all(w._dir.path().join("portal/repo/com/example/broken"))?;
     w.portal
         .assign(ENV, &["com.example:alpha:1.0", "com.example:broken:1.0"])?;
