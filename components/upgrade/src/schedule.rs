@@ -353,10 +353,11 @@ impl ApplyPolicy {
     pub fn holds(&self) -> Option<String> {
         match (self.mode, &self.window) {
             (ApplyMode::Immediately, _) | (ApplyMode::Window, None) => None,
-            (ApplyMode::Window, Some(w)) => Some(
-                self.waits_for()
-                    .unwrap_or_else(|| format!("the restart waits for the maintenance window {w}")),
-            ),
+            // Without the next opening: the hold's words may be read days
+            // later (`status` of a box that restarted meanwhile).
+            (ApplyMode::Window, Some(w)) => {
+                Some(format!("the restart waits for the maintenance window {w}"))
+            }
             (ApplyMode::Approval, _) => self.waits_for(),
         }
     }
