@@ -38,10 +38,12 @@
 //! target is resolved by TUF's delegation search
 //! (`tough::schema::Targets::find_target`: the top-level targets first,
 //! then only roles whose paths match the name, in order, stopping at a
-//! terminating one). `tough`'s `all_targets` lists every role's targets
-//! whatever its paths, so it is used for the names only: taken as is, a
-//! role delegated `org/other/*` could sign `com/example/...` and even
-//! replace the top-level role's hash for it.
+//! terminating one). `tough`'s `all_targets` chains every role's targets
+//! in an order where a later role wins, so it is used for the names only:
+//! taken as is, a role lower in the delegation order, or one past a
+//! terminating delegation, whose paths also cover a name would replace the
+//! hash the search gives it (even the top-level role's). (`tough` refuses
+//! a repository in which a role lists a name outside its own paths.)
 //!
 //! Known difference: in `tough` a path pattern's `*` also matches `/`
 //! (globset), in the specification it does not. A delegation written for
@@ -354,7 +356,7 @@ async fn load(
         let Ok(t) = top.find_target(name, false) else {
             warn!(
                 target = name.raw(),
-                "listed by a delegated role whose paths do not cover it: not a target"
+                "listed by a delegated role that TUF's delegation search does not reach for it (a terminating delegation ends it first): not a target"
             );
             continue;
         };
