@@ -628,7 +628,11 @@ mod tests {
     use super::*;
 
     fn load(data: &Path) -> tough::Repository {
-        let root = std::fs::read(root_path(data)).unwrap();
+        load_trusting(data, &std::fs::read(root_path(data)).unwrap())
+    }
+
+    /// The repository as a client that pinned `root` sees it.
+    fn load_trusting(data: &Path, root: &[u8]) -> tough::Repository {
         let meta = url::Url::from_directory_path(metadata_dir(data)).unwrap();
         let targets = url::Url::from_directory_path(data.join("repo")).unwrap();
         block_on(async {
@@ -638,6 +642,12 @@ mod tests {
                 .await
                 .unwrap()
         })
+    }
+
+    /// The published `N.root.json`.
+    fn published_root(data: &Path, version: u64) -> tough::schema::Signed<Root> {
+        let file = metadata_dir(data).join(format!("{version}.root.json"));
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap()
     }
 
     #[test]
@@ -703,21 +713,10 @@ mod tests {
         sign(dir.path(), &[]).unwrap();
         let v1 = std::fs::read(metadata_dir(dir.path()).join("1.root.json")).unwrap();
         assert_eq!(rotate_root(dir.path(), &[]).unwrap(), 2);
-        let v2: tough::schema::Signed<Root> = serde_json::from_slice(
-            &std::fs::read(metadata_dir(dir.path()).join("2.root.json")).unwrap(),
-        )
-        .unwrap();
+        let v2 = published_root(dir.path(), 2);
         assert_eq!(v2.signatures.len(), 2, "old and new root key");
         // A client that trusts root 1 reaches root 2 and the new keys.
-        let meta = url::Url::from_directory_path(metadata_dir(dir.path())).unwrap();
-        let targets = url::Url::from_directory_path(dir.path().join("repo")).unwrap();
-        let repo = block_on(async {
-            tough::RepositoryLoader::new(&v1, meta, targets)
-                .transport(tough::FilesystemTransport)
-                .load()
-                .await
-                .unwrap()
-        });
+        let repo = load_trusting(dir.path(), &v1);
         assert_eq!(repo.root().signed.version.get(), 2);
     }
 
@@ -753,21 +752,12 @@ mod tests {
 
         assert_eq!(renew_root(dir.path(), &[]).unwrap(), 2);
         assert!(root_expires(dir.path()).unwrap() >= expires);
-        let v2: tough::schema::Signed<Root> = serde_json::from_slice(
-            &std::fs::read(metadata_dir(dir.path()).join("2.root.json")).unwrap(),
-        )
-        .unwrap();
-        let v1_signed: tough::schema::Signed<Root> = serde_json::from_slice(&v1).unwrap();
-        assert_eq!(v2.signed.keys, v1_signed.signed.keys, "the same keys");
-        let meta = url::Url::from_directory_path(metadata_dir(dir.path())).unwrap();
-        let targets = url::Url::from_directory_path(dir.path().join("repo")).unwrap();
-        let repo = block_on(async {
-            tough::RepositoryLoader::new(&v1, meta, targets)
-                .transport(tough::FilesystemTransport)
-                .load()
-                .await
-                .unwrap()
-        });
+        assert_eq!(
+            published_root(dir.path(), 2).signed.keys,
+            published_root(dir.path(), 1).signed.keys,
+            "the same keys"
+        );
+        let repo = load_trusting(dir.path(), &v1);
         assert_eq!(repo.root().signed.version.get(), 2);
         assert_eq!(repo.timestamp().signed.version.get(), 2, "re-signed");
 
