@@ -328,7 +328,7 @@ fn apply(home: &Home) -> Result<u8, Error> {
             source,
         })?;
         println!(
-            "the staged set was held ({}): applied anyway",
+            "the staged set was held ({}): hold lifted by this apply",
             held.waits_for
         );
     }

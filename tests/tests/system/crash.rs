@@ -408,6 +408,45 @@ fn commit_survives_a_kill_at_every_step() -> Result<()> {
     Ok(())
 }
 
+/// A staged set held for the upgrade center's apply policy (a maintenance
+/// window, an approval): `status` says what it waits for, and the
+/// operator's `apply` lifts the hold and applies it.
+#[test]
+fn apply_of_a_held_staged_set_lifts_the_hold_and_applies_it() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let s = sides()?;
+    let dir = fixture()?;
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("state"))?;
+    let hold = home.join("state/apply-hold.json");
+    std::fs::write(
+        &hold,
+        serde_json::to_vec(&json!({
+            "modules": ["com.example:alpha:2.0", "com.example:gamma:1.0"],
+            "set_id": "set-b",
+            "waits_for": "the restart waits for approval",
+        }))?,
+    )?;
+    let status = cli(&home, &["status", "--json"], &[])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    ensure!(
+        status["upgrade"]["staged_waits_for"] == "the restart waits for approval",
+        "{}",
+        status["upgrade"]
+    );
+    let out = cli(&home, &["apply"], &[])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(text.contains("hold lifted by this apply"), "{text}");
+    ensure!(active_side(&home, &s)? == 'B');
+    ensure!(!hold.exists(), "the hold is gone");
+    Ok(())
+}
+
 #[test]
 fn verify_names_a_tampered_file_and_rollback_restores_the_backup() -> Result<()> {
     let _machine = crate::machine::shared();
