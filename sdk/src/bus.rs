@@ -321,12 +321,16 @@ impl Bus {
                 None
             }
         };
+        // Serialized once: for the start phase's later raw subscribers
+        // (kept then), else only when a raw subscriber wants the bytes.
+        let mut kept_json = None;
         let held = self.hold(
             M::TOPIC,
             |t, _| topic_of::<M>(t),
             |_| {
+                kept_json = json();
                 Ok(Held {
-                    json: json(),
+                    json: kept_json.clone(),
                     value: Some(payload.clone()),
                 })
             },
@@ -338,10 +342,9 @@ impl Bus {
                 None => return 0,
             },
         };
-        // Serialize once, and only when someone wants the bytes.
         let bytes = match subscribers.iter().any(|s| s.raw) {
             false => None,
-            true => json(),
+            true => kept_json.or_else(json),
         };
         let mut delivered = 0;
         let mut gone = Vec::new();
