@@ -21,7 +21,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    installed::module_keys,
+    installed::{key_set, module_keys},
     layout::{read_state, remove_state, write_state},
     Layout,
 };
@@ -42,11 +42,9 @@ pub struct Hold {
 
 impl Hold {
     /// A hold of the set of `modules` (in any order).
-    pub fn new(mut modules: Vec<String>, set_id: Option<String>, waits_for: String) -> Hold {
-        modules.sort();
-        modules.dedup();
+    pub fn new(modules: Vec<String>, set_id: Option<String>, waits_for: String) -> Hold {
         Hold {
-            modules,
+            modules: key_set(modules),
             set_id,
             waits_for,
         }
@@ -75,9 +73,7 @@ pub fn release(layout: &Layout) -> io::Result<()> {
 pub fn of_staged(layout: &Layout) -> Option<Hold> {
     let staged = module_keys(&layout.upgrade()).ok().flatten()?;
     match read(layout) {
-        Ok(Some(hold)) => {
-            (Hold::new(staged, None, String::new()).modules == hold.modules).then_some(hold)
-        }
+        Ok(Some(hold)) => (key_set(staged) == hold.modules).then_some(hold),
         Ok(None) => None,
         Err(e) => Some(Hold::new(
             staged,

@@ -191,6 +191,14 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstalledError> {
     }
 }
 
+/// Module keys as a set: sorted, each once (how a set's modules are
+/// compared and recorded in `state/`).
+pub fn key_set(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 /// The `groupId:artifactId:version` keys of the set in `dir`, in file
 /// order; `None` when it has no `modules-info.properties`.
 pub fn module_keys(dir: &Path) -> Result<Option<Vec<String>>, InstalledError> {

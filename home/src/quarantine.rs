@@ -14,7 +14,7 @@ use std::{io, path::Path};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    installed::module_keys,
+    installed::{key_set, module_keys},
     layout::{read_state, remove_state, write_state},
     Layout,
 };
@@ -40,7 +40,7 @@ impl Quarantine {
     /// Whether a target set of `modules` (`groupId:artifactId:version`, in
     /// any order) is this set.
     pub fn is_set(&self, modules: &[String]) -> bool {
-        normalised(modules.to_vec()) == self.modules
+        key_set(modules.to_vec()) == self.modules
     }
 
     /// The sentence a refusal gives.
@@ -52,17 +52,10 @@ impl Quarantine {
     }
 }
 
-/// Module keys as a set: sorted, each once.
-fn normalised(mut keys: Vec<String>) -> Vec<String> {
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
 /// The quarantine record of the set in `dir`, rolled back for `reason`
 /// now.
 pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
-    let modules = normalised(module_keys(dir).ok().flatten().unwrap_or_default());
+    let modules = key_set(module_keys(dir).ok().flatten().unwrap_or_default());
     let rolled_back_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
