@@ -24,10 +24,10 @@ pub struct CachedFile {
 /// without a digest is always fetched again).
 pub async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
     let meta = tokio::fs::metadata(path).await.ok()?;
-    if target.size.is_some_and(|s| s != meta.len()) {
+    if target.expected.size.is_some_and(|s| s != meta.len()) {
         return None;
     }
-    let expected = target.sha256.as_ref()?;
+    let expected = target.expected.sha256.as_ref()?;
     let path = path.to_owned();
     let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
         .await

@@ -29,7 +29,7 @@ use crate::{
     cache::{cache_hit, CachedFile},
     coords::{self, Module},
     error::{io_at, UpgradeError},
-    fetch::{self, Checksum, DigestSource, FetchConfig},
+    fetch::{self, Checksum, DigestSource, Expected, FetchConfig},
     layout::Layout,
     plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
     tuf::{Trust, TrustedTargets},
@@ -320,9 +320,11 @@ fn resolve_trusted(
         let path = coords::maven_path(&module.coords, suffix);
         trusted.get(&path).map(|t| Target {
             url: format!("{repository_url}/{}", t.path),
-            sha256: Some(t.sha256.clone()),
-            digest_source: DigestSource::Tuf,
-            size: Some(t.length),
+            expected: Expected {
+                sha256: Some(t.sha256.clone()),
+                size: Some(t.length),
+                digest_source: DigestSource::Tuf,
+            },
         })
     };
     let not_a_target = |suffix: &str| UpgradeError::NotATarget {
@@ -383,9 +385,7 @@ fn target(
     }
     Ok(Target {
         url,
-        sha256: checksum.sha256().map(str::to_owned),
-        digest_source: checksum.source(),
-        size,
+        expected: Expected::new(checksum, size),
     })
 }
 
@@ -437,7 +437,7 @@ fn total_bytes(plan: &SyncPlan) -> u64 {
     plan.modules
         .iter()
         .flat_map(|m| m.fetches())
-        .map(|f| f.target.size.unwrap_or(0))
+        .map(|f| f.target.expected.size.unwrap_or(0))
         .sum()
 }
 
@@ -463,15 +463,17 @@ async fn check_free_space(
             })
             .collect();
         for f in m.fetches() {
-            let size = match f.target.size {
+            let size = match f.target.expected.size {
                 Some(size) => size,
-                None => fetch::content_length(client, &f.target.url, f.target.digest_source)
-                    .await
-                    .map_err(|source| UpgradeError::Fetch {
-                        module: m.key(),
-                        source,
-                    })?
-                    .unwrap_or(0),
+                None => {
+                    fetch::content_length(client, &f.target.url, f.target.expected.digest_source)
+                        .await
+                        .map_err(|source| UpgradeError::Fetch {
+                            module: m.key(),
+                            source,
+                        })?
+                        .unwrap_or(0)
+                }
             };
             downloads += size;
             if packages.iter().any(|p| p.cache_name == f.cache_name) {
@@ -555,7 +557,7 @@ impl Job {
             return Ok((hit, 0));
         }
         let partial = cache.join(format!("{}.partial", f.cache_name));
-        let expected = f.target.expected();
+        let expected = f.target.expected.clone();
         let seen = AtomicU64::new(0);
         // The fetch engine's callback is synchronous: it only counts, and
         // `reporting` sends the events, where a full queue may make it wait.
@@ -564,7 +566,7 @@ impl Job {
             let delta = bytes.saturating_sub(before);
             self.done.fetch_add(delta, Ordering::Relaxed);
         };
-        info!(module, url = %f.target.url, size = ?f.target.size, "downloading");
+        info!(module, url = %f.target.url, size = ?f.target.expected.size, "downloading");
         let got = self
             .reporting(fetch::download(
                 &self.client,
@@ -674,9 +676,13 @@ mod tests {
                 Fetch {
                     target: Target {
                         url: format!("http://127.0.0.1:9/{name}"),
-                        sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))),
-                        digest_source: DigestSource::Portal,
-                        size: Some(body.len() as u64),
+                        expected: Expected {
+                            sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                                &body,
+                            ))),
+                            size: Some(body.len() as u64),
+                            digest_source: DigestSource::Portal,
+                        },
                     },
                     cache_name: name,
                 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::{
     coords::{self, Module},
-    fetch::{DigestSource, Expected},
+    fetch::Expected,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
 
@@ -24,25 +24,11 @@ use crate::{
 pub struct Target {
     /// Its repository URL.
     pub url: String,
-    /// The SHA-256 it must have, when known (TUF, module object or `.sha256`).
-    pub sha256: Option<String>,
-    /// Where [`Self::sha256`] came from (`"tuf"`, `"portal"`,
-    /// `"repository"`, `"none"`): a redirect to another host is followed
-    /// only for `tuf` and `portal`.
-    pub digest_source: DigestSource,
-    /// The size it must have, when declared.
-    pub size: Option<u64>,
-}
-
-impl Target {
-    /// What the fetch engine is to expect of this artifact.
-    pub fn expected(&self) -> Expected {
-        Expected {
-            sha256: self.sha256.clone(),
-            size: self.size,
-            digest_source: self.digest_source,
-        }
-    }
+    /// What it must be: its SHA-256 when known (TUF, module object or
+    /// `.sha256`), where that came from, and its size when declared; what
+    /// the fetch engine is given.
+    #[serde(flatten)]
+    pub expected: Expected,
 }
 
 /// A module of the target set with its artifacts' locations and digests.
@@ -282,9 +268,9 @@ fn plan_module(
 /// known target digest, when the declared size (if any) agrees: the
 /// coordinates already matched.
 fn same(target: &Target, sha256: &str, size: u64) -> bool {
-    match &target.sha256 {
+    match &target.expected.sha256 {
         Some(t) => t.eq_ignore_ascii_case(sha256),
-        None => target.size.is_none_or(|s| s == size),
+        None => target.expected.size.is_none_or(|s| s == size),
     }
 }
 

@@ -428,12 +428,15 @@ async fn only_signed_targets_are_resolved_and_the_frame_is_a_hint() {
     .await
     .unwrap();
     assert_eq!(
-        r.main.sha256.as_deref(),
+        r.main.expected.sha256.as_deref(),
         Some(sha256_hex(b"jar one").as_str())
     );
-    assert_eq!(r.main.size, Some(7));
+    assert_eq!(r.main.expected.size, Some(7));
     let deps = r.dependencies.expect("the signed package");
-    assert_eq!(deps.sha256.as_deref(), Some(sha256_hex(b"zip").as_str()));
+    assert_eq!(
+        deps.expected.sha256.as_deref(),
+        Some(sha256_hex(b"zip").as_str())
+    );
     assert!(r.model.is_none(), "no model is signed");
 
     // A package the frame declares that nobody signed: refused

@@ -190,10 +190,13 @@ async fn verifies_and_downloads_at_the_stored_paths(name: &'static str) {
 
     // The signed facts, not the frame's (which has none).
     assert_eq!(
-        resolved.main.sha256.as_deref(),
+        resolved.main.expected.sha256.as_deref(),
         Some(sha256_hex(&f.targets[JAR]).as_str())
     );
-    assert_eq!(resolved.main.size, Some(f.targets[JAR].len() as u64));
+    assert_eq!(
+        resolved.main.expected.size,
+        Some(f.targets[JAR].len() as u64)
+    );
     let deps = resolved.dependencies.expect("the -bin.zip is a target");
     assert_eq!(deps.url, f.repo.url_of(&f.stored_at(BIN)));
     assert!(resolved.model.is_none());
@@ -364,7 +367,10 @@ async fn delegated_targets_resolve_by_the_delegation_search(name: &'static str) 
     // a-owner's jar, not rogue's (whose bytes the consistent repository
     // also serves, at their own hash-prefixed path).
     let genuine = sha256_hex(&f.targets[JAR]);
-    assert_eq!(resolved.main.sha256.as_deref(), Some(genuine.as_str()));
+    assert_eq!(
+        resolved.main.expected.sha256.as_deref(),
+        Some(genuine.as_str())
+    );
     assert_eq!(resolved.main.url, f.repo.url_of(&f.stored_at(JAR)));
     let jar = std::fs::read(layout.download().join("com.example.tuf-a-1.0.jar")).unwrap();
     assert_eq!(jar, f.targets[JAR]);

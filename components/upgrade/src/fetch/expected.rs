@@ -104,7 +104,7 @@ impl Checksum {
 }
 
 /// What the caller knows about an artifact before downloading it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Expected {
     /// SHA-256 of the whole file, hex (case-insensitive); checked at the end.
     pub sha256: Option<String>,
