@@ -458,7 +458,42 @@ struct HomeTransport {
     wait: Duration,
     store: PathBuf,
     use_store: bool,
+    /// The store's timestamp and snapshot, read once: what this run's
+    /// metadata is compared with.
+    trusted: Arc<TrustedFiles>,
     state: Arc<Mutex<Fetched>>,
+}
+
+/// The store's timestamp (its bytes) and the `signed.meta` of its
+/// timestamp and snapshot, by file name; empty without the store.
+#[derive(Debug, Default)]
+struct TrustedFiles {
+    timestamp: Option<Vec<u8>>,
+    meta: HashMap<&'static str, serde_json::Value>,
+}
+
+/// `signed.meta` of a metadata file's bytes.
+fn meta_of(bytes: &[u8]) -> Option<serde_json::Value> {
+    let v = serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+    Some(v["signed"]["meta"].clone())
+}
+
+impl TrustedFiles {
+    fn read(store: &Path) -> TrustedFiles {
+        let mut trusted = TrustedFiles::default();
+        for name in ["timestamp.json", "snapshot.json"] {
+            let Ok(bytes) = std::fs::read(store.join(name)) else {
+                continue;
+            };
+            if let Some(meta) = meta_of(&bytes) {
+                trusted.meta.insert(name, meta);
+            }
+            if name == "timestamp.json" {
+                trusted.timestamp = Some(bytes);
+            }
+        }
+        trusted
+    }
 }
 
 #[derive(Debug, Default)]
@@ -478,6 +513,11 @@ impl HomeTransport {
             // Metadata is small: the connect and read bounds of the fetch
             // engine bound a whole file.
             wait: cfg.connect_timeout + cfg.read_timeout,
+            trusted: Arc::new(if use_store {
+                TrustedFiles::read(&store)
+            } else {
+                TrustedFiles::default()
+            }),
             store,
             use_store,
             state: Arc::new(Mutex::new(Fetched::default())),
@@ -490,9 +530,8 @@ impl HomeTransport {
 
     async fn prefetch(&self, url: Url) -> Result<(), TransportError> {
         let bytes = self.get(&url).await?;
-        let stored = std::fs::read(self.store.join("timestamp.json")).ok();
         let mut state = self.lock();
-        state.timestamp_unchanged = self.use_store && stored.as_deref() == Some(&bytes[..]);
+        state.timestamp_unchanged = self.trusted.timestamp.as_deref() == Some(&bytes[..]);
         state.files.insert("timestamp.json".into(), bytes);
         Ok(())
     }
@@ -521,18 +560,12 @@ impl HomeTransport {
                 key.strip_prefix(&format!("{DELEGATED_DIR}/"))?,
             ),
         };
-        let state = self.lock();
-        let now = state.files.get(parent)?;
-        let trusted = std::fs::read(self.store.join(parent)).ok()?;
-        let meta = |b: &[u8]| {
-            serde_json::from_slice::<serde_json::Value>(b)
-                .ok()
-                .map(|v| v["signed"]["meta"][name].clone())
-                .filter(|m| !m.is_null())
-        };
-        let same = meta(now).is_some() && meta(now) == meta(&trusted);
-        drop(state);
-        if !same {
+        let trusted = self.trusted.meta.get(parent)?.get(name)?;
+        if trusted.is_null() {
+            return None;
+        }
+        let now = meta_of(self.lock().files.get(parent)?)?;
+        if now.get(name) != Some(trusted) {
             return None;
         }
         std::fs::read(self.store.join(key)).ok()
