@@ -198,6 +198,7 @@ async fn probe_round_trips(host: &Host, n: u64) -> Duration {
                 to: "probe".into(),
                 seq,
                 panic: false,
+                block_ms: 0,
             })
             .await;
         }

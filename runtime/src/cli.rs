@@ -1,6 +1,6 @@
 //! The command line: `run`, `status`, `restart`.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Instant};
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -18,7 +18,7 @@ use crate::{
     config::BoxConfig,
     control::{self, Request},
     host::Host,
-    ids, launcher, logging,
+    ids, launcher, logging, notify,
     registry::Registry,
     upgrade, Error, Home, EXIT_FAILURE, EXIT_OK,
 };
@@ -147,6 +147,11 @@ fn run(home: &Home) -> Result<u8, Error> {
             (boot, core)
         }
         None => {
+            notify::status(if layout.has_staged_set() {
+                "applying a staged set"
+            } else {
+                "preparing the module set"
+            });
             let boot = upgrade::prepare(&layout, &settings, &home.state_dir()).unwrap_or_else(|e| {
                 error!(error = %e, "the module folders could not be prepared; starting with them as they are, so that the box stays reachable");
                 upgrade::Boot {
@@ -204,10 +209,40 @@ fn run(home: &Home) -> Result<u8, Error> {
         info!(home = %home.root().display(), components = config.components.len(), pid = std::process::id(), "host starting");
         host.start_all().await;
         info!("host running");
+        let started = Instant::now();
+        let probation_limit = boot
+            .probation
+            .is_some()
+            .then(|| upgrade::probation_limit(settings.health_grace));
+        let on_probation = move || {
+            probation_limit.map(|limit| {
+                format!(
+                    "on probation: {} s of {} s",
+                    started.elapsed().as_secs(),
+                    limit.as_secs()
+                )
+            })
+        };
+        notify::ready(&on_probation().unwrap_or_else(|| "running".to_owned()));
         if let Some(h) = &handshake {
             h.ready();
             failpoint("core.ready-sent");
         }
+        let _heartbeat = notify::watchdog_interval().map(|interval| {
+            let (host, layout) = (host.clone(), layout.clone());
+            let heartbeat = notify::heartbeat(interval, move |within| {
+                let (host, layout) = (host.clone(), layout.clone());
+                async move {
+                    host.ping(&notify::ESSENTIAL_KINDS, within).await?;
+                    let probation = matches!(swap::probation(&layout), Ok(Some(_)));
+                    Ok(probation
+                        .then(on_probation)
+                        .flatten()
+                        .unwrap_or_else(|| "running".to_owned()))
+                }
+            });
+            AbortOnDrop(actix_rt::spawn(heartbeat))
+        });
         let mut watcher = {
             let (host, layout, settings) = (host.clone(), layout.clone(), settings.clone());
             actix_rt::spawn(async move { upgrade::after_start(&host, layout, boot, settings).await })
@@ -237,6 +272,9 @@ fn run(home: &Home) -> Result<u8, Error> {
                 }
                 verdict = &mut watcher, if watching => {
                     watching = false;
+                    if matches!(verdict, Ok(upgrade::Verdict::Committed)) {
+                        notify::status("running: the new module set committed");
+                    }
                     let request = match verdict {
                         Ok(upgrade::Verdict::Failed(request)) => request,
                         Ok(upgrade::Verdict::Committed) => match deferred.take() {
@@ -269,6 +307,7 @@ fn run(home: &Home) -> Result<u8, Error> {
             },
             None => None,
         };
+        notify::stopping();
         watcher.abort();
         if ending.is_some() && matches!(swap::probation(&layout), Ok(None)) {
             // The health of the committed set, for the probation of a set
@@ -289,6 +328,15 @@ fn run(home: &Home) -> Result<u8, Error> {
     match ending {
         None => Ok(EXIT_OK),
         Some(how) => upgrade::restart(under_launcher(how, handshake.is_some()), home.root()),
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(actix_rt::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -14,6 +14,8 @@ use banalytics_sdk::{
     driver::{Command, Driver, COMMAND_QUEUE},
     Bus, StatusBoard,
 };
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -22,6 +24,7 @@ use crate::{
 
 struct Handle {
     name: String,
+    kind: String,
     arbiter: Arbiter,
     tx: mpsc::Sender<Command>,
 }
@@ -96,6 +99,7 @@ impl Host {
             });
             components.push(Handle {
                 name: c.name.clone(),
+                kind: c.kind.clone(),
                 arbiter,
                 tx,
             });
@@ -158,6 +162,37 @@ impl Host {
             .map_err(|_| format!("component {name} is gone"))?;
         wait.await
             .unwrap_or_else(|_| Err(format!("component {name} is gone")))
+    }
+
+    /// Asks the driver of each component of one of `kinds` to answer, all
+    /// at once, each within `within`; the names of those that did not (a
+    /// blocked arbiter thread, a full command queue).
+    pub async fn ping(&self, kinds: &[&str], within: Duration) -> Result<(), Vec<String>> {
+        let asks = self
+            .components
+            .iter()
+            .filter(|c| kinds.contains(&c.kind.as_str()))
+            .map(|c| async move {
+                let asked = async {
+                    let (done, wait) = oneshot::channel();
+                    c.tx.send(Command::Ping(done)).await.ok()?;
+                    wait.await.ok()
+                };
+                match tokio::time::timeout(within, asked).await {
+                    Ok(Some(())) => None,
+                    _ => Some(c.name.clone()),
+                }
+            });
+        let silent: Vec<String> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if silent.is_empty() {
+            Ok(())
+        } else {
+            Err(silent)
+        }
     }
 
     /// Stops every component in reverse start order, then their arbiters.

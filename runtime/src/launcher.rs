@@ -12,7 +12,12 @@
 //! 1. until the core reports that its components started (a line on the
 //!    `ready_fd` pipe), at most the probation limit while the set is on
 //!    probation: a core that hangs before that is killed;
-//! 2. until it exits, forwarding SIGTERM, SIGINT and SIGHUP to it.
+//! 2. while the set is on probation, until the core committed it (its
+//!    probation record gone), at most the probation limit and
+//!    [`COMMIT_SLACK`] after `ready`: a core that hangs after its
+//!    components started is stopped (SIGTERM, SIGKILL after
+//!    [`KILL_GRACE`]) and the start fails;
+//! 3. until it exits, forwarding SIGTERM, SIGINT and SIGHUP to it.
 //!
 //! A core that cannot be started (not executable, another architecture),
 //! exits or is killed by a signal while its set is on probation fails that
@@ -403,6 +408,54 @@ fn restart(settings: &Settings) -> Result<u8, Error> {
     }
 }
 
+/// How long beyond the probation limit the launcher waits for a set on
+/// probation to commit after its core reported ready: the core's own watch
+/// decides at the limit, and then commits (renames and fsyncs) or exits.
+pub const COMMIT_SLACK: Duration = Duration::from_secs(5);
+
+/// How long a core that is stopped for not committing gets between
+/// SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the launcher looks at the probation record while it waits for
+/// a verdict: one small file read.
+const COMMIT_POLL: Duration = Duration::from_millis(200);
+
+/// What became of a start on probation while the launcher waited.
+enum Probation {
+    /// The probation record is gone: the core committed the set.
+    Committed,
+    /// The core ended first.
+    Ended(ExitStatus),
+    /// Neither within the bound.
+    Undecided,
+}
+
+/// Waits at most `bound` for the set on probation to commit (its probation
+/// record gone) or for `child` to end. A record that cannot be read counts
+/// as still on probation: the core commits by removing it.
+fn wait_for_commit(
+    layout: &Layout,
+    child: &mut std::process::Child,
+    bound: Duration,
+    feeder: &mut crate::notify::Feeder,
+) -> Probation {
+    let deadline = Instant::now() + bound;
+    loop {
+        feeder.tick();
+        if let Ok(Some(status)) = child.try_wait() {
+            return Probation::Ended(status);
+        }
+        if matches!(swap::probation(layout), Ok(None)) {
+            return Probation::Committed;
+        }
+        if Instant::now() >= deadline {
+            return Probation::Undecided;
+        }
+        std::thread::sleep(COMMIT_POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
 /// Runs `core` as this launcher's child and waits for it (module docs).
 /// `lock` is the home lock the child inherits; `boot` what the preparation
 /// rolled back, for the core to report.
@@ -464,6 +517,21 @@ pub fn launch(
     if let Err(problem) = check_executable(&core.path) {
         return failed_start(format!("the core could not be started: {problem}"));
     }
+    // The core's notifications go through this launcher, which feeds the
+    // service manager's watchdog itself while the set is on probation.
+    let relay = crate::notify::Relay::start(&layout.state());
+    if let Some(relay) = &relay {
+        relay.hand_to(&mut command);
+        relay.feed_watchdog_myself(on_probation);
+    } else {
+        command.env_remove("WATCHDOG_PID");
+    }
+    let mut feeder = crate::notify::Feeder::new();
+    crate::notify::status(&format!(
+        "starting core {}{}",
+        core.version,
+        if on_probation { " (on probation)" } else { "" }
+    ));
     forward_signals();
     failpoint("launcher.core-spawning");
     let started = Instant::now();
@@ -492,6 +560,9 @@ pub fn launch(
     let mut line = Vec::new();
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
+        if on_probation {
+            feeder.tick();
+        }
         let wait_ms = deadline.map_or(1_000, |d| {
             d.saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1))
@@ -539,7 +610,40 @@ pub fn launch(
         );
         failpoint("launcher.core-ready");
     }
-    // 2. Until it exits.
+    // 2. While its set is on probation, until the set committed: the
+    // verdict is decided inside the core, so a core that hangs after its
+    // components started would otherwise keep the box on probation forever.
+    if let Some(limit) = limit {
+        let bound = limit + COMMIT_SLACK;
+        match wait_for_commit(layout, &mut child, bound, &mut feeder) {
+            Probation::Committed => {
+                info!("the core's set committed");
+                if let Some(relay) = &relay {
+                    relay.feed_watchdog_myself(false);
+                }
+            }
+            Probation::Ended(status) => {
+                CHILD.store(0, Ordering::SeqCst);
+                return after_exit(layout, settings, status);
+            }
+            Probation::Undecided => {
+                warn!(
+                    bound_s = bound.as_secs_f64(),
+                    "the core did not commit its set in time; stopping it"
+                );
+                let ended = crate::process::terminate(&mut child, KILL_GRACE);
+                CHILD.store(0, Ordering::SeqCst);
+                let failure = format!(
+                    "the core did not commit within {:.1} s after it reported ready{}",
+                    bound.as_secs_f64(),
+                    ended.map_or(String::new(), |s| format!(" ({})", describe(s)))
+                );
+                record_failure(layout, &failure);
+                return restart(settings);
+            }
+        }
+    }
+    // 3. Until it exits.
     let status = child.wait().map_err(io_err(&core.path))?;
     CHILD.store(0, Ordering::SeqCst);
     info!(%status, "the core ended");

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod isolation;
 pub mod launcher;
 pub mod logging;
+pub mod notify;
 pub mod plugins;
 pub mod preflight;
 pub mod process;

@@ -8,8 +8,15 @@
 //!   thread that lives as long as the process (the launcher's main thread,
 //!   the isolation's spawner thread).
 //! * [`describe_exit`]: how a child ended, in words, with the signal's name.
+//! * [`wait_for`] and [`terminate`]: waiting for a child with a bound, and
+//!   stopping one that may not listen (SIGTERM, then SIGKILL).
 
-use std::{io, os::unix::process::ExitStatusExt, process::ExitStatus};
+use std::{
+    io,
+    os::unix::process::ExitStatusExt,
+    process::{Child, ExitStatus},
+    time::{Duration, Instant},
+};
 
 /// Arms the parent-death signal and checks the parent; for `pre_exec`.
 /// `parent` is the pid of the process that forks, read before the fork.
@@ -44,6 +51,35 @@ pub fn describe_exit(what: &str, status: ExitStatus) -> String {
         ),
         _ => format!("{what} ended: {status}"),
     }
+}
+
+/// Waits at most `grace` for `child` to end; `None` when it still runs (or
+/// cannot be waited for).
+pub fn wait_for(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Stops `child`: SIGTERM, and SIGKILL when it has not ended after
+/// `grace`; returns how it ended (`None` if it cannot be waited for).
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    // SAFETY: kill(2) on our own child's pid, which it keeps until reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    if let Some(status) = wait_for(child, grace) {
+        return Some(status);
+    }
+    let _ = child.kill();
+    child.wait().ok()
 }
 
 /// The name of the signals a crashed or stopped child usually dies of.

@@ -618,13 +618,13 @@ pub fn restart(how: Restart, home: &std::path::Path) -> Result<u8, Error> {
         Restart::Exit => Ok(crate::EXIT_RESTART),
         Restart::Command(cmd) => {
             info!(command = %cmd, "starting the upgrade job");
-            std::process::Command::new(&cmd)
-                .current_dir(home)
-                .spawn()
-                .map_err(|source| Error::Io {
-                    path: PathBuf::from(&cmd),
-                    source,
-                })?;
+            let mut job = std::process::Command::new(&cmd);
+            job.current_dir(home);
+            crate::notify::forget_for_child(&mut job);
+            job.spawn().map_err(|source| Error::Io {
+                path: PathBuf::from(&cmd),
+                source,
+            })?;
             Ok(crate::EXIT_RESTART)
         }
         Restart::Exec => {

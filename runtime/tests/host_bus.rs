@@ -32,6 +32,7 @@ fn ping(to: &str, seq: u64, panic: bool) -> ProbePing {
         to: to.into(),
         seq,
         panic,
+        block_ms: 0,
     }
 }
 

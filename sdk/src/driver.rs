@@ -70,6 +70,10 @@ pub enum Command {
     /// Restart the running component's failed actors now; answered with how
     /// many (0 when it does not run).
     RestartFailed(oneshot::Sender<usize>),
+    /// Answer at once: a liveness check of the driver's thread (the host's
+    /// watchdog heartbeat), which answers only when that thread, shared
+    /// with the component's actors, is not blocked.
+    Ping(oneshot::Sender<()>),
     /// Use this restart policy from the next start on (a plugin instance
     /// learns its component's policy when it is started).
     SetPolicy(RestartPolicy),
@@ -173,6 +177,9 @@ impl Driver {
                 }
                 Some(Command::RestartFailed(done)) => {
                     let _ = done.send(self.running.as_ref().map_or(0, |c| c.restart_failed()));
+                }
+                Some(Command::Ping(done)) => {
+                    let _ = done.send(());
                 }
                 Some(Command::SetPolicy(policy)) => self.policy = policy,
                 Some(Command::Deliver(topic, json)) => self.deliver(topic, json).await,

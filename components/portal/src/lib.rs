@@ -66,8 +66,9 @@ use banalytics_messages::portal::{
 };
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
-    ComponentError,
+    BusMessage, ComponentError,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -179,6 +180,20 @@ impl PortalIntegration {
     }
 }
 
+/// A test switch that exists only in a box built with the `failpoints`
+/// feature (ARCHITECTURE.md, "Test switches"): blocks Portal Integration's
+/// arbiter thread for `ms` milliseconds, as a deadlock would, so that the
+/// tests see the host's watchdog heartbeat stop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortalBlockDrill {
+    /// How long to block.
+    pub ms: u64,
+}
+
+impl BusMessage for PortalBlockDrill {
+    const TOPIC: &'static str = "portal-integration.block-drill";
+}
+
 impl Component for PortalIntegration {
     fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
         let ca_file = self.config.ca_file.as_ref().map(|f| self.home.join(f));
@@ -231,6 +246,20 @@ impl Component for PortalIntegration {
             }
         });
         self.answers = Some(answers.abort_handle());
+        if banalytics_home::failpoint::ENABLED {
+            // Test builds only: the watchdog's tests block this
+            // component's arbiter thread, as a deadlock would.
+            let mut drills = ctx.bus().subscribe::<PortalBlockDrill>();
+            actix::spawn(async move {
+                while let Some(drill) = drills.recv().await {
+                    warn!(
+                        ms = drill.ms,
+                        "block drill: blocking this component's thread"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(drill.ms));
+                }
+            });
+        }
         Ok(())
     }
 

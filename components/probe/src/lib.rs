@@ -5,7 +5,8 @@
 //! component runs. It also carries a failure drill: while the file named by
 //! `fail_while_file` exists, its actor panics as it starts, so restart
 //! policies and `banalytics-box restart` can be exercised on a real box; a
-//! ping with `panic = true` makes the actor panic in its handler. The busy
+//! ping with `panic = true` makes the actor panic in its handler, and one
+//! with `block_ms` blocks its thread after answering. The busy
 //! drill ([`ProbeBusyDrill`]) takes or releases a busy lease over the bus,
 //! as a camera recording an alarm clip would, to defer the host's restarts.
 
@@ -41,6 +42,12 @@ pub struct ProbePing {
     /// Panic in the handler instead of answering (failure drill).
     #[serde(default)]
     pub panic: bool,
+    /// Block the probe's thread (its arbiter, shared with its driver) for
+    /// this many milliseconds right after answering, as a deadlock would
+    /// (watchdog drill: a wedged component that is not essential to
+    /// managing the box).
+    #[serde(default)]
+    pub block_ms: u64,
 }
 
 impl BusMessage for ProbePing {

@@ -47,8 +47,12 @@ impl Prober {
             seq: ping.seq,
             generation: self.generation,
         };
+        let block = std::time::Duration::from_millis(ping.block_ms);
         Box::pin(async move {
             bus.publish(pong).await;
+            if !block.is_zero() {
+                std::thread::sleep(block);
+            }
         })
     }
 }

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     plugins::{block_on, log_plugin_event, KindEntry},
-    process::{describe_exit, die_with_parent},
+    process::{describe_exit, die_with_parent, wait_for},
 };
 
 /// The name of the actor that is the child process, on the board.
@@ -318,6 +318,7 @@ impl Link {
             .arg(log_level().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        crate::notify::forget_for_child(&mut command);
         let parent = std::process::id() as libc::pid_t;
         let (fd, limits) = (child_end.as_raw_fd(), spec.limits);
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -524,20 +525,6 @@ impl Drop for Link {
         if !self.reaped {
             let _ = self.child.kill();
             let _ = self.child.wait();
-        }
-    }
-}
-
-/// Waits at most `grace` for `child` to exit.
-fn wait_for(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + grace;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            _ => return None,
         }
     }
 }

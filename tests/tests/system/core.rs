@@ -231,6 +231,24 @@ fn a_core_that_hangs_before_its_components_start_is_rolled_back() -> Result<()> 
     )
 }
 
+#[test]
+fn a_core_that_hangs_after_it_reported_ready_is_rolled_back() -> Result<()> {
+    let _machine = crate::machine::shared();
+    // Writes the readiness line on the launcher's pipe, then sleeps deaf
+    // to SIGTERM (an ignored signal stays ignored across exec), so the
+    // launcher must escalate to SIGKILL.
+    broken_core_is_rolled_back(
+        5,
+        br#"#!/bin/bash
+fd=$(printf '%s' "$BANALYTICS_LAUNCHER" | sed -n 's/.*"ready_fd":\([0-9]*\).*/\1/p')
+eval "echo ready >&$fd"
+trap '' TERM
+exec sleep 600
+"#,
+        "the core did not commit within",
+    )
+}
+
 /// Copies the tree `from` to `to` (files, folders, symlinks, modes).
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;

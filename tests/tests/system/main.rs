@@ -32,3 +32,4 @@ mod resilience;
 mod restart;
 mod tls;
 mod tuf;
+mod watchdog;
