@@ -704,6 +704,8 @@ max_boot_attempts = {max_boot_attempts}
 /// [`EXIT_RESTART`]; any other exit is an error. SIGKILLed on drop.
 pub struct ManagedBox {
     home: TempHome,
+    /// Environment variables of every start ([`ManagedBox::set_env`]).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     starts: usize,
     exits: Vec<i32>,
@@ -721,6 +723,7 @@ impl ManagedBox {
         }
         Ok(ManagedBox {
             home,
+            env: Vec::new(),
             child: None,
             starts: 0,
             exits: Vec::new(),
@@ -735,6 +738,13 @@ impl ManagedBox {
     /// The home folder.
     pub fn path(&self) -> PathBuf {
         self.home.path()
+    }
+
+    /// Sets `key` = `value` in the environment of this and every later
+    /// start (what a service manager gives each start, such as
+    /// `NOTIFY_SOCKET`).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Starts `run` without waiting for it to come up.
@@ -752,6 +762,7 @@ impl ManagedBox {
             .arg("--home")
             .arg(self.home.path())
             .arg("run")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

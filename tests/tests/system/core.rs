@@ -139,6 +139,52 @@ fn a_core_of_the_set_runs_as_the_launchers_child_and_reports_itself() -> Result<
 }
 
 #[test]
+fn a_core_of_the_set_speaks_to_the_service_manager_through_the_launchers_relay() -> Result<()> {
+    use crate::watchdog::{Heard, WATCHDOG};
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = portal(dir.path())?;
+    publish_core(&portal, dir.path(), CORE_2, &core_2()?)?;
+    let env = env_uuid(403);
+    portal.assign_set(&env, &[CORE_2.to_owned()])?;
+    let mut b = ManagedBox::new(&settings(&portal, &env))?;
+    let socket = dir.path().join("notify.sock");
+    let heard = Heard::listen(&socket)?;
+    b.set_env("NOTIFY_SOCKET", socket.to_str().context("utf-8 path")?);
+    b.set_env("WATCHDOG_USEC", &WATCHDOG.as_micros().to_string());
+    b.spawn()?;
+
+    let v = verdict(&portal, &mut b, &env)?;
+    ensure!(v.status == "installed", "{v}");
+    let core = running_core(&mut b)?;
+    ensure!(core["origin"] == "module-set", "{core}");
+    ensure!(
+        b.path().join("state/notify-relay.sock").exists(),
+        "the launcher relays its core's notifications"
+    );
+    let started = heard.times("STATUS=starting core 2.0 (on probation)");
+    ensure!(
+        started.len() == 1,
+        "the launcher says what it starts: {:?}",
+        heard.all()
+    );
+    ensure!(
+        heard.times("READY=1").iter().any(|t| *t > started[0]),
+        "the core's READY=1 reaches the service manager: {:?}",
+        heard.all()
+    );
+    let committed = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(2000));
+    ensure!(
+        heard.pings_between(committed, std::time::Instant::now()) >= 2,
+        "the committed core's pings are relayed: {:?}",
+        heard.all()
+    );
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
+#[test]
 fn a_core_of_the_set_with_the_launchers_own_bytes_is_the_launcher_reporting_the_sets_version(
 ) -> Result<()> {
     let _machine = crate::machine::shared();

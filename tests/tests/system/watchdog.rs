@@ -21,15 +21,15 @@ use banalytics_tests::{
 use serde_json::json;
 
 /// The watchdog interval the test asks for; the box pings every half.
-const WATCHDOG: Duration = Duration::from_secs(1);
+pub(crate) const WATCHDOG: Duration = Duration::from_secs(1);
 
 /// What the box sent, with when it arrived.
 #[derive(Clone, Default)]
-struct Heard(Arc<Mutex<Vec<(Instant, String)>>>);
+pub(crate) struct Heard(Arc<Mutex<Vec<(Instant, String)>>>);
 
 impl Heard {
     /// Reads the socket at `path` on a thread until the test ends.
-    fn listen(path: &Path) -> Result<Heard> {
+    pub(crate) fn listen(path: &Path) -> Result<Heard> {
         let socket = UnixDatagram::bind(path)?;
         let heard = Heard::default();
         let log = heard.0.clone();
@@ -48,7 +48,7 @@ impl Heard {
     }
 
     /// The times of the lines equal to `line`.
-    fn times(&self, line: &str) -> Vec<Instant> {
+    pub(crate) fn times(&self, line: &str) -> Vec<Instant> {
         let log = self.0.lock().unwrap();
         log.iter()
             .filter(|(_, l)| l == line)
@@ -56,14 +56,14 @@ impl Heard {
             .collect()
     }
 
-    fn pings_between(&self, from: Instant, to: Instant) -> usize {
+    pub(crate) fn pings_between(&self, from: Instant, to: Instant) -> usize {
         self.times("WATCHDOG=1")
             .into_iter()
             .filter(|t| *t > from && *t <= to)
             .count()
     }
 
-    fn all(&self) -> Vec<String> {
+    pub(crate) fn all(&self) -> Vec<String> {
         let log = self.0.lock().unwrap();
         log.iter().map(|(_, l)| l.clone()).collect()
     }
