@@ -32,4 +32,5 @@ mod quarantine;
 mod resilience;
 mod restart;
 mod tls;
+mod transport;
 mod tuf;
