@@ -76,23 +76,24 @@ fn a_package_of_deep_60_000_byte_names_is_refused_in_bounded_memory() -> Result<
 
     // A first run synchronises at start.
     let mut host = home.start(1)?;
-    let message = poll_until(DEADLINE * 3, "installation_cancelled at the portal", || {
+    let outcome = poll_until(DEADLINE * 3, "installation_cancelled at the portal", || {
         reported(&portal, ENV, "installation_cancelled")
             .into_iter()
             .next()
-    })?;
+    });
     let peak = peak_rss_kib(host.pid())?;
+    eprintln!("host peak RSS (VmHWM) while refusing the package: {peak} KiB");
+    let message = outcome.with_context(|| format!("the host's peak RSS: {peak} KiB"))?;
+    ensure!(
+        peak < PEAK_RSS_LIMIT_KIB,
+        "the host peaked at {peak} KiB while refusing the package"
+    );
     ensure!(
         message.contains(COORDS)
             && message.contains("has a name of 60000 bytes, over the limit of 4096")
             && message.len() < 1000,
         "the refusal names the module, the length and the limit, shortened: {message}"
     );
-    ensure!(
-        peak < PEAK_RSS_LIMIT_KIB,
-        "the host peaked at {peak} KiB while refusing the package"
-    );
-    eprintln!("host peak RSS (VmHWM) while refusing the package: {peak} KiB");
     ensure!(
         reported(&portal, ENV, "installed").is_empty(),
         "nothing was installed"
