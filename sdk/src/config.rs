@@ -122,6 +122,34 @@ impl ConfigSection {
         &self.text
     }
 
+    /// An error about the value of this section's `key`, located at that
+    /// value (at the table when the key is absent): for a check that runs
+    /// after [`Self::parse`], because it needs more than one key.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let offset = DeTable::parse(&self.text).ok().and_then(|root| {
+            let section = root
+                .get_ref()
+                .get("components")?
+                .get_ref()
+                .as_table()?
+                .get(self.name.as_str())?;
+            let at = match section.get_ref() {
+                DeValue::Table(t) => t.get(key).map(|v| v.span().start),
+                _ => None,
+            };
+            Some(at.unwrap_or(section.span().start))
+        });
+        match offset {
+            Some(offset) => ConfigError::at(&self.file, &self.text, offset, message),
+            None => ConfigError {
+                file: self.file.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: message.into(),
+            },
+        }
+    }
+
     /// Deserializes the component's own keys (all but [`HOST_KEYS`]).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let err = |e: toml::de::Error| ConfigError::from_toml(&self.file, &self.text, &e);
@@ -188,6 +216,17 @@ mod tests {
             err.message.contains("interval_ms"),
             "accepted keys named: {err}"
         );
+    }
+
+    #[test]
+    fn a_later_check_of_a_key_points_at_its_value() {
+        let section = ConfigSection::new(Path::new("box.toml"), TEXT.into(), "p");
+        let err = section.error_at("interval_ms", "too short");
+        assert_eq!((err.line, err.column), (7, 15), "{err}");
+        assert_eq!(err.to_string(), "box.toml:7:15: too short");
+        // A key that is not there: the table.
+        let err = section.error_at("missing", "needed");
+        assert_eq!(err.line, 4, "{err}");
     }
 
     #[test]

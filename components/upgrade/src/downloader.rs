@@ -225,19 +225,25 @@ pub async fn resolve(
         module: key.clone(),
         platform: platform.to_owned(),
     };
-    let (main_sha, main_size) = match (&module.platforms, module.is_native()) {
+    //    The checksum keeps who gave the digest: one read from the
+    //    repository's `.sha256` is not the portal's, and the redirect rule
+    //    depends on it.
+    let (main_checksum, main_size) = match (&module.platforms, module.is_native()) {
         (Some(builds), true) => {
             let build = builds.get(platform).ok_or_else(no_build)?;
-            (Some(build.sha256.clone()), build.size)
+            (Checksum::resolve(Some(&build.sha256), None), build.size)
         }
         _ => {
-            let sha = match &module.sha256 {
-                Some(s) if !module.is_native() => Some(s.clone()),
-                _ => fetch::fetch_sha256_file(client, &main_url)
-                    .await
-                    .map_err(err)?,
+            let checksum = match &module.sha256 {
+                Some(s) if !module.is_native() => Checksum::resolve(Some(s), None),
+                _ => Checksum::resolve(
+                    None,
+                    fetch::fetch_sha256_file(client, &main_url)
+                        .await
+                        .map_err(err)?,
+                ),
             };
-            if sha.is_none()
+            if checksum == Checksum::None
                 && module.is_native()
                 && !fetch::probe(client, &main_url).await.map_err(err)?
             {
@@ -248,16 +254,10 @@ pub async fn resolve(
             } else {
                 module.size
             };
-            (sha, size)
+            (checksum, size)
         }
     };
-    let main = target(
-        &key,
-        main_url,
-        Checksum::resolve(main_sha.as_deref(), None),
-        main_size,
-        policy,
-    )?;
+    let main = target(&key, main_url, main_checksum, main_size, policy)?;
     // A portal that sends digests (the extension fields) also says which
     // packages exist; for the original portal, ask the repository.
     let declares_packages = module.sha256.is_some() || module.platforms.is_some();

@@ -293,12 +293,17 @@ fn create(
             config.max_parallel_downloads
         )));
     }
-    fetch::check_transport(
-        "repository_url",
-        &config.repository_url,
-        config.allow_insecure_http,
-    )
-    .map_err(ComponentError::Start)?;
+    // Every URL the box fetches from starts with one of these two.
+    let transport_keys = [
+        ("repository_url", Some(&config.repository_url)),
+        ("trust_metadata_url", config.trust_metadata_url.as_ref()),
+    ];
+    for (key, url) in transport_keys {
+        if let Some(url) = url {
+            fetch::check_transport(key, url, config.allow_insecure_http)
+                .map_err(|message| init.config.error_at(key, message))?;
+        }
+    }
     if config.restart_mode == RestartMode::Command && config.restart_command.is_none() {
         return Err(ComponentError::Start(
             "restart_mode = \"command\" needs restart_command, the program to run".into(),

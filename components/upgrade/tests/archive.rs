@@ -13,7 +13,9 @@ use std::fs;
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 
-use banalytics_upgrade_center::archive::{extract, ArchiveError, ExtractedFile, Limits};
+use banalytics_upgrade_center::archive::{
+    extract, ArchiveError, ExtractedFile, Limits, MAX_NAME_BYTES, MAX_NAME_DEPTH,
+};
 use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
@@ -325,6 +327,109 @@ fn unsafe_name_message_names_the_entry_and_the_reason() {
         err.to_string(),
         "archive entry \"../x\" has an unsafe name: `..` path component"
     );
+}
+
+#[test]
+fn refuses_a_name_over_the_length_limit_quoting_only_its_start() {
+    let long = "a".repeat(MAX_NAME_BYTES + 1);
+    let err = refused_before_writing(&zip_of_names(&["ok.txt", &long]), &Limits::default());
+    let quoted = format!("{}…", "a".repeat(80));
+    match &err {
+        ArchiveError::NameTooLong {
+            entry,
+            bytes,
+            limit,
+        } => {
+            assert_eq!(entry, &quoted);
+            assert_eq!((*bytes, *limit), (4097, 4096));
+        }
+        other => panic!("expected NameTooLong, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("archive entry \"{quoted}\" has a name of 4097 bytes, over the limit of 4096")
+    );
+}
+
+#[test]
+fn a_name_at_the_length_limit_is_checked_as_a_name() {
+    // 4 096 bytes pass the bound and are refused for what they hold.
+    let name = format!("../{}", "a".repeat(MAX_NAME_BYTES - 3));
+    assert_eq!(name.len(), MAX_NAME_BYTES);
+    assert_unsafe_name(&name);
+}
+
+#[test]
+fn refuses_a_name_over_the_depth_limit_with_the_depth_and_the_limit() {
+    let deep = format!("{}f", "d/".repeat(MAX_NAME_DEPTH));
+    let err = refused_before_writing(&zip_of_names(&[&deep]), &Limits::default());
+    let quoted = format!("{}…", "d/".repeat(40));
+    match &err {
+        ArchiveError::NameTooDeep {
+            entry,
+            depth,
+            limit,
+        } => {
+            assert_eq!(entry, &quoted);
+            assert_eq!((*depth, *limit), (65, 64));
+        }
+        other => panic!("expected NameTooDeep, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!("archive entry \"{quoted}\" is 65 levels deep, over the limit of 64")
+    );
+}
+
+#[test]
+fn refuses_a_directory_entry_over_the_depth_limit() {
+    let deep = "d/".repeat(MAX_NAME_DEPTH + 1);
+    let bytes = zip_with(|w| {
+        w.add_directory(deep.as_str(), stored()).expect("directory");
+    });
+    assert!(matches!(
+        refused_before_writing(&bytes, &Limits::default()),
+        ArchiveError::NameTooDeep { depth: 65, .. }
+    ));
+}
+
+#[test]
+fn extracts_a_name_at_the_depth_limit() {
+    let deep = format!("{}f", "d/".repeat(MAX_NAME_DEPTH - 1));
+    let scene = Scene::new(&zip_of_names(&[&deep, "d/g"]));
+    let files = scene.extract(&Limits::default()).expect("extract");
+    assert_eq!(files.len(), 2);
+    assert_eq!(
+        fs::read(scene.target.join(&deep)).expect("read"),
+        b"payload"
+    );
+    assert_eq!(
+        fs::read(scene.target.join("d/g")).expect("read"),
+        b"payload"
+    );
+}
+
+#[test]
+fn refuses_the_issue_20_package_by_its_first_name() {
+    // Four names of 60 000 bytes, 30 000 folders deep (a 480 KB zip that
+    // took the host to 2.6 GiB when every parent was recorded).
+    let names: Vec<String> = (0..4)
+        .map(|i| format!("{i}{}y", "/x".repeat(29_999)))
+        .collect();
+    assert!(names
+        .iter()
+        .all(|n| n.len() == 60_000 && n.split('/').count() == 30_000));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    match refused_before_writing(&zip_of_names(&refs), &Limits::default()) {
+        ArchiveError::NameTooLong { entry, bytes, .. } => {
+            assert_eq!(bytes, 60_000);
+            assert!(
+                entry.ends_with('…') && entry.chars().count() == 81,
+                "{entry}"
+            );
+        }
+        other => panic!("expected NameTooLong, got {other:?}"),
+    }
 }
 
 #[test]

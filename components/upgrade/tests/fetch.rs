@@ -1102,3 +1102,63 @@ async fn a_redirect_from_https_to_http_is_refused_even_for_a_digest_from_tuf() {
         scene.files()
     );
 }
+
+#[tokio::test]
+async fn a_main_artifact_whose_digest_came_from_the_repository_sha256_is_not_followed_to_another_host(
+) {
+    use banalytics_upgrade_center::downloader::{resolve, ChecksumPolicy, PLATFORM};
+    let scene = Scene::new(|_| {}).await;
+    let digest = sha256_hex(&scene.data);
+    scene.server.set(ARTIFACT_PATH, |b| {
+        b.digest_file = Some(format!("{digest}  mod-1.0.jar\n"))
+    });
+    let elsewhere = scene.redirect_to_another_host();
+    // The original portal's module object: no digest, so the one in use is
+    // the repository's `.sha256`.
+    let module: banalytics_home::coords::Module = serde_json::from_value(serde_json::json!({
+        "groupId": "com.example", "artifactId": "mod", "version": "1.0",
+        "type": "component", "uploadTime": "2026-03-01T10:15:30",
+    }))
+    .unwrap();
+    let client = fetch::client(&test_config()).unwrap();
+    let resolved = resolve(
+        &client,
+        &scene.server.url(),
+        PLATFORM,
+        module,
+        ChecksumPolicy::Require,
+        None,
+    )
+    .await
+    .unwrap();
+    let main = resolved.main;
+    assert_eq!(main.url, scene.artifact_url());
+    assert_eq!(main.expected.sha256.as_deref(), Some(digest.as_str()));
+    assert_eq!(main.expected.digest_source, DigestSource::Repository);
+    scene.server.reset_counters();
+
+    let (outcome, _) = scene
+        .download_from(&main.url, &main.expected, &test_config())
+        .await;
+
+    match outcome {
+        Err(FetchError::RedirectRefused {
+            location, reason, ..
+        }) => {
+            assert_eq!(location, elsewhere);
+            assert!(reason.contains("not from TUF or the portal"), "{reason}");
+        }
+        other => panic!("the redirect was followed: {other:?}"),
+    }
+    let paths: Vec<String> = scene
+        .server
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        paths,
+        [ARTIFACT_PATH],
+        "nothing fetched from the other host"
+    );
+}

@@ -1644,3 +1644,24 @@ fn min_free_space_is_a_size_and_a_bad_one_refuses_the_start() {
         .expect("refused");
     assert!(err.to_string().contains("min_free_space"), "{err}");
 }
+
+#[test]
+fn a_trust_metadata_url_that_only_looks_loopback_refuses_the_start_at_its_line() {
+    let init = ComponentInit {
+        name: "suc".into(),
+        id: uuid_of(),
+        home: std::env::temp_dir(),
+        config: ConfigSection::from_snippet(
+            "suc",
+            "kind = \"software-upgrade-center\"\nrepository_url = \"http://127.0.0.1:9\"\ntrust_metadata_url = \"http://evil.example\\\\@127.0.0.1:9/.tuf\"\n",
+        ),
+    };
+    let err = kind_with(banalytics_upgrade_center::preflight::accept_all())
+        .create(&init)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "<snippet>:4:22: trust_metadata_url = \"http://evil.example\\\\@127.0.0.1:9/.tuf\" is not accepted: plain http to \"evil.example\", which is not loopback; use https://, or set allow_insecure_http = true to accept the risk"
+    );
+}

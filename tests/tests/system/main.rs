@@ -12,6 +12,7 @@
 
 mod machine;
 
+mod archive;
 mod core;
 mod crash;
 mod crash_staging;
@@ -31,5 +32,6 @@ mod quarantine;
 mod resilience;
 mod restart;
 mod tls;
+mod transport;
 mod tuf;
 mod watchdog;

@@ -18,6 +18,26 @@ pub enum ArchiveError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The entry name is longer than validation keeps.
+    #[error("archive entry {entry:?} has a name of {bytes} bytes, over the limit of {limit}")]
+    NameTooLong {
+        /// The start of the entry name, cut with `…`.
+        entry: String,
+        /// Its length in bytes.
+        bytes: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The entry name nests more folders than validation keeps.
+    #[error("archive entry {entry:?} is {depth} levels deep, over the limit of {limit}")]
+    NameTooDeep {
+        /// The start of the entry name, cut with `…` when long.
+        entry: String,
+        /// Its path components.
+        depth: usize,
+        /// The limit in path components.
+        limit: usize,
+    },
     /// The entry is a symbolic link.
     #[error("archive entry {entry:?} is a symbolic link")]
     Symlink {

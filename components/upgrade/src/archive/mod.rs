@@ -9,7 +9,8 @@
 //!
 //! 1. Validate the whole central directory before anything is written:
 //!    names (no absolute names, drive letters, `..`, backslashes, empty
-//!    components, control characters), entry types (no symlinks, devices or
+//!    components, control characters, at most [`MAX_NAME_BYTES`] long and
+//!    [`MAX_NAME_DEPTH`] deep), entry types (no symlinks, devices or
 //!    fifos), duplicates and case-insensitive collisions, overlapping
 //!    entries, and the [`Limits`] on count, declared sizes and ratio.
 //! 2. Write each file with `create_new` (never through an existing file or
@@ -41,6 +42,7 @@ use zip::ZipArchive;
 
 use error::io_err;
 pub use error::ArchiveError;
+pub use validate::{MAX_NAME_BYTES, MAX_NAME_DEPTH};
 
 /// Default for [`Limits::max_entries`]. A dependencies package holds
 /// libraries and a model package a handful of files, both in the hundreds

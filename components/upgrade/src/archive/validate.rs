@@ -1,7 +1,13 @@
 //! Pass 1 of an extraction: the whole central directory is checked before
 //! anything is written (names, entry types, duplicates and case
-//! collisions, overlapping entries, and the [`Limits`] on count, declared
-//! sizes and ratio), and what pass 2 writes is decided here.
+//! collisions, overlapping entries, the bounds on a name's length and
+//! depth, and the [`Limits`] on count, declared sizes and ratio), and what
+//! pass 2 writes is decided here.
+//!
+//! Its memory is linear in the central directory: a name's length and
+//! depth are checked before anything about it is recorded, and the names
+//! are recorded as a tree of their components ([`Names`]), so a parent
+//! folder costs its own component, never a copy of its whole path.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -11,6 +17,19 @@ use std::path::Path;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::{ratio_over, ArchiveError, Limits};
+
+/// Longest entry name accepted, in bytes. Linux refuses paths over 4 096
+/// bytes (`PATH_MAX`) anyway, and no library or model package needs more;
+/// past it a name is refused before anything about it is recorded.
+pub const MAX_NAME_BYTES: usize = 4096;
+
+/// Deepest entry name accepted, in path components (`a/b/c` is 3). Real
+/// packages nest a handful of folders; 64 is generous and bounds the
+/// folders one entry can add to what validation keeps and pass 2 creates.
+pub const MAX_NAME_DEPTH: usize = 64;
+
+/// Characters of an over-long name that its refusal quotes.
+const QUOTED_NAME_CHARS: usize = 80;
 
 /// A file entry that passed validation.
 #[derive(Debug)]
@@ -24,12 +43,35 @@ pub(super) struct PlannedFile {
     pub(super) executable: bool,
 }
 
+/// A directory to exist, explicit or implied: its last component and its
+/// parent's index in [`Plan::dirs`] (none at the top).
+#[derive(Debug)]
+pub(super) struct PlannedDir {
+    pub(super) parent: Option<usize>,
+    pub(super) component: String,
+}
+
 /// Everything pass 2 needs, decided by pass 1.
 #[derive(Debug, Default)]
 pub(super) struct Plan {
-    /// Every directory to exist, explicit or implied, parents before children.
-    pub(super) dirs: BTreeSet<String>,
+    /// Every directory to exist, explicit or implied, parents before
+    /// children, each naming its parent by index.
+    pub(super) dirs: Vec<PlannedDir>,
     pub(super) files: Vec<PlannedFile>,
+}
+
+impl Plan {
+    /// The `/`-separated name of `dirs[index]`.
+    pub(super) fn dir_name(&self, index: usize) -> String {
+        let mut parts = Vec::new();
+        let mut at = Some(index);
+        while let Some(i) = at {
+            parts.push(self.dirs[i].component.as_str());
+            at = self.dirs[i].parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
 }
 
 /// What one name in the archive stands for, for collision checks.
@@ -90,13 +132,13 @@ pub(super) fn validate<R: Read + Seek>(
         });
     }
 
-    let mut plan = Plan::default();
-    // Case-folded name -> (name as written, kind, explicit entry?).
-    let mut seen: HashMap<String, (String, Kind, bool)> = HashMap::new();
+    let mut files = Vec::new();
+    let mut names = Names::default();
     let mut declared_total: u64 = 0;
     for index in 0..zip.len() {
         let data = zip.by_index_data(index).map_err(zip_err)?;
         let raw_name = data.name().map_err(zip_err)?.into_owned();
+        check_bounds(&raw_name)?;
         // The zip reader derives a mode from DOS attributes for DOS-made
         // entries and ignores the high bits there, so the raw unix bits are
         // checked as well: a symlink is refused whatever system claims it.
@@ -124,23 +166,7 @@ pub(super) fn validate<R: Read + Seek>(
             entry: raw_name.clone(),
             reason,
         })?;
-        record_name(&mut seen, &raw_name, &name, kind)?;
-
-        // Every parent of the entry, and the entry itself if a directory.
-        let mut prefix = String::new();
-        let parts: Vec<&str> = name.split('/').collect();
-        let dir_parts = if kind == Kind::Dir {
-            parts.len()
-        } else {
-            parts.len() - 1
-        };
-        for part in &parts[..dir_parts] {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            plan.dirs.insert(prefix.clone());
-        }
+        names.record(&raw_name, &name, kind)?;
         if kind == Kind::Dir {
             continue;
         }
@@ -185,7 +211,7 @@ pub(super) fn validate<R: Read + Seek>(
                 limit: limits.max_ratio,
             });
         }
-        plan.files.push(PlannedFile {
+        files.push(PlannedFile {
             index,
             name,
             declared,
@@ -194,57 +220,150 @@ pub(super) fn validate<R: Read + Seek>(
             executable: mode & 0o100 != 0,
         });
     }
-    Ok(plan)
+    Ok(Plan {
+        dirs: names.into_dirs(),
+        files,
+    })
 }
 
-/// Records `name` in `seen` together with every directory it implies, and
-/// refuses duplicates, case collisions and file/directory conflicts.
-fn record_name(
-    seen: &mut HashMap<String, (String, Kind, bool)>,
-    raw_name: &str,
-    name: &str,
-    kind: Kind,
-) -> Result<(), ArchiveError> {
-    let parts: Vec<&str> = name.split('/').collect();
-    for end in 1..=parts.len() {
-        let path = parts[..end].join("/");
-        let explicit = end == parts.len();
-        let this_kind = if explicit { kind } else { Kind::Dir };
-        let folded = fold_case(&path);
-        match seen.get(&folded) {
-            None => {
-                seen.insert(folded, (path, this_kind, explicit));
-            }
-            Some((other, other_kind, other_explicit)) => {
-                if *other != path {
-                    return Err(ArchiveError::CaseCollision {
-                        entry: raw_name.to_owned(),
-                        other: other.clone(),
-                    });
-                }
-                if this_kind != *other_kind {
-                    let (file, dir) = if this_kind == Kind::File {
-                        (raw_name.to_owned(), other.clone())
-                    } else {
-                        (other.clone(), raw_name.to_owned())
-                    };
-                    return Err(ArchiveError::FileDirConflict {
-                        entry: file,
-                        other: dir,
-                    });
-                }
-                if explicit && *other_explicit {
-                    return Err(ArchiveError::Duplicate {
-                        entry: raw_name.to_owned(),
-                    });
-                }
-                if explicit {
-                    seen.insert(folded, (path, this_kind, true));
-                }
-            }
-        }
+/// Refuses a name over [`MAX_NAME_BYTES`] or deeper than
+/// [`MAX_NAME_DEPTH`], quoting only its start.
+fn check_bounds(raw_name: &str) -> Result<(), ArchiveError> {
+    if raw_name.len() > MAX_NAME_BYTES {
+        return Err(ArchiveError::NameTooLong {
+            entry: shortened(raw_name),
+            bytes: raw_name.len(),
+            limit: MAX_NAME_BYTES,
+        });
+    }
+    let depth = raw_name.trim_end_matches('/').split('/').count();
+    if depth > MAX_NAME_DEPTH {
+        return Err(ArchiveError::NameTooDeep {
+            entry: shortened(raw_name),
+            depth,
+            limit: MAX_NAME_DEPTH,
+        });
     }
     Ok(())
+}
+
+/// The first [`QUOTED_NAME_CHARS`] characters of `name`, and `…` when
+/// something was cut.
+fn shortened(name: &str) -> String {
+    match name.char_indices().nth(QUOTED_NAME_CHARS) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_owned(),
+    }
+}
+
+/// One name the archive stands for, explicit or implied by a longer one.
+#[derive(Debug)]
+struct Node {
+    /// Index of the parent folder in [`Names::nodes`], none at the top.
+    parent: Option<usize>,
+    /// The last component, as written.
+    component: String,
+    kind: Kind,
+    /// Whether an entry names it (not only implied as a parent).
+    explicit: bool,
+}
+
+/// Every name seen so far as a tree of components, for the duplicate,
+/// case and file/directory checks: one node per distinct name, keyed by
+/// its parent and its case-folded last component, so recording a name
+/// costs its own length whatever its depth.
+#[derive(Debug, Default)]
+struct Names {
+    nodes: Vec<Node>,
+    /// (parent, case-folded component) -> index in `nodes`.
+    index: HashMap<(Option<usize>, String), usize>,
+}
+
+impl Names {
+    /// Records `name` together with every directory it implies, and refuses
+    /// duplicates, case collisions and file/directory conflicts.
+    fn record(&mut self, raw_name: &str, name: &str, kind: Kind) -> Result<(), ArchiveError> {
+        let mut parent = None;
+        let mut parts = name.split('/').peekable();
+        while let Some(part) = parts.next() {
+            let explicit = parts.peek().is_none();
+            let this_kind = if explicit { kind } else { Kind::Dir };
+            // Folding each component folds the whole name: `/` is neither
+            // cased nor case-ignorable, so no mapping looks across it.
+            let key = (parent, fold_case(part));
+            let Some(&at) = self.index.get(&key) else {
+                let at = self.nodes.len();
+                self.index.insert(key, at);
+                self.nodes.push(Node {
+                    parent,
+                    component: part.to_owned(),
+                    kind: this_kind,
+                    explicit,
+                });
+                parent = Some(at);
+                continue;
+            };
+            let node = &self.nodes[at];
+            // The parents matched as written, so comparing the last
+            // components compares the whole names.
+            if node.component != part {
+                return Err(ArchiveError::CaseCollision {
+                    entry: raw_name.to_owned(),
+                    other: self.path(at),
+                });
+            }
+            if this_kind != node.kind {
+                let (file, dir) = if this_kind == Kind::File {
+                    (raw_name.to_owned(), self.path(at))
+                } else {
+                    (self.path(at), raw_name.to_owned())
+                };
+                return Err(ArchiveError::FileDirConflict {
+                    entry: file,
+                    other: dir,
+                });
+            }
+            if explicit && node.explicit {
+                return Err(ArchiveError::Duplicate {
+                    entry: raw_name.to_owned(),
+                });
+            }
+            if explicit {
+                self.nodes[at].explicit = true;
+            }
+            parent = Some(at);
+        }
+        Ok(())
+    }
+
+    /// The `/`-separated name of `nodes[at]`, as written.
+    fn path(&self, at: usize) -> String {
+        let mut parts = Vec::new();
+        let mut next = Some(at);
+        while let Some(i) = next {
+            parts.push(self.nodes[i].component.as_str());
+            next = self.nodes[i].parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
+    /// The directories, in the order first seen (parents before children).
+    fn into_dirs(self) -> Vec<PlannedDir> {
+        let mut dir_index = vec![None; self.nodes.len()];
+        let mut dirs = Vec::new();
+        for (at, node) in self.nodes.into_iter().enumerate() {
+            if node.kind == Kind::Dir {
+                dir_index[at] = Some(dirs.len());
+                dirs.push(PlannedDir {
+                    // A parent is always a directory, seen before its children.
+                    parent: node.parent.and_then(|p| dir_index[p]),
+                    component: node.component,
+                });
+            }
+        }
+        dirs
+    }
 }
 
 /// The key under which two names collide on a case-insensitive file
@@ -377,6 +496,30 @@ mod tests {
         }
         assert_eq!(check_name("a//", Kind::Dir), Err("empty path component"));
         assert_eq!(check_name("../", Kind::Dir), Err("`..` path component"));
+    }
+
+    #[test]
+    fn a_long_name_is_quoted_by_its_first_80_characters() {
+        assert_eq!(shortened("lib/a.so"), "lib/a.so");
+        let exact = "é".repeat(QUOTED_NAME_CHARS);
+        assert_eq!(shortened(&exact), exact);
+        let long = format!("{exact}é/x");
+        assert_eq!(shortened(&long), format!("{exact}…"));
+    }
+
+    #[test]
+    fn names_share_their_parents_in_the_plan() {
+        let mut names = Names::default();
+        names.record("a/b/c.so", "a/b/c.so", Kind::File).unwrap();
+        names.record("a/b/d.so", "a/b/d.so", Kind::File).unwrap();
+        names.record("a/e/", "a/e", Kind::Dir).unwrap();
+        assert_eq!(names.nodes.len(), 5, "{:?}", names.nodes);
+        let plan = Plan {
+            dirs: names.into_dirs(),
+            files: Vec::new(),
+        };
+        let dirs: Vec<String> = (0..plan.dirs.len()).map(|i| plan.dir_name(i)).collect();
+        assert_eq!(dirs, ["a", "a/b", "a/e"]);
     }
 
     #[test]

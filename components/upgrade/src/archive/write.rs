@@ -30,24 +30,22 @@ pub(super) fn write<R: Read + Seek>(
     target: &Path,
     limits: &Limits,
 ) -> Result<Extracted, ArchiveError> {
-    let mut to_sync: Vec<PathBuf> = vec![target.to_path_buf()];
-    for dir in &plan.dirs {
-        let path = join(target, dir);
+    // Paths are built from the plan's tree when needed, never kept all at
+    // once: together they would cost the square of a deep name.
+    for index in 0..plan.dirs.len() {
+        let dir = plan.dir_name(index);
+        let path = join(target, &dir);
         match fs::create_dir(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // Only a real directory may be reused; a symlink would lead out.
                 let existing = fs::symlink_metadata(&path).map_err(io_err(&path))?;
                 if !existing.is_dir() {
-                    return Err(ArchiveError::Occupied {
-                        entry: dir.clone(),
-                        path,
-                    });
+                    return Err(ArchiveError::Occupied { entry: dir, path });
                 }
             }
             Err(e) => return Err(ArchiveError::Io { path, source: e }),
         }
-        to_sync.push(path);
     }
 
     let mut extracted = Extracted::default();
@@ -103,9 +101,11 @@ pub(super) fn write<R: Read + Seek>(
 
     // Children first, so each directory's entry in its parent is synced
     // after the directory's own contents.
-    for dir in to_sync.iter().rev() {
-        sync_dir(dir).map_err(io_err(dir))?;
+    for index in (0..plan.dirs.len()).rev() {
+        let dir = join(target, &plan.dir_name(index));
+        sync_dir(&dir).map_err(io_err(&dir))?;
     }
+    sync_dir(target).map_err(io_err(target))?;
     Ok(extracted)
 }
 

@@ -46,6 +46,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use tracing::{info, warn};
+use url::{Host, Url};
 
 use attempt::Attempt;
 pub use error::FetchError;
@@ -154,33 +155,41 @@ impl Default for FetchConfig {
 /// Whether `url` (the config key `key`) may be used: `https://`, or
 /// `http://` to a loopback host, or any `http://` with `allow_insecure_http`
 /// (which logs a warning, at every start).
+///
+/// The URL is read by the `url` crate, with the WHATWG rules the HTTP
+/// client connects by, so the host judged here is the host connected to:
+/// in `http://evil.example\@127.0.0.1/` the backslash ends the host, which
+/// is `evil.example`. Loopback is `localhost`, an IPv4 address in
+/// 127.0.0.0/8 (in any form WHATWG reads, such as `0x7f.1`) or `[::1]`
+/// (also as an IPv4-mapped `[::ffff:127.0.0.1]`).
 pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Ok(());
+    const ACCEPTED: &str =
+        "accepted: an https:// URL (http:// to a loopback host, or with allow_insecure_http = true)";
+    let parsed = Url::parse(url)
+        .map_err(|e| format!("{key} = {url:?} is not accepted: not a URL ({e}); {ACCEPTED}"))?;
+    match parsed.scheme() {
+        "https" => return Ok(()),
+        "http" => {}
+        other => {
+            return Err(format!(
+                "{key} = {url:?} is not accepted: scheme {other}; {ACCEPTED}"
+            ))
+        }
     }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!(
-            "{key} = {url:?} is not accepted; accepted: an https:// URL (http:// to a loopback host, or with allow_insecure_http = true)"
-        ));
+    let loopback = match parsed.host() {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        // WHATWG gives an http URL a host always.
+        None => false,
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.rsplit_once('@') {
-        Some((_, h)) => h,
-        None => authority,
-    };
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let host = parsed.host_str().unwrap_or_default();
     if loopback {
         Ok(())
     } else if allow_insecure_http {
-        warn!(key, url, "plain http to a host that is not loopback, accepted because allow_insecure_http = true: anyone on the path can read and change what the box downloads");
+        warn!(key, url, host, "plain http to a host that is not loopback, accepted because allow_insecure_http = true: anyone on the path can read and change what the box downloads");
         Ok(())
     } else {
         Err(format!(
@@ -310,24 +319,61 @@ mod tests {
     fn plain_http_is_accepted_only_to_loopback_or_with_the_opt_in() {
         for ok in [
             "https://repo.example/repo",
+            "HTTPS://repo.example/repo",
             "http://127.0.0.1:8080/repo",
+            "HTTP://127.0.0.1/repo",
             "http://localhost/repo",
+            "http://LOCALHOST:80/repo",
             "http://[::1]:9/repo",
+            "http://[0:0:0:0:0:0:0:1]/repo",
+            "http://[::ffff:127.0.0.1]/repo",
             "http://user@127.0.0.2/repo",
+            "http://user:pw@127.0.0.1/repo",
+            // WHATWG reads these as 127.0.0.1, and so does the client.
+            "http://0x7f.1/repo",
+            "http://2130706433/repo",
         ] {
             assert!(check_transport("repository_url", ok, false).is_ok(), "{ok}");
         }
-        for refused in [
-            "http://repo.example/repo",
-            "http://192.0.2.1/repo",
-            "http://127.0.0.1.evil.example/repo",
-            "http://localhost@evil.example/repo",
+        for (refused, host) in [
+            ("http://repo.example/repo", "repo.example"),
+            ("http://192.0.2.1/repo", "192.0.2.1"),
+            (
+                "http://127.0.0.1.evil.example/repo",
+                "127.0.0.1.evil.example",
+            ),
+            ("http://localhost@evil.example/repo", "evil.example"),
+            // The backslash ends the host for the client (WHATWG): the
+            // userinfo that follows is part of the path.
+            ("http://evil.example\\@127.0.0.1/repo", "evil.example"),
+            ("http://evil.example\\@127.0.0.1:8080/repo", "evil.example"),
+            ("http://evil.example#@127.0.0.1/repo", "evil.example"),
+            ("http://evil.example?@127.0.0.1/repo", "evil.example"),
+            ("http://[::2]/repo", "[::2]"),
+            ("http://[::ffff:192.0.2.1]/repo", "[::ffff:c000:201]"),
         ] {
             let e = check_transport("repository_url", refused, false).unwrap_err();
-            assert!(e.contains("not loopback"), "{refused}: {e}");
+            assert!(
+                e.contains(&format!("plain http to {host:?}, which is not loopback")),
+                "{refused}: {e}"
+            );
             assert!(check_transport("repository_url", refused, true).is_ok());
         }
-        assert!(check_transport("repository_url", "ftp://x/repo", true).is_err());
+        for (refused, why) in [
+            ("ftp://x/repo", "scheme ftp"),
+            ("file:///srv/repo", "scheme file"),
+            ("127.0.0.1/repo", "not a URL"),
+            ("http://", "not a URL"),
+            ("https://[::1/repo", "not a URL"),
+        ] {
+            let e = check_transport("trust_metadata_url", refused, true).unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "trust_metadata_url = {refused:?} is not accepted: {why}"
+                )),
+                "{refused}: {e}"
+            );
+        }
     }
 
     #[test]
