@@ -176,17 +176,8 @@ pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Resul
             ))
         }
     }
-    let loopback = match parsed.host() {
-        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        // WHATWG gives an http URL a host always.
-        None => false,
-    };
     let host = parsed.host_str().unwrap_or_default();
-    if loopback {
+    if is_loopback(&parsed) {
         Ok(())
     } else if allow_insecure_http {
         warn!(key, url, host, "plain http to a host that is not loopback, accepted because allow_insecure_http = true: anyone on the path can read and change what the box downloads");
@@ -195,6 +186,20 @@ pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Resul
         Err(format!(
             "{key} = {url:?} is not accepted: plain http to {host:?}, which is not loopback; use https://, or set allow_insecure_http = true to accept the risk"
         ))
+    }
+}
+
+/// Whether `url`'s host, as the HTTP client reads it, is this machine:
+/// `localhost`, 127.0.0.0/8, `[::1]` or `[::ffff:127.x.y.z]`.
+pub(crate) fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        // WHATWG gives an http URL a host always.
+        None => false,
     }
 }
 

@@ -36,15 +36,26 @@ pub enum Redirect {
 /// The redirect rule for an artifact whose digest came from `digest`:
 /// `previous` holds the URLs requested so far, the first one first, and
 /// `next` is where the last one redirects. Refused: more than
-/// [`MAX_REDIRECTS`] hops in all, any hop to http once https was used, and a
-/// hop to another host than the first one's unless the digest is
-/// authoritative.
+/// [`MAX_REDIRECTS`] hops in all, any hop to http once https was used, a
+/// hop to plain http off the machine from a chain that began on loopback
+/// http, and a hop to another host than the first one's unless the digest
+/// is authoritative.
 pub fn redirect(previous: &[Url], next: &Url, digest: DigestSource) -> Redirect {
     let first_host = previous.first().and_then(|u| u.host_str());
     if previous.len() > MAX_REDIRECTS {
         Redirect::Refuse(format!("too many redirects (more than {MAX_REDIRECTS})"))
     } else if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
         Redirect::Refuse("redirect from https to http refused".into())
+    } else if next.scheme() != "https"
+        && !super::is_loopback(next)
+        && previous.first().is_some_and(super::is_loopback)
+    {
+        // The configured URL was plain http only because it is loopback
+        // (`check_transport`); a hop must not take it off the machine.
+        Redirect::Refuse(format!(
+            "redirect from a loopback http repository to plain http on {} refused",
+            next.host_str().unwrap_or("(none)")
+        ))
     } else if next.host_str() != first_host && !digest.is_authoritative() {
         Redirect::Refuse(format!(
             "redirect to another host {} refused: the artifact's digest is not from TUF or the portal ({digest})",
@@ -157,6 +168,32 @@ mod tests {
             redirect(&chain, &u("http://cdn.example/b"), DigestSource::Tuf),
             Redirect::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn a_loopback_http_repository_never_redirects_to_plain_http_off_the_machine() {
+        let local = [u("http://127.0.0.1:8080/a.jar")];
+        for digest in [DigestSource::Tuf, DigestSource::Portal] {
+            assert!(matches!(
+                redirect(&local, &u("http://cdn.example/a.jar"), digest),
+                Redirect::Refuse(r) if r.contains("loopback http repository to plain http on cdn.example")
+            ));
+            assert_eq!(
+                redirect(&local, &u("https://cdn.example/a.jar"), digest),
+                Redirect::Follow
+            );
+            assert_eq!(
+                redirect(&local, &u("http://localhost:9000/a.jar"), digest),
+                Redirect::Follow
+            );
+        }
+        // A repository that is plain http off the machine was opted in
+        // (`allow_insecure_http`): its hops are judged as before.
+        let remote = [u("http://repo.example/a.jar")];
+        assert_eq!(
+            redirect(&remote, &u("http://cdn.example/a.jar"), DigestSource::Tuf),
+            Redirect::Follow
+        );
     }
 
     #[test]
