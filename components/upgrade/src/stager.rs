@@ -19,7 +19,7 @@
 //!
 //! A failure at any step leaves `modules/`, `models/` and everything else
 //! untouched, and no `modules-upgrade/` with a marker; the scratch folders
-//! are removed at the next staging.
+//! are removed then, or at the next staging after a crash.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -358,8 +358,25 @@ fn remember_digests(layout: &Layout, record: &SetRecord) {
 }
 
 /// Builds and publishes the staged set; see the module docs for the steps.
+/// A failure removes what it left (the scratch folders, a partial set).
 #[instrument(skip_all, fields(modules = plan.modules.len()))]
 pub fn stage(
+    layout: &Layout,
+    plan: &SyncPlan,
+    fetched: &HashMap<String, CachedFile>,
+    limits: &Limits,
+    preflight: &Preflight,
+) -> Result<StagedSummary, UpgradeError> {
+    let staged = build_and_publish(layout, plan, fetched, limits, preflight);
+    if staged.is_err() {
+        if let Err(e) = clear_staged(layout) {
+            warn!(error = %e, "cannot remove the scratch folders of a refused staging; the next staging removes them");
+        }
+    }
+    staged
+}
+
+fn build_and_publish(
     layout: &Layout,
     plan: &SyncPlan,
     fetched: &HashMap<String, CachedFile>,

@@ -98,10 +98,16 @@ fn a_package_of_deep_60_000_byte_names_is_refused_in_bounded_memory() -> Result<
         reported(&portal, ENV, "installed").is_empty(),
         "nothing was installed"
     );
-    ensure!(
-        !home.path().join("modules-upgrade").exists(),
-        "nothing was staged"
-    );
+    for dir in [
+        "modules-upgrade",
+        "modules-upgrade.tmp",
+        "models-upgrade.tmp",
+    ] {
+        ensure!(
+            !home.path().join(dir).exists(),
+            "nothing was staged, and the refused staging left no {dir}"
+        );
+    }
     assert!(host.is_running(), "the host died:\n{}", host.log());
     assert_eq!(host.signal_and_wait(libc::SIGTERM)?.code(), Some(0));
     Ok(())
