@@ -12,6 +12,7 @@
 
 mod machine;
 
+mod authority;
 mod core;
 mod crash;
 mod crash_staging;
