@@ -113,7 +113,7 @@ pub const HOST_ONLY: &[HostOnly] = &[
 
 /// Why a plugin's message was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The topic steers the host or the upgrade center ([`HOST_ONLY`]).
     HostOnly(&'static HostOnly),
     /// The plugin kind did not declare the topic in `publishes`.
@@ -121,7 +121,7 @@ pub enum Refusal {
 }
 
 /// Whether a plugin whose kind declared `declared` may publish on `topic`.
-pub fn check(declared: &[String], topic: &str) -> Result<(), Refusal> {
+pub(crate) fn check(declared: &[String], topic: &str) -> Result<(), Refusal> {
     if let Some(reserved) = HOST_ONLY.iter().find(|r| r.topic == topic) {
         return Err(Refusal::HostOnly(reserved));
     }
@@ -134,7 +134,7 @@ pub fn check(declared: &[String], topic: &str) -> Result<(), Refusal> {
 
 /// The declared topics that no plugin may publish, for a warning when a
 /// kind is loaded.
-pub fn host_only_among(declared: &[String]) -> Vec<&str> {
+pub(crate) fn host_only_among(declared: &[String]) -> Vec<&str> {
     declared
         .iter()
         .map(String::as_str)
