@@ -39,12 +39,17 @@ impl RestartMode {
 }
 
 /// A complete staged set waits: restart the box to apply it.
+///
+/// It names no program: the program of [`RestartMode::Command`] is the
+/// host's own configuration (`restart_command` in `box.toml`), so no
+/// message can make the host run anything else. Older JSON with a
+/// `command` field is still read, and the field ignored: refusing it would
+/// lose the restart of a set an older publisher staged, and its value has
+/// no effect either way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartRequested {
     /// How.
     pub mode: RestartMode,
-    /// The program for [`RestartMode::Command`].
-    pub command: Option<String>,
     /// Why, for the log.
     pub reason: String,
 }
@@ -162,4 +167,28 @@ pub struct ApprovalHandled {
 
 impl BusMessage for ApprovalHandled {
     const TOPIC: &'static str = "host.approval-handled";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_request_names_no_program_and_an_older_ones_command_is_ignored() {
+        let old: RestartRequested = serde_json::from_str(
+            r#"{"mode":"command","command":"/bin/sh -c evil","reason":"staged"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old,
+            RestartRequested {
+                mode: RestartMode::Command,
+                reason: "staged".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(&old).unwrap(),
+            serde_json::json!({"mode": "command", "reason": "staged"})
+        );
+    }
 }

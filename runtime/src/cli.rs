@@ -268,7 +268,7 @@ fn run(home: &Home) -> Result<u8, Error> {
                         continue;
                     }
                     info!(mode = ?request.mode, reason = %request.reason, "stopping to restart");
-                    break Some(upgrade::Restart::from(&*request));
+                    break Some(settings.restart_for(&request));
                 }
                 verdict = &mut watcher, if watching => {
                     watching = false;
@@ -291,7 +291,7 @@ fn run(home: &Home) -> Result<u8, Error> {
                         _ => continue,
                     };
                     info!(mode = ?request.mode, reason = %request.reason, "stopping to restart");
-                    break Some(upgrade::Restart::from(&request));
+                    break Some(settings.restart_for(&request));
                 }
             }
         };
@@ -531,8 +531,31 @@ fn print_status(data: &serde_json::Value) {
             c["last_error"].as_str().unwrap_or("-"),
         );
     }
+    print_refused_publications(data);
     print_sets(&data["upgrade"]);
     print_waits(data);
+}
+
+/// The messages the host refused from each plugin component (bus
+/// authority, `crate::authority`), per topic.
+fn print_refused_publications(data: &serde_json::Value) {
+    for c in data["components"].as_array().into_iter().flatten() {
+        let Some(refused) = c["refused_publications"].as_object() else {
+            continue;
+        };
+        if refused.is_empty() {
+            continue;
+        }
+        let topics: Vec<String> = refused
+            .iter()
+            .map(|(topic, n)| format!("{topic} ({n})"))
+            .collect();
+        println!(
+            "  {}: messages refused (topics it may not publish): {}",
+            c["name"].as_str().unwrap_or("?"),
+            topics.join(", ")
+        );
+    }
 }
 
 /// What a staged set waits for: the upgrade center's window or approval,

@@ -402,7 +402,7 @@ fn after_exit(layout: &Layout, settings: &Settings, status: ExitStatus) -> Resul
 /// re-executes itself (not the core); otherwise the service manager starts
 /// it again.
 fn restart(settings: &Settings) -> Result<u8, Error> {
-    match upgrade::Restart::from(&settings.restart_request(String::new())) {
+    match settings.restart_for(&settings.restart_request(String::new())) {
         how @ upgrade::Restart::Exec => upgrade::restart(how, Path::new(".")),
         _ => Ok(EXIT_RESTART),
     }

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
+pub mod authority;
 pub mod busy;
 pub mod cli;
 pub mod config;

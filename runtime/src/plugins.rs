@@ -67,7 +67,10 @@ use banalytics_sdk::{
 };
 use tracing::{info, warn};
 
-use crate::isolation::{Isolation, Spawner};
+use crate::{
+    authority::{self, Publisher},
+    isolation::{Isolation, Spawner},
+};
 
 /// The symbol every plugin exports first; its signature never changes.
 pub const ABI_SYMBOL: &str = "banalytics_plugin_abi_version";
@@ -269,6 +272,10 @@ pub fn load_dir(dir: &Path, builtin: &[&str]) -> (Vec<(ComponentKind, PathBuf)>,
                 let mut names = Vec::new();
                 for info in identity.kinds {
                     let name = info.kind.clone();
+                    let host_only = authority::host_only_among(&info.publishes);
+                    if !host_only.is_empty() {
+                        warn!(file = %path.display(), kind = %name, topics = %host_only.join(","), "plugin kind declares topics no plugin may publish; the host refuses its messages on them");
+                    }
                     names.push(name.clone());
                     loaded.push((name.clone(), path.clone()));
                     let entry = Arc::new(KindEntry {
@@ -484,6 +491,7 @@ fn create_component(
         component: init.name.clone(),
         plugin: entry.plugin.label.clone(),
         bridge: Mutex::new(None),
+        authority: Publisher::new(&init.name, &entry.plugin.label, &entry.info.publishes),
     });
     let callbacks = Box::new(HostCallbacks {
         ctx: (&*side as *const HostSide).cast_mut().cast(),
@@ -537,6 +545,8 @@ struct HostSide {
     component: String,
     plugin: String,
     bridge: Mutex<Option<Arc<Bridge>>>,
+    /// What it may publish (`crate::authority`).
+    authority: Publisher,
 }
 
 /// The host-side proxy of a plugin component: starting it starts the plugin
@@ -680,6 +690,9 @@ extern "C" fn host_publish(ctx: *mut c_void, topic: Bytes, message: Bytes) -> i3
         // SAFETY: borrowed for this call.
         let (topic, message) = unsafe { (topic.as_slice(), message.as_slice()) };
         let topic = String::from_utf8_lossy(topic);
+        if !side.authority.admit(&topic, &bridge.board) {
+            return RC_ERROR;
+        }
         let published = block_on(bridge.bus.publish_raw_except(
             &topic,
             message.to_vec(),

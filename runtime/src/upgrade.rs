@@ -111,8 +111,19 @@ impl Settings {
     pub fn restart_request(&self, reason: String) -> RestartRequested {
         RestartRequested {
             mode: self.restart_mode,
-            command: self.restart_command.clone(),
             reason,
+        }
+    }
+
+    /// How to carry out `request`: its mode, with the program of
+    /// [`RestartMode::Command`] from these settings (`box.toml`), never
+    /// from a message; without one configured, an exit.
+    pub fn restart_for(&self, request: &RestartRequested) -> Restart {
+        match (request.mode, &self.restart_command) {
+            (RestartMode::Exit, _) => Restart::Exit,
+            (RestartMode::Exec, _) => Restart::Exec,
+            (RestartMode::Command, Some(c)) => Restart::Command(c.clone()),
+            (RestartMode::Command, None) => Restart::Exit,
         }
     }
 }
@@ -147,7 +158,7 @@ pub fn fail_start_on_config(
     probation.last_error = Some(failure.clone());
     probation.boot_attempts = probation.boot_attempts.max(settings.max_boot_attempts);
     swap::set_probation(layout, &probation)?;
-    Ok(Restart::from(&settings.restart_request(failure)))
+    Ok(settings.restart_for(&settings.restart_request(failure)))
 }
 
 /// Before the components start: finish an interrupted swap, apply a staged
@@ -600,17 +611,6 @@ pub enum Restart {
     Command(String),
 }
 
-impl From<&RestartRequested> for Restart {
-    fn from(r: &RestartRequested) -> Self {
-        match (r.mode, &r.command) {
-            (RestartMode::Exit, _) => Restart::Exit,
-            (RestartMode::Exec, _) => Restart::Exec,
-            (RestartMode::Command, Some(c)) => Restart::Command(c.clone()),
-            (RestartMode::Command, None) => Restart::Exit,
-        }
-    }
-}
-
 /// Carries out a restart after the host stopped; returns the exit status
 /// when the process should exit.
 pub fn restart(how: Restart, home: &std::path::Path) -> Result<u8, Error> {
@@ -662,6 +662,7 @@ mod tests {
             restart_count: restarts,
             actors: BTreeMap::new(),
             details: serde_json::Value::Null,
+            refused_publications: BTreeMap::new(),
         }
     }
 
@@ -779,5 +780,38 @@ mod tests {
             probation_limit(Duration::from_secs(30)),
             Duration::from_secs(90)
         );
+    }
+
+    #[test]
+    fn a_restart_runs_only_the_program_box_toml_configures() {
+        let mut settings = Settings {
+            health_grace: GRACE,
+            max_boot_attempts: 3,
+            restart_mode: RestartMode::Exit,
+            restart_command: None,
+            max_defer: GRACE,
+        };
+        let asked = |mode| RestartRequested {
+            mode,
+            reason: "staged".into(),
+        };
+        // A request for a program where none is configured exits.
+        assert!(matches!(
+            settings.restart_for(&asked(RestartMode::Command)),
+            Restart::Exit
+        ));
+        settings.restart_command = Some("/opt/box/upgrade-job".into());
+        assert!(matches!(
+            settings.restart_for(&asked(RestartMode::Command)),
+            Restart::Command(c) if c == "/opt/box/upgrade-job"
+        ));
+        // An older request's own `command` changes nothing.
+        let old: RestartRequested =
+            serde_json::from_str(r#"{"mode":"command","command":"/tmp/evil","reason":"x"}"#)
+                .unwrap();
+        assert!(matches!(
+            settings.restart_for(&old),
+            Restart::Command(c) if c == "/opt/box/upgrade-job"
+        ));
     }
 }

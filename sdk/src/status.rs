@@ -72,6 +72,10 @@ pub struct ComponentStatus {
     /// synchronisation and download progress); `null` when nothing.
     #[serde(default)]
     pub details: serde_json::Value,
+    /// Messages the host refused to publish for this component (a plugin's
+    /// on a topic it may not publish), counted per topic.
+    #[serde(default)]
+    pub refused_publications: BTreeMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -88,6 +92,7 @@ struct Entry {
     restarts: u32,
     actors: BTreeMap<String, ActorStatus>,
     details: serde_json::Value,
+    refused_publications: BTreeMap<String, u64>,
 }
 
 /// The shared record of every component's and actor's state.
@@ -138,6 +143,7 @@ impl StatusBoard {
                     restarts: 0,
                     actors: BTreeMap::new(),
                     details: serde_json::Value::Null,
+                    refused_publications: BTreeMap::new(),
                 },
             );
         });
@@ -224,6 +230,21 @@ impl StatusBoard {
         });
     }
 
+    /// Counts one message the host refused to publish for component `name`
+    /// on `topic`; answers how many it refused on that topic so far (0 for
+    /// an unknown component), so that the caller logs the first.
+    pub fn refuse_publication(&self, name: &str, topic: &str) -> u64 {
+        let mut count = 0;
+        self.update(|entries| {
+            if let Some(e) = entries.get_mut(name) {
+                let n = e.refused_publications.entry(topic.to_owned()).or_default();
+                *n += 1;
+                count = *n;
+            }
+        });
+        count
+    }
+
     /// The state of one component.
     pub fn component(&self, name: &str) -> Option<ComponentStatus> {
         let entries = self.entries.lock().expect("status board poisoned");
@@ -281,6 +302,7 @@ fn view(name: &str, e: &Entry) -> ComponentStatus {
         restart_count: e.restarts + e.actors.values().map(|a| a.restarts).sum::<u32>(),
         actors: e.actors.clone(),
         details: e.details.clone(),
+        refused_publications: e.refused_publications.clone(),
     }
 }
 
@@ -304,5 +326,31 @@ mod tests {
         assert_eq!(s.state, State::Run);
         assert_eq!(s.restart_count, 1);
         assert_eq!(s.last_error.as_deref(), Some("actor a: boom"));
+    }
+
+    #[test]
+    fn refused_publications_are_counted_per_component_and_topic() {
+        let board = StatusBoard::new();
+        board.register("c", "sample-echo", "id");
+        board.register("d", "sample-echo", "id2");
+        assert_eq!(board.refuse_publication("c", "host.restart-requested"), 1);
+        assert_eq!(board.refuse_publication("c", "host.restart-requested"), 2);
+        assert_eq!(board.refuse_publication("c", "probe.ping"), 1);
+        assert_eq!(board.refuse_publication("gone", "probe.ping"), 0);
+        let c = board.component("c").unwrap();
+        assert_eq!(
+            c.refused_publications,
+            BTreeMap::from([
+                ("host.restart-requested".to_owned(), 2),
+                ("probe.ping".to_owned(), 1)
+            ])
+        );
+        assert!(board
+            .component("d")
+            .unwrap()
+            .refused_publications
+            .is_empty());
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["refused_publications"]["host.restart-requested"], 2);
     }
 }

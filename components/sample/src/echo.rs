@@ -58,12 +58,17 @@ impl Echo {
             }
         }
         let bus = self.bus.clone();
+        let forged = req.forge.clone();
         let reply = SampleReply {
             seq: req.seq,
             from: self.from.clone(),
             generation: self.generation,
         };
         Box::pin(async move {
+            for forge in forged {
+                tracing::warn!(topic = %forge.topic, "sample drill: forge a message");
+                bus.publish(forge).await;
+            }
             bus.publish(reply).await;
         })
     }

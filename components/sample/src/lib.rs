@@ -10,7 +10,10 @@
 //! process only; in process, a segfault or an abort kills the whole host
 //! and a hang wedges the component for good. `export_plugin!` at the bottom makes the `cdylib` a plugin; the
 //! feature `abi-mismatch` makes it declare another ABI version, which a host
-//! must refuse.
+//! must refuse. The feature `forge` makes a misbehaving library: a
+//! request's [`Forge`] reaches the host as a message on any topic, and the
+//! kind declares topics no plugin may publish ([`FORGE_DECLARES`]), so the
+//! tests see the host's bus authority refuse them.
 
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
@@ -38,12 +41,31 @@ pub fn plugin_kind() -> PluginKind {
     PluginKind {
         kind: kind(),
         subscribes: &[SampleRequest::TOPIC],
-        publishes: &[SampleReply::TOPIC],
+        publishes: if cfg!(feature = "forge") {
+            FORGE_DECLARES
+        } else {
+            &[SampleReply::TOPIC]
+        },
     }
 }
 
-#[cfg(not(feature = "abi-mismatch"))]
+/// What the kind declares it publishes with the feature `forge`: besides
+/// its replies and [`Forge`], topics that steer the host (a restart, an
+/// approval, the portal's target set), which the host refuses whatever a
+/// plugin declares. Spelled out here: this crate knows no host messages.
+pub const FORGE_DECLARES: &[&str] = &[
+    SampleReply::TOPIC,
+    Forge::TOPIC,
+    "host.restart-requested",
+    "host.approve-staged-set",
+    "portal.GET_ENV_MOD_RES",
+];
+
+#[cfg(not(any(feature = "abi-mismatch", feature = "forge")))]
 banalytics_sdk::export_plugin!(KIND_NAME => plugin_kind());
+
+#[cfg(all(feature = "forge", not(feature = "abi-mismatch")))]
+banalytics_sdk::export_plugin!(forge_topic = Forge::TOPIC; KIND_NAME => plugin_kind());
 
 #[cfg(feature = "abi-mismatch")]
 banalytics_sdk::export_plugin!(abi_version = banalytics_sdk::plugin::ABI_VERSION + 1; KIND_NAME => plugin_kind());
@@ -59,6 +81,25 @@ pub struct SampleRequest {
     /// A failure drill that no panic handler contains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<Drill>,
+    /// Messages to publish as [`Forge`]s before answering (reaching the
+    /// host only in a library built with the feature `forge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forge: Vec<Forge>,
+}
+
+/// A message the sample publishes for the host on any topic (bus
+/// authority drill): with the feature `forge`, the host is handed
+/// `message` on `topic`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Forge {
+    /// The topic the host is handed the message on.
+    pub topic: String,
+    /// The message's JSON.
+    pub message: serde_json::Value,
+}
+
+impl BusMessage for Forge {
+    const TOPIC: &'static str = "sample.forge";
 }
 
 /// What a [`SampleRequest`] may ask the handler to do instead of answering.

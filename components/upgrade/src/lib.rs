@@ -431,15 +431,14 @@ impl Component for UpgradeCenter {
         let stager = ctx.supervise("stager", move |_, _| {
             Stager::new(l.clone(), limits.clone(), check.clone())
         });
-        let (bus, mode, command, delay) = (
+        let (bus, mode, delay) = (
             ctx.bus().clone(),
             self.config.restart_mode,
-            self.config.restart_command.clone(),
             Duration::from_millis(self.config.status_flush_timeout_ms),
         );
         let (apply, home) = (self.apply.clone(), layout.clone());
         let restarter = ctx.supervise("restarter", move |_, _| {
-            Restarter::new(bus.clone(), mode, command.clone(), delay)
+            Restarter::new(bus.clone(), mode, delay)
                 .with_policy(apply.clone())
                 .with_home(home.clone())
         });

@@ -76,7 +76,6 @@ struct Pending {
 pub struct Restarter {
     bus: Bus,
     mode: RestartMode,
-    command: Option<String>,
     flush_timeout: Duration,
     policy: ApplyPolicy,
     pending: Option<Pending>,
@@ -90,17 +89,12 @@ pub const FLUSH_POLL: Duration = Duration::from_millis(50);
 
 impl Restarter {
     /// A restarter that restarts with `mode`, waiting at most
-    /// `flush_timeout` for the queued statuses to leave.
-    pub fn new(
-        bus: Bus,
-        mode: RestartMode,
-        command: Option<String>,
-        flush_timeout: Duration,
-    ) -> Self {
+    /// `flush_timeout` for the queued statuses to leave. The program of
+    /// `RestartMode::Command` is the host's to read from `box.toml`.
+    pub fn new(bus: Bus, mode: RestartMode, flush_timeout: Duration) -> Self {
         Restarter {
             bus,
             mode,
-            command,
             flush_timeout,
             policy: ApplyPolicy::default(),
             pending: None,
@@ -168,12 +162,7 @@ impl Handler<RestartToApply> for Restarter {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: RestartToApply, ctx: &mut Context<Self>) -> Self::Result {
-        let (bus, mode, command, timeout) = (
-            self.bus.clone(),
-            self.mode,
-            self.command.clone(),
-            self.flush_timeout,
-        );
+        let (bus, mode, timeout) = (self.bus.clone(), self.mode, self.flush_timeout);
         let span = info_span!("restarter.restart_to_apply", ?mode, reason = %msg.reason);
         let home = self.home.clone();
         if self.policy.mode == ApplyMode::Immediately {
@@ -187,7 +176,6 @@ impl Handler<RestartToApply> for Restarter {
                     info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
                     bus.publish(RestartRequested {
                         mode,
-                        command,
                         reason: msg.reason,
                     })
                     .await;
@@ -212,7 +200,6 @@ impl Handler<RestartToApply> for Restarter {
             info!(?mode, %why, reason = %reason, "restarting to apply the staged set");
             bus.publish(RestartRequested {
                 mode,
-                command,
                 reason: format!("{reason} ({why})"),
             })
             .await;

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 /// A Restarter that exits to restart, waiting at most `flush` for the
 /// statuses.
 fn exit_restarter(bus: &Bus, flush: Duration) -> Restarter {
-    Restarter::new(bus.clone(), RestartMode::Exit, None, flush)
+    Restarter::new(bus.clone(), RestartMode::Exit, flush)
 }
 
 /// A fake Portal Integration whose outbox drains by one frame per query.
@@ -69,7 +69,7 @@ async fn restart_is_bounded_by_the_flush_timeout() {
     let bus = Bus::new();
     let _stuck = fake_outbox(&bus, usize::MAX);
     let mut restarts = bus.subscribe::<RestartRequested>();
-    let r = Restarter::new(bus.clone(), RestartMode::Exec, None, Duration::from_secs(2)).start();
+    let r = Restarter::new(bus.clone(), RestartMode::Exec, Duration::from_secs(2)).start();
     let t = Instant::now();
     r.send(RestartToApply {
         reason: "test".into(),

@@ -32,6 +32,7 @@ use super::{
     HEARTBEAT_TIMEOUT, STOP_GRACE,
 };
 use crate::{
+    authority::Publisher,
     plugins::{block_on, log_plugin_event, KindEntry},
     process::{describe_exit, die_with_parent, wait_for},
 };
@@ -285,6 +286,8 @@ impl Handler<Deliver> for ChildActor {
 struct Side {
     component: String,
     plugin: String,
+    /// What the child may publish (`crate::authority`).
+    authority: Publisher,
     bridge: Mutex<Option<Arc<Bridge>>>,
     /// Milliseconds from `epoch` to the last pong (or the start).
     last_pong_ms: AtomicU64,
@@ -339,6 +342,11 @@ impl Link {
         let side = Arc::new(Side {
             component: spec.component.clone(),
             plugin: spec.entry.plugin.label.clone(),
+            authority: Publisher::new(
+                &spec.component,
+                &spec.entry.plugin.label,
+                &spec.entry.info.publishes,
+            ),
             bridge: Mutex::new(None),
             last_pong_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -636,7 +644,7 @@ fn read_frames(stream: UnixStream, side: &Side, replies: &std_mpsc::Sender<Frame
         match frame {
             Frame::Publish { topic, message } => {
                 let bridge = side.bridge.lock().expect("bridge poisoned").clone();
-                if let Some(bridge) = bridge {
+                if let Some(bridge) = bridge.filter(|b| side.authority.admit(&topic, &b.board)) {
                     let published = block_on(bridge.bus.publish_raw_except(
                         &topic,
                         message,

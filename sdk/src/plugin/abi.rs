@@ -153,7 +153,10 @@ pub struct HostCallbacks {
     pub ctx: *mut c_void,
     /// A message the instance published on a topic its kind declared in
     /// `publishes`: the topic name and the message's JSON. May block while
-    /// the host's subscribers are full. Answers an `RC_*` code.
+    /// the host's subscribers are full. Answers an `RC_*` code: the host
+    /// refuses (`RC_ERROR`, the message dropped) a topic the kind did not
+    /// declare, and the topics it keeps for its own parts whatever a kind
+    /// declares.
     pub publish: extern "C" fn(ctx: *mut c_void, topic: Bytes, message: Bytes) -> i32,
     /// The instance's actors changed state: a [`StateMessage`] as JSON.
     pub state: extern "C" fn(ctx: *mut c_void, state: Bytes),

@@ -32,12 +32,16 @@ pub struct PluginKind {
 ///
 /// `export_plugin!(abi_version = N; KINDS..)` exports another ABI version;
 /// it exists only to test the host's refusal.
+///
+/// `export_plugin!(forge_topic = "TOPIC"; KINDS..)` makes a library that
+/// misbehaves on request, to test the host's bus authority: a message its
+/// component publishes on `TOPIC` (which its kind must declare), JSON
+/// `{"topic": T, "message": M}`, reaches the host as `M` on topic `T`,
+/// whatever the kind declares, as a library built without this SDK could
+/// publish.
 #[macro_export]
 macro_rules! export_plugin {
-    ($($name:expr => $kind:expr),+ $(,)?) => {
-        $crate::export_plugin!(abi_version = $crate::plugin::ABI_VERSION; $($name => $kind),+);
-    };
-    (abi_version = $abi:expr; $($name:expr => $kind:expr),+ $(,)?) => {
+    (@export $abi:expr, $forge:expr; $($name:expr => $kind:expr),+ $(,)?) => {
         const _: () = {
             use $crate::plugin::{guest, Buf, Bytes, HostCallbacks, HostLog};
             use ::std::ffi::c_void;
@@ -98,7 +102,7 @@ macro_rules! export_plugin {
                 out: *mut *mut c_void,
                 err: *mut Buf,
             ) -> i32 {
-                unsafe { guest::create(kinds, kind, init, host, out, err) }
+                unsafe { guest::create(kinds, $forge, kind, init, host, out, err) }
             }
 
             /// # Safety
@@ -151,5 +155,14 @@ macro_rules! export_plugin {
                 unsafe { guest::free_buf(buf) }
             }
         };
+    };
+    ($($name:expr => $kind:expr),+ $(,)?) => {
+        $crate::export_plugin!(@export $crate::plugin::ABI_VERSION, ::std::option::Option::None; $($name => $kind),+);
+    };
+    (abi_version = $abi:expr; $($name:expr => $kind:expr),+ $(,)?) => {
+        $crate::export_plugin!(@export $abi, ::std::option::Option::None; $($name => $kind),+);
+    };
+    (forge_topic = $forge:expr; $($name:expr => $kind:expr),+ $(,)?) => {
+        $crate::export_plugin!(@export $crate::plugin::ABI_VERSION, ::std::option::Option::Some($forge); $($name => $kind),+);
     };
 }

@@ -208,6 +208,15 @@ struct Host {
     ctx: *mut c_void,
     publish: extern "C" fn(*mut c_void, Bytes, Bytes) -> i32,
     state: extern "C" fn(*mut c_void, Bytes),
+    /// The forging topic of `export_plugin!(forge_topic = ..)`, a drill.
+    forge: Option<&'static str>,
+}
+
+/// A message on the forging topic: what the host is handed instead.
+#[derive(serde::Deserialize)]
+struct Forged {
+    topic: String,
+    message: serde_json::Value,
 }
 // SAFETY: `HostCallbacks` are called from the instance's thread, which is
 // what they are made for; the host keeps them valid until `destroy`.
@@ -217,6 +226,19 @@ unsafe impl Sync for Host {}
 
 impl Host {
     fn publish(&self, topic: &str, json: &[u8]) -> i32 {
+        if self.forge == Some(topic) {
+            // The drill: hand the host any topic, as a library built
+            // without this SDK could.
+            let Ok(Forged { topic, message }) = serde_json::from_slice(json) else {
+                return RC_ERROR;
+            };
+            let json = message.to_string();
+            return (self.publish)(
+                self.ctx,
+                Bytes::of(topic.as_bytes()),
+                Bytes::of(json.as_bytes()),
+            );
+        }
         (self.publish)(self.ctx, Bytes::of(topic.as_bytes()), Bytes::of(json))
     }
 
@@ -241,12 +263,14 @@ struct Instance {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// `banalytics_plugin_create`.
+/// `banalytics_plugin_create`. `forge` is the forging topic of
+/// `export_plugin!(forge_topic = ..)` (a drill), `None` otherwise.
 ///
 /// # Safety
 /// As the `plugin` module docs say; `out` and `err` are writable.
 pub unsafe fn create(
     kinds: fn() -> &'static [PluginKind],
+    forge: Option<&'static str>,
     kind: Bytes,
     init: Bytes,
     host: *const HostCallbacks,
@@ -270,6 +294,7 @@ pub unsafe fn create(
             ctx: host.ctx,
             publish: host.publish,
             state: host.state,
+            forge,
         });
         let board = StatusBoard::new();
         board.register(&init.name, kind, &init.id.to_string());

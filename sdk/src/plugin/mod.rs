@@ -71,7 +71,9 @@
 //! wait for the answer. The plugin calls back into the host
 //! ([`HostCallbacks`]) from its thread: `publish` for each message on a
 //! topic the kind declared in `publishes` (it may block while the host's
-//! subscribers are full: backpressure), `state` after its actors change
+//! subscribers are full: backpressure; the host checks the topic itself
+//! and drops what the kind did not declare or the host keeps for its own
+//! parts), `state` after its actors change
 //! state. So the host's status board shows the plugin's actors with their
 //! states, restart counts and errors, and restarts follow the policy inside
 //! the plugin, by the same supervisor as built-in components.

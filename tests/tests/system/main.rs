@@ -13,6 +13,7 @@
 mod machine;
 
 mod archive;
+mod authority;
 mod core;
 mod crash;
 mod crash_staging;

@@ -20,11 +20,13 @@ use serde_json::{json, Value};
 const ABI_VERSION: u32 = 2;
 const OTHER_ABI_VERSION: u32 = 3;
 
-/// The sample plugin, built once per test run: the normal library and the
-/// one with another ABI version, copied out of the target folder.
+/// The sample plugin, built once per test run: the normal library, the
+/// one with another ABI version and the misbehaving one (feature `forge`),
+/// copied out of the target folder.
 pub(crate) struct Samples {
     pub(crate) normal: PathBuf,
     pub(crate) abi_mismatch: PathBuf,
+    pub(crate) forge: PathBuf,
 }
 
 pub(crate) fn samples() -> &'static Samples {
@@ -61,7 +63,11 @@ fn build_samples() -> Result<Samples> {
     let mut built = Vec::new();
     // Both builds put the cdylib at the same path, so each is copied away
     // before the next.
-    for (features, name) in [(Some("abi-mismatch"), "abi-mismatch"), (None, "normal")] {
+    for (features, name) in [
+        (Some("abi-mismatch"), "abi-mismatch"),
+        (Some("forge"), "forge"),
+        (None, "normal"),
+    ] {
         let mut cargo = Command::new(env!("CARGO"));
         cargo
             .current_dir(workspace)
@@ -85,6 +91,7 @@ fn build_samples() -> Result<Samples> {
     }
     Ok(Samples {
         abi_mismatch: built.remove(0),
+        forge: built.remove(0),
         normal: built.remove(0),
     })
 }
@@ -141,7 +148,7 @@ fn request(home: &TempHome, seq: u64, panic: bool, timeout: Duration) -> Result<
     }
 }
 
-fn ping(home: &TempHome, to: &str, seq: u64) -> Result<Value> {
+pub(crate) fn ping(home: &TempHome, to: &str, seq: u64) -> Result<Value> {
     match exchange(
         home,
         "probe.ping",
@@ -154,7 +161,7 @@ fn ping(home: &TempHome, to: &str, seq: u64) -> Result<Value> {
     }
 }
 
-fn wait_for_state(home: &TempHome, name: &str, state: &str) -> Result<Value> {
+pub(crate) fn wait_for_state(home: &TempHome, name: &str, state: &str) -> Result<Value> {
     poll_until(DEADLINE, &format!("{name} in {state}"), || {
         home.component(name).ok().filter(|c| c["state"] == state)
     })
