@@ -109,6 +109,10 @@ pub const HOST_ONLY: &[HostOnly] = &[
         topic: PortalOutboxState::TOPIC,
         why: "Portal Integration's count of frames the portal does not have yet, which the upgrade center waits on before a restart",
     },
+    HostOnly {
+        topic: banalytics_portal_integration::PortalBlockDrill::TOPIC,
+        why: "blocks Portal Integration's thread (a test build's drill for the watchdog); only the tests, over the control socket",
+    },
 ];
 
 /// Why a plugin's message was refused.
