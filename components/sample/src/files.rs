@@ -51,6 +51,10 @@ pub fn drill(home: &Path) -> BTreeMap<String, String> {
         std::fs::write(home.join("data/sample-drill.txt"), b"drill"),
     );
     note(
+        "create /dev/null",
+        std::fs::File::create("/dev/null").and_then(|mut f| f.write_all(b"drill")),
+    );
+    note(
         "write TMPDIR/sample-drill.txt",
         std::fs::write(std::env::temp_dir().join("sample-drill.txt"), b"drill"),
     );

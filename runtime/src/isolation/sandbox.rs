@@ -13,9 +13,9 @@
 //!   `modules*/` and `models*/` (read-only), `data/` and the temporary
 //!   folder. The home's `state/` and `config/` are neither readable nor
 //!   writable: the child's configuration arrives over its socket;
-//! * write to existing device nodes under `/dev` (`/dev/null`, a camera):
-//!   they are no part of the home, and `Stdio::null()` opens `/dev/null`
-//!   for writing.
+//! * write to (and open with `O_TRUNC`) existing device nodes under
+//!   `/dev` (`/dev/null`, a camera): they are no part of the home, and
+//!   `Stdio::null()` opens `/dev/null` for writing.
 //!
 //! Landlock is an allow-list: a right is granted on a folder and everything
 //! beneath it, and nothing can be taken out of a grant. So reads are
@@ -141,7 +141,7 @@ pub struct Grant {
 pub enum Rights {
     /// Read files, list folders, execute.
     Read,
-    /// Read, and write existing files (device nodes).
+    /// Read, and write or truncate existing files (device nodes).
     ReadWriteFiles,
     /// Everything handled.
     All,
@@ -151,7 +151,11 @@ impl Rights {
     fn bits(self) -> BitFlags<AccessFs> {
         match self {
             Rights::Read => AccessFs::from_read(TARGET_ABI),
-            Rights::ReadWriteFiles => AccessFs::from_read(TARGET_ABI) | AccessFs::WriteFile,
+            // `Truncate` too: `File::create("/dev/null")` opens with
+            // `O_TRUNC`, which Landlock checks (a no-op on a device).
+            Rights::ReadWriteFiles => {
+                AccessFs::from_read(TARGET_ABI) | AccessFs::WriteFile | AccessFs::Truncate
+            }
             Rights::All => AccessFs::from_all(TARGET_ABI),
         }
     }
