@@ -56,7 +56,8 @@
 //! **The sandbox** ([`sandbox`]): the child enters Landlock itself, first
 //! thing after `exec`: it may write only in the home's `data/` (which the
 //! host makes when missing) and in a temporary folder of its own (made by
-//! the host for each child, given as `TMPDIR`, removed with the child);
+//! the host for each child, given as `TMPDIR`, removed with the child, or
+//! at the next host's first child when a SIGKILL left it);
 //! `modules*/` and `models*/` are read-only to it; `state/` and `config/`
 //! are out of its reach. `no_new_privs` is set. On a kernel without
 //! Landlock the child runs without it: the spawner warns once, at the
@@ -151,6 +152,10 @@ impl Spawner {
     /// Spawns `command` on the spawner thread.
     pub fn spawn(&self, command: Command) -> io::Result<Child> {
         self.sandbox.get_or_init(|| {
+            let swept = sandbox::sweep_stale_tmp(&std::env::temp_dir());
+            if !swept.is_empty() {
+                tracing::info!(?swept, "removed the temporary folders of plugin processes of hosts that are gone");
+            }
             let support = sandbox::Support::probe();
             match support.level {
                 sandbox::Level::None => tracing::warn!(

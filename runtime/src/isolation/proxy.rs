@@ -549,7 +549,12 @@ fn sandbox_folders(spec: &ChildSpec) -> Result<tempfile::TempDir, String> {
     std::fs::create_dir_all(&data)
         .map_err(|e| format!("cannot make {} for the plugin process: {e}", data.display()))?;
     let tmp = tempfile::Builder::new()
-        .prefix(&format!("banalytics-plugin-{}-", spec.component))
+        .prefix(&format!(
+            "{}{}-{}-",
+            super::sandbox::TMP_PREFIX,
+            std::process::id(),
+            spec.component
+        ))
         .tempdir()
         .map_err(|e| format!("cannot make a temporary folder for the plugin process: {e}"))?;
     Ok(tmp)

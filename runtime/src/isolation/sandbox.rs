@@ -87,6 +87,38 @@ impl std::fmt::Display for Level {
     }
 }
 
+/// The start of a child's temporary folder's name, in the host's temporary
+/// folder: `banalytics-plugin-{host pid}-{component}-{random}`.
+pub const TMP_PREFIX: &str = "banalytics-plugin-";
+
+/// Removes the temporary folders of children whose host is gone (a host
+/// killed with SIGKILL removes none): those named after a process that no
+/// longer exists. Another user's are left (they cannot be removed anyway).
+pub fn sweep_stale_tmp(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TMP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 /// What the kernel offers isolated components, as `status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Support {
@@ -317,6 +349,22 @@ mod tests {
                 .all(|g| !home.starts_with(&g.path) && !g.path.starts_with(home.join("state"))),
             "no grant covers the home as a whole or its state: {plan:?}"
         );
+    }
+
+    #[test]
+    fn the_temporary_folders_of_a_host_that_is_gone_are_swept_and_a_live_ones_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let live = t
+            .path()
+            .join(format!("{TMP_PREFIX}{}-echo-aaaa", std::process::id()));
+        // Beyond the kernel's pid_max (at most 2^22): never a process.
+        let gone = t.path().join(format!("{TMP_PREFIX}{}-echo-bbbb", 1 << 23));
+        let other = t.path().join("banalytics-other-1");
+        for d in [&live, &gone, &other] {
+            std::fs::create_dir_all(d.join("inner")).unwrap();
+        }
+        assert_eq!(sweep_stale_tmp(t.path()), std::slice::from_ref(&gone));
+        assert!(live.is_dir() && other.is_dir() && !gone.exists());
     }
 
     #[test]
