@@ -504,6 +504,17 @@ fn offline_status(home: &Home) -> Result<serde_json::Value, Error> {
 fn print_status(data: &serde_json::Value) {
     let running = data["host"]["running"].as_bool().unwrap_or(false);
     println!("host: {}", if running { "running" } else { "not running" });
+    let sandbox = &data["host"]["sandbox"];
+    match sandbox["level"].as_str() {
+        Some("none") => println!(
+            "sandbox: none (the kernel has no Landlock): isolated components run unsandboxed"
+        ),
+        Some(level) => println!(
+            "sandbox: Landlock ABI {} for isolated components ({level})",
+            sandbox["landlock_abi"]
+        ),
+        None => {}
+    }
     let core = &data["core"];
     if let Some(version) = core["version"].as_str() {
         println!(

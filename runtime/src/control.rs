@@ -162,7 +162,13 @@ async fn answer(
             ok: true,
             message: None,
             data: Some(serde_json::json!({
-                "host": { "running": true, "pid": std::process::id() },
+                "host": {
+                    "running": true,
+                    "pid": std::process::id(),
+                    // What an isolated component's process gets: the
+                    // kernel's Landlock (`none`: no file-system sandbox).
+                    "sandbox": crate::isolation::sandbox::Support::probe(),
+                },
                 "components": host.board().snapshot(),
                 "busy": host.busy().state(),
             })),

@@ -1,6 +1,6 @@
 //! `Echo`, the sample's one actor.
 
-use std::{sync::Mutex, time::Duration};
+use std::{path::PathBuf, sync::Mutex, time::Duration};
 
 use actix::prelude::*;
 use banalytics_sdk::Bus;
@@ -10,15 +10,18 @@ use crate::{Drill, SampleReply, SampleRequest};
 /// Answers requests, or panics when asked to.
 pub struct Echo {
     from: String,
+    home: PathBuf,
     bus: Bus,
     generation: u64,
 }
 
 impl Echo {
-    /// A fresh instance; `generation` counts instances built so far.
-    pub fn new(from: String, bus: Bus, generation: u64) -> Self {
+    /// A fresh instance of the component in the box home `home`;
+    /// `generation` counts instances built so far.
+    pub fn new(from: String, home: PathBuf, bus: Bus, generation: u64) -> Self {
         Echo {
             from,
+            home,
             bus,
             generation,
         }
@@ -28,8 +31,13 @@ impl Echo {
         if req.panic {
             panic!("sample drill: request {} asked echo to panic", req.seq);
         }
+        let mut files = None;
         match req.drill {
             None => {}
+            Some(Drill::Files) => {
+                tracing::warn!(seq = req.seq, "sample drill: files");
+                files = Some(crate::files::drill(&self.home));
+            }
             Some(Drill::Segfault) => {
                 tracing::warn!(seq = req.seq, "sample drill: segfault");
                 // SAFETY: none; this is the drill. Page 0 is never mapped,
@@ -63,6 +71,7 @@ impl Echo {
             seq: req.seq,
             from: self.from.clone(),
             generation: self.generation,
+            files,
         };
         Box::pin(async move {
             for forge in forged {

@@ -27,6 +27,7 @@ use banalytics_sdk::{
 use serde::{Deserialize, Serialize};
 
 pub mod echo;
+pub mod files;
 
 /// The component kind's name, the `kind` value in `box.toml`.
 pub const KIND_NAME: &str = "sample-echo";
@@ -120,6 +121,12 @@ pub enum Drill {
     /// it (as with a library that installs a handler of its own and then
     /// wedges).
     Deaf,
+    /// Try what a hostile component would do to the box's files (rewrite
+    /// the TUF root in `state/`, read `config/box.toml`, change
+    /// `modules/`) and what any component may do (write in `data/` and
+    /// its temporary folder), and answer with each outcome
+    /// ([`SampleReply::files`], [`files::drill`]).
+    Files,
 }
 
 impl BusMessage for SampleRequest {
@@ -136,6 +143,9 @@ pub struct SampleReply {
     /// How many actor instances this component has built (1 before any
     /// restart).
     pub generation: u64,
+    /// The outcome of each attempt of [`Drill::Files`]: `ok` or the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl BusMessage for SampleReply {
@@ -153,23 +163,25 @@ pub struct SampleConfig {
 
 struct Sample {
     from: String,
+    home: std::path::PathBuf,
 }
 
 fn create(init: &ComponentInit) -> Result<Box<dyn Component>, ComponentError> {
     let config: SampleConfig = init.config.parse()?;
     Ok(Box::new(Sample {
         from: config.label.unwrap_or_else(|| init.name.clone()),
+        home: init.home.clone(),
     }))
 }
 
 impl Component for Sample {
     fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
-        let from = self.from.clone();
+        let (from, home) = (self.from.clone(), self.home.clone());
         let bus = ctx.bus().clone();
         let mut generation = 0;
         let addr = ctx.supervise("echo", move |_, _| {
             generation += 1;
-            echo::Echo::new(from.clone(), bus.clone(), generation)
+            echo::Echo::new(from.clone(), home.clone(), bus.clone(), generation)
         });
         ctx.route::<SampleRequest, _>(&addr);
         tracing::info!(component = ctx.name(), "sample echo started");

@@ -13,6 +13,16 @@
 //!   writes its datastore in place without rename or fsync, so it works on
 //!   a scratch copy and the files it accepted are promoted one by one with
 //!   write-rename-fsync, the timestamp last;
+//! - a root chain that is trusted only through verification: every
+//!   refresh starts `tough` from the pinned root; each root accepted since
+//!   (the pinned one and every rotation) is kept as `N.root.json` and
+//!   given to `tough` as the answer to its `N.root.json` request, so it is
+//!   verified against its predecessor exactly as the repository's would
+//!   be (a stored root that does not verify is removed with its successors
+//!   and the chain fetched again); `root.json` is a copy of the newest,
+//!   never read as trusted; a pinned root that differs from the chain's
+//!   root of its version (re-provisioned) starts a new store, the old one
+//!   moved aside;
 //! - a no-change synchronisation that moves `timestamp.json` only: when it
 //!   is byte-identical to the trusted one, the next root is not looked for
 //!   and snapshot and targets metadata come from the store (tough still
@@ -241,24 +251,33 @@ pub async fn refresh_at(
         });
     }
     let store = layout.state().join(STORE_DIR);
-    std::fs::create_dir_all(&store).map_err(io_at(&store))?;
     let pinned = std::fs::read(&trust.root).map_err(|source| UpgradeError::Trust {
         reason: format!("trust_root {}: {source}", trust.root.display()),
     })?;
-    // The store's root is a newer one reached from the pinned root by a
-    // verified rotation; a newer pinned root (re-provisioning) wins.
-    let root = match std::fs::read(store.join("root.json")) {
-        Ok(stored) if version_of(&stored) >= version_of(&pinned) => stored,
-        _ => pinned,
-    };
-    match load(client, cfg, &store, trust, &root, true).await {
+    start_again_if_reprovisioned(&store, &pinned)?;
+    std::fs::create_dir_all(&store).map_err(io_at(&store))?;
+    // The chain always starts at the pinned root: the store's roots are
+    // only answers to tough's `N.root.json` requests, verified as the
+    // repository's would be (`HomeTransport::fetch`).
+    match load(client, cfg, &store, trust, &pinned, true).await {
         Ok(t) => Ok(t),
-        Err(LoadError::Verify(reason, true)) => {
-            // The store's own snapshot or targets was used and did not
-            // verify (a store cut short by a power loss): once more, all
-            // from the repository.
+        Err(LoadError::Verify {
+            reason,
+            used_store: true,
+            bad_root,
+        }) => {
+            if let Some(version) = bad_root {
+                // A stored root that does not verify (a disk fault, or a
+                // file someone put there): it and the roots after it go,
+                // and the chain is fetched again from the repository.
+                let removed = discard_roots_from(&store, version);
+                warn!(%reason, version, ?removed, "a stored root does not verify against its predecessor: discarded");
+            }
+            // The store's own metadata was used and did not verify (a
+            // store cut short by a power loss): once more, all from the
+            // repository.
             warn!(%reason, "metadata from the store did not verify; fetching all from the repository");
-            load(client, cfg, &store, trust, &root, false)
+            load(client, cfg, &store, trust, &pinned, false)
                 .await
                 .map_err(LoadError::into_upgrade)
         }
@@ -266,17 +285,108 @@ pub async fn refresh_at(
     }
 }
 
+/// The store's file of root version `version` (the rotation chain).
+fn chain_file(store: &Path, version: u64) -> PathBuf {
+    store.join(format!("{version}.root.json"))
+}
+
+/// A pinned root (`trust_root`) whose version the store's chain holds with
+/// other content was re-provisioned (new keys at an equal or lower
+/// version): the store, verified from the old root, is moved aside to
+/// `tuf.replaced-{unix seconds}` and a new one starts.
+fn start_again_if_reprovisioned(store: &Path, pinned: &[u8]) -> Result<(), UpgradeError> {
+    let version = version_of(pinned);
+    let Ok(stored) = std::fs::read(chain_file(store, version)) else {
+        return Ok(());
+    };
+    let same = |a: &[u8], b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(a).ok()
+            == serde_json::from_slice::<serde_json::Value>(b).ok()
+    };
+    if same(&stored, pinned) {
+        return Ok(());
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let aside = store.with_file_name(format!("{STORE_DIR}.replaced-{now}"));
+    std::fs::rename(store, &aside).map_err(io_at(store))?;
+    if let Some(parent) = store.parent() {
+        sync_dir(parent).map_err(io_at(parent))?;
+    }
+    warn!(
+        version,
+        aside = %aside.display(),
+        "trust_root differs from the root of the same version the store was verified from (re-provisioned): a new store; the old one is moved aside"
+    );
+    Ok(())
+}
+
+/// Removes the store's chain files of version `from` and later; their
+/// versions.
+fn discard_roots_from(store: &Path, from: u64) -> Vec<u64> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(version) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".root.json"))
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if version >= from && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(version);
+        }
+    }
+    removed.sort_unstable();
+    let _ = sync_dir(store);
+    removed
+}
+
+/// Whether tough refused a root it was given while walking the chain
+/// (parse, signatures of the old or the new root's threshold, version).
+fn root_refused(e: &tough::error::Error) -> bool {
+    use tough::{error::Error as E, schema::RoleType};
+    matches!(
+        e,
+        E::VerifyMetadata {
+            role: RoleType::Root,
+            ..
+        } | E::OlderMetadata {
+            role: RoleType::Root,
+            ..
+        } | E::ParseMetadata {
+            role: RoleType::Root,
+            ..
+        }
+    )
+}
+
 enum LoadError {
-    /// Why, and whether metadata from the store stood in for the
-    /// repository's.
-    Verify(String, bool),
+    Verify {
+        reason: String,
+        /// Whether metadata from the store stood in for the repository's.
+        used_store: bool,
+        /// The version of a stored root tough refused.
+        bad_root: Option<u64>,
+    },
     Io(UpgradeError),
 }
 
 impl LoadError {
+    fn verify(reason: String) -> LoadError {
+        LoadError::Verify {
+            reason,
+            used_store: false,
+            bad_root: None,
+        }
+    }
+
     fn into_upgrade(self) -> UpgradeError {
         match self {
-            LoadError::Verify(reason, _) => UpgradeError::Trust { reason },
+            LoadError::Verify { reason, .. } => UpgradeError::Trust { reason },
             LoadError::Io(e) => e,
         }
     }
@@ -287,7 +397,7 @@ async fn load(
     cfg: &FetchConfig,
     store: &Path,
     trust: &Trust,
-    root: &[u8],
+    pinned: &[u8],
     use_store: bool,
 ) -> Result<TrustedTargets, LoadError> {
     let scratch = store.with_file_name(format!("{STORE_DIR}.scratch"));
@@ -295,45 +405,61 @@ async fn load(
     std::fs::create_dir_all(&scratch)
         .map_err(io_at(&scratch))
         .map_err(LoadError::Io)?;
-    for name in PROMOTION_ORDER {
+    // tough never reads a root from its datastore (it is given one).
+    for name in PROMOTION_ORDER.into_iter().filter(|n| *n != "root.json") {
         match std::fs::copy(store.join(name), scratch.join(name)) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(LoadError::Io(io_at(store.join(name))(e))),
         }
     }
-    let transport = HomeTransport::new(client.clone(), cfg, store.to_path_buf(), use_store);
+    let transport = HomeTransport::new(
+        client.clone(),
+        cfg,
+        store.to_path_buf(),
+        use_store,
+        pinned.to_vec(),
+    );
     // The timestamp first: whether it changed decides what else moves.
     let timestamp_url = trust
         .metadata_url
         .join("timestamp.json")
-        .map_err(|e| LoadError::Verify(e.to_string(), false))?;
+        .map_err(|e| LoadError::verify(e.to_string()))?;
     transport
         .prefetch(timestamp_url)
         .await
-        .map_err(|e| LoadError::Verify(format!("timestamp.json: {e}"), false))?;
-    let loaded =
-        RepositoryLoader::new(&root, trust.metadata_url.clone(), trust.targets_url.clone())
-            .transport(transport.clone())
-            .datastore(&scratch)
-            .expiration_enforcement(ExpirationEnforcement::Safe)
-            .load()
-            .await;
+        .map_err(|e| LoadError::verify(format!("timestamp.json: {e}")))?;
+    let loaded = RepositoryLoader::new(
+        &pinned,
+        trust.metadata_url.clone(),
+        trust.targets_url.clone(),
+    )
+    .transport(transport.clone())
+    .datastore(&scratch)
+    .expiration_enforcement(ExpirationEnforcement::Safe)
+    .load()
+    .await;
     let used_store = transport.used_store();
     let repo = match loaded {
         Ok(repo) => repo,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&scratch);
-            return Err(LoadError::Verify(error_chain(&e), used_store));
+            return Err(LoadError::Verify {
+                reason: error_chain(&e),
+                used_store,
+                bad_root: transport.stored_root_asked().filter(|_| root_refused(&e)),
+            });
         }
     };
     // Promote what tough accepted: the bytes as the repository signed them
     // (tough's datastore holds re-serialised copies whose hashes differ).
     let fetched = transport.accepted();
+    let trusted_root = promote_chain(store, pinned, &fetched).map_err(LoadError::Io)?;
     promote_delegated(store, &fetched).map_err(LoadError::Io)?;
     for name in PROMOTION_ORDER {
         let bytes = match fetched.get(name) {
             Some(b) => b.clone(),
+            None if name == "root.json" => trusted_root.clone(),
             None => match std::fs::read(scratch.join(name)) {
                 Ok(b) => b,
                 Err(_) => continue,
@@ -387,6 +513,42 @@ fn version_of(metadata: &[u8]) -> u64 {
         .ok()
         .and_then(|v| v["signed"]["version"].as_u64())
         .unwrap_or(0)
+}
+
+/// Writes the chain of roots tough accepted to the store, each as
+/// `N.root.json` with write-rename-fsync, the pinned root included (so
+/// that a re-provisioned one is recognised); returns the newest root, the
+/// one this run trusted, which the store also keeps as `root.json` (never
+/// read as trusted: it only tells the next run that its chain is whole).
+fn promote_chain(
+    store: &Path,
+    pinned: &[u8],
+    accepted: &HashMap<String, Vec<u8>>,
+) -> Result<Vec<u8>, UpgradeError> {
+    let mut newest = (version_of(pinned), pinned);
+    let roots = accepted
+        .iter()
+        .filter(|(k, _)| k.ends_with(".root.json"))
+        .map(|(_, b)| (version_of(b), &b[..]));
+    for (version, bytes) in std::iter::once(newest).chain(roots) {
+        let path = chain_file(store, version);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            write_atomic(&path, bytes).map_err(|e| io_at(&path)(std::io::Error::other(e)))?;
+        }
+        if version > newest.0 {
+            newest = (version, bytes);
+        }
+    }
+    let stored = std::fs::read(store.join("root.json")).ok();
+    let value = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+    if let Some(stored) = stored.filter(|s| value(s) != value(newest.1)) {
+        warn!(
+            stored_version = version_of(&stored),
+            trusted_version = newest.0,
+            "state/tuf/root.json was not the root verified from trust_root: replaced (a stored root is never trusted by itself)"
+        );
+    }
+    Ok(newest.1.to_vec())
 }
 
 /// The store's folder of delegated targets roles' metadata.
@@ -470,6 +632,9 @@ struct HomeTransport {
 struct TrustedFiles {
     timestamp: Option<Vec<u8>>,
     meta: HashMap<&'static str, serde_json::Value>,
+    /// The store's `root.json`: the newest root of the last refresh that
+    /// succeeded (compared, never trusted).
+    root: Option<Vec<u8>>,
 }
 
 /// `signed.meta` of a metadata file's bytes.
@@ -480,7 +645,10 @@ fn meta_of(bytes: &[u8]) -> Option<serde_json::Value> {
 
 impl TrustedFiles {
     fn read(store: &Path) -> TrustedFiles {
-        let mut trusted = TrustedFiles::default();
+        let mut trusted = TrustedFiles {
+            root: std::fs::read(store.join("root.json")).ok(),
+            ..TrustedFiles::default()
+        };
         for name in ["timestamp.json", "snapshot.json"] {
             let Ok(bytes) = std::fs::read(store.join(name)) else {
                 continue;
@@ -504,10 +672,20 @@ struct Fetched {
     timestamp_unchanged: bool,
     /// Whether a file came from the store.
     used_store: bool,
+    /// The root tough holds now: the pinned one, then each it was given.
+    last_root: Vec<u8>,
+    /// The version of the last root asked for, when the store answered it.
+    stored_root_asked: Option<u64>,
 }
 
 impl HomeTransport {
-    fn new(client: reqwest::Client, cfg: &FetchConfig, store: PathBuf, use_store: bool) -> Self {
+    fn new(
+        client: reqwest::Client,
+        cfg: &FetchConfig,
+        store: PathBuf,
+        use_store: bool,
+        pinned: Vec<u8>,
+    ) -> Self {
         HomeTransport {
             client,
             // Metadata is small: the connect and read bounds of the fetch
@@ -520,7 +698,10 @@ impl HomeTransport {
             }),
             store,
             use_store,
-            state: Arc::new(Mutex::new(Fetched::default())),
+            state: Arc::new(Mutex::new(Fetched {
+                last_root: pinned,
+                ..Fetched::default()
+            })),
         }
     }
 
@@ -538,6 +719,10 @@ impl HomeTransport {
 
     fn used_store(&self) -> bool {
         self.lock().used_store
+    }
+
+    fn stored_root_asked(&self) -> Option<u64> {
+        self.lock().stored_root_asked
     }
 
     fn accepted(&self) -> HashMap<String, Vec<u8>> {
@@ -634,14 +819,8 @@ impl Transport for HomeTransport {
                 return Ok(stream(bytes));
             }
         }
-        let root = key.ends_with(".root.json");
-        if root && self.lock().timestamp_unchanged {
-            // The repository publishes a new timestamp with every change,
-            // a rotated root included: nothing newer to look for.
-            return Err(TransportError::new(
-                TransportErrorKind::FileNotFound,
-                url.as_str(),
-            ));
+        if key.ends_with(".root.json") {
+            return self.root(&key, &url).await.map(stream);
         }
         if let Some(bytes) = self.stored_if_unchanged(&key) {
             let mut state = self.lock();
@@ -650,10 +829,49 @@ impl Transport for HomeTransport {
             return Ok(stream(bytes));
         }
         let bytes = self.get(&url).await?;
-        if !root {
-            self.lock().files.insert(key, bytes.clone());
-        }
+        self.lock().files.insert(key, bytes.clone());
         Ok(stream(bytes))
+    }
+}
+
+impl HomeTransport {
+    /// The answer to tough's `N.root.json` (TUF 5.3.3): the store's copy
+    /// when it has one (a root accepted in an earlier rotation, which tough
+    /// verifies against its predecessor as it would the repository's);
+    /// else "not found" when nothing can have changed (the timestamp is the
+    /// trusted one and tough holds the root the last refresh ended with);
+    /// else the repository's.
+    async fn root(&self, key: &str, url: &Url) -> Result<Vec<u8>, TransportError> {
+        let version = key
+            .strip_suffix(".root.json")
+            .and_then(|v| v.parse::<u64>().ok());
+        if self.use_store {
+            if let (Some(version), Ok(bytes)) = (version, std::fs::read(self.store.join(key))) {
+                let mut state = self.lock();
+                state.used_store = true;
+                state.stored_root_asked = Some(version);
+                state.last_root = bytes.clone();
+                state.files.insert(key.to_owned(), bytes.clone());
+                return Ok(bytes);
+            }
+        }
+        {
+            let mut state = self.lock();
+            state.stored_root_asked = None;
+            // The repository publishes a new timestamp with every change,
+            // a rotated root included: nothing newer to look for.
+            if state.timestamp_unchanged && self.trusted.root.as_ref() == Some(&state.last_root) {
+                return Err(TransportError::new(
+                    TransportErrorKind::FileNotFound,
+                    url.as_str(),
+                ));
+            }
+        }
+        let bytes = self.get(url).await?;
+        let mut state = self.lock();
+        state.last_root = bytes.clone();
+        state.files.insert(key.to_owned(), bytes.clone());
+        Ok(bytes)
     }
 }
 

@@ -479,3 +479,110 @@ async fn only_signed_targets_are_resolved_and_the_frame_is_a_hint() {
         "no .sha256 is asked for"
     );
 }
+
+/// A root of another repository (other keys), version `version`, as the
+/// bytes a forger would write into the store.
+async fn forged_root(version: u64) -> Vec<u8> {
+    let other = Signed::new().await;
+    let mut root: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(other.root()).unwrap()).unwrap();
+    root["signed"]["version"] = serde_json::json!(version);
+    serde_json::to_vec(&root).unwrap()
+}
+
+#[tokio::test]
+async fn a_forged_root_json_in_the_store_is_never_trusted_and_is_replaced_by_the_verified_one() {
+    let s = Signed::new().await;
+    let home = tempfile::tempdir().unwrap();
+    let layout = Layout::new(home.path());
+    s.serve(&s.sign(&[(JAR, b"jar one")], 1, 30, 1).await);
+    refresh(&s, &layout).await.unwrap();
+    let store = home.path().join("state/tuf");
+    assert_eq!(
+        std::fs::read(store.join("1.root.json")).unwrap(),
+        std::fs::read(s.root()).unwrap(),
+        "the pinned root starts the chain"
+    );
+    // A component writes a root of its own, version 99.
+    std::fs::write(store.join("root.json"), forged_root(99).await).unwrap();
+    s.repo.reset_counters();
+    let t = refresh(&s, &layout).await.unwrap();
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar one"));
+    // Verified from the pinned root: the chain looked for root 2 in the
+    // repository (the stored root.json is not the one it ended with).
+    assert_eq!(
+        metadata_gets(&s.repo),
+        [".tuf/timestamp.json", ".tuf/2.root.json"]
+    );
+    assert_eq!(
+        std::fs::read(store.join("root.json")).unwrap(),
+        std::fs::read(s.root()).unwrap(),
+        "the forged root.json is replaced by the root verified"
+    );
+    // And the next no-change refresh moves the timestamp only again.
+    s.repo.reset_counters();
+    refresh(&s, &layout).await.unwrap();
+    assert_eq!(metadata_gets(&s.repo), [".tuf/timestamp.json"]);
+}
+
+#[tokio::test]
+async fn a_stored_chain_root_that_does_not_verify_is_discarded_and_the_chain_fetched_again() {
+    let s = Signed::new().await;
+    let home = tempfile::tempdir().unwrap();
+    let layout = Layout::new(home.path());
+    s.serve(&s.sign(&[(JAR, b"jar one")], 1, 30, 1).await);
+    refresh(&s, &layout).await.unwrap();
+    let store = home.path().join("state/tuf");
+    // A "rotation" to other keys that the pinned root never signed.
+    std::fs::write(store.join("2.root.json"), forged_root(2).await).unwrap();
+    std::fs::write(store.join("3.root.json"), forged_root(3).await).unwrap();
+    s.repo.reset_counters();
+    let t = refresh(&s, &layout).await.unwrap();
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar one"));
+    assert!(!store.join("2.root.json").exists(), "discarded");
+    assert!(!store.join("3.root.json").exists(), "discarded with it");
+    let got = metadata_gets(&s.repo);
+    assert!(
+        got.contains(&".tuf/2.root.json".to_owned()),
+        "the chain asked of the repository: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reprovisioned_trust_root_with_other_keys_and_the_same_version_starts_a_new_store() {
+    let home = tempfile::tempdir().unwrap();
+    let layout = Layout::new(home.path());
+    let first = Signed::new().await;
+    first.serve(&first.sign(&[(JAR, b"jar one")], 1, 30, 1).await);
+    refresh(&first, &layout).await.unwrap();
+    // The box is provisioned again: another repository, another root of
+    // version 1 with other keys.
+    let second = Signed::new().await;
+    second.serve(&second.sign(&[(JAR, b"jar two")], 1, 30, 1).await);
+    let t = refresh(&second, &layout).await.unwrap();
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar two"));
+    let store = home.path().join("state/tuf");
+    assert_eq!(
+        std::fs::read(store.join("1.root.json")).unwrap(),
+        std::fs::read(second.root()).unwrap()
+    );
+    let aside: Vec<_> = std::fs::read_dir(home.path().join("state"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.starts_with("tuf.replaced-").then_some(name)
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the old store moved aside: {aside:?}");
+    assert_eq!(
+        std::fs::read(
+            home.path()
+                .join("state")
+                .join(&aside[0])
+                .join("1.root.json")
+        )
+        .unwrap(),
+        std::fs::read(first.root()).unwrap(),
+        "the old store, whole"
+    );
+}

@@ -298,6 +298,21 @@ async fn a_no_change_refresh_fetches_the_timestamp_only(name: &'static str, vers
         .await
         .unwrap();
     assert_eq!(first.version, version);
+    // A rotation (1 -> 2) is kept as the chain; the no-change refresh walks
+    // it from the pinned root 1 without fetching (python-tuf's root 2
+    // replaced the timestamp key: without it the timestamp would not
+    // verify).
+    let chain = (1..)
+        .take_while(|n| f.dir.join(format!("metadata/{n}.root.json")).is_file())
+        .collect::<Vec<u64>>();
+    for n in chain {
+        assert!(
+            home.path()
+                .join(format!("state/tuf/{n}.root.json"))
+                .is_file(),
+            "{n}.root.json"
+        );
+    }
     f.repo.reset_counters();
     let again = tuf::refresh(&client, &cfg, &layout, &f.trust())
         .await

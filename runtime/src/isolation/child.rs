@@ -10,6 +10,12 @@
 //! answers it without doing anything), so a wedged instance answers none.
 //! When the host closes the socket, the instance is destroyed and the
 //! process exits.
+//!
+//! Before anything else (no thread runs yet, the library is not opened)
+//! the child enters its file-system sandbox ([`super::sandbox`]) and tells
+//! the host the level it reached in a log event. A sandbox that cannot be
+//! built on a kernel that has Landlock ends the child: it never runs the
+//! plugin with less than it was meant to have.
 
 use std::{
     ffi::c_void,
@@ -20,9 +26,11 @@ use std::{
     sync::{mpsc, Arc, Mutex},
 };
 
-use banalytics_sdk::plugin::{Buf, Bytes, HostCallbacks, HostLog, RC_CLOSED, RC_ERROR, RC_OK};
+use banalytics_sdk::plugin::{
+    Buf, Bytes, HostCallbacks, HostLog, LEVEL_INFO, RC_CLOSED, RC_ERROR, RC_OK,
+};
 
-use super::{frame::Frame, CHILD_SOCKET_FD};
+use super::{frame::Frame, sandbox, CHILD_SOCKET_FD};
 use crate::plugins::{self, Plugin};
 
 /// The hidden subcommand's arguments.
@@ -34,6 +42,13 @@ pub struct ChildArgs {
     /// The host's log level (`LEVEL_*`: 1 error .. 5 trace; 0 off).
     #[arg(long, default_value_t = 3)]
     pub log_level: u32,
+    /// The box home, whose `data/` the sandbox lets the child write in
+    /// (`--home` is the host's own, global option).
+    #[arg(long)]
+    pub box_home: PathBuf,
+    /// The child's own temporary folder, made by the host (also `TMPDIR`).
+    #[arg(long)]
+    pub tmp: PathBuf,
 }
 
 /// Frames to the host, from any thread of the child.
@@ -136,6 +151,19 @@ fn serve(args: &ChildArgs, stream: UnixStream) -> io::Result<()> {
         level: args.log_level,
     }));
     let ctx: *mut c_void = (writer as *const Writer).cast_mut().cast();
+    let entered = sandbox::enter(&args.box_home, &args.tmp)
+        .map_err(|e| io::Error::other(format!("cannot enter the file-system sandbox: {e}")))?;
+    writer.send(&Frame::Log {
+        level: LEVEL_INFO,
+        target: "banalytics_runtime::isolation::sandbox".to_owned(),
+        message: format!(
+            "plugin process sandboxed: landlock={} no_new_privs={} (writes only in {} and {})",
+            entered.level,
+            entered.no_new_privs,
+            args.box_home.join(sandbox::DATA_DIR).display(),
+            args.tmp.display()
+        ),
+    });
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     let opened = plugins::open(&args.library, |_| Ok(())).and_then(|opened| {
         let log = Box::leak(Box::new(HostLog {

@@ -53,6 +53,16 @@
 //! seconds, `RLIMIT_CPU`: SIGXCPU at the limit, SIGKILL 5 s later) are set
 //! between fork and exec, before the library is loaded.
 //!
+//! **The sandbox** ([`sandbox`]): the child enters Landlock itself, first
+//! thing after `exec`: it may write only in the home's `data/` (which the
+//! host makes when missing) and in a temporary folder of its own (made by
+//! the host for each child, given as `TMPDIR`, removed with the child, or
+//! at the next host's first child when a SIGKILL left it);
+//! `modules*/` and `models*/` are read-only to it; `state/` and `config/`
+//! are out of its reach. `no_new_privs` is set. On a kernel without
+//! Landlock the child runs without it: the spawner warns once, at the
+//! first child, and `status` says so (`host.sandbox`).
+//!
 //! **Stopping** (a stop of the component, SIGTERM of the host): the mailbox
 //! is drained to the child, then a `stop` frame, whose answer is awaited
 //! [`STOP_GRACE`]; then the socket is closed and the child, which destroys
@@ -68,6 +78,7 @@
 pub mod child;
 pub mod frame;
 mod proxy;
+pub(crate) mod sandbox;
 
 use std::{
     io,
@@ -132,11 +143,32 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 #[derive(Default)]
 pub struct Spawner {
     requests: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
+    /// The kernel's sandbox, asked at the first spawn (and warned about
+    /// then when there is none).
+    sandbox: std::sync::OnceLock<sandbox::Support>,
 }
 
 impl Spawner {
     /// Spawns `command` on the spawner thread.
     pub fn spawn(&self, command: Command) -> io::Result<Child> {
+        self.sandbox.get_or_init(|| {
+            let swept = sandbox::sweep_stale_tmp(&std::env::temp_dir());
+            if !swept.is_empty() {
+                tracing::info!(?swept, "removed the temporary folders of plugin processes of hosts that are gone");
+            }
+            let support = sandbox::Support::probe();
+            match support.level {
+                sandbox::Level::None => tracing::warn!(
+                    "the kernel has no Landlock: isolated plugin processes run without a file-system sandbox and can write anywhere the box can, its state included"
+                ),
+                level => tracing::info!(
+                    landlock_abi = support.landlock_abi,
+                    %level,
+                    "isolated plugin processes run in a Landlock sandbox"
+                ),
+            }
+            support
+        });
         let requests = {
             let mut slot = self.requests.lock().expect("spawner poisoned");
             match slot.as_ref() {

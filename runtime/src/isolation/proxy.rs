@@ -51,6 +51,8 @@ struct ChildSpec {
     component: String,
     init_json: Vec<u8>,
     limits: Limits,
+    /// The box home (its `data/` is the child's to write in).
+    home: std::path::PathBuf,
 }
 
 /// Creates an isolated instance of `entry`'s kind: the first child is
@@ -66,6 +68,7 @@ pub(crate) fn create(
         component: init.name.clone(),
         init_json: serde_json::to_vec(&InitMessage::new(init)).expect("init serializes"),
         limits,
+        home: init.home.clone(),
     });
     let first = Link::open(&spec).map_err(ComponentError::Start)?;
     Ok(Box::new(IsolatedComponent {
@@ -298,6 +301,9 @@ struct Side {
 /// thread, come in through a reader thread.
 struct Link {
     child: Child,
+    /// The child's own temporary folder, removed when the link is dropped
+    /// (after the child was reaped: fields drop after `Drop::drop`).
+    _tmp: tempfile::TempDir,
     reaped: bool,
     tx: mpsc::Sender<Vec<u8>>,
     replies: std_mpsc::Receiver<Frame>,
@@ -312,6 +318,7 @@ impl Link {
         let (host_end, child_end) = UnixStream::pair()
             .map_err(|e| format!("cannot create the plugin process's socket: {e}"))?;
         let child_end = OwnedFd::from(child_end);
+        let tmp = sandbox_folders(spec)?;
         let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
         command
             .arg("plugin-child")
@@ -319,6 +326,11 @@ impl Link {
             .arg(library)
             .arg("--log-level")
             .arg(log_level().to_string())
+            .arg("--box-home")
+            .arg(&spec.home)
+            .arg("--tmp")
+            .arg(tmp.path())
+            .env("TMPDIR", tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         crate::notify::forget_for_child(&mut command);
@@ -370,6 +382,7 @@ impl Link {
             .map_err(io)?;
         let mut link = Link {
             child,
+            _tmp: tmp,
             reaped: false,
             tx,
             replies,
@@ -535,6 +548,25 @@ impl Drop for Link {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The folders the child's sandbox lets it write in: the home's `data/`,
+/// made when missing, and a fresh temporary folder of its own (mode 0700,
+/// in the host's temporary folder), which is returned.
+fn sandbox_folders(spec: &ChildSpec) -> Result<tempfile::TempDir, String> {
+    let data = spec.home.join(super::sandbox::DATA_DIR);
+    std::fs::create_dir_all(&data)
+        .map_err(|e| format!("cannot make {} for the plugin process: {e}", data.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            "{}{}-{}-",
+            super::sandbox::TMP_PREFIX,
+            std::process::id(),
+            spec.component
+        ))
+        .tempdir()
+        .map_err(|e| format!("cannot make a temporary folder for the plugin process: {e}"))?;
+    Ok(tmp)
 }
 
 /// The host's log level as a `LEVEL_*` number, for the child's `enabled`.

@@ -595,3 +595,136 @@ fn a_plugin_process_deaf_to_stop_and_sigterm_is_killed_when_the_host_stops() -> 
     );
     Ok(())
 }
+
+/// The files of the home a component must not change, with their bytes.
+fn protected_files(home: &TempHome) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for dir in ["state/tuf", "config", "modules"] {
+        let mut names: Vec<_> = std::fs::read_dir(home.path().join(dir))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            let path = format!("{dir}/{name}");
+            files.push((path.clone(), std::fs::read(home.path().join(&path))?));
+        }
+    }
+    Ok(files)
+}
+
+/// The sample's files drill in an isolated component: every attempt on
+/// the updater's trust (`state/tuf/root.json`: write, truncate, rename
+/// over, unlink, read), on `config/box.toml` (read) and on `modules/`
+/// (write, remove) is refused by the kernel, the files are unchanged, and
+/// `data/` and the child's temporary folder are writable. `status` shows
+/// the sandbox the kernel gives.
+#[test]
+fn an_isolated_component_cannot_touch_the_box_state_config_or_modules_and_writes_in_data(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let home = home(ISOLATED)?;
+    let tuf = home.path().join("state/tuf");
+    std::fs::create_dir_all(&tuf)?;
+    std::fs::write(
+        tuf.join("root.json"),
+        br#"{"signed": {"_type": "root", "version": 1}, "signatures": []}"#,
+    )?;
+    let before = protected_files(&home)?;
+    let host = home.start(1)?;
+    poll_until(DEADLINE, "echo in RUN", || {
+        home.component("echo").ok().filter(|c| c["state"] == "RUN")
+    })?;
+    let sandbox = home.status()?["host"]["sandbox"].clone();
+    ensure!(
+        sandbox["level"] == "full",
+        "this machine's kernel has Landlock ABI 3 or later: {sandbox}"
+    );
+
+    let reply = match home.exchange(
+        "sample.request",
+        json!({ "seq": 7, "drill": "files" }),
+        "sample.reply",
+        DEADLINE,
+    )? {
+        Ok(reply) => reply,
+        Err(why) => bail!("no answer to the files drill: {why}"),
+    };
+    let files = reply["files"].as_object().context("the drill's outcomes")?;
+    for refused in [
+        "write state/tuf/root.json",
+        "truncate state/tuf/root.json",
+        "rename over state/tuf/root.json",
+        "unlink state/tuf/root.json",
+        "read state/tuf/root.json",
+        "read config/box.toml",
+        "write modules/sample-drill.txt",
+        "remove modules/modules-info.properties",
+    ] {
+        let outcome = files[refused].as_str().unwrap_or("");
+        ensure!(
+            outcome.contains("Permission denied") || outcome.contains("cross-device"),
+            "{refused}: {outcome} (all: {reply})"
+        );
+    }
+    for allowed in [
+        "write data/sample-drill.txt",
+        "write TMPDIR/sample-drill.txt",
+        "create /dev/null",
+    ] {
+        ensure!(files[allowed] == "ok", "{allowed}: {reply}");
+    }
+    ensure!(
+        std::fs::read(home.path().join("data/sample-drill.txt"))? == b"drill",
+        "data/ is the component's to write in"
+    );
+    let after = protected_files(&home)?;
+    ensure!(
+        after == before,
+        "state/tuf, config and modules unchanged: {:?}",
+        after.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    // The component goes on as before.
+    assert_eq!(request(&home, 8, DEADLINE)?["seq"], 8);
+    assert_eq!(host.signal_and_wait(libc::SIGTERM)?.code(), Some(0));
+    let log = std::fs::read_to_string(home.log_path(1))?;
+    ensure!(
+        log.contains("plugin process sandboxed: landlock=full no_new_privs=true"),
+        "the child logs the level it reached:\n{log}"
+    );
+    Ok(())
+}
+
+/// The same drill in process: nothing stands between the component and
+/// the box's files (what README says of in-process plugins).
+#[test]
+fn the_files_drill_in_a_component_that_is_not_isolated_rewrites_the_box_trust() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let home = home(&ISOLATED.replace("isolation = \"process\"\n", ""))?;
+    let tuf = home.path().join("state/tuf");
+    std::fs::create_dir_all(&tuf)?;
+    std::fs::write(tuf.join("root.json"), b"{}")?;
+    std::fs::create_dir_all(home.path().join("data"))?;
+    let host = home.start(1)?;
+    poll_until(DEADLINE, "echo in RUN", || {
+        home.component("echo").ok().filter(|c| c["state"] == "RUN")
+    })?;
+    let reply = match home.exchange(
+        "sample.request",
+        json!({ "seq": 7, "drill": "files" }),
+        "sample.reply",
+        DEADLINE,
+    )? {
+        Ok(reply) => reply,
+        Err(why) => bail!("no answer to the files drill: {why}"),
+    };
+    for done in [
+        "write state/tuf/root.json",
+        "rename over state/tuf/root.json",
+        "unlink state/tuf/root.json",
+        "read config/box.toml",
+    ] {
+        ensure!(reply["files"][done] == "ok", "{done}: {reply}");
+    }
+    assert_eq!(host.signal_and_wait(libc::SIGTERM)?.code(), Some(0));
+    Ok(())
+}

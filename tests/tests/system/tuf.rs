@@ -473,3 +473,59 @@ fn with_only_sha256_files_a_box_refuses_the_redirect_to_a_cdn_and_reports_downlo
     ensure!(b.stop()?.success());
     Ok(())
 }
+
+/// A component (or anyone with the box's rights) writes a root of its own
+/// into the store: version 99, other keys. The box never trusts it: the
+/// next synchronisation walks from the pinned root, verifies, succeeds,
+/// and the stored `root.json` is the verified root again.
+#[test]
+fn a_forged_root_in_the_store_is_refused_and_the_next_sync_verifies_from_the_pinned_root(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let w = signed_world()?;
+    let env = env_uuid(1109);
+    let mut b = install_v1(&w, &env)?;
+    let store = b.path().join("state/tuf");
+    let pinned = std::fs::read(b.path().join("config/repository-root.json"))?;
+    // Other keys: another repository's root, raised to version 99.
+    let other = w.dir.path().join("other-portal");
+    std::fs::create_dir_all(&other)?;
+    tuf::keys_init(&other, &tuf::KeysInit::default())?;
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tuf::root_path(&other))?)?;
+    forged["signed"]["version"] = 99.into();
+    std::fs::write(store.join("root.json"), serde_json::to_vec(&forged)?)?;
+
+    w.portal.reset_counters()?;
+    let seen = sync(&w.portal, &env)?;
+    b.run_until(CONVERGE, "the sync after the forgery", |_| {
+        let n = w.portal.statuses(&env).ok()?.len();
+        let asked = metadata_requests(&w).ok()?;
+        (n > seen || !asked.is_empty()).then_some(())
+    })?;
+    let report = b.run_until(CONVERGE, "the sync to end", |b| {
+        let s = b.sync_report()?;
+        let done = ["up-to-date", "failed", "cancelled", "staged"];
+        done.contains(&s["state"].as_str()?).then_some(s)
+    })?;
+    ensure!(
+        report["state"] == "up-to-date",
+        "verified against the pinned root: {report}\n{}",
+        b.log_tail(40)
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("root.json"))?)?;
+    let pinned: serde_json::Value = serde_json::from_slice(&pinned)?;
+    ensure!(
+        stored == pinned,
+        "the forged root.json was replaced: {stored}"
+    );
+    let log = b.log_tail(400);
+    ensure!(
+        log.contains("was not the root verified from trust_root"),
+        "the refusal is logged:\n{log}"
+    );
+    ensure!(b.installed()? == sorted(&set_v1()), "{:?}", b.installed()?);
+    ensure!(b.stop()?.success());
+    Ok(())
+}
