@@ -333,6 +333,10 @@ pub struct Module {
     /// target triple. `None` when the portal declares none (the classified
     /// artifact's `.sha256` file is used).
     pub platforms: Option<BTreeMap<String, PackageInfo>>,
+    /// Extension, for the core module: the launcher handshake versions its
+    /// executable speaks (`launcherHandshakes`). `None`: not declared, read
+    /// as the first version, which every launcher speaks.
+    pub launcher_handshakes: Option<Vec<u32>>,
 }
 
 /// The portal's JSON spelling of a module object; unknown fields ignored.
@@ -357,6 +361,8 @@ struct ModuleWire {
     model: Option<PackageInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     platforms: Option<BTreeMap<String, PackageInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    launcher_handshakes: Option<Vec<u32>>,
 }
 
 impl TryFrom<ModuleWire> for Module {
@@ -373,6 +379,7 @@ impl TryFrom<ModuleWire> for Module {
             dependencies: w.dependencies,
             model: w.model,
             platforms: w.platforms,
+            launcher_handshakes: w.launcher_handshakes,
         };
         module.validate()?;
         let platforms = module.platforms.iter_mut().flat_map(|p| p.values_mut());
@@ -405,6 +412,7 @@ impl From<Module> for ModuleWire {
             dependencies: m.dependencies,
             model: m.model,
             platforms: m.platforms,
+            launcher_handshakes: m.launcher_handshakes,
         }
     }
 }

@@ -51,6 +51,35 @@ pub struct RunningCore {
     pub path: String,
     /// Its process.
     pub pid: u32,
+    /// The handshake version of the launcher that started it (the installed
+    /// package's executable); what a set's core must speak. Records written
+    /// before it existed read as 1, the only version then.
+    #[serde(default = "first_handshake")]
+    pub launcher_handshake: u32,
+    /// Why the launcher runs its own build although the active set holds a
+    /// core (the set's core refused the launcher's handshake); the set is
+    /// kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+fn first_handshake() -> u32 {
+    1
+}
+
+/// Whether a launcher of handshake version `launcher` can start a core
+/// that speaks `versions` (a module object's `launcherHandshakes`; `None`:
+/// the first version only).
+pub fn speaks(launcher: u32, versions: Option<&[u32]>) -> bool {
+    versions.map_or(launcher == 1, |v| v.contains(&launcher))
+}
+
+impl RunningCore {
+    /// Whether this core's launcher can start a core that speaks
+    /// `versions` ([`speaks`]).
+    pub fn launcher_speaks(&self, versions: Option<&[u32]>) -> bool {
+        speaks(self.launcher_handshake, versions)
+    }
 }
 
 /// What the last start recorded, if anything.
@@ -66,6 +95,22 @@ pub fn write(layout: &Layout, core: &RunningCore) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_without_the_launchers_handshake_reads_as_the_first_version() {
+        let old = r#"{"version":"1.0","sha256":"ab","origin":"launcher","path":"/x","pid":7}"#;
+        let core: RunningCore = serde_json::from_str(old).unwrap();
+        assert_eq!(core.launcher_handshake, 1);
+        assert!(core.launcher_speaks(None));
+        assert!(core.launcher_speaks(Some(&[1, 2])));
+        assert!(!core.launcher_speaks(Some(&[2])));
+        let newer = RunningCore {
+            launcher_handshake: 2,
+            ..core
+        };
+        assert!(!newer.launcher_speaks(None));
+        assert!(newer.launcher_speaks(Some(&[2])));
+    }
 
     #[test]
     fn an_origin_reads_as_its_serde_form() {

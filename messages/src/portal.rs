@@ -73,6 +73,19 @@ pub struct CoreBuild {
     /// `module-set` (the active set's core, started by the launcher) or
     /// `launcher` (the installed executable itself).
     pub origin: String,
+    /// The handshake version of the box's launcher (the installed
+    /// package): a core module whose `launcherHandshakes` lacks it is
+    /// refused. Absent from a box that predates it.
+    #[serde(
+        rename = "launcherHandshake",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub launcher_handshake: Option<u32>,
+    /// Why the launcher runs its own build although the set holds a core
+    /// (the core refused its handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// `GET_ENV_MOD_RES`, portal → box: the whole target set. The module

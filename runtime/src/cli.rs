@@ -168,7 +168,10 @@ fn run(home: &Home) -> Result<u8, Error> {
             // this launcher's child, and this process only watches it.
             match launcher::core_to_run(&layout, &own) {
                 launcher::CoreToRun::Other(core) => {
-                    return launcher::launch(&layout, &settings, core, &lock, boot);
+                    match launcher::launch(&layout, &settings, core, &lock, &boot)? {
+                        launcher::Launched::Exit(code) => return Ok(code),
+                        launcher::Launched::OwnBuild { reason } => own.fallback = Some(reason),
+                    }
                 }
                 launcher::CoreToRun::OwnNamedBySet { version } => own.version = version,
                 launcher::CoreToRun::Own => {}
@@ -522,6 +525,9 @@ fn print_status(data: &serde_json::Value) {
             core["origin"].as_str().unwrap_or("?"),
             core["sha256"].as_str().unwrap_or("?")
         );
+        if let Some(why) = core["fallback"].as_str() {
+            println!("core: not the set's: {why}");
+        }
     }
     println!(
         "{:<20} {:<26} {:<9} {:>8}  {:<36}  LAST ERROR",

@@ -113,10 +113,7 @@ impl Handshake {
             return Ok(None);
         };
         std::env::remove_var(HANDSHAKE_ENV);
-        let refused = |reason: String| Error::Io {
-            path: PathBuf::from(HANDSHAKE_ENV),
-            source: io::Error::new(io::ErrorKind::InvalidData, reason),
-        };
+        let refused = Error::Handshake;
         let h: Handshake = serde_json::from_str(&text.to_string_lossy())
             .map_err(|e| refused(format!("the launcher's handshake is unreadable: {e}")))?;
         if h.version != HANDSHAKE_VERSION {
@@ -199,6 +196,8 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
         origin: CoreOrigin::Launcher,
         path: exe.display().to_string(),
         pid: std::process::id(),
+        launcher_handshake: HANDSHAKE_VERSION,
+        fallback: None,
     })
 }
 
@@ -359,7 +358,28 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// How a started core ended, in words for the probation record.
 fn describe(status: ExitStatus) -> String {
+    if status.code() == Some(i32::from(crate::EXIT_HANDSHAKE)) {
+        return format!(
+            "the core refused this launcher's handshake version {HANDSHAKE_VERSION} (it exited with status {})",
+            crate::EXIT_HANDSHAKE
+        );
+    }
     crate::process::describe_exit("the core", status)
+}
+
+/// What `run` does once [`launch`] returned.
+#[derive(Debug)]
+pub enum Launched {
+    /// Exit with this status.
+    Exit(u8),
+    /// The committed set's core refused this launcher's handshake (a
+    /// package older than the set was installed): this launcher runs its
+    /// own build instead, keeps the set, and reports why. Restarting would
+    /// only loop.
+    OwnBuild {
+        /// Why, for `status` and the portal.
+        reason: String,
+    },
 }
 
 /// Records `failure` as the last error of the set on probation, if one is.
@@ -381,9 +401,29 @@ fn record_failure(layout: &Layout, failure: &str) -> bool {
     }
 }
 
-/// What the launcher ends with when its core ended with `status`.
-fn after_exit(layout: &Layout, settings: &Settings, status: ExitStatus) -> Result<u8, Error> {
+/// What the launcher does when its core ended with `status`: a committed
+/// set's core that refused the handshake is replaced by this launcher's
+/// own build ([`Launched::OwnBuild`]).
+fn after_exit(
+    layout: &Layout,
+    settings: &Settings,
+    status: ExitStatus,
+    core: &CoreFile,
+) -> Result<Launched, Error> {
     failpoint("launcher.core-exited");
+    let committed = matches!(swap::probation(layout), Ok(None));
+    if committed && status.code() == Some(i32::from(crate::EXIT_HANDSHAKE)) {
+        let reason = format!(
+            "the set's core {} refused this launcher's handshake version {HANDSHAKE_VERSION}: install a banalytics-box package whose launcher it speaks; until then the launcher runs its own build {BUILD_VERSION} and keeps the set",
+            core.version
+        );
+        error!(%reason, "running the launcher's own build");
+        return Ok(Launched::OwnBuild { reason });
+    }
+    exit_after(layout, settings, status).map(Launched::Exit)
+}
+
+fn exit_after(layout: &Layout, settings: &Settings, status: ExitStatus) -> Result<u8, Error> {
     match status.code() {
         Some(0) => Ok(EXIT_OK),
         Some(75) => restart(settings),
@@ -464,8 +504,8 @@ pub fn launch(
     settings: &Settings,
     core: CoreFile,
     lock: &fs::File,
-    boot: upgrade::Boot,
-) -> Result<u8, Error> {
+    boot: &upgrade::Boot,
+) -> Result<Launched, Error> {
     let on_probation = matches!(swap::probation(layout), Ok(Some(_)));
     let io_err = |path: &Path| {
         let path = path.to_owned();
@@ -477,7 +517,7 @@ pub fn launch(
         lock_fd: lock.as_raw_fd(),
         ready_fd: ready_write.as_raw_fd(),
         prepared: true,
-        rolled_back: boot.rolled_back,
+        rolled_back: boot.rolled_back.clone(),
         rolled_back_seq: boot.rolled_back_seq,
         core: RunningCore {
             version: core.version.clone(),
@@ -485,6 +525,8 @@ pub fn launch(
             origin: CoreOrigin::ModuleSet,
             path: core.path.display().to_string(),
             pid: 0,
+            launcher_handshake: HANDSHAKE_VERSION,
+            fallback: None,
         },
     };
     let (lock_fd, write_fd) = (handshake.lock_fd, handshake.ready_fd);
@@ -509,9 +551,9 @@ pub fn launch(
     }
     let failed_start = |failure: String| {
         if record_failure(layout, &failure) {
-            restart(settings)
+            restart(settings).map(Launched::Exit)
         } else {
-            Ok(EXIT_FAILURE)
+            Ok(Launched::Exit(EXIT_FAILURE))
         }
     };
     if let Err(problem) = check_executable(&core.path) {
@@ -589,7 +631,7 @@ pub fn launch(
         }
         if let Ok(Some(status)) = child.try_wait() {
             CHILD.store(0, Ordering::SeqCst);
-            return after_exit(layout, settings, status);
+            return after_exit(layout, settings, status, &core);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = child.kill();
@@ -600,7 +642,7 @@ pub fn launch(
                 limit.unwrap_or_default().as_secs_f64()
             );
             record_failure(layout, &failure);
-            return restart(settings);
+            return restart(settings).map(Launched::Exit);
         }
     }
     if line == b"ready\n" {
@@ -624,7 +666,7 @@ pub fn launch(
             }
             Probation::Ended(status) => {
                 CHILD.store(0, Ordering::SeqCst);
-                return after_exit(layout, settings, status);
+                return after_exit(layout, settings, status, &core);
             }
             Probation::Undecided => {
                 warn!(
@@ -639,7 +681,7 @@ pub fn launch(
                     ended.map_or(String::new(), |s| format!(" ({})", describe(s)))
                 );
                 record_failure(layout, &failure);
-                return restart(settings);
+                return restart(settings).map(Launched::Exit);
             }
         }
     }
@@ -647,5 +689,5 @@ pub fn launch(
     let status = child.wait().map_err(io_err(&core.path))?;
     CHILD.store(0, Ordering::SeqCst);
     info!(%status, "the core ended");
-    after_exit(layout, settings, status)
+    after_exit(layout, settings, status, &core)
 }

@@ -37,6 +37,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// The configuration or the command line was refused.
 pub const EXIT_CONFIG: u8 = 2;
+/// A core refused the handshake of the launcher that started it (another
+/// version): the launcher then runs its own build instead of that core.
+pub const EXIT_HANDSHAKE: u8 = 3;
 /// `run` stopped so that the service manager starts it again and the new
 /// start applies a staged module set (`EX_TEMPFAIL`).
 pub const EXIT_RESTART: u8 = 75;
@@ -66,6 +69,9 @@ pub enum Error {
     /// Applying, rolling back, committing or verifying a module set failed.
     #[error(transparent)]
     Swap(#[from] banalytics_home::SwapError),
+    /// The launcher's handshake is unreadable or of another version.
+    #[error("{0}")]
+    Handshake(String),
     /// A file or socket operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -81,6 +87,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Component { .. } => EXIT_CONFIG,
+            Error::Handshake(_) => EXIT_HANDSHAKE,
             _ => EXIT_FAILURE,
         }
     }

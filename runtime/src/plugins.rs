@@ -174,6 +174,7 @@ pub fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, String> {
                     dependencies: None,
                     model: None,
                     platforms: None,
+                    launcher_handshakes: None,
                 });
                 if !dir.join(&name).is_file() {
                     continue;

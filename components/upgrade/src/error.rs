@@ -61,6 +61,18 @@ pub enum UpgradeError {
         /// This box's target triple.
         platform: String,
     },
+    /// The target set's core does not speak the handshake of this box's
+    /// launcher (the installed package): it could never start, so the set
+    /// is refused before anything is downloaded.
+    #[error("module {module} speaks launcher handshake versions {speaks:?}, this box's launcher speaks version {launcher}: install a banalytics-box package whose launcher speaks one of them first; the set is refused before anything is downloaded")]
+    LauncherTooOld {
+        /// The core module.
+        module: String,
+        /// Its `launcherHandshakes`.
+        speaks: Vec<u32>,
+        /// The launcher's handshake version.
+        launcher: u32,
+    },
     /// The repository's TUF metadata could not be verified (signatures,
     /// expiry, rollback, the clock): nothing of the set is fetched.
     #[error("repository metadata refused: {reason}")]

@@ -721,6 +721,8 @@ pub fn core_module(layout: &Layout) -> (ModuleRef, Option<CoreBuild>) {
     let build = running.map(|c| CoreBuild {
         sha256: c.sha256,
         origin: c.origin.as_str().to_owned(),
+        launcher_handshake: Some(c.launcher_handshake),
+        fallback: c.fallback,
     });
     (module, build)
 }

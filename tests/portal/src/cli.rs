@@ -146,6 +146,10 @@ pub enum Command {
         /// The model package (`-model.zip`).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// For a core: a launcher handshake version its executable speaks
+        /// (repeat per version; the module object's `launcherHandshakes`).
+        #[arg(long = "launcher-handshake")]
+        launcher_handshake: Vec<u32>,
     },
     /// List published modules.
     Modules {
@@ -380,6 +384,7 @@ async fn run(cli: Cli) -> Result<()> {
             ref packaging,
             ref bin,
             ref model,
+            ref launcher_handshake,
         } => {
             let abs = |p: &PathBuf| {
                 std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
@@ -397,6 +402,8 @@ async fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .map(|(triple, file)| Ok((triple.clone(), abs(file)?)))
                     .collect::<Result<_>>()?,
+                launcher_handshakes: (!launcher_handshake.is_empty())
+                    .then(|| launcher_handshake.clone()),
             };
             let module = client()?.publish(&req).await?;
             println!("{}", serde_json::to_string_pretty(&module)?);

@@ -88,6 +88,10 @@ pub struct EnvironmentReport {
     pub module_requests: u64,
     /// `banalyticsBoxCoreModule` of the latest `GET_ENV_MOD_REQ`.
     pub last_core_module: Option<Value>,
+    /// Its extension `banalyticsBoxCoreBuild` (digest, origin, the
+    /// launcher's handshake, why the launcher runs its own build).
+    #[serde(default)]
+    pub last_core_build: Option<Value>,
     /// The assigned target set, as coordinates.
     pub assigned: Vec<String>,
     /// Every `EVT_ENV_MOD_UPD_STS`, in the order received.
@@ -106,6 +110,7 @@ struct EnvState {
     environment_hash: Option<String>,
     module_requests: u64,
     last_core_module: Option<Value>,
+    last_core_build: Option<Value>,
     statuses: Vec<StatusRecord>,
     statuses_dropped: u64,
     /// The (outbox id, `seq`) pairs recorded, at most
@@ -181,6 +186,7 @@ impl Environments {
                     r.environment_hash = e.environment_hash.clone();
                     r.module_requests = e.module_requests;
                     r.last_core_module = e.last_core_module.clone();
+                    r.last_core_build = e.last_core_build.clone();
                     r.statuses = e.statuses.clone();
                     r.statuses_dropped = e.statuses_dropped;
                     r.duplicate_statuses = e.duplicate_statuses;
@@ -285,6 +291,7 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
             app.envs.with(env, |e| {
                 e.module_requests += 1;
                 e.last_core_module = msg.get("banalyticsBoxCoreModule").cloned();
+                e.last_core_build = msg.get("banalyticsBoxCoreBuild").cloned();
             });
             let modules = app.store.target_set(env);
             info!(env, modules = modules.len(), "answering GET_ENV_MOD_REQ");

@@ -95,6 +95,11 @@ pub struct ModuleObject {
     /// triple as the Maven classifier (`{artifactId}-{version}-{triple}.{packaging}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platforms: Option<BTreeMap<String, PartInfo>>,
+    /// For a core: the launcher handshake versions its executable speaks
+    /// (extension; a box whose launcher speaks none of them refuses the
+    /// set before downloading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher_handshakes: Option<Vec<u32>>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -150,6 +155,10 @@ pub struct PublishRequest {
     /// `file` (which is then ignored).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platforms: BTreeMap<String, PathBuf>,
+    /// For a core: the launcher handshake versions it speaks, published
+    /// as the module object's `launcherHandshakes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher_handshakes: Option<Vec<u32>>,
 }
 
 impl PublishRequest {
@@ -168,6 +177,7 @@ impl PublishRequest {
             bin: None,
             model: None,
             platforms: BTreeMap::new(),
+            launcher_handshakes: None,
         }
     }
 
@@ -484,6 +494,7 @@ impl Store {
             dependencies,
             model,
             platforms,
+            launcher_handshakes: req.launcher_handshakes.clone(),
         };
         let mut state = self.state.lock().expect("store lock");
         for (path, digest) in changes.written {

@@ -295,6 +295,96 @@ exec sleep 600
     )
 }
 
+#[test]
+fn a_set_whose_core_speaks_only_a_newer_launcher_handshake_is_refused_before_download(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = portal(dir.path())?;
+    let file = dir.path().join("core-2.0");
+    std::fs::write(&file, core_2()?)?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
+    let mut req = PublishRequest::native(CORE_2, ModuleType::Core, "bin", [(PLATFORM.to_owned(), file)]);
+    req.launcher_handshakes = Some(vec![2]);
+    portal.publish_module(&req)?;
+    let env = env_uuid(430);
+    portal.assign_set(&env, &[CORE_2.to_owned()])?;
+    let mut b = ManagedBox::new(&settings(&portal, &env))?;
+    b.spawn()?;
+
+    let v = verdict(&portal, &mut b, &env)?;
+    ensure!(
+        v.status == "installation_cancelled"
+            && v.message.contains("launcher handshake versions [2]")
+            && v.message.contains("speaks version 1")
+            && v.message.contains("install a banalytics-box package"),
+        "refused, naming the launcher to install: {v}"
+    );
+    let fetched: Vec<String> = portal
+        .stats()
+        .paths
+        .into_keys()
+        .filter(|p| p.contains("/core/2.0/"))
+        .collect();
+    ensure!(fetched.is_empty(), "nothing of the core was fetched: {fetched:?}");
+    ensure!(b.exits().is_empty(), "no restart: {:?}", b.exits());
+    ensure!(!b.path().join("modules-upgrade").exists(), "nothing staged");
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_committed_core_that_refuses_the_launchers_handshake_leaves_the_launchers_own_build_running(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let dir = tempfile::tempdir()?;
+    let portal = portal(dir.path())?;
+    let (env, mut b) = box_assigned_core(&portal, dir.path(), CORE_2, &core_2()?, 431)?;
+    let v = verdict(&portal, &mut b, &env)?;
+    ensure!(v.status == "installed", "{v}");
+    ensure!(running_core(&mut b)?["origin"] == "module-set");
+    ensure!(b.stop()?.success());
+
+    // An older package under the committed set: its core now refuses the
+    // launcher's handshake, as a core of a newer handshake would.
+    let core = b.path().join("modules/banalytics-box");
+    std::fs::write(
+        &core,
+        "#!/bin/sh\necho 'banalytics-box: the launcher speaks handshake version 1, this core 2' >&2\nexit 3\n",
+    )?;
+    std::fs::set_permissions(&core, std::fs::Permissions::from_mode(0o755))?;
+    b.spawn()?;
+    let core = running_core(&mut b)?;
+    ensure!(core["origin"] == "launcher", "the launcher's own build runs: {core}");
+    let why = core["fallback"].as_str().unwrap_or_default();
+    ensure!(
+        why.contains("refused this launcher's handshake version 1") && why.contains("keeps the set"),
+        "status says why: {core}"
+    );
+    ensure!(b.exits().is_empty(), "no restart loop: {:?}", b.exits());
+    ensure!(
+        b.installed()?.contains(&CORE_2.to_owned()),
+        "the set is kept: {:?}",
+        b.installed()?
+    );
+    let text = b.home().cli(&["status"])?;
+    let text = String::from_utf8_lossy(&text.stdout);
+    ensure!(text.contains("core: not the set's: the set's core 2.0 refused"), "{text}");
+    portal.wait_connected(&env, DEADLINE)?;
+    let asked = b.home().cli(&["upgrade"])?;
+    ensure!(asked.status.success(), "{asked:?}");
+    b.run_until(DEADLINE, "the portal to hear why", |_| {
+        let report = portal.environment_report(&env).ok()??;
+        let build = report.last_core_build?;
+        build["fallback"]
+            .as_str()
+            .is_some_and(|f| f.contains("refused this launcher's handshake"))
+            .then_some(())
+    })?;
+    ensure!(b.stop()?.success());
+    Ok(())
+}
+
 /// Copies the tree `from` to `to` (files, folders, symlinks, modes).
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
