@@ -484,7 +484,28 @@ fn print_status(data: &serde_json::Value) {
         );
     }
     print_sets(&data["upgrade"]);
+    print_sync(data);
     print_waits(data);
+}
+
+/// The upgrade center's last synchronisation (or refused request): its
+/// state, trigger and result.
+fn print_sync(data: &serde_json::Value) {
+    for c in data["components"].as_array().into_iter().flatten() {
+        let sync = &c["details"]["sync"];
+        let Some(state) = sync["state"].as_str().filter(|s| *s != "idle") else {
+            continue;
+        };
+        let result = sync["result"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!(
+            "synchronisation ({}): {state} (trigger: {}){result}",
+            c["name"].as_str().unwrap_or("?"),
+            sync["trigger"].as_str().unwrap_or("?"),
+        );
+    }
 }
 
 /// What a staged set waits for: the upgrade center's window or approval,
