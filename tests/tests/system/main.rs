@@ -12,6 +12,7 @@
 
 mod machine;
 
+mod answers;
 mod core;
 mod crash;
 mod crash_staging;
