@@ -752,26 +752,26 @@ async fn run(
                     set_id: Some(set_id.clone()),
                 })
                 .await?;
-        let mut r = report.borrow_mut();
-        r.state = SyncState::Staged;
-        r.result = Some(if approved {
-            "the staged set was approved by the portal; restarting to apply it".into()
+        let result = if approved {
+            "the staged set was approved by the portal; restarting to apply it"
         } else {
-            "the target set is staged already".into()
-        });
-        r.waits_for = if approved {
+            "the target set is staged already"
+        };
+        let waits_for = if approved {
             None
         } else {
             peers.apply.waits_for()
         };
-        let message = match &r.waits_for {
+        let message = match &waits_for {
             Some(why) => format!("the target set is staged already and waits: {why}"),
-            None => r
-                .result
-                .clone()
-                .unwrap_or_else(|| "the target set is staged already".into()),
+            None => result.to_owned(),
         };
-        drop(r);
+        {
+            let mut r = report.borrow_mut();
+            r.state = SyncState::Staged;
+            r.result = Some(result.to_owned());
+            r.waits_for = waits_for;
+        }
         info!(
             approved,
             "target set is the staged set waiting for its restart"

@@ -1881,7 +1881,7 @@ async fn a_first_run_waits_for_the_link_and_an_operator_upgrade_meanwhile_is_ref
 async fn an_upgrade_answers_started_and_one_while_it_runs_answers_joined() {
     let repo = Repo::start().await;
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
-    let b = Arc::new(
+    let b = std::rc::Rc::new(
         start_box(
             &repo,
             objects(&[&alpha]),
