@@ -159,12 +159,16 @@ impl PortalLink {
         self.running = true;
         let (tx, rx) = oneshot::channel();
         self.awaiting = Some(tx);
-        let skipped_triggers = self.report.borrow().skipped_triggers;
+        let (skipped_triggers, busy) = {
+            let r = self.report.borrow();
+            (r.skipped_triggers, r.busy.clone())
+        };
         *self.report.borrow_mut() = SyncReport {
             state: SyncState::Requesting,
             trigger: Some(trigger),
             started_ms: Some(now_ms()),
             skipped_triggers,
+            busy,
             requests: request.into_iter().collect(),
             started_by: request,
             home: HomeFacts::read(&self.peers.layout),
@@ -299,7 +303,11 @@ impl Handler<FromBus<RestartDeferred>> for PortalLink {
             "the restart waits for busy components ({}), at most until {until}",
             deferred.holders.join(", ")
         );
-        self.report.borrow_mut().waits_for = Some(message.clone());
+        {
+            let mut r = self.report.borrow_mut();
+            r.waits_for = Some(message.clone());
+            r.busy = Some((message.clone(), deferred.until_ms));
+        }
         publish_report(&self.peers, &self.report.borrow());
         let peers = self.peers.clone();
         let span = info_span!("portal_link.restart_deferred");
@@ -781,6 +789,23 @@ async fn run(
             .await;
         return Ok(());
     }
+    // The staged set whose restart the host defers for busy leases: the
+    // restart comes once they are released (at most until then); staging
+    // it again would change nothing.
+    if let Some(why) = deferred_staged_set(peers, report, &target).await {
+        {
+            let mut r = report.borrow_mut();
+            r.state = SyncState::Staged;
+            r.result = Some("the target set is staged already".into());
+            r.waits_for = Some(why.clone());
+        }
+        info!("target set is the staged set whose restart waits for busy leases");
+        let message = format!("the target set is staged already and waits: {why}");
+        asker
+            .answer(peers, UpgradeOutcome::StagedAlready, message)
+            .await;
+        return Ok(());
+    }
     set_state(peers, report, SyncState::Resolving);
     asker
         .answer(
@@ -893,6 +918,28 @@ async fn run(
         })
         .await?;
     Ok(())
+}
+
+/// What the restart of the staged set waits for, when the host defers it
+/// for busy leases now and `target` is that set; `None` otherwise.
+async fn deferred_staged_set(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    target: &[Module],
+) -> Option<String> {
+    let (why, until_ms) = report.borrow().busy.clone()?;
+    if until_ms <= now_ms() {
+        return None;
+    }
+    let staged = peers.layout.upgrade();
+    let keys = off_thread(move || banalytics_home::installed::module_keys(&staged))
+        .await
+        .ok()
+        .flatten()?;
+    let target = target.iter().map(|m| m.coords.to_string()).collect();
+    let same =
+        banalytics_home::installed::key_set(keys) == banalytics_home::installed::key_set(target);
+    same.then_some(why)
 }
 
 /// The final status of a synchronisation that found the installed set

@@ -197,6 +197,12 @@ pub struct SyncReport {
     /// every progress update.
     #[serde(skip)]
     pub home: HomeFacts,
+    /// The host's last deferral of the restart that applies the staged
+    /// set for busy leases: what for, in words, and until when (ms since
+    /// the epoch). Kept from one synchronisation to the next: a trigger
+    /// for the staged set while it lasts is answered that the set waits.
+    #[serde(skip)]
+    pub busy: Option<(String, u64)>,
 }
 
 /// What the report says of the home besides the synchronisation.

@@ -1940,3 +1940,45 @@ async fn an_upgrade_for_the_staged_set_waiting_for_approval_says_it_waits_and_fo
         answer.message
     );
 }
+
+#[actix_rt::test]
+async fn an_upgrade_for_the_staged_set_whose_restart_busy_leases_defer_says_so() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(&repo, objects(&[&alpha]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    // The host defers the restart for a busy lease, as it says on the bus.
+    let until_ms = banalytics_sdk::status::now_ms() + 60_000;
+    b.bus
+        .publish(banalytics_messages::upgrade::RestartDeferred {
+            holders: vec!["probe/alarm-clip (recording)".into()],
+            until_ms,
+        })
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.sync()["waits_for"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "{}", b.sync());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let since = banalytics_sdk::status::now_ms();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let answer = b.ask_upgrade(41).await;
+    assert_eq!(answer.outcome, UpgradeOutcome::StagedAlready, "{answer:?}");
+    assert!(
+        answer.message.contains("busy components") && answer.message.contains("probe/alarm-clip"),
+        "{}",
+        answer.message
+    );
+    let sync = b.wait_sync_after(since + 1).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(
+        sync["result"], "the target set is staged already",
+        "not staged again: {sync}"
+    );
+    assert!(
+        sync["waits_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("busy components")),
+        "{sync}"
+    );
+}
