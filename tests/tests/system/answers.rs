@@ -137,6 +137,7 @@ fn a_rollout_over_three_boxes_one_already_on_its_set_finishes_without_a_halt() -
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    eprintln!("rollout over 3 boxes finished in {:?}", start.elapsed());
     ensure!(
         (rollout.installed(), rollout.failed()) == (3, 0),
         "{rollout:?}"
@@ -246,6 +247,7 @@ fn upgrade_with_the_portal_down_is_refused_within_a_second_and_the_portal_hears_
         portal_details(b).filter(|d| d["connected"] == false)
     })?;
     let (ok, out, err, took) = upgrade(&b)?;
+    eprintln!("upgrade with the portal down answered in {took:?}");
     ensure!(!ok, "refused with a non-zero exit: {out} {err}");
     ensure!(
         took < Duration::from_secs(1),
