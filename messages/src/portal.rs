@@ -159,6 +159,29 @@ impl BusMessage for PortalLinkChanged {
     const TOPIC: &'static str = "portal-link.changed";
 }
 
+/// Asks Portal Integration whether the portal link is up now; it answers
+/// with [`PortalLinkState`]. Nobody on the bus to take it: no Portal
+/// Integration runs on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalLinkQuery {}
+
+impl BusMessage for PortalLinkQuery {
+    const TOPIC: &'static str = "portal-link.query";
+}
+
+/// Portal Integration's answer to [`PortalLinkQuery`]: whether the
+/// WebSocket is connected now (a [`PortalLinkChanged`] says when it
+/// changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalLinkState {
+    /// Whether the WebSocket is connected now.
+    pub connected: bool,
+}
+
+impl BusMessage for PortalLinkState {
+    const TOPIC: &'static str = "portal-link.state";
+}
+
 /// Asks Portal Integration how many frames wait for the portal, in memory
 /// and on disk; it answers with [`PortalOutboxState`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +225,46 @@ pub struct UpgradeRequested {
 
 impl BusMessage for UpgradeRequested {
     const TOPIC: &'static str = "host.upgrade-requested";
+}
+
+/// What came of an [`UpgradeRequested`] with a `request` number, as the
+/// upgrade center answers it in [`UpgradeAnswered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeOutcome {
+    /// Refused before anything was asked: the portal link is down, or no
+    /// Portal Integration runs. Nothing started, nothing is reported to
+    /// the portal.
+    Refused,
+    /// A synchronisation was running: the request joined it.
+    Joined,
+    /// The request started a synchronisation and the portal named its
+    /// target set, which is being resolved, downloaded and staged.
+    Started,
+    /// The synchronisation it started found the target set staged already;
+    /// the set waits for its restart (the message says for what).
+    StagedAlready,
+    /// The synchronisation it started stopped before the portal's target
+    /// set was taken on (the message says why).
+    Failed,
+}
+
+/// The upgrade center's answer to an [`UpgradeRequested`] that had a
+/// `request` number: what the request did, once that is known (at once
+/// when it was refused or joined a running synchronisation, after the
+/// portal named the target set when it started one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeAnswered {
+    /// The request's number.
+    pub request: u64,
+    /// What came of it.
+    pub outcome: UpgradeOutcome,
+    /// The same, in words for the operator.
+    pub message: String,
+}
+
+impl BusMessage for UpgradeAnswered {
+    const TOPIC: &'static str = "host.upgrade-answered";
 }
 
 #[cfg(test)]

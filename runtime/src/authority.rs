@@ -28,7 +28,7 @@
 use banalytics_messages::{
     portal::{
         GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatusUpdate, PortalLinkChanged,
-        PortalOutboxState, SyncSoftware, UpgradeRequested,
+        PortalLinkState, PortalOutboxState, SyncSoftware, UpgradeAnswered, UpgradeRequested,
     },
     upgrade::{
         ApprovalHandled, ApproveStagedSet, RestartDeferred, RestartRequested, UpgradeCommitted,
@@ -108,6 +108,14 @@ pub const HOST_ONLY: &[HostOnly] = &[
     HostOnly {
         topic: PortalOutboxState::TOPIC,
         why: "Portal Integration's count of frames the portal does not have yet, which the upgrade center waits on before a restart",
+    },
+    HostOnly {
+        topic: PortalLinkState::TOPIC,
+        why: "Portal Integration's answer whether the link is up; while it says down, the operator's `upgrade` is refused",
+    },
+    HostOnly {
+        topic: UpgradeAnswered::TOPIC,
+        why: "the upgrade center's answer to the operator's `upgrade` (started, joined, staged, refused), which the CLI prints",
     },
     HostOnly {
         topic: banalytics_portal_integration::PortalBlockDrill::TOPIC,

@@ -550,6 +550,7 @@ fn print_status(data: &serde_json::Value) {
     }
     print_refused_publications(data);
     print_sets(&data["upgrade"]);
+    print_sync(data);
     print_waits(data);
 }
 
@@ -571,6 +572,26 @@ fn print_refused_publications(data: &serde_json::Value) {
             "  {}: messages refused (topics it may not publish): {}",
             c["name"].as_str().unwrap_or("?"),
             topics.join(", ")
+        );
+    }
+}
+
+/// The upgrade center's last synchronisation (or refused request): its
+/// state, trigger and result.
+fn print_sync(data: &serde_json::Value) {
+    for c in data["components"].as_array().into_iter().flatten() {
+        let sync = &c["details"]["sync"];
+        let Some(state) = sync["state"].as_str().filter(|s| *s != "idle") else {
+            continue;
+        };
+        let result = sync["result"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!(
+            "synchronisation ({}): {state} (trigger: {}){result}",
+            c["name"].as_str().unwrap_or("?"),
+            sync["trigger"].as_str().unwrap_or("?"),
         );
     }
 }

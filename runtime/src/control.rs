@@ -24,6 +24,13 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `approve` waits for the upgrade center's answer.
 pub const APPROVAL_WAIT: Duration = Duration::from_secs(10);
 
+/// How long `upgrade` waits for the upgrade center to say what came of the
+/// request: at once when refused or joined, once the portal named the
+/// target set when it started a synchronisation (the portal has 60 s; past
+/// this, the answer says the synchronisation was requested, and `status`
+/// shows the rest).
+pub const UPGRADE_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 /// What the CLI can ask.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -141,6 +148,58 @@ async fn approve(host: &Host, layout: &banalytics_home::Layout) -> Response {
     }
 }
 
+/// `upgrade`: publishes the request under a number (the asker's, else a
+/// new one) and answers with what the upgrade center says came of it
+/// (`UpgradeAnswered`): refused, joined a running synchronisation, started
+/// one, or found the target set staged already and waiting. `data` holds
+/// the request's number and the outcome.
+async fn upgrade(host: &Host, retry: bool, request: Option<u64>) -> Response {
+    use banalytics_messages::portal::{UpgradeAnswered, UpgradeOutcome, UpgradeRequested};
+    let request = request.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let mut answers = host.bus().subscribe::<UpgradeAnswered>();
+    let receivers = host
+        .bus()
+        .publish(UpgradeRequested {
+            retry,
+            request: Some(request),
+        })
+        .await;
+    if receivers == 0 {
+        return Response {
+            ok: false,
+            message: Some("no component handles upgrades on this host".to_owned()),
+            data: None,
+        };
+    }
+    let answered = tokio::time::timeout(UPGRADE_ANSWER_WAIT, async {
+        while let Some(a) = answers.recv().await {
+            if a.request == request {
+                return Some(a);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(a) = answered else {
+        return Response {
+            ok: true,
+            message: Some(format!(
+                "synchronisation requested{}; the upgrade center did not say within {} s what came of it (the portal has not named the target set yet); `status` shows its progress",
+                if retry { " with the quarantine lifted for it" } else { "" },
+                UPGRADE_ANSWER_WAIT.as_secs()
+            )),
+            data: Some(serde_json::json!({ "request": request })),
+        };
+    };
+    Response {
+        ok: !matches!(a.outcome, UpgradeOutcome::Refused | UpgradeOutcome::Failed),
+        message: Some(a.message.clone()),
+        data: Some(serde_json::json!({ "request": request, "outcome": a.outcome })),
+    }
+}
+
 async fn answer(
     stream: UnixStream,
     host: &Host,
@@ -173,21 +232,7 @@ async fn answer(
                 "busy": host.busy().state(),
             })),
         },
-        Ok(Request::Upgrade { retry, request }) => {
-            let receivers = host
-                .bus()
-                .publish(banalytics_messages::portal::UpgradeRequested { retry, request })
-                .await;
-            Response {
-                ok: receivers > 0,
-                message: Some(match (receivers, retry) {
-                    (0, _) => "no component handles upgrades on this host".to_owned(),
-                    (_, false) => "synchronisation requested; `status` shows its progress".to_owned(),
-                    (_, true) => "synchronisation requested with the quarantine lifted for it; `status` shows its progress".to_owned(),
-                }),
-                data: None,
-            }
-        }
+        Ok(Request::Upgrade { retry, request }) => upgrade(host, retry, request).await,
         Ok(Request::Approve) => approve(host, layout).await,
         Ok(Request::Exchange(x)) => crate::exchange::answer(host.bus(), x).await,
         Ok(Request::Restart { component }) => match host.restart(&component).await {

@@ -31,7 +31,10 @@
 //!
 //! * **Start** reads `ca_file` (a bad one puts the component in `ERROR`
 //!   naming the file), then starts `link` and `outbox` and routes
-//!   `GetEnvModulesRequest` and `ModuleStatusUpdate` to the outbox.
+//!   `GetEnvModulesRequest` and `ModuleStatusUpdate` to the outbox. It
+//!   answers `PortalOutboxQuery` (how much the portal does not have yet)
+//!   and `PortalLinkQuery` (whether the link is up now, as
+//!   `PortalLinkState`).
 //! * **Expected faults are not failures.** An unreachable portal, a refused
 //!   certificate, a dead or closed link, a bad frame: each is logged, shown
 //!   on the status board (`details`: `portal`, `connected`, `connects`,
@@ -62,7 +65,8 @@
 use std::{path::PathBuf, sync::Arc};
 
 use banalytics_messages::portal::{
-    GetEnvModulesRequest, ModuleStatusUpdate, PortalOutboxQuery, PortalOutboxState,
+    GetEnvModulesRequest, ModuleStatusUpdate, PortalLinkQuery, PortalLinkState, PortalOutboxQuery,
+    PortalOutboxState,
 };
 use banalytics_sdk::{
     component::{Component, ComponentContext, ComponentInit, ComponentKind},
@@ -163,7 +167,7 @@ struct PortalIntegration {
     timing: Timing,
     queue: Option<Arc<outbox::OutboxQueue>>,
     durable: Option<Arc<outbox::DurableOutbox>>,
-    answers: Option<tokio::task::AbortHandle>,
+    answers: Vec<tokio::task::AbortHandle>,
 }
 
 impl PortalIntegration {
@@ -175,7 +179,7 @@ impl PortalIntegration {
             timing,
             queue: None,
             durable: None,
-            answers: None,
+            answers: Vec::new(),
         }
     }
 }
@@ -216,6 +220,7 @@ impl Component for PortalIntegration {
         });
         let up = Arc::new(watch::channel(false).0);
         let up_rx = up.subscribe();
+        let link_up = up.subscribe();
         let bus = ctx.bus().clone();
         let link = ctx.supervise("link", move |_, _| {
             link::Link::new(settings.clone(), bus.clone(), up.clone())
@@ -245,12 +250,22 @@ impl Component for PortalIntegration {
                 .await;
             }
         });
-        self.answers = Some(answers.abort_handle());
+        // Answers "is the link up?" (the upgrade center asks before an
+        // operator's synchronisation, which is refused while it is down).
+        let mut link_queries = ctx.bus().subscribe::<PortalLinkQuery>();
+        let bus = ctx.bus().clone();
+        let link_answers = actix::spawn(async move {
+            while link_queries.recv().await.is_some() {
+                let connected = *link_up.borrow();
+                bus.publish(PortalLinkState { connected }).await;
+            }
+        });
+        self.answers = vec![answers.abort_handle(), link_answers.abort_handle()];
         if banalytics_home::failpoint::ENABLED {
             // Test builds only: the watchdog's tests block this
             // component's arbiter thread, as a deadlock would.
             let mut drills = ctx.bus().subscribe::<PortalBlockDrill>();
-            actix::spawn(async move {
+            let drill = actix::spawn(async move {
                 while let Some(drill) = drills.recv().await {
                     warn!(
                         ms = drill.ms,
@@ -259,12 +274,13 @@ impl Component for PortalIntegration {
                     std::thread::sleep(std::time::Duration::from_millis(drill.ms));
                 }
             });
+            self.answers.push(drill.abort_handle());
         }
         Ok(())
     }
 
     fn stopped(&mut self) {
-        if let Some(answers) = self.answers.take() {
+        for answers in self.answers.drain(..) {
             answers.abort();
         }
         if let Some(queue) = self.queue.take() {

@@ -29,6 +29,14 @@ pub enum UpgradeError {
         /// [`banalytics_home::quarantine::Quarantine::refusal`].
         refusal: String,
     },
+    /// An operator's synchronisation was refused before anything was
+    /// asked: Portal Integration is not connected, or none runs. Nothing
+    /// is reported to the portal: the request was the operator's.
+    #[error("refused: {reason}; nothing was started and nothing is reported to the portal")]
+    PortalOffline {
+        /// Why the portal cannot be asked, in words.
+        reason: String,
+    },
     /// The portal did not answer `GET_ENV_MOD_REQ` in time.
     #[error("the portal did not answer GET_ENV_MOD_REQ within {waited_s} s")]
     PortalTimeout {
@@ -158,6 +166,11 @@ pub enum Failure<'a> {
         /// `groupId:artifactId:version`.
         module: &'a str,
     },
+    /// The operator's request was refused before the portal was asked
+    /// (its link is down): the portal gets nothing (a late
+    /// `installation_cancelled` would fail the box in a rollout) and the
+    /// synchronisation ends `refused`.
+    Refused,
     /// Anything else: the portal gets `installation_cancelled` for the set
     /// and the synchronisation ends `cancelled`.
     Cancelled,
@@ -168,6 +181,7 @@ impl Failure<'_> {
     pub fn state(self) -> SyncState {
         match self {
             Failure::Download { .. } => SyncState::Failed,
+            Failure::Refused => SyncState::Refused,
             Failure::Cancelled => SyncState::Cancelled,
         }
     }
@@ -180,6 +194,7 @@ impl UpgradeError {
             UpgradeError::Fetch { module, .. } | UpgradeError::NoChecksum { module, .. } => {
                 Failure::Download { module }
             }
+            UpgradeError::PortalOffline { .. } => Failure::Refused,
             _ => Failure::Cancelled,
         }
     }
@@ -225,6 +240,11 @@ mod tests {
             },
         };
         assert_eq!(fetch.failure(), Failure::Download { module: "g:b:2" });
+        let offline = UpgradeError::PortalOffline {
+            reason: "the portal link is down".into(),
+        };
+        assert_eq!(offline.failure(), Failure::Refused);
+        assert_eq!(offline.failure().state(), SyncState::Refused);
         for cancelled in [
             UpgradeError::PortalTimeout { waited_s: 60 },
             UpgradeError::InvalidTarget {

@@ -9,6 +9,16 @@
 //! (request → validate → resolve → plan → download → stage), so triggers and
 //! the portal's answer keep being handled meanwhile. Every status of
 //! contracts section 3 goes to the portal from here.
+//!
+//! The portal link: before it asks the portal, a synchronisation asks
+//! Portal Integration whether its link is up (`PortalLinkQuery`). An
+//! operator's request is refused at once when it is not (nothing is
+//! reported to the portal: the request was not the portal's); a first-run
+//! or on-boot synchronisation waits for the link instead
+//! ([`Trigger::when_offline`]). An operator's request with a number is
+//! answered on the bus (`UpgradeAnswered`) once its outcome is known:
+//! refused or joined at once, otherwise once the portal named the target
+//! set (started, or the set staged already and what it waits for).
 
 use std::{cell::RefCell, collections::HashSet, rc::Rc, time::Duration};
 
@@ -20,7 +30,8 @@ use banalytics_home::{
 use banalytics_messages::{
     portal::{
         CoreBuild, GetEnvModulesRequest, GetEnvModulesResponse, ModuleRef, ModuleStatus,
-        ModuleStatusUpdate, SyncSoftware, UpgradeRequested,
+        ModuleStatusUpdate, PortalLinkChanged, PortalLinkQuery, PortalLinkState, SyncSoftware,
+        UpgradeAnswered, UpgradeOutcome, UpgradeRequested,
     },
     upgrade::{RestartDeferred, UpgradeCommitted, UpgradeRolledBack},
 };
@@ -38,11 +49,25 @@ use crate::{
     restarter::{Approve, RestartToApply, Restarter, WaitingSet},
     schedule::ApplyPolicy,
     stager::{StageSet, Stager},
-    sync::{target_set_id, HomeFacts, SyncReport, SyncState, Trigger, MAX_REQUESTS},
+    sync::{target_set_id, HomeFacts, Offline, SyncReport, SyncState, Trigger, MAX_REQUESTS},
 };
 
 /// How long the portal has to answer `GET_ENV_MOD_REQ`.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long Portal Integration has to say whether its link is up: it
+/// answers from memory, so a longer silence means it is stuck, and an
+/// operator's request is refused within a second.
+pub const LINK_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often a synchronisation that waits for the link asks again besides
+/// hearing `PortalLinkChanged` (a Portal Integration started or restarted
+/// later announces no change this one heard).
+pub const LINK_RECHECK: Duration = Duration::from_secs(10);
+
+/// The status message of `installed` for a synchronisation that found the
+/// committed set already the target set.
+pub const NOTHING_CHANGED: &str = "nothing changed: the installed set is the target set";
 
 /// Start a synchronisation (unless one runs).
 #[derive(Message)]
@@ -113,20 +138,39 @@ impl Handler<Synchronise> for PortalLink {
     fn handle(&mut self, msg: Synchronise, ctx: &mut Context<Self>) {
         let Synchronise(trigger) = msg;
         if self.running {
-            self.report.borrow_mut().skipped_triggers += 1;
-            info!(?trigger, "synchronisation already running; trigger skipped");
-            publish_report(&self.peers, &self.report.borrow());
+            self.skip(trigger);
             return;
         }
+        self.start(trigger, None, ctx);
+    }
+}
+
+impl PortalLink {
+    /// Counts and logs a trigger that came while a synchronisation runs.
+    fn skip(&mut self, trigger: Trigger) {
+        self.report.borrow_mut().skipped_triggers += 1;
+        info!(?trigger, "synchronisation already running; trigger skipped");
+        publish_report(&self.peers, &self.report.borrow());
+    }
+
+    /// Starts a synchronisation (none runs), answering the operator's
+    /// `request`, if any, once its outcome is known.
+    fn start(&mut self, trigger: Trigger, request: Option<u64>, ctx: &mut Context<Self>) {
         self.running = true;
         let (tx, rx) = oneshot::channel();
         self.awaiting = Some(tx);
-        let skipped_triggers = self.report.borrow().skipped_triggers;
+        let (skipped_triggers, busy) = {
+            let r = self.report.borrow();
+            (r.skipped_triggers, r.busy.clone())
+        };
         *self.report.borrow_mut() = SyncReport {
             state: SyncState::Requesting,
             trigger: Some(trigger),
             started_ms: Some(now_ms()),
             skipped_triggers,
+            busy,
+            requests: request.into_iter().collect(),
+            started_by: request,
             home: HomeFacts::read(&self.peers.layout),
             ..SyncReport::default()
         };
@@ -138,7 +182,9 @@ impl Handler<Synchronise> for PortalLink {
             target_set = tracing::field::Empty
         );
         span.in_scope(|| info!(?trigger, "synchronisation started"));
-        let run = synchronise(self.peers.clone(), self.report.clone(), rx).instrument(span.clone());
+        let asker = Asker { request };
+        let run = synchronise(self.peers.clone(), self.report.clone(), rx, asker)
+            .instrument(span.clone());
         ctx.spawn(run.into_actor(self).map(move |outcome, act, _| {
             let _span = span.enter();
             act.running = false;
@@ -168,23 +214,58 @@ impl Handler<FromBus<SyncSoftware>> for PortalLink {
 
 impl Handler<FromBus<UpgradeRequested>> for PortalLink {
     type Result = ();
-    #[instrument(name = "portal_link.upgrade_requested", skip_all)]
+    #[instrument(name = "portal_link.upgrade_requested", skip_all, fields(request = req.request))]
     fn handle(&mut self, FromBus(req): FromBus<UpgradeRequested>, ctx: &mut Context<Self>) {
-        let joins = self.running;
-        self.handle(Synchronise(Trigger::local(req.retry)), ctx);
-        // Started or joined: the running synchronisation answers it, and
-        // `status` says so to the asker.
-        if let Some(request) = req.request {
-            let mut report = self.report.borrow_mut();
-            if !joins {
-                report.started_by = Some(request);
-            }
-            if report.requests.len() == MAX_REQUESTS {
-                report.requests.remove(0);
-            }
-            report.requests.push(request);
-            publish_report(&self.peers, &report);
+        let trigger = Trigger::local(req.retry);
+        if !self.running {
+            // Refused, started: the synchronisation answers once it knows.
+            self.start(trigger, req.request, ctx);
+            return;
         }
+        self.skip(trigger);
+        let (running, state) = {
+            let r = self.report.borrow();
+            (r.trigger.unwrap_or(Trigger::Portal), r.state)
+        };
+        let (outcome, message) = if state == SyncState::WaitingForLink {
+            warn!(
+                waiting = running.as_str(),
+                "upgrade refused: the portal link is down"
+            );
+            (
+                UpgradeOutcome::Refused,
+                format!(
+                    "refused: the portal link is down; the {} synchronisation waits for it and runs once it is up; nothing else was started",
+                    running.as_str()
+                ),
+            )
+        } else {
+            // Joined: the running synchronisation answers it, and `status`
+            // lists the request in it.
+            if let Some(request) = req.request {
+                let mut report = self.report.borrow_mut();
+                if report.requests.len() == MAX_REQUESTS {
+                    report.requests.remove(0);
+                }
+                report.requests.push(request);
+                publish_report(&self.peers, &report);
+            }
+            let mut message = format!(
+                "joined the synchronisation that was running (trigger: {}, now {state}); `status` shows its progress",
+                running.as_str()
+            );
+            if req.retry {
+                message.push_str("; --retry does not apply to it: ask again once it ended");
+            }
+            (UpgradeOutcome::Joined, message)
+        };
+        let (peers, mut asker) = (
+            self.peers.clone(),
+            Asker {
+                request: req.request,
+            },
+        );
+        ctx.spawn(async move { asker.answer(&peers, outcome, message).await }.into_actor(self));
     }
 }
 
@@ -222,7 +303,11 @@ impl Handler<FromBus<RestartDeferred>> for PortalLink {
             "the restart waits for busy components ({}), at most until {until}",
             deferred.holders.join(", ")
         );
-        self.report.borrow_mut().waits_for = Some(message.clone());
+        {
+            let mut r = self.report.borrow_mut();
+            r.waits_for = Some(message.clone());
+            r.busy = Some((message.clone(), deferred.until_ms));
+        }
         publish_report(&self.peers, &self.report.borrow());
         let peers = self.peers.clone();
         let span = info_span!("portal_link.restart_deferred");
@@ -319,6 +404,107 @@ async fn verdict(peers: &Peers, mut report: Report, seq: Option<u64>) {
             report.announce(peers).await;
         }
         None => report.send(peers).await,
+    }
+}
+
+/// The operator's request a synchronisation answers ([`UpgradeAnswered`]),
+/// until it has answered it.
+struct Asker {
+    request: Option<u64>,
+}
+
+impl Asker {
+    /// Answers the request, once; nothing without a request number.
+    async fn answer(&mut self, peers: &Peers, outcome: UpgradeOutcome, message: String) {
+        if let Some(request) = self.request.take() {
+            info!(request, ?outcome, answer = %message, "upgrade request answered");
+            peers
+                .bus
+                .publish(UpgradeAnswered {
+                    request,
+                    outcome,
+                    message,
+                })
+                .await;
+        }
+    }
+}
+
+/// The portal link as Portal Integration reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Up,
+    Down,
+    /// Portal Integration did not answer in [`LINK_QUERY_TIMEOUT`].
+    Silent,
+    /// Nobody took the question: no Portal Integration runs.
+    Absent,
+}
+
+impl LinkState {
+    /// Why the portal cannot be asked, for the operator.
+    fn reason(self) -> &'static str {
+        match self {
+            LinkState::Up => "the portal link is up",
+            LinkState::Down => {
+                "Portal Integration is not connected to the portal (`status` shows its last error)"
+            }
+            LinkState::Silent => {
+                "Portal Integration did not say within 500 ms whether it is connected to the portal"
+            }
+            LinkState::Absent => {
+                "no Portal Integration runs on this host (none is configured, or it is stopped), so the portal cannot be asked for the target set"
+            }
+        }
+    }
+}
+
+/// Asks Portal Integration whether the portal link is up.
+async fn ask_link(bus: &Bus) -> LinkState {
+    let mut states = bus.subscribe::<PortalLinkState>();
+    if bus.publish(PortalLinkQuery {}).await == 0 {
+        return LinkState::Absent;
+    }
+    match tokio::time::timeout(LINK_QUERY_TIMEOUT, states.recv()).await {
+        Ok(Some(s)) if s.connected => LinkState::Up,
+        Ok(Some(_)) => LinkState::Down,
+        _ => LinkState::Silent,
+    }
+}
+
+/// Returns once the portal link is up, showing `waiting-for-link` in
+/// `status` meanwhile: Portal Integration is asked again when it says the
+/// link changed, and every [`LINK_RECHECK`].
+async fn wait_for_link(peers: &Peers, report: &Rc<RefCell<SyncReport>>) {
+    let mut changes = peers.bus.subscribe::<PortalLinkChanged>();
+    let mut waited = false;
+    loop {
+        let state = ask_link(&peers.bus).await;
+        if state == LinkState::Up {
+            if waited {
+                info!("portal link up: the synchronisation asks for the target set");
+                set_state(peers, report, SyncState::Requesting);
+            }
+            return;
+        }
+        if !waited {
+            info!(
+                reason = state.reason(),
+                "waiting for the portal link before asking for the target set"
+            );
+            set_state(peers, report, SyncState::WaitingForLink);
+            waited = true;
+        }
+        let up = async {
+            loop {
+                match changes.recv().await {
+                    Some(c) if c.connected => return,
+                    Some(_) => {}
+                    None => std::future::pending::<()>().await,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINK_RECHECK, up).await;
     }
 }
 
@@ -461,30 +647,53 @@ async fn synchronise(
     peers: Peers,
     report: Rc<RefCell<SyncReport>>,
     response: oneshot::Receiver<GetEnvModulesResponse>,
+    mut asker: Asker,
 ) -> Result<(), UpgradeError> {
-    let env = peers
-        .layout
-        .environment_uuid()
-        .map_err(crate::error::io_at(peers.layout.home()))?
-        .ok_or_else(|| UpgradeError::NotRegistered {
+    let env = match peers.layout.environment_uuid() {
+        Ok(Some(env)) => Ok(env),
+        Ok(None) => Err(UpgradeError::NotRegistered {
             file: peers
                 .layout
                 .home()
                 .join("config/device-registration.properties"),
-        })?;
-    let result = run(&peers, &report, &env, response).await;
-    // A download failure was reported for its module as download_error.
-    if let Err(e) = &result {
-        if e.failure() == Failure::Cancelled {
-            status(
-                &peers,
-                &env,
-                None,
-                ModuleStatus::InstallationCancelled,
-                Some(e.to_string()),
-            )
-            .await;
+        }),
+        Err(e) => Err(crate::error::io_at(peers.layout.home())(e)),
+    };
+    let env = match env {
+        Ok(env) => env,
+        Err(e) => {
+            let message = format!("the synchronisation stopped: {e}");
+            asker.answer(&peers, UpgradeOutcome::Failed, message).await;
+            return Err(e);
         }
+    };
+    let result = run(&peers, &report, &env, response, &mut asker).await;
+    if let Err(e) = &result {
+        match e.failure() {
+            // Reported for its module as download_error already.
+            Failure::Download { .. } => {}
+            Failure::Refused => {
+                warn!(error = %e, "the operator's synchronisation was refused");
+            }
+            Failure::Cancelled => {
+                status(
+                    &peers,
+                    &env,
+                    None,
+                    ModuleStatus::InstallationCancelled,
+                    Some(e.to_string()),
+                )
+                .await
+            }
+        }
+        let (outcome, message) = match e.failure() {
+            Failure::Refused => (UpgradeOutcome::Refused, e.to_string()),
+            _ => (
+                UpgradeOutcome::Failed,
+                format!("the synchronisation stopped: {e}"),
+            ),
+        };
+        asker.answer(&peers, outcome, message).await;
     }
     result
 }
@@ -494,7 +703,21 @@ async fn run(
     report: &Rc<RefCell<SyncReport>>,
     env: &str,
     response: oneshot::Receiver<GetEnvModulesResponse>,
+    asker: &mut Asker,
 ) -> Result<(), UpgradeError> {
+    let trigger = report.borrow().trigger.unwrap_or(Trigger::Portal);
+    match trigger.when_offline() {
+        Offline::Ask => {}
+        Offline::Refuse => match ask_link(&peers.bus).await {
+            LinkState::Up => {}
+            down => {
+                return Err(UpgradeError::PortalOffline {
+                    reason: down.reason().to_owned(),
+                })
+            }
+        },
+        Offline::Wait => wait_for_link(peers, report).await,
+    }
     peers
         .bus
         .publish(GetEnvModulesRequest {
@@ -537,25 +760,63 @@ async fn run(
                     set_id: Some(set_id.clone()),
                 })
                 .await?;
-        let mut r = report.borrow_mut();
-        r.state = SyncState::Staged;
-        r.result = Some(if approved {
-            "the staged set was approved by the portal; restarting to apply it".into()
+        let result = if approved {
+            "the staged set was approved by the portal; restarting to apply it"
         } else {
-            "the target set is staged already".into()
-        });
-        r.waits_for = if approved {
+            "the target set is staged already"
+        };
+        let waits_for = if approved {
             None
         } else {
             peers.apply.waits_for()
         };
+        let message = match &waits_for {
+            Some(why) => format!("the target set is staged already and waits: {why}"),
+            None => result.to_owned(),
+        };
+        {
+            let mut r = report.borrow_mut();
+            r.state = SyncState::Staged;
+            r.result = Some(result.to_owned());
+            r.waits_for = waits_for;
+        }
         info!(
             approved,
             "target set is the staged set waiting for its restart"
         );
+        asker
+            .answer(peers, UpgradeOutcome::StagedAlready, message)
+            .await;
+        return Ok(());
+    }
+    // The staged set whose restart the host defers for busy leases: the
+    // restart comes once they are released (at most until then); staging
+    // it again would change nothing.
+    if let Some(why) = deferred_staged_set(peers, report, &target).await {
+        {
+            let mut r = report.borrow_mut();
+            r.state = SyncState::Staged;
+            r.result = Some("the target set is staged already".into());
+            r.waits_for = Some(why.clone());
+        }
+        info!("target set is the staged set whose restart waits for busy leases");
+        let message = format!("the target set is staged already and waits: {why}");
+        asker
+            .answer(peers, UpgradeOutcome::StagedAlready, message)
+            .await;
         return Ok(());
     }
     set_state(peers, report, SyncState::Resolving);
+    asker
+        .answer(
+            peers,
+            UpgradeOutcome::Started,
+            format!(
+                "synchronisation started: the portal named target set {set_id} ({} modules); `status` shows its progress",
+                target.len()
+            ),
+        )
+        .await;
     let resolved = match peers
         .downloader
         .send(ResolveSet { modules: target })
@@ -594,6 +855,7 @@ async fn run(
     if plan.is_noop() {
         set_state(peers, report, SyncState::UpToDate);
         report.borrow_mut().result = Some("the installed set is the target set".into());
+        report_nothing_changed(peers, env).await;
         return Ok(());
     }
     set_state(peers, report, SyncState::Downloading);
@@ -656,6 +918,54 @@ async fn run(
         })
         .await?;
     Ok(())
+}
+
+/// What the restart of the staged set waits for, when the host defers it
+/// for busy leases now and `target` is that set; `None` otherwise.
+async fn deferred_staged_set(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    target: &[Module],
+) -> Option<String> {
+    let (why, until_ms) = report.borrow().busy.clone()?;
+    if until_ms <= now_ms() {
+        return None;
+    }
+    let staged = peers.layout.upgrade();
+    let keys = off_thread(move || banalytics_home::installed::module_keys(&staged))
+        .await
+        .ok()
+        .flatten()?;
+    let target = target.iter().map(|m| m.coords.to_string()).collect();
+    let same =
+        banalytics_home::installed::key_set(keys) == banalytics_home::installed::key_set(target);
+    same.then_some(why)
+}
+
+/// The final status of a synchronisation that found the installed set
+/// already the target set: `installed`, so that the portal knows the
+/// assignment is done. Not while that set is on probation: its verdict
+/// (`installed` or `installation_cancelled`) is still to come.
+async fn report_nothing_changed(peers: &Peers, env: &str) {
+    let layout = peers.layout.clone();
+    match off_thread(move || banalytics_home::swap::probation(&layout)).await {
+        Ok(None) => {
+            status(
+                peers,
+                env,
+                None,
+                ModuleStatus::Installed,
+                Some(NOTHING_CHANGED.to_owned()),
+            )
+            .await
+        }
+        Ok(Some(_)) => {
+            info!("the target set is the set on probation: its verdict is the final status")
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the probation record: no final status for the portal")
+        }
+    }
 }
 
 async fn forward(

@@ -55,6 +55,43 @@ impl Trigger {
     pub fn lifts_quarantine(self) -> bool {
         self == Trigger::Retry
     }
+
+    /// The word `status` shows: `portal`, `local`, `first-run`, `on-boot`
+    /// or `retry`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Portal => "portal",
+            Trigger::Local => "local",
+            Trigger::FirstRun => "first-run",
+            Trigger::OnBoot => "on-boot",
+            Trigger::Retry => "retry",
+        }
+    }
+
+    /// What a synchronisation with this trigger does when the portal link
+    /// is down as it starts.
+    pub fn when_offline(self) -> Offline {
+        match self {
+            // It came over the link.
+            Trigger::Portal => Offline::Ask,
+            Trigger::Local | Trigger::Retry => Offline::Refuse,
+            Trigger::FirstRun | Trigger::OnBoot => Offline::Wait,
+        }
+    }
+}
+
+/// What a synchronisation does when the portal link is down as it starts
+/// ([`Trigger::when_offline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offline {
+    /// Asks anyway (the portal's own trigger: the link was up a moment ago).
+    Ask,
+    /// Refuses at once, and reports nothing to the portal: an operator's
+    /// request, answered now rather than after the portal's time limit.
+    Refuse,
+    /// Waits for the link, then asks: the box's own synchronisations
+    /// (first run, on-boot), which nobody waits for.
+    Wait,
 }
 
 /// The phase of a synchronisation. `status` shows it as the kebab-case
@@ -65,6 +102,9 @@ pub enum SyncState {
     /// None has run since the component started.
     #[default]
     Idle,
+    /// A first-run or on-boot synchronisation waits for the portal link
+    /// to come up before it asks for the target set.
+    WaitingForLink,
     /// `GET_ENV_MOD_REQ` sent, waiting for the portal's target set.
     Requesting,
     /// Finding the target set's artifacts in the repository.
@@ -82,15 +122,19 @@ pub enum SyncState {
     /// The synchronisation stopped for another reason (the portal got
     /// `installation_cancelled`).
     Cancelled,
+    /// An operator's request was refused before the portal was asked (its
+    /// link is down); the portal got nothing.
+    Refused,
 }
 
 impl SyncState {
-    /// The word `status` shows: `idle`, `requesting`, `resolving`,
-    /// `downloading`, `staging`, `staged`, `up-to-date`, `failed` or
-    /// `cancelled`.
+    /// The word `status` shows: `idle`, `waiting-for-link`, `requesting`,
+    /// `resolving`, `downloading`, `staging`, `staged`, `up-to-date`,
+    /// `failed`, `cancelled` or `refused`.
     pub fn as_str(self) -> &'static str {
         match self {
             SyncState::Idle => "idle",
+            SyncState::WaitingForLink => "waiting-for-link",
             SyncState::Requesting => "requesting",
             SyncState::Resolving => "resolving",
             SyncState::Downloading => "downloading",
@@ -99,6 +143,7 @@ impl SyncState {
             SyncState::UpToDate => "up-to-date",
             SyncState::Failed => "failed",
             SyncState::Cancelled => "cancelled",
+            SyncState::Refused => "refused",
         }
     }
 }
@@ -152,6 +197,12 @@ pub struct SyncReport {
     /// every progress update.
     #[serde(skip)]
     pub home: HomeFacts,
+    /// The host's last deferral of the restart that applies the staged
+    /// set for busy leases: what for, in words, and until when (ms since
+    /// the epoch). Kept from one synchronisation to the next: a trigger
+    /// for the staged set while it lasts is answered that the set waits.
+    #[serde(skip)]
+    pub busy: Option<(String, u64)>,
 }
 
 /// What the report says of the home besides the synchronisation.
@@ -416,7 +467,22 @@ mod tests {
             assert!(!t.lifts_quarantine(), "{t:?}");
         }
         assert!(Trigger::Retry.lifts_quarantine());
-        assert_eq!(serde_json::to_value(Trigger::Retry).unwrap(), "retry");
+        assert_eq!(Trigger::Portal.when_offline(), Offline::Ask);
+        for operator in [Trigger::Local, Trigger::Retry] {
+            assert_eq!(operator.when_offline(), Offline::Refuse);
+        }
+        for own in [Trigger::FirstRun, Trigger::OnBoot] {
+            assert_eq!(own.when_offline(), Offline::Wait);
+        }
+        for t in [
+            Trigger::Portal,
+            Trigger::Local,
+            Trigger::FirstRun,
+            Trigger::OnBoot,
+            Trigger::Retry,
+        ] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
     }
 
     #[test]
@@ -424,6 +490,7 @@ mod tests {
         use SyncState::*;
         for state in [
             Idle,
+            WaitingForLink,
             Requesting,
             Resolving,
             Downloading,
@@ -432,6 +499,7 @@ mod tests {
             UpToDate,
             Failed,
             Cancelled,
+            Refused,
         ] {
             assert_eq!(
                 serde_json::to_value(state).unwrap(),
@@ -439,6 +507,7 @@ mod tests {
             );
         }
         assert_eq!(UpToDate.to_string(), "up-to-date");
+        assert_eq!(WaitingForLink.to_string(), "waiting-for-link");
         assert_eq!(SyncReport::default().state, Idle);
     }
 }

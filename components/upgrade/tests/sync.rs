@@ -19,15 +19,17 @@ use banalytics_home::{
     Layout,
 };
 use banalytics_messages::portal::{
-    GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate, SyncSoftware,
-    UpgradeRequested,
+    GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, ModuleStatusUpdate,
+    PortalLinkChanged, PortalLinkQuery, PortalLinkState, SyncSoftware, UpgradeAnswered,
+    UpgradeOutcome, UpgradeRequested,
 };
 use banalytics_sdk::{
     component::ComponentInit, Bus, ComponentContext, ConfigSection, RestartPolicy, State,
     StatusBoard,
 };
 use banalytics_upgrade_center::{
-    fetch::space::SpaceProbe, kind_with, kind_with_space, preflight::Preflight, sync::target_set_id,
+    fetch::space::SpaceProbe, kind_with, kind_with_space, portal_link::NOTHING_CHANGED,
+    preflight::Preflight, sync::target_set_id,
 };
 use repo::{sha256_hex, Behaviour, RangeMode, Repo};
 use serde_json::{json, Value};
@@ -42,6 +44,8 @@ struct TestBox {
     statuses: Arc<Mutex<Vec<ModuleStatusUpdate>>>,
     requests: Arc<Mutex<u32>>,
     target: Arc<Mutex<Vec<Value>>>,
+    /// Whether the fake Portal Integration says its link is up.
+    link_up: Arc<std::sync::atomic::AtomicBool>,
     _ctx: ComponentContext,
 }
 
@@ -56,6 +60,9 @@ struct Options {
     space_probe: Option<SpaceProbe>,
     /// Runs on the home before the component starts.
     prepare: Option<fn(&Path)>,
+    /// What the fake Portal Integration answers `PortalLinkQuery` with
+    /// (`None`: there is none, nobody answers).
+    link_up: Option<bool>,
 }
 
 impl Default for Options {
@@ -69,6 +76,7 @@ impl Default for Options {
             quarantined: None,
             space_probe: None,
             prepare: None,
+            link_up: Some(true),
         }
     }
 }
@@ -100,6 +108,19 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
     let target = Arc::new(Mutex::new(target));
     let requests = Arc::new(Mutex::new(0));
     let statuses = Arc::new(Mutex::new(Vec::new()));
+    let link_up = Arc::new(std::sync::atomic::AtomicBool::new(
+        opts.link_up.unwrap_or(false),
+    ));
+    if opts.link_up.is_some() {
+        let mut queries = bus.subscribe::<PortalLinkQuery>();
+        let (pbus, up) = (bus.clone(), link_up.clone());
+        actix_rt::spawn(async move {
+            while queries.recv().await.is_some() {
+                let connected = up.load(std::sync::atomic::Ordering::SeqCst);
+                pbus.publish(PortalLinkState { connected }).await;
+            }
+        });
+    }
     {
         let mut reqs = bus.subscribe::<GetEnvModulesRequest>();
         let (pbus, target, requests, delay) = (
@@ -158,6 +179,7 @@ async fn start_box(repo: &Repo, target: Vec<Value>, opts: Options) -> TestBox {
         statuses,
         requests,
         target,
+        link_up,
         _ctx: ctx,
     }
 }
@@ -225,6 +247,44 @@ impl TestBox {
             })
             .await;
         self.wait_sync_after(since + 1).await
+    }
+
+    /// `banalytics-box upgrade` under the number `request`, as the
+    /// control socket asks it: the upgrade center's answer.
+    async fn ask_upgrade(&self, request: u64) -> UpgradeAnswered {
+        let mut answers = self.bus.subscribe::<UpgradeAnswered>();
+        self.bus
+            .publish(UpgradeRequested {
+                retry: false,
+                request: Some(request),
+            })
+            .await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let a = answers.recv().await.expect("the bus lives");
+                if a.request == request {
+                    return (*a).clone();
+                }
+            }
+        })
+        .await
+        .expect("the upgrade center answers the request")
+    }
+
+    /// The fake Portal Integration's link goes up or down, and says so.
+    async fn set_link(&self, up: bool) {
+        self.link_up.store(up, std::sync::atomic::Ordering::SeqCst);
+        self.bus.publish(PortalLinkChanged { connected: up }).await;
+    }
+
+    /// The durable statuses in the portal outbox on disk.
+    fn outbox(&self) -> Vec<ModuleStatusUpdate> {
+        let layout = Layout::new(self.home.path());
+        banalytics_home::outbox::pending(&layout, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, bytes)| serde_json::from_slice(&bytes).unwrap())
+            .collect()
     }
 
     fn statuses(&self) -> Vec<(String, ModuleStatus, Option<String>)> {
@@ -1663,5 +1723,283 @@ fn a_trust_metadata_url_that_only_looks_loopback_refuses_the_start_at_its_line()
     assert_eq!(
         err.to_string(),
         "<snippet>:4:22: trust_metadata_url = \"http://evil.example\\\\@127.0.0.1:9/.tuf\" is not accepted: plain http to \"evil.example\", which is not loopback; use https://, or set allow_insecure_http = true to accept the risk"
+    );
+}
+
+#[actix_rt::test]
+async fn a_resync_with_nothing_to_do_ends_with_installed_after_the_downloaded_statuses() {
+    let repo = Repo::start().await;
+    let (alpha, beta, b) = alpha_and_beta_installed(&repo).await;
+    let sync = b.resync(objects(&[&alpha, &beta])).await;
+    assert_eq!(sync["state"], "up-to-date", "{sync}");
+    let statuses = b.statuses();
+    assert_eq!(statuses.len(), 3, "{statuses:?}");
+    for (module, status, _) in &statuses[..2] {
+        assert_eq!(*status, Downloaded, "{module}: {statuses:?}");
+    }
+    assert_eq!(
+        statuses[2],
+        (
+            String::new(),
+            ModuleStatus::Installed,
+            Some(NOTHING_CHANGED.to_owned())
+        ),
+        "the set's final status, module null, after the modules'"
+    );
+    // Durable, as every other status: in the outbox on disk.
+    let kept = b.outbox();
+    let last = kept.last().expect("statuses on disk");
+    assert_eq!(
+        (
+            last.status,
+            last.module.clone(),
+            last.status_message.as_deref()
+        ),
+        (ModuleStatus::Installed, None, Some(NOTHING_CHANGED))
+    );
+}
+
+#[actix_rt::test]
+async fn on_probation_a_resync_with_nothing_to_do_leaves_the_final_status_to_the_verdict() {
+    let repo = Repo::start().await;
+    let (alpha, beta, b) = alpha_and_beta_installed(&repo).await;
+    banalytics_home::swap::set_probation(
+        &Layout::new(b.home.path()),
+        &banalytics_home::swap::Probation {
+            set: "new".into(),
+            boot_attempts: 1,
+            last_error: None,
+            excused: Vec::new(),
+        },
+    )
+    .unwrap();
+    let sync = b.resync(objects(&[&alpha, &beta])).await;
+    assert_eq!(sync["state"], "up-to-date", "{sync}");
+    let statuses = b.statuses();
+    assert_eq!(by_module(&statuses).len(), 2, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|(_, s, _)| *s == Downloaded),
+        "no final status before the verdict: {statuses:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn an_operator_upgrade_with_the_link_down_is_refused_at_once_and_the_portal_hears_nothing() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            installed: true,
+            link_up: Some(false),
+            ..Options::default()
+        },
+    )
+    .await;
+    let asked = std::time::Instant::now();
+    let answer = b.ask_upgrade(7).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(answer.outcome, UpgradeOutcome::Refused, "{answer:?}");
+    assert!(
+        answer.message.contains("not connected to the portal")
+            && answer.message.contains("nothing is reported to the portal"),
+        "{}",
+        answer.message
+    );
+    let sync = b.wait_sync_after(0).await;
+    assert_eq!(sync["state"], "refused", "{sync}");
+    assert_eq!(sync["trigger"], "local", "{sync}");
+    assert!(
+        sync["result"]
+            .as_str()
+            .is_some_and(|r| r.contains("not connected")),
+        "{sync}"
+    );
+    // Nothing asked of the portal, nothing for it in memory or on disk.
+    assert_eq!(*b.requests.lock().unwrap(), 0);
+    assert!(b.statuses().is_empty(), "{:?}", b.statuses());
+    assert!(b.outbox().is_empty());
+
+    // With the link up, the same request starts a synchronisation.
+    b.set_link(true).await;
+    let answer = b.ask_upgrade(8).await;
+    assert_eq!(answer.outcome, UpgradeOutcome::Started, "{answer:?}");
+    assert!(
+        answer.message.contains("synchronisation started"),
+        "{answer:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn an_operator_upgrade_without_portal_integration_is_refused_naming_it() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            installed: true,
+            link_up: None,
+            ..Options::default()
+        },
+    )
+    .await;
+    let answer = b.ask_upgrade(9).await;
+    assert_eq!(answer.outcome, UpgradeOutcome::Refused, "{answer:?}");
+    assert!(
+        answer.message.contains("no Portal Integration runs"),
+        "{}",
+        answer.message
+    );
+    assert_eq!(*b.requests.lock().unwrap(), 0);
+    assert!(b.outbox().is_empty());
+}
+
+#[actix_rt::test]
+async fn a_first_run_waits_for_the_link_and_an_operator_upgrade_meanwhile_is_refused() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            link_up: Some(false),
+            ..Options::default()
+        },
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.sync()["state"] != "waiting-for-link" {
+        assert!(std::time::Instant::now() < deadline, "{}", b.sync());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b.sync()["trigger"], "first-run");
+    let answer = b.ask_upgrade(11).await;
+    assert_eq!(answer.outcome, UpgradeOutcome::Refused, "{answer:?}");
+    assert!(
+        answer
+            .message
+            .contains("the first-run synchronisation waits for it"),
+        "{}",
+        answer.message
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*b.requests.lock().unwrap(), 0, "nothing asked while down");
+    assert!(b.statuses().is_empty());
+
+    b.set_link(true).await;
+    let sync = b.first_sync().await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(*b.requests.lock().unwrap(), 1);
+}
+
+#[actix_rt::test]
+async fn an_upgrade_answers_started_and_one_while_it_runs_answers_joined() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = std::rc::Rc::new(
+        start_box(
+            &repo,
+            objects(&[&alpha]),
+            Options {
+                installed: true,
+                portal_delay: Duration::from_millis(500),
+                ..Options::default()
+            },
+        )
+        .await,
+    );
+    let first = {
+        let b = b.clone();
+        actix_rt::spawn(async move { b.ask_upgrade(21).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let joined = b.ask_upgrade(22).await;
+    assert_eq!(joined.outcome, UpgradeOutcome::Joined, "{joined:?}");
+    assert!(
+        joined.message.contains("joined") && joined.message.contains("trigger: local"),
+        "{}",
+        joined.message
+    );
+    let started = first.await.unwrap();
+    assert_eq!(started.outcome, UpgradeOutcome::Started, "{started:?}");
+    let id = target_set_id(&[serde_json::from_value::<Module>(alpha.object.clone()).unwrap()]);
+    assert!(started.message.contains(&id), "{}", started.message);
+    let sync = b.wait_sync_after(0).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(sync["requests"], json!([21, 22]), "{sync}");
+    assert_eq!(sync["started_by"], 21, "{sync}");
+    assert_eq!(*b.requests.lock().unwrap(), 1);
+}
+
+#[actix_rt::test]
+async fn an_upgrade_for_the_staged_set_waiting_for_approval_says_it_waits_and_for_what() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            extra_config: "apply = \"approval\"".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    let answer = b.ask_upgrade(31).await;
+    assert_eq!(answer.outcome, UpgradeOutcome::StagedAlready, "{answer:?}");
+    assert!(
+        answer.message.contains("staged already")
+            && answer.message.contains("waits for approval")
+            && answer.message.contains("banalytics-box approve"),
+        "{}",
+        answer.message
+    );
+}
+
+#[actix_rt::test]
+async fn an_upgrade_for_the_staged_set_whose_restart_busy_leases_defer_says_so() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(&repo, objects(&[&alpha]), Options::default()).await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    // The host defers the restart for a busy lease, as it says on the bus.
+    let until_ms = banalytics_sdk::status::now_ms() + 60_000;
+    b.bus
+        .publish(banalytics_messages::upgrade::RestartDeferred {
+            holders: vec!["probe/alarm-clip (recording)".into()],
+            until_ms,
+        })
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.sync()["waits_for"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "{}", b.sync());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let since = banalytics_sdk::status::now_ms();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let answer = b.ask_upgrade(41).await;
+    assert_eq!(answer.outcome, UpgradeOutcome::StagedAlready, "{answer:?}");
+    assert!(
+        answer.message.contains("busy components") && answer.message.contains("probe/alarm-clip"),
+        "{}",
+        answer.message
+    );
+    let sync = b.wait_sync_after(since + 1).await;
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(
+        sync["result"], "the target set is staged already",
+        "not staged again: {sync}"
+    );
+    assert!(
+        sync["waits_for"]
+            .as_str()
+            .is_some_and(|w| w.contains("busy components")),
+        "{sync}"
     );
 }

@@ -781,4 +781,37 @@ mod tests {
         );
         assert_eq!(session_cookie("abc", true), format!("{plain}; Secure"));
     }
+
+    fn record(module: Value, status: &str, message: Value) -> StatusRecord {
+        StatusRecord {
+            environment_uuid: "e".into(),
+            module,
+            status: status.into(),
+            status_message: message,
+            seq: None,
+            outbox_id: None,
+        }
+    }
+
+    #[test]
+    fn a_synchronisation_with_nothing_to_do_ends_with_its_installed() {
+        let alpha = serde_json::json!({"groupId": "g", "artifactId": "alpha", "version": "1"});
+        let mut e = EnvironmentReport {
+            environment_uuid: "e".into(),
+            statuses: vec![record(alpha, "downloaded", Value::Null)],
+            ..EnvironmentReport::default()
+        };
+        assert_eq!(
+            progress_text(&e),
+            "1 downloaded; last: downloaded g:alpha:1"
+        );
+        // A box already on its set: `installed` with module null ends it.
+        e.statuses.push(record(
+            Value::Null,
+            "installed",
+            "nothing changed: the installed set is the target set".into(),
+        ));
+        assert_eq!(progress_text(&e), "", "the synchronisation ended");
+        assert_eq!(rollback_reason(&e), None);
+    }
 }

@@ -3,6 +3,9 @@
 //! A wave starts when the one before has ended: every box of it reported
 //! `installed`, or failed. A box fails on `installation_cancelled`, on
 //! `download_error`, or when it reports no verdict within the time limit.
+//! A box already on the target set has nothing to do: after its modules'
+//! `downloaded` it reports `installed` (module null, "nothing changed"),
+//! which counts like any `installed`.
 //! When a wave's failures pass the threshold the rollout halts by itself;
 //! the operator resumes it (the failures so far are accepted, the wave goes
 //! on) or cancels it (no further box is assigned; boxes already assigned
@@ -503,6 +506,34 @@ mod tests {
         }
         assert_eq!(r.state, RolloutState::Finished);
         assert_eq!(r.installed(), 12);
+    }
+
+    #[test]
+    fn a_box_already_on_the_set_counts_as_installed_and_its_wave_ends() {
+        // Waves of one, one box already on the set first: it reports each
+        // module `downloaded`, then `installed` (module null, nothing
+        // changed); before that it is assigned, with progress.
+        let mut r = Rollout::new(1, spec(3, 0), 0);
+        assert_eq!(assigned(&r.start(0)), ["env-000"]);
+        assert!(r
+            .status_reported("env-000", "downloaded", None, 1)
+            .is_empty());
+        assert!(matches!(
+            r.box_state("env-000"),
+            Some(BoxState::Assigned { .. })
+        ));
+        let next = r.status_reported(
+            "env-000",
+            "installed",
+            Some("nothing changed: the installed set is the target set"),
+            2,
+        );
+        assert_eq!(assigned(&next), ["env-001"]);
+        assert_eq!(r.box_state("env-000"), Some(&BoxState::Installed));
+        r.status_reported("env-001", "installed", None, 3);
+        r.status_reported("env-002", "installed", None, 4);
+        assert_eq!(r.state, RolloutState::Finished);
+        assert_eq!((r.installed(), r.failed()), (3, 0));
     }
 
     #[test]

@@ -296,15 +296,20 @@ exec sleep 600
 }
 
 #[test]
-fn a_set_whose_core_speaks_only_a_newer_launcher_handshake_is_refused_before_download(
-) -> Result<()> {
+fn a_set_whose_core_speaks_only_a_newer_launcher_handshake_is_refused_before_download() -> Result<()>
+{
     let _machine = crate::machine::shared();
     let dir = tempfile::tempdir()?;
     let portal = portal(dir.path())?;
     let file = dir.path().join("core-2.0");
     std::fs::write(&file, core_2()?)?;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
-    let mut req = PublishRequest::native(CORE_2, ModuleType::Core, "bin", [(PLATFORM.to_owned(), file)]);
+    let mut req = PublishRequest::native(
+        CORE_2,
+        ModuleType::Core,
+        "bin",
+        [(PLATFORM.to_owned(), file)],
+    );
     req.launcher_handshakes = Some(vec![2]);
     portal.publish_module(&req)?;
     let env = env_uuid(430);
@@ -326,7 +331,10 @@ fn a_set_whose_core_speaks_only_a_newer_launcher_handshake_is_refused_before_dow
         .into_keys()
         .filter(|p| p.contains("/core/2.0/"))
         .collect();
-    ensure!(fetched.is_empty(), "nothing of the core was fetched: {fetched:?}");
+    ensure!(
+        fetched.is_empty(),
+        "nothing of the core was fetched: {fetched:?}"
+    );
     ensure!(b.exits().is_empty(), "no restart: {:?}", b.exits());
     ensure!(!b.path().join("modules-upgrade").exists(), "nothing staged");
     ensure!(b.stop()?.success());
@@ -355,10 +363,14 @@ fn a_committed_core_that_refuses_the_launchers_handshake_leaves_the_launchers_ow
     std::fs::set_permissions(&core, std::fs::Permissions::from_mode(0o755))?;
     b.spawn()?;
     let core = running_core(&mut b)?;
-    ensure!(core["origin"] == "launcher", "the launcher's own build runs: {core}");
+    ensure!(
+        core["origin"] == "launcher",
+        "the launcher's own build runs: {core}"
+    );
     let why = core["fallback"].as_str().unwrap_or_default();
     ensure!(
-        why.contains("refused this launcher's handshake version 1") && why.contains("keeps the set"),
+        why.contains("refused this launcher's handshake version 1")
+            && why.contains("keeps the set"),
         "status says why: {core}"
     );
     ensure!(b.exits().is_empty(), "no restart loop: {:?}", b.exits());
@@ -369,7 +381,10 @@ fn a_committed_core_that_refuses_the_launchers_handshake_leaves_the_launchers_ow
     );
     let text = b.home().cli(&["status"])?;
     let text = String::from_utf8_lossy(&text.stdout);
-    ensure!(text.contains("core: not the set's: the set's core 2.0 refused"), "{text}");
+    ensure!(
+        text.contains("core: not the set's: the set's core 2.0 refused"),
+        "{text}"
+    );
     portal.wait_connected(&env, DEADLINE)?;
     let asked = b.home().cli(&["upgrade"])?;
     ensure!(asked.status.success(), "{asked:?}");

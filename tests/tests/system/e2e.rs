@@ -315,9 +315,13 @@ fn a_box_without_an_environment_uuid_refuses_to_synchronise_and_downloads_nothin
         registered.is_none_or(|e| e.module_requests == 0 && e.statuses.is_empty()),
         "the assigned environment heard nothing"
     );
-    // A local `upgrade` is refused the same way.
+    // A local `upgrade` is refused the same way, and says so.
     let out = b.home().cli(&["upgrade"])?;
-    ensure!(out.status.success(), "upgrade request accepted");
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("not registered"),
+        "upgrade says the synchronisation stopped and why: {err}"
+    );
     poll_until(DEADLINE, "the second refusal", || {
         b.sync_report()
             .filter(|s| s["state"] == "cancelled" && s["trigger"] == "local")

@@ -12,6 +12,7 @@
 
 mod machine;
 
+mod answers;
 mod archive;
 mod authority;
 mod core;

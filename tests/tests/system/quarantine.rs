@@ -219,7 +219,11 @@ fn on_boot_rolls_a_failing_set_back_once_and_refuses_it_at_every_later_start_and
     // each is refused, none stages anything.
     for n in 2..=3 {
         let out = w.b.home().cli(&["upgrade"])?;
-        ensure!(out.status.success(), "upgrade: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains("rolled back"),
+            "upgrade says the quarantined set was refused: {out:?}"
+        );
         w.wait_refusals(n)?;
     }
     ensure!(w.b.stop()?.success(), "a requested stop");
