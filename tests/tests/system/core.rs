@@ -19,6 +19,8 @@ use banalytics_tests::{
 };
 use serde_json::Value;
 
+use crate::watchdog::{Heard, WATCHDOG};
+
 /// A synchronisation, restarts and a verdict on a loaded two-core machine.
 const CONVERGE: Duration = Duration::from_secs(90);
 
@@ -140,7 +142,6 @@ fn a_core_of_the_set_runs_as_the_launchers_child_and_reports_itself() -> Result<
 
 #[test]
 fn a_core_of_the_set_speaks_to_the_service_manager_through_the_launchers_relay() -> Result<()> {
-    use crate::watchdog::{Heard, WATCHDOG};
     let _machine = crate::machine::shared();
     let dir = tempfile::tempdir()?;
     let portal = portal(dir.path())?;
