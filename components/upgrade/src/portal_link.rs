@@ -46,7 +46,7 @@ use crate::{
     error::{io_at, Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
     layout::Layout,
-    restarter::{Approve, RestartToApply, Restarter, WaitingSet},
+    restarter::{Approve, ForgetWaitingSet, RestartToApply, Restarter, WaitingSet},
     schedule::ApplyPolicy,
     stager::{StageSet, Stager},
     sync::{target_set_id, HomeFacts, Offline, SyncReport, SyncState, Trigger, MAX_REQUESTS},
@@ -853,6 +853,7 @@ async fn run(
         .await;
     }
     if plan.is_noop() {
+        discard_staged_set(peers).await?;
         set_state(peers, report, SyncState::UpToDate);
         report.borrow_mut().result = Some("the installed set is the target set".into());
         report_nothing_changed(peers, env).await;
@@ -940,6 +941,30 @@ async fn deferred_staged_set(
     let same =
         banalytics_home::installed::key_set(keys) == banalytics_home::installed::key_set(target);
     same.then_some(why)
+}
+
+/// Drops a staged set (and its hold) when the portal's target set turned
+/// out to be the installed set: the portal took the staged set back (a
+/// rollback assigned while it waited for its window or an approval), so it
+/// must never be applied. The Restarter stops waiting first; the marker
+/// goes before the hold, so a kill in between leaves a held set that the
+/// next start does not apply and the next synchronisation drops.
+async fn discard_staged_set(peers: &Peers) -> Result<(), UpgradeError> {
+    let layout = peers.layout.clone();
+    let staged = off_thread(move || layout.has_staged_set() || hold::of_staged(&layout).is_some())
+        .await;
+    if !staged {
+        return Ok(());
+    }
+    peers.restarter.send(ForgetWaitingSet).await?;
+    let layout = peers.layout.clone();
+    off_thread(move || {
+        crate::stager::clear_staged(&layout)?;
+        hold::release(&layout).map_err(io_at(layout.state().join(hold::HOLD_FILE)))
+    })
+    .await?;
+    warn!("the staged set was discarded: the portal's target set is the installed set");
+    Ok(())
 }
 
 /// The final status of a synchronisation that found the installed set

@@ -66,6 +66,12 @@ pub struct Approve {
 #[rtype(result = "Option<String>")]
 pub struct WaitingSet;
 
+/// Stop waiting to apply the staged set: the portal's target set is no
+/// longer it. Answers whether one waited.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ForgetWaitingSet;
+
 struct Pending {
     set_id: Option<String>,
     approve: Option<oneshot::Sender<String>>,
@@ -259,6 +265,21 @@ impl Handler<FromBus<ApproveStagedSet>> for Restarter {
         Box::pin(async move {
             bus.publish(ApprovalHandled { restarting, set_id }).await;
         })
+    }
+}
+
+impl Handler<ForgetWaitingSet> for Restarter {
+    type Result = bool;
+
+    fn handle(&mut self, _: ForgetWaitingSet, ctx: &mut Context<Self>) -> bool {
+        match self.pending.take() {
+            Some(old) => {
+                info!(set = ?old.set_id, "the staged set that waited is dropped: it is no longer the target set");
+                ctx.cancel_future(old.handle);
+                true
+            }
+            None => false,
+        }
     }
 }
 

@@ -2003,3 +2003,53 @@ async fn an_upgrade_for_the_staged_set_whose_restart_busy_leases_defer_says_so()
         "{sync}"
     );
 }
+
+#[actix_rt::test]
+async fn a_staged_set_that_waits_is_discarded_when_the_portal_assigns_the_installed_set_again() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            extra_config: "apply = \"approval\"".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(b.first_sync().await["state"], "staged");
+    b.install_staged();
+    let _ = std::fs::remove_file(b.path("state/apply-hold.json"));
+    // alpha 1.1 is staged and waits for approval...
+    let alpha2 = publish(&repo, "alpha", "1.1", &[], &[]);
+    assert_eq!(b.resync(objects(&[&alpha2])).await["state"], "staged");
+    assert!(b.path("modules-upgrade/modules-info.properties").exists());
+    assert!(b.path("state/apply-hold.json").exists());
+    // ...when the portal takes it back: the installed set is the target.
+    let sync = b.resync(objects(&[&alpha])).await;
+    assert_eq!(sync["state"], "up-to-date", "{sync}");
+    assert!(
+        !b.path("modules-upgrade/modules-info.properties").exists(),
+        "the staged set is gone"
+    );
+    assert!(
+        !b.path("state/apply-hold.json").exists(),
+        "and its hold with it"
+    );
+    assert_eq!(
+        b.statuses().last().map(|s| (s.1, s.2.clone())),
+        Some((ModuleStatus::Installed, Some(NOTHING_CHANGED.to_owned())))
+    );
+    // Nothing waits any more: an approval restarts nothing.
+    let mut handled = b
+        .bus
+        .subscribe::<banalytics_messages::upgrade::ApprovalHandled>();
+    b.bus
+        .publish(banalytics_messages::upgrade::ApproveStagedSet { by: "cli".into() })
+        .await;
+    let handled = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("answered")
+        .expect("bus");
+    assert!(!handled.restarting, "{handled:?}");
+}
