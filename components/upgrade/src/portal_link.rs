@@ -951,8 +951,8 @@ async fn deferred_staged_set(
 /// next start does not apply and the next synchronisation drops.
 async fn discard_staged_set(peers: &Peers) -> Result<(), UpgradeError> {
     let layout = peers.layout.clone();
-    let staged = off_thread(move || layout.has_staged_set() || hold::of_staged(&layout).is_some())
-        .await;
+    let staged =
+        off_thread(move || layout.has_staged_set() || hold::of_staged(&layout).is_some()).await;
     if !staged {
         return Ok(());
     }
