@@ -390,7 +390,6 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), OutboxError> {
 
 /// Creates the folder if needed and locks it; the lock goes with the file.
 fn lock(dir: &Path) -> Result<fs::File, OutboxError> {
-    use std::os::unix::io::AsRawFd;
     let err = FileError::at;
     fs::create_dir_all(dir).map_err(err("create", dir))?;
     let path = dir.join(LOCK_FILE);
@@ -401,13 +400,12 @@ fn lock(dir: &Path) -> Result<fs::File, OutboxError> {
         .open(&path)
         .map_err(err("open", &path))?;
     loop {
-        // SAFETY: flock on a descriptor we own for the call's duration.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(file);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(err("lock", &path)(e).into());
+        // std's file lock: `flock(2)` on Unix, shared with a plugin's copy
+        // of this crate in the same process or another.
+        match file.lock() {
+            Ok(()) => return Ok(file),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err("lock", &path)(e).into()),
         }
     }
 }

@@ -9,7 +9,6 @@ use std::{
     fs::{self, File, OpenOptions},
     io,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
-    os::unix::io::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -67,17 +66,12 @@ impl Home {
             .truncate(false)
             .write(true)
             .open(dir.join("host.lock"))?;
-        // SAFETY: flock on a valid, owned file descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            Ok(Some(file))
-        } else {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock {
-                Ok(None)
-            } else {
-                Err(err)
-            }
+        // std's file lock: `flock(2)` on Unix, so it is held by the open
+        // file (a launcher's core inherits it) and goes with the process.
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(e),
         }
     }
 }

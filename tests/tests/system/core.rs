@@ -442,15 +442,14 @@ fn box_from(settings: &BoxSettings, template: &Path) -> Result<ManagedBox> {
 /// service manager waits the same way for the unit's processes to be gone
 /// before it starts the unit again.
 fn lock_free(home: &Path) -> bool {
-    use std::os::fd::AsRawFd;
     let Ok(file) = std::fs::OpenOptions::new()
         .write(true)
         .open(home.join("state/host.lock"))
     else {
         return true;
     };
-    // SAFETY: flock on an open descriptor; closing it releases the lock.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    // Closing the file releases the lock.
+    file.try_lock().is_ok()
 }
 
 fn committed(b: &ManagedBox) -> bool {
