@@ -42,7 +42,10 @@ use tough::{
 };
 use tracing::info;
 
-use super::{store::write_atomically, PortalError};
+use super::{
+    store::{write_atomically, write_private},
+    PortalError,
+};
 
 /// The published metadata folder under the repository root.
 pub const METADATA_DIR: &str = ".tuf";
@@ -165,13 +168,7 @@ fn new_keys(dir: &Path, name: &str, n: usize) -> Result<Vec<PathBuf>, PortalErro
     for i in first..first + n {
         let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| err("key generation", e))?;
         let path = dir.join(format!("{name}-{i}.key"));
-        write_atomically(&path, doc.as_ref())?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io(&path))?;
-        }
+        write_private(&path, doc.as_ref())?;
         out.push(path);
     }
     Ok(out)
