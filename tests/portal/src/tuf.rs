@@ -674,6 +674,32 @@ mod tests {
     }
 
     #[test]
+    fn every_key_file_is_owner_only_from_its_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        // A leftover temporary file readable by all is not written into.
+        let stale = keys.join("targets-1.key.tmp");
+        std::fs::write(&stale, "stale").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let made = new_keys(&keys, "targets", 2).unwrap();
+        assert_eq!(made.len(), 2);
+        for key in made {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+        keys_init(dir.path(), &KeysInit::default()).unwrap();
+        for sub in ["tuf/keys", "tuf/offline"] {
+            for key in std::fs::read_dir(dir.path().join(sub)).unwrap() {
+                let key = key.unwrap().path();
+                let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+            }
+        }
+    }
+
+    #[test]
     fn every_sign_is_a_complete_publication_that_tough_loads_with_maven_paths_as_targets() {
         let dir = tempfile::tempdir().unwrap();
         keys_init(dir.path(), &KeysInit::default()).unwrap();
