@@ -169,6 +169,18 @@ impl From<FileError> for io::Error {
 /// the new content: 1. write `{path}.tmp`, 2. fsync it, 3. rename it over
 /// `path`, 4. fsync the folder so the rename itself is durable.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic_mode(path, bytes, None)
+}
+
+/// [`write_atomic`] for a file that holds a secret: the temporary file is
+/// created owner-only (0600) by `open` itself (a leftover one is removed
+/// first), so the secret is never readable by others, not even for a
+/// moment.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic_mode(path, bytes, Some(0o600))
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), FileError> {
     let err = FileError::at;
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
@@ -176,12 +188,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
 
     let written = (|| {
         // 1. and 2.
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(err("write", &tmp))?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true);
+        match mode {
+            None => {
+                options.create(true).truncate(true);
+            }
+            Some(mode) => {
+                match fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(err("write", &tmp)(e))
+                    }
+                    _ => {}
+                }
+                std::os::unix::fs::OpenOptionsExt::mode(options.create_new(true), mode);
+            }
+        }
+        let mut file = options.open(&tmp).map_err(err("write", &tmp))?;
         file.write_all(bytes).map_err(err("write", &tmp))?;
         file.sync_all().map_err(err("sync", &tmp))?;
         // 3.

@@ -242,6 +242,11 @@ pub trait PortalApi {
     fn reset_counters(&self) -> Result<()>;
     /// Replaces the fault switches.
     fn set_fault_switches(&self, faults: &Faults) -> Result<()>;
+    /// Registers `env` (its UUID chosen by the test): the secret, shown
+    /// once. [`register_box`] remembers it for the test.
+    fn register_environment(&self, env: &str) -> Result<String>;
+    /// The portal's data folder: what its registrations belong to.
+    fn data_folder(&self) -> PathBuf;
 
     /// One environment's report.
     fn environment_report(&self, env: &str) -> Result<Option<EnvironmentReport>> {
@@ -336,6 +341,56 @@ impl PortalApi for PortalHandle {
         self.set_faults(faults.clone());
         Ok(())
     }
+    fn register_environment(&self, env: &str) -> Result<String> {
+        Ok(self.register("", Some(env))?.environment_secret)
+    }
+    fn data_folder(&self) -> PathBuf {
+        self.data_dir().to_path_buf()
+    }
+}
+
+/// The secrets of the environments the harness registered, by portal data
+/// folder and environment: a test that makes a second home (or settings)
+/// for an environment gets the same secret, and a portal restarted on its
+/// data folder knows them still.
+fn secrets() -> &'static std::sync::Mutex<std::collections::HashMap<(PathBuf, String), String>> {
+    static SECRETS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<(PathBuf, String), String>>,
+    > = std::sync::OnceLock::new();
+    SECRETS.get_or_init(Default::default)
+}
+
+/// Registers `env` with `portal`, once per portal data folder, as an
+/// operator does for each box (`environments add`); its secret.
+pub fn register_box(portal: &dyn PortalApi, env: &str) -> Result<String> {
+    let key = (portal.data_folder(), env.to_owned());
+    let mut known = secrets().lock().expect("secrets lock");
+    if let Some(secret) = known.get(&key) {
+        return Ok(secret.clone());
+    }
+    let secret = portal
+        .register_environment(env)
+        .with_context(|| format!("registering {env} with the portal"))?;
+    known.insert(key, secret.clone());
+    Ok(secret)
+}
+
+/// Writes the home's `config/device-registration.properties`: the
+/// environment UUID and, when given, its secret.
+pub fn write_registration(home: &Path, env: &str, secret: Option<&str>) -> Result<()> {
+    let mut text = format!("environmentUuid={env}\n");
+    if let Some(secret) = secret {
+        text.push_str(&format!("environmentSecret={secret}\n"));
+    }
+    let file = home.join("config/device-registration.properties");
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))
+}
+
+/// Registers `env` with `portal` ([`register_box`]) and writes both keys
+/// into the home at `home`.
+pub fn register_home(portal: &dyn PortalApi, home: &Path, env: &str) -> Result<()> {
+    let secret = register_box(portal, env)?;
+    write_registration(home, env, Some(&secret))
 }
 
 /// The `banalytics-portal` binary: `$BANALYTICS_PORTAL_BIN`, else beside the
@@ -576,6 +631,14 @@ impl PortalApi for PortalProcess {
         self.block(self.client.set_faults(faults))?;
         Ok(())
     }
+    fn register_environment(&self, env: &str) -> Result<String> {
+        Ok(self
+            .block(self.client.add_environment("", Some(env)))?
+            .environment_secret)
+    }
+    fn data_folder(&self) -> PathBuf {
+        self.data.clone()
+    }
 }
 
 fn unique_log(data: &Path, stem: &str) -> Result<PathBuf> {
@@ -633,6 +696,9 @@ pub struct BoxSettings {
     pub repository_url: String,
     /// The environment UUID; `None` leaves the box unregistered.
     pub environment: Option<String>,
+    /// The environment's secret, as the portal issued it at
+    /// [`BoxSettings::new`].
+    pub environment_secret: Option<String>,
     /// Extra lines for `[components.portal]`.
     pub portal_extra: String,
     /// Extra lines for `[components.upgrade-center]`.
@@ -650,12 +716,19 @@ pub struct BoxSettings {
 
 impl BoxSettings {
     /// A box of `env` talking to `portal`, with a short grace period (0.5 s)
-    /// so that tests do not wait.
+    /// so that tests do not wait. `env` is registered with the portal
+    /// ([`register_box`]); a portal that cannot register it is a broken
+    /// test set-up, and panics here.
     pub fn new(portal: &dyn PortalApi, env: Option<&str>) -> BoxSettings {
+        let environment_secret = env.map(|env| {
+            register_box(portal, env)
+                .unwrap_or_else(|e| panic!("registering the box's environment: {e:#}"))
+        });
         BoxSettings {
             portal_url: portal.portal_url(),
             repository_url: portal.repo_url(),
             environment: env.map(str::to_owned),
+            environment_secret,
             portal_extra: String::new(),
             upgrade_extra: String::new(),
             log_level: "info".into(),
@@ -716,10 +789,7 @@ impl ManagedBox {
     pub fn new(settings: &BoxSettings) -> Result<ManagedBox> {
         let home = TempHome::new(&settings.box_toml())?;
         if let Some(env) = &settings.environment {
-            std::fs::write(
-                home.path().join("config/device-registration.properties"),
-                format!("environmentUuid={env}\n"),
-            )?;
+            write_registration(&home.path(), env, settings.environment_secret.as_deref())?;
         }
         Ok(ManagedBox {
             home,

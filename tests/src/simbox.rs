@@ -14,7 +14,10 @@ use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use tokio_tungstenite::{connect_async, tungstenite::Message};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{client::IntoClientRequest as _, Message},
+};
 
 /// How a simulated box behaves.
 #[derive(Debug, Clone)]
@@ -23,6 +26,9 @@ pub struct SimBox {
     pub ws_url: String,
     /// Its environment UUID.
     pub env: String,
+    /// Its environment's secret, sent as `Authorization: Bearer` (the
+    /// portal refuses a registered environment without it).
+    pub secret: Option<String>,
     /// From `downloaded` to `installed`: a real box's restart and grace.
     pub install_time: Duration,
 }
@@ -35,7 +41,13 @@ fn coordinates(m: &Value) -> String {
 impl SimBox {
     /// Runs until `stop` turns true; returns how many sets it installed.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<usize> {
-        let (mut ws, _) = connect_async(&self.ws_url)
+        let mut upgrade = self.ws_url.as_str().into_client_request()?;
+        if let Some(secret) = &self.secret {
+            upgrade
+                .headers_mut()
+                .insert("Authorization", format!("Bearer {secret}").parse()?);
+        }
+        let (mut ws, _) = connect_async(upgrade)
             .await
             .with_context(|| format!("connecting {}", self.ws_url))?;
         let request = json!({

@@ -9,10 +9,47 @@
 //! message so that the link can log them. Nothing here panics on any input
 //! (property tests below).
 
+use banalytics_home::registration::EnvironmentSecret;
 use banalytics_messages::portal::{GetEnvModulesResponse, PortalMessage, SyncSoftware};
 use banalytics_sdk::Bus;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+/// The extension frame (portal → box) that carries the environment's new
+/// secret, `environmentSecret`. The original portal never sends it; the
+/// link handles it itself ([`secret_rotation`]) and never publishes it on
+/// the bus, where components would read the secret.
+pub const SECRET_ROTATE: &str = "ENV_SECRET_ROTATE";
+
+/// The extension frame (box → portal) that says the box stored the new
+/// secret: `environmentUuid`, and `secretSha256`, the stored secret's
+/// SHA-256 in hex (the secret itself does not travel back).
+pub const SECRET_ROTATED: &str = "ENV_SECRET_ROTATED";
+
+/// `Some` when `text` is a [`SECRET_ROTATE`] frame: its secret, or `None`
+/// when the frame carries none that an HTTP header could hold. `None`
+/// for every other frame.
+pub fn secret_rotation(text: &str) -> Option<Option<EnvironmentSecret>> {
+    if !text.contains(SECRET_ROTATE) {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).ok()?;
+    (v.get("type")?.as_str()? == SECRET_ROTATE).then(|| {
+        v.get("environmentSecret")
+            .and_then(Value::as_str)
+            .and_then(EnvironmentSecret::new)
+    })
+}
+
+/// The [`SECRET_ROTATED`] frame for `secret`, stored by the box of `uuid`.
+pub fn secret_rotated(uuid: &str, secret: &EnvironmentSecret) -> String {
+    serde_json::json!({
+        "type": SECRET_ROTATED,
+        "environmentUuid": uuid,
+        "secretSha256": secret.sha256_hex(),
+    })
+    .to_string()
+}
 
 /// The largest frame accepted from the portal (contracts section 3). A
 /// whole target set of a few hundred modules is some tens of kilobytes;

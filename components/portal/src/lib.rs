@@ -25,7 +25,10 @@
 //!
 //! The environment UUID comes from `config/device-registration.properties`
 //! ([`banalytics_home::registration`]); a box that is not registered connects with an empty
-//! one, as the original does, and says so in its log.
+//! one, as the original does, and says so in its log. The environment's
+//! secret from the same file goes as `Authorization: Bearer` on the upgrade
+//! (never in the URL, never logged), and a secret the portal rotates over
+//! the link is stored there and acknowledged ([`link`]).
 //!
 //! # Lifecycle
 //!

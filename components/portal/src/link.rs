@@ -27,6 +27,17 @@
 //! and skipped. A frame over the hard limit cannot be skipped without
 //! reading it, so the WebSocket library refuses it and the link reconnects.
 //!
+//! The upgrade request carries the environment's secret, when the home
+//! has one, as `Authorization: Bearer SECRET` (never in the URL, never
+//! logged); a portal that refuses it (401) is a failed attempt like any
+//! other, shown in `status`, retried with the backoff. A
+//! [`frame::SECRET_ROTATE`] frame is handled here and goes to no
+//! component: the new secret is stored in the registration file
+//! (write-rename-fsync, [`registration::store_secret`]) and only then
+//! acknowledged with [`frame::SECRET_ROTATED`]; the portal keeps the old
+//! secret working until that acknowledgement (or a connection with the
+//! new one), so a crash in between loses nothing.
+//!
 //! Lifecycle: a restart drops the connection (the portal sees it close) and
 //! connects afresh with a fresh backoff. Stopping sends a WebSocket close
 //! and publishes the link as down.
@@ -47,7 +58,9 @@ use tokio::{
     time::{timeout, Instant},
 };
 use tokio_tungstenite::{
-    tungstenite::{protocol::WebSocketConfig, Message as WsMessage},
+    tungstenite::{
+        self, client::IntoClientRequest as _, protocol::WebSocketConfig, Message as WsMessage,
+    },
     Connector, MaybeTlsStream, WebSocketStream,
 };
 use tracing::{debug, info, warn};
@@ -57,7 +70,7 @@ use crate::{
     frame::{self, MAX_FRAME_BYTES},
     PortalError,
 };
-use banalytics_home::registration;
+use banalytics_home::registration::{self, EnvironmentSecret};
 
 /// The largest frame the WebSocket library reads at all. Frames between
 /// [`MAX_FRAME_BYTES`] and this are read and skipped; a larger one ends the
@@ -111,6 +124,55 @@ impl LinkSettings {
             }
         };
         self.portal_url.endpoint(&uuid, &self.environment_hash)
+    }
+
+    /// The environment's secret as stored now, for the next attempt's
+    /// `Authorization` header; `None` (the portal may refuse) when the
+    /// registration has none or cannot be read.
+    pub fn secret(&self) -> Option<EnvironmentSecret> {
+        match registration::environment_secret(&self.home) {
+            Ok(secret) => secret,
+            Err(e) => {
+                warn!(
+                    file = %registration::registration_file(&self.home).display(),
+                    error = %e,
+                    "cannot read the registration: connecting without the environment's secret"
+                );
+                None
+            }
+        }
+    }
+
+    /// Stores the secret a rotation brought and returns the frame that
+    /// acknowledges it; `None` (no acknowledgement: the portal keeps the
+    /// old secret working) when it cannot be stored.
+    async fn store_rotated(&self, secret: EnvironmentSecret) -> Option<String> {
+        let home = self.home.clone();
+        let stored = secret.clone();
+        let written =
+            tokio::task::spawn_blocking(move || registration::store_secret(&home, &stored)).await;
+        match written {
+            Ok(Ok(())) => {
+                info!("the portal rotated the environment's secret: stored");
+                let uuid = registration::environment_uuid(&self.home)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                Some(frame::secret_rotated(&uuid, &secret))
+            }
+            Ok(Err(e)) => {
+                warn!(
+                    file = %registration::registration_file(&self.home).display(),
+                    error = %e,
+                    "cannot store the environment's new secret: not acknowledged, the old one stays"
+                );
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "storing the environment's new secret failed");
+                None
+            }
+        }
     }
 
     /// Shows the link state as the component's details on the board.
@@ -289,8 +351,9 @@ async fn run(
     settings.report(false, connects, None);
     loop {
         let url = settings.endpoint();
+        let secret = settings.secret();
         let attempt = tokio::select! {
-            attempt = connect(&url, &settings) => attempt,
+            attempt = connect(&url, secret.as_ref(), &settings) => attempt,
             _ = &mut shutdown => return,
         };
         match attempt {
@@ -301,7 +364,7 @@ async fn run(
                 up.send_replace(true);
                 bus.publish(PortalLinkChanged { connected: true }).await;
                 let since = Instant::now();
-                let end = serve(socket, &timing, &bus, &up, &mut outgoing, &mut shutdown).await;
+                let end = serve(socket, &settings, &bus, &up, &mut outgoing, &mut shutdown).await;
                 up.send_replace(false);
                 while let Ok(out) = outgoing.try_recv() {
                     let _ = out.ack.send(Err(LinkDown));
@@ -345,14 +408,47 @@ async fn run(
     }
 }
 
-async fn connect(url: &url::Url, settings: &LinkSettings) -> Result<Socket, PortalError> {
+/// The upgrade request for `url`, with `Authorization: Bearer SECRET`
+/// when there is a secret (marked sensitive, so no layer prints it).
+fn upgrade_request(
+    url: &url::Url,
+    secret: Option<&EnvironmentSecret>,
+) -> Result<tungstenite::handshake::client::Request, PortalError> {
+    let connect_error = |reason: String| PortalError::Connect {
+        url: url.to_string(),
+        reason,
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| connect_error(e.to_string()))?;
+    if let Some(secret) = secret {
+        let mut value =
+            tungstenite::http::HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
+                .map_err(|_| {
+                    connect_error("the environment's secret is not a header value".into())
+                })?;
+        value.set_sensitive(true);
+        request
+            .headers_mut()
+            .insert(tungstenite::http::header::AUTHORIZATION, value);
+    }
+    Ok(request)
+}
+
+async fn connect(
+    url: &url::Url,
+    secret: Option<&EnvironmentSecret>,
+    settings: &LinkSettings,
+) -> Result<Socket, PortalError> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(HARD_FRAME_LIMIT))
         .max_frame_size(Some(HARD_FRAME_LIMIT));
     let connector = Connector::Rustls(settings.tls.clone());
     let within = settings.timing.dead_after;
+    let request = upgrade_request(url, secret)?;
     let handshake = tokio_tungstenite::connect_async_tls_with_config(
-        url.as_str(),
+        request,
         Some(config),
         true,
         Some(connector),
@@ -373,12 +469,13 @@ async fn connect(url: &url::Url, settings: &LinkSettings) -> Result<Socket, Port
 /// Serves one connection until it ends; keeps the dead-link deadline.
 async fn serve(
     socket: Socket,
-    timing: &Timing,
+    settings: &LinkSettings,
     bus: &Bus,
     up: &watch::Sender<bool>,
     outgoing: &mut mpsc::Receiver<Outgoing>,
     shutdown: &mut oneshot::Receiver<()>,
 ) -> End {
+    let timing = &settings.timing;
     let (mut sink, mut stream) = socket.split();
     let mut ping =
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
@@ -460,6 +557,22 @@ async fn serve(
                     None => return End::Lost("connection closed by the portal".into()),
                     Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
                     Some(Ok(WsMessage::Text(text))) => {
+                        if let Some(rotation) = frame::secret_rotation(text.as_str()) {
+                            let Some(secret) = rotation else {
+                                warn!("a secret rotation frame without a usable secret skipped");
+                                continue;
+                            };
+                            let Some(ack) = settings.store_rotated(secret).await else {
+                                continue;
+                            };
+                            match timeout(timing.dead_after, sink.send(WsMessage::Text(ack.into()))).await {
+                                Ok(Ok(())) => info!("secret rotation acknowledged to the portal"),
+                                Ok(Err(e)) => return End::Lost(format!("cannot send a frame: {e}")),
+                                Err(_) => return End::Lost("frame not written in time".into()),
+                            }
+                            last_heard = Instant::now();
+                            continue;
+                        }
                         receive(text.as_str(), bus).await;
                         // Waiting for a slow subscriber is not the portal's
                         // silence.

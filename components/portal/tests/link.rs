@@ -239,6 +239,78 @@ async fn after_the_portal_drops_the_link_queued_messages_arrive_in_order() {
     running.stop().await;
 }
 
+#[actix_rt::test]
+async fn the_secret_goes_in_a_bearer_header_and_never_in_the_url() {
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let running = start(
+        home_with_secret("env-42", "s3cr3t-value"),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        bus.clone(),
+    );
+    let conn = portal.next_conn().await;
+    assert_eq!(conn.authorization.as_deref(), Some("Bearer s3cr3t-value"));
+    assert_eq!(conn.query["environmentUuid"], "env-42");
+    assert!(conn.query.values().all(|v| !v.contains("s3cr3t")));
+    assert!(!running.details().to_string().contains("s3cr3t"));
+    drop(conn);
+    running.stop().await;
+
+    // A box without a secret sends no header.
+    let running = start(
+        home(Some("env-42")),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        Bus::new(),
+    );
+    assert_eq!(portal.next_conn().await.authorization, None);
+    running.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_rotated_secret_is_stored_acknowledged_and_used_for_the_next_connection() {
+    use sha2::Digest as _;
+    let mut portal = Portal::start().await;
+    let bus = Bus::new();
+    let mut sets = bus.subscribe::<GetEnvModulesResponse>();
+    let running = start(
+        home_with_secret("env-42", "old-secret"),
+        &format!("portal_url = \"{}\"\n", portal.url()),
+        None,
+        bus.clone(),
+    );
+    let mut conn = portal.next_conn().await;
+    assert_eq!(conn.authorization.as_deref(), Some("Bearer old-secret"));
+    conn.send(r#"{"type":"ENV_SECRET_ROTATE","environmentUuid":"env-42","environmentSecret":"new-secret"}"#)
+        .await;
+    let ack = conn.recv_json().await;
+    assert_eq!(ack["type"], "ENV_SECRET_ROTATED");
+    assert_eq!(ack["environmentUuid"], "env-42");
+    assert_eq!(
+        ack["secretSha256"],
+        hex::encode(sha2::Sha256::digest(b"new-secret"))
+    );
+    let file = running
+        .home
+        .path()
+        .join("config/device-registration.properties");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("environmentSecret=new-secret") && text.contains("environmentUuid=env-42")
+    );
+    assert!(!text.contains("old-secret"));
+    // The link stays up and the rotation frame is no message on the bus.
+    conn.send(r#"{"type":"GET_ENV_MOD_RES","modules":[]}"#)
+        .await;
+    assert!(next(&mut sets).await.modules.is_empty());
+    conn.ws.close(None).await.unwrap();
+    drop(conn);
+    let conn = portal.next_conn().await;
+    assert_eq!(conn.authorization.as_deref(), Some("Bearer new-secret"));
+    running.stop().await;
+}
+
 /// Appends `status(n)` to the home's portal outbox, as the upgrade center
 /// does before it publishes; returns its seq.
 fn append_durable(home: &std::path::Path, n: usize) -> u64 {

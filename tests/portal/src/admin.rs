@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::warn;
 
-use super::{rollout::RolloutSpec, App, Faults, PortalError, PublishRequest};
+use super::{auth::TokenCheck, rollout::RolloutSpec, App, Faults, PortalError, PublishRequest};
 
 /// Largest admin request body: `send-raw` must be able to carry a frame
 /// over the protocol's 4 MiB limit, to test that the box refuses it.
@@ -63,6 +63,26 @@ pub struct SendRawRequest {
     pub text: String,
 }
 
+/// `POST /admin/environments` body: register an environment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddEnvironmentRequest {
+    /// A name for people.
+    #[serde(default)]
+    pub name: String,
+    /// The UUID of a box that has one already; a new one when `None`.
+    #[serde(default)]
+    pub environment_uuid: Option<String>,
+}
+
+/// Answer of `revoke` (connections closed) and `rotate-secret`
+/// (connections that took the new secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connections {
+    /// Live connections concerned.
+    pub connections: usize,
+}
+
 /// Answer of `sync` and `send-raw`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivered {
@@ -78,7 +98,15 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/assign-raw", post(assign_raw))
         .route("/admin/sync", post(sync))
         .route("/admin/send-raw", post(send_raw))
-        .route("/admin/environments", get(environments))
+        .route(
+            "/admin/environments",
+            get(environments).post(add_environment),
+        )
+        .route("/admin/environments/{env}/revoke", post(revoke_environment))
+        .route(
+            "/admin/environments/{env}/rotate-secret",
+            post(rotate_secret),
+        )
         .route("/admin/stats", get(stats))
         .route("/admin/stats/reset", post(reset_stats))
         .route("/admin/faults", get(get_faults).put(put_faults))
@@ -91,7 +119,8 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
 }
 
 /// Refuses a request without the admin token; a wrong token counts
-/// against the peer's login quota.
+/// against the peer's login quota, and a peer over it is refused before
+/// its token is compared.
 async fn token_required(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -104,10 +133,10 @@ async fn token_required(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token {
-        Some(t) if app.auth.token_ok(t) => next.run(req).await,
-        _ => {
-            let status = if app.auth.attempt_allowed(peer.ip()) {
+    match app.auth.check(peer.ip(), token) {
+        TokenCheck::Ok => next.run(req).await,
+        refused => {
+            let status = if refused == TokenCheck::Wrong {
                 StatusCode::UNAUTHORIZED
             } else {
                 StatusCode::TOO_MANY_REQUESTS
@@ -227,6 +256,34 @@ async fn send_raw(State(app): State<Arc<App>>, Json(req): Json<SendRawRequest>) 
 
 async fn environments(State(app): State<Arc<App>>) -> Response {
     Json(app.environments()).into_response()
+}
+
+async fn add_environment(
+    State(app): State<Arc<App>>,
+    Json(req): Json<AddEnvironmentRequest>,
+) -> Result<Response, PortalError> {
+    let registration = app.register(&req.name, req.environment_uuid.as_deref())?;
+    Ok((
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(registration),
+    )
+        .into_response())
+}
+
+async fn revoke_environment(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Response, PortalError> {
+    let connections = app.revoke(&env)?;
+    Ok(Json(Connections { connections }).into_response())
+}
+
+async fn rotate_secret(
+    State(app): State<Arc<App>>,
+    Path(env): Path<String>,
+) -> Result<Response, PortalError> {
+    let connections = app.rotate_secret(&env)?;
+    Ok(Json(Connections { connections }).into_response())
 }
 
 async fn stats(State(app): State<Arc<App>>) -> Response {

@@ -7,19 +7,34 @@
 //!
 //! Login attempts and admin calls with a wrong token are rate-limited per
 //! peer address ([`LOGIN_QUOTA_PER_MINUTE`]), so a token cannot be guessed
-//! at network speed. The boxes' WebSocket endpoint needs no token.
+//! at network speed. The limiter is asked before the token is compared: a
+//! peer over its quota is answered 429 whatever it sends, the right token
+//! included, until its quota has room again. The boxes' WebSocket
+//! endpoint needs no admin token (boxes prove themselves with their
+//! environment's secret, [`super::registry`]).
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     io::Read,
     net::IpAddr,
     num::NonZeroU32,
     path::{Path, PathBuf},
     sync::Mutex,
+    time::Instant,
 };
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{
+    clock::{Clock as _, DefaultClock},
+    middleware::StateInformationMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+    Quota, RateLimiter,
+};
+
+/// The per-peer limiter; it tells how much of the quota is left, so that
+/// a peer that spent it is refused before its next token is compared.
+type Limiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
 use sha2::{Digest, Sha256};
 
 use super::PortalError;
@@ -37,19 +52,25 @@ pub const SESSION_COOKIE: &str = "banalytics_session";
 /// logins cannot grow the portal's memory.
 const MAX_SESSIONS: usize = 1024;
 
+/// Peers remembered as over their quota at once; past it the earliest to
+/// be let in again are forgotten first (and then meet the limiter again).
+const MAX_LOCKED_OUT: usize = 1024;
+
 /// The admin token's hash, the console's sessions and the login limiter.
 pub(crate) struct Auth {
     token_sha256: String,
     sessions: Mutex<Vec<String>>,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: Limiter,
+    /// Peers over their quota, and when the limiter lets them try again.
+    locked_out: Mutex<HashMap<IpAddr, Instant>>,
 }
 
-fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 /// 32 random bytes from the OS, hex.
-fn random_token() -> Result<String, PortalError> {
+pub(crate) fn random_token() -> Result<String, PortalError> {
     let path = PathBuf::from("/dev/urandom");
     let mut bytes = [0u8; 32];
     fs::File::open(&path)
@@ -60,12 +81,23 @@ fn random_token() -> Result<String, PortalError> {
 
 /// Compares two equal-length strings in time independent of where they
 /// differ.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+/// What [`Auth::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenCheck {
+    /// The admin token.
+    Ok,
+    /// Not the admin token (or none); counted.
+    Wrong,
+    /// The peer is over its quota: nothing was compared.
+    TooMany,
 }
 
 impl Auth {
@@ -79,7 +111,7 @@ impl Auth {
         let (hash, fresh) = match given {
             Some(token) if !token.is_empty() => {
                 let hash = sha256_hex(token);
-                super::store::write_atomically(file, format!("{hash}\n").as_bytes())?;
+                super::store::write_private(file, format!("{hash}\n").as_bytes())?;
                 (hash, None)
             }
             _ => match fs::read_to_string(file) {
@@ -93,7 +125,7 @@ impl Auth {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let token = random_token()?;
                     let hash = sha256_hex(&token);
-                    super::store::write_atomically(file, format!("{hash}\n").as_bytes())?;
+                    super::store::write_private(file, format!("{hash}\n").as_bytes())?;
                     (hash, Some(token))
                 }
                 Err(source) => {
@@ -109,7 +141,8 @@ impl Auth {
             Auth {
                 token_sha256: hash,
                 sessions: Mutex::new(Vec::new()),
-                limiter: RateLimiter::keyed(quota),
+                limiter: RateLimiter::keyed(quota).with_middleware(),
+                locked_out: Mutex::new(HashMap::new()),
             },
             fresh,
         ))
@@ -122,7 +155,67 @@ impl Auth {
 
     /// Whether `peer` may try a token now (counts the attempt).
     pub(crate) fn attempt_allowed(&self, peer: IpAddr) -> bool {
-        self.limiter.check_key(&peer).is_ok()
+        let wait = match self.limiter.check_key(&peer) {
+            // Room for this attempt, and maybe for more.
+            Ok(state) if state.remaining_burst_capacity() > 0 => return true,
+            // This attempt used the last of the quota: the next one waits
+            // until a cell is back.
+            Ok(state) => {
+                self.lock_out(peer, state.quota().replenish_interval());
+                return true;
+            }
+            Err(not_until) => not_until.wait_time_from(DefaultClock::default().now()),
+        };
+        self.lock_out(peer, wait);
+        false
+    }
+
+    /// Remembers that `peer` may try again in `wait`.
+    fn lock_out(&self, peer: IpAddr, wait: std::time::Duration) {
+        let mut locked = self.locked_out.lock().expect("locked-out lock");
+        if locked.len() >= MAX_LOCKED_OUT {
+            let now = Instant::now();
+            locked.retain(|_, until| *until > now);
+            while locked.len() >= MAX_LOCKED_OUT {
+                let first = locked
+                    .iter()
+                    .min_by_key(|(_, until)| **until)
+                    .map(|(peer, _)| *peer)
+                    .expect("not empty");
+                locked.remove(&first);
+            }
+            self.limiter.retain_recent();
+        }
+        locked.insert(peer, Instant::now() + wait);
+    }
+
+    /// Whether `peer` is over its quota now: asked before a token is
+    /// compared, so that a right guess over quota gets no further than a
+    /// wrong one. Counts nothing.
+    pub(crate) fn locked_out(&self, peer: IpAddr) -> bool {
+        let mut locked = self.locked_out.lock().expect("locked-out lock");
+        match locked.get(&peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                locked.remove(&peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The gate of a token check, in order: a peer over its quota is
+    /// refused before the comparison; a wrong token counts against the
+    /// quota.
+    pub(crate) fn check(&self, peer: IpAddr, token: Option<&str>) -> TokenCheck {
+        if self.locked_out(peer) {
+            return TokenCheck::TooMany;
+        }
+        match token {
+            Some(t) if self.token_ok(t) => TokenCheck::Ok,
+            _ if self.attempt_allowed(peer) => TokenCheck::Wrong,
+            _ => TokenCheck::TooMany,
+        }
     }
 
     /// A new session; the cookie value.
@@ -189,6 +282,40 @@ mod tests {
         }
         assert!(!auth.attempt_allowed(a));
         assert!(auth.attempt_allowed(b), "another peer has its own quota");
+    }
+
+    #[test]
+    fn over_quota_even_the_right_token_is_refused_before_it_is_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, token) = Auth::open(&dir.path().join("t"), None).unwrap();
+        let token = token.unwrap();
+        let a: IpAddr = [192, 0, 2, 1].into();
+        assert_eq!(auth.check(a, Some(&token)), TokenCheck::Ok);
+        for _ in 0..LOGIN_QUOTA_PER_MINUTE {
+            assert_eq!(auth.check(a, Some("wrong")), TokenCheck::Wrong);
+        }
+        assert_eq!(auth.check(a, Some("wrong")), TokenCheck::TooMany);
+        assert_eq!(auth.check(a, None), TokenCheck::TooMany);
+        assert_eq!(auth.check(a, Some(&token)), TokenCheck::TooMany);
+        let b: IpAddr = [192, 0, 2, 2].into();
+        assert_eq!(auth.check(b, Some(&token)), TokenCheck::Ok);
+    }
+
+    #[test]
+    fn the_token_hash_file_is_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("admin-token.sha256");
+        // A leftover temporary file readable by all is not reused.
+        fs::write(dir.path().join("admin-token.sha256.tmp"), "x").unwrap();
+        fs::set_permissions(
+            dir.path().join("admin-token.sha256.tmp"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        Auth::open(&file, None).unwrap();
+        let mode = fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -107,6 +107,11 @@ pub enum Command {
         /// The certificate's PEM private key; with `--tls-cert`.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Let boxes of any environment UUID connect without a secret, as
+        /// the original portal does: for a lab only (a warning at start).
+        /// Registered environments still need their secret.
+        #[arg(long)]
+        open_registration: bool,
         /// Fault switches at start.
         #[command(flatten)]
         faults: FaultArgs,
@@ -188,11 +193,15 @@ pub enum Command {
         #[arg(long)]
         env: String,
     },
-    /// Connected boxes and every status they reported.
+    /// Connected and registered boxes and every status they reported;
+    /// `add`, `revoke`, `rotate-secret` manage the registrations.
     Environments {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// What to do; none lists.
+        #[command(subcommand)]
+        action: Option<EnvironmentsCommand>,
     },
     /// Start a rollout: a target set to a group, in waves.
     RolloutStart {
@@ -270,6 +279,35 @@ pub enum Command {
         /// The new switches (unset ones are off).
         #[command(flatten)]
         faults: FaultArgs,
+    },
+}
+
+/// `environments` subcommands: the registrations ([`super::registry`]).
+#[derive(Debug, Subcommand)]
+pub enum EnvironmentsCommand {
+    /// Register an environment: prints its UUID and its secret, once (the
+    /// box's `environmentUuid` and `environmentSecret` in
+    /// `config/device-registration.properties`).
+    Add {
+        /// A name for people.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// The UUID of a box that has one already (default: a new one).
+        #[arg(long)]
+        uuid: Option<String>,
+    },
+    /// Revoke an environment: its live connection is closed and every
+    /// later one refused.
+    Revoke {
+        /// The environment UUID.
+        env: String,
+    },
+    /// Give an environment a new secret, sent to its box over the link
+    /// (now, or at its next connection); the old one works until the box
+    /// confirms it stored the new one.
+    RotateSecret {
+        /// The environment UUID.
+        env: String,
     },
 }
 
@@ -358,6 +396,7 @@ async fn run(cli: Cli) -> Result<()> {
             ref state_file,
             ref tls_cert,
             ref tls_key,
+            open_registration,
             ref faults,
         } => {
             let tls = tls_cert
@@ -371,6 +410,7 @@ async fn run(cli: Cli) -> Result<()> {
                 faults: faults.clone().into(),
                 admin_token: cli.token.clone(),
                 tls,
+                open_registration,
             })
             .await
         }
@@ -462,19 +502,34 @@ async fn run(cli: Cli) -> Result<()> {
             println!("sent EVT_SYNC_SOFT to {n} connection(s) of {env}");
             Ok(())
         }
-        Command::Environments { json } => {
+        Command::Environments {
+            action: Some(ref action),
+            ..
+        } => environments(&client()?, action).await,
+        Command::Environments { json, action: None } => {
             let envs = client()?.environments().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&envs)?);
                 return Ok(());
             }
             for e in envs {
+                let registration = match (e.registered, e.revoked) {
+                    (false, _) => "unregistered".to_string(),
+                    (true, true) => "revoked".to_string(),
+                    (true, false) if e.rotation_pending => "registered (rotation pending)".into(),
+                    (true, false) => "registered".to_string(),
+                };
                 println!(
-                    "{} connected={} live={} connections={} requests={} assigned=[{}]",
+                    "{}{} {registration} connected={} live={} connections={} requests={} assigned=[{}]",
                     if e.environment_uuid.is_empty() {
-                        "(unregistered)"
+                        "(no uuid)"
                     } else {
                         &e.environment_uuid
+                    },
+                    if e.name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", e.name)
                     },
                     e.connected,
                     e.live_connections,
@@ -563,6 +618,13 @@ async fn run(cli: Cli) -> Result<()> {
                 for (path, p) in &stats.paths {
                     println!("{path} requests={} bytes={}", p.requests, p.bytes);
                 }
+                println!(
+                    "{} connection(s) refused (unknown environment, wrong secret, revoked)",
+                    stats.refused_connections
+                );
+                for (address, n) in &stats.refused_by_address {
+                    println!("refused from {address}: {n}");
+                }
             }
             if reset {
                 c.reset_stats().await?;
@@ -581,6 +643,32 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn environments(client: &AdminClient, action: &EnvironmentsCommand) -> Result<()> {
+    match action {
+        EnvironmentsCommand::Add { name, uuid } => {
+            let r = client.add_environment(name, uuid.as_deref()).await?;
+            println!("environmentUuid={}", r.environment_uuid);
+            println!("environmentSecret={}", r.environment_secret);
+            eprintln!(
+                "the secret is shown once (the portal keeps only its SHA-256): put both lines in the box's config/device-registration.properties"
+            );
+        }
+        EnvironmentsCommand::Revoke { env } => {
+            let n = client.revoke_environment(env).await?;
+            println!("revoked {env}; closed {n} connection(s)");
+        }
+        EnvironmentsCommand::RotateSecret { env } => {
+            let n = client.rotate_secret(env).await?;
+            if n == 0 {
+                println!("new secret for {env}: the box gets it at its next connection (the old one works until it confirms)");
+            } else {
+                println!("new secret for {env} sent to {n} connection(s); the old one works until the box confirms");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn module_label(m: &Value) -> String {

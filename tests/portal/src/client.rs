@@ -8,8 +8,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
     rollout::{Rollout, RolloutSpec},
-    AssignRawRequest, AssignRequest, Delivered, EnvironmentReport, Faults, ModuleObject,
-    PublishRequest, SendRawRequest, StatsReport, SyncRequest,
+    AddEnvironmentRequest, AssignRawRequest, AssignRequest, Connections, Delivered,
+    EnvironmentReport, Faults, ModuleObject, PublishRequest, Registration, SendRawRequest,
+    StatsReport, SyncRequest,
 };
 
 /// Talks to `/admin/...` of a running portal.
@@ -177,6 +178,47 @@ impl AdminClient {
     pub async fn environments(&self) -> Result<Vec<EnvironmentReport>> {
         self.call(reqwest::Method::GET, "/admin/environments", None::<&()>)
             .await
+    }
+
+    /// `POST /admin/environments`: registers an environment (the UUID
+    /// `uuid` of a box that has one, else a new one); the UUID and the
+    /// secret, shown once.
+    pub async fn add_environment(&self, name: &str, uuid: Option<&str>) -> Result<Registration> {
+        self.call(
+            reqwest::Method::POST,
+            "/admin/environments",
+            Some(&AddEnvironmentRequest {
+                name: name.to_string(),
+                environment_uuid: uuid.map(str::to_string),
+            }),
+        )
+        .await
+    }
+
+    /// `POST /admin/environments/ENV/revoke`: how many live connections
+    /// were closed.
+    pub async fn revoke_environment(&self, env: &str) -> Result<usize> {
+        let c: Connections = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/admin/environments/{env}/revoke"),
+                None::<&()>,
+            )
+            .await?;
+        Ok(c.connections)
+    }
+
+    /// `POST /admin/environments/ENV/rotate-secret`: how many live
+    /// connections took the new secret.
+    pub async fn rotate_secret(&self, env: &str) -> Result<usize> {
+        let c: Connections = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/admin/environments/{env}/rotate-secret"),
+                None::<&()>,
+            )
+            .await?;
+        Ok(c.connections)
     }
 
     /// `GET /admin/stats`.

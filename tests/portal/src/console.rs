@@ -9,8 +9,13 @@
 //!
 //! Every page but the login page needs a session; the login page trades
 //! the admin token for one ([`super::auth`]). Forms post with the session
-//! cookie, which is `SameSite=Strict`, so another site cannot post them
-//! (and `Secure` when the portal serves TLS).
+//! cookie, which is `SameSite=Strict` (and `Secure` when the portal serves
+//! TLS). SameSite alone does not stop a page on another port of the same
+//! host (same site, another origin), so every POST must also come from the
+//! console's own origin: an `Origin` (or, without one, a `Referer`) that
+//! names another origin is refused with 403 ([`same_origin_posts`]).
+//! Every answer says `Content-Security-Policy: frame-ancestors 'none'`, so
+//! no page can frame the console to lure a click.
 //!
 //! The console knows no more than the portal: what the boxes reported
 //! (statuses, the core of their last request) and what was assigned. The
@@ -41,7 +46,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
 use super::{
-    auth::SESSION_COOKIE,
+    auth::{TokenCheck, SESSION_COOKIE},
     rollout::{BoxState, Rollout, RolloutSpec, WaveSize, DEFAULT_REPORT_TIMEOUT_MS},
     App, EnvironmentReport, StatusRecord,
 };
@@ -98,11 +103,68 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         .route("/console/rollouts/{id}/cancel", post(cancel))
         .route("/console/events", get(events))
         .route("/console/logout", post(logout))
+        .route("/console/environments/add", post(add_environment))
+        .route("/console/env/{env}/revoke", post(revoke))
+        .route("/console/env/{env}/rotate-secret", post(rotate_secret))
         .route_layer(middleware::from_fn_with_state(app, session_required));
     Router::new()
         .route("/console/login", get(login_page).post(login))
         .route("/console/console.js", get(script))
         .merge(private)
+        .route_layer(middleware::from_fn(same_origin_posts))
+        .route_layer(middleware::map_response(no_framing))
+}
+
+/// The console's pages may not be framed by any page.
+async fn no_framing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    response
+}
+
+/// Whether `url` (an `Origin`, or a `Referer`) names the host and port
+/// the request was sent to (its `Host`); the scheme needs no check, as
+/// one port serves one scheme.
+fn same_origin(url: &str, own_host: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    host.eq_ignore_ascii_case(own_host)
+}
+
+/// Refuses (403) a POST whose `Origin` names another origin (another
+/// site, or another port of this host); without `Origin`, the same for a
+/// `Referer`. A client that sends neither (not a browser) passes on to the
+/// session check.
+async fn same_origin_posts(req: Request, next: Next) -> Response {
+    if req.method() != axum::http::Method::POST {
+        return next.run(req).await;
+    }
+    let own_host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let headers = req.headers();
+    let claimed = headers
+        .get(header::ORIGIN)
+        .or_else(|| headers.get(header::REFERER))
+        .map(|v| v.to_str().unwrap_or("invalid").to_string());
+    match claimed {
+        Some(from) if !same_origin(&from, &own_host) => {
+            tracing::warn!(origin = %from, path = %req.uri().path(), "console POST from another origin refused");
+            (
+                StatusCode::FORBIDDEN,
+                "refused: this form was posted from another origin",
+            )
+                .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 fn session_of(headers: &HeaderMap) -> Option<String> {
@@ -201,21 +263,24 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    if !app.auth.attempt_allowed(peer.ip()) {
-        tracing::warn!(%peer, "console login refused: too many attempts");
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many login attempts: wait a minute",
-        )
-            .into_response();
-    }
-    if !app.auth.token_ok(form.token.trim()) {
-        tracing::warn!(%peer, "console login with a wrong token");
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html("wrong token: <a href=\"/console/login\">again</a>"),
-        )
-            .into_response();
+    match app.auth.check(peer.ip(), Some(form.token.trim())) {
+        TokenCheck::Ok => {}
+        TokenCheck::TooMany => {
+            tracing::warn!(%peer, "console login refused: too many attempts");
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many login attempts: wait a minute",
+            )
+                .into_response();
+        }
+        TokenCheck::Wrong => {
+            tracing::warn!(%peer, "console login with a wrong token");
+            return (
+                StatusCode::UNAUTHORIZED,
+                Html("wrong token: <a href=\"/console/login\">again</a>"),
+            )
+                .into_response();
+        }
     }
     match app.auth.new_session() {
         Ok(session) => (
@@ -377,6 +442,20 @@ fn connected_cell(e: &EnvironmentReport) -> Markup {
     }
 }
 
+fn registration_label(e: &EnvironmentReport) -> String {
+    let state = match (e.registered, e.revoked, e.rotation_pending) {
+        (false, _, _) => "not registered (open registration)",
+        (true, true, _) => "revoked",
+        (true, false, true) => "registered, new secret waiting for the box",
+        (true, false, false) => "registered",
+    };
+    if e.name.is_empty() {
+        state.to_string()
+    } else {
+        format!("{state}: {}", e.name)
+    }
+}
+
 fn environments_table(app: &App) -> Markup {
     let envs = app.environments();
     html! {
@@ -432,8 +511,74 @@ async fn environments_page(State(app): State<Arc<App>>) -> Html<String> {
                 button type="submit" { "Assign to the selected…" }
             }
             (live("envs", environments_table(&app)))
+            h2 { "Register a box" }
+            form method="post" action="/console/environments/add" id="register" {
+                label { "Name " input name="name" id="register-name"; }
+                " "
+                button type="submit" { "Register" }
+            }
+            (refusals(&app))
         },
     )
+}
+
+/// The refused upgrades, per peer address.
+fn refusals(app: &App) -> Markup {
+    let stats = app.stats.report();
+    html! {
+        h2 { "Refused connections" }
+        p id="refused" data-refused=(stats.refused_connections) {
+            (stats.refused_connections) " upgrade(s) refused (unknown environment, wrong secret, revoked)"
+        }
+        @if !stats.refused_by_address.is_empty() {
+            table id="refused-by-address" {
+                tr { th { "Address" } th { "Refused" } }
+                @for (address, n) in &stats.refused_by_address {
+                    tr { td { (address.to_string()) } td { (n) } }
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AddForm {
+    #[serde(default)]
+    name: String,
+}
+
+/// Registers a box and shows its UUID and secret, this once.
+async fn add_environment(State(app): State<Arc<App>>, Form(form): Form<AddForm>) -> Response {
+    let r = match app.register(&form.name, None) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e.to_string()),
+    };
+    let body = page(
+        "Box registered",
+        html! {
+            p { "Put these two lines in the box's " code { "config/device-registration.properties" } ". The secret is shown this once: the portal keeps only its SHA-256." }
+            pre id="registration" {
+                "environmentUuid=" (r.environment_uuid) "\n"
+                "environmentSecret=" (r.environment_secret) "\n"
+            }
+            a href={ "/console/env/" (r.environment_uuid) } { "To the environment" }
+        },
+    );
+    ([(header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
+async fn revoke(State(app): State<Arc<App>>, Path(env): Path<String>) -> Response {
+    match app.revoke(&env) {
+        Ok(_) => Redirect::to(&format!("/console/env/{env}")).into_response(),
+        Err(e) => bad_request(e.to_string()),
+    }
+}
+
+async fn rotate_secret(State(app): State<Arc<App>>, Path(env): Path<String>) -> Response {
+    match app.rotate_secret(&env) {
+        Ok(_) => Redirect::to(&format!("/console/env/{env}")).into_response(),
+        Err(e) => bad_request(e.to_string()),
+    }
 }
 
 fn environment_detail(app: &App, env: &str) -> Markup {
@@ -448,6 +593,7 @@ fn environment_detail(app: &App, env: &str) -> Markup {
     html! {
         table {
             tr { th { "Link" } td { (connected_cell(&e)) " (" (e.live_connections) " open, " (e.connections) " since start)" } }
+            tr { th { "Registration" } td class="registration" { (registration_label(&e)) } }
             tr { th { "Core" } td { (core_label(&e)) } }
             tr { th { "Installed set" } td { (app.console.installed_set(env).map(|s| s.join(", ")).unwrap_or_else(|| "?".into())) } }
             tr { th { "Assigned" } td { (e.assigned.join(", ")) } }
@@ -474,6 +620,15 @@ async fn environment_page(State(app): State<Arc<App>>, Path(env): Path<String>) 
                 button type="submit" { "Synchronise now" }
                 " "
                 a href={ "/console/assign?env=" (env) } { "Assign…" }
+            }
+            @if app.registry.contains(&env) {
+                form method="post" action={ "/console/env/" (env) "/rotate-secret" } class="inline" {
+                    button type="submit" id="rotate-secret" { "Rotate its secret" }
+                }
+                " "
+                form method="post" action={ "/console/env/" (env) "/revoke" } class="inline" {
+                    button type="submit" id="revoke" { "Revoke" }
+                }
             }
             (live(&format!("env:{env}"), environment_detail(&app, &env)))
         },
@@ -771,6 +926,22 @@ async fn cancel(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_origin_is_the_same_only_with_the_same_host_and_port() {
+        assert!(same_origin("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same_origin(
+            "http://127.0.0.1:8080/console/assign?x=1",
+            "127.0.0.1:8080"
+        ));
+        assert!(!same_origin("http://127.0.0.1:9090", "127.0.0.1:8080"));
+        assert!(!same_origin(
+            "http://127.0.0.1:8080.evil.example",
+            "127.0.0.1:8080"
+        ));
+        assert!(!same_origin("null", "127.0.0.1:8080"));
+        assert!(!same_origin("http://evil.example", ""));
+    }
 
     #[test]
     fn the_session_cookie_is_secure_exactly_when_the_portal_serves_tls() {

@@ -14,15 +14,21 @@
 //! Lifecycle: [`PortalHandle::shutdown`] signals every task (the HTTP
 //! server, each WebSocket connection, each body stream) and returns once
 //! all of them have ended (the console's event streams end with it).
-//! Published modules, assignments, rollouts and the admin token's hash live
-//! in the data folder and survive a restart; connections, statuses,
-//! counters, console sessions and fault switches do not.
+//! Published modules, assignments, rollouts, the registered environments
+//! and the admin token's hash live in the data folder and survive a
+//! restart; connections, statuses, counters, console sessions, fault
+//! switches and a rotated secret not yet delivered to its box do not.
 //!
 //! Layout of the data folder: `repo/` (the repository), `portal-state.json`
 //! (modules, assignments and the digests of the published files, unless
 //! `--state-file` says otherwise), `rollouts.json` (every rollout),
-//! `admin-token.sha256` (the admin token's hash), `portal.addr` (the URL of
-//! the running portal).
+//! `admin-token.sha256` (the admin token's hash), `environments.json` (the
+//! registered environments: UUID, name, the SHA-256 of the secret, revoked;
+//! 0600), `portal.addr` (the URL of the running portal).
+//!
+//! Boxes must be registered (`banalytics-portal environments add`, which
+//! prints the UUID and the secret once, [`registry`]) unless the portal
+//! runs with `serve --open-registration` (a lab: any UUID is let in).
 //!
 //! A module developer's loop, with a box whose `portal_url` is
 //! `ws://127.0.0.1:PORT` and `repository_url` is `http://127.0.0.1:PORT/repo`:
@@ -30,6 +36,7 @@
 //! ```text
 //! banalytics-portal serve --data ./portal --listen 127.0.0.1:8080 &  # prints the admin token once
 //! export BANALYTICS_PORTAL_TOKEN=...
+//! banalytics-portal --data ./portal environments add --name bench  # the box's environmentUuid and environmentSecret
 //! banalytics-portal --data ./portal publish --group com.example --artifact cam \
 //!     --version 1.0.1 --type component --packaging so --file target/release/libcam.so
 //! banalytics-portal --data ./portal assign --env $ENV com.example:cam:1.0.1
@@ -51,6 +58,7 @@ pub mod client;
 mod console;
 mod faults;
 mod protocol;
+pub mod registry;
 mod repo;
 pub mod rollout;
 mod rollouts;
@@ -72,14 +80,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
 pub use admin::{
-    AssignRawRequest, AssignRequest, Delivered, SendRawRequest, SyncRequest, MAX_ADMIN_BODY,
+    AddEnvironmentRequest, AssignRawRequest, AssignRequest, Connections, Delivered, SendRawRequest,
+    SyncRequest, MAX_ADMIN_BODY,
 };
 pub use client::AdminClient;
 pub use faults::Faults;
 pub use protocol::{
-    EnvironmentReport, StatusRecord, MAX_FRAME_BYTES, MAX_STATUSES_PER_ENV, OUTBOUND_QUEUE,
+    EnvironmentReport, StatusRecord, MAX_FRAME_BYTES, MAX_OPEN_ENVIRONMENTS, MAX_STATUSES_PER_ENV,
+    OUTBOUND_QUEUE,
 };
-pub use stats::{PathStats, StatsReport, MAX_RECORDED_ATTEMPTS};
+pub use registry::{RegisteredEnvironment, Registration};
+pub use stats::{
+    PathStats, StatsReport, MAX_ATTEMPT_SECONDS, MAX_RECORDED_ATTEMPTS, MAX_REFUSING_ADDRESSES,
+    MAX_STAT_PATHS,
+};
 pub use store::{
     artifact_path, iso_local_date_time, module_dir, ModuleObject, ModuleType, PartInfo,
     PublishRequest,
@@ -160,6 +174,10 @@ pub struct PortalConfig {
     pub admin_token: Option<String>,
     /// Serve https and wss with this certificate; plain http when `None`.
     pub tls: Option<TlsFiles>,
+    /// Let boxes of any environment UUID connect, as the original portal
+    /// does (a lab); registered environments still need their secret.
+    /// Off by default: only registered environments connect.
+    pub open_registration: bool,
 }
 
 impl PortalConfig {
@@ -172,6 +190,7 @@ impl PortalConfig {
             faults: Faults::default(),
             admin_token: None,
             tls: None,
+            open_registration: false,
         }
     }
 }
@@ -182,6 +201,8 @@ pub(crate) struct App {
     repo_dir: PathBuf,
     store: store::Store,
     envs: protocol::Environments,
+    registry: registry::Registry,
+    open_registration: bool,
     stats: Arc<stats::Stats>,
     faults: Mutex<Faults>,
     etags: repo::EtagCache,
@@ -230,7 +251,37 @@ impl App {
     }
 
     fn environments(&self) -> Vec<EnvironmentReport> {
-        self.envs.reports(&self.store.assignments())
+        self.envs
+            .reports(&self.store.assignments(), &self.registry.list())
+    }
+
+    fn register(&self, name: &str, uuid: Option<&str>) -> Result<Registration, PortalError> {
+        let registration = self.registry.add(name, uuid)?;
+        self.changed();
+        Ok(registration)
+    }
+
+    /// Revokes `env` and closes its live connections; how many.
+    fn revoke(&self, env: &str) -> Result<usize, PortalError> {
+        if !self.registry.revoke(env)? {
+            return Err(PortalError::BadRequest(format!(
+                "environment {env} is not registered"
+            )));
+        }
+        let closed = self.envs.close(env);
+        info!(env, closed, "revoked environment's connections closed");
+        self.changed();
+        Ok(closed)
+    }
+
+    /// Starts a rotation of `env`'s secret; the live connections that
+    /// took the new secret (the others get it at their next connection).
+    fn rotate_secret(&self, env: &str) -> Result<usize, PortalError> {
+        let frame = self.registry.rotate(env)?;
+        let delivered = self.envs.send(env, &frame);
+        info!(env, delivered, "new secret sent");
+        self.changed();
+        Ok(delivered)
     }
 
     fn set_faults(&self, faults: Faults) {
@@ -333,6 +384,10 @@ impl Portal {
             config.admin_token.as_deref(),
         )?;
         let rollouts = rollouts::Rollouts::open(data_dir.join("rollouts.json"))?;
+        let registry = registry::Registry::open(data_dir.join("environments.json"))?;
+        if config.open_registration {
+            tracing::warn!("open registration: boxes of any environment UUID connect without a secret; use it only in a lab");
+        }
         let acceptor = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
         let tls = acceptor.is_some();
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -352,6 +407,8 @@ impl Portal {
             repo_dir,
             store,
             envs: protocol::Environments::default(),
+            registry,
+            open_registration: config.open_registration,
             stats: Arc::new(stats::Stats::new()),
             faults: Mutex::new(config.faults.clone()),
             etags: repo::EtagCache::default(),
@@ -591,9 +648,34 @@ impl PortalHandle {
         self.app.envs.send(env, text)
     }
 
-    /// Every environment seen or assigned.
+    /// Every environment seen, assigned or registered.
     pub fn environments(&self) -> Vec<EnvironmentReport> {
         self.app.environments()
+    }
+
+    /// Registers an environment named `name`, with the UUID `uuid` when
+    /// given (a box that has one), else a new one: the UUID and the
+    /// secret, the only time the secret exists in clear.
+    pub fn register(&self, name: &str, uuid: Option<&str>) -> Result<Registration, PortalError> {
+        self.app.register(name, uuid)
+    }
+
+    /// Revokes `env`: its live connections are closed and every new one
+    /// is refused. How many were closed.
+    pub fn revoke(&self, env: &str) -> Result<usize, PortalError> {
+        self.app.revoke(env)
+    }
+
+    /// Gives `env` a new secret, sent to its box over the link; the old
+    /// one works until the box confirms it stored the new one. How many
+    /// live connections took it.
+    pub fn rotate_secret(&self, env: &str) -> Result<usize, PortalError> {
+        self.app.rotate_secret(env)
+    }
+
+    /// Every registered environment.
+    pub fn registered(&self) -> Vec<RegisteredEnvironment> {
+        self.app.registry.list()
     }
 
     /// One environment, if seen or assigned.

@@ -9,11 +9,22 @@
 //! (`duplicateStatuses`, in the environment's report and in the stats). A
 //! status without `seq` is recorded as it comes.
 //!
+//! Only a registered environment is let in ([`super::registry`]): the
+//! upgrade must carry `Authorization: Bearer SECRET`, the environment's
+//! secret; an unknown UUID, a wrong or missing secret or a revoked
+//! environment is answered 401 before the upgrade, and counted per peer
+//! address. Under `serve --open-registration` (a lab) an unknown UUID is
+//! let in as before, up to [`MAX_OPEN_ENVIRONMENTS`]; a registered one
+//! still needs its secret. The extension frames of a secret's rotation
+//! ([`super::registry::ROTATE_FRAME`], [`super::registry::ROTATED_FRAME`])
+//! travel on the same connection.
+//!
 //! The messages are plain JSON here on purpose: the portal is the box's
 //! test oracle, so it shares no wire types with the box's own code.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -23,17 +34,20 @@ use std::{
 use axum::{
     extract::{
         ws::{Message, WebSocket, WebSocketUpgrade},
-        Query, State,
+        ConnectInfo, Query, State,
     },
-    http::StatusCode,
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
-use super::App;
+use super::{
+    registry::{Admission, RegisteredEnvironment, ROTATED_FRAME},
+    App,
+};
 
 /// Largest frame accepted from a box: the protocol's limit (contracts §3).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -48,6 +62,11 @@ pub const OUTBOUND_QUEUE: usize = 64;
 /// The same bound holds the `seq`s remembered per environment: the oldest
 /// are forgotten first, and a box resends only its newest statuses.
 pub const MAX_STATUSES_PER_ENV: usize = 10_000;
+
+/// Environments that have state at once under open registration, where any
+/// UUID is let in; a new UUID past it is refused (503). With registration
+/// only registered environments have state, so the registry bounds it.
+pub const MAX_OPEN_ENVIRONMENTS: usize = 10_000;
 
 /// One `EVT_ENV_MOD_UPD_STS` as the box sent it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,11 +120,29 @@ pub struct EnvironmentReport {
     /// Statuses dropped because one with the same `seq` was recorded.
     #[serde(default)]
     pub duplicate_statuses: u64,
+    /// Registered with the portal ([`super::registry`]).
+    #[serde(default)]
+    pub registered: bool,
+    /// The name given at registration.
+    #[serde(default)]
+    pub name: String,
+    /// Revoked: every connection is refused.
+    #[serde(default)]
+    pub revoked: bool,
+    /// A new secret waits for the box's confirmation.
+    #[serde(default)]
+    pub rotation_pending: bool,
+}
+
+/// One live connection: its outbound queue, and the signal that closes it.
+struct Live {
+    tx: mpsc::Sender<String>,
+    close: Arc<Notify>,
 }
 
 #[derive(Default)]
 struct EnvState {
-    live: HashMap<u64, mpsc::Sender<String>>,
+    live: HashMap<u64, Live>,
     connections: u64,
     environment_hash: Option<String>,
     module_requests: u64,
@@ -127,14 +164,37 @@ pub(crate) struct Environments {
 }
 
 impl Environments {
-    fn connect(&self, env: &str, hash: Option<String>, tx: mpsc::Sender<String>) -> u64 {
+    /// Whether `env` may have state: it has some already, or there is
+    /// room for one more under open registration.
+    fn has_room_for(&self, env: &str) -> bool {
+        let envs = self.envs.lock().expect("envs lock");
+        envs.contains_key(env) || envs.len() < MAX_OPEN_ENVIRONMENTS
+    }
+
+    fn connect(
+        &self,
+        env: &str,
+        hash: Option<String>,
+        tx: mpsc::Sender<String>,
+        close: Arc<Notify>,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut envs = self.envs.lock().expect("envs lock");
         let e = envs.entry(env.to_string()).or_default();
-        e.live.insert(id, tx);
+        e.live.insert(id, Live { tx, close });
         e.connections += 1;
         e.environment_hash = hash;
         id
+    }
+
+    /// Closes every live connection of `env`; how many.
+    pub(crate) fn close(&self, env: &str) -> usize {
+        let envs = self.envs.lock().expect("envs lock");
+        let Some(e) = envs.get(env) else { return 0 };
+        for live in e.live.values() {
+            live.close.notify_one();
+        }
+        e.live.len()
     }
 
     fn disconnect(&self, env: &str, id: u64) {
@@ -143,13 +203,14 @@ impl Environments {
         }
     }
 
-    fn with<T>(&self, env: &str, f: impl FnOnce(&mut EnvState) -> T) -> T {
-        f(self
-            .envs
-            .lock()
-            .expect("envs lock")
-            .entry(env.to_string())
-            .or_default())
+    /// Runs `f` on `env`'s state; `None`, and no state made, when `env`
+    /// has none and the open-registration cap is reached.
+    fn with<T>(&self, env: &str, f: impl FnOnce(&mut EnvState) -> T) -> Option<T> {
+        let mut envs = self.envs.lock().expect("envs lock");
+        if !envs.contains_key(env) && envs.len() >= MAX_OPEN_ENVIRONMENTS {
+            return None;
+        }
+        Some(f(envs.entry(env.to_string()).or_default()))
     }
 
     /// Queues `text` on every live connection of `env`; how many took it.
@@ -158,25 +219,39 @@ impl Environments {
         let Some(e) = envs.get(env) else { return 0 };
         e.live
             .values()
-            .filter(|tx| tx.try_send(text.to_string()).is_ok())
+            .filter(|live| live.tx.try_send(text.to_string()).is_ok())
             .count()
     }
 
-    /// Reports for every environment seen or assigned.
+    /// Reports for every environment seen, assigned or registered.
     pub(crate) fn reports(
         &self,
         assignments: &BTreeMap<String, Vec<String>>,
+        registered: &[RegisteredEnvironment],
     ) -> Vec<EnvironmentReport> {
         let envs = self.envs.lock().expect("envs lock");
-        let mut names: Vec<&String> = envs.keys().chain(assignments.keys()).collect();
+        let by_uuid: BTreeMap<&str, &RegisteredEnvironment> = registered
+            .iter()
+            .map(|r| (r.environment_uuid.as_str(), r))
+            .collect();
+        let mut names: Vec<&String> = envs
+            .keys()
+            .chain(assignments.keys())
+            .chain(registered.iter().map(|r| &r.environment_uuid))
+            .collect();
         names.sort();
         names.dedup();
         names
             .into_iter()
             .map(|name| {
+                let reg = by_uuid.get(name.as_str());
                 let mut r = EnvironmentReport {
                     environment_uuid: name.clone(),
                     assigned: assignments.get(name).cloned().unwrap_or_default(),
+                    registered: reg.is_some(),
+                    name: reg.map(|r| r.name.clone()).unwrap_or_default(),
+                    revoked: reg.is_some_and(|r| r.revoked),
+                    rotation_pending: reg.is_some_and(|r| r.rotation_pending),
                     ..EnvironmentReport::default()
                 };
                 if let Some(e) = envs.get(name) {
@@ -197,13 +272,63 @@ impl Environments {
     }
 }
 
+/// The secret of `Authorization: Bearer SECRET`, if the request has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// The refusal, when `env` may not connect with the request's secret;
+/// counts and logs it. The secret is never logged.
+fn refusal(app: &App, env: &str, headers: &HeaderMap, peer: SocketAddr) -> Option<Response> {
+    let secret = bearer(headers);
+    let admission = if app.open_registration && !app.registry.contains(env) {
+        if app.envs.has_room_for(env) {
+            Admission::Admitted
+        } else {
+            warn!(env, %peer, "open registration: too many environments, upgrade refused");
+            return Some(StatusCode::SERVICE_UNAVAILABLE.into_response());
+        }
+    } else {
+        app.registry.admit(env, secret)
+    };
+    if admission == Admission::Admitted {
+        return None;
+    }
+    app.stats.refused(peer.ip());
+    app.changed();
+    warn!(env, %peer, reason = admission.reason(), "box refused before the upgrade");
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "register the environment with the portal and give the box its environmentSecret",
+        )
+            .into_response(),
+    )
+}
+
 /// `GET /portal-integration?environmentUuid=..&environmentHash=..`
 pub(crate) async fn upgrade(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     Query(query): Query<HashMap<String, String>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     State(app): State<Arc<App>>,
 ) -> Response {
     app.stats.connection_attempt();
+    if *app.shutdown.borrow() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let env = query.get("environmentUuid").cloned().unwrap_or_default();
+    let hash = query.get("environmentHash").cloned();
+    if let Some(refused) = refusal(&app, &env, &headers, peer) {
+        return refused;
+    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -211,11 +336,6 @@ pub(crate) async fn upgrade(
             return rejection.into_response();
         }
     };
-    if *app.shutdown.borrow() {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    }
-    let env = query.get("environmentUuid").cloned().unwrap_or_default();
-    let hash = query.get("environmentHash").cloned();
     let guard = app.task_guard();
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
@@ -228,13 +348,24 @@ pub(crate) async fn upgrade(
 #[tracing::instrument(skip_all, fields(env = %env))]
 async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, app: Arc<App>) {
     let (tx, mut rx) = mpsc::channel::<String>(OUTBOUND_QUEUE);
-    let id = app.envs.connect(&env, hash, tx);
+    let close = Arc::new(Notify::new());
+    let id = app.envs.connect(&env, hash, tx.clone(), close.clone());
     info!(connection = id, "box connected");
     app.changed();
+    if let Some(frame) = app.registry.rotation_frame(&env) {
+        // A rotation the box has not confirmed yet: its new secret.
+        let _ = tx.try_send(frame);
+    }
+    drop(tx);
     let mut shutdown = app.shutdown.clone();
     loop {
         tokio::select! {
             _ = super::stopped(&mut shutdown) => {
+                let _ = socket.send(Message::Close(None)).await;
+                break;
+            }
+            _ = close.notified() => {
+                info!(connection = id, "closing the connection of a revoked environment");
                 let _ = socket.send(Message::Close(None)).await;
                 break;
             }
@@ -269,6 +400,21 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
     app.changed();
 }
 
+/// Whether a connection of `conn_env` may speak for `env`: its own, or
+/// (a box connected without a UUID under open registration) one that is
+/// not registered; a registered environment is spoken for only by a
+/// connection that proved its secret.
+fn speaks_for(app: &App, conn_env: &str, env: &str) -> bool {
+    let ok = env == conn_env || !app.registry.contains(env);
+    if !ok {
+        warn!(
+            env,
+            "a frame naming a registered environment from a connection without its secret ignored"
+        );
+    }
+    ok
+}
+
 /// Handles one text frame; the reply to send, if any.
 fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
     let msg: Value = match serde_json::from_str(text) {
@@ -288,6 +434,9 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
             } else {
                 conn_env
             };
+            if !speaks_for(app, conn_env, env) {
+                return None;
+            }
             app.envs.with(env, |e| {
                 e.module_requests += 1;
                 e.last_core_module = msg.get("banalyticsBoxCoreModule").cloned();
@@ -320,6 +469,9 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                 conn_env.to_string()
             };
             let env = env.as_str();
+            if !speaks_for(app, conn_env, env) {
+                return None;
+            }
             let recorded = app.envs.with(env, |e| {
                 if let Some(seq) = record.seq {
                     let outbox = record.outbox_id.clone().unwrap_or_default();
@@ -338,12 +490,37 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                 e.statuses.push(record.clone());
                 true
             });
+            let recorded = match recorded {
+                Some(recorded) => recorded,
+                None => {
+                    warn!(
+                        env,
+                        "open registration: too many environments, status dropped"
+                    );
+                    return None;
+                }
+            };
             if recorded {
                 info!(env, status = %record.status, module = %record.module, seq = ?record.seq, "status reported");
                 app.status_recorded(env, &record);
             } else {
                 app.stats.duplicate_status();
                 info!(env, status = %record.status, seq = ?record.seq, "status already recorded: duplicate dropped");
+            }
+            None
+        }
+        ROTATED_FRAME => {
+            let sha256 = msg
+                .get("secretSha256")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if app.registry.confirm(conn_env, sha256) {
+                app.changed();
+            } else {
+                warn!(
+                    env = conn_env,
+                    "a rotation confirmation for no pending secret ignored"
+                );
             }
             None
         }

@@ -737,6 +737,17 @@ fn copy_with_digest(
 
 /// Writes `bytes` to `path` via a temporary file, fsync and rename.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PortalError> {
+    write_with(path, bytes, None)
+}
+
+/// [`write_atomically`] for a key or a secret's hash: the file is created
+/// owner-only (0600) by `open` itself, so it is never readable by others,
+/// not even between its creation and a `chmod`.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PortalError> {
+    write_with(path, bytes, Some(0o600))
+}
+
+fn write_with(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), PortalError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -744,7 +755,28 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PortalEr
         let p = p.to_path_buf();
         move |source| PortalError::Io { path: p, source }
     };
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut options = fs::OpenOptions::new();
+    options.write(true);
+    match mode {
+        None => {
+            options.create(true).truncate(true);
+        }
+        Some(mode) => {
+            // A leftover temporary file may have other permissions: the
+            // mode applies only to a file `open` creates.
+            match fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&tmp)(e)),
+            }
+            options.create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+            #[cfg(not(unix))]
+            let _ = mode;
+        }
+    }
+    let mut f = options.open(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);

@@ -42,7 +42,10 @@ use tough::{
 };
 use tracing::info;
 
-use super::{store::write_atomically, PortalError};
+use super::{
+    store::{write_atomically, write_private},
+    PortalError,
+};
 
 /// The published metadata folder under the repository root.
 pub const METADATA_DIR: &str = ".tuf";
@@ -165,13 +168,7 @@ fn new_keys(dir: &Path, name: &str, n: usize) -> Result<Vec<PathBuf>, PortalErro
     for i in first..first + n {
         let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|e| err("key generation", e))?;
         let path = dir.join(format!("{name}-{i}.key"));
-        write_atomically(&path, doc.as_ref())?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(io(&path))?;
-        }
+        write_private(&path, doc.as_ref())?;
         out.push(path);
     }
     Ok(out)
@@ -674,6 +671,32 @@ mod tests {
         assert_eq!(roles[&RoleType::Targets].threshold.get(), 2);
         assert_eq!(roles[&RoleType::Timestamp].keyids.len(), 2);
         assert!(keys_init(dir.path(), &opts).is_err(), "never replaces keys");
+    }
+
+    #[test]
+    fn every_key_file_is_owner_only_from_its_creation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        // A leftover temporary file readable by all is not written into.
+        let stale = keys.join("targets-1.key.tmp");
+        std::fs::write(&stale, "stale").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let made = new_keys(&keys, "targets", 2).unwrap();
+        assert_eq!(made.len(), 2);
+        for key in made {
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+        keys_init(dir.path(), &KeysInit::default()).unwrap();
+        for sub in ["tuf/keys", "tuf/offline"] {
+            for key in std::fs::read_dir(dir.path().join(sub)).unwrap() {
+                let key = key.unwrap().path();
+                let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+            }
+        }
     }
 
     #[test]

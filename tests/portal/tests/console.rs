@@ -20,6 +20,8 @@ const TOKEN: &str = "console-test-token";
 
 async fn start(dir: &std::path::Path) -> PortalHandle {
     let mut config = PortalConfig::new(dir.join("portal"));
+    // Its boxes are bare protocol clients without secrets: a lab.
+    config.open_registration = true;
     config.admin_token = Some(TOKEN.to_string());
     let portal = Portal::start(config).await.unwrap();
     for (v, len) in [("1.0", 10), ("2.0", 20)] {

@@ -71,3 +71,67 @@ fn serve_prints_its_url_and_stops_on_sigterm() {
         stored
     );
 }
+
+/// Runs a client command of the binary against the portal of `data`.
+fn portal_cmd(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_banalytics-portal"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env("BANALYTICS_PORTAL_TOKEN", "serve-test-token")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn environments_add_prints_the_secret_once_and_revoke_and_rotate_manage_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_banalytics-portal"))
+        .args(["serve", "--open-registration", "--data"])
+        .arg(dir.path())
+        .env("BANALYTICS_PORTAL_TOKEN", "serve-test-token")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening "), "{line}");
+
+    let add = portal_cmd(dir.path(), &["environments", "add", "--name", "kitchen"]);
+    assert!(add.status.success(), "{add:?}");
+    let text = String::from_utf8(add.stdout).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in {text}"))
+            .to_string()
+    };
+    let (uuid, secret) = (value("environmentUuid"), value("environmentSecret"));
+    assert_eq!(uuid.len(), 36);
+    let stored = std::fs::read_to_string(dir.path().join("environments.json")).unwrap();
+    assert!(stored.contains(&uuid) && !stored.contains(&secret));
+
+    let rotate = portal_cmd(dir.path(), &["environments", "rotate-secret", &uuid]);
+    assert!(rotate.status.success(), "{rotate:?}");
+    let revoke = portal_cmd(dir.path(), &["environments", "revoke", &uuid]);
+    assert!(revoke.status.success(), "{revoke:?}");
+    let list = portal_cmd(dir.path(), &["environments"]);
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        listed.contains(&format!("{uuid} (kitchen) revoked")),
+        "{listed}"
+    );
+    let unknown = portal_cmd(dir.path(), &["environments", "revoke", "never-added"]);
+    assert!(!unknown.status.success());
+
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(err.contains("open registration"), "warned at start: {err}");
+}

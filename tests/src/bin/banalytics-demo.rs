@@ -490,10 +490,13 @@ fn demo(
     portal.assign_set(ENV, &coords(&v1(), ECHO_V1, CORE_V1))?;
     println!("   assigned v1 to environment {ENV}");
 
+    // Registers ENV with the portal (`environments add`): only registered
+    // boxes connect; the home gets the UUID and the secret.
     let mut settings = BoxSettings::new(portal, Some(ENV));
     settings.log_level = "info".into();
     let mut b = ManagedBox::new(&settings)?;
     let config = settings.box_toml();
+    println!("   registered environment {ENV} with the portal (its secret is in the box's config/device-registration.properties)");
     println!("   box home: {}", b.path().display());
     let mut phases = Vec::new();
 

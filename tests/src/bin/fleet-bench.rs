@@ -25,8 +25,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use banalytics_tests::{
     e2e::{
-        ensure_binaries, env_uuid, peak_rss_kib, rss_kib, served_files, ModuleSpec, PortalApi,
-        PortalProcess,
+        ensure_binaries, env_uuid, peak_rss_kib, register_box, rss_kib, served_files, ModuleSpec,
+        PortalApi, PortalProcess,
     },
     fleet::Fleet,
     portal::{
@@ -93,6 +93,10 @@ fn rollout_bench(boxes: usize) -> Result<()> {
     let set = v2();
     portal.publish_all(&dir.path().join("files"), &set)?;
     let envs: Vec<String> = (0..boxes).map(env_uuid).collect();
+    let secrets = envs
+        .iter()
+        .map(|env| register_box(&portal, env))
+        .collect::<Result<Vec<_>>>()?;
     let sims = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,13 +105,15 @@ fn rollout_bench(boxes: usize) -> Result<()> {
     let t = Instant::now();
     let tasks: Vec<_> = envs
         .iter()
-        .map(|env| {
+        .zip(secrets)
+        .map(|(env, secret)| {
             let sim = SimBox {
                 ws_url: format!(
                     "ws://{}/portal-integration?environmentUuid={env}&environmentHash=sim",
                     portal.addr()
                 ),
                 env: env.clone(),
+                secret: Some(secret),
                 install_time: SIM_INSTALL,
             };
             sims.spawn(sim.run(stop_rx.clone()))

@@ -31,10 +31,7 @@ fn config(portal: &PortalHandle) -> String {
 fn home_with_a(portal: &PortalHandle) -> Result<TempHome> {
     portal.assign(ENV, &["com.example:alpha:1.0", "com.example:beta:1.0"])?;
     let home = TempHome::new(&config(portal))?;
-    std::fs::write(
-        home.path().join("config/device-registration.properties"),
-        format!("environmentUuid={ENV}\n"),
-    )?;
+    banalytics_tests::e2e::register_home(portal, &home.path(), ENV)?;
     std::fs::create_dir_all(home.path().join("data"))?;
     std::fs::write(home.path().join("data/recording.bin"), vec![3u8; 10_000])?;
     let first = home.start(0)?;

@@ -31,6 +31,7 @@ mod portal;
 mod preflight;
 mod probation;
 mod quarantine;
+mod registration;
 mod resilience;
 mod restart;
 mod tls;

@@ -382,7 +382,10 @@ fn a_box_killed_after_the_portal_confirmed_a_status_but_before_it_removed_it_sen
 async fn the_reference_portal_records_a_durable_status_once_per_environment_and_seq() {
     let _machine = crate::machine::shared();
     let data = tempfile::tempdir().unwrap();
-    let portal = Portal::start(PortalConfig::new(data.path())).await.unwrap();
+    let mut config = PortalConfig::new(data.path());
+    // Bare protocol clients without secrets: a lab.
+    config.open_registration = true;
+    let portal = Portal::start(config).await.unwrap();
     let status = |env: &str, status: &str, seq: Option<u64>| {
         let mut v = json!({"type": "EVT_ENV_MOD_UPD_STS", "environmentUuid": env,
                            "module": null, "status": status, "statusMessage": null});

@@ -430,10 +430,7 @@ fn the_portal_upgrades_a_plugin_module_and_the_component_runs_from_the_new_file(
         portal.repo_url()
     );
     let home = TempHome::new(&base)?;
-    std::fs::write(
-        home.path().join("config/device-registration.properties"),
-        format!("environmentUuid={ENV}\n"),
-    )?;
+    banalytics_tests::e2e::register_home(&portal, &home.path(), ENV)?;
     let installed = |n: usize| {
         poll_until(DEADLINE, "installed at the portal", || {
             let e = portal.environment(ENV)?;

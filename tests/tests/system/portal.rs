@@ -46,8 +46,12 @@ fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     p
 }
 
+/// A portal for bare protocol clients, which carry no secret: open
+/// registration, a lab (`registration.rs` tests the registered side).
 async fn start(data: &Path) -> PortalHandle {
-    Portal::start(PortalConfig::new(data)).await.unwrap()
+    let mut config = PortalConfig::new(data);
+    config.open_registration = true;
+    Portal::start(config).await.unwrap()
 }
 
 /// Publishes `g:a:v` with a main artifact of `len` bytes; returns the bytes.
@@ -150,6 +154,8 @@ impl PortalProcess {
             .arg("serve")
             .arg("--data")
             .arg(data)
+            // Its clients are bare protocol clients without secrets.
+            .arg("--open-registration")
             .env("BANALYTICS_PORTAL_TOKEN", HARNESS_ADMIN_TOKEN)
             .args(extra)
             .stdin(Stdio::null())

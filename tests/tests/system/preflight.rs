@@ -60,12 +60,9 @@ fn base_config(portal: &PortalHandle) -> String {
     )
 }
 
-fn registered_home(config: &str, env: &str) -> Result<TempHome> {
+fn registered_home(portal: &PortalHandle, config: &str, env: &str) -> Result<TempHome> {
     let home = TempHome::new(config)?;
-    std::fs::write(
-        home.path().join("config/device-registration.properties"),
-        format!("environmentUuid={env}\n"),
-    )?;
+    banalytics_tests::e2e::register_home(portal, &home.path(), env)?;
     Ok(home)
 }
 
@@ -123,7 +120,7 @@ fn a_set_removing_the_plugin_of_a_configured_kind_is_cancelled_and_the_box_runs_
     publish_jar(&portal, dir.path(), "com.example:other:1.0", &[])?;
     portal.assign(ENV, &["com.example:sample:1.0"])?;
     let base = base_config(&portal);
-    let home = registered_home(&base, ENV)?;
+    let home = registered_home(&portal, &base, ENV)?;
 
     // First run installs the plugin module; then the operator configures
     // a component of its kind.
@@ -181,7 +178,7 @@ fn a_set_with_a_plugin_of_another_abi_is_cancelled_naming_the_file_expected_and_
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
     publish_plugin(&portal, "com.example:sample:3.0", &samples().abi_mismatch)?;
     portal.assign(ENV, &["com.example:sample:3.0"])?;
-    let home = registered_home(&base_config(&portal), ENV)?;
+    let home = registered_home(&portal, &base_config(&portal), ENV)?;
 
     // A first run synchronises at start.
     let mut host = home.start(1)?;
@@ -221,7 +218,7 @@ fn a_library_inside_a_dependencies_package_is_never_loaded() -> Result<()> {
         &[(&sneaky, &library)],
     )?;
     portal.assign(ENV, &["com.example:sample:1.0", "com.example:carrier:1.0"])?;
-    let home = registered_home(&base_config(&portal), ENV)?;
+    let home = registered_home(&portal, &base_config(&portal), ENV)?;
 
     ensure!(home.start(1)?.wait(DEADLINE)?.code() == Some(75));
     let host = home.start(2)?;

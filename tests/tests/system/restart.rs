@@ -57,10 +57,7 @@ fail_while_file = "modules/com.example-broken-1.0.jar"
         portal.repo_url()
     );
     let home = TempHome::new(&config)?;
-    std::fs::write(
-        home.path().join("config/device-registration.properties"),
-        format!("environmentUuid={ENV}\n"),
-    )?;
+    banalytics_tests::e2e::register_home(&portal, &home.path(), ENV)?;
     Ok(World {
         _dir: dir,
         portal,

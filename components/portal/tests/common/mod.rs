@@ -37,6 +37,8 @@ pub struct Conn {
     pub path: String,
     /// The decoded query pairs.
     pub query: HashMap<String, String>,
+    /// The upgrade request's `Authorization` header.
+    pub authorization: Option<String>,
     pub ws: WebSocketStream<Box<dyn Io>>,
     /// When the portal's side of the handshake completed (before the box's).
     pub accepted_at: std::time::Instant,
@@ -124,10 +126,15 @@ impl Portal {
 
 async fn accept_ws(io: Box<dyn Io>) -> Accepted {
     let mut target = String::new();
+    let mut authorization = None;
     // The callback's signature is tungstenite's.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
         target = req.uri().to_string();
+        authorization = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned());
         Ok(resp)
     };
     match tokio_tungstenite::accept_hdr_async(io, callback).await {
@@ -136,6 +143,7 @@ async fn accept_ws(io: Box<dyn Io>) -> Accepted {
             Accepted::Ws(Box::new(Conn {
                 path: url.path().to_owned(),
                 query: url.query_pairs().into_owned().collect(),
+                authorization,
                 ws,
                 accepted_at: std::time::Instant::now(),
             }))
@@ -194,6 +202,18 @@ pub struct Running {
 }
 
 pub const NAME: &str = "portal";
+
+/// A home registered as `uuid` with the environment's `secret`.
+pub fn home_with_secret(uuid: &str, secret: &str) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join("config")).unwrap();
+    std::fs::write(
+        home.path().join("config/device-registration.properties"),
+        format!("environmentUuid={uuid}\nenvironmentSecret={secret}\n"),
+    )
+    .unwrap();
+    home
+}
 
 /// A home with `config/` and, when given, the registration's UUID.
 pub fn home(environment_uuid: Option<&str>) -> tempfile::TempDir {
