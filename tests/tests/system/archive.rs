@@ -69,10 +69,7 @@ fn a_package_of_deep_60_000_byte_names_is_refused_in_bounded_memory() -> Result<
         portal.portal_url(),
         portal.repo_url()
     ))?;
-    std::fs::write(
-        home.path().join("config/device-registration.properties"),
-        format!("environmentUuid={ENV}\n"),
-    )?;
+    banalytics_tests::e2e::register_home(&portal, &home.path(), ENV)?;
 
     // A first run synchronises at start.
     let mut host = home.start(1)?;
