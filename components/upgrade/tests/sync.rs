@@ -1937,13 +1937,12 @@ async fn an_upgrade_answers_started_and_one_while_it_runs_answers_joined() {
     assert_eq!(*b.requests.lock().unwrap(), 1);
 }
 
-#[actix_rt::test]
-async fn an_upgrade_for_the_staged_set_waiting_for_approval_says_it_waits_and_for_what() {
-    let repo = Repo::start().await;
-    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+/// A box with `apply = "approval"` whose first synchronisation staged
+/// `alpha`, which waits for approval.
+async fn staged_for_approval(repo: &Repo, alpha: &Published) -> TestBox {
     let b = start_box(
-        &repo,
-        objects(&[&alpha]),
+        repo,
+        objects(&[alpha]),
         Options {
             extra_config: "apply = \"approval\"".into(),
             ..Options::default()
@@ -1951,6 +1950,14 @@ async fn an_upgrade_for_the_staged_set_waiting_for_approval_says_it_waits_and_fo
     )
     .await;
     assert_eq!(b.first_sync().await["state"], "staged");
+    b
+}
+
+#[actix_rt::test]
+async fn an_upgrade_for_the_staged_set_waiting_for_approval_says_it_waits_and_for_what() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = staged_for_approval(&repo, &alpha).await;
     let answer = b.ask_upgrade(31).await;
     assert_eq!(answer.outcome, UpgradeOutcome::StagedAlready, "{answer:?}");
     assert!(
@@ -2008,16 +2015,7 @@ async fn an_upgrade_for_the_staged_set_whose_restart_busy_leases_defer_says_so()
 async fn a_staged_set_that_waits_is_discarded_when_the_portal_assigns_the_installed_set_again() {
     let repo = Repo::start().await;
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
-    let b = start_box(
-        &repo,
-        objects(&[&alpha]),
-        Options {
-            extra_config: "apply = \"approval\"".into(),
-            ..Options::default()
-        },
-    )
-    .await;
-    assert_eq!(b.first_sync().await["state"], "staged");
+    let b = staged_for_approval(&repo, &alpha).await;
     b.install_staged();
     let _ = std::fs::remove_file(b.path("state/apply-hold.json"));
     // alpha 1.1 is staged and waits for approval...
