@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use crate::{
-    coords::{self, Coords, Module},
+    coords::{self, Coords, Module, BIN_SUFFIX, MODEL_SUFFIX},
     fetch::Expected,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
@@ -235,9 +235,9 @@ fn plan_module(
     let dependencies = package(
         &resolved.dependencies,
         |m| m.dependencies.as_ref(),
-        "-bin.zip",
+        BIN_SUFFIX,
     );
-    let model = package(&resolved.model, |m| m.model.as_ref(), "-model.zip");
+    let model = package(&resolved.model, |m| m.model.as_ref(), MODEL_SUFFIX);
     let active = |p: &Option<PackagePlan>| {
         p.as_ref()
             .is_none_or(|p| matches!(p, PackagePlan::Installed(Origin::Active, _)))

@@ -41,7 +41,7 @@ use tracing::{info, info_span, instrument, warn, Instrument, Span};
 
 use crate::{
     blocking::off_thread,
-    coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
+    coords::{Coords, Module, BIN_SUFFIX, CORE_ARTIFACT_ID, CORE_GROUP_ID, MODEL_SUFFIX},
     downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE},
     error::{io_at, Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
@@ -626,8 +626,8 @@ pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, Upg
         let stem = format!("{}-{}-{}", c.group_id(), c.artifact_id(), c.version());
         for name in [
             crate::coords::file_name(m),
-            format!("{stem}-bin.zip"),
-            format!("{stem}-model.zip"),
+            format!("{stem}{BIN_SUFFIX}"),
+            format!("{stem}{MODEL_SUFFIX}"),
         ] {
             if let Some(other) = names.insert(name.to_lowercase(), c.to_string()) {
                 if other != c.to_string() {
