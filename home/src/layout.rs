@@ -13,8 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The installed-set file, in every module folder; the staged set's marker.
-pub const MODULES_INFO: &str = "modules-info.properties";
+use crate::installed::MODULES_INFO_FILE;
 
 /// Paths of one home.
 #[derive(Debug, Clone)]
@@ -100,12 +99,12 @@ impl Layout {
 
     /// Whether this box is on its first run (no installed set).
     pub fn is_first_run(&self) -> bool {
-        !self.modules().join(MODULES_INFO).exists()
+        !self.modules().join(MODULES_INFO_FILE).exists()
     }
 
     /// Whether a complete staged set waits.
     pub fn has_staged_set(&self) -> bool {
-        self.upgrade().join(MODULES_INFO).exists()
+        self.upgrade().join(MODULES_INFO_FILE).exists()
     }
 
     /// Creates the folders the upgrade center works in.
