@@ -31,7 +31,8 @@ use crate::coords::{Coords, CoordsError, Module, ModuleType};
 use crate::layout::FileError;
 use crate::properties::{self, PropertiesError};
 
-/// File name of the module list, in the module folder.
+/// File name of the module list, in every module folder; in
+/// `modules-upgrade/` also the staged set's marker ([`crate::layout`]).
 pub const MODULES_INFO_FILE: &str = "modules-info.properties";
 /// Comment line written at the top of `modules-info.properties`.
 const MODULES_INFO_COMMENT: &str = "Banalytics box installed modules";

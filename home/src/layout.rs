@@ -13,8 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The installed-set file, in every module folder; the staged set's marker.
-pub const MODULES_INFO: &str = "modules-info.properties";
+use crate::installed::MODULES_INFO_FILE;
 
 /// Paths of one home.
 #[derive(Debug, Clone)]
@@ -100,12 +99,12 @@ impl Layout {
 
     /// Whether this box is on its first run (no installed set).
     pub fn is_first_run(&self) -> bool {
-        !self.modules().join(MODULES_INFO).exists()
+        !self.modules().join(MODULES_INFO_FILE).exists()
     }
 
     /// Whether a complete staged set waits.
     pub fn has_staged_set(&self) -> bool {
-        self.upgrade().join(MODULES_INFO).exists()
+        self.upgrade().join(MODULES_INFO_FILE).exists()
     }
 
     /// Creates the folders the upgrade center works in.
@@ -281,14 +280,36 @@ pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
 
 /// Free bytes for an unprivileged user on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid NUL-terminated path and a zeroed out-parameter.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_bytes_agrees_with_df_and_a_missing_path_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let df: u64 = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Other writers on the same file system move it between the two
+        // reads; a wrong block size would be off by a factor.
+        assert!(free.abs_diff(df) < 256 << 20, "free_bytes {free}, df {df}");
+        let err = free_bytes(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }

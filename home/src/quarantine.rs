@@ -56,9 +56,7 @@ impl Quarantine {
 /// now.
 pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
     let modules = key_set(module_keys(dir).ok().flatten().unwrap_or_default());
-    let rolled_back_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let rolled_back_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     Quarantine {
         set: crate::swap::set_identity(dir).unwrap_or_default(),
         modules,

@@ -28,8 +28,8 @@ use tracing::{info, warn};
 
 use crate::{
     failpoint::failpoint,
-    installed::write_atomic,
-    layout::{sync_dir, Layout, MODULES_INFO},
+    installed::{write_atomic, MODULES_INFO_FILE},
+    layout::{sync_dir, Layout},
     record::{BadFile, SetRecord, RECORD_FILE},
 };
 
@@ -165,7 +165,7 @@ pub struct SetsReport {
 /// `modules-info.properties` and hash record; `None` if it has no marker.
 pub fn set_identity(dir: &Path) -> Option<String> {
     use sha2::{Digest, Sha256};
-    let info = fs::read(dir.join(MODULES_INFO)).ok()?;
+    let info = fs::read(dir.join(MODULES_INFO_FILE)).ok()?;
     let record = fs::read(dir.join(RECORD_FILE)).unwrap_or_default();
     let mut h = Sha256::new();
     h.update((info.len() as u64).to_le_bytes());
@@ -311,7 +311,7 @@ pub fn staged_modules(layout: &Layout) -> Option<Vec<String>> {
 /// Throws the staged set away: first its marker (from then on it is not a
 /// staged set, whatever a crash leaves), then its folders.
 pub fn discard_staged(layout: &Layout) -> Result<(), SwapError> {
-    remove_file_durably(&layout.upgrade().join(MODULES_INFO))?;
+    remove_file_durably(&layout.upgrade().join(MODULES_INFO_FILE))?;
     for dir in [layout.upgrade(), layout.models_upgrade()] {
         remove_dir_if_exists(&dir)?;
     }
@@ -593,7 +593,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
             if set_identity(&b).is_none() {
                 crate::installed::write_modules_info(&b, &[]).map_err(|e| SwapError::Io {
                     op: "write",
-                    path: b.join(MODULES_INFO),
+                    path: b.join(MODULES_INFO_FILE),
                     source: io::Error::other(e.to_string()),
                 })?;
             }

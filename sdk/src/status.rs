@@ -108,7 +108,10 @@ impl Default for StatusBoard {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now: the clock of every `*_ms` field
+/// of the box's statuses. On std's `SystemTime` because the SDK, which
+/// every plugin links, has no calendar crate; `banalytics-home` (which
+/// depends on no crate of ours) reads the same clock through `jiff`.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -71,6 +71,15 @@ pub fn box_bin() -> PathBuf {
         .clone()
 }
 
+/// Milliseconds since the Unix epoch, now: the clock of the box's `*_ms`
+/// fields (`banalytics_sdk::status::now_ms`, which this crate does not
+/// depend on).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Polls `f` until it returns `Some`, for at most `timeout`.
 pub fn poll_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();

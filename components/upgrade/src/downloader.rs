@@ -27,7 +27,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::{
     cache::{cache_hit, CachedFile},
-    coords::{self, Module},
+    coords::{self, Module, BIN_SUFFIX, MODEL_SUFFIX},
     error::{io_at, UpgradeError},
     fetch::{self, Checksum, DigestSource, Expected, FetchConfig},
     layout::Layout,
@@ -286,8 +286,8 @@ pub async fn resolve(
     let declares_packages = module.sha256.is_some() || module.platforms.is_some();
     let mut packages = Vec::new();
     for (info, suffix) in [
-        (&module.dependencies, "-bin.zip"),
-        (&module.model, "-model.zip"),
+        (&module.dependencies, BIN_SUFFIX),
+        (&module.model, MODEL_SUFFIX),
     ] {
         let url = url(suffix);
         let package = match info {
@@ -367,8 +367,8 @@ fn resolve_trusted(
     };
     let mut packages = Vec::new();
     for (declared, suffix) in [
-        (module.dependencies.is_some(), "-bin.zip"),
-        (module.model.is_some(), "-model.zip"),
+        (module.dependencies.is_some(), BIN_SUFFIX),
+        (module.model.is_some(), MODEL_SUFFIX),
     ] {
         match lookup(suffix) {
             Some(t) => packages.push(Some(t)),

@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use crate::{
-    coords::{self, Module},
+    coords::{self, Coords, Module, BIN_SUFFIX, MODEL_SUFFIX},
     fetch::Expected,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
@@ -235,9 +235,9 @@ fn plan_module(
     let dependencies = package(
         &resolved.dependencies,
         |m| m.dependencies.as_ref(),
-        "-bin.zip",
+        BIN_SUFFIX,
     );
-    let model = package(&resolved.model, |m| m.model.as_ref(), "-model.zip");
+    let model = package(&resolved.model, |m| m.model.as_ref(), MODEL_SUFFIX);
     let active = |p: &Option<PackagePlan>| {
         p.as_ref()
             .is_none_or(|p| matches!(p, PackagePlan::Installed(Origin::Active, _)))
@@ -249,7 +249,11 @@ fn plan_module(
         && active(&model);
     let action = if unchanged {
         Action::Keep
-    } else if installed_keys.iter().any(|k| same_artifact(k, &key)) {
+    } else if installed_keys
+        .iter()
+        .filter_map(|k| k.parse::<Coords>().ok())
+        .any(|c| c.module_key() == module.coords.module_key())
+    {
         Action::Change
     } else {
         Action::Add
@@ -274,8 +278,53 @@ fn same(target: &Target, sha256: &str, size: u64) -> bool {
     }
 }
 
-/// Whether two `groupId:artifactId:version` keys name the same artifact.
-fn same_artifact(a: &str, b: &str) -> bool {
-    let ga = |k: &str| k.rsplit_once(':').map(|(ga, _)| ga.to_owned());
-    ga(a) == ga(b)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(key: &str) -> ResolvedModule {
+        let coords: Coords = key.parse().unwrap();
+        let module: Module = serde_json::from_value(serde_json::json!({
+            "groupId": coords.group_id(),
+            "artifactId": coords.artifact_id(),
+            "version": coords.version(),
+            "type": "component",
+            "uploadTime": "2024-01-01T00:00:00",
+        }))
+        .unwrap();
+        ResolvedModule {
+            module,
+            main: Target {
+                url: format!("http://127.0.0.1/{key}"),
+                expected: Expected::default(),
+            },
+            dependencies: None,
+            model: None,
+        }
+    }
+
+    #[test]
+    fn another_version_of_an_installed_artifact_is_a_change_and_a_new_artifact_an_add() {
+        let installed = ["com.x:a:1".to_owned(), "com.x:gone:1".to_owned()];
+        let plan = plan(
+            vec![
+                resolved("com.x:a:2"),
+                resolved("com.x:b:1"),
+                resolved("com.x:a-b:1"),
+            ],
+            &installed,
+            None,
+            None,
+        );
+        let actions: Vec<_> = plan.modules.iter().map(|m| (m.key(), m.action)).collect();
+        assert_eq!(
+            actions,
+            [
+                ("com.x:a:2".to_owned(), Action::Change),
+                ("com.x:b:1".to_owned(), Action::Add),
+                ("com.x:a-b:1".to_owned(), Action::Add),
+            ]
+        );
+        assert_eq!(plan.removed, ["com.x:a:1", "com.x:gone:1"]);
+    }
 }

@@ -41,7 +41,7 @@ use tracing::{info, info_span, instrument, warn, Instrument, Span};
 
 use crate::{
     blocking::off_thread,
-    coords::{Coords, Module, CORE_ARTIFACT_ID, CORE_GROUP_ID},
+    coords::{Coords, Module, BIN_SUFFIX, CORE_ARTIFACT_ID, CORE_GROUP_ID, MODEL_SUFFIX},
     downloader::{DownloadEvent, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE},
     error::{io_at, Failure, UpgradeError},
     inventory::{Inventory, PlanSync},
@@ -612,7 +612,7 @@ pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, Upg
             serde_json::from_value(v.clone()).map_err(|e| UpgradeError::InvalidTarget {
                 reason: format!("module #{}: {e}", i + 1),
             })?;
-        let ga = format!("{}:{}", m.coords.group_id(), m.coords.artifact_id());
+        let ga = m.coords.module_key();
         if !seen.insert(ga.clone()) {
             return Err(UpgradeError::InvalidTarget {
                 reason: format!("module {ga} appears more than once"),
@@ -626,8 +626,8 @@ pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, Upg
         let stem = format!("{}-{}-{}", c.group_id(), c.artifact_id(), c.version());
         for name in [
             crate::coords::file_name(m),
-            format!("{stem}-bin.zip"),
-            format!("{stem}-model.zip"),
+            format!("{stem}{BIN_SUFFIX}"),
+            format!("{stem}{MODEL_SUFFIX}"),
         ] {
             if let Some(other) = names.insert(name.to_lowercase(), c.to_string()) {
                 if other != c.to_string() {

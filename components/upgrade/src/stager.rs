@@ -40,7 +40,7 @@ use crate::{
     error::{io_at, UpgradeError},
     failpoint::failpoint,
     installed,
-    layout::{self, sync_dir, Layout, MODULES_INFO},
+    layout::{self, sync_dir, Layout},
     plan::{MainPlan, Origin, PackagePlan, SyncPlan},
     preflight::Preflight,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
@@ -113,7 +113,7 @@ impl Handler<StageSet> for Stager {
 /// Removes a staged set and the scratch folders: the marker first, so that
 /// a crash in the middle never leaves a marker beside a partial set.
 pub fn clear_staged(layout: &Layout) -> Result<(), UpgradeError> {
-    let marker = layout.upgrade().join(MODULES_INFO);
+    let marker = layout.upgrade().join(installed::MODULES_INFO_FILE);
     match fs::remove_file(&marker) {
         Ok(()) => {
             sync_dir(&layout.upgrade()).map_err(io_at(layout.upgrade()))?;
@@ -280,12 +280,9 @@ impl Side {
 /// `modules-hashes.json`, and their temporary names, ignoring case.
 pub fn is_reserved(name: &str) -> bool {
     let lower = name.to_lowercase();
-    [
-        crate::installed::MODULES_INFO_FILE,
-        crate::record::RECORD_FILE,
-    ]
-    .iter()
-    .any(|r| lower == *r || lower.starts_with(&format!("{r}.")))
+    [installed::MODULES_INFO_FILE, crate::record::RECORD_FILE]
+        .iter()
+        .any(|r| lower == *r || lower.starts_with(&format!("{r}.")))
 }
 
 fn create_parent(path: &Path) -> Result<(), UpgradeError> {

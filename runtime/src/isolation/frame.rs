@@ -1,9 +1,13 @@
 //! The frames between the host and an isolated component's child process,
-//! over their Unix socket pair: `u32` big-endian length, then the body, a
-//! one-byte tag and the tag's fields. Messages and documents travel as the
-//! JSON the C ABI carries (the topic's JSON, [`InitMessage`],
+//! over their Unix socket pair: `u32` big-endian length, then the body, the
+//! [`Frame`] in `postcard`'s encoding (the variant's index as one byte, then
+//! its fields; byte strings with a varint length). Messages and documents
+//! travel as the JSON the C ABI carries (the topic's JSON, [`InitMessage`],
 //! [`StartMessage`], [`StateMessage`]); the frame adds only the length and
-//! the tag.
+//! the variant.
+//!
+//! Both ends are the same executable (the child is the host's own
+//! `plugin-child`), so the encoding is private to one build.
 //!
 //! [`InitMessage`]: banalytics_sdk::plugin::InitMessage
 //! [`StartMessage`]: banalytics_sdk::plugin::StartMessage
@@ -11,23 +15,27 @@
 
 use std::io::{self, Read};
 
+use serde::{Deserialize, Serialize};
+
 /// The largest frame either side accepts: the largest bus message plus a
 /// little. A longer length means a broken stream, and the link is dropped.
 pub const MAX_FRAME: usize = 16 << 20;
 
 /// One frame. The first six go from the host to the child, the others back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
     /// `create`.
     Create {
         /// The kind.
         kind: String,
         /// The [`InitMessage`](banalytics_sdk::plugin::InitMessage) JSON.
+        #[serde(with = "serde_bytes")]
         init: Vec<u8>,
     },
     /// `start`.
     Start {
         /// The [`StartMessage`](banalytics_sdk::plugin::StartMessage) JSON.
+        #[serde(with = "serde_bytes")]
         args: Vec<u8>,
     },
     /// `stop`.
@@ -37,6 +45,7 @@ pub enum Frame {
         /// Its topic.
         topic: String,
         /// Its JSON.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
     /// `restart_failed`.
@@ -54,10 +63,11 @@ pub enum Frame {
         /// Its topic.
         topic: String,
         /// Its JSON.
+        #[serde(with = "serde_bytes")]
         message: Vec<u8>,
     },
     /// The `state` callback: a [`StateMessage`](banalytics_sdk::plugin::StateMessage) JSON.
-    State(Vec<u8>),
+    State(#[serde(with = "serde_bytes")] Vec<u8>),
     /// An event of the plugin's log.
     Log {
         /// Its level (`LEVEL_*`).
@@ -72,102 +82,19 @@ pub enum Frame {
     Pong(u64),
 }
 
-const CREATE: u8 = 1;
-const START: u8 = 2;
-const STOP: u8 = 3;
-const DELIVER: u8 = 4;
-const RESTART_FAILED: u8 = 5;
-const PING: u8 = 6;
-const CREATED: u8 = 64;
-const STARTED: u8 = 65;
-const STOPPED: u8 = 66;
-const PUBLISH: u8 = 67;
-const STATE: u8 = 68;
-const LOG: u8 = 69;
-const PONG: u8 = 70;
-
-fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn result(out: &mut Vec<u8>, r: &Result<(), String>) {
-    match r {
-        Ok(()) => out.push(0),
-        Err(e) => {
-            out.push(1);
-            field(out, e.as_bytes());
-        }
-    }
-}
+/// How many variants [`Frame`] has: a body whose first byte (postcard's
+/// variant index, one byte below 128) is not below this is refused by its
+/// tag. A test checks it against the last variant.
+const TAGS: u8 = 13;
 
 impl Frame {
-    /// Appends the frame, length prefix included, to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0; 4]);
-        match self {
-            Frame::Create { kind, init } => {
-                out.push(CREATE);
-                field(out, kind.as_bytes());
-                field(out, init);
-            }
-            Frame::Start { args } => {
-                out.push(START);
-                field(out, args);
-            }
-            Frame::Stop => out.push(STOP),
-            Frame::Deliver { topic, message } => {
-                out.push(DELIVER);
-                field(out, topic.as_bytes());
-                field(out, message);
-            }
-            Frame::RestartFailed => out.push(RESTART_FAILED),
-            Frame::Ping(n) => {
-                out.push(PING);
-                out.extend_from_slice(&n.to_be_bytes());
-            }
-            Frame::Created(r) => {
-                out.push(CREATED);
-                result(out, r);
-            }
-            Frame::Started(r) => {
-                out.push(STARTED);
-                result(out, r);
-            }
-            Frame::Stopped => out.push(STOPPED),
-            Frame::Publish { topic, message } => {
-                out.push(PUBLISH);
-                field(out, topic.as_bytes());
-                field(out, message);
-            }
-            Frame::State(json) => {
-                out.push(STATE);
-                field(out, json);
-            }
-            Frame::Log {
-                level,
-                target,
-                message,
-            } => {
-                out.push(LOG);
-                out.extend_from_slice(&level.to_be_bytes());
-                field(out, target.as_bytes());
-                field(out, message.as_bytes());
-            }
-            Frame::Pong(n) => {
-                out.push(PONG);
-                out.extend_from_slice(&n.to_be_bytes());
-            }
-        }
-        let len = (out.len() - start - 4) as u32;
-        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    }
-
     /// The frame as bytes, length prefix included.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.encode(&mut out);
+        // Serializing into a `Vec` cannot fail: every field has a length
+        // and the output grows as needed.
+        let mut out = postcard::to_extend(self, vec![0; 4]).expect("a frame serializes");
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
         out
     }
 
@@ -191,94 +118,23 @@ impl Frame {
     }
 
     fn decode(body: &[u8]) -> io::Result<Frame> {
-        let mut c = Cursor { rest: &body[1..] };
-        let frame = match body[0] {
-            CREATE => Frame::Create {
-                kind: c.string()?,
-                init: c.bytes()?.to_vec(),
-            },
-            START => Frame::Start {
-                args: c.bytes()?.to_vec(),
-            },
-            STOP => Frame::Stop,
-            DELIVER => Frame::Deliver {
-                topic: c.string()?,
-                message: c.bytes()?.to_vec(),
-            },
-            RESTART_FAILED => Frame::RestartFailed,
-            PING => Frame::Ping(c.u64()?),
-            CREATED => Frame::Created(c.result()?),
-            STARTED => Frame::Started(c.result()?),
-            STOPPED => Frame::Stopped,
-            PUBLISH => Frame::Publish {
-                topic: c.string()?,
-                message: c.bytes()?.to_vec(),
-            },
-            STATE => Frame::State(c.bytes()?.to_vec()),
-            LOG => Frame::Log {
-                level: c.u32()?,
-                target: c.string()?,
-                message: c.string()?,
-            },
-            PONG => Frame::Pong(c.u64()?),
-            tag => return Err(invalid(format!("unknown frame tag {tag}"))),
-        };
-        if !c.rest.is_empty() {
-            return Err(invalid(format!(
-                "{} bytes after a frame of tag {}",
-                c.rest.len(),
-                body[0]
-            )));
+        let tag = body[0];
+        if tag >= TAGS {
+            return Err(invalid(format!("unknown frame tag {tag}")));
         }
-        Ok(frame)
+        match postcard::take_from_bytes(body) {
+            Ok((frame, [])) => Ok(frame),
+            Ok((_, rest)) => Err(invalid(format!(
+                "{} bytes after a frame of tag {tag}",
+                rest.len()
+            ))),
+            Err(e) => Err(invalid(format!("frame of tag {tag}: {e}"))),
+        }
     }
 }
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
-}
-
-struct Cursor<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        if self.rest.len() < n {
-            return Err(invalid("truncated frame".to_owned()));
-        }
-        let (head, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(head)
-    }
-
-    fn u32(&mut self) -> io::Result<u32> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn bytes(&mut self) -> io::Result<&'a [u8]> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-
-    fn string(&mut self) -> io::Result<String> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|e| invalid(e.to_string()))
-    }
-
-    fn result(&mut self) -> io::Result<Result<(), String>> {
-        match self.take(1)?[0] {
-            0 => Ok(Ok(())),
-            _ => Ok(Err(self.string()?)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -319,13 +175,15 @@ mod tests {
         ];
         let mut stream = Vec::new();
         for f in &frames {
-            f.encode(&mut stream);
+            stream.extend(f.to_bytes());
         }
         let mut r = &stream[..];
         for f in &frames {
             assert_eq!(Frame::read(&mut r).unwrap().as_ref(), Some(f));
         }
         assert_eq!(Frame::read(&mut r).unwrap(), None);
+        // The last variant's tag is the last one `decode` accepts.
+        assert_eq!(Frame::Pong(0).to_bytes()[4], TAGS - 1);
     }
 
     #[test]
@@ -335,5 +193,32 @@ mod tests {
         let mut r = &[0, 0, 0, 1, 200][..];
         let err = Frame::read(&mut r).unwrap_err();
         assert!(err.to_string().contains("unknown frame tag 200"), "{err}");
+        let mut r = &[0, 0, 0, 1, TAGS][..];
+        let err = Frame::read(&mut r).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("unknown frame tag {TAGS}")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_body_or_bytes_after_a_frame_are_refused() {
+        let deliver = Frame::Deliver {
+            topic: "t".into(),
+            message: b"{}".to_vec(),
+        }
+        .to_bytes();
+        // A body whose byte string claims more than the body holds.
+        let mut short = deliver[..deliver.len() - 1].to_vec();
+        short[3] -= 1;
+        let err = Frame::read(&mut &short[..]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // One byte too many after a complete frame.
+        let mut long = deliver.clone();
+        long.push(0);
+        long[3] += 1;
+        let err = Frame::read(&mut &long[..]).unwrap_err();
+        assert!(err.to_string().contains("1 bytes after a frame"), "{err}");
     }
 }

@@ -35,6 +35,7 @@ use banalytics_tests::{
         ensure_binaries, peak_rss_kib, served_files, BoxSettings, ManagedBox, ModuleSpec,
         PortalApi, PortalProcess,
     },
+    now_ms,
     portal::{tuf, ModuleObject},
 };
 use clap::Parser;
@@ -284,12 +285,6 @@ fn until_installed(
             .filter(|l| l.iter().skip(after).any(|l| l.status == "installed"))
     })?;
     Ok(t.elapsed())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn sync_now(portal: &PortalProcess, env: &str) -> Result<u64> {

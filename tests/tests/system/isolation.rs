@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use banalytics_tests::{poll_until, TempHome, DEADLINE};
+use banalytics_tests::{now_ms, poll_until, TempHome, DEADLINE};
 use serde_json::{json, Value};
 
 use crate::plugins::{home_with_modules, sample_plugin};
@@ -228,13 +228,6 @@ fn drill_in_isolated_component(drill: &str, expected: &str) -> Result<u64> {
 
 fn host_status_running(home: &TempHome) -> Result<bool> {
     Ok(home.status()?["host"]["running"] == true)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[test]

@@ -276,11 +276,7 @@ fn upgrade_wait_during_a_running_synchronisation_follows_it_to_its_end() -> Resu
         "a synchronisation running for over a second",
         || {
             let sync = w.home.component("upgrade-center").ok()?["details"]["sync"].clone();
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?
-                .as_millis() as u64;
-            let age = now_ms.checked_sub(sync["started_ms"].as_u64()?)?;
+            let age = banalytics_tests::now_ms().checked_sub(sync["started_ms"].as_u64()?)?;
             (sync["finished_ms"].is_null() && age > 1_200).then_some(())
         },
     )?;
