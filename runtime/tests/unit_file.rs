@@ -90,7 +90,28 @@ fn the_shipped_unit_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for key in ["Type=notify", "NotifyAccess=all", "WatchdogSec="] {
+    for key in [
+        "Type=notify",
+        "NotifyAccess=all",
+        "WatchdogSec=",
+        // The package's paths and user (README, "packaging/").
+        "ExecStart=/usr/bin/banalytics-box run",
+        "User=banalytics",
+        "Environment=BANALYTICS_HOME=/var/lib/banalytics",
+        "WorkingDirectory=/var/lib/banalytics",
+        // Its hardening.
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/banalytics",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "SystemCallFilter=@system-service landlock_create_ruleset landlock_add_rule landlock_restrict_self",
+        "LockPersonality=yes",
+    ] {
         assert!(
             UNIT.lines().any(|l| l.starts_with(key)),
             "the unit sets {key}"
