@@ -78,16 +78,21 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 
 # ------------------------------------------------------------ build
+# DEB_PROFILE=dev packs the debug build that `cargo test` already made
+# (CI does, to spare a release build of minutes); the default is the
+# release build a box receives.
+profile=()
+if [ -n "${DEB_PROFILE:-}" ]; then profile=(--profile "$DEB_PROFILE"); fi
 t0=$(date +%s)
 mkdir -p "$WORK/deb1" "$WORK/deb2"
-cargo deb -p banalytics-runtime --output "$WORK/deb1/" >"$WORK/cargo-deb.log" 2>&1 \
+cargo deb -p banalytics-runtime "${profile[@]}" --output "$WORK/deb1/" >"$WORK/cargo-deb.log" 2>&1 \
     || { cat "$WORK/cargo-deb.log"; fail "cargo deb -p banalytics-runtime"; }
 DEB1=$(ls "$WORK"/deb1/*.deb)
 V1=$(dpkg-deb -f "$DEB1" Version)
 V2="$V1.1"
 # The newer version: the same build, packed again (--fast: a lighter
 # compression, 8 s instead of 40).
-cargo deb -p banalytics-runtime --no-build --fast --deb-version "$V2" --output "$WORK/deb2/" >>"$WORK/cargo-deb.log" 2>&1 \
+cargo deb -p banalytics-runtime "${profile[@]}" --no-build --fast --deb-version "$V2" --output "$WORK/deb2/" >>"$WORK/cargo-deb.log" 2>&1 \
     || { cat "$WORK/cargo-deb.log"; fail "cargo deb --no-build --deb-version $V2"; }
 DEB2=$(ls "$WORK"/deb2/*.deb)
 ok "built $(basename "$DEB1") and $(basename "$DEB2") ($(( $(date +%s) - t0 )) s)"
