@@ -306,7 +306,9 @@ dpkg -i "$DEB2" >"$WORK/dpkg-i2.log" 2>&1 || { cat "$WORK/dpkg-i2.log"; fail "dp
 [ "$(dpkg-query -W -f '${Version}' "$PACKAGE")" = "$V2" ] || fail "$V2 is installed"
 cmp -s "$WORK/box.toml.edited" "$HOME_DIR/config/box.toml" || fail "the upgrade kept the edited config/box.toml"
 [ "$(stat -c '%U:%G %a' "$HOME_DIR")" = "banalytics:banalytics 700" ] || fail "the upgrade kept the home's owner and mode"
-ok "dpkg -i $(basename "$DEB2"): $V1 -> $V2, the edited config/box.toml kept"
+cmp -s /usr/share/banalytics-box/box.toml.example "$HOME_DIR/config/box.toml.example" \
+    || fail "the upgrade put the new example beside config/box.toml"
+ok "dpkg -i $(basename "$DEB2"): $V1 -> $V2, the edited config/box.toml kept, the new example beside it"
 run_unit
 wait_for_set "$GROUP_ID:$ARTIFACT:2.0" || fail "the box starts after the package upgrade with its set"
 stop_box
