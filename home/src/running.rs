@@ -63,23 +63,19 @@ pub struct RunningCore {
     pub fallback: Option<String>,
 }
 
+/// The first launcher handshake version, which every launcher speaks:
+/// what a record or a module object that names none means.
+pub const FIRST_HANDSHAKE: u32 = 1;
+
 fn first_handshake() -> u32 {
-    1
+    FIRST_HANDSHAKE
 }
 
 /// Whether a launcher of handshake version `launcher` can start a core
 /// that speaks `versions` (a module object's `launcherHandshakes`; `None`:
 /// the first version only).
 pub fn speaks(launcher: u32, versions: Option<&[u32]>) -> bool {
-    versions.map_or(launcher == 1, |v| v.contains(&launcher))
-}
-
-impl RunningCore {
-    /// Whether this core's launcher can start a core that speaks
-    /// `versions` ([`speaks`]).
-    pub fn launcher_speaks(&self, versions: Option<&[u32]>) -> bool {
-        speaks(self.launcher_handshake, versions)
-    }
+    versions.map_or(launcher == FIRST_HANDSHAKE, |v| v.contains(&launcher))
 }
 
 /// What the last start recorded, if anything.
@@ -101,15 +97,15 @@ mod tests {
         let old = r#"{"version":"1.0","sha256":"ab","origin":"launcher","path":"/x","pid":7}"#;
         let core: RunningCore = serde_json::from_str(old).unwrap();
         assert_eq!(core.launcher_handshake, 1);
-        assert!(core.launcher_speaks(None));
-        assert!(core.launcher_speaks(Some(&[1, 2])));
-        assert!(!core.launcher_speaks(Some(&[2])));
+        assert!(speaks(core.launcher_handshake, None));
+        assert!(speaks(core.launcher_handshake, Some(&[1, 2])));
+        assert!(!speaks(core.launcher_handshake, Some(&[2])));
         let newer = RunningCore {
             launcher_handshake: 2,
             ..core
         };
-        assert!(!newer.launcher_speaks(None));
-        assert!(newer.launcher_speaks(Some(&[2])));
+        assert!(!speaks(newer.launcher_handshake, None));
+        assert!(speaks(newer.launcher_handshake, Some(&[2])));
     }
 
     #[test]

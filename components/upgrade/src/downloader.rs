@@ -170,7 +170,7 @@ impl Handler<ResolveSet> for Downloader {
         let span = info_span!("downloader.resolve_set", modules = msg.modules.len());
         Box::pin(
             async move {
-                launcher_speaks_the_core(&layout, &msg.modules)?;
+                launcher_speaks_the_core(&layout, &msg.modules).await?;
                 let trusted = match &trust {
                     Some(trust) => {
                         Some(crate::tuf::refresh(&client, &config, &layout, trust).await?)
@@ -193,18 +193,23 @@ impl Handler<ResolveSet> for Downloader {
 /// launcher, read from the running-core record (the launcher that started
 /// the core that runs, or the launcher itself); a box without the record
 /// has the first version's launcher.
-fn launcher_speaks_the_core(layout: &Layout, modules: &[Module]) -> Result<(), UpgradeError> {
-    let launcher = banalytics_home::running::read(layout)
+async fn launcher_speaks_the_core(layout: &Layout, modules: &[Module]) -> Result<(), UpgradeError> {
+    use banalytics_home::running::{self, FIRST_HANDSHAKE};
+    let layout = layout.clone();
+    let launcher = crate::blocking::off_thread(move || running::read(&layout))
+        .await
         .ok()
         .flatten()
-        .map_or(1, |r| r.launcher_handshake);
+        .map_or(FIRST_HANDSHAKE, |r| r.launcher_handshake);
     match modules.iter().find(|m| {
-        m.coords.is_core()
-            && !banalytics_home::running::speaks(launcher, m.launcher_handshakes.as_deref())
+        m.coords.is_core() && !running::speaks(launcher, m.launcher_handshakes.as_deref())
     }) {
         Some(core) => Err(UpgradeError::LauncherTooOld {
             module: core.coords.to_string(),
-            speaks: core.launcher_handshakes.clone().unwrap_or_else(|| vec![1]),
+            speaks: core
+                .launcher_handshakes
+                .clone()
+                .unwrap_or_else(|| vec![FIRST_HANDSHAKE]),
             launcher,
         }),
         None => Ok(()),

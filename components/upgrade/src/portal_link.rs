@@ -443,17 +443,20 @@ enum LinkState {
 
 impl LinkState {
     /// Why the portal cannot be asked, for the operator.
-    fn reason(self) -> &'static str {
+    fn reason(self) -> String {
         match self {
-            LinkState::Up => "the portal link is up",
+            LinkState::Up => "the portal link is up".to_owned(),
             LinkState::Down => {
                 "Portal Integration is not connected to the portal (`status` shows its last error)"
+                    .to_owned()
             }
-            LinkState::Silent => {
-                "Portal Integration did not say within 500 ms whether it is connected to the portal"
-            }
+            LinkState::Silent => format!(
+                "Portal Integration did not say within {} ms whether it is connected to the portal",
+                LINK_QUERY_TIMEOUT.as_millis()
+            ),
             LinkState::Absent => {
                 "no Portal Integration runs on this host (none is configured, or it is stopped), so the portal cannot be asked for the target set"
+                    .to_owned()
             }
         }
     }
@@ -489,7 +492,7 @@ async fn wait_for_link(peers: &Peers, report: &Rc<RefCell<SyncReport>>) {
         }
         if !waited {
             info!(
-                reason = state.reason(),
+                reason = %state.reason(),
                 "waiting for the portal link before asking for the target set"
             );
             set_state(peers, report, SyncState::WaitingForLink);
@@ -712,7 +715,7 @@ async fn run(
             LinkState::Up => {}
             down => {
                 return Err(UpgradeError::PortalOffline {
-                    reason: down.reason().to_owned(),
+                    reason: down.reason(),
                 })
             }
         },
@@ -760,50 +763,27 @@ async fn run(
                     set_id: Some(set_id.clone()),
                 })
                 .await?;
-        let result = if approved {
-            "the staged set was approved by the portal; restarting to apply it"
-        } else {
-            "the target set is staged already"
-        };
-        let waits_for = if approved {
-            None
-        } else {
-            peers.apply.waits_for()
-        };
-        let message = match &waits_for {
-            Some(why) => format!("the target set is staged already and waits: {why}"),
-            None => result.to_owned(),
-        };
-        {
-            let mut r = report.borrow_mut();
-            r.state = SyncState::Staged;
-            r.result = Some(result.to_owned());
-            r.waits_for = waits_for;
-        }
         info!(
             approved,
             "target set is the staged set waiting for its restart"
         );
-        asker
-            .answer(peers, UpgradeOutcome::StagedAlready, message)
-            .await;
+        let (result, waits_for) = if approved {
+            (
+                "the staged set was approved by the portal; restarting to apply it",
+                None,
+            )
+        } else {
+            (STAGED_ALREADY, peers.apply.waits_for())
+        };
+        staged_already(peers, report, asker, result, waits_for).await;
         return Ok(());
     }
     // The staged set whose restart the host defers for busy leases: the
     // restart comes once they are released (at most until then); staging
     // it again would change nothing.
     if let Some(why) = deferred_staged_set(peers, report, &target).await {
-        {
-            let mut r = report.borrow_mut();
-            r.state = SyncState::Staged;
-            r.result = Some("the target set is staged already".into());
-            r.waits_for = Some(why.clone());
-        }
         info!("target set is the staged set whose restart waits for busy leases");
-        let message = format!("the target set is staged already and waits: {why}");
-        asker
-            .answer(peers, UpgradeOutcome::StagedAlready, message)
-            .await;
+        staged_already(peers, report, asker, STAGED_ALREADY, Some(why)).await;
         return Ok(());
     }
     set_state(peers, report, SyncState::Resolving);
@@ -919,6 +899,33 @@ async fn run(
         })
         .await?;
     Ok(())
+}
+
+/// The result of a synchronisation whose target set is the staged set.
+const STAGED_ALREADY: &str = "the target set is staged already";
+
+/// Ends a synchronisation whose target set is staged already: `result`
+/// and what the set `waits_for` in `status`, and the operator's answer.
+async fn staged_already(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    asker: &mut Asker,
+    result: &str,
+    waits_for: Option<String>,
+) {
+    let message = match &waits_for {
+        Some(why) => format!("{STAGED_ALREADY} and waits: {why}"),
+        None => result.to_owned(),
+    };
+    {
+        let mut r = report.borrow_mut();
+        r.state = SyncState::Staged;
+        r.result = Some(result.to_owned());
+        r.waits_for = waits_for;
+    }
+    asker
+        .answer(peers, UpgradeOutcome::StagedAlready, message)
+        .await;
 }
 
 /// What the restart of the staged set waits for, when the host defers it

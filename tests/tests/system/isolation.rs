@@ -590,6 +590,19 @@ fn a_plugin_process_deaf_to_stop_and_sigterm_is_killed_when_the_host_stops() -> 
 }
 
 /// The files of the home a component must not change, with their bytes.
+/// The sample's files drill: its answer, with each outcome in `files`.
+fn files_drill(home: &TempHome) -> Result<Value> {
+    match home.exchange(
+        "sample.request",
+        json!({ "seq": 7, "drill": "files" }),
+        "sample.reply",
+        DEADLINE,
+    )? {
+        Ok(reply) => Ok(reply),
+        Err(why) => bail!("no answer to the files drill: {why}"),
+    }
+}
+
 fn protected_files(home: &TempHome) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
     for dir in ["state/tuf", "config", "modules"] {
@@ -633,15 +646,7 @@ fn an_isolated_component_cannot_touch_the_box_state_config_or_modules_and_writes
         "this machine's kernel has Landlock ABI 3 or later: {sandbox}"
     );
 
-    let reply = match home.exchange(
-        "sample.request",
-        json!({ "seq": 7, "drill": "files" }),
-        "sample.reply",
-        DEADLINE,
-    )? {
-        Ok(reply) => reply,
-        Err(why) => bail!("no answer to the files drill: {why}"),
-    };
+    let reply = files_drill(&home)?;
     let files = reply["files"].as_object().context("the drill's outcomes")?;
     for refused in [
         "write state/tuf/root.json",
@@ -701,15 +706,7 @@ fn the_files_drill_in_a_component_that_is_not_isolated_rewrites_the_box_trust() 
     poll_until(DEADLINE, "echo in RUN", || {
         home.component("echo").ok().filter(|c| c["state"] == "RUN")
     })?;
-    let reply = match home.exchange(
-        "sample.request",
-        json!({ "seq": 7, "drill": "files" }),
-        "sample.reply",
-        DEADLINE,
-    )? {
-        Ok(reply) => reply,
-        Err(why) => bail!("no answer to the files drill: {why}"),
-    };
+    let reply = files_drill(&home)?;
     for done in [
         "write state/tuf/root.json",
         "rename over state/tuf/root.json",
