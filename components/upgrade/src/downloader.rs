@@ -28,10 +28,11 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::{
     cache::{cache_hit, CachedFile},
     coords::{self, Module, BIN_SUFFIX, MODEL_SUFFIX},
+    delta,
     error::{io_at, UpgradeError},
     fetch::{self, Checksum, DigestSource, Expected, FetchConfig},
     layout::Layout,
-    plan::{Fetch, PackagePlan, ResolvedModule, SyncPlan, Target},
+    plan::{Fetch, MainPlan, ModulePlan, PackagePlan, ResolvedModule, SyncPlan, Target},
     tuf::{Trust, TrustedTargets},
 };
 
@@ -102,6 +103,9 @@ pub enum DownloadEvent {
         /// Bytes that came over the network for it.
         transferred: u64,
     },
+    /// A patch was offered for its main artifact: whether it made the
+    /// file, or why the whole file is fetched.
+    Delta(delta::DeltaReport),
     /// One of its artifacts failed; the set is abandoned.
     Failed {
         /// `groupId:artifactId:version`.
@@ -178,11 +182,12 @@ impl Handler<ResolveSet> for Downloader {
                     None => None,
                 };
                 let trusted = trusted.as_ref();
-                stream::iter(msg.modules)
+                let resolved = stream::iter(msg.modules)
                     .map(|m| resolve(&client, &repo, PLATFORM, m, policy, trusted))
                     .buffered(parallel)
                     .try_collect()
-                    .await
+                    .await?;
+                Ok(delta::with_offers(&layout, &repo, PLATFORM, trusted, resolved).await)
             }
             .instrument(span),
         )
@@ -328,6 +333,7 @@ pub async fn resolve(
         main,
         dependencies,
         model,
+        patch: None,
     })
 }
 
@@ -388,6 +394,7 @@ fn resolve_trusted(
         main,
         dependencies,
         model,
+        patch: None,
     })
 }
 
@@ -439,17 +446,23 @@ impl Handler<DownloadSet> for Downloader {
         Box::pin(
             async move {
                 check_free_space(&job.layout, &job.client, &job.config, &msg.plan).await?;
-                let work: Vec<(String, Vec<Fetch>)> = msg
+                let work: Vec<(String, Vec<Fetch>, Option<MainPatch>)> = msg
                     .plan
                     .modules
                     .iter()
-                    .map(|m| (m.key(), m.fetches().cloned().collect::<Vec<_>>()))
-                    .filter(|(_, f)| !f.is_empty())
+                    .map(|m| {
+                        (
+                            m.key(),
+                            m.fetches().cloned().collect::<Vec<_>>(),
+                            main_patch(m),
+                        )
+                    })
+                    .filter(|(_, f, _)| !f.is_empty())
                     .collect();
                 let results: Vec<Vec<(String, CachedFile)>> = stream::iter(work)
-                    .map(|(module, fetches)| {
+                    .map(|(module, fetches, patch)| {
                         let job = job.clone();
-                        async move { job.module(module, fetches).await }
+                        async move { job.module(module, fetches, patch).await }
                     })
                     .buffer_unordered(parallel)
                     .try_collect()
@@ -458,6 +471,17 @@ impl Handler<DownloadSet> for Downloader {
             }
             .instrument(span),
         )
+    }
+}
+
+/// A patch offered for a module's main artifact, with the main
+/// artifact's cache name.
+type MainPatch = (String, delta::Offer);
+
+fn main_patch(m: &ModulePlan) -> Option<MainPatch> {
+    match (&m.main, &m.resolved.patch) {
+        (MainPlan::Fetch(f), Some(offer)) => Some((f.cache_name.clone(), offer.clone())),
+        _ => None,
     }
 }
 
@@ -541,6 +565,7 @@ impl Job {
         &self,
         module: String,
         fetches: Vec<Fetch>,
+        patch: Option<MainPatch>,
     ) -> Result<Vec<(String, CachedFile)>, UpgradeError> {
         self.emit(DownloadEvent::Started {
             module: module.clone(),
@@ -549,7 +574,11 @@ impl Job {
         let mut out = Vec::new();
         let mut transferred = 0;
         for f in fetches {
-            match self.artifact(&module, &f).await {
+            let offer = patch
+                .as_ref()
+                .filter(|(name, _)| *name == f.cache_name)
+                .map(|(_, offer)| offer);
+            match self.artifact(&module, &f, offer).await {
                 Ok((cached, bytes)) => {
                     transferred += bytes;
                     out.push((f.cache_name.clone(), cached));
@@ -572,8 +601,14 @@ impl Job {
         Ok(out)
     }
 
-    /// One artifact into the cache; returns it and the bytes transferred.
-    async fn artifact(&self, module: &str, f: &Fetch) -> Result<(CachedFile, u64), UpgradeError> {
+    /// One artifact into the cache, made from `offer`'s patch when that
+    /// works; returns it and the bytes transferred.
+    async fn artifact(
+        &self,
+        module: &str,
+        f: &Fetch,
+        offer: Option<&delta::Offer>,
+    ) -> Result<(CachedFile, u64), UpgradeError> {
         let cache = self.layout.download();
         tokio::fs::create_dir_all(&cache)
             .await
@@ -583,6 +618,11 @@ impl Job {
             info!(module, file = %f.cache_name, bytes = hit.size, "already in the cache");
             self.add_progress(hit.size).await;
             return Ok((hit, 0));
+        }
+        if let Some(offer) = offer {
+            if let Some(patched) = self.from_patch(module, f, offer).await {
+                return Ok(patched);
+            }
         }
         let partial = cache.join(format!("{}.partial", f.cache_name));
         let expected = f.target.expected.clone();
@@ -623,6 +663,63 @@ impl Job {
             },
             got.bytes_transferred,
         ))
+    }
+
+    /// `f`'s file made from `offer`'s patch, or `None` (the reason logged
+    /// and reported) when the whole file is to be fetched.
+    async fn from_patch(
+        &self,
+        module: &str,
+        f: &Fetch,
+        offer: &delta::Offer,
+    ) -> Option<(CachedFile, u64)> {
+        let cache = self.layout.download();
+        let seen = AtomicU64::new(0);
+        let progress = |bytes: u64, _total: Option<u64>| {
+            let before = seen.swap(bytes, Ordering::Relaxed);
+            self.done
+                .fetch_add(bytes.saturating_sub(before), Ordering::Relaxed);
+        };
+        let from = &offer.source.version;
+        info!(module, from = %from, "fetching a patch from the installed build");
+        let outcome = self
+            .reporting(delta::fetch_and_apply(
+                &self.client,
+                &self.config,
+                &cache,
+                f,
+                offer,
+                &progress,
+            ))
+            .await;
+        // The patch's bytes stood for the file's: what the file has more
+        // is present now too, or the full download counts it again.
+        let fetched = seen.load(Ordering::Relaxed);
+        let mut report = delta::DeltaReport {
+            module: module.to_owned(),
+            from: from.clone(),
+            patched: false,
+            patch_bytes: None,
+            reason: None,
+        };
+        let result = match outcome {
+            Ok(p) => {
+                info!(module, from = %from, patch_bytes = p.patch_bytes, bytes = p.cached.size, "made from a patch and verified");
+                self.add_progress(p.cached.size.saturating_sub(fetched))
+                    .await;
+                report.patched = true;
+                report.patch_bytes = Some(p.patch_bytes);
+                Some((p.cached, p.transferred))
+            }
+            Err(reason) => {
+                warn!(module, from = %from, %reason, "no patch used; fetching the whole file");
+                self.done.fetch_sub(fetched, Ordering::Relaxed);
+                report.reason = Some(reason);
+                None
+            }
+        };
+        self.emit(DownloadEvent::Delta(report)).await;
+        result
     }
 
     /// Sends an event, waiting while the queue is full. A closed queue
@@ -719,7 +816,7 @@ mod tests {
         let (job, mut rx) = job(layout, 1);
         let work = {
             let job = job.clone();
-            tokio::spawn(async move { job.module("g:a:1".into(), fetches).await })
+            tokio::spawn(async move { job.module("g:a:1".into(), fetches, None).await })
         };
         // Nobody reads yet: the job stops at the second event.
         tokio::time::sleep(Duration::from_millis(100)).await;

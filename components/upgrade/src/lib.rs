@@ -16,6 +16,7 @@
 pub mod archive;
 pub mod blocking;
 pub mod cache;
+pub mod delta;
 pub mod downloader;
 pub mod error;
 pub mod fetch;

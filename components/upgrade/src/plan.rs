@@ -42,6 +42,10 @@ pub struct ResolvedModule {
     pub dependencies: Option<Target>,
     /// The model package, if the module has one.
     pub model: Option<Target>,
+    /// A patch from the installed build that could replace the main
+    /// artifact's download ([`crate::delta`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<crate::delta::Offer>,
 }
 
 /// An artifact to take from the cache, downloading it first if needed.
@@ -300,6 +304,7 @@ mod tests {
             },
             dependencies: None,
             model: None,
+            patch: None,
         }
     }
 

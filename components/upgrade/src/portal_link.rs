@@ -1038,6 +1038,11 @@ async fn forward(
             )
             .await
         }
+        DownloadEvent::Delta(delta) => {
+            let mut r = report.borrow_mut();
+            r.deltas.push(delta);
+            publish_report(peers, &r);
+        }
         DownloadEvent::Progress { done, total } => {
             let mut r = report.borrow_mut();
             r.done_bytes = done;

@@ -187,6 +187,10 @@ pub struct SyncReport {
     /// the others in `requests` came while it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<u64>,
+    /// The patches offered for this synchronisation's native artifacts:
+    /// which made their file, and why the others were not used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<crate::delta::DeltaReport>,
     /// The staged set, once staged.
     pub staged: Option<StagedSummary>,
     /// What the staged set waits for before the restart that applies it
