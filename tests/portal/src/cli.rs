@@ -112,6 +112,10 @@ pub enum Command {
         /// Registered environments still need their secret.
         #[arg(long)]
         open_registration: bool,
+        /// How many earlier builds of a native module's platform get a
+        /// patch to each new build at publish; 0 publishes none.
+        #[arg(long, default_value_t = super::patch::DEFAULT_PATCH_VERSIONS)]
+        patch_versions: usize,
         /// Fault switches at start.
         #[command(flatten)]
         faults: FaultArgs,
@@ -397,6 +401,7 @@ async fn run(cli: Cli) -> Result<()> {
             ref tls_cert,
             ref tls_key,
             open_registration,
+            patch_versions,
             ref faults,
         } => {
             let tls = tls_cert
@@ -411,6 +416,7 @@ async fn run(cli: Cli) -> Result<()> {
                 admin_token: cli.token.clone(),
                 tls,
                 open_registration,
+                patch_versions,
             })
             .await
         }

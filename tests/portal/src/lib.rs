@@ -57,6 +57,7 @@ pub mod cli;
 pub mod client;
 mod console;
 mod faults;
+pub mod patch;
 mod protocol;
 pub mod registry;
 mod repo;
@@ -178,6 +179,10 @@ pub struct PortalConfig {
     /// does (a lab); registered environments still need their secret.
     /// Off by default: only registered environments connect.
     pub open_registration: bool,
+    /// How many earlier builds of a native module's platform get a patch
+    /// to a new build at publish ([`patch`]); 0 publishes none, as the
+    /// original portal.
+    pub patch_versions: usize,
 }
 
 impl PortalConfig {
@@ -191,6 +196,7 @@ impl PortalConfig {
             admin_token: None,
             tls: None,
             open_registration: false,
+            patch_versions: patch::DEFAULT_PATCH_VERSIONS,
         }
     }
 }
@@ -378,7 +384,8 @@ impl Portal {
             .state_file
             .clone()
             .unwrap_or_else(|| data_dir.join("portal-state.json"));
-        let store = store::Store::open(state_file, repo_dir.clone())?;
+        let store = store::Store::open(state_file, repo_dir.clone())?
+            .with_patch_versions(config.patch_versions);
         let (auth, new_admin_token) = auth::Auth::open(
             &data_dir.join("admin-token.sha256"),
             config.admin_token.as_deref(),

@@ -227,6 +227,10 @@ struct StoreFile {
     /// the repository root (`com/x/a/1/a-1.jar`).
     #[serde(default)]
     files: BTreeMap<String, FileDigest>,
+    /// Coordinates in the order they were published (a module published
+    /// again moves to the end): which builds are the last N for patches.
+    #[serde(default)]
+    published: Vec<String>,
 }
 
 /// A published file's SHA-256, valid while the file keeps the size and the
@@ -258,6 +262,8 @@ pub(crate) struct Store {
     /// Serialises publishes, so two publishes of one module never interleave
     /// their file writes.
     publishing: Mutex<()>,
+    /// How many earlier builds get a patch to a new one ([`super::patch`]).
+    patch_versions: usize,
     /// Serialises TUF signing (a publish, the timestamp refresher).
     signing: Mutex<()>,
 }
@@ -282,8 +288,16 @@ impl Store {
             repo,
             state: Mutex::new(state),
             publishing: Mutex::new(()),
+            patch_versions: 0,
             signing: Mutex::new(()),
         })
+    }
+
+    /// Makes patches from the last `n` builds of a platform to each new
+    /// one at publish; 0 (the default of [`Store::open`]) makes none.
+    pub(crate) fn with_patch_versions(mut self, n: usize) -> Self {
+        self.patch_versions = n;
+        self
     }
 
     fn persist(&self, state: &StoreFile) -> Result<(), PortalError> {
@@ -464,6 +478,7 @@ impl Store {
                 validate_name("platform", triple)?;
                 let dest = dir.join(format!("{base}-{triple}.{packaging}"));
                 builds.insert(triple.clone(), copy_with_digest(file, &dest, &mut changes)?);
+                self.publish_patches(req, triple, &packaging, &dest, &mut changes)?;
             }
             let none = PartInfo {
                 sha256: String::new(),
@@ -507,6 +522,8 @@ impl Store {
             .modules
             .insert(module.coordinates(), module.clone())
             .is_some();
+        state.published.retain(|c| *c != module.coordinates());
+        state.published.push(module.coordinates());
         self.persist(&state)?;
         drop(state);
         if sign {
@@ -520,6 +537,90 @@ impl Store {
             "published"
         );
         Ok(module)
+    }
+
+    /// Replaces the patches to `dest`, the new build of `req` for `triple`:
+    /// removes those of an earlier publish of the same version, then makes
+    /// one from each of the last [`Store::patch_versions`] other versions
+    /// published for that platform and packaging, beside `dest`, with its
+    /// `.sha256` (and so a TUF target when the repository is signed). A
+    /// patch no smaller than the build is not published.
+    fn publish_patches(
+        &self,
+        req: &PublishRequest,
+        triple: &str,
+        packaging: &str,
+        dest: &Path,
+        changes: &mut RepoChanges,
+    ) -> Result<(), PortalError> {
+        let dir = dest.parent().unwrap_or(&self.repo).to_path_buf();
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PortalError::Io { path, source }
+        };
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if super::patch::is_patch_of(&file, &name) || {
+                file.strip_suffix(".sha256")
+                    .is_some_and(|f| super::patch::is_patch_of(f, &name))
+            } {
+                fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+                changes.removed.push(entry.path());
+            }
+        }
+        let sources: Vec<(String, String, PathBuf)> = {
+            let state = self.state.lock().expect("store lock");
+            state
+                .published
+                .iter()
+                .rev()
+                .filter_map(|c| state.modules.get(c))
+                .filter(|m| {
+                    m.group_id == req.group_id
+                        && m.artifact_id == req.artifact_id
+                        && m.version != req.version
+                        && m.packaging == packaging
+                })
+                .filter_map(|m| {
+                    let build = m.platforms.as_ref()?.get(triple)?;
+                    let path = self.repo.join(artifact_path(
+                        &m.group_id,
+                        &m.artifact_id,
+                        &m.version,
+                        &format!("-{triple}.{packaging}"),
+                    ));
+                    Some((m.version.clone(), build.sha256.clone(), path))
+                })
+                .take(self.patch_versions)
+                .collect()
+        };
+        for (version, sha256, source) in sources {
+            let Some(bytes) = super::patch::make_files(&source, dest)? else {
+                info!(from = %version, to = %req.version, triple, "patch not smaller than the build: not published");
+                continue;
+            };
+            let patch = dir.join(super::patch::patch_name(&name, &version, &sha256));
+            let sidecar = sha256_path(&patch);
+            changes.removed.retain(|p| *p != patch && *p != sidecar);
+            write_atomically(&patch, &bytes)?;
+            let digest = hex::encode(Sha256::digest(&bytes));
+            changes
+                .written
+                .push((patch.clone(), file_digest(&patch, digest.clone())?));
+            let line = format!("{digest}\n");
+            write_atomically(&sidecar, line.as_bytes())?;
+            let line_digest = hex::encode(Sha256::digest(line.as_bytes()));
+            changes
+                .written
+                .push((sidecar.clone(), file_digest(&sidecar, line_digest)?));
+            info!(from = %version, to = %req.version, triple, bytes = bytes.len(), "published a patch");
+        }
+        Ok(())
     }
 
     /// Re-signs the repository's TUF metadata over every published
@@ -869,5 +970,138 @@ mod tests {
             store.publish(&jar).is_err(),
             "per-platform builds need a native packaging"
         );
+    }
+
+    /// A build: pseudo-random bytes (as code is to a compressor) with the
+    /// version written at a few places.
+    fn build(version: u8) -> Vec<u8> {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut bytes: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for at in [1_000, 150_000, 299_000] {
+            bytes[at] = version;
+        }
+        bytes
+    }
+
+    #[test]
+    fn publishes_patches_from_the_last_n_builds_of_the_platform_and_none_from_another() {
+        const X86: &str = "x86_64-unknown-linux-gnu";
+        const ARM: &str = "aarch64-unknown-linux-gnu";
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let store = Store::open(dir.path().join("state.json"), repo.clone())
+            .unwrap()
+            .with_patch_versions(2);
+        let publish = |version: u8, triples: &[&str]| {
+            let builds = triples.iter().map(|t| {
+                let file = dir.path().join(format!("{t}-{version}"));
+                fs::write(&file, build(version)).unwrap();
+                (t.to_string(), file)
+            });
+            let req = PublishRequest::native(
+                &format!("com.example:cam:{version}.0"),
+                ModuleType::Component,
+                "so",
+                builds,
+            );
+            store.publish(&req).unwrap()
+        };
+        publish(1, &[X86, ARM]);
+        publish(2, &[ARM]);
+        publish(3, &[X86]);
+        let v4 = publish(4, &[X86]);
+        let v5 = publish(5, &[X86]);
+
+        let dir5 = repo.join("com/example/cam/5.0");
+        let mut patches: Vec<String> = fs::read_dir(&dir5)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".zstpatch"))
+            .collect();
+        patches.sort();
+        let name = |from: &ModuleObject| {
+            format!(
+                "cam-5.0-{X86}.so.from-{}-{}.zstpatch",
+                from.version,
+                from.platforms.as_ref().unwrap()[X86].sha256
+            )
+        };
+        let v3 = store
+            .modules()
+            .into_iter()
+            .find(|m| m.version == "3.0")
+            .unwrap();
+        let mut want = vec![name(&v3), name(&v4)];
+        want.sort();
+        assert_eq!(
+            patches, want,
+            "the last two x86 builds, not 1.0, not arm's 2.0"
+        );
+
+        // Each is smaller than the build, has its digest beside it and is
+        // listed for TUF; applied to its source it makes the build.
+        let target = build(5);
+        let patch = fs::read(dir5.join(name(&v4))).unwrap();
+        assert!(patch.len() * 20 < target.len(), "{} bytes", patch.len());
+        let sha = hex::encode(Sha256::digest(&patch));
+        let sidecar = fs::read_to_string(dir5.join(format!("{}.sha256", name(&v4)))).unwrap();
+        assert_eq!(sidecar.trim(), sha);
+        let rel = format!("com/example/cam/5.0/{}", name(&v4));
+        assert!(store
+            .tuf_targets()
+            .iter()
+            .any(|(path, digest, size)| *path == rel
+                && *digest == sha
+                && *size == patch.len() as u64));
+        assert_eq!(apply(&build(4), &patch), target);
+        assert_eq!(v5.platforms.unwrap()[X86].size, target.len() as u64);
+
+        // Published again, 5.0 keeps one patch per source, not two.
+        publish(5, &[X86]);
+        let count = fs::read_dir(&dir5)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".zstpatch")
+            })
+            .count();
+        assert_eq!(count, 2);
+    }
+
+    /// The box's side of the format, as the contract says it: skip the
+    /// header frame, decode each segment against its prefix.
+    fn apply(source: &[u8], patch: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let len = u32::from_le_bytes(patch[4..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&patch[8..8 + len]).unwrap();
+        let (segment, margin) = (
+            header["segment"].as_u64().unwrap(),
+            header["margin"].as_u64().unwrap(),
+        );
+        let size = header["size"].as_u64().unwrap();
+        let mut input = std::io::BufReader::new(&patch[8 + len..]);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < size {
+            let n = segment.min(size - start);
+            let from = start.saturating_sub(margin).min(source.len() as u64) as usize;
+            let to = (start + n + margin).min(source.len() as u64) as usize;
+            let mut d = zstd::stream::read::Decoder::with_ref_prefix(&mut input, &source[from..to])
+                .unwrap()
+                .single_frame();
+            d.read_to_end(&mut out).unwrap();
+            start += n;
+        }
+        out
     }
 }
