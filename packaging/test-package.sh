@@ -80,9 +80,9 @@ fi
 # ------------------------------------------------------------ build
 # DEB_PROFILE=dev packs the debug build that `cargo test` already made
 # (CI does, to spare a release build of minutes); the default is the
-# release build a box receives.
-profile=()
-if [ -n "${DEB_PROFILE:-}" ]; then profile=(--profile "$DEB_PROFILE"); fi
+# `dist` build a box receives (Cargo.toml: fat LTO, one codegen unit;
+# cargo-deb splits its line tables into the dbgsym package).
+profile=(--profile "${DEB_PROFILE:-dist}")
 t0=$(date +%s)
 mkdir -p "$WORK/deb1" "$WORK/deb2"
 cargo deb -p banalytics-runtime "${profile[@]}" --output "$WORK/deb1/" >"$WORK/cargo-deb.log" 2>&1 \

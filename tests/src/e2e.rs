@@ -1060,15 +1060,17 @@ pub fn cargo_command() -> Command {
 pub fn ensure_binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let release = dir.ends_with("release");
+    // The profile this program was built with: `release`, `dist` (the
+    // shipped build, Cargo.toml) or the debug build.
+    let profile = ["release", "dist"].into_iter().find(|p| dir.ends_with(p));
     for (package, bin) in [
         ("banalytics-runtime", "banalytics-box"),
         ("banalytics-portal", "banalytics-portal"),
     ] {
         let mut build = cargo_command();
         build.args(["build", "-p", package, "--bin", bin]);
-        if release {
-            build.arg("--release");
+        if let Some(profile) = profile {
+            build.args(["--profile", profile]);
         }
         let status = build.status().with_context(|| format!("building {bin}"))?;
         if !status.success() || !dir.join(bin).exists() {

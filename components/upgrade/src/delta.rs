@@ -134,6 +134,9 @@ pub struct DeltaReport {
     /// The patch's size, when it was fetched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub patch_bytes: Option<u64>,
+    /// Milliseconds applying it took (reading, decoding, hashing, fsync).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_ms: Option<u64>,
     /// Why the whole file was fetched instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -238,6 +241,8 @@ pub struct Patched {
     pub transferred: u64,
     /// The patch's size.
     pub patch_bytes: u64,
+    /// How long applying it took.
+    pub apply: std::time::Duration,
 }
 
 /// Fetches `offer`'s patch into `cache` and applies it to make `f`'s file
@@ -294,9 +299,11 @@ pub async fn fetch_and_apply(
     .map_err(|e| format!("the patch could not be fetched: {e}"))?;
     let out = cache.join(format!("{}.patched", f.cache_name));
     let (source, patch_file, made) = (offer.source.clone(), partial.clone(), out.clone());
+    let started = std::time::Instant::now();
     let applied = crate::blocking::off_thread(move || apply(&source, &patch_file, &made, &want))
         .await
         .map_err(|e| e.to_string());
+    let apply = started.elapsed();
     let _ = std::fs::remove_file(&partial);
     let _ = std::fs::remove_file(fetch::meta_path(&partial));
     let cached = match applied {
@@ -313,6 +320,7 @@ pub async fn fetch_and_apply(
         cached,
         transferred: got.bytes_transferred,
         patch_bytes: got.size,
+        apply,
     })
 }
 

@@ -700,11 +700,14 @@ impl Job {
             from: from.clone(),
             patched: false,
             patch_bytes: None,
+            apply_ms: None,
             reason: None,
         };
         let result = match outcome {
             Ok(p) => {
-                info!(module, from = %from, patch_bytes = p.patch_bytes, bytes = p.cached.size, "made from a patch and verified");
+                let apply_ms = p.apply.as_millis() as u64;
+                info!(module, from = %from, patch_bytes = p.patch_bytes, bytes = p.cached.size, apply_ms, "made from a patch and verified");
+                report.apply_ms = Some(apply_ms);
                 self.add_progress(p.cached.size.saturating_sub(fetched))
                     .await;
                 report.patched = true;

@@ -146,6 +146,11 @@ pub enum Command {
         /// `bin`, ...).
         #[arg(long, value_parser = parse_platform)]
         platform: Vec<(String, PathBuf)>,
+        /// The debug information split off a platform's build,
+        /// `TRIPLE=FILE` (`packaging/dist.sh` makes it): published with the
+        /// `debug` classifier, never fetched by a box.
+        #[arg(long, value_parser = parse_platform)]
+        debug: Vec<(String, PathBuf)>,
         /// Its extension (default `jar`).
         #[arg(long)]
         packaging: Option<String>,
@@ -427,6 +432,7 @@ async fn run(cli: Cli) -> Result<()> {
             module_type,
             ref file,
             ref platform,
+            ref debug,
             ref packaging,
             ref bin,
             ref model,
@@ -445,6 +451,10 @@ async fn run(cli: Cli) -> Result<()> {
                 bin: bin.as_ref().map(abs).transpose()?,
                 model: model.as_ref().map(abs).transpose()?,
                 platforms: platform
+                    .iter()
+                    .map(|(triple, file)| Ok((triple.clone(), abs(file)?)))
+                    .collect::<Result<_>>()?,
+                debug: debug
                     .iter()
                     .map(|(triple, file)| Ok((triple.clone(), abs(file)?)))
                     .collect::<Result<_>>()?,

@@ -155,6 +155,12 @@ pub struct PublishRequest {
     /// `file` (which is then ignored).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub platforms: BTreeMap<String, PathBuf>,
+    /// For a native module: the debug information split off a platform's
+    /// build (`packaging/dist.sh`), published beside it with the `debug`
+    /// classifier (`{artifactId}-{version}-{triple}-debug.debug`) for
+    /// symbolising crashes; a box never fetches it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub debug: BTreeMap<String, PathBuf>,
     /// For a core: the launcher handshake versions it speaks, published
     /// as the module object's `launcherHandshakes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +183,7 @@ impl PublishRequest {
             bin: None,
             model: None,
             platforms: BTreeMap::new(),
+            debug: BTreeMap::new(),
             launcher_handshakes: None,
         }
     }
@@ -479,6 +486,18 @@ impl Store {
                 let dest = dir.join(format!("{base}-{triple}.{packaging}"));
                 builds.insert(triple.clone(), copy_with_digest(file, &dest, &mut changes)?);
                 self.publish_patches(req, triple, &packaging, &dest, &mut changes)?;
+            }
+            for (triple, file) in &req.debug {
+                if !req.platforms.contains_key(triple) {
+                    return Err(PortalError::BadRequest(format!(
+                        "debug information for {triple}, which has no build"
+                    )));
+                }
+                copy_with_digest(
+                    file,
+                    &dir.join(format!("{base}-{triple}-debug.debug")),
+                    &mut changes,
+                )?;
             }
             let none = PartInfo {
                 sha256: String::new(),
@@ -933,7 +952,7 @@ mod tests {
         let arm = dir.path().join("arm.so");
         fs::write(&x86, b"x86 build").unwrap();
         fs::write(&arm, b"arm build, longer").unwrap();
-        let req = PublishRequest::native(
+        let mut req = PublishRequest::native(
             "com.example:cam:1.0",
             ModuleType::Component,
             "so",
@@ -942,6 +961,10 @@ mod tests {
                 ("aarch64-unknown-linux-gnu".to_owned(), arm),
             ],
         );
+        let debug = dir.path().join("x86.debug");
+        fs::write(&debug, b"debug sections").unwrap();
+        req.debug
+            .insert("x86_64-unknown-linux-gnu".to_owned(), debug);
         let m = store.publish(&req).unwrap();
         let builds = m.platforms.as_ref().unwrap();
         assert_eq!(builds["aarch64-unknown-linux-gnu"].size, 17);
@@ -956,6 +979,11 @@ mod tests {
         assert!(
             !base.join("cam-1.0.so").exists(),
             "no unclassified artifact"
+        );
+        assert_eq!(
+            fs::read(base.join("cam-1.0-x86_64-unknown-linux-gnu-debug.debug")).unwrap(),
+            b"debug sections",
+            "the debug information beside the build, with the debug classifier"
         );
         let json = serde_json::to_value(&m).unwrap();
         assert!(

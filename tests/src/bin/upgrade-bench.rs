@@ -19,6 +19,13 @@
 //! Artifacts are generated in a temporary folder; when the disk holds less
 //! than the run needs, the module size is halved until it fits, and the
 //! table says so.
+//!
+//! `-- --core-a A --core-b B` measures a core upgrade instead: two builds
+//! of the shipped executable (`packaging/dist.sh`, the second with another
+//! `BANALYTICS_CORE_VERSION`), published as cores 1.0 and 2.0; a box on
+//! 1.0 upgrades to 2.0 once from a portal that publishes no patches and
+//! once from one that does, and the table shows the sizes, the patch, the
+//! bytes fetched, the times and the core's peak RSS.
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
@@ -83,6 +90,12 @@ struct Args {
     /// prints the ratio.
     #[arg(long)]
     trust_root: bool,
+    /// Core 1.0 for the core-upgrade measurement (with `--core-b`).
+    #[arg(long, requires = "core_b")]
+    core_a: Option<PathBuf>,
+    /// Core 2.0 for the core-upgrade measurement (with `--core-a`).
+    #[arg(long, requires = "core_a")]
+    core_b: Option<PathBuf>,
 }
 
 /// The environment UUID of the box of round `n`.
@@ -386,8 +399,169 @@ fn curl_turn(portal: &PortalProcess, set: &[ModuleObject], dir: &Path) -> Result
     })
 }
 
+/// One core upgrade from 1.0 to 2.0, as the box and the portal saw it.
+struct CoreRun {
+    publish_2: Duration,
+    staged: Duration,
+    installed: Duration,
+    fetched: u64,
+    core_peak_rss_kib: u64,
+    delta: Option<serde_json::Value>,
+}
+
+/// A box on core `a` (1.0) upgrades to core `b` (2.0); the portal makes
+/// `patch_versions` patches at publish.
+fn core_upgrade(a: &Path, b: &Path, patch_versions: usize, n: u32) -> Result<CoreRun> {
+    let dir = tempfile::Builder::new()
+        .prefix("upgrade-bench-core-")
+        .tempdir()?;
+    let versions = patch_versions.to_string();
+    let portal = PortalProcess::start(
+        &dir.path().join("portal"),
+        None,
+        &["--patch-versions", &versions],
+    )?;
+    let publish = |file: &Path, coordinates: &str| -> Result<Duration> {
+        let t = Instant::now();
+        portal.publish_module(&banalytics_tests::portal::PublishRequest::native(
+            coordinates,
+            banalytics_tests::portal::ModuleType::Core,
+            "bin",
+            [(banalytics_tests::PLATFORM.to_owned(), file.to_owned())],
+        ))?;
+        Ok(t.elapsed())
+    };
+    publish(a, "com.banalytics.box:core:1.0")?;
+    let env = format!("be4c0000-0000-4000-a000-{n:012}");
+    portal.assign_set(&env, &["com.banalytics.box:core:1.0".to_owned()])?;
+    let mut settings = BoxSettings::new(&portal, Some(&env));
+    settings.log_level = "warn".into();
+    let mut bx = ManagedBox::new(&settings)?;
+    bx.spawn()?;
+    until_installed(&portal, &mut bx, &env, 0)?;
+    let publish_2 = publish(b, "com.banalytics.box:core:2.0")?;
+    portal.assign_set(&env, &["com.banalytics.box:core:2.0".to_owned()])?;
+    let seen = portal.statuses(&env)?.len();
+    portal.reset_counters()?;
+    let t = Instant::now();
+    let asked = sync_now(&portal, &env)?;
+    // The synchronisation runs in core 1.0, the launcher's child.
+    let core_pid = bx.status()?["core"]["pid"].as_u64().unwrap_or(0) as u32;
+    let run = follow(&mut bx, asked, t, STATUS_POLL_FINE)?;
+    let core_peak_rss_kib = peak_rss_kib(core_pid).unwrap_or(run.peak_rss_kib);
+    let delta = bx.sync_report().and_then(|s| s["deltas"].get(0).cloned());
+    let fetched = served(&portal)?.0;
+    let installed = until_installed(&portal, &mut bx, &env, seen)?;
+    let stopped = bx.stop()?;
+    ensure!(stopped.success(), "the box exited with {stopped}");
+    Ok(CoreRun {
+        publish_2,
+        staged: run.wall,
+        installed,
+        fetched,
+        core_peak_rss_kib,
+        delta,
+    })
+}
+
+/// The core-upgrade measurement (`--core-a`, `--core-b`).
+fn core_bench(a: &Path, b: &Path) -> Result<()> {
+    ensure_binaries()?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len());
+    let (size_a, size_b) = (size(a)?, size(b)?);
+    eprintln!("core upgrade without patches");
+    let full = core_upgrade(a, b, 0, 1)?;
+    eprintln!("core upgrade with patches");
+    let patched = core_upgrade(a, b, 3, 2)?;
+    let delta = patched.delta.clone().unwrap_or_default();
+    ensure!(
+        delta["patched"] == true,
+        "the second upgrade did not use the patch: {delta}"
+    );
+    let patch_bytes = delta["patch_bytes"].as_u64().unwrap_or(0);
+    let mib = |n: u64| format!("{:.2} MiB", n as f64 / MIB as f64);
+    let rows = [
+        (
+            "shipped core 1.0 (--core-a)".to_owned(),
+            mib(size_a),
+            format!("{size_a} bytes"),
+        ),
+        (
+            "shipped core 2.0 (--core-b)".to_owned(),
+            mib(size_b),
+            format!("{size_b} bytes"),
+        ),
+        (
+            "patch 1.0 → 2.0".to_owned(),
+            format!("{patch_bytes} B"),
+            format!(
+                "{:.2} % of the file",
+                patch_bytes as f64 * 100.0 / size_b as f64
+            ),
+        ),
+        (
+            "  portal: publish 2.0 with the patch".to_owned(),
+            secs(patched.publish_2),
+            format!("without: {}", secs(full.publish_2)),
+        ),
+        (
+            "  box: apply the patch (read, decode, hash, fsync)".to_owned(),
+            format!("{} ms", delta["apply_ms"].as_u64().unwrap_or(0)),
+            String::new(),
+        ),
+        (
+            "without patches: repository bytes fetched".to_owned(),
+            full.fetched.to_string(),
+            String::new(),
+        ),
+        (
+            "  synchronise to staged".to_owned(),
+            secs(full.staged),
+            String::new(),
+        ),
+        (
+            "  then apply, commit, installed".to_owned(),
+            secs(full.installed),
+            String::new(),
+        ),
+        (
+            "  core 1.0 peak RSS (VmHWM)".to_owned(),
+            mib(full.core_peak_rss_kib * 1024),
+            String::new(),
+        ),
+        (
+            "with patches: repository bytes fetched".to_owned(),
+            patched.fetched.to_string(),
+            String::new(),
+        ),
+        (
+            "  synchronise to staged".to_owned(),
+            secs(patched.staged),
+            String::new(),
+        ),
+        (
+            "  then apply, commit, installed".to_owned(),
+            secs(patched.installed),
+            String::new(),
+        ),
+        (
+            "  core 1.0 peak RSS (VmHWM)".to_owned(),
+            mib(patched.core_peak_rss_kib * 1024),
+            String::new(),
+        ),
+    ];
+    println!("\nupgrade-bench: a core upgrade, one machine, loopback banalytics-portal");
+    for (what, value, more) in rows {
+        println!("{what:<58} {value:>12}  {more}");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let (Some(a), Some(b)) = (&args.core_a, &args.core_b) {
+        return core_bench(a, b);
+    }
     let (modules, rounds) = (args.modules, args.rounds);
     let mut module_mib = args.module_mib;
     ensure_binaries()?;
