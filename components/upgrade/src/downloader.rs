@@ -620,7 +620,7 @@ impl Job {
             return Ok((hit, 0));
         }
         if let Some(offer) = offer {
-            if let Some(patched) = self.from_patch(module, f, offer).await {
+            if let Some(patched) = self.made_from_patch(module, f, offer).await {
                 return Ok(patched);
             }
         }
@@ -667,7 +667,7 @@ impl Job {
 
     /// `f`'s file made from `offer`'s patch, or `None` (the reason logged
     /// and reported) when the whole file is to be fetched.
-    async fn from_patch(
+    async fn made_from_patch(
         &self,
         module: &str,
         f: &Fetch,

@@ -45,6 +45,13 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Requests and body bytes the repository served for a path.
+type Served = (u64, u64);
+
+/// A staged synchronisation's report, and what the repository served for
+/// the full file and for the patch (its `.sha256` included).
+type Staged = (Value, Served, Served);
+
 /// A box committed on core 1.0, set to apply the next set on approval.
 struct World {
     dir: tempfile::TempDir,
@@ -132,7 +139,7 @@ impl World {
     /// Assigns core 2.0 and synchronises until it is staged; returns the
     /// synchronisation's report and the repository's requests and bytes
     /// for the full file and for the patch (its `.sha256` included).
-    fn stage_core_2(&mut self) -> Result<(Value, (u64, u64), (u64, u64))> {
+    fn stage_core_2(&mut self) -> Result<Staged> {
         self.portal.reset_counters()?;
         self.portal.assign_set(&self.env, &[CORE_2.to_owned()])?;
         sync(&self.portal, &self.env)?;
@@ -216,10 +223,7 @@ fn delta_of(report: &Value) -> Result<&Value> {
 /// Upgrades a box on core 1.0 to core 2.0 after `tamper` changed what the
 /// repository serves for the patch; returns the report of the staged
 /// synchronisation and the repository's counts for the file and the patch.
-fn upgrade(
-    n: usize,
-    tamper: impl FnOnce(&World) -> Result<()>,
-) -> Result<(Value, (u64, u64), (u64, u64))> {
+fn upgrade(n: usize, tamper: impl FnOnce(&World) -> Result<()>) -> Result<Staged> {
     let dir = tempfile::tempdir()?;
     let config = PortalConfig::new(dir.path().join("portal"));
     let mut w = World::new(n, config, false, dir)?;
