@@ -20,8 +20,13 @@ pub fn cargo_build(args: &[&str]) -> PathBuf {
         .args(args)
         .arg("--target-dir")
         .arg(target);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cargo.arg("--release");
+    // `release`, or `dist`, the shipped build (Cargo.toml); else debug.
+    if let Some(profile) = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| ["release", "dist"].contains(n))
+    {
+        cargo.args(["--profile", profile]);
     }
     assert!(
         cargo.status().expect("cargo").success(),
