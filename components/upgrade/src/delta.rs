@@ -589,6 +589,12 @@ fn segment(
     io::copy(&mut decoder.take(len + 1), out)
 }
 
+/// The upgrade center's hostile loopback repository, for the tests of
+/// [`fetch_and_apply`].
+#[cfg(test)]
+#[path = "../tests/repo/mod.rs"]
+mod repo;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,5 +774,159 @@ mod tests {
                 "ab".repeat(32)
             )
         );
+    }
+
+    /// A repository serving core 2.0's build and (when `patch`) its patch
+    /// from the installed 1.0, as the portal names them.
+    struct Served {
+        repo: super::repo::Repo,
+        case: Case,
+        patch: Vec<u8>,
+        patch_path: String,
+        full_path: String,
+        offer: Offer,
+        fetch: Fetch,
+    }
+
+    async fn served(with_patch: bool) -> Served {
+        let (source, target) = small_change();
+        let patch = make(&source, &target, 1024 * 1024, 1024 * 1024);
+        let case = case(&source, target.clone());
+        let repo = super::repo::Repo::start().await;
+        let full_path =
+            "com/banalytics/box/core/2.0/core-2.0-x86_64-unknown-linux-gnu.bin".to_owned();
+        let patch_path = format!(
+            "com/banalytics/box/core/2.0/core-2.0-x86_64-unknown-linux-gnu{}",
+            patch_suffix(".bin", "1.0", &case.source.sha256)
+        );
+        repo.put(&full_path, target.clone(), true);
+        if with_patch {
+            repo.put(&patch_path, patch.clone(), true);
+        }
+        let offer = Offer {
+            source: case.source.clone(),
+            at: PatchAt::Repository {
+                url: repo.url_of(&patch_path),
+            },
+        };
+        let fetch = Fetch {
+            target: Target {
+                url: repo.url_of(&full_path),
+                expected: Expected {
+                    sha256: Some(hex::encode(Sha256::digest(&target))),
+                    size: Some(target.len() as u64),
+                    digest_source: DigestSource::Portal,
+                },
+            },
+            cache_name: "banalytics-box".into(),
+        };
+        Served {
+            repo,
+            case,
+            patch,
+            patch_path,
+            full_path,
+            offer,
+            fetch,
+        }
+    }
+
+    fn config() -> FetchConfig {
+        FetchConfig {
+            connect_timeout: std::time::Duration::from_secs(2),
+            read_timeout: std::time::Duration::from_secs(2),
+            min_throughput_bytes_per_s: 0,
+            max_attempts: 3,
+            base_backoff: std::time::Duration::from_millis(10),
+            max_backoff: std::time::Duration::from_millis(40),
+            ..FetchConfig::default()
+        }
+    }
+
+    impl Served {
+        fn cache(&self) -> PathBuf {
+            let cache = self.case.dir.path().join("modules-download");
+            std::fs::create_dir_all(&cache).unwrap();
+            cache
+        }
+
+        async fn run(&self, config: &FetchConfig) -> Result<Patched, String> {
+            let client = fetch::client(config).unwrap();
+            fetch_and_apply(
+                &client,
+                config,
+                &self.cache(),
+                &self.fetch,
+                &self.offer,
+                &|_, _| {},
+            )
+            .await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_patch_cut_mid_body_is_resumed_and_makes_the_file_where_the_download_would_land() {
+        let s = served(true).await;
+        let cut = s.patch.len() / 2;
+        s.repo.set(&s.patch_path, |b| {
+            // The size's `HEAD` is the first answer counted, the first
+            // `GET` the second.
+            b.truncate_next = 2;
+            b.truncate_at = cut;
+        });
+        let done = s.run(&config()).await.unwrap();
+        assert_eq!(done.patch_bytes, s.patch.len() as u64);
+        assert_eq!(
+            std::fs::read(s.cache().join("banalytics-box")).unwrap(),
+            s.case.target
+        );
+        let gets: Vec<_> = s
+            .repo
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path == s.patch_path)
+            .collect();
+        assert_eq!(gets.len(), 2, "{gets:?}");
+        assert_eq!(
+            gets[1].range.as_deref(),
+            Some(format!("bytes={cut}-").as_str())
+        );
+        assert_eq!(
+            s.repo.bytes_for(&s.patch_path),
+            s.patch.len() as u64,
+            "no byte twice"
+        );
+        assert_eq!(
+            s.repo.bytes_for(&s.full_path),
+            0,
+            "the full file was not fetched"
+        );
+        let left: Vec<_> = std::fs::read_dir(s.cache())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["banalytics-box"], "nothing of the patch is left");
+    }
+
+    #[tokio::test]
+    async fn no_room_for_the_patch_and_its_result_is_a_reason_before_a_byte_of_it_moves() {
+        let s = served(true).await;
+        let probe: fetch::space::SpaceProbe = std::sync::Arc::new(|_: &Path| Ok(100 * 1024 * 1024));
+        let config = FetchConfig {
+            space: fetch::space::Space::new(99 * 1024 * 1024, probe),
+            ..config()
+        };
+        let reason = s.run(&config).await.err().unwrap();
+        assert!(reason.contains("no room for the patch"), "{reason}");
+        assert_eq!(s.repo.bytes_for(&s.patch_path), 0);
+    }
+
+    #[tokio::test]
+    async fn a_repository_without_the_patch_is_a_reason_after_one_request() {
+        let s = served(false).await;
+        let reason = s.run(&config()).await.err().unwrap();
+        assert!(reason.contains("no patch from 1.0 published"), "{reason}");
+        let asked: Vec<_> = s.repo.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(asked, [format!("{}.sha256", s.patch_path)]);
     }
 }
