@@ -436,8 +436,13 @@ fn core_upgrade(a: &Path, b: &Path, patch_versions: usize, n: u32) -> Result<Cor
     portal.assign_set(&env, &["com.banalytics.box:core:1.0".to_owned()])?;
     let mut settings = BoxSettings::new(&portal, Some(&env));
     settings.log_level = "warn".into();
+    // On approval, so that the staged set's report (what became of the
+    // patch) is read before the restart.
+    settings.upgrade_extra = "apply = \"approval\"\n".into();
     let mut bx = ManagedBox::new(&settings)?;
     bx.spawn()?;
+    staged_report(&mut bx)?;
+    approve(&bx)?;
     until_installed(&portal, &mut bx, &env, 0)?;
     let publish_2 = publish(b, "com.banalytics.box:core:2.0")?;
     portal.assign_set(&env, &["com.banalytics.box:core:2.0".to_owned()])?;
@@ -449,8 +454,9 @@ fn core_upgrade(a: &Path, b: &Path, patch_versions: usize, n: u32) -> Result<Cor
     let core_pid = bx.status()?["core"]["pid"].as_u64().unwrap_or(0) as u32;
     let run = follow(&mut bx, asked, t, STATUS_POLL_FINE)?;
     let core_peak_rss_kib = peak_rss_kib(core_pid).unwrap_or(run.peak_rss_kib);
-    let delta = bx.sync_report().and_then(|s| s["deltas"].get(0).cloned());
+    let delta = staged_report(&mut bx)?["deltas"].get(0).cloned();
     let fetched = served(&portal)?.0;
+    approve(&bx)?;
     let installed = until_installed(&portal, &mut bx, &env, seen)?;
     let stopped = bx.stop()?;
     ensure!(stopped.success(), "the box exited with {stopped}");
@@ -462,6 +468,24 @@ fn core_upgrade(a: &Path, b: &Path, patch_versions: usize, n: u32) -> Result<Cor
         core_peak_rss_kib,
         delta,
     })
+}
+
+/// The report of the synchronisation that staged a set, once `status`
+/// shows it staged.
+fn staged_report(bx: &mut ManagedBox) -> Result<serde_json::Value> {
+    bx.run_until(PHASE_TIMEOUT, "a staged set", |b| {
+        b.sync_report().filter(|s| s["state"] == "staged")
+    })
+}
+
+fn approve(bx: &ManagedBox) -> Result<()> {
+    let out = bx.home().cli(&["approve"])?;
+    ensure!(
+        out.status.success(),
+        "approve: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// The core-upgrade measurement (`--core-a`, `--core-b`).
