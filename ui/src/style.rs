@@ -71,7 +71,7 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 .message { overflow-wrap: anywhere; }
 td.clamp .message { display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
 td.clamp { min-width: 14em; max-width: 24em; }
-.when { white-space: nowrap; }
+.when, .id { white-space: nowrap; }
 
 tr.diff-added { background: #f0fff4; }
 tr.diff-removed { background: #fff5f5; }
