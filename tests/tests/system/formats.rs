@@ -18,7 +18,7 @@ use banalytics_tests::{
 };
 use serde_json::Value;
 
-use crate::tuf::{coords, set_v2, sorted, sync, verdict};
+use crate::tuf::{coords, set_v2, sorted, sync, verdict, CONVERGE};
 
 /// How a file carries its format (docs/contracts.md, section 1).
 #[derive(Clone, Copy)]
@@ -62,6 +62,23 @@ const UNVERSIONED: &[&str] = &[
 
 /// How long `status` must keep answering after the first answer.
 const STAYS_UP: Duration = Duration::from_secs(3);
+
+/// Files whose newer format turns synchronisations off: an operator's
+/// synchronisation ends refused, naming the file, and changes nothing.
+const REFUSES_SYNC: &[&str] = &[
+    "state/quarantined-set.json",
+    "modules-swap.journal",
+    "modules-probation.json",
+    "state/tuf",
+];
+
+/// Files whose newer format leaves synchronisations working (the feature
+/// off is a hold, a cache or the outbox): one ends up to date.
+const SYNC_RUNS_ON: &[&str] = &[
+    "state/apply-hold.json",
+    "state/digest-cache.json",
+    "state/portal-outbox",
+];
 
 /// The file of `rel` that holds the format: the JSON file, or the marker.
 fn carrier_file(home: &Path, rel: &str, carrier: Carrier) -> PathBuf {
@@ -154,6 +171,11 @@ fn starts_and_names(b: &mut ManagedBox, raised: &[&str]) -> Result<()> {
             "text status does not name {path}:\n{text}"
         );
     }
+    if let [rel] = raised {
+        if REFUSES_SYNC.contains(rel) || SYNC_RUNS_ON.contains(rel) {
+            synchronises(b, &home.join(rel), REFUSES_SYNC.contains(rel))?;
+        }
+    }
     std::thread::sleep(STAYS_UP);
     let again = b.status()?;
     ensure!(
@@ -174,6 +196,38 @@ fn starts_and_names(b: &mut ManagedBox, raised: &[&str]) -> Result<()> {
             log.contains(&format!("\"path\":\"{}\"", home.join(rel).display())),
             "the log does not name {rel}"
         );
+    }
+    Ok(())
+}
+
+/// Asks the running box to synchronise (the assigned set is the installed
+/// one) and waits for the end: refused naming `file` when `refused`, else
+/// up to date.
+fn synchronises(b: &mut ManagedBox, file: &Path, refused: bool) -> Result<()> {
+    b.run_until(DEADLINE, "the upgrade center running", |b| {
+        let s = b.status().ok()?;
+        s["components"]
+            .as_array()?
+            .iter()
+            .any(|c| c["kind"] == "software-upgrade-center" && c["state"] == "RUN")
+            .then_some(())
+    })?;
+    let before = b.sync_report().and_then(|s| s["started_ms"].as_u64());
+    b.home().cli(&["upgrade"])?;
+    let sync = b.run_until(CONVERGE, "the synchronisation to end", |b| {
+        let s = b.sync_report()?;
+        (s["started_ms"].as_u64() != before && s["finished_ms"].is_u64()).then_some(s)
+    })?;
+    let result = sync["result"].as_str().unwrap_or_default();
+    if refused {
+        ensure!(
+            ["failed", "cancelled"].contains(&sync["state"].as_str().unwrap_or_default())
+                && result.contains(&file.display().to_string()),
+            "the synchronisation does not end refused naming {}: {sync}",
+            file.display()
+        );
+    } else {
+        ensure!(sync["state"] == "up-to-date", "{sync}\n{}", b.log_tail(30));
     }
     Ok(())
 }
