@@ -84,8 +84,9 @@ struct CacheFile {
     entries: Vec<Entry>,
 }
 
-/// The current format of the file; another one is an empty cache.
-const FORMAT: u32 = 1;
+/// The current format of the file; an older one is an empty cache, a
+/// newer one is left as it is and no cache is kept ([`crate::format`]).
+const FORMAT: u32 = crate::format::DIGEST_CACHE;
 
 /// What one pass cost: files read and hashed, and files known by their key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,18 +111,36 @@ pub struct DigestCache {
     /// [`save`](Self::save) keeps the entries read too
     /// ([`remember`](Self::remember) was called).
     keep_known: bool,
+    /// The file is of a newer format: [`save`](Self::save) leaves it.
+    newer: bool,
     stats: DigestStats,
 }
 
 impl DigestCache {
     /// The cache kept in `path` (`Layout::digest_cache`). A missing file is
     /// an empty cache; so is an unreadable or malformed one, with a
-    /// warning (it is rewritten at the next [`save`](Self::save)).
+    /// warning (it is rewritten at the next [`save`](Self::save)); one of
+    /// a newer format is an empty cache that is never saved.
     pub fn open(path: &Path) -> DigestCache {
+        let mut newer = false;
         let known = match fs::read(path) {
-            Ok(bytes) => match serde_json::from_slice::<CacheFile>(&bytes) {
+            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map(|doc| (crate::format::of_json(&doc), doc))
+                .and_then(|(format, doc)| match format > FORMAT {
+                    // Its shape is unknown: only its number is read.
+                    true => Ok(CacheFile {
+                        format,
+                        entries: Vec::new(),
+                    }),
+                    false => CacheFile::deserialize(doc),
+                }) {
                 Ok(f) if f.format == FORMAT => {
                     f.entries.into_iter().map(|e| (e.key, e.sha256)).collect()
+                }
+                Ok(f) if f.format > FORMAT => {
+                    warn!(path = %path.display(), format = f.format, known = FORMAT, "digest cache of a newer format, left as it is; every file is hashed, nothing is cached");
+                    newer = true;
+                    BTreeMap::new()
                 }
                 Ok(f) => {
                     warn!(path = %path.display(), format = f.format, "digest cache of another format; every file is hashed again");
@@ -143,6 +162,7 @@ impl DigestCache {
             known,
             used: BTreeMap::new(),
             keep_known: false,
+            newer,
             stats: DigestStats::default(),
         }
     }
@@ -191,8 +211,12 @@ impl DigestCache {
     /// Writes the entries this pass used or made, and only those (with the
     /// entries read as well after [`remember`](Self::remember))
     /// ([`write_atomic`]; the folder is created when missing); nothing is
-    /// written when they are the entries read.
+    /// written when they are the entries read, nor over a file of a newer
+    /// format.
     pub fn save(&self) -> Result<(), FileError> {
+        if self.newer {
+            return Ok(());
+        }
         let mut entries = self.used.clone();
         if self.keep_known {
             for (key, sha256) in &self.known {
@@ -365,12 +389,12 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_or_foreign_cache_is_empty_and_rewritten() {
+    fn a_malformed_or_older_cache_is_empty_and_rewritten() {
         let (dir, cache) = setup();
         let file = dir.path().join("a.jar");
         fs::write(&file, b"alpha").unwrap();
         fs::create_dir_all(cache.parent().unwrap()).unwrap();
-        for bad in [&b"{ not json"[..], br#"{"format": 99, "entries": []}"#] {
+        for bad in [&b"{ not json"[..], br#"{"format": 0, "entries": []}"#] {
             fs::write(&cache, bad).unwrap();
             let mut pass = DigestCache::open(&cache);
             pass.sha256(&file).unwrap();
@@ -379,6 +403,27 @@ mod tests {
             let mut next = DigestCache::open(&cache);
             next.sha256(&file).unwrap();
             assert_eq!(next.stats().cached_files, 1);
+        }
+    }
+
+    #[test]
+    fn a_cache_of_a_newer_format_is_used_for_nothing_and_left_as_it_is() {
+        let (dir, cache) = setup();
+        let file = dir.path().join("a.jar");
+        fs::write(&file, b"alpha").unwrap();
+        fs::create_dir_all(cache.parent().unwrap()).unwrap();
+        let newer = format!(
+            r#"{{"format": {}, "entries": "a shape this core does not know"}}"#,
+            FORMAT + 1
+        );
+        fs::write(&cache, &newer).unwrap();
+        for _ in 0..2 {
+            let mut pass = DigestCache::open(&cache);
+            pass.sha256(&file).unwrap();
+            pass.remember(&file, &sha256_file(&file).unwrap()).unwrap();
+            assert_eq!(pass.stats().hashed_files, 1, "nothing cached");
+            pass.save().unwrap();
+            assert_eq!(fs::read_to_string(&cache).unwrap(), newer);
         }
     }
 }

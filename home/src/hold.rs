@@ -53,17 +53,17 @@ impl Hold {
 
 /// The hold, if there is one. An unreadable one is an error, not "none".
 pub fn read(layout: &Layout) -> io::Result<Option<Hold>> {
-    read_state(layout, HOLD_FILE)
+    read_state(layout, HOLD_FILE, crate::format::APPLY_HOLD)
 }
 
 /// Records `hold`, durably.
 pub fn write(layout: &Layout, hold: &Hold) -> io::Result<()> {
-    write_state(layout, HOLD_FILE, hold)
+    write_state(layout, HOLD_FILE, crate::format::APPLY_HOLD, hold)
 }
 
 /// Removes the hold, durably; `Ok` when there was none.
 pub fn release(layout: &Layout) -> io::Result<()> {
-    remove_state(layout, HOLD_FILE)
+    remove_state(layout, HOLD_FILE, crate::format::APPLY_HOLD)
 }
 
 /// The hold of the complete staged set, if one holds it. A hold that

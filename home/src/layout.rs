@@ -219,33 +219,44 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(),
     sync_dir(dir).map_err(err("sync", dir))
 }
 
-/// The JSON record `file` of the home's `state/`; `None` when it is
-/// missing. An unreadable one is an error (`InvalidData`), not "none".
+/// The JSON record `file` of the home's `state/`, of a format up to
+/// `format` ([`crate::format`]); `None` when it is missing. An unreadable
+/// one is an error (`InvalidData`), not "none"; so is one of a newer format
+/// (holding a [`crate::format::NewerFormat`]).
 pub fn read_state<T: serde::de::DeserializeOwned>(
     layout: &Layout,
     file: &str,
+    format: u32,
 ) -> io::Result<Option<T>> {
-    match fs::read(layout.state().join(file)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::format::read_json_or_err(&layout.state().join(file), format)
 }
 
-/// Writes the JSON record `file` of the home's `state/`, durably
-/// ([`write_atomic`]).
-pub fn write_state<T: serde::Serialize>(layout: &Layout, file: &str, value: &T) -> io::Result<()> {
+/// Writes the JSON record `file` of the home's `state/` as format `format`,
+/// durably ([`write_atomic`]); refused, leaving it, when the record there is
+/// of a newer format.
+pub fn write_state<T: serde::Serialize>(
+    layout: &Layout,
+    file: &str,
+    format: u32,
+    value: &T,
+) -> io::Result<()> {
+    let path = layout.state().join(file);
+    if let Some(newer) = crate::format::newer_json(&path, format) {
+        return Err(newer.into_io());
+    }
     fs::create_dir_all(layout.state())?;
-    let json = serde_json::to_vec_pretty(value).expect("plain data");
-    Ok(write_atomic(&layout.state().join(file), &json)?)
+    Ok(write_atomic(&path, &crate::format::to_json(value, format))?)
 }
 
 /// Removes the record `file` of the home's `state/`, durably; a missing
-/// one is no error.
-pub fn remove_state(layout: &Layout, file: &str) -> io::Result<()> {
-    match fs::remove_file(layout.state().join(file)) {
+/// one is no error. Refused, leaving it, when the record there is of a
+/// format newer than `format`.
+pub fn remove_state(layout: &Layout, file: &str, format: u32) -> io::Result<()> {
+    let path = layout.state().join(file);
+    if let Some(newer) = crate::format::newer_json(&path, format) {
+        return Err(newer.into_io());
+    }
+    match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => sync_dir(&layout.state()),
     }

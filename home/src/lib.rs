@@ -21,6 +21,8 @@
 //!   them.
 //! - [`registration`]: the environment UUID of
 //!   `config/device-registration.properties`.
+//! - [`format`]: the format numbers of the files the box writes under
+//!   its home, and what a reader does with a newer one.
 //! - [`failpoint`]: crash points for the crash-safety tests.
 //!
 //! What this crate does not know: processes, the configuration file, the
@@ -33,6 +35,7 @@
 pub mod coords;
 pub mod digests;
 pub mod failpoint;
+pub mod format;
 pub mod hold;
 pub mod installed;
 pub mod layout;

@@ -68,12 +68,12 @@ pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
 /// The quarantined set, if there is one. An unreadable record is reported
 /// as an error, not taken for "none".
 pub fn read(layout: &Layout) -> io::Result<Option<Quarantine>> {
-    read_state(layout, QUARANTINE_FILE)
+    read_state(layout, QUARANTINE_FILE, crate::format::QUARANTINED_SET)
 }
 
 /// Records `q`, durably.
 pub fn write(layout: &Layout, q: &Quarantine) -> io::Result<()> {
-    write_state(layout, QUARANTINE_FILE, q)
+    write_state(layout, QUARANTINE_FILE, crate::format::QUARANTINED_SET, q)
 }
 
 /// Lifts the quarantine when its set is the active set again (an operator
@@ -95,7 +95,7 @@ pub fn lift_if_active(layout: &Layout) -> io::Result<bool> {
 
 /// Lifts the quarantine (a different target set, or its set active again).
 pub fn clear(layout: &Layout) -> io::Result<()> {
-    remove_state(layout, QUARANTINE_FILE)
+    remove_state(layout, QUARANTINE_FILE, crate::format::QUARANTINED_SET)
 }
 
 #[cfg(test)]

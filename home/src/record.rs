@@ -76,10 +76,11 @@ pub struct BadFile {
 
 impl SetRecord {
     /// The current format.
-    pub const FORMAT: u32 = 1;
+    pub const FORMAT: u32 = crate::format::SET_RECORD;
 
     /// Reads the record of the set in `dir`; `None` when it has none. A
-    /// record naming a file outside its folder is refused.
+    /// record naming a file outside its folder is refused; one of a newer
+    /// format is an error holding a [`crate::format::NewerFormat`].
     pub fn load(dir: &Path) -> io::Result<Option<SetRecord>> {
         let path = dir.join(RECORD_FILE);
         let invalid = |msg: String| {
@@ -88,10 +89,9 @@ impl SetRecord {
                 format!("{}: {msg}", path.display()),
             )
         };
-        let record: SetRecord = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(record) = crate::format::read_json_or_err::<SetRecord>(&path, Self::FORMAT)?
+        else {
+            return Ok(None);
         };
         let empty = Path::new("");
         for (_, f) in record.files(empty, empty) {
@@ -99,6 +99,19 @@ impl SetRecord {
                 .map_err(|reason| invalid(format!("{:?}: {reason}", f.name)))?;
         }
         Ok(Some(record))
+    }
+
+    /// [`load`](Self::load), with a record of a newer format taken for
+    /// none (as a set without one, the Java box's), with a warning: its
+    /// set's `modules-info.properties` still names the modules.
+    pub fn load_or_none_if_newer(dir: &Path) -> io::Result<Option<SetRecord>> {
+        match Self::load(dir) {
+            Err(e) if crate::format::in_io(&e).is_some() => {
+                tracing::warn!(error = %e, "the set's hash record is taken for none");
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// Writes the record into `dir`: temporary file, fsync, rename, fsync of

@@ -80,12 +80,12 @@ pub fn speaks(launcher: u32, versions: Option<&[u32]>) -> bool {
 
 /// What the last start recorded, if anything.
 pub fn read(layout: &Layout) -> io::Result<Option<RunningCore>> {
-    crate::layout::read_state(layout, RUNNING_CORE_FILE)
+    crate::layout::read_state(layout, RUNNING_CORE_FILE, crate::format::RUNNING_CORE)
 }
 
 /// Records `core` as the one that runs.
 pub fn write(layout: &Layout, core: &RunningCore) -> io::Result<()> {
-    crate::layout::write_state(layout, RUNNING_CORE_FILE, core)
+    crate::layout::write_state(layout, RUNNING_CORE_FILE, crate::format::RUNNING_CORE, core)
 }
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ pub enum SwapError {
         /// The first file that is missing or has another size.
         problem: String,
     },
+    /// The journal or the probation record is of a newer format
+    /// ([`crate::format`]): it is left as it is, and nothing is swapped.
+    #[error(transparent)]
+    NewerFormat(#[from] crate::format::NewerFormat),
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -178,26 +182,44 @@ fn journal_path(layout: &Layout) -> PathBuf {
     layout.home().join(JOURNAL)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, SwapError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| SwapError::BadJournal {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    format: u32,
+) -> Result<Option<T>, SwapError> {
+    use crate::format::Versioned;
+    match crate::format::read_json(path, format) {
+        Ok(None) => Ok(None),
+        Ok(Some(Versioned::Known(t))) => Ok(Some(t)),
+        Ok(Some(Versioned::Newer(newer))) => Err(newer.into()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(SwapError::BadJournal {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
         Err(e) => Err(io_err("read", path)(e)),
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SwapError> {
-    let bytes = serde_json::to_vec_pretty(value).expect("plain data");
+/// Writes the record `path` as format `format`; refused, leaving it, when
+/// the record there is of a newer one.
+fn write_json<T: Serialize>(path: &Path, format: u32, value: &T) -> Result<(), SwapError> {
+    if let Some(newer) = crate::format::newer_json(path, format) {
+        return Err(newer.into());
+    }
+    let bytes = crate::format::to_json(value, format);
     write_atomic(path, &bytes).map_err(|e| SwapError::Io {
         op: "write",
         path: path.to_owned(),
         source: io::Error::other(e.to_string()),
     })
+}
+
+/// Removes the record `path` durably; refused, leaving it, when it is of
+/// a format newer than `format`.
+fn remove_record(path: &Path, format: u32) -> Result<(), SwapError> {
+    if let Some(newer) = crate::format::newer_json(path, format) {
+        return Err(newer.into());
+    }
+    remove_file_durably(path)
 }
 
 fn remove_file_durably(path: &Path) -> Result<(), SwapError> {
@@ -212,12 +234,21 @@ fn remove_file_durably(path: &Path) -> Result<(), SwapError> {
 
 /// The probation record, if the active set is on probation.
 pub fn probation(layout: &Layout) -> Result<Option<Probation>, SwapError> {
-    read_json(&layout.home().join(PROBATION))
+    read_json(&layout.home().join(PROBATION), crate::format::PROBATION)
+}
+
+/// The journal or the probation record, when one is of a format newer than
+/// this core knows ([`crate::format`]): then no swap, no probation count and
+/// no commit may happen, since each would act on a record it cannot read.
+pub fn newer_record(layout: &Layout) -> Option<crate::format::NewerFormat> {
+    crate::format::newer_json(&journal_path(layout), crate::format::SWAP_JOURNAL).or_else(|| {
+        crate::format::newer_json(&layout.home().join(PROBATION), crate::format::PROBATION)
+    })
 }
 
 /// Records the probation state.
 pub fn set_probation(layout: &Layout, p: &Probation) -> Result<(), SwapError> {
-    write_json(&layout.home().join(PROBATION), p)
+    write_json(&layout.home().join(PROBATION), crate::format::PROBATION, p)
 }
 
 /// Renames `from` to `to` and fsyncs the home; `to` must not exist (or be an
@@ -373,6 +404,7 @@ pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, Sw
     // 1. The journal: from here a crash is finished by `recover`.
     write_json(
         &journal_path(layout),
+        crate::format::SWAP_JOURNAL,
         &Journal {
             procedure: Procedure::Apply,
             incoming,
@@ -390,11 +422,18 @@ pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, Sw
 /// Makes the backup the active set (see the module docs).
 pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
     recover(layout)?;
+    // Its last step removes the probation record: one of a newer format
+    // stops the rollback before its first.
+    let probation = layout.home().join(PROBATION);
+    if let Some(newer) = crate::format::newer_json(&probation, crate::format::PROBATION) {
+        return Err(newer.into());
+    }
     let incoming =
         set_identity(&layout.backup()).ok_or_else(|| SwapError::NoBackup(layout.backup()))?;
     let outgoing = set_identity(&layout.modules()).unwrap_or_default();
     write_json(
         &journal_path(layout),
+        crate::format::SWAP_JOURNAL,
         &Journal {
             procedure: Procedure::Rollback,
             incoming,
@@ -411,7 +450,7 @@ pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
 /// Finishes a procedure a crash interrupted, if the journal says there is
 /// one; then clears leftovers. Returns the journal it finished.
 pub fn recover(layout: &Layout) -> Result<Option<Journal>, SwapError> {
-    let journal: Option<Journal> = read_json(&journal_path(layout))?;
+    let journal: Option<Journal> = read_json(&journal_path(layout), crate::format::SWAP_JOURNAL)?;
     if let Some(j) = &journal {
         warn!(procedure = ?j.procedure, "finishing a module swap interrupted by a crash");
         run_journal(layout)?;
@@ -429,7 +468,7 @@ pub fn recover(layout: &Layout) -> Result<Option<Journal>, SwapError> {
 
 fn run_journal(layout: &Layout) -> Result<(), SwapError> {
     let path = journal_path(layout);
-    let Some(j) = read_json::<Journal>(&path)? else {
+    let Some(j) = read_json::<Journal>(&path, crate::format::SWAP_JOURNAL)? else {
         return Ok(());
     };
     match j.procedure {
@@ -438,7 +477,7 @@ fn run_journal(layout: &Layout) -> Result<(), SwapError> {
     }
     // Last: the journal goes. Until this fsync, recovery redoes the (now
     // no-op) steps.
-    remove_file_durably(&path)?;
+    remove_record(&path, crate::format::SWAP_JOURNAL)?;
     if crate::failpoint::ENABLED {
         failpoint(&format!("{}.journal-removed", name(j.procedure)));
     }
@@ -487,7 +526,11 @@ impl Steps<'_> {
             }
         }
         self.journal.step = n;
-        write_json(&journal_path(self.layout), &self.journal)?;
+        write_json(
+            &journal_path(self.layout),
+            crate::format::SWAP_JOURNAL,
+            &self.journal,
+        )?;
         if crate::failpoint::ENABLED {
             failpoint(&format!("{}.{n}.recorded", self.procedure));
         }
@@ -686,7 +729,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         6,
         "probation-cleared",
         || false,
-        || remove_file_durably(&home.join(PROBATION)),
+        || remove_record(&home.join(PROBATION), crate::format::PROBATION),
     )?;
     info!(set = %short(&j.incoming), "backup set is active again");
     Ok(())
@@ -695,7 +738,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
 /// Commits the set on probation: from now on it is the installed set.
 pub fn commit(layout: &Layout) -> Result<(), SwapError> {
     failpoint("commit.begin");
-    remove_file_durably(&layout.home().join(PROBATION))?;
+    remove_record(&layout.home().join(PROBATION), crate::format::PROBATION)?;
     failpoint("commit.probation-removed");
     Ok(())
 }
@@ -721,7 +764,9 @@ pub fn report(layout: &Layout) -> SetsReport {
         probation: probation(layout).ok().flatten(),
         staged_waits_for: staged_waits_for(layout).ok().flatten(),
         quarantined: crate::quarantine::read(layout).ok().flatten(),
-        interrupted: read_json(&journal_path(layout)).ok().flatten(),
+        interrupted: read_json(&journal_path(layout), crate::format::SWAP_JOURNAL)
+            .ok()
+            .flatten(),
     }
 }
 

@@ -465,6 +465,9 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
     data["upgrade"] = serde_json::to_value(swap::report(&layout)).expect("plain data");
     data["core"] = serde_json::to_value(banalytics_home::running::read(&layout).ok().flatten())
         .expect("plain data");
+    data["unreadable_files"] =
+        serde_json::to_value(banalytics_home::format::newer_files(home.root()))
+            .expect("plain data");
     if json {
         println!(
             "{}",
@@ -549,6 +552,14 @@ fn print_status(data: &serde_json::Value) {
         );
     }
     print_refused_publications(data);
+    for f in data["unreadable_files"].as_array().into_iter().flatten() {
+        println!(
+            "left as it is: {} is of format {}, newer than format {} this core knows",
+            f["path"].as_str().unwrap_or("?"),
+            f["format"],
+            f["known"]
+        );
+    }
     print_sets(&data["upgrade"]);
     print_sync(data);
     print_waits(data);

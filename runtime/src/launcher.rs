@@ -54,6 +54,7 @@ use std::{
 use banalytics_home::{
     coords::CORE_EXECUTABLE_NAME,
     failpoint::failpoint,
+    format,
     installed::read_modules_info,
     record::{sha256_file, SetRecord},
     running::{CoreOrigin, RunningCore},
@@ -172,19 +173,27 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
         key: String,
         sha256: String,
     }
-    let cached: Option<Cached> = fs::read(&cache)
+    // A cache of a newer format is neither read nor replaced.
+    let newer = format::newer_json(&cache, format::LAUNCHER_IDENTITY).is_some();
+    let cached: Option<Cached> = format::read_json_or_err(&cache, format::LAUNCHER_IDENTITY)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+        .flatten();
     let sha256 = match cached {
         Some(c) if c.key == key => c.sha256,
         _ => {
             let sha256 = sha256_file(&exe)?;
-            let json = serde_json::to_vec(&Cached {
-                key,
-                sha256: sha256.clone(),
-            })
-            .expect("plain data");
-            if let Err(e) = banalytics_home::layout::write_atomic(&cache, &json) {
+            let json = format::to_json(
+                &Cached {
+                    key,
+                    sha256: sha256.clone(),
+                },
+                format::LAUNCHER_IDENTITY,
+            );
+            let cached = match newer {
+                true => Ok(()),
+                false => banalytics_home::layout::write_atomic(&cache, &json),
+            };
+            if let Err(e) = cached {
                 warn!(error = %e, "cannot cache the launcher's digest");
             }
             sha256

@@ -150,8 +150,8 @@ pub fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, String> {
     let Some(modules) = installed::read_modules_info(dir).map_err(|e| e.to_string())? else {
         return Ok(Vec::new());
     };
-    let record =
-        SetRecord::load(dir).map_err(|e| format!("{}: {e}", dir.join(RECORD_FILE).display()))?;
+    let record = SetRecord::load_or_none_if_newer(dir)
+        .map_err(|e| format!("{}: {e}", dir.join(RECORD_FILE).display()))?;
     let extension = format!(".{}", std::env::consts::DLL_EXTENSION);
     let mut libraries = Vec::new();
     for m in modules

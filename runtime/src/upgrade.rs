@@ -21,7 +21,7 @@ use std::{
 
 use banalytics_home::{
     failpoint::failpoint,
-    outbox, quarantine,
+    format, outbox, quarantine,
     swap::{self, Probation},
     Layout,
 };
@@ -165,6 +165,11 @@ pub fn fail_start_on_config(
 /// set, count this start if on probation, and roll back a set that used up
 /// its starts.
 pub fn prepare(layout: &Layout, settings: &Settings, state_dir: &Path) -> Result<Boot, Error> {
+    format::log_newer_files(layout.home());
+    if let Some(newer) = swap::newer_record(layout) {
+        warn!(error = %newer, "the module folders are left as they are: no swap, no probation, until a core that knows this format runs");
+        return Ok(Boot::default());
+    }
     if let Some(j) = swap::recover(layout)? {
         info!(procedure = ?j.procedure, "interrupted module swap finished");
     }
@@ -580,10 +585,14 @@ pub fn record_failing(board: &StatusBoard, state_dir: &Path, grace: Duration) {
         })
         .map(|c| c.name)
         .collect();
+    // Format 1 is the list alone; one of a newer format is left as it is.
+    let file = state_dir.join(FAILING_BEFORE_FILE);
+    if let Some(newer) = format::newer_json(&file, format::FAILING_BEFORE_UPGRADE) {
+        warn!(error = %newer, "the failing components are not recorded; a set applied at the next start excuses none");
+        return;
+    }
     let json = serde_json::to_vec(&failing).expect("plain data");
-    if let Err(e) =
-        banalytics_home::layout::write_atomic(&state_dir.join(FAILING_BEFORE_FILE), &json)
-    {
+    if let Err(e) = banalytics_home::layout::write_atomic(&file, &json) {
         warn!(error = %e, "cannot record the failing components; a set applied at the next start excuses none");
     }
 }
@@ -592,6 +601,9 @@ pub fn record_failing(board: &StatusBoard, state_dir: &Path, grace: Duration) {
 /// nothing was recorded.
 fn take_failing(state_dir: &Path) -> Vec<String> {
     let file = state_dir.join(FAILING_BEFORE_FILE);
+    if format::newer_json(&file, format::FAILING_BEFORE_UPGRADE).is_some() {
+        return Vec::new();
+    }
     let failing = std::fs::read(&file)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())

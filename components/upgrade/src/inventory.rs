@@ -128,7 +128,8 @@ pub fn trusted_record(
     models: &Path,
     digests: &mut DigestCache,
 ) -> Result<Option<SetRecord>, UpgradeError> {
-    let Some(mut record) = SetRecord::load(modules).map_err(io_at(modules))? else {
+    let Some(mut record) = SetRecord::load_or_none_if_newer(modules).map_err(io_at(modules))?
+    else {
         return Ok(None);
     };
     record.modules.retain(|key, m| {

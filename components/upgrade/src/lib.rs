@@ -31,7 +31,7 @@ pub mod tuf;
 
 // The home's files are the `banalytics-home` crate's; these names keep the
 // crate's own paths (`crate::layout::Layout`) short.
-use banalytics_home::{coords, failpoint, installed, layout, record};
+use banalytics_home::{coords, failpoint, format, installed, layout, record};
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 

@@ -282,16 +282,29 @@ pub fn quarantine_verdict(
 /// [`quarantine_verdict`] for `target`: lifts the record for a different
 /// set, and refuses the quarantined set unless `retry`
 /// ([`UpgradeError::Quarantined`]). A record that cannot be read refuses
-/// every set, naming the file, unless `retry`, which lifts it. Blocking
-/// file work: run it off the actor's thread.
+/// every set, naming the file, unless `retry`, which lifts it; one of a
+/// newer format ([`banalytics_home::format`]) refuses every set and stays,
+/// and so does a swap journal or probation record of a newer format.
+/// Blocking file work: run it off the actor's thread.
 pub fn pass_quarantine(
     layout: &Layout,
     target: &[Module],
     retry: bool,
 ) -> Result<QuarantineVerdict, UpgradeError> {
+    // The swap's records first: a set staged while one of them is of a
+    // newer format would never be applied, and its restart asked again.
+    if let Some(newer) = banalytics_home::swap::newer_record(layout) {
+        return Err(UpgradeError::Io {
+            path: newer.path.clone(),
+            source: newer.into_io(),
+        });
+    }
     let file = layout.state().join(quarantine::QUARANTINE_FILE);
     let record = match quarantine::read(layout) {
         Ok(record) => record,
+        Err(e) if banalytics_home::format::in_io(&e).is_some() => {
+            return Err(UpgradeError::Io { path: file, source: e })
+        }
         Err(e) if retry => {
             warn!(path = %file.display(), error = %e, "unreadable quarantine record lifted by the retry");
             quarantine::clear(layout).map_err(io_at(&file))?;

@@ -88,6 +88,7 @@ use url::Url;
 use crate::{
     error::{error_chain, io_at, UpgradeError},
     fetch::FetchConfig,
+    format,
     layout::{sync_dir, write_atomic, Layout},
 };
 
@@ -251,11 +252,21 @@ pub async fn refresh_at(
         });
     }
     let store = layout.state().join(STORE_DIR);
+    // `tough` shapes the files; the store's format is its marker
+    // (`banalytics_home::format`). One of a newer format stays as it is,
+    // and nothing is fetched without it.
+    if let Some(newer) = format::newer_store(&store, format::TUF_STORE) {
+        return Err(UpgradeError::Trust {
+            reason: format!("{newer}; nothing is fetched until a core that knows it runs"),
+        });
+    }
     let pinned = std::fs::read(&trust.root).map_err(|source| UpgradeError::Trust {
         reason: format!("trust_root {}: {source}", trust.root.display()),
     })?;
     start_again_if_reprovisioned(&store, &pinned)?;
     std::fs::create_dir_all(&store).map_err(io_at(&store))?;
+    format::mark_store(&store, format::TUF_STORE)
+        .map_err(|e| io_at(&store)(std::io::Error::other(e)))?;
     // The chain always starts at the pinned root: the store's roots are
     // only answers to tough's `N.root.json` requests, verified as the
     // repository's would be (`HomeTransport::fetch`).

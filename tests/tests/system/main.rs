@@ -20,6 +20,7 @@ mod crash;
 mod crash_staging;
 mod e2e;
 mod fleet;
+mod formats;
 mod host_process;
 mod isolation;
 mod loop_;
