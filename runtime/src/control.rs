@@ -31,6 +31,10 @@ pub const APPROVAL_WAIT: Duration = Duration::from_secs(10);
 /// shows the rest).
 pub const UPGRADE_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
+/// How long `upgrade` or `approve`, asked while the components are still
+/// starting, waits for them to have started.
+pub const STARTING_WAIT: Duration = Duration::from_secs(30);
+
 /// What the CLI can ask.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -108,6 +112,25 @@ pub async fn serve(listener: UnixListener, host: Arc<Host>, mut shutdown: watch:
     }
 }
 
+/// Publishes a request for the components and says how many got it. A
+/// request that comes while the components are still starting (the bus's
+/// start phase) is kept for them by the bus: this waits, at most
+/// [`STARTING_WAIT`], for the start to end and counts the subscriptions
+/// then, so that a request made right after start is not refused as
+/// finding no one.
+async fn publish_to_components<M: banalytics_sdk::BusMessage>(host: &Host, message: M) -> usize {
+    let bus = host.bus();
+    let receivers = bus.publish(message).await;
+    if receivers > 0 || !bus.is_starting() {
+        return receivers;
+    }
+    let deadline = tokio::time::Instant::now() + STARTING_WAIT;
+    while bus.is_starting() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bus.subscriber_count::<M>()
+}
+
 /// `approve`: refused when nothing is staged; otherwise the upgrade
 /// center hears it on the bus.
 async fn approve(host: &Host, layout: &banalytics_home::Layout) -> Response {
@@ -121,10 +144,7 @@ async fn approve(host: &Host, layout: &banalytics_home::Layout) -> Response {
     }
     use banalytics_messages::upgrade::{ApprovalHandled, ApproveStagedSet};
     let mut answers = host.bus().subscribe::<ApprovalHandled>();
-    let receivers = host
-        .bus()
-        .publish(ApproveStagedSet { by: "cli".into() })
-        .await;
+    let receivers = publish_to_components(host, ApproveStagedSet { by: "cli".into() }).await;
     if receivers == 0 {
         return refuse("no component handles upgrades on this host".to_owned());
     }
@@ -157,13 +177,11 @@ async fn upgrade(host: &Host, retry: bool, request: Option<u64>) -> Response {
     use banalytics_messages::portal::{UpgradeAnswered, UpgradeOutcome, UpgradeRequested};
     let request = request.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let mut answers = host.bus().subscribe::<UpgradeAnswered>();
-    let receivers = host
-        .bus()
-        .publish(UpgradeRequested {
-            retry,
-            request: Some(request),
-        })
-        .await;
+    let request_message = UpgradeRequested {
+        retry,
+        request: Some(request),
+    };
+    let receivers = publish_to_components(host, request_message).await;
     if receivers == 0 {
         return Response {
             ok: false,

@@ -178,6 +178,11 @@ impl Bus {
         }
     }
 
+    /// Whether the bus is still in its start phase ([`Bus::starting`]).
+    pub fn is_starting(&self) -> bool {
+        self.holding.load(Ordering::SeqCst)
+    }
+
     /// Subscribes to every `M` published from now on.
     ///
     /// # Panics
