@@ -61,6 +61,9 @@ pub enum Command {
     /// Approve the staged set: the running host restarts to apply it now,
     /// whatever maintenance window or approval it waits for.
     Approve,
+    /// Drop the staged module set and tell the portal nothing was
+    /// installed (with the host running or stopped).
+    Discard,
     /// Apply the staged module set (with the host stopped).
     Apply,
     /// Make the backup module set the active one again (with the host
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Upgrade { wait, retry } => upgrade(&home, wait, retry),
         Command::Approve => ask(&home, &Request::Approve),
         Command::Apply => apply(&home),
+        Command::Discard => crate::discard::command(&home, hold_lock),
         Command::Rollback => rollback(&home),
         Command::Verify => verify(&home),
         Command::Restart { component } => ask(
@@ -461,10 +465,7 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
         Some(r) => r.data.unwrap_or_default(),
         None => offline_status(home)?,
     };
-    let layout = Layout::new(home.root());
-    data["upgrade"] = serde_json::to_value(swap::report(&layout)).expect("plain data");
-    data["core"] = serde_json::to_value(banalytics_home::running::read(&layout).ok().flatten())
-        .expect("plain data");
+    crate::report::add_home(&mut data, &Layout::new(home.root()));
     if json {
         println!(
             "{}",
@@ -529,6 +530,7 @@ fn print_status(data: &serde_json::Value) {
             println!("core: not the set's: {why}");
         }
     }
+    println!("{}", crate::report::registration_line(data));
     println!(
         "{:<20} {:<26} {:<9} {:>8}  {:<36}  LAST ERROR",
         "COMPONENT", "KIND", "STATE", "RESTARTS", "ID"
@@ -577,22 +579,10 @@ fn print_refused_publications(data: &serde_json::Value) {
 }
 
 /// The upgrade center's last synchronisation (or refused request): its
-/// state, trigger and result.
+/// state, trigger and result (`crate::report::sync_lines`).
 fn print_sync(data: &serde_json::Value) {
-    for c in data["components"].as_array().into_iter().flatten() {
-        let sync = &c["details"]["sync"];
-        let Some(state) = sync["state"].as_str().filter(|s| *s != "idle") else {
-            continue;
-        };
-        let result = sync["result"]
-            .as_str()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default();
-        println!(
-            "synchronisation ({}): {state} (trigger: {}){result}",
-            c["name"].as_str().unwrap_or("?"),
-            sync["trigger"].as_str().unwrap_or("?"),
-        );
+    for line in crate::report::sync_lines(data) {
+        println!("{line}");
     }
 }
 
@@ -650,6 +640,10 @@ fn print_sets(u: &serde_json::Value) {
         if let Some(why) = u["staged_waits_for"].as_str() {
             println!("  waits: {why}");
         }
+    }
+    match u["backup"].is_null() {
+        true => println!("backup: none (nothing to roll back to)"),
+        false => println!("backup: {}", list(&u["backup"])),
     }
     if let Some(q) = u["quarantined"].as_object() {
         println!(

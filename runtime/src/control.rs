@@ -51,6 +51,13 @@ pub enum Request {
     },
     /// Apply the staged set now, whatever it waits for (`approve`).
     Approve,
+    /// Drop the staged set and tell the portal nothing was installed
+    /// (`discard`, `crate::discard`).
+    Discard {
+        /// Who asked, for the log and the portal's status message (`cli`,
+        /// `console`).
+        by: String,
+    },
     /// Restart a stopped or failed component.
     Restart {
         /// Instance name.
@@ -234,6 +241,7 @@ async fn answer(
         },
         Ok(Request::Upgrade { retry, request }) => upgrade(host, retry, request).await,
         Ok(Request::Approve) => approve(host, layout).await,
+        Ok(Request::Discard { by }) => crate::discard::discard(host, &by).await,
         Ok(Request::Exchange(x)) => crate::exchange::answer(host.bus(), x).await,
         Ok(Request::Restart { component }) => match host.restart(&component).await {
             Ok(message) => Response {

@@ -13,6 +13,7 @@ pub mod busy;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod discard;
 pub mod exchange;
 pub mod home;
 pub mod host;
@@ -25,6 +26,7 @@ pub mod plugins;
 pub mod preflight;
 pub mod process;
 pub mod registry;
+pub mod report;
 pub mod upgrade;
 
 use std::path::PathBuf;

@@ -18,6 +18,7 @@ mod authority;
 mod core;
 mod crash;
 mod crash_staging;
+mod discard;
 mod e2e;
 mod fleet;
 mod host_process;
