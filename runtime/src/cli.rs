@@ -71,6 +71,9 @@ pub enum Command {
     Rollback,
     /// Check every active file against its recorded SHA-256 and size.
     Verify,
+    /// Print a one-time login link to the box's web console (`[console]`
+    /// in box.toml).
+    ConsoleUrl,
     /// Restart a component that is stopped or in ERROR.
     Restart {
         /// Component instance name, as in box.toml.
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
         Command::Approve => ask(&home, &Request::Approve),
         Command::Apply => apply(&home),
         Command::Discard => crate::discard::command(&home, hold_lock),
+        Command::ConsoleUrl => crate::console::url_command(&home),
         Command::Rollback => rollback(&home),
         Command::Verify => verify(&home),
         Command::Restart { component } => ask(
@@ -133,7 +137,11 @@ fn run(home: &Home) -> Result<u8, Error> {
         }
         None => hold_lock(home)?,
     };
-    logging::init(&early.log);
+    let ring = early
+        .console
+        .as_ref()
+        .map(|_| crate::console::LogRing::new());
+    logging::init(&early.log, ring.clone());
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     let layout = Layout::new(home.root());
     let settings = upgrade::Settings::from_config(&early)?;
@@ -212,6 +220,16 @@ fn run(home: &Home) -> Result<u8, Error> {
         let listener = control::bind(&socket).map_err(io(socket.clone()))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let server = actix_rt::spawn(control::serve(listener, host.clone(), shutdown_rx));
+        let _console = match (&config.console, ring) {
+            (Some(c), Some(ring)) => {
+                let kinds = registry.names().iter().map(|k| k.to_string()).collect();
+                let options = crate::console::Options { ring, kinds, restart_mode: settings.restart_mode };
+                let (console, requests) = crate::console::start(home, c, options)?;
+                actix_rt::spawn(crate::console::answer(requests, host.clone()));
+                Some(console)
+            }
+            _ => None,
+        };
         let mut restarts = host.bus().subscribe::<RestartRequested>();
         info!(home = %home.root().display(), components = config.components.len(), pid = std::process::id(), "host starting");
         host.start_all().await;

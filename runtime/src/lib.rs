@@ -12,6 +12,7 @@ pub mod authority;
 pub mod busy;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod discard;
 pub mod exchange;

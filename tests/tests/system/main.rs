@@ -15,6 +15,7 @@ mod machine;
 mod answers;
 mod archive;
 mod authority;
+mod box_console;
 mod core;
 mod crash;
 mod crash_staging;
