@@ -89,9 +89,11 @@ pub fn empty(title: &str, what_to_do: Markup) -> Markup {
     }
 }
 
-/// A table with a caption and column headers; `rows` are its `tr`s. It
-/// scrolls sideways inside its frame on a narrow screen (the frame takes
-/// the keyboard focus, so it can be scrolled without a mouse).
+/// A table with a caption and column headers; `rows` are its `tr`s. On a
+/// phone each row becomes a card, a cell a line: a `td` with
+/// `data-label="HEADER"` is labelled there with its column's header.
+/// Wider than its frame, it scrolls inside it (the frame takes the
+/// keyboard focus, so it can be scrolled without a mouse).
 pub fn table(id: &str, caption: &str, headers: &[&str], rows: Markup) -> Markup {
     html! {
         div.table-frame tabindex="0" role="region" aria-label=(caption) {

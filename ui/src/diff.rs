@@ -138,8 +138,8 @@ pub fn diff_table(id: &str, rows: &[DiffRow], from_label: &str, to_label: &str) 
                         }
                         " " (r.module)
                     }
-                    td { (version(&r.from)) }
-                    td { (version(&r.to)) }
+                    td data-label=(from_label) { (version(&r.from)) }
+                    td data-label=(to_label) { (version(&r.to)) }
                     td { (badge(r.change.outcome(), r.change.word())) }
                 }
             }

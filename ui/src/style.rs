@@ -28,7 +28,7 @@ textarea:focus-visible, .table-frame:focus-visible, summary:focus-visible {
   outline: 3px solid var(--focus); outline-offset: 2px;
 }
 code, pre, .mono { font-family: ui-monospace, SFMono-Regular, "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 0.9em; }
-pre { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 0.75em; overflow-x: auto; }
+pre { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 0.75em; white-space: pre-wrap; overflow-wrap: anywhere; }
 .skip { position: absolute; left: -999px; top: 0; background: #fff; padding: 0.5em 1em; z-index: 10; }
 .skip:focus { left: 0.5em; }
 
@@ -69,7 +69,9 @@ td.num, th.num { text-align: right; white-space: nowrap; }
 .badge-neutral { color: var(--plain); background: var(--plain-bg); border-color: var(--line); }
 .ok { color: var(--good); } .bad { color: var(--bad); } .dim, .ago, .field-hint { color: var(--muted); }
 .message { overflow-wrap: anywhere; }
-.when { white-space: nowrap; }
+td.clamp .message { display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
+td.clamp { min-width: 14em; max-width: 24em; }
+.when, .id { white-space: nowrap; }
 
 tr.diff-added { background: #f0fff4; }
 tr.diff-removed { background: #fff5f5; }
@@ -115,11 +117,20 @@ input[type="checkbox"], input[type="radio"] { width: 1.1em; height: 1.1em; verti
 
 @media (max-width: 640px) {
   body { font-size: 15px; }
-  header.top { padding: 0.5em 1em; }
-  .nav-end { margin-left: 0; }
+  header.top { flex-direction: column; align-items: flex-start; padding: 0.5em 1em; }
+  header nav { width: 100%; }
+  .nav-end { margin-left: auto; }
   main { padding: 0.75em 1em 2em; }
   th, td { padding: 0.35em 0.5em; }
-  table.details th[scope="row"] { width: auto; }
+  /* Tables become a card per row: each cell on its own line, labelled
+     with its column's header when the cell has a data-label. */
+  .table-frame table, .table-frame tbody, .table-frame tr, .table-frame td, .table-frame th[scope="row"] { display: block; width: auto; max-width: none; }
+  .table-frame thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+  .table-frame tr { border-bottom: 1px solid var(--line); padding: 0.4em 0; }
+  .table-frame td, .table-frame th[scope="row"] { border: 0; padding: 0.15em 0.25em; }
+  .table-frame td[data-label]::before { content: attr(data-label) ": "; color: var(--muted); font-weight: 600; }
+  td.num { text-align: left; }
+  table.details th[scope="row"] { width: auto; padding-top: 0.4em; }
   .field { display: flex; margin-right: 0; }
   .field input, .field select, .field textarea { width: 100%; }
   .progress-label { min-width: 0; width: 100%; }

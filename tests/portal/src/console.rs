@@ -505,9 +505,9 @@ fn status_cell(s: &StatusRecord, now: SystemTime) -> Markup {
         (status_badge(s))
         @if !s.module.is_null() { " " code { (module_label(&s.module)) } }
         @if let Some(m) = s.status_message.as_str().filter(|m| !m.is_empty()) {
-            br; span.message { (m) }
+            div.message title=(m) { (m) }
         }
-        br; (received(s, now))
+        div { (received(s, now)) }
     }
 }
 
@@ -639,7 +639,7 @@ fn sets_cell(installed: Option<&[String]>, assigned: &[String]) -> Markup {
                     (ui::badge(Outcome::Good, "as assigned"))
                     br; span.dim { (installed.len()) " module(s)" }
                 } @else {
-                    (ui::badge(Outcome::Waiting, "differs from assigned"))
+                    (ui::badge(Outcome::Waiting, "differs"))
                     br; span.dim { (ui::diff_summary(&rows)) }
                 }
             }
@@ -658,7 +658,7 @@ fn environments_table(app: &App) -> Markup {
                 html! { "Register a box below, put its two lines into the box's " code { "config/device-registration.properties" } " and start it: it appears here when it connects." },
             ))
         } @else {
-            (ui::table("environments", "Environments", &["Select", "Environment", "Link", "Core", "Installed set", "Last status", "Synchronisation"], html! {
+            (ui::table("environments", "Environments", &["Select", "Environment", "Link and core", "Installed set", "Last status", "Synchronisation"], html! {
                 @for e in &envs {
                     tr data-env=(e.environment_uuid) {
                         td { input type="checkbox" form="group" name="env" value=(e.environment_uuid) aria-label={ "Select " (e.environment_uuid) }; }
@@ -666,16 +666,18 @@ fn environments_table(app: &App) -> Markup {
                             a href={ "/console/env/" (e.environment_uuid) } { (e.environment_uuid) }
                             @if !e.name.is_empty() { br; span.dim { (e.name) } }
                         }
-                        td { (connected_cell(e)) }
-                        td { code { (core_label(e)) } }
-                        td { (sets_cell(app.console.installed_set(&e.environment_uuid).as_deref(), &e.assigned)) }
-                        td class="last-status" {
+                        td data-label="Link and core" {
+                            (connected_cell(e))
+                            br; span.dim title=(core_label(e)) { "core " (e.last_core_module.as_ref().map(|m| ui::split_version(&module_label(m)).1.to_string()).unwrap_or_else(|| "unknown".into())) }
+                        }
+                        td data-label="Installed set" { (sets_cell(app.console.installed_set(&e.environment_uuid).as_deref(), &e.assigned)) }
+                        td.last-status.clamp data-label="Last status" {
                             @if let Some(s) = e.statuses.last() { (status_cell(s, now)) } @else { span.dim { "none yet" } }
-                            @if let Some(reason) = rollback_reason(e) {
-                                br; span.bad { "rolled back / cancelled: " (reason) }
+                            @if let Some(reason) = rollback_reason(e).filter(|_| !e.statuses.last().is_some_and(is_verdict)) {
+                                div.bad.message title=(reason) { "rolled back / cancelled: " (reason) }
                             }
                         }
-                        td class="progress" { (sync_cell(app, e)) }
+                        td.sync data-label="Synchronisation" { (sync_cell(app, e)) }
                     }
                 }
             }))
@@ -820,7 +822,7 @@ fn environment_detail(app: &App, env: &str) -> Markup {
         ("Core", html! { code { (core_label(&e)) } }),
         (
             "Synchronisation",
-            html! { div.progress-cell { (sync_cell(app, &e)) } },
+            html! { div.sync { (sync_cell(app, &e)) } },
         ),
     ];
     if let Some(reason) = rollback_reason(&e) {
@@ -842,7 +844,7 @@ fn environment_detail(app: &App, env: &str) -> Markup {
                     tr {
                         td { (received(s, now)) }
                         td { (status_badge(s)) }
-                        td { @if s.module.is_null() { span.dim { "whole set" } } @else { code { (module_label(&s.module)) } } }
+                        td data-label="Module" { @if s.module.is_null() { span.dim { "whole set" } } @else { code { (module_label(&s.module)) } } }
                         td.message { (s.status_message.as_str().unwrap_or_default()) }
                     }
                 }
@@ -921,18 +923,18 @@ async fn modules_page(State(app): State<Arc<App>>) -> Html<String> {
                     @for m in &modules {
                         tr data-module=(m.coordinates()) {
                             td { code { (m.group_id) ":" (m.artifact_id) } }
-                            td { (m.version) }
-                            td { (format!("{:?}", m.module_type).to_lowercase()) }
-                            td {
+                            td data-label="Version" { (m.version) }
+                            td data-label="Type" { (format!("{:?}", m.module_type).to_lowercase()) }
+                            td data-label="Platforms" {
                                 @match &m.platforms {
                                     Some(p) => { @for (triple, part) in p { code { (triple) } " (" (ui::human_size(part.size)) ")" br; } }
                                     None => { "any (" (m.packaging) ")" }
                                 }
                             }
-                            td.num.size { (main_size_cell(m)) }
-                            td.num { (part(&m.dependencies)) }
-                            td.num { (part(&m.model)) }
-                            td { (upload_time(m, now)) }
+                            td.num.size data-label="Size" { (main_size_cell(m)) }
+                            td.num data-label="Dependencies" { (part(&m.dependencies)) }
+                            td.num data-label="Model" { (part(&m.model)) }
+                            td data-label="Uploaded" { (upload_time(m, now)) }
                         }
                     }
                 }))
@@ -1157,8 +1159,8 @@ fn rollouts_table(app: &App) -> Markup {
                     tr {
                         td { a href={ "/console/rollouts/" (r.id) } { (r.id) } }
                         td { (r.spec.name) }
-                        td { (r.spec.target.join(", ")) }
-                        td { (ui::badge(rollout_outcome(r), r.state.as_str())) " " (rollout_summary(r)) }
+                        td data-label="Target" { (r.spec.target.join(", ")) }
+                        td data-label="State" { (ui::badge(rollout_outcome(r), r.state.as_str())) " " (rollout_summary(r)) }
                     }
                 }
             }))
@@ -1182,8 +1184,8 @@ fn rollout_detail(r: &Rollout) -> Markup {
             @for (i, wave) in r.waves.iter().enumerate() {
                 @for env in wave {
                     tr data-env=(env) {
-                        td { (i + 1) }
-                        td { a href={ "/console/env/" (env) } { (env) } }
+                        td data-label="Wave" { (i + 1) }
+                        td { a.id href={ "/console/env/" (env) } { (env) } }
                         td class="box-state" { (r.box_state(env).map(box_cell).unwrap_or_default()) }
                     }
                 }
