@@ -10,26 +10,28 @@
 //! once (it remembers the nonces until they expire) and only before its
 //! expiry, at most [`CODE_LIFETIME`] ahead.
 //!
-//! A login (form or code) opens a session: a random cookie value (its
-//! SHA-256 kept in memory, at most [`MAX_SESSIONS`], the oldest dropped)
-//! sent `HttpOnly; SameSite=Strict` (and `Secure` over https). Every
+//! A login (form or code) opens a session: a cookie `EXPIRY.NONCE.MAC`
+//! made the same way under the token (for another purpose, so a login
+//! code is no session and a session no login code), sent `HttpOnly;
+//! SameSite=Strict` (and `Secure` over https). It needs no state in the
+//! host, so it outlives the restarts the console itself asks for (Apply
+//! now, Restart now); a logout is remembered until the host stops. Every
 //! login attempt counts against its peer address, [`LOGINS_PER_MINUTE`]
 //! a minute (`governor`); the next is refused before anything is checked.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     io::Write as _,
     net::IpAddr,
     num::NonZeroU32,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ring::{
-    digest,
     hmac::{self, HMAC_SHA256},
     rand::{SecureRandom, SystemRandom},
 };
@@ -52,11 +54,13 @@ pub const CODE_LIFETIME: Duration = Duration::from_secs(600);
 /// How long a session lasts.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 
-/// Sessions kept at once (a box has few operators); the oldest goes.
-pub const MAX_SESSIONS: usize = 32;
-
-/// One-time codes remembered as used (until their expiry).
+/// One-time codes remembered as used, and sessions as ended (until their
+/// expiry); past this, new ones are refused until some expire.
 pub const MAX_USED_CODES: usize = 1024;
+
+/// What a MAC is for: a login link or a session.
+const LOGIN: &str = "login";
+const SESSION: &str = "session";
 
 /// Peer addresses the rate limiter remembers before it forgets the idle.
 const MAX_PEERS: usize = 1024;
@@ -77,8 +81,8 @@ pub struct Auth {
     key: hmac::Key,
     token: String,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
-    sessions: Mutex<VecDeque<([u8; 32], Instant)>>,
     used: Mutex<HashMap<String, u64>>,
+    ended: Mutex<HashMap<String, u64>>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -87,11 +91,6 @@ fn random_hex(bytes: usize) -> String {
         .fill(&mut buf)
         .expect("the system's random source");
     buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hash(value: &str) -> [u8; 32] {
-    let d = digest::digest(&digest::SHA256, value.as_bytes());
-    d.as_ref().try_into().expect("32 bytes")
 }
 
 fn now_s() -> u64 {
@@ -124,14 +123,54 @@ pub fn load_or_create_token(state: &Path) -> std::io::Result<String> {
     Ok(token)
 }
 
+/// `EXPIRY.NONCE.MAC` for `purpose`, valid `lifetime` from now.
+fn signed(key: &hmac::Key, purpose: &str, lifetime: Duration) -> String {
+    let payload = format!("{}.{}", now_s() + lifetime.as_secs(), random_hex(16));
+    let tag = hmac::sign(key, format!("{purpose}:{payload}").as_bytes());
+    let mac: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{payload}.{mac}")
+}
+
+/// The expiry and nonce of `value` when it is [`signed`] for `purpose`
+/// under `key`, unexpired and not beyond `lifetime` from now.
+fn verified<'a>(
+    key: &hmac::Key,
+    purpose: &str,
+    value: &'a str,
+    lifetime: Duration,
+) -> Option<(u64, &'a str)> {
+    let (payload, mac) = value.rsplit_once('.')?;
+    let (expiry, nonce) = payload.split_once('.')?;
+    let expiry: u64 = expiry.parse().ok()?;
+    if nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    hmac::verify(key, format!("{purpose}:{payload}").as_bytes(), &unhex(mac)?).ok()?;
+    let now = now_s();
+    (expiry >= now && expiry <= now + lifetime.as_secs() + 60).then_some((expiry, nonce))
+}
+
+/// Remembers `nonce` until `expiry` in `seen`; `false` when it was there
+/// already or `seen` is full.
+fn remember(seen: &Mutex<HashMap<String, u64>>, nonce: &str, expiry: u64) -> bool {
+    let now = now_s();
+    let mut seen = seen.lock().expect("nonces");
+    seen.retain(|_, until| *until >= now);
+    if seen.len() >= MAX_USED_CODES || seen.contains_key(nonce) {
+        return false;
+    }
+    seen.insert(nonce.to_owned(), expiry);
+    true
+}
+
 /// A one-time login code for `token`, valid until `CODE_LIFETIME` from
 /// now (`console-url`).
 pub fn login_code(token: &str) -> String {
-    let payload = format!("{}.{}", now_s() + CODE_LIFETIME.as_secs(), random_hex(16));
-    let key = hmac::Key::new(HMAC_SHA256, token.as_bytes());
-    let tag = hmac::sign(&key, payload.as_bytes());
-    let mac: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{payload}.{mac}")
+    signed(
+        &hmac::Key::new(HMAC_SHA256, token.as_bytes()),
+        LOGIN,
+        CODE_LIFETIME,
+    )
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
@@ -152,8 +191,8 @@ impl Auth {
             key: hmac::Key::new(HMAC_SHA256, token.as_bytes()),
             token,
             limiter: RateLimiter::keyed(quota),
-            sessions: Mutex::new(VecDeque::new()),
             used: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
         }
     }
 
@@ -183,58 +222,34 @@ impl Auth {
         if !self.admit(peer) {
             return (Login::TooMany, None);
         }
-        let ok = (|| {
-            let (payload, mac) = code.rsplit_once('.')?;
-            let (expiry, nonce) = payload.split_once('.')?;
-            let expiry: u64 = expiry.parse().ok()?;
-            if nonce.len() != 32 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            hmac::verify(&self.key, payload.as_bytes(), &unhex(mac)?).ok()?;
-            let now = now_s();
-            if expiry < now || expiry > now + CODE_LIFETIME.as_secs() + 60 {
-                return None;
-            }
-            let mut used = self.used.lock().expect("used codes");
-            used.retain(|_, until| *until >= now);
-            if used.len() >= MAX_USED_CODES || used.contains_key(nonce) {
-                return None;
-            }
-            used.insert(nonce.to_owned(), expiry);
-            Some(())
-        })();
+        let ok = verified(&self.key, LOGIN, code, CODE_LIFETIME)
+            .is_some_and(|(expiry, nonce)| remember(&self.used, nonce, expiry));
         match ok {
-            Some(()) => (Login::Opened, Some(self.open_session())),
-            None => (Login::Refused, None),
+            true => (Login::Opened, Some(self.open_session())),
+            false => (Login::Refused, None),
         }
     }
 
     fn open_session(&self) -> String {
-        let value = random_hex(32);
-        let mut sessions = self.sessions.lock().expect("sessions");
-        if sessions.len() >= MAX_SESSIONS {
-            sessions.pop_front();
-        }
-        sessions.push_back((hash(&value), Instant::now() + SESSION_LIFETIME));
-        value
+        signed(&self.key, SESSION, SESSION_LIFETIME)
     }
 
     /// Whether `cookie` is the value of an open session.
     pub fn session_ok(&self, cookie: &str) -> bool {
-        let h = hash(cookie);
-        let now = Instant::now();
-        let mut sessions = self.sessions.lock().expect("sessions");
-        sessions.retain(|(_, until)| *until > now);
-        sessions.iter().any(|(s, _)| *s == h)
+        verified(&self.key, SESSION, cookie, SESSION_LIFETIME).is_some_and(|(_, nonce)| {
+            !self
+                .ended
+                .lock()
+                .expect("ended sessions")
+                .contains_key(nonce)
+        })
     }
 
     /// Ends the session of `cookie`.
     pub fn end_session(&self, cookie: &str) {
-        let h = hash(cookie);
-        self.sessions
-            .lock()
-            .expect("sessions")
-            .retain(|(s, _)| *s != h);
+        if let Some((expiry, nonce)) = verified(&self.key, SESSION, cookie, SESSION_LIFETIME) {
+            remember(&self.ended, nonce, expiry);
+        }
     }
 }
 
@@ -256,6 +271,14 @@ mod tests {
         assert_eq!(auth.login_with_code(PEER, &forged).0, Login::Refused);
         assert_eq!(auth.login_with_token(PEER, "wrong").0, Login::Refused);
         assert!(!auth.session_ok("made-up"));
+        // A login code is no session, and a session outlives its host.
+        assert!(!auth.session_ok(&login_code("secret")));
+        let (_, session) = auth.login_with_token(PEER, "secret");
+        let session = session.unwrap();
+        assert!(Auth::new("secret".into()).session_ok(&session));
+        assert!(!Auth::new("other".into()).session_ok(&session));
+        auth.end_session(&session);
+        assert!(!auth.session_ok(&session));
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub const LIVE_EVERY: Duration = Duration::from_millis(500);
 /// Requests waiting for the host; a browser sends few.
 pub const CONTROL_QUEUE: usize = 16;
 
+/// Sessions whose last action's message waits to be shown.
+const MAX_TOLD: usize = 64;
+
 /// The name in each page's header and title.
 pub const PRODUCT: &str = "Banalytics box";
 
@@ -387,7 +390,7 @@ impl App {
     fn tell(&self, headers: &HeaderMap, ok: bool, message: String) {
         if let Some(s) = session_of(headers) {
             let mut said = self.said.lock().expect("said");
-            if said.len() >= auth::MAX_SESSIONS {
+            if said.len() >= MAX_TOLD {
                 said.clear();
             }
             said.insert(s, (ok, message));

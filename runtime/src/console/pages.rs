@@ -157,7 +157,7 @@ pub fn upgrade(data: &Value, now: SystemTime) -> Markup {
         .unwrap_or_default();
     let installed = keys(&u["installed"]);
     html! {
-        section aria-labelledby="h-registration" {
+        section {
             h2 id="h-registration" { "Registration" }
             (ui::details("registration", "Registration", [
                 ("Environment UUID", match reg["environment_uuid"].as_bool() {
@@ -171,7 +171,7 @@ pub fn upgrade(data: &Value, now: SystemTime) -> Markup {
                 }),
             ]))
         }
-        section aria-labelledby="h-core" {
+        section {
             h2 id="h-core" { "Running core" }
             (ui::details("core", "Running core", [
                 ("Version", html! { (core["version"].as_str().unwrap_or("unknown")) }),
@@ -183,11 +183,11 @@ pub fn upgrade(data: &Value, now: SystemTime) -> Markup {
                 }) @if let Some(f) = core["fallback"].as_str() { " (" (f) ")" } }),
             ]))
         }
-        section aria-labelledby="h-sync" {
+        section {
             h2 id="h-sync" { "Last synchronisation" }
             (last_sync(&sync, now))
         }
-        section aria-labelledby="h-installed" {
+        section {
             h2 id="h-installed" { "Installed set" }
             @if installed.is_empty() {
                 (ui::empty("No module set installed yet", html! { "Synchronise now: the portal names the set to install." }))
@@ -204,7 +204,7 @@ pub fn upgrade(data: &Value, now: SystemTime) -> Markup {
                 }))
             }
         }
-        section aria-labelledby="h-staged" {
+        section {
             h2 id="h-staged" { "Staged set" }
             @if u["staged"].is_null() {
                 (ui::empty("No staged set", html! { "A synchronisation stages the portal's target set here before the box applies it." }))
@@ -213,7 +213,7 @@ pub fn upgrade(data: &Value, now: SystemTime) -> Markup {
                 (waits(data, &sync, now))
             }
         }
-        section aria-labelledby="h-backup" {
+        section {
             h2 id="h-backup" { "Backup set" }
             @if u["backup"].is_null() {
                 (ui::empty("No backup set", html! { "The set an upgrade replaces is kept here, to roll back to." }))
@@ -222,7 +222,7 @@ pub fn upgrade(data: &Value, now: SystemTime) -> Markup {
             }
         }
         @if let Some(q) = u["quarantined"].as_object() {
-            section aria-labelledby="h-quarantine" {
+            section {
                 h2 id="h-quarantine" { "Quarantined set" }
                 (ui::details("quarantine", "Quarantined set", [
                     ("Modules", html! { @for k in keys(&q["modules"]) { (k) br; } }),
