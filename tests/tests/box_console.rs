@@ -294,6 +294,16 @@ async fn steps(
         seen.iter().any(|s| s == "downloading") && bars >= 2,
         "the page showed the download's progress as it went: {seen:?}"
     );
+    let module = attr_of(
+        c,
+        &format!("#sync-modules li[data-module='{V2}']"),
+        "data-state",
+    )
+    .await;
+    ensure!(
+        module.as_deref() == Some("downloaded"),
+        "the module's own progress: {module:?}"
+    );
     let changed = attr_of(
         c,
         "#staged tr[data-module='com.example.cam:alpha']",

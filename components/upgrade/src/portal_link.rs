@@ -1091,6 +1091,7 @@ async fn forward(
 ) {
     match event {
         DownloadEvent::Started { module } => {
+            follow(peers, report, &module, "downloading", None);
             status(
                 peers,
                 env,
@@ -1100,7 +1101,11 @@ async fn forward(
             )
             .await
         }
-        DownloadEvent::Finished { module, .. } => {
+        DownloadEvent::Finished {
+            module,
+            transferred,
+        } => {
+            follow(peers, report, &module, "downloaded", Some(transferred));
             status(
                 peers,
                 env,
@@ -1111,6 +1116,7 @@ async fn forward(
             .await
         }
         DownloadEvent::Failed { module, reason } => {
+            follow(peers, report, &module, "failed", None);
             status(
                 peers,
                 env,
@@ -1127,6 +1133,19 @@ async fn forward(
             publish_report(peers, &r);
         }
     }
+}
+
+/// Shows where `module` is in the download (`status`, the console).
+fn follow(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    module: &str,
+    state: &str,
+    transferred: Option<u64>,
+) {
+    let mut r = report.borrow_mut();
+    r.module_state(module, state, transferred);
+    publish_report(peers, &r);
 }
 
 /// The core's coordinates and build: those of the core that runs, as the

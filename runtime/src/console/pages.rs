@@ -263,6 +263,18 @@ fn last_sync(sync: &Value, now: SystemTime) -> Markup {
         @if running && (total > 0 || state == "downloading") {
             div id="sync-progress" { (ui::progress("Download of the target set", done, Some(total).filter(|t| *t > 0))) }
         }
+        @if let Some(modules) = sync["modules"].as_array().filter(|m| !m.is_empty()) {
+            ul.modules id="sync-modules" {
+                @for m in modules {
+                    @let s = m["state"].as_str().unwrap_or("?");
+                    li data-module=(m["module"].as_str().unwrap_or("?")) data-state=(s) {
+                        (ui::badge(match s { "downloaded" => Outcome::Good, "failed" => Outcome::Bad, _ => Outcome::Running }, s))
+                        " " (m["module"].as_str().unwrap_or("?"))
+                        @if let Some(t) = m["transferred"].as_u64() { " (" (ui::human_size(t)) " over the network)" }
+                    }
+                }
+            }
+        }
     }
 }
 
