@@ -74,13 +74,13 @@ pub fn components(data: &Value, now: SystemTime) -> Markup {
             @let state = c["state"].as_str().unwrap_or("?");
             tr data-component=(name) {
                 td { strong { (name) } }
-                td { (c["kind"].as_str().unwrap_or("?"))
+                td data-label="Kind" { (c["kind"].as_str().unwrap_or("?"))
                     @if let Some(o) = c["origin"].as_str().filter(|o| *o != "built-in") { br; small { (o) } } }
-                td { code.id { (c["id"].as_str().unwrap_or("—")) } }
-                td { (ui::badge(state_outcome(state), state)) br; small { "since " (since(c["since_ms"].as_u64(), now)) } }
-                td { (c["restart_count"].as_u64().unwrap_or(0)) }
-                td { (c["reason"].as_str().or(c["last_error"].as_str()).unwrap_or("—")) }
-                td {
+                td data-label="ID" { code.id { (c["id"].as_str().unwrap_or("—")) } }
+                td data-label="State" { (ui::badge(state_outcome(state), state)) br; small { "since " (since(c["since_ms"].as_u64(), now)) } }
+                td data-label="Restarts" { (c["restart_count"].as_u64().unwrap_or(0)) }
+                td data-label="Last error" { (c["reason"].as_str().or(c["last_error"].as_str()).unwrap_or("—")) }
+                td data-label="Actors" {
                     @for (actor, a) in c["actors"].as_object().into_iter().flatten() {
                         @let s = a["state"].as_str().unwrap_or("?");
                         span.actor { (actor) " " (ui::badge(state_outcome(s), s))
@@ -88,7 +88,7 @@ pub fn components(data: &Value, now: SystemTime) -> Markup {
                         " "
                     }
                 }
-                td {
+                td data-label="Action" {
                     @if state == "STOPPED" || state == "ERROR" {
                         @let action = format!("/console/components/{name}/restart");
                         @let label = format!("Restart {name}");
@@ -196,9 +196,9 @@ pub fn upgrade(data: &Value, now: SystemTime) -> Markup {
                     @for m in data["installed_modules"].as_array().into_iter().flatten() {
                         tr {
                             td { (m["module"].as_str().unwrap_or("?")) }
-                            td { (m["version"].as_str().unwrap_or("?")) }
-                            td { (m["type"].as_str().unwrap_or("?")) }
-                            td { (m["bytes"].as_u64().map(ui::human_size).unwrap_or_else(|| "—".into())) }
+                            td data-label="Version" { (m["version"].as_str().unwrap_or("?")) }
+                            td data-label="Type" { (m["type"].as_str().unwrap_or("?")) }
+                            td data-label="Size" { (m["bytes"].as_u64().map(ui::human_size).unwrap_or_else(|| "—".into())) }
                         }
                     }
                 }))
