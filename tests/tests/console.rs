@@ -230,6 +230,18 @@ async fn tour(
             .with_context(|| format!("{name} page ({url}) shows {mark}"))?;
         violations.extend(browser::inspect(c, axe, name).await?);
     }
+    // The page's script words a relative time as the server does
+    // (`banalytics_ui::relative_time`), for when it keeps it true.
+    for (ms, words) in [
+        (180_000, "3 min ago"),
+        (-180_000, "in 3 min"),
+        (2_000, "just now"),
+    ] {
+        let got = c
+            .execute(&format!("return banalyticsAgo({ms});"), vec![])
+            .await?;
+        ensure!(got == words, "banalyticsAgo({ms}) is {got}, not {words:?}");
+    }
     // A form the portal refuses: Assign with no environment chosen.
     c.goto(&format!("{console}/assign")).await?;
     c.find(Locator::Css("button[value=assign]"))

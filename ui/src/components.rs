@@ -308,6 +308,24 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_state_says_what_is_missing_and_what_to_do() {
+        let html = empty("No module yet.", html! { "Publish one." }).into_string();
+        assert_eq!(
+            html,
+            r#"<div class="empty"><p class="empty-title">No module yet.</p><p class="empty-todo">Publish one.</p></div>"#
+        );
+    }
+
+    #[test]
+    fn a_field_names_its_control() {
+        let html = field("Name", html! { input name="n"; }).into_string();
+        assert_eq!(
+            html,
+            r#"<label class="field"><span class="field-label">Name</span><input name="n"></label>"#
+        );
+    }
+
+    #[test]
     fn a_table_has_a_caption_and_column_headers() {
         let html = table(
             "t",

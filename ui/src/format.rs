@@ -120,6 +120,28 @@ pub fn relative_time(at: SystemTime, now: SystemTime) -> String {
     }
 }
 
+/// The lines of script that keep each [`time`]'s "(3 min ago)" true while
+/// the page stays open: every 10 s, from its `<time datetime>` and the
+/// browser's clock, with the rules of [`relative_time`]
+/// (`banalyticsAgo(ms)` is that function). A console embeds them in its
+/// one script.
+pub const TIME_SCRIPT: &str = r#"function banalyticsAgo(ms) {
+  var s = Math.floor(Math.abs(ms) / 1000), span;
+  if (s < 5) { return "just now"; }
+  if (s < 60) { span = s + " s"; }
+  else if (s < 3600) { span = Math.floor(s / 60) + " min"; }
+  else if (s < 86400) { span = Math.floor(s / 3600) + " h"; }
+  else { span = Math.floor(s / 86400) + " d"; }
+  return ms >= 0 ? span + " ago" : "in " + span;
+}
+setInterval(function () {
+  document.querySelectorAll(".when").forEach(function (w) {
+    var t = w.querySelector("time"), ago = w.querySelector(".ago");
+    if (t && ago) { ago.textContent = "(" + banalyticsAgo(Date.now() - Date.parse(t.dateTime)) + ")"; }
+  });
+}, 10000);
+"#;
+
 /// `at`, absolute and relative to `now`, as
 /// `<time datetime="2026-12-07T02:14:05Z">2026-12-07 02:14:05 UTC</time> (3 min ago)`.
 pub fn time(at: SystemTime, now: SystemTime) -> Markup {

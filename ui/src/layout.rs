@@ -107,3 +107,38 @@ impl<'a> Page<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_usable_on_a_phone_and_by_keyboard() {
+        let html = Page::new("Console", "Modules")
+            .nav("/a", "A")
+            .nav("/b", "B")
+            .current("/b")
+            .render(html! { p { "body" } })
+            .into_string();
+        assert!(
+            html.contains(
+                r#"<meta name="viewport" content="width=device-width, initial-scale=1">"#
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains(r##"<a class="skip" href="#main">Skip to content</a>"##),
+            "{html}"
+        );
+        assert!(html.contains(r#"<a href="/a">A</a>"#), "{html}");
+        assert!(
+            html.contains(r#"<a href="/b" aria-current="page">B</a>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<main id="main"><h1>Modules</h1><p>body</p></main>"#),
+            "{html}"
+        );
+        assert!(html.contains("<title>Modules · Console</title>"), "{html}");
+    }
+}

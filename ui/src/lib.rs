@@ -34,7 +34,7 @@ pub use components::{
 };
 pub use diff::{diff, diff_summary, diff_table, split_version, Change, DiffRow};
 pub use format::{
-    absolute_time, human_duration, human_size, iso_time, relative_time, time, unix_ms,
+    absolute_time, human_duration, human_size, iso_time, relative_time, time, unix_ms, TIME_SCRIPT,
 };
 pub use layout::Page;
 pub use style::STYLESHEET;

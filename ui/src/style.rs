@@ -125,6 +125,7 @@ input[type="checkbox"], input[type="radio"] { width: 1.1em; height: 1.1em; verti
   /* Tables become a card per row: each cell on its own line, labelled
      with its column's header when the cell has a data-label. */
   .table-frame table, .table-frame tbody, .table-frame tr, .table-frame td, .table-frame th[scope="row"] { display: block; width: auto; max-width: none; }
+  .table-frame caption { display: flex; }
   .table-frame thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
   .table-frame tr { border-bottom: 1px solid var(--line); padding: 0.4em 0; }
   .table-frame td, .table-frame th[scope="row"] { border: 0; padding: 0.15em 0.25em; }

@@ -3,7 +3,8 @@
 //! Server-Sent Events. Each live region of a page names its view
 //! (`data-sse="/console/events?view=..."`); the one small script
 //! ([`SCRIPT`], embedded, no build step) opens that stream and swaps the
-//! region's HTML with each event. The server renders the region again at
+//! region's HTML with each event, and keeps each relative time ("3 min
+//! ago") true from its `<time datetime>` (`ui::TIME_SCRIPT`). The server renders the region again at
 //! most every [`RENDER_EVERY`] after a change, so a burst of statuses is one
 //! update.
 //!
@@ -52,7 +53,8 @@ use super::{
     App, EnvironmentReport, StatusRecord,
 };
 
-/// The console's only script: live regions follow their event stream.
+/// The console's only script: live regions follow their event stream
+/// (served with [`ui::TIME_SCRIPT`], which keeps "3 min ago" true).
 pub const SCRIPT: &str = r#"// Each element with data-sse follows its Server-Sent Events stream:
 // every event carries the element's new HTML.
 document.querySelectorAll("[data-sse]").forEach(function (el) {
@@ -271,7 +273,7 @@ async fn session_required(State(app): State<Arc<App>>, req: Request, next: Next)
 async fn script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
+        [SCRIPT, ui::TIME_SCRIPT].concat(),
     )
         .into_response()
 }
