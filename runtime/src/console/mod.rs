@@ -83,8 +83,9 @@ pub type ControlTx = mpsc::Sender<(Request, oneshot::Sender<Response>)>;
 /// The requests [`start`]ed console hands the host, for [`answer`].
 pub type ControlRx = mpsc::Receiver<(Request, oneshot::Sender<Response>)>;
 
-/// The console's only script: live regions follow their event stream, and
-/// a form with a question asks it first.
+/// The console's only script: live regions follow their event stream (with
+/// `ui::CONFIRM_SCRIPT`, a form with a question asks it first, and
+/// `ui::TIME_SCRIPT` keeps each "3 min ago" true).
 const SCRIPT: &str = r#"document.querySelectorAll("[data-sse]").forEach(function (el) {
   var source = new EventSource(el.dataset.sse);
   source.onmessage = function (e) { el.innerHTML = e.data; };
@@ -344,7 +345,7 @@ async fn session_required(
 async fn script() -> HttpResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        format!("{SCRIPT}{}", ui::CONFIRM_SCRIPT),
+        [SCRIPT, ui::CONFIRM_SCRIPT, ui::TIME_SCRIPT].concat(),
     )
         .into_response()
 }
