@@ -2,7 +2,8 @@
 //! off unless `[console]` is configured; a listen address off loopback
 //! without TLS refused at start; a one-time `console-url` link opens a
 //! session once; a wrong token, a foreign `Origin` and an 11th login in a
-//! minute are refused.
+//! minute are refused; with a certificate it serves https, also on a
+//! network address, and its cookie is `Secure`.
 
 use std::net::TcpListener;
 
@@ -170,6 +171,60 @@ fn a_login_link_works_once_and_wrong_tokens_foreign_origins_and_an_eleventh_logi
             .send()
             .await?;
         ensure!(r.status() == 429, "the 11th login: {}", r.status());
+        Ok(())
+    })
+}
+
+#[test]
+fn with_a_certificate_the_console_serves_https_on_a_network_address_and_its_cookie_is_secure(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let port = free_port()?;
+    let home = TempHome::new("")?;
+    let ca = banalytics_tests::tls::PrivateCa::new("box console test CA")?;
+    ca.write(&home.path().join("config/tls"))?;
+    std::fs::write(
+        home.path().join("config/box.toml"),
+        format!("[console]\nlisten = \"0.0.0.0:{port}\"\ntls_cert = \"config/tls/cert.pem\"\ntls_key = \"config/tls/key.pem\"\n"),
+    )?;
+    let b = home.start(0)?;
+    ensure!(
+        !b.log().contains("plain http"),
+        "no warning with TLS: {}",
+        b.log()
+    );
+    let out = home.cli(&["console-url"])?;
+    let link = String::from_utf8(out.stdout)?.trim().to_owned();
+    ensure!(
+        link.starts_with(&format!("https://localhost:{port}/console/login?code=")),
+        "{link}"
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.ca_pem.as_bytes())?)
+            .build()?;
+        let r = c.get(&link).send().await?;
+        ensure!(r.status() == 303, "link over https: {}", r.status());
+        let set = r
+            .headers()
+            .get("set-cookie")
+            .context("a cookie")?
+            .to_str()?
+            .to_owned();
+        ensure!(
+            set.contains("; Secure"),
+            "the cookie is Secure over https: {set}"
+        );
+        let plain = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/console/login"))
+            .send()
+            .await;
+        ensure!(
+            !plain.is_ok_and(|r| r.status().is_success()),
+            "no plain http on the TLS port"
+        );
         Ok(())
     })
 }
