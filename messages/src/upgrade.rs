@@ -169,6 +169,47 @@ impl BusMessage for ApprovalHandled {
     const TOPIC: &'static str = "host.approval-handled";
 }
 
+/// Drop the staged set: the operator discarded it (`banalytics-box
+/// discard`, the console's button; published by the host). The upgrade
+/// center stops waiting for it, removes it and its hold, tells the portal
+/// that nothing was installed (`installation_cancelled`) and answers
+/// [`StagedSetDiscarded`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscardStagedSet {
+    /// Who discarded it, for the log and the portal's status message
+    /// (`cli`, `console`).
+    pub by: String,
+}
+
+impl DiscardStagedSet {
+    /// The `installation_cancelled` status message the portal gets, the
+    /// same whether the running upgrade center or the stopped box's
+    /// `discard` sends it.
+    pub fn status_message(&self) -> String {
+        format!(
+            "the staged set was discarded by the operator ({}): nothing was installed",
+            self.by
+        )
+    }
+}
+
+impl BusMessage for DiscardStagedSet {
+    const TOPIC: &'static str = "host.discard-staged-set";
+}
+
+/// The upgrade center's answer to [`DiscardStagedSet`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedSetDiscarded {
+    /// Whether a staged set was there and is gone now.
+    pub discarded: bool,
+    /// What happened, or why nothing did, in words for the operator.
+    pub message: String,
+}
+
+impl BusMessage for StagedSetDiscarded {
+    const TOPIC: &'static str = "host.staged-set-discarded";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

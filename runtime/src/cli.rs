@@ -61,6 +61,9 @@ pub enum Command {
     /// Approve the staged set: the running host restarts to apply it now,
     /// whatever maintenance window or approval it waits for.
     Approve,
+    /// Drop the staged module set and tell the portal nothing was
+    /// installed (with the host running or stopped).
+    Discard,
     /// Apply the staged module set (with the host stopped).
     Apply,
     /// Make the backup module set the active one again (with the host
@@ -68,6 +71,9 @@ pub enum Command {
     Rollback,
     /// Check every active file against its recorded SHA-256 and size.
     Verify,
+    /// Print a one-time login link to the box's web console (`[console]`
+    /// in box.toml).
+    ConsoleUrl,
     /// Restart a component that is stopped or in ERROR.
     Restart {
         /// Component instance name, as in box.toml.
@@ -91,6 +97,8 @@ pub fn main() -> ExitCode {
         Command::Upgrade { wait, retry } => upgrade(&home, wait, retry),
         Command::Approve => ask(&home, &Request::Approve),
         Command::Apply => apply(&home),
+        Command::Discard => crate::discard::command(&home, hold_lock),
+        Command::ConsoleUrl => crate::console::url_command(&home),
         Command::Rollback => rollback(&home),
         Command::Verify => verify(&home),
         Command::Restart { component } => ask(
@@ -129,7 +137,11 @@ fn run(home: &Home) -> Result<u8, Error> {
         }
         None => hold_lock(home)?,
     };
-    logging::init(&early.log);
+    let ring = early
+        .console
+        .as_ref()
+        .map(|_| crate::console::LogRing::new());
+    logging::init(&early.log, ring.clone());
     let io = |path: PathBuf| move |source| Error::Io { path, source };
     let layout = Layout::new(home.root());
     let settings = upgrade::Settings::from_config(&early)?;
@@ -208,6 +220,16 @@ fn run(home: &Home) -> Result<u8, Error> {
         let listener = control::bind(&socket).map_err(io(socket.clone()))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let server = actix_rt::spawn(control::serve(listener, host.clone(), shutdown_rx));
+        let _console = match (&config.console, ring) {
+            (Some(c), Some(ring)) => {
+                let kinds = registry.names().iter().map(|k| k.to_string()).collect();
+                let options = crate::console::Options { ring, kinds, restart_mode: settings.restart_mode };
+                let (console, requests) = crate::console::start(home, c, options)?;
+                actix_rt::spawn(crate::console::answer(requests, host.clone()));
+                Some(console)
+            }
+            _ => None,
+        };
         let mut restarts = host.bus().subscribe::<RestartRequested>();
         info!(home = %home.root().display(), components = config.components.len(), pid = std::process::id(), "host starting");
         host.start_all().await;
@@ -461,13 +483,7 @@ fn status(home: &Home, json: bool) -> Result<u8, Error> {
         Some(r) => r.data.unwrap_or_default(),
         None => offline_status(home)?,
     };
-    let layout = Layout::new(home.root());
-    data["upgrade"] = serde_json::to_value(swap::report(&layout)).expect("plain data");
-    data["core"] = serde_json::to_value(banalytics_home::running::read(&layout).ok().flatten())
-        .expect("plain data");
-    data["unreadable_files"] =
-        serde_json::to_value(banalytics_home::format::newer_files(home.root()))
-            .expect("plain data");
+    crate::report::add_home(&mut data, &Layout::new(home.root()));
     if json {
         println!(
             "{}",
@@ -532,6 +548,7 @@ fn print_status(data: &serde_json::Value) {
             println!("core: not the set's: {why}");
         }
     }
+    println!("{}", crate::report::registration_line(data));
     println!(
         "{:<20} {:<26} {:<9} {:>8}  {:<36}  LAST ERROR",
         "COMPONENT", "KIND", "STATE", "RESTARTS", "ID"
@@ -588,22 +605,10 @@ fn print_refused_publications(data: &serde_json::Value) {
 }
 
 /// The upgrade center's last synchronisation (or refused request): its
-/// state, trigger and result.
+/// state, trigger and result (`crate::report::sync_lines`).
 fn print_sync(data: &serde_json::Value) {
-    for c in data["components"].as_array().into_iter().flatten() {
-        let sync = &c["details"]["sync"];
-        let Some(state) = sync["state"].as_str().filter(|s| *s != "idle") else {
-            continue;
-        };
-        let result = sync["result"]
-            .as_str()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default();
-        println!(
-            "synchronisation ({}): {state} (trigger: {}){result}",
-            c["name"].as_str().unwrap_or("?"),
-            sync["trigger"].as_str().unwrap_or("?"),
-        );
+    for line in crate::report::sync_lines(data) {
+        println!("{line}");
     }
 }
 
@@ -661,6 +666,10 @@ fn print_sets(u: &serde_json::Value) {
         if let Some(why) = u["staged_waits_for"].as_str() {
             println!("  waits: {why}");
         }
+    }
+    match u["backup"].is_null() {
+        true => println!("backup: none (nothing to roll back to)"),
+        false => println!("backup: {}", list(&u["backup"])),
     }
     if let Some(q) = u["quarantined"].as_object() {
         println!(

@@ -11,7 +11,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::watch,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::host::Host;
 
@@ -55,6 +55,22 @@ pub enum Request {
     },
     /// Apply the staged set now, whatever it waits for (`approve`).
     Approve,
+    /// Drop the staged set and tell the portal nothing was installed
+    /// (`discard`, `crate::discard`).
+    Discard {
+        /// Who asked, for the log and the portal's status message (`cli`,
+        /// `console`).
+        by: String,
+    },
+    /// Restart the box (the console's Restart now): stops the host so
+    /// that it starts again, as for a staged set.
+    RestartBox {
+        /// How (the upgrade center's `restart_mode`; the program of
+        /// `command` is `box.toml`'s, never the request's).
+        mode: banalytics_messages::upgrade::RestartMode,
+        /// Who asked, for the log.
+        by: String,
+    },
     /// Restart a stopped or failed component.
     Restart {
         /// Instance name.
@@ -235,7 +251,19 @@ async fn answer(
             message: Some(format!("bad request: {e}")),
             data: None,
         },
-        Ok(Request::Status) => Response {
+        Ok(request) => respond(host, layout, request).await,
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Carries out one request: the one dispatcher of the control socket and
+/// of the console (`crate::console::answer`).
+pub async fn respond(host: &Host, layout: &banalytics_home::Layout, request: Request) -> Response {
+    match request {
+        Request::Status => Response {
             ok: true,
             message: None,
             data: Some(serde_json::json!({
@@ -250,10 +278,11 @@ async fn answer(
                 "busy": host.busy().state(),
             })),
         },
-        Ok(Request::Upgrade { retry, request }) => upgrade(host, retry, request).await,
-        Ok(Request::Approve) => approve(host, layout).await,
-        Ok(Request::Exchange(x)) => crate::exchange::answer(host.bus(), x).await,
-        Ok(Request::Restart { component }) => match host.restart(&component).await {
+        Request::Upgrade { retry, request } => upgrade(host, retry, request).await,
+        Request::Approve => approve(host, layout).await,
+        Request::Discard { by } => crate::discard::discard(host, &by).await,
+        Request::Exchange(x) => crate::exchange::answer(host.bus(), x).await,
+        Request::Restart { component } => match host.restart(&component).await {
             Ok(message) => Response {
                 ok: true,
                 message: Some(message),
@@ -265,11 +294,22 @@ async fn answer(
                 data: None,
             },
         },
-    };
-    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
+        Request::RestartBox { mode, by } => {
+            let reason = format!("restart asked by the operator ({by})");
+            info!(?mode, %reason, "restart asked for");
+            host.bus()
+                .publish(banalytics_messages::upgrade::RestartRequested { mode, reason })
+                .await;
+            Response {
+                ok: true,
+                message: Some(
+                    "the box restarts (after the busy leases, if any; a set on probation first gets its verdict)"
+                        .to_owned(),
+                ),
+                data: None,
+            }
+        }
+    }
 }
 
 /// Sends one request to the host at `socket`; `Ok(None)` when no host is

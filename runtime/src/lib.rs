@@ -12,7 +12,9 @@ pub mod authority;
 pub mod busy;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
+pub mod discard;
 pub mod exchange;
 pub mod home;
 pub mod host;
@@ -25,6 +27,7 @@ pub mod plugins;
 pub mod preflight;
 pub mod process;
 pub mod registry;
+pub mod report;
 pub mod upgrade;
 
 use std::path::PathBuf;

@@ -38,7 +38,8 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use banalytics_messages::{
     portal::{GetEnvModulesResponse, SyncSoftware, UpgradeRequested},
     upgrade::{
-        ApproveStagedSet, RestartDeferred, RestartMode, UpgradeCommitted, UpgradeRolledBack,
+        ApproveStagedSet, DiscardStagedSet, RestartDeferred, RestartMode, UpgradeCommitted,
+        UpgradeRolledBack,
     },
 };
 use banalytics_sdk::{
@@ -462,6 +463,7 @@ impl Component for UpgradeCenter {
         ctx.route::<UpgradeCommitted, _>(&link);
         ctx.route::<UpgradeRolledBack, _>(&link);
         ctx.route::<RestartDeferred, _>(&link);
+        ctx.route::<DiscardStagedSet, _>(&link);
         ctx.route::<ApproveStagedSet, _>(&peers_restarter);
 
         match layout.environment_uuid() {

@@ -33,7 +33,9 @@ use banalytics_messages::{
         ModuleStatusUpdate, PortalLinkChanged, PortalLinkQuery, PortalLinkState, SyncSoftware,
         UpgradeAnswered, UpgradeOutcome, UpgradeRequested,
     },
-    upgrade::{RestartDeferred, UpgradeCommitted, UpgradeRolledBack},
+    upgrade::{
+        DiscardStagedSet, RestartDeferred, StagedSetDiscarded, UpgradeCommitted, UpgradeRolledBack,
+    },
 };
 use banalytics_sdk::{status::now_ms, Bus, FromBus, StatusBoard, SupervisedAddr};
 use tokio::sync::{mpsc, oneshot};
@@ -833,7 +835,7 @@ async fn run(
         .await;
     }
     if plan.is_noop() {
-        discard_staged_set(peers).await?;
+        discard_staged_set(peers, "the portal's target set is the installed set").await?;
         set_state(peers, report, SyncState::UpToDate);
         report.borrow_mut().result = Some("the installed set is the target set".into());
         report_nothing_changed(peers, env).await;
@@ -951,17 +953,18 @@ async fn deferred_staged_set(
 }
 
 /// Drops a staged set (and its hold) when the portal's target set turned
-/// out to be the installed set: the portal took the staged set back (a
-/// rollback assigned while it waited for its window or an approval), so it
-/// must never be applied. The Restarter stops waiting first; the marker
-/// goes before the hold, so a kill in between leaves a held set that the
-/// next start does not apply and the next synchronisation drops.
-async fn discard_staged_set(peers: &Peers) -> Result<(), UpgradeError> {
+/// out to be the installed set (the portal took the staged set back: a
+/// rollback assigned while it waited for its window or an approval), or
+/// the operator discarded it: it must never be applied. The Restarter
+/// stops waiting first; the marker goes before the hold, so a kill in
+/// between leaves a held set that the next start does not apply and the
+/// next synchronisation drops. `Ok(false)`: nothing was staged.
+async fn discard_staged_set(peers: &Peers, why: &str) -> Result<bool, UpgradeError> {
     let layout = peers.layout.clone();
     let staged =
         off_thread(move || layout.has_staged_set() || hold::of_staged(&layout).is_some()).await;
     if !staged {
-        return Ok(());
+        return Ok(false);
     }
     peers.restarter.send(ForgetWaitingSet).await?;
     let layout = peers.layout.clone();
@@ -970,8 +973,87 @@ async fn discard_staged_set(peers: &Peers) -> Result<(), UpgradeError> {
         hold::release(&layout).map_err(io_at(layout.state().join(hold::HOLD_FILE)))
     })
     .await?;
-    warn!("the staged set was discarded: the portal's target set is the installed set");
-    Ok(())
+    warn!(why, "the staged set was discarded");
+    Ok(true)
+}
+
+impl Handler<FromBus<DiscardStagedSet>> for PortalLink {
+    type Result = ResponseFuture<()>;
+
+    /// The operator's `discard`: refused while a synchronisation runs (it
+    /// may be staging); otherwise the staged set goes, the portal hears
+    /// `installation_cancelled` naming the discard, and the host hears
+    /// [`StagedSetDiscarded`].
+    fn handle(
+        &mut self,
+        FromBus(msg): FromBus<DiscardStagedSet>,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let (peers, report, running) = (self.peers.clone(), self.report.clone(), self.running);
+        let span = info_span!("portal_link.discard_staged_set", by = %msg.by);
+        Box::pin(
+            async move {
+                let answer = if running {
+                    let state = report.borrow().state;
+                    StagedSetDiscarded {
+                        discarded: false,
+                        message: format!("a synchronisation is running (now {state}); nothing was discarded: discard once it ended"),
+                    }
+                } else {
+                    discard_for_operator(&peers, &report, &msg).await
+                };
+                peers.bus.publish(answer).await;
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// [`discard_staged_set`] for the operator: the status for the portal
+/// and the report `status` shows.
+async fn discard_for_operator(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    msg: &DiscardStagedSet,
+) -> StagedSetDiscarded {
+    match discard_staged_set(peers, &msg.status_message()).await {
+        Ok(false) => StagedSetDiscarded {
+            discarded: false,
+            message: "nothing to discard: no staged set".to_owned(),
+        },
+        Err(e) => StagedSetDiscarded {
+            discarded: false,
+            message: format!("the staged set could not be discarded: {e}"),
+        },
+        Ok(true) => {
+            if let Ok(Some(env)) = peers.layout.environment_uuid() {
+                let message = Some(msg.status_message());
+                status(
+                    peers,
+                    &env,
+                    None,
+                    ModuleStatus::InstallationCancelled,
+                    message,
+                )
+                .await;
+            }
+            {
+                let mut r = report.borrow_mut();
+                r.state = SyncState::Cancelled;
+                r.result = Some(msg.status_message());
+                r.staged = None;
+                r.waits_for = None;
+            }
+            publish_report(peers, &report.borrow());
+            StagedSetDiscarded {
+                discarded: true,
+                message: format!(
+                    "{}; the portal was told (installation_cancelled)",
+                    msg.status_message()
+                ),
+            }
+        }
+    }
 }
 
 /// The final status of a synchronisation that found the installed set
@@ -1009,6 +1091,7 @@ async fn forward(
 ) {
     match event {
         DownloadEvent::Started { module } => {
+            follow(peers, report, &module, "downloading", None);
             status(
                 peers,
                 env,
@@ -1018,7 +1101,11 @@ async fn forward(
             )
             .await
         }
-        DownloadEvent::Finished { module, .. } => {
+        DownloadEvent::Finished {
+            module,
+            transferred,
+        } => {
+            follow(peers, report, &module, "downloaded", Some(transferred));
             status(
                 peers,
                 env,
@@ -1029,6 +1116,7 @@ async fn forward(
             .await
         }
         DownloadEvent::Failed { module, reason } => {
+            follow(peers, report, &module, "failed", None);
             status(
                 peers,
                 env,
@@ -1045,6 +1133,19 @@ async fn forward(
             publish_report(peers, &r);
         }
     }
+}
+
+/// Shows where `module` is in the download (`status`, the console).
+fn follow(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    module: &str,
+    state: &str,
+    transferred: Option<u64>,
+) {
+    let mut r = report.borrow_mut();
+    r.module_state(module, state, transferred);
+    publish_report(peers, &r);
 }
 
 /// The core's coordinates and build: those of the core that runs, as the

@@ -187,6 +187,11 @@ pub struct SyncReport {
     /// the others in `requests` came while it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_by: Option<u64>,
+    /// Each module the download started, in the order it started, with
+    /// where it is: `downloading`, `downloaded` (with the bytes that came
+    /// over the network) or `failed` (at most [`MAX_MODULES_SHOWN`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleProgress>,
     /// The staged set, once staged.
     pub staged: Option<StagedSummary>,
     /// What the staged set waits for before the restart that applies it
@@ -203,6 +208,37 @@ pub struct SyncReport {
     /// for the staged set while it lasts is answered that the set waits.
     #[serde(skip)]
     pub busy: Option<(String, u64)>,
+}
+
+/// Modules a [`SyncReport`] follows one by one; a set has far fewer.
+pub const MAX_MODULES_SHOWN: usize = 256;
+
+/// One module of a download, as `status` and the console show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleProgress {
+    /// `groupId:artifactId:version`.
+    pub module: String,
+    /// `downloading`, `downloaded` or `failed`.
+    pub state: String,
+    /// Bytes that came over the network for it, once downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transferred: Option<u64>,
+}
+
+impl SyncReport {
+    /// Records that `module` is now in `state`.
+    pub fn module_state(&mut self, module: &str, state: &str, transferred: Option<u64>) {
+        if let Some(m) = self.modules.iter_mut().find(|m| m.module == module) {
+            m.state = state.to_owned();
+            m.transferred = transferred;
+        } else if self.modules.len() < MAX_MODULES_SHOWN {
+            self.modules.push(ModuleProgress {
+                module: module.to_owned(),
+                state: state.to_owned(),
+                transferred,
+            });
+        }
+    }
 }
 
 /// What the report says of the home besides the synchronisation.
@@ -347,6 +383,26 @@ pub fn pass_quarantine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_follows_each_module_of_the_download_once() {
+        let mut r = SyncReport::default();
+        r.module_state("g:a:1", "downloading", None);
+        r.module_state("g:b:1", "downloading", None);
+        r.module_state("g:a:1", "downloaded", Some(42));
+        let shown: Vec<_> = r
+            .modules
+            .iter()
+            .map(|m| (m.module.as_str(), m.state.as_str(), m.transferred))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("g:a:1", "downloaded", Some(42)),
+                ("g:b:1", "downloading", None)
+            ]
+        );
+    }
 
     fn module(artifact: &str, version: &str) -> Module {
         serde_json::from_value(serde_json::json!({
