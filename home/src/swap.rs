@@ -223,40 +223,8 @@ pub fn set_probation(layout: &Layout, p: &Probation) -> Result<(), SwapError> {
 /// Renames `from` to `to` and fsyncs the home; `to` must not exist (or be an
 /// empty folder).
 fn rename(layout: &Layout, from: &Path, to: &Path) -> Result<(), SwapError> {
-    fs::rename(from, to).map_err(io_err("rename", from))?;
+    crate::platform::rename_dir(from, to).map_err(io_err("rename", from))?;
     sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))
-}
-
-#[cfg(target_os = "linux")]
-fn exchange_atomic(a: &Path, b: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    if crate::failpoint::no_exchange() {
-        return Err(io::Error::from(io::ErrorKind::Unsupported));
-    }
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: two valid NUL-terminated paths; renameat2 via syscall, as
-    // older C libraries lack the wrapper.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange_atomic(_: &Path, _: &Path) -> io::Result<()> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 fn ensure_dir(layout: &Layout, dir: &Path) -> Result<(), SwapError> {
@@ -563,7 +531,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
                 // already.
                 return rename(layout, &u, &m);
             }
-            if exchange_atomic(&m, &u).is_ok() {
+            if crate::platform::exchange(&m, &u).is_ok() {
                 sync_dir(home).map_err(io_err("fsync", home))?;
                 return Ok(());
             }
@@ -667,7 +635,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
             if !m.exists() {
                 return rename(layout, &b, &m);
             }
-            if exchange_atomic(&m, &b).is_ok() {
+            if crate::platform::exchange(&m, &b).is_ok() {
                 sync_dir(home).map_err(io_err("fsync", home))?;
                 return Ok(());
             }
