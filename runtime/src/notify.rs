@@ -293,6 +293,7 @@ impl Drop for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{atomic::Ordering, Arc};
 
     #[tokio::test(start_paused = true)]
     async fn the_heartbeat_asks_every_interval_and_stops_feeding_while_a_part_is_silent() {

@@ -188,7 +188,9 @@ pub struct Spawner {
 /// ([`create`]).
 #[cfg(windows)]
 #[derive(Default)]
-pub struct Spawner;
+pub struct Spawner {
+    _none: (),
+}
 
 #[cfg(unix)]
 impl Spawner {
