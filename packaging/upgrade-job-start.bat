@@ -13,6 +13,7 @@ setlocal
 set SERVICE=BanalyticsBox
 if "%BANALYTICS_HOME%"=="" set BANALYTICS_HOME=%CD%
 set BOX="%~dp0banalytics-box.exe"
+if not exist "%BANALYTICS_HOME%\state" mkdir "%BANALYTICS_HOME%\state"
 set LOG="%BANALYTICS_HOME%\state\upgrade-job.log"
 
 sc query %SERVICE% >nul 2>&1
