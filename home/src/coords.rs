@@ -22,8 +22,13 @@ pub const CORE_ARTIFACT_ID: &str = "core";
 /// File name of the core module in the module folder, whatever its version.
 pub const CORE_FILE_NAME: &str = "banalytics-box.jar";
 /// File name of a native core module (the host executable) in the module
-/// folder, whatever its version.
-pub const CORE_EXECUTABLE_NAME: &str = "banalytics-box";
+/// folder, whatever its version: with the platform's executable suffix
+/// (`banalytics-box.exe` on Windows, which starts nothing without it).
+pub const CORE_EXECUTABLE_NAME: &str = if cfg!(windows) {
+    "banalytics-box.exe"
+} else {
+    "banalytics-box"
+};
 /// Packagings of native artifacts: built per platform and fetched with the
 /// box's target triple as the Maven classifier (contracts section 4).
 pub const NATIVE_PACKAGINGS: &[&str] = &["so", "dylib", "dll", "bin", "exe"];

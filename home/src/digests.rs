@@ -25,7 +25,6 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -57,15 +56,7 @@ pub struct FileKey {
 impl FileKey {
     /// The key of the file `meta` describes.
     pub fn of(meta: &fs::Metadata) -> FileKey {
-        FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(meta.mtime_nsec()),
-        }
+        crate::platform::file_key(meta)
     }
 }
 
@@ -350,6 +341,7 @@ mod tests {
     }
 
     /// The inodes in the cache file, in order.
+    #[cfg(unix)]
     fn cached_inodes(cache: &Path) -> Vec<u64> {
         let file: serde_json::Value = serde_json::from_slice(&fs::read(cache).unwrap()).unwrap();
         let mut inodes: Vec<u64> = file["entries"]
@@ -362,9 +354,11 @@ mod tests {
         inodes
     }
 
+    #[cfg(unix)] // Windows keys have no inode (platform::file_key)
     #[test]
     fn a_pass_keeps_only_the_entries_it_used() {
         let (dir, cache) = setup();
+        use std::os::unix::fs::MetadataExt;
         let ino = |name: &str| fs::metadata(dir.path().join(name)).unwrap().ino();
         for name in ["a", "b"] {
             fs::write(dir.path().join(name), name).unwrap();

@@ -381,6 +381,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("no-such-dir/f.tmp"), "{err}");
+        let named = Path::new("no-such-dir").join("f.tmp");
+        assert!(err.to_string().contains(&*named.to_string_lossy()), "{err}");
     }
 }

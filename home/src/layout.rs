@@ -200,7 +200,7 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(),
                     }
                     _ => {}
                 }
-                std::os::unix::fs::OpenOptionsExt::mode(options.create_new(true), mode);
+                crate::platform::create_private(&mut options, mode);
             }
         }
         let mut file = options.open(&tmp).map_err(err("write", &tmp))?;
@@ -263,22 +263,10 @@ pub fn remove_state(layout: &Layout, file: &str, format: u32) -> io::Result<()> 
 }
 
 /// fsyncs a folder, so that renames and creations in it are durable. An
-/// empty path is the current folder.
-#[cfg(unix)]
+/// empty path is the current folder. (Windows: nothing to do, see
+/// [`crate::platform`].)
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    fs::File::open(dir)?.sync_all()
-}
-
-/// Windows cannot open a folder to fsync it; its metadata journal covers
-/// folder entries.
-#[cfg(not(unix))]
-pub fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    crate::platform::sync_dir(dir)
 }
 
 /// Removes a folder and everything in it; a missing folder is not an error.
@@ -291,14 +279,23 @@ pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
 
 /// Free bytes for an unprivileged user on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(path)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    crate::platform::free_bytes(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(windows)]
+    #[test]
+    fn free_bytes_answers_for_a_folder_and_a_missing_path_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        let err = free_bytes(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[cfg(unix)]
     #[test]
     fn free_bytes_agrees_with_df_and_a_missing_path_is_not_found() {
         let dir = tempfile::tempdir().unwrap();

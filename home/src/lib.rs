@@ -40,6 +40,7 @@ pub mod hold;
 pub mod installed;
 pub mod layout;
 pub mod outbox;
+mod platform;
 pub mod properties;
 pub mod quarantine;
 pub mod record;

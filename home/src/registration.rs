@@ -186,7 +186,6 @@ mod tests {
 
     #[test]
     fn a_stored_secret_replaces_the_old_one_keeps_the_rest_and_is_owner_only() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("config")).unwrap();
         fs::write(
@@ -203,11 +202,15 @@ mod tests {
         );
         let text = fs::read_to_string(registration_file(dir.path())).unwrap();
         assert!(text.contains("foo=bar") && !text.contains("=old"));
-        let mode = fs::metadata(registration_file(dir.path()))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        #[cfg(unix)] // Windows: the home folder's ACL (platform::create_private)
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(registration_file(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

@@ -254,40 +254,8 @@ pub fn set_probation(layout: &Layout, p: &Probation) -> Result<(), SwapError> {
 /// Renames `from` to `to` and fsyncs the home; `to` must not exist (or be an
 /// empty folder).
 fn rename(layout: &Layout, from: &Path, to: &Path) -> Result<(), SwapError> {
-    fs::rename(from, to).map_err(io_err("rename", from))?;
+    crate::platform::rename_dir(from, to).map_err(io_err("rename", from))?;
     sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))
-}
-
-#[cfg(target_os = "linux")]
-fn exchange_atomic(a: &Path, b: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    if crate::failpoint::no_exchange() {
-        return Err(io::Error::from(io::ErrorKind::Unsupported));
-    }
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: two valid NUL-terminated paths; renameat2 via syscall, as
-    // older C libraries lack the wrapper.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange_atomic(_: &Path, _: &Path) -> io::Result<()> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 fn ensure_dir(layout: &Layout, dir: &Path) -> Result<(), SwapError> {
@@ -600,20 +568,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         5,
         "modules-in",
         || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
-        || {
-            if !m.exists() {
-                // First install, or the fallback moved the old set out
-                // already.
-                return rename(layout, &u, &m);
-            }
-            if exchange_atomic(&m, &u).is_ok() {
-                sync_dir(home).map_err(io_err("fsync", home))?;
-                return Ok(());
-            }
-            rename(layout, &m, &scratch)?;
-            failpoint("apply.5.old-moved-out");
-            rename(layout, &u, &m)
-        },
+        || modules_in(layout, &u, &scratch),
     )?;
     // 6. The replaced set becomes the backup. A first install replaced
     // no set: the backup is then the empty set, with a marker listing no
@@ -622,26 +577,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         6,
         "backup-kept",
         || set_identity(&b).is_some(),
-        || {
-            if b.exists() {
-                // Moved here before a crash; only the marker is missing.
-            } else if scratch.exists() {
-                rename(layout, &scratch, &b)?;
-            } else if u.exists() {
-                rename(layout, &u, &b)?;
-            } else {
-                fs::create_dir_all(&b).map_err(io_err("create", &b))?;
-                sync_dir(home).map_err(io_err("fsync", home))?;
-            }
-            if set_identity(&b).is_none() {
-                crate::installed::write_modules_info(&b, &[]).map_err(|e| SwapError::Io {
-                    op: "write",
-                    path: b.join(MODULES_INFO_FILE),
-                    source: io::Error::other(e.to_string()),
-                })?;
-            }
-            Ok(())
-        },
+        || backup_kept(layout, &scratch),
     )?;
     // 7. An empty staging folder, active models, and the probation record.
     steps.step(
@@ -663,6 +599,48 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         },
     )?;
     info!(set = %short(&j.incoming), "staged set applied; on probation until committed");
+    Ok(())
+}
+
+/// Apply's step 5: the staged set `u` becomes `modules/`, by an exchange
+/// where the platform has one, else by moving the old set out to
+/// `scratch` first (each rename durable).
+fn modules_in(layout: &Layout, u: &Path, scratch: &Path) -> Result<(), SwapError> {
+    let (home, m) = (layout.home(), layout.modules());
+    if !m.exists() {
+        // First install, or the fallback moved the old set out already.
+        return rename(layout, u, &m);
+    }
+    if crate::platform::exchange(&m, u).is_ok() {
+        sync_dir(home).map_err(io_err("fsync", home))?;
+        return Ok(());
+    }
+    rename(layout, &m, scratch)?;
+    failpoint("apply.5.old-moved-out");
+    rename(layout, u, &m)
+}
+
+/// Apply's step 6: the replaced set (exchanged into the staging folder,
+/// or moved out to `scratch`) becomes the backup; with none, an empty set.
+fn backup_kept(layout: &Layout, scratch: &Path) -> Result<(), SwapError> {
+    let (home, u, b) = (layout.home(), layout.upgrade(), layout.backup());
+    if b.exists() {
+        // Moved here before a crash; only the marker is missing.
+    } else if scratch.exists() {
+        rename(layout, scratch, &b)?;
+    } else if u.exists() {
+        rename(layout, &u, &b)?;
+    } else {
+        fs::create_dir_all(&b).map_err(io_err("create", &b))?;
+        sync_dir(home).map_err(io_err("fsync", home))?;
+    }
+    if set_identity(&b).is_none() {
+        crate::installed::write_modules_info(&b, &[]).map_err(|e| SwapError::Io {
+            op: "write",
+            path: b.join(MODULES_INFO_FILE),
+            source: io::Error::other(e.to_string()),
+        })?;
+    }
     Ok(())
 }
 
@@ -710,7 +688,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
             if !m.exists() {
                 return rename(layout, &b, &m);
             }
-            if exchange_atomic(&m, &b).is_ok() {
+            if crate::platform::exchange(&m, &b).is_ok() {
                 sync_dir(home).map_err(io_err("fsync", home))?;
                 return Ok(());
             }

@@ -80,6 +80,7 @@ pub enum Command {
         component: String,
     },
     /// The child process of an isolated component (started by the host).
+    #[cfg(unix)]
     #[command(hide = true)]
     PluginChild(crate::isolation::child::ChildArgs),
 }
@@ -87,6 +88,7 @@ pub enum Command {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(unix)]
     if let Command::PluginChild(args) = &cli.command {
         return ExitCode::from(crate::isolation::child::main(args));
     }
@@ -107,6 +109,7 @@ pub fn main() -> ExitCode {
                 component: component.clone(),
             },
         ),
+        #[cfg(unix)]
         Command::PluginChild(_) => unreachable!("handled above"),
     };
     match result {
@@ -119,6 +122,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(home: &Home) -> Result<u8, Error> {
+    // Windows: a Job object, so that no child outlives this process.
+    crate::platform::contain_children();
     // Order matters: the module set must be final (an interrupted swap
     // finished, a staged set applied, a failed set rolled back) before any
     // plugin library is loaded from it, because libraries are never
@@ -455,22 +460,14 @@ fn verify(home: &Home) -> Result<u8, Error> {
     Ok(EXIT_FAILURE)
 }
 
-/// SIGTERM and SIGINT, caught from now on.
-fn stop_signals() -> std::io::Result<[tokio::signal::unix::Signal; 2]> {
-    use tokio::signal::unix::{signal, SignalKind};
-    Ok([
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-    ])
+/// What stops the host (SIGTERM and SIGINT; on Windows Ctrl-C, Ctrl-Break,
+/// the console's close and the stop event), caught from now on.
+fn stop_signals() -> std::io::Result<crate::platform::StopSignals> {
+    crate::platform::StopSignals::catch()
 }
 
-async fn wait_for_stop_signal(
-    [mut term, mut int]: [tokio::signal::unix::Signal; 2],
-) -> &'static str {
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
+async fn wait_for_stop_signal(signals: crate::platform::StopSignals) -> &'static str {
+    signals.recv().await
 }
 
 fn status(home: &Home, json: bool) -> Result<u8, Error> {

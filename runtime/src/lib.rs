@@ -23,6 +23,7 @@ pub mod isolation;
 pub mod launcher;
 pub mod logging;
 pub mod notify;
+pub mod platform;
 pub mod plugins;
 pub mod preflight;
 pub mod process;

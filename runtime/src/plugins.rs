@@ -38,8 +38,8 @@
 //! thread-locals and statics (its tracing subscriber, its panic hook) live as
 //! long as the process. A new version takes effect at the next start.
 //!
-//! The flags are Unix ones, like the control socket: the host is Unix-only
-//! for now.
+//! The flags are Unix ones; on Windows `LoadLibraryExW` does the same by
+//! default (imports resolved at load, symbols per DLL).
 
 use std::{
     ffi::c_void,
@@ -129,6 +129,7 @@ impl Plugin {
 pub(crate) struct KindEntry {
     pub(crate) plugin: Arc<Plugin>,
     pub(crate) info: KindInfo,
+    #[cfg_attr(windows, allow(dead_code))] // isolation is Unix-only for now
     pub(crate) spawner: Arc<Spawner>,
 }
 
@@ -767,6 +768,7 @@ mod dl {
         // symbols out of the global namespace, so plugins cannot clash.
         // SAFETY: loading runs the library's initialisers; only files in the
         // host's own module folder are loaded.
+        #[cfg(unix)]
         let lib = unsafe {
             libloading::os::unix::Library::open(
                 Some(path),
@@ -774,6 +776,12 @@ mod dl {
             )
         }
         .map_err(|e| e.to_string())?;
+        // Windows: `LoadLibraryExW` resolves every import at load and keeps
+        // each DLL's symbols its own, as the flags above do on Unix.
+        // SAFETY: as above.
+        #[cfg(windows)]
+        let lib =
+            unsafe { libloading::os::windows::Library::new(path) }.map_err(|e| e.to_string())?;
         Ok(Handle(Box::leak(Box::new(lib.into()))))
     }
 

@@ -89,6 +89,13 @@ impl Settings {
             Some(c) => c.section.parse()?,
             None => HostKeys::default(),
         };
+        #[cfg(windows)]
+        if let (Some(c), RestartMode::Exec) = (section, keys.restart_mode) {
+            return Err(Error::Component {
+                name: c.name.clone(),
+                message: crate::platform::EXEC_REFUSED.to_owned(),
+            });
+        }
         Ok(Settings {
             health_grace: Duration::from_secs_f64(keys.health_grace_s.clamp(0.0, 86_400.0)),
             max_boot_attempts: keys.max_boot_attempts.max(1),
@@ -633,6 +640,7 @@ pub fn restart(how: Restart, home: &std::path::Path) -> Result<u8, Error> {
             let mut job = std::process::Command::new(&cmd);
             job.current_dir(home);
             crate::notify::forget_for_child(&mut job);
+            crate::platform::detach(&mut job);
             job.spawn().map_err(|source| Error::Io {
                 path: PathBuf::from(&cmd),
                 source,
@@ -640,15 +648,12 @@ pub fn restart(how: Restart, home: &std::path::Path) -> Result<u8, Error> {
             Ok(crate::EXIT_RESTART)
         }
         Restart::Exec => {
-            use std::os::unix::process::CommandExt;
             let exe = std::env::current_exe().map_err(|source| Error::Io {
                 path: PathBuf::from("/proc/self/exe"),
                 source,
             })?;
             info!(exe = %exe.display(), "re-executing the host");
-            let err = std::process::Command::new(&exe)
-                .args(std::env::args_os().skip(1))
-                .exec();
+            let err = crate::platform::exec_self(&exe);
             Err(Error::Io {
                 path: exe,
                 source: err,

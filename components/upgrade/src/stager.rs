@@ -24,7 +24,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs, io,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -296,7 +295,7 @@ fn create_parent(path: &Path) -> Result<(), UpgradeError> {
 fn move_file(from: &Path, to: &Path) -> Result<(), UpgradeError> {
     match fs::rename(from, to) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
             fs::copy(from, to).map_err(io_at(to))?;
             fs::File::open(to)
                 .and_then(|f| f.sync_all())
@@ -416,8 +415,13 @@ fn build_and_publish(
         };
         if main.name == crate::coords::CORE_EXECUTABLE_NAME {
             // The host executable of a native core: the launcher runs it.
-            let path = modules.root.join(&main.name);
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_at(&path))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let path = modules.root.join(&main.name);
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                    .map_err(io_at(&path))?;
+            }
         }
         let package = |plan: &Option<PackagePlan>,
                        side: &mut Side,
