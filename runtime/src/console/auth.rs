@@ -21,10 +21,8 @@
 
 use std::{
     collections::HashMap,
-    io::Write as _,
     net::IpAddr,
     num::NonZeroU32,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::Mutex,
     time::Duration,
@@ -109,17 +107,8 @@ pub fn load_or_create_token(state: &Path) -> std::io::Result<String> {
     }
     std::fs::create_dir_all(state)?;
     let token = random_hex(32);
-    let tmp = path.with_extension("partial");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(format!("{token}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    banalytics_home::layout::sync_dir(state)?;
+    banalytics_home::layout::write_atomic_private(&path, format!("{token}\n").as_bytes())
+        .map_err(std::io::Error::other)?;
     Ok(token)
 }
 
