@@ -241,9 +241,9 @@ async fn answer(
                 message: Some(message),
                 data: None,
             },
-            Err(message) => Response {
+            Err(refused) => Response {
                 ok: false,
-                message: Some(message),
+                message: Some(refused.to_string()),
                 data: None,
             },
         },

@@ -9,7 +9,6 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod authority;
-pub mod busy;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -25,7 +24,6 @@ pub mod plugins;
 pub mod preflight;
 pub mod process;
 pub mod registry;
-pub mod upgrade;
 
 use std::path::PathBuf;
 

@@ -49,8 +49,11 @@ impl Registry {
             .iter()
             .map(|c| (c.name.clone(), c.kind.clone()))
             .collect();
-        let check: Preflight =
-            Arc::new(move |dir: &Path| preflight::check_set(dir, &builtin, &configured));
+        // The upgrade center's hook speaks in words: the refusal as its
+        // message.
+        let check: Preflight = Arc::new(move |dir: &Path| {
+            preflight::check_set(dir, &builtin, &configured).map_err(|r| r.to_string())
+        });
         Registry::with_upgrade_center(banalytics_upgrade_center::kind_with(check))
     }
 
