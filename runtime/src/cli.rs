@@ -38,7 +38,7 @@ use crate::{
 /// The Banalytics box host.
 #[derive(Debug, Parser)]
 #[command(name = "banalytics-box", version = launcher::BUILD_VERSION)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The box home [default: $BANALYTICS_HOME, else the current directory]
     #[arg(long, global = true, env = "BANALYTICS_HOME")]
     pub home: Option<PathBuf>,
@@ -49,7 +49,7 @@ pub struct Cli {
 
 /// Commands.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Start the components and run until SIGTERM or SIGINT.
     Run,
     /// Show component states (from the running host when there is one).

@@ -73,7 +73,7 @@ use crate::{
 };
 
 /// The symbol every plugin exports first; its signature never changes.
-pub const ABI_SYMBOL: &str = "banalytics_plugin_abi_version";
+pub(crate) const ABI_SYMBOL: &str = "banalytics_plugin_abi_version";
 
 type AbiVersionFn = extern "C" fn() -> u32;
 type IdentityFn = unsafe extern "C" fn(*mut Buf) -> i32;
@@ -135,7 +135,7 @@ pub(crate) struct KindEntry {
 /// A plugin library of a module set: the main artifact of one of its
 /// component modules (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetLibrary {
+pub(crate) struct SetLibrary {
     /// The module, `groupId:artifactId:version`.
     pub module: String,
     /// The library file in the set's folder.
@@ -145,7 +145,7 @@ pub struct SetLibrary {
 /// Why a plugin library, or a set's list of them, was refused; each
 /// names the file.
 #[derive(Debug, thiserror::Error)]
-pub enum PluginError {
+pub(crate) enum PluginError {
     /// The identity record in the file: missing, unreadable, of another
     /// ABI version or build (found before the library is opened).
     #[error("plugin {0}")]
@@ -180,7 +180,7 @@ impl PluginError {
 /// artifact of each `component` module its `modules-info.properties` lists,
 /// when it has the platform's library extension. A set without the file
 /// (a first run) has none; an unreadable one is an error naming the file.
-pub fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, PluginError> {
+pub(crate) fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, PluginError> {
     let Some(modules) = installed::read_modules_info(dir).map_err(|e| PluginError::Set {
         problem: e.to_string(),
     })?
@@ -233,7 +233,7 @@ pub fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, PluginError> {
 
 /// Why a plugin's `kind` cannot be registered beside the `builtin` kinds
 /// and those `loaded` before (each with its library), if it cannot.
-pub fn kind_conflict<S: AsRef<str>>(
+pub(crate) fn kind_conflict<S: AsRef<str>>(
     kind: &str,
     builtin: &[S],
     loaded: &[(String, PathBuf)],

@@ -38,7 +38,7 @@ impl Registry {
     /// host's preflight ([`preflight::check_set`]): a staged set must
     /// provide every kind `config` names and hold only plugin libraries
     /// this host would load.
-    pub fn for_config(config: &BoxConfig) -> Registry {
+    pub(crate) fn for_config(config: &BoxConfig) -> Registry {
         let builtin: Vec<String> = Registry::builtin()
             .names()
             .into_iter()

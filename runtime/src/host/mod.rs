@@ -18,7 +18,7 @@
 //! - [`restart`]: how the host ends for a restart (exit, exec, upgrade
 //!   job); [`settings`]: the upgrade settings all of this acts on.
 
-pub mod busy;
+pub(crate) mod busy;
 mod components;
 pub(crate) mod prepare;
 pub(crate) mod probation;
@@ -28,11 +28,11 @@ mod settings;
 mod start;
 mod verdict;
 
-pub use components::Host;
-pub use prepare::Boot;
-pub use probation::probation_limit;
-pub use restart::Restart;
-pub use settings::Settings;
-pub use start::run;
+pub use components::{Host, RestartError};
+pub(crate) use prepare::Boot;
+pub(crate) use probation::probation_limit;
+pub(crate) use restart::Restart;
+pub(crate) use settings::Settings;
+pub(crate) use start::run;
 
 pub(crate) use start::home_lock;
