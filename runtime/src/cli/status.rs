@@ -2,7 +2,11 @@
 //! the configured components, all stopped), the module sets and the core,
 //! as a table or as JSON.
 
-use banalytics_home::{swap, Layout};
+use banalytics_home::{
+    running::RunningCore,
+    swap::{self, SetsReport},
+    Layout,
+};
 use banalytics_messages::status::{SyncState, Trigger, UpgradeCenterDetails};
 
 use crate::{
@@ -24,16 +28,17 @@ pub(super) fn status(home: &Home, json: bool) -> Result<u8, Error> {
         None => offline_status(home)?,
     };
     let layout = Layout::new(home.root());
-    data["upgrade"] = serde_json::to_value(swap::report(&layout)).expect("plain data");
-    data["core"] = serde_json::to_value(banalytics_home::running::read(&layout).ok().flatten())
-        .expect("plain data");
+    let sets = swap::report(&layout);
+    let core = banalytics_home::running::read(&layout).ok().flatten();
     if json {
+        data["upgrade"] = serde_json::to_value(&sets).expect("plain data");
+        data["core"] = serde_json::to_value(&core).expect("plain data");
         println!(
             "{}",
             serde_json::to_string_pretty(&data).expect("json value")
         );
     } else {
-        print_status(&data);
+        print_status(&data, &sets, core.as_ref());
     }
     Ok(EXIT_OK)
 }
@@ -66,7 +71,7 @@ fn offline_status(home: &Home) -> Result<serde_json::Value, Error> {
     Ok(serde_json::json!({ "host": { "running": false }, "components": components }))
 }
 
-fn print_status(data: &serde_json::Value) {
+fn print_status(data: &serde_json::Value, sets: &SetsReport, core: Option<&RunningCore>) {
     let running = data["host"]["running"].as_bool().unwrap_or(false);
     println!("host: {}", if running { "running" } else { "not running" });
     let sandbox = &data["host"]["sandbox"];
@@ -80,14 +85,14 @@ fn print_status(data: &serde_json::Value) {
         ),
         None => {}
     }
-    let core = &data["core"];
-    if let Some(version) = core["version"].as_str() {
+    if let Some(core) = core {
         println!(
-            "core: {version} ({}, sha256 {})",
-            core["origin"].as_str().unwrap_or("?"),
-            core["sha256"].as_str().unwrap_or("?")
+            "core: {} ({}, sha256 {})",
+            core.version,
+            core.origin.as_str(),
+            core.sha256
         );
-        if let Some(why) = core["fallback"].as_str() {
+        if let Some(why) = &core.fallback {
             println!("core: not the set's: {why}");
         }
     }
@@ -111,7 +116,7 @@ fn print_status(data: &serde_json::Value) {
         );
     }
     print_refused_publications(data);
-    print_sets(&data["upgrade"]);
+    print_sets(sets);
     print_sync(data);
     print_waits(data);
 }
@@ -209,45 +214,42 @@ fn print_waits(data: &serde_json::Value) {
 }
 
 /// The module sets part of `status` ([`swap::SetsReport`]).
-fn print_sets(u: &serde_json::Value) {
-    let list = |v: &serde_json::Value| {
-        let names: Vec<&str> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m.as_str())
-            .collect();
+fn print_sets(u: &SetsReport) {
+    let list = |names: &[String]| {
         if names.is_empty() {
             "(empty set)".to_owned()
         } else {
             names.join(", ")
         }
     };
-    println!("modules: {}", list(&u["installed"]));
-    if let Some(p) = u["probation"].as_object() {
+    println!("modules: {}", list(&u.installed));
+    if let Some(p) = &u.probation {
         println!(
             "  on probation: start {}, last error: {}{}",
-            p["boot_attempts"],
-            p["last_error"].as_str().unwrap_or("none"),
-            match p.get("excused").map(list) {
-                Some(e) if e != "(empty set)" =>
-                    format!(", excused (failing before the upgrade): {e}"),
-                _ => String::new(),
+            p.boot_attempts,
+            p.last_error.as_deref().unwrap_or("none"),
+            if p.excused.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", excused (failing before the upgrade): {}",
+                    list(&p.excused)
+                )
             }
         );
     }
-    if !u["staged"].is_null() {
-        println!("staged: {}", list(&u["staged"]));
-        if let Some(why) = u["staged_waits_for"].as_str() {
+    if let Some(staged) = &u.staged {
+        println!("staged: {}", list(staged));
+        if let Some(why) = &u.staged_waits_for {
             println!("  waits: {why}");
         }
     }
-    if let Some(q) = u["quarantined"].as_object() {
+    if let Some(q) = &u.quarantined {
         println!(
             "quarantined: {} (rolled back at {} ms: {})",
-            list(&q["modules"]),
-            q["rolled_back_ms"],
-            q["reason"].as_str().unwrap_or("?")
+            list(&q.modules),
+            q.rolled_back_ms,
+            q.reason
         );
     }
 }
