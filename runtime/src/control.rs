@@ -232,8 +232,14 @@ async fn answer(
                 "busy": host.busy().state(),
             })),
         },
-        Ok(Request::Upgrade { retry, request }) => upgrade(host, retry, request).await,
-        Ok(Request::Approve) => approve(host, layout).await,
+        Ok(Request::Upgrade { retry, request }) => {
+            host.wait_started().await;
+            upgrade(host, retry, request).await
+        }
+        Ok(Request::Approve) => {
+            host.wait_started().await;
+            approve(host, layout).await
+        }
         Ok(Request::Exchange(x)) => crate::exchange::answer(host.bus(), x).await,
         Ok(Request::Restart { component }) => match host.restart(&component).await {
             Ok(message) => Response {

@@ -16,7 +16,7 @@ use banalytics_sdk::{
 };
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{config::BoxConfig, ids, isolation::Isolation, registry::Registry, Error, Home};
 
@@ -58,6 +58,8 @@ pub struct Host {
     busy: BusyLeases,
     home: std::path::PathBuf,
     components: Vec<Handle>,
+    /// `true` once [`Host::start_all`] ended.
+    started: watch::Sender<bool>,
 }
 
 impl Host {
@@ -132,6 +134,7 @@ impl Host {
             busy,
             home: home.root().to_owned(),
             components,
+            started: watch::Sender::new(false),
         })
     }
 
@@ -166,6 +169,16 @@ impl Host {
             }
         }
         self.bus.started();
+        self.started.send_replace(true);
+    }
+
+    /// Waits until [`Host::start_all`] ended: a request that asks whether
+    /// a component handles it (the control socket's `upgrade`, `approve`)
+    /// is answered only once every component had its start, so that one
+    /// that starts later is not taken for missing.
+    pub async fn wait_started(&self) {
+        let mut started = self.started.subscribe();
+        let _ = started.wait_for(|s| *s).await;
     }
 
     /// Restarts the component `name` if it is stopped or in `ERROR`; the
