@@ -104,12 +104,6 @@ impl BusMessage for ApproveStagedSet {
     const TOPIC: &'static str = "host.approve-staged-set";
 }
 
-/// The default of the upgrade center's `max_defer`, which the host reads
-/// too: long enough for an alarm clip or a recording segment to finish,
-/// short enough that a stuck lease does not keep a box on an old set for a
-/// day.
-pub const DEFAULT_MAX_DEFER: &str = "30m";
-
 /// A component took a busy lease: the host defers restarts (to apply a
 /// set, or that probation causes) until it is released, at most the
 /// upgrade center's `max_defer`. A lease taken again under the same

@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::isolation::{Isolation, Limits};
 
 /// The configuration file, relative to the home.
-pub const CONFIG_FILE: &str = "config/box.toml";
+pub(crate) const CONFIG_FILE: &str = "config/box.toml";
 
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl BoxConfig {
     /// Reads `config/box.toml` accepting any component kind: for what the
     /// host needs before it knows the plugin kinds (the log settings, the
     /// upgrade settings), with everything else checked as usual.
-    pub fn load_any_kind(home: &Path) -> Result<BoxConfig, ConfigError> {
+    pub(crate) fn load_any_kind(home: &Path) -> Result<BoxConfig, ConfigError> {
         BoxConfig::load_with(home, None)
     }
 
@@ -301,7 +301,7 @@ fn component(
 
 /// The isolation of the component whose table `section` is (for a plugin
 /// kind's factory, which gets the section rather than the parsed file).
-pub fn isolation_of(section: &ConfigSection) -> Result<Isolation, ConfigError> {
+pub(crate) fn isolation_of(section: &ConfigSection) -> Result<Isolation, ConfigError> {
     let (file, text) = (section.file(), section.text());
     let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
     let root = DeTable::parse(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;

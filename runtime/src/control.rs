@@ -32,10 +32,6 @@ pub const APPROVAL_WAIT: Duration = Duration::from_secs(10);
 /// shows the rest).
 pub const UPGRADE_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
-/// How long `upgrade` or `approve`, asked while the components are still
-/// starting, waits for them to have started.
-pub const STARTING_WAIT: Duration = Duration::from_secs(30);
-
 /// What the CLI can ask.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -126,25 +122,6 @@ pub async fn serve(
     }
 }
 
-/// Publishes a request for the components and says how many got it. A
-/// request that comes while the components are still starting (the bus's
-/// start phase) is kept for them by the bus: this waits, at most
-/// [`STARTING_WAIT`], for the start to end and counts the subscriptions
-/// then, so that a request made right after start is not refused as
-/// finding no one.
-async fn publish_to_components<M: banalytics_sdk::BusMessage>(host: &Host, message: M) -> usize {
-    let bus = host.bus();
-    let receivers = bus.publish(message).await;
-    if receivers > 0 || !bus.is_starting() {
-        return receivers;
-    }
-    let deadline = tokio::time::Instant::now() + STARTING_WAIT;
-    while bus.is_starting() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bus.subscriber_count::<M>()
-}
-
 /// `approve`: refused when nothing is staged; otherwise the upgrade
 /// center hears it on the bus.
 async fn approve(host: &Host, layout: &banalytics_home::Layout) -> Response {
@@ -158,7 +135,10 @@ async fn approve(host: &Host, layout: &banalytics_home::Layout) -> Response {
     }
     use banalytics_messages::upgrade::{ApprovalHandled, ApproveStagedSet};
     let mut answers = host.bus().subscribe::<ApprovalHandled>();
-    let receivers = publish_to_components(host, ApproveStagedSet { by: "cli".into() }).await;
+    let receivers = host
+        .bus()
+        .publish(ApproveStagedSet { by: "cli".into() })
+        .await;
     if receivers == 0 {
         return refuse("no component handles upgrades on this host".to_owned());
     }
@@ -195,7 +175,7 @@ async fn upgrade(host: &Host, retry: bool, request: Option<u64>) -> Response {
         retry,
         request: Some(request),
     };
-    let receivers = publish_to_components(host, request_message).await;
+    let receivers = host.bus().publish(request_message).await;
     if receivers == 0 {
         return Response {
             ok: false,
@@ -276,9 +256,18 @@ pub async fn respond(host: &Host, layout: &banalytics_home::Layout, request: Req
                 "busy": host.busy().state(),
             })),
         },
-        Request::Upgrade { retry, request } => upgrade(host, retry, request).await,
-        Request::Approve => approve(host, layout).await,
-        Request::Discard { by } => crate::discard::discard(host, &by).await,
+        Request::Upgrade { retry, request } => {
+            host.wait_started().await;
+            upgrade(host, retry, request).await
+        }
+        Request::Approve => {
+            host.wait_started().await;
+            approve(host, layout).await
+        }
+        Request::Discard { by } => {
+            host.wait_started().await;
+            crate::discard::discard(host, &by).await
+        }
         Request::Exchange(x) => crate::exchange::answer(host.bus(), x).await,
         Request::Restart { component } => match host.restart(&component).await {
             Ok(message) => Response {
@@ -286,9 +275,9 @@ pub async fn respond(host: &Host, layout: &banalytics_home::Layout, request: Req
                 message: Some(message),
                 data: None,
             },
-            Err(message) => Response {
+            Err(refused) => Response {
                 ok: false,
-                message: Some(message),
+                message: Some(refused.to_string()),
                 data: None,
             },
         },

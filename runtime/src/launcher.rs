@@ -2,7 +2,7 @@
 //! and it runs the core (the host executable) of the active module set.
 //!
 //! `run` in the installed executable finishes or applies a swap and counts
-//! the start of a set on probation ([`crate::upgrade::prepare`]) before
+//! the start of a set on probation ([`crate::host::prepare::prepare`]) before
 //! anything of the new set runs. Then, when the active set holds a core
 //! (`modules/banalytics-box`) that is not this executable, the launcher
 //! starts it as its child with the same arguments and a handshake
@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::{
-    upgrade::{self, Settings},
+    host::{self, Settings},
     Error, EXIT_FAILURE, EXIT_OK, EXIT_RESTART,
 };
 
@@ -94,7 +94,7 @@ pub struct Handshake {
     /// What the launcher's preparation rolled back, for the core to report.
     pub rolled_back: Option<String>,
     /// The outbox entry of that report, when it was kept there
-    /// (`upgrade::Boot::rolled_back_seq`). Absent in a handshake from a
+    /// (`host::Boot::rolled_back_seq`). Absent in a handshake from a
     /// launcher that predates it.
     #[serde(default)]
     pub rolled_back_seq: Option<u64>,
@@ -349,8 +349,8 @@ fn exit_after(layout: &Layout, settings: &Settings, status: ExitStatus) -> Resul
 /// re-executes itself (not the core); otherwise the service manager starts
 /// it again.
 fn restart(settings: &Settings) -> Result<u8, Error> {
-    match settings.restart_for(&settings.restart_request(String::new())) {
-        how @ upgrade::Restart::Exec => upgrade::restart(how, Path::new(".")),
+    match host::Restart::for_request(&settings.restart_request(String::new()), settings) {
+        how @ host::Restart::Exec => how.carry_out(Path::new(".")),
         _ => Ok(EXIT_RESTART),
     }
 }
@@ -411,7 +411,7 @@ pub fn launch(
     settings: &Settings,
     core: CoreFile,
     lock: &fs::File,
-    boot: &upgrade::Boot,
+    boot: &host::Boot,
 ) -> Result<Launched, Error> {
     let on_probation = matches!(swap::probation(layout), Ok(Some(_)));
     let io_err = |path: &Path| {
@@ -493,7 +493,7 @@ pub fn launch(
     );
 
     // 1. Until the core's components started.
-    let limit = on_probation.then(|| upgrade::probation_limit(settings.health_grace));
+    let limit = on_probation.then(|| host::probation_limit(settings.health_grace));
     let mut ready = ready_read;
     let mut line = Vec::new();
     let deadline = limit.map(|l| Instant::now() + l);

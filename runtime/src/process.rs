@@ -24,7 +24,7 @@ use std::{
 
 pub use crate::platform::describe_exit;
 #[cfg(unix)]
-pub use crate::platform::{die_with_parent, signal_name};
+pub use crate::platform::die_with_parent;
 
 /// Waits at most `grace` for `child` to end; `None` when it still runs (or
 /// cannot be waited for).

@@ -59,38 +59,6 @@ pub fn registration_line(data: &Value) -> String {
     format!("registration: {env}; {link}")
 }
 
-/// The last synchronisation's lines of the text `status`: its state,
-/// trigger and result, or why there is none to show.
-pub fn sync_lines(data: &Value) -> Vec<String> {
-    if data["host"]["running"].as_bool() != Some(true) {
-        return vec!["synchronisation: unknown (the host is not running)".to_owned()];
-    }
-    let centers: Vec<&Value> = components_of(data, banalytics_upgrade_center::KIND_NAME).collect();
-    if centers.is_empty() {
-        return vec!["synchronisation: none (no software-upgrade-center component)".to_owned()];
-    }
-    centers
-        .into_iter()
-        .map(|c| {
-            let sync = &c["details"]["sync"];
-            let name = c["name"].as_str().unwrap_or("?");
-            match sync["state"].as_str() {
-                None | Some("idle") => {
-                    format!("synchronisation ({name}): none since the host started")
-                }
-                Some(state) => format!(
-                    "synchronisation ({name}): {state} (trigger: {}){}",
-                    sync["trigger"].as_str().unwrap_or("?"),
-                    sync["result"]
-                        .as_str()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                ),
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,25 +80,5 @@ mod tests {
         let line = registration_line(&stopped);
         assert!(line.contains("not registered"), "{line}");
         assert!(line.contains("the host is not running"), "{line}");
-    }
-
-    #[test]
-    fn the_last_synchronisation_is_shown_with_its_result_or_why_not() {
-        let data = json!({
-            "host": {"running": true},
-            "components": [{"name": "uc", "kind": "software-upgrade-center", "details": {"sync": {
-                "state": "cancelled", "trigger": "local", "result": "no"}}}],
-        });
-        assert_eq!(
-            sync_lines(&data),
-            ["synchronisation (uc): cancelled (trigger: local): no"]
-        );
-        let idle = json!({
-            "host": {"running": true},
-            "components": [{"name": "uc", "kind": "software-upgrade-center", "details": {"sync": {"state": "idle"}}}],
-        });
-        assert!(sync_lines(&idle)[0].contains("none since the host started"));
-        let stopped = json!({"host": {"running": false}});
-        assert!(sync_lines(&stopped)[0].contains("not running"));
     }
 }

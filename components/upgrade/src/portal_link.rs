@@ -15,7 +15,7 @@
 //! operator's request is refused at once when it is not (nothing is
 //! reported to the portal: the request was not the portal's); a first-run
 //! or on-boot synchronisation waits for the link instead
-//! ([`Trigger::when_offline`]). An operator's request with a number is
+//! ([`Offline::of`]). An operator's request with a number is
 //! answered on the bus (`UpgradeAnswered`) once its outcome is known:
 //! refused or joined at once, otherwise once the portal named the target
 //! set (started, or the set staged already and what it waits for).
@@ -33,6 +33,7 @@ use banalytics_messages::{
         ModuleStatusUpdate, PortalLinkChanged, PortalLinkQuery, PortalLinkState, SyncSoftware,
         UpgradeAnswered, UpgradeOutcome, UpgradeRequested,
     },
+    status::UpgradeCenterDetails,
     upgrade::{
         DiscardStagedSet, RestartDeferred, StagedSetDiscarded, UpgradeCommitted, UpgradeRolledBack,
     },
@@ -51,7 +52,7 @@ use crate::{
     restarter::{Approve, ForgetWaitingSet, RestartToApply, Restarter, WaitingSet},
     schedule::ApplyPolicy,
     stager::{StageSet, Stager},
-    sync::{target_set_id, HomeFacts, Offline, SyncReport, SyncState, Trigger, MAX_REQUESTS},
+    sync::{home_facts, target_set_id, Offline, SyncReport, SyncState, Trigger, MAX_REQUESTS},
 };
 
 /// How long the portal has to answer `GET_ENV_MOD_REQ`.
@@ -113,7 +114,7 @@ pub struct PortalLink {
 impl PortalLink {
     /// A fresh PortalLink: idle, nothing awaited.
     pub fn new(peers: Peers) -> Self {
-        let home = HomeFacts::read(&peers.layout);
+        let home = home_facts(&peers.layout);
         let link = PortalLink {
             peers,
             running: false,
@@ -173,7 +174,7 @@ impl PortalLink {
             busy,
             requests: request.into_iter().collect(),
             started_by: request,
-            home: HomeFacts::read(&self.peers.layout),
+            home: home_facts(&self.peers.layout),
             ..SyncReport::default()
         };
         // The span of the whole synchronisation; `run` records the target
@@ -514,12 +515,9 @@ async fn wait_for_link(peers: &Peers, report: &Rc<RefCell<SyncReport>>) {
 }
 
 fn publish_report(peers: &Peers, report: &SyncReport) {
-    let details = serde_json::json!({
-        "registered": report.home.registered,
-        "first_run": report.home.first_run,
-        "sync": report,
-    });
-    peers.board.set_details(&peers.component, details);
+    peers
+        .board
+        .set_details(&peers.component, UpgradeCenterDetails::value_of(report));
 }
 
 /// Sends a status to the portal, durably (see [`Report::send`]).
@@ -711,7 +709,7 @@ async fn run(
     asker: &mut Asker,
 ) -> Result<(), UpgradeError> {
     let trigger = report.borrow().trigger.unwrap_or(Trigger::Portal);
-    match trigger.when_offline() {
+    match Offline::of(trigger) {
         Offline::Ask => {}
         Offline::Refuse => match ask_link(&peers.bus).await {
             LinkState::Up => {}

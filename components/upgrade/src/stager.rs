@@ -29,7 +29,6 @@ use std::{
 
 use actix::prelude::*;
 use banalytics_home::digests::DigestCache;
-use serde::Serialize;
 use tracing::{info, info_span, instrument, warn};
 
 use crate::{
@@ -55,18 +54,7 @@ pub struct StageSet {
     pub fetched: HashMap<String, CachedFile>,
 }
 
-/// What was staged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StagedSummary {
-    /// `groupId:artifactId:version` of every staged module.
-    pub modules: Vec<String>,
-    /// Files in the staged set (modules and models).
-    pub files: usize,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Files hard-linked (or copied) from the active set.
-    pub reused_files: usize,
-}
+pub use banalytics_messages::status::StagedSummary;
 
 /// The Stager actor: one staging at a time, on a blocking thread.
 pub struct Stager {

@@ -7,10 +7,8 @@
 //! on the quarantine ([`quarantine_verdict`]): whether the portal's target
 //! set may go on at all.
 
-use std::fmt;
-
 use banalytics_home::quarantine::{self, Quarantine};
-use serde::Serialize;
+pub use banalytics_messages::status::{HomeFacts, SyncReport, SyncState, Trigger, MAX_REQUESTS};
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -19,69 +17,10 @@ use crate::{
     coords::Module,
     error::{io_at, UpgradeError},
     layout::Layout,
-    stager::StagedSummary,
 };
 
-/// What started a synchronisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trigger {
-    /// `EVT_SYNC_SOFT` from the portal.
-    Portal,
-    /// `banalytics-box upgrade`.
-    Local,
-    /// No installed set yet.
-    FirstRun,
-    /// `software_update_type = "on-boot"`.
-    OnBoot,
-    /// `banalytics-box upgrade --retry`: like [`Trigger::Local`], and the
-    /// quarantined set is let through for this synchronisation.
-    Retry,
-}
-
-impl Trigger {
-    /// The trigger of the local `upgrade`, with or without `--retry`.
-    pub fn local(retry: bool) -> Trigger {
-        if retry {
-            Trigger::Retry
-        } else {
-            Trigger::Local
-        }
-    }
-
-    /// Whether a synchronisation with this trigger may install the
-    /// quarantined set: only an operator's explicit retry; no mode does it
-    /// by itself.
-    pub fn lifts_quarantine(self) -> bool {
-        self == Trigger::Retry
-    }
-
-    /// The word `status` shows: `portal`, `local`, `first-run`, `on-boot`
-    /// or `retry`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Portal => "portal",
-            Trigger::Local => "local",
-            Trigger::FirstRun => "first-run",
-            Trigger::OnBoot => "on-boot",
-            Trigger::Retry => "retry",
-        }
-    }
-
-    /// What a synchronisation with this trigger does when the portal link
-    /// is down as it starts.
-    pub fn when_offline(self) -> Offline {
-        match self {
-            // It came over the link.
-            Trigger::Portal => Offline::Ask,
-            Trigger::Local | Trigger::Retry => Offline::Refuse,
-            Trigger::FirstRun | Trigger::OnBoot => Offline::Wait,
-        }
-    }
-}
-
 /// What a synchronisation does when the portal link is down as it starts
-/// ([`Trigger::when_offline`]).
+/// ([`Offline::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offline {
     /// Asks anyway (the portal's own trigger: the link was up a moment ago).
@@ -94,169 +33,24 @@ pub enum Offline {
     Wait,
 }
 
-/// The phase of a synchronisation. `status` shows it as the kebab-case
-/// word of [`SyncState::as_str`], which is also its serde form.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SyncState {
-    /// None has run since the component started.
-    #[default]
-    Idle,
-    /// A first-run or on-boot synchronisation waits for the portal link
-    /// to come up before it asks for the target set.
-    WaitingForLink,
-    /// `GET_ENV_MOD_REQ` sent, waiting for the portal's target set.
-    Requesting,
-    /// Finding the target set's artifacts in the repository.
-    Resolving,
-    /// Fetching what is missing into the cache.
-    Downloading,
-    /// Building `modules-upgrade/`.
-    Staging,
-    /// A complete staged set waits for the restart that applies it.
-    Staged,
-    /// The installed set is the target set: nothing to do.
-    UpToDate,
-    /// A module could not be downloaded (the portal got `download_error`).
-    Failed,
-    /// The synchronisation stopped for another reason (the portal got
-    /// `installation_cancelled`).
-    Cancelled,
-    /// An operator's request was refused before the portal was asked (its
-    /// link is down); the portal got nothing.
-    Refused,
-}
-
-impl SyncState {
-    /// The word `status` shows: `idle`, `waiting-for-link`, `requesting`,
-    /// `resolving`, `downloading`, `staging`, `staged`, `up-to-date`,
-    /// `failed`, `cancelled` or `refused`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncState::Idle => "idle",
-            SyncState::WaitingForLink => "waiting-for-link",
-            SyncState::Requesting => "requesting",
-            SyncState::Resolving => "resolving",
-            SyncState::Downloading => "downloading",
-            SyncState::Staging => "staging",
-            SyncState::Staged => "staged",
-            SyncState::UpToDate => "up-to-date",
-            SyncState::Failed => "failed",
-            SyncState::Cancelled => "cancelled",
-            SyncState::Refused => "refused",
+impl Offline {
+    /// What a synchronisation started by `trigger` does when the portal
+    /// link is down as it starts.
+    pub fn of(trigger: Trigger) -> Offline {
+        match trigger {
+            // It came over the link.
+            Trigger::Portal => Offline::Ask,
+            Trigger::Local | Trigger::Retry => Offline::Refuse,
+            Trigger::FirstRun | Trigger::OnBoot => Offline::Wait,
         }
     }
 }
 
-impl fmt::Display for SyncState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How many local request numbers a [`SyncReport`] keeps.
-pub const MAX_REQUESTS: usize = 16;
-
-/// Where a synchronisation stands, as `status` shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct SyncReport {
-    /// The phase.
-    pub state: SyncState,
-    /// What started the last synchronisation.
-    pub trigger: Option<Trigger>,
-    /// When it started, ms since the epoch.
-    pub started_ms: Option<u64>,
-    /// When it ended, ms since the epoch.
-    pub finished_ms: Option<u64>,
-    /// Its result or error, in words.
-    pub result: Option<String>,
-    /// Bytes present of the bytes to fetch.
-    pub done_bytes: u64,
-    /// Bytes to fetch, as far as declared.
-    pub total_bytes: u64,
-    /// Triggers skipped because a synchronisation was running.
-    pub skipped_triggers: u64,
-    /// The numbers of the local requests (`upgrade --wait`) this
-    /// synchronisation answers: the one that started it, then those that
-    /// came while it ran (at most [`MAX_REQUESTS`], the newest kept).
-    /// Always shown, also empty: its presence tells an asker that the host
-    /// knows request numbers.
-    #[serde(default)]
-    pub requests: Vec<u64>,
-    /// The number of the local request that started it, if it had one;
-    /// the others in `requests` came while it ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_by: Option<u64>,
-    /// Each module the download started, in the order it started, with
-    /// where it is: `downloading`, `downloaded` (with the bytes that came
-    /// over the network) or `failed` (at most [`MAX_MODULES_SHOWN`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub modules: Vec<ModuleProgress>,
-    /// The staged set, once staged.
-    pub staged: Option<StagedSummary>,
-    /// What the staged set waits for before the restart that applies it
-    /// (a maintenance window, an approval), and until when.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waits_for: Option<String>,
-    /// The home as it was when the report (re)started: read once, not at
-    /// every progress update.
-    #[serde(skip)]
-    pub home: HomeFacts,
-    /// The host's last deferral of the restart that applies the staged
-    /// set for busy leases: what for, in words, and until when (ms since
-    /// the epoch). Kept from one synchronisation to the next: a trigger
-    /// for the staged set while it lasts is answered that the set waits.
-    #[serde(skip)]
-    pub busy: Option<(String, u64)>,
-}
-
-/// Modules a [`SyncReport`] follows one by one; a set has far fewer.
-pub const MAX_MODULES_SHOWN: usize = 256;
-
-/// One module of a download, as `status` and the console show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModuleProgress {
-    /// `groupId:artifactId:version`.
-    pub module: String,
-    /// `downloading`, `downloaded` or `failed`.
-    pub state: String,
-    /// Bytes that came over the network for it, once downloaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transferred: Option<u64>,
-}
-
-impl SyncReport {
-    /// Records that `module` is now in `state`.
-    pub fn module_state(&mut self, module: &str, state: &str, transferred: Option<u64>) {
-        if let Some(m) = self.modules.iter_mut().find(|m| m.module == module) {
-            m.state = state.to_owned();
-            m.transferred = transferred;
-        } else if self.modules.len() < MAX_MODULES_SHOWN {
-            self.modules.push(ModuleProgress {
-                module: module.to_owned(),
-                state: state.to_owned(),
-                transferred,
-            });
-        }
-    }
-}
-
-/// What the report says of the home besides the synchronisation.
-#[derive(Debug, Clone, Default)]
-pub struct HomeFacts {
-    /// An environment UUID is configured.
-    pub registered: bool,
-    /// No installed set yet.
-    pub first_run: bool,
-}
-
-impl HomeFacts {
-    /// Reads both facts from the home.
-    pub fn read(layout: &Layout) -> Self {
-        HomeFacts {
-            registered: layout.environment_uuid().ok().flatten().is_some(),
-            first_run: layout.is_first_run(),
-        }
+/// What the report says of the home, read from it.
+pub fn home_facts(layout: &Layout) -> HomeFacts {
+    HomeFacts {
+        registered: layout.environment_uuid().ok().flatten().is_some(),
+        first_run: layout.is_first_run(),
     }
 }
 
@@ -536,12 +330,12 @@ mod tests {
             assert!(!t.lifts_quarantine(), "{t:?}");
         }
         assert!(Trigger::Retry.lifts_quarantine());
-        assert_eq!(Trigger::Portal.when_offline(), Offline::Ask);
+        assert_eq!(Offline::of(Trigger::Portal), Offline::Ask);
         for operator in [Trigger::Local, Trigger::Retry] {
-            assert_eq!(operator.when_offline(), Offline::Refuse);
+            assert_eq!(Offline::of(operator), Offline::Refuse);
         }
         for own in [Trigger::FirstRun, Trigger::OnBoot] {
-            assert_eq!(own.when_offline(), Offline::Wait);
+            assert_eq!(Offline::of(own), Offline::Wait);
         }
         for t in [
             Trigger::Portal,
