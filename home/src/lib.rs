@@ -6,6 +6,7 @@
 //!   (fsync of a folder, free space) every writer of the home uses.
 //! - [`coords`]: module identity (`groupId:artifactId:version`, type,
 //!   packages) and the names of its files.
+//! - [`sha256`]: the SHA-256 digest type, hex outside, bytes inside.
 //! - [`running`]: which core (host executable) runs, its version and digest.
 //! - [`properties`]: the `java.util.Properties` codec the original box's
 //!   files use.
@@ -42,7 +43,9 @@ pub mod quarantine;
 pub mod record;
 pub mod registration;
 pub mod running;
+pub mod sha256;
 pub mod swap;
 
 pub use layout::Layout;
+pub use sha256::Sha256;
 pub use swap::SwapError;

@@ -768,7 +768,7 @@ mod tests {
                 ModuleRecord {
                     main: FileRecord {
                         name: main,
-                        sha256: "00".repeat(32),
+                        sha256: crate::Sha256::from_bytes([0; 32]),
                         size: version.len() as u64,
                     },
                     dependencies: None,

@@ -150,7 +150,7 @@ pub struct CoreFile {
     /// The core module's version.
     pub version: String,
     /// Its SHA-256.
-    pub sha256: String,
+    pub sha256: banalytics_home::Sha256,
 }
 
 /// This executable, as a [`RunningCore`]; its SHA-256 is cached in
@@ -170,7 +170,7 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
     #[derive(Serialize, Deserialize)]
     struct Cached {
         key: String,
-        sha256: String,
+        sha256: banalytics_home::Sha256,
     }
     let cached: Option<Cached> = fs::read(&cache)
         .ok()
@@ -179,11 +179,7 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
         Some(c) if c.key == key => c.sha256,
         _ => {
             let sha256 = sha256_file(&exe)?;
-            let json = serde_json::to_vec(&Cached {
-                key,
-                sha256: sha256.clone(),
-            })
-            .expect("plain data");
+            let json = serde_json::to_vec(&Cached { key, sha256 }).expect("plain data");
             if let Err(e) = banalytics_home::layout::write_atomic(&cache, &json) {
                 warn!(error = %e, "cannot cache the launcher's digest");
             }
@@ -218,7 +214,7 @@ fn set_core(layout: &Layout) -> Option<CoreFile> {
     let recorded = SetRecord::load(&modules)
         .ok()
         .flatten()
-        .and_then(|r| r.modules.get(&key).map(|m| m.main.sha256.clone()));
+        .and_then(|r| r.modules.get(&key).map(|m| m.main.sha256));
     let sha256 = match recorded {
         Some(sha) => sha,
         None => sha256_file(&path).ok()?,
@@ -521,7 +517,7 @@ pub fn launch(
         rolled_back_seq: boot.rolled_back_seq,
         core: RunningCore {
             version: core.version.clone(),
-            sha256: core.sha256.clone(),
+            sha256: core.sha256,
             origin: CoreOrigin::ModuleSet,
             path: core.path.display().to_string(),
             pid: 0,

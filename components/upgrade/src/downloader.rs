@@ -259,10 +259,10 @@ pub async fn resolve(
     let (main_checksum, main_size) = match (&module.platforms, module.is_native()) {
         (Some(builds), true) => {
             let build = builds.get(platform).ok_or_else(no_build)?;
-            (Checksum::resolve(Some(&build.sha256), None), build.size)
+            (Checksum::resolve(Some(build.sha256), None), build.size)
         }
         _ => {
-            let checksum = match &module.sha256 {
+            let checksum = match module.sha256 {
                 Some(s) if !module.is_native() => Checksum::resolve(Some(s), None),
                 _ => Checksum::resolve(
                     None,
@@ -299,7 +299,7 @@ pub async fn resolve(
             Some(info) => Some(target(
                 &key,
                 url,
-                Checksum::resolve(Some(info.sha256.as_str()), None),
+                Checksum::resolve(Some(info.sha256), None),
                 info.size,
                 policy,
             )?),
@@ -349,7 +349,7 @@ fn resolve_trusted(
         trusted.get(&path).map(|t| Target {
             url: format!("{repository_url}/{}", t.path),
             expected: Expected {
-                sha256: Some(t.sha256.clone()),
+                sha256: Some(t.sha256),
                 size: Some(t.length),
                 digest_source: DigestSource::Tuf,
             },
@@ -705,9 +705,7 @@ mod tests {
                     target: Target {
                         url: format!("http://127.0.0.1:9/{name}"),
                         expected: Expected {
-                            sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                                &body,
-                            ))),
+                            sha256: Some(banalytics_home::Sha256::of(body.as_bytes())),
                             size: Some(body.len() as u64),
                             digest_source: DigestSource::Portal,
                         },

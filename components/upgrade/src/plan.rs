@@ -203,7 +203,7 @@ fn plan_module(
         .iter()
         .find_map(|(origin, m)| {
             m.filter(|m| {
-                m.main.name == file_name && same(&resolved.main, &m.main.sha256, m.main.size)
+                m.main.name == file_name && same(&resolved.main, m.main.sha256, m.main.size)
             })
             .map(|m| MainPlan::Installed(*origin, m.main.clone()))
         })
@@ -221,7 +221,7 @@ fn plan_module(
                 .iter()
                 .find_map(|(origin, m)| {
                     m.and_then(pick)
-                        .filter(|p| same(t, &p.sha256, p.size))
+                        .filter(|p| same(t, p.sha256, p.size))
                         .map(|p| PackagePlan::Installed(*origin, p.clone()))
                 })
                 .unwrap_or_else(|| {
@@ -271,9 +271,9 @@ fn plan_module(
 /// An installed artifact is the target when the digests agree, or, with no
 /// known target digest, when the declared size (if any) agrees: the
 /// coordinates already matched.
-fn same(target: &Target, sha256: &str, size: u64) -> bool {
-    match &target.expected.sha256 {
-        Some(t) => t.eq_ignore_ascii_case(sha256),
+fn same(target: &Target, sha256: banalytics_home::Sha256, size: u64) -> bool {
+    match target.expected.sha256 {
+        Some(t) => t == sha256,
         None => target.expected.size.is_none_or(|s| s == size),
     }
 }

@@ -29,7 +29,7 @@ use std::{
 };
 
 use actix::prelude::*;
-use banalytics_home::digests::DigestCache;
+use banalytics_home::{digests::DigestCache, Sha256};
 use serde::Serialize;
 use tracing::{info, info_span, instrument, warn};
 
@@ -140,7 +140,7 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), UpgradeError> {
 /// One side of the staged set (modules or models) and who put what there.
 struct Side {
     root: PathBuf,
-    owners: HashMap<String, (String, String)>,
+    owners: HashMap<String, (String, Sha256)>,
     files: usize,
     bytes: u64,
     reused: usize,
@@ -160,18 +160,17 @@ impl Side {
 
     /// Registers `name` for `module`; `false` if an identical file is
     /// already there (nothing to do), an error if a different one is.
-    fn claim(&mut self, name: &str, sha256: &str, module: &str) -> Result<bool, UpgradeError> {
+    fn claim(&mut self, name: &str, sha256: Sha256, module: &str) -> Result<bool, UpgradeError> {
         let folded = name.to_lowercase();
         match self.owners.get(&folded) {
-            Some((_, sha)) if sha == sha256 => Ok(false),
+            Some((_, sha)) if *sha == sha256 => Ok(false),
             Some((owner, _)) => Err(UpgradeError::Collision {
                 name: name.to_owned(),
                 first: owner.clone(),
                 second: module.to_owned(),
             }),
             None => {
-                self.owners
-                    .insert(folded, (module.to_owned(), sha256.to_owned()));
+                self.owners.insert(folded, (module.to_owned(), sha256));
                 Ok(true)
             }
         }
@@ -184,7 +183,7 @@ impl Side {
         rec: &FileRecord,
         module: &str,
     ) -> Result<(), UpgradeError> {
-        if !self.claim(&rec.name, &rec.sha256, module)? {
+        if !self.claim(&rec.name, rec.sha256, module)? {
             return Ok(());
         }
         let from = from_root.join(&rec.name);
@@ -204,7 +203,7 @@ impl Side {
 
     /// Moves a new file into place.
     fn adopt(&mut self, from: &Path, rec: &FileRecord, module: &str) -> Result<(), UpgradeError> {
-        if !self.claim(&rec.name, &rec.sha256, module)? {
+        if !self.claim(&rec.name, rec.sha256, module)? {
             return Ok(());
         }
         let to = self.root.join(&rec.name);
@@ -345,7 +344,7 @@ fn remember_digests(layout: &Layout, record: &SetRecord) {
     let mut cache = DigestCache::open(&layout.digest_cache());
     let (modules, models) = (layout.upgrade(), layout.models_upgrade());
     for (path, file) in record.files(&modules, &models) {
-        if let Err(e) = cache.remember(&path, &file.sha256) {
+        if let Err(e) = cache.remember(&path, file.sha256) {
             warn!(path = %path.display(), error = %e, "cannot note a staged file's digest");
         }
     }
@@ -407,7 +406,7 @@ fn build_and_publish(
                 let c = cached(&f.cache_name)?;
                 let rec = FileRecord {
                     name: m.file_name.clone(),
-                    sha256: c.sha256.clone(),
+                    sha256: c.sha256,
                     size: c.size,
                 };
                 modules.adopt(&layout.download().join(&f.cache_name), &rec, &key)?;
@@ -442,7 +441,7 @@ fn build_and_publish(
                         &key,
                     )?;
                     Some(PackageRecord {
-                        sha256: c.sha256.clone(),
+                        sha256: c.sha256,
                         size: c.size,
                         files,
                     })

@@ -77,6 +77,7 @@ use std::{
     time::Duration,
 };
 
+use banalytics_home::Sha256;
 use futures_util::StreamExt;
 use tough::{
     async_trait, Bytes, ExpirationEnforcement, RepositoryLoader, Transport, TransportError,
@@ -159,8 +160,8 @@ impl Trust {
 /// One target's verified facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedTarget {
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
+    /// Its SHA-256.
+    pub sha256: Sha256,
     /// Length in bytes.
     pub length: u64,
     /// Where the repository stores it, relative to the targets URL
@@ -169,7 +170,7 @@ pub struct TrustedTarget {
     pub path: String,
 }
 
-/// Where a target named `name` with SHA-256 `sha256` (hex) is fetched from,
+/// Where a target named `name` with SHA-256 `sha256` is fetched from,
 /// relative to the targets URL (TUF 5.7.3). Without consistent snapshots
 /// it is the name; with them, the hash prefixes the file name and not the
 /// whole path: `com/a/1.0/a-1.0.jar` is at `com/a/1.0/{sha256}.a-1.0.jar`,
@@ -179,7 +180,7 @@ pub struct TrustedTarget {
 /// it.) Of the hashes the
 /// targets metadata may list, SHA-256 is the one `tough` verifies and the
 /// one used here.
-pub fn download_path(name: &str, sha256: &str, consistent_snapshot: bool) -> String {
+pub fn download_path(name: &str, sha256: &Sha256, consistent_snapshot: bool) -> String {
     if !consistent_snapshot {
         return name.to_owned();
     }
@@ -486,7 +487,14 @@ async fn load(
             );
             continue;
         };
-        let sha256 = hex::encode(&*t.hashes.sha256);
+        let Ok(bytes) = <[u8; 32]>::try_from(&t.hashes.sha256[..]) else {
+            warn!(
+                target = name.raw(),
+                "its sha256 in the targets metadata is not 32 bytes: not a target"
+            );
+            continue;
+        };
+        let sha256 = Sha256::from_bytes(bytes);
         let path = download_path(name.raw(), &sha256, consistent_snapshot);
         targets.insert(
             name.raw().to_owned(),
@@ -881,12 +889,15 @@ mod tests {
 
     #[test]
     fn consistent_snapshot_prefixes_the_file_name_not_the_folders() {
-        let h = "ab12";
+        let h = &Sha256::of(b"abc");
         assert_eq!(
             download_path("com/a/1.0/a-1.0.jar", h, true),
-            "com/a/1.0/ab12.a-1.0.jar"
+            format!("com/a/1.0/{h}.a-1.0.jar")
         );
-        assert_eq!(download_path("a-1.0.jar", h, true), "ab12.a-1.0.jar");
+        assert_eq!(
+            download_path("a-1.0.jar", h, true),
+            format!("{h}.a-1.0.jar")
+        );
         assert_eq!(
             download_path("com/a/1.0/a-1.0.jar", h, false),
             "com/a/1.0/a-1.0.jar"
