@@ -235,10 +235,6 @@ pub async fn resolve(
         return resolve_trusted(repository_url, platform, module, trusted);
     }
     let key = module.coords.to_string();
-    let err = |source| UpgradeError::Fetch {
-        module: key.clone(),
-        source,
-    };
     let url = |suffix: &str| {
         format!(
             "{repository_url}/{}",
@@ -246,45 +242,7 @@ pub async fn resolve(
         )
     };
     let main_url = url(&module.main_suffix(platform));
-    // 1. Which build, and which digest: a native artifact is this
-    //    platform's build; a module with none refuses the whole set here,
-    //    before any artifact is downloaded.
-    let no_build = || UpgradeError::NoBuildForPlatform {
-        module: key.clone(),
-        platform: platform.to_owned(),
-    };
-    //    The checksum keeps who gave the digest: one read from the
-    //    repository's `.sha256` is not the portal's, and the redirect rule
-    //    depends on it.
-    let (main_checksum, main_size) = match (&module.platforms, module.is_native()) {
-        (Some(builds), true) => {
-            let build = builds.get(platform).ok_or_else(no_build)?;
-            (Checksum::resolve(Some(build.sha256), None), build.size)
-        }
-        _ => {
-            let checksum = match module.sha256 {
-                Some(s) if !module.is_native() => Checksum::resolve(Some(s), None),
-                _ => Checksum::resolve(
-                    None,
-                    fetch::fetch_sha256_file(client, &main_url)
-                        .await
-                        .map_err(err)?,
-                ),
-            };
-            if checksum == Checksum::None
-                && module.is_native()
-                && !fetch::probe(client, &main_url).await.map_err(err)?
-            {
-                return Err(no_build());
-            }
-            let size = if module.is_native() {
-                None
-            } else {
-                module.size
-            };
-            (checksum, size)
-        }
-    };
+    let (main_checksum, main_size) = main_checksum(client, &module, platform, &main_url).await?;
     let main = target(&key, main_url, main_checksum, main_size, policy)?;
     // A portal that sends digests (the extension fields) also says which
     // packages exist; for the original portal, ask the repository.
@@ -305,6 +263,10 @@ pub async fn resolve(
             )?),
             None if declares_packages => None,
             None => {
+                let err = |source| UpgradeError::Fetch {
+                    module: key.clone(),
+                    source,
+                };
                 if fetch::probe(client, &url).await.map_err(err)? {
                     let sha = fetch::fetch_sha256_file(client, &url).await.map_err(err)?;
                     Some(target(
@@ -329,6 +291,52 @@ pub async fn resolve(
         dependencies,
         model,
     })
+}
+
+/// Which build of the main artifact at `main_url`, and which digest: a
+/// native artifact is this platform's build; a module with none refuses the
+/// whole set here, before any artifact is downloaded. The checksum keeps
+/// who gave the digest: one read from the repository's `.sha256` is not the
+/// portal's, and the redirect rule depends on it.
+async fn main_checksum(
+    client: &reqwest::Client,
+    module: &Module,
+    platform: &str,
+    main_url: &str,
+) -> Result<(Checksum, Option<u64>), UpgradeError> {
+    let err = |source| UpgradeError::Fetch {
+        module: module.coords.to_string(),
+        source,
+    };
+    let no_build = || UpgradeError::NoBuildForPlatform {
+        module: module.coords.to_string(),
+        platform: platform.to_owned(),
+    };
+    if let (Some(builds), true) = (&module.platforms, module.is_native()) {
+        let build = builds.get(platform).ok_or_else(no_build)?;
+        return Ok((Checksum::resolve(Some(build.sha256), None), build.size));
+    }
+    let checksum = match module.sha256 {
+        Some(s) if !module.is_native() => Checksum::resolve(Some(s), None),
+        _ => Checksum::resolve(
+            None,
+            fetch::fetch_sha256_file(client, main_url)
+                .await
+                .map_err(err)?,
+        ),
+    };
+    if checksum == Checksum::None
+        && module.is_native()
+        && !fetch::probe(client, main_url).await.map_err(err)?
+    {
+        return Err(no_build());
+    }
+    let size = if module.is_native() {
+        None
+    } else {
+        module.size
+    };
+    Ok((checksum, size))
 }
 
 /// [`resolve`] from verified TUF targets metadata: the portal frame's

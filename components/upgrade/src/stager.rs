@@ -41,7 +41,7 @@ use crate::{
     failpoint::failpoint,
     installed,
     layout::{self, sync_dir, Layout},
-    plan::{MainPlan, Origin, PackagePlan, SyncPlan},
+    plan::{MainPlan, ModulePlan, Origin, PackagePlan, SyncPlan},
     preflight::Preflight,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
@@ -381,123 +381,31 @@ fn build_and_publish(
 ) -> Result<StagedSummary, UpgradeError> {
     // 1.
     clear_staged(layout)?;
-    let mut modules = Side::new(layout.upgrade_tmp())?;
-    let mut models = Side::new(layout.models_upgrade_tmp())?;
-    failpoint("stage.scratch-created");
-    let cached = |name: &str| -> Result<&CachedFile, UpgradeError> {
-        fetched.get(name).ok_or_else(|| UpgradeError::Io {
-            path: layout.download().join(name),
-            source: io::Error::new(io::ErrorKind::NotFound, "not downloaded"),
-        })
+    let mut sides = Sides {
+        modules: Side::new(layout.upgrade_tmp())?,
+        models: Side::new(layout.models_upgrade_tmp())?,
     };
+    failpoint("stage.scratch-created");
     // 2.
     let mut record = SetRecord {
         format: SetRecord::FORMAT,
         modules: BTreeMap::new(),
     };
+    let cache = Cache { layout, fetched };
     for (n, m) in plan.modules.iter().enumerate() {
-        let key = m.key();
-        let main = match &m.main {
-            MainPlan::Installed(origin, rec) => {
-                modules.reuse(&roots(layout, *origin).0, rec, &key)?;
-                rec.clone()
-            }
-            MainPlan::Fetch(f) => {
-                let c = cached(&f.cache_name)?;
-                let rec = FileRecord {
-                    name: m.file_name.clone(),
-                    sha256: c.sha256,
-                    size: c.size,
-                };
-                modules.adopt(&layout.download().join(&f.cache_name), &rec, &key)?;
-                rec
-            }
-        };
-        if main.name == crate::coords::CORE_EXECUTABLE_NAME {
-            // The host executable of a native core: the launcher runs it.
-            let path = modules.root.join(&main.name);
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_at(&path))?;
-        }
-        let package = |plan: &Option<PackagePlan>,
-                       side: &mut Side,
-                       active: fn(Origin, &Layout) -> PathBuf,
-                       scratch: PathBuf|
-         -> Result<Option<PackageRecord>, UpgradeError> {
-            Ok(match plan {
-                None => None,
-                Some(PackagePlan::Installed(origin, p)) => {
-                    let from = active(*origin, layout);
-                    for f in &p.files {
-                        side.reuse(&from, f, &key)?;
-                    }
-                    Some(p.clone())
-                }
-                Some(PackagePlan::Fetch(f)) => {
-                    let c = cached(&f.cache_name)?;
-                    let files = side.extract(
-                        &layout.download().join(&f.cache_name),
-                        &scratch,
-                        limits,
-                        &key,
-                    )?;
-                    Some(PackageRecord {
-                        sha256: c.sha256,
-                        size: c.size,
-                        files,
-                    })
-                }
-            })
-        };
-        let scratch = layout
-            .home()
-            .join(format!("modules-upgrade.tmp.extract-{n}"));
-        let dependencies = package(
-            &m.dependencies,
-            &mut modules,
-            |o, l| roots(l, o).0,
-            scratch.clone(),
-        )?;
-        let model = package(&m.model, &mut models, |o, l| roots(l, o).1, scratch)?;
+        let module = place_module(layout, &cache, &mut sides, m, n, limits)?;
         failpoint("stage.module-placed");
-        record.modules.insert(
-            key,
-            ModuleRecord {
-                main,
-                dependencies,
-                model,
-            },
-        );
+        record.modules.insert(m.key(), module);
     }
+    let Sides { modules, models } = sides;
     // 3.
     sync_tree(&modules.root)?;
     sync_tree(&models.root)?;
     failpoint("stage.synced");
     // 4.
-    record.write(&modules.root)?;
-    failpoint("stage.record-written");
-    let info: Vec<installed::InstalledModule> = plan
-        .modules
-        .iter()
-        .map(|m| installed::InstalledModule::from(&m.resolved.module))
-        .collect();
-    installed::write_modules_info(&modules.root, &info)?;
-    failpoint("stage.marker-written");
-    if let Err(reason) = preflight(&modules.root) {
-        clear_staged(layout)?;
-        let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
-        return Err(UpgradeError::Preflight {
-            set: set.join(", "),
-            reason,
-        });
-    }
-    // 5.
-    fs::rename(&models.root, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;
-    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
-    failpoint("stage.models-renamed");
-    // 6.
-    fs::rename(&modules.root, layout.upgrade()).map_err(io_at(layout.upgrade()))?;
-    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
-    failpoint("stage.upgrade-renamed");
+    write_marked_set(layout, plan, &record, &modules.root, preflight)?;
+    // 5. and 6.
+    publish(layout, &models.root, &modules.root)?;
     for m in &plan.modules {
         for f in m.fetches() {
             let _ = fs::remove_file(layout.download().join(&f.cache_name));
@@ -518,4 +426,165 @@ fn build_and_publish(
         "staged set complete"
     );
     Ok(summary)
+}
+
+/// The two scratch folders of step 2.
+struct Sides {
+    modules: Side,
+    models: Side,
+}
+
+/// The verified files of the download cache, by cache name.
+struct Cache<'a> {
+    layout: &'a Layout,
+    fetched: &'a HashMap<String, CachedFile>,
+}
+
+impl Cache<'_> {
+    fn get(&self, name: &str) -> Result<&CachedFile, UpgradeError> {
+        self.fetched.get(name).ok_or_else(|| UpgradeError::Io {
+            path: self.layout.download().join(name),
+            source: io::Error::new(io::ErrorKind::NotFound, "not downloaded"),
+        })
+    }
+}
+
+/// Step 2 for the `n`th module: its main artifact and its packages into
+/// the scratch folders, reused from an installed set or taken from the
+/// cache.
+fn place_module(
+    layout: &Layout,
+    cache: &Cache,
+    sides: &mut Sides,
+    m: &ModulePlan,
+    n: usize,
+    limits: &Limits,
+) -> Result<ModuleRecord, UpgradeError> {
+    let key = m.key();
+    let main = match &m.main {
+        MainPlan::Installed(origin, rec) => {
+            sides.modules.reuse(&roots(layout, *origin).0, rec, &key)?;
+            rec.clone()
+        }
+        MainPlan::Fetch(f) => {
+            let c = cache.get(&f.cache_name)?;
+            let rec = FileRecord {
+                name: m.file_name.clone(),
+                sha256: c.sha256,
+                size: c.size,
+            };
+            let from = layout.download().join(&f.cache_name);
+            sides.modules.adopt(&from, &rec, &key)?;
+            rec
+        }
+    };
+    if main.name == crate::coords::CORE_EXECUTABLE_NAME {
+        // The host executable of a native core: the launcher runs it.
+        let path = sides.modules.root.join(&main.name);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_at(&path))?;
+    }
+    let scratch = layout
+        .home()
+        .join(format!("modules-upgrade.tmp.extract-{n}"));
+    let place = Package {
+        layout,
+        cache,
+        limits,
+        key: &key,
+    };
+    let dependencies = place.place(
+        &m.dependencies,
+        &mut sides.modules,
+        |o, l| roots(l, o).0,
+        scratch.clone(),
+    )?;
+    let model = place.place(&m.model, &mut sides.models, |o, l| roots(l, o).1, scratch)?;
+    Ok(ModuleRecord {
+        main,
+        dependencies,
+        model,
+    })
+}
+
+/// What placing a module's package needs.
+struct Package<'a> {
+    layout: &'a Layout,
+    cache: &'a Cache<'a>,
+    limits: &'a Limits,
+    key: &'a str,
+}
+
+impl Package<'_> {
+    /// Places the package `plan` in `side`: its files reused from the
+    /// installed folder `active` gives, or extracted through `scratch`.
+    fn place(
+        &self,
+        plan: &Option<PackagePlan>,
+        side: &mut Side,
+        active: fn(Origin, &Layout) -> PathBuf,
+        scratch: PathBuf,
+    ) -> Result<Option<PackageRecord>, UpgradeError> {
+        Ok(match plan {
+            None => None,
+            Some(PackagePlan::Installed(origin, p)) => {
+                let from = active(*origin, self.layout);
+                for f in &p.files {
+                    side.reuse(&from, f, self.key)?;
+                }
+                Some(p.clone())
+            }
+            Some(PackagePlan::Fetch(f)) => {
+                let c = self.cache.get(&f.cache_name)?;
+                let archive = self.layout.download().join(&f.cache_name);
+                let files = side.extract(&archive, &scratch, self.limits, self.key)?;
+                Some(PackageRecord {
+                    sha256: c.sha256,
+                    size: c.size,
+                    files,
+                })
+            }
+        })
+    }
+}
+
+/// Step 4: the hash record, then the marker, then the host's preflight on
+/// the complete set (a refusal removes it).
+fn write_marked_set(
+    layout: &Layout,
+    plan: &SyncPlan,
+    record: &SetRecord,
+    root: &Path,
+    preflight: &Preflight,
+) -> Result<(), UpgradeError> {
+    record.write(root)?;
+    failpoint("stage.record-written");
+    let info: Vec<installed::InstalledModule> = plan
+        .modules
+        .iter()
+        .map(|m| installed::InstalledModule::from(&m.resolved.module))
+        .collect();
+    installed::write_modules_info(root, &info)?;
+    failpoint("stage.marker-written");
+    if let Err(reason) = preflight(root) {
+        clear_staged(layout)?;
+        let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
+        return Err(UpgradeError::Preflight {
+            set: set.join(", "),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// Steps 5 and 6: the models, then the modules, renamed into place, each
+/// followed by an fsync of the home; after the second the staged set
+/// exists.
+fn publish(layout: &Layout, models: &Path, modules: &Path) -> Result<(), UpgradeError> {
+    fs::rename(models, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;
+    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
+    failpoint("stage.models-renamed");
+    fs::rename(modules, layout.upgrade()).map_err(io_at(layout.upgrade()))?;
+    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
+    failpoint("stage.upgrade-renamed");
+    Ok(())
 }

@@ -401,19 +401,7 @@ async fn load(
     pinned: &[u8],
     use_store: bool,
 ) -> Result<TrustedTargets, LoadError> {
-    let scratch = store.with_file_name(format!("{STORE_DIR}.scratch"));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)
-        .map_err(io_at(&scratch))
-        .map_err(LoadError::Io)?;
-    // tough never reads a root from its datastore (it is given one).
-    for name in PROMOTION_ORDER.into_iter().filter(|n| *n != "root.json") {
-        match std::fs::copy(store.join(name), scratch.join(name)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LoadError::Io(io_at(store.join(name))(e))),
-        }
-    }
+    let scratch = scratch_store(store).map_err(LoadError::Io)?;
     let transport = HomeTransport::new(
         client.clone(),
         cfg,
@@ -452,11 +440,49 @@ async fn load(
             });
         }
     };
-    // Promote what tough accepted: the bytes as the repository signed them
-    // (tough's datastore holds re-serialised copies whose hashes differ).
+    promote(store, pinned, &transport, &scratch).map_err(LoadError::Io)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let targets = trusted_targets(&repo);
+    let version = repo.targets().signed.version.get();
+    info!(
+        targets_version = version,
+        targets = targets.len(),
+        consistent_snapshot = repo.root().signed.consistent_snapshot,
+        from_store = used_store,
+        "repository metadata verified"
+    );
+    Ok(TrustedTargets { targets, version })
+}
+
+/// A fresh scratch datastore for `tough` beside `store`, with copies of
+/// the stored metadata but the root (tough never reads a root from its
+/// datastore: it is given one).
+fn scratch_store(store: &Path) -> Result<PathBuf, UpgradeError> {
+    let scratch = store.with_file_name(format!("{STORE_DIR}.scratch"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(io_at(&scratch))?;
+    for name in PROMOTION_ORDER.into_iter().filter(|n| *n != "root.json") {
+        match std::fs::copy(store.join(name), scratch.join(name)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(store.join(name))(e)),
+        }
+    }
+    Ok(scratch)
+}
+
+/// Promotes what tough accepted into `store`: the bytes as the repository
+/// signed them (tough's datastore holds re-serialised copies whose hashes
+/// differ).
+fn promote(
+    store: &Path,
+    pinned: &[u8],
+    transport: &HomeTransport,
+    scratch: &Path,
+) -> Result<(), UpgradeError> {
     let fetched = transport.accepted();
-    let trusted_root = promote_chain(store, pinned, &fetched).map_err(LoadError::Io)?;
-    promote_delegated(store, &fetched).map_err(LoadError::Io)?;
+    let trusted_root = promote_chain(store, pinned, &fetched)?;
+    promote_delegated(store, &fetched)?;
     for name in PROMOTION_ORDER {
         let bytes = match fetched.get(name) {
             Some(b) => b.clone(),
@@ -467,19 +493,19 @@ async fn load(
             },
         };
         write_atomic(&store.join(name), &bytes)
-            .map_err(|e| LoadError::Io(io_at(store.join(name))(std::io::Error::other(e))))?;
+            .map_err(|e| io_at(store.join(name))(std::io::Error::other(e)))?;
     }
-    sync_dir(store)
-        .map_err(io_at(store))
-        .map_err(LoadError::Io)?;
-    let _ = std::fs::remove_dir_all(&scratch);
+    sync_dir(store).map_err(io_at(store))
+}
+
+/// Every target of the verified repository with its facts, as the
+/// delegation search finds them (see the module's doc).
+fn trusted_targets(repo: &tough::Repository) -> HashMap<String, TrustedTarget> {
     // A fact of the verified root, like the targets' hashes.
     let consistent_snapshot = repo.root().signed.consistent_snapshot;
     let top = &repo.targets().signed;
     let mut targets = HashMap::new();
     for (name, _) in repo.all_targets() {
-        // The name as some role lists it; its facts as the delegation
-        // search finds them (see the module's doc).
         let Ok(t) = top.find_target(name, false) else {
             warn!(
                 target = name.raw(),
@@ -505,15 +531,7 @@ async fn load(
             },
         );
     }
-    let version = repo.targets().signed.version.get();
-    info!(
-        targets_version = version,
-        targets = targets.len(),
-        consistent_snapshot,
-        from_store = used_store,
-        "repository metadata verified"
-    );
-    Ok(TrustedTargets { targets, version })
+    targets
 }
 
 fn version_of(metadata: &[u8]) -> u64 {
