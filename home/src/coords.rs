@@ -222,6 +222,28 @@ impl FromStr for Coords {
     }
 }
 
+/// Serde for a list of coordinates in their key form,
+/// `groupId:artifactId:version` (`#[serde(with = "coords::keys")]`): how
+/// `status` and the records in `state/` name modules.
+pub mod keys {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use super::Coords;
+
+    /// Writes each as `groupId:artifactId:version`.
+    pub fn serialize<S: Serializer>(coords: &[Coords], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(coords.iter().map(ToString::to_string))
+    }
+
+    /// Reads and validates each `groupId:artifactId:version`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Coords>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|key| key.parse().map_err(D::Error::custom))
+            .collect()
+    }
+}
+
 /// Checks a `groupId`: `[A-Za-z0-9_.-]+` with no empty, `.` or `..`
 /// segment between dots.
 pub fn validate_group_id(value: &str) -> Result<(), CoordsError> {

@@ -37,6 +37,7 @@ use crate::{
     archive::{self, Limits},
     blocking::off_thread,
     cache::CachedFile,
+    coords::Coords,
     error::{io_at, UpgradeError},
     failpoint::failpoint,
     installed,
@@ -59,8 +60,9 @@ pub struct StageSet {
 /// What was staged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StagedSummary {
-    /// `groupId:artifactId:version` of every staged module.
-    pub modules: Vec<String>,
+    /// Every staged module, sorted.
+    #[serde(with = "crate::coords::keys")]
+    pub modules: Vec<Coords>,
     /// Files in the staged set (modules and models).
     pub files: usize,
     /// Their bytes.
@@ -140,7 +142,7 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), UpgradeError> {
 /// One side of the staged set (modules or models) and who put what there.
 struct Side {
     root: PathBuf,
-    owners: HashMap<String, (String, Sha256)>,
+    owners: HashMap<String, (Coords, Sha256)>,
     files: usize,
     bytes: u64,
     reused: usize,
@@ -160,17 +162,17 @@ impl Side {
 
     /// Registers `name` for `module`; `false` if an identical file is
     /// already there (nothing to do), an error if a different one is.
-    fn claim(&mut self, name: &str, sha256: Sha256, module: &str) -> Result<bool, UpgradeError> {
+    fn claim(&mut self, name: &str, sha256: Sha256, module: &Coords) -> Result<bool, UpgradeError> {
         let folded = name.to_lowercase();
         match self.owners.get(&folded) {
             Some((_, sha)) if *sha == sha256 => Ok(false),
             Some((owner, _)) => Err(UpgradeError::Collision {
                 name: name.to_owned(),
                 first: owner.clone(),
-                second: module.to_owned(),
+                second: module.clone(),
             }),
             None => {
-                self.owners.insert(folded, (module.to_owned(), sha256));
+                self.owners.insert(folded, (module.clone(), sha256));
                 Ok(true)
             }
         }
@@ -181,7 +183,7 @@ impl Side {
         &mut self,
         from_root: &Path,
         rec: &FileRecord,
-        module: &str,
+        module: &Coords,
     ) -> Result<(), UpgradeError> {
         if !self.claim(&rec.name, rec.sha256, module)? {
             return Ok(());
@@ -202,7 +204,12 @@ impl Side {
     }
 
     /// Moves a new file into place.
-    fn adopt(&mut self, from: &Path, rec: &FileRecord, module: &str) -> Result<(), UpgradeError> {
+    fn adopt(
+        &mut self,
+        from: &Path,
+        rec: &FileRecord,
+        module: &Coords,
+    ) -> Result<(), UpgradeError> {
         if !self.claim(&rec.name, rec.sha256, module)? {
             return Ok(());
         }
@@ -220,7 +227,7 @@ impl Side {
         archive_path: &Path,
         scratch: &Path,
         limits: &Limits,
-        module: &str,
+        module: &Coords,
     ) -> Result<Vec<FileRecord>, UpgradeError> {
         remove_dir_if_exists(scratch)?;
         fs::create_dir_all(scratch).map_err(io_at(scratch))?;
@@ -237,10 +244,10 @@ impl Side {
         archive_path: &Path,
         scratch: &Path,
         limits: &Limits,
-        module: &str,
+        module: &Coords,
     ) -> Result<Vec<FileRecord>, UpgradeError> {
         let refused = |source| UpgradeError::Archive {
-            module: module.to_owned(),
+            module: module.clone(),
             package: archive_path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -413,7 +420,7 @@ fn build_and_publish(
     }
     remember_digests(layout, &record);
     let summary = StagedSummary {
-        modules: record.modules.keys().cloned().collect(),
+        modules: staged_modules(plan),
         files: modules.files + models.files,
         bytes: modules.bytes + models.bytes,
         reused_files: modules.reused + models.reused,
@@ -426,6 +433,17 @@ fn build_and_publish(
         "staged set complete"
     );
     Ok(summary)
+}
+
+/// The modules of `plan`, sorted.
+fn staged_modules(plan: &SyncPlan) -> Vec<Coords> {
+    let mut modules: Vec<Coords> = plan
+        .modules
+        .iter()
+        .map(|m| m.resolved.module.coords.clone())
+        .collect();
+    modules.sort();
+    modules
 }
 
 /// The two scratch folders of step 2.
@@ -460,10 +478,10 @@ fn place_module(
     n: usize,
     limits: &Limits,
 ) -> Result<ModuleRecord, UpgradeError> {
-    let key = m.key();
+    let key = &m.resolved.module.coords;
     let main = match &m.main {
         MainPlan::Installed(origin, rec) => {
-            sides.modules.reuse(&roots(layout, *origin).0, rec, &key)?;
+            sides.modules.reuse(&roots(layout, *origin).0, rec, key)?;
             rec.clone()
         }
         MainPlan::Fetch(f) => {
@@ -474,7 +492,7 @@ fn place_module(
                 size: c.size,
             };
             let from = layout.download().join(&f.cache_name);
-            sides.modules.adopt(&from, &rec, &key)?;
+            sides.modules.adopt(&from, &rec, key)?;
             rec
         }
     };
@@ -490,7 +508,7 @@ fn place_module(
         layout,
         cache,
         limits,
-        key: &key,
+        key,
     };
     let dependencies = place.place(
         &m.dependencies,
@@ -511,7 +529,7 @@ struct Package<'a> {
     layout: &'a Layout,
     cache: &'a Cache<'a>,
     limits: &'a Limits,
-    key: &'a str,
+    key: &'a Coords,
 }
 
 impl Package<'_> {

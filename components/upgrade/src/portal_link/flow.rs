@@ -26,7 +26,7 @@ use super::{
 use crate::{
     blocking::off_thread,
     cache::CachedFile,
-    coords::{Coords, Module},
+    coords::Module,
     downloader::{DownloadEvent, DownloadSet, ResolveSet, DOWNLOAD_EVENT_QUEUE},
     error::{io_at, Failure, UpgradeError},
     inventory::PlanSync,
@@ -253,11 +253,10 @@ async fn resolve(
         .await?;
     if let Err(e) = &resolved {
         if let Failure::Download { module } = e.failure() {
-            let coords = module.parse::<Coords>().ok();
             status(
                 peers,
                 env,
-                coords.as_ref(),
+                Some(module),
                 ModuleStatus::DownloadError,
                 Some(e.to_string()),
             )
@@ -314,12 +313,6 @@ async fn download(
     plan: &SyncPlan,
 ) -> Result<HashMap<String, CachedFile>, UpgradeError> {
     let (events_tx, mut events) = mpsc::channel(DOWNLOAD_EVENT_QUEUE);
-    let coords_of = |key: &str| {
-        plan.modules
-            .iter()
-            .find(|m| m.key() == key)
-            .map(|m| m.resolved.module.coords.clone())
-    };
     let download = peers.downloader.send(DownloadSet {
         plan: plan.clone(),
         events: events_tx,
@@ -328,11 +321,11 @@ async fn download(
     let fetched = loop {
         tokio::select! {
             result = &mut download => break result,
-            Some(event) = events.recv() => forward(peers, report, env, &coords_of, event).await,
+            Some(event) = events.recv() => forward(peers, report, env, event).await,
         }
     };
     while let Ok(event) = events.try_recv() {
-        forward(peers, report, env, &coords_of, event).await;
+        forward(peers, report, env, event).await;
     }
     fetched?
 }
@@ -381,29 +374,16 @@ async fn stage(
 
 /// Passes a download event on: a status for the portal, or the progress
 /// in `status`.
-async fn forward(
-    peers: &Peers,
-    report: &Rc<RefCell<SyncReport>>,
-    env: &str,
-    coords_of: &impl Fn(&str) -> Option<Coords>,
-    event: DownloadEvent,
-) {
+async fn forward(peers: &Peers, report: &Rc<RefCell<SyncReport>>, env: &str, event: DownloadEvent) {
     match event {
         DownloadEvent::Started { module } => {
-            status(
-                peers,
-                env,
-                coords_of(&module).as_ref(),
-                ModuleStatus::Downloading,
-                None,
-            )
-            .await
+            status(peers, env, Some(&module), ModuleStatus::Downloading, None).await
         }
         DownloadEvent::Finished { module, .. } => {
             status(
                 peers,
                 env,
-                coords_of(&module).as_ref(),
+                Some(&module),
                 ModuleStatus::Downloaded,
                 peers.apply.waits_for(),
             )
@@ -413,7 +393,7 @@ async fn forward(
             status(
                 peers,
                 env,
-                coords_of(&module).as_ref(),
+                Some(&module),
                 ModuleStatus::DownloadError,
                 Some(reason),
             )

@@ -15,7 +15,6 @@ use super::{
     target::core_module,
     Peers, PortalLink,
 };
-use crate::coords::Coords;
 
 impl Handler<FromBus<RestartDeferred>> for PortalLink {
     type Result = ResponseFuture<()>;
@@ -49,12 +48,11 @@ impl Handler<FromBus<RestartDeferred>> for PortalLink {
             async move {
                 if let Ok(Some(env)) = peers.layout.environment_uuid() {
                     for module in &staged.modules {
-                        let coords = module.parse::<Coords>().ok();
                         let message = Some(message.clone());
                         status(
                             &peers,
                             &env,
-                            coords.as_ref(),
+                            Some(module),
                             ModuleStatus::Downloaded,
                             message,
                         )
