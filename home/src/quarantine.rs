@@ -14,9 +14,10 @@ use std::{io, path::Path};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    installed::{key_set, module_keys},
+    coords::Coords,
+    installed::set_modules,
     layout::{read_state, remove_state, write_state},
-    Layout,
+    Layout, TargetSetId,
 };
 
 /// The file, in the home's `state/`.
@@ -27,9 +28,10 @@ pub const QUARANTINE_FILE: &str = "quarantined-set.json";
 pub struct Quarantine {
     /// Its identity ([`crate::swap::set_identity`]).
     pub set: String,
-    /// Its modules, `groupId:artifactId:version`, sorted: what a target
-    /// set is compared with.
-    pub modules: Vec<String>,
+    /// Its modules, sorted (on disk as `groupId:artifactId:version`
+    /// keys): what a target set is compared with, by [`TargetSetId`].
+    #[serde(with = "crate::coords::keys")]
+    pub modules: Vec<Coords>,
     /// Why it was rolled back.
     pub reason: String,
     /// When, in milliseconds since the Unix epoch.
@@ -37,10 +39,9 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    /// Whether a target set of `modules` (`groupId:artifactId:version`, in
-    /// any order) is this set.
-    pub fn is_set(&self, modules: &[String]) -> bool {
-        key_set(modules.to_vec()) == self.modules
+    /// Whether a target set of `modules` (in any order) is this set.
+    pub fn is_set(&self, modules: &[Coords]) -> bool {
+        TargetSetId::of(modules) == TargetSetId::of(&self.modules)
     }
 
     /// The sentence a refusal gives.
@@ -55,7 +56,7 @@ impl Quarantine {
 /// The quarantine record of the set in `dir`, rolled back for `reason`
 /// now.
 pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
-    let modules = key_set(module_keys(dir).ok().flatten().unwrap_or_default());
+    let modules = set_modules(dir).ok().flatten().unwrap_or_default();
     let rolled_back_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     Quarantine {
         set: crate::swap::set_identity(dir).unwrap_or_default(),
@@ -84,7 +85,7 @@ pub fn lift_if_active(layout: &Layout) -> io::Result<bool> {
     let Some(q) = read(layout)? else {
         return Ok(false);
     };
-    let active = module_keys(&layout.modules())
+    let active = set_modules(&layout.modules())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if !active.is_some_and(|keys| q.is_set(&keys)) {
         return Ok(false);
@@ -108,13 +109,13 @@ mod tests {
     fn a_target_set_matches_in_any_order_and_a_different_one_does_not() {
         let q = Quarantine {
             set: "id".into(),
-            modules: vec!["g:a:1".into(), "g:b:2".into()],
+            modules: vec!["g:a:1".parse().unwrap(), "g:b:2".parse().unwrap()],
             reason: "r".into(),
             rolled_back_ms: 1,
         };
-        assert!(q.is_set(&["g:b:2".into(), "g:a:1".into()]));
-        assert!(!q.is_set(&["g:a:1".into()]));
-        assert!(!q.is_set(&["g:a:1".into(), "g:b:3".into()]));
+        assert!(q.is_set(&["g:b:2".parse().unwrap(), "g:a:1".parse().unwrap()]));
+        assert!(!q.is_set(&["g:a:1".parse().unwrap()]));
+        assert!(!q.is_set(&["g:a:1".parse().unwrap(), "g:b:3".parse().unwrap()]));
     }
 
     #[test]
@@ -144,7 +145,7 @@ mod tests {
         );
         let q = Quarantine {
             set: "id".into(),
-            modules: vec!["g:a:1".into(), "g:b:2".into()],
+            modules: vec!["g:a:1".parse().unwrap(), "g:b:2".parse().unwrap()],
             reason: "start 3 failed".into(),
             rolled_back_ms: 1,
         };

@@ -300,10 +300,9 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
         .or_else(|| crate::hold::of_staged(layout).map(|h| h.waits_for)))
 }
 
-/// The staged set's modules (`groupId:artifactId:version`), if a complete
-/// staged set waits.
-pub fn staged_modules(layout: &Layout) -> Option<Vec<String>> {
-    crate::installed::module_keys(&layout.upgrade())
+/// The staged set's modules, if a complete staged set waits.
+pub fn staged_modules(layout: &Layout) -> Option<Vec<crate::coords::Coords>> {
+    crate::installed::set_modules(&layout.upgrade())
         .ok()
         .flatten()
 }
@@ -825,10 +824,10 @@ mod tests {
     fn a_held_staged_set_is_not_applied_and_says_what_it_waits_for() {
         let (_dir, layout) = home();
         write_set(&layout.upgrade(), None, "1");
-        let keys = crate::installed::module_keys(&layout.upgrade())
+        let modules = crate::installed::set_modules(&layout.upgrade())
             .unwrap()
             .unwrap();
-        let hold = crate::hold::Hold::new(keys, None, "the maintenance window".into());
+        let hold = crate::hold::Hold::new(modules, None, "the maintenance window".into());
         crate::hold::write(&layout, &hold).unwrap();
         assert_eq!(apply(&layout).unwrap(), Applied::Held);
         assert!(layout.has_staged_set(), "still staged");

@@ -11,7 +11,8 @@
 //! actor's internals.
 
 #![warn(missing_docs)]
-#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+// dev-dependencies serve the integration tests
 // `UpgradeError` carries the failing module's `Coords` and the cause whole;
 // it ends a synchronisation, once, so its size costs nothing measurable.
 #![allow(clippy::result_large_err)]

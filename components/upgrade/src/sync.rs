@@ -9,14 +9,16 @@
 
 use std::fmt;
 
-use banalytics_home::quarantine::{self, Quarantine};
+use banalytics_home::{
+    quarantine::{self, Quarantine},
+    TargetSetId,
+};
 use serde::Serialize;
 
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    coords::Module,
+    coords::{Coords, Module},
     error::{io_at, UpgradeError},
     layout::Layout,
     stager::StagedSummary,
@@ -224,19 +226,10 @@ impl HomeFacts {
     }
 }
 
-/// The id of a target set in logs and spans: the first 16 hex digits of
-/// the SHA-256 of its `groupId:artifactId:version` keys, sorted, one per
-/// line. The same set gets the same id in every synchronisation, whatever
-/// order the portal lists it in.
-pub fn target_set_id(modules: &[Module]) -> String {
-    let mut keys: Vec<String> = modules.iter().map(|m| m.coords.to_string()).collect();
-    keys.sort();
-    let mut hasher = Sha256::new();
-    for key in &keys {
-        hasher.update(key.as_bytes());
-        hasher.update(b"\n");
-    }
-    hex::encode(hasher.finalize())[..16].to_owned()
+/// The target set's identity ([`TargetSetId`]), as the portal names it:
+/// in logs, spans, the hold, the Restarter and `status`.
+pub fn target_set_id(modules: &[Module]) -> TargetSetId {
+    TargetSetId::of(modules.iter().map(|m| &m.coords))
 }
 
 /// What the quarantine (`state/quarantined-set.json`) means for a target
@@ -270,8 +263,8 @@ pub fn quarantine_verdict(
     let Some(q) = quarantine else {
         return QuarantineVerdict::Free;
     };
-    let keys: Vec<String> = target.iter().map(|m| m.coords.to_string()).collect();
-    match (q.is_set(&keys), retry) {
+    let modules: Vec<Coords> = target.iter().map(|m| m.coords.clone()).collect();
+    match (q.is_set(&modules), retry) {
         (false, _) => QuarantineVerdict::Lift,
         (true, true) => QuarantineVerdict::Retry,
         (true, false) => QuarantineVerdict::Refuse(q.refusal()),
@@ -347,14 +340,14 @@ mod tests {
     fn a_target_set_id_names_the_set_not_its_order() {
         let (a, b) = (module("a", "1"), module("b", "1"));
         let id = target_set_id(&[a.clone(), b.clone()]);
-        assert_eq!(id.len(), 16);
+        assert_eq!(id.to_string().len(), 16);
         assert_eq!(target_set_id(&[b, a.clone()]), id);
         assert_ne!(target_set_id(&[a.clone(), module("b", "2")]), id);
         assert_ne!(target_set_id(&[a]), id);
     }
 
     fn quarantined(modules: &[&Module]) -> Quarantine {
-        let mut keys: Vec<String> = modules.iter().map(|m| m.coords.to_string()).collect();
+        let mut keys: Vec<Coords> = modules.iter().map(|m| m.coords.clone()).collect();
         keys.sort();
         Quarantine {
             set: "0123abcd".into(),

@@ -3,7 +3,7 @@
 
 use std::{cell::RefCell, rc::Rc};
 
-use banalytics_home::hold;
+use banalytics_home::{hold, TargetSetId};
 use banalytics_messages::portal::{ModuleStatus, UpgradeOutcome};
 use banalytics_sdk::status::now_ms;
 use tracing::{info, warn};
@@ -59,13 +59,11 @@ pub(super) async fn deferred_staged_set(
         return None;
     }
     let staged = peers.layout.upgrade();
-    let keys = off_thread(move || banalytics_home::installed::module_keys(&staged))
+    let staged = off_thread(move || banalytics_home::installed::set_modules(&staged))
         .await
         .ok()
         .flatten()?;
-    let target = target.iter().map(|m| m.coords.to_string()).collect();
-    let same =
-        banalytics_home::installed::key_set(keys) == banalytics_home::installed::key_set(target);
+    let same = TargetSetId::of(&staged) == crate::sync::target_set_id(target);
     same.then_some(why)
 }
 

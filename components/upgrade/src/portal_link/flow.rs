@@ -6,7 +6,10 @@
 
 use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
-use banalytics_home::hold::{self, Hold};
+use banalytics_home::{
+    hold::{self, Hold},
+    TargetSetId,
+};
 use banalytics_messages::portal::{
     GetEnvModulesRequest, GetEnvModulesResponse, ModuleStatus, UpgradeOutcome,
 };
@@ -104,10 +107,10 @@ async fn run(
 ) -> Result<(), UpgradeError> {
     let target = ask_for_target(peers, report, env, response).await?;
     let set_id = target_set_id(&target);
-    Span::current().record("target_set", set_id.as_str());
+    Span::current().record("target_set", tracing::field::display(set_id));
     info!(target_set = %set_id, modules = target.len(), "target set received");
     pass_quarantine(peers, report, &target).await?;
-    if let Some((result, waits_for)) = staged_target(peers, report, &target, &set_id).await? {
+    if let Some((result, waits_for)) = staged_target(peers, report, &target, set_id).await? {
         staged_already(peers, report, asker, result, waits_for).await;
         return Ok(());
     }
@@ -130,7 +133,7 @@ async fn run(
     set_state(peers, report, SyncState::Downloading);
     let fetched = download(peers, report, env, &plan).await?;
     set_state(peers, report, SyncState::Staging);
-    let reason = stage(peers, report, plan, fetched, &set_id).await?;
+    let reason = stage(peers, report, plan, fetched, set_id).await?;
     // The wait for the apply policy (window, approval) is the Restarter's.
     peers
         .restarter
@@ -207,9 +210,9 @@ async fn staged_target(
     peers: &Peers,
     report: &Rc<RefCell<SyncReport>>,
     target: &[Module],
-    set_id: &str,
+    set_id: TargetSetId,
 ) -> Result<Option<(&'static str, Option<String>)>, UpgradeError> {
-    if peers.restarter.send(WaitingSet).await?.as_deref() == Some(set_id) {
+    if peers.restarter.send(WaitingSet).await? == Some(set_id) {
         let from_portal = report.borrow().trigger == Some(Trigger::Portal);
         let approved = from_portal
             && peers.apply.approval_from_portal
@@ -217,7 +220,7 @@ async fn staged_target(
                 .restarter
                 .send(Approve {
                     by: "portal".into(),
-                    set_id: Some(set_id.to_owned()),
+                    set_id: Some(set_id),
                 })
                 .await?;
         info!(
@@ -338,18 +341,15 @@ async fn stage(
     report: &Rc<RefCell<SyncReport>>,
     plan: SyncPlan,
     fetched: HashMap<String, CachedFile>,
-    set_id: &str,
+    set_id: TargetSetId,
 ) -> Result<String, UpgradeError> {
-    let keys = plan
+    let modules = plan
         .modules
         .iter()
-        .map(|m| m.resolved.module.coords.to_string())
+        .map(|m| m.resolved.module.coords.clone())
         .collect();
     let held = match peers.apply.holds() {
-        Some(why) => hold::write(
-            &peers.layout,
-            &Hold::new(keys, Some(set_id.to_owned()), why),
-        ),
+        Some(why) => hold::write(&peers.layout, &Hold::new(modules, Some(set_id), why)),
         None => hold::release(&peers.layout),
     };
     held.map_err(io_at(peers.layout.state().join(hold::HOLD_FILE)))?;
