@@ -50,6 +50,6 @@ pub mod sha256;
 pub mod swap;
 
 pub use layout::Layout;
-pub use sets::TargetSetId;
+pub use sets::{ContentId, TargetSetId};
 pub use sha256::Sha256;
 pub use swap::SwapError;

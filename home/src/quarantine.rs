@@ -17,7 +17,7 @@ use crate::{
     coords::Coords,
     installed::set_modules,
     layout::{read_state, remove_state, write_state},
-    Layout, TargetSetId,
+    ContentId, Layout, TargetSetId,
 };
 
 /// The file, in the home's `state/`.
@@ -26,8 +26,10 @@ pub const QUARANTINE_FILE: &str = "quarantined-set.json";
 /// A set that failed its probation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantine {
-    /// Its identity ([`crate::swap::set_identity`]).
-    pub set: String,
+    /// Its content id ([`crate::swap::set_identity`]); `""` on disk when
+    /// its folder had none.
+    #[serde(with = "crate::sets::optional_content")]
+    pub set: Option<ContentId>,
     /// Its modules, sorted (on disk as `groupId:artifactId:version`
     /// keys): what a target set is compared with, by [`TargetSetId`].
     #[serde(with = "crate::coords::keys")]
@@ -59,7 +61,7 @@ pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
     let modules = set_modules(dir).ok().flatten().unwrap_or_default();
     let rolled_back_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     Quarantine {
-        set: crate::swap::set_identity(dir).unwrap_or_default(),
+        set: crate::swap::set_identity(dir),
         modules,
         reason: reason.to_owned(),
         rolled_back_ms,
@@ -108,7 +110,7 @@ mod tests {
     #[test]
     fn a_target_set_matches_in_any_order_and_a_different_one_does_not() {
         let q = Quarantine {
-            set: "id".into(),
+            set: None,
             modules: vec!["g:a:1".parse().unwrap(), "g:b:2".parse().unwrap()],
             reason: "r".into(),
             rolled_back_ms: 1,
@@ -144,7 +146,7 @@ mod tests {
             "no record, nothing lifted"
         );
         let q = Quarantine {
-            set: "id".into(),
+            set: None,
             modules: vec!["g:a:1".parse().unwrap(), "g:b:2".parse().unwrap()],
             reason: "start 3 failed".into(),
             rolled_back_ms: 1,

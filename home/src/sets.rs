@@ -4,9 +4,11 @@
 //!   it is known as soon as the portal names the set, before anything is
 //!   downloaded. The apply hold, the quarantine, the Restarter and
 //!   `status` name and compare sets by it.
-//! - the content id ([`crate::swap::set_identity`]), the installed or
-//!   staged set's: from its recorded files (`modules-info.properties` and
-//!   the hash record). Only the swap uses it, to tell its folders apart.
+//! - [`ContentId`], a set on disk's: from its recorded files
+//!   (`modules-info.properties` and the hash record), computed by
+//!   [`crate::swap::set_identity`]. The swap (its journal, the probation
+//!   record) and the quarantine record's `set` use it, to tell folders
+//!   apart.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,7 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Digest as _;
 
-use crate::coords::Coords;
+use crate::{coords::Coords, Sha256};
 
 /// The target set's identity: the first 8 bytes of the SHA-256 of its
 /// modules' `groupId:artifactId:version` keys, sorted, each once, one per
@@ -87,6 +89,64 @@ impl<'de> Deserialize<'de> for TargetSetId {
     }
 }
 
+/// The content id of a set on disk: the SHA-256 of its
+/// `modules-info.properties` (length first) and its hash record. Written as
+/// 64 hex digits, as it always was.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ContentId(Sha256);
+
+impl ContentId {
+    /// The id whose digest is `digest` (what [`crate::swap::set_identity`]
+    /// computes).
+    pub fn from_digest(digest: Sha256) -> ContentId {
+        ContentId(digest)
+    }
+
+    /// Its first 12 hex digits, for logs and `status`.
+    pub fn short(&self) -> String {
+        self.0.to_string()[..12].to_owned()
+    }
+}
+
+impl fmt::Display for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for ContentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentId({self})")
+    }
+}
+
+/// Serde for an optional content id in the records' form: `""` for none
+/// (`#[serde(with = "sets::optional_content")]`).
+pub mod optional_content {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use super::ContentId;
+
+    /// Writes the id, or `""` for none.
+    pub fn serialize<S: Serializer>(id: &Option<ContentId>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => s.collect_str(id),
+            None => s.serialize_str(""),
+        }
+    }
+
+    /// Reads `""` as none, anything else as an id.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ContentId>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let digest = crate::Sha256::parse(&text).map_err(D::Error::custom)?;
+        Ok(Some(ContentId(digest)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +180,27 @@ mod tests {
             TargetSetId::of([&c("g:b:1"), &c("g:a:1")]).to_string(),
             digest[..16]
         );
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Record {
+        #[serde(with = "optional_content")]
+        outgoing: Option<ContentId>,
+    }
+
+    #[test]
+    fn a_content_id_keeps_its_on_disk_form_and_none_is_the_empty_string() {
+        let id = ContentId::from_digest(Sha256::of(b"set"));
+        let some = Record { outgoing: Some(id) };
+        let json = serde_json::to_string(&some).unwrap();
+        assert_eq!(json, format!("{{\"outgoing\":\"{}\"}}", Sha256::of(b"set")));
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), some);
+        let none = Record { outgoing: None };
+        assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"outgoing":""}"#);
+        assert_eq!(
+            serde_json::from_str::<Record>(r#"{"outgoing":""}"#).unwrap(),
+            none
+        );
+        assert_eq!(id.short().len(), 12);
     }
 }

@@ -31,6 +31,7 @@ use crate::{
     installed::{write_atomic, MODULES_INFO_FILE},
     layout::{sync_dir, Layout},
     record::{BadFile, SetRecord, RECORD_FILE},
+    ContentId,
 };
 
 /// The journal, in the home (it matches `modules*`).
@@ -104,9 +105,10 @@ pub struct Journal {
     /// The procedure in progress.
     pub procedure: Procedure,
     /// Identity of the set being installed.
-    pub incoming: String,
+    pub incoming: ContentId,
     /// Identity of the set being replaced (`""` when there is none).
-    pub outgoing: String,
+    #[serde(with = "crate::sets::optional_content")]
+    pub outgoing: Option<ContentId>,
     /// The last step done.
     pub step: u32,
     /// Whether the procedure moves the models too. An apply whose staged
@@ -129,7 +131,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probation {
     /// Identity of the set on probation.
-    pub set: String,
+    pub set: ContentId,
     /// Starts of the host since the set was applied.
     pub boot_attempts: u32,
     /// The last failure seen while on probation.
@@ -163,7 +165,7 @@ pub struct SetsReport {
 
 /// The identity of the set in `dir`: SHA-256 over its
 /// `modules-info.properties` and hash record; `None` if it has no marker.
-pub fn set_identity(dir: &Path) -> Option<String> {
+pub fn set_identity(dir: &Path) -> Option<ContentId> {
     use sha2::{Digest, Sha256};
     let info = fs::read(dir.join(MODULES_INFO_FILE)).ok()?;
     let record = fs::read(dir.join(RECORD_FILE)).unwrap_or_default();
@@ -171,7 +173,7 @@ pub fn set_identity(dir: &Path) -> Option<String> {
     h.update((info.len() as u64).to_le_bytes());
     h.update(&info);
     h.update(&record);
-    Some(hex::encode(h.finalize()))
+    Some(ContentId::from_digest(crate::Sha256::from_hasher(h)))
 }
 
 fn journal_path(layout: &Layout) -> PathBuf {
@@ -368,7 +370,7 @@ pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, Sw
         return Ok(Applied::Held);
     }
     check_restorable(layout)?;
-    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    let outgoing = set_identity(&layout.modules());
     // 1. The journal: from here a crash is finished by `recover`.
     write_json(
         &journal_path(layout),
@@ -391,7 +393,7 @@ pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
     recover(layout)?;
     let incoming =
         set_identity(&layout.backup()).ok_or_else(|| SwapError::NoBackup(layout.backup()))?;
-    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    let outgoing = set_identity(&layout.modules());
     write_json(
         &journal_path(layout),
         &Journal {
@@ -555,7 +557,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     steps.step(
         5,
         "modules-in",
-        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
+        || set_identity(&m) == Some(j.incoming),
         || {
             if !m.exists() {
                 // First install, or the fallback moved the old set out
@@ -610,7 +612,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
             set_probation(
                 layout,
                 &Probation {
-                    set: j.incoming.clone(),
+                    set: j.incoming,
                     boot_attempts: 0,
                     last_error: None,
                     excused: j.excused.clone(),
@@ -622,8 +624,8 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     Ok(())
 }
 
-fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
+fn short(id: &ContentId) -> String {
+    id.short()
 }
 
 /// Rollback, from wherever a crash left it: models first (three renames
@@ -661,7 +663,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     steps.step(
         4,
         "modules-in",
-        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
+        || set_identity(&m) == Some(j.incoming),
         || {
             if !m.exists() {
                 return rename(layout, &b, &m);

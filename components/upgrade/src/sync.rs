@@ -301,21 +301,25 @@ pub fn pass_quarantine(
         }
     };
     let verdict = quarantine_verdict(record.as_ref(), target, retry);
-    let quarantined = record.as_ref().map(|q| q.set.as_str()).unwrap_or_default();
+    let quarantined = record
+        .as_ref()
+        .and_then(|q| q.set)
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     match &verdict {
         QuarantineVerdict::Free => {}
         QuarantineVerdict::Lift => {
             quarantine::clear(layout).map_err(io_at(&file))?;
             info!(
-                quarantined,
+                %quarantined,
                 "the portal assigned a different set: quarantine lifted"
             );
         }
         QuarantineVerdict::Retry => {
-            info!(quarantined, "retry: the quarantined set is installed again")
+            info!(%quarantined, "retry: the quarantined set is installed again")
         }
         QuarantineVerdict::Refuse(refusal) => {
-            warn!(quarantined, "the target set is quarantined: refused");
+            warn!(%quarantined, "the target set is quarantined: refused");
             return Err(UpgradeError::Quarantined {
                 refusal: refusal.clone(),
             });
@@ -350,7 +354,7 @@ mod tests {
         let mut keys: Vec<Coords> = modules.iter().map(|m| m.coords.clone()).collect();
         keys.sort();
         Quarantine {
-            set: "0123abcd".into(),
+            set: None,
             modules: keys,
             reason: "component drill is ERROR: failure drill".into(),
             rolled_back_ms: 1_700_000_000_000,

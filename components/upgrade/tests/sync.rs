@@ -1047,7 +1047,7 @@ async fn a_quarantined_target_is_refused_before_any_download_until_retried_or_re
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
     let beta = publish(&repo, "beta", "1.0", &[], &[]);
     let q = Quarantine {
-        set: "0123abcd".into(),
+        set: None,
         modules: vec![
             "com.example:alpha:1.0".parse().unwrap(),
             "com.example:beta:1.0".parse().unwrap(),
@@ -1766,7 +1766,7 @@ async fn on_probation_a_resync_with_nothing_to_do_leaves_the_final_status_to_the
     banalytics_home::swap::set_probation(
         &Layout::new(b.home.path()),
         &banalytics_home::swap::Probation {
-            set: "new".into(),
+            set: banalytics_home::ContentId::from_digest(banalytics_home::Sha256::of(b"new")),
             boot_attempts: 1,
             last_error: None,
             excused: Vec::new(),
