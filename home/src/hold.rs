@@ -37,7 +37,10 @@ pub struct Hold {
     /// `groupId:artifactId:version` keys).
     #[serde(with = "crate::coords::keys")]
     pub modules: Vec<Coords>,
-    /// The set's id, which a portal approval names.
+    /// The set's id, which a portal approval names. Text that is not an
+    /// id (a record written by hand) reads as none: the record stays
+    /// readable, and no approval names that set.
+    #[serde(default, deserialize_with = "lenient_set_id")]
     pub set_id: Option<TargetSetId>,
     /// What it waits for, in words (`status` shows it).
     pub waits_for: String,
@@ -59,6 +62,10 @@ impl Hold {
     pub fn target(&self) -> TargetSetId {
         TargetSetId::of(&self.modules)
     }
+}
+
+fn lenient_set_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TargetSetId>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.and_then(|id| id.parse().ok()))
 }
 
 /// The hold, if there is one. An unreadable one is an error, not "none".
