@@ -124,7 +124,7 @@ impl fmt::Debug for ContentId {
 /// Serde for an optional content id in the records' form: `""` for none
 /// (`#[serde(with = "sets::optional_content")]`).
 pub mod optional_content {
-    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     use super::ContentId;
 
@@ -136,14 +136,12 @@ pub mod optional_content {
         }
     }
 
-    /// Reads `""` as none, anything else as an id.
+    /// Reads `""` as none, an id as an id; other text (a record written
+    /// by hand) as none too, so that the record stays readable: such text
+    /// named no set on disk either.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ContentId>, D::Error> {
         let text = String::deserialize(d)?;
-        if text.is_empty() {
-            return Ok(None);
-        }
-        let digest = crate::Sha256::parse(&text).map_err(D::Error::custom)?;
-        Ok(Some(ContentId(digest)))
+        Ok(crate::Sha256::parse(&text).ok().map(ContentId))
     }
 }
 
