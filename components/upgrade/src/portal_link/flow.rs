@@ -22,7 +22,7 @@ use super::{
         STAGED_ALREADY,
     },
     link::{ask_link, wait_for_link, LinkState},
-    report::{publish_report, set_state, status, Asker},
+    report::{forward, publish_report, set_state, status, Asker},
     target::validate_target,
     Peers, RESPONSE_TIMEOUT,
 };
@@ -30,7 +30,7 @@ use crate::{
     blocking::off_thread,
     cache::CachedFile,
     coords::Module,
-    downloader::{DownloadEvent, DownloadSet, ResolveSet, DOWNLOAD_EVENT_QUEUE},
+    downloader::{DownloadSet, ResolveSet, DOWNLOAD_EVENT_QUEUE},
     error::{io_at, Failure, UpgradeError},
     inventory::PlanSync,
     plan::{ResolvedModule, SyncPlan},
@@ -370,40 +370,4 @@ async fn stage(
     }
     publish_report(peers, &report.borrow());
     Ok(reason)
-}
-
-/// Passes a download event on: a status for the portal, or the progress
-/// in `status`.
-async fn forward(peers: &Peers, report: &Rc<RefCell<SyncReport>>, env: &str, event: DownloadEvent) {
-    match event {
-        DownloadEvent::Started { module } => {
-            status(peers, env, Some(&module), ModuleStatus::Downloading, None).await
-        }
-        DownloadEvent::Finished { module, .. } => {
-            status(
-                peers,
-                env,
-                Some(&module),
-                ModuleStatus::Downloaded,
-                peers.apply.waits_for(),
-            )
-            .await
-        }
-        DownloadEvent::Failed { module, reason } => {
-            status(
-                peers,
-                env,
-                Some(&module),
-                ModuleStatus::DownloadError,
-                Some(reason),
-            )
-            .await
-        }
-        DownloadEvent::Progress { done, total } => {
-            let mut r = report.borrow_mut();
-            r.done_bytes = done;
-            r.total_bytes = total;
-            publish_report(peers, &r);
-        }
-    }
 }

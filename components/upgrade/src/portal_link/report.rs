@@ -10,6 +10,8 @@ use banalytics_messages::portal::{
 };
 use tracing::{info, warn};
 
+use crate::downloader::DownloadEvent;
+
 use super::Peers;
 use crate::{
     blocking::off_thread,
@@ -125,4 +127,45 @@ impl Report {
 pub(super) fn set_state(peers: &Peers, report: &Rc<RefCell<SyncReport>>, state: SyncState) {
     report.borrow_mut().state = state;
     publish_report(peers, &report.borrow());
+}
+
+/// Passes a download event on: a status for the portal, or the progress
+/// in `status`.
+pub(super) async fn forward(
+    peers: &Peers,
+    report: &Rc<RefCell<SyncReport>>,
+    env: &str,
+    event: DownloadEvent,
+) {
+    match event {
+        DownloadEvent::Started { module } => {
+            status(peers, env, Some(&module), ModuleStatus::Downloading, None).await
+        }
+        DownloadEvent::Finished { module, .. } => {
+            status(
+                peers,
+                env,
+                Some(&module),
+                ModuleStatus::Downloaded,
+                peers.apply.waits_for(),
+            )
+            .await
+        }
+        DownloadEvent::Failed { module, reason } => {
+            status(
+                peers,
+                env,
+                Some(&module),
+                ModuleStatus::DownloadError,
+                Some(reason),
+            )
+            .await
+        }
+        DownloadEvent::Progress { done, total } => {
+            let mut r = report.borrow_mut();
+            r.done_bytes = done;
+            r.total_bytes = total;
+            publish_report(peers, &r);
+        }
+    }
 }
