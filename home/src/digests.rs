@@ -33,7 +33,7 @@ use tracing::warn;
 
 use crate::{
     layout::{write_atomic, FileError},
-    record::sha256_reader,
+    Sha256,
 };
 
 /// The cache file's name, in `state/`.
@@ -65,7 +65,7 @@ impl FileKey {
 struct Entry {
     #[serde(flatten)]
     key: FileKey,
-    sha256: String,
+    sha256: Sha256,
 }
 
 /// The file's content.
@@ -96,9 +96,9 @@ pub struct DigestStats {
 pub struct DigestCache {
     path: PathBuf,
     /// The entries as read from the file.
-    known: BTreeMap<FileKey, String>,
+    known: BTreeMap<FileKey, Sha256>,
     /// The entries this pass used or made: what [`save`](Self::save) keeps.
-    used: BTreeMap<FileKey, String>,
+    used: BTreeMap<FileKey, Sha256>,
     /// [`save`](Self::save) keeps the entries read too
     /// ([`remember`](Self::remember) was called).
     keep_known: bool,
@@ -158,25 +158,25 @@ impl DigestCache {
         }
     }
 
-    /// The SHA-256 of the file at `path`, lower-case hex: the cached one
+    /// The SHA-256 of the file at `path`: the cached one
     /// when the file's key is known, else read in 1 MiB blocks. A digest
     /// read is cached only when the file's key was the same before and
     /// after the read, so a file written meanwhile is hashed again next
     /// time.
-    pub fn sha256(&mut self, path: &Path) -> io::Result<String> {
+    pub fn sha256(&mut self, path: &Path) -> io::Result<Sha256> {
         let mut file = fs::File::open(path)?;
         let key = FileKey::of(&file.metadata()?);
         if let Some(sha) = self.used.get(&key).or_else(|| self.known.get(&key)) {
-            let sha = sha.clone();
+            let sha = *sha;
             self.stats.cached_files += 1;
-            self.used.insert(key, sha.clone());
+            self.used.insert(key, sha);
             return Ok(sha);
         }
-        let sha = sha256_reader(&mut file)?;
+        let sha = Sha256::of_reader(&mut file)?;
         self.stats.hashed_files += 1;
         self.stats.hashed_bytes += key.size;
         if FileKey::of(&file.metadata()?) == key {
-            self.used.insert(key, sha.clone());
+            self.used.insert(key, sha);
         }
         Ok(sha)
     }
@@ -187,10 +187,10 @@ impl DigestCache {
     /// need not read what was just verified. Unlike a checking pass, this
     /// one keeps the entries it read: [`save`](Self::save) writes them
     /// together with the new ones.
-    pub fn remember(&mut self, path: &Path, sha256: &str) -> io::Result<()> {
+    pub fn remember(&mut self, path: &Path, sha256: Sha256) -> io::Result<()> {
         let key = FileKey::of(&fs::metadata(path)?);
         self.keep_known = true;
-        self.used.insert(key, sha256.to_ascii_lowercase());
+        self.used.insert(key, sha256);
         Ok(())
     }
 
@@ -211,7 +211,7 @@ impl DigestCache {
         let mut entries = self.used.clone();
         if self.keep_known {
             for (key, sha256) in &self.known {
-                entries.entry(*key).or_insert_with(|| sha256.clone());
+                entries.entry(*key).or_insert(*sha256);
             }
         }
         if entries == self.known {
@@ -281,7 +281,7 @@ mod tests {
 
         let mut stager = DigestCache::open(&cache);
         let digest = sha256_file(&new).unwrap();
-        stager.remember(&new, &digest.to_uppercase()).unwrap();
+        stager.remember(&new, digest).unwrap();
         stager.save().unwrap();
 
         let mut next = DigestCache::open(&cache);
@@ -414,7 +414,7 @@ mod tests {
         for _ in 0..2 {
             let mut pass = DigestCache::open(&cache);
             pass.sha256(&file).unwrap();
-            pass.remember(&file, &sha256_file(&file).unwrap()).unwrap();
+            pass.remember(&file, sha256_file(&file).unwrap()).unwrap();
             assert_eq!(pass.stats().hashed_files, 1, "nothing cached");
             pass.save().unwrap();
             assert_eq!(fs::read_to_string(&cache).unwrap(), newer);

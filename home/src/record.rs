@@ -16,6 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::installed::{check_record_name, write_atomic, InstalledError};
+use crate::Sha256;
 
 /// The record file's name, beside `modules-info.properties`.
 pub const RECORD_FILE: &str = "modules-hashes.json";
@@ -25,8 +26,8 @@ pub const RECORD_FILE: &str = "modules-hashes.json";
 pub struct FileRecord {
     /// Path relative to its folder (`modules/` or `models/`), `/`-separated.
     pub name: String,
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
+    /// Its SHA-256.
+    pub sha256: Sha256,
     /// Size in bytes.
     pub size: u64,
 }
@@ -36,7 +37,7 @@ pub struct FileRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageRecord {
     /// SHA-256 of the archive it came from.
-    pub sha256: String,
+    pub sha256: Sha256,
     /// Size of the archive.
     pub size: u64,
     /// The files it put in place.
@@ -159,7 +160,7 @@ impl SetRecord {
 pub fn check_file(
     path: &Path,
     record: &FileRecord,
-    sha256: impl FnOnce(&Path) -> io::Result<String>,
+    sha256: impl FnOnce(&Path) -> io::Result<Sha256>,
 ) -> Option<String> {
     match fs::metadata(path) {
         Err(e) => Some(format!("cannot read: {e}")),
@@ -168,7 +169,7 @@ pub fn check_file(
         }
         Ok(_) => match sha256(path) {
             Err(e) => Some(format!("cannot read: {e}")),
-            Ok(actual) if !actual.eq_ignore_ascii_case(&record.sha256) => {
+            Ok(actual) if actual != record.sha256 => {
                 Some(format!("sha-256 {actual}, recorded {}", record.sha256))
             }
             Ok(_) => None,
@@ -176,29 +177,9 @@ pub fn check_file(
     }
 }
 
-/// SHA-256 of a file, lower-case hex, read in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    sha256_reader(&mut fs::File::open(path)?)
-}
-
-/// SHA-256 of everything `reader` yields, lower-case hex, read in 1 MiB
-/// blocks.
-pub fn sha256_reader(reader: &mut impl io::Read) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+/// SHA-256 of a file, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> io::Result<Sha256> {
+    Sha256::of_file(path)
 }
 
 #[cfg(test)]
@@ -229,7 +210,7 @@ mod tests {
                 main: rec("a.jar", &modules.join("a.jar")),
                 dependencies: None,
                 model: Some(PackageRecord {
-                    sha256: "00".into(),
+                    sha256: Sha256::of(b"00"),
                     size: 1,
                     files: vec![rec("m.bin", &models.join("m.bin"))],
                 }),

@@ -49,10 +49,9 @@ impl EnvironmentSecret {
         &self.0
     }
 
-    /// Its SHA-256 (hex): what the box tells the portal it stored.
-    pub fn sha256_hex(&self) -> String {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(self.0.as_bytes()))
+    /// Its SHA-256: what the box tells the portal it stored.
+    pub fn sha256(&self) -> crate::Sha256 {
+        crate::Sha256::of(self.0.as_bytes())
     }
 }
 

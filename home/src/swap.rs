@@ -31,6 +31,7 @@ use crate::{
     installed::{write_atomic, MODULES_INFO_FILE},
     layout::{sync_dir, Layout},
     record::{BadFile, SetRecord, RECORD_FILE},
+    ContentId,
 };
 
 /// The journal, in the home (it matches `modules*`).
@@ -108,9 +109,10 @@ pub struct Journal {
     /// The procedure in progress.
     pub procedure: Procedure,
     /// Identity of the set being installed.
-    pub incoming: String,
+    pub incoming: ContentId,
     /// Identity of the set being replaced (`""` when there is none).
-    pub outgoing: String,
+    #[serde(with = "crate::sets::optional_content")]
+    pub outgoing: Option<ContentId>,
     /// The last step done.
     pub step: u32,
     /// Whether the procedure moves the models too. An apply whose staged
@@ -133,7 +135,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probation {
     /// Identity of the set on probation.
-    pub set: String,
+    pub set: ContentId,
     /// Starts of the host since the set was applied.
     pub boot_attempts: u32,
     /// The last failure seen while on probation.
@@ -167,7 +169,7 @@ pub struct SetsReport {
 
 /// The identity of the set in `dir`: SHA-256 over its
 /// `modules-info.properties` and hash record; `None` if it has no marker.
-pub fn set_identity(dir: &Path) -> Option<String> {
+pub fn set_identity(dir: &Path) -> Option<ContentId> {
     use sha2::{Digest, Sha256};
     let info = fs::read(dir.join(MODULES_INFO_FILE)).ok()?;
     let record = fs::read(dir.join(RECORD_FILE)).unwrap_or_default();
@@ -175,7 +177,7 @@ pub fn set_identity(dir: &Path) -> Option<String> {
     h.update((info.len() as u64).to_le_bytes());
     h.update(&info);
     h.update(&record);
-    Some(hex::encode(h.finalize()))
+    Some(ContentId::from_digest(crate::Sha256::from_hasher(h)))
 }
 
 fn journal_path(layout: &Layout) -> PathBuf {
@@ -299,10 +301,9 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
         .or_else(|| crate::hold::of_staged(layout).map(|h| h.waits_for)))
 }
 
-/// The staged set's modules (`groupId:artifactId:version`), if a complete
-/// staged set waits.
-pub fn staged_modules(layout: &Layout) -> Option<Vec<String>> {
-    crate::installed::module_keys(&layout.upgrade())
+/// The staged set's modules, if a complete staged set waits.
+pub fn staged_modules(layout: &Layout) -> Option<Vec<crate::coords::Coords>> {
+    crate::installed::set_modules(&layout.upgrade())
         .ok()
         .flatten()
 }
@@ -368,7 +369,7 @@ pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, Sw
         return Ok(Applied::Held);
     }
     check_restorable(layout)?;
-    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    let outgoing = set_identity(&layout.modules());
     // 1. The journal: from here a crash is finished by `recover`.
     write_json(
         &journal_path(layout),
@@ -398,7 +399,7 @@ pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
     }
     let incoming =
         set_identity(&layout.backup()).ok_or_else(|| SwapError::NoBackup(layout.backup()))?;
-    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    let outgoing = set_identity(&layout.modules());
     write_json(
         &journal_path(layout),
         crate::format::SWAP_JOURNAL,
@@ -567,7 +568,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     steps.step(
         5,
         "modules-in",
-        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
+        || set_identity(&m) == Some(j.incoming),
         || modules_in(layout, &u, &scratch),
     )?;
     // 6. The replaced set becomes the backup. A first install replaced
@@ -590,7 +591,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
             set_probation(
                 layout,
                 &Probation {
-                    set: j.incoming.clone(),
+                    set: j.incoming,
                     boot_attempts: 0,
                     last_error: None,
                     excused: j.excused.clone(),
@@ -644,8 +645,8 @@ fn backup_kept(layout: &Layout, scratch: &Path) -> Result<(), SwapError> {
     Ok(())
 }
 
-fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
+fn short(id: &ContentId) -> String {
+    id.short()
 }
 
 /// Rollback, from wherever a crash left it: models first (three renames
@@ -683,7 +684,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     steps.step(
         4,
         "modules-in",
-        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
+        || set_identity(&m) == Some(j.incoming),
         || {
             if !m.exists() {
                 return rename(layout, &b, &m);
@@ -791,7 +792,7 @@ mod tests {
                 ModuleRecord {
                     main: FileRecord {
                         name: main,
-                        sha256: "00".repeat(32),
+                        sha256: crate::Sha256::from_bytes([0; 32]),
                         size: version.len() as u64,
                     },
                     dependencies: None,
@@ -848,10 +849,10 @@ mod tests {
     fn a_held_staged_set_is_not_applied_and_says_what_it_waits_for() {
         let (_dir, layout) = home();
         write_set(&layout.upgrade(), None, "1");
-        let keys = crate::installed::module_keys(&layout.upgrade())
+        let modules = crate::installed::set_modules(&layout.upgrade())
             .unwrap()
             .unwrap();
-        let hold = crate::hold::Hold::new(keys, None, "the maintenance window".into());
+        let hold = crate::hold::Hold::new(modules, None, "the maintenance window".into());
         crate::hold::write(&layout, &hold).unwrap();
         assert_eq!(apply(&layout).unwrap(), Applied::Held);
         assert!(layout.has_staged_set(), "still staged");

@@ -57,7 +57,7 @@ fn a_newer_apply_hold_holds_the_staged_set_and_stays() {
     set(&layout.upgrade(), "g\\:a\\:1=component\\:0\n");
     assert!(hold::of_staged(&layout).is_some(), "the staged set is held");
     assert_eq!(swap::apply(&layout).unwrap(), swap::Applied::Held);
-    let replacement = Hold::new(vec!["g:a:1".into()], None, "a window".into());
+    let replacement = Hold::new(vec!["g:a:1".parse().unwrap()], None, "a window".into());
     assert!(in_io(&hold::write(&layout, &replacement).unwrap_err()).is_some());
     assert!(in_io(&hold::release(&layout).unwrap_err()).is_some());
     assert_eq!(fs::read(&path).unwrap(), bytes);
@@ -86,7 +86,7 @@ fn a_newer_running_core_record_is_not_read_nor_replaced() {
     assert_eq!(in_io(&err), Some(&newer(&path, format::RUNNING_CORE)));
     let core = running::RunningCore {
         version: "1".into(),
-        sha256: "00".repeat(32),
+        sha256: "00".repeat(32).parse().unwrap(),
         origin: running::CoreOrigin::Launcher,
         path: "/bin/true".into(),
         pid: 1,
@@ -100,7 +100,11 @@ fn a_newer_running_core_record_is_not_read_nor_replaced() {
 #[test]
 fn records_this_core_writes_carry_their_format_and_read_back() {
     let (_dir, layout) = home();
-    let hold = Hold::new(vec!["g:a:1".into()], Some("s".into()), "a window".into());
+    let hold = {
+        let modules: Vec<banalytics_home::coords::Coords> = vec!["g:a:1".parse().unwrap()];
+        let id = banalytics_home::TargetSetId::of(&modules);
+        Hold::new(modules, Some(id), "a window".into())
+    };
     hold::write(&layout, &hold).unwrap();
     let doc: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.state().join(hold::HOLD_FILE)).unwrap()).unwrap();

@@ -225,8 +225,9 @@ pub struct HomeFacts {
 /// What was staged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedSummary {
-    /// `groupId:artifactId:version` of every staged module.
-    pub modules: Vec<String>,
+    /// Every staged module, sorted.
+    #[serde(with = "banalytics_home::coords::keys")]
+    pub modules: Vec<banalytics_home::coords::Coords>,
     /// Files in the staged set (modules and models).
     pub files: usize,
     /// Their bytes.

@@ -156,7 +156,7 @@ pub struct ApprovalHandled {
     /// Whether a staged set waited and now restarts the box.
     pub restarting: bool,
     /// The set that waited, when one did.
-    pub set_id: Option<String>,
+    pub set_id: Option<banalytics_home::TargetSetId>,
 }
 
 impl BusMessage for ApprovalHandled {

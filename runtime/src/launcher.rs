@@ -147,7 +147,7 @@ pub struct CoreFile {
     /// The core module's version.
     pub version: String,
     /// Its SHA-256.
-    pub sha256: String,
+    pub sha256: banalytics_home::Sha256,
 }
 
 /// This executable, as a [`RunningCore`]; its SHA-256 is cached in
@@ -161,7 +161,7 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
     #[derive(Serialize, Deserialize)]
     struct Cached {
         key: String,
-        sha256: String,
+        sha256: banalytics_home::Sha256,
     }
     // A cache of a newer format is neither read nor replaced.
     let newer = format::newer_json(&cache, format::LAUNCHER_IDENTITY).is_some();
@@ -175,7 +175,7 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
             let json = format::to_json(
                 &Cached {
                     key,
-                    sha256: sha256.clone(),
+                    sha256,
                 },
                 format::LAUNCHER_IDENTITY,
             );
@@ -217,7 +217,7 @@ fn set_core(layout: &Layout) -> Option<CoreFile> {
     let recorded = SetRecord::load(&modules)
         .ok()
         .flatten()
-        .and_then(|r| r.modules.get(&key).map(|m| m.main.sha256.clone()));
+        .and_then(|r| r.modules.get(&key).map(|m| m.main.sha256));
     let sha256 = match recorded {
         Some(sha) => sha,
         None => sha256_file(&path).ok()?,
@@ -428,7 +428,7 @@ pub fn launch(
         rolled_back_seq: boot.rolled_back_seq,
         core: RunningCore {
             version: core.version.clone(),
-            sha256: core.sha256.clone(),
+            sha256: core.sha256,
             origin: CoreOrigin::ModuleSet,
             path: core.path.display().to_string(),
             pid: 0,

@@ -11,7 +11,11 @@
 //! actor's internals.
 
 #![warn(missing_docs)]
-#![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
+#![cfg_attr(test, allow(unused_crate_dependencies))]
+// dev-dependencies serve the integration tests
+// `UpgradeError` carries the failing module's `Coords` and the cause whole;
+// it ends a synchronisation, once, so its size costs nothing measurable.
+#![allow(clippy::result_large_err)]
 
 pub mod archive;
 pub mod blocking;
@@ -150,24 +154,9 @@ fn create(
     }))
 }
 
-impl Component for UpgradeCenter {
-    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
-        let layout = self.layout.clone();
-        layout.create_folders().map_err(|e| {
-            ComponentError::Start(format!(
-                "cannot create the module folders under {}: {e}",
-                layout.home().display()
-            ))
-        })?;
-        // Build one client now so that a TLS set-up failure is a start error.
-        let mut fetch_config = self.config.fetch_config();
-        fetch_config.ca_file = self.config.ca_file.as_ref().map(|f| layout.home().join(f));
-        fetch_config.gate = self.gate.clone();
-        fetch_config.space = self.space.clone();
-        fetch::client(&fetch_config).map_err(|e| ComponentError::Start(e.to_string()))?;
-
-        let l = layout.clone();
-        let inventory = ctx.supervise("inventory", move |_, _| Inventory::new(l.clone()));
+impl UpgradeCenter {
+    /// The TUF trust the settings name, checked: its root file exists.
+    fn trust(&self, layout: &Layout) -> Result<Option<tuf::Trust>, ComponentError> {
         let trust = match &self.config.trust_root {
             Some(root) => Some(
                 tuf::Trust::new(
@@ -189,6 +178,20 @@ impl Component for UpgradeCenter {
             }
             info!(root = %trust.root.display(), metadata = %trust.metadata_url, "artifacts must be TUF targets");
         }
+        Ok(trust)
+    }
+
+    /// Starts the five actors under the component's supervisor and
+    /// returns what PortalLink is given.
+    fn supervise_actors(
+        &self,
+        ctx: &mut ComponentContext,
+        layout: &Layout,
+        fetch_config: FetchConfig,
+        trust: Option<tuf::Trust>,
+    ) -> Peers {
+        let l = layout.clone();
+        let inventory = ctx.supervise("inventory", move |_, _| Inventory::new(l.clone()));
         let (l, repo, parallel, policy) = (
             layout.clone(),
             self.config.repository_url.clone(),
@@ -225,7 +228,7 @@ impl Component for UpgradeCenter {
                 .with_policy(apply.clone())
                 .with_home(home.clone())
         });
-        let peers = Peers {
+        Peers {
             layout: layout.clone(),
             bus: ctx.bus().clone(),
             board: ctx.board().clone(),
@@ -234,9 +237,30 @@ impl Component for UpgradeCenter {
             downloader,
             stager,
             restarter,
-            core: core_module(&layout),
+            core: core_module(layout),
             apply: self.apply.clone(),
-        };
+        }
+    }
+}
+
+impl Component for UpgradeCenter {
+    fn start(&mut self, ctx: &mut ComponentContext) -> Result<(), ComponentError> {
+        let layout = self.layout.clone();
+        layout.create_folders().map_err(|e| {
+            ComponentError::Start(format!(
+                "cannot create the module folders under {}: {e}",
+                layout.home().display()
+            ))
+        })?;
+        // Build one client now so that a TLS set-up failure is a start error.
+        let mut fetch_config = self.config.fetch_config();
+        fetch_config.ca_file = self.config.ca_file.as_ref().map(|f| layout.home().join(f));
+        fetch_config.gate = self.gate.clone();
+        fetch_config.space = self.space.clone();
+        fetch::client(&fetch_config).map_err(|e| ComponentError::Start(e.to_string()))?;
+
+        let trust = self.trust(&layout)?;
+        let peers = self.supervise_actors(ctx, &layout, fetch_config, trust);
         let peers_restarter = peers.restarter.clone();
         let link = ctx.supervise("portal-link", move |_, _| PortalLink::new(peers.clone()));
         ctx.route::<SyncSoftware, _>(&link);

@@ -7,14 +7,16 @@
 //! on the quarantine ([`quarantine_verdict`]): whether the portal's target
 //! set may go on at all.
 
-use banalytics_home::quarantine::{self, Quarantine};
+use banalytics_home::{
+    quarantine::{self, Quarantine},
+    TargetSetId,
+};
 pub use banalytics_messages::status::{HomeFacts, SyncReport, SyncState, Trigger, MAX_REQUESTS};
 
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    coords::Module,
+    coords::{Coords, Module},
     error::{io_at, UpgradeError},
     layout::Layout,
 };
@@ -54,19 +56,10 @@ pub fn home_facts(layout: &Layout) -> HomeFacts {
     }
 }
 
-/// The id of a target set in logs and spans: the first 16 hex digits of
-/// the SHA-256 of its `groupId:artifactId:version` keys, sorted, one per
-/// line. The same set gets the same id in every synchronisation, whatever
-/// order the portal lists it in.
-pub fn target_set_id(modules: &[Module]) -> String {
-    let mut keys: Vec<String> = modules.iter().map(|m| m.coords.to_string()).collect();
-    keys.sort();
-    let mut hasher = Sha256::new();
-    for key in &keys {
-        hasher.update(key.as_bytes());
-        hasher.update(b"\n");
-    }
-    hex::encode(hasher.finalize())[..16].to_owned()
+/// The target set's identity ([`TargetSetId`]), as the portal names it:
+/// in logs, spans, the hold, the Restarter and `status`.
+pub fn target_set_id(modules: &[Module]) -> TargetSetId {
+    TargetSetId::of(modules.iter().map(|m| &m.coords))
 }
 
 /// What the quarantine (`state/quarantined-set.json`) means for a target
@@ -100,8 +93,8 @@ pub fn quarantine_verdict(
     let Some(q) = quarantine else {
         return QuarantineVerdict::Free;
     };
-    let keys: Vec<String> = target.iter().map(|m| m.coords.to_string()).collect();
-    match (q.is_set(&keys), retry) {
+    let modules: Vec<Coords> = target.iter().map(|m| m.coords.clone()).collect();
+    match (q.is_set(&modules), retry) {
         (false, _) => QuarantineVerdict::Lift,
         (true, true) => QuarantineVerdict::Retry,
         (true, false) => QuarantineVerdict::Refuse(q.refusal()),
@@ -151,21 +144,25 @@ pub fn pass_quarantine(
         }
     };
     let verdict = quarantine_verdict(record.as_ref(), target, retry);
-    let quarantined = record.as_ref().map(|q| q.set.as_str()).unwrap_or_default();
+    let quarantined = record
+        .as_ref()
+        .and_then(|q| q.set)
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     match &verdict {
         QuarantineVerdict::Free => {}
         QuarantineVerdict::Lift => {
             quarantine::clear(layout).map_err(io_at(&file))?;
             info!(
-                quarantined,
+                %quarantined,
                 "the portal assigned a different set: quarantine lifted"
             );
         }
         QuarantineVerdict::Retry => {
-            info!(quarantined, "retry: the quarantined set is installed again")
+            info!(%quarantined, "retry: the quarantined set is installed again")
         }
         QuarantineVerdict::Refuse(refusal) => {
-            warn!(quarantined, "the target set is quarantined: refused");
+            warn!(%quarantined, "the target set is quarantined: refused");
             return Err(UpgradeError::Quarantined {
                 refusal: refusal.clone(),
             });
@@ -210,17 +207,17 @@ mod tests {
     fn a_target_set_id_names_the_set_not_its_order() {
         let (a, b) = (module("a", "1"), module("b", "1"));
         let id = target_set_id(&[a.clone(), b.clone()]);
-        assert_eq!(id.len(), 16);
+        assert_eq!(id.to_string().len(), 16);
         assert_eq!(target_set_id(&[b, a.clone()]), id);
         assert_ne!(target_set_id(&[a.clone(), module("b", "2")]), id);
         assert_ne!(target_set_id(&[a]), id);
     }
 
     fn quarantined(modules: &[&Module]) -> Quarantine {
-        let mut keys: Vec<String> = modules.iter().map(|m| m.coords.to_string()).collect();
+        let mut keys: Vec<Coords> = modules.iter().map(|m| m.coords.clone()).collect();
         keys.sort();
         Quarantine {
-            set: "0123abcd".into(),
+            set: None,
             modules: keys,
             reason: "component drill is ERROR: failure drill".into(),
             rolled_back_ms: 1_700_000_000_000,

@@ -19,7 +19,7 @@ use banalytics_upgrade_center::{
     schedule::{ManualClock, SystemClock, Window, WindowConfig},
 };
 use jiff::Timestamp;
-use repo::{body, sha256_hex, Repo};
+use repo::{body, sha256_of, Repo};
 
 const MIB: usize = 1024 * 1024;
 
@@ -38,7 +38,7 @@ fn config(gate: Gate) -> FetchConfig {
 
 fn expected(data: &[u8]) -> Expected {
     Expected {
-        sha256: Some(sha256_hex(data)),
+        sha256: Some(sha256_of(data)),
         size: Some(data.len() as u64),
         ..Expected::default()
     }

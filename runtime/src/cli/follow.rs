@@ -190,7 +190,7 @@ mod tests {
             requests: vec![6, 7],
             started_by: Some(6),
             staged: Some(StagedSummary {
-                modules: vec!["g:a:1".into()],
+                modules: vec!["g:a:1".parse().expect("coords")],
                 files: 8,
                 bytes: 9,
                 reused_files: 10,
