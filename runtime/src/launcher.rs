@@ -172,13 +172,7 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
         Some(c) if c.key == key => c.sha256,
         _ => {
             let sha256 = sha256_file(&exe)?;
-            let json = format::to_json(
-                &Cached {
-                    key,
-                    sha256,
-                },
-                format::LAUNCHER_IDENTITY,
-            );
+            let json = format::to_json(&Cached { key, sha256 }, format::LAUNCHER_IDENTITY);
             let cached = match newer {
                 true => Ok(()),
                 false => banalytics_home::layout::write_atomic(&cache, &json),

@@ -488,8 +488,7 @@ fn place_module(
         {
             use std::os::unix::fs::PermissionsExt;
             let path = sides.modules.root.join(&main.name);
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                .map_err(io_at(&path))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_at(&path))?;
         }
     }
     let scratch = layout

@@ -270,7 +270,12 @@ fn print_sets(u: &SetsReport) {
     if let Some(q) = &u.quarantined {
         println!(
             "quarantined: {} (rolled back at {} ms: {})",
-            list(&q.modules.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            list(
+                &q.modules
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            ),
             q.rolled_back_ms,
             q.reason
         );
