@@ -15,6 +15,8 @@ use jiff::{civil::DateTime, SignedDuration};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::Sha256;
+
 /// Group id of the core module, which has a fixed file name.
 pub const CORE_GROUP_ID: &str = "com.banalytics.box";
 /// Artifact id of the core module, which has a fixed file name.
@@ -22,8 +24,13 @@ pub const CORE_ARTIFACT_ID: &str = "core";
 /// File name of the core module in the module folder, whatever its version.
 pub const CORE_FILE_NAME: &str = "banalytics-box.jar";
 /// File name of a native core module (the host executable) in the module
-/// folder, whatever its version.
-pub const CORE_EXECUTABLE_NAME: &str = "banalytics-box";
+/// folder, whatever its version: with the platform's executable suffix
+/// (`banalytics-box.exe` on Windows, which starts nothing without it).
+pub const CORE_EXECUTABLE_NAME: &str = if cfg!(windows) {
+    "banalytics-box.exe"
+} else {
+    "banalytics-box"
+};
 /// Packagings of native artifacts: built per platform and fetched with the
 /// box's target triple as the Maven classifier (contracts section 4).
 pub const NATIVE_PACKAGINGS: &[&str] = &["so", "dylib", "dll", "bin", "exe"];
@@ -220,6 +227,28 @@ impl FromStr for Coords {
     }
 }
 
+/// Serde for a list of coordinates in their key form,
+/// `groupId:artifactId:version` (`#[serde(with = "coords::keys")]`): how
+/// `status` and the records in `state/` name modules.
+pub mod keys {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use super::Coords;
+
+    /// Writes each as `groupId:artifactId:version`.
+    pub fn serialize<S: Serializer>(coords: &[Coords], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(coords.iter().map(ToString::to_string))
+    }
+
+    /// Reads and validates each `groupId:artifactId:version`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Coords>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|key| key.parse().map_err(D::Error::custom))
+            .collect()
+    }
+}
+
 /// Checks a `groupId`: `[A-Za-z0-9_.-]+` with no empty, `.` or `..`
 /// segment between dots.
 pub fn validate_group_id(value: &str) -> Result<(), CoordsError> {
@@ -283,23 +312,20 @@ pub fn validate_packaging(value: &str) -> Result<(), CoordsError> {
     }
 }
 
-/// Checks a hex SHA-256 digest (64 hex digits, either case).
-pub fn validate_sha256(field: &'static str, value: &str) -> Result<(), CoordsError> {
-    if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(CoordsError::InvalidSha256 {
-            field,
-            value: value.to_owned(),
-        })
-    }
+/// Parses a hex SHA-256 digest (64 hex digits, either case) of the module
+/// object's field `field`.
+pub fn parse_sha256(field: &'static str, value: &str) -> Result<Sha256, CoordsError> {
+    Sha256::parse(value).map_err(|_| CoordsError::InvalidSha256 {
+        field,
+        value: value.to_owned(),
+    })
 }
 
 /// Integrity data of an optional package (`dependencies` or `model`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageInfo {
-    /// Hex SHA-256 of the package, lower-case once validated.
-    pub sha256: String,
+    /// SHA-256 of the package.
+    pub sha256: Sha256,
     /// Size in bytes, when declared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -321,8 +347,8 @@ pub struct Module {
     pub upload_time: i64,
     /// File extension of the main artifact; `None` means `jar`.
     pub packaging: Option<String>,
-    /// Hex SHA-256 of the main artifact, lower-case once validated.
-    pub sha256: Option<String>,
+    /// SHA-256 of the main artifact.
+    pub sha256: Option<Sha256>,
     /// Size of the main artifact in bytes.
     pub size: Option<u64>,
     /// The optional dependencies package (`-bin.zip`), when declared.
@@ -356,45 +382,83 @@ struct ModuleWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    dependencies: Option<PackageInfo>,
+    dependencies: Option<PackageWire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    model: Option<PackageInfo>,
+    model: Option<PackageWire>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    platforms: Option<BTreeMap<String, PackageInfo>>,
+    platforms: Option<BTreeMap<String, PackageWire>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     launcher_handshakes: Option<Vec<u32>>,
+}
+
+/// The portal's JSON spelling of a package: the digest as text, parsed
+/// with the module object so that a refusal names the field.
+#[derive(Serialize, Deserialize)]
+struct PackageWire {
+    sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+}
+
+impl PackageWire {
+    fn parse(self, field: &'static str) -> Result<PackageInfo, CoordsError> {
+        Ok(PackageInfo {
+            sha256: parse_sha256(field, &self.sha256)?,
+            size: self.size,
+        })
+    }
+}
+
+impl From<PackageInfo> for PackageWire {
+    fn from(p: PackageInfo) -> Self {
+        PackageWire {
+            sha256: p.sha256.to_string(),
+            size: p.size,
+        }
+    }
 }
 
 impl TryFrom<ModuleWire> for Module {
     type Error = CoordsError;
 
+    /// Validates every field, in the order of the module object: a refusal
+    /// names the first bad one.
     fn try_from(w: ModuleWire) -> Result<Self, Self::Error> {
-        let mut module = Module {
-            coords: Coords::new(w.group_id, w.artifact_id, w.version)?,
-            module_type: w.module_type,
-            upload_time: parse_upload_time(&w.upload_time)?,
-            packaging: w.packaging,
-            sha256: w.sha256,
-            size: w.size,
-            dependencies: w.dependencies,
-            model: w.model,
-            platforms: w.platforms,
-            launcher_handshakes: w.launcher_handshakes,
-        };
-        module.validate()?;
-        let platforms = module.platforms.iter_mut().flat_map(|p| p.values_mut());
-        for digest in [
-            module.sha256.as_mut(),
-            module.dependencies.as_mut().map(|p| &mut p.sha256),
-            module.model.as_mut().map(|p| &mut p.sha256),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(platforms.map(|p| &mut p.sha256))
-        {
-            digest.make_ascii_lowercase();
+        let coords = Coords::new(w.group_id, w.artifact_id, w.version)?;
+        let upload_time = parse_upload_time(&w.upload_time)?;
+        if let Some(packaging) = &w.packaging {
+            validate_packaging(packaging)?;
         }
-        Ok(module)
+        let sha256 = w.sha256.map(|s| parse_sha256("sha256", &s)).transpose()?;
+        let dependencies = w
+            .dependencies
+            .map(|p| p.parse("dependencies.sha256"))
+            .transpose()?;
+        let model = w.model.map(|p| p.parse("model.sha256")).transpose()?;
+        let platforms = w
+            .platforms
+            .map(|platforms| {
+                platforms
+                    .into_iter()
+                    .map(|(triple, p)| {
+                        validate_platform(&triple)?;
+                        Ok((triple, p.parse("platforms.sha256")?))
+                    })
+                    .collect::<Result<BTreeMap<_, _>, CoordsError>>()
+            })
+            .transpose()?;
+        Ok(Module {
+            coords,
+            module_type: w.module_type,
+            upload_time,
+            packaging: w.packaging,
+            sha256,
+            size: w.size,
+            dependencies,
+            model,
+            platforms,
+            launcher_handshakes: w.launcher_handshakes,
+        })
     }
 }
 
@@ -407,35 +471,27 @@ impl From<Module> for ModuleWire {
             module_type: m.module_type,
             upload_time: format_upload_time(m.upload_time),
             packaging: m.packaging,
-            sha256: m.sha256,
+            sha256: m.sha256.map(|s| s.to_string()),
             size: m.size,
-            dependencies: m.dependencies,
-            model: m.model,
-            platforms: m.platforms,
+            dependencies: m.dependencies.map(PackageWire::from),
+            model: m.model.map(PackageWire::from),
+            platforms: m
+                .platforms
+                .map(|p| p.into_iter().map(|(t, p)| (t, p.into())).collect()),
             launcher_handshakes: m.launcher_handshakes,
         }
     }
 }
 
 impl Module {
-    /// Checks the fields that [`Coords`] does not guard: packaging and the
-    /// three digests.
+    /// Checks the fields that their types do not guard: the packaging and
+    /// the platforms' target triples.
     pub fn validate(&self) -> Result<(), CoordsError> {
         if let Some(packaging) = &self.packaging {
             validate_packaging(packaging)?;
         }
-        if let Some(sha) = &self.sha256 {
-            validate_sha256("sha256", sha)?;
-        }
-        if let Some(p) = &self.dependencies {
-            validate_sha256("dependencies.sha256", &p.sha256)?;
-        }
-        if let Some(p) = &self.model {
-            validate_sha256("model.sha256", &p.sha256)?;
-        }
-        for (triple, p) in self.platforms.iter().flatten() {
+        for triple in self.platforms.iter().flat_map(|p| p.keys()) {
             validate_platform(triple)?;
-            validate_sha256("platforms.sha256", &p.sha256)?;
         }
         Ok(())
     }
@@ -716,10 +772,7 @@ mod tests {
         assert_eq!(m.module_type, ModuleType::Component);
         assert_eq!(m.upload_time, 1_772_360_130);
         assert_eq!(m.packaging(), "jar");
-        assert_eq!(
-            (m.sha256.as_deref(), m.size, &m.dependencies),
-            (None, None, &None)
-        );
+        assert_eq!((m.sha256, m.size, &m.dependencies), (None, None, &None));
     }
 
     #[test]
@@ -732,11 +785,14 @@ mod tests {
         v["dependencies"] = json!({"sha256": "cd".repeat(32), "size": 7});
         v["model"] = json!({"sha256": "EF".repeat(32)});
         let m: Module = serde_json::from_value(v).unwrap();
-        assert_eq!(m.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(m.sha256.unwrap().to_string(), "ab".repeat(32));
         assert_eq!(m.size, Some(42));
         assert_eq!(m.packaging(), "so");
         assert_eq!(m.dependencies.as_ref().unwrap().size, Some(7));
-        assert_eq!(m.model.as_ref().unwrap().sha256, "ef".repeat(32));
+        assert_eq!(
+            m.model.as_ref().unwrap().sha256.to_string(),
+            "ef".repeat(32)
+        );
         assert_eq!(file_name(&m), "com.banalytics.box-video-module-1.2.3.so");
     }
 
@@ -935,7 +991,10 @@ mod tests {
             "com/banalytics/box/video-module/1.2.3/video-module-1.2.3-x86_64-unknown-linux-gnu.so"
         );
         let builds = m.platforms.as_ref().unwrap();
-        assert_eq!(builds["x86_64-unknown-linux-gnu"].sha256, "ab".repeat(32));
+        assert_eq!(
+            builds["x86_64-unknown-linux-gnu"].sha256.to_string(),
+            "ab".repeat(32)
+        );
         assert_eq!(file_name(&m), "com.banalytics.box-video-module-1.2.3.so");
         let jar: Module = serde_json::from_value(module_json()).unwrap();
         assert!(!jar.is_native());

@@ -25,7 +25,6 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -34,7 +33,7 @@ use tracing::warn;
 
 use crate::{
     layout::{write_atomic, FileError},
-    record::sha256_reader,
+    Sha256,
 };
 
 /// The cache file's name, in `state/`.
@@ -57,15 +56,7 @@ pub struct FileKey {
 impl FileKey {
     /// The key of the file `meta` describes.
     pub fn of(meta: &fs::Metadata) -> FileKey {
-        FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(meta.mtime_nsec()),
-        }
+        crate::platform::file_key(meta)
     }
 }
 
@@ -74,7 +65,7 @@ impl FileKey {
 struct Entry {
     #[serde(flatten)]
     key: FileKey,
-    sha256: String,
+    sha256: Sha256,
 }
 
 /// The file's content.
@@ -84,8 +75,9 @@ struct CacheFile {
     entries: Vec<Entry>,
 }
 
-/// The current format of the file; another one is an empty cache.
-const FORMAT: u32 = 1;
+/// The current format of the file; an older one is an empty cache, a
+/// newer one is left as it is and no cache is kept ([`crate::format`]).
+const FORMAT: u32 = crate::format::DIGEST_CACHE;
 
 /// What one pass cost: files read and hashed, and files known by their key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,24 +96,42 @@ pub struct DigestStats {
 pub struct DigestCache {
     path: PathBuf,
     /// The entries as read from the file.
-    known: BTreeMap<FileKey, String>,
+    known: BTreeMap<FileKey, Sha256>,
     /// The entries this pass used or made: what [`save`](Self::save) keeps.
-    used: BTreeMap<FileKey, String>,
+    used: BTreeMap<FileKey, Sha256>,
     /// [`save`](Self::save) keeps the entries read too
     /// ([`remember`](Self::remember) was called).
     keep_known: bool,
+    /// The file is of a newer format: [`save`](Self::save) leaves it.
+    newer: bool,
     stats: DigestStats,
 }
 
 impl DigestCache {
     /// The cache kept in `path` (`Layout::digest_cache`). A missing file is
     /// an empty cache; so is an unreadable or malformed one, with a
-    /// warning (it is rewritten at the next [`save`](Self::save)).
+    /// warning (it is rewritten at the next [`save`](Self::save)); one of
+    /// a newer format is an empty cache that is never saved.
     pub fn open(path: &Path) -> DigestCache {
+        let mut newer = false;
         let known = match fs::read(path) {
-            Ok(bytes) => match serde_json::from_slice::<CacheFile>(&bytes) {
+            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map(|doc| (crate::format::of_json(&doc), doc))
+                .and_then(|(format, doc)| match format > FORMAT {
+                    // Its shape is unknown: only its number is read.
+                    true => Ok(CacheFile {
+                        format,
+                        entries: Vec::new(),
+                    }),
+                    false => CacheFile::deserialize(doc),
+                }) {
                 Ok(f) if f.format == FORMAT => {
                     f.entries.into_iter().map(|e| (e.key, e.sha256)).collect()
+                }
+                Ok(f) if f.format > FORMAT => {
+                    warn!(path = %path.display(), format = f.format, known = FORMAT, "digest cache of a newer format, left as it is; every file is hashed, nothing is cached");
+                    newer = true;
+                    BTreeMap::new()
                 }
                 Ok(f) => {
                     warn!(path = %path.display(), format = f.format, "digest cache of another format; every file is hashed again");
@@ -143,29 +153,30 @@ impl DigestCache {
             known,
             used: BTreeMap::new(),
             keep_known: false,
+            newer,
             stats: DigestStats::default(),
         }
     }
 
-    /// The SHA-256 of the file at `path`, lower-case hex: the cached one
+    /// The SHA-256 of the file at `path`: the cached one
     /// when the file's key is known, else read in 1 MiB blocks. A digest
     /// read is cached only when the file's key was the same before and
     /// after the read, so a file written meanwhile is hashed again next
     /// time.
-    pub fn sha256(&mut self, path: &Path) -> io::Result<String> {
+    pub fn sha256(&mut self, path: &Path) -> io::Result<Sha256> {
         let mut file = fs::File::open(path)?;
         let key = FileKey::of(&file.metadata()?);
         if let Some(sha) = self.used.get(&key).or_else(|| self.known.get(&key)) {
-            let sha = sha.clone();
+            let sha = *sha;
             self.stats.cached_files += 1;
-            self.used.insert(key, sha.clone());
+            self.used.insert(key, sha);
             return Ok(sha);
         }
-        let sha = sha256_reader(&mut file)?;
+        let sha = Sha256::of_reader(&mut file)?;
         self.stats.hashed_files += 1;
         self.stats.hashed_bytes += key.size;
         if FileKey::of(&file.metadata()?) == key {
-            self.used.insert(key, sha.clone());
+            self.used.insert(key, sha);
         }
         Ok(sha)
     }
@@ -176,10 +187,10 @@ impl DigestCache {
     /// need not read what was just verified. Unlike a checking pass, this
     /// one keeps the entries it read: [`save`](Self::save) writes them
     /// together with the new ones.
-    pub fn remember(&mut self, path: &Path, sha256: &str) -> io::Result<()> {
+    pub fn remember(&mut self, path: &Path, sha256: Sha256) -> io::Result<()> {
         let key = FileKey::of(&fs::metadata(path)?);
         self.keep_known = true;
-        self.used.insert(key, sha256.to_ascii_lowercase());
+        self.used.insert(key, sha256);
         Ok(())
     }
 
@@ -191,12 +202,16 @@ impl DigestCache {
     /// Writes the entries this pass used or made, and only those (with the
     /// entries read as well after [`remember`](Self::remember))
     /// ([`write_atomic`]; the folder is created when missing); nothing is
-    /// written when they are the entries read.
+    /// written when they are the entries read, nor over a file of a newer
+    /// format.
     pub fn save(&self) -> Result<(), FileError> {
+        if self.newer {
+            return Ok(());
+        }
         let mut entries = self.used.clone();
         if self.keep_known {
             for (key, sha256) in &self.known {
-                entries.entry(*key).or_insert_with(|| sha256.clone());
+                entries.entry(*key).or_insert(*sha256);
             }
         }
         if entries == self.known {
@@ -266,7 +281,7 @@ mod tests {
 
         let mut stager = DigestCache::open(&cache);
         let digest = sha256_file(&new).unwrap();
-        stager.remember(&new, &digest.to_uppercase()).unwrap();
+        stager.remember(&new, digest).unwrap();
         stager.save().unwrap();
 
         let mut next = DigestCache::open(&cache);
@@ -326,6 +341,7 @@ mod tests {
     }
 
     /// The inodes in the cache file, in order.
+    #[cfg(unix)]
     fn cached_inodes(cache: &Path) -> Vec<u64> {
         let file: serde_json::Value = serde_json::from_slice(&fs::read(cache).unwrap()).unwrap();
         let mut inodes: Vec<u64> = file["entries"]
@@ -338,9 +354,11 @@ mod tests {
         inodes
     }
 
+    #[cfg(unix)] // Windows keys have no inode (platform::file_key)
     #[test]
     fn a_pass_keeps_only_the_entries_it_used() {
         let (dir, cache) = setup();
+        use std::os::unix::fs::MetadataExt;
         let ino = |name: &str| fs::metadata(dir.path().join(name)).unwrap().ino();
         for name in ["a", "b"] {
             fs::write(dir.path().join(name), name).unwrap();
@@ -365,12 +383,12 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_or_foreign_cache_is_empty_and_rewritten() {
+    fn a_malformed_or_older_cache_is_empty_and_rewritten() {
         let (dir, cache) = setup();
         let file = dir.path().join("a.jar");
         fs::write(&file, b"alpha").unwrap();
         fs::create_dir_all(cache.parent().unwrap()).unwrap();
-        for bad in [&b"{ not json"[..], br#"{"format": 99, "entries": []}"#] {
+        for bad in [&b"{ not json"[..], br#"{"format": 0, "entries": []}"#] {
             fs::write(&cache, bad).unwrap();
             let mut pass = DigestCache::open(&cache);
             pass.sha256(&file).unwrap();
@@ -379,6 +397,27 @@ mod tests {
             let mut next = DigestCache::open(&cache);
             next.sha256(&file).unwrap();
             assert_eq!(next.stats().cached_files, 1);
+        }
+    }
+
+    #[test]
+    fn a_cache_of_a_newer_format_is_used_for_nothing_and_left_as_it_is() {
+        let (dir, cache) = setup();
+        let file = dir.path().join("a.jar");
+        fs::write(&file, b"alpha").unwrap();
+        fs::create_dir_all(cache.parent().unwrap()).unwrap();
+        let newer = format!(
+            r#"{{"format": {}, "entries": "a shape this core does not know"}}"#,
+            FORMAT + 1
+        );
+        fs::write(&cache, &newer).unwrap();
+        for _ in 0..2 {
+            let mut pass = DigestCache::open(&cache);
+            pass.sha256(&file).unwrap();
+            pass.remember(&file, sha256_file(&file).unwrap()).unwrap();
+            assert_eq!(pass.stats().hashed_files, 1, "nothing cached");
+            pass.save().unwrap();
+            assert_eq!(fs::read_to_string(&cache).unwrap(), newer);
         }
     }
 }

@@ -43,10 +43,7 @@ pub fn failpoint(name: &str) {
     }
     if armed.as_deref() == Some(name) {
         eprintln!("failpoint {name} reached");
-        // SAFETY: raising a signal on our own process.
-        unsafe {
-            libc::raise(libc::SIGKILL);
-        }
+        crate::platform::kill_self();
     }
 }
 

@@ -21,9 +21,10 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    installed::{key_set, module_keys},
+    coords::Coords,
+    installed::set_modules,
     layout::{read_state, remove_state, write_state},
-    Layout,
+    Layout, TargetSetId,
 };
 
 /// The file, in the home's `state/`.
@@ -32,38 +33,54 @@ pub const HOLD_FILE: &str = "apply-hold.json";
 /// What holds a staged set back from being applied at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    /// The held set's modules, `groupId:artifactId:version`, sorted.
-    pub modules: Vec<String>,
-    /// The set's id, which a portal approval names.
-    pub set_id: Option<String>,
+    /// The held set's modules, sorted (on disk as
+    /// `groupId:artifactId:version` keys).
+    #[serde(with = "crate::coords::keys")]
+    pub modules: Vec<Coords>,
+    /// The set's id, which a portal approval names. Text that is not an
+    /// id (a record written by hand) reads as none: the record stays
+    /// readable, and no approval names that set.
+    #[serde(default, deserialize_with = "lenient_set_id")]
+    pub set_id: Option<TargetSetId>,
     /// What it waits for, in words (`status` shows it).
     pub waits_for: String,
 }
 
 impl Hold {
     /// A hold of the set of `modules` (in any order).
-    pub fn new(modules: Vec<String>, set_id: Option<String>, waits_for: String) -> Hold {
+    pub fn new(mut modules: Vec<Coords>, set_id: Option<TargetSetId>, waits_for: String) -> Hold {
+        modules.sort();
+        modules.dedup();
         Hold {
-            modules: key_set(modules),
+            modules,
             set_id,
             waits_for,
         }
     }
+
+    /// The held set's identity, from its modules.
+    pub fn target(&self) -> TargetSetId {
+        TargetSetId::of(&self.modules)
+    }
+}
+
+fn lenient_set_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TargetSetId>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.and_then(|id| id.parse().ok()))
 }
 
 /// The hold, if there is one. An unreadable one is an error, not "none".
 pub fn read(layout: &Layout) -> io::Result<Option<Hold>> {
-    read_state(layout, HOLD_FILE)
+    read_state(layout, HOLD_FILE, crate::format::APPLY_HOLD)
 }
 
 /// Records `hold`, durably.
 pub fn write(layout: &Layout, hold: &Hold) -> io::Result<()> {
-    write_state(layout, HOLD_FILE, hold)
+    write_state(layout, HOLD_FILE, crate::format::APPLY_HOLD, hold)
 }
 
 /// Removes the hold, durably; `Ok` when there was none.
 pub fn release(layout: &Layout) -> io::Result<()> {
-    remove_state(layout, HOLD_FILE)
+    remove_state(layout, HOLD_FILE, crate::format::APPLY_HOLD)
 }
 
 /// The hold of the complete staged set, if one holds it. A hold that
@@ -71,9 +88,9 @@ pub fn release(layout: &Layout) -> io::Result<()> {
 /// policy because a file was damaged; `apply` or a new synchronisation
 /// replaces it).
 pub fn of_staged(layout: &Layout) -> Option<Hold> {
-    let staged = module_keys(&layout.upgrade()).ok().flatten()?;
+    let staged = set_modules(&layout.upgrade()).ok().flatten()?;
     match read(layout) {
-        Ok(Some(hold)) => (key_set(staged) == hold.modules).then_some(hold),
+        Ok(Some(hold)) => (TargetSetId::of(&staged) == hold.target()).then_some(hold),
         Ok(None) => None,
         Err(e) => Some(Hold::new(
             staged,
@@ -119,8 +136,8 @@ mod tests {
         let layout = Layout::new(dir.path());
         assert_eq!(of_staged(&layout), None, "nothing staged");
         let hold = Hold::new(
-            vec!["g:b:1".into(), "g:a:1".into()],
-            Some("set-1".into()),
+            vec!["g:b:1".parse().unwrap(), "g:a:1".parse().unwrap()],
+            Some(TargetSetId::of(&[])),
             "the maintenance window".into(),
         );
         write(&layout, &hold).unwrap();

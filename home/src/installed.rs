@@ -192,18 +192,21 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstalledError> {
     }
 }
 
-/// Module keys as a set: sorted, each once (how a set's modules are
-/// compared and recorded in `state/`).
-pub fn key_set(mut keys: Vec<String>) -> Vec<String> {
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
-/// The `groupId:artifactId:version` keys of the set in `dir`, in file
-/// order; `None` when it has no `modules-info.properties`.
+/// The modules of the set in `dir` as `status` lists them (their keys, in
+/// file order); `None` when it has no `modules-info.properties`.
 pub fn module_keys(dir: &Path) -> Result<Option<Vec<String>>, InstalledError> {
     Ok(read_modules_info(dir)?.map(|ms| ms.iter().map(|m| m.coords.to_string()).collect()))
+}
+
+/// The modules of the set in `dir`, sorted, each once; `None` when it has
+/// no `modules-info.properties`.
+pub fn set_modules(dir: &Path) -> Result<Option<Vec<Coords>>, InstalledError> {
+    Ok(read_modules_info(dir)?.map(|ms| {
+        let mut modules: Vec<Coords> = ms.into_iter().map(|m| m.coords).collect();
+        modules.sort();
+        modules.dedup();
+        modules
+    }))
 }
 
 /// Reads `modules-info.properties` from a module folder; `None` when it is
@@ -381,6 +384,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("no-such-dir/f.tmp"), "{err}");
+        let named = Path::new("no-such-dir").join("f.tmp");
+        assert!(err.to_string().contains(&*named.to_string_lossy()), "{err}");
     }
 }

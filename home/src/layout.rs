@@ -200,7 +200,7 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(),
                     }
                     _ => {}
                 }
-                std::os::unix::fs::OpenOptionsExt::mode(options.create_new(true), mode);
+                crate::platform::create_private(&mut options, mode);
             }
         }
         let mut file = options.open(&tmp).map_err(err("write", &tmp))?;
@@ -219,55 +219,54 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(),
     sync_dir(dir).map_err(err("sync", dir))
 }
 
-/// The JSON record `file` of the home's `state/`; `None` when it is
-/// missing. An unreadable one is an error (`InvalidData`), not "none".
+/// The JSON record `file` of the home's `state/`, of a format up to
+/// `format` ([`crate::format`]); `None` when it is missing. An unreadable
+/// one is an error (`InvalidData`), not "none"; so is one of a newer format
+/// (holding a [`crate::format::NewerFormat`]).
 pub fn read_state<T: serde::de::DeserializeOwned>(
     layout: &Layout,
     file: &str,
+    format: u32,
 ) -> io::Result<Option<T>> {
-    match fs::read(layout.state().join(file)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::format::read_json_or_err(&layout.state().join(file), format)
 }
 
-/// Writes the JSON record `file` of the home's `state/`, durably
-/// ([`write_atomic`]).
-pub fn write_state<T: serde::Serialize>(layout: &Layout, file: &str, value: &T) -> io::Result<()> {
+/// Writes the JSON record `file` of the home's `state/` as format `format`,
+/// durably ([`write_atomic`]); refused, leaving it, when the record there is
+/// of a newer format.
+pub fn write_state<T: serde::Serialize>(
+    layout: &Layout,
+    file: &str,
+    format: u32,
+    value: &T,
+) -> io::Result<()> {
+    let path = layout.state().join(file);
+    if let Some(newer) = crate::format::newer_json(&path, format) {
+        return Err(newer.into_io());
+    }
     fs::create_dir_all(layout.state())?;
-    let json = serde_json::to_vec_pretty(value).expect("plain data");
-    Ok(write_atomic(&layout.state().join(file), &json)?)
+    Ok(write_atomic(&path, &crate::format::to_json(value, format))?)
 }
 
 /// Removes the record `file` of the home's `state/`, durably; a missing
-/// one is no error.
-pub fn remove_state(layout: &Layout, file: &str) -> io::Result<()> {
-    match fs::remove_file(layout.state().join(file)) {
+/// one is no error. Refused, leaving it, when the record there is of a
+/// format newer than `format`.
+pub fn remove_state(layout: &Layout, file: &str, format: u32) -> io::Result<()> {
+    let path = layout.state().join(file);
+    if let Some(newer) = crate::format::newer_json(&path, format) {
+        return Err(newer.into_io());
+    }
+    match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => sync_dir(&layout.state()),
     }
 }
 
 /// fsyncs a folder, so that renames and creations in it are durable. An
-/// empty path is the current folder.
-#[cfg(unix)]
+/// empty path is the current folder. (Windows: nothing to do, see
+/// [`crate::platform`].)
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    fs::File::open(dir)?.sync_all()
-}
-
-/// Windows cannot open a folder to fsync it; its metadata journal covers
-/// folder entries.
-#[cfg(not(unix))]
-pub fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    crate::platform::sync_dir(dir)
 }
 
 /// Removes a folder and everything in it; a missing folder is not an error.
@@ -280,14 +279,23 @@ pub fn remove_dir_if_exists(dir: &Path) -> io::Result<()> {
 
 /// Free bytes for an unprivileged user on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(path)?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    crate::platform::free_bytes(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(windows)]
+    #[test]
+    fn free_bytes_answers_for_a_folder_and_a_missing_path_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        let err = free_bytes(&dir.path().join("missing")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[cfg(unix)]
     #[test]
     fn free_bytes_agrees_with_df_and_a_missing_path_is_not_found() {
         let dir = tempfile::tempdir().unwrap();

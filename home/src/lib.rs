@@ -6,6 +6,9 @@
 //!   (fsync of a folder, free space) every writer of the home uses.
 //! - [`coords`]: module identity (`groupId:artifactId:version`, type,
 //!   packages) and the names of its files.
+//! - [`sets`]: the target set's identity ([`TargetSetId`]), and how it
+//!   differs from the content id of the swap.
+//! - [`sha256`]: the SHA-256 digest type, hex outside, bytes inside.
 //! - [`running`]: which core (host executable) runs, its version and digest.
 //! - [`properties`]: the `java.util.Properties` codec the original box's
 //!   files use.
@@ -21,6 +24,8 @@
 //!   them.
 //! - [`registration`]: the environment UUID of
 //!   `config/device-registration.properties`.
+//! - [`format`]: the format numbers of the files the box writes under
+//!   its home, and what a reader does with a newer one.
 //! - [`failpoint`]: crash points for the crash-safety tests.
 //!
 //! What this crate does not know: processes, the configuration file, the
@@ -33,16 +38,22 @@
 pub mod coords;
 pub mod digests;
 pub mod failpoint;
+pub mod format;
 pub mod hold;
 pub mod installed;
 pub mod layout;
 pub mod outbox;
+mod platform;
 pub mod properties;
 pub mod quarantine;
 pub mod record;
 pub mod registration;
 pub mod running;
+pub mod sets;
+pub mod sha256;
 pub mod swap;
 
 pub use layout::Layout;
+pub use sets::{ContentId, TargetSetId};
+pub use sha256::Sha256;
 pub use swap::SwapError;

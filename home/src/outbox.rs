@@ -41,6 +41,11 @@
 //! still on, because then the verdict never happened. The number is taken
 //! at the release, so a dropped verdict leaves no gap in the numbers.
 //!
+//! **Format.** The folder's marker `format` holds its format
+//! ([`crate::format::PORTAL_OUTBOX`]), written at the first change; an
+//! outbox of a newer format is refused as a whole
+//! ([`OutboxError::NewerFormat`]) and left as it is.
+//!
 //! Plain blocking file I/O; async callers run it off their thread.
 
 use std::{
@@ -115,6 +120,10 @@ pub enum OutboxError {
         /// What it holds (the first 40 bytes).
         content: String,
     },
+    /// The outbox is of a newer format ([`crate::format`], its marker
+    /// `format`): nothing in it is read, written or removed.
+    #[error(transparent)]
+    NewerFormat(#[from] crate::format::NewerFormat),
     /// A file operation failed.
     #[error(transparent)]
     File(#[from] FileError),
@@ -226,6 +235,7 @@ fn free_seq(dir: &Path, limit: usize) -> Result<u64, OutboxError> {
 pub fn id(layout: &Layout) -> Result<String, OutboxError> {
     let dir = layout.portal_outbox();
     let path = dir.join(ID_FILE);
+    check_format(&dir)?;
     let read = |path: &Path| match fs::read_to_string(path) {
         Ok(text) => Ok(Some(text.trim().to_owned())),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -322,6 +332,7 @@ fn next_seq(counter: u64, seqs: &[u64]) -> u64 {
 /// The entries' sequence numbers, sorted; none when the folder is missing.
 /// Other files (the counter, the lock, temporaries) are not entries.
 fn seqs(dir: &Path) -> Result<Vec<u64>, OutboxError> {
+    check_format(dir)?;
     let read = match fs::read_dir(dir) {
         Ok(read) => read,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -388,10 +399,21 @@ fn remove_stale_temporaries(dir: &Path) -> Result<(), OutboxError> {
     Ok(())
 }
 
-/// Creates the folder if needed and locks it; the lock goes with the file.
+/// Refuses an outbox of a newer format.
+fn check_format(dir: &Path) -> Result<(), OutboxError> {
+    match crate::format::newer_store(dir, crate::format::PORTAL_OUTBOX) {
+        Some(newer) => Err(newer.into()),
+        None => Ok(()),
+    }
+}
+
+/// Creates the folder if needed, refuses it if it is of a newer format,
+/// marks it with its format if it has no marker, and locks it; the lock
+/// goes with the file.
 fn lock(dir: &Path) -> Result<fs::File, OutboxError> {
     let err = FileError::at;
     fs::create_dir_all(dir).map_err(err("create", dir))?;
+    check_format(dir)?;
     let path = dir.join(LOCK_FILE);
     let file = fs::OpenOptions::new()
         .create(true)
@@ -403,11 +425,13 @@ fn lock(dir: &Path) -> Result<fs::File, OutboxError> {
         // std's file lock: `flock(2)` on Unix, shared with a plugin's copy
         // of this crate in the same process or another.
         match file.lock() {
-            Ok(()) => return Ok(file),
+            Ok(()) => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(err("lock", &path)(e).into()),
         }
     }
+    crate::format::mark_store(dir, crate::format::PORTAL_OUTBOX)?;
+    Ok(file)
 }
 
 #[cfg(test)]

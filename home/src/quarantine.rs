@@ -14,9 +14,10 @@ use std::{io, path::Path};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    installed::{key_set, module_keys},
+    coords::Coords,
+    installed::set_modules,
     layout::{read_state, remove_state, write_state},
-    Layout,
+    ContentId, Layout, TargetSetId,
 };
 
 /// The file, in the home's `state/`.
@@ -25,11 +26,14 @@ pub const QUARANTINE_FILE: &str = "quarantined-set.json";
 /// A set that failed its probation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantine {
-    /// Its identity ([`crate::swap::set_identity`]).
-    pub set: String,
-    /// Its modules, `groupId:artifactId:version`, sorted: what a target
-    /// set is compared with.
-    pub modules: Vec<String>,
+    /// Its content id ([`crate::swap::set_identity`]); `""` on disk when
+    /// its folder had none.
+    #[serde(with = "crate::sets::optional_content")]
+    pub set: Option<ContentId>,
+    /// Its modules, sorted (on disk as `groupId:artifactId:version`
+    /// keys): what a target set is compared with, by [`TargetSetId`].
+    #[serde(with = "crate::coords::keys")]
+    pub modules: Vec<Coords>,
     /// Why it was rolled back.
     pub reason: String,
     /// When, in milliseconds since the Unix epoch.
@@ -37,10 +41,9 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    /// Whether a target set of `modules` (`groupId:artifactId:version`, in
-    /// any order) is this set.
-    pub fn is_set(&self, modules: &[String]) -> bool {
-        key_set(modules.to_vec()) == self.modules
+    /// Whether a target set of `modules` (in any order) is this set.
+    pub fn is_set(&self, modules: &[Coords]) -> bool {
+        TargetSetId::of(modules) == TargetSetId::of(&self.modules)
     }
 
     /// The sentence a refusal gives.
@@ -55,10 +58,10 @@ impl Quarantine {
 /// The quarantine record of the set in `dir`, rolled back for `reason`
 /// now.
 pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
-    let modules = key_set(module_keys(dir).ok().flatten().unwrap_or_default());
+    let modules = set_modules(dir).ok().flatten().unwrap_or_default();
     let rolled_back_ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
     Quarantine {
-        set: crate::swap::set_identity(dir).unwrap_or_default(),
+        set: crate::swap::set_identity(dir),
         modules,
         reason: reason.to_owned(),
         rolled_back_ms,
@@ -68,12 +71,12 @@ pub fn of_set(dir: &Path, reason: &str) -> Quarantine {
 /// The quarantined set, if there is one. An unreadable record is reported
 /// as an error, not taken for "none".
 pub fn read(layout: &Layout) -> io::Result<Option<Quarantine>> {
-    read_state(layout, QUARANTINE_FILE)
+    read_state(layout, QUARANTINE_FILE, crate::format::QUARANTINED_SET)
 }
 
 /// Records `q`, durably.
 pub fn write(layout: &Layout, q: &Quarantine) -> io::Result<()> {
-    write_state(layout, QUARANTINE_FILE, q)
+    write_state(layout, QUARANTINE_FILE, crate::format::QUARANTINED_SET, q)
 }
 
 /// Lifts the quarantine when its set is the active set again (an operator
@@ -84,7 +87,7 @@ pub fn lift_if_active(layout: &Layout) -> io::Result<bool> {
     let Some(q) = read(layout)? else {
         return Ok(false);
     };
-    let active = module_keys(&layout.modules())
+    let active = set_modules(&layout.modules())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if !active.is_some_and(|keys| q.is_set(&keys)) {
         return Ok(false);
@@ -95,7 +98,7 @@ pub fn lift_if_active(layout: &Layout) -> io::Result<bool> {
 
 /// Lifts the quarantine (a different target set, or its set active again).
 pub fn clear(layout: &Layout) -> io::Result<()> {
-    remove_state(layout, QUARANTINE_FILE)
+    remove_state(layout, QUARANTINE_FILE, crate::format::QUARANTINED_SET)
 }
 
 #[cfg(test)]
@@ -107,14 +110,14 @@ mod tests {
     #[test]
     fn a_target_set_matches_in_any_order_and_a_different_one_does_not() {
         let q = Quarantine {
-            set: "id".into(),
-            modules: vec!["g:a:1".into(), "g:b:2".into()],
+            set: None,
+            modules: vec!["g:a:1".parse().unwrap(), "g:b:2".parse().unwrap()],
             reason: "r".into(),
             rolled_back_ms: 1,
         };
-        assert!(q.is_set(&["g:b:2".into(), "g:a:1".into()]));
-        assert!(!q.is_set(&["g:a:1".into()]));
-        assert!(!q.is_set(&["g:a:1".into(), "g:b:3".into()]));
+        assert!(q.is_set(&["g:b:2".parse().unwrap(), "g:a:1".parse().unwrap()]));
+        assert!(!q.is_set(&["g:a:1".parse().unwrap()]));
+        assert!(!q.is_set(&["g:a:1".parse().unwrap(), "g:b:3".parse().unwrap()]));
     }
 
     #[test]
@@ -143,8 +146,8 @@ mod tests {
             "no record, nothing lifted"
         );
         let q = Quarantine {
-            set: "id".into(),
-            modules: vec!["g:a:1".into(), "g:b:2".into()],
+            set: None,
+            modules: vec!["g:a:1".parse().unwrap(), "g:b:2".parse().unwrap()],
             reason: "start 3 failed".into(),
             rolled_back_ms: 1,
         };

@@ -16,6 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::installed::{check_record_name, write_atomic, InstalledError};
+use crate::Sha256;
 
 /// The record file's name, beside `modules-info.properties`.
 pub const RECORD_FILE: &str = "modules-hashes.json";
@@ -25,8 +26,8 @@ pub const RECORD_FILE: &str = "modules-hashes.json";
 pub struct FileRecord {
     /// Path relative to its folder (`modules/` or `models/`), `/`-separated.
     pub name: String,
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
+    /// Its SHA-256.
+    pub sha256: Sha256,
     /// Size in bytes.
     pub size: u64,
 }
@@ -36,7 +37,7 @@ pub struct FileRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageRecord {
     /// SHA-256 of the archive it came from.
-    pub sha256: String,
+    pub sha256: Sha256,
     /// Size of the archive.
     pub size: u64,
     /// The files it put in place.
@@ -76,10 +77,11 @@ pub struct BadFile {
 
 impl SetRecord {
     /// The current format.
-    pub const FORMAT: u32 = 1;
+    pub const FORMAT: u32 = crate::format::SET_RECORD;
 
     /// Reads the record of the set in `dir`; `None` when it has none. A
-    /// record naming a file outside its folder is refused.
+    /// record naming a file outside its folder is refused; one of a newer
+    /// format is an error holding a [`crate::format::NewerFormat`].
     pub fn load(dir: &Path) -> io::Result<Option<SetRecord>> {
         let path = dir.join(RECORD_FILE);
         let invalid = |msg: String| {
@@ -88,10 +90,9 @@ impl SetRecord {
                 format!("{}: {msg}", path.display()),
             )
         };
-        let record: SetRecord = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(record) = crate::format::read_json_or_err::<SetRecord>(&path, Self::FORMAT)?
+        else {
+            return Ok(None);
         };
         let empty = Path::new("");
         for (_, f) in record.files(empty, empty) {
@@ -99,6 +100,19 @@ impl SetRecord {
                 .map_err(|reason| invalid(format!("{:?}: {reason}", f.name)))?;
         }
         Ok(Some(record))
+    }
+
+    /// [`load`](Self::load), with a record of a newer format taken for
+    /// none (as a set without one, the Java box's), with a warning: its
+    /// set's `modules-info.properties` still names the modules.
+    pub fn load_or_none_if_newer(dir: &Path) -> io::Result<Option<SetRecord>> {
+        match Self::load(dir) {
+            Err(e) if crate::format::in_io(&e).is_some() => {
+                tracing::warn!(error = %e, "the set's hash record is taken for none");
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// Writes the record into `dir`: temporary file, fsync, rename, fsync of
@@ -146,7 +160,7 @@ impl SetRecord {
 pub fn check_file(
     path: &Path,
     record: &FileRecord,
-    sha256: impl FnOnce(&Path) -> io::Result<String>,
+    sha256: impl FnOnce(&Path) -> io::Result<Sha256>,
 ) -> Option<String> {
     match fs::metadata(path) {
         Err(e) => Some(format!("cannot read: {e}")),
@@ -155,7 +169,7 @@ pub fn check_file(
         }
         Ok(_) => match sha256(path) {
             Err(e) => Some(format!("cannot read: {e}")),
-            Ok(actual) if !actual.eq_ignore_ascii_case(&record.sha256) => {
+            Ok(actual) if actual != record.sha256 => {
                 Some(format!("sha-256 {actual}, recorded {}", record.sha256))
             }
             Ok(_) => None,
@@ -163,29 +177,9 @@ pub fn check_file(
     }
 }
 
-/// SHA-256 of a file, lower-case hex, read in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> io::Result<String> {
-    sha256_reader(&mut fs::File::open(path)?)
-}
-
-/// SHA-256 of everything `reader` yields, lower-case hex, read in 1 MiB
-/// blocks.
-pub fn sha256_reader(reader: &mut impl io::Read) -> io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+/// SHA-256 of a file, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> io::Result<Sha256> {
+    Sha256::of_file(path)
 }
 
 #[cfg(test)]
@@ -216,7 +210,7 @@ mod tests {
                 main: rec("a.jar", &modules.join("a.jar")),
                 dependencies: None,
                 model: Some(PackageRecord {
-                    sha256: "00".into(),
+                    sha256: Sha256::of(b"00"),
                     size: 1,
                     files: vec![rec("m.bin", &models.join("m.bin"))],
                 }),

@@ -49,10 +49,9 @@ impl EnvironmentSecret {
         &self.0
     }
 
-    /// Its SHA-256 (hex): what the box tells the portal it stored.
-    pub fn sha256_hex(&self) -> String {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(self.0.as_bytes()))
+    /// Its SHA-256: what the box tells the portal it stored.
+    pub fn sha256(&self) -> crate::Sha256 {
+        crate::Sha256::of(self.0.as_bytes())
     }
 }
 
@@ -186,7 +185,6 @@ mod tests {
 
     #[test]
     fn a_stored_secret_replaces_the_old_one_keeps_the_rest_and_is_owner_only() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("config")).unwrap();
         fs::write(
@@ -203,11 +201,15 @@ mod tests {
         );
         let text = fs::read_to_string(registration_file(dir.path())).unwrap();
         assert!(text.contains("foo=bar") && !text.contains("=old"));
-        let mode = fs::metadata(registration_file(dir.path()))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        #[cfg(unix)] // Windows: the home folder's ACL (platform::create_private)
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(registration_file(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

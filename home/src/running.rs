@@ -11,7 +11,7 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Layout;
+use crate::{Layout, Sha256};
 
 /// The file, in the home's `state/`.
 pub const RUNNING_CORE_FILE: &str = "running-core.json";
@@ -43,8 +43,8 @@ pub struct RunningCore {
     /// Its version: the core module's for a core from the set, the build's
     /// own for the launcher.
     pub version: String,
-    /// SHA-256 of the executable, lower-case hex.
-    pub sha256: String,
+    /// SHA-256 of the executable.
+    pub sha256: Sha256,
     /// Where it comes from.
     pub origin: CoreOrigin,
     /// The executable.
@@ -80,12 +80,12 @@ pub fn speaks(launcher: u32, versions: Option<&[u32]>) -> bool {
 
 /// What the last start recorded, if anything.
 pub fn read(layout: &Layout) -> io::Result<Option<RunningCore>> {
-    crate::layout::read_state(layout, RUNNING_CORE_FILE)
+    crate::layout::read_state(layout, RUNNING_CORE_FILE, crate::format::RUNNING_CORE)
 }
 
 /// Records `core` as the one that runs.
 pub fn write(layout: &Layout, core: &RunningCore) -> io::Result<()> {
-    crate::layout::write_state(layout, RUNNING_CORE_FILE, core)
+    crate::layout::write_state(layout, RUNNING_CORE_FILE, crate::format::RUNNING_CORE, core)
 }
 
 #[cfg(test)]
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn a_record_without_the_launchers_handshake_reads_as_the_first_version() {
-        let old = r#"{"version":"1.0","sha256":"ab","origin":"launcher","path":"/x","pid":7}"#;
+        let old = r#"{"version":"1.0","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","origin":"launcher","path":"/x","pid":7}"#;
         let core: RunningCore = serde_json::from_str(old).unwrap();
         assert_eq!(core.launcher_handshake, 1);
         assert!(speaks(core.launcher_handshake, None));

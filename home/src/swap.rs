@@ -31,6 +31,7 @@ use crate::{
     installed::{write_atomic, MODULES_INFO_FILE},
     layout::{sync_dir, Layout},
     record::{BadFile, SetRecord, RECORD_FILE},
+    ContentId,
 };
 
 /// The journal, in the home (it matches `modules*`).
@@ -71,6 +72,10 @@ pub enum SwapError {
         /// The first file that is missing or has another size.
         problem: String,
     },
+    /// The journal or the probation record is of a newer format
+    /// ([`crate::format`]): it is left as it is, and nothing is swapped.
+    #[error(transparent)]
+    NewerFormat(#[from] crate::format::NewerFormat),
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -104,9 +109,10 @@ pub struct Journal {
     /// The procedure in progress.
     pub procedure: Procedure,
     /// Identity of the set being installed.
-    pub incoming: String,
+    pub incoming: ContentId,
     /// Identity of the set being replaced (`""` when there is none).
-    pub outgoing: String,
+    #[serde(with = "crate::sets::optional_content")]
+    pub outgoing: Option<ContentId>,
     /// The last step done.
     pub step: u32,
     /// Whether the procedure moves the models too. An apply whose staged
@@ -129,7 +135,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probation {
     /// Identity of the set on probation.
-    pub set: String,
+    pub set: ContentId,
     /// Starts of the host since the set was applied.
     pub boot_attempts: u32,
     /// The last failure seen while on probation.
@@ -163,7 +169,7 @@ pub struct SetsReport {
 
 /// The identity of the set in `dir`: SHA-256 over its
 /// `modules-info.properties` and hash record; `None` if it has no marker.
-pub fn set_identity(dir: &Path) -> Option<String> {
+pub fn set_identity(dir: &Path) -> Option<ContentId> {
     use sha2::{Digest, Sha256};
     let info = fs::read(dir.join(MODULES_INFO_FILE)).ok()?;
     let record = fs::read(dir.join(RECORD_FILE)).unwrap_or_default();
@@ -171,33 +177,51 @@ pub fn set_identity(dir: &Path) -> Option<String> {
     h.update((info.len() as u64).to_le_bytes());
     h.update(&info);
     h.update(&record);
-    Some(hex::encode(h.finalize()))
+    Some(ContentId::from_digest(crate::Sha256::from_hasher(h)))
 }
 
 fn journal_path(layout: &Layout) -> PathBuf {
     layout.home().join(JOURNAL)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, SwapError> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| SwapError::BadJournal {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    format: u32,
+) -> Result<Option<T>, SwapError> {
+    use crate::format::Versioned;
+    match crate::format::read_json(path, format) {
+        Ok(None) => Ok(None),
+        Ok(Some(Versioned::Known(t))) => Ok(Some(t)),
+        Ok(Some(Versioned::Newer(newer))) => Err(newer.into()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(SwapError::BadJournal {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        }),
         Err(e) => Err(io_err("read", path)(e)),
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), SwapError> {
-    let bytes = serde_json::to_vec_pretty(value).expect("plain data");
+/// Writes the record `path` as format `format`; refused, leaving it, when
+/// the record there is of a newer one.
+fn write_json<T: Serialize>(path: &Path, format: u32, value: &T) -> Result<(), SwapError> {
+    if let Some(newer) = crate::format::newer_json(path, format) {
+        return Err(newer.into());
+    }
+    let bytes = crate::format::to_json(value, format);
     write_atomic(path, &bytes).map_err(|e| SwapError::Io {
         op: "write",
         path: path.to_owned(),
         source: io::Error::other(e.to_string()),
     })
+}
+
+/// Removes the record `path` durably; refused, leaving it, when it is of
+/// a format newer than `format`.
+fn remove_record(path: &Path, format: u32) -> Result<(), SwapError> {
+    if let Some(newer) = crate::format::newer_json(path, format) {
+        return Err(newer.into());
+    }
+    remove_file_durably(path)
 }
 
 fn remove_file_durably(path: &Path) -> Result<(), SwapError> {
@@ -212,51 +236,28 @@ fn remove_file_durably(path: &Path) -> Result<(), SwapError> {
 
 /// The probation record, if the active set is on probation.
 pub fn probation(layout: &Layout) -> Result<Option<Probation>, SwapError> {
-    read_json(&layout.home().join(PROBATION))
+    read_json(&layout.home().join(PROBATION), crate::format::PROBATION)
+}
+
+/// The journal or the probation record, when one is of a format newer than
+/// this core knows ([`crate::format`]): then no swap, no probation count and
+/// no commit may happen, since each would act on a record it cannot read.
+pub fn newer_record(layout: &Layout) -> Option<crate::format::NewerFormat> {
+    crate::format::newer_json(&journal_path(layout), crate::format::SWAP_JOURNAL).or_else(|| {
+        crate::format::newer_json(&layout.home().join(PROBATION), crate::format::PROBATION)
+    })
 }
 
 /// Records the probation state.
 pub fn set_probation(layout: &Layout, p: &Probation) -> Result<(), SwapError> {
-    write_json(&layout.home().join(PROBATION), p)
+    write_json(&layout.home().join(PROBATION), crate::format::PROBATION, p)
 }
 
 /// Renames `from` to `to` and fsyncs the home; `to` must not exist (or be an
 /// empty folder).
 fn rename(layout: &Layout, from: &Path, to: &Path) -> Result<(), SwapError> {
-    fs::rename(from, to).map_err(io_err("rename", from))?;
+    crate::platform::rename_dir(from, to).map_err(io_err("rename", from))?;
     sync_dir(layout.home()).map_err(io_err("fsync", layout.home()))
-}
-
-#[cfg(target_os = "linux")]
-fn exchange_atomic(a: &Path, b: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    if crate::failpoint::no_exchange() {
-        return Err(io::Error::from(io::ErrorKind::Unsupported));
-    }
-    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
-    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: two valid NUL-terminated paths; renameat2 via syscall, as
-    // older C libraries lack the wrapper.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn exchange_atomic(_: &Path, _: &Path) -> io::Result<()> {
-    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 fn ensure_dir(layout: &Layout, dir: &Path) -> Result<(), SwapError> {
@@ -300,10 +301,9 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
         .or_else(|| crate::hold::of_staged(layout).map(|h| h.waits_for)))
 }
 
-/// The staged set's modules (`groupId:artifactId:version`), if a complete
-/// staged set waits.
-pub fn staged_modules(layout: &Layout) -> Option<Vec<String>> {
-    crate::installed::module_keys(&layout.upgrade())
+/// The staged set's modules, if a complete staged set waits.
+pub fn staged_modules(layout: &Layout) -> Option<Vec<crate::coords::Coords>> {
+    crate::installed::set_modules(&layout.upgrade())
         .ok()
         .flatten()
 }
@@ -369,10 +369,11 @@ pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, Sw
         return Ok(Applied::Held);
     }
     check_restorable(layout)?;
-    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    let outgoing = set_identity(&layout.modules());
     // 1. The journal: from here a crash is finished by `recover`.
     write_json(
         &journal_path(layout),
+        crate::format::SWAP_JOURNAL,
         &Journal {
             procedure: Procedure::Apply,
             incoming,
@@ -390,11 +391,18 @@ pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, Sw
 /// Makes the backup the active set (see the module docs).
 pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
     recover(layout)?;
+    // Its last step removes the probation record: one of a newer format
+    // stops the rollback before its first.
+    let probation = layout.home().join(PROBATION);
+    if let Some(newer) = crate::format::newer_json(&probation, crate::format::PROBATION) {
+        return Err(newer.into());
+    }
     let incoming =
         set_identity(&layout.backup()).ok_or_else(|| SwapError::NoBackup(layout.backup()))?;
-    let outgoing = set_identity(&layout.modules()).unwrap_or_default();
+    let outgoing = set_identity(&layout.modules());
     write_json(
         &journal_path(layout),
+        crate::format::SWAP_JOURNAL,
         &Journal {
             procedure: Procedure::Rollback,
             incoming,
@@ -411,7 +419,7 @@ pub fn rollback(layout: &Layout) -> Result<(), SwapError> {
 /// Finishes a procedure a crash interrupted, if the journal says there is
 /// one; then clears leftovers. Returns the journal it finished.
 pub fn recover(layout: &Layout) -> Result<Option<Journal>, SwapError> {
-    let journal: Option<Journal> = read_json(&journal_path(layout))?;
+    let journal: Option<Journal> = read_json(&journal_path(layout), crate::format::SWAP_JOURNAL)?;
     if let Some(j) = &journal {
         warn!(procedure = ?j.procedure, "finishing a module swap interrupted by a crash");
         run_journal(layout)?;
@@ -429,7 +437,7 @@ pub fn recover(layout: &Layout) -> Result<Option<Journal>, SwapError> {
 
 fn run_journal(layout: &Layout) -> Result<(), SwapError> {
     let path = journal_path(layout);
-    let Some(j) = read_json::<Journal>(&path)? else {
+    let Some(j) = read_json::<Journal>(&path, crate::format::SWAP_JOURNAL)? else {
         return Ok(());
     };
     match j.procedure {
@@ -438,7 +446,7 @@ fn run_journal(layout: &Layout) -> Result<(), SwapError> {
     }
     // Last: the journal goes. Until this fsync, recovery redoes the (now
     // no-op) steps.
-    remove_file_durably(&path)?;
+    remove_record(&path, crate::format::SWAP_JOURNAL)?;
     if crate::failpoint::ENABLED {
         failpoint(&format!("{}.journal-removed", name(j.procedure)));
     }
@@ -487,7 +495,11 @@ impl Steps<'_> {
             }
         }
         self.journal.step = n;
-        write_json(&journal_path(self.layout), &self.journal)?;
+        write_json(
+            &journal_path(self.layout),
+            crate::format::SWAP_JOURNAL,
+            &self.journal,
+        )?;
         if crate::failpoint::ENABLED {
             failpoint(&format!("{}.{n}.recorded", self.procedure));
         }
@@ -556,21 +568,8 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     steps.step(
         5,
         "modules-in",
-        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
-        || {
-            if !m.exists() {
-                // First install, or the fallback moved the old set out
-                // already.
-                return rename(layout, &u, &m);
-            }
-            if exchange_atomic(&m, &u).is_ok() {
-                sync_dir(home).map_err(io_err("fsync", home))?;
-                return Ok(());
-            }
-            rename(layout, &m, &scratch)?;
-            failpoint("apply.5.old-moved-out");
-            rename(layout, &u, &m)
-        },
+        || set_identity(&m) == Some(j.incoming),
+        || modules_in(layout, &u, &scratch),
     )?;
     // 6. The replaced set becomes the backup. A first install replaced
     // no set: the backup is then the empty set, with a marker listing no
@@ -579,26 +578,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         6,
         "backup-kept",
         || set_identity(&b).is_some(),
-        || {
-            if b.exists() {
-                // Moved here before a crash; only the marker is missing.
-            } else if scratch.exists() {
-                rename(layout, &scratch, &b)?;
-            } else if u.exists() {
-                rename(layout, &u, &b)?;
-            } else {
-                fs::create_dir_all(&b).map_err(io_err("create", &b))?;
-                sync_dir(home).map_err(io_err("fsync", home))?;
-            }
-            if set_identity(&b).is_none() {
-                crate::installed::write_modules_info(&b, &[]).map_err(|e| SwapError::Io {
-                    op: "write",
-                    path: b.join(MODULES_INFO_FILE),
-                    source: io::Error::other(e.to_string()),
-                })?;
-            }
-            Ok(())
-        },
+        || backup_kept(layout, &scratch),
     )?;
     // 7. An empty staging folder, active models, and the probation record.
     steps.step(
@@ -611,7 +591,7 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
             set_probation(
                 layout,
                 &Probation {
-                    set: j.incoming.clone(),
+                    set: j.incoming,
                     boot_attempts: 0,
                     last_error: None,
                     excused: j.excused.clone(),
@@ -623,8 +603,50 @@ fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     Ok(())
 }
 
-fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
+/// Apply's step 5: the staged set `u` becomes `modules/`, by an exchange
+/// where the platform has one, else by moving the old set out to
+/// `scratch` first (each rename durable).
+fn modules_in(layout: &Layout, u: &Path, scratch: &Path) -> Result<(), SwapError> {
+    let (home, m) = (layout.home(), layout.modules());
+    if !m.exists() {
+        // First install, or the fallback moved the old set out already.
+        return rename(layout, u, &m);
+    }
+    if crate::platform::exchange(&m, u).is_ok() {
+        sync_dir(home).map_err(io_err("fsync", home))?;
+        return Ok(());
+    }
+    rename(layout, &m, scratch)?;
+    failpoint("apply.5.old-moved-out");
+    rename(layout, u, &m)
+}
+
+/// Apply's step 6: the replaced set (exchanged into the staging folder,
+/// or moved out to `scratch`) becomes the backup; with none, an empty set.
+fn backup_kept(layout: &Layout, scratch: &Path) -> Result<(), SwapError> {
+    let (home, u, b) = (layout.home(), layout.upgrade(), layout.backup());
+    if b.exists() {
+        // Moved here before a crash; only the marker is missing.
+    } else if scratch.exists() {
+        rename(layout, scratch, &b)?;
+    } else if u.exists() {
+        rename(layout, &u, &b)?;
+    } else {
+        fs::create_dir_all(&b).map_err(io_err("create", &b))?;
+        sync_dir(home).map_err(io_err("fsync", home))?;
+    }
+    if set_identity(&b).is_none() {
+        crate::installed::write_modules_info(&b, &[]).map_err(|e| SwapError::Io {
+            op: "write",
+            path: b.join(MODULES_INFO_FILE),
+            source: io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(())
+}
+
+fn short(id: &ContentId) -> String {
+    id.short()
 }
 
 /// Rollback, from wherever a crash left it: models first (three renames
@@ -662,12 +684,12 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     steps.step(
         4,
         "modules-in",
-        || set_identity(&m).as_deref() == Some(j.incoming.as_str()),
+        || set_identity(&m) == Some(j.incoming),
         || {
             if !m.exists() {
                 return rename(layout, &b, &m);
             }
-            if exchange_atomic(&m, &b).is_ok() {
+            if crate::platform::exchange(&m, &b).is_ok() {
                 sync_dir(home).map_err(io_err("fsync", home))?;
                 return Ok(());
             }
@@ -686,7 +708,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
         6,
         "probation-cleared",
         || false,
-        || remove_file_durably(&home.join(PROBATION)),
+        || remove_record(&home.join(PROBATION), crate::format::PROBATION),
     )?;
     info!(set = %short(&j.incoming), "backup set is active again");
     Ok(())
@@ -695,7 +717,7 @@ fn rollback_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
 /// Commits the set on probation: from now on it is the installed set.
 pub fn commit(layout: &Layout) -> Result<(), SwapError> {
     failpoint("commit.begin");
-    remove_file_durably(&layout.home().join(PROBATION))?;
+    remove_record(&layout.home().join(PROBATION), crate::format::PROBATION)?;
     failpoint("commit.probation-removed");
     Ok(())
 }
@@ -721,7 +743,9 @@ pub fn report(layout: &Layout) -> SetsReport {
         probation: probation(layout).ok().flatten(),
         staged_waits_for: staged_waits_for(layout).ok().flatten(),
         quarantined: crate::quarantine::read(layout).ok().flatten(),
-        interrupted: read_json(&journal_path(layout)).ok().flatten(),
+        interrupted: read_json(&journal_path(layout), crate::format::SWAP_JOURNAL)
+            .ok()
+            .flatten(),
     }
 }
 
@@ -768,7 +792,7 @@ mod tests {
                 ModuleRecord {
                     main: FileRecord {
                         name: main,
-                        sha256: "00".repeat(32),
+                        sha256: crate::Sha256::from_bytes([0; 32]),
                         size: version.len() as u64,
                     },
                     dependencies: None,
@@ -825,10 +849,10 @@ mod tests {
     fn a_held_staged_set_is_not_applied_and_says_what_it_waits_for() {
         let (_dir, layout) = home();
         write_set(&layout.upgrade(), None, "1");
-        let keys = crate::installed::module_keys(&layout.upgrade())
+        let modules = crate::installed::set_modules(&layout.upgrade())
             .unwrap()
             .unwrap();
-        let hold = crate::hold::Hold::new(keys, None, "the maintenance window".into());
+        let hold = crate::hold::Hold::new(modules, None, "the maintenance window".into());
         crate::hold::write(&layout, &hold).unwrap();
         assert_eq!(apply(&layout).unwrap(), Applied::Held);
         assert!(layout.has_staged_set(), "still staged");

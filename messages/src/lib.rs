@@ -15,4 +15,5 @@
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
 pub mod portal;
+pub mod status;
 pub mod upgrade;

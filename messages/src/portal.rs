@@ -68,8 +68,8 @@ portal_message!(GetEnvModulesRequest, "GET_ENV_MOD_REQ");
 /// The build of the core that runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoreBuild {
-    /// SHA-256 of the executable, lower-case hex.
-    pub sha256: String,
+    /// SHA-256 of the executable.
+    pub sha256: banalytics_home::Sha256,
     /// `module-set` (the active set's core, started by the launcher) or
     /// `launcher` (the installed executable itself).
     pub origin: String,

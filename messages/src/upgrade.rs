@@ -104,12 +104,6 @@ impl BusMessage for ApproveStagedSet {
     const TOPIC: &'static str = "host.approve-staged-set";
 }
 
-/// The default of the upgrade center's `max_defer`, which the host reads
-/// too: long enough for an alarm clip or a recording segment to finish,
-/// short enough that a stuck lease does not keep a box on an old set for a
-/// day.
-pub const DEFAULT_MAX_DEFER: &str = "30m";
-
 /// A component took a busy lease: the host defers restarts (to apply a
 /// set, or that probation causes) until it is released, at most the
 /// upgrade center's `max_defer`. A lease taken again under the same
@@ -162,11 +156,52 @@ pub struct ApprovalHandled {
     /// Whether a staged set waited and now restarts the box.
     pub restarting: bool,
     /// The set that waited, when one did.
-    pub set_id: Option<String>,
+    pub set_id: Option<banalytics_home::TargetSetId>,
 }
 
 impl BusMessage for ApprovalHandled {
     const TOPIC: &'static str = "host.approval-handled";
+}
+
+/// Drop the staged set: the operator discarded it (`banalytics-box
+/// discard`, the console's button; published by the host). The upgrade
+/// center stops waiting for it, removes it and its hold, tells the portal
+/// that nothing was installed (`installation_cancelled`) and answers
+/// [`StagedSetDiscarded`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscardStagedSet {
+    /// Who discarded it, for the log and the portal's status message
+    /// (`cli`, `console`).
+    pub by: String,
+}
+
+impl DiscardStagedSet {
+    /// The `installation_cancelled` status message the portal gets, the
+    /// same whether the running upgrade center or the stopped box's
+    /// `discard` sends it.
+    pub fn status_message(&self) -> String {
+        format!(
+            "the staged set was discarded by the operator ({}): nothing was installed",
+            self.by
+        )
+    }
+}
+
+impl BusMessage for DiscardStagedSet {
+    const TOPIC: &'static str = "host.discard-staged-set";
+}
+
+/// The upgrade center's answer to [`DiscardStagedSet`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedSetDiscarded {
+    /// Whether a staged set was there and is gone now.
+    pub discarded: bool,
+    /// What happened, or why nothing did, in words for the operator.
+    pub message: String,
+}
+
+impl BusMessage for StagedSetDiscarded {
+    const TOPIC: &'static str = "host.staged-set-discarded";
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ use banalytics_messages::{
         PortalLinkState, PortalOutboxState, SyncSoftware, UpgradeAnswered, UpgradeRequested,
     },
     upgrade::{
-        ApprovalHandled, ApproveStagedSet, RestartDeferred, RestartRequested, UpgradeCommitted,
-        UpgradeRolledBack,
+        ApprovalHandled, ApproveStagedSet, DiscardStagedSet, RestartDeferred, RestartRequested,
+        StagedSetDiscarded, UpgradeCommitted, UpgradeRolledBack,
     },
 };
 use banalytics_sdk::{BusMessage, StatusBoard};
@@ -68,6 +68,14 @@ pub const HOST_ONLY: &[HostOnly] = &[
     HostOnly {
         topic: ApprovalHandled::TOPIC,
         why: "the upgrade center's answer to an approval, which `approve` reports to the operator",
+    },
+    HostOnly {
+        topic: DiscardStagedSet::TOPIC,
+        why: "drops the staged set and tells the portal nothing was installed; the operator's `discard` on the control socket or the console",
+    },
+    HostOnly {
+        topic: StagedSetDiscarded::TOPIC,
+        why: "the upgrade center's answer to a discard, which `discard` reports to the operator",
     },
     HostOnly {
         topic: UpgradeRequested::TOPIC,

@@ -17,7 +17,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::isolation::{Isolation, Limits};
 
 /// The configuration file, relative to the home.
-pub const CONFIG_FILE: &str = "config/box.toml";
+pub(crate) const CONFIG_FILE: &str = "config/box.toml";
 
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -96,9 +96,11 @@ pub struct BoxConfig {
     pub log: LogConfig,
     /// Component instances in file order, which is their start order.
     pub components: Vec<ComponentConfig>,
+    /// `[console]`: the box's web console; `None` (no table): off.
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
-const TOP_KEYS: &str = "log, components";
+const TOP_KEYS: &str = "log, console, components";
 
 impl BoxConfig {
     /// Reads `config/box.toml` under `home`. A missing file is an empty
@@ -110,7 +112,7 @@ impl BoxConfig {
     /// Reads `config/box.toml` accepting any component kind: for what the
     /// host needs before it knows the plugin kinds (the log settings, the
     /// upgrade settings), with everything else checked as usual.
-    pub fn load_any_kind(home: &Path) -> Result<BoxConfig, ConfigError> {
+    pub(crate) fn load_any_kind(home: &Path) -> Result<BoxConfig, ConfigError> {
         BoxConfig::load_with(home, None)
     }
 
@@ -122,6 +124,7 @@ impl BoxConfig {
                 file,
                 log: LogConfig::default(),
                 components: Vec::new(),
+                console: None,
             }),
             Err(e) => Err(ConfigError {
                 file,
@@ -152,8 +155,16 @@ impl BoxConfig {
         }
         let mut log = LogConfig::default();
         let mut components = Vec::new();
+        let mut console = None;
         for (key, value) in root.get_ref().iter() {
             match key.get_ref().as_ref() {
+                "console" => {
+                    let home = file
+                        .parent()
+                        .and_then(Path::parent)
+                        .unwrap_or(Path::new("."));
+                    console = Some(crate::console::config::parse(file, text, home, value)?);
+                }
                 "log" => {
                     log = LogConfig::deserialize(ValueDeserializer::from(value.clone()))
                         .map_err(toml_err)?;
@@ -178,6 +189,7 @@ impl BoxConfig {
             file: file.to_owned(),
             log,
             components,
+            console,
         })
     }
 }
@@ -289,7 +301,7 @@ fn component(
 
 /// The isolation of the component whose table `section` is (for a plugin
 /// kind's factory, which gets the section rather than the parsed file).
-pub fn isolation_of(section: &ConfigSection) -> Result<Isolation, ConfigError> {
+pub(crate) fn isolation_of(section: &ConfigSection) -> Result<Isolation, ConfigError> {
     let (file, text) = (section.file(), section.text());
     let at = |offset: usize, msg: String| ConfigError::at(file, text, offset, msg);
     let root = DeTable::parse(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
@@ -439,7 +451,8 @@ mod tests {
         let err = parse("[log]\nlevel = \"info\"\n\n[logging]\nx = 1\n").unwrap_err();
         assert_eq!((err.line, err.column), (4, 2), "{err}");
         assert!(
-            err.to_string().contains("accepted keys: log, components"),
+            err.to_string()
+                .contains("accepted keys: log, console, components"),
             "{err}"
         );
     }

@@ -1,19 +1,20 @@
 //! The local control endpoint: a Unix socket under the home (mode 0600, in
-//! the 0700 `state/` folder) that the CLI uses to ask the running host.
+//! the 0700 `state/` folder), or on Windows a named pipe named after it
+//! (owner-only ACL), that the CLI uses to ask the running host; the
+//! transport is `crate::platform::control`.
 //!
 //! One request per connection: a JSON line in, a JSON line out.
 
-use std::{io, os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
+use std::{io, path::Path, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
     sync::watch,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::host::Host;
+use crate::{host::Host, platform::control as transport};
 
 /// The longest request line accepted; a request is a few words.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -51,6 +52,22 @@ pub enum Request {
     },
     /// Apply the staged set now, whatever it waits for (`approve`).
     Approve,
+    /// Drop the staged set and tell the portal nothing was installed
+    /// (`discard`, `crate::discard`).
+    Discard {
+        /// Who asked, for the log and the portal's status message (`cli`,
+        /// `console`).
+        by: String,
+    },
+    /// Restart the box (the console's Restart now): stops the host so
+    /// that it starts again, as for a staged set.
+    RestartBox {
+        /// How (the upgrade center's `restart_mode`; the program of
+        /// `command` is `box.toml`'s, never the request's).
+        mode: banalytics_messages::upgrade::RestartMode,
+        /// Who asked, for the log.
+        by: String,
+    },
     /// Restart a stopped or failed component.
     Restart {
         /// Instance name.
@@ -74,27 +91,24 @@ pub struct Response {
     pub data: Option<serde_json::Value>,
 }
 
-/// Binds the socket, replacing a stale one (the caller holds the home lock,
-/// so no other host uses it).
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+/// Binds the control channel at `path` (a stale socket is replaced; the
+/// caller holds the home lock, so no other host uses it).
+pub fn bind(path: &Path) -> io::Result<transport::Listener> {
+    transport::bind(path)
 }
 
 /// Answers requests until `shutdown` changes.
-pub async fn serve(listener: UnixListener, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    mut listener: transport::Listener,
+    host: Arc<Host>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let layout = banalytics_home::Layout::new(host.home());
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok(stream) => {
                     let (host, layout) = (host.clone(), layout.clone());
                     actix_rt::spawn(async move {
                         if let Err(e) = answer(stream, &host, &layout).await {
@@ -157,13 +171,11 @@ async fn upgrade(host: &Host, retry: bool, request: Option<u64>) -> Response {
     use banalytics_messages::portal::{UpgradeAnswered, UpgradeOutcome, UpgradeRequested};
     let request = request.unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let mut answers = host.bus().subscribe::<UpgradeAnswered>();
-    let receivers = host
-        .bus()
-        .publish(UpgradeRequested {
-            retry,
-            request: Some(request),
-        })
-        .await;
+    let request_message = UpgradeRequested {
+        retry,
+        request: Some(request),
+    };
+    let receivers = host.bus().publish(request_message).await;
     if receivers == 0 {
         return Response {
             ok: false,
@@ -201,11 +213,11 @@ async fn upgrade(host: &Host, retry: bool, request: Option<u64>) -> Response {
 }
 
 async fn answer(
-    stream: UnixStream,
+    stream: transport::Stream,
     host: &Host,
     layout: &banalytics_home::Layout,
 ) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
     BufReader::new(read)
         .take(MAX_REQUEST_BYTES)
@@ -217,7 +229,19 @@ async fn answer(
             message: Some(format!("bad request: {e}")),
             data: None,
         },
-        Ok(Request::Status) => Response {
+        Ok(request) => respond(host, layout, request).await,
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Carries out one request: the one dispatcher of the control socket and
+/// of the console (`crate::console::answer`).
+pub async fn respond(host: &Host, layout: &banalytics_home::Layout, request: Request) -> Response {
+    match request {
+        Request::Status => Response {
             ok: true,
             message: None,
             data: Some(serde_json::json!({
@@ -226,32 +250,53 @@ async fn answer(
                     "pid": std::process::id(),
                     // What an isolated component's process gets: the
                     // kernel's Landlock (`none`: no file-system sandbox).
-                    "sandbox": crate::isolation::sandbox::Support::probe(),
+                    "sandbox": crate::isolation::sandbox_status(),
                 },
                 "components": host.board().snapshot(),
                 "busy": host.busy().state(),
             })),
         },
-        Ok(Request::Upgrade { retry, request }) => upgrade(host, retry, request).await,
-        Ok(Request::Approve) => approve(host, layout).await,
-        Ok(Request::Exchange(x)) => crate::exchange::answer(host.bus(), x).await,
-        Ok(Request::Restart { component }) => match host.restart(&component).await {
+        Request::Upgrade { retry, request } => {
+            host.wait_started().await;
+            upgrade(host, retry, request).await
+        }
+        Request::Approve => {
+            host.wait_started().await;
+            approve(host, layout).await
+        }
+        Request::Discard { by } => {
+            host.wait_started().await;
+            crate::discard::discard(host, &by).await
+        }
+        Request::Exchange(x) => crate::exchange::answer(host.bus(), x).await,
+        Request::Restart { component } => match host.restart(&component).await {
             Ok(message) => Response {
                 ok: true,
                 message: Some(message),
                 data: None,
             },
-            Err(message) => Response {
+            Err(refused) => Response {
                 ok: false,
-                message: Some(message),
+                message: Some(refused.to_string()),
                 data: None,
             },
         },
-    };
-    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
+        Request::RestartBox { mode, by } => {
+            let reason = format!("restart asked by the operator ({by})");
+            info!(?mode, %reason, "restart asked for");
+            host.bus()
+                .publish(banalytics_messages::upgrade::RestartRequested { mode, reason })
+                .await;
+            Response {
+                ok: true,
+                message: Some(
+                    "the box restarts (after the busy leases, if any; a set on probation first gets its verdict)"
+                        .to_owned(),
+                ),
+                data: None,
+            }
+        }
+    }
 }
 
 /// Sends one request to the host at `socket`; `Ok(None)` when no host is
@@ -259,22 +304,9 @@ async fn answer(
 /// host that is stopping, for example to restart and apply a staged set).
 pub fn request(socket: &Path, request: &Request) -> io::Result<Option<Response>> {
     use std::io::{BufRead, Write};
-    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            return Err(io::Error::new(e.kind(), not_yours(socket, &e)))
-        }
-        Err(e) => return Err(e),
+    let Some(mut stream) = transport::connect(socket, CLIENT_TIMEOUT)? else {
+        return Ok(None);
     };
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
     line.push(b'\n');
     let went_away = |e: &io::Error| {
@@ -301,58 +333,11 @@ pub fn request(socket: &Path, request: &Request) -> io::Result<Option<Response>>
     })
 }
 
-/// The error for a socket this user may not open: it is its owner's only
-/// (mode 0600 in a 0700 home), so it names the command to run as that owner
-/// (the packaged box's `sudo -u banalytics banalytics-box status`). `--home`
-/// is added when `$BANALYTICS_HOME` does not name this home.
-fn not_yours(socket: &Path, cause: &io::Error) -> String {
-    let home = socket.parent().and_then(Path::parent).unwrap_or(socket);
-    let owner = std::fs::metadata(home)
-        .ok()
-        .and_then(|m| user_name(std::os::unix::fs::MetadataExt::uid(&m)))
-        .unwrap_or_else(|| "OWNER".into());
-    let from_env = std::env::var_os("BANALYTICS_HOME").is_some_and(|h| Path::new(&h) == home);
-    let home_arg = if from_env {
-        String::new()
-    } else {
-        format!(" --home {}", home.display())
-    };
-    format!(
-        "{cause}: the control socket is open to the home's owner only; \
-         run `sudo -u {owner} banalytics-box{home_arg} status`"
-    )
-}
-
-/// The login name of `uid`, from the password database.
-fn user_name(uid: libc::uid_t) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: all-zero is a valid `passwd` (null pointers, zero ids); it is
-    // only read after getpwuid_r filled it.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found = std::ptr::null_mut();
-    // SAFETY: `pwd`, `buf` and `found` outlive the call, and `buf.len()` is
-    // the buffer's size; the strings it sets point into `buf`.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: on success `pw_name` is a NUL-terminated string inside `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[cfg(unix)] // the client of a pipe: tests/system/windows.rs
     #[test]
     fn a_host_that_closes_without_answering_is_a_host_that_went_away() {
         let dir = tempfile::tempdir().unwrap();
@@ -370,23 +355,6 @@ mod tests {
         host.join().unwrap();
         let gone = dir.path().join("gone.sock");
         assert!(request(&gone, &Request::Status).unwrap().is_none());
-    }
-
-    #[test]
-    fn a_socket_of_another_user_names_the_command_to_run_as_its_owner() {
-        let home = tempfile::tempdir().unwrap();
-        let socket = home.path().join("state/control.sock");
-        let cause = io::Error::from(io::ErrorKind::PermissionDenied);
-        // SAFETY: getuid cannot fail.
-        let me = user_name(unsafe { libc::getuid() }).expect("this user has a name");
-        assert_eq!(
-            not_yours(&socket, &cause),
-            format!(
-                "{cause}: the control socket is open to the home's owner only; \
-                 run `sudo -u {me} banalytics-box --home {} status`",
-                home.path().display()
-            )
-        );
     }
 
     #[test]

@@ -8,7 +8,6 @@
 use std::{
     fs::{self, File, OpenOptions},
     io,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -46,14 +45,11 @@ impl Home {
         self.state_dir().join("component-ids.json")
     }
 
-    /// Creates `state/` with mode 0700 if missing.
+    /// Creates `state/` with mode 0700 if missing (Windows: the home's
+    /// ACL, `platform::private_dir`).
     pub fn ensure_state_dir(&self) -> io::Result<PathBuf> {
         let dir = self.state_dir();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        crate::platform::private_dir(&dir)?;
         Ok(dir)
     }
 
@@ -66,8 +62,9 @@ impl Home {
             .truncate(false)
             .write(true)
             .open(dir.join("host.lock"))?;
-        // std's file lock: `flock(2)` on Unix, so it is held by the open
-        // file (a launcher's core inherits it) and goes with the process.
+        // std's file lock: `flock(2)` on Unix, `LockFileEx` on Windows, so
+        // it is held by the open file (a launcher's core inherits it) and
+        // goes with the process.
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

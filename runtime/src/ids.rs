@@ -4,13 +4,16 @@
 //! They are kept in `state/component-ids.json` (instance name to UUID), not
 //! in `box.toml`, so that configuration cannot set or change them. An entry
 //! whose component left the configuration is kept: putting the component
-//! back gives it its old ID.
+//! back gives it its old ID. Format 1 of the file is that map alone (no
+//! `format` field); a file of a newer format is left as it is, and the
+//! components get IDs for the run only.
 
 use std::{collections::BTreeMap, io, path::Path};
 
 use uuid::Uuid;
 
-use banalytics_home::layout::write_atomic;
+use banalytics_home::{format, layout::write_atomic};
+use tracing::warn;
 
 use crate::home::Home;
 
@@ -19,6 +22,13 @@ use crate::home::Home;
 pub fn assign(home: &Home, names: &[&str]) -> io::Result<BTreeMap<String, Uuid>> {
     home.ensure_state_dir()?;
     let file = home.ids_file();
+    if let Some(newer) = format::newer_json(&file, format::COMPONENT_IDS) {
+        warn!(error = %newer, "component IDs are new for this run and not kept");
+        return Ok(names
+            .iter()
+            .map(|name| ((*name).to_owned(), Uuid::new_v4()))
+            .collect());
+    }
     let mut ids = load(&file)?;
     let before = ids.len();
     for name in names {
@@ -31,8 +41,12 @@ pub fn assign(home: &Home, names: &[&str]) -> io::Result<BTreeMap<String, Uuid>>
     Ok(ids)
 }
 
-/// The IDs assigned so far; empty when none were.
+/// The IDs assigned so far; empty when none were, or when the file is of a
+/// newer format ([`format`]; [`assign`] then leaves it).
 pub fn load(file: &Path) -> io::Result<BTreeMap<String, Uuid>> {
+    if format::newer_json(file, format::COMPONENT_IDS).is_some() {
+        return Ok(BTreeMap::new());
+    }
     match std::fs::read(file) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(

@@ -2,7 +2,7 @@
 //! and it runs the core (the host executable) of the active module set.
 //!
 //! `run` in the installed executable finishes or applies a swap and counts
-//! the start of a set on probation ([`crate::upgrade::prepare`]) before
+//! the start of a set on probation ([`crate::host::prepare::prepare`]) before
 //! anything of the new set runs. Then, when the active set holds a core
 //! (`modules/banalytics-box`) that is not this executable, the launcher
 //! starts it as its child with the same arguments and a handshake
@@ -32,28 +32,24 @@
 //! ([`CoreToRun::OwnNamedBySet`]).
 //!
 //! The child, not an `exec`: only a parent sees how its child ended. The
-//! child dies with the launcher (`PR_SET_PDEATHSIG`), so a killed launcher
-//! leaves no core behind.
+//! child dies with the launcher (`PR_SET_PDEATHSIG`; on Windows the Job
+//! object the launcher put itself in), so a killed launcher leaves no core
+//! behind. What differs between Unix and Windows (the pipe, inheriting the
+//! lock and the pipe, the stop forwarding, the executable check) is in
+//! `crate::platform`.
 
 use std::{
     fs,
     io::{self, Read},
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-        unix::{
-            fs::{MetadataExt, PermissionsExt},
-            process::CommandExt,
-        },
-    },
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
-    sync::atomic::{AtomicI32, Ordering},
     time::{Duration, Instant},
 };
 
 use banalytics_home::{
     coords::CORE_EXECUTABLE_NAME,
     failpoint::failpoint,
+    format,
     installed::read_modules_info,
     record::{sha256_file, SetRecord},
     running::{CoreOrigin, RunningCore},
@@ -63,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::{
-    upgrade::{self, Settings},
+    host::{self, Settings},
     Error, EXIT_FAILURE, EXIT_OK, EXIT_RESTART,
 };
 
@@ -86,18 +82,19 @@ pub struct Handshake {
     /// [`HANDSHAKE_VERSION`].
     pub version: u32,
     /// The home lock, held by the launcher and inherited: the core holds it
-    /// through this descriptor instead of taking it again.
-    pub lock_fd: RawFd,
-    /// The write end of the readiness pipe: the core writes `ready\n` once
-    /// its components started.
-    pub ready_fd: RawFd,
+    /// through this descriptor (on Windows: handle) instead of taking it
+    /// again.
+    pub lock_fd: i64,
+    /// The write end of the readiness pipe (a descriptor or handle): the
+    /// core writes `ready\n` once its components started.
+    pub ready_fd: i64,
     /// The swap, apply and probation count are done; the core must not do
     /// them again.
     pub prepared: bool,
     /// What the launcher's preparation rolled back, for the core to report.
     pub rolled_back: Option<String>,
     /// The outbox entry of that report, when it was kept there
-    /// (`upgrade::Boot::rolled_back_seq`). Absent in a handshake from a
+    /// (`host::Boot::rolled_back_seq`). Absent in a handshake from a
     /// launcher that predates it.
     #[serde(default)]
     pub rolled_back_seq: Option<u64>,
@@ -129,13 +126,13 @@ impl Handshake {
     pub fn take_lock(&self) -> fs::File {
         // SAFETY: the launcher passed this descriptor, open, for the child
         // to own; nothing else in this process uses it.
-        unsafe { fs::File::from_raw_fd(self.lock_fd) }
+        unsafe { crate::platform::file_from_number(self.lock_fd) }
     }
 
     /// Tells the launcher that the components started.
     pub fn ready(&self) {
         // SAFETY: the launcher passed the write end for the child to own.
-        let mut pipe = unsafe { fs::File::from_raw_fd(self.ready_fd) };
+        let mut pipe = unsafe { crate::platform::file_from_number(self.ready_fd) };
         if let Err(e) = io::Write::write_all(&mut pipe, b"ready\n") {
             warn!(error = %e, "cannot tell the launcher that the components started");
         }
@@ -150,7 +147,7 @@ pub struct CoreFile {
     /// The core module's version.
     pub version: String,
     /// Its SHA-256.
-    pub sha256: String,
+    pub sha256: banalytics_home::Sha256,
 }
 
 /// This executable, as a [`RunningCore`]; its SHA-256 is cached in
@@ -158,33 +155,29 @@ pub struct CoreFile {
 /// modification time, so a start hashes it only after it changed.
 pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
     let exe = std::env::current_exe()?;
-    let meta = fs::metadata(&exe)?;
-    let key = format!(
-        "{}:{}:{}:{}",
-        meta.dev(),
-        meta.ino(),
-        meta.len(),
-        meta.mtime_nsec() + meta.mtime() * 1_000_000_000
-    );
+    let file = banalytics_home::digests::FileKey::of(&fs::metadata(&exe)?);
+    let key = format!("{}:{}:{}:{}", file.dev, file.ino, file.size, file.mtime_ns);
     let cache = state_dir.join("launcher-identity.json");
     #[derive(Serialize, Deserialize)]
     struct Cached {
         key: String,
-        sha256: String,
+        sha256: banalytics_home::Sha256,
     }
-    let cached: Option<Cached> = fs::read(&cache)
+    // A cache of a newer format is neither read nor replaced.
+    let newer = format::newer_json(&cache, format::LAUNCHER_IDENTITY).is_some();
+    let cached: Option<Cached> = format::read_json_or_err(&cache, format::LAUNCHER_IDENTITY)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+        .flatten();
     let sha256 = match cached {
         Some(c) if c.key == key => c.sha256,
         _ => {
             let sha256 = sha256_file(&exe)?;
-            let json = serde_json::to_vec(&Cached {
-                key,
-                sha256: sha256.clone(),
-            })
-            .expect("plain data");
-            if let Err(e) = banalytics_home::layout::write_atomic(&cache, &json) {
+            let json = format::to_json(&Cached { key, sha256 }, format::LAUNCHER_IDENTITY);
+            let cached = match newer {
+                true => Ok(()),
+                false => banalytics_home::layout::write_atomic(&cache, &json),
+            };
+            if let Err(e) = cached {
                 warn!(error = %e, "cannot cache the launcher's digest");
             }
             sha256
@@ -218,7 +211,7 @@ fn set_core(layout: &Layout) -> Option<CoreFile> {
     let recorded = SetRecord::load(&modules)
         .ok()
         .flatten()
-        .and_then(|r| r.modules.get(&key).map(|m| m.main.sha256.clone()));
+        .and_then(|r| r.modules.get(&key).map(|m| m.main.sha256));
     let sha256 = match recorded {
         Some(sha) => sha,
         None => sha256_file(&path).ok()?,
@@ -257,103 +250,11 @@ pub fn core_to_run(layout: &Layout, own: &RunningCore) -> CoreToRun {
     }
 }
 
-/// The ELF `e_machine` of this build's architecture.
-fn this_machine() -> Option<u16> {
-    Some(match std::env::consts::ARCH {
-        "x86" => 3,
-        "arm" => 40,
-        "x86_64" => 62,
-        "aarch64" => 183,
-        "riscv64" => 243,
-        _ => return None,
-    })
-}
-
-/// Checks that `path` can run here before it is started: executable, and
-/// either a script (`#!`) or an ELF file for this machine's architecture.
-/// `execvp` would otherwise hand a file it cannot execute to `/bin/sh`,
-/// and the start would fail with a shell's exit status instead of the
-/// reason.
+/// Checks that `path` can run here before it is started
+/// (`platform::check_executable`: on Unix executable and an ELF file of
+/// this machine or a script; on Windows a PE file of this machine).
 pub fn check_executable(path: &Path) -> Result<(), String> {
-    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!(
-            "{} is not executable (mode {:o})",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        ));
-    }
-    let mut head = [0u8; 20];
-    let n = fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let head = &head[..n];
-    if head.starts_with(b"#!") {
-        return Ok(());
-    }
-    if n < 20 || !head.starts_with(b"\x7fELF") {
-        return Err(format!(
-            "{} is neither an ELF executable nor a script",
-            path.display()
-        ));
-    }
-    let class = if cfg!(target_pointer_width = "64") {
-        2
-    } else {
-        1
-    };
-    let data = if cfg!(target_endian = "little") { 1 } else { 2 };
-    let machine = if head[5] == 1 {
-        u16::from_le_bytes([head[18], head[19]])
-    } else {
-        u16::from_be_bytes([head[18], head[19]])
-    };
-    if head[4] != class || head[5] != data || Some(machine) != this_machine() {
-        return Err(format!(
-            "{} is built for another architecture (ELF class {}, data {}, machine {machine}); this box is {}",
-            path.display(),
-            head[4],
-            head[5],
-            std::env::consts::ARCH
-        ));
-    }
-    Ok(())
-}
-
-/// The core's pid, for the signal forwarder (0: none).
-static CHILD: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn forward(signal: libc::c_int) {
-    let pid = CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: kill is async-signal-safe; the pid is our child's.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
-}
-
-fn forward_signals() {
-    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: installing a handler that only calls kill(2).
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: a two-element array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two open descriptors that we now own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    crate::platform::check_executable(path)
 }
 
 /// How a started core ended, in words for the probation record.
@@ -442,8 +343,8 @@ fn exit_after(layout: &Layout, settings: &Settings, status: ExitStatus) -> Resul
 /// re-executes itself (not the core); otherwise the service manager starts
 /// it again.
 fn restart(settings: &Settings) -> Result<u8, Error> {
-    match settings.restart_for(&settings.restart_request(String::new())) {
-        how @ upgrade::Restart::Exec => upgrade::restart(how, Path::new(".")),
+    match host::Restart::for_request(&settings.restart_request(String::new()), settings) {
+        how @ host::Restart::Exec => how.carry_out(Path::new(".")),
         _ => Ok(EXIT_RESTART),
     }
 }
@@ -504,24 +405,24 @@ pub fn launch(
     settings: &Settings,
     core: CoreFile,
     lock: &fs::File,
-    boot: &upgrade::Boot,
+    boot: &host::Boot,
 ) -> Result<Launched, Error> {
     let on_probation = matches!(swap::probation(layout), Ok(Some(_)));
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Io { path, source }
     };
-    let (ready_read, ready_write) = pipe().map_err(io_err(Path::new("pipe")))?;
+    let (ready_read, ready_write) = crate::platform::pipe().map_err(io_err(Path::new("pipe")))?;
     let handshake = Handshake {
         version: HANDSHAKE_VERSION,
-        lock_fd: lock.as_raw_fd(),
-        ready_fd: ready_write.as_raw_fd(),
+        lock_fd: crate::platform::raw_number(lock),
+        ready_fd: crate::platform::raw_number(&ready_write),
         prepared: true,
         rolled_back: boot.rolled_back.clone(),
         rolled_back_seq: boot.rolled_back_seq,
         core: RunningCore {
             version: core.version.clone(),
-            sha256: core.sha256.clone(),
+            sha256: core.sha256,
             origin: CoreOrigin::ModuleSet,
             path: core.path.display().to_string(),
             pid: 0,
@@ -529,26 +430,15 @@ pub fn launch(
             fallback: None,
         },
     };
-    let (lock_fd, write_fd) = (handshake.lock_fd, handshake.ready_fd);
-    let parent = std::process::id() as libc::pid_t;
     let mut command = Command::new(&core.path);
     command.args(std::env::args_os().skip(1)).env(
         HANDSHAKE_ENV,
         serde_json::to_string(&handshake).expect("plain data"),
     );
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            for fd in [lock_fd, write_fd] {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            // The core dies with the launcher; this thread (the launcher's
-            // main thread) lives as long as the launcher.
-            crate::process::die_with_parent(parent)
-        });
-    }
+    // The core dies with the launcher, and inherits the lock and the
+    // pipe's write end; this thread (the launcher's main thread) lives as
+    // long as the launcher.
+    crate::platform::inherit(&mut command, &[lock, &ready_write]);
     let failed_start = |failure: String| {
         if record_failure(layout, &failure) {
             restart(settings).map(Launched::Exit)
@@ -574,7 +464,7 @@ pub fn launch(
         core.version,
         if on_probation { " (on probation)" } else { "" }
     ));
-    forward_signals();
+    crate::platform::forward_stop(None);
     failpoint("launcher.core-spawning");
     let started = Instant::now();
     info!(core = %core.path.display(), version = %core.version, on_probation, "starting the core of the active set");
@@ -587,7 +477,7 @@ pub fn launch(
             ))
         }
     };
-    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    crate::platform::forward_stop(Some(child.id()));
     drop(ready_write);
     failpoint("launcher.core-spawned");
     info!(
@@ -597,27 +487,19 @@ pub fn launch(
     );
 
     // 1. Until the core's components started.
-    let limit = on_probation.then(|| upgrade::probation_limit(settings.health_grace));
-    let mut ready = fs::File::from(ready_read);
+    let limit = on_probation.then(|| host::probation_limit(settings.health_grace));
+    let mut ready = ready_read;
     let mut line = Vec::new();
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
         if on_probation {
             feeder.tick();
         }
-        let wait_ms = deadline.map_or(1_000, |d| {
+        let wait = deadline.map_or(Duration::from_secs(1), |d| {
             d.saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1))
-                .as_millis() as i32
         });
-        let mut pfd = libc::pollfd {
-            fd: ready.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
-        if n > 0 {
+        if crate::platform::wait_readable(&ready, wait) {
             let mut buf = [0u8; 64];
             match ready.read(&mut buf) {
                 Ok(0) | Err(_) => break, // the core closed it: ended, or exec'd away
@@ -630,13 +512,13 @@ pub fn launch(
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            CHILD.store(0, Ordering::SeqCst);
+            crate::platform::forward_stop(None);
             return after_exit(layout, settings, status, &core);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = child.kill();
             let _ = child.wait();
-            CHILD.store(0, Ordering::SeqCst);
+            crate::platform::forward_stop(None);
             let failure = format!(
                 "the core did not start its components within {:.1} s",
                 limit.unwrap_or_default().as_secs_f64()
@@ -665,7 +547,7 @@ pub fn launch(
                 }
             }
             Probation::Ended(status) => {
-                CHILD.store(0, Ordering::SeqCst);
+                crate::platform::forward_stop(None);
                 return after_exit(layout, settings, status, &core);
             }
             Probation::Undecided => {
@@ -674,7 +556,7 @@ pub fn launch(
                     "the core did not commit its set in time; stopping it"
                 );
                 let ended = crate::process::terminate(&mut child, KILL_GRACE);
-                CHILD.store(0, Ordering::SeqCst);
+                crate::platform::forward_stop(None);
                 let failure = format!(
                     "the core did not commit within {:.1} s after it reported ready{}",
                     bound.as_secs_f64(),
@@ -687,7 +569,7 @@ pub fn launch(
     }
     // 3. Until it exits.
     let status = child.wait().map_err(io_err(&core.path))?;
-    CHILD.store(0, Ordering::SeqCst);
+    crate::platform::forward_stop(None);
     info!(%status, "the core ended");
     after_exit(layout, settings, status, &core)
 }

@@ -8,24 +8,26 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(unused_crate_dependencies))] // dev-dependencies serve the integration tests
 
-pub mod authority;
-pub mod busy;
+pub(crate) mod authority;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod exchange;
-pub mod home;
+pub mod console;
+pub(crate) mod control;
+pub(crate) mod discard;
+pub(crate) mod exchange;
+mod home;
 pub mod host;
-pub mod ids;
-pub mod isolation;
-pub mod launcher;
-pub mod logging;
-pub mod notify;
+pub(crate) mod ids;
+pub(crate) mod isolation;
+pub(crate) mod launcher;
+pub(crate) mod logging;
+pub(crate) mod notify;
+pub(crate) mod platform;
 pub mod plugins;
 pub mod preflight;
-pub mod process;
+pub(crate) mod process;
 pub mod registry;
-pub mod upgrade;
+pub(crate) mod report;
 
 use std::path::PathBuf;
 

@@ -35,19 +35,28 @@ static PANIC_LOGS: PanicLimit = PanicLimit {
     count: std::sync::atomic::AtomicU64::new(0),
 };
 
-/// Installs the global subscriber (stderr). `RUST_LOG`, when set, overrides
-/// the configured level.
-pub fn init(config: &LogConfig) {
+/// Installs the global subscriber (stderr), and `ring` beside it when the
+/// console keeps the last lines (`crate::console::ring`). `RUST_LOG`, when
+/// set, overrides the configured level.
+pub fn init(config: &LogConfig, ring: Option<crate::console::LogRing>) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    let ansi = std::io::stderr().is_terminal();
+    let text = (config.format == LogFormat::Text)
+        .then(|| fmt::layer().with_ansi(ansi).with_writer(std::io::stderr));
+    let json = (config.format == LogFormat::Json).then(|| {
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(ring)
+        .try_init();
     std::panic::set_hook(Box::new(|info| {
         if !PANIC_LOGS.admit() {
             return;

@@ -23,19 +23,32 @@
 //! Children the host starts for other purposes (isolated plugins, the
 //! upgrade job) do not inherit the socket ([`forget_for_child`]).
 
+#[cfg(unix)]
 use std::{
     os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
-    process::Command,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::Duration,
 };
+use std::{path::Path, process::Command, time::Duration};
 
+#[cfg(unix)]
 use sd_notify::NotifyState;
-use tracing::{debug, warn};
+#[cfg(unix)]
+use tracing::debug;
+use tracing::warn;
+
+/// What [`send`] says; on Windows, where nothing listens, nothing.
+#[cfg(windows)]
+#[allow(dead_code)] // nothing reads them: nothing listens
+enum NotifyState<'a> {
+    Ready,
+    Stopping,
+    Watchdog,
+    Status(&'a str),
+}
 
 /// The environment variable of the service manager's socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -48,18 +61,23 @@ pub const ESSENTIAL_KINDS: [&str; 2] = [
     banalytics_upgrade_center::KIND_NAME,
 ];
 
-/// Whether the service manager listens.
+/// Whether the service manager listens (never on Windows: systemd's
+/// protocol is Linux-only; the service control manager is told of the
+/// service's state by `service.rs`).
 pub fn enabled() -> bool {
-    std::env::var_os(NOTIFY_SOCKET).is_some()
+    cfg!(unix) && std::env::var_os(NOTIFY_SOCKET).is_some()
 }
 
 fn send(states: &[NotifyState]) {
     if !enabled() {
         return;
     }
+    #[cfg(unix)]
     if let Err(e) = sd_notify::notify(states) {
         debug!(error = %e, "cannot notify the service manager");
     }
+    #[cfg(windows)]
+    let _ = states;
 }
 
 /// `READY=1`, with a status line.
@@ -122,9 +140,12 @@ pub fn watchdog_interval() -> Option<Duration> {
     if !enabled() {
         return None;
     }
-    sd_notify::watchdog_enabled()
+    #[cfg(unix)]
+    return sd_notify::watchdog_enabled()
         .filter(|d| !d.is_zero())
-        .map(|d| d / 2)
+        .map(|d| d / 2);
+    #[cfg(windows)]
+    None
 }
 
 /// Keeps a child from speaking to the service manager for this process.
@@ -171,6 +192,7 @@ where
 /// thread that forwards every message to the service manager, except
 /// `WATCHDOG=1` while the launcher feeds the watchdog itself
 /// ([`Relay::feed_watchdog_myself`]).
+#[cfg(unix)]
 pub struct Relay {
     path: PathBuf,
     launcher_feeds: Arc<AtomicBool>,
@@ -179,6 +201,25 @@ pub struct Relay {
 /// The relay socket's file name in `state/`.
 pub const RELAY_FILE: &str = "notify-relay.sock";
 
+/// No relay on Windows: nothing listens ([`enabled`]).
+#[cfg(windows)]
+pub struct Relay;
+
+#[cfg(windows)]
+impl Relay {
+    /// `None`: nothing to relay to.
+    pub fn start(_state_dir: &Path) -> Option<Relay> {
+        None
+    }
+
+    /// Nothing to hand over.
+    pub fn hand_to(&self, _command: &mut Command) {}
+
+    /// Nothing to feed.
+    pub fn feed_watchdog_myself(&self, _yes: bool) {}
+}
+
+#[cfg(unix)]
 impl Relay {
     /// Binds the relay in `state_dir` and starts its thread; `None` when
     /// the service manager does not listen, or the socket cannot be made
@@ -242,6 +283,7 @@ impl Relay {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Relay {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -251,6 +293,7 @@ impl Drop for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{atomic::Ordering, Arc};
 
     #[tokio::test(start_paused = true)]
     async fn the_heartbeat_asks_every_interval_and_stops_feeding_while_a_part_is_silent() {

@@ -38,8 +38,8 @@
 //! thread-locals and statics (its tracing subscriber, its panic hook) live as
 //! long as the process. A new version takes effect at the next start.
 //!
-//! The flags are Unix ones, like the control socket: the host is Unix-only
-//! for now.
+//! The flags are Unix ones; on Windows `LoadLibraryExW` does the same by
+//! default (imports resolved at load, symbols per DLL).
 
 use std::{
     ffi::c_void,
@@ -73,7 +73,7 @@ use crate::{
 };
 
 /// The symbol every plugin exports first; its signature never changes.
-pub const ABI_SYMBOL: &str = "banalytics_plugin_abi_version";
+pub(crate) const ABI_SYMBOL: &str = "banalytics_plugin_abi_version";
 
 type AbiVersionFn = extern "C" fn() -> u32;
 type IdentityFn = unsafe extern "C" fn(*mut Buf) -> i32;
@@ -129,29 +129,68 @@ impl Plugin {
 pub(crate) struct KindEntry {
     pub(crate) plugin: Arc<Plugin>,
     pub(crate) info: KindInfo,
+    #[cfg_attr(windows, allow(dead_code))] // isolation is Unix-only for now
     pub(crate) spawner: Arc<Spawner>,
 }
 
 /// A plugin library of a module set: the main artifact of one of its
 /// component modules (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetLibrary {
+pub(crate) struct SetLibrary {
     /// The module, `groupId:artifactId:version`.
     pub module: String,
     /// The library file in the set's folder.
     pub path: PathBuf,
 }
 
+/// Why a plugin library, or a set's list of them, was refused; each
+/// names the file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PluginError {
+    /// The identity record in the file: missing, unreadable, of another
+    /// ABI version or build (found before the library is opened).
+    #[error("plugin {0}")]
+    Identity(#[from] banalytics_sdk::plugin::FileIdentityError),
+    /// The library was opened and refused, or refused before that for a
+    /// kind it declares.
+    #[error("plugin {}: {problem}", path.display())]
+    Refused {
+        /// The library.
+        path: PathBuf,
+        /// What is wrong, with the expected and found values.
+        problem: String,
+    },
+    /// The set's list of modules or its hash record cannot be read.
+    #[error("{problem}")]
+    Set {
+        /// The file and the cause.
+        problem: String,
+    },
+}
+
+impl PluginError {
+    fn refused(path: &Path, problem: impl Into<String>) -> PluginError {
+        PluginError::Refused {
+            path: path.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
 /// The plugin libraries of the module set in `dir`, in name order: the main
 /// artifact of each `component` module its `modules-info.properties` lists,
 /// when it has the platform's library extension. A set without the file
 /// (a first run) has none; an unreadable one is an error naming the file.
-pub fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, String> {
-    let Some(modules) = installed::read_modules_info(dir).map_err(|e| e.to_string())? else {
+pub(crate) fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, PluginError> {
+    let Some(modules) = installed::read_modules_info(dir).map_err(|e| PluginError::Set {
+        problem: e.to_string(),
+    })?
+    else {
         return Ok(Vec::new());
     };
-    let record =
-        SetRecord::load(dir).map_err(|e| format!("{}: {e}", dir.join(RECORD_FILE).display()))?;
+    let record = SetRecord::load_or_none_if_newer(dir).map_err(|e| PluginError::Set {
+        problem: format!("{}: {e}", dir.join(RECORD_FILE).display()),
+    })?;
     let extension = format!(".{}", std::env::consts::DLL_EXTENSION);
     let mut libraries = Vec::new();
     for m in modules
@@ -195,7 +234,7 @@ pub fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, String> {
 
 /// Why a plugin's `kind` cannot be registered beside the `builtin` kinds
 /// and those `loaded` before (each with its library), if it cannot.
-pub fn kind_conflict<S: AsRef<str>>(
+pub(crate) fn kind_conflict<S: AsRef<str>>(
     kind: &str,
     builtin: &[S],
     loaded: &[(String, PathBuf)],
@@ -301,7 +340,7 @@ pub fn load_dir(dir: &Path, builtin: &[&str]) -> (Vec<(ComponentKind, PathBuf)>,
                     took: started.elapsed(),
                 }
             }
-            Err(why) => LoadOutcome::Refused(why),
+            Err(why) => LoadOutcome::Refused(why.to_string()),
         };
         report.files.push((path, outcome));
     }
@@ -312,8 +351,7 @@ fn load(
     path: &Path,
     builtin: &[&str],
     loaded: &[(String, PathBuf)],
-) -> Result<(Arc<Plugin>, Identity), String> {
-    let shown = path.display().to_string();
+) -> Result<(Arc<Plugin>, Identity), PluginError> {
     let Opened {
         plugin,
         identity,
@@ -325,7 +363,7 @@ fn load(
             .iter()
             .find_map(|k| kind_conflict(k, builtin, loaded))
         {
-            Some(conflict) => Err(format!("plugin {shown}: {conflict}")),
+            Some(conflict) => Err(PluginError::refused(path, conflict)),
             None => Ok(()),
         }
     })?;
@@ -340,7 +378,10 @@ fn load(
     // SAFETY: `log` lives for the process.
     let code = unsafe { init(log) };
     if code != RC_OK {
-        return Err(format!("plugin {shown}: init failed with code {code}"));
+        return Err(PluginError::refused(
+            path,
+            format!("init failed with code {code}"),
+        ));
     }
     Ok((plugin, identity))
 }
@@ -358,30 +399,31 @@ pub(crate) struct Opened {
 /// child process open a library the same way.
 pub(crate) fn open(
     path: &Path,
-    check: impl FnOnce(&FileIdentity) -> Result<(), String>,
-) -> Result<Opened, String> {
+    check: impl FnOnce(&FileIdentity) -> Result<(), PluginError>,
+) -> Result<Opened, PluginError> {
     let shown = path.display();
+    let refused = |problem: String| PluginError::refused(path, problem);
     // 1., before the library is opened: none of its code runs
     // (initialisers included) unless it is for this host.
-    let record = FileIdentity::read_checked(path).map_err(|e| format!("plugin {e}"))?;
+    let record = FileIdentity::read_checked(path)?;
     check(&record)?;
     // 3.
-    let handle = dl::open(path).map_err(|e| format!("plugin {shown}: cannot be loaded: {e}"))?;
+    let handle = dl::open(path).map_err(|e| refused(format!("cannot be loaded: {e}")))?;
     let abi_version = dl::symbol(handle, ABI_SYMBOL)
-        .ok_or_else(|| format!("plugin {shown}: missing symbol {ABI_SYMBOL}"))?;
+        .ok_or_else(|| refused(format!("missing symbol {ABI_SYMBOL}")))?;
     // SAFETY: the symbol of this name has this signature in every plugin
     // ever built; it is the one function that never changes.
     let abi_version: AbiVersionFn = unsafe { std::mem::transmute(abi_version) };
-    let found = catch_unwind(|| abi_version())
-        .map_err(|_| format!("plugin {shown}: {ABI_SYMBOL} panicked"))?;
+    let found =
+        catch_unwind(|| abi_version()).map_err(|_| refused(format!("{ABI_SYMBOL} panicked")))?;
     if found != ABI_VERSION {
-        return Err(format!(
-            "plugin {shown}: ABI version mismatch: expected {ABI_VERSION}, found {found}"
-        ));
+        return Err(refused(format!(
+            "ABI version mismatch: expected {ABI_VERSION}, found {found}"
+        )));
     }
     // 4.
     let sym = |name: &str| {
-        dl::symbol(handle, name).ok_or_else(|| format!("plugin {shown}: missing symbol {name}"))
+        dl::symbol(handle, name).ok_or_else(|| refused(format!("missing symbol {name}")))
     };
     // SAFETY: the ABI version matches, so each symbol has the signature of
     // this version (banalytics_sdk::plugin).
@@ -420,19 +462,19 @@ pub(crate) fn open(
     let code = unsafe { identity(&mut out) };
     let json = plugin.take(out);
     if code != RC_OK {
-        return Err(format!("plugin {shown}: identity failed with code {code}"));
+        return Err(refused(format!("identity failed with code {code}")));
     }
-    let identity: Identity = serde_json::from_slice(&json)
-        .map_err(|e| format!("plugin {shown}: unreadable identity: {e}"))?;
+    let identity: Identity =
+        serde_json::from_slice(&json).map_err(|e| refused(format!("unreadable identity: {e}")))?;
     if let Some(diff) = identity.mismatch(&Identity::host()) {
-        return Err(format!("plugin {shown}: build identity mismatch: {diff}"));
+        return Err(refused(format!("build identity mismatch: {diff}")));
     }
     let kinds: Vec<&str> = identity.kinds.iter().map(|k| k.kind.as_str()).collect();
     if kinds != record.kinds {
-        return Err(format!(
-            "plugin {shown}: exports the kinds {kinds:?}, but its identity record declares {:?}",
+        return Err(refused(format!(
+            "exports the kinds {kinds:?}, but its identity record declares {:?}",
             record.kinds
-        ));
+        )));
     }
     Ok(Opened {
         plugin,
@@ -761,19 +803,24 @@ mod dl {
     #[derive(Clone, Copy)]
     pub struct Handle(&'static libloading::Library);
 
-    pub fn open(path: &Path) -> Result<Handle, String> {
+    pub fn open(path: &Path) -> Result<Handle, libloading::Error> {
         // RTLD_NOW: a library with unresolved symbols is refused here, not
         // when a plugin function first runs. RTLD_LOCAL keeps the plugin's
         // symbols out of the global namespace, so plugins cannot clash.
         // SAFETY: loading runs the library's initialisers; only files in the
         // host's own module folder are loaded.
+        #[cfg(unix)]
         let lib = unsafe {
             libloading::os::unix::Library::open(
                 Some(path),
                 libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
             )
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
+        // Windows: `LoadLibraryExW` resolves every import at load and keeps
+        // each DLL's symbols its own, as the flags above do on Unix.
+        // SAFETY: as above.
+        #[cfg(windows)]
+        let lib = unsafe { libloading::os::windows::Library::new(path) }?;
         Ok(Handle(Box::leak(Box::new(lib.into()))))
     }
 

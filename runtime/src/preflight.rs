@@ -23,15 +23,25 @@ use banalytics_sdk::plugin::FileIdentity;
 
 use crate::plugins;
 
-/// Checks the staged set in `dir` against the `builtin` kinds and the
-/// `configured` components (name, kind); `Err` holds every reason, joined
+/// Why a staged set would not start: every reason found, shown joined
 /// with `; `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", reasons.join("; "))]
+pub struct Refusal {
+    /// Each reason: a module and its file, or a component and its kind.
+    pub reasons: Vec<String>,
+}
+
+/// Checks the staged set in `dir` against the `builtin` kinds and the
+/// `configured` components (name, kind).
 pub fn check_set(
     dir: &Path,
     builtin: &[String],
     configured: &[(String, String)],
-) -> Result<(), String> {
-    let libraries = plugins::set_libraries(dir)?;
+) -> Result<(), Refusal> {
+    let libraries = plugins::set_libraries(dir).map_err(|e| Refusal {
+        reasons: vec![e.to_string()],
+    })?;
     let mut problems = Vec::new();
     let mut provided: Vec<(String, PathBuf)> = Vec::new();
     for library in &libraries {
@@ -73,7 +83,7 @@ pub fn check_set(
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(problems.join("; "))
+        Err(Refusal { reasons: problems })
     }
 }
 
@@ -106,7 +116,7 @@ mod tests {
             ("echo".to_owned(), "sample-echo".to_owned()),
         ];
         assert_eq!(
-            check_set(dir.path(), &builtin(), &configured),
+            check_set(dir.path(), &builtin(), &configured).map_err(|r| r.to_string()),
             Err("component \"echo\" of box.toml has kind \"sample-echo\", which neither a built-in kind nor a plugin of the set provides".to_owned())
         );
         assert_eq!(check_set(dir.path(), &builtin(), &configured[..1]), Ok(()));
@@ -121,7 +131,9 @@ mod tests {
             "com.example\\:junk\\:1.0=component\\:1700000000\n",
             &[(&library, b"not a library")],
         );
-        let err = check_set(dir.path(), &builtin(), &[]).unwrap_err();
+        let err = check_set(dir.path(), &builtin(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!(
                 "module com.example:junk:1.0: plugin {library}: not a library: "

@@ -38,7 +38,7 @@ impl Registry {
     /// host's preflight ([`preflight::check_set`]): a staged set must
     /// provide every kind `config` names and hold only plugin libraries
     /// this host would load.
-    pub fn for_config(config: &BoxConfig) -> Registry {
+    pub(crate) fn for_config(config: &BoxConfig) -> Registry {
         let builtin: Vec<String> = Registry::builtin()
             .names()
             .into_iter()
@@ -49,8 +49,11 @@ impl Registry {
             .iter()
             .map(|c| (c.name.clone(), c.kind.clone()))
             .collect();
-        let check: Preflight =
-            Arc::new(move |dir: &Path| preflight::check_set(dir, &builtin, &configured));
+        // The upgrade center's hook speaks in words: the refusal as its
+        // message.
+        let check: Preflight = Arc::new(move |dir: &Path| {
+            preflight::check_set(dir, &builtin, &configured).map_err(|r| r.to_string())
+        });
         Registry::with_upgrade_center(banalytics_upgrade_center::kind_with(check))
     }
 

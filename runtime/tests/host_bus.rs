@@ -109,3 +109,18 @@ async fn a_message_published_before_a_component_subscribed_reaches_it_once_it_st
     );
     host.stop_all().await;
 }
+
+/// The control socket's `upgrade` and `approve` ask whether a component
+/// handles them; they wait for the start to end, so that a component that
+/// starts after the socket is bound is not taken for missing.
+#[actix_rt::test]
+async fn a_request_for_the_components_waits_until_every_component_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = probes(dir.path());
+    let early = tokio::time::timeout(Duration::from_millis(100), host.wait_started()).await;
+    assert!(early.is_err(), "answered before the components started");
+    host.start_all().await;
+    let late = tokio::time::timeout(Duration::from_secs(5), host.wait_started()).await;
+    assert!(late.is_ok(), "still waiting after start_all");
+    host.stop_all().await;
+}

@@ -201,7 +201,7 @@ fn the_preflight_checks_a_staged_set_of_real_libraries_without_loading_them() {
         &[(so("com.example-sample-2.0"), &s.abi_mismatch)],
     );
     assert_eq!(
-        preflight::check_set(&other_abi, &builtin, &configured),
+        preflight::check_set(&other_abi, &builtin, &configured).map_err(|r| r.to_string()),
         Err(format!(
             "module com.example:sample:2.0: plugin {}: ABI version mismatch: expected {ABI_VERSION}, found {}; component \"echo\" of box.toml has kind \"sample-echo\", which neither a built-in kind nor a plugin of the set provides",
             so("com.example-sample-2.0"),
@@ -219,7 +219,7 @@ fn the_preflight_checks_a_staged_set_of_real_libraries_without_loading_them() {
         ],
     );
     assert_eq!(
-        preflight::check_set(&twice, &builtin, &configured),
+        preflight::check_set(&twice, &builtin, &configured).map_err(|r| r.to_string()),
         Err(format!(
             "module com.example:sample:1.0: plugin {}: kind \"sample-echo\" is already exported by {}",
             so("com.example-sample-1.0"),

@@ -25,7 +25,7 @@
 //! (the portal's synchronisation request, on a link that came up fast)
 //! would miss a later component's subscription. A bus made with
 //! [`Bus::starting`] therefore keeps what is published until
-//! [`Bus::started`] ([`START_HOLD`] per topic at most) and hands it to each
+//! [`Bus::started`] ([`START_BACKLOG`] per topic at most) and hands it to each
 //! subscription made meanwhile, before anything newer: the components see
 //! the start as if all of them had subscribed before anything was
 //! published.
@@ -52,7 +52,7 @@ pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// later in the start phase; what is published beyond it reaches only the
 /// subscribers of the moment, as after the start. Well below
 /// [`SUBSCRIBER_QUEUE`], so that a new subscription always takes them.
-pub const START_HOLD: usize = 256;
+pub const START_BACKLOG: usize = 256;
 
 /// A message that travels on the bus: plain, serializable data.
 pub trait BusMessage: Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -86,7 +86,7 @@ struct Topic {
     subscribers: Arc<[Arc<Subscriber>]>,
     /// What was published in the start phase, oldest first.
     held: Vec<Held>,
-    /// More than [`START_HOLD`] were published in the start phase.
+    /// More than [`START_BACKLOG`] were published in the start phase.
     overflowed: bool,
 }
 
@@ -397,11 +397,11 @@ impl Bus {
         }
         let entry = topic_of(&mut topics, topic);
         let held = keep(entry)?;
-        if entry.held.len() < START_HOLD {
+        if entry.held.len() < START_BACKLOG {
             entry.held.push(held);
         } else if !entry.overflowed {
             entry.overflowed = true;
-            tracing::warn!(topic, kept = START_HOLD, "more messages in the start phase than are kept; components that subscribe later get only the first ones");
+            tracing::warn!(topic, kept = START_BACKLOG, "more messages in the start phase than are kept; components that subscribe later get only the first ones");
         }
         Ok(Some(entry.route()))
     }
@@ -666,11 +666,11 @@ mod tests {
             .publish_raw(Ping::TOPIC, b"\"x\"".to_vec())
             .await
             .is_err());
-        for i in 0..(START_HOLD as u32 + 10) {
+        for i in 0..(START_BACKLOG as u32 + 10) {
             bus.publish(Ping(i)).await;
         }
         let mut late = bus.subscribe::<Ping>();
-        for i in 0..START_HOLD as u32 {
+        for i in 0..START_BACKLOG as u32 {
             assert_eq!(late.try_recv().unwrap().0, i);
         }
         assert!(late.try_recv().is_none());

@@ -53,20 +53,50 @@ use crate::{
 /// full queue makes the sender wait.
 pub const COMMAND_QUEUE: usize = SUBSCRIBER_QUEUE;
 
+/// A component's `start` failed (or panicked): the reason, also shown as
+/// its state's reason on the status board.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct StartFailed {
+    /// Why, in the component's words.
+    pub reason: String,
+}
+
+/// Why a [`Command::Restart`] did nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartRefused {
+    /// The component did not run, and its start failed.
+    #[error("component {name} failed to start: {reason}")]
+    StartFailed {
+        /// The component.
+        name: String,
+        /// Why its start failed.
+        reason: String,
+    },
+    /// The component runs and has no failed actor to restart.
+    #[error(
+        "component {name} is running; restart applies to a component that is stopped or in ERROR"
+    )]
+    Running {
+        /// The component.
+        name: String,
+    },
+}
+
 /// A request to a [`Driver`]. Each is answered once it is carried out;
 /// dropping the answer's receiver is allowed.
 #[derive(Debug)]
 pub enum Command {
     /// Start the component unless it runs; answered when its `start`
     /// returned: `Err` with the reason when it failed.
-    Start(oneshot::Sender<Result<(), String>>),
+    Start(oneshot::Sender<Result<(), StartFailed>>),
     /// Stop the component (and any pending retry); answered when it is
     /// `STOPPED`.
     Stop(oneshot::Sender<()>),
     /// Start the component when it does not run, else restart its failed
     /// actors; the answer is the text for the operator, `Err` when nothing
     /// was done or the start failed.
-    Restart(oneshot::Sender<Result<String, String>>),
+    Restart(oneshot::Sender<Result<String, RestartRefused>>),
     /// Restart the running component's failed actors now; answered with how
     /// many (0 when it does not run).
     RestartFailed(oneshot::Sender<usize>),
@@ -197,7 +227,7 @@ impl Driver {
 
     /// Starts the component unless it runs; on failure, schedules the retry
     /// (not when bridged) and returns the reason.
-    async fn start(&mut self) -> Result<(), String> {
+    async fn start(&mut self) -> Result<(), StartFailed> {
         if self.running.is_some() {
             return Ok(());
         }
@@ -237,7 +267,7 @@ impl Driver {
         }
         self.board
             .set_component(&name, State::Error, Some(reason.clone()));
-        Err(reason)
+        Err(StartFailed { reason })
     }
 
     async fn stop(&mut self) {
@@ -258,17 +288,15 @@ impl Driver {
         self.board.set_component(self.name(), State::Stopped, None);
     }
 
-    async fn restart(&mut self) -> Result<String, String> {
+    async fn restart(&mut self) -> Result<String, RestartRefused> {
         let name = self.name().to_owned();
         match &self.running {
             None => match self.start().await {
                 Ok(()) => Ok(format!("component {name} started")),
-                Err(reason) => Err(format!("component {name} failed to start: {reason}")),
+                Err(StartFailed { reason }) => Err(RestartRefused::StartFailed { name, reason }),
             },
             Some(ctx) => match ctx.restart_failed() {
-                0 => Err(format!(
-                    "component {name} is running; restart applies to a component that is stopped or in ERROR"
-                )),
+                0 => Err(RestartRefused::Running { name }),
                 n => Ok(format!("component {name}: restarting {n} failed actor(s)")),
             },
         }

@@ -353,6 +353,11 @@ impl LogLimit {
     }
 }
 
+/// An actor's factory panicked: no instance was made.
+#[derive(Debug, thiserror::Error)]
+#[error("factory panicked: {0}")]
+struct FactoryPanicked(String);
+
 impl<A: Actor<Context = Context<A>>> Runner<A> {
     async fn run(mut self) {
         loop {
@@ -366,7 +371,7 @@ impl<A: Actor<Context = Context<A>>> Runner<A> {
                     }
                     ended
                 }
-                Err(reason) => Ended::Failed(reason),
+                Err(panicked) => Ended::Failed(panicked.to_string()),
             };
             match ended {
                 Ended::Failed(reason) => match self.after_failure(reason).await {
@@ -382,7 +387,7 @@ impl<A: Actor<Context = Context<A>>> Runner<A> {
         }
     }
 
-    fn spawn_instance(&mut self) -> Result<Instance<A>, String> {
+    fn spawn_instance(&mut self) -> Result<Instance<A>, FactoryPanicked> {
         let mut ctx = Context::<A>::new();
         let failure = Rc::new(RefCell::new(None));
         let supervision = Supervision {
@@ -401,7 +406,7 @@ impl<A: Actor<Context = Context<A>>> Runner<A> {
         );
         let factory = &mut self.factory;
         let actor = catch_unwind(AssertUnwindSafe(|| factory(&mut ctx, &supervision)))
-            .map_err(|p| format!("factory panicked: {}", panic_message(&*p)))?;
+            .map_err(|p| FactoryPanicked(panic_message(&*p)))?;
         let addr = ctx.address();
         let task = actix_rt::spawn(AssertUnwindSafe(ctx.into_future(actor)).catch_unwind());
         *self.instance_abort.borrow_mut() = Some(task.abort_handle());

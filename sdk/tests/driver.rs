@@ -77,7 +77,7 @@ impl Running {
     async fn start(&self) -> Result<(), String> {
         let (done, answer) = oneshot::channel();
         self.tx.send(Command::Start(done)).await.unwrap();
-        answer.await.unwrap()
+        answer.await.unwrap().map_err(|e| e.to_string())
     }
 
     async fn stop(&self) {
@@ -89,7 +89,7 @@ impl Running {
     async fn restart(&self) -> Result<String, String> {
         let (done, answer) = oneshot::channel();
         self.tx.send(Command::Restart(done)).await.unwrap();
-        answer.await.unwrap()
+        answer.await.unwrap().map_err(|e| e.to_string())
     }
 
     fn state(&self) -> (State, Option<String>) {

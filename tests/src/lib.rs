@@ -7,6 +7,7 @@
 /// the classifier of their native modules.
 pub const PLATFORM: &str = env!("BANALYTICS_TESTS_TARGET");
 
+pub mod browser;
 pub mod e2e;
 pub mod fixtures;
 pub mod fleet;

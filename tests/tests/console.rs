@@ -4,7 +4,13 @@
 //! steps: log in with the admin token, see the three environments, assign
 //! v2 to the group as a rollout, watch the progress change without a
 //! reload, and see the rollout halt when the third box's set is rolled
-//! back, with that box's reason.
+//! back, with that box's reason. Then it visits every page of the console
+//! (login, Environments, an environment, Modules, Assign, Rollouts, a
+//! rollout, a refused form, a registered box) at 1280 px and 390 px wide:
+//! a screenshot of each in `target/screenshots/` and an axe-core check of
+//! each, and it fails on any violation of impact "serious" or "critical"
+//! (`banalytics_tests::browser`; axe-core is fetched by
+//! `tests/fetch-axe.sh` when `target/axe-core/` lacks it).
 //!
 //! It needs a browser, so it is not one of the package's default test
 //! targets (`test = false` in its `Cargo.toml`): `cargo test --workspace`
@@ -21,9 +27,7 @@
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -33,11 +37,12 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use banalytics_tests::{
+    browser::{self, Driver, Violation},
     e2e::{env_uuid, BoxSettings, ManagedBox, ModuleSpec, PortalApi},
     portal::{Portal, PortalConfig, PortalHandle},
     DEADLINE,
 };
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 
 const ALPHA_1: &str = "com.example:alpha:1.0";
 const ALPHA_2: &str = "com.example:alpha:2.0";
@@ -49,53 +54,9 @@ const BROKEN: &str = "com.example:broken:1.0";
 /// loaded two-core machine.
 const CONVERGE: Duration = Duration::from_secs(120);
 
-/// `chromedriver` on a free loopback port; killed on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Driver {
-    fn start() -> Result<Driver> {
-        // chromedriver takes no port 0: take a free port and hand it over.
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting chromedriver (apt-get install chromium chromium-driver)")?;
-        let url = format!("http://127.0.0.1:{port}");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            ensure!(
-                start.elapsed() < DEADLINE,
-                "chromedriver did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Driver { child, url })
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Where failure evidence goes: `target/console-test/`.
 fn evidence_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/console-HASH
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    target.join("console-test")
+    browser::target_dir().join("console-test")
 }
 
 /// Polls `f` (which may read the page) until it returns `Some`.
@@ -120,8 +81,16 @@ async fn text_of(c: &Client, css: &str) -> Option<String> {
     c.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
 
-/// The browser's part: what a person does and sees.
-async fn operate(c: &Client, portal: &PortalHandle, token: &str, envs: &[String]) -> Result<()> {
+/// The browser's part: what a person does and sees; the serious and
+/// critical accessibility violations of every page go to `violations`.
+async fn operate(
+    c: &Client,
+    portal: &PortalHandle,
+    token: &str,
+    envs: &[String],
+    violations: &mut Vec<Violation>,
+) -> Result<()> {
+    let axe = browser::axe_source()?;
     // Logs in.
     c.goto(&portal.console_url()).await?;
     let url = c.current_url().await?;
@@ -129,6 +98,7 @@ async fn operate(c: &Client, portal: &PortalHandle, token: &str, envs: &[String]
         url.path() == "/console/login",
         "not logged in, so the login page: {url}"
     );
+    violations.extend(browser::inspect(c, &axe, "login").await?);
     c.find(Locator::Id("token")).await?.send_keys(token).await?;
     c.find(Locator::Id("login")).await?.click().await?;
 
@@ -168,10 +138,10 @@ async fn operate(c: &Client, portal: &PortalHandle, token: &str, envs: &[String]
         .await?;
     c.find(Locator::Id("start-rollout")).await?.click().await?;
     // The form's answer is a redirect: the click returns before it loaded.
-    eventually(DEADLINE, "the rollout's page", || async {
+    let rollout_url = eventually(DEADLINE, "the rollout's page", || async {
         let url = c.current_url().await.ok()?;
         let loaded = c.find(Locator::Css("#rollout-state")).await.is_ok();
-        (url.path().starts_with("/console/rollouts/") && loaded).then_some(())
+        (url.path().starts_with("/console/rollouts/") && loaded).then_some(url)
     })
     .await?;
 
@@ -227,6 +197,80 @@ async fn operate(c: &Client, portal: &PortalHandle, token: &str, envs: &[String]
         row.contains("failed"),
         "the box's row shows the failure: {row}"
     );
+
+    tour(c, portal, envs, rollout_url.as_str(), &axe, violations).await
+}
+
+/// Every page of the console, each looked at with [`browser::inspect`].
+async fn tour(
+    c: &Client,
+    portal: &PortalHandle,
+    envs: &[String],
+    rollout_url: &str,
+    axe: &str,
+    violations: &mut Vec<Violation>,
+) -> Result<()> {
+    let console = portal.console_url();
+    let pages = [
+        ("environments", console.clone(), "#environments"),
+        (
+            "environment",
+            format!("{console}/env/{}", envs[2]),
+            "#history",
+        ),
+        ("modules", format!("{console}/modules"), "#modules"),
+        ("assign", format!("{console}/assign"), "#assign"),
+        ("rollouts", format!("{console}/rollouts"), "#rollouts"),
+        ("rollout", rollout_url.to_string(), "#rollout-boxes"),
+    ];
+    for (name, url, mark) in pages {
+        c.goto(&url).await?;
+        c.find(Locator::Css(mark))
+            .await
+            .with_context(|| format!("{name} page ({url}) shows {mark}"))?;
+        violations.extend(browser::inspect(c, axe, name).await?);
+    }
+    // The page's script words a relative time as the server does
+    // (`banalytics_ui::relative_time`), for when it keeps it true.
+    for (ms, words) in [
+        (180_000, "3 min ago"),
+        (-180_000, "in 3 min"),
+        (2_000, "just now"),
+    ] {
+        let got = c
+            .execute(&format!("return banalyticsAgo({ms});"), vec![])
+            .await?;
+        ensure!(got == words, "banalyticsAgo({ms}) is {got}, not {words:?}");
+    }
+    // A form the portal refuses: Assign with no environment chosen.
+    c.goto(&format!("{console}/assign")).await?;
+    c.find(Locator::Css("button[value=assign]"))
+        .await?
+        .click()
+        .await?;
+    eventually(DEADLINE, "the refusal", || async {
+        text_of(c, "main")
+            .await?
+            .contains("choose at least one environment")
+            .then_some(())
+    })
+    .await?;
+    violations.extend(browser::inspect(c, axe, "refused").await?);
+    // A box registered: its UUID and secret, shown once.
+    c.goto(&console).await?;
+    c.find(Locator::Id("register-name"))
+        .await?
+        .send_keys("spare")
+        .await?;
+    c.find(Locator::Css("#register button"))
+        .await?
+        .click()
+        .await?;
+    eventually(DEADLINE, "the registration", || async {
+        c.find(Locator::Id("registration")).await.ok().map(|_| ())
+    })
+    .await?;
+    violations.extend(browser::inspect(c, axe, "registered").await?);
     Ok(())
 }
 
@@ -286,21 +330,10 @@ fn an_operator_rolls_out_v2_in_waves_and_sees_it_halt_on_a_rollback() -> Result<
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut violations = Vec::new();
     let outcome = runtime.block_on(async {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"],
-            }),
-        );
-        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps)
-            .connect(&driver.url)
-            .await
-            .context("a WebDriver session")?;
-        let result = operate(&client, &portal, &token, &envs).await;
+        let client = driver.session().await?;
+        let result = operate(&client, &portal, &token, &envs, &mut violations).await;
         if result.is_err() {
             let dir = evidence_dir();
             let _ = std::fs::create_dir_all(&dir);
@@ -326,5 +359,15 @@ fn an_operator_rolls_out_v2_in_waves_and_sees_it_halt_on_a_rollback() -> Result<
     }
     outcome?;
     boxes?;
+    ensure!(
+        violations.is_empty(),
+        "{} serious or critical accessibility violation(s):\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     Ok(())
 }

@@ -46,7 +46,7 @@ pub fn secret_rotated(uuid: &str, secret: &EnvironmentSecret) -> String {
     serde_json::json!({
         "type": SECRET_ROTATED,
         "environmentUuid": uuid,
-        "secretSha256": secret.sha256_hex(),
+        "secretSha256": secret.sha256(),
     })
     .to_string()
 }

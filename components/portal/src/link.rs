@@ -476,127 +476,192 @@ async fn serve(
     shutdown: &mut oneshot::Receiver<()>,
 ) -> End {
     let timing = &settings.timing;
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let mut ping =
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // The number of the last ping sent, and the confirmation that waits
-    // for a pong.
-    let mut pings = 0u64;
-    let mut confirming: Option<Confirming> = None;
+    let mut conn = Connection {
+        sink,
+        timing,
+        up,
+        last_heard: Instant::now(),
+        pings: 0,
+        confirming: None,
+    };
     loop {
-        let mut deadline = last_heard + timing.dead_after;
-        if let Some(c) = &confirming {
-            deadline = deadline.min(c.sent + timing.dead_after);
-        }
-        tokio::select! {
+        let step = tokio::select! {
             _ = &mut *shutdown => {
-                let _ = timeout(CLOSE_GRACE, sink.send(WsMessage::Close(None))).await;
+                let _ = timeout(CLOSE_GRACE, conn.sink.send(WsMessage::Close(None))).await;
                 return End::Shutdown;
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                return End::Lost(format!(
-                    "no {} from the portal for {} ms",
-                    if confirming.is_some() { "pong" } else { "pong or frame" },
-                    timing.dead_after.as_millis()
-                ));
+            _ = tokio::time::sleep_until(conn.deadline()) => Err(conn.silence()),
+            _ = ping.tick() => conn.ping().await,
+            out = outgoing.recv() => match out {
+                Some(out) => conn.send(out).await,
+                None => Err(End::Shutdown),
+            },
+            msg = stream.next() => conn.receive(msg, settings, bus).await,
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
+/// One connection's writing side and what it waits for.
+struct Connection<'a> {
+    sink: futures_util::stream::SplitSink<Socket, WsMessage>,
+    timing: &'a Timing,
+    up: &'a watch::Sender<bool>,
+    /// When the portal was last heard from.
+    last_heard: Instant,
+    /// The number of the last ping sent.
+    pings: u64,
+    /// The confirmation that waits for a pong.
+    confirming: Option<Confirming>,
+}
+
+impl Connection<'_> {
+    /// When the link counts as dead: no frame or pong since `dead_after`,
+    /// or no pong for a confirmation since then.
+    fn deadline(&self) -> Instant {
+        let deadline = self.last_heard + self.timing.dead_after;
+        match &self.confirming {
+            Some(c) => deadline.min(c.sent + self.timing.dead_after),
+            None => deadline,
+        }
+    }
+
+    /// The end of a link the portal fell silent on.
+    fn silence(&self) -> End {
+        End::Lost(format!(
+            "no {} from the portal for {} ms",
+            if self.confirming.is_some() {
+                "pong"
+            } else {
+                "pong or frame"
+            },
+            self.timing.dead_after.as_millis()
+        ))
+    }
+
+    /// The keep-alive ping.
+    async fn ping(&mut self) -> Result<(), End> {
+        self.pings += 1;
+        let ping = ping_frame(self.pings);
+        match timeout(self.timing.dead_after, self.sink.send(ping)).await {
+            Ok(Ok(())) => {
+                debug!("ping sent to the portal");
+                Ok(())
             }
-            _ = ping.tick() => {
-                pings += 1;
-                match timeout(timing.dead_after, sink.send(ping_frame(pings))).await {
-                    Ok(Ok(())) => debug!("ping sent to the portal"),
-                    Ok(Err(e)) => return End::Lost(format!("cannot send a ping: {e}")),
-                    Err(_) => return End::Lost("ping not written in time".into()),
-                }
+            Ok(Err(e)) => Err(End::Lost(format!("cannot send a ping: {e}"))),
+            Err(_) => Err(End::Lost("ping not written in time".into())),
+        }
+    }
+
+    /// Writes a frame, or asks the portal to confirm the frames so far.
+    async fn send(&mut self, Outgoing { item, ack }: Outgoing) -> Result<(), End> {
+        let (message, what) = match item {
+            Item::Text(text) => (WsMessage::Text(text.into()), "frame"),
+            Item::Confirm => {
+                self.pings += 1;
+                (ping_frame(self.pings), "ping")
             }
-            out = outgoing.recv() => {
-                let Some(Outgoing { item, ack }) = out else {
-                    return End::Shutdown;
-                };
-                let text = match item {
-                    Item::Text(text) => text,
-                    Item::Confirm => {
-                        pings += 1;
-                        match timeout(timing.dead_after, sink.send(ping_frame(pings))).await {
-                            Ok(Ok(())) => {
-                                debug!(ping = pings, "confirmation asked of the portal");
-                                confirming = Some(Confirming { ping: pings, sent: Instant::now(), ack });
-                            }
-                            failed => {
-                                up.send_replace(false);
-                                let _ = ack.send(Err(LinkDown));
-                                return End::Lost(match failed {
-                                    Ok(Err(e)) => format!("cannot send a ping: {e}"),
-                                    _ => "ping not written in time".into(),
-                                });
-                            }
-                        }
-                        continue;
-                    }
-                };
-                let bytes = text.len();
-                match timeout(timing.dead_after, sink.send(WsMessage::Text(text.into()))).await {
-                    Ok(Ok(())) => {
-                        debug!(bytes, "frame sent to the portal");
-                        let _ = ack.send(Ok(()));
-                    }
-                    failed => {
-                        up.send_replace(false);
-                        let _ = ack.send(Err(LinkDown));
-                        return End::Lost(match failed {
-                            Ok(Err(e)) => format!("cannot send a frame: {e}"),
-                            _ => "frame not written in time".into(),
-                        });
-                    }
-                }
+        };
+        let bytes = message.len();
+        let confirm = what == "ping";
+        match timeout(self.timing.dead_after, self.sink.send(message)).await {
+            Ok(Ok(())) if confirm => {
+                debug!(ping = self.pings, "confirmation asked of the portal");
+                self.confirming = Some(Confirming {
+                    ping: self.pings,
+                    sent: Instant::now(),
+                    ack,
+                });
+                Ok(())
             }
-            msg = stream.next() => {
-                last_heard = Instant::now();
-                match msg {
-                    None => return End::Lost("connection closed by the portal".into()),
-                    Some(Err(e)) => return End::Lost(format!("read failed: {e}")),
-                    Some(Ok(WsMessage::Text(text))) => {
-                        if let Some(rotation) = frame::secret_rotation(text.as_str()) {
-                            let Some(secret) = rotation else {
-                                warn!("a secret rotation frame without a usable secret skipped");
-                                continue;
-                            };
-                            let Some(ack) = settings.store_rotated(secret).await else {
-                                continue;
-                            };
-                            match timeout(timing.dead_after, sink.send(WsMessage::Text(ack.into()))).await {
-                                Ok(Ok(())) => info!("secret rotation acknowledged to the portal"),
-                                Ok(Err(e)) => return End::Lost(format!("cannot send a frame: {e}")),
-                                Err(_) => return End::Lost("frame not written in time".into()),
-                            }
-                            last_heard = Instant::now();
-                            continue;
-                        }
-                        receive(text.as_str(), bus).await;
-                        // Waiting for a slow subscriber is not the portal's
-                        // silence.
-                        last_heard = Instant::now();
-                    }
-                    Some(Ok(WsMessage::Binary(b))) => {
-                        debug!(bytes = b.len(), "binary frame from the portal skipped");
-                    }
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        info!(close = ?frame, "portal closes the link");
-                    }
-                    Some(Ok(WsMessage::Pong(payload))) => {
-                        let answered = pong_number(&payload);
-                        debug!(ping = answered, "pong from the portal");
-                        if confirming.as_ref().is_some_and(|c| answered >= Some(c.ping)) {
-                            if let Some(c) = confirming.take() {
-                                let _ = c.ack.send(Ok(()));
-                            }
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                }
+            Ok(Ok(())) => {
+                debug!(bytes, "frame sent to the portal");
+                let _ = ack.send(Ok(()));
+                Ok(())
+            }
+            failed => {
+                self.up.send_replace(false);
+                let _ = ack.send(Err(LinkDown));
+                Err(End::Lost(match failed {
+                    Ok(Err(e)) => format!("cannot send a {what}: {e}"),
+                    _ => format!("{what} not written in time"),
+                }))
             }
         }
+    }
+
+    /// Handles what the portal sent: a frame for the bus, a secret
+    /// rotation, a pong, the end of the connection.
+    async fn receive(
+        &mut self,
+        msg: Option<Result<WsMessage, tungstenite::Error>>,
+        settings: &LinkSettings,
+        bus: &Bus,
+    ) -> Result<(), End> {
+        self.last_heard = Instant::now();
+        match msg {
+            None => return Err(End::Lost("connection closed by the portal".into())),
+            Some(Err(e)) => return Err(End::Lost(format!("read failed: {e}"))),
+            Some(Ok(WsMessage::Text(text))) => {
+                if let Some(rotation) = frame::secret_rotation(text.as_str()) {
+                    return self.rotate(rotation, settings).await;
+                }
+                receive(text.as_str(), bus).await;
+                // Waiting for a slow subscriber is not the portal's
+                // silence.
+                self.last_heard = Instant::now();
+            }
+            Some(Ok(WsMessage::Binary(b))) => {
+                debug!(bytes = b.len(), "binary frame from the portal skipped");
+            }
+            Some(Ok(WsMessage::Close(frame))) => {
+                info!(close = ?frame, "portal closes the link");
+            }
+            Some(Ok(WsMessage::Pong(payload))) => {
+                let answered = pong_number(&payload);
+                debug!(ping = answered, "pong from the portal");
+                if self
+                    .confirming
+                    .as_ref()
+                    .is_some_and(|c| answered >= Some(c.ping))
+                {
+                    if let Some(c) = self.confirming.take() {
+                        let _ = c.ack.send(Ok(()));
+                    }
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Ok(())
+    }
+
+    /// Stores a rotated secret and acknowledges it to the portal.
+    async fn rotate(
+        &mut self,
+        rotation: Option<EnvironmentSecret>,
+        settings: &LinkSettings,
+    ) -> Result<(), End> {
+        let Some(secret) = rotation else {
+            warn!("a secret rotation frame without a usable secret skipped");
+            return Ok(());
+        };
+        let Some(ack) = settings.store_rotated(secret).await else {
+            return Ok(());
+        };
+        let frame = WsMessage::Text(ack.into());
+        match timeout(self.timing.dead_after, self.sink.send(frame)).await {
+            Ok(Ok(())) => info!("secret rotation acknowledged to the portal"),
+            Ok(Err(e)) => return Err(End::Lost(format!("cannot send a frame: {e}"))),
+            Err(_) => return Err(End::Lost("frame not written in time".into())),
+        }
+        self.last_heard = Instant::now();
+        Ok(())
     }
 }
 

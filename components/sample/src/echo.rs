@@ -52,8 +52,11 @@ impl Echo {
             Some(drill @ (Drill::Hang | Drill::Deaf)) => {
                 if drill == Drill::Deaf {
                     // SAFETY: installs SIG_IGN, no handler code; this is
-                    // the drill.
-                    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                    // the drill. (Windows has no SIGTERM: the drill hangs.)
+                    #[cfg(unix)]
+                    unsafe {
+                        libc::signal(libc::SIGTERM, libc::SIG_IGN)
+                    };
                     tracing::warn!(seq = req.seq, "sample drill: deaf (SIGTERM ignored), hang");
                 } else {
                     tracing::warn!(seq = req.seq, "sample drill: hang");

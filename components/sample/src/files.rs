@@ -3,7 +3,7 @@
 //! Isolated (`isolation = "process"`), the sandbox refuses the first kind;
 //! in process, nothing does.
 
-use std::{collections::BTreeMap, io::Write, os::unix::ffi::OsStrExt, path::Path};
+use std::{collections::BTreeMap, io::Write, path::Path};
 
 /// The attempts, by name: `ok`, or the error the system answered. Names
 /// are paths relative to the home; the temporary folder is `TMPDIR`.
@@ -62,7 +62,9 @@ pub fn drill(home: &Path) -> BTreeMap<String, String> {
 }
 
 /// `truncate(2)` to 0 bytes, without opening the file for writing first.
+#[cfg(unix)]
 fn truncate(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: a NUL-terminated path that lives across the call.
@@ -70,4 +72,13 @@ fn truncate(path: &Path) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Windows has no `truncate(2)`: the drill opens the file for writing.
+#[cfg(windows)]
+fn truncate(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)
 }

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use banalytics_home::Sha256;
 use serde::Serialize;
 
 use crate::{plan::Target, record::sha256_file};
@@ -13,8 +14,8 @@ use crate::{plan::Target, record::sha256_file};
 /// A fetched artifact in the cache, as the downloader verified it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CachedFile {
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
+    /// Its SHA-256.
+    pub sha256: Sha256,
     /// Size in bytes.
     pub size: u64,
 }
@@ -27,13 +28,13 @@ pub async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
     if target.expected.size.is_some_and(|s| s != meta.len()) {
         return None;
     }
-    let expected = target.expected.sha256.as_ref()?;
+    let expected = target.expected.sha256?;
     let path = path.to_owned();
     let actual = tokio::task::spawn_blocking(move || sha256_file(&path))
         .await
         .ok()?
         .ok()?;
-    let matches = actual.eq_ignore_ascii_case(expected);
+    let matches = actual == expected;
     matches.then_some(CachedFile {
         sha256: actual,
         size: meta.len(),

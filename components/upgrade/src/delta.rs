@@ -31,8 +31,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use banalytics_home::Sha256;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::{
     cache::CachedFile,
@@ -74,11 +75,8 @@ const FORMAT: u32 = 1;
 /// The repository path suffix of the patch from the build `from_version`
 /// whose SHA-256 is `from_sha256` to the main artifact whose suffix is
 /// `main_suffix`: `{main_suffix}.from-{from_version}-{from_sha256}.zstpatch`.
-pub fn patch_suffix(main_suffix: &str, from_version: &str, from_sha256: &str) -> String {
-    format!(
-        "{main_suffix}.from-{from_version}-{}.zstpatch",
-        from_sha256.to_ascii_lowercase()
-    )
+pub fn patch_suffix(main_suffix: &str, from_version: &str, from_sha256: &Sha256) -> String {
+    format!("{main_suffix}.from-{from_version}-{from_sha256}.zstpatch")
 }
 
 /// An installed main artifact a patch can start from.
@@ -86,8 +84,8 @@ pub fn patch_suffix(main_suffix: &str, from_version: &str, from_sha256: &str) ->
 pub struct Source {
     /// Its module's version.
     pub version: String,
-    /// Its recorded SHA-256, lower-case hex.
-    pub sha256: String,
+    /// Its recorded SHA-256.
+    pub sha256: Sha256,
     /// Its recorded size.
     pub size: u64,
     /// The file in the active set.
@@ -122,25 +120,7 @@ pub struct Offer {
     pub at: PatchAt,
 }
 
-/// What became of an offer, for the log, `status` and the bench.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeltaReport {
-    /// `groupId:artifactId:version` of the target.
-    pub module: String,
-    /// The installed version the patch starts from.
-    pub from: String,
-    /// Whether the file was made from the patch.
-    pub patched: bool,
-    /// The patch's size, when it was fetched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch_bytes: Option<u64>,
-    /// Milliseconds applying it took (reading, decoding, hashing, fsync).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub apply_ms: Option<u64>,
-    /// Why the whole file was fetched instead.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
+pub use banalytics_messages::status::DeltaReport;
 
 /// The main artifacts of the active set by module key
 /// (`groupId:artifactId`), from its hash record; empty without one.
@@ -156,7 +136,7 @@ pub fn installed_sources(layout: &Layout) -> HashMap<String, Source> {
             let coords: Coords = key.parse().ok()?;
             let source = Source {
                 version: coords.version().to_owned(),
-                sha256: m.main.sha256.to_ascii_lowercase(),
+                sha256: m.main.sha256,
                 size: m.main.size,
                 path: dir.join(&m.main.name),
             };
@@ -177,12 +157,12 @@ pub fn offer(
     trusted: Option<&TrustedTargets>,
 ) -> Option<Offer> {
     let module = &resolved.module;
-    let target_sha = resolved.main.expected.sha256.as_deref()?;
+    let target_sha = resolved.main.expected.sha256?;
     if !module.is_native() {
         return None;
     }
     let source = sources.get(&module.coords.module_key())?;
-    if source.sha256.eq_ignore_ascii_case(target_sha) {
+    if source.sha256 == target_sha {
         return None;
     }
     let suffix = patch_suffix(
@@ -262,9 +242,7 @@ pub async fn fetch_and_apply(
             .target
             .expected
             .sha256
-            .clone()
-            .ok_or("the file's SHA-256 is not known")?
-            .to_ascii_lowercase(),
+            .ok_or("the file's SHA-256 is not known")?,
         size: f.target.expected.size,
     };
     let patch = locate(client, offer).await?;
@@ -358,7 +336,7 @@ async fn locate(client: &reqwest::Client, offer: &Offer) -> Result<Target, Strin
 /// What the result must be.
 #[derive(Debug, Clone)]
 struct Wanted {
-    sha256: String,
+    sha256: Sha256,
     size: Option<u64>,
 }
 
@@ -366,9 +344,9 @@ struct Wanted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Header {
     format: u32,
-    from_sha256: String,
+    from_sha256: Sha256,
     from_size: u64,
-    sha256: String,
+    sha256: Sha256,
     size: u64,
     segment: u64,
     margin: u64,
@@ -394,17 +372,17 @@ pub enum ApplyError {
         /// The installed file.
         path: PathBuf,
         /// The patch's source digest.
-        expected: String,
+        expected: Sha256,
         /// The file's digest.
-        actual: String,
+        actual: Sha256,
     },
     /// The result is not the target.
     #[error("the result has SHA-256 {actual} and {size} bytes, the file must have {expected}")]
     Mismatch {
         /// The target's digest.
-        expected: String,
+        expected: Sha256,
         /// The result's digest.
-        actual: String,
+        actual: Sha256,
         /// The result's size.
         size: u64,
     },
@@ -466,7 +444,7 @@ fn prefix_range(start: u64, len: u64, margin: u64, source_len: u64) -> (u64, u64
 /// A writer that hashes what it writes and counts it.
 struct Hashing<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: sha2::Sha256,
     written: u64,
 }
 
@@ -496,9 +474,7 @@ fn apply(
     let mut input =
         BufReader::new(File::open(patch).map_err(io_err(format!("opening {}", patch.display())))?);
     let header = read_header(&mut input)?;
-    if !header.sha256.eq_ignore_ascii_case(&want.sha256)
-        || want.size.is_some_and(|s| s != header.size)
-    {
+    if header.sha256 != want.sha256 || want.size.is_some_and(|s| s != header.size) {
         return Err(ApplyError::Format(format!(
             "it makes {} ({} bytes), not the file wanted ({})",
             header.sha256, header.size, want.sha256
@@ -508,9 +484,9 @@ fn apply(
         "opening the installed file {}",
         source.path.display()
     )))?;
-    let actual = crate::record::sha256_reader(&mut &src)
+    let actual = Sha256::of_reader(&mut &src)
         .map_err(io_err(format!("reading {}", source.path.display())))?;
-    if !actual.eq_ignore_ascii_case(&header.from_sha256) {
+    if actual != header.from_sha256 {
         return Err(ApplyError::NotTheSource {
             path: source.path.clone(),
             expected: header.from_sha256,
@@ -524,7 +500,7 @@ fn apply(
     let file = File::create(out).map_err(io_err(format!("creating {}", out.display())))?;
     let mut writer = Hashing {
         inner: io::BufWriter::new(file),
-        hasher: Sha256::new(),
+        hasher: sha2::Sha256::new(),
         written: 0,
     };
     let mut prefix = Vec::new();
@@ -562,10 +538,10 @@ fn apply(
     })?;
     file.sync_all()
         .map_err(io_err(format!("fsync {}", out.display())))?;
-    let sha256 = hex::encode(hasher.finalize());
+    let sha256 = Sha256::from_hasher(hasher);
     if sha256 != want.sha256 || want.size.is_some_and(|s| s != written) {
         return Err(ApplyError::Mismatch {
-            expected: want.sha256.clone(),
+            expected: want.sha256,
             actual: sha256,
             size: written,
         });
@@ -603,9 +579,9 @@ mod tests {
     pub(crate) fn make(source: &[u8], target: &[u8], segment: u64, margin: u64) -> Vec<u8> {
         let header = Header {
             format: FORMAT,
-            from_sha256: hex::encode(Sha256::digest(source)),
+            from_sha256: Sha256::of(source),
             from_size: source.len() as u64,
-            sha256: hex::encode(Sha256::digest(target)),
+            sha256: Sha256::of(target),
             size: target.len() as u64,
             segment,
             margin,
@@ -659,7 +635,7 @@ mod tests {
         std::fs::write(&path, source).unwrap();
         let source = Source {
             version: "1.0".into(),
-            sha256: hex::encode(Sha256::digest(source)),
+            sha256: Sha256::of(source),
             size: source.len() as u64,
             path,
         };
@@ -675,7 +651,7 @@ mod tests {
             let file = self.dir.path().join("p.zstpatch");
             std::fs::write(&file, patch).unwrap();
             let want = Wanted {
-                sha256: hex::encode(Sha256::digest(&self.target)),
+                sha256: Sha256::of(&self.target),
                 size: Some(self.target.len() as u64),
             };
             apply(&self.source, &file, &self.dir.path().join("out"), &want)
@@ -705,7 +681,7 @@ mod tests {
         let cached = case.apply(&patch).unwrap();
         assert_eq!(case.made(), target);
         assert_eq!(cached.size, target.len() as u64);
-        assert_eq!(cached.sha256, hex::encode(Sha256::digest(&target)));
+        assert_eq!(cached.sha256, Sha256::of(&target));
         assert!(
             (patch.len() as u64) * 100 < target.len() as u64,
             "a patch of {} bytes for {} bytes with a few changes",
@@ -737,7 +713,7 @@ mod tests {
         let err = case.apply(&patch).unwrap_err();
         assert!(
             matches!(&err, ApplyError::NotTheSource { expected, actual, .. }
-                if *expected == hex::encode(Sha256::digest(&other)) && *actual == case.source.sha256),
+                if *expected == Sha256::of(&other) && *actual == case.source.sha256),
             "{err}"
         );
     }
@@ -766,7 +742,7 @@ mod tests {
 
     #[test]
     fn the_patch_name_says_the_version_and_digest_it_applies_to() {
-        let sha = "AB".repeat(32);
+        let sha: Sha256 = "AB".repeat(32).parse().unwrap();
         assert_eq!(
             patch_suffix("-x86_64-unknown-linux-gnu.bin", "1.0", &sha),
             format!(
@@ -813,7 +789,7 @@ mod tests {
             target: Target {
                 url: repo.url_of(&full_path),
                 expected: Expected {
-                    sha256: Some(hex::encode(Sha256::digest(&target))),
+                    sha256: Some(Sha256::of(&target)),
                     size: Some(target.len() as u64),
                     digest_source: DigestSource::Portal,
                 },

@@ -27,7 +27,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::{
     cache::{cache_hit, CachedFile},
-    coords::{self, Module, BIN_SUFFIX, MODEL_SUFFIX},
+    coords::{self, Coords, Module, BIN_SUFFIX, MODEL_SUFFIX},
     delta,
     error::{io_at, UpgradeError},
     fetch::{self, Checksum, DigestSource, Expected, FetchConfig},
@@ -86,8 +86,8 @@ pub struct DownloadSet {
 pub enum DownloadEvent {
     /// Its first artifact started.
     Started {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
     },
     /// Bytes of the whole set so far.
     Progress {
@@ -98,8 +98,8 @@ pub enum DownloadEvent {
     },
     /// All its artifacts are in the cache, verified.
     Finished {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
         /// Bytes that came over the network for it.
         transferred: u64,
     },
@@ -108,8 +108,8 @@ pub enum DownloadEvent {
     Delta(delta::DeltaReport),
     /// One of its artifacts failed; the set is abandoned.
     Failed {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
         /// Why.
         reason: String,
     },
@@ -135,10 +135,7 @@ impl Downloader {
         max_parallel: usize,
         policy: ChecksumPolicy,
     ) -> Result<Self, UpgradeError> {
-        let client = fetch::client(&config).map_err(|source| UpgradeError::Fetch {
-            module: "-".into(),
-            source,
-        })?;
+        let client = fetch::client(&config).map_err(|source| UpgradeError::Client { source })?;
         Ok(Downloader {
             layout,
             repository_url: repository_url.trim_end_matches('/').to_owned(),
@@ -210,7 +207,7 @@ async fn launcher_speaks_the_core(layout: &Layout, modules: &[Module]) -> Result
         m.coords.is_core() && !running::speaks(launcher, m.launcher_handshakes.as_deref())
     }) {
         Some(core) => Err(UpgradeError::LauncherTooOld {
-            module: core.coords.to_string(),
+            module: core.coords.clone(),
             speaks: core
                 .launcher_handshakes
                 .clone()
@@ -239,11 +236,7 @@ pub async fn resolve(
     if let Some(trusted) = trusted {
         return resolve_trusted(repository_url, platform, module, trusted);
     }
-    let key = module.coords.to_string();
-    let err = |source| UpgradeError::Fetch {
-        module: key.clone(),
-        source,
-    };
+    let key = module.coords.clone();
     let url = |suffix: &str| {
         format!(
             "{repository_url}/{}",
@@ -251,45 +244,7 @@ pub async fn resolve(
         )
     };
     let main_url = url(&module.main_suffix(platform));
-    // 1. Which build, and which digest: a native artifact is this
-    //    platform's build; a module with none refuses the whole set here,
-    //    before any artifact is downloaded.
-    let no_build = || UpgradeError::NoBuildForPlatform {
-        module: key.clone(),
-        platform: platform.to_owned(),
-    };
-    //    The checksum keeps who gave the digest: one read from the
-    //    repository's `.sha256` is not the portal's, and the redirect rule
-    //    depends on it.
-    let (main_checksum, main_size) = match (&module.platforms, module.is_native()) {
-        (Some(builds), true) => {
-            let build = builds.get(platform).ok_or_else(no_build)?;
-            (Checksum::resolve(Some(&build.sha256), None), build.size)
-        }
-        _ => {
-            let checksum = match &module.sha256 {
-                Some(s) if !module.is_native() => Checksum::resolve(Some(s), None),
-                _ => Checksum::resolve(
-                    None,
-                    fetch::fetch_sha256_file(client, &main_url)
-                        .await
-                        .map_err(err)?,
-                ),
-            };
-            if checksum == Checksum::None
-                && module.is_native()
-                && !fetch::probe(client, &main_url).await.map_err(err)?
-            {
-                return Err(no_build());
-            }
-            let size = if module.is_native() {
-                None
-            } else {
-                module.size
-            };
-            (checksum, size)
-        }
-    };
+    let (main_checksum, main_size) = main_checksum(client, &module, platform, &main_url).await?;
     let main = target(&key, main_url, main_checksum, main_size, policy)?;
     // A portal that sends digests (the extension fields) also says which
     // packages exist; for the original portal, ask the repository.
@@ -304,12 +259,16 @@ pub async fn resolve(
             Some(info) => Some(target(
                 &key,
                 url,
-                Checksum::resolve(Some(info.sha256.as_str()), None),
+                Checksum::resolve(Some(info.sha256), None),
                 info.size,
                 policy,
             )?),
             None if declares_packages => None,
             None => {
+                let err = |source| UpgradeError::Fetch {
+                    module: key.clone(),
+                    source,
+                };
                 if fetch::probe(client, &url).await.map_err(err)? {
                     let sha = fetch::fetch_sha256_file(client, &url).await.map_err(err)?;
                     Some(target(
@@ -337,6 +296,52 @@ pub async fn resolve(
     })
 }
 
+/// Which build of the main artifact at `main_url`, and which digest: a
+/// native artifact is this platform's build; a module with none refuses the
+/// whole set here, before any artifact is downloaded. The checksum keeps
+/// who gave the digest: one read from the repository's `.sha256` is not the
+/// portal's, and the redirect rule depends on it.
+async fn main_checksum(
+    client: &reqwest::Client,
+    module: &Module,
+    platform: &str,
+    main_url: &str,
+) -> Result<(Checksum, Option<u64>), UpgradeError> {
+    let err = |source| UpgradeError::Fetch {
+        module: module.coords.clone(),
+        source,
+    };
+    let no_build = || UpgradeError::NoBuildForPlatform {
+        module: module.coords.clone(),
+        platform: platform.to_owned(),
+    };
+    if let (Some(builds), true) = (&module.platforms, module.is_native()) {
+        let build = builds.get(platform).ok_or_else(no_build)?;
+        return Ok((Checksum::resolve(Some(build.sha256), None), build.size));
+    }
+    let checksum = match module.sha256 {
+        Some(s) if !module.is_native() => Checksum::resolve(Some(s), None),
+        _ => Checksum::resolve(
+            None,
+            fetch::fetch_sha256_file(client, main_url)
+                .await
+                .map_err(err)?,
+        ),
+    };
+    if checksum == Checksum::None
+        && module.is_native()
+        && !fetch::probe(client, main_url).await.map_err(err)?
+    {
+        return Err(no_build());
+    }
+    let size = if module.is_native() {
+        None
+    } else {
+        module.size
+    };
+    Ok((checksum, size))
+}
+
 /// [`resolve`] from verified TUF targets metadata: the portal frame's
 /// digests, sizes and package declarations are hints at most. A package the
 /// frame declares that the metadata does not list refuses the module. Each
@@ -349,13 +354,13 @@ fn resolve_trusted(
     module: Module,
     trusted: &TrustedTargets,
 ) -> Result<ResolvedModule, UpgradeError> {
-    let key = module.coords.to_string();
+    let key = module.coords.clone();
     let lookup = |suffix: &str| {
         let path = coords::maven_path(&module.coords, suffix);
         trusted.get(&path).map(|t| Target {
             url: format!("{repository_url}/{}", t.path),
             expected: Expected {
-                sha256: Some(t.sha256.clone()),
+                sha256: Some(t.sha256),
                 size: Some(t.length),
                 digest_source: DigestSource::Tuf,
             },
@@ -399,7 +404,7 @@ fn resolve_trusted(
 }
 
 fn target(
-    module: &str,
+    module: &Coords,
     url: String,
     checksum: Checksum,
     size: Option<u64>,
@@ -409,12 +414,12 @@ fn target(
         match policy {
             ChecksumPolicy::Require => {
                 return Err(UpgradeError::NoChecksum {
-                    module: module.to_owned(),
+                    module: module.clone(),
                     url,
                 })
             }
             ChecksumPolicy::Warn => {
-                warn!(module, %url, "no sha-256 for artifact; accepted because checksum_policy = \"warn\"")
+                warn!(%module, %url, "no sha-256 for artifact; accepted because checksum_policy = \"warn\"")
             }
         }
     }
@@ -446,13 +451,13 @@ impl Handler<DownloadSet> for Downloader {
         Box::pin(
             async move {
                 check_free_space(&job.layout, &job.client, &job.config, &msg.plan).await?;
-                let work: Vec<(String, Vec<Fetch>, Option<MainPatch>)> = msg
+                let work: Vec<(Coords, Vec<Fetch>, Option<MainPatch>)> = msg
                     .plan
                     .modules
                     .iter()
                     .map(|m| {
                         (
-                            m.key(),
+                            m.resolved.module.coords.clone(),
                             m.fetches().cloned().collect::<Vec<_>>(),
                             main_patch(m),
                         )
@@ -521,7 +526,7 @@ async fn check_free_space(
                     fetch::content_length(client, &f.target.url, f.target.expected.digest_source)
                         .await
                         .map_err(|source| UpgradeError::Fetch {
-                            module: m.key(),
+                            module: m.resolved.module.coords.clone(),
                             source,
                         })?
                         .unwrap_or(0)
@@ -563,7 +568,7 @@ struct Job {
 impl Job {
     async fn module(
         &self,
-        module: String,
+        module: Coords,
         fetches: Vec<Fetch>,
         patch: Option<MainPatch>,
     ) -> Result<Vec<(String, CachedFile)>, UpgradeError> {
@@ -605,7 +610,7 @@ impl Job {
     /// works; returns it and the bytes transferred.
     async fn artifact(
         &self,
-        module: &str,
+        module: &Coords,
         f: &Fetch,
         offer: Option<&delta::Offer>,
     ) -> Result<(CachedFile, u64), UpgradeError> {
@@ -615,7 +620,7 @@ impl Job {
             .map_err(io_at(&cache))?;
         let path = cache.join(&f.cache_name);
         if let Some(hit) = cache_hit(&path, &f.target).await {
-            info!(module, file = %f.cache_name, bytes = hit.size, "already in the cache");
+            info!(module = %module, file = %f.cache_name, bytes = hit.size, "already in the cache");
             self.add_progress(hit.size).await;
             return Ok((hit, 0));
         }
@@ -634,7 +639,7 @@ impl Job {
             let delta = bytes.saturating_sub(before);
             self.done.fetch_add(delta, Ordering::Relaxed);
         };
-        info!(module, url = %f.target.url, size = ?f.target.expected.size, "downloading");
+        info!(module = %module, url = %f.target.url, size = ?f.target.expected.size, "downloading");
         let got = self
             .reporting(fetch::download(
                 &self.client,
@@ -646,7 +651,7 @@ impl Job {
             ))
             .await
             .map_err(|source| UpgradeError::Fetch {
-                module: module.to_owned(),
+                module: module.clone(),
                 source,
             })?;
         tokio::fs::rename(&partial, &path)
@@ -655,7 +660,7 @@ impl Job {
         crate::layout::sync_dir(&cache).map_err(io_at(&cache))?;
         self.add_progress(got.size.saturating_sub(seen.load(Ordering::Relaxed)))
             .await;
-        info!(module, file = %f.cache_name, bytes = got.size, transferred = got.bytes_transferred, resumed_from = got.resumed_from, "downloaded");
+        info!(module = %module, file = %f.cache_name, bytes = got.size, transferred = got.bytes_transferred, resumed_from = got.resumed_from, "downloaded");
         Ok((
             CachedFile {
                 sha256: got.sha256,
@@ -669,7 +674,7 @@ impl Job {
     /// and reported) when the whole file is to be fetched.
     async fn made_from_patch(
         &self,
-        module: &str,
+        module: &Coords,
         f: &Fetch,
         offer: &delta::Offer,
     ) -> Option<(CachedFile, u64)> {
@@ -681,7 +686,7 @@ impl Job {
                 .fetch_add(bytes.saturating_sub(before), Ordering::Relaxed);
         };
         let from = &offer.source.version;
-        info!(module, from = %from, "fetching a patch from the installed build");
+        info!(%module, from = %from, "fetching a patch from the installed build");
         let outcome = self
             .reporting(delta::fetch_and_apply(
                 &self.client,
@@ -696,7 +701,7 @@ impl Job {
         // is present now too, or the full download counts it again.
         let fetched = seen.load(Ordering::Relaxed);
         let mut report = delta::DeltaReport {
-            module: module.to_owned(),
+            module: module.to_string(),
             from: from.clone(),
             patched: false,
             patch_bytes: None,
@@ -706,7 +711,7 @@ impl Job {
         let result = match outcome {
             Ok(p) => {
                 let apply_ms = p.apply.as_millis() as u64;
-                info!(module, from = %from, patch_bytes = p.patch_bytes, bytes = p.cached.size, apply_ms, "made from a patch and verified");
+                info!(%module, from = %from, patch_bytes = p.patch_bytes, bytes = p.cached.size, apply_ms, "made from a patch and verified");
                 report.apply_ms = Some(apply_ms);
                 self.add_progress(p.cached.size.saturating_sub(fetched))
                     .await;
@@ -715,7 +720,7 @@ impl Job {
                 Some((p.cached, p.transferred))
             }
             Err(reason) => {
-                warn!(module, from = %from, %reason, "no patch used; fetching the whole file");
+                warn!(%module, from = %from, %reason, "no patch used; fetching the whole file");
                 self.done.fetch_sub(fetched, Ordering::Relaxed);
                 report.reason = Some(reason);
                 None
@@ -805,9 +810,7 @@ mod tests {
                     target: Target {
                         url: format!("http://127.0.0.1:9/{name}"),
                         expected: Expected {
-                            sha256: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-                                &body,
-                            ))),
+                            sha256: Some(banalytics_home::Sha256::of(body.as_bytes())),
                             size: Some(body.len() as u64),
                             digest_source: DigestSource::Portal,
                         },
@@ -819,7 +822,7 @@ mod tests {
         let (job, mut rx) = job(layout, 1);
         let work = {
             let job = job.clone();
-            tokio::spawn(async move { job.module("g:a:1".into(), fetches, None).await })
+            tokio::spawn(async move { job.module("g:a:1".parse().unwrap(), fetches, None).await })
         };
         // Nobody reads yet: the job stops at the second event.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -834,7 +837,9 @@ mod tests {
         let cached = work.await.unwrap().unwrap();
         assert_eq!(cached.len(), 5);
         assert_eq!(events.len(), 7, "{events:?}");
-        assert!(matches!(&events[0], DownloadEvent::Started { module } if module == "g:a:1"));
+        assert!(
+            matches!(&events[0], DownloadEvent::Started { module } if module.to_string() == "g:a:1")
+        );
         let progress: Vec<u64> = events[1..6]
             .iter()
             .map(|e| match e {

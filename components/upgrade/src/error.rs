@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::{archive::ArchiveError, fetch::FetchError, sync::SyncState};
+use crate::{archive::ArchiveError, coords::Coords, fetch::FetchError, sync::SyncState};
 
 /// Why a synchronisation did not reach a staged set.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +43,17 @@ pub enum UpgradeError {
         /// Seconds waited.
         waited_s: u64,
     },
+    /// The HTTP client could not be built (TLS set-up, a CA file).
+    #[error("cannot build the HTTP client: {source}")]
+    Client {
+        /// The cause.
+        source: FetchError,
+    },
     /// An artifact could not be fetched.
     #[error("module {module}: {source}")]
     Fetch {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
         /// The cause.
         source: FetchError,
     },
@@ -55,8 +61,8 @@ pub enum UpgradeError {
     /// `checksum_policy = "require"`.
     #[error("module {module}: no SHA-256 for {url} (none in the module object, no .sha256 file); set checksum_policy = \"warn\" to accept it")]
     NoChecksum {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
         /// The artifact.
         url: String,
     },
@@ -64,8 +70,8 @@ pub enum UpgradeError {
     /// is refused before anything is downloaded.
     #[error("module {module} has no build for this box's platform {platform}; the set is refused before anything is downloaded")]
     NoBuildForPlatform {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
         /// This box's target triple.
         platform: String,
     },
@@ -75,7 +81,7 @@ pub enum UpgradeError {
     #[error("module {module} speaks launcher handshake versions {speaks:?}, this box's launcher speaks version {launcher}: install a banalytics-box package whose launcher speaks one of them first; the set is refused before anything is downloaded")]
     LauncherTooOld {
         /// The core module.
-        module: String,
+        module: Coords,
         /// Its `launcherHandshakes`.
         speaks: Vec<u32>,
         /// The launcher's handshake version.
@@ -92,8 +98,8 @@ pub enum UpgradeError {
     /// the signed targets metadata.
     #[error("module {module}: {path} is not a target of the repository's signed metadata")]
     NotATarget {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
         /// The artifact's Maven path.
         path: String,
     },
@@ -112,8 +118,8 @@ pub enum UpgradeError {
     /// A package was refused or could not be extracted.
     #[error("module {module}: {package}: {source}")]
     Archive {
-        /// `groupId:artifactId:version`.
-        module: String,
+        /// The module.
+        module: Coords,
         /// The package file.
         package: String,
         /// The cause, naming the entry.
@@ -125,16 +131,16 @@ pub enum UpgradeError {
         /// The file name.
         name: String,
         /// One module.
-        first: String,
+        first: Coords,
         /// The other module.
-        second: String,
+        second: Coords,
     },
     /// The host's preflight refused the complete staged set: it would not
     /// start (a kind `box.toml` names that nothing in the set provides, a
     /// plugin library of another ABI or build). Nothing was staged.
     #[error("target set {set} refused before staging: {reason}; nothing was staged, the active set is unchanged")]
     Preflight {
-        /// The set's modules, `groupId:artifactId:version`, comma-separated.
+        /// The set's modules, comma-separated.
         set: String,
         /// The host's reason, naming the kind, component or file.
         reason: String,
@@ -163,8 +169,8 @@ pub enum Failure<'a> {
     /// `installation_cancelled` for the set) and the synchronisation ends
     /// `failed`.
     Download {
-        /// `groupId:artifactId:version`.
-        module: &'a str,
+        /// The module.
+        module: &'a Coords,
     },
     /// The operator's request was refused before the portal was asked
     /// (its link is down): the portal gets nothing (a late
@@ -227,19 +233,30 @@ mod tests {
 
     #[test]
     fn only_download_errors_fail_a_module_the_rest_cancel_the_set() {
+        let (a, b) = ("g:a:1".parse().unwrap(), "g:b:2".parse().unwrap());
         let no_checksum = UpgradeError::NoChecksum {
-            module: "g:a:1".into(),
+            module: a,
             url: "http://r/a.jar".into(),
         };
-        assert_eq!(no_checksum.failure(), Failure::Download { module: "g:a:1" });
+        assert_eq!(
+            no_checksum.failure(),
+            Failure::Download {
+                module: &"g:a:1".parse().unwrap()
+            }
+        );
         assert_eq!(no_checksum.failure().state(), SyncState::Failed);
         let fetch = UpgradeError::Fetch {
-            module: "g:b:2".into(),
+            module: b,
             source: FetchError::NotFound {
                 url: "http://r/b.jar".into(),
             },
         };
-        assert_eq!(fetch.failure(), Failure::Download { module: "g:b:2" });
+        assert_eq!(
+            fetch.failure(),
+            Failure::Download {
+                module: &"g:b:2".parse().unwrap()
+            }
+        );
         let offline = UpgradeError::PortalOffline {
             reason: "the portal link is down".into(),
         };

@@ -19,6 +19,7 @@ use tracing::{field, info, info_span, warn, Span};
 
 use crate::{
     blocking::off_thread,
+    coords::Coords,
     error::{io_at, UpgradeError},
     installed,
     layout::Layout,
@@ -82,10 +83,10 @@ impl Handler<PlanSync> for Inventory {
 /// is recorded in the current span (`hashed_files`, `hashed_bytes`,
 /// `cached_files`) and logged.
 pub fn plan_sync(layout: &Layout, target: Vec<ResolvedModule>) -> Result<SyncPlan, UpgradeError> {
-    let installed: Vec<String> = installed::read_modules_info(&layout.modules())?
+    let installed: Vec<Coords> = installed::read_modules_info(&layout.modules())?
         .unwrap_or_default()
-        .iter()
-        .map(|m| m.coords.to_string())
+        .into_iter()
+        .map(|m| m.coords)
         .collect();
     let mut digests = DigestCache::open(&layout.digest_cache());
     let record = trusted_record(&layout.modules(), &layout.models(), &mut digests)?;
@@ -128,7 +129,8 @@ pub fn trusted_record(
     models: &Path,
     digests: &mut DigestCache,
 ) -> Result<Option<SetRecord>, UpgradeError> {
-    let Some(mut record) = SetRecord::load(modules).map_err(io_at(modules))? else {
+    let Some(mut record) = SetRecord::load_or_none_if_newer(modules).map_err(io_at(modules))?
+    else {
         return Ok(None);
     };
     record.modules.retain(|key, m| {

@@ -115,7 +115,7 @@ pub struct ModulePlan {
 }
 
 impl ModulePlan {
-    /// `groupId:artifactId:version`.
+    /// The module's key in the hash record ([`SetRecord`]'s `modules`).
     pub fn key(&self) -> String {
         self.resolved.module.coords.to_string()
     }
@@ -144,8 +144,9 @@ fn fetch_of(p: &Option<PackagePlan>) -> Option<&Fetch> {
 pub struct SyncPlan {
     /// The target set, in the portal's order.
     pub modules: Vec<ModulePlan>,
-    /// Installed modules absent from the target set, `groupId:artifactId:version`.
-    pub removed: Vec<String>,
+    /// Installed modules absent from the target set.
+    #[serde(with = "crate::coords::keys")]
+    pub removed: Vec<Coords>,
 }
 
 impl SyncPlan {
@@ -155,13 +156,13 @@ impl SyncPlan {
     }
 }
 
-/// Plans `target` against the installed modules (`groupId:artifactId:version`
-/// keys of `modules-info.properties`) and the installed set's `record`
+/// Plans `target` against the installed modules (those of
+/// `modules-info.properties`) and the installed set's `record`
 /// (`None` on a first run, or for a set the Java box installed, which has no
 /// record: then every artifact is fetched once).
 pub fn plan(
     target: Vec<ResolvedModule>,
-    installed: &[String],
+    installed: &[Coords],
     record: Option<&SetRecord>,
     backup: Option<&SetRecord>,
 ) -> SyncPlan {
@@ -174,7 +175,7 @@ pub fn plan(
         .collect();
     let removed = installed
         .iter()
-        .filter(|k| !modules.iter().any(|m| &m.key() == *k))
+        .filter(|c| !modules.iter().any(|m| &m.resolved.module.coords == *c))
         .cloned()
         .collect();
     SyncPlan { modules, removed }
@@ -182,7 +183,7 @@ pub fn plan(
 
 fn plan_module(
     resolved: ResolvedModule,
-    installed_keys: &[String],
+    installed_modules: &[Coords],
     record: &SetRecord,
     backup: &SetRecord,
 ) -> ModulePlan {
@@ -191,7 +192,7 @@ fn plan_module(
     let installed: Option<&ModuleRecord> = record
         .modules
         .get(&key)
-        .filter(|_| installed_keys.contains(&key));
+        .filter(|_| installed_modules.contains(&module.coords));
     let file_name = coords::file_name(module);
     let cache = |suffix: &str| {
         format!(
@@ -207,7 +208,7 @@ fn plan_module(
         .iter()
         .find_map(|(origin, m)| {
             m.filter(|m| {
-                m.main.name == file_name && same(&resolved.main, &m.main.sha256, m.main.size)
+                m.main.name == file_name && same(&resolved.main, m.main.sha256, m.main.size)
             })
             .map(|m| MainPlan::Installed(*origin, m.main.clone()))
         })
@@ -225,7 +226,7 @@ fn plan_module(
                 .iter()
                 .find_map(|(origin, m)| {
                     m.and_then(pick)
-                        .filter(|p| same(t, &p.sha256, p.size))
+                        .filter(|p| same(t, p.sha256, p.size))
                         .map(|p| PackagePlan::Installed(*origin, p.clone()))
                 })
                 .unwrap_or_else(|| {
@@ -253,9 +254,8 @@ fn plan_module(
         && active(&model);
     let action = if unchanged {
         Action::Keep
-    } else if installed_keys
+    } else if installed_modules
         .iter()
-        .filter_map(|k| k.parse::<Coords>().ok())
         .any(|c| c.module_key() == module.coords.module_key())
     {
         Action::Change
@@ -275,9 +275,9 @@ fn plan_module(
 /// An installed artifact is the target when the digests agree, or, with no
 /// known target digest, when the declared size (if any) agrees: the
 /// coordinates already matched.
-fn same(target: &Target, sha256: &str, size: u64) -> bool {
-    match &target.expected.sha256 {
-        Some(t) => t.eq_ignore_ascii_case(sha256),
+fn same(target: &Target, sha256: banalytics_home::Sha256, size: u64) -> bool {
+    match target.expected.sha256 {
+        Some(t) => t == sha256,
         None => target.expected.size.is_none_or(|s| s == size),
     }
 }
@@ -310,7 +310,10 @@ mod tests {
 
     #[test]
     fn another_version_of_an_installed_artifact_is_a_change_and_a_new_artifact_an_add() {
-        let installed = ["com.x:a:1".to_owned(), "com.x:gone:1".to_owned()];
+        let installed = [
+            "com.x:a:1".parse().unwrap(),
+            "com.x:gone:1".parse().unwrap(),
+        ];
         let plan = plan(
             vec![
                 resolved("com.x:a:2"),
@@ -330,6 +333,6 @@ mod tests {
                 ("com.x:a-b:1".to_owned(), Action::Add),
             ]
         );
-        assert_eq!(plan.removed, ["com.x:a:1", "com.x:gone:1"]);
+        assert_eq!(plan.removed, installed);
     }
 }

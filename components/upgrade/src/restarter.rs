@@ -28,7 +28,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use banalytics_home::{hold, Layout};
+use banalytics_home::{hold, Layout, TargetSetId};
 use banalytics_messages::{
     portal::{PortalOutboxQuery, PortalOutboxState},
     upgrade::{ApprovalHandled, ApproveStagedSet, RestartMode, RestartRequested},
@@ -47,7 +47,7 @@ pub struct RestartToApply {
     /// Why, for the log.
     pub reason: String,
     /// The staged set's id, which a portal approval names.
-    pub set_id: Option<String>,
+    pub set_id: Option<TargetSetId>,
 }
 
 /// Apply the staged set that waits now. Answers whether one waited (the
@@ -58,12 +58,12 @@ pub struct Approve {
     /// Who approved, for the log: `cli`, `portal`.
     pub by: String,
     /// Only this set.
-    pub set_id: Option<String>,
+    pub set_id: Option<TargetSetId>,
 }
 
 /// Which staged set waits for its restart, if any.
 #[derive(Message)]
-#[rtype(result = "Option<String>")]
+#[rtype(result = "Option<TargetSetId>")]
 pub struct WaitingSet;
 
 /// Stop waiting to apply the staged set: the portal's target set is no
@@ -73,7 +73,7 @@ pub struct WaitingSet;
 pub struct ForgetWaitingSet;
 
 struct Pending {
-    set_id: Option<String>,
+    set_id: Option<TargetSetId>,
     approve: Option<oneshot::Sender<String>>,
     handle: SpawnHandle,
 }
@@ -253,7 +253,7 @@ impl Handler<FromBus<ApproveStagedSet>> for Restarter {
         FromBus(msg): FromBus<ApproveStagedSet>,
         ctx: &mut Context<Self>,
     ) -> Self::Result {
-        let set_id = self.pending.as_ref().and_then(|p| p.set_id.clone());
+        let set_id = self.pending.as_ref().and_then(|p| p.set_id);
         let restarting = self.handle(
             Approve {
                 by: msg.by.clone(),
@@ -284,10 +284,10 @@ impl Handler<ForgetWaitingSet> for Restarter {
 }
 
 impl Handler<WaitingSet> for Restarter {
-    type Result = Option<String>;
+    type Result = Option<TargetSetId>;
 
-    fn handle(&mut self, _: WaitingSet, _: &mut Context<Self>) -> Option<String> {
-        self.pending.as_ref().and_then(|p| p.set_id.clone())
+    fn handle(&mut self, _: WaitingSet, _: &mut Context<Self>) -> Option<TargetSetId> {
+        self.pending.as_ref().and_then(|p| p.set_id)
     }
 }
 

@@ -24,24 +24,23 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs, io,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
 use actix::prelude::*;
-use banalytics_home::digests::DigestCache;
-use serde::Serialize;
+use banalytics_home::{digests::DigestCache, Sha256};
 use tracing::{info, info_span, instrument, warn};
 
 use crate::{
     archive::{self, Limits},
     blocking::off_thread,
     cache::CachedFile,
+    coords::Coords,
     error::{io_at, UpgradeError},
     failpoint::failpoint,
     installed,
     layout::{self, sync_dir, Layout},
-    plan::{MainPlan, Origin, PackagePlan, SyncPlan},
+    plan::{MainPlan, ModulePlan, Origin, PackagePlan, SyncPlan},
     preflight::Preflight,
     record::{FileRecord, ModuleRecord, PackageRecord, SetRecord},
 };
@@ -56,18 +55,7 @@ pub struct StageSet {
     pub fetched: HashMap<String, CachedFile>,
 }
 
-/// What was staged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StagedSummary {
-    /// `groupId:artifactId:version` of every staged module.
-    pub modules: Vec<String>,
-    /// Files in the staged set (modules and models).
-    pub files: usize,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Files hard-linked (or copied) from the active set.
-    pub reused_files: usize,
-}
+pub use banalytics_messages::status::StagedSummary;
 
 /// The Stager actor: one staging at a time, on a blocking thread.
 pub struct Stager {
@@ -140,7 +128,7 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), UpgradeError> {
 /// One side of the staged set (modules or models) and who put what there.
 struct Side {
     root: PathBuf,
-    owners: HashMap<String, (String, String)>,
+    owners: HashMap<String, (Coords, Sha256)>,
     files: usize,
     bytes: u64,
     reused: usize,
@@ -160,18 +148,17 @@ impl Side {
 
     /// Registers `name` for `module`; `false` if an identical file is
     /// already there (nothing to do), an error if a different one is.
-    fn claim(&mut self, name: &str, sha256: &str, module: &str) -> Result<bool, UpgradeError> {
+    fn claim(&mut self, name: &str, sha256: Sha256, module: &Coords) -> Result<bool, UpgradeError> {
         let folded = name.to_lowercase();
         match self.owners.get(&folded) {
-            Some((_, sha)) if sha == sha256 => Ok(false),
+            Some((_, sha)) if *sha == sha256 => Ok(false),
             Some((owner, _)) => Err(UpgradeError::Collision {
                 name: name.to_owned(),
                 first: owner.clone(),
-                second: module.to_owned(),
+                second: module.clone(),
             }),
             None => {
-                self.owners
-                    .insert(folded, (module.to_owned(), sha256.to_owned()));
+                self.owners.insert(folded, (module.clone(), sha256));
                 Ok(true)
             }
         }
@@ -182,9 +169,9 @@ impl Side {
         &mut self,
         from_root: &Path,
         rec: &FileRecord,
-        module: &str,
+        module: &Coords,
     ) -> Result<(), UpgradeError> {
-        if !self.claim(&rec.name, &rec.sha256, module)? {
+        if !self.claim(&rec.name, rec.sha256, module)? {
             return Ok(());
         }
         let from = from_root.join(&rec.name);
@@ -203,8 +190,13 @@ impl Side {
     }
 
     /// Moves a new file into place.
-    fn adopt(&mut self, from: &Path, rec: &FileRecord, module: &str) -> Result<(), UpgradeError> {
-        if !self.claim(&rec.name, &rec.sha256, module)? {
+    fn adopt(
+        &mut self,
+        from: &Path,
+        rec: &FileRecord,
+        module: &Coords,
+    ) -> Result<(), UpgradeError> {
+        if !self.claim(&rec.name, rec.sha256, module)? {
             return Ok(());
         }
         let to = self.root.join(&rec.name);
@@ -221,7 +213,7 @@ impl Side {
         archive_path: &Path,
         scratch: &Path,
         limits: &Limits,
-        module: &str,
+        module: &Coords,
     ) -> Result<Vec<FileRecord>, UpgradeError> {
         remove_dir_if_exists(scratch)?;
         fs::create_dir_all(scratch).map_err(io_at(scratch))?;
@@ -238,10 +230,10 @@ impl Side {
         archive_path: &Path,
         scratch: &Path,
         limits: &Limits,
-        module: &str,
+        module: &Coords,
     ) -> Result<Vec<FileRecord>, UpgradeError> {
         let refused = |source| UpgradeError::Archive {
-            module: module.to_owned(),
+            module: module.clone(),
             package: archive_path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -296,7 +288,7 @@ fn create_parent(path: &Path) -> Result<(), UpgradeError> {
 fn move_file(from: &Path, to: &Path) -> Result<(), UpgradeError> {
     match fs::rename(from, to) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
             fs::copy(from, to).map_err(io_at(to))?;
             fs::File::open(to)
                 .and_then(|f| f.sync_all())
@@ -345,7 +337,7 @@ fn remember_digests(layout: &Layout, record: &SetRecord) {
     let mut cache = DigestCache::open(&layout.digest_cache());
     let (modules, models) = (layout.upgrade(), layout.models_upgrade());
     for (path, file) in record.files(&modules, &models) {
-        if let Err(e) = cache.remember(&path, &file.sha256) {
+        if let Err(e) = cache.remember(&path, file.sha256) {
             warn!(path = %path.display(), error = %e, "cannot note a staged file's digest");
         }
     }
@@ -382,123 +374,31 @@ fn build_and_publish(
 ) -> Result<StagedSummary, UpgradeError> {
     // 1.
     clear_staged(layout)?;
-    let mut modules = Side::new(layout.upgrade_tmp())?;
-    let mut models = Side::new(layout.models_upgrade_tmp())?;
-    failpoint("stage.scratch-created");
-    let cached = |name: &str| -> Result<&CachedFile, UpgradeError> {
-        fetched.get(name).ok_or_else(|| UpgradeError::Io {
-            path: layout.download().join(name),
-            source: io::Error::new(io::ErrorKind::NotFound, "not downloaded"),
-        })
+    let mut sides = Sides {
+        modules: Side::new(layout.upgrade_tmp())?,
+        models: Side::new(layout.models_upgrade_tmp())?,
     };
+    failpoint("stage.scratch-created");
     // 2.
     let mut record = SetRecord {
         format: SetRecord::FORMAT,
         modules: BTreeMap::new(),
     };
+    let cache = Cache { layout, fetched };
     for (n, m) in plan.modules.iter().enumerate() {
-        let key = m.key();
-        let main = match &m.main {
-            MainPlan::Installed(origin, rec) => {
-                modules.reuse(&roots(layout, *origin).0, rec, &key)?;
-                rec.clone()
-            }
-            MainPlan::Fetch(f) => {
-                let c = cached(&f.cache_name)?;
-                let rec = FileRecord {
-                    name: m.file_name.clone(),
-                    sha256: c.sha256.clone(),
-                    size: c.size,
-                };
-                modules.adopt(&layout.download().join(&f.cache_name), &rec, &key)?;
-                rec
-            }
-        };
-        if main.name == crate::coords::CORE_EXECUTABLE_NAME {
-            // The host executable of a native core: the launcher runs it.
-            let path = modules.root.join(&main.name);
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_at(&path))?;
-        }
-        let package = |plan: &Option<PackagePlan>,
-                       side: &mut Side,
-                       active: fn(Origin, &Layout) -> PathBuf,
-                       scratch: PathBuf|
-         -> Result<Option<PackageRecord>, UpgradeError> {
-            Ok(match plan {
-                None => None,
-                Some(PackagePlan::Installed(origin, p)) => {
-                    let from = active(*origin, layout);
-                    for f in &p.files {
-                        side.reuse(&from, f, &key)?;
-                    }
-                    Some(p.clone())
-                }
-                Some(PackagePlan::Fetch(f)) => {
-                    let c = cached(&f.cache_name)?;
-                    let files = side.extract(
-                        &layout.download().join(&f.cache_name),
-                        &scratch,
-                        limits,
-                        &key,
-                    )?;
-                    Some(PackageRecord {
-                        sha256: c.sha256.clone(),
-                        size: c.size,
-                        files,
-                    })
-                }
-            })
-        };
-        let scratch = layout
-            .home()
-            .join(format!("modules-upgrade.tmp.extract-{n}"));
-        let dependencies = package(
-            &m.dependencies,
-            &mut modules,
-            |o, l| roots(l, o).0,
-            scratch.clone(),
-        )?;
-        let model = package(&m.model, &mut models, |o, l| roots(l, o).1, scratch)?;
+        let module = place_module(layout, &cache, &mut sides, m, n, limits)?;
         failpoint("stage.module-placed");
-        record.modules.insert(
-            key,
-            ModuleRecord {
-                main,
-                dependencies,
-                model,
-            },
-        );
+        record.modules.insert(m.key(), module);
     }
+    let Sides { modules, models } = sides;
     // 3.
     sync_tree(&modules.root)?;
     sync_tree(&models.root)?;
     failpoint("stage.synced");
     // 4.
-    record.write(&modules.root)?;
-    failpoint("stage.record-written");
-    let info: Vec<installed::InstalledModule> = plan
-        .modules
-        .iter()
-        .map(|m| installed::InstalledModule::from(&m.resolved.module))
-        .collect();
-    installed::write_modules_info(&modules.root, &info)?;
-    failpoint("stage.marker-written");
-    if let Err(reason) = preflight(&modules.root) {
-        clear_staged(layout)?;
-        let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
-        return Err(UpgradeError::Preflight {
-            set: set.join(", "),
-            reason,
-        });
-    }
-    // 5.
-    fs::rename(&models.root, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;
-    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
-    failpoint("stage.models-renamed");
-    // 6.
-    fs::rename(&modules.root, layout.upgrade()).map_err(io_at(layout.upgrade()))?;
-    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
-    failpoint("stage.upgrade-renamed");
+    write_marked_set(layout, plan, &record, &modules.root, preflight)?;
+    // 5. and 6.
+    publish(layout, &models.root, &modules.root)?;
     for m in &plan.modules {
         for f in m.fetches() {
             let _ = fs::remove_file(layout.download().join(&f.cache_name));
@@ -506,7 +406,7 @@ fn build_and_publish(
     }
     remember_digests(layout, &record);
     let summary = StagedSummary {
-        modules: record.modules.keys().cloned().collect(),
+        modules: staged_modules(plan),
         files: modules.files + models.files,
         bytes: modules.bytes + models.bytes,
         reused_files: modules.reused + models.reused,
@@ -519,4 +419,180 @@ fn build_and_publish(
         "staged set complete"
     );
     Ok(summary)
+}
+
+/// The modules of `plan`, sorted.
+fn staged_modules(plan: &SyncPlan) -> Vec<Coords> {
+    let mut modules: Vec<Coords> = plan
+        .modules
+        .iter()
+        .map(|m| m.resolved.module.coords.clone())
+        .collect();
+    modules.sort();
+    modules
+}
+
+/// The two scratch folders of step 2.
+struct Sides {
+    modules: Side,
+    models: Side,
+}
+
+/// The verified files of the download cache, by cache name.
+struct Cache<'a> {
+    layout: &'a Layout,
+    fetched: &'a HashMap<String, CachedFile>,
+}
+
+impl Cache<'_> {
+    fn get(&self, name: &str) -> Result<&CachedFile, UpgradeError> {
+        self.fetched.get(name).ok_or_else(|| UpgradeError::Io {
+            path: self.layout.download().join(name),
+            source: io::Error::new(io::ErrorKind::NotFound, "not downloaded"),
+        })
+    }
+}
+
+/// Step 2 for the `n`th module: its main artifact and its packages into
+/// the scratch folders, reused from an installed set or taken from the
+/// cache.
+fn place_module(
+    layout: &Layout,
+    cache: &Cache,
+    sides: &mut Sides,
+    m: &ModulePlan,
+    n: usize,
+    limits: &Limits,
+) -> Result<ModuleRecord, UpgradeError> {
+    let key = &m.resolved.module.coords;
+    let main = match &m.main {
+        MainPlan::Installed(origin, rec) => {
+            sides.modules.reuse(&roots(layout, *origin).0, rec, key)?;
+            rec.clone()
+        }
+        MainPlan::Fetch(f) => {
+            let c = cache.get(&f.cache_name)?;
+            let rec = FileRecord {
+                name: m.file_name.clone(),
+                sha256: c.sha256,
+                size: c.size,
+            };
+            let from = layout.download().join(&f.cache_name);
+            sides.modules.adopt(&from, &rec, key)?;
+            rec
+        }
+    };
+    if main.name == crate::coords::CORE_EXECUTABLE_NAME {
+        // The host executable of a native core: the launcher runs it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let path = sides.modules.root.join(&main.name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_at(&path))?;
+        }
+    }
+    let scratch = layout
+        .home()
+        .join(format!("modules-upgrade.tmp.extract-{n}"));
+    let place = Package {
+        layout,
+        cache,
+        limits,
+        key,
+    };
+    let dependencies = place.place(
+        &m.dependencies,
+        &mut sides.modules,
+        |o, l| roots(l, o).0,
+        scratch.clone(),
+    )?;
+    let model = place.place(&m.model, &mut sides.models, |o, l| roots(l, o).1, scratch)?;
+    Ok(ModuleRecord {
+        main,
+        dependencies,
+        model,
+    })
+}
+
+/// What placing a module's package needs.
+struct Package<'a> {
+    layout: &'a Layout,
+    cache: &'a Cache<'a>,
+    limits: &'a Limits,
+    key: &'a Coords,
+}
+
+impl Package<'_> {
+    /// Places the package `plan` in `side`: its files reused from the
+    /// installed folder `active` gives, or extracted through `scratch`.
+    fn place(
+        &self,
+        plan: &Option<PackagePlan>,
+        side: &mut Side,
+        active: fn(Origin, &Layout) -> PathBuf,
+        scratch: PathBuf,
+    ) -> Result<Option<PackageRecord>, UpgradeError> {
+        Ok(match plan {
+            None => None,
+            Some(PackagePlan::Installed(origin, p)) => {
+                let from = active(*origin, self.layout);
+                for f in &p.files {
+                    side.reuse(&from, f, self.key)?;
+                }
+                Some(p.clone())
+            }
+            Some(PackagePlan::Fetch(f)) => {
+                let c = self.cache.get(&f.cache_name)?;
+                let archive = self.layout.download().join(&f.cache_name);
+                let files = side.extract(&archive, &scratch, self.limits, self.key)?;
+                Some(PackageRecord {
+                    sha256: c.sha256,
+                    size: c.size,
+                    files,
+                })
+            }
+        })
+    }
+}
+
+/// Step 4: the hash record, then the marker, then the host's preflight on
+/// the complete set (a refusal removes it).
+fn write_marked_set(
+    layout: &Layout,
+    plan: &SyncPlan,
+    record: &SetRecord,
+    root: &Path,
+    preflight: &Preflight,
+) -> Result<(), UpgradeError> {
+    record.write(root)?;
+    failpoint("stage.record-written");
+    let info: Vec<installed::InstalledModule> = plan
+        .modules
+        .iter()
+        .map(|m| installed::InstalledModule::from(&m.resolved.module))
+        .collect();
+    installed::write_modules_info(root, &info)?;
+    failpoint("stage.marker-written");
+    if let Err(reason) = preflight(root) {
+        clear_staged(layout)?;
+        let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
+        return Err(UpgradeError::Preflight {
+            set: set.join(", "),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// Steps 5 and 6: the models, then the modules, renamed into place, each
+/// followed by an fsync of the home; after the second the staged set
+/// exists.
+fn publish(layout: &Layout, models: &Path, modules: &Path) -> Result<(), UpgradeError> {
+    fs::rename(models, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;
+    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
+    failpoint("stage.models-renamed");
+    fs::rename(modules, layout.upgrade()).map_err(io_at(layout.upgrade()))?;
+    sync_dir(layout.home()).map_err(io_at(layout.home()))?;
+    failpoint("stage.upgrade-renamed");
+    Ok(())
 }

@@ -7,81 +7,22 @@
 //! on the quarantine ([`quarantine_verdict`]): whether the portal's target
 //! set may go on at all.
 
-use std::fmt;
+use banalytics_home::{
+    quarantine::{self, Quarantine},
+    TargetSetId,
+};
+pub use banalytics_messages::status::{HomeFacts, SyncReport, SyncState, Trigger, MAX_REQUESTS};
 
-use banalytics_home::quarantine::{self, Quarantine};
-use serde::Serialize;
-
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::{
-    coords::Module,
+    coords::{Coords, Module},
     error::{io_at, UpgradeError},
     layout::Layout,
-    stager::StagedSummary,
 };
 
-/// What started a synchronisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Trigger {
-    /// `EVT_SYNC_SOFT` from the portal.
-    Portal,
-    /// `banalytics-box upgrade`.
-    Local,
-    /// No installed set yet.
-    FirstRun,
-    /// `software_update_type = "on-boot"`.
-    OnBoot,
-    /// `banalytics-box upgrade --retry`: like [`Trigger::Local`], and the
-    /// quarantined set is let through for this synchronisation.
-    Retry,
-}
-
-impl Trigger {
-    /// The trigger of the local `upgrade`, with or without `--retry`.
-    pub fn local(retry: bool) -> Trigger {
-        if retry {
-            Trigger::Retry
-        } else {
-            Trigger::Local
-        }
-    }
-
-    /// Whether a synchronisation with this trigger may install the
-    /// quarantined set: only an operator's explicit retry; no mode does it
-    /// by itself.
-    pub fn lifts_quarantine(self) -> bool {
-        self == Trigger::Retry
-    }
-
-    /// The word `status` shows: `portal`, `local`, `first-run`, `on-boot`
-    /// or `retry`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Portal => "portal",
-            Trigger::Local => "local",
-            Trigger::FirstRun => "first-run",
-            Trigger::OnBoot => "on-boot",
-            Trigger::Retry => "retry",
-        }
-    }
-
-    /// What a synchronisation with this trigger does when the portal link
-    /// is down as it starts.
-    pub fn when_offline(self) -> Offline {
-        match self {
-            // It came over the link.
-            Trigger::Portal => Offline::Ask,
-            Trigger::Local | Trigger::Retry => Offline::Refuse,
-            Trigger::FirstRun | Trigger::OnBoot => Offline::Wait,
-        }
-    }
-}
-
 /// What a synchronisation does when the portal link is down as it starts
-/// ([`Trigger::when_offline`]).
+/// ([`Offline::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offline {
     /// Asks anyway (the portal's own trigger: the link was up a moment ago).
@@ -94,153 +35,31 @@ pub enum Offline {
     Wait,
 }
 
-/// The phase of a synchronisation. `status` shows it as the kebab-case
-/// word of [`SyncState::as_str`], which is also its serde form.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SyncState {
-    /// None has run since the component started.
-    #[default]
-    Idle,
-    /// A first-run or on-boot synchronisation waits for the portal link
-    /// to come up before it asks for the target set.
-    WaitingForLink,
-    /// `GET_ENV_MOD_REQ` sent, waiting for the portal's target set.
-    Requesting,
-    /// Finding the target set's artifacts in the repository.
-    Resolving,
-    /// Fetching what is missing into the cache.
-    Downloading,
-    /// Building `modules-upgrade/`.
-    Staging,
-    /// A complete staged set waits for the restart that applies it.
-    Staged,
-    /// The installed set is the target set: nothing to do.
-    UpToDate,
-    /// A module could not be downloaded (the portal got `download_error`).
-    Failed,
-    /// The synchronisation stopped for another reason (the portal got
-    /// `installation_cancelled`).
-    Cancelled,
-    /// An operator's request was refused before the portal was asked (its
-    /// link is down); the portal got nothing.
-    Refused,
-}
-
-impl SyncState {
-    /// The word `status` shows: `idle`, `waiting-for-link`, `requesting`,
-    /// `resolving`, `downloading`, `staging`, `staged`, `up-to-date`,
-    /// `failed`, `cancelled` or `refused`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncState::Idle => "idle",
-            SyncState::WaitingForLink => "waiting-for-link",
-            SyncState::Requesting => "requesting",
-            SyncState::Resolving => "resolving",
-            SyncState::Downloading => "downloading",
-            SyncState::Staging => "staging",
-            SyncState::Staged => "staged",
-            SyncState::UpToDate => "up-to-date",
-            SyncState::Failed => "failed",
-            SyncState::Cancelled => "cancelled",
-            SyncState::Refused => "refused",
+impl Offline {
+    /// What a synchronisation started by `trigger` does when the portal
+    /// link is down as it starts.
+    pub fn of(trigger: Trigger) -> Offline {
+        match trigger {
+            // It came over the link.
+            Trigger::Portal => Offline::Ask,
+            Trigger::Local | Trigger::Retry => Offline::Refuse,
+            Trigger::FirstRun | Trigger::OnBoot => Offline::Wait,
         }
     }
 }
 
-impl fmt::Display for SyncState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// What the report says of the home, read from it.
+pub fn home_facts(layout: &Layout) -> HomeFacts {
+    HomeFacts {
+        registered: layout.environment_uuid().ok().flatten().is_some(),
+        first_run: layout.is_first_run(),
     }
 }
 
-/// How many local request numbers a [`SyncReport`] keeps.
-pub const MAX_REQUESTS: usize = 16;
-
-/// Where a synchronisation stands, as `status` shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct SyncReport {
-    /// The phase.
-    pub state: SyncState,
-    /// What started the last synchronisation.
-    pub trigger: Option<Trigger>,
-    /// When it started, ms since the epoch.
-    pub started_ms: Option<u64>,
-    /// When it ended, ms since the epoch.
-    pub finished_ms: Option<u64>,
-    /// Its result or error, in words.
-    pub result: Option<String>,
-    /// Bytes present of the bytes to fetch.
-    pub done_bytes: u64,
-    /// Bytes to fetch, as far as declared.
-    pub total_bytes: u64,
-    /// Triggers skipped because a synchronisation was running.
-    pub skipped_triggers: u64,
-    /// The numbers of the local requests (`upgrade --wait`) this
-    /// synchronisation answers: the one that started it, then those that
-    /// came while it ran (at most [`MAX_REQUESTS`], the newest kept).
-    /// Always shown, also empty: its presence tells an asker that the host
-    /// knows request numbers.
-    #[serde(default)]
-    pub requests: Vec<u64>,
-    /// The number of the local request that started it, if it had one;
-    /// the others in `requests` came while it ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_by: Option<u64>,
-    /// The patches offered for this synchronisation's native artifacts:
-    /// which made their file, and why the others were not used.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deltas: Vec<crate::delta::DeltaReport>,
-    /// The staged set, once staged.
-    pub staged: Option<StagedSummary>,
-    /// What the staged set waits for before the restart that applies it
-    /// (a maintenance window, an approval), and until when.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waits_for: Option<String>,
-    /// The home as it was when the report (re)started: read once, not at
-    /// every progress update.
-    #[serde(skip)]
-    pub home: HomeFacts,
-    /// The host's last deferral of the restart that applies the staged
-    /// set for busy leases: what for, in words, and until when (ms since
-    /// the epoch). Kept from one synchronisation to the next: a trigger
-    /// for the staged set while it lasts is answered that the set waits.
-    #[serde(skip)]
-    pub busy: Option<(String, u64)>,
-}
-
-/// What the report says of the home besides the synchronisation.
-#[derive(Debug, Clone, Default)]
-pub struct HomeFacts {
-    /// An environment UUID is configured.
-    pub registered: bool,
-    /// No installed set yet.
-    pub first_run: bool,
-}
-
-impl HomeFacts {
-    /// Reads both facts from the home.
-    pub fn read(layout: &Layout) -> Self {
-        HomeFacts {
-            registered: layout.environment_uuid().ok().flatten().is_some(),
-            first_run: layout.is_first_run(),
-        }
-    }
-}
-
-/// The id of a target set in logs and spans: the first 16 hex digits of
-/// the SHA-256 of its `groupId:artifactId:version` keys, sorted, one per
-/// line. The same set gets the same id in every synchronisation, whatever
-/// order the portal lists it in.
-pub fn target_set_id(modules: &[Module]) -> String {
-    let mut keys: Vec<String> = modules.iter().map(|m| m.coords.to_string()).collect();
-    keys.sort();
-    let mut hasher = Sha256::new();
-    for key in &keys {
-        hasher.update(key.as_bytes());
-        hasher.update(b"\n");
-    }
-    hex::encode(hasher.finalize())[..16].to_owned()
+/// The target set's identity ([`TargetSetId`]), as the portal names it:
+/// in logs, spans, the hold, the Restarter and `status`.
+pub fn target_set_id(modules: &[Module]) -> TargetSetId {
+    TargetSetId::of(modules.iter().map(|m| &m.coords))
 }
 
 /// What the quarantine (`state/quarantined-set.json`) means for a target
@@ -274,8 +93,8 @@ pub fn quarantine_verdict(
     let Some(q) = quarantine else {
         return QuarantineVerdict::Free;
     };
-    let keys: Vec<String> = target.iter().map(|m| m.coords.to_string()).collect();
-    match (q.is_set(&keys), retry) {
+    let modules: Vec<Coords> = target.iter().map(|m| m.coords.clone()).collect();
+    match (q.is_set(&modules), retry) {
         (false, _) => QuarantineVerdict::Lift,
         (true, true) => QuarantineVerdict::Retry,
         (true, false) => QuarantineVerdict::Refuse(q.refusal()),
@@ -286,16 +105,29 @@ pub fn quarantine_verdict(
 /// [`quarantine_verdict`] for `target`: lifts the record for a different
 /// set, and refuses the quarantined set unless `retry`
 /// ([`UpgradeError::Quarantined`]). A record that cannot be read refuses
-/// every set, naming the file, unless `retry`, which lifts it. Blocking
-/// file work: run it off the actor's thread.
+/// every set, naming the file, unless `retry`, which lifts it; one of a
+/// newer format ([`banalytics_home::format`]) refuses every set and stays,
+/// and so does a swap journal or probation record of a newer format.
+/// Blocking file work: run it off the actor's thread.
 pub fn pass_quarantine(
     layout: &Layout,
     target: &[Module],
     retry: bool,
 ) -> Result<QuarantineVerdict, UpgradeError> {
+    // The swap's records first: a set staged while one of them is of a
+    // newer format would never be applied, and its restart asked again.
+    if let Some(newer) = banalytics_home::swap::newer_record(layout) {
+        return Err(UpgradeError::Io {
+            path: newer.path.clone(),
+            source: newer.into_io(),
+        });
+    }
     let file = layout.state().join(quarantine::QUARANTINE_FILE);
     let record = match quarantine::read(layout) {
         Ok(record) => record,
+        Err(e) if banalytics_home::format::in_io(&e).is_some() => {
+            return Err(UpgradeError::Io { path: file, source: e })
+        }
         Err(e) if retry => {
             warn!(path = %file.display(), error = %e, "unreadable quarantine record lifted by the retry");
             quarantine::clear(layout).map_err(io_at(&file))?;
@@ -312,21 +144,25 @@ pub fn pass_quarantine(
         }
     };
     let verdict = quarantine_verdict(record.as_ref(), target, retry);
-    let quarantined = record.as_ref().map(|q| q.set.as_str()).unwrap_or_default();
+    let quarantined = record
+        .as_ref()
+        .and_then(|q| q.set)
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     match &verdict {
         QuarantineVerdict::Free => {}
         QuarantineVerdict::Lift => {
             quarantine::clear(layout).map_err(io_at(&file))?;
             info!(
-                quarantined,
+                %quarantined,
                 "the portal assigned a different set: quarantine lifted"
             );
         }
         QuarantineVerdict::Retry => {
-            info!(quarantined, "retry: the quarantined set is installed again")
+            info!(%quarantined, "retry: the quarantined set is installed again")
         }
         QuarantineVerdict::Refuse(refusal) => {
-            warn!(quarantined, "the target set is quarantined: refused");
+            warn!(%quarantined, "the target set is quarantined: refused");
             return Err(UpgradeError::Quarantined {
                 refusal: refusal.clone(),
             });
@@ -338,6 +174,26 @@ pub fn pass_quarantine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_follows_each_module_of_the_download_once() {
+        let mut r = SyncReport::default();
+        r.module_state("g:a:1", "downloading", None);
+        r.module_state("g:b:1", "downloading", None);
+        r.module_state("g:a:1", "downloaded", Some(42));
+        let shown: Vec<_> = r
+            .modules
+            .iter()
+            .map(|m| (m.module.as_str(), m.state.as_str(), m.transferred))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("g:a:1", "downloaded", Some(42)),
+                ("g:b:1", "downloading", None)
+            ]
+        );
+    }
 
     fn module(artifact: &str, version: &str) -> Module {
         serde_json::from_value(serde_json::json!({
@@ -351,17 +207,17 @@ mod tests {
     fn a_target_set_id_names_the_set_not_its_order() {
         let (a, b) = (module("a", "1"), module("b", "1"));
         let id = target_set_id(&[a.clone(), b.clone()]);
-        assert_eq!(id.len(), 16);
+        assert_eq!(id.to_string().len(), 16);
         assert_eq!(target_set_id(&[b, a.clone()]), id);
         assert_ne!(target_set_id(&[a.clone(), module("b", "2")]), id);
         assert_ne!(target_set_id(&[a]), id);
     }
 
     fn quarantined(modules: &[&Module]) -> Quarantine {
-        let mut keys: Vec<String> = modules.iter().map(|m| m.coords.to_string()).collect();
+        let mut keys: Vec<Coords> = modules.iter().map(|m| m.coords.clone()).collect();
         keys.sort();
         Quarantine {
-            set: "0123abcd".into(),
+            set: None,
             modules: keys,
             reason: "component drill is ERROR: failure drill".into(),
             rolled_back_ms: 1_700_000_000_000,
@@ -471,12 +327,12 @@ mod tests {
             assert!(!t.lifts_quarantine(), "{t:?}");
         }
         assert!(Trigger::Retry.lifts_quarantine());
-        assert_eq!(Trigger::Portal.when_offline(), Offline::Ask);
+        assert_eq!(Offline::of(Trigger::Portal), Offline::Ask);
         for operator in [Trigger::Local, Trigger::Retry] {
-            assert_eq!(operator.when_offline(), Offline::Refuse);
+            assert_eq!(Offline::of(operator), Offline::Refuse);
         }
         for own in [Trigger::FirstRun, Trigger::OnBoot] {
-            assert_eq!(own.when_offline(), Offline::Wait);
+            assert_eq!(Offline::of(own), Offline::Wait);
         }
         for t in [
             Trigger::Portal,

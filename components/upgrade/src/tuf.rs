@@ -77,6 +77,7 @@ use std::{
     time::Duration,
 };
 
+use banalytics_home::Sha256;
 use futures_util::StreamExt;
 use tough::{
     async_trait, Bytes, ExpirationEnforcement, RepositoryLoader, Transport, TransportError,
@@ -88,6 +89,7 @@ use url::Url;
 use crate::{
     error::{error_chain, io_at, UpgradeError},
     fetch::FetchConfig,
+    format,
     layout::{sync_dir, write_atomic, Layout},
 };
 
@@ -159,8 +161,8 @@ impl Trust {
 /// One target's verified facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedTarget {
-    /// SHA-256, lower-case hex.
-    pub sha256: String,
+    /// Its SHA-256.
+    pub sha256: Sha256,
     /// Length in bytes.
     pub length: u64,
     /// Where the repository stores it, relative to the targets URL
@@ -169,7 +171,7 @@ pub struct TrustedTarget {
     pub path: String,
 }
 
-/// Where a target named `name` with SHA-256 `sha256` (hex) is fetched from,
+/// Where a target named `name` with SHA-256 `sha256` is fetched from,
 /// relative to the targets URL (TUF 5.7.3). Without consistent snapshots
 /// it is the name; with them, the hash prefixes the file name and not the
 /// whole path: `com/a/1.0/a-1.0.jar` is at `com/a/1.0/{sha256}.a-1.0.jar`,
@@ -179,7 +181,7 @@ pub struct TrustedTarget {
 /// it.) Of the hashes the
 /// targets metadata may list, SHA-256 is the one `tough` verifies and the
 /// one used here.
-pub fn download_path(name: &str, sha256: &str, consistent_snapshot: bool) -> String {
+pub fn download_path(name: &str, sha256: &Sha256, consistent_snapshot: bool) -> String {
     if !consistent_snapshot {
         return name.to_owned();
     }
@@ -251,11 +253,21 @@ pub async fn refresh_at(
         });
     }
     let store = layout.state().join(STORE_DIR);
+    // `tough` shapes the files; the store's format is its marker
+    // (`banalytics_home::format`). One of a newer format stays as it is,
+    // and nothing is fetched without it.
+    if let Some(newer) = format::newer_store(&store, format::TUF_STORE) {
+        return Err(UpgradeError::Trust {
+            reason: format!("{newer}; nothing is fetched until a core that knows it runs"),
+        });
+    }
     let pinned = std::fs::read(&trust.root).map_err(|source| UpgradeError::Trust {
         reason: format!("trust_root {}: {source}", trust.root.display()),
     })?;
     start_again_if_reprovisioned(&store, &pinned)?;
     std::fs::create_dir_all(&store).map_err(io_at(&store))?;
+    format::mark_store(&store, format::TUF_STORE)
+        .map_err(|e| io_at(&store)(std::io::Error::other(e)))?;
     // The chain always starts at the pinned root: the store's roots are
     // only answers to tough's `N.root.json` requests, verified as the
     // repository's would be (`HomeTransport::fetch`).
@@ -400,19 +412,7 @@ async fn load(
     pinned: &[u8],
     use_store: bool,
 ) -> Result<TrustedTargets, LoadError> {
-    let scratch = store.with_file_name(format!("{STORE_DIR}.scratch"));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)
-        .map_err(io_at(&scratch))
-        .map_err(LoadError::Io)?;
-    // tough never reads a root from its datastore (it is given one).
-    for name in PROMOTION_ORDER.into_iter().filter(|n| *n != "root.json") {
-        match std::fs::copy(store.join(name), scratch.join(name)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(LoadError::Io(io_at(store.join(name))(e))),
-        }
-    }
+    let scratch = scratch_store(store).map_err(LoadError::Io)?;
     let transport = HomeTransport::new(
         client.clone(),
         cfg,
@@ -451,11 +451,49 @@ async fn load(
             });
         }
     };
-    // Promote what tough accepted: the bytes as the repository signed them
-    // (tough's datastore holds re-serialised copies whose hashes differ).
+    promote(store, pinned, &transport, &scratch).map_err(LoadError::Io)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let targets = trusted_targets(&repo);
+    let version = repo.targets().signed.version.get();
+    info!(
+        targets_version = version,
+        targets = targets.len(),
+        consistent_snapshot = repo.root().signed.consistent_snapshot,
+        from_store = used_store,
+        "repository metadata verified"
+    );
+    Ok(TrustedTargets { targets, version })
+}
+
+/// A fresh scratch datastore for `tough` beside `store`, with copies of
+/// the stored metadata but the root (tough never reads a root from its
+/// datastore: it is given one).
+fn scratch_store(store: &Path) -> Result<PathBuf, UpgradeError> {
+    let scratch = store.with_file_name(format!("{STORE_DIR}.scratch"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(io_at(&scratch))?;
+    for name in PROMOTION_ORDER.into_iter().filter(|n| *n != "root.json") {
+        match std::fs::copy(store.join(name), scratch.join(name)) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_at(store.join(name))(e)),
+        }
+    }
+    Ok(scratch)
+}
+
+/// Promotes what tough accepted into `store`: the bytes as the repository
+/// signed them (tough's datastore holds re-serialised copies whose hashes
+/// differ).
+fn promote(
+    store: &Path,
+    pinned: &[u8],
+    transport: &HomeTransport,
+    scratch: &Path,
+) -> Result<(), UpgradeError> {
     let fetched = transport.accepted();
-    let trusted_root = promote_chain(store, pinned, &fetched).map_err(LoadError::Io)?;
-    promote_delegated(store, &fetched).map_err(LoadError::Io)?;
+    let trusted_root = promote_chain(store, pinned, &fetched)?;
+    promote_delegated(store, &fetched)?;
     for name in PROMOTION_ORDER {
         let bytes = match fetched.get(name) {
             Some(b) => b.clone(),
@@ -466,19 +504,19 @@ async fn load(
             },
         };
         write_atomic(&store.join(name), &bytes)
-            .map_err(|e| LoadError::Io(io_at(store.join(name))(std::io::Error::other(e))))?;
+            .map_err(|e| io_at(store.join(name))(std::io::Error::other(e)))?;
     }
-    sync_dir(store)
-        .map_err(io_at(store))
-        .map_err(LoadError::Io)?;
-    let _ = std::fs::remove_dir_all(&scratch);
+    sync_dir(store).map_err(io_at(store))
+}
+
+/// Every target of the verified repository with its facts, as the
+/// delegation search finds them (see the module's doc).
+fn trusted_targets(repo: &tough::Repository) -> HashMap<String, TrustedTarget> {
     // A fact of the verified root, like the targets' hashes.
     let consistent_snapshot = repo.root().signed.consistent_snapshot;
     let top = &repo.targets().signed;
     let mut targets = HashMap::new();
     for (name, _) in repo.all_targets() {
-        // The name as some role lists it; its facts as the delegation
-        // search finds them (see the module's doc).
         let Ok(t) = top.find_target(name, false) else {
             warn!(
                 target = name.raw(),
@@ -486,7 +524,14 @@ async fn load(
             );
             continue;
         };
-        let sha256 = hex::encode(&*t.hashes.sha256);
+        let Ok(bytes) = <[u8; 32]>::try_from(&t.hashes.sha256[..]) else {
+            warn!(
+                target = name.raw(),
+                "its sha256 in the targets metadata is not 32 bytes: not a target"
+            );
+            continue;
+        };
+        let sha256 = Sha256::from_bytes(bytes);
         let path = download_path(name.raw(), &sha256, consistent_snapshot);
         targets.insert(
             name.raw().to_owned(),
@@ -497,15 +542,7 @@ async fn load(
             },
         );
     }
-    let version = repo.targets().signed.version.get();
-    info!(
-        targets_version = version,
-        targets = targets.len(),
-        consistent_snapshot,
-        from_store = used_store,
-        "repository metadata verified"
-    );
-    Ok(TrustedTargets { targets, version })
+    targets
 }
 
 fn version_of(metadata: &[u8]) -> u64 {
@@ -881,12 +918,15 @@ mod tests {
 
     #[test]
     fn consistent_snapshot_prefixes_the_file_name_not_the_folders() {
-        let h = "ab12";
+        let h = &Sha256::of(b"abc");
         assert_eq!(
             download_path("com/a/1.0/a-1.0.jar", h, true),
-            "com/a/1.0/ab12.a-1.0.jar"
+            format!("com/a/1.0/{h}.a-1.0.jar")
         );
-        assert_eq!(download_path("a-1.0.jar", h, true), "ab12.a-1.0.jar");
+        assert_eq!(
+            download_path("a-1.0.jar", h, true),
+            format!("{h}.a-1.0.jar")
+        );
         assert_eq!(
             download_path("com/a/1.0/a-1.0.jar", h, false),
             "com/a/1.0/a-1.0.jar"

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use banalytics_upgrade_center::archive::{
     extract, ArchiveError, ExtractedFile, Limits, MAX_NAME_BYTES, MAX_NAME_DEPTH,
 };
-use sha2::{Digest, Sha256};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
@@ -156,8 +155,8 @@ fn patch_unix_mode(bytes: &mut [u8], name: &str, mode: u32) {
     put_u32(bytes, central + 38, mode << 16);
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+fn sha256_of(data: &[u8]) -> banalytics_home::Sha256 {
+    banalytics_home::Sha256::of(data)
 }
 
 /// Every path under `dir`, relative, `/`-separated, directories with a
@@ -210,22 +209,22 @@ fn extracts_nested_directories_with_exact_files_and_hashes() {
         ExtractedFile {
             path: ["lib", "native", "libx.so"].iter().collect(),
             size: library.len() as u64,
-            sha256: sha256_hex(&library),
+            sha256: sha256_of(&library),
         },
         ExtractedFile {
             path: ["bin", "run.sh"].iter().collect(),
             size: script.len() as u64,
-            sha256: sha256_hex(&script),
+            sha256: sha256_of(&script),
         },
         ExtractedFile {
             path: "README.md".into(),
             size: readme.len() as u64,
-            sha256: sha256_hex(&readme),
+            sha256: sha256_of(&readme),
         },
         ExtractedFile {
             path: ["empty", "keep"].iter().collect(),
             size: 0,
-            sha256: sha256_hex(b""),
+            sha256: sha256_of(b""),
         },
     ];
     assert_eq!(extracted.files, expected);
@@ -736,7 +735,7 @@ fn extracts_streamed_archive_with_data_descriptors() {
 
     let files = scene.extract(&Limits::default()).expect("extract");
 
-    let summary: Vec<(PathBuf, u64, String)> = files
+    let summary: Vec<(PathBuf, u64, banalytics_home::Sha256)> = files
         .into_iter()
         .map(|f| (f.path, f.size, f.sha256))
         .collect();
@@ -746,9 +745,9 @@ fn extracts_streamed_archive_with_data_descriptors() {
             (
                 ["lib", "a.jar"].iter().collect(),
                 data.len() as u64,
-                sha256_hex(&data)
+                sha256_of(&data)
             ),
-            (["lib", "b.txt"].iter().collect(), 6, sha256_hex(b"second")),
+            (["lib", "b.txt"].iter().collect(), 6, sha256_of(b"second")),
         ]
     );
     assert_eq!(fs::read(scene.target.join("lib/a.jar")).unwrap(), data);

@@ -19,7 +19,7 @@ use banalytics_upgrade_center::{
     schedule::{ManualClock, SystemClock, Window, WindowConfig},
 };
 use jiff::Timestamp;
-use repo::{body, sha256_hex, Repo};
+use repo::{body, sha256_of, Repo};
 
 const MIB: usize = 1024 * 1024;
 
@@ -38,7 +38,7 @@ fn config(gate: Gate) -> FetchConfig {
 
 fn expected(data: &[u8]) -> Expected {
     Expected {
-        sha256: Some(sha256_hex(data)),
+        sha256: Some(sha256_of(data)),
         size: Some(data.len() as u64),
         ..Expected::default()
     }
@@ -50,7 +50,7 @@ fn expected(data: &[u8]) -> Expected {
 /// be over) and, on a loaded machine, not far under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_holds_for_parallel_downloads_together_over_20_mib() {
-    let cap = fetch::rate::parse_rate("4 MiB/s").unwrap();
+    let cap = banalytics_upgrade_center::settings::parse_rate("4 MiB/s").unwrap();
     let gate = Gate::new(Some(cap), None, Arc::new(SystemClock));
     let server = Repo::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -131,7 +131,7 @@ async fn pause_and_resume(change: impl FnOnce(&mut repo::Behaviour)) -> Resumed 
         timezone: "UTC".into(),
     })
     .unwrap();
-    let cap = fetch::rate::parse_rate("2 MiB/s").unwrap();
+    let cap = banalytics_upgrade_center::settings::parse_rate("2 MiB/s").unwrap();
     let gate = Gate::new(Some(cap), Some(window), Arc::new(clock.clone()));
     let len = PAUSED_LEN;
     let data = body(len, 9);

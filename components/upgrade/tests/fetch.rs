@@ -13,7 +13,7 @@ use banalytics_upgrade_center::fetch::{
     self, content_length, download, fetch_sha256_file, meta_path, probe, DigestSource, Downloaded,
     Expected, FetchConfig, FetchError, MAX_REDIRECTS,
 };
-use repo::{body, sha256_hex, Behaviour, RangeMode, Repo};
+use repo::{body, sha256_hex, sha256_of, Behaviour, RangeMode, Repo};
 
 /// Path of the artifact in the repository.
 const ARTIFACT_PATH: &str = "com/example/mod/1.0/mod-1.0.jar";
@@ -96,7 +96,7 @@ impl Scene {
     /// The digest and size, the digest from `source`.
     fn expected_from(&self, source: DigestSource) -> Expected {
         Expected {
-            sha256: Some(sha256_hex(&self.data)),
+            sha256: Some(sha256_of(&self.data)),
             size: Some(self.data.len() as u64),
             digest_source: source,
         }
@@ -193,7 +193,7 @@ async fn downloads_whole_file_verifying_sha256_and_size() {
     assert_eq!(
         done,
         Downloaded {
-            sha256: sha256_hex(&scene.data),
+            sha256: sha256_of(&scene.data),
             size: LEN as u64,
             bytes_transferred: LEN as u64,
             resumed_from: 0,
@@ -222,7 +222,7 @@ async fn downloads_whole_file_verifying_sha256_and_size() {
 async fn wrong_sha256_fails_without_retry_and_removes_the_partial() {
     let scene = Scene::new(|_| {}).await;
     let expected = Expected {
-        sha256: Some("0".repeat(64)),
+        sha256: Some(banalytics_home::Sha256::from_bytes([0; 32])),
         size: Some(LEN as u64),
         ..Expected::default()
     };
@@ -233,8 +233,8 @@ async fn wrong_sha256_fails_without_retry_and_removes_the_partial() {
         Err(FetchError::ChecksumMismatch {
             expected, actual, ..
         }) => {
-            assert_eq!(expected, "0".repeat(64));
-            assert_eq!(actual, sha256_hex(&scene.data));
+            assert_eq!(expected, banalytics_home::Sha256::from_bytes([0; 32]));
+            assert_eq!(actual, sha256_of(&scene.data));
         }
         other => panic!("expected a checksum mismatch, got {other:?}"),
     }
@@ -451,7 +451,7 @@ async fn server_error_is_retried_then_succeeds() {
 
     let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
 
-    assert_eq!(outcome.unwrap().sha256, sha256_hex(&scene.data));
+    assert_eq!(outcome.unwrap().sha256, sha256_of(&scene.data));
     let statuses: Vec<u16> = scene.server.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![500, 200]);
     assert_eq!(scene.on_disk().unwrap(), scene.data);
@@ -549,7 +549,7 @@ async fn existing_partial_resumes_with_range_and_only_the_remainder_is_sent() {
     assert_eq!(scene.server.body_bytes_sent() - sent_before, remainder);
     assert_eq!(done.bytes_transferred, remainder);
     assert_eq!(done.resumed_from, CUT_AT as u64);
-    assert_eq!(done.sha256, sha256_hex(&scene.data), "prefix hashed too");
+    assert_eq!(done.sha256, sha256_of(&scene.data), "prefix hashed too");
     assert_eq!(scene.on_disk().unwrap(), scene.data);
     assert!(!meta_exists(&scene.partial()));
 }
@@ -611,7 +611,7 @@ async fn changed_etag_makes_the_server_send_the_whole_file_and_the_download_rest
         b.etag = Some("\"v2\"".to_owned());
     });
     let expected = Expected {
-        sha256: Some(sha256_hex(&republished)),
+        sha256: Some(sha256_of(&republished)),
         size: Some(republished.len() as u64),
         ..Expected::default()
     };
@@ -638,7 +638,7 @@ async fn complete_partial_is_only_verified() {
     let done = outcome.unwrap();
     assert_eq!(done.bytes_transferred, 0);
     assert_eq!(done.resumed_from, LEN as u64);
-    assert_eq!(done.sha256, sha256_hex(&scene.data));
+    assert_eq!(done.sha256, sha256_of(&scene.data));
     assert_eq!(scene.server.requests().len(), 1, "no second request");
 }
 
@@ -698,7 +698,7 @@ async fn sha256_file_gives_the_digest_with_or_without_a_file_name() {
 
     assert_eq!(
         fetch_sha256_file(&client, &url).await.unwrap(),
-        Some(sha256_hex(b"x"))
+        Some(sha256_of(b"x"))
     );
     scene.server.set(ARTIFACT_PATH, |b| b.digest_file = None);
     assert_eq!(fetch_sha256_file(&client, &url).await.unwrap(), None);
@@ -756,7 +756,7 @@ async fn download_without_expectations_reports_sha256_and_size() {
     let (outcome, _) = scene.download(&Expected::default(), &test_config()).await;
 
     let done = outcome.unwrap();
-    assert_eq!(done.sha256, sha256_hex(&scene.data));
+    assert_eq!(done.sha256, sha256_of(&scene.data));
     assert_eq!(done.size, LEN as u64);
     assert_eq!(scene.on_disk().unwrap(), scene.data);
 }
@@ -780,7 +780,7 @@ async fn range_past_the_end_of_a_shrunk_file_restarts_from_zero() {
 
     let done = outcome.unwrap();
     assert_eq!(done.resumed_from, 0);
-    assert_eq!(done.sha256, sha256_hex(&shrunk));
+    assert_eq!(done.sha256, sha256_of(&shrunk));
     let statuses: Vec<u16> = scene.server.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![200, 416, 200]);
     assert_eq!(scene.on_disk().unwrap(), shrunk);
@@ -1133,7 +1133,7 @@ async fn a_main_artifact_whose_digest_came_from_the_repository_sha256_is_not_fol
     .unwrap();
     let main = resolved.main;
     assert_eq!(main.url, scene.artifact_url());
-    assert_eq!(main.expected.sha256.as_deref(), Some(digest.as_str()));
+    assert_eq!(main.expected.sha256.map(|d| d.to_string()), Some(digest));
     assert_eq!(main.expected.digest_source, DigestSource::Repository);
     scene.server.reset_counters();
 

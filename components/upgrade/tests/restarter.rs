@@ -20,6 +20,12 @@ use banalytics_sdk::Bus;
 use banalytics_upgrade_center::restarter::{RestartToApply, Restarter};
 use tokio::time::Instant;
 
+/// The id of a set of one module named `name`.
+fn id(name: &str) -> banalytics_home::TargetSetId {
+    let coords = banalytics_home::coords::Coords::new("g", name, "1").unwrap();
+    banalytics_home::TargetSetId::of([&coords])
+}
+
 /// A Restarter that exits to restart, waiting at most `flush` for the
 /// statuses.
 fn exit_restarter(bus: &Bus, flush: Duration) -> Restarter {
@@ -146,7 +152,7 @@ mod apply {
     fn staged(set: &str) -> RestartToApply {
         RestartToApply {
             reason: "staged 1 modules".into(),
-            set_id: Some(set.into()),
+            set_id: Some(id(set)),
         }
     }
 
@@ -165,7 +171,7 @@ mod apply {
             .with_policy(policy)
             .start();
         r.send(staged("set-a")).await.unwrap();
-        assert_eq!(r.send(WaitingSet).await.unwrap().as_deref(), Some("set-a"));
+        assert_eq!(r.send(WaitingSet).await.unwrap(), Some(id("set-a")));
         // One second before the window: nothing.
         tokio::time::sleep_until(Instant::now() + Duration::from_secs(12 * 3600 - 1)).await;
         assert!(restarts.try_recv().is_none(), "restarted before the window");
@@ -203,7 +209,7 @@ mod apply {
         // Next day: still stuck, so never; the wait goes on.
         tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
         assert!(restarts.try_recv().is_none());
-        assert_eq!(r.send(WaitingSet).await.unwrap().as_deref(), Some("set-a"));
+        assert_eq!(r.send(WaitingSet).await.unwrap(), Some(id("set-a")));
     }
 
     #[actix_rt::test]
@@ -229,7 +235,7 @@ mod apply {
         assert!(restarts.try_recv().is_none(), "restarted without approval");
         let other = Approve {
             by: "portal".into(),
-            set_id: Some("set-b".into()),
+            set_id: Some(id("set-b")),
         };
         assert!(
             !r.send(other).await.unwrap(),
@@ -289,8 +295,8 @@ mod apply {
         };
         write_modules_info(&layout.upgrade(), &[module]).unwrap();
         let hold = Hold::new(
-            vec!["g:a:1".into()],
-            Some("set-a".into()),
+            vec!["g:a:1".parse().unwrap()],
+            Some(id("set-a")),
             "approval".into(),
         );
         hold::write(&layout, &hold).unwrap();
@@ -315,8 +321,8 @@ mod apply {
             .with_home(layout.clone())
             .start();
         assert_eq!(
-            r.send(WaitingSet).await.unwrap().as_deref(),
-            Some("set-a"),
+            r.send(WaitingSet).await.unwrap(),
+            Some(id("set-a")),
             "the held set waits again, under its id (a portal approval names it)"
         );
         tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
@@ -325,7 +331,7 @@ mod apply {
         assert!(r
             .send(Approve {
                 by: "portal".into(),
-                set_id: Some("set-a".into()),
+                set_id: Some(id("set-a")),
             })
             .await
             .unwrap());

@@ -1047,10 +1047,10 @@ async fn a_quarantined_target_is_refused_before_any_download_until_retried_or_re
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
     let beta = publish(&repo, "beta", "1.0", &[], &[]);
     let q = Quarantine {
-        set: "0123abcd".into(),
+        set: None,
         modules: vec![
-            "com.example:alpha:1.0".into(),
-            "com.example:beta:1.0".into(),
+            "com.example:alpha:1.0".parse().unwrap(),
+            "com.example:beta:1.0".parse().unwrap(),
         ],
         reason: "component drill is ERROR: failure drill".into(),
         rolled_back_ms: 1_700_000_000_000,
@@ -1217,7 +1217,7 @@ async fn a_synchronisation_has_a_span_with_its_trigger_and_target_set_and_each_h
     let syncs = spans.named("synchronisation");
     assert_eq!(syncs.len(), 1, "{syncs:?}");
     assert_eq!(syncs[0]["trigger"], "FirstRun");
-    assert_eq!(syncs[0]["target_set"], target_set_id(&[module]));
+    assert_eq!(syncs[0]["target_set"], target_set_id(&[module]).to_string());
     for handler in [
         "portal_link.synchronise",
         "portal_link.get_env_modules_response",
@@ -1766,7 +1766,7 @@ async fn on_probation_a_resync_with_nothing_to_do_leaves_the_final_status_to_the
     banalytics_home::swap::set_probation(
         &Layout::new(b.home.path()),
         &banalytics_home::swap::Probation {
-            set: "new".into(),
+            set: banalytics_home::ContentId::from_digest(banalytics_home::Sha256::of(b"new")),
             boot_attempts: 1,
             last_error: None,
             excused: Vec::new(),
@@ -1929,7 +1929,11 @@ async fn an_upgrade_answers_started_and_one_while_it_runs_answers_joined() {
     let started = first.await.unwrap();
     assert_eq!(started.outcome, UpgradeOutcome::Started, "{started:?}");
     let id = target_set_id(&[serde_json::from_value::<Module>(alpha.object.clone()).unwrap()]);
-    assert!(started.message.contains(&id), "{}", started.message);
+    assert!(
+        started.message.contains(&id.to_string()),
+        "{}",
+        started.message
+    );
     let sync = b.wait_sync_after(0).await;
     assert_eq!(sync["state"], "staged", "{sync}");
     assert_eq!(sync["requests"], json!([21, 22]), "{sync}");

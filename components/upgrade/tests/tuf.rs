@@ -24,7 +24,7 @@ use banalytics_upgrade_center::{
     fetch::{self, FetchConfig},
     tuf::{self, Trust},
 };
-use repo::{sha256_hex, Repo};
+use repo::{sha256_hex, sha256_of, Repo};
 use tough::{
     editor::{signed::SignedRole, RepositoryEditor},
     key_source::{KeySource, LocalKeySource},
@@ -226,7 +226,7 @@ async fn metadata_made_by_another_signer_verifies_and_lists_the_targets() {
     s.serve(&s.sign(&[(JAR, b"jar one")], 1, 30, 1).await);
     let t = refresh(&s, &layout).await.unwrap();
     let jar = t.get(JAR).expect("the jar is a target");
-    assert_eq!(jar.sha256, sha256_hex(b"jar one"));
+    assert_eq!(jar.sha256, sha256_of(b"jar one"));
     assert_eq!(jar.length, 7);
     assert_eq!(t.len(), 1);
     for f in [
@@ -257,7 +257,7 @@ async fn a_no_change_refresh_fetches_the_timestamp_only_and_a_change_fetches_the
     s.repo.reset_counters();
     s.serve(&s.sign(&[(JAR, b"jar two")], 2, 30, 1).await);
     let t = refresh(&s, &layout).await.unwrap();
-    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar two"));
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_of(b"jar two"));
     let got = metadata_gets(&s.repo);
     for f in [
         "timestamp.json",
@@ -337,7 +337,7 @@ async fn the_store_survives_a_kill_during_an_update() {
     .unwrap();
     std::fs::write(store.join("snapshot.json.tmp"), b"{\"si").unwrap();
     let t = refresh(&s, &layout).await.unwrap();
-    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar one"));
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_of(b"jar one"));
 
     // A store whose snapshot does not match its timestamp (a disk that
     // lost a write): the refresh falls back to the repository.
@@ -345,7 +345,7 @@ async fn the_store_survives_a_kill_during_an_update() {
     s.serve(&v2);
     std::fs::write(store.join("timestamp.json"), &v2["timestamp.json"]).unwrap();
     let t = refresh(&s, &layout).await.unwrap();
-    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar two"));
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_of(b"jar two"));
     assert_eq!(
         std::fs::read(store.join("snapshot.json")).unwrap(),
         v2["snapshot.json"]
@@ -427,16 +427,10 @@ async fn only_signed_targets_are_resolved_and_the_frame_is_a_hint() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        r.main.expected.sha256.as_deref(),
-        Some(sha256_hex(b"jar one").as_str())
-    );
+    assert_eq!(r.main.expected.sha256, Some(sha256_of(b"jar one")));
     assert_eq!(r.main.expected.size, Some(7));
     let deps = r.dependencies.expect("the signed package");
-    assert_eq!(
-        deps.expected.sha256.as_deref(),
-        Some(sha256_hex(b"zip").as_str())
-    );
+    assert_eq!(deps.expected.sha256, Some(sha256_of(b"zip")));
     assert!(r.model.is_none(), "no model is signed");
 
     // A package the frame declares that nobody signed: refused
@@ -507,7 +501,7 @@ async fn a_forged_root_json_in_the_store_is_never_trusted_and_is_replaced_by_the
     std::fs::write(store.join("root.json"), forged_root(99).await).unwrap();
     s.repo.reset_counters();
     let t = refresh(&s, &layout).await.unwrap();
-    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar one"));
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_of(b"jar one"));
     // Verified from the pinned root: the chain looked for root 2 in the
     // repository (the stored root.json is not the one it ended with).
     assert_eq!(
@@ -538,7 +532,7 @@ async fn a_stored_chain_root_that_does_not_verify_is_discarded_and_the_chain_fet
     std::fs::write(store.join("3.root.json"), forged_root(3).await).unwrap();
     s.repo.reset_counters();
     let t = refresh(&s, &layout).await.unwrap();
-    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar one"));
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_of(b"jar one"));
     assert!(!store.join("2.root.json").exists(), "discarded");
     assert!(!store.join("3.root.json").exists(), "discarded with it");
     let got = metadata_gets(&s.repo);
@@ -560,7 +554,7 @@ async fn a_reprovisioned_trust_root_with_other_keys_and_the_same_version_starts_
     let second = Signed::new().await;
     second.serve(&second.sign(&[(JAR, b"jar two")], 1, 30, 1).await);
     let t = refresh(&second, &layout).await.unwrap();
-    assert_eq!(t.get(JAR).unwrap().sha256, sha256_hex(b"jar two"));
+    assert_eq!(t.get(JAR).unwrap().sha256, sha256_of(b"jar two"));
     let store = home.path().join("state/tuf");
     assert_eq!(
         std::fs::read(store.join("1.root.json")).unwrap(),

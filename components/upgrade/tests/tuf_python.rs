@@ -41,7 +41,7 @@ use banalytics_upgrade_center::{
     plan::{plan, ResolvedModule},
     tuf::{self, Trust},
 };
-use repo::{sha256_hex, Repo};
+use repo::{sha256_hex, sha256_of, Repo};
 
 const JAR: &str = "com/example/tuf/a/1.0/a-1.0.jar";
 const BIN: &str = "com/example/tuf/a/1.0/a-1.0-bin.zip";
@@ -190,8 +190,8 @@ async fn verifies_and_downloads_at_the_stored_paths(name: &'static str) {
 
     // The signed facts, not the frame's (which has none).
     assert_eq!(
-        resolved.main.expected.sha256.as_deref(),
-        Some(sha256_hex(&f.targets[JAR]).as_str())
+        resolved.main.expected.sha256,
+        Some(sha256_of(&f.targets[JAR]))
     );
     assert_eq!(
         resolved.main.expected.size,
@@ -209,7 +209,7 @@ async fn verifies_and_downloads_at_the_stored_paths(name: &'static str) {
     ] {
         let body = std::fs::read(layout.download().join(cache_name)).unwrap();
         assert_eq!(body, f.targets[target], "{cache_name}");
-        assert_eq!(cached[cache_name].sha256, sha256_hex(&body));
+        assert_eq!(cached[cache_name].sha256, sha256_of(&body));
         assert!(
             f.repo
                 .requests()
@@ -350,10 +350,7 @@ async fn a_target_cut_in_the_middle_is_resumed_by_the_boxs_fetch_engine() {
 
     let body = std::fs::read(layout.download().join("com.example.tuf-a-1.0.jar")).unwrap();
     assert_eq!(body, f.targets[JAR]);
-    assert_eq!(
-        cached["com.example.tuf-a-1.0.jar"].sha256,
-        sha256_hex(&body)
-    );
+    assert_eq!(cached["com.example.tuf-a-1.0.jar"].sha256, sha256_of(&body));
     let gets: Vec<_> = f
         .repo
         .requests()
@@ -381,11 +378,8 @@ async fn delegated_targets_resolve_by_the_delegation_search(name: &'static str) 
 
     // a-owner's jar, not rogue's (whose bytes the consistent repository
     // also serves, at their own hash-prefixed path).
-    let genuine = sha256_hex(&f.targets[JAR]);
-    assert_eq!(
-        resolved.main.expected.sha256.as_deref(),
-        Some(genuine.as_str())
-    );
+    let genuine = sha256_of(&f.targets[JAR]);
+    assert_eq!(resolved.main.expected.sha256, Some(genuine));
     assert_eq!(resolved.main.url, f.repo.url_of(&f.stored_at(JAR)));
     let jar = std::fs::read(layout.download().join("com.example.tuf-a-1.0.jar")).unwrap();
     assert_eq!(jar, f.targets[JAR]);
@@ -454,7 +448,7 @@ async fn a_damaged_delegated_role_in_the_home_is_fetched_again_and_mended() {
     let again = tuf::refresh(&client, &cfg, &layout, &f.trust())
         .await
         .unwrap();
-    assert_eq!(again.get(JAR).unwrap().sha256, sha256_hex(&f.targets[JAR]));
+    assert_eq!(again.get(JAR).unwrap().sha256, sha256_of(&f.targets[JAR]));
     assert!(
         f.metadata_gets().contains(&"1.a-owner.json".to_owned()),
         "{:?}",

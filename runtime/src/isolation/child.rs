@@ -165,21 +165,23 @@ fn serve(args: &ChildArgs, stream: UnixStream) -> io::Result<()> {
         ),
     });
     let mut reader = BufReader::with_capacity(64 << 10, stream);
-    let opened = plugins::open(&args.library, |_| Ok(())).and_then(|opened| {
-        let log = Box::leak(Box::new(HostLog {
-            ctx,
-            enabled: log_enabled,
-            log,
-        }));
-        // SAFETY: `log` lives for the process.
-        match unsafe { (opened.init)(log) } {
-            RC_OK => Ok(Arc::new(opened.plugin)),
-            code => Err(format!(
-                "plugin {}: init failed with code {code}",
-                args.library.display()
-            )),
-        }
-    });
+    let opened = plugins::open(&args.library, |_| Ok(()))
+        .map_err(|e| e.to_string())
+        .and_then(|opened| {
+            let log = Box::leak(Box::new(HostLog {
+                ctx,
+                enabled: log_enabled,
+                log,
+            }));
+            // SAFETY: `log` lives for the process.
+            match unsafe { (opened.init)(log) } {
+                RC_OK => Ok(Arc::new(opened.plugin)),
+                code => Err(format!(
+                    "plugin {}: init failed with code {code}",
+                    args.library.display()
+                )),
+            }
+        });
     // The first frame is `create`.
     let Some(Frame::Create { kind, init }) = Frame::read(&mut reader)? else {
         return Err(io::Error::other("the host did not begin with create"));

@@ -75,19 +75,53 @@
 //! (it still reads the kinds and topics from it at start, so a library
 //! whose initialisers crash takes the host down at load, isolated or not).
 
+#[cfg(unix)]
 pub mod child;
 pub mod frame;
+#[cfg(unix)]
 mod proxy;
+#[cfg(unix)]
 pub(crate) mod sandbox;
 
+use std::time::Duration;
+#[cfg(unix)]
 use std::{
     io,
     process::{Child, Command},
     sync::{mpsc, Mutex},
-    time::Duration,
 };
 
+#[cfg(unix)]
 pub(crate) use proxy::create;
+
+/// Not on Windows yet: the child's link (a socket pair as descriptor 3),
+/// its limits (`setrlimit`) and its sandbox (Landlock) have no Windows
+/// implementation, so a component with `isolation = "process"` is refused
+/// when it is created, and `isolation = "none"` runs it in the host.
+#[cfg(windows)]
+pub(crate) fn create(
+    _entry: &std::sync::Arc<crate::plugins::KindEntry>,
+    _init: &banalytics_sdk::component::ComponentInit,
+    _limits: Limits,
+) -> Result<Box<dyn banalytics_sdk::component::Component>, banalytics_sdk::ComponentError> {
+    Err(banalytics_sdk::ComponentError::Start(
+        "isolation = \"process\" is not available on Windows yet (README, Windows): use isolation = \"none\"".to_owned(),
+    ))
+}
+
+/// What the platform offers isolated components, as `status` shows it
+/// (`host.sandbox`): the kernel's Landlock.
+#[cfg(unix)]
+pub fn sandbox_status() -> serde_json::Value {
+    serde_json::to_value(sandbox::Support::probe()).expect("plain data")
+}
+
+/// What the platform offers isolated components, as `status` shows it
+/// (`host.sandbox`): nothing on Windows, where they are not available yet.
+#[cfg(windows)]
+pub fn sandbox_status() -> serde_json::Value {
+    serde_json::json!({ "landlock_abi": null, "level": "none" })
+}
 
 /// How a component runs: in the host (the default) or in a child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +167,7 @@ pub const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// The descriptor the child finds its end of the socket pair on.
 pub const CHILD_SOCKET_FD: i32 = 3;
 
+#[cfg(unix)]
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
 /// Spawns the children of isolated components from one thread that lives
@@ -140,6 +175,7 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 /// forked a child exits, not the process, so a child spawned from an
 /// arbiter that a stop ended would be killed with it. One per host (the
 /// plugin kinds share it); the thread is started at the first spawn.
+#[cfg(unix)]
 #[derive(Default)]
 pub struct Spawner {
     requests: Mutex<Option<mpsc::Sender<SpawnRequest>>>,
@@ -148,6 +184,15 @@ pub struct Spawner {
     sandbox: std::sync::OnceLock<sandbox::Support>,
 }
 
+/// No spawner on Windows: isolated components are not available there yet
+/// ([`create`]).
+#[cfg(windows)]
+#[derive(Default)]
+pub struct Spawner {
+    _none: (),
+}
+
+#[cfg(unix)]
 impl Spawner {
     /// Spawns `command` on the spawner thread.
     pub fn spawn(&self, command: Command) -> io::Result<Child> {

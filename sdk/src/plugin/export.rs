@@ -57,7 +57,8 @@ macro_rules! export_plugin {
             #[unsafe(no_mangle)]
             #[allow(non_upper_case_globals)]
             #[cfg_attr(target_vendor = "apple", unsafe(link_section = "__DATA,__bnlx_plugin"))]
-            #[cfg_attr(not(target_vendor = "apple"), unsafe(link_section = ".banalytics_plugin"))]
+            #[cfg_attr(windows, unsafe(link_section = ".bnlxid"))]
+            #[cfg_attr(not(any(target_vendor = "apple", windows)), unsafe(link_section = ".banalytics_plugin"))]
             pub static banalytics_plugin_identity_record: [u8; RECORD_LEN] =
                 $crate::plugin::identity::record::<RECORD_LEN>($abi, KIND_NAMES);
 

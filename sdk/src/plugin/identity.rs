@@ -30,6 +30,10 @@ pub const SECTION: &str = ".banalytics_plugin";
 /// The section of the identity in a Mach-O library (segment `__DATA`);
 /// Mach-O section names have at most 16 bytes.
 pub const MACHO_SECTION: &str = "__bnlx_plugin";
+/// The section of the identity in a PE library (Windows `.dll`): image
+/// section names longer than 8 bytes survive only with GNU linkers, so a
+/// short one.
+pub const PE_SECTION: &str = ".bnlxid";
 /// The exported symbol of the identity's static. Exported so that no linker
 /// drops the section as unreferenced; readers use the section.
 pub const SYMBOL: &str = "banalytics_plugin_identity_record";
@@ -150,6 +154,7 @@ impl FileIdentity {
         let section = object
             .section_by_name(SECTION)
             .or_else(|| object.section_by_name(MACHO_SECTION))
+            .or_else(|| object.section_by_name(PE_SECTION))
             .ok_or_else(|| FileIdentityError::NoIdentity {
                 file: path.to_owned(),
             })?;

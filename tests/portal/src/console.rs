@@ -3,7 +3,8 @@
 //! Server-Sent Events. Each live region of a page names its view
 //! (`data-sse="/console/events?view=..."`); the one small script
 //! ([`SCRIPT`], embedded, no build step) opens that stream and swaps the
-//! region's HTML with each event. The server renders the region again at
+//! region's HTML with each event, and keeps each relative time ("3 min
+//! ago") true from its `<time datetime>` (`ui::TIME_SCRIPT`). The server renders the region again at
 //! most every [`RENDER_EVERY`] after a change, so a burst of statuses is one
 //! update.
 //!
@@ -27,7 +28,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use axum::{
@@ -41,8 +42,9 @@ use axum::{
     routing::{get, post},
     Form, Router,
 };
+use banalytics_ui::{self as ui, Button, ButtonKind, Outcome};
 use futures_util::stream::Stream;
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup};
 use serde_json::Value;
 
 use super::{
@@ -51,7 +53,8 @@ use super::{
     App, EnvironmentReport, StatusRecord,
 };
 
-/// The console's only script: live regions follow their event stream.
+/// The console's only script: live regions follow their event stream
+/// (served with [`ui::TIME_SCRIPT`], which keeps "3 min ago" true).
 pub const SCRIPT: &str = r#"// Each element with data-sse follows its Server-Sent Events stream:
 // every event carries the element's new HTML.
 document.querySelectorAll("[data-sse]").forEach(function (el) {
@@ -66,10 +69,22 @@ pub const RENDER_EVERY: Duration = Duration::from_millis(200);
 /// Statuses shown in an environment's history, newest first.
 const HISTORY_SHOWN: usize = 200;
 
+/// Downloads followed at once per environment; a box names the modules it
+/// fetches, and a set has far fewer (a box that names more gets no bar
+/// for the rest).
+const MAX_DOWNLOADS_PER_ENV: usize = 64;
+
+/// The name of the console in each page's header and title.
+const PRODUCT: &str = "Banalytics fleet console";
+
 /// What the console remembers beside the portal's own state.
 #[derive(Default)]
 pub(crate) struct ConsoleState {
     installed: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Per environment, the modules it reported `downloading` for and not
+    /// yet `downloaded` (or failed), each with the repository's bytes
+    /// served for the module's files when it started.
+    downloads: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
 impl ConsoleState {
@@ -88,6 +103,73 @@ impl ConsoleState {
             .get(env)
             .cloned()
     }
+
+    fn download_started(&self, env: &str, module: String, served: u64) {
+        let mut downloads = self.downloads.lock().expect("console lock");
+        let mine = downloads.entry(env.to_string()).or_default();
+        if mine.len() < MAX_DOWNLOADS_PER_ENV || mine.contains_key(&module) {
+            mine.insert(module, served);
+        }
+    }
+
+    fn download_ended(&self, env: &str, module: Option<&str>) {
+        let mut downloads = self.downloads.lock().expect("console lock");
+        match module {
+            Some(m) => {
+                if let Some(mine) = downloads.get_mut(env) {
+                    mine.remove(m);
+                }
+            }
+            None => {
+                downloads.remove(env);
+            }
+        }
+    }
+
+    fn downloads(&self, env: &str) -> BTreeMap<String, u64> {
+        self.downloads
+            .lock()
+            .expect("console lock")
+            .get(env)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// What the console keeps of a status `env` reported: the assigned set as
+/// the installed one at `installed`; where a module's download started at
+/// `downloading`, until its `downloaded` or `download_error` or the
+/// synchronisation's end.
+pub(crate) fn status_recorded(app: &App, env: &str, record: &StatusRecord) {
+    let module = coordinates(&record.module);
+    match (record.status.as_str(), module) {
+        (Some("installed"), _) => {
+            let set = app.store.assignments().remove(env).unwrap_or_default();
+            app.console.installed(env, set);
+            app.console.download_ended(env, None);
+        }
+        (Some("installation_cancelled"), _) => app.console.download_ended(env, None),
+        (Some("downloading"), Some(m)) => {
+            let served = app.stats.bytes_under(&repository_folder(&m));
+            app.console.download_started(env, m, served);
+        }
+        (Some("downloaded" | "download_error"), Some(m)) => {
+            app.console.download_ended(env, Some(&m));
+        }
+        _ => {}
+    }
+}
+
+/// The repository folder of `coords` (`group:artifact:version`), as the
+/// request paths the stats count: `/repo/com/example/alpha/2.0/`.
+fn repository_folder(coords: &str) -> String {
+    let mut parts = coords.splitn(3, ':');
+    let (g, a, v) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    format!("/repo/{}/", super::store::module_dir(g, a, v))
 }
 
 pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
@@ -191,65 +273,44 @@ async fn session_required(State(app): State<Arc<App>>, req: Request, next: Next)
 async fn script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
+        [SCRIPT, ui::TIME_SCRIPT].concat(),
     )
         .into_response()
 }
 
-fn page(title: &str, body: Markup) -> Html<String> {
+/// A console page titled `title`, in the navigation's section `section`
+/// (the `href` of its link).
+fn page(title: &str, section: &str, body: Markup) -> Html<String> {
     Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    title { (title) " · Banalytics fleet console" }
-                    style { (PreEscaped(STYLE)) }
-                }
-                body {
-                    nav {
-                        a href="/console" { "Environments" }
-                        a href="/console/modules" { "Modules" }
-                        a href="/console/assign" { "Assign" }
-                        a href="/console/rollouts" { "Rollouts" }
-                        form method="post" action="/console/logout" class="inline" {
-                            button type="submit" { "Log out" }
-                        }
-                    }
-                    h1 { (title) }
-                    (body)
-                    script src="/console/console.js" {}
-                }
-            }
-        }
-        .into_string(),
+        ui::Page::new(PRODUCT, title)
+            .nav("/console", "Environments")
+            .nav("/console/modules", "Modules")
+            .nav("/console/assign", "Assign")
+            .nav("/console/rollouts", "Rollouts")
+            .current(section)
+            .nav_end(Button::post("/console/logout", "Log out").render())
+            .script("/console/console.js")
+            .render(body)
+            .into_string(),
     )
 }
-
-const STYLE: &str = "body{font-family:sans-serif;margin:1em 2em;color:#222}
-nav a{margin-right:1em}nav{margin-bottom:1em}.inline{display:inline}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
-.ok{color:#070}.bad{color:#b00}.dim{color:#777}fieldset{margin:.5em 0}";
 
 // ---------------------------------------------------------------- login
 
 async fn login_page() -> Html<String> {
     Html(
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                head { meta charset="utf-8"; title { "Log in · Banalytics fleet console" } }
-                body {
-                    h1 { "Banalytics fleet console" }
-                    form method="post" action="/console/login" {
-                        label { "Admin token " input type="password" name="token" id="token" autofocus; }
-                        " "
-                        button type="submit" id="login" { "Log in" }
-                    }
+        ui::Page::new(PRODUCT, "Log in")
+            .render(html! {
+                form method="post" action="/console/login" {
+                    (ui::field_with_hint(
+                        "Admin token",
+                        html! { input type="password" name="token" id="token" autocomplete="current-password" autofocus; },
+                        "printed once by the portal at its first start",
+                    ))
+                    div.actions { (Button::submit("Log in").id("login").kind(ButtonKind::Primary).render()) }
                 }
-            }
-        }
-        .into_string(),
+            })
+            .into_string(),
     )
 }
 
@@ -372,6 +433,18 @@ fn text(v: &Value) -> String {
     v.as_str().map_or_else(String::new, str::to_string)
 }
 
+/// `groupId:artifactId:version` of a module object; `None` for anything
+/// else (`null`, the whole set).
+fn coordinates(m: &Value) -> Option<String> {
+    let field = |k: &str| m.get(k).and_then(Value::as_str);
+    Some(format!(
+        "{}:{}:{}",
+        field("groupId")?,
+        field("artifactId")?,
+        field("version")?
+    ))
+}
+
 fn module_label(m: &Value) -> String {
     match m {
         Value::Object(o) => format!(
@@ -395,6 +468,49 @@ fn status_line(s: &StatusRecord) -> String {
         line.push_str(m);
     }
     line
+}
+
+/// What a status means to an operator: the protocol's five values, and a
+/// `downloaded` whose message says the set waits (for a window, an
+/// approval, a busy component: contracts section 3 puts that there).
+fn status_outcome(s: &StatusRecord) -> Outcome {
+    let waits = s
+        .status_message
+        .as_str()
+        .is_some_and(|m| m.contains("waits"));
+    match s.status.as_str() {
+        Some("installed") => Outcome::Good,
+        Some("download_error" | "installation_cancelled") => Outcome::Bad,
+        Some("downloading") => Outcome::Running,
+        Some("downloaded") if waits => Outcome::Waiting,
+        Some("downloaded") => Outcome::Good,
+        _ => Outcome::Neutral,
+    }
+}
+
+fn status_badge(s: &StatusRecord) -> Markup {
+    let word = s.status.as_str().unwrap_or("?");
+    ui::badge(status_outcome(s), &word.replace('_', " "))
+}
+
+/// When the portal received `s`, absolute and relative to `now`.
+fn received(s: &StatusRecord, now: SystemTime) -> Markup {
+    match s.received_ms {
+        Some(ms) => ui::time(ui::unix_ms(ms), now),
+        None => html! { span.dim { "unknown" } },
+    }
+}
+
+/// A status in one cell: its badge, module, message and time.
+fn status_cell(s: &StatusRecord, now: SystemTime) -> Markup {
+    html! {
+        (status_badge(s))
+        @if !s.module.is_null() { " " code { (module_label(&s.module)) } }
+        @if let Some(m) = s.status_message.as_str().filter(|m| !m.is_empty()) {
+            div.message title=(m) { (m) }
+        }
+        div { (received(s, now)) }
+    }
 }
 
 fn is_verdict(s: &StatusRecord) -> bool {
@@ -429,6 +545,52 @@ fn progress_text(e: &EnvironmentReport) -> String {
     format!("{downloaded} downloaded; last: {last}")
 }
 
+/// The bytes a box fetches for `m`: the main artifact of this portal's
+/// platform (a native module's build), and its packages.
+fn download_size(m: &super::ModuleObject) -> u64 {
+    m.main_size()
+        + m.dependencies.as_ref().map_or(0, |d| d.size)
+        + m.model.as_ref().map_or(0, |d| d.size)
+}
+
+/// A bar per module `env` is downloading. The box reports no byte counts
+/// (contracts section 3), so the bar shows the bytes the repository served
+/// for the module's files since the box said `downloading`: exact for one
+/// box, and the sum (never above the module's size) when several boxes
+/// fetch the same module at once.
+fn download_bars(app: &App, env: &str) -> Markup {
+    let downloads = app.console.downloads(env);
+    if downloads.is_empty() {
+        return html! {};
+    }
+    let modules: BTreeMap<String, super::ModuleObject> = app
+        .store
+        .modules()
+        .into_iter()
+        .map(|m| (m.coordinates(), m))
+        .collect();
+    html! {
+        @for (coords, started) in &downloads {
+            @let served = app.stats.bytes_under(&repository_folder(coords)).saturating_sub(*started);
+            (ui::progress(&format!("Download of {coords}"), served, modules.get(coords).map(download_size)))
+        }
+    }
+}
+
+/// The synchronisation in progress: its steps so far and a bar per
+/// download; "idle" between synchronisations.
+fn sync_cell(app: &App, e: &EnvironmentReport) -> Markup {
+    let steps = progress_text(e);
+    html! {
+        @if steps.is_empty() {
+            span.dim { "idle" }
+        } @else {
+            span.steps { (steps) }
+            (download_bars(app, &e.environment_uuid))
+        }
+    }
+}
+
 fn core_label(e: &EnvironmentReport) -> String {
     e.last_core_module
         .as_ref()
@@ -437,8 +599,10 @@ fn core_label(e: &EnvironmentReport) -> String {
 }
 
 fn connected_cell(e: &EnvironmentReport) -> Markup {
-    html! {
-        @if e.connected { span.ok { "connected" } } @else { span.bad { "offline" } }
+    if e.connected {
+        ui::badge(Outcome::Good, "connected")
+    } else {
+        ui::badge(Outcome::Bad, "offline")
     }
 }
 
@@ -456,29 +620,69 @@ fn registration_label(e: &EnvironmentReport) -> String {
     }
 }
 
-fn environments_table(app: &App) -> Markup {
-    let envs = app.environments();
-    html! {
-        p { (envs.len()) " environment(s), " (envs.iter().filter(|e| e.connected).count()) " connected" }
-        table id="environments" {
-            tr { th {} th { "Environment" } th { "Link" } th { "Core" } th { "Installed set" } th { "Assigned" } th { "Last status" } th { "Synchronisation" } }
-            @for e in &envs {
-                tr data-env=(e.environment_uuid) {
-                    td { input type="checkbox" form="group" name="env" value=(e.environment_uuid); }
-                    td { a href={ "/console/env/" (e.environment_uuid) } { (e.environment_uuid) } }
-                    td { (connected_cell(e)) }
-                    td { (core_label(e)) }
-                    td { (app.console.installed_set(&e.environment_uuid).map(|s| s.join(", ")).unwrap_or_else(|| "?".into())) }
-                    td { (e.assigned.join(", ")) }
-                    td class="last-status" {
-                        (e.statuses.last().map(status_line).unwrap_or_default())
-                        @if let Some(reason) = rollback_reason(e) {
-                            br; span.bad { "rolled back / cancelled: " (reason) }
-                        }
-                    }
-                    td class="progress" { (progress_text(e)) }
+/// `group:artifact:version` strings as the `(module, version)` pairs a
+/// set difference compares.
+fn pairs(set: &[String]) -> Vec<(&str, &str)> {
+    set.iter().map(|c| ui::split_version(c)).collect()
+}
+
+/// The installed set against the assigned one, in a few words.
+fn sets_cell(installed: Option<&[String]>, assigned: &[String]) -> Markup {
+    match installed {
+        None => html! {
+            (ui::badge(Outcome::Neutral, "installed set unknown"))
+            br; span.dim { (assigned.len()) " module(s) assigned" }
+        },
+        Some(installed) => {
+            let rows = ui::diff(pairs(installed), pairs(assigned));
+            let same = rows.iter().all(|r| r.change == ui::Change::Unchanged);
+            html! {
+                @if same {
+                    (ui::badge(Outcome::Good, "as assigned"))
+                    br; span.dim { (installed.len()) " module(s)" }
+                } @else {
+                    (ui::badge(Outcome::Waiting, "differs"))
+                    br; span.dim { (ui::diff_summary(&rows)) }
                 }
             }
+        }
+    }
+}
+
+fn environments_table(app: &App) -> Markup {
+    let envs = app.environments();
+    let now = SystemTime::now();
+    html! {
+        p { (envs.len()) " environment(s), " (envs.iter().filter(|e| e.connected).count()) " connected" }
+        @if envs.is_empty() {
+            (ui::empty(
+                "No box has connected yet.",
+                html! { "Register a box below, put its two lines into the box's " code { "config/device-registration.properties" } " and start it: it appears here when it connects." },
+            ))
+        } @else {
+            (ui::table("environments", "Environments", &["Select", "Environment", "Link and core", "Installed set", "Last status", "Synchronisation"], html! {
+                @for e in &envs {
+                    tr data-env=(e.environment_uuid) {
+                        td { input type="checkbox" form="group" name="env" value=(e.environment_uuid) aria-label={ "Select " (e.environment_uuid) }; }
+                        td {
+                            a href={ "/console/env/" (e.environment_uuid) } { (e.environment_uuid) }
+                            @if !e.name.is_empty() { br; span.dim { (e.name) } }
+                        }
+                        td data-label="Link and core" {
+                            (connected_cell(e))
+                            br; span.dim title=(core_label(e)) { "core " (e.last_core_module.as_ref().map(|m| ui::split_version(&module_label(m)).1.to_string()).unwrap_or_else(|| "unknown".into())) }
+                        }
+                        td data-label="Installed set" { (sets_cell(app.console.installed_set(&e.environment_uuid).as_deref(), &e.assigned)) }
+                        td.last-status.clamp data-label="Last status" {
+                            @if let Some(s) = e.statuses.last() { (status_cell(s, now)) } @else { span.dim { "none yet" } }
+                            @if let Some(reason) = rollback_reason(e).filter(|_| !e.statuses.last().is_some_and(is_verdict)) {
+                                div.bad.message title=(reason) { "rolled back / cancelled: " (reason) }
+                            }
+                        }
+                        td.sync data-label="Synchronisation" { (sync_cell(app, e)) }
+                    }
+                }
+            }))
         }
     }
 }
@@ -493,7 +697,7 @@ fn tuf_root_warning(app: &App) -> Option<Markup> {
     let expires = super::tuf::root_expires(data)?;
     due.then(|| {
         html! {
-            p.bad id="tuf-root" {
+            p.bad.error id="tuf-root" {
                 "The repository's TUF root expires at " (expires.to_string())
                 " and its keys are not at hand: run " code { "banalytics-portal keys renew-root" }
                 " with the root key folder mounted. Once it expired, every box refuses the repository."
@@ -505,17 +709,17 @@ fn tuf_root_warning(app: &App) -> Option<Markup> {
 async fn environments_page(State(app): State<Arc<App>>) -> Html<String> {
     page(
         "Environments",
+        "/console",
         html! {
             @if let Some(warning) = tuf_root_warning(&app) { (warning) }
-            form id="group" method="get" action="/console/assign" {
-                button type="submit" { "Assign to the selected…" }
+            form id="group" method="get" action="/console/assign" class="actions" {
+                (Button::submit("Assign to the selected…").render())
             }
             (live("envs", environments_table(&app)))
             h2 { "Register a box" }
             form method="post" action="/console/environments/add" id="register" {
-                label { "Name " input name="name" id="register-name"; }
-                " "
-                button type="submit" { "Register" }
+                (ui::field("Name", html! { input name="name" id="register-name"; }))
+                div.actions { (Button::submit("Register").render()) }
             }
             (refusals(&app))
         },
@@ -531,12 +735,11 @@ fn refusals(app: &App) -> Markup {
             (stats.refused_connections) " upgrade(s) refused (unknown environment, wrong secret, revoked)"
         }
         @if !stats.refused_by_address.is_empty() {
-            table id="refused-by-address" {
-                tr { th { "Address" } th { "Refused" } }
+            (ui::table("refused-by-address", "Refused upgrades by address", &["Address", "Refused"], html! {
                 @for (address, n) in &stats.refused_by_address {
-                    tr { td { (address.to_string()) } td { (n) } }
+                    tr { td { (address.to_string()) } td.num { (n) } }
                 }
-            }
+            }))
         }
     }
 }
@@ -555,6 +758,7 @@ async fn add_environment(State(app): State<Arc<App>>, Form(form): Form<AddForm>)
     };
     let body = page(
         "Box registered",
+        "/console",
         html! {
             p { "Put these two lines in the box's " code { "config/device-registration.properties" } ". The secret is shown this once: the portal keeps only its SHA-256." }
             pre id="registration" {
@@ -581,6 +785,22 @@ async fn rotate_secret(State(app): State<Arc<App>>, Path(env): Path<String>) -> 
     }
 }
 
+/// The installed set against the assigned one, module by module.
+fn sets_difference(installed: Option<&[String]>, assigned: &[String]) -> Markup {
+    match installed {
+        None => ui::empty(
+            "The installed set is not known yet.",
+            html! { "The portal learns it when the box reports " code { "installed" } " (since this portal started): synchronise the box now, or wait for its next synchronisation. Assigned: " (if assigned.is_empty() { "nothing".to_string() } else { assigned.join(", ") }) "." },
+        ),
+        Some(installed) => ui::diff_table(
+            "sets",
+            &ui::diff(pairs(installed), pairs(assigned)),
+            "Installed",
+            "Assigned",
+        ),
+    }
+}
+
 fn environment_detail(app: &App, env: &str) -> Markup {
     let e = app
         .environments()
@@ -590,23 +810,47 @@ fn environment_detail(app: &App, env: &str) -> Markup {
             environment_uuid: env.to_string(),
             ..EnvironmentReport::default()
         });
+    let now = SystemTime::now();
+    let installed = app.console.installed_set(env);
+    let mut facts = vec![
+        (
+            "Link",
+            html! { (connected_cell(&e)) " " span.dim { "(" (e.live_connections) " open, " (e.connections) " since start)" } },
+        ),
+        (
+            "Registration",
+            html! { span.registration { (registration_label(&e)) } },
+        ),
+        ("Core", html! { code { (core_label(&e)) } }),
+        (
+            "Synchronisation",
+            html! { div.sync { (sync_cell(app, &e)) } },
+        ),
+    ];
+    if let Some(reason) = rollback_reason(&e) {
+        facts.push((
+            "Rolled back / cancelled",
+            html! { span.bad.reason { (reason) } },
+        ));
+    }
     html! {
-        table {
-            tr { th { "Link" } td { (connected_cell(&e)) " (" (e.live_connections) " open, " (e.connections) " since start)" } }
-            tr { th { "Registration" } td class="registration" { (registration_label(&e)) } }
-            tr { th { "Core" } td { (core_label(&e)) } }
-            tr { th { "Installed set" } td { (app.console.installed_set(env).map(|s| s.join(", ")).unwrap_or_else(|| "?".into())) } }
-            tr { th { "Assigned" } td { (e.assigned.join(", ")) } }
-            tr { th { "Synchronisation" } td class="progress" { (progress_text(&e)) } }
-            @if let Some(reason) = rollback_reason(&e) {
-                tr { th { "Rolled back / cancelled" } td.bad class="reason" { (reason) } }
-            }
-        }
+        (ui::details("environment", "The box", facts))
+        h2 { "Installed and assigned sets" }
+        (sets_difference(installed.as_deref(), &e.assigned))
         h2 { "History" }
-        ol reversed {
-            @for s in e.statuses.iter().rev().take(HISTORY_SHOWN) {
-                li { (status_line(s)) }
-            }
+        @if e.statuses.is_empty() {
+            (ui::empty("No status yet.", html! { "The box reports each step of a synchronisation here: press " i { "Synchronise now" } " above, or assign it a set." }))
+        } @else {
+            (ui::table("history", &format!("Statuses, newest first ({} of {})", e.statuses.len().min(HISTORY_SHOWN), e.statuses.len()), &["Received", "Status", "Module", "Message"], html! {
+                @for s in e.statuses.iter().rev().take(HISTORY_SHOWN) {
+                    tr {
+                        td { (received(s, now)) }
+                        td { (status_badge(s)) }
+                        td data-label="Module" { @if s.module.is_null() { span.dim { "whole set" } } @else { code { (module_label(&s.module)) } } }
+                        td.message { (s.status_message.as_str().unwrap_or_default()) }
+                    }
+                }
+            }))
         }
     }
 }
@@ -614,20 +858,14 @@ fn environment_detail(app: &App, env: &str) -> Markup {
 async fn environment_page(State(app): State<Arc<App>>, Path(env): Path<String>) -> Html<String> {
     page(
         &format!("Environment {env}"),
+        "/console",
         html! {
-            form method="post" action="/console/sync" {
-                input type="hidden" name="env" value=(env);
-                button type="submit" { "Synchronise now" }
-                " "
+            div.actions {
+                (Button::post("/console/sync", "Synchronise now").hidden("env", &env).kind(ButtonKind::Primary).render())
                 a href={ "/console/assign?env=" (env) } { "Assign…" }
-            }
-            @if app.registry.contains(&env) {
-                form method="post" action={ "/console/env/" (env) "/rotate-secret" } class="inline" {
-                    button type="submit" id="rotate-secret" { "Rotate its secret" }
-                }
-                " "
-                form method="post" action={ "/console/env/" (env) "/revoke" } class="inline" {
-                    button type="submit" id="revoke" { "Revoke" }
+                @if app.registry.contains(&env) {
+                    (Button::post(&format!("/console/env/{env}/rotate-secret"), "Rotate its secret").id("rotate-secret").render())
+                    (Button::post(&format!("/console/env/{env}/revoke"), "Revoke").id("revoke").kind(ButtonKind::Danger).render())
                 }
             }
             (live(&format!("env:{env}"), environment_detail(&app, &env)))
@@ -635,30 +873,73 @@ async fn environment_page(State(app): State<Arc<App>>, Path(env): Path<String>) 
     )
 }
 
+/// A module's upload time (ISO-8601 local date-time read as UTC), absolute
+/// and relative to `now`; as given when it does not parse.
+fn upload_time(m: &super::ModuleObject, now: SystemTime) -> Markup {
+    let parsed = m
+        .upload_time
+        .parse::<jiff::civil::DateTime>()
+        .ok()
+        .and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC).ok())
+        .map(|z| SystemTime::from(z.timestamp()));
+    match parsed {
+        Some(at) => ui::time(at, now),
+        None => html! { (m.upload_time) },
+    }
+}
+
+/// The main artifact's size: a native module's build for this portal's
+/// platform (its `size` field is 0: each build has its own), or the
+/// largest build when there is none for this platform.
+fn main_size_cell(m: &super::ModuleObject) -> Markup {
+    match &m.platforms {
+        None => html! { (ui::human_size(m.size)) },
+        Some(builds) => match builds.get(super::PLATFORM) {
+            Some(here) => {
+                html! { (ui::human_size(here.size)) br; span.dim { "this platform's build" } }
+            }
+            None => html! {
+                (ui::human_size(builds.values().map(|b| b.size).max().unwrap_or(0)))
+                br; span.dim { "largest build" }
+            },
+        },
+    }
+}
+
 async fn modules_page(State(app): State<Arc<App>>) -> Html<String> {
     let modules = app.store.modules();
+    let now = SystemTime::now();
+    let part = |p: &Option<super::store::PartInfo>| {
+        p.as_ref()
+            .map(|d| ui::human_size(d.size))
+            .unwrap_or_else(|| "—".to_string())
+    };
     page(
         "Modules",
+        "/console/modules",
         html! {
-            table id="modules" {
-                tr { th { "Module" } th { "Version" } th { "Type" } th { "Platforms" } th { "Size" } th { "Dependencies" } th { "Model" } th { "Uploaded" } }
-                @for m in &modules {
-                    tr {
-                        td { (m.group_id) ":" (m.artifact_id) }
-                        td { (m.version) }
-                        td { (format!("{:?}", m.module_type).to_lowercase()) }
-                        td {
-                            @match &m.platforms {
-                                Some(p) => { @for (triple, part) in p { (triple) " (" (part.size) " B)" br; } }
-                                None => { "any (" (m.packaging) ")" }
+            @if modules.is_empty() {
+                (ui::empty("No module is published yet.", html! { "Publish one with " code { "banalytics-portal publish --group-id … --artifact-id … --version … --type component --file …" } "; it appears here and on the Assign page." }))
+            } @else {
+                (ui::table("modules", "Published modules", &["Module", "Version", "Type", "Platforms", "Size", "Dependencies", "Model", "Uploaded"], html! {
+                    @for m in &modules {
+                        tr data-module=(m.coordinates()) {
+                            td { code { (m.group_id) ":" (m.artifact_id) } }
+                            td data-label="Version" { (m.version) }
+                            td data-label="Type" { (format!("{:?}", m.module_type).to_lowercase()) }
+                            td data-label="Platforms" {
+                                @match &m.platforms {
+                                    Some(p) => { @for (triple, part) in p { code { (triple) } " (" (ui::human_size(part.size)) ")" br; } }
+                                    None => { "any (" (m.packaging) ")" }
+                                }
                             }
+                            td.num.size data-label="Size" { (main_size_cell(m)) }
+                            td.num data-label="Dependencies" { (part(&m.dependencies)) }
+                            td.num data-label="Model" { (part(&m.model)) }
+                            td data-label="Uploaded" { (upload_time(m, now)) }
                         }
-                        td { (m.size) " B" }
-                        td { (m.dependencies.as_ref().map(|d| format!("{} B", d.size)).unwrap_or_default()) }
-                        td { (m.model.as_ref().map(|d| format!("{} B", d.size)).unwrap_or_default()) }
-                        td { (m.upload_time) }
                     }
-                }
+                }))
             }
         },
     )
@@ -690,23 +971,29 @@ async fn assign_page(
     }
     page(
         "Assign",
+        "/console/assign",
         html! {
+            @if envs.is_empty() || artifacts.is_empty() {
+                (ui::empty(
+                    "Nothing to assign yet.",
+                    html! { "Assigning needs a box that has connected (" (envs.len()) " now) and a published module (" (artifacts.len()) " now): register and start a box from the Environments page, publish a module with " code { "banalytics-portal publish" } "." },
+                ))
+            }
             form method="post" action="/console/assign" id="assign" {
                 fieldset {
                     legend { "Environments (one, or a group)" }
                     @for e in &envs {
-                        label {
+                        label.check {
                             input type="checkbox" name="env" value=(e.environment_uuid) checked[chosen.contains(&e.environment_uuid)];
                             " " (e.environment_uuid)
+                            @if !e.name.is_empty() { " " span.dim { "(" (e.name) ")" } }
                         }
-                        br;
                     }
                 }
                 fieldset {
                     legend { "Target set: a version per module" }
                     @for (artifact, versions) in &artifacts {
-                        label {
-                            (artifact) " "
+                        (ui::field(artifact, html! {
                             select name={ "module:" (artifact) } data-artifact=(artifact) {
                                 option value="" { "not installed" }
                                 @for v in versions {
@@ -714,20 +1001,20 @@ async fn assign_page(
                                     option value=(v) selected[current.contains(&c)] { (v) }
                                 }
                             }
-                        }
-                        br;
+                        }))
                     }
                 }
-                button type="submit" name="action" value="assign" { "Assign" }
-                " "
-                button type="submit" name="action" value="assign_sync" id="assign-sync" { "Assign and synchronise now" }
+                div.actions {
+                    (Button::submit("Assign").value("action", "assign").render())
+                    (Button::submit("Assign and synchronise now").value("action", "assign_sync").id("assign-sync").kind(ButtonKind::Primary).render())
+                }
                 fieldset {
                     legend { "Or as a rollout in waves" }
-                    label { "Name " input name="name" value="rollout"; } " "
-                    label { "Waves " input name="waves" value="1, 10%, rest"; } " "
-                    label { "Halt when more than " input name="threshold" value="0" size="3"; "% of a wave failed" } " "
-                    label { "Report within " input name="timeout_s" value=(DEFAULT_REPORT_TIMEOUT_MS / 1000) size="5"; " s" } " "
-                    button type="submit" name="action" value="rollout" id="start-rollout" { "Start rollout" }
+                    (ui::field("Name", html! { input name="name" value="rollout"; }))
+                    (ui::field_with_hint("Waves", html! { input name="waves" value="1, 10%, rest"; }, "sizes: a count, a percentage, rest"))
+                    (ui::field_with_hint("Halt above (% failed)", html! { input name="threshold" value="0" size="3" inputmode="numeric"; }, "of a wave"))
+                    (ui::field_with_hint("Report within (s)", html! { input name="timeout_s" value=(DEFAULT_REPORT_TIMEOUT_MS / 1000) size="5" inputmode="numeric"; }, "or the box counts as failed"))
+                    div.actions { (Button::submit("Start rollout").value("action", "rollout").id("start-rollout").render()) }
                 }
             }
         },
@@ -743,7 +1030,11 @@ fn form_values<'a>(form: &'a [(String, String)], key: &'a str) -> impl Iterator<
 fn bad_request(msg: String) -> Response {
     (
         StatusCode::BAD_REQUEST,
-        Html(html! { p { (msg) } a href="/console/assign" { "back" } }.into_string()),
+        page(
+            "Refused",
+            "",
+            html! { p.error { (msg) } p { a href="/console/assign" { "Back to Assign" } } },
+        ),
     )
         .into_response()
 }
@@ -823,15 +1114,27 @@ async fn sync(State(app): State<Arc<App>>, Form(form): Form<Vec<(String, String)
 // ---------------------------------------------------------------- rollouts
 
 fn box_cell(s: &BoxState) -> Markup {
-    html! {
-        @match s {
-            BoxState::Waiting => span.dim { "waiting for its wave" },
-            BoxState::Assigned { progress, .. } => span { "assigned" (progress.as_ref().map(|p| format!(": {p}")).unwrap_or_default()) },
-            BoxState::Installed => span.ok { "installed" },
-            BoxState::Failed { reason, accepted } => span.bad {
-                "failed: " (reason) @if *accepted { " (accepted)" }
-            },
-        }
+    match s {
+        BoxState::Waiting => ui::badge(Outcome::Waiting, "waiting for its wave"),
+        BoxState::Assigned { progress, .. } => html! {
+            (ui::badge(Outcome::Running, "assigned"))
+            @if let Some(p) = progress { " " span.message { (p) } }
+        },
+        BoxState::Installed => ui::badge(Outcome::Good, "installed"),
+        BoxState::Failed { reason, accepted } => html! {
+            (ui::badge(Outcome::Bad, if *accepted { "failed (accepted)" } else { "failed" }))
+            " " span.message { (reason) }
+        },
+    }
+}
+
+fn rollout_outcome(r: &Rollout) -> Outcome {
+    use super::rollout::RolloutState;
+    match r.state {
+        RolloutState::Running => Outcome::Running,
+        RolloutState::Finished => Outcome::Good,
+        RolloutState::Halted { .. } => Outcome::Bad,
+        RolloutState::Cancelled => Outcome::Neutral,
     }
 }
 
@@ -848,45 +1151,57 @@ fn rollout_summary(r: &Rollout) -> String {
 }
 
 fn rollouts_table(app: &App) -> Markup {
+    let rollouts = app.rollouts.list();
     html! {
-        table id="rollouts" {
-            tr { th { "#" } th { "Name" } th { "Target" } th { "State" } }
-            @for r in app.rollouts.list() {
-                tr {
-                    td { a href={ "/console/rollouts/" (r.id) } { (r.id) } }
-                    td { (r.spec.name) }
-                    td { (r.spec.target.join(", ")) }
-                    td { (rollout_summary(&r)) }
+        @if rollouts.is_empty() {
+            (ui::empty("No rollout yet.", html! { "Start one on the " a href="/console/assign" { "Assign" } " page: choose the environments and a target set, then " i { "Start rollout" } "." }))
+        } @else {
+            (ui::table("rollouts", "Rollouts", &["#", "Name", "Target", "State"], html! {
+                @for r in &rollouts {
+                    tr {
+                        td { a href={ "/console/rollouts/" (r.id) } { (r.id) } }
+                        td { (r.spec.name) }
+                        td data-label="Target" { (r.spec.target.join(", ")) }
+                        td data-label="State" { (ui::badge(rollout_outcome(r), r.state.as_str())) " " (rollout_summary(r)) }
+                    }
                 }
-            }
+            }))
         }
     }
 }
 
 fn rollout_detail(r: &Rollout) -> Markup {
     html! {
-        p id="rollout-state" data-state=(r.state.as_str()) { (rollout_summary(r)) }
+        p { (ui::badge(rollout_outcome(r), r.state.as_str())) " " span id="rollout-state" data-state=(r.state.as_str()) { (rollout_summary(r)) } }
         @if let super::rollout::RolloutState::Halted { reason } = &r.state {
-            p.bad id="halt-reason" { "Halted: " (reason) }
+            p.bad.error id="halt-reason" { "Halted: " (reason) }
         }
-        p { "Target: " (r.spec.target.join(", ")) "; waves " (r.spec.waves.iter().map(WaveSize::label).collect::<Vec<_>>().join(", ")) "; halts above " (r.spec.failure_threshold_percent) "% failed per wave; report within " (r.spec.report_timeout_ms / 1000) " s" }
-        table id="rollout-boxes" {
-            tr { th { "Wave" } th { "Environment" } th { "State" } }
+        (ui::details("rollout", "The rollout", [
+            ("Target", html! { (r.spec.target.join(", ")) }),
+            ("Waves", html! { (r.spec.waves.iter().map(WaveSize::label).collect::<Vec<_>>().join(", ")) }),
+            ("Halts above", html! { (r.spec.failure_threshold_percent) "% failed per wave" }),
+            ("Report within", html! { (ui::human_duration(Duration::from_millis(r.spec.report_timeout_ms))) }),
+        ]))
+        (ui::table("rollout-boxes", "Boxes by wave", &["Wave", "Environment", "State"], html! {
             @for (i, wave) in r.waves.iter().enumerate() {
                 @for env in wave {
                     tr data-env=(env) {
-                        td { (i + 1) }
-                        td { a href={ "/console/env/" (env) } { (env) } }
+                        td data-label="Wave" { (i + 1) }
+                        td { a.id href={ "/console/env/" (env) } { (env) } }
                         td class="box-state" { (r.box_state(env).map(box_cell).unwrap_or_default()) }
                     }
                 }
             }
-        }
+        }))
     }
 }
 
 async fn rollouts_page(State(app): State<Arc<App>>) -> Html<String> {
-    page("Rollouts", live("rollouts", rollouts_table(&app)))
+    page(
+        "Rollouts",
+        "/console/rollouts",
+        live("rollouts", rollouts_table(&app)),
+    )
 }
 
 async fn rollout_page(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
@@ -895,13 +1210,11 @@ async fn rollout_page(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Respo
     };
     page(
         &format!("Rollout {} ({})", r.id, r.spec.name),
+        "/console/rollouts",
         html! {
-            form method="post" action={ "/console/rollouts/" (id) "/resume" } class="inline" {
-                button type="submit" id="resume" { "Resume" }
-            }
-            " "
-            form method="post" action={ "/console/rollouts/" (id) "/cancel" } class="inline" {
-                button type="submit" id="cancel" { "Cancel" }
+            div.actions {
+                (Button::post(&format!("/console/rollouts/{id}/resume"), "Resume").id("resume").render())
+                (Button::post(&format!("/console/rollouts/{id}/cancel"), "Cancel").id("cancel").kind(ButtonKind::Danger).render())
             }
             (live(&format!("rollout:{id}"), rollout_detail(&r)))
         },
@@ -961,6 +1274,7 @@ mod tests {
             status_message: message,
             seq: None,
             outbox_id: None,
+            received_ms: None,
         }
     }
 

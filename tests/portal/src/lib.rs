@@ -248,10 +248,7 @@ impl App {
     /// of it.
     fn status_recorded(&self, env: &str, record: &StatusRecord) {
         let status = record.status.as_str().unwrap_or_default();
-        if status == "installed" {
-            let set = self.store.assignments().remove(env).unwrap_or_default();
-            self.console.installed(env, set);
-        }
+        console::status_recorded(self, env, record);
         self.rollout_status(env, status, record.status_message.as_str());
         self.changed();
     }

@@ -87,6 +87,17 @@ pub struct StatusRecord {
     /// again numbers from 1 again under another id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox_id: Option<String>,
+    /// When the portal received it, in milliseconds since the Unix epoch
+    /// (the portal's clock: the protocol's status carries no time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_ms: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What the portal knows of one environment.
@@ -458,6 +469,7 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                     .get("outboxId")
                     .and_then(Value::as_str)
                     .map(str::to_owned),
+                received_ms: Some(now_ms()),
             };
             let env = if conn_env.is_empty() {
                 record

@@ -132,6 +132,17 @@ impl Stats {
         self.path(path, |p| p.bytes += n);
     }
 
+    /// Body bytes served for the paths that start with `prefix` (a
+    /// module's folder in the repository), to every client together.
+    pub(crate) fn bytes_under(&self, prefix: &str) -> u64 {
+        let g = self.inner.lock().expect("stats lock");
+        g.1.paths
+            .range(prefix.to_string()..)
+            .take_while(|(path, _)| path.starts_with(prefix))
+            .map(|(_, p)| p.bytes)
+            .sum()
+    }
+
     /// An upgrade from `peer` refused with 401.
     pub(crate) fn refused(&self, peer: IpAddr) {
         let mut g = self.inner.lock().expect("stats lock");

@@ -1,7 +1,9 @@
 //! The console's pages over HTTP, without a browser: login with the admin
 //! token (and its rate limit), pages refused without a session, the
 //! Modules and Assign pages, a live region's event stream carrying a
-//! change, and a rollout resumed and cancelled with the page's buttons. The browser test (`banalytics-tests --test console`) shows the
+//! change, a rollout resumed and cancelled with the page's buttons, and an
+//! environment's page with its statuses' times, its download's progress
+//! and its sets' difference (sizes with units, a native module's real one). The browser test (`banalytics-tests --test console`) shows the
 //! rest with real boxes.
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
@@ -13,8 +15,10 @@ use banalytics_portal::{
     rollout::{RolloutSpec, RolloutState, DEFAULT_WAVES},
     ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest,
 };
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use reqwest::{redirect::Policy, Client, StatusCode};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "console-test-token";
 
@@ -254,5 +258,192 @@ async fn the_rollout_page_resumes_and_cancels() {
     // Without a session the buttons do nothing.
     let resp = http.post(format!("{page}/resume")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    portal.shutdown().await;
+}
+
+/// A bare protocol client's status frame.
+fn status_frame(env: &str, module: Value, status: &str, message: Option<&str>) -> Message {
+    let frame = json!({
+        "type": "EVT_ENV_MOD_UPD_STS",
+        "environmentUuid": env,
+        "module": module,
+        "status": status,
+        "statusMessage": message,
+    });
+    Message::Text(frame.to_string().into())
+}
+
+/// Polls `path` until its page contains every one of `wanted`.
+async fn page_with(
+    http: &Client,
+    portal: &PortalHandle,
+    session: &str,
+    path: &str,
+    wanted: &[&str],
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let html = http
+            .get(format!("{}{path}", portal.console_url()))
+            .header("cookie", session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if wanted.iter().all(|w| html.contains(w)) {
+            return html;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} never showed {wanted:?}: {html}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_shows_when_each_status_came_its_download_and_its_sets_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(dir.path()).await;
+    // A native module (its `size` field is 0: each build has its own) and
+    // a 100 000-byte jar to download.
+    let lib = dir.path().join("drv.so");
+    std::fs::write(&lib, vec![1u8; 20_000]).unwrap();
+    portal
+        .publish(&PublishRequest::plugin("com.example:drv:1.0", lib))
+        .unwrap();
+    let big = dir.path().join("big.jar");
+    std::fs::write(&big, vec![2u8; 100_000]).unwrap();
+    portal
+        .publish(&PublishRequest::new(
+            "com.example:big:1.0",
+            ModuleType::Component,
+            big,
+        ))
+        .unwrap();
+    let http = client();
+    let session = cookie(&login(&http, &portal, TOKEN).await);
+
+    let modules = page_with(&http, &portal, &session, "/modules", &["com.example:drv"]).await;
+    let drv = modules
+        .split("<tr data-module=\"com.example:drv:1.0\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .expect("the native module's row");
+    assert!(
+        drv.contains("19.5 KiB") && !drv.contains("0 B"),
+        "the native module's size is its build's: {drv}"
+    );
+    assert!(modules.contains("97.7 KiB"), "sizes have units: {modules}");
+
+    // The box installed cam 1.0; then cam 2.0 and big are assigned.
+    portal.assign("env-a", &["com.example:cam:1.0"]).unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(portal.ws_url("env-a", "h"))
+        .await
+        .unwrap();
+    ws.send(status_frame("env-a", Value::Null, "installed", None))
+        .await
+        .unwrap();
+    page_with(
+        &http,
+        &portal,
+        &session,
+        "/env/env-a",
+        &[r#"data-module="com.example:cam" data-change="unchanged""#],
+    )
+    .await;
+    portal
+        .assign("env-a", &["com.example:cam:2.0", "com.example:big:1.0"])
+        .unwrap();
+    let big_module = json!({"groupId": "com.example", "artifactId": "big", "version": "1.0"});
+    ws.send(status_frame(
+        "env-a",
+        big_module.clone(),
+        "downloading",
+        None,
+    ))
+    .await
+    .unwrap();
+    page_with(&http, &portal, &session, "/env/env-a", &["downloading"]).await;
+    // The box has fetched 30 000 bytes of it so far.
+    let part = http
+        .get(format!(
+            "{}/com/example/big/1.0/big-1.0.jar",
+            portal.repo_url()
+        ))
+        .header("range", "bytes=0-29999")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(part.len(), 30_000);
+
+    let html = page_with(
+        &http,
+        &portal,
+        &session,
+        "/env/env-a",
+        &[r#"<progress value="30000" max="100000" aria-label="Download of com.example:big:1.0">"#],
+    )
+    .await;
+    assert!(html.contains("29.3 KiB of 97.7 KiB (30 %)"), "{html}");
+    // Installed against assigned, module by module.
+    for (module, change) in [("com.example:cam", "changed"), ("com.example:big", "added")] {
+        assert!(
+            html.contains(&format!(r#"data-module="{module}" data-change="{change}""#)),
+            "{module} {change}: {html}"
+        );
+    }
+    assert!(
+        html.contains("1 added, 1 changed, 0 removed, 0 unchanged"),
+        "{html}"
+    );
+    // Each status with the time it came, absolute and relative.
+    let history = html
+        .split("id=\"history\"")
+        .nth(1)
+        .expect("a history table");
+    assert_eq!(history.matches("<time datetime=\"").count(), 2, "{history}");
+    assert!(
+        history.contains(" UTC</time>") && history.contains("(just now)"),
+        "{history}"
+    );
+    assert!(
+        history.contains("badge-running") && history.contains("badge-good"),
+        "{history}"
+    );
+
+    // Downloaded: the bar goes; a failure is red.
+    ws.send(status_frame("env-a", big_module, "downloaded", None))
+        .await
+        .unwrap();
+    ws.send(status_frame(
+        "env-a",
+        Value::Null,
+        "installation_cancelled",
+        Some("the drill failed"),
+    ))
+    .await
+    .unwrap();
+    let html = page_with(
+        &http,
+        &portal,
+        &session,
+        "/env/env-a",
+        &["the drill failed"],
+    )
+    .await;
+    assert!(
+        !html.contains("<progress"),
+        "no download in progress: {html}"
+    );
+    assert!(
+        html.contains(r#"data-outcome="bad""#) && html.contains("installation cancelled"),
+        "{html}"
+    );
     portal.shutdown().await;
 }

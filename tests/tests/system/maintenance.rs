@@ -21,21 +21,21 @@ use crate::probation::{drill, world, ALPHA, BROKEN};
 
 /// How long a synchronisation, a restart and a commit may take on a loaded
 /// two-core machine with debug builds.
-const CONVERGE: Duration = Duration::from_secs(60);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(60);
 
 /// How long a box that must not restart is watched.
 const QUIET: Duration = Duration::from_secs(3);
 
-struct Scene {
-    _dir: tempfile::TempDir,
-    portal: PortalProcess,
-    env: String,
-    b: ManagedBox,
+pub(crate) struct Scene {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) portal: PortalProcess,
+    pub(crate) env: String,
+    pub(crate) b: ManagedBox,
 }
 
 /// A portal with a one-module set for a fresh box whose upgrade center has
 /// `upgrade_extra`, and a probe; the box runs and has staged the set.
-fn staged_box(n: usize, upgrade_extra: &str) -> Result<Scene> {
+pub(crate) fn staged_box(n: usize, upgrade_extra: &str) -> Result<Scene> {
     let dir = tempfile::tempdir()?;
     let portal = PortalProcess::start(&dir.path().join("portal"), None, &[])?;
     let env = env_uuid(1200 + n);

@@ -15,14 +15,14 @@ use banalytics_tests::{
 /// A whole synchronisation, restart and commit on a loaded machine.
 pub(crate) const CONVERGE: Duration = Duration::from_secs(60);
 
-struct World {
-    dir: tempfile::TempDir,
-    portal: PortalHandle,
+pub(crate) struct World {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) portal: PortalHandle,
 }
 
 /// A portal whose repository has TUF keys (`refresh` off: the tests set
 /// the timestamp's expiry themselves).
-fn signed_world() -> Result<World> {
+pub(crate) fn signed_world() -> Result<World> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("portal");
     std::fs::create_dir_all(&data)?;
@@ -39,12 +39,12 @@ fn signed_world() -> Result<World> {
 }
 
 impl World {
-    fn files(&self) -> std::path::PathBuf {
+    pub(crate) fn files(&self) -> std::path::PathBuf {
         self.dir.path().join("files")
     }
 
     /// A box of `env` that pins the portal's root.
-    fn trusting_box(&self, env: &str) -> Result<ManagedBox> {
+    pub(crate) fn trusting_box(&self, env: &str) -> Result<ManagedBox> {
         let mut s = BoxSettings::new(&self.portal, Some(env));
         s.upgrade_extra = "trust_root = \"config/repository-root.json\"\n".into();
         let b = ManagedBox::new(&s)?;
@@ -116,7 +116,7 @@ pub(crate) fn sync(portal: &dyn PortalApi, env: &str) -> Result<usize> {
     Ok(seen)
 }
 
-fn install_v1(w: &World, env: &str) -> Result<ManagedBox> {
+pub(crate) fn install_v1(w: &World, env: &str) -> Result<ManagedBox> {
     w.portal.publish_all(&w.files(), &set_v1())?;
     w.portal.assign_set(env, &coords(&set_v1()))?;
     let mut b = w.trusting_box(env)?;

@@ -117,8 +117,8 @@ pub struct ExtractedFile {
     pub path: PathBuf,
     /// Bytes written.
     pub size: u64,
-    /// SHA-256 of the bytes written, lower-case hex, computed while writing.
-    pub sha256: String,
+    /// SHA-256 of the bytes written, computed while writing.
+    pub sha256: banalytics_home::Sha256,
 }
 
 /// Extracts the zip `archive` into the existing directory `target`.

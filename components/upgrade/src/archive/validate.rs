@@ -96,6 +96,51 @@ pub(super) fn validate<R: Read + Seek>(
         archive: archive.to_path_buf(),
         source,
     };
+    check_directory(zip, archive, limits)?;
+    let mut files = Vec::new();
+    let mut names = Names::default();
+    let mut declared_total: u64 = 0;
+    for index in 0..zip.len() {
+        let data = zip.by_index_data(index).map_err(zip_err)?;
+        let raw_name = data.name().map_err(zip_err)?.into_owned();
+        check_bounds(&raw_name)?;
+        // The zip reader derives a mode from DOS attributes for DOS-made
+        // entries and ignores the high bits there, so the raw unix bits are
+        // checked as well: a symlink is refused whatever system claims it.
+        let raw_mode = data.external_attributes() >> 16;
+        let mode = data.unix_mode().unwrap_or(raw_mode);
+        let kind = entry_kind(&raw_name, raw_mode, mode)?;
+        let name = check_name(&raw_name, kind).map_err(|reason| ArchiveError::UnsafeName {
+            entry: raw_name.clone(),
+            reason,
+        })?;
+        names.record(&raw_name, &name, kind)?;
+        if kind == Kind::Dir {
+            continue;
+        }
+        let (declared, compressed) = check_file(&data, raw_name, limits, &mut declared_total)?;
+        files.push(PlannedFile {
+            index,
+            name,
+            declared,
+            compressed,
+            crc32: data.crc32(),
+            executable: mode & 0o100 != 0,
+        });
+    }
+    Ok(Plan {
+        dirs: names.into_dirs(),
+        files,
+    })
+}
+
+/// The checks of the directory as a whole: the number of entries (raw
+/// duplicates counted), a name twice, overlapping entries.
+fn check_directory<R: Read + Seek>(
+    zip: &mut ZipArchive<R>,
+    archive: &Path,
+    limits: &Limits,
+) -> Result<(), ArchiveError> {
     // The zip reader keeps one entry per raw name, so duplicates have to be
     // found (and counted) in the raw central directory.
     let raw_duplicate = if zip.has_duplicate_names() {
@@ -126,104 +171,98 @@ pub(super) fn validate<R: Read + Seek>(
     if let Some(entry) = raw_duplicate {
         return Err(ArchiveError::Duplicate { entry });
     }
-    if zip.has_overlapping_entries().map_err(zip_err)? {
+    let overlapping = zip
+        .has_overlapping_entries()
+        .map_err(|source| ArchiveError::Zip {
+            archive: archive.to_path_buf(),
+            source,
+        })?;
+    if overlapping {
         return Err(ArchiveError::OverlappingEntries {
             archive: archive.to_path_buf(),
         });
     }
+    Ok(())
+}
 
-    let mut files = Vec::new();
-    let mut names = Names::default();
-    let mut declared_total: u64 = 0;
-    for index in 0..zip.len() {
-        let data = zip.by_index_data(index).map_err(zip_err)?;
-        let raw_name = data.name().map_err(zip_err)?.into_owned();
-        check_bounds(&raw_name)?;
-        // The zip reader derives a mode from DOS attributes for DOS-made
-        // entries and ignores the high bits there, so the raw unix bits are
-        // checked as well: a symlink is refused whatever system claims it.
-        let raw_mode = data.external_attributes() >> 16;
-        let mode = data.unix_mode().unwrap_or(raw_mode);
-        let mut kind = if raw_name.ends_with('/') {
-            Kind::Dir
-        } else {
-            Kind::File
-        };
-        for mode in [raw_mode, mode] {
-            match mode & S_IFMT {
-                0 | S_IFREG => {}
-                S_IFDIR => kind = Kind::Dir,
-                S_IFLNK => return Err(ArchiveError::Symlink { entry: raw_name }),
-                _ => {
-                    return Err(ArchiveError::NotRegular {
-                        entry: raw_name,
-                        mode,
-                    })
-                }
+/// A file or a folder, by its name and both modes; a symlink or any other
+/// kind of entry is refused.
+fn entry_kind(raw_name: &str, raw_mode: u32, mode: u32) -> Result<Kind, ArchiveError> {
+    let mut kind = if raw_name.ends_with('/') {
+        Kind::Dir
+    } else {
+        Kind::File
+    };
+    for mode in [raw_mode, mode] {
+        match mode & S_IFMT {
+            0 | S_IFREG => {}
+            S_IFDIR => kind = Kind::Dir,
+            S_IFLNK => {
+                return Err(ArchiveError::Symlink {
+                    entry: raw_name.to_owned(),
+                })
+            }
+            _ => {
+                return Err(ArchiveError::NotRegular {
+                    entry: raw_name.to_owned(),
+                    mode,
+                })
             }
         }
-        let name = check_name(&raw_name, kind).map_err(|reason| ArchiveError::UnsafeName {
-            entry: raw_name.clone(),
-            reason,
-        })?;
-        names.record(&raw_name, &name, kind)?;
-        if kind == Kind::Dir {
-            continue;
-        }
+    }
+    Ok(kind)
+}
 
-        if data.encrypted() {
-            return Err(ArchiveError::Unsupported {
-                entry: raw_name,
-                reason: "encrypted".to_owned(),
-            });
-        }
-        let method = data.compression();
-        if !matches!(
-            method,
-            CompressionMethod::Stored | CompressionMethod::Deflated
-        ) {
-            return Err(ArchiveError::Unsupported {
-                entry: raw_name,
-                reason: format!("compression method {method}"),
-            });
-        }
-        let declared = data.size();
-        let compressed = data.compressed_size();
-        if declared > limits.max_entry_bytes {
-            return Err(ArchiveError::TooLarge {
-                entry: raw_name,
-                size: declared,
-                limit: limits.max_entry_bytes,
-            });
-        }
-        declared_total = declared_total.saturating_add(declared);
-        if declared_total > limits.max_total_bytes {
-            return Err(ArchiveError::TotalTooLarge {
-                entry: raw_name,
-                total: declared_total,
-                limit: limits.max_total_bytes,
-            });
-        }
-        if let Some(ratio) = ratio_over(declared, compressed, limits.max_ratio) {
-            return Err(ArchiveError::RatioExceeded {
-                entry: raw_name,
-                ratio,
-                limit: limits.max_ratio,
-            });
-        }
-        files.push(PlannedFile {
-            index,
-            name,
-            declared,
-            compressed,
-            crc32: data.crc32(),
-            executable: mode & 0o100 != 0,
+/// The checks of a file entry: not encrypted, stored or deflated, within
+/// the per-entry, total (`declared_total`, which it adds to) and ratio
+/// limits. Returns its declared and compressed sizes.
+fn check_file(
+    data: &zip::read::ZipFileEntry<'_>,
+    raw_name: String,
+    limits: &Limits,
+    declared_total: &mut u64,
+) -> Result<(u64, u64), ArchiveError> {
+    if data.encrypted() {
+        return Err(ArchiveError::Unsupported {
+            entry: raw_name,
+            reason: "encrypted".to_owned(),
         });
     }
-    Ok(Plan {
-        dirs: names.into_dirs(),
-        files,
-    })
+    let method = data.compression();
+    if !matches!(
+        method,
+        CompressionMethod::Stored | CompressionMethod::Deflated
+    ) {
+        return Err(ArchiveError::Unsupported {
+            entry: raw_name,
+            reason: format!("compression method {method}"),
+        });
+    }
+    let declared = data.size();
+    let compressed = data.compressed_size();
+    if declared > limits.max_entry_bytes {
+        return Err(ArchiveError::TooLarge {
+            entry: raw_name,
+            size: declared,
+            limit: limits.max_entry_bytes,
+        });
+    }
+    *declared_total = declared_total.saturating_add(declared);
+    if *declared_total > limits.max_total_bytes {
+        return Err(ArchiveError::TotalTooLarge {
+            entry: raw_name,
+            total: *declared_total,
+            limit: limits.max_total_bytes,
+        });
+    }
+    if let Some(ratio) = ratio_over(declared, compressed, limits.max_ratio) {
+        return Err(ArchiveError::RatioExceeded {
+            entry: raw_name,
+            ratio,
+            limit: limits.max_ratio,
+        });
+    }
+    Ok((declared, compressed))
 }
 
 /// Refuses a name over [`MAX_NAME_BYTES`] or deeper than

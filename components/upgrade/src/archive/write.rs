@@ -113,7 +113,7 @@ pub(super) fn write<R: Read + Seek>(
 #[derive(Debug)]
 struct Written {
     size: u64,
-    sha256: String,
+    sha256: banalytics_home::Sha256,
 }
 
 /// Copies one entry's data to `out`, counting real bytes: never more than
@@ -215,7 +215,7 @@ fn copy_entry(
     }
     Ok(Written {
         size: written,
-        sha256: hex::encode(sha.finalize()),
+        sha256: banalytics_home::Sha256::from_hasher(sha),
     })
 }
 
@@ -360,7 +360,7 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(written.size, 11);
         assert_eq!(
-            written.sha256,
+            written.sha256.to_string(),
             "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
         );
     }

@@ -93,7 +93,12 @@ impl Attempt<'_> {
             .map_err(self.io("remove", &meta_path(self.partial)))
     }
 
-    pub(super) fn done(&self, sha256: String, size: u64, resumed_from: u64) -> Downloaded {
+    pub(super) fn done(
+        &self,
+        sha256: banalytics_home::Sha256,
+        size: u64,
+        resumed_from: u64,
+    ) -> Downloaded {
         Downloaded {
             sha256,
             size,
@@ -102,11 +107,8 @@ impl Attempt<'_> {
         }
     }
 
-    pub(super) fn matches_expected(&self, actual: &str) -> bool {
-        self.expected
-            .sha256
-            .as_deref()
-            .is_none_or(|want| want.eq_ignore_ascii_case(actual))
+    pub(super) fn matches_expected(&self, actual: banalytics_home::Sha256) -> bool {
+        self.expected.sha256.is_none_or(|want| want == actual)
     }
 
     pub(super) async fn finish(&self, file: &mut File) -> Result<(), FetchError> {

@@ -175,11 +175,11 @@ impl Attempt<'_> {
         size: u64,
         resumed_from: u64,
     ) -> Result<Downloaded, FetchError> {
-        let actual = hex::encode(hasher.finalize());
-        if !self.matches_expected(&actual) {
+        let actual = banalytics_home::Sha256::from_hasher(hasher);
+        if let Some(expected) = self.expected.sha256.filter(|want| *want != actual) {
             return Err(FetchError::ChecksumMismatch {
                 url: self.url.to_owned(),
-                expected: self.expected.sha256.clone().unwrap_or_default(),
+                expected,
                 actual,
             });
         }

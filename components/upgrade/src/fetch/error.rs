@@ -154,9 +154,9 @@ pub enum FetchError {
         /// The URL requested.
         url: String,
         /// The expected digest.
-        expected: String,
+        expected: banalytics_home::Sha256,
         /// The digest of what was received.
-        actual: String,
+        actual: banalytics_home::Sha256,
     },
     /// Neither the module object nor the repository gives a SHA-256 for
     /// the artifact, and the checksum policy requires one.
@@ -272,8 +272,8 @@ mod tests {
         .is_transient());
         assert!(!FetchError::ChecksumMismatch {
             url: url(),
-            expected: "a".into(),
-            actual: "b".into()
+            expected: banalytics_home::Sha256::of(b"a"),
+            actual: banalytics_home::Sha256::of(b"b")
         }
         .is_transient());
         assert!(!FetchError::TooLarge {

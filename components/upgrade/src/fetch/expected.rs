@@ -2,6 +2,7 @@
 //! where that digest came from, and its size) and what a download
 //! delivered.
 
+use banalytics_home::Sha256;
 use serde::Serialize;
 
 use super::FetchError;
@@ -50,8 +51,8 @@ impl std::fmt::Display for DigestSource {
 pub enum Checksum {
     /// A SHA-256 digest.
     Sha256 {
-        /// Lower-case hex.
-        digest: String,
+        /// The digest.
+        digest: Sha256,
         /// Who gave it.
         source: DigestSource,
     },
@@ -62,10 +63,10 @@ pub enum Checksum {
 impl Checksum {
     /// The module object's digest if it has one, otherwise the repository's
     /// `.sha256` file (the module object wins, contracts section 4).
-    pub fn resolve(from_module: Option<&str>, from_repository: Option<String>) -> Self {
+    pub fn resolve(from_module: Option<Sha256>, from_repository: Option<Sha256>) -> Self {
         match from_module {
             Some(digest) => Checksum::Sha256 {
-                digest: digest.trim().to_ascii_lowercase(),
+                digest,
                 source: DigestSource::Portal,
             },
             None => match from_repository {
@@ -79,9 +80,9 @@ impl Checksum {
     }
 
     /// The digest, if any.
-    pub fn sha256(&self) -> Option<&str> {
+    pub fn sha256(&self) -> Option<Sha256> {
         match self {
-            Checksum::Sha256 { digest, .. } => Some(digest),
+            Checksum::Sha256 { digest, .. } => Some(*digest),
             Checksum::None => None,
         }
     }
@@ -96,7 +97,7 @@ impl Checksum {
 
     /// The digest, or [`FetchError::NoChecksum`] for `url` when there is
     /// none: for callers whose checksum policy refuses unverified artifacts.
-    pub fn required(&self, url: &str) -> Result<&str, FetchError> {
+    pub fn required(&self, url: &str) -> Result<Sha256, FetchError> {
         self.sha256().ok_or_else(|| FetchError::NoChecksum {
             url: url.to_owned(),
         })
@@ -106,8 +107,8 @@ impl Checksum {
 /// What the caller knows about an artifact before downloading it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Expected {
-    /// SHA-256 of the whole file, hex (case-insensitive); checked at the end.
-    pub sha256: Option<String>,
+    /// SHA-256 of the whole file; checked at the end.
+    pub sha256: Option<Sha256>,
     /// Size in bytes; never more than this is written.
     pub size: Option<u64>,
     /// Where [`Self::sha256`] came from: a redirect to another host is
@@ -135,8 +136,8 @@ impl Expected {
 /// verified when a digest was expected, and fsynced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Downloaded {
-    /// SHA-256 of the whole file, lower-case hex.
-    pub sha256: String,
+    /// SHA-256 of the whole file.
+    pub sha256: Sha256,
     /// Size of the file in bytes.
     pub size: u64,
     /// Body bytes received over the network by this call, all attempts summed.
@@ -154,17 +155,17 @@ mod tests {
 
     #[test]
     fn checksum_from_module_wins_over_repository() {
-        let module = DIGEST.to_uppercase();
-        let resolved = Checksum::resolve(Some(&module), Some("0".repeat(64)));
+        let digest = Sha256::parse(DIGEST).unwrap();
+        let resolved = Checksum::resolve(Some(digest), Some(Sha256::of(b"other")));
         assert_eq!(
             resolved,
             Checksum::Sha256 {
-                digest: DIGEST.to_owned(),
+                digest,
                 source: DigestSource::Portal
             }
         );
-        let repository = Checksum::resolve(None, Some(DIGEST.to_owned()));
-        assert_eq!(repository.sha256(), Some(DIGEST));
+        let repository = Checksum::resolve(None, Some(digest));
+        assert_eq!(repository.sha256(), Some(digest));
         assert_eq!(repository.source(), DigestSource::Repository);
         assert_eq!(
             Expected::new(resolved, None).digest_source,
@@ -175,7 +176,7 @@ mod tests {
             Checksum::None.required("http://r/a.jar"),
             Err(FetchError::NoChecksum { url }) if url == "http://r/a.jar"
         ));
-        assert_eq!(repository.required("u").unwrap(), DIGEST);
+        assert_eq!(repository.required("u").unwrap(), digest);
         assert_eq!(
             Expected::new(Checksum::None, Some(3)),
             Expected {

@@ -16,12 +16,11 @@ use super::{DigestSource, FetchError, MAX_DIGEST_FILE_BYTES, SMALL_REQUEST_TIMEO
 
 /// Fetches `{url}.sha256`: a hex SHA-256 digest, optionally followed by white
 /// space and a file name. `Ok(None)` when the repository answers 404.
-/// Returns the digest in lower case.
 #[tracing::instrument(skip(client))]
 pub async fn fetch_sha256_file(
     client: &reqwest::Client,
     url: &str,
-) -> Result<Option<String>, FetchError> {
+) -> Result<Option<banalytics_home::Sha256>, FetchError> {
     let digest_url = format!("{url}.sha256");
     let transport = |source| FetchError::Transport {
         url: digest_url.clone(),
@@ -121,12 +120,10 @@ async fn head(
     .await
 }
 
-/// The digest at the start of a `.sha256` file, lower case.
-fn parse_digest_file(body: &[u8]) -> Option<String> {
+/// The digest at the start of a `.sha256` file.
+fn parse_digest_file(body: &[u8]) -> Option<banalytics_home::Sha256> {
     let text = std::str::from_utf8(body).ok()?;
-    let digest = text.split_whitespace().next()?;
-    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| digest.to_ascii_lowercase())
+    banalytics_home::Sha256::parse(text.split_whitespace().next()?).ok()
 }
 
 #[cfg(test)]
@@ -135,20 +132,18 @@ mod tests {
 
     const DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
+    fn digest() -> banalytics_home::Sha256 {
+        banalytics_home::Sha256::parse(DIGEST).unwrap()
+    }
+
     #[test]
     fn digest_file_accepts_bare_digest_and_digest_with_file_name() {
-        assert_eq!(
-            parse_digest_file(DIGEST.as_bytes()).as_deref(),
-            Some(DIGEST)
-        );
+        assert_eq!(parse_digest_file(DIGEST.as_bytes()), Some(digest()));
         let with_name = format!("{}  core-1.0.jar\n", DIGEST.to_uppercase());
+        assert_eq!(parse_digest_file(with_name.as_bytes()), Some(digest()));
         assert_eq!(
-            parse_digest_file(with_name.as_bytes()).as_deref(),
-            Some(DIGEST)
-        );
-        assert_eq!(
-            parse_digest_file(format!("\n\t{DIGEST}\n").as_bytes()).as_deref(),
-            Some(DIGEST)
+            parse_digest_file(format!("\n\t{DIGEST}\n").as_bytes()),
+            Some(digest())
         );
     }
 

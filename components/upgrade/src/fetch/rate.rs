@@ -31,52 +31,6 @@ pub const MIN_BURST_BYTES: u32 = 16 * 1024;
 /// ten seconds or more is within 1 % of the cap.
 pub const BURST_DIVISOR: u32 = 10;
 
-/// Parses a rate such as `"2 MiB/s"`, `"500 KiB/s"`, `"1.5MB/s"` or
-/// `"800000 B/s"` into bytes per second (1 B/s to 4 GiB/s).
-pub fn parse_rate(text: &str) -> Result<NonZeroU32, String> {
-    let refuse = || {
-        format!("{text:?} is not a rate; accepted: a number and B/s, KB/s, KiB/s, MB/s, MiB/s, GB/s or GiB/s, from 1 B/s to 4 GiB/s")
-    };
-    let body = text.trim().strip_suffix("/s").ok_or_else(refuse)?;
-    let bytes = bytes_of(body).ok_or_else(refuse)?;
-    if !(1.0..=f64::from(u32::MAX)).contains(&bytes) {
-        return Err(refuse());
-    }
-    NonZeroU32::new(bytes as u32).ok_or_else(refuse)
-}
-
-/// Parses a size such as `"512 MiB"`, `"1.5 GB"` or `"0 B"` into bytes
-/// (the units of [`parse_rate`], up to 16 EiB).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let refuse = || {
-        format!("{text:?} is not a size; accepted: a number and B, KB, KiB, MB, MiB, GB or GiB, such as \"512 MiB\"")
-    };
-    let bytes = bytes_of(text).ok_or_else(refuse)?;
-    if !(0.0..u64::MAX as f64).contains(&bytes) {
-        return Err(refuse());
-    }
-    Ok(bytes as u64)
-}
-
-/// A number and a byte unit, rounded to whole bytes.
-fn bytes_of(text: &str) -> Option<f64> {
-    let body = text.trim();
-    let split = body.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = body.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let unit = match unit.trim() {
-        "B" => 1.0,
-        "KB" | "kB" => 1e3,
-        "KiB" => 1024.0,
-        "MB" => 1e6,
-        "MiB" => 1024.0 * 1024.0,
-        "GB" => 1e9,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    Some((number * unit).round())
-}
-
 /// The cap and the window every download of an upgrade center passes;
 /// clones share one limiter. The default lets everything through.
 #[derive(Clone, Default)]
@@ -199,27 +153,6 @@ impl Eq for Gate {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_in_the_units_of_rates() {
-        assert_eq!(parse_size("512 MiB"), Ok(512 * 1024 * 1024));
-        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
-        assert_eq!(parse_size("0 B"), Ok(0));
-        assert!(parse_size("512").is_err());
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("2 MiB/s").is_err());
-    }
-
-    #[test]
-    fn rates_parse_in_bytes_per_second() {
-        assert_eq!(parse_rate("2 MiB/s").unwrap().get(), 2 * 1024 * 1024);
-        assert_eq!(parse_rate("500KiB/s").unwrap().get(), 500 * 1024);
-        assert_eq!(parse_rate("1.5 MB/s").unwrap().get(), 1_500_000);
-        assert_eq!(parse_rate("800000 B/s").unwrap().get(), 800_000);
-        for bad in ["2 MiB", "fast/s", "0 B/s", "5 GiB/s", "2 mib/s", "-1 B/s"] {
-            assert!(parse_rate(bad).is_err(), "{bad} accepted");
-        }
-    }
 
     #[tokio::test]
     async fn an_open_gate_lets_everything_through_at_once() {

@@ -61,8 +61,10 @@ impl Attempt<'_> {
                 self.restart(file).await?;
                 offset = 0;
             } else if offset == size {
-                let actual = hex::encode(hash_prefix(file, size, self.partial).await?.finalize());
-                if self.matches_expected(&actual) {
+                let actual = banalytics_home::Sha256::from_hasher(
+                    hash_prefix(file, size, self.partial).await?,
+                );
+                if self.matches_expected(actual) {
                     info!(url, size, "partial already complete, verified");
                     self.finish(file).await?;
                     return Ok(Partial::Complete(self.done(actual, size, size)));

@@ -10,11 +10,6 @@ use std::{fmt, io, path::Path, sync::Arc};
 /// Bytes free on the file system holding a path.
 pub type SpaceProbe = Arc<dyn Fn(&Path) -> io::Result<u64> + Send + Sync>;
 
-/// Default reserve: 512 MiB is a few minutes of camera recordings at
-/// typical bit rates, room for the box's logs and databases meanwhile, and
-/// small next to the multi-gigabyte cards and disks boxes run on.
-pub const DEFAULT_MIN_FREE_SPACE: u64 = 512 * 1024 * 1024;
-
 /// The reserve and how free space is measured.
 #[derive(Clone)]
 pub struct Space {

@@ -517,3 +517,8 @@ pub fn body(len: usize, seed: u8) -> Vec<u8> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
+
+/// The SHA-256 of `bytes` as the box's type.
+pub fn sha256_of(bytes: &[u8]) -> banalytics_home::Sha256 {
+    banalytics_home::Sha256::of(bytes)
+}

@@ -1,4 +1,4 @@
-//! The host: creates the configured components, runs each on its own actix
+//! The running components: creates the configured components, runs each on its own actix
 //! arbiter (thread), starts them in configuration order, restarts them on
 //! request and stops them in reverse order.
 //!
@@ -11,16 +11,38 @@
 use actix_rt::Arbiter;
 use banalytics_sdk::{
     component::ComponentInit,
-    driver::{Command, Driver, COMMAND_QUEUE},
+    driver::{Command, Driver, RestartRefused, COMMAND_QUEUE},
     Bus, StatusBoard,
 };
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{
-    busy::BusyLeases, config::BoxConfig, ids, isolation::Isolation, registry::Registry, Error, Home,
-};
+use crate::{config::BoxConfig, ids, isolation::Isolation, registry::Registry, Error, Home};
+
+use super::busy::BusyLeases;
+
+/// Why `restart NAME` did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    /// No component has this name.
+    #[error("no component {name:?}; components: {}", known.join(", "))]
+    NoSuchComponent {
+        /// The name asked for.
+        name: String,
+        /// The components there are.
+        known: Vec<String>,
+    },
+    /// The component's driver is gone (the host is stopping).
+    #[error("component {name} is gone")]
+    Gone {
+        /// The component.
+        name: String,
+    },
+    /// The component's driver refused.
+    #[error(transparent)]
+    Refused(#[from] RestartRefused),
+}
 
 struct Handle {
     name: String,
@@ -36,6 +58,8 @@ pub struct Host {
     busy: BusyLeases,
     home: std::path::PathBuf,
     components: Vec<Handle>,
+    /// `true` once [`Host::start_all`] ended.
+    started: watch::Sender<bool>,
 }
 
 impl Host {
@@ -110,6 +134,7 @@ impl Host {
             busy,
             home: home.root().to_owned(),
             components,
+            started: watch::Sender::new(false),
         })
     }
 
@@ -144,24 +169,37 @@ impl Host {
             }
         }
         self.bus.started();
+        self.started.send_replace(true);
     }
 
-    /// Restarts the component `name` if it is stopped or in `ERROR`.
-    pub async fn restart(&self, name: &str) -> Result<String, String> {
+    /// Waits until [`Host::start_all`] ended: a request that asks whether
+    /// a component handles it (the control socket's `upgrade`, `approve`)
+    /// is answered only once every component had its start, so that one
+    /// that starts later is not taken for missing.
+    pub async fn wait_started(&self) {
+        let mut started = self.started.subscribe();
+        let _ = started.wait_for(|s| *s).await;
+    }
+
+    /// Restarts the component `name` if it is stopped or in `ERROR`; the
+    /// text for the operator.
+    pub async fn restart(&self, name: &str) -> Result<String, RestartError> {
         let c = self
             .components
             .iter()
             .find(|c| c.name == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.components.iter().map(|c| c.name.as_str()).collect();
-                format!("no component {name:?}; components: {}", known.join(", "))
+            .ok_or_else(|| RestartError::NoSuchComponent {
+                name: name.to_owned(),
+                known: self.components.iter().map(|c| c.name.clone()).collect(),
             })?;
+        let gone = || RestartError::Gone {
+            name: name.to_owned(),
+        };
         let (done, wait) = oneshot::channel();
         c.tx.send(Command::Restart(done))
             .await
-            .map_err(|_| format!("component {name} is gone"))?;
-        wait.await
-            .unwrap_or_else(|_| Err(format!("component {name} is gone")))
+            .map_err(|_| gone())?;
+        Ok(wait.await.map_err(|_| gone())??)
     }
 
     /// Asks the driver of each component of one of `kinds` to answer, all

@@ -13,12 +13,12 @@ use std::{collections::BTreeMap, time::Duration};
 
 use banalytics_messages::upgrade::{BusyLeaseReleased, BusyLeaseTaken, RestartDeferred};
 use banalytics_sdk::{status::now_ms, Bus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// A lease held now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// The component that holds it.
     pub holder: String,
@@ -31,7 +31,8 @@ pub struct Lease {
 }
 
 /// What the host knows of busy leases.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BusyState {
     /// The leases held now.
     pub leases: Vec<Lease>,
