@@ -176,7 +176,7 @@ pub fn offer(
             Some(t) => PatchAt::Trusted(Target {
                 url: format!("{repository_url}/{}", t.path),
                 expected: Expected {
-                    sha256: Some(t.sha256.clone()),
+                    sha256: Some(t.sha256),
                     size: Some(t.length),
                     digest_source: DigestSource::Tuf,
                 },
