@@ -27,7 +27,6 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{self, BufRead, BufReader, Read, Write},
-    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
@@ -333,6 +332,27 @@ async fn locate(client: &reqwest::Client, offer: &Offer) -> Result<Target, Strin
     }
 }
 
+/// Reads `buf.len()` bytes of `file` at `offset`, without moving its
+/// cursor (the platform's positioned read).
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.seek_read(&mut buf[done..], offset + done as u64)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the result must be.
 #[derive(Debug, Clone)]
 struct Wanted {
@@ -509,7 +529,7 @@ fn apply(
         let len = header.segment.min(header.size - start);
         let (from, to) = prefix_range(start, len, header.margin, source_len);
         prefix.resize((to - from) as usize, 0);
-        src.read_exact_at(&mut prefix, from)
+        read_exact_at(&src, &mut prefix, from)
             .map_err(io_err(format!("reading {}", source.path.display())))?;
         let made = segment(&mut input, &prefix, len, &mut writer)
             .map_err(io_err(format!("segment at {start}")))?;
