@@ -312,15 +312,27 @@ mod tests {
 
     #[test]
     fn the_words_of_states_and_triggers_are_their_serde_forms() {
+        use SyncState::*;
         for state in [
-            SyncState::Idle,
-            SyncState::WaitingForLink,
-            SyncState::UpToDate,
+            Idle,
+            WaitingForLink,
+            Requesting,
+            Resolving,
+            Downloading,
+            Staging,
+            Staged,
+            UpToDate,
+            Failed,
+            Cancelled,
+            Refused,
         ] {
             let json = serde_json::to_string(&state).unwrap();
             assert_eq!(json, format!("\"{state}\""));
             assert_eq!(serde_json::from_str::<SyncState>(&json).unwrap(), state);
         }
+        assert_eq!(UpToDate.to_string(), "up-to-date");
+        assert_eq!(WaitingForLink.to_string(), "waiting-for-link");
+        assert_eq!(SyncReport::default().state, Idle);
         for trigger in [Trigger::Portal, Trigger::FirstRun, Trigger::Retry] {
             let json = serde_json::to_string(&trigger).unwrap();
             assert_eq!(json, format!("\"{}\"", trigger.as_str()));

@@ -198,7 +198,8 @@ pub struct Relay {
     launcher_feeds: Arc<AtomicBool>,
 }
 
-/// The relay socket's file name in `state/`.
+/// The relay socket's file name in `state/` (the relay is Linux-only).
+#[cfg_attr(not(unix), allow(dead_code))]
 pub const RELAY_FILE: &str = "notify-relay.sock";
 
 /// No relay on Windows: nothing listens ([`enabled`]).

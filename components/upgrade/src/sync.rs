@@ -175,26 +175,6 @@ pub fn pass_quarantine(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_report_follows_each_module_of_the_download_once() {
-        let mut r = SyncReport::default();
-        r.module_state("g:a:1", "downloading", None);
-        r.module_state("g:b:1", "downloading", None);
-        r.module_state("g:a:1", "downloaded", Some(42));
-        let shown: Vec<_> = r
-            .modules
-            .iter()
-            .map(|m| (m.module.as_str(), m.state.as_str(), m.transferred))
-            .collect();
-        assert_eq!(
-            shown,
-            [
-                ("g:a:1", "downloaded", Some(42)),
-                ("g:b:1", "downloading", None)
-            ]
-        );
-    }
-
     fn module(artifact: &str, version: &str) -> Module {
         serde_json::from_value(serde_json::json!({
             "groupId": "g", "artifactId": artifact, "version": version,
@@ -343,31 +323,5 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
         }
-    }
-
-    #[test]
-    fn every_state_serializes_as_the_word_status_shows() {
-        use SyncState::*;
-        for state in [
-            Idle,
-            WaitingForLink,
-            Requesting,
-            Resolving,
-            Downloading,
-            Staging,
-            Staged,
-            UpToDate,
-            Failed,
-            Cancelled,
-            Refused,
-        ] {
-            assert_eq!(
-                serde_json::to_value(state).unwrap(),
-                serde_json::Value::from(state.to_string())
-            );
-        }
-        assert_eq!(UpToDate.to_string(), "up-to-date");
-        assert_eq!(WaitingForLink.to_string(), "waiting-for-link");
-        assert_eq!(SyncReport::default().state, Idle);
     }
 }

@@ -37,7 +37,7 @@ pub fn pipe_name(path: &Path) -> String {
         .join(path.file_name().unwrap_or_default())
         .to_string_lossy()
         .to_lowercase();
-    let digest = banalytics_home::record::sha256_reader(&mut key.as_bytes()).expect("in memory");
+    let digest = banalytics_home::Sha256::of(key.as_bytes()).to_string();
     format!(r"\\.\pipe\banalytics-box-{}", &digest[..16])
 }
 
