@@ -281,15 +281,20 @@ mod tests {
 
     #[test]
     fn the_token_file_is_made_once_owner_only() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let t = load_or_create_token(dir.path()).unwrap();
         assert_eq!(t.len(), 64);
         assert_eq!(load_or_create_token(dir.path()).unwrap(), t);
-        let mode = std::fs::metadata(dir.path().join(TOKEN_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        // Windows: the home folder's ACL (README, "Windows").
+        #[cfg(unix)]
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.path().join(TOKEN_FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        #[cfg(unix)]
         assert_eq!(mode & 0o777, 0o600);
     }
 }
