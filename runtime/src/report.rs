@@ -2,18 +2,24 @@
 //! the core that runs, the registration), and the lines of the text
 //! `status` about them: one assembly for the CLI and the console.
 
-use banalytics_home::{swap, Layout};
+use banalytics_home::{
+    running::RunningCore,
+    swap::{self, SetsReport},
+    Layout,
+};
 use serde_json::{json, Value};
 
 /// Adds the home's part to `data`, the host's `status` answer (or the
 /// stopped box's): `upgrade` (the module sets, [`swap::SetsReport`]),
 /// `core` (the core that runs) and `registration` (whether an environment
 /// UUID is configured, and whether the portal link is up, from Portal
-/// Integration's details; `null` when the host is not running).
-pub fn add_home(data: &mut Value, layout: &Layout) {
-    data["upgrade"] = serde_json::to_value(swap::report(layout)).expect("plain data");
-    data["core"] = serde_json::to_value(banalytics_home::running::read(layout).ok().flatten())
-        .expect("plain data");
+/// Integration's details; `null` when the host is not running). Returns
+/// the sets and the core it read, for a caller that shows them typed.
+pub fn add_home(data: &mut Value, layout: &Layout) -> (SetsReport, Option<RunningCore>) {
+    let sets = swap::report(layout);
+    let core = banalytics_home::running::read(layout).ok().flatten();
+    data["upgrade"] = serde_json::to_value(&sets).expect("plain data");
+    data["core"] = serde_json::to_value(&core).expect("plain data");
     data["unreadable_files"] =
         serde_json::to_value(banalytics_home::format::newer_files(layout.home()))
             .expect("plain data");
@@ -26,6 +32,7 @@ pub fn add_home(data: &mut Value, layout: &Layout) {
         "portal": portal.as_ref().and_then(|d| d["portal"].as_str()),
         "portal_error": portal.as_ref().and_then(|d| d["last_error"].as_str()),
     });
+    (sets, core)
 }
 
 /// The components of `kind` in a `status` answer.

@@ -2,11 +2,7 @@
 //! the configured components, all stopped), the module sets and the core,
 //! as a table or as JSON.
 
-use banalytics_home::{
-    running::RunningCore,
-    swap::{self, SetsReport},
-    Layout,
-};
+use banalytics_home::{running::RunningCore, swap::SetsReport, Layout};
 use banalytics_messages::status::{SyncState, Trigger, UpgradeCenterDetails};
 
 use crate::{
@@ -27,12 +23,9 @@ pub(super) fn status(home: &Home, json: bool) -> Result<u8, Error> {
         Some(r) => r.data.unwrap_or_default(),
         None => offline_status(home)?,
     };
-    let layout = Layout::new(home.root());
-    let sets = swap::report(&layout);
-    let core = banalytics_home::running::read(&layout).ok().flatten();
     // The home's part, as the console shows it: sets, core, registration,
     // files of a newer format.
-    crate::report::add_home(&mut data, &layout);
+    let (sets, core) = crate::report::add_home(&mut data, &Layout::new(home.root()));
     if json {
         println!(
             "{}",

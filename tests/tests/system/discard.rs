@@ -7,7 +7,7 @@
 use anyhow::{ensure, Result};
 use banalytics_tests::e2e::PortalApi;
 
-use crate::maintenance::{staged_box, CONVERGE};
+use crate::maintenance::{staged_box, Scene, CONVERGE};
 
 /// What the portal hears of a discard from the command line.
 const TOLD: &str = "discarded by the operator (cli)";
@@ -39,16 +39,7 @@ fn discard_with_the_host_running_drops_the_set_and_tells_the_portal() -> Result<
         String::from_utf8_lossy(&out.stderr)
     );
     assert_gone(&s.b.path())?;
-    let lines = s
-        .portal
-        .wait_for_status(&s.env, "installation_cancelled", 0, CONVERGE)?;
-    ensure!(
-        lines
-            .iter()
-            .any(|l| l.status == "installation_cancelled" && l.message.contains(TOLD)),
-        "the portal heard the discard: {:?}",
-        lines.iter().map(ToString::to_string).collect::<Vec<_>>()
-    );
+    portal_heard_the_discard(&s, "")?;
     ensure!(s.b.is_running(), "a discard restarts nothing");
     let text = s.b.home().cli(&["status"])?;
     let text = String::from_utf8_lossy(&text.stdout);
@@ -58,6 +49,22 @@ fn discard_with_the_host_running_drops_the_set_and_tells_the_portal() -> Result<
     );
     let again = s.b.home().cli(&["approve"])?;
     ensure!(!again.status.success(), "nothing left to approve");
+    Ok(())
+}
+
+/// The portal got `installation_cancelled` naming the operator's discard
+/// (`when` completes the failure's words).
+fn portal_heard_the_discard(s: &Scene, when: &str) -> Result<()> {
+    let lines = s
+        .portal
+        .wait_for_status(&s.env, "installation_cancelled", 0, CONVERGE)?;
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.status == "installation_cancelled" && l.message.contains(TOLD)),
+        "the portal heard the discard{when}: {:?}",
+        lines.iter().map(ToString::to_string).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -91,15 +98,6 @@ fn discard_with_the_host_stopped_drops_the_set_and_the_portal_hears_at_the_next_
         "a second discard finds nothing"
     );
     s.b.spawn()?;
-    let lines = s
-        .portal
-        .wait_for_status(&s.env, "installation_cancelled", 0, CONVERGE)?;
-    ensure!(
-        lines
-            .iter()
-            .any(|l| l.status == "installation_cancelled" && l.message.contains(TOLD)),
-        "the portal heard the discard once the box was back: {:?}",
-        lines.iter().map(ToString::to_string).collect::<Vec<_>>()
-    );
+    portal_heard_the_discard(&s, " once the box was back")?;
     Ok(())
 }
