@@ -31,7 +31,12 @@ fn portal(dir: &Path) -> Result<PortalHandle> {
 }
 
 /// Publishes `bytes` as the core `coordinates` built for this platform.
-fn publish_core(portal: &PortalHandle, dir: &Path, coordinates: &str, bytes: &[u8]) -> Result<()> {
+pub(crate) fn publish_core(
+    portal: &PortalHandle,
+    dir: &Path,
+    coordinates: &str,
+    bytes: &[u8],
+) -> Result<()> {
     let file = dir.join(coordinates.replace(':', "_"));
     std::fs::write(&file, bytes)?;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;

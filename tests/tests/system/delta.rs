@@ -9,23 +9,22 @@
 //! approval (`apply = "approval"`), so that the staged set's `status`,
 //! which says what became of the patch, can be read before the restart.
 
-use std::{
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use banalytics_tests::{
     box_bin,
     e2e::{env_uuid, BoxSettings, ManagedBox, PortalApi},
-    portal::{patch, tuf, ModuleType, Portal, PortalConfig, PortalHandle, PublishRequest},
+    portal::{patch, tuf, Portal, PortalConfig, PortalHandle},
     DEADLINE, PLATFORM,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::tuf::{sync, verdict};
+use crate::{
+    core::publish_core,
+    tuf::{sync, verdict},
+};
 
 const CORE_1: &str = "com.banalytics.box:core:1.0";
 const CORE_2: &str = "com.banalytics.box:core:2.0";
@@ -195,20 +194,6 @@ impl World {
         ensure!(self.b.stop()?.success());
         Ok(())
     }
-}
-
-/// Publishes `bytes` as the core `coordinates` built for this platform.
-fn publish_core(portal: &PortalHandle, dir: &Path, coordinates: &str, bytes: &[u8]) -> Result<()> {
-    let file = dir.join(coordinates.replace(':', "_"));
-    std::fs::write(&file, bytes)?;
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755))?;
-    portal.publish_module(&PublishRequest::native(
-        coordinates,
-        ModuleType::Core,
-        "bin",
-        [(PLATFORM.to_owned(), file)],
-    ))?;
-    Ok(())
 }
 
 /// The one delta entry of a staged synchronisation's report.
