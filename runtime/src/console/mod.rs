@@ -281,11 +281,18 @@ async fn no_framing(mut response: HttpResponse) -> HttpResponse {
 /// Whether `url` (an `Origin` or `Referer`) names the host and port the
 /// request was sent to (its `Host`).
 fn same_origin(url: &str, own_host: &str) -> bool {
-    let Some((_, rest)) = url.split_once("://") else {
+    // Parsed with `url`, as every URL the box reads (`null` and other
+    // opaque origins have no host).
+    let Ok(url) = url::Url::parse(url) else {
         return false;
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    host.eq_ignore_ascii_case(own_host)
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    match url.port() {
+        Some(port) => format!("{host}:{port}").eq_ignore_ascii_case(own_host),
+        None => host.eq_ignore_ascii_case(own_host),
+    }
 }
 
 /// Refuses (403) a POST whose `Origin` (else `Referer`) names another
