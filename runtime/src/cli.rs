@@ -15,6 +15,8 @@
 //! - `verify`: every active file against its recorded SHA-256 and size;
 //! - `console-url`: a one-time login link to the box's web console;
 //! - `restart NAME`: restart a stopped or failed component;
+//! - `service install|uninstall|run` (Windows): the box as the service
+//!   BanalyticsBox ([`crate::service`]);
 //! - `plugin-child` (hidden): an isolated component's process.
 //!
 //! A command is a variant of [`Command`] and an arm of [`main`]'s match
@@ -94,8 +96,14 @@ pub(crate) enum Command {
         /// Component instance name, as in box.toml.
         component: String,
     },
+    /// The Windows service BanalyticsBox: install, uninstall, or run as it.
+    #[cfg(windows)]
+    Service {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::service::ServiceCommand,
+    },
     /// The child process of an isolated component (started by the host).
-    #[cfg(unix)]
     #[command(hide = true)]
     PluginChild(crate::isolation::child::ChildArgs),
 }
@@ -103,7 +111,6 @@ pub(crate) enum Command {
 /// Runs the command line; the binary's whole `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    #[cfg(unix)]
     if let Command::PluginChild(args) = &cli.command {
         return ExitCode::from(crate::isolation::child::main(args));
     }
@@ -124,7 +131,8 @@ pub fn main() -> ExitCode {
                 component: component.clone(),
             },
         ),
-        #[cfg(unix)]
+        #[cfg(windows)]
+        Command::Service { command } => service(&home, command),
         Command::PluginChild(_) => unreachable!("handled above"),
     };
     match result {
@@ -133,6 +141,18 @@ pub fn main() -> ExitCode {
             eprintln!("banalytics-box: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+#[cfg(windows)]
+fn service(home: &Home, command: crate::service::ServiceCommand) -> Result<u8, Error> {
+    use crate::service::{self, ServiceCommand};
+    match command {
+        ServiceCommand::Install { account, password } => {
+            service::install(home, account.as_deref(), password.as_deref())
+        }
+        ServiceCommand::Uninstall => service::uninstall(),
+        ServiceCommand::Run => service::run(home),
     }
 }
 

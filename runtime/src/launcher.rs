@@ -253,7 +253,7 @@ pub fn core_to_run(layout: &Layout, own: &RunningCore) -> CoreToRun {
 /// Checks that `path` can run here before it is started
 /// (`platform::check_executable`: on Unix executable and an ELF file of
 /// this machine or a script; on Windows a PE file of this machine).
-pub fn check_executable(path: &Path) -> Result<(), String> {
+pub fn check_executable(path: &Path) -> io::Result<()> {
     crate::platform::check_executable(path)
 }
 
@@ -397,6 +397,94 @@ fn wait_for_commit(
     }
 }
 
+/// The command that starts `core` with the handshake: the home `lock` and
+/// the readiness pipe's write end `ready` are inherited, and the core dies
+/// with the launcher.
+fn core_command(core: &CoreFile, lock: &fs::File, ready: &fs::File, boot: &host::Boot) -> Command {
+    let handshake = Handshake {
+        version: HANDSHAKE_VERSION,
+        lock_fd: crate::platform::raw_number(lock),
+        ready_fd: crate::platform::raw_number(ready),
+        prepared: true,
+        rolled_back: boot.rolled_back.clone(),
+        rolled_back_seq: boot.rolled_back_seq,
+        core: RunningCore {
+            version: core.version.clone(),
+            sha256: core.sha256,
+            origin: CoreOrigin::ModuleSet,
+            path: core.path.display().to_string(),
+            pid: 0,
+            launcher_handshake: HANDSHAKE_VERSION,
+            fallback: None,
+        },
+    };
+    let mut command = Command::new(&core.path);
+    // As the Windows service, the launcher's `service run` is the core's
+    // `run`: the core is the service's child, not a service.
+    #[cfg(windows)]
+    command.args(crate::service::core_arguments(std::env::args_os().skip(1)));
+    #[cfg(unix)]
+    command.args(std::env::args_os().skip(1));
+    command.env(
+        HANDSHAKE_ENV,
+        serde_json::to_string(&handshake).expect("plain data"),
+    );
+    // The core dies with the launcher, and inherits the lock and the
+    // pipe's write end; this thread (the launcher's main thread) lives as
+    // long as the launcher.
+    crate::platform::inherit(&mut command, &[lock, ready]);
+    command
+}
+
+/// What came first while the launcher waited for the core's readiness.
+enum Readiness {
+    /// The pipe had a line (`ready\n`), or closed.
+    Line(Vec<u8>),
+    /// The core ended.
+    Ended(ExitStatus),
+    /// The probation limit passed first.
+    TimedOut,
+}
+
+/// Waits for the core's readiness line on `ready`, at most `limit` (while
+/// the set is on probation; without a bound otherwise).
+fn wait_ready(
+    child: &mut std::process::Child,
+    mut ready: fs::File,
+    limit: Option<Duration>,
+    feeder: &mut crate::notify::Feeder,
+) -> Readiness {
+    let mut line = Vec::new();
+    let deadline = limit.map(|l| Instant::now() + l);
+    loop {
+        if limit.is_some() {
+            feeder.tick();
+        }
+        let wait = deadline.map_or(Duration::from_secs(1), |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
+        });
+        if crate::platform::wait_readable(&ready, wait) {
+            let mut buf = [0u8; 64];
+            match ready.read(&mut buf) {
+                Ok(0) | Err(_) => return Readiness::Line(line), // the core closed it: ended, or exec'd away
+                Ok(k) => {
+                    line.extend_from_slice(&buf[..k]);
+                    if line.ends_with(b"\n") {
+                        return Readiness::Line(line);
+                    }
+                }
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Readiness::Ended(status);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Readiness::TimedOut;
+        }
+    }
+}
+
 /// Runs `core` as this launcher's child and waits for it (module docs).
 /// `lock` is the home lock the child inherits; `boot` what the preparation
 /// rolled back, for the core to report.
@@ -413,32 +501,7 @@ pub fn launch(
         move |source| Error::Io { path, source }
     };
     let (ready_read, ready_write) = crate::platform::pipe().map_err(io_err(Path::new("pipe")))?;
-    let handshake = Handshake {
-        version: HANDSHAKE_VERSION,
-        lock_fd: crate::platform::raw_number(lock),
-        ready_fd: crate::platform::raw_number(&ready_write),
-        prepared: true,
-        rolled_back: boot.rolled_back.clone(),
-        rolled_back_seq: boot.rolled_back_seq,
-        core: RunningCore {
-            version: core.version.clone(),
-            sha256: core.sha256,
-            origin: CoreOrigin::ModuleSet,
-            path: core.path.display().to_string(),
-            pid: 0,
-            launcher_handshake: HANDSHAKE_VERSION,
-            fallback: None,
-        },
-    };
-    let mut command = Command::new(&core.path);
-    command.args(std::env::args_os().skip(1)).env(
-        HANDSHAKE_ENV,
-        serde_json::to_string(&handshake).expect("plain data"),
-    );
-    // The core dies with the launcher, and inherits the lock and the
-    // pipe's write end; this thread (the launcher's main thread) lives as
-    // long as the launcher.
-    crate::platform::inherit(&mut command, &[lock, &ready_write]);
+    let mut command = core_command(&core, lock, &ready_write, boot);
     let failed_start = |failure: String| {
         if record_failure(layout, &failure) {
             restart(settings).map(Launched::Exit)
@@ -468,7 +531,7 @@ pub fn launch(
     failpoint("launcher.core-spawning");
     let started = Instant::now();
     info!(core = %core.path.display(), version = %core.version, on_probation, "starting the core of the active set");
-    let mut child = match command.spawn() {
+    let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             return failed_start(format!(
@@ -485,77 +548,108 @@ pub fn launch(
         hop_us = started.elapsed().as_micros() as u64,
         "core started"
     );
-
-    // 1. Until the core's components started.
     let limit = on_probation.then(|| host::probation_limit(settings.health_grace));
-    let mut ready = ready_read;
-    let mut line = Vec::new();
-    let deadline = limit.map(|l| Instant::now() + l);
-    loop {
-        if on_probation {
-            feeder.tick();
-        }
-        let wait = deadline.map_or(Duration::from_secs(1), |d| {
-            d.saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(1))
-        });
-        if crate::platform::wait_readable(&ready, wait) {
-            let mut buf = [0u8; 64];
-            match ready.read(&mut buf) {
-                Ok(0) | Err(_) => break, // the core closed it: ended, or exec'd away
-                Ok(k) => {
-                    line.extend_from_slice(&buf[..k]);
-                    if line.ends_with(b"\n") {
-                        break;
-                    }
+    let watch = Watch {
+        layout,
+        settings,
+        core: &core,
+        relay: relay.as_ref(),
+    };
+    watch.core(child, ready_read, limit, started, &mut feeder)
+}
+
+/// What the launcher needs while its core runs.
+struct Watch<'a> {
+    layout: &'a Layout,
+    settings: &'a Settings,
+    core: &'a CoreFile,
+    relay: Option<&'a crate::notify::Relay>,
+}
+
+impl Watch<'_> {
+    /// Steps 1 to 3 of the module docs, from the core's spawn on.
+    fn core(
+        &self,
+        mut child: std::process::Child,
+        ready: fs::File,
+        limit: Option<Duration>,
+        started: Instant,
+        feeder: &mut crate::notify::Feeder,
+    ) -> Result<Launched, Error> {
+        let (layout, settings, core) = (self.layout, self.settings, self.core);
+        // 1. Until the core's components started.
+        match wait_ready(&mut child, ready, limit, feeder) {
+            Readiness::Line(line) => {
+                if line == b"ready\n" {
+                    info!(
+                        ready_ms = started.elapsed().as_millis() as u64,
+                        "the core's components started"
+                    );
+                    failpoint("launcher.core-ready");
                 }
             }
+            Readiness::Ended(status) => {
+                crate::platform::forward_stop(None);
+                return after_exit(layout, settings, status, core);
+            }
+            Readiness::TimedOut => {
+                let _ = child.kill();
+                let _ = child.wait();
+                crate::platform::forward_stop(None);
+                let failure = format!(
+                    "the core did not start its components within {:.1} s",
+                    limit.unwrap_or_default().as_secs_f64()
+                );
+                record_failure(layout, &failure);
+                return restart(settings).map(Launched::Exit);
+            }
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            crate::platform::forward_stop(None);
-            return after_exit(layout, settings, status, &core);
+        // 2. While its set is on probation, until the set committed: the
+        // verdict is decided inside the core, so a core that hangs after its
+        // components started would otherwise keep the box on probation forever.
+        if let Some(limit) = limit {
+            if let Some(decided) = self.verdict(&mut child, limit, feeder) {
+                return decided;
+            }
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let _ = child.kill();
-            let _ = child.wait();
-            crate::platform::forward_stop(None);
-            let failure = format!(
-                "the core did not start its components within {:.1} s",
-                limit.unwrap_or_default().as_secs_f64()
-            );
-            record_failure(layout, &failure);
-            return restart(settings).map(Launched::Exit);
-        }
+        // 3. Until it exits.
+        let status = child.wait().map_err(|source| Error::Io {
+            path: core.path.clone(),
+            source,
+        })?;
+        crate::platform::forward_stop(None);
+        info!(%status, "the core ended");
+        after_exit(layout, settings, status, core)
     }
-    if line == b"ready\n" {
-        info!(
-            ready_ms = started.elapsed().as_millis() as u64,
-            "the core's components started"
-        );
-        failpoint("launcher.core-ready");
-    }
-    // 2. While its set is on probation, until the set committed: the
-    // verdict is decided inside the core, so a core that hangs after its
-    // components started would otherwise keep the box on probation forever.
-    if let Some(limit) = limit {
+
+    /// Step 2: waits for the set on probation to commit; `None` once it
+    /// did, else what the launcher does.
+    fn verdict(
+        &self,
+        child: &mut std::process::Child,
+        limit: Duration,
+        feeder: &mut crate::notify::Feeder,
+    ) -> Option<Result<Launched, Error>> {
+        let (layout, settings) = (self.layout, self.settings);
         let bound = limit + COMMIT_SLACK;
-        match wait_for_commit(layout, &mut child, bound, &mut feeder) {
+        match wait_for_commit(layout, child, bound, feeder) {
             Probation::Committed => {
                 info!("the core's set committed");
-                if let Some(relay) = &relay {
+                if let Some(relay) = self.relay {
                     relay.feed_watchdog_myself(false);
                 }
+                None
             }
             Probation::Ended(status) => {
                 crate::platform::forward_stop(None);
-                return after_exit(layout, settings, status, &core);
+                Some(after_exit(layout, settings, status, self.core))
             }
             Probation::Undecided => {
                 warn!(
                     bound_s = bound.as_secs_f64(),
                     "the core did not commit its set in time; stopping it"
                 );
-                let ended = crate::process::terminate(&mut child, KILL_GRACE);
+                let ended = crate::process::terminate(child, KILL_GRACE);
                 crate::platform::forward_stop(None);
                 let failure = format!(
                     "the core did not commit within {:.1} s after it reported ready{}",
@@ -563,13 +657,8 @@ pub fn launch(
                     ended.map_or(String::new(), |s| format!(" ({})", describe(s)))
                 );
                 record_failure(layout, &failure);
-                return restart(settings).map(Launched::Exit);
+                Some(restart(settings).map(Launched::Exit))
             }
         }
     }
-    // 3. Until it exits.
-    let status = child.wait().map_err(io_err(&core.path))?;
-    crate::platform::forward_stop(None);
-    info!(%status, "the core ended");
-    after_exit(layout, settings, status, &core)
 }

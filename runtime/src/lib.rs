@@ -28,6 +28,7 @@ pub mod preflight;
 pub(crate) mod process;
 pub mod registry;
 pub(crate) mod report;
+pub(crate) mod service;
 
 use std::path::PathBuf;
 

@@ -1,6 +1,8 @@
 //! The child process of an isolated component (`banalytics-box
 //! plugin-child`, hidden): opens the plugin library as the host does and
-//! serves the host's frames on descriptor 3 with the plugin's C ABI.
+//! serves the host's frames on its link with the plugin's C ABI: the
+//! socket on descriptor 3 on Unix, the two inherited pipes named by
+//! `--pipes IN,OUT` on Windows (`super::spawn`).
 //!
 //! Two threads: this one reads the frames and delivers bus messages to the
 //! instance (blocking while its queue is full: backpressure to the host);
@@ -15,12 +17,14 @@
 //! the child enters its file-system sandbox ([`super::sandbox`]) and tells
 //! the host the level it reached in a log event. A sandbox that cannot be
 //! built on a kernel that has Landlock ends the child: it never runs the
-//! plugin with less than it was meant to have.
+//! plugin with less than it was meant to have. (Windows has no sandbox:
+//! the log event says so.) The library is opened once the host's `create`
+//! came, so that on Windows the host has put the child in its Job object,
+//! with its limits, before the library's code runs.
 
 use std::{
     ffi::c_void,
-    io::{self, BufReader, Write},
-    os::{fd::FromRawFd, unix::net::UnixStream},
+    io::{self, BufReader, Read, Write},
     panic::catch_unwind,
     path::PathBuf,
     sync::{mpsc, Arc, Mutex},
@@ -30,7 +34,7 @@ use banalytics_sdk::plugin::{
     Buf, Bytes, HostCallbacks, HostLog, LEVEL_INFO, RC_CLOSED, RC_ERROR, RC_OK,
 };
 
-use super::{frame::Frame, sandbox, CHILD_SOCKET_FD};
+use super::frame::Frame;
 use crate::plugins::{self, Plugin};
 
 /// The hidden subcommand's arguments.
@@ -49,11 +53,49 @@ pub struct ChildArgs {
     /// The child's own temporary folder, made by the host (also `TMPDIR`).
     #[arg(long)]
     pub tmp: PathBuf,
+    /// The inherited pipe handles of the link, `IN,OUT` (Windows).
+    #[cfg(windows)]
+    #[arg(long)]
+    pub pipes: String,
+}
+
+/// The child's writing end of the link.
+#[cfg(unix)]
+type LinkWriter = std::os::unix::net::UnixStream;
+/// The child's writing end of the link.
+#[cfg(windows)]
+type LinkWriter = std::fs::File;
+
+/// The link the host handed over: descriptor 3, a socket, both ways.
+#[cfg(unix)]
+fn link(_args: &ChildArgs) -> io::Result<(impl Read, LinkWriter)> {
+    use std::os::{fd::FromRawFd, unix::net::UnixStream};
+    // SAFETY: the host passes the child's end of the socket pair as this
+    // descriptor, for this process to own.
+    let stream = unsafe { UnixStream::from_raw_fd(super::CHILD_SOCKET_FD) };
+    Ok((stream.try_clone()?, stream))
+}
+
+/// The link the host handed over: the pipes named by `--pipes IN,OUT`.
+#[cfg(windows)]
+fn link(args: &ChildArgs) -> io::Result<(impl Read, LinkWriter)> {
+    let bad = || io::Error::other(format!("--pipes {}: not two handles", args.pipes));
+    let (read, write) = args.pipes.split_once(',').ok_or_else(bad)?;
+    let read: i64 = read.trim().parse().map_err(|_| bad())?;
+    let write: i64 = write.trim().parse().map_err(|_| bad())?;
+    // SAFETY: the host made these two handles inheritable for this process
+    // to own, and named them here.
+    unsafe {
+        Ok((
+            crate::platform::file_from_number(read),
+            crate::platform::file_from_number(write),
+        ))
+    }
 }
 
 /// Frames to the host, from any thread of the child.
 struct Writer {
-    stream: Mutex<UnixStream>,
+    stream: Mutex<LinkWriter>,
     level: u32,
 }
 
@@ -133,10 +175,7 @@ const CONTROL_QUEUE: usize = 16;
 
 /// The child's whole life; its exit status.
 pub fn main(args: &ChildArgs) -> u8 {
-    // SAFETY: the host passes the child's end of the socket pair as this
-    // descriptor, for this process to own.
-    let stream = unsafe { UnixStream::from_raw_fd(CHILD_SOCKET_FD) };
-    match serve(args, stream) {
+    match link(args).and_then(|(reader, writer)| serve(args, reader, writer)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("banalytics-box plugin-child: {e}");
@@ -145,70 +184,19 @@ pub fn main(args: &ChildArgs) -> u8 {
     }
 }
 
-fn serve(args: &ChildArgs, stream: UnixStream) -> io::Result<()> {
+fn serve(args: &ChildArgs, reader: impl Read, stream: LinkWriter) -> io::Result<()> {
     let writer: &'static Writer = Box::leak(Box::new(Writer {
-        stream: Mutex::new(stream.try_clone()?),
+        stream: Mutex::new(stream),
         level: args.log_level,
     }));
     let ctx: *mut c_void = (writer as *const Writer).cast_mut().cast();
-    let entered = sandbox::enter(&args.box_home, &args.tmp)
-        .map_err(|e| io::Error::other(format!("cannot enter the file-system sandbox: {e}")))?;
-    writer.send(&Frame::Log {
-        level: LEVEL_INFO,
-        target: "banalytics_runtime::isolation::sandbox".to_owned(),
-        message: format!(
-            "plugin process sandboxed: landlock={} no_new_privs={} (writes only in {} and {})",
-            entered.level,
-            entered.no_new_privs,
-            args.box_home.join(sandbox::DATA_DIR).display(),
-            args.tmp.display()
-        ),
-    });
-    let mut reader = BufReader::with_capacity(64 << 10, stream);
-    let opened = plugins::open(&args.library, |_| Ok(()))
-        .map_err(|e| e.to_string())
-        .and_then(|opened| {
-            let log = Box::leak(Box::new(HostLog {
-                ctx,
-                enabled: log_enabled,
-                log,
-            }));
-            // SAFETY: `log` lives for the process.
-            match unsafe { (opened.init)(log) } {
-                RC_OK => Ok(Arc::new(opened.plugin)),
-                code => Err(format!(
-                    "plugin {}: init failed with code {code}",
-                    args.library.display()
-                )),
-            }
-        });
+    enter_sandbox(args, writer)?;
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
     // The first frame is `create`.
     let Some(Frame::Create { kind, init }) = Frame::read(&mut reader)? else {
         return Err(io::Error::other("the host did not begin with create"));
     };
-    let callbacks: &'static HostCallbacks = Box::leak(Box::new(HostCallbacks {
-        ctx,
-        publish,
-        state,
-    }));
-    let created = opened.and_then(|plugin| {
-        let (mut instance, mut err) = (std::ptr::null_mut(), Buf::EMPTY);
-        // SAFETY: arguments borrowed for the call; `callbacks` live for the
-        // process.
-        let code = unsafe {
-            (plugin.api.create)(
-                Bytes::of(kind.as_bytes()),
-                Bytes::of(&init),
-                callbacks,
-                &mut instance,
-                &mut err,
-            )
-        };
-        match code {
-            RC_OK => Ok((plugin, Instance(instance))),
-            code => Err(plugin.message(code, err)),
-        }
-    });
+    let created = open(args, ctx).and_then(|plugin| create(plugin, &kind, &init, ctx));
     let (plugin, instance) = match created {
         Ok(created) => {
             writer.send(&Frame::Created(Ok(())));
@@ -226,8 +214,105 @@ fn serve(args: &ChildArgs, stream: UnixStream) -> io::Result<()> {
             .name("plugin control".to_owned())
             .spawn(move || control_loop(&plugin, instance, orders, writer))?
     };
+    read_loop(&mut reader, &plugin, instance, &control);
+    drop(control);
+    let _ = controller.join();
+    // SAFETY: the instance, handed back once; nothing uses it after.
+    unsafe { (plugin.api.destroy)(instance.0) };
+    Ok(())
+}
+
+/// Enters the file-system sandbox and tells the host the level reached.
+#[cfg(unix)]
+fn enter_sandbox(args: &ChildArgs, writer: &Writer) -> io::Result<()> {
+    use super::sandbox;
+    let entered = sandbox::enter(&args.box_home, &args.tmp)
+        .map_err(|e| io::Error::other(format!("cannot enter the file-system sandbox: {e}")))?;
+    writer.send(&Frame::Log {
+        level: LEVEL_INFO,
+        target: "banalytics_runtime::isolation::sandbox".to_owned(),
+        message: format!(
+            "plugin process sandboxed: landlock={} no_new_privs={} (writes only in {} and {})",
+            entered.level,
+            entered.no_new_privs,
+            args.box_home.join(sandbox::DATA_DIR).display(),
+            args.tmp.display()
+        ),
+    });
+    Ok(())
+}
+
+/// Windows has no sandbox for the child: tells the host so.
+#[cfg(windows)]
+fn enter_sandbox(_args: &ChildArgs, writer: &Writer) -> io::Result<()> {
+    writer.send(&Frame::Log {
+        level: LEVEL_INFO,
+        target: "banalytics_runtime::isolation::sandbox".to_owned(),
+        message: "plugin process not sandboxed: landlock=none (Linux-only); in a Job object with its limits".to_owned(),
+    });
+    Ok(())
+}
+
+/// Opens the library as the host does and initialises it with the log
+/// callbacks that send `log` frames.
+fn open(args: &ChildArgs, ctx: *mut c_void) -> Result<Arc<Plugin>, String> {
+    let opened = plugins::open(&args.library, |_| Ok(())).map_err(|e| e.to_string())?;
+    let log = Box::leak(Box::new(HostLog {
+        ctx,
+        enabled: log_enabled,
+        log,
+    }));
+    // SAFETY: `log` lives for the process.
+    match unsafe { (opened.init)(log) } {
+        RC_OK => Ok(Arc::new(opened.plugin)),
+        code => Err(format!(
+            "plugin {}: init failed with code {code}",
+            args.library.display()
+        )),
+    }
+}
+
+/// Creates the instance of `kind` with `init`; the plugin's refusal in
+/// words.
+fn create(
+    plugin: Arc<Plugin>,
+    kind: &str,
+    init: &[u8],
+    ctx: *mut c_void,
+) -> Result<(Arc<Plugin>, Instance), String> {
+    let callbacks: &'static HostCallbacks = Box::leak(Box::new(HostCallbacks {
+        ctx,
+        publish,
+        state,
+    }));
+    let (mut instance, mut err) = (std::ptr::null_mut(), Buf::EMPTY);
+    // SAFETY: arguments borrowed for the call; `callbacks` live for the
+    // process.
+    let code = unsafe {
+        (plugin.api.create)(
+            Bytes::of(kind.as_bytes()),
+            Bytes::of(init),
+            callbacks,
+            &mut instance,
+            &mut err,
+        )
+    };
+    match code {
+        RC_OK => Ok((plugin, Instance(instance))),
+        code => Err(plugin.message(code, err)),
+    }
+}
+
+/// Reads the host's frames until the link closes: bus messages go to the
+/// instance from here, lifecycle orders and pings to the control thread.
+fn read_loop(
+    reader: &mut impl Read,
+    plugin: &Plugin,
+    instance: Instance,
+    control: &mpsc::SyncSender<Control>,
+) {
     loop {
-        let frame = match Frame::read(&mut reader) {
+        let frame = match Frame::read(reader) {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(e) => {
@@ -237,8 +322,8 @@ fn serve(args: &ChildArgs, stream: UnixStream) -> io::Result<()> {
         };
         let order = match frame {
             Frame::Deliver { topic, message } => {
-                // SAFETY: a live instance (destroyed only below); bytes
-                // borrowed for the call.
+                // SAFETY: a live instance (destroyed only after this
+                // loop); bytes borrowed for the call.
                 let code = unsafe {
                     (plugin.api.deliver)(
                         instance.0,
@@ -264,11 +349,6 @@ fn serve(args: &ChildArgs, stream: UnixStream) -> io::Result<()> {
             break;
         }
     }
-    drop(control);
-    let _ = controller.join();
-    // SAFETY: the instance, handed back once; nothing uses it after.
-    unsafe { (plugin.api.destroy)(instance.0) };
-    Ok(())
 }
 
 /// Carries out the lifecycle orders and answers pings.

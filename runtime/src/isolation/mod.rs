@@ -75,43 +75,31 @@
 //! (it still reads the kinds and topics from it at start, so a library
 //! whose initialisers crash takes the host down at load, isolated or not).
 
-// Windows refuses isolation at component creation (README, "Windows"): the
-// child's protocol and timings below serve only the Unix build there.
-#![cfg_attr(not(unix), allow(dead_code))]
-
-#[cfg(unix)]
 pub mod child;
 pub mod frame;
-#[cfg(unix)]
 mod proxy;
 #[cfg(unix)]
 pub(crate) mod sandbox;
+mod spawn;
 
-use std::time::Duration;
 #[cfg(unix)]
+use std::sync::mpsc;
 use std::{
     io,
     process::{Child, Command},
-    sync::{mpsc, Mutex},
+    sync::Mutex,
+    time::Duration,
 };
 
-#[cfg(unix)]
 pub(crate) use proxy::create;
 
-/// Not on Windows yet: the child's link (a socket pair as descriptor 3),
-/// its limits (`setrlimit`) and its sandbox (Landlock) have no Windows
-/// implementation, so a component with `isolation = "process"` is refused
-/// when it is created, and `isolation = "none"` runs it in the host.
-#[cfg(windows)]
-pub(crate) fn create(
-    _entry: &std::sync::Arc<crate::plugins::KindEntry>,
-    _init: &banalytics_sdk::component::ComponentInit,
-    _limits: Limits,
-) -> Result<Box<dyn banalytics_sdk::component::Component>, banalytics_sdk::ComponentError> {
-    Err(banalytics_sdk::ComponentError::Start(
-        "isolation = \"process\" is not available on Windows yet (README, Windows): use isolation = \"none\"".to_owned(),
-    ))
-}
+/// The folder of the home a child may write in (the only one, under the
+/// sandbox).
+pub const DATA_DIR: &str = "data";
+
+/// The start of a child's temporary folder's name, in the host's temporary
+/// folder: `banalytics-plugin-{host pid}-{component}-{random}`.
+pub const TMP_PREFIX: &str = "banalytics-plugin-";
 
 /// What the platform offers isolated components, as `status` shows it
 /// (`host.sandbox`): the kernel's Landlock.
@@ -121,7 +109,8 @@ pub fn sandbox_status() -> serde_json::Value {
 }
 
 /// What the platform offers isolated components, as `status` shows it
-/// (`host.sandbox`): nothing on Windows, where they are not available yet.
+/// (`host.sandbox`): none on Windows (Landlock is Linux's; the child runs
+/// in a Job object with its limits, without a file-system sandbox).
 #[cfg(windows)]
 pub fn sandbox_status() -> serde_json::Value {
     serde_json::json!({ "landlock_abi": null, "level": "none" })
@@ -169,6 +158,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(6);
 pub const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// The descriptor the child finds its end of the socket pair on.
+#[cfg(unix)]
 pub const CHILD_SOCKET_FD: i32 = 3;
 
 #[cfg(unix)]
@@ -188,12 +178,37 @@ pub struct Spawner {
     sandbox: std::sync::OnceLock<sandbox::Support>,
 }
 
-/// No spawner on Windows: isolated components are not available there yet
-/// ([`create`]).
+/// Spawns the children of isolated components one at a time on Windows:
+/// a child's pipe ends are inheritable from just before its spawn until
+/// just after it (std starts every child with `bInheritHandles`), and no
+/// other child of the spawner may inherit them meanwhile. One per host.
 #[cfg(windows)]
 #[derive(Default)]
 pub struct Spawner {
-    _none: (),
+    one_at_a_time: Mutex<()>,
+}
+
+#[cfg(windows)]
+impl Spawner {
+    /// Spawns `command`, which inherits `handles` (made inheritable for
+    /// the spawn only).
+    pub fn spawn(
+        &self,
+        mut command: Command,
+        handles: &[&dyn std::os::windows::io::AsRawHandle],
+    ) -> io::Result<Child> {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| tracing::warn!("isolated plugin processes run without a file-system sandbox on Windows (Landlock is Linux-only): they can write anywhere the box can"));
+        for handle in handles {
+            crate::platform::set_inheritable(handle.as_raw_handle(), true)?;
+        }
+        let spawned = command.spawn();
+        for handle in handles {
+            let _ = crate::platform::set_inheritable(handle.as_raw_handle(), false);
+        }
+        spawned
+    }
 }
 
 #[cfg(unix)]

@@ -4,10 +4,7 @@
 use std::{
     cell::RefCell,
     io::{self, BufReader, Write},
-    os::{
-        fd::{AsRawFd, OwnedFd},
-        unix::{net::UnixStream, process::CommandExt},
-    },
+    path::PathBuf,
     process::{Child, Command, Stdio},
     rc::Rc,
     sync::{
@@ -28,13 +25,15 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{
-    frame::Frame, Limits, CHILD_SOCKET_FD, EXIT_GRACE, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL,
-    HEARTBEAT_TIMEOUT, STOP_GRACE,
+    frame::Frame,
+    spawn::{self, Guard, Reader, SpawnError, Spawned, Writer},
+    Limits, DATA_DIR, EXIT_GRACE, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT,
+    STOP_GRACE, TMP_PREFIX,
 };
 use crate::{
     authority::Publisher,
     plugins::{block_on, log_plugin_event, KindEntry},
-    process::{describe_exit, die_with_parent, wait_for},
+    process::{describe_exit, wait_for},
 };
 
 /// The name of the actor that is the child process, on the board.
@@ -44,6 +43,32 @@ const PROCESS_ACTOR: &str = "process";
 /// what waits in one go, so a burst costs few system calls; a full queue
 /// makes the `process` actor wait, and its mailbox fill.
 const WRITE_QUEUE: usize = 256;
+
+/// Why a child could not be started, or did not answer as it should.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The folders of the child (its `data/`, its temporary folder).
+    #[error("cannot make {what} for the plugin process: {source}")]
+    Folder {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// This executable cannot be found to start the child.
+    #[error("{0}")]
+    Exe(#[source] io::Error),
+    /// The plugin refused (its message).
+    #[error("{0}")]
+    Refused(String),
+    /// The child answered a request with another frame.
+    #[error("the plugin process answered {what} with {frame}")]
+    Unexpected { what: &'static str, frame: String },
+    /// The child did not answer; how it ended.
+    #[error("no answer to {what}: {ended}")]
+    NoAnswer { what: &'static str, ended: String },
+}
 
 /// What every child of one component needs.
 struct ChildSpec {
@@ -70,7 +95,7 @@ pub(crate) fn create(
         limits,
         home: init.home.clone(),
     });
-    let first = Link::open(&spec).map_err(ComponentError::Start)?;
+    let first = Link::open(&spec).map_err(|e| ComponentError::Start(e.to_string()))?;
     Ok(Box::new(IsolatedComponent {
         spec,
         first: Arc::new(Mutex::new(Some(first))),
@@ -137,7 +162,7 @@ impl Component for IsolatedComponent {
                 }
                 Err(reason) => {
                     *slot.borrow_mut() = None;
-                    ChildActor::new(None, Some(reason), supervision.clone())
+                    ChildActor::new(None, Some(reason.to_string()), supervision.clone())
                 }
             }
         });
@@ -301,6 +326,8 @@ struct Side {
 /// thread, come in through a reader thread.
 struct Link {
     child: Child,
+    /// What ties the child to the host (its Job object on Windows).
+    _guard: Guard,
     /// The child's own temporary folder, removed when the link is dropped
     /// (after the child was reaped: fields drop after `Drop::drop`).
     _tmp: tempfile::TempDir,
@@ -313,44 +340,16 @@ struct Link {
 
 impl Link {
     /// Spawns a child for `spec` and creates the instance in it.
-    fn open(spec: &ChildSpec) -> Result<Link, String> {
-        let library = &spec.entry.plugin.path;
-        let (host_end, child_end) = UnixStream::pair()
-            .map_err(|e| format!("cannot create the plugin process's socket: {e}"))?;
-        let child_end = OwnedFd::from(child_end);
+    fn open(spec: &ChildSpec) -> Result<Link, LinkError> {
         let tmp = sandbox_folders(spec)?;
-        let mut command = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
-        command
-            .arg("plugin-child")
-            .arg("--library")
-            .arg(library)
-            .arg("--log-level")
-            .arg(log_level().to_string())
-            .arg("--box-home")
-            .arg(&spec.home)
-            .arg("--tmp")
-            .arg(tmp.path())
-            .env("TMPDIR", tmp.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        crate::notify::forget_for_child(&mut command);
-        let parent = std::process::id() as libc::pid_t;
-        let (fd, limits) = (child_end.as_raw_fd(), spec.limits);
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                die_with_parent(parent)?;
-                child_descriptors(fd)?;
-                set_limits(limits)
-            });
-        }
-        let child = spec
-            .entry
-            .spawner
-            .spawn(command)
-            .map_err(|e| format!("cannot start the plugin process: {e}"))?;
-        drop(child_end);
-        info!(component = %spec.component, pid = child.id(), library = %library.display(), "plugin process started");
+        let command = child_command(spec, &tmp.path().to_owned())?;
+        let Spawned {
+            child,
+            reader,
+            writer,
+            guard,
+        } = spawn::spawn(&spec.entry.spawner, command, spec.limits)?;
+        info!(component = %spec.component, pid = child.id(), library = %spec.entry.plugin.path.display(), "plugin process started");
         let side = Arc::new(Side {
             component: spec.component.clone(),
             plugin: spec.entry.plugin.label.clone(),
@@ -366,22 +365,22 @@ impl Link {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (reply_tx, replies) = std_mpsc::channel();
         let (gone_tx, gone) = oneshot::channel();
-        let io = |e: io::Error| format!("cannot start the plugin process: {e}");
-        let reader_stream = host_end.try_clone().map_err(io)?;
+        let thread = |e| LinkError::Spawn(SpawnError::Start(e));
         let reader_side = side.clone();
         std::thread::Builder::new()
             .name(format!("from process {}", spec.component))
             .spawn(move || {
-                read_frames(reader_stream, &reader_side, &reply_tx);
+                read_frames(reader, &reader_side, &reply_tx);
                 let _ = gone_tx.send(());
             })
-            .map_err(io)?;
+            .map_err(thread)?;
         std::thread::Builder::new()
             .name(format!("to process {}", spec.component))
-            .spawn(move || write_frames(host_end, rx))
-            .map_err(io)?;
+            .spawn(move || write_frames(writer, rx))
+            .map_err(thread)?;
         let mut link = Link {
             child,
+            _guard: guard,
             _tmp: tmp,
             reaped: false,
             tx,
@@ -393,30 +392,35 @@ impl Link {
             kind: spec.entry.info.kind.clone(),
             init: spec.init_json.clone(),
         };
-        match link.call(create, "create") {
-            Ok(Frame::Created(Ok(()))) => Ok(link),
-            Ok(Frame::Created(Err(e))) => Err(e),
-            Ok(other) => Err(format!("the plugin process answered create with {other:?}")),
-            Err(e) => Err(e),
+        match link.call(create, "create")? {
+            Frame::Created(Ok(())) => Ok(link),
+            Frame::Created(Err(e)) => Err(LinkError::Refused(e)),
+            other => Err(LinkError::Unexpected {
+                what: "create",
+                frame: format!("{other:?}"),
+            }),
         }
     }
 
     /// Sends `frame` and waits for the answer, at most [`HANDSHAKE_TIMEOUT`];
     /// a child that does not answer is killed, and the error says how it
     /// ended.
-    fn call(&mut self, frame: Frame, what: &str) -> Result<Frame, String> {
+    fn call(&mut self, frame: Frame, what: &'static str) -> Result<Frame, LinkError> {
         if self.tx.try_send(frame.to_bytes()).is_ok() {
             if let Ok(answer) = self.replies.recv_timeout(HANDSHAKE_TIMEOUT) {
                 return Ok(answer);
             }
         }
         let hung = matches!(self.child.try_wait(), Ok(None));
-        Err(format!("no answer to {what}: {}", self.reap(hung)))
+        Err(LinkError::NoAnswer {
+            what,
+            ended: self.reap(hung),
+        })
     }
 
     /// Starts the instance with `args`; the bridge carries its messages and
     /// states from now on.
-    fn start(mut self, args: &[u8], bridge: Arc<Bridge>) -> Result<Link, String> {
+    fn start(mut self, args: &[u8], bridge: Arc<Bridge>) -> Result<Link, LinkError> {
         *self.side.bridge.lock().expect("bridge poisoned") = Some(bridge);
         let answer = self.call(
             Frame::Start {
@@ -428,11 +432,13 @@ impl Link {
             self.side.epoch.elapsed().as_millis() as u64,
             Ordering::SeqCst,
         );
-        match answer {
-            Ok(Frame::Started(Ok(()))) => Ok(self),
-            Ok(Frame::Started(Err(e))) => Err(e),
-            Ok(other) => Err(format!("the plugin process answered start with {other:?}")),
-            Err(e) => Err(e),
+        match answer? {
+            Frame::Started(Ok(())) => Ok(self),
+            Frame::Started(Err(e)) => Err(LinkError::Refused(e)),
+            other => Err(LinkError::Unexpected {
+                what: "start",
+                frame: format!("{other:?}"),
+            }),
         }
     }
 
@@ -523,14 +529,13 @@ impl Link {
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
         let mut status = wait_for(&mut self.child, EXIT_GRACE);
-        if status.is_none() {
+        if status.is_none() && cfg!(unix) {
             warn!(%component, pid, "the plugin process did not exit; sending SIGTERM");
-            // SAFETY: kill(2) on our own, not yet reaped, child.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            spawn::ask_to_exit(&self.child);
             status = wait_for(&mut self.child, EXIT_GRACE);
         }
         if status.is_none() {
-            warn!(%component, pid, "the plugin process did not exit on SIGTERM; sending SIGKILL");
+            warn!(%component, pid, "{}", KILLING);
             let _ = self.child.kill();
             status = self.child.wait().ok();
         }
@@ -540,6 +545,14 @@ impl Link {
         }
     }
 }
+
+/// What the last step of a stop says: SIGKILL on Unix, `TerminateProcess`
+/// on Windows (which has no SIGTERM step before it).
+const KILLING: &str = if cfg!(unix) {
+    "the plugin process did not exit on SIGTERM; sending SIGKILL"
+} else {
+    "the plugin process did not exit; terminating it"
+};
 
 impl Drop for Link {
     fn drop(&mut self) {
@@ -553,20 +566,47 @@ impl Drop for Link {
 /// The folders the child's sandbox lets it write in: the home's `data/`,
 /// made when missing, and a fresh temporary folder of its own (mode 0700,
 /// in the host's temporary folder), which is returned.
-fn sandbox_folders(spec: &ChildSpec) -> Result<tempfile::TempDir, String> {
-    let data = spec.home.join(super::sandbox::DATA_DIR);
-    std::fs::create_dir_all(&data)
-        .map_err(|e| format!("cannot make {} for the plugin process: {e}", data.display()))?;
+fn sandbox_folders(spec: &ChildSpec) -> Result<tempfile::TempDir, LinkError> {
+    let data = spec.home.join(DATA_DIR);
+    std::fs::create_dir_all(&data).map_err(|source| LinkError::Folder {
+        what: data.display().to_string(),
+        source,
+    })?;
     let tmp = tempfile::Builder::new()
         .prefix(&format!(
-            "{}{}-{}-",
-            super::sandbox::TMP_PREFIX,
+            "{TMP_PREFIX}{}-{}-",
             std::process::id(),
             spec.component
         ))
         .tempdir()
-        .map_err(|e| format!("cannot make a temporary folder for the plugin process: {e}"))?;
+        .map_err(|source| LinkError::Folder {
+            what: "a temporary folder".to_owned(),
+            source,
+        })?;
     Ok(tmp)
+}
+
+/// The command of a child of `spec` with its temporary folder `tmp`
+/// (`TMPDIR`, and on Windows `TMP` and `TEMP`).
+fn child_command(spec: &ChildSpec, tmp: &PathBuf) -> Result<Command, LinkError> {
+    let mut command = Command::new(std::env::current_exe().map_err(LinkError::Exe)?);
+    command
+        .arg("plugin-child")
+        .arg("--library")
+        .arg(&spec.entry.plugin.path)
+        .arg("--log-level")
+        .arg(log_level().to_string())
+        .arg("--box-home")
+        .arg(&spec.home)
+        .arg("--tmp")
+        .arg(tmp)
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    #[cfg(windows)]
+    command.env("TMP", tmp).env("TEMP", tmp);
+    crate::notify::forget_for_child(&mut command);
+    Ok(command)
 }
 
 /// The host's log level as a `LEVEL_*` number, for the child's `enabled`.
@@ -582,71 +622,9 @@ fn log_level() -> u32 {
     }
 }
 
-/// In the child, between fork and exec: its end of the socket becomes
-/// descriptor 3, and every descriptor above is closed at exec.
-///
-/// # Safety
-/// Async-signal-safe calls only (`dup2`, `fcntl`, `close_range`).
-unsafe fn child_descriptors(fd: i32) -> io::Result<()> {
-    // SAFETY: plain descriptor calls, async-signal-safe.
-    unsafe {
-        if fd == CHILD_SOCKET_FD {
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        } else if libc::dup2(fd, CHILD_SOCKET_FD) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Close-on-exec rather than closed: std's own pipe that reports an
-        // exec failure is among them and must stay open until the exec.
-        let first = (CHILD_SOCKET_FD + 1) as libc::c_uint;
-        if libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) != 0
-        {
-            // Kernels before 5.11: one descriptor at a time.
-            let mut limit: libc::rlimit = std::mem::zeroed();
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-            let last = limit.rlim_cur.min(1 << 16) as i32;
-            for fd in CHILD_SOCKET_FD + 1..last {
-                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// In the child, between fork and exec: `memory_limit` and `cpu_limit`.
-///
-/// # Safety
-/// Async-signal-safe calls only (`setrlimit`).
-unsafe fn set_limits(limits: Limits) -> io::Result<()> {
-    let set = |resource, soft: u64, hard: u64| {
-        let limit = libc::rlimit {
-            rlim_cur: soft as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
-        };
-        // SAFETY: a valid rlimit; async-signal-safe.
-        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    if let Some(bytes) = limits.memory_bytes {
-        set(libc::RLIMIT_AS, bytes, bytes)?;
-    }
-    if let Some(seconds) = limits.cpu_seconds {
-        set(libc::RLIMIT_CPU, seconds, seconds + 5)?;
-    }
-    Ok(())
-}
-
 /// The writer thread: frames from the queue to the socket, what waits in
-/// one write; at the end of the queue the socket is shut for writing.
-fn write_frames(mut stream: UnixStream, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// one write; at the end of the queue the link is closed for writing.
+fn write_frames(mut stream: Writer, mut rx: mpsc::Receiver<Vec<u8>>) {
     while let Some(mut batch) = rx.blocking_recv() {
         while batch.len() < 64 << 10 {
             match rx.try_recv() {
@@ -658,11 +636,11 @@ fn write_frames(mut stream: UnixStream, mut rx: mpsc::Receiver<Vec<u8>>) {
             break;
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    spawn::close_write(stream);
 }
 
 /// The reader thread: the child's frames, until its socket closes.
-fn read_frames(stream: UnixStream, side: &Side, replies: &std_mpsc::Sender<Frame>) {
+fn read_frames(stream: Reader, side: &Side, replies: &std_mpsc::Sender<Frame>) {
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     loop {
         let frame = match Frame::read(&mut reader) {

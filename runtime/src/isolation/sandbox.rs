@@ -62,8 +62,7 @@ pub const SYSTEM_READ: &[&str] = &[
     "/proc", "/sys", "/dev", "/run",
 ];
 
-/// The folders of the home a child may write in.
-pub const DATA_DIR: &str = "data";
+pub use super::DATA_DIR;
 
 /// How much of the sandbox a kernel enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,9 +86,7 @@ impl std::fmt::Display for Level {
     }
 }
 
-/// The start of a child's temporary folder's name, in the host's temporary
-/// folder: `banalytics-plugin-{host pid}-{component}-{random}`.
-pub const TMP_PREFIX: &str = "banalytics-plugin-";
+pub use super::TMP_PREFIX;
 
 /// Removes the temporary folders of children whose host is gone (a host
 /// killed with SIGKILL removes none): those named after a process that no
@@ -261,28 +258,66 @@ pub struct Entered {
     pub no_new_privs: bool,
 }
 
+/// Why the sandbox could not be entered.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A folder of the sandbox cannot be resolved.
+    #[error("{}: {source}", path.display())]
+    Path {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The home cannot be read to plan the grants.
+    #[error("home {}: {source}", home.display())]
+    Plan {
+        /// The home.
+        home: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The kernel refused the ruleset.
+    #[error("landlock: {0}")]
+    Landlock(#[source] landlock::RulesetError),
+    /// The kernel refused a rule.
+    #[error("landlock rule for {}: {source}", path.display())]
+    Rule {
+        /// The folder of the rule.
+        path: PathBuf,
+        /// The cause.
+        source: landlock::RulesetError,
+    },
+}
+
 /// Restricts the calling thread and every thread and process it starts
 /// from now on to the grants of [`plan`], and sets `no_new_privs`. Call
 /// before starting any thread: threads already running are not restricted.
-pub fn enter(home: &Path, tmp: &Path) -> Result<Entered, String> {
+pub fn enter(home: &Path, tmp: &Path) -> Result<Entered, SandboxError> {
     let canonical = |p: &Path| {
-        p.canonicalize()
-            .map_err(|e| format!("{}: {e}", p.display()))
+        p.canonicalize().map_err(|source| SandboxError::Path {
+            path: p.to_owned(),
+            source,
+        })
     };
     let (home, tmp) = (canonical(home)?, canonical(tmp)?);
-    let grants = plan(&home, &tmp).map_err(|e| format!("home {}: {e}", home.display()))?;
+    let grants = plan(&home, &tmp).map_err(|source| SandboxError::Plan {
+        home: home.clone(),
+        source,
+    })?;
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(TARGET_ABI))
         .and_then(|r| r.create())
-        .map_err(|e| format!("landlock: {e}"))?;
+        .map_err(SandboxError::Landlock)?;
     for g in &grants {
         ruleset = ruleset
             .add_rules(path_beneath_rules([&g.path], g.access.bits()))
-            .map_err(|e| format!("landlock rule for {}: {e}", g.path.display()))?;
+            .map_err(|source| SandboxError::Rule {
+                path: g.path.clone(),
+                source,
+            })?;
     }
-    let status = ruleset
-        .restrict_self()
-        .map_err(|e| format!("landlock: {e}"))?;
+    let status = ruleset.restrict_self().map_err(SandboxError::Landlock)?;
     Ok(Entered {
         level: match status.ruleset {
             RulesetStatus::FullyEnforced => Level::Full,

@@ -228,28 +228,29 @@ fn this_machine() -> Option<u16> {
 /// `execvp` would otherwise hand a file it cannot execute to `/bin/sh`,
 /// and the start would fail with a shell's exit status instead of the
 /// reason.
-pub fn check_executable(path: &Path) -> Result<(), String> {
-    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+pub fn check_executable(path: &Path) -> io::Result<()> {
+    let about = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let meta = fs::metadata(path).map_err(about)?;
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!(
+        return Err(io::Error::other(format!(
             "{} is not executable (mode {:o})",
             path.display(),
             meta.permissions().mode() & 0o777
-        ));
+        )));
     }
     let mut head = [0u8; 20];
     let n = fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(about)?;
     let head = &head[..n];
     if head.starts_with(b"#!") {
         return Ok(());
     }
     if n < 20 || !head.starts_with(b"\x7fELF") {
-        return Err(format!(
+        return Err(io::Error::other(format!(
             "{} is neither an ELF executable nor a script",
             path.display()
-        ));
+        )));
     }
     let class = if cfg!(target_pointer_width = "64") {
         2
@@ -263,13 +264,13 @@ pub fn check_executable(path: &Path) -> Result<(), String> {
         u16::from_be_bytes([head[18], head[19]])
     };
     if head[4] != class || head[5] != data || Some(machine) != this_machine() {
-        return Err(format!(
+        return Err(io::Error::other(format!(
             "{} is built for another architecture (ELF class {}, data {}, machine {machine}); this box is {}",
             path.display(),
             head[4],
             head[5],
             std::env::consts::ARCH
-        ));
+        )));
     }
     Ok(())
 }

@@ -106,7 +106,8 @@ pub fn raw_number(file: &fs::File) -> i64 {
     file.as_raw_handle() as isize as i64
 }
 
-fn set_inheritable(handle: HANDLE, yes: bool) -> io::Result<()> {
+/// Makes `handle` inherited by the children spawned from now on, or not.
+pub fn set_inheritable(handle: HANDLE, yes: bool) -> io::Result<()> {
     // SAFETY: a handle this process has open.
     if unsafe { SetHandleInformation(handle, HANDLE_FLAG_INHERIT, u32::from(yes)) } == 0 {
         return Err(io::Error::last_os_error());
@@ -198,6 +199,36 @@ pub fn set_stop_event(pid: u32) -> bool {
 pub fn request_stop(child: &Child) {
     set_stop_event(child.id());
 }
+
+/// Stops the box this process is, the way SIGTERM stops it on Linux: the
+/// stop event of its core when this process is a launcher with a core
+/// running, else its own (the service control manager's stop, see
+/// `service.rs`). A process that has not made its stop event yet (a host
+/// still starting) gets it once it has: a thread tries every
+/// [`STOP_RETRY`] until one was set, for as long as the process lives.
+pub fn stop_box() {
+    let set = || {
+        let core = CHILD.load(Ordering::SeqCst);
+        (core != 0 && set_stop_event(core)) || set_stop_event(std::process::id())
+    };
+    if set() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("stop request".to_owned())
+        .spawn(move || {
+            while !set() {
+                std::thread::sleep(STOP_RETRY);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot pass the stop on");
+    }
+}
+
+/// How often [`stop_box`] tries again: a host makes its stop event early in
+/// its start, within tens of milliseconds.
+const STOP_RETRY: Duration = Duration::from_millis(100);
 
 /// The core's pid, for the console handler (0: none).
 static CHILD: AtomicU32 = AtomicU32::new(0);
@@ -334,16 +365,21 @@ fn this_machine() -> Option<u16> {
 
 /// Checks that `path` can run here before it is started: a PE file (`MZ`,
 /// then `PE\0\0` where the header says) for this machine's architecture.
-pub fn check_executable(path: &Path) -> Result<(), String> {
+pub fn check_executable(path: &Path) -> io::Result<()> {
     let bytes = {
         use std::io::Read;
         let mut head = Vec::with_capacity(4096);
         fs::File::open(path)
             .and_then(|f| f.take(4096).read_to_end(&mut head))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         head
     };
-    let not_pe = || format!("{} is not a Windows executable (PE file)", path.display());
+    let not_pe = || {
+        io::Error::other(format!(
+            "{} is not a Windows executable (PE file)",
+            path.display()
+        ))
+    };
     if !bytes.starts_with(b"MZ") || bytes.len() < 0x40 {
         return Err(not_pe());
     }
@@ -356,11 +392,11 @@ pub fn check_executable(path: &Path) -> Result<(), String> {
     }
     let machine = u16::from_le_bytes([header[4], header[5]]);
     if Some(machine) != this_machine() {
-        return Err(format!(
+        return Err(io::Error::other(format!(
             "{} is built for another architecture (PE machine {machine:#06x}); this box is {}",
             path.display(),
             std::env::consts::ARCH
-        ));
+        )));
     }
     Ok(())
 }
@@ -372,11 +408,11 @@ mod tests {
     #[test]
     fn this_executable_passes_the_pe_check_and_a_text_file_does_not() {
         let exe = std::env::current_exe().unwrap();
-        assert_eq!(check_executable(&exe), Ok(()));
+        check_executable(&exe).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("banalytics-box.exe");
         fs::write(&text, "#!/bin/sh\n").unwrap();
-        let err = check_executable(&text).unwrap_err();
+        let err = check_executable(&text).unwrap_err().to_string();
         assert!(err.contains("is not a Windows executable"), "{err}");
     }
 
