@@ -166,7 +166,15 @@ mod scm {
     fn scm_error(what: &str, e: windows_service::Error) -> Error {
         Error::Io {
             path: format!("service {SERVICE_NAME}").into(),
-            source: std::io::Error::other(format!("{what}: {e}")),
+            source: std::io::Error::other(format!("{what}: {}", with_cause(&e))),
+        }
+    }
+
+    /// `e` and its cause (the Win32 error the crate wraps).
+    fn with_cause(e: &windows_service::Error) -> String {
+        match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
         }
     }
 
@@ -254,17 +262,32 @@ mod scm {
             .map_err(|e| scm_error("cannot create the service", e))?;
         let _ =
             service.set_description("Banalytics box: the device-side host and software updater");
-        service
-            .update_failure_actions(failure_actions())
-            .map_err(|e| scm_error("cannot set the recovery actions", e))?;
-        service
-            .set_failure_actions_on_non_crash_failures(recovery().on_non_crash_failures)
-            .map_err(|e| scm_error("cannot set the recovery actions", e))?;
         println!(
             "installed the service {SERVICE_NAME} for the home {} (start: automatic; `net start {SERVICE_NAME}` starts it now)",
             home.display()
         );
+        let recovered = service
+            .update_failure_actions(failure_actions())
+            .and_then(|()| {
+                service.set_failure_actions_on_non_crash_failures(recovery().on_non_crash_failures)
+            });
+        if let Err(e) = recovered {
+            // The service is there and runs; only its restarts are not.
+            eprintln!("banalytics-box: {}", recovery_missing(&e));
+            return Ok(EXIT_FAILURE);
+        }
         Ok(EXIT_OK)
+    }
+
+    /// What `install` says when the recovery actions could not be set (Wine
+    /// has no `SERVICE_CONFIG_FAILURE_ACTIONS`): how to set them by hand.
+    fn recovery_missing(e: &windows_service::Error) -> String {
+        let delay_ms = recovery().restarts[0].as_millis();
+        format!(
+            "the recovery actions of the service could not be set ({}): it is not restarted after a failure; set them with `sc failure {SERVICE_NAME} reset= {} actions= restart/{delay_ms}/restart/{delay_ms}/restart/{delay_ms}` and `sc failureflag {SERVICE_NAME} 1`",
+            with_cause(e),
+            recovery().reset_after.as_secs()
+        )
     }
 
     /// `service uninstall`.

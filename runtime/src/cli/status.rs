@@ -71,6 +71,9 @@ fn print_status(data: &serde_json::Value, sets: &SetsReport, core: Option<&Runni
     println!("{}", crate::report::registration_line(data));
     let sandbox = &data["host"]["sandbox"];
     match sandbox["level"].as_str() {
+        Some("none") if cfg!(windows) => println!(
+            "sandbox: none (Landlock is Linux-only): isolated components run unsandboxed, in a Job object with their limits"
+        ),
         Some("none") => println!(
             "sandbox: none (the kernel has no Landlock): isolated components run unsandboxed"
         ),
