@@ -51,7 +51,9 @@
 //! descriptor 3 and every other descriptor is closed at `exec`. Its
 //! `memory_limit` (address space, `RLIMIT_AS`) and `cpu_limit` (CPU
 //! seconds, `RLIMIT_CPU`: SIGXCPU at the limit, SIGKILL 5 s later) are set
-//! between fork and exec, before the library is loaded.
+//! between fork and exec, before the library is loaded. On Windows the
+//! link is two inherited pipes and the child is in a Job object of its own
+//! with `KILL_ON_JOB_CLOSE` and the limits ([`spawn`]).
 //!
 //! **The sandbox** ([`sandbox`]): the child enters Landlock itself, first
 //! thing after `exec`: it may write only in the home's `data/` (which the
@@ -61,7 +63,9 @@
 //! `modules*/` and `models*/` are read-only to it; `state/` and `config/`
 //! are out of its reach. `no_new_privs` is set. On a kernel without
 //! Landlock the child runs without it: the spawner warns once, at the
-//! first child, and `status` says so (`host.sandbox`).
+//! first child, and `status` says so (`host.sandbox`). Windows has no
+//! sandbox for the child (Landlock is Linux's): the same warning and
+//! `status` line.
 //!
 //! **Stopping** (a stop of the component, SIGTERM of the host): the mailbox
 //! is drained to the child, then a `stop` frame, whose answer is awaited
