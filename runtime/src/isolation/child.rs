@@ -35,7 +35,22 @@ use banalytics_sdk::plugin::{
 };
 
 use super::frame::Frame;
-use crate::plugins::{self, Plugin};
+use crate::plugins::{self, Plugin, PluginError};
+
+/// Why the instance could not be created; its words go back to the host
+/// in the `created` frame.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The library could not be opened (identity, ABI, build checks).
+    #[error(transparent)]
+    Open(#[from] PluginError),
+    /// The library's `init` failed.
+    #[error("plugin {}: init failed with code {code}", library.display())]
+    Init { library: PathBuf, code: i32 },
+    /// The plugin refused the instance (its message).
+    #[error("{0}")]
+    Create(String),
+}
 
 /// The hidden subcommand's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -203,7 +218,7 @@ fn serve(args: &ChildArgs, reader: impl Read, stream: LinkWriter) -> io::Result<
             created
         }
         Err(e) => {
-            writer.send(&Frame::Created(Err(e)));
+            writer.send(&Frame::Created(Err(e.to_string())));
             return Ok(());
         }
     };
@@ -255,8 +270,8 @@ fn enter_sandbox(_args: &ChildArgs, writer: &Writer) -> io::Result<()> {
 
 /// Opens the library as the host does and initialises it with the log
 /// callbacks that send `log` frames.
-fn open(args: &ChildArgs, ctx: *mut c_void) -> Result<Arc<Plugin>, String> {
-    let opened = plugins::open(&args.library, |_| Ok(())).map_err(|e| e.to_string())?;
+fn open(args: &ChildArgs, ctx: *mut c_void) -> Result<Arc<Plugin>, Refusal> {
+    let opened = plugins::open(&args.library, |_| Ok(()))?;
     let log = Box::leak(Box::new(HostLog {
         ctx,
         enabled: log_enabled,
@@ -265,10 +280,10 @@ fn open(args: &ChildArgs, ctx: *mut c_void) -> Result<Arc<Plugin>, String> {
     // SAFETY: `log` lives for the process.
     match unsafe { (opened.init)(log) } {
         RC_OK => Ok(Arc::new(opened.plugin)),
-        code => Err(format!(
-            "plugin {}: init failed with code {code}",
-            args.library.display()
-        )),
+        code => Err(Refusal::Init {
+            library: args.library.clone(),
+            code,
+        }),
     }
 }
 
@@ -279,7 +294,7 @@ fn create(
     kind: &str,
     init: &[u8],
     ctx: *mut c_void,
-) -> Result<(Arc<Plugin>, Instance), String> {
+) -> Result<(Arc<Plugin>, Instance), Refusal> {
     let callbacks: &'static HostCallbacks = Box::leak(Box::new(HostCallbacks {
         ctx,
         publish,
@@ -299,7 +314,7 @@ fn create(
     };
     match code {
         RC_OK => Ok((plugin, Instance(instance))),
-        code => Err(plugin.message(code, err)),
+        code => Err(Refusal::Create(plugin.message(code, err))),
     }
 }
 
