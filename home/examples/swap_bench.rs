@@ -95,7 +95,7 @@ fn home(modules_n: usize, file_size: u64, files_per: usize) -> (tempfile::TempDi
         files_per,
     );
     write_set(
-        &layout.upgrade(),
+        &layout.upgrade_dir(),
         &layout.models_upgrade(),
         "2",
         modules_n,
