@@ -208,7 +208,7 @@ impl Component for PortalIntegration {
             .map_err(|e| ComponentError::Start(e.to_string()))?;
         self.config
             .check_transport()
-            .map_err(ComponentError::Start)?;
+            .map_err(|e| ComponentError::Start(e.to_string()))?;
         if !self.config.portal_url.is_tls() {
             warn!(component = %self.name, portal = %self.config.portal_url.base(), allow_insecure_http = self.config.allow_insecure_http, "portal link is not encrypted (ws://)");
         }

@@ -395,12 +395,22 @@ async fn send_durable(durable: &DurableOutbox, link: &SupervisedAddr<Link>) -> R
 
 /// The frame of durable entry `seq` of outbox `outbox_id`: the status it
 /// holds, with its `seq` and `outboxId`.
-fn status_frame(outbox_id: &str, seq: u64, entry: &[u8]) -> Result<String, String> {
-    let mut status: ModuleStatusUpdate =
-        serde_json::from_slice(entry).map_err(|e| e.to_string())?;
+fn status_frame(outbox_id: &str, seq: u64, entry: &[u8]) -> Result<String, EntryError> {
+    let mut status: ModuleStatusUpdate = serde_json::from_slice(entry)?;
     status.seq = Some(seq);
     status.outbox_id = Some(outbox_id.to_owned());
-    frame::encode(&status).map_err(|e| e.to_string())
+    Ok(frame::encode(&status)?)
+}
+
+/// A durable entry that is no status frame.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    /// Not a status's JSON.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// Not encodable as a frame.
+    #[error("{0}")]
+    Encode(#[from] frame::EncodeError),
 }
 
 /// Sends the frames queued in memory, front first, each removed once
