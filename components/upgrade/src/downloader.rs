@@ -722,7 +722,7 @@ impl Job {
             Err(reason) => {
                 warn!(%module, from = %from, %reason, "no patch used; fetching the whole file");
                 self.done.fetch_sub(fetched, Ordering::Relaxed);
-                report.reason = Some(reason);
+                report.reason = Some(reason.to_string());
                 None
             }
         };

@@ -165,7 +165,7 @@ impl UpgradeCenter {
                     &self.config.repository_url,
                     self.config.trust_metadata_url.as_deref(),
                 )
-                .map_err(ComponentError::Start)?,
+                .map_err(|e| ComponentError::Start(e.to_string()))?,
             ),
             None => None,
         };

@@ -578,7 +578,7 @@ fn write_marked_set(
         let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
         return Err(UpgradeError::Preflight {
             set: set.join(", "),
-            reason,
+            reason: reason.to_string(),
         });
     }
     Ok(())
