@@ -33,8 +33,8 @@ pub const HOLD_FILE: &str = "apply-hold.json";
 /// What holds a staged set back from being applied at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    /// The held set's modules, sorted (on disk as
-    /// `groupId:artifactId:version` keys).
+    /// The held set's modules, sorted (on disk as module keys,
+    /// [`crate::coords::keys`]).
     #[serde(with = "crate::coords::keys")]
     pub modules: Vec<Coords>,
     /// The set's id, which a portal approval names. Text that is not an

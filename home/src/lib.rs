@@ -4,8 +4,8 @@
 //!
 //! - [`layout`]: the paths of one home, and the small file-system helpers
 //!   (fsync of a folder, free space) every writer of the home uses.
-//! - [`coords`]: module identity (`groupId:artifactId:version`, type,
-//!   packages) and the names of its files.
+//! - [`coords`]: module identity ([`coords::Coords`], its text the module
+//!   key; type, packages) and the names of its files.
 //! - [`sets`]: the target set's identity ([`TargetSetId`]), and how it
 //!   differs from the content id of the swap.
 //! - [`sha256`]: the SHA-256 digest type, hex outside, bytes inside.

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
+    coords::Coords,
     failpoint::failpoint,
     installed::{write_atomic, MODULES_INFO_FILE},
     layout::{sync_dir, Layout},
@@ -151,12 +152,15 @@ pub struct Probation {
 /// What `status` shows of the module folders.
 #[derive(Debug, Clone, Serialize)]
 pub struct SetsReport {
-    /// The active set's modules (`groupId:artifactId:version`).
-    pub installed: Vec<String>,
+    /// The active set's modules (by module key in `status --json`).
+    #[serde(with = "crate::coords::keys")]
+    pub installed: Vec<Coords>,
     /// The staged set's modules, if one waits.
-    pub staged: Option<Vec<String>>,
+    #[serde(with = "crate::coords::optional_keys")]
+    pub staged: Option<Vec<Coords>>,
     /// The backup set's modules, if there is one.
-    pub backup: Option<Vec<String>>,
+    #[serde(with = "crate::coords::optional_keys")]
+    pub backup: Option<Vec<Coords>>,
     /// The probation state, if the active set is not committed.
     pub probation: Option<Probation>,
     /// Why the staged set is not applied yet, when it waits.
@@ -302,7 +306,7 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
 }
 
 /// The staged set's modules, if a complete staged set waits.
-pub fn staged_modules(layout: &Layout) -> Option<Vec<crate::coords::Coords>> {
+pub fn staged_modules(layout: &Layout) -> Option<Vec<Coords>> {
     crate::installed::set_modules(&layout.upgrade_dir())
         .ok()
         .flatten()
@@ -735,7 +739,7 @@ pub fn count_boot(layout: &Layout) -> Result<Option<Probation>, SwapError> {
 
 /// The module folders as `status` shows them.
 pub fn report(layout: &Layout) -> SetsReport {
-    let keys = |dir: &Path| crate::installed::module_keys(dir).ok().flatten();
+    let keys = |dir: &Path| crate::installed::modules_in_order(dir).ok().flatten();
     SetsReport {
         installed: keys(&layout.modules()).unwrap_or_default(),
         staged: keys(&layout.upgrade_dir()),
@@ -788,7 +792,7 @@ mod tests {
         let record = SetRecord {
             format: SetRecord::FORMAT,
             modules: [(
-                coords.to_string(),
+                coords.clone(),
                 ModuleRecord {
                     main: FileRecord {
                         name: main,

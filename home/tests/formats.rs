@@ -144,7 +144,11 @@ fn a_newer_probation_record_stops_every_swap_and_the_commit() {
     assert!(!dir.path().join(swap::JOURNAL).exists(), "no swap began");
     assert_eq!(fs::read(&path).unwrap(), bytes);
     let report = swap::report(&layout);
-    assert_eq!(report.installed, ["g:a:2"], "the folders are as they were");
+    assert_eq!(
+        report.installed,
+        ["g:a:2".parse().unwrap()],
+        "the folders are as they were"
+    );
     assert_eq!(report.probation, None);
 }
 
@@ -161,8 +165,8 @@ fn a_newer_swap_journal_is_not_run_and_stays() {
     assert_eq!(swap_newer(swap::apply(&layout).unwrap_err()), expected);
     assert_eq!(fs::read(&path).unwrap(), bytes);
     let report = swap::report(&layout);
-    assert_eq!(report.installed, ["g:a:2"]);
-    assert_eq!(report.staged, Some(vec!["g:a:3".to_owned()]));
+    assert_eq!(report.installed, ["g:a:2".parse().unwrap()]);
+    assert_eq!(report.staged, Some(vec!["g:a:3".parse().unwrap()]));
     assert_eq!(report.interrupted, None);
 }
 

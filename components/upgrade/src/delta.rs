@@ -36,7 +36,7 @@ use sha2::Digest;
 
 use crate::{
     cache::CachedFile,
-    coords::{self, Coords},
+    coords,
     fetch::{self, DigestSource, Expected, FetchConfig, FetchError},
     layout::Layout,
     plan::{Fetch, ResolvedModule, Target},
@@ -131,15 +131,14 @@ pub fn installed_sources(layout: &Layout) -> HashMap<String, Source> {
     record
         .modules
         .into_iter()
-        .filter_map(|(key, m)| {
-            let coords: Coords = key.parse().ok()?;
+        .map(|(coords, m)| {
             let source = Source {
                 version: coords.version().to_owned(),
                 sha256: m.main.sha256,
                 size: m.main.size,
                 path: dir.join(&m.main.name),
             };
-            Some((coords.module_key(), source))
+            (coords.module_name(), source)
         })
         .collect()
 }
@@ -160,7 +159,7 @@ pub fn offer(
     if !module.is_native() {
         return None;
     }
-    let source = sources.get(&module.coords.module_key())?;
+    let source = sources.get(&module.coords.module_name())?;
     if source.sha256 == target_sha {
         return None;
     }

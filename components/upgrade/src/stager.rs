@@ -575,7 +575,7 @@ fn write_marked_set(
     failpoint("stage.marker-written");
     if let Err(reason) = preflight(root) {
         clear_staged(layout)?;
-        let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
+        let set: Vec<String> = record.modules.keys().map(ToString::to_string).collect();
         return Err(UpgradeError::Preflight {
             set: set.join(", "),
             reason: reason.to_string(),
