@@ -62,6 +62,9 @@ pub const WINDOW_LOG_MAX: u32 = 25;
 /// and the I/O buffers (under 1 MiB).
 pub const MEMORY_BOUND: u64 = MAX_SEGMENT + 2 * MAX_MARGIN + MAX_SEGMENT + 1024 * 1024;
 
+// The goal (README, "Patches"): under 64 MiB whatever the file's size.
+const _: () = assert!(MEMORY_BOUND < 64 * 1024 * 1024);
+
 /// Largest header read: a few digests and numbers.
 pub const MAX_HEADER_BYTES: u32 = 4096;
 
