@@ -79,11 +79,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub mod config;
-pub mod frame;
-pub mod link;
-pub mod outbox;
-pub mod tls;
+pub(crate) mod config;
+pub(crate) mod frame;
+pub(crate) mod link;
+pub(crate) mod outbox;
+pub(crate) mod tls;
 
 pub use config::{PortalConfig, PortalUrl, Timing};
 

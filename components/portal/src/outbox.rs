@@ -96,16 +96,6 @@ impl OutboxQueue {
         self.lock().len()
     }
 
-    /// Whether no frame waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The most frames it holds.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
         // A panic while holding the lock cannot leave the deque half
         // changed (push and pop are single calls), so a poisoned lock is
@@ -515,7 +505,7 @@ mod tests {
             .expect("push completes once there is room")
             .unwrap();
         let mut got = Vec::new();
-        while !queue.is_empty() {
+        while queue.len() > 0 {
             got.push(queue.front().await.text);
             queue.pop_front();
         }
