@@ -44,7 +44,7 @@ fn write_set(
         f.set_len(file_size).unwrap();
         FileRecord {
             name: name.to_owned(),
-            sha256: "0".repeat(64),
+            sha256: banalytics_home::Sha256::from_bytes([0; 32]),
             size: file_size,
         }
     };
@@ -57,16 +57,16 @@ fn write_set(
         fs::create_dir_all(&model_dir).unwrap();
         let model = mk(models, &format!("m{i}/model-{tag}.bin"));
         record.modules.insert(
-            format!("com.example:m{i}:{tag}"),
+            format!("com.example:m{i}:{tag}").parse().unwrap(),
             ModuleRecord {
                 main,
                 dependencies: (!deps.is_empty()).then(|| PackageRecord {
-                    sha256: "0".repeat(64),
+                    sha256: banalytics_home::Sha256::from_bytes([0; 32]),
                     size: 1,
                     files: deps,
                 }),
                 model: Some(PackageRecord {
-                    sha256: "0".repeat(64),
+                    sha256: banalytics_home::Sha256::from_bytes([0; 32]),
                     size: 1,
                     files: vec![model],
                 }),
@@ -95,7 +95,7 @@ fn home(modules_n: usize, file_size: u64, files_per: usize) -> (tempfile::TempDi
         files_per,
     );
     write_set(
-        &layout.upgrade(),
+        &layout.upgrade_dir(),
         &layout.models_upgrade(),
         "2",
         modules_n,

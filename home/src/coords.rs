@@ -1,6 +1,12 @@
 //! Module identity: coordinates, module objects from the portal, and the
 //! file and repository names derived from them.
 //!
+//! A module is named by a [`Coords`] everywhere in the box; its text, the
+//! *module key*, is the three parts joined by `:` (`com.example:cam:1.2`),
+//! written by its `Display` and read by its `FromStr`, and used only at
+//! the edges: `modules-info.properties`, the JSON records in `state/`, the
+//! hash record and `status` ([`keys`], [`key`], [`keyed`]).
+//!
 //! Coordinates arrive from the network and become file names and URL paths,
 //! so they are names, never paths: every constructor validates them
 //! (contracts section 2) and a [`Coords`] value cannot hold anything else.
@@ -57,7 +63,7 @@ pub enum CoordsError {
         /// Which rule it breaks.
         reason: &'static str,
     },
-    /// A `groupId:artifactId:version` string does not have three parts.
+    /// A module key that does not have three parts.
     #[error("module key {value:?} is not groupId:artifactId:version")]
     InvalidKey {
         /// The refused key.
@@ -199,14 +205,18 @@ impl Coords {
         self.group_id == CORE_GROUP_ID && self.artifact_id == CORE_ARTIFACT_ID
     }
 
-    /// The same module without the version: `groupId:artifactId`.
-    pub fn module_key(&self) -> String {
+    /// The same module without the version, `groupId:artifactId` (the
+    /// module key without its last part): what stays the same across an
+    /// upgrade of the module.
+    pub fn module_name(&self) -> String {
         format!("{}:{}", self.group_id, self.artifact_id)
     }
 }
 
 impl fmt::Display for Coords {
-    /// `groupId:artifactId:version`, the key of `modules-info.properties`.
+    /// The module key: the three parts joined by `:`, as
+    /// `modules-info.properties`, `status` and the records in `state/`
+    /// write a module.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.group_id, self.artifact_id, self.version)
     }
@@ -215,7 +225,8 @@ impl fmt::Display for Coords {
 impl FromStr for Coords {
     type Err = CoordsError;
 
-    /// Parses `groupId:artifactId:version` and validates each part.
+    /// Parses a module key (three parts joined by `:`, as [`Display`](fmt::Display)
+    /// writes it) and validates each part.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -227,24 +238,91 @@ impl FromStr for Coords {
     }
 }
 
-/// Serde for a list of coordinates in their key form,
-/// `groupId:artifactId:version` (`#[serde(with = "coords::keys")]`): how
-/// `status` and the records in `state/` name modules.
+/// Serde for a list of coordinates as their module keys
+/// (`#[serde(with = "coords::keys")]`, the text of [`Coords`]'
+/// `Display`): how `status` and the records in `state/` name modules.
 pub mod keys {
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 
     use super::Coords;
 
-    /// Writes each as `groupId:artifactId:version`.
+    /// Writes each as its module key.
     pub fn serialize<S: Serializer>(coords: &[Coords], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(coords.iter().map(ToString::to_string))
     }
 
-    /// Reads and validates each `groupId:artifactId:version`.
+    /// Reads and validates each module key.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Coords>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
             .map(|key| key.parse().map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+/// Serde for one set of coordinates as its module key
+/// (`#[serde(with = "coords::key")]`).
+pub mod key {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use super::Coords;
+
+    /// Writes it as its module key.
+    pub fn serialize<S: Serializer>(coords: &Coords, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(coords)
+    }
+
+    /// Reads and validates a module key.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Coords, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Serde for an optional list of module keys
+/// (`#[serde(with = "coords::optional_keys")]`).
+pub mod optional_keys {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Coords;
+
+    #[derive(Serialize, Deserialize)]
+    struct Keys(#[serde(with = "super::keys")] Vec<Coords>);
+
+    /// Writes the list as [`super::keys`] does, or none.
+    pub fn serialize<S: Serializer>(coords: &Option<Vec<Coords>>, s: S) -> Result<S::Ok, S::Error> {
+        coords.as_ref().map(|c| Keys(c.clone())).serialize(s)
+    }
+
+    /// Reads the list as [`super::keys`] does, or none.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Coords>>, D::Error> {
+        Ok(Option::<Keys>::deserialize(d)?.map(|k| k.0))
+    }
+}
+
+/// Serde for a map by module (`#[serde(with = "coords::keyed")]`): a JSON
+/// object whose keys are module keys.
+pub mod keyed {
+    use std::collections::BTreeMap;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Coords;
+
+    /// Writes the map with each key as its module key.
+    pub fn serialize<S: Serializer, V: Serialize>(
+        map: &BTreeMap<Coords, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(map.iter().map(|(k, v)| (k.to_string(), v)))
+    }
+
+    /// Reads the map, validating each key.
+    pub fn deserialize<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Coords, V>, D::Error> {
+        BTreeMap::<String, V>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| Ok((k.parse().map_err(D::Error::custom)?, v)))
             .collect()
     }
 }

@@ -4,7 +4,12 @@
 //! Every such file carries a number: a JSON record its top-level `format`
 //! field (absent means 1: what cores before the numbers wrote), a store
 //! whose files are not ours to shape (the TUF store, the portal outbox) a
-//! marker file `format` in its folder holding the number (absent means 1).
+//! marker file `format` in its folder holding the number (absent means 1),
+//! a text file a first line `format N` (absent means 1: the console token,
+//! which an operator reads and pastes, is the token alone in format 1).
+//! The download cache's `*.partial.meta` files carry theirs in their
+//! header line (`banalytics-partial-meta 1`, the upgrade center's
+//! `fetch::resume`).
 //! Files whose format the original Java box fixes
 //! (`modules-info.properties`, `device-registration.properties`) carry none
 //! and never change. [`FILES`] lists them all with the number this core
@@ -67,6 +72,16 @@ pub const SET_RECORD: u32 = 1;
 pub const PORTAL_OUTBOX: u32 = 1;
 /// The marker of `state/tuf/` (the TUF client's files, shaped by `tough`).
 pub const TUF_STORE: u32 = 1;
+/// `state/console-token` (format 1: the token alone, no `format` line).
+pub const CONSOLE_TOKEN: u32 = 1;
+/// A download's `modules-download/*.partial.meta` (its header line
+/// `banalytics-partial-meta N`). Not in [`FILES`]: the names vary; the
+/// downloader leaves a newer one, and its partial, as they are.
+pub const PARTIAL_META: u32 = 1;
+
+/// The first line of a text file of a format above 1 starts with this,
+/// followed by the number.
+pub const LINE_PREFIX: &str = "format ";
 
 /// How a file carries its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +90,8 @@ pub enum Carrier {
     Json,
     /// The file [`MARKER`] in the folder.
     Marker,
+    /// A text file's first line `format N` ([`LINE_PREFIX`]).
+    Line,
 }
 
 /// A file or store of the home and the format this core writes.
@@ -119,6 +136,11 @@ pub const FILES: &[HomeFile] = &[
         path: "state/tuf",
         carrier: Carrier::Marker,
         format: TUF_STORE,
+    },
+    HomeFile {
+        path: "state/console-token",
+        carrier: Carrier::Line,
+        format: CONSOLE_TOKEN,
     },
 ];
 
@@ -262,6 +284,30 @@ pub fn newer_store(dir: &Path, known: u32) -> Option<NewerFormat> {
     })
 }
 
+/// The format of a text file's content and the rest after its format
+/// line: a first line `format N` gives N (a number that is not one reads
+/// as `u32::MAX`, a format no core wrote); without one it is [`FIRST`] and
+/// the whole text.
+pub fn of_line(text: &str) -> (u32, &str) {
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    match first.trim_end().strip_prefix(LINE_PREFIX) {
+        Some(n) => (n.trim().parse().unwrap_or(u32::MAX), rest),
+        None => (FIRST, text),
+    }
+}
+
+/// `Some` when the text file `path` is of a format above `known`. A
+/// missing or unreadable file is `None`.
+pub fn newer_line(path: &Path, known: u32) -> Option<NewerFormat> {
+    let text = fs::read_to_string(path).ok()?;
+    let (format, _) = of_line(&text);
+    (format > known).then(|| NewerFormat {
+        path: path.to_owned(),
+        format,
+        known,
+    })
+}
+
 /// Writes the marker of the store `dir` (which exists) when it has none.
 pub fn mark_store(dir: &Path, format: u32) -> Result<(), FileError> {
     let path = dir.join(MARKER);
@@ -281,6 +327,7 @@ pub fn newer_files(home: &Path) -> Vec<NewerFormat> {
             match f.carrier {
                 Carrier::Json => newer_json(&path, f.format),
                 Carrier::Marker => newer_store(&path, f.format),
+                Carrier::Line => newer_line(&path, f.format),
             }
         })
         .collect()
@@ -324,6 +371,24 @@ mod tests {
             Some(Versioned::Known(Rec { a: 7 }))
         );
         assert_eq!(read_json::<Rec>(&dir.path().join("none"), 3).unwrap(), None);
+    }
+
+    #[test]
+    fn a_text_file_without_a_format_line_is_format_one_and_one_with_a_higher_is_newer() {
+        assert_eq!(of_line("abc\n"), (1, "abc\n"));
+        assert_eq!(of_line("format 1\nabc\n"), (1, "abc\n"));
+        assert_eq!(of_line("format 2\nabc\n"), (2, "abc\n"));
+        assert_eq!(of_line("format x\n"), (u32::MAX, ""));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        assert_eq!(newer_line(&path, 1), None);
+        fs::write(&path, "abc\n").unwrap();
+        assert_eq!(newer_line(&path, 1), None);
+        fs::write(&path, "format 2\nabc\n").unwrap();
+        assert_eq!(
+            newer_line(&path, 1).map(|n| (n.format, n.known)),
+            Some((2, 1))
+        );
     }
 
     #[test]
@@ -406,6 +471,10 @@ mod tests {
                 Carrier::Marker => {
                     fs::create_dir_all(&path).unwrap();
                     mark_store(&path, f.format).unwrap();
+                }
+                Carrier::Line => {
+                    fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    fs::write(&path, "token\n").unwrap();
                 }
             }
         }

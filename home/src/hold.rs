@@ -33,8 +33,8 @@ pub const HOLD_FILE: &str = "apply-hold.json";
 /// What holds a staged set back from being applied at start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    /// The held set's modules, sorted (on disk as
-    /// `groupId:artifactId:version` keys).
+    /// The held set's modules, sorted (on disk as module keys,
+    /// [`crate::coords::keys`]).
     #[serde(with = "crate::coords::keys")]
     pub modules: Vec<Coords>,
     /// The set's id, which a portal approval names. Text that is not an
@@ -79,7 +79,7 @@ pub fn write(layout: &Layout, hold: &Hold) -> io::Result<()> {
 }
 
 /// Removes the hold, durably; `Ok` when there was none.
-pub fn release(layout: &Layout) -> io::Result<()> {
+pub fn lift(layout: &Layout) -> io::Result<()> {
     remove_state(layout, HOLD_FILE, crate::format::APPLY_HOLD)
 }
 
@@ -88,7 +88,7 @@ pub fn release(layout: &Layout) -> io::Result<()> {
 /// policy because a file was damaged; `apply` or a new synchronisation
 /// replaces it).
 pub fn of_staged(layout: &Layout) -> Option<Hold> {
-    let staged = set_modules(&layout.upgrade()).ok().flatten()?;
+    let staged = set_modules(&layout.upgrade_dir()).ok().flatten()?;
     match read(layout) {
         Ok(Some(hold)) => (TargetSetId::of(&staged) == hold.target()).then_some(hold),
         Ok(None) => None,
@@ -114,7 +114,7 @@ mod tests {
     };
 
     fn staged(layout: &Layout, keys: &[&str]) {
-        fs::create_dir_all(layout.upgrade()).unwrap();
+        fs::create_dir_all(layout.upgrade_dir()).unwrap();
         let modules: Vec<InstalledModule> = keys
             .iter()
             .map(|k| {
@@ -127,7 +127,7 @@ mod tests {
                 }
             })
             .collect();
-        write_modules_info(&layout.upgrade(), &modules).unwrap();
+        write_modules_info(&layout.upgrade_dir(), &modules).unwrap();
     }
 
     #[test]
@@ -147,9 +147,9 @@ mod tests {
         staged(&layout, &["g:a:2", "g:b:1"]);
         assert_eq!(of_staged(&layout), None, "a hold of another set");
         staged(&layout, &["g:a:1", "g:b:1"]);
-        release(&layout).unwrap();
+        lift(&layout).unwrap();
         assert_eq!(of_staged(&layout), None);
-        release(&layout).unwrap();
+        lift(&layout).unwrap();
     }
 
     #[test]

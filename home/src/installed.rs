@@ -3,8 +3,8 @@
 //!
 //! Two files describe a set:
 //!
-//! - `modules-info.properties` lists the modules (key
-//!   `groupId:artifactId:version`, value `type:uploadEpochSecondsUTC`). It is
+//! - `modules-info.properties` lists the modules (key: the module key of
+//!   [`crate::coords`]; value `type:uploadEpochSecondsUTC`). It is
 //!   the original Java box's format and its "this set is complete" marker,
 //!   so it is kept exactly as Java reads and writes it (contracts section 2).
 //! - `modules-hashes.json` records the SHA-256 and size of every file the
@@ -192,10 +192,10 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, InstalledError> {
     }
 }
 
-/// The modules of the set in `dir` as `status` lists them (their keys, in
-/// file order); `None` when it has no `modules-info.properties`.
-pub fn module_keys(dir: &Path) -> Result<Option<Vec<String>>, InstalledError> {
-    Ok(read_modules_info(dir)?.map(|ms| ms.iter().map(|m| m.coords.to_string()).collect()))
+/// The modules of the set in `dir` as `status` lists them (in file
+/// order); `None` when it has no `modules-info.properties`.
+pub fn modules_in_order(dir: &Path) -> Result<Option<Vec<Coords>>, InstalledError> {
+    Ok(read_modules_info(dir)?.map(|ms| ms.into_iter().map(|m| m.coords).collect()))
 }
 
 /// The modules of the set in `dir`, sorted, each once; `None` when it has

@@ -62,8 +62,8 @@ impl Layout {
         self.home.join("modules-download")
     }
 
-    /// The staged set.
-    pub fn upgrade(&self) -> PathBuf {
+    /// `modules-upgrade/`: the staged set.
+    pub fn upgrade_dir(&self) -> PathBuf {
         self.home.join("modules-upgrade")
     }
 
@@ -104,7 +104,7 @@ impl Layout {
 
     /// Whether a complete staged set waits.
     pub fn has_staged_set(&self) -> bool {
-        self.upgrade().join(MODULES_INFO_FILE).exists()
+        self.upgrade_dir().join(MODULES_INFO_FILE).exists()
     }
 
     /// Creates the folders the upgrade center works in.
@@ -112,7 +112,7 @@ impl Layout {
         for dir in [
             self.modules(),
             self.download(),
-            self.upgrade(),
+            self.upgrade_dir(),
             self.backup(),
             self.models(),
         ] {

@@ -4,11 +4,11 @@
 //!
 //! - [`layout`]: the paths of one home, and the small file-system helpers
 //!   (fsync of a folder, free space) every writer of the home uses.
-//! - [`coords`]: module identity (`groupId:artifactId:version`, type,
-//!   packages) and the names of its files.
-//! - [`sets`]: the target set's identity ([`TargetSetId`]), and how it
+//! - [`coords`]: module identity ([`coords::Coords`], its text the module
+//!   key; type, packages) and the names of its files.
+//! - `sets`: the target set's identity ([`TargetSetId`]), and how it
 //!   differs from the content id of the swap.
-//! - [`sha256`]: the SHA-256 digest type, hex outside, bytes inside.
+//! - `sha256`: the SHA-256 digest type ([`Sha256`]), hex outside, bytes inside.
 //! - [`running`]: which core (host executable) runs, its version and digest.
 //! - [`properties`]: the `java.util.Properties` codec the original box's
 //!   files use.
@@ -49,11 +49,11 @@ pub mod quarantine;
 pub mod record;
 pub mod registration;
 pub mod running;
-pub mod sets;
-pub mod sha256;
+mod sets;
+mod sha256;
 pub mod swap;
 
 pub use layout::Layout;
-pub use sets::{ContentId, TargetSetId};
-pub use sha256::Sha256;
+pub use sets::{ContentId, TargetSetId, TargetSetIdError};
+pub use sha256::{Sha256, Sha256Error};
 pub use swap::SwapError;

@@ -29,14 +29,14 @@
 //! outboxes apart by a random id kept beside the entries ([`id`]) and
 //! drops a status it already has by (id, number).
 //!
-//! **A held verdict.** The host reports the verdict of a probation
+//! **A pending verdict.** The host reports the verdict of a probation
 //! (`installed` after a commit, `installation_cancelled` after a rollback)
 //! without a window in which a kill loses it or sends it for a verdict
-//! that never happened: it writes the report as the held verdict
-//! ([`hold_verdict`], the file `verdict.held`, not an entry) *before* the
+//! that never happened: it writes the report as the pending verdict
+//! ([`pend_verdict`], the file `verdict.held`, not an entry) *before* the
 //! commit or rollback, and turns it into an entry ([`release_verdict`], one
 //! rename that also gives it its number) right after. A kill in between
-//! leaves the held verdict; the next start releases it when the probation
+//! leaves the pending verdict; the next start releases it when the probation
 //! it ended is gone, and drops it ([`drop_verdict`]) when the probation is
 //! still on, because then the verdict never happened. The number is taken
 //! at the release, so a dropped verdict leaves no gap in the numbers.
@@ -84,7 +84,7 @@ const LOCK_FILE: &str = "lock";
 /// The outbox's random id ([`id`]).
 const ID_FILE: &str = "id";
 
-/// The held verdict ([`hold_verdict`]): not an entry until released.
+/// The pending verdict ([`pend_verdict`]): not an entry until released.
 pub const VERDICT_FILE: &str = "verdict.held";
 
 /// Digits of an entry's name: every `u64` fits.
@@ -152,10 +152,10 @@ fn append_bounded(layout: &Layout, entry: &[u8], limit: usize) -> Result<u64, Ou
     Ok(seq)
 }
 
-/// Keeps `entry` as the held verdict (module docs), durably, replacing a
-/// held verdict that was not released. It is no entry yet: nothing sends
+/// Keeps `entry` as the pending verdict (module docs), durably, replacing a
+/// pending verdict that was not released. It is no entry yet: nothing sends
 /// it before [`release_verdict`].
-pub fn hold_verdict(layout: &Layout, entry: &[u8]) -> Result<(), OutboxError> {
+pub fn pend_verdict(layout: &Layout, entry: &[u8]) -> Result<(), OutboxError> {
     check_size(entry)?;
     let dir = layout.portal_outbox();
     let _lock = lock(&dir)?;
@@ -164,9 +164,9 @@ pub fn hold_verdict(layout: &Layout, entry: &[u8]) -> Result<(), OutboxError> {
     Ok(())
 }
 
-/// Makes the held verdict the newest entry, durably, in one rename, and
-/// returns its number; `None` when no verdict is held (never held, or
-/// released or dropped already). Refused, and the verdict kept held, when
+/// Makes the pending verdict the newest entry, durably, in one rename, and
+/// returns its number; `None` when no verdict is pending (never written, or
+/// released or dropped already). Refused, and the verdict kept pending, when
 /// the outbox is full.
 pub fn release_verdict(layout: &Layout) -> Result<Option<u64>, OutboxError> {
     release_verdict_bounded(layout, MAX_ENTRIES)
@@ -189,7 +189,7 @@ fn release_verdict_bounded(layout: &Layout, limit: usize) -> Result<Option<u64>,
     Ok(Some(seq))
 }
 
-/// Drops the held verdict, durably; `false` when none was held.
+/// Drops the pending verdict, durably; `false` when none was pending.
 pub fn drop_verdict(layout: &Layout) -> Result<bool, OutboxError> {
     let dir = layout.portal_outbox();
     let held = dir.join(VERDICT_FILE);
@@ -591,11 +591,11 @@ mod tests {
     }
 
     #[test]
-    fn a_held_verdict_is_no_entry_until_released_and_then_the_newest() {
+    fn a_pending_verdict_is_no_entry_until_released_and_then_the_newest() {
         let (_dir, layout) = home();
         append(&layout, b"a").unwrap();
-        hold_verdict(&layout, b"first").unwrap();
-        hold_verdict(&layout, b"verdict").unwrap(); // replaces
+        pend_verdict(&layout, b"first").unwrap();
+        pend_verdict(&layout, b"verdict").unwrap(); // replaces
         assert_eq!(all(&layout), [(1, "a".into())], "nothing sends it");
         assert_eq!(count(&layout).unwrap(), 1);
         // Appended meanwhile: numbered before the verdict, which takes its
@@ -615,7 +615,7 @@ mod tests {
     fn a_dropped_verdict_leaves_no_gap_in_the_numbers() {
         let (_dir, layout) = home();
         append(&layout, b"a").unwrap();
-        hold_verdict(&layout, b"never").unwrap();
+        pend_verdict(&layout, b"never").unwrap();
         assert!(drop_verdict(&layout).unwrap());
         assert_eq!(release_verdict(&layout).unwrap(), None);
         assert_eq!(append(&layout, b"b").unwrap(), 2);
@@ -623,10 +623,10 @@ mod tests {
     }
 
     #[test]
-    fn a_verdict_is_kept_held_while_the_outbox_is_full() {
+    fn a_verdict_is_kept_pending_while_the_outbox_is_full() {
         let (_dir, layout) = home();
         append(&layout, b"a").unwrap();
-        hold_verdict(&layout, b"v").unwrap();
+        pend_verdict(&layout, b"v").unwrap();
         let e = release_verdict_bounded(&layout, 1).unwrap_err();
         assert!(matches!(e, OutboxError::Full { .. }), "{e}");
         assert!(layout.portal_outbox().join(VERDICT_FILE).is_file());
@@ -634,7 +634,7 @@ mod tests {
         assert_eq!(release_verdict_bounded(&layout, 1).unwrap(), Some(2));
         let big = vec![b'x'; MAX_ENTRY_BYTES + 1];
         assert!(matches!(
-            hold_verdict(&layout, &big),
+            pend_verdict(&layout, &big),
             Err(OutboxError::TooLarge { .. })
         ));
     }

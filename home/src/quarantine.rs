@@ -30,8 +30,9 @@ pub struct Quarantine {
     /// its folder had none.
     #[serde(with = "crate::sets::optional_content")]
     pub set: Option<ContentId>,
-    /// Its modules, sorted (on disk as `groupId:artifactId:version`
-    /// keys): what a target set is compared with, by [`TargetSetId`].
+    /// Its modules, sorted (on disk as module keys,
+    /// [`crate::coords::keys`]): what a target set is compared with, by
+    /// [`TargetSetId`].
     #[serde(with = "crate::coords::keys")]
     pub modules: Vec<Coords>,
     /// Why it was rolled back.

@@ -16,7 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::installed::{check_record_name, write_atomic, InstalledError};
-use crate::Sha256;
+use crate::{coords::Coords, Sha256};
 
 /// The record file's name, beside `modules-info.properties`.
 pub const RECORD_FILE: &str = "modules-hashes.json";
@@ -57,13 +57,14 @@ pub struct ModuleRecord {
     pub model: Option<PackageRecord>,
 }
 
-/// The whole set, by `groupId:artifactId:version`.
+/// The whole set, by module.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetRecord {
     /// Format version of this file.
     pub format: u32,
-    /// Modules by `groupId:artifactId:version`.
-    pub modules: BTreeMap<String, ModuleRecord>,
+    /// Modules by their coordinates (on disk by module key).
+    #[serde(with = "crate::coords::keyed")]
+    pub modules: BTreeMap<Coords, ModuleRecord>,
 }
 
 /// A file that does not match its record.
@@ -187,6 +188,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_record_names_modules_by_their_key_on_disk_and_refuses_a_bad_one() {
+        let text = r#"{"format":1,"modules":{"g:a:1":{"main":{"name":"a.jar","sha256":"0000000000000000000000000000000000000000000000000000000000000000","size":3},"dependencies":null,"model":null}}}"#;
+        let record: SetRecord = serde_json::from_str(text).unwrap();
+        let coords: Coords = "g:a:1".parse().unwrap();
+        assert_eq!(record.modules[&coords].main.name, "a.jar");
+        assert_eq!(serde_json::to_string(&record).unwrap(), text);
+        let bad = text.replace("g:a:1", "g:a");
+        let e = serde_json::from_str::<SetRecord>(&bad).unwrap_err();
+        assert!(
+            e.to_string().contains("is not groupId:artifactId:version"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn verify_names_a_tampered_and_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let modules = dir.path().join("modules");
@@ -205,7 +221,7 @@ mod tests {
             modules: BTreeMap::new(),
         };
         set.modules.insert(
-            "g:a:1".into(),
+            "g:a:1".parse().unwrap(),
             ModuleRecord {
                 main: rec("a.jar", &modules.join("a.jar")),
                 dependencies: None,

@@ -19,7 +19,7 @@ use sha2::Digest as _;
 use crate::{coords::Coords, Sha256};
 
 /// The target set's identity: the first 8 bytes of the SHA-256 of its
-/// modules' `groupId:artifactId:version` keys, sorted, each once, one per
+/// modules' keys ([`Coords`]' text), sorted, each once, one per
 /// line; written as 16 hex digits. The same set has the same id whatever
 /// order the portal lists it in.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

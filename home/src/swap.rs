@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
+    coords::Coords,
     failpoint::failpoint,
     installed::{write_atomic, MODULES_INFO_FILE},
     layout::{sync_dir, Layout},
@@ -151,12 +152,15 @@ pub struct Probation {
 /// What `status` shows of the module folders.
 #[derive(Debug, Clone, Serialize)]
 pub struct SetsReport {
-    /// The active set's modules (`groupId:artifactId:version`).
-    pub installed: Vec<String>,
+    /// The active set's modules (by module key in `status --json`).
+    #[serde(with = "crate::coords::keys")]
+    pub installed: Vec<Coords>,
     /// The staged set's modules, if one waits.
-    pub staged: Option<Vec<String>>,
+    #[serde(with = "crate::coords::optional_keys")]
+    pub staged: Option<Vec<Coords>>,
     /// The backup set's modules, if there is one.
-    pub backup: Option<Vec<String>>,
+    #[serde(with = "crate::coords::optional_keys")]
+    pub backup: Option<Vec<Coords>>,
     /// The probation state, if the active set is not committed.
     pub probation: Option<Probation>,
     /// Why the staged set is not applied yet, when it waits.
@@ -287,7 +291,7 @@ pub enum Applied {
 /// Why a staged set is not applied now, if it waits; `None` when there is
 /// no staged set or nothing stops it.
 pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
-    if set_identity(&layout.upgrade()).is_none() {
+    if set_identity(&layout.upgrade_dir()).is_none() {
         return Ok(None);
     }
     Ok(probation(layout)?
@@ -302,8 +306,8 @@ pub fn staged_waits_for(layout: &Layout) -> Result<Option<String>, SwapError> {
 }
 
 /// The staged set's modules, if a complete staged set waits.
-pub fn staged_modules(layout: &Layout) -> Option<Vec<crate::coords::Coords>> {
-    crate::installed::set_modules(&layout.upgrade())
+pub fn staged_modules(layout: &Layout) -> Option<Vec<Coords>> {
+    crate::installed::set_modules(&layout.upgrade_dir())
         .ok()
         .flatten()
 }
@@ -311,11 +315,11 @@ pub fn staged_modules(layout: &Layout) -> Option<Vec<crate::coords::Coords>> {
 /// Throws the staged set away: first its marker (from then on it is not a
 /// staged set, whatever a crash leaves), then its folders.
 pub fn discard_staged(layout: &Layout) -> Result<(), SwapError> {
-    remove_file_durably(&layout.upgrade().join(MODULES_INFO_FILE))?;
-    for dir in [layout.upgrade(), layout.models_upgrade()] {
+    remove_file_durably(&layout.upgrade_dir().join(MODULES_INFO_FILE))?;
+    for dir in [layout.upgrade_dir(), layout.models_upgrade()] {
         remove_dir_if_exists(&dir)?;
     }
-    ensure_dir(layout, &layout.upgrade())
+    ensure_dir(layout, &layout.upgrade_dir())
 }
 
 /// Checks that the active set, which an apply makes the backup, could be
@@ -359,7 +363,7 @@ pub fn apply(layout: &Layout) -> Result<Applied, SwapError> {
 /// with the probation record itself, so no reader sees it without them).
 pub fn apply_excusing(layout: &Layout, excused: &[String]) -> Result<Applied, SwapError> {
     recover(layout)?;
-    let Some(incoming) = set_identity(&layout.upgrade()) else {
+    let Some(incoming) = set_identity(&layout.upgrade_dir()) else {
         return Ok(Applied::NothingStaged);
     };
     if probation(layout)?.is_some() {
@@ -517,7 +521,7 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), SwapError> {
 /// folders.
 fn apply_steps(layout: &Layout, j: &Journal) -> Result<(), SwapError> {
     let home = layout.home();
-    let (m, u, b) = (layout.modules(), layout.upgrade(), layout.backup());
+    let (m, u, b) = (layout.modules(), layout.upgrade_dir(), layout.backup());
     let (mm, mu, mb) = (
         layout.models(),
         layout.models_upgrade(),
@@ -624,7 +628,7 @@ fn modules_in(layout: &Layout, u: &Path, scratch: &Path) -> Result<(), SwapError
 /// Apply's step 6: the replaced set (exchanged into the staging folder,
 /// or moved out to `scratch`) becomes the backup; with none, an empty set.
 fn backup_kept(layout: &Layout, scratch: &Path) -> Result<(), SwapError> {
-    let (home, u, b) = (layout.home(), layout.upgrade(), layout.backup());
+    let (home, u, b) = (layout.home(), layout.upgrade_dir(), layout.backup());
     if b.exists() {
         // Moved here before a crash; only the marker is missing.
     } else if scratch.exists() {
@@ -735,10 +739,10 @@ pub fn count_boot(layout: &Layout) -> Result<Option<Probation>, SwapError> {
 
 /// The module folders as `status` shows them.
 pub fn report(layout: &Layout) -> SetsReport {
-    let keys = |dir: &Path| crate::installed::module_keys(dir).ok().flatten();
+    let keys = |dir: &Path| crate::installed::modules_in_order(dir).ok().flatten();
     SetsReport {
         installed: keys(&layout.modules()).unwrap_or_default(),
-        staged: keys(&layout.upgrade()),
+        staged: keys(&layout.upgrade_dir()),
         backup: keys(&layout.backup()),
         probation: probation(layout).ok().flatten(),
         staged_waits_for: staged_waits_for(layout).ok().flatten(),
@@ -788,7 +792,7 @@ mod tests {
         let record = SetRecord {
             format: SetRecord::FORMAT,
             modules: [(
-                coords.to_string(),
+                coords.clone(),
                 ModuleRecord {
                     main: FileRecord {
                         name: main,
@@ -832,7 +836,7 @@ mod tests {
     #[test]
     fn a_failed_first_install_rolls_back_to_the_empty_set() {
         let (_dir, layout) = home();
-        write_set(&layout.upgrade(), Some(&layout.models_upgrade()), "1");
+        write_set(&layout.upgrade_dir(), Some(&layout.models_upgrade()), "1");
         assert_eq!(apply(&layout).unwrap(), Applied::Applied);
         assert_eq!(versions(&layout.modules()), ["1"]);
         // The backup is the empty set, not an unmarked folder.
@@ -848,8 +852,8 @@ mod tests {
     #[test]
     fn a_held_staged_set_is_not_applied_and_says_what_it_waits_for() {
         let (_dir, layout) = home();
-        write_set(&layout.upgrade(), None, "1");
-        let modules = crate::installed::set_modules(&layout.upgrade())
+        write_set(&layout.upgrade_dir(), None, "1");
+        let modules = crate::installed::set_modules(&layout.upgrade_dir())
             .unwrap()
             .unwrap();
         let hold = crate::hold::Hold::new(modules, None, "the maintenance window".into());
@@ -860,7 +864,7 @@ mod tests {
             staged_waits_for(&layout).unwrap().as_deref(),
             Some("the maintenance window")
         );
-        crate::hold::release(&layout).unwrap();
+        crate::hold::lift(&layout).unwrap();
         assert_eq!(apply(&layout).unwrap(), Applied::Applied);
         assert_eq!(versions(&layout.modules()), ["1"]);
     }
@@ -868,14 +872,14 @@ mod tests {
     #[test]
     fn a_staged_set_waits_while_the_active_set_is_on_probation() {
         let (_dir, layout) = home();
-        write_set(&layout.upgrade(), None, "1");
+        write_set(&layout.upgrade_dir(), None, "1");
         apply(&layout).unwrap();
         commit(&layout).unwrap();
-        write_set(&layout.upgrade(), None, "2");
+        write_set(&layout.upgrade_dir(), None, "2");
         apply(&layout).unwrap();
         let committed = set_identity(&layout.backup()).unwrap();
 
-        write_set(&layout.upgrade(), None, "3");
+        write_set(&layout.upgrade_dir(), None, "3");
         assert_eq!(apply(&layout).unwrap(), Applied::WaitsForCommit);
         assert_eq!(versions(&layout.modules()), ["2"]);
         assert_eq!(set_identity(&layout.backup()).unwrap(), committed);
@@ -893,10 +897,10 @@ mod tests {
     #[test]
     fn a_set_staged_without_models_keeps_the_active_models_through_apply_and_rollback() {
         let (_dir, layout) = home();
-        write_set(&layout.upgrade(), Some(&layout.models_upgrade()), "1");
+        write_set(&layout.upgrade_dir(), Some(&layout.models_upgrade()), "1");
         apply(&layout).unwrap();
         commit(&layout).unwrap();
-        write_set(&layout.upgrade(), None, "2");
+        write_set(&layout.upgrade_dir(), None, "2");
         assert!(!layout.models_upgrade().exists());
 
         apply(&layout).unwrap();
@@ -911,11 +915,11 @@ mod tests {
     #[test]
     fn an_active_set_with_a_missing_file_is_not_replaced() {
         let (_dir, layout) = home();
-        write_set(&layout.upgrade(), None, "1");
+        write_set(&layout.upgrade_dir(), None, "1");
         apply(&layout).unwrap();
         commit(&layout).unwrap();
         fs::remove_file(layout.modules().join("a-1.jar")).unwrap();
-        write_set(&layout.upgrade(), None, "2");
+        write_set(&layout.upgrade_dir(), None, "2");
 
         let err = apply(&layout).unwrap_err();
         assert!(
@@ -923,6 +927,6 @@ mod tests {
             "{err}"
         );
         assert_eq!(versions(&layout.modules()), ["1"]);
-        assert_eq!(versions(&layout.upgrade()), ["2"]);
+        assert_eq!(versions(&layout.upgrade_dir()), ["2"]);
     }
 }

@@ -54,12 +54,12 @@ fn a_newer_apply_hold_holds_the_staged_set_and_stays() {
     let bytes = raise(&path, format::APPLY_HOLD);
     let err = hold::read(&layout).unwrap_err();
     assert_eq!(in_io(&err), Some(&newer(&path, format::APPLY_HOLD)));
-    set(&layout.upgrade(), "g\\:a\\:1=component\\:0\n");
+    set(&layout.upgrade_dir(), "g\\:a\\:1=component\\:0\n");
     assert!(hold::of_staged(&layout).is_some(), "the staged set is held");
     assert_eq!(swap::apply(&layout).unwrap(), swap::Applied::Held);
     let replacement = Hold::new(vec!["g:a:1".parse().unwrap()], None, "a window".into());
     assert!(in_io(&hold::write(&layout, &replacement).unwrap_err()).is_some());
-    assert!(in_io(&hold::release(&layout).unwrap_err()).is_some());
+    assert!(in_io(&hold::lift(&layout).unwrap_err()).is_some());
     assert_eq!(fs::read(&path).unwrap(), bytes);
 }
 
@@ -132,7 +132,7 @@ fn a_newer_probation_record_stops_every_swap_and_the_commit() {
     let path = dir.path().join(swap::PROBATION);
     let bytes = raise(&path, format::PROBATION);
     set(&layout.modules(), "g\\:a\\:2=component\\:0\n");
-    set(&layout.upgrade(), "g\\:a\\:3=component\\:0\n");
+    set(&layout.upgrade_dir(), "g\\:a\\:3=component\\:0\n");
     set(&layout.backup(), "g\\:a\\:1=component\\:0\n");
     let expected = newer(&path, format::PROBATION);
     assert_eq!(swap_newer(swap::probation(&layout).unwrap_err()), expected);
@@ -144,7 +144,11 @@ fn a_newer_probation_record_stops_every_swap_and_the_commit() {
     assert!(!dir.path().join(swap::JOURNAL).exists(), "no swap began");
     assert_eq!(fs::read(&path).unwrap(), bytes);
     let report = swap::report(&layout);
-    assert_eq!(report.installed, ["g:a:2"], "the folders are as they were");
+    assert_eq!(
+        report.installed,
+        ["g:a:2".parse().unwrap()],
+        "the folders are as they were"
+    );
     assert_eq!(report.probation, None);
 }
 
@@ -154,15 +158,15 @@ fn a_newer_swap_journal_is_not_run_and_stays() {
     let path = dir.path().join(swap::JOURNAL);
     let bytes = raise(&path, format::SWAP_JOURNAL);
     set(&layout.modules(), "g\\:a\\:2=component\\:0\n");
-    set(&layout.upgrade(), "g\\:a\\:3=component\\:0\n");
+    set(&layout.upgrade_dir(), "g\\:a\\:3=component\\:0\n");
     let expected = newer(&path, format::SWAP_JOURNAL);
     assert_eq!(swap::newer_record(&layout), Some(expected.clone()));
     assert_eq!(swap_newer(swap::recover(&layout).unwrap_err()), expected);
     assert_eq!(swap_newer(swap::apply(&layout).unwrap_err()), expected);
     assert_eq!(fs::read(&path).unwrap(), bytes);
     let report = swap::report(&layout);
-    assert_eq!(report.installed, ["g:a:2"]);
-    assert_eq!(report.staged, Some(vec!["g:a:3".to_owned()]));
+    assert_eq!(report.installed, ["g:a:2".parse().unwrap()]);
+    assert_eq!(report.staged, Some(vec!["g:a:3".parse().unwrap()]));
     assert_eq!(report.interrupted, None);
 }
 
@@ -217,7 +221,7 @@ fn a_newer_outbox_is_neither_read_written_nor_emptied() {
     assert!(is_newer(outbox::count(&layout).unwrap_err()));
     assert!(is_newer(outbox::id(&layout).unwrap_err()));
     assert!(is_newer(outbox::remove(&layout, seq).unwrap_err()));
-    assert!(is_newer(outbox::hold_verdict(&layout, b"{}").unwrap_err()));
+    assert!(is_newer(outbox::pend_verdict(&layout, b"{}").unwrap_err()));
     assert_eq!(listing(&dir), before);
     assert_eq!(
         format::newer_files(layout.home()),

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use banalytics_home::coords::Coords;
 use serde::{Deserialize, Serialize};
 
 /// What started a synchronisation.
@@ -189,8 +190,9 @@ pub struct SyncReport {
 /// What became of an offer, for the log, `status` and the bench.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeltaReport {
-    /// `groupId:artifactId:version` of the target.
-    pub module: String,
+    /// The target module (by module key on the wire).
+    #[serde(with = "banalytics_home::coords::key")]
+    pub module: Coords,
     /// The installed version the patch starts from.
     pub from: String,
     /// Whether the file was made from the patch.
@@ -212,8 +214,9 @@ pub const MAX_MODULES_SHOWN: usize = 256;
 /// One module of a download, as `status` and the console show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModuleProgress {
-    /// The module's key (`groupId:artifactId:version`).
-    pub module: String,
+    /// The module (by module key on the wire).
+    #[serde(with = "banalytics_home::coords::key")]
+    pub module: Coords,
     /// `downloading`, `downloaded` or `failed`.
     pub state: String,
     /// Bytes that came over the network for it, once downloaded.
@@ -223,13 +226,13 @@ pub struct ModuleProgress {
 
 impl SyncReport {
     /// Records that `module` is now in `state`.
-    pub fn module_state(&mut self, module: &str, state: &str, transferred: Option<u64>) {
-        if let Some(m) = self.modules.iter_mut().find(|m| m.module == module) {
+    pub fn module_state(&mut self, module: &Coords, state: &str, transferred: Option<u64>) {
+        if let Some(m) = self.modules.iter_mut().find(|m| &m.module == module) {
             m.state = state.to_owned();
             m.transferred = transferred;
         } else if self.modules.len() < MAX_MODULES_SHOWN {
             self.modules.push(ModuleProgress {
-                module: module.to_owned(),
+                module: module.clone(),
                 state: state.to_owned(),
                 transferred,
             });
@@ -291,21 +294,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_module_is_its_key_in_the_json_of_status() {
+        let p = ModuleProgress {
+            module: "g:a:1".parse().unwrap(),
+            state: "downloaded".into(),
+            transferred: None,
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"module":"g:a:1","state":"downloaded"}"#);
+        assert_eq!(serde_json::from_str::<ModuleProgress>(&json).unwrap(), p);
+    }
+
+    #[test]
     fn a_report_follows_each_module_of_the_download_once() {
         let mut r = SyncReport::default();
-        r.module_state("g:a:1", "downloading", None);
-        r.module_state("g:b:1", "downloading", None);
-        r.module_state("g:a:1", "downloaded", Some(42));
+        let (a, b) = ("g:a:1".parse().unwrap(), "g:b:1".parse().unwrap());
+        r.module_state(&a, "downloading", None);
+        r.module_state(&b, "downloading", None);
+        r.module_state(&a, "downloaded", Some(42));
         let shown: Vec<_> = r
             .modules
             .iter()
-            .map(|m| (m.module.as_str(), m.state.as_str(), m.transferred))
+            .map(|m| (m.module.to_string(), m.state.as_str(), m.transferred))
             .collect();
         assert_eq!(
             shown,
             [
-                ("g:a:1", "downloaded", Some(42)),
-                ("g:b:1", "downloading", None)
+                ("g:a:1".to_owned(), "downloaded", Some(42)),
+                ("g:b:1".to_owned(), "downloading", None)
             ]
         );
     }

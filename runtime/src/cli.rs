@@ -164,7 +164,7 @@ fn apply(home: &Home) -> Result<u8, Error> {
     }
     // The operator's own apply goes before the upgrade center's policy.
     if let Some(held) = banalytics_home::hold::of_staged(&layout) {
-        banalytics_home::hold::release(&layout).map_err(|source| Error::Io {
+        banalytics_home::hold::lift(&layout).map_err(|source| Error::Io {
             path: layout.state().join(banalytics_home::hold::HOLD_FILE),
             source,
         })?;

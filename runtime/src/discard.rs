@@ -76,12 +76,12 @@ pub fn discard_files(layout: &Layout, request: &DiscardStagedSet) -> Result<Stri
     swap::discard_staged(layout)?;
     // `discard_staged` leaves an empty folder for the next set; the
     // upgrade center makes it again when it starts.
-    let empty = layout.upgrade();
+    let empty = layout.upgrade_dir();
     banalytics_home::layout::remove_dir_if_exists(&empty).map_err(|source| Error::Io {
         path: empty,
         source,
     })?;
-    hold::release(layout).map_err(|source| Error::Io {
+    hold::lift(layout).map_err(|source| Error::Io {
         path: layout.state().join(hold::HOLD_FILE),
         source,
     })?;

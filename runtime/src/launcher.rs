@@ -207,7 +207,7 @@ fn set_core(layout: &Layout) -> Option<CoreFile> {
         .flatten()?
         .into_iter()
         .find(|m| m.coords.is_core())?;
-    let key = core.coords.to_string();
+    let key = core.coords.clone();
     let recorded = SetRecord::load(&modules)
         .ok()
         .flatten()

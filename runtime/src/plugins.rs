@@ -52,7 +52,7 @@ use std::{
 };
 
 use banalytics_home::{
-    coords::{self, Module, ModuleType},
+    coords::{self, Coords, Module, ModuleType},
     installed::{self, MODULES_INFO_FILE},
     record::{SetRecord, RECORD_FILE},
 };
@@ -137,8 +137,8 @@ pub(crate) struct KindEntry {
 /// component modules (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SetLibrary {
-    /// The module, `groupId:artifactId:version`.
-    pub module: String,
+    /// The module.
+    pub module: Coords,
     /// The library file in the set's folder.
     pub path: PathBuf,
 }
@@ -197,8 +197,7 @@ pub(crate) fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, PluginError> 
         .iter()
         .filter(|m| m.module_type == ModuleType::Component && !m.coords.is_core())
     {
-        let key = m.coords.to_string();
-        let name = match record.as_ref().and_then(|r| r.modules.get(&key)) {
+        let name = match record.as_ref().and_then(|r| r.modules.get(&m.coords)) {
             Some(recorded) => recorded.main.name.clone(),
             // A set without a hash record (installed by the Java box, or by
             // hand): a plugin's main artifact has its contract name.
@@ -223,7 +222,7 @@ pub(crate) fn set_libraries(dir: &Path) -> Result<Vec<SetLibrary>, PluginError> 
         };
         if name.ends_with(&extension) {
             libraries.push(SetLibrary {
-                module: key,
+                module: m.coords.clone(),
                 path: dir.join(name),
             });
         }

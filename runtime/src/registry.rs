@@ -52,7 +52,7 @@ impl Registry {
         // The upgrade center's hook speaks in words: the refusal as its
         // message.
         let check: Preflight = Arc::new(move |dir: &Path| {
-            preflight::check_set(dir, &builtin, &configured).map_err(|r| r.to_string())
+            preflight::check_set(dir, &builtin, &configured).map_err(Into::into)
         });
         Registry::with_upgrade_center(banalytics_upgrade_center::kind_with(check))
     }

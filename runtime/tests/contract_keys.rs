@@ -83,7 +83,7 @@ fn every_key_box_toml_accepts_is_in_the_contract() {
         ),
         (
             "portal-integration",
-            keys_of::<banalytics_portal_integration::config::PortalConfig>(),
+            keys_of::<banalytics_portal_integration::PortalConfig>(),
         ),
         (
             "software-upgrade-center",

@@ -94,7 +94,7 @@ pub struct PortalConfig {
 impl PortalConfig {
     /// `wss://`, or `ws://` to a loopback host, or any `ws://` with
     /// `allow_insecure_http = true`; otherwise why not.
-    pub fn check_transport(&self) -> Result<(), String> {
+    pub fn check_transport(&self) -> Result<(), UrlError> {
         let url = self.portal_url.base();
         if self.portal_url.is_tls() || self.allow_insecure_http {
             return Ok(());
@@ -108,9 +108,7 @@ impl PortalConfig {
         if loopback {
             Ok(())
         } else {
-            Err(format!(
-                "portal_url = \"{url}\" is not accepted: an unencrypted link to a host that is not loopback; use wss:// (https://), or set allow_insecure_http = true to accept the risk"
-            ))
+            Err(UrlError::Insecure { url: url.clone() })
         }
     }
 }
@@ -168,33 +166,30 @@ impl PortalUrl {
     pub const ACCEPTED_SCHEMES: [&'static str; 4] = ["wss", "ws", "https", "http"];
 
     /// Parses and checks a base URL.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let mut url = Url::parse(s).map_err(|e| format!("portal_url {s:?} is not a URL: {e}"))?;
+    pub fn parse(s: &str) -> Result<Self, UrlError> {
+        let refused = |why| UrlError::Refused {
+            url: s.to_owned(),
+            why,
+        };
+        let mut url = Url::parse(s).map_err(|e| refused(UrlRefusal::NotAUrl(e)))?;
         let mapped = match url.scheme() {
             "ws" | "wss" => None,
             "http" => Some("ws"),
             "https" => Some("wss"),
-            other => {
-                return Err(format!(
-                    "portal_url {s:?} has scheme {other:?}; accepted: {}",
-                    Self::ACCEPTED_SCHEMES.join(", ")
-                ))
-            }
+            other => return Err(refused(UrlRefusal::Scheme(other.to_owned()))),
         };
         if let Some(scheme) = mapped {
             url.set_scheme(scheme)
-                .map_err(|()| format!("portal_url {s:?}: cannot use scheme {scheme}"))?;
+                .map_err(|()| refused(UrlRefusal::CannotUse(scheme)))?;
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("portal_url {s:?} has no host"));
+            return Err(refused(UrlRefusal::NoHost));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(format!(
-                "portal_url {s:?} must not have a query or fragment: the link sets the query"
-            ));
+            return Err(refused(UrlRefusal::Query));
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("portal_url {s:?} must not carry credentials"));
+            return Err(refused(UrlRefusal::Credentials));
         }
         Ok(PortalUrl(url))
     }
@@ -222,6 +217,50 @@ impl PortalUrl {
             .append_pair("environmentHash", environment_hash);
         url
     }
+}
+
+/// A `portal_url` that is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Not a portal base URL.
+    #[error("portal_url {url:?}{why}")]
+    Refused {
+        /// The text as written.
+        url: String,
+        /// What is wrong with it.
+        why: UrlRefusal,
+    },
+    /// An unencrypted link to a host that is not loopback, without
+    /// `allow_insecure_http`.
+    #[error("portal_url = \"{url}\" is not accepted: an unencrypted link to a host that is not loopback; use wss:// (https://), or set allow_insecure_http = true to accept the risk")]
+    Insecure {
+        /// The base URL (after the http → ws mapping).
+        url: Url,
+    },
+}
+
+/// Why a `portal_url` is not a portal base URL (the rest of
+/// [`UrlError::Refused`]'s sentence).
+#[derive(Debug, thiserror::Error)]
+pub enum UrlRefusal {
+    /// The URL parser refused it.
+    #[error(" is not a URL: {0}")]
+    NotAUrl(url::ParseError),
+    /// A scheme other than [`PortalUrl::ACCEPTED_SCHEMES`].
+    #[error(" has scheme {0:?}; accepted: {schemes}", schemes = PortalUrl::ACCEPTED_SCHEMES.join(", "))]
+    Scheme(String),
+    /// The URL crate would not change the scheme.
+    #[error(": cannot use scheme {0}")]
+    CannotUse(&'static str),
+    /// No host.
+    #[error(" has no host")]
+    NoHost,
+    /// A query or a fragment.
+    #[error(" must not have a query or fragment: the link sets the query")]
+    Query,
+    /// A user name or a password.
+    #[error(" must not carry credentials")]
+    Credentials,
 }
 
 impl<'de> Deserialize<'de> for PortalUrl {
@@ -387,7 +426,7 @@ mod tests {
         assert!(plain("ws://127.0.0.1:9000", false).is_ok());
         assert!(plain("http://localhost:9000", false).is_ok());
         assert!(plain("wss://router.example", false).is_ok());
-        let e = plain("ws://router.example", false).unwrap_err();
+        let e = plain("ws://router.example", false).unwrap_err().to_string();
         assert!(
             e.contains("not loopback") && e.contains("allow_insecure_http"),
             "{e}"
@@ -409,7 +448,7 @@ mod tests {
             u.endpoint("", "").as_str(),
             "ws://127.0.0.1:9000/portal-integration?environmentUuid=&environmentHash="
         );
-        let err = PortalUrl::parse("ftp://x").unwrap_err();
+        let err = PortalUrl::parse("ftp://x").unwrap_err().to_string();
         assert!(err.contains("\"ftp\"") && err.contains("wss, ws"), "{err}");
         assert!(PortalUrl::parse("wss://x/?a=b").is_err());
         assert!(PortalUrl::parse("wss://u:p@x/").is_err());

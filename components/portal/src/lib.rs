@@ -79,11 +79,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub mod config;
-pub mod frame;
-pub mod link;
-pub mod outbox;
-pub mod tls;
+pub(crate) mod config;
+pub(crate) mod frame;
+pub(crate) mod link;
+pub(crate) mod outbox;
+pub(crate) mod tls;
 
 pub use config::{PortalConfig, PortalUrl, Timing};
 
@@ -208,7 +208,7 @@ impl Component for PortalIntegration {
             .map_err(|e| ComponentError::Start(e.to_string()))?;
         self.config
             .check_transport()
-            .map_err(ComponentError::Start)?;
+            .map_err(|e| ComponentError::Start(e.to_string()))?;
         if !self.config.portal_url.is_tls() {
             warn!(component = %self.name, portal = %self.config.portal_url.base(), allow_insecure_http = self.config.allow_insecure_http, "portal link is not encrypted (ws://)");
         }

@@ -96,16 +96,6 @@ impl OutboxQueue {
         self.lock().len()
     }
 
-    /// Whether no frame waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The most frames it holds.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
         // A panic while holding the lock cannot leave the deque half
         // changed (push and pop are single calls), so a poisoned lock is
@@ -395,12 +385,22 @@ async fn send_durable(durable: &DurableOutbox, link: &SupervisedAddr<Link>) -> R
 
 /// The frame of durable entry `seq` of outbox `outbox_id`: the status it
 /// holds, with its `seq` and `outboxId`.
-fn status_frame(outbox_id: &str, seq: u64, entry: &[u8]) -> Result<String, String> {
-    let mut status: ModuleStatusUpdate =
-        serde_json::from_slice(entry).map_err(|e| e.to_string())?;
+fn status_frame(outbox_id: &str, seq: u64, entry: &[u8]) -> Result<String, EntryError> {
+    let mut status: ModuleStatusUpdate = serde_json::from_slice(entry)?;
     status.seq = Some(seq);
     status.outbox_id = Some(outbox_id.to_owned());
-    frame::encode(&status).map_err(|e| e.to_string())
+    Ok(frame::encode(&status)?)
+}
+
+/// A durable entry that is no status frame.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    /// Not a status's JSON.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// Not encodable as a frame.
+    #[error("{0}")]
+    Encode(#[from] frame::EncodeError),
 }
 
 /// Sends the frames queued in memory, front first, each removed once
@@ -505,7 +505,7 @@ mod tests {
             .expect("push completes once there is room")
             .unwrap();
         let mut got = Vec::new();
-        while !queue.is_empty() {
+        while queue.len() > 0 {
             got.push(queue.front().await.text);
             queue.pop_front();
         }

@@ -36,8 +36,8 @@ use sha2::Digest;
 
 use crate::{
     cache::CachedFile,
-    coords::{self, Coords},
-    fetch::{self, DigestSource, Expected, FetchConfig},
+    coords,
+    fetch::{self, DigestSource, Expected, FetchConfig, FetchError},
     layout::Layout,
     plan::{Fetch, ResolvedModule, Target},
     record::SetRecord,
@@ -61,6 +61,9 @@ pub const WINDOW_LOG_MAX: u32 = 25;
 /// each segment), the decoder's buffer (one segment, 8 MiB) and its tables
 /// and the I/O buffers (under 1 MiB).
 pub const MEMORY_BOUND: u64 = MAX_SEGMENT + 2 * MAX_MARGIN + MAX_SEGMENT + 1024 * 1024;
+
+// The goal (README, "Patches"): under 64 MiB whatever the file's size.
+const _: () = assert!(MEMORY_BOUND < 64 * 1024 * 1024);
 
 /// Largest header read: a few digests and numbers.
 pub const MAX_HEADER_BYTES: u32 = 4096;
@@ -131,15 +134,14 @@ pub fn installed_sources(layout: &Layout) -> HashMap<String, Source> {
     record
         .modules
         .into_iter()
-        .filter_map(|(key, m)| {
-            let coords: Coords = key.parse().ok()?;
+        .map(|(coords, m)| {
             let source = Source {
                 version: coords.version().to_owned(),
                 sha256: m.main.sha256,
                 size: m.main.size,
                 path: dir.join(&m.main.name),
             };
-            Some((coords.module_key(), source))
+            (coords.module_name(), source)
         })
         .collect()
 }
@@ -160,7 +162,7 @@ pub fn offer(
     if !module.is_native() {
         return None;
     }
-    let source = sources.get(&module.coords.module_key())?;
+    let source = sources.get(&module.coords.module_name())?;
     if source.sha256 == target_sha {
         return None;
     }
@@ -235,33 +237,33 @@ pub async fn fetch_and_apply(
     f: &Fetch,
     offer: &Offer,
     progress: &(dyn Fn(u64, Option<u64>) + Send + Sync),
-) -> Result<Patched, String> {
+) -> Result<Patched, NoPatch> {
     let want = Wanted {
-        sha256: f
-            .target
-            .expected
-            .sha256
-            .ok_or("the file's SHA-256 is not known")?,
+        sha256: f.target.expected.sha256.ok_or(NoPatch::NoDigest)?,
         size: f.target.expected.size,
     };
     let patch = locate(client, offer).await?;
     if let (Some(p), Some(s)) = (patch.expected.size, want.size) {
         if p >= s {
-            return Err(format!(
-                "the patch ({p} bytes) is not smaller than the file ({s} bytes)"
-            ));
+            return Err(NoPatch::NotSmaller { patch: p, file: s });
         }
     }
     let need = patch.expected.size.unwrap_or(0) + want.size.unwrap_or(0);
     match config.space.room_for(cache, need) {
         Ok(Ok(())) => {}
         Ok(Err(free)) => {
-            return Err(format!(
-                "no room for the patch and the file it makes: {need} bytes and the reserve of {} bytes, {free} bytes free",
-                config.space.min_free
-            ))
+            return Err(NoPatch::NoRoom {
+                need,
+                reserve: config.space.min_free,
+                free,
+            })
         }
-        Err(e) => return Err(format!("free space of {}: {e}", cache.display())),
+        Err(source) => {
+            return Err(NoPatch::Io {
+                what: format!("free space of {}", cache.display()),
+                source,
+            })
+        }
     }
     let partial = cache.join(format!("{}.zstpatch.partial", f.cache_name));
     let got = fetch::download(
@@ -273,13 +275,12 @@ pub async fn fetch_and_apply(
         progress,
     )
     .await
-    .map_err(|e| format!("the patch could not be fetched: {e}"))?;
+    .map_err(NoPatch::Fetch)?;
     let out = cache.join(format!("{}.patched", f.cache_name));
     let (source, patch_file, made) = (offer.source.clone(), partial.clone(), out.clone());
     let started = std::time::Instant::now();
-    let applied = crate::blocking::off_thread(move || apply(&source, &patch_file, &made, &want))
-        .await
-        .map_err(|e| e.to_string());
+    let applied =
+        crate::blocking::off_thread(move || apply(&source, &patch_file, &made, &want)).await;
     let apply = started.elapsed();
     let _ = std::fs::remove_file(&partial);
     let _ = std::fs::remove_file(fetch::meta_path(&partial));
@@ -287,12 +288,18 @@ pub async fn fetch_and_apply(
         Ok(cached) => cached,
         Err(e) => {
             let _ = std::fs::remove_file(&out);
-            return Err(format!("the patch did not apply: {e}"));
+            return Err(NoPatch::Apply(e));
         }
     };
     let dest = cache.join(&f.cache_name);
-    std::fs::rename(&out, &dest).map_err(|e| format!("rename to {}: {e}", dest.display()))?;
-    crate::layout::sync_dir(cache).map_err(|e| format!("fsync {}: {e}", cache.display()))?;
+    std::fs::rename(&out, &dest).map_err(|source| NoPatch::Io {
+        what: format!("rename to {}", dest.display()),
+        source,
+    })?;
+    crate::layout::sync_dir(cache).map_err(|source| NoPatch::Io {
+        what: format!("fsync {}", cache.display()),
+        source,
+    })?;
     Ok(Patched {
         cached,
         transferred: got.bytes_transferred,
@@ -303,23 +310,24 @@ pub async fn fetch_and_apply(
 
 /// The patch's URL and what it must be: from TUF, or asked of the
 /// repository (`.sha256`, `HEAD`).
-async fn locate(client: &reqwest::Client, offer: &Offer) -> Result<Target, String> {
+async fn locate(client: &reqwest::Client, offer: &Offer) -> Result<Target, NoPatch> {
     match &offer.at {
         PatchAt::Trusted(t) => Ok(t.clone()),
-        PatchAt::NotATarget { path } => Err(format!(
-            "no patch from {}: {path} is not a target of the repository's TUF metadata",
-            offer.source.version
-        )),
+        PatchAt::NotATarget { path } => Err(NoPatch::NotATarget {
+            from: offer.source.version.clone(),
+            path: path.clone(),
+        }),
         PatchAt::Repository { url } => {
             let sha = fetch::fetch_sha256_file(client, url)
                 .await
-                .map_err(|e| format!("looking for a patch: {e}"))?
-                .ok_or_else(|| {
-                    format!("no patch from {} published ({url})", offer.source.version)
+                .map_err(NoPatch::Lookup)?
+                .ok_or_else(|| NoPatch::NotPublished {
+                    from: offer.source.version.clone(),
+                    url: url.clone(),
                 })?;
             let size = fetch::content_length(client, url, DigestSource::Repository)
                 .await
-                .map_err(|e| format!("looking for a patch: {e}"))?;
+                .map_err(NoPatch::Lookup)?;
             Ok(Target {
                 url: url.clone(),
                 expected: Expected {
@@ -370,6 +378,67 @@ struct Header {
     size: u64,
     segment: u64,
     margin: u64,
+}
+
+/// Why no patch made the file ([`fetch_and_apply`]): the reason the whole
+/// file is fetched instead, as the delta report gives it.
+#[derive(Debug, thiserror::Error)]
+pub enum NoPatch {
+    /// The target file's digest is not known, so a result cannot be
+    /// verified.
+    #[error("the file's SHA-256 is not known")]
+    NoDigest,
+    /// The repository's TUF metadata does not list the patch.
+    #[error("no patch from {from}: {path} is not a target of the repository's TUF metadata")]
+    NotATarget {
+        /// The installed version the patch would start from.
+        from: String,
+        /// The patch's target path.
+        path: String,
+    },
+    /// The repository has no patch from the installed version.
+    #[error("no patch from {from} published ({url})")]
+    NotPublished {
+        /// The installed version.
+        from: String,
+        /// Where the patch's digest was looked for.
+        url: String,
+    },
+    /// Asking the repository for the patch failed.
+    #[error("looking for a patch: {0}")]
+    Lookup(FetchError),
+    /// The patch would save nothing.
+    #[error("the patch ({patch} bytes) is not smaller than the file ({file} bytes)")]
+    NotSmaller {
+        /// The patch's size.
+        patch: u64,
+        /// The file's size.
+        file: u64,
+    },
+    /// The disk cannot take the patch and its result.
+    #[error("no room for the patch and the file it makes: {need} bytes and the reserve of {reserve} bytes, {free} bytes free")]
+    NoRoom {
+        /// The bytes needed.
+        need: u64,
+        /// The free space kept (`min_free_space`).
+        reserve: u64,
+        /// The bytes free.
+        free: u64,
+    },
+    /// The patch's download failed.
+    #[error("the patch could not be fetched: {0}")]
+    Fetch(FetchError),
+    /// The patch did not make the file.
+    #[error("the patch did not apply: {0}")]
+    Apply(ApplyError),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, and on what.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 /// Why a patch did not make the file.
@@ -846,7 +915,7 @@ mod tests {
             cache
         }
 
-        async fn run(&self, config: &FetchConfig) -> Result<Patched, String> {
+        async fn run(&self, config: &FetchConfig) -> Result<Patched, NoPatch> {
             let client = fetch::client(config).unwrap();
             fetch_and_apply(
                 &client,
@@ -912,7 +981,7 @@ mod tests {
             space: fetch::space::Space::new(99 * 1024 * 1024, probe),
             ..config()
         };
-        let reason = s.run(&config).await.err().unwrap();
+        let reason = s.run(&config).await.err().unwrap().to_string();
         assert!(reason.contains("no room for the patch"), "{reason}");
         assert_eq!(s.repo.bytes_for(&s.patch_path), 0);
     }
@@ -920,7 +989,7 @@ mod tests {
     #[tokio::test]
     async fn a_repository_without_the_patch_is_a_reason_after_one_request() {
         let s = served(false).await;
-        let reason = s.run(&config()).await.err().unwrap();
+        let reason = s.run(&config()).await.err().unwrap().to_string();
         assert!(reason.contains("no patch from 1.0 published"), "{reason}");
         let asked: Vec<_> = s.repo.requests().into_iter().map(|r| r.path).collect();
         assert_eq!(asked, [format!("{}.sha256", s.patch_path)]);

@@ -701,7 +701,7 @@ impl Job {
         // is present now too, or the full download counts it again.
         let fetched = seen.load(Ordering::Relaxed);
         let mut report = delta::DeltaReport {
-            module: module.to_string(),
+            module: module.clone(),
             from: from.clone(),
             patched: false,
             patch_bytes: None,
@@ -722,7 +722,7 @@ impl Job {
             Err(reason) => {
                 warn!(%module, from = %from, %reason, "no patch used; fetching the whole file");
                 self.done.fetch_sub(fetched, Ordering::Relaxed);
-                report.reason = Some(reason);
+                report.reason = Some(reason.to_string());
                 None
             }
         };

@@ -18,20 +18,20 @@
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
-pub mod blocking;
+pub(crate) mod blocking;
 pub mod cache;
-pub mod delta;
+pub(crate) mod delta;
 pub mod downloader;
 pub mod error;
 pub mod fetch;
-pub mod inventory;
+pub(crate) mod inventory;
 pub mod plan;
 pub mod portal_link;
 pub mod preflight;
 pub mod restarter;
 pub mod schedule;
 pub mod settings;
-pub mod stager;
+pub(crate) mod stager;
 pub mod sync;
 pub mod tuf;
 
@@ -165,7 +165,7 @@ impl UpgradeCenter {
                     &self.config.repository_url,
                     self.config.trust_metadata_url.as_deref(),
                 )
-                .map_err(ComponentError::Start)?,
+                .map_err(|e| ComponentError::Start(e.to_string()))?,
             ),
             None => None,
         };

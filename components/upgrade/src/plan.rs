@@ -116,8 +116,8 @@ pub struct ModulePlan {
 
 impl ModulePlan {
     /// The module's key in the hash record ([`SetRecord`]'s `modules`).
-    pub fn key(&self) -> String {
-        self.resolved.module.coords.to_string()
+    pub fn key(&self) -> Coords {
+        self.resolved.module.coords.clone()
     }
 
     /// The artifacts to fetch.
@@ -188,10 +188,10 @@ fn plan_module(
     backup: &SetRecord,
 ) -> ModulePlan {
     let module = &resolved.module;
-    let key = module.coords.to_string();
+    let key = &module.coords;
     let installed: Option<&ModuleRecord> = record
         .modules
-        .get(&key)
+        .get(key)
         .filter(|_| installed_modules.contains(&module.coords));
     let file_name = coords::file_name(module);
     let cache = |suffix: &str| {
@@ -202,7 +202,7 @@ fn plan_module(
             module.coords.version()
         )
     };
-    let previous = backup.modules.get(&key);
+    let previous = backup.modules.get(key);
     let candidates = [(Origin::Active, installed), (Origin::Backup, previous)];
     let main = candidates
         .iter()
@@ -256,7 +256,7 @@ fn plan_module(
         Action::Keep
     } else if installed_modules
         .iter()
-        .any(|c| c.module_key() == module.coords.module_key())
+        .any(|c| c.module_name() == module.coords.module_name())
     {
         Action::Change
     } else {
@@ -324,7 +324,11 @@ mod tests {
             None,
             None,
         );
-        let actions: Vec<_> = plan.modules.iter().map(|m| (m.key(), m.action)).collect();
+        let actions: Vec<_> = plan
+            .modules
+            .iter()
+            .map(|m| (m.key().to_string(), m.action))
+            .collect();
         assert_eq!(
             actions,
             [

@@ -15,7 +15,12 @@ use std::{path::Path, sync::Arc};
 /// files, `modules-info.properties` and the hash record); `Err` says why
 /// the set would not start. It runs on a blocking thread and may read the
 /// folder; it must not change it.
-pub type Preflight = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
+pub type Preflight = Arc<dyn Fn(&Path) -> Result<(), Refused> + Send + Sync>;
+
+/// Why the host would not start a set: the host's own error (its
+/// `Display` is the reason the cancellation gives), which this crate
+/// does not know the type of.
+pub type Refused = Box<dyn std::error::Error + Send + Sync>;
 
 /// The hook that accepts every set.
 pub fn accept_all() -> Preflight {

@@ -151,11 +151,11 @@ impl Actor for Restarter {
 /// applies it is asked for. `false` when it cannot be removed: then no
 /// restart is asked for, since the next start would not apply the set and
 /// this actor would ask again at once, a restart loop.
-fn release(home: Option<&Layout>) -> bool {
+fn lift_hold(home: Option<&Layout>) -> bool {
     let Some(layout) = home else {
         return true;
     };
-    match hold::release(layout) {
+    match hold::lift(layout) {
         Ok(()) => true,
         Err(e) => {
             error!(error = %e, file = %layout.state().join(hold::HOLD_FILE).display(), "cannot remove the apply hold: no restart; the staged set stays staged (`banalytics-box apply` on the stopped box applies it)");
@@ -176,7 +176,7 @@ impl Handler<RestartToApply> for Restarter {
                 async move {
                     let flushed = tokio::time::timeout(timeout, flush(&bus)).await.is_ok();
                     // A hold left from an earlier policy.
-                    if !release(home.as_ref()) {
+                    if !lift_hold(home.as_ref()) {
                         return;
                     }
                     info!(?mode, flushed, reason = %msg.reason, "restarting to apply the staged set");
@@ -200,7 +200,7 @@ impl Handler<RestartToApply> for Restarter {
         span.in_scope(|| info!(waits_for = waits.as_deref().unwrap_or("nothing"), set = ?msg.set_id, "staged set waits for its restart"));
         let wait = async move {
             let why = wait_turn(&policy, approved, &bus, timeout).await;
-            if !release(home.as_ref()) {
+            if !lift_hold(home.as_ref()) {
                 return;
             }
             info!(?mode, %why, reason = %reason, "restarting to apply the staged set");

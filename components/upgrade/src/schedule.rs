@@ -189,26 +189,24 @@ pub enum WindowState {
 impl Window {
     /// Parses and checks a window from its configuration; the error names
     /// the key and the value.
-    pub fn parse(cfg: &WindowConfig) -> Result<Window, String> {
-        let schedule = Cron::from_str(&cfg.schedule)
-            .map_err(|e| format!("schedule = {:?} is not a cron schedule: {e}", cfg.schedule))?;
-        let duration = SignedDuration::from_str(&cfg.duration).map_err(|e| {
-            format!(
-                "duration = {:?} is not a duration (e.g. \"2h\", \"90m\"): {e}",
-                cfg.duration
-            )
+    pub fn parse(cfg: &WindowConfig) -> Result<Window, WindowError> {
+        let schedule = Cron::from_str(&cfg.schedule).map_err(|e| WindowError::Schedule {
+            value: cfg.schedule.clone(),
+            reason: e.to_string(),
         })?;
+        let duration =
+            SignedDuration::from_str(&cfg.duration).map_err(|e| WindowError::Duration {
+                value: cfg.duration.clone(),
+                reason: e.to_string(),
+            })?;
         if duration <= SignedDuration::ZERO {
-            return Err(format!(
-                "duration = {:?} is not accepted; accepted: more than zero",
-                cfg.duration
-            ));
+            return Err(WindowError::NotPositive {
+                value: cfg.duration.clone(),
+            });
         }
-        let tz = TimeZone::get(&cfg.timezone).map_err(|e| {
-            format!(
-                "timezone = {:?} is not a known time zone (e.g. \"Europe/Berlin\", \"UTC\"): {e}",
-                cfg.timezone
-            )
+        let tz = TimeZone::get(&cfg.timezone).map_err(|e| WindowError::TimeZone {
+            value: cfg.timezone.clone(),
+            reason: e.to_string(),
         })?;
         let window = Window {
             schedule,
@@ -228,13 +226,13 @@ impl Window {
     /// Whether a window is open at `now`, and until when; or when the next
     /// one opens. An error when the schedule matches no time soon enough
     /// ([`MAX_OCCURRENCES`]).
-    pub fn state_at(&self, now: Timestamp) -> Result<WindowState, String> {
+    pub fn state_at(&self, now: Timestamp) -> Result<WindowState, WindowError> {
         // Every start whose window could still be open: from one duration
         // and a day (more than any UTC offset change) before now.
         let back = self.duration + SignedDuration::from_hours(26);
         let from = now
             .checked_sub(back)
-            .map_err(|e| format!("time out of range: {e}"))?
+            .map_err(|e| WindowError::Time(e.to_string()))?
             .to_zoned(self.tz.clone())
             .datetime();
         let civil_now = now.to_zoned(self.tz.clone()).datetime();
@@ -267,25 +265,28 @@ impl Window {
                 opens: zoned(opens),
                 closes: zoned(opens + self.duration),
             }),
-            (None, None) => Err(format!(
-                "schedule {:?} opens no window within {MAX_OCCURRENCES} occurrences",
-                self.pattern
-            )),
+            (None, None) => Err(WindowError::NeverOpens {
+                pattern: self.pattern.clone(),
+            }),
         }
     }
 
     /// The instant a civil start stands for in the window's zone: a time
     /// in a gap is moved forward by the gap, a time in a fold is its first
     /// occurrence.
-    fn resolve(&self, civil: DateTime) -> Result<Timestamp, String> {
+    fn resolve(&self, civil: DateTime) -> Result<Timestamp, WindowError> {
         self.tz
             .to_ambiguous_timestamp(civil)
             .compatible()
-            .map_err(|e| format!("{civil} in {}: {e}", self.tz_name))
+            .map_err(|e| WindowError::Civil {
+                civil,
+                zone: self.tz_name.clone(),
+                reason: e.to_string(),
+            })
     }
 
     /// Returns once a window is open at `clock`'s now, with when it closes.
-    pub async fn wait_open(&self, clock: &dyn Clock) -> Result<Zoned, String> {
+    pub async fn wait_open(&self, clock: &dyn Clock) -> Result<Zoned, WindowError> {
         loop {
             match self.state_at(clock.now())? {
                 WindowState::Open { closes } => return Ok(closes),
@@ -293,6 +294,62 @@ impl Window {
             }
         }
     }
+}
+
+/// A window that is refused, or that cannot say when it opens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// `schedule` is not a cron schedule.
+    #[error("schedule = {value:?} is not a cron schedule: {reason}")]
+    Schedule {
+        /// The value as written.
+        value: String,
+        /// The cron parser's reason.
+        reason: String,
+    },
+    /// `duration` is not a duration.
+    #[error("duration = {value:?} is not a duration (e.g. \"2h\", \"90m\"): {reason}")]
+    Duration {
+        /// The value as written.
+        value: String,
+        /// The duration parser's reason.
+        reason: String,
+    },
+    /// `duration` is zero or negative.
+    #[error("duration = {value:?} is not accepted; accepted: more than zero")]
+    NotPositive {
+        /// The value as written.
+        value: String,
+    },
+    /// `timezone` names no time zone the box knows.
+    #[error(
+        "timezone = {value:?} is not a known time zone (e.g. \"Europe/Berlin\", \"UTC\"): {reason}"
+    )]
+    TimeZone {
+        /// The value as written.
+        value: String,
+        /// The time zone database's reason.
+        reason: String,
+    },
+    /// The schedule matches no time soon enough ([`MAX_OCCURRENCES`]).
+    #[error("schedule {pattern:?} opens no window within {MAX_OCCURRENCES} occurrences")]
+    NeverOpens {
+        /// The schedule.
+        pattern: String,
+    },
+    /// A time the window's arithmetic cannot represent.
+    #[error("time out of range: {0}")]
+    Time(String),
+    /// A civil time of the schedule that is no instant in the zone.
+    #[error("{civil} in {zone}: {reason}")]
+    Civil {
+        /// The civil time.
+        civil: DateTime,
+        /// The zone's name.
+        zone: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// When a staged set is applied: the upgrade center's `apply` key.
@@ -542,6 +599,7 @@ mod tests {
                 timezone: tz.into(),
             })
             .unwrap_err()
+            .to_string()
         };
         assert!(bad("0 2 * *", "2h", "UTC").contains("schedule = \"0 2 * *\""));
         assert!(bad("0 2 * * *", "two hours", "UTC").contains("duration = \"two hours\""));

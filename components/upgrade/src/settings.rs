@@ -206,7 +206,7 @@ impl UpgradeConfig {
         for (key, url) in transport_keys {
             if let Some(url) = url {
                 fetch::check_transport(key, url, config.allow_insecure_http)
-                    .map_err(|message| section.error_at(key, message))?;
+                    .map_err(|e| section.error_at(key, e.to_string()))?;
             }
         }
         if config.restart_mode == RestartMode::Command && config.restart_command.is_none() {

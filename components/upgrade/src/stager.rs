@@ -101,10 +101,10 @@ impl Handler<StageSet> for Stager {
 /// Removes a staged set and the scratch folders: the marker first, so that
 /// a crash in the middle never leaves a marker beside a partial set.
 pub fn clear_staged(layout: &Layout) -> Result<(), UpgradeError> {
-    let marker = layout.upgrade().join(installed::MODULES_INFO_FILE);
+    let marker = layout.upgrade_dir().join(installed::MODULES_INFO_FILE);
     match fs::remove_file(&marker) {
         Ok(()) => {
-            sync_dir(&layout.upgrade()).map_err(io_at(layout.upgrade()))?;
+            sync_dir(&layout.upgrade_dir()).map_err(io_at(layout.upgrade_dir()))?;
             failpoint("stage.clear.marker-removed");
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -113,7 +113,7 @@ pub fn clear_staged(layout: &Layout) -> Result<(), UpgradeError> {
     for dir in [
         layout.upgrade_tmp(),
         layout.models_upgrade_tmp(),
-        layout.upgrade(),
+        layout.upgrade_dir(),
         layout.models_upgrade(),
     ] {
         remove_dir_if_exists(&dir)?;
@@ -335,7 +335,7 @@ fn roots(layout: &Layout, origin: Origin) -> (PathBuf, PathBuf) {
 /// speed depends on it: a failure is a warning.
 fn remember_digests(layout: &Layout, record: &SetRecord) {
     let mut cache = DigestCache::open(&layout.digest_cache());
-    let (modules, models) = (layout.upgrade(), layout.models_upgrade());
+    let (modules, models) = (layout.upgrade_dir(), layout.models_upgrade());
     for (path, file) in record.files(&modules, &models) {
         if let Err(e) = cache.remember(&path, file.sha256) {
             warn!(path = %path.display(), error = %e, "cannot note a staged file's digest");
@@ -575,10 +575,10 @@ fn write_marked_set(
     failpoint("stage.marker-written");
     if let Err(reason) = preflight(root) {
         clear_staged(layout)?;
-        let set: Vec<&str> = record.modules.keys().map(String::as_str).collect();
+        let set: Vec<String> = record.modules.keys().map(ToString::to_string).collect();
         return Err(UpgradeError::Preflight {
             set: set.join(", "),
-            reason,
+            reason: reason.to_string(),
         });
     }
     Ok(())
@@ -591,7 +591,7 @@ fn publish(layout: &Layout, models: &Path, modules: &Path) -> Result<(), Upgrade
     fs::rename(models, layout.models_upgrade()).map_err(io_at(layout.models_upgrade()))?;
     sync_dir(layout.home()).map_err(io_at(layout.home()))?;
     failpoint("stage.models-renamed");
-    fs::rename(modules, layout.upgrade()).map_err(io_at(layout.upgrade()))?;
+    fs::rename(modules, layout.upgrade_dir()).map_err(io_at(layout.upgrade_dir()))?;
     sync_dir(layout.home()).map_err(io_at(layout.home()))?;
     failpoint("stage.upgrade-renamed");
     Ok(())

@@ -140,22 +140,40 @@ impl Trust {
         root: PathBuf,
         repository_url: &str,
         metadata_url: Option<&str>,
-    ) -> Result<Trust, String> {
+    ) -> Result<Trust, TrustUrlError> {
         let base = format!("{}/", repository_url.trim_end_matches('/'));
-        let targets_url =
-            Url::parse(&base).map_err(|e| format!("repository_url = {base:?}: {e}"))?;
+        let targets_url = Url::parse(&base).map_err(|source| TrustUrlError {
+            key: "repository_url",
+            url: base.clone(),
+            source,
+        })?;
         let metadata = match metadata_url {
             Some(m) => format!("{}/", m.trim_end_matches('/')),
             None => format!("{base}{DEFAULT_METADATA_DIR}/"),
         };
-        let metadata_url =
-            Url::parse(&metadata).map_err(|e| format!("trust_metadata_url = {metadata:?}: {e}"))?;
+        let metadata_url = Url::parse(&metadata).map_err(|source| TrustUrlError {
+            key: "trust_metadata_url",
+            url: metadata.clone(),
+            source,
+        })?;
         Ok(Trust {
             root,
             metadata_url,
             targets_url,
         })
     }
+}
+
+/// A repository or metadata URL that is not one ([`Trust::new`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {url:?}: {source}")]
+pub struct TrustUrlError {
+    /// The config key.
+    pub key: &'static str,
+    /// The URL, ending in `/`.
+    pub url: String,
+    /// The URL parser's reason.
+    pub source: url::ParseError,
 }
 
 /// One target's verified facts.

@@ -555,6 +555,37 @@ async fn existing_partial_resumes_with_range_and_only_the_remainder_is_sent() {
 }
 
 #[tokio::test]
+async fn a_partial_whose_meta_is_of_a_newer_format_is_left_as_it_is_and_not_downloaded() {
+    let scene = Scene::new(|b| {
+        b.truncate_next = 1;
+        b.truncate_at = CUT_AT;
+    })
+    .await;
+    let (first, _) = scene.download(&scene.expected(), &single_attempt()).await;
+    assert!(first.is_err());
+    // A newer core's meta beside the partial.
+    let meta = meta_path(&scene.partial());
+    let newer = b"banalytics-partial-meta 2\n{\"validator\": \"v1\"}\n".to_vec();
+    std::fs::write(&meta, &newer).unwrap();
+    let requests_before = scene.server.requests().len();
+
+    let (outcome, _) = scene.download(&scene.expected(), &test_config()).await;
+
+    let e = outcome.unwrap_err();
+    assert!(
+        matches!(&e, FetchError::NewerFormat(n) if n.format == 2 && n.path == meta),
+        "{e}"
+    );
+    assert_eq!(scene.server.requests().len(), requests_before, "no request");
+    assert_eq!(std::fs::read(&meta).unwrap(), newer, "the meta as it was");
+    assert_eq!(
+        scene.on_disk().unwrap(),
+        scene.data[..CUT_AT],
+        "the partial as it was"
+    );
+}
+
+#[tokio::test]
 async fn resume_works_with_last_modified_when_there_is_no_etag() {
     let scene = Scene::new(|b| {
         b.etag = None;

@@ -287,13 +287,13 @@ mod apply {
         };
         let dir = tempfile::tempdir().unwrap();
         let layout = banalytics_home::Layout::new(dir.path());
-        std::fs::create_dir_all(layout.upgrade()).unwrap();
+        std::fs::create_dir_all(layout.upgrade_dir()).unwrap();
         let module = InstalledModule {
             coords: Coords::new("g", "a", "1").unwrap(),
             module_type: ModuleType::Component,
             upload_epoch: 0,
         };
-        write_modules_info(&layout.upgrade(), &[module]).unwrap();
+        write_modules_info(&layout.upgrade_dir(), &[module]).unwrap();
         let hold = Hold::new(
             vec!["g:a:1".parse().unwrap()],
             Some(id("set-a")),

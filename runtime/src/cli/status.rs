@@ -230,13 +230,17 @@ fn print_waits(data: &serde_json::Value) {
 
 /// The module sets part of `status` ([`swap::SetsReport`]).
 fn print_sets(u: &SetsReport) {
-    let list = |names: &[String]| {
+    fn list<T: std::fmt::Display>(names: &[T]) -> String {
         if names.is_empty() {
             "(empty set)".to_owned()
         } else {
-            names.join(", ")
+            names
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         }
-    };
+    }
     println!("modules: {}", list(&u.installed));
     if let Some(p) = &u.probation {
         println!(

@@ -28,6 +28,7 @@ use std::{
     time::Duration,
 };
 
+use banalytics_home::format;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ring::{
     hmac::{self, HMAC_SHA256},
@@ -96,12 +97,26 @@ fn now_s() -> u64 {
 }
 
 /// The token of the home whose `state/` is `state`, made (0600) when there
-/// is none.
+/// is none. A token file of a newer format ([`format::CONSOLE_TOKEN`]) is
+/// left as it is: an `InvalidData` error holding the
+/// [`format::NewerFormat`].
 pub fn load_or_create_token(state: &Path) -> std::io::Result<String> {
     let path: PathBuf = state.join(TOKEN_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
+        Ok(text) => match format::of_line(&text) {
+            (known, token) if known <= format::CONSOLE_TOKEN && !token.trim().is_empty() => {
+                return Ok(token.trim().to_owned())
+            }
+            (known, _) if known <= format::CONSOLE_TOKEN => {}
+            (newer, _) => {
+                return Err(format::NewerFormat {
+                    path,
+                    format: newer,
+                    known: format::CONSOLE_TOKEN,
+                }
+                .into_io())
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -285,6 +300,19 @@ mod tests {
         let t = load_or_create_token(dir.path()).unwrap();
         assert_eq!(t.len(), 64);
         assert_eq!(load_or_create_token(dir.path()).unwrap(), t);
+        let file = dir.path().join(TOKEN_FILE);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{t}\n"));
+        std::fs::write(&file, format!("format 1\n{t}\n")).unwrap();
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), t);
+        let newer = format!("format 2\n{{\"token\": \"{t}\"}}\n");
+        std::fs::write(&file, &newer).unwrap();
+        let e = load_or_create_token(dir.path()).unwrap_err();
+        assert_eq!(format::in_io(&e).map(|n| n.format), Some(2), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            newer,
+            "left as it is"
+        );
         // Windows: the home folder's ACL (README, "Windows").
         #[cfg(unix)]
         let mode = {

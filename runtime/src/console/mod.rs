@@ -146,14 +146,10 @@ pub fn start(
     let token = auth::load_or_create_token(&home.state_dir())
         .map_err(io(home.state_dir().join(auth::TOKEN_FILE)))?;
     let acceptor = match &config.tls {
-        Some((cert, key)) => {
-            Some(
-                tls::acceptor(cert, key).map_err(|message| Error::Component {
-                    name: "console".into(),
-                    message,
-                })?,
-            )
-        }
+        Some((cert, key)) => Some(tls::acceptor(cert, key).map_err(|e| Error::Component {
+            name: "console".into(),
+            message: e.to_string(),
+        })?),
         None => None,
     };
     let listener = std::net::TcpListener::bind(config.listen)
@@ -632,8 +628,9 @@ async fn save_settings(
     Form(new): Form<settings::UpgradeSettings>,
 ) -> HttpResponse {
     match settings::save(&app.home, &new, &app.kinds) {
-        Ok(message) => app.tell(&headers, true, message),
-        Err(message) => {
+        Ok(saved) => app.tell(&headers, true, saved.to_string()),
+        Err(e) => {
+            let message = e.to_string();
             warn!(%message, "settings from the console refused");
             app.tell(&headers, false, message)
         }

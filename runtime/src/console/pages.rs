@@ -27,15 +27,14 @@ pub fn installed_modules(layout: &Layout) -> Value {
     let rows: Vec<Value> = modules
         .iter()
         .map(|m| {
-            let key = m.coords.to_string();
-            let bytes = record.modules.get(&key).map(|r| {
+            let bytes = record.modules.get(&m.coords).map(|r| {
                 let package = |p: &Option<banalytics_home::record::PackageRecord>| {
                     p.as_ref()
                         .map_or(0, |p| p.files.iter().map(|f| f.size).sum::<u64>())
                 };
                 r.main.size + package(&r.dependencies) + package(&r.model)
             });
-            let (module, version) = ui::split_version(&key);
+            let (module, version) = (m.coords.module_name(), m.coords.version());
             json!({"module": module, "version": version, "type": m.module_type.as_str(), "bytes": bytes})
         })
         .collect();

@@ -5,9 +5,10 @@
 //! factory on its table), and written only when both accept the new file.
 //! They take effect at the next start.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use banalytics_sdk::component::ComponentInit;
+use banalytics_home::layout::FileError;
+use banalytics_sdk::{component::ComponentInit, ComponentError};
 use toml_edit::{value, DocumentMut, InlineTable, Item};
 
 use crate::config::{BoxConfig, CONFIG_FILE};
@@ -78,12 +79,12 @@ pub fn current(text: &str) -> Option<(String, UpgradeSettings)> {
 
 /// `text` with `new` written into the upgrade center's table `name`:
 /// only the keys whose value changes are touched.
-pub fn edited(text: &str, name: &str, new: &UpgradeSettings) -> Result<String, String> {
-    let mut doc: DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
-    let (_, old) = current(text).ok_or("no software-upgrade-center table")?;
+pub fn edited(text: &str, name: &str, new: &UpgradeSettings) -> Result<String, EditError> {
+    let mut doc: DocumentMut = text.parse()?;
+    let (_, old) = current(text).ok_or(EditError::NoTable)?;
     let table = doc["components"][name]
         .as_table_like_mut()
-        .ok_or_else(|| format!("components.{name} is not a table"))?;
+        .ok_or_else(|| EditError::NotATable(name.to_owned()))?;
     for (key, was, now) in [
         (
             "software_update_type",
@@ -141,10 +142,10 @@ pub fn edited(text: &str, name: &str, new: &UpgradeSettings) -> Result<String, S
 /// Checks `text` as the host would at start: the host's parser with the
 /// kinds it knows (`kinds`), then the upgrade center's factory on its
 /// table. The error names the key and the accepted values.
-pub fn check(home: &Path, text: &str, kinds: &[String]) -> Result<(), String> {
+pub fn check(home: &Path, text: &str, kinds: &[String]) -> Result<(), CheckError> {
     let file = home.join(CONFIG_FILE);
     let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-    let config = BoxConfig::parse(&file, text, &kinds).map_err(|e| e.to_string())?;
+    let config = BoxConfig::parse(&file, text, &kinds)?;
     for c in config
         .components
         .iter()
@@ -159,35 +160,113 @@ pub fn check(home: &Path, text: &str, kinds: &[String]) -> Result<(), String> {
         banalytics_upgrade_center::kind()
             .create(&init)
             .map(drop)
-            .map_err(|e| format!("components.{}: {e}", c.name))?;
+            .map_err(|source| CheckError::Component {
+                name: c.name.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
 
 /// Saves `new` into the home's `box.toml` when [`check`] accepts the
 /// result; nothing is written otherwise. Answers what was done, or why
-/// not.
-pub fn save(home: &Path, new: &UpgradeSettings, kinds: &[String]) -> Result<String, String> {
+/// not (each says it in words, for the console's page).
+pub fn save(home: &Path, new: &UpgradeSettings, kinds: &[String]) -> Result<Saved, SaveError> {
     let file = home.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let (name, old) = current(&text).ok_or_else(|| {
-        format!(
-            "{} has no software-upgrade-center component: nothing to set",
-            file.display()
-        )
+    let text = std::fs::read_to_string(&file).map_err(|source| SaveError::Read {
+        file: file.clone(),
+        source,
     })?;
+    let (name, old) = current(&text).ok_or_else(|| SaveError::NoTable { file: file.clone() })?;
     let new_text = edited(&text, &name, new)?;
     if new_text == text {
-        return Ok("nothing changed: these are the settings in box.toml".to_owned());
+        return Ok(Saved::Unchanged);
     }
-    check(home, &new_text, kinds).map_err(|e| format!("not saved, box.toml is unchanged: {e}"))?;
-    banalytics_home::layout::write_atomic(&file, new_text.as_bytes())
-        .map_err(|e| format!("not saved: {e}"))?;
+    check(home, &new_text, kinds).map_err(SaveError::Refused)?;
+    banalytics_home::layout::write_atomic(&file, new_text.as_bytes()).map_err(SaveError::Write)?;
     tracing::info!(file = %file.display(), component = %name, old = ?old, new = ?new, "upgrade center settings saved from the console");
-    Ok(format!(
-        "saved to {}: the settings take effect at the next start",
-        file.display()
-    ))
+    Ok(Saved::To(file))
+}
+
+/// What [`save`] did; its `Display` says it for the console's page.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// The settings are those of the file already.
+    Unchanged,
+    /// Written to this file.
+    To(PathBuf),
+}
+
+impl std::fmt::Display for Saved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Saved::Unchanged => f.write_str("nothing changed: these are the settings in box.toml"),
+            Saved::To(file) => write!(
+                f,
+                "saved to {}: the settings take effect at the next start",
+                file.display()
+            ),
+        }
+    }
+}
+
+/// Why [`save`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// `box.toml` cannot be read.
+    #[error("{}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No table has the upgrade center's kind.
+    #[error("{} has no software-upgrade-center component: nothing to set", file.display())]
+    NoTable {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The settings cannot be written into the file's text.
+    #[error(transparent)]
+    Edit(#[from] EditError),
+    /// The start parsers refuse the new file.
+    #[error("not saved, box.toml is unchanged: {0}")]
+    Refused(CheckError),
+    /// The new file cannot be written.
+    #[error("not saved: {0}")]
+    Write(FileError),
+}
+
+/// Why [`edited`] cannot write the settings into a text.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// Not TOML.
+    #[error("{0}")]
+    Toml(#[from] toml_edit::TomlError),
+    /// No table has the upgrade center's kind.
+    #[error("no software-upgrade-center table")]
+    NoTable,
+    /// `components.<name>` is not a table.
+    #[error("components.{0} is not a table")]
+    NotATable(String),
+}
+
+/// Why [`check`] refuses a `box.toml`: the message names the key and the
+/// accepted values.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The host's parser refuses it.
+    #[error("{0}")]
+    Config(#[from] banalytics_sdk::config::ConfigError),
+    /// The upgrade center's factory refuses its table.
+    #[error("components.{name}: {source}")]
+    Component {
+        /// The component's name.
+        name: String,
+        /// The factory's refusal.
+        source: ComponentError,
+    },
 }
 
 #[cfg(test)]
@@ -226,21 +305,27 @@ mod tests {
     fn a_bad_value_is_refused_by_the_start_parsers_naming_the_key() {
         let home = Path::new("/b");
         let kinds = vec!["software-upgrade-center".to_owned(), "probe".to_owned()];
-        assert_eq!(check(home, TEXT, &kinds), Ok(()));
+        check(home, TEXT, &kinds).unwrap();
         let (name, mut s) = current(TEXT).unwrap();
         s.max_download_rate = "fast".into();
-        let err = check(home, &edited(TEXT, &name, &s).unwrap(), &kinds).unwrap_err();
+        let err = check(home, &edited(TEXT, &name, &s).unwrap(), &kinds)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("max_download_rate") && err.contains("accepted"),
             "{err}"
         );
         let (_, mut s) = current(TEXT).unwrap();
         s.software_update_type = "sometimes".into();
-        let err = check(home, &edited(TEXT, &name, &s).unwrap(), &kinds).unwrap_err();
+        let err = check(home, &edited(TEXT, &name, &s).unwrap(), &kinds)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("on-boot"), "{err}");
         let (_, mut s) = current(TEXT).unwrap();
         s.restart_on_failure = "never".into();
-        let err = check(home, &edited(TEXT, &name, &s).unwrap(), &kinds).unwrap_err();
+        let err = check(home, &edited(TEXT, &name, &s).unwrap(), &kinds)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("restart_on_failure") || err.contains("accepted"),
             "{err}"

@@ -28,27 +28,48 @@ const READY_QUEUE: usize = 16;
 
 /// The acceptor for the PEM certificate chain `cert` and key `key`; the
 /// error names the file and why.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let at = |key: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |reason: String| TlsError::File { key, path, reason }
+    };
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("console.tls_cert {}: {e}", cert.display()))?;
+        .map_err(|e| at("console.tls_cert", cert)(e.to_string()))?;
     if certs.is_empty() {
-        return Err(format!(
-            "console.tls_cert {}: holds no PEM certificate",
-            cert.display()
+        return Err(at("console.tls_cert", cert)(
+            "holds no PEM certificate".to_owned(),
         ));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("console.tls_key {}: {e}", key.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| at("console.tls_key", key)(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Rustls)?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
-        .map_err(|e| format!("console.tls_key {}: {e}", key.display()))?;
+        .map_err(|e| at("console.tls_key", key)(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Why the console's TLS cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate chain or the key file is refused.
+    #[error("{key} {}: {reason}", path.display())]
+    File {
+        /// The config key that names the file.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refuses its own defaults.
+    #[error("{0}")]
+    Rustls(rustls::Error),
 }
 
 /// Connections of a TCP listener after their TLS handshake.

@@ -62,7 +62,17 @@ async fn run(start: Start<'_>) -> Result<Option<Restart>, Error> {
     })?;
     let host = Arc::new(Host::build(home, config, registry)?);
     let control = Control::open(home, &host)?;
+    // A token of a newer format is left as it is and the console is off
+    // (the start's log and `status` name the file).
+    let token_newer = banalytics_home::format::newer_line(
+        &home.state_dir().join(crate::console::auth::TOKEN_FILE),
+        banalytics_home::format::CONSOLE_TOKEN,
+    );
     let _console = match (&config.console, ring) {
+        (Some(_), _) if token_newer.is_some() => {
+            warn!("the console is off: its token file is of a newer format");
+            None
+        }
         (Some(c), Some(ring)) => {
             let kinds = registry.names().iter().map(|k| k.to_string()).collect();
             let options = crate::console::Options {

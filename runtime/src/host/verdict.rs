@@ -1,6 +1,6 @@
 //! The probation verdict's report for the portal (`installed`,
 //! `installation_cancelled`), kept with the verdict itself: written to the
-//! portal outbox as the pending verdict (`outbox::hold_verdict`, not yet an
+//! portal outbox as the pending verdict (`outbox::pend_verdict`, not yet an
 //! entry) before the commit or rollback, and released as the newest entry
 //! right after it (`banalytics_home::outbox`'s module docs). A verdict a
 //! kill left pending is settled at the next start. So a kill at any point
@@ -33,7 +33,7 @@ pub(crate) fn write_pending(layout: &Layout, status: ModuleStatus, message: Opti
         outbox_id: None,
     };
     let entry = serde_json::to_vec(&report).expect("plain data");
-    match outbox::hold_verdict(layout, &entry) {
+    match outbox::pend_verdict(layout, &entry) {
         Ok(()) => {
             failpoint("verdict.held");
             true
@@ -74,12 +74,14 @@ pub(crate) fn settle_pending(layout: &Layout) -> Result<(), swap::SwapError> {
         }),
         Some(_) => outbox::drop_verdict(layout).map(|dropped| {
             if dropped {
-                info!("a verdict held when the host stopped is dropped: its probation is still on");
+                info!(
+                    "a verdict pending when the host stopped is dropped: its probation is still on"
+                );
             }
         }),
     };
     if let Err(e) = settled {
-        warn!(error = %e, "cannot settle the verdict held when the host stopped");
+        warn!(error = %e, "cannot settle the verdict pending when the host stopped");
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ enum Carrier {
     Json,
     /// The folder's marker file `format` (absent: 1).
     Marker,
+    /// A text file's first line `format N` (absent: 1).
+    Line,
 }
 
 /// Every versioned file the box writes under its home, and the format this
@@ -46,6 +48,7 @@ const FILES: &[(&str, Carrier)] = &[
     ("modules-backup/modules-hashes.json", Carrier::Json),
     ("state/portal-outbox", Carrier::Marker),
     ("state/tuf", Carrier::Marker),
+    ("state/console-token", Carrier::Line),
 ];
 
 /// The format this core knows of every file in [`FILES`].
@@ -83,7 +86,7 @@ const SYNC_RUNS_ON: &[&str] = &[
 /// The file of `rel` that holds the format: the JSON file, or the marker.
 fn carrier_file(home: &Path, rel: &str, carrier: Carrier) -> PathBuf {
     match carrier {
-        Carrier::Json => home.join(rel),
+        Carrier::Json | Carrier::Line => home.join(rel),
         Carrier::Marker => home.join(rel).join("format"),
     }
 }
@@ -96,6 +99,10 @@ fn raise(home: &Path, rel: &str, carrier: Carrier) -> Result<Vec<u8>> {
     std::fs::create_dir_all(path.parent().unwrap())?;
     let bytes = match carrier {
         Carrier::Marker => format!("{}\n", KNOWN + 1).into_bytes(),
+        Carrier::Line => {
+            let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "a newer token\n".into());
+            format!("format {}\n{old}", KNOWN + 1).into_bytes()
+        }
         Carrier::Json => {
             let mut doc = match std::fs::read(&path) {
                 Ok(bytes) => serde_json::from_slice::<Value>(&bytes)

@@ -164,9 +164,9 @@ fn a_kill_on_either_side_of_the_commit_reports_installed_once() -> Result<()> {
     let portal = Portal::spawn(PortalConfig::new(dir.path().join("portal")))?;
     let set = vec![ModuleSpec::new("com.example.cam:alpha:1.0", 20_000)];
     portal.publish_all(&dir.path().join("files"), &set)?;
-    // After the commit (the held verdict is released at the next start;
+    // After the commit (the pending verdict is released at the next start;
     // before it was held, `installed` was lost there), and before it (the
-    // held verdict is dropped: the next start is on probation again and
+    // pending verdict is dropped: the next start is on probation again and
     // commits).
     for (n, point) in ["commit.probation-removed", "verdict.held"]
         .into_iter()

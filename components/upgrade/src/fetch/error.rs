@@ -181,6 +181,10 @@ pub enum FetchError {
         /// The limit.
         limit: usize,
     },
+    /// The partial's meta file is of a newer format: the partial and its
+    /// meta are left as they are, and this download is not made.
+    #[error("{0}")]
+    NewerFormat(banalytics_home::format::NewerFormat),
     /// A local file operation failed.
     #[error("cannot {op} {path}: {source}")]
     Io {
@@ -233,6 +237,7 @@ impl FetchError {
             | FetchError::NoChecksum { .. }
             | FetchError::BadDigest { .. }
             | FetchError::DigestFileTooLarge { .. }
+            | FetchError::NewerFormat(_)
             | FetchError::Io { .. } => false,
         }
     }

@@ -162,19 +162,21 @@ impl Default for FetchConfig {
 /// is `evil.example`. Loopback is `localhost`, an IPv4 address in
 /// 127.0.0.0/8 (in any form WHATWG reads, such as `0x7f.1`) or `[::1]`
 /// (also as an IPv4-mapped `[::ffff:127.0.0.1]`).
-pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Result<(), String> {
-    const ACCEPTED: &str =
-        "accepted: an https:// URL (http:// to a loopback host, or with allow_insecure_http = true)";
-    let parsed = Url::parse(url)
-        .map_err(|e| format!("{key} = {url:?} is not accepted: not a URL ({e}); {ACCEPTED}"))?;
+pub fn check_transport(
+    key: &'static str,
+    url: &str,
+    allow_insecure_http: bool,
+) -> Result<(), TransportError> {
+    let refused = |why| TransportError {
+        key,
+        url: url.to_owned(),
+        why,
+    };
+    let parsed = Url::parse(url).map_err(|e| refused(Untrusted::NotAUrl(e)))?;
     match parsed.scheme() {
         "https" => return Ok(()),
         "http" => {}
-        other => {
-            return Err(format!(
-                "{key} = {url:?} is not accepted: scheme {other}; {ACCEPTED}"
-            ))
-        }
+        other => return Err(refused(Untrusted::Scheme(other.to_owned()))),
     }
     let host = parsed.host_str().unwrap_or_default();
     if is_loopback(&parsed) {
@@ -183,11 +185,39 @@ pub fn check_transport(key: &str, url: &str, allow_insecure_http: bool) -> Resul
         warn!(key, url, host, "plain http to a host that is not loopback, accepted because allow_insecure_http = true: anyone on the path can read and change what the box downloads");
         Ok(())
     } else {
-        Err(format!(
-            "{key} = {url:?} is not accepted: plain http to {host:?}, which is not loopback; use https://, or set allow_insecure_http = true to accept the risk"
-        ))
+        Err(refused(Untrusted::PlainHttp(host.to_owned())))
     }
 }
+
+/// A URL the box would not fetch from ([`check_transport`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {url:?} is not accepted: {why}")]
+pub struct TransportError {
+    /// The config key.
+    pub key: &'static str,
+    /// The URL as written.
+    pub url: String,
+    /// Why.
+    pub why: Untrusted,
+}
+
+/// Why a URL is refused ([`TransportError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Untrusted {
+    /// The URL parser refused it.
+    #[error("not a URL ({0}); {ACCEPTED_TRANSPORT}")]
+    NotAUrl(url::ParseError),
+    /// Neither `https` nor `http`.
+    #[error("scheme {0}; {ACCEPTED_TRANSPORT}")]
+    Scheme(String),
+    /// `http` to this host, which is not loopback, without
+    /// `allow_insecure_http`.
+    #[error("plain http to {0:?}, which is not loopback; use https://, or set allow_insecure_http = true to accept the risk")]
+    PlainHttp(String),
+}
+
+const ACCEPTED_TRANSPORT: &str =
+    "accepted: an https:// URL (http:// to a loopback host, or with allow_insecure_http = true)";
 
 /// Whether `url`'s host, as the HTTP client reads it, is this machine:
 /// `localhost`, 127.0.0.0/8, `[::1]` or `[::ffff:127.x.y.z]`.
@@ -357,7 +387,9 @@ mod tests {
             ("http://[::2]/repo", "[::2]"),
             ("http://[::ffff:192.0.2.1]/repo", "[::ffff:c000:201]"),
         ] {
-            let e = check_transport("repository_url", refused, false).unwrap_err();
+            let e = check_transport("repository_url", refused, false)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains(&format!("plain http to {host:?}, which is not loopback")),
                 "{refused}: {e}"
@@ -371,7 +403,9 @@ mod tests {
             ("http://", "not a URL"),
             ("https://[::1/repo", "not a URL"),
         ] {
-            let e = check_transport("trust_metadata_url", refused, true).unwrap_err();
+            let e = check_transport("trust_metadata_url", refused, true)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.starts_with(&format!(
                     "trust_metadata_url = {refused:?} is not accepted: {why}"

@@ -22,7 +22,11 @@ use super::{Downloaded, FetchError, MAX_META_BYTES};
 /// Buffer used to hash the prefix of a partial file before resuming.
 const HASH_BUFFER_BYTES: usize = 64 * 1024;
 
-/// First line of a `{partial}.meta` file, with the format version.
+/// First line of a `{partial}.meta` file, before its format number
+/// ([`banalytics_home::format::PARTIAL_META`]).
+const META_MAGIC: &str = "banalytics-partial-meta ";
+
+/// First line of a `{partial}.meta` file this core writes.
 const META_HEADER: &str = "banalytics-partial-meta 1";
 
 /// Last line of a `{partial}.meta` file: its absence means a torn write.
@@ -47,6 +51,10 @@ impl Attempt<'_> {
     /// a partial that already holds the declared size.
     pub(super) async fn keep_partial(&self, file: &mut File) -> Result<Partial, FetchError> {
         let url = self.url;
+        if let Some(newer) = newer_meta(&meta_path(self.partial)).await {
+            warn!(path = %newer.path.display(), format = newer.format, known = newer.known, "partial download of a newer format left as it is; not downloaded");
+            return Err(FetchError::NewerFormat(newer));
+        }
         let mut offset = file
             .metadata()
             .await
@@ -172,6 +180,27 @@ async fn read_meta(path: &Path, url: &str) -> Option<String> {
         return None;
     }
     parse_meta(&text, url)
+}
+
+/// `Some` when the meta file `path` is of a format above the one this core
+/// writes: its header names a higher number (or none that is a number).
+async fn newer_meta(path: &Path) -> Option<banalytics_home::format::NewerFormat> {
+    let mut head = String::new();
+    File::open(path)
+        .await
+        .ok()?
+        .take(64)
+        .read_to_string(&mut head)
+        .await
+        .ok()?;
+    let number = head.lines().next()?.strip_prefix(META_MAGIC)?;
+    let known = banalytics_home::format::PARTIAL_META;
+    let format = number.trim().parse().unwrap_or(u32::MAX);
+    (format > known).then(|| banalytics_home::format::NewerFormat {
+        path: path.to_owned(),
+        format,
+        known,
+    })
 }
 
 fn parse_meta(text: &str, url: &str) -> Option<String> {

@@ -58,7 +58,7 @@ pub(super) async fn deferred_staged_set(
     if until_ms <= now_ms() {
         return None;
     }
-    let staged = peers.layout.upgrade();
+    let staged = peers.layout.upgrade_dir();
     let staged = off_thread(move || banalytics_home::installed::set_modules(&staged))
         .await
         .ok()
@@ -85,7 +85,7 @@ pub(super) async fn discard_staged_set(peers: &Peers, why: &str) -> Result<bool,
     let layout = peers.layout.clone();
     off_thread(move || {
         crate::stager::clear_staged(&layout)?;
-        hold::release(&layout).map_err(io_at(layout.state().join(hold::HOLD_FILE)))
+        hold::lift(&layout).map_err(io_at(layout.state().join(hold::HOLD_FILE)))
     })
     .await?;
     warn!(why, "the staged set was discarded");

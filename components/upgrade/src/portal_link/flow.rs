@@ -350,7 +350,7 @@ async fn stage(
         .collect();
     let held = match peers.apply.holds() {
         Some(why) => hold::write(&peers.layout, &Hold::new(modules, Some(set_id), why)),
-        None => hold::release(&peers.layout),
+        None => hold::lift(&peers.layout),
     };
     held.map_err(io_at(peers.layout.state().join(hold::HOLD_FILE)))?;
     let summary = peers.stager.send(StageSet { plan, fetched }).await??;

@@ -188,6 +188,6 @@ fn follow(
     transferred: Option<u64>,
 ) {
     let mut r = report.borrow_mut();
-    r.module_state(&module.to_string(), state, transferred);
+    r.module_state(module, state, transferred);
     publish_report(peers, &r);
 }

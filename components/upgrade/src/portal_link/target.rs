@@ -30,7 +30,7 @@ pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, Upg
             serde_json::from_value(v.clone()).map_err(|e| UpgradeError::InvalidTarget {
                 reason: format!("module #{}: {e}", i + 1),
             })?;
-        let ga = m.coords.module_key();
+        let ga = m.coords.module_name();
         if !seen.insert(ga.clone()) {
             return Err(UpgradeError::InvalidTarget {
                 reason: format!("module {ga} appears more than once"),
