@@ -158,7 +158,10 @@ impl WineHome {
     /// Starts `run` under Wine, its stderr into `box-N.log`; the job's
     /// later starts write there too (they inherit the handle).
     fn spawn(&mut self) -> Result<()> {
-        let log = self.dir.path().join(format!("box-{}.log", self.children.len() + 1));
+        let log = self
+            .dir
+            .path()
+            .join(format!("box-{}.log", self.children.len() + 1));
         let child = self
             .box_command(&["run"], &[("RUST_LOG", "info")])
             .stdout(Stdio::null())
@@ -172,8 +175,10 @@ impl WineHome {
     /// Waits for the last process this test started to exit.
     fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let child = self.children.last_mut().context("nothing started")?;
-        poll_until(timeout, "the box to exit", || child.try_wait().ok().flatten())
-            .with_context(|| self.logs())
+        poll_until(timeout, "the box to exit", || {
+            child.try_wait().ok().flatten()
+        })
+        .with_context(|| self.logs())
     }
 
     /// The box's logs and the upgrade job's, for failure messages.
@@ -318,7 +323,12 @@ fn a_first_install_and_an_upgrade_through_the_job_under_wine() -> Result<()> {
         ))?;
     }
     let env = env_uuid(2601);
-    let set = |v: &str| vec![format!("com.example:alpha:{v}"), format!("com.example:sample:{v}")];
+    let set = |v: &str| {
+        vec![
+            format!("com.example:alpha:{v}"),
+            format!("com.example:sample:{v}"),
+        ]
+    };
     portal.assign_set(&env, &set("1.0"))?;
     let mut home = WineHome::new(wine, &portal_box_toml(&portal, ""))?;
     register_home(&portal, &home.path(), &env)?;
@@ -334,7 +344,9 @@ fn a_first_install_and_an_upgrade_through_the_job_under_wine() -> Result<()> {
     })?;
     ensure!(installed(&status) == set("1.0"), "{}", status["upgrade"]);
     ensure!(
-        home.path().join("modules/com.example-sample-1.0.dll").is_file(),
+        home.path()
+            .join("modules/com.example-sample-1.0.dll")
+            .is_file(),
         "the plugin is in the set as a .dll"
     );
     let job = std::fs::read_to_string(home.path().join("state/upgrade-job.log"))?;
@@ -355,13 +367,21 @@ fn a_first_install_and_an_upgrade_through_the_job_under_wine() -> Result<()> {
         s["upgrade"]["probation"].is_null() && installed(s) == set("2.0")
     })?;
     ensure!(
-        status["upgrade"]["backup"].to_string().contains("alpha:1.0"),
+        status["upgrade"]["backup"]
+            .to_string()
+            .contains("alpha:1.0"),
         "the first set is the backup: {}",
         status["upgrade"]
     );
     ensure!(
-        !home.path().join("modules/com.example-sample-1.0.dll").exists()
-            && home.path().join("modules/com.example-sample-2.0.dll").is_file(),
+        !home
+            .path()
+            .join("modules/com.example-sample-1.0.dll")
+            .exists()
+            && home
+                .path()
+                .join("modules/com.example-sample-2.0.dll")
+                .is_file(),
         "the new .dll replaced the old"
     );
     Ok(())
@@ -386,9 +406,10 @@ fn the_sample_plugin_dll_is_loaded_and_its_component_runs_under_wine() -> Result
     )?;
     home.spawn()?;
     let status = home.wait_status("the plugin's component in RUN", |s| {
-        s["components"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| c["name"] == "echo" && c["state"] == "RUN"))
+        s["components"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["name"] == "echo" && c["state"] == "RUN")
+        })
     })?;
     let echo = status["components"]
         .as_array()
@@ -404,7 +425,10 @@ fn the_sample_plugin_dll_is_loaded_and_its_component_runs_under_wine() -> Result
     );
     let logs = home.logs();
     ensure!(logs.contains("plugin loaded"), "{logs}");
-    ensure!(logs.contains("sample echo started"), "the plugin logs into the host: {logs}");
+    ensure!(
+        logs.contains("sample echo started"),
+        "the plugin logs into the host: {logs}"
+    );
     Ok(())
 }
 
@@ -473,7 +497,9 @@ fn write_set(modules: &Path, models: &Path, set: &[(&str, &str)]) -> Result<()> 
     let mut record = serde_json::Map::new();
     for (artifact, version) in set {
         let file = |dir: &Path, name: &str| -> Result<Value> {
-            let body = format!("{artifact} {version} {name}").repeat(64).into_bytes();
+            let body = format!("{artifact} {version} {name}")
+                .repeat(64)
+                .into_bytes();
             let p = dir.join(name);
             std::fs::create_dir_all(p.parent().context("parent")?)?;
             std::fs::write(&p, &body)?;
@@ -571,7 +597,12 @@ fn kill_everywhere(
             killed.status,
             String::from_utf8_lossy(&killed.stderr)
         );
-        for dir in ["modules", "modules-upgrade", "modules-backup", "modules-swap.tmp"] {
+        for dir in [
+            "modules",
+            "modules-upgrade",
+            "modules-backup",
+            "modules-swap.tmp",
+        ] {
             let d = h.join(dir);
             ensure!(
                 !d.join("modules-info.properties").exists()
