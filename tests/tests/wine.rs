@@ -4,7 +4,8 @@
 //! `upgrade-job-start.bat` (Wine's `cmd`, `restart_mode = "command"`, the
 //! Windows default), asked for with `upgrade` over the control pipe; a
 //! `TerminateProcess` at each failpoint of apply and rollback followed by
-//! the job's `apply`, which recovers one whole set; a core that exits 1
+//! the job's `apply`, which recovers one whole set, and a `run` after a kill
+//! in the middle of the swap; a core that exits 1
 //! rolled back by the launcher, the job restarting the box each time; the
 //! sample plugin `.dll` loaded; `status` over the pipe throughout.
 //!
@@ -656,5 +657,32 @@ fn rollback_killed_at_every_failpoint_recovers_to_the_old_set_under_wine() -> Re
     let Some(wine) = wine() else { return Ok(()) };
     let points = kill_everywhere(wine, &["apply"], "rollback", SET_A)?;
     eprintln!("rollback: {} failpoints: {points:?}", points.len());
+    Ok(())
+}
+
+#[test]
+fn a_start_after_a_kill_in_the_middle_of_the_swap_recovers_and_runs_the_new_set_under_wine(
+) -> Result<()> {
+    let Some(wine) = wine() else { return Ok(()) };
+    let mut home = swap_home(wine, &[])?;
+    let point = "apply.5.old-moved-out";
+    let killed = home.cli(&["apply"], &[("BANALYTICS_FAILPOINT", point)])?;
+    ensure!(killed.status.code() == Some(137), "{:?}", killed.status);
+    ensure!(
+        !home.path().join("modules").exists(),
+        "killed with no active set in place"
+    );
+    // `run` finishes the journaled swap before anything is loaded.
+    home.spawn()?;
+    let status = home.wait_status("the host running the recovered set", |_| true)?;
+    ensure!(
+        installed(&status) == ["com.example:alpha:2.0", "com.example:gamma:1.0"],
+        "{}",
+        status["upgrade"]
+    );
+    let (modules, models) = expected(SET_B)?;
+    ensure!(tree(&home.path().join("modules")) == modules);
+    ensure!(tree(&home.path().join("models")) == models);
+    ensure!(!home.path().join("modules-swap.journal").exists());
     Ok(())
 }
