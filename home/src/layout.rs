@@ -288,9 +288,13 @@ mod tests {
 
     #[cfg(windows)]
     #[test]
-    fn free_bytes_answers_for_a_folder_and_a_missing_path_is_not_found() {
+    fn free_bytes_answers_for_a_folder_and_a_file_and_a_missing_path_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_bytes(dir.path()).unwrap() > 0);
+        // The downloader asks for the file it writes (a `.partial`).
+        let file = dir.path().join("a.partial");
+        fs::write(&file, b"x").unwrap();
+        assert!(free_bytes(&file).unwrap() > 0);
         let err = free_bytes(&dir.path().join("missing")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
     }

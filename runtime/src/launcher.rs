@@ -327,11 +327,11 @@ fn after_exit(
 fn exit_after(layout: &Layout, settings: &Settings, status: ExitStatus) -> Result<u8, Error> {
     match status.code() {
         Some(0) => Ok(EXIT_OK),
-        Some(75) => restart(settings),
+        Some(75) => restart_after_core(layout, settings),
         Some(code) if code == i32::from(crate::EXIT_CONFIG) => Ok(crate::EXIT_CONFIG),
         _ => {
             if record_failure(layout, &describe(status)) {
-                restart(settings)
+                restart(layout, settings)
             } else {
                 Ok(EXIT_FAILURE)
             }
@@ -339,12 +339,24 @@ fn exit_after(layout: &Layout, settings: &Settings, status: ExitStatus) -> Resul
     }
 }
 
-/// Restarts the way the settings say: under `exec`, the launcher
-/// re-executes itself (not the core); otherwise the service manager starts
-/// it again.
-fn restart(settings: &Settings) -> Result<u8, Error> {
+/// Restarts after a failed start of the core, the way the settings say, as
+/// the host does after a failed start of its own: under `exec` the launcher
+/// re-executes itself (not the core); under `command` it starts the
+/// upgrade job (on Windows `upgrade-job-start.bat`, which starts the box
+/// again where no service manager does); otherwise the service manager
+/// starts it again.
+fn restart(layout: &Layout, settings: &Settings) -> Result<u8, Error> {
     match host::Restart::for_request(&settings.restart_request(String::new()), settings) {
-        how @ host::Restart::Exec => how.carry_out(Path::new(".")),
+        host::Restart::Exit => Ok(EXIT_RESTART),
+        how => how.carry_out(layout.home()),
+    }
+}
+
+/// Restarts after the core exited for a restart: it carried out `command`
+/// itself (started the job); under `exec` the launcher re-executes itself.
+fn restart_after_core(layout: &Layout, settings: &Settings) -> Result<u8, Error> {
+    match host::Restart::for_request(&settings.restart_request(String::new()), settings) {
+        how @ host::Restart::Exec => how.carry_out(layout.home()),
         _ => Ok(EXIT_RESTART),
     }
 }
@@ -504,7 +516,7 @@ pub fn launch(
     let mut command = core_command(&core, lock, &ready_write, boot);
     let failed_start = |failure: String| {
         if record_failure(layout, &failure) {
-            restart(settings).map(Launched::Exit)
+            restart(layout, settings).map(Launched::Exit)
         } else {
             Ok(Launched::Exit(EXIT_FAILURE))
         }
@@ -601,7 +613,7 @@ impl Watch<'_> {
                     limit.unwrap_or_default().as_secs_f64()
                 );
                 record_failure(layout, &failure);
-                return restart(settings).map(Launched::Exit);
+                return restart(layout, settings).map(Launched::Exit);
             }
         }
         // 2. While its set is on probation, until the set committed: the
@@ -657,7 +669,7 @@ impl Watch<'_> {
                     ended.map_or(String::new(), |s| format!(" ({})", describe(s)))
                 );
                 record_failure(layout, &failure);
-                Some(restart(settings).map(Launched::Exit))
+                Some(restart(layout, settings).map(Launched::Exit))
             }
         }
     }

@@ -82,10 +82,17 @@ pub fn file_key(meta: &fs::Metadata) -> FileKey {
 }
 
 /// Free bytes for this user on the volume holding `path`
-/// (`GetDiskFreeSpaceExW`, quotas included).
+/// (`GetDiskFreeSpaceExW`, quotas included), a folder or a file.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    // A missing path is an error, as statvfs's is on Unix.
-    fs::metadata(path)?;
+    // A missing path is an error, as statvfs's is on Unix. The call takes
+    // folders only (a file is "Directory name invalid"): a file's folder.
+    let path = match fs::metadata(path)?.is_dir() {
+        true => path,
+        false => path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    };
     let path = wide(path);
     let mut available = 0u64;
     // SAFETY: a NUL-terminated path and one out-pointer; the others null.
