@@ -619,12 +619,16 @@ fn kill_everywhere(
         );
         ensure!(
             (tree(&h.join("modules")), tree(&h.join("models"))) == want,
-            "{point}: the active set is not exactly {after:?}: {:?}",
-            tree(&h.join("modules"))
+            "{point}: the active set is not exactly {after:?}: {:?}\nrecovery: {}",
+            tree(&h.join("modules")),
+            String::from_utf8_lossy(&recovered.stderr)
         );
+        let journal = h.join("modules-swap.journal");
         ensure!(
-            !h.join("modules-swap.journal").exists(),
-            "{point}: a journal is left"
+            !journal.exists(),
+            "{point}: a journal is left: {:?}\nrecovery: {}",
+            std::fs::read_to_string(&journal),
+            String::from_utf8_lossy(&recovered.stderr)
         );
         Ok(())
     };
@@ -683,6 +687,12 @@ fn a_start_after_a_kill_in_the_middle_of_the_swap_recovers_and_runs_the_new_set_
     let (modules, models) = expected(SET_B)?;
     ensure!(tree(&home.path().join("modules")) == modules);
     ensure!(tree(&home.path().join("models")) == models);
-    ensure!(!home.path().join("modules-swap.journal").exists());
+    let journal = home.path().join("modules-swap.journal");
+    ensure!(
+        !journal.exists(),
+        "a journal is left: {:?}\n{}",
+        std::fs::read_to_string(&journal),
+        home.logs()
+    );
     Ok(())
 }
