@@ -208,8 +208,26 @@ impl Coords {
     /// The same module without the version, `groupId:artifactId` (the
     /// module key without its last part): what stays the same across an
     /// upgrade of the module.
-    pub fn module_name(&self) -> String {
-        format!("{}:{}", self.group_id, self.artifact_id)
+    pub fn module_name(&self) -> ModuleName {
+        ModuleName {
+            group_id: self.group_id.clone(),
+            artifact_id: self.artifact_id.clone(),
+        }
+    }
+}
+
+/// A module whatever its version ([`Coords::module_name`]): what a set
+/// names at most once, and what a patch starts from across versions.
+/// Written `groupId:artifactId`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleName {
+    group_id: String,
+    artifact_id: String,
+}
+
+impl fmt::Display for ModuleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.group_id, self.artifact_id)
     }
 }
 
@@ -765,6 +783,17 @@ mod tests {
             "status": "installation_planned",
             "description": "ignored"
         })
+    }
+
+    #[test]
+    fn two_versions_of_a_module_have_one_module_name() {
+        let (a1, a2): (Coords, Coords) = ("g.x:a:1".parse().unwrap(), "g.x:a:2".parse().unwrap());
+        assert_eq!(a1.module_name(), a2.module_name());
+        assert_ne!(
+            a1.module_name(),
+            "g.x:b:1".parse::<Coords>().unwrap().module_name()
+        );
+        assert_eq!(a1.module_name().to_string(), "g.x:a");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use banalytics_home::Sha256;
+use banalytics_home::{coords::ModuleName, Sha256};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -124,9 +124,9 @@ pub struct Offer {
 
 pub use banalytics_messages::status::DeltaReport;
 
-/// The main artifacts of the active set by module key
-/// (`groupId:artifactId`), from its hash record; empty without one.
-pub fn installed_sources(layout: &Layout) -> HashMap<String, Source> {
+/// The main artifacts of the active set by module, whatever its version
+/// ([`ModuleName`]), from its hash record; empty without one.
+pub fn installed_sources(layout: &Layout) -> HashMap<ModuleName, Source> {
     let dir = layout.modules();
     let Ok(Some(record)) = SetRecord::load(&dir) else {
         return HashMap::new();
@@ -153,7 +153,7 @@ pub fn installed_sources(layout: &Layout) -> HashMap<String, Source> {
 pub fn offer(
     resolved: &ResolvedModule,
     platform: &str,
-    sources: &HashMap<String, Source>,
+    sources: &HashMap<ModuleName, Source>,
     repository_url: &str,
     trusted: Option<&TrustedTargets>,
 ) -> Option<Offer> {

@@ -34,7 +34,7 @@ pub fn installed_modules(layout: &Layout) -> Value {
                 };
                 r.main.size + package(&r.dependencies) + package(&r.model)
             });
-            let (module, version) = (m.coords.module_name(), m.coords.version());
+            let (module, version) = (m.coords.module_name().to_string(), m.coords.version());
             json!({"module": module, "version": version, "type": m.module_type.as_str(), "bytes": bytes})
         })
         .collect();
