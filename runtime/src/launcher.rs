@@ -171,7 +171,14 @@ pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
     let sha256 = match cached {
         Some(c) if c.key == key => c.sha256,
         _ => {
+            let started = std::time::Instant::now();
             let sha256 = sha256_file(&exe)?;
+            // What a fresh home's first start pays (fleet-bench reads it).
+            info!(
+                bytes = file.size,
+                took_ms = started.elapsed().as_millis() as u64,
+                "hashed this executable (cached in state/launcher-identity.json)"
+            );
             let json = format::to_json(&Cached { key, sha256 }, format::LAUNCHER_IDENTITY);
             let cached = match newer {
                 true => Ok(()),

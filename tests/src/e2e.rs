@@ -1057,7 +1057,16 @@ pub fn cargo_command() -> Command {
 /// one invocation unifies their dependencies' features differently from the
 /// `cargo run -p banalytics-tests` that started us, and the two builds would
 /// then recompile the shared TLS crates in turn on every run.
+///
+/// Both variables already set name the binaries to run (a benchmark of
+/// another build, such as the shipped one): nothing is built.
 pub fn ensure_binaries() -> Result<PathBuf> {
+    if let (Some(bin), Some(_)) = (
+        std::env::var_os("BANALYTICS_BOX_BIN"),
+        std::env::var_os("BANALYTICS_PORTAL_BIN"),
+    ) {
+        return Ok(bin.into());
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     // The profile this program was built with: `release`, `dist` (the

@@ -32,7 +32,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, Portal
         let added = add_ca_file(&mut roots, path)?;
         tracing::info!(ca_file = %path.display(), certificates = added, "trusting the CA file for the portal");
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| PortalError::Tls {

@@ -28,12 +28,12 @@ use std::{
     time::Duration,
 };
 
-use banalytics_home::format;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use ring::{
+use aws_lc_rs::{
     hmac::{self, HMAC_SHA256},
     rand::{SecureRandom, SystemRandom},
 };
+use banalytics_home::format;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// The token's file, in the home's `state/`.
 pub const TOKEN_FILE: &str = "console-token";

@@ -295,7 +295,8 @@ mod tests {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/a.jar", free.local_addr().unwrap());
         drop(free);
-        let source = reqwest::get(&url).await.unwrap_err();
+        let client = crate::fetch::client(&Default::default()).unwrap();
+        let source = client.get(&url).send().await.unwrap_err();
         let message = FetchError::Transport { url, source }.to_string();
         assert!(message.to_lowercase().contains("connect"), "{message}");
         assert!(message.contains("refused"), "{message}");

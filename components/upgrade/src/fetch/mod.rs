@@ -239,7 +239,15 @@ pub(crate) fn is_loopback(url: &Url) -> bool {
 /// a `banalytics-box/<version>` User-Agent, and no redirect followed by
 /// the client itself: [`send`] follows them by hand, under the rule of
 /// [`redirect()`].
+///
+/// rustls runs on aws-lc-rs, the crypto library `tough` needs, so the box
+/// carries one (reqwest is built without its own, ring): reqwest takes the
+/// process's default provider, installed here if none is.
 pub fn client(cfg: &FetchConfig) -> Result<reqwest::Client, FetchError> {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Err only when another thread installed one first: that one serves.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    }
     let mut builder = reqwest::Client::builder();
     if let Some(path) = &cfg.ca_file {
         let ca_err = |reason: String| FetchError::CaFile {
@@ -335,9 +343,9 @@ mod tests {
     #[test]
     fn download_future_is_send_so_an_actor_can_spawn_it_anywhere() {
         fn assert_send<T: Send>(_: &T) {}
-        let client = reqwest::Client::new();
-        let expected = Expected::default();
         let cfg = FetchConfig::default();
+        let client = client(&cfg).unwrap();
+        let expected = Expected::default();
         let progress = |_: u64, _: Option<u64>| {};
         let future = download(
             &client,
