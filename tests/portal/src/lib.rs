@@ -58,6 +58,7 @@ pub mod client;
 mod console;
 pub mod events;
 mod faults;
+mod fleet;
 pub mod leases;
 pub mod patch;
 mod protocol;
@@ -226,6 +227,10 @@ pub(crate) struct App {
     tasks: Mutex<Option<mpsc::Sender<()>>>,
     /// Served over TLS: the console's session cookie is `Secure`.
     tls: bool,
+    /// The other portal processes of the database ([`fleet`]).
+    events: events::Events,
+    /// The jobs this process may do alone ([`leases`]).
+    leases: leases::Leases,
 }
 
 impl App {
@@ -238,12 +243,17 @@ impl App {
             .envs
             .send(env, &json!({"type": "EVT_SYNC_SOFT"}).to_string());
         info!(env, delivered = n, "sent EVT_SYNC_SOFT");
+        self.publish(events::FleetEvent::SyncRequested {
+            env: env.to_owned(),
+        });
         n
     }
 
-    /// Tells the console's live pages that something changed.
+    /// Tells the console's live pages, of every process, that something
+    /// changed.
     fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.changed_here();
+        self.publish(events::FleetEvent::Changed);
     }
 
     /// A status was recorded for `env`: the rollouts and the console learn
@@ -252,7 +262,10 @@ impl App {
         let status = record.status.as_str().unwrap_or_default();
         console::status_recorded(self, env, record);
         self.rollout_status(env, status, record.status_message.as_str());
-        self.changed();
+        self.changed_here();
+        self.publish(events::FleetEvent::StatusArrived {
+            env: env.to_owned(),
+        });
     }
 
     fn environments(&self) -> Vec<EnvironmentReport> {
@@ -275,6 +288,9 @@ impl App {
         }
         let closed = self.envs.close(env);
         info!(env, closed, "revoked environment's connections closed");
+        self.publish(events::FleetEvent::Revoked {
+            env: env.to_owned(),
+        });
         self.changed();
         Ok(closed)
     }
@@ -310,6 +326,7 @@ fn tuf_refresher(app: Arc<App>) {
         loop {
             if tuf::enabled(&app.data_dir)
                 && tuf::root_due_at(&app.data_dir, jiff::Timestamp::now())
+                && signer(&app).await
             {
                 if tuf::root_keys_present(&app.data_dir) {
                     let a = app.clone();
@@ -330,7 +347,10 @@ fn tuf_refresher(app: Arc<App>) {
                 _ = stopped(&mut stop) => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            if tuf::enabled(&app.data_dir) && tuf::timestamp_due(&app.data_dir) {
+            if tuf::enabled(&app.data_dir)
+                && tuf::timestamp_due(&app.data_dir)
+                && signer(&app).await
+            {
                 let a = app.clone();
                 let signed = tokio::task::spawn_blocking(move || a.store.sign_tuf()).await;
                 if let Ok(Err(error)) = signed {
@@ -339,6 +359,19 @@ fn tuf_refresher(app: Arc<App>) {
             }
         }
     });
+}
+
+/// Whether this process re-signs the shared repository's TUF metadata
+/// now: it holds the [`leases::Lease::TufSigner`] lease (several portals on
+/// one database share the repository folder; one signs).
+async fn signer(app: &App) -> bool {
+    match app.leases.acquire(leases::Lease::TufSigner).await {
+        Ok(held) => held,
+        Err(error) => {
+            tracing::warn!(%error, "cannot ask for the TUF signer's lease");
+            false
+        }
+    }
 }
 
 /// Resolves once shutdown is signalled (or the signal is gone).
@@ -406,6 +439,9 @@ impl Portal {
             addr: config.listen,
             source,
         })?;
+        let (events, leases) = fleet::connect(None)
+            .await
+            .map_err(|e| PortalError::BadRequest(format!("fleet events: {e}")))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
         let app = Arc::new(App {
@@ -425,7 +461,10 @@ impl Portal {
             console: console::ConsoleState::default(),
             tasks: Mutex::new(Some(tasks_tx)),
             tls,
+            events,
+            leases,
         });
+        tokio::spawn(fleet::follow(app.clone()));
         tokio::spawn(rollout_clock(app.clone()));
         let router = Router::new()
             .route("/portal-integration", get(protocol::upgrade))
