@@ -143,3 +143,14 @@ async fn a_lease_whose_session_was_ended_is_lost_to_its_holder() {
     // The first asks again before using it, and learns it lost it.
     assert!(!first.acquire(Lease::TufSigner).await.unwrap());
 }
+
+#[test]
+fn the_store_conforms_on_postgresql() {
+    if postgres::database().is_none() {
+        return;
+    }
+    banalytics_portal::db::conformance::run_all(|check| {
+        eprintln!("store check {check} on PostgreSQL");
+        postgres::database().expect("the server started above")
+    });
+}

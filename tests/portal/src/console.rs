@@ -144,7 +144,7 @@ pub(crate) fn status_recorded(app: &App, env: &str, record: &StatusRecord) {
     let module = coordinates(&record.module);
     match (record.status.as_str(), module) {
         (Some("installed"), _) => {
-            let set = app.store.assignments().remove(env).unwrap_or_default();
+            let set = app.store.assigned(env);
             app.console.installed(env, set);
             app.console.download_ended(env, None);
         }

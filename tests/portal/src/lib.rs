@@ -15,16 +15,19 @@
 //! server, each WebSocket connection, each body stream) and returns once
 //! all of them have ended (the console's event streams end with it).
 //! Published modules, assignments, rollouts, the registered environments
-//! and the admin token's hash live in the data folder and survive a
-//! restart; connections, statuses, counters, console sessions, fault
-//! switches and a rotated secret not yet delivered to its box do not.
+//! and the status history live in the database ([`db`]: SQLite in the
+//! data folder by default, PostgreSQL with `--database postgres://…`), the
+//! admin token's hash in the data folder; all survive a restart.
+//! Connections, counters, console sessions, fault switches and a rotated
+//! secret not yet delivered to its box do not.
 //!
-//! Layout of the data folder: `repo/` (the repository), `portal-state.json`
-//! (modules, assignments and the digests of the published files, unless
-//! `--state-file` says otherwise), `rollouts.json` (every rollout),
-//! `admin-token.sha256` (the admin token's hash), `environments.json` (the
-//! registered environments: UUID, name, the SHA-256 of the secret, revoked;
-//! 0600), `portal.addr` (the URL of the running portal).
+//! Layout of the data folder: `repo/` (the repository), `portal.db` (the
+//! SQLite database, with its `-wal` and `-shm` files; 0600),
+//! `admin-token.sha256` (the admin token's hash), `portal.addr` (the URL of
+//! the running portal). `portal-state.json`, `rollouts.json` and
+//! `environments.json`, the state of a portal before the database, are
+//! imported at the first start on an empty database and renamed
+//! `*.imported` ([`import`](crate::db)).
 //!
 //! Boxes must be registered (`banalytics-portal environments add`, which
 //! prints the UUID and the secret once, [`registry`]) unless the portal
@@ -56,9 +59,12 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 mod console;
+pub mod db;
 pub mod events;
 mod faults;
 mod fleet;
+pub mod history;
+mod import;
 pub mod leases;
 pub mod patch;
 mod protocol;
@@ -150,6 +156,18 @@ pub enum PortalError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The database refused or failed a statement.
+    #[error("database: {op}: {source}")]
+    Database {
+        /// What the portal was doing (`connect`, `write`, `read`, ...).
+        op: &'static str,
+        /// What went wrong.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database's migrations could not be applied.
+    #[error("database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -168,8 +186,14 @@ pub struct PortalConfig {
     pub data_dir: PathBuf,
     /// Where to listen; `127.0.0.1:0` picks a free port.
     pub listen: SocketAddr,
-    /// The state file; `DATA/portal-state.json` when `None`.
+    /// The state file of a portal before the database, imported at the
+    /// first start; `DATA/portal-state.json` when `None`.
     pub state_file: Option<PathBuf>,
+    /// The database URL (`sqlite://PATH?mode=rwc`, `postgres://…`);
+    /// `DATA/portal.db` when `None`.
+    pub database: Option<String>,
+    /// How long the status history keeps a status.
+    pub status_retention: history::Retention,
     /// Fault switches at start.
     pub faults: Faults,
     /// The admin token, when the operator chooses it; otherwise one is
@@ -195,6 +219,8 @@ impl PortalConfig {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_file: None,
+            database: None,
+            status_retention: history::Retention::default(),
             faults: Faults::default(),
             admin_token: None,
             tls: None,
@@ -208,6 +234,8 @@ impl PortalConfig {
 pub(crate) struct App {
     data_dir: PathBuf,
     repo_dir: PathBuf,
+    db: Arc<db::Db>,
+    status_retention: history::Retention,
     store: store::Store,
     envs: protocol::Environments,
     registry: registry::Registry,
@@ -259,9 +287,7 @@ impl App {
     /// A status was recorded for `env`: the rollouts and the console learn
     /// of it.
     fn status_recorded(&self, env: &str, record: &StatusRecord) {
-        let status = record.status.as_str().unwrap_or_default();
         console::status_recorded(self, env, record);
-        self.rollout_status(env, status, record.status_message.as_str());
         self.changed_here();
         self.publish(events::FleetEvent::StatusArrived {
             env: env.to_owned(),
@@ -269,8 +295,15 @@ impl App {
     }
 
     fn environments(&self) -> Vec<EnvironmentReport> {
-        self.envs
-            .reports(&self.store.assignments(), &self.registry.list())
+        let mut history = history::all(&self.db).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the status history");
+            Default::default()
+        });
+        self.envs.reports(
+            &self.store.assignments(),
+            &self.registry.list(),
+            &mut history,
+        )
     }
 
     fn register(&self, name: &str, uuid: Option<&str>) -> Result<Registration, PortalError> {
@@ -394,6 +427,31 @@ async fn rollout_clock(app: Arc<App>) {
     }
 }
 
+/// Deletes the statuses past the retention, at start and every
+/// [`history::PURGE_EVERY`], until shutdown.
+async fn history_purger(app: Arc<App>) {
+    let mut stop = app.shutdown.clone();
+    let mut every = tokio::time::interval(history::PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            _ = every.tick() => {
+                let a = app.clone();
+                let purged = tokio::task::spawn_blocking(move || {
+                    history::purge(&a.db, a.status_retention, rollouts::now_ms())
+                })
+                .await;
+                match purged {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => info!(statuses = n, "statuses past the retention deleted"),
+                    Ok(Err(error)) => tracing::warn!(%error, "cannot delete old statuses"),
+                    Err(error) => tracing::warn!(%error, "cannot delete old statuses"),
+                }
+            }
+        }
+    }
+}
+
 /// `SCHEME://ADDR`, with the secure scheme (`https`, `wss`) when `tls`.
 fn base_url(scheme: &str, tls: bool, addr: SocketAddr) -> String {
     let s = if tls { "s" } else { "" };
@@ -416,14 +474,16 @@ impl Portal {
             .state_file
             .clone()
             .unwrap_or_else(|| data_dir.join("portal-state.json"));
-        let store = store::Store::open(state_file, repo_dir.clone())?
+        let db = Arc::new(db::open_for(&data_dir, config.database.as_deref())?);
+        import::import_once(&db, &data_dir, &state_file)?;
+        let store = store::Store::open(db.clone(), repo_dir.clone())?
             .with_patch_versions(config.patch_versions);
         let (auth, new_admin_token) = auth::Auth::open(
             &data_dir.join("admin-token.sha256"),
             config.admin_token.as_deref(),
         )?;
-        let rollouts = rollouts::Rollouts::open(data_dir.join("rollouts.json"))?;
-        let registry = registry::Registry::open(data_dir.join("environments.json"))?;
+        let rollouts = rollouts::Rollouts::open(db.clone())?;
+        let registry = registry::Registry::open(db.clone());
         if config.open_registration {
             tracing::warn!("open registration: boxes of any environment UUID connect without a secret; use it only in a lab");
         }
@@ -439,14 +499,20 @@ impl Portal {
             addr: config.listen,
             source,
         })?;
-        let (events, leases) = fleet::connect(None)
-            .await
-            .map_err(|e| PortalError::BadRequest(format!("fleet events: {e}")))?;
+        let (events, leases) =
+            fleet::connect(config.database.as_deref())
+                .await
+                .map_err(|source| PortalError::Database {
+                    op: "listen for fleet events",
+                    source,
+                })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
         let app = Arc::new(App {
             data_dir: data_dir.clone(),
             repo_dir,
+            db,
+            status_retention: config.status_retention,
             store,
             envs: protocol::Environments::default(),
             registry,
@@ -466,6 +532,7 @@ impl Portal {
         });
         tokio::spawn(fleet::follow(app.clone()));
         tokio::spawn(rollout_clock(app.clone()));
+        tokio::spawn(history_purger(app.clone()));
         let router = Router::new()
             .route("/portal-integration", get(protocol::upgrade))
             .route("/repo/{*path}", get(repo::serve))
