@@ -78,6 +78,11 @@ impl Leases {
         }
     }
 
+    /// Whether other processes share the leases (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.url.is_some()
+    }
+
     /// Whether this process holds `lease` now, taking it when it is free.
     /// `false` while another process holds it.
     pub async fn acquire(&self, lease: Lease) -> Result<bool, sqlx::Error> {

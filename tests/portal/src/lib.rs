@@ -422,7 +422,10 @@ async fn rollout_clock(app: Arc<App>) {
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => break,
-            _ = every.tick() => app.rollout_tick(),
+            _ = every.tick() => {
+                app.drive_rollouts().await;
+                app.rollout_tick();
+            }
         }
     }
 }

@@ -13,7 +13,7 @@
 //! refused as a duplicate and never counted twice.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -23,6 +23,7 @@ use tracing::info;
 use super::{
     db::{self, stmt, Db, Stmt},
     history,
+    leases::Lease,
     rollout::{Action, BoxState, Rollout, RolloutSpec},
     store, App, PortalError, StatusRecord,
 };
@@ -40,6 +41,12 @@ pub(crate) struct Rollouts {
     /// Oldest first. Held while an event's transaction runs, so that the
     /// machines and their rows change together.
     state: Mutex<Vec<Rollout>>,
+    /// The rollouts this process drives, holding their lease: only these
+    /// take its statuses and ticks ([`App::drive_rollouts`]).
+    driven: Mutex<HashSet<u64>>,
+    /// The last `statuses.id` fed to the driven rollouts from the table
+    /// (statuses other processes recorded; PostgreSQL only).
+    fed_up_to: Mutex<u64>,
 }
 
 /// Milliseconds since the epoch.
@@ -188,6 +195,8 @@ impl Rollouts {
         Ok(Rollouts {
             db,
             state: Mutex::new(state),
+            driven: Mutex::new(HashSet::new()),
+            fed_up_to: Mutex::new(0),
         })
     }
 
@@ -215,11 +224,14 @@ impl Rollouts {
         mut f: impl FnMut(&mut Rollout) -> Vec<Action>,
     ) -> Result<Option<(bool, Vec<TargetedAction>)>, PortalError> {
         let mut state = self.state.lock().expect("rollouts lock");
+        let driven = self.driven.lock().expect("driven lock").clone();
         let mut stmts = first;
         let mut changed = Vec::new();
         let mut actions = Vec::new();
         for r in state.iter_mut() {
-            if id.is_some_and(|id| id != r.id) || (id.is_none() && r.is_over()) {
+            if id.is_some_and(|id| id != r.id)
+                || (id.is_none() && (r.is_over() || !driven.contains(&r.id)))
+            {
                 continue;
             }
             let before = (r.current_wave, r.state.clone());
@@ -311,6 +323,10 @@ impl App {
             self.db.write(stmts)?;
             state.retain(|r| !pruned.contains(&r.id));
             state.push(r.clone());
+            if !self.leases.is_shared() {
+                // The only process: it holds every lease.
+                self.rollouts.driven.lock().expect("driven lock").insert(r.id);
+            }
             (r, actions)
         };
         info!(
@@ -409,5 +425,149 @@ impl App {
             let delivered = self.sync(&env);
             info!(env, delivered, "rollout assigned the target set");
         }
+    }
+}
+
+/// Status rows read again behind the last one fed: a row of a transaction
+/// that committed after a later id became visible is still seen (feeding
+/// a status twice changes nothing: a verdict moves a box out of
+/// `Assigned`).
+const FEED_OVERLAP: u64 = 256;
+
+/// Status rows fed per tick at most; the rest at the next tick.
+const FEED_BATCH: u64 = 20_000;
+
+impl App {
+    /// Before each tick: takes the lease of each live rollout that is free
+    /// and drives it (read again from the database, then fed the statuses
+    /// recorded since its boxes were assigned that it has not counted),
+    /// lets go of the ones that are over, and reads the others again for
+    /// the console. With a shared database, feeds the driven rollouts the
+    /// statuses other processes recorded.
+    pub(crate) async fn drive_rollouts(&self) {
+        if let Err(error) = self.try_drive_rollouts().await {
+            tracing::error!(%error, "cannot drive the rollouts");
+        }
+    }
+
+    async fn try_drive_rollouts(&self) -> Result<(), PortalError> {
+        let live: Vec<u64> = self
+            .db
+            .rows(stmt!("SELECT id FROM rollouts WHERE live = $1", true))?
+            .iter()
+            .map(|r| db::uint(r, 0))
+            .collect();
+        let over: Vec<u64> = {
+            let driven = self.rollouts.driven.lock().expect("driven lock");
+            driven.iter().copied().filter(|id| !live.contains(id)).collect()
+        };
+        for id in over {
+            self.rollouts.driven.lock().expect("driven lock").remove(&id);
+            self.leases.release(Lease::Rollout(id)).await;
+        }
+        for id in live {
+            let held = self.leases.acquire(Lease::Rollout(id)).await.unwrap_or_else(|error| {
+                tracing::warn!(%error, rollout = id, "cannot ask for the rollout's lease");
+                false
+            });
+            let was = self.rollouts.driven.lock().expect("driven lock").contains(&id);
+            if held && was {
+                continue;
+            }
+            let fresh = load(&self.db, Some(id))?.pop();
+            {
+                let mut state = self.rollouts.state.lock().expect("rollouts lock");
+                match (state.iter_mut().find(|r| r.id == id), fresh) {
+                    (Some(r), Some(f)) => *r = f,
+                    (None, Some(f)) => state.push(f),
+                    _ => {}
+                }
+            }
+            let mut driven = self.rollouts.driven.lock().expect("driven lock");
+            if held {
+                info!(rollout = id, "driving the rollout");
+                driven.insert(id);
+                drop(driven);
+                self.catch_up(id)?;
+            } else if was {
+                tracing::warn!(rollout = id, "another portal drives the rollout now");
+                driven.remove(&id);
+            }
+        }
+        if self.events.is_shared() {
+            self.feed_others_statuses()?;
+        }
+        Ok(())
+    }
+
+    /// Feeds rollout `id`, just taken over, the statuses recorded since
+    /// the first of its boxes still waiting for a verdict was assigned.
+    fn catch_up(&self, id: u64) -> Result<(), PortalError> {
+        let Some(since) = self.rollouts.get(id).and_then(|r| {
+            r.boxes
+                .iter()
+                .filter_map(|(_, s)| match s {
+                    BoxState::Assigned { since_ms, .. } => Some(*since_ms),
+                    _ => None,
+                })
+                .min()
+        }) else {
+            return Ok(());
+        };
+        let rows = self.db.rows(stmt!(
+            "SELECT id, env, status, record FROM statuses WHERE received_ms >= $1 ORDER BY id",
+            since
+        ))?;
+        self.feed(Some(id), &rows)
+    }
+
+    /// Feeds the driven rollouts the statuses recorded (by any process)
+    /// since the last call.
+    fn feed_others_statuses(&self) -> Result<(), PortalError> {
+        let from = *self.rollouts.fed_up_to.lock().expect("fed lock");
+        let rows = self.db.rows(stmt!(
+            "SELECT id, env, status, record FROM statuses WHERE id > $1 ORDER BY id LIMIT $2",
+            from.saturating_sub(FEED_OVERLAP),
+            FEED_BATCH
+        ))?;
+        if let Some(last) = rows.last() {
+            let mut fed = self.rollouts.fed_up_to.lock().expect("fed lock");
+            *fed = (*fed).max(db::uint(last, 0));
+        }
+        self.feed(None, &rows)
+    }
+
+    /// Feeds `rows` (`id, env, status, record`) to rollout `only`, or to
+    /// every driven one, in one transaction.
+    fn feed(&self, only: Option<u64>, rows: &[sqlx::any::AnyRow]) -> Result<(), PortalError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let reports: Vec<(String, String, Option<String>)> = rows
+            .iter()
+            .map(|row| {
+                let record: serde_json::Value =
+                    serde_json::from_str(&db::text(row, 3)).unwrap_or_default();
+                let message = record["statusMessage"].as_str().map(str::to_owned);
+                (db::text(row, 1), db::text(row, 2), message)
+            })
+            .collect();
+        let out = self.rollouts.update(only, Vec::new(), |r| {
+            let mut actions = Vec::new();
+            for (env, status, message) in &reports {
+                if r.box_state(env).is_some() {
+                    actions.extend(r.status_reported(env, status, message.as_deref(), now));
+                }
+            }
+            actions
+        })?;
+        if let Some((changed, actions)) = out {
+            self.tell_assigned(actions);
+            if changed {
+                self.changed();
+            }
+        }
+        Ok(())
     }
 }
