@@ -325,7 +325,11 @@ impl App {
             state.push(r.clone());
             if !self.leases.is_shared() {
                 // The only process: it holds every lease.
-                self.rollouts.driven.lock().expect("driven lock").insert(r.id);
+                self.rollouts
+                    .driven
+                    .lock()
+                    .expect("driven lock")
+                    .insert(r.id);
             }
             (r, actions)
         };
@@ -459,18 +463,35 @@ impl App {
             .collect();
         let over: Vec<u64> = {
             let driven = self.rollouts.driven.lock().expect("driven lock");
-            driven.iter().copied().filter(|id| !live.contains(id)).collect()
+            driven
+                .iter()
+                .copied()
+                .filter(|id| !live.contains(id))
+                .collect()
         };
         for id in over {
-            self.rollouts.driven.lock().expect("driven lock").remove(&id);
+            self.rollouts
+                .driven
+                .lock()
+                .expect("driven lock")
+                .remove(&id);
             self.leases.release(Lease::Rollout(id)).await;
         }
         for id in live {
-            let held = self.leases.acquire(Lease::Rollout(id)).await.unwrap_or_else(|error| {
-                tracing::warn!(%error, rollout = id, "cannot ask for the rollout's lease");
-                false
-            });
-            let was = self.rollouts.driven.lock().expect("driven lock").contains(&id);
+            let held = self
+                .leases
+                .acquire(Lease::Rollout(id))
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, rollout = id, "cannot ask for the rollout's lease");
+                    false
+                });
+            let was = self
+                .rollouts
+                .driven
+                .lock()
+                .expect("driven lock")
+                .contains(&id);
             if held && was {
                 continue;
             }

@@ -32,6 +32,7 @@ mod native;
 mod outbox;
 mod plugins;
 mod portal;
+mod portals;
 mod preflight;
 mod probation;
 mod quarantine;
