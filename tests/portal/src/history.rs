@@ -30,6 +30,12 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// environments page count them.
 pub const VERDICTS: &[&str] = &["installed", "installation_cancelled", "download_error"];
 
+/// The verdicts that are failures: the environments page's "failed".
+pub const FAILURES: &[&str] = &["installation_cancelled", "download_error"];
+
+/// `last_verdict IN ('installation_cancelled', 'download_error')`.
+const FAILED: &str = "last_verdict IN ('installation_cancelled', 'download_error')";
+
 /// How long the history keeps a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention(pub Duration);
@@ -229,6 +235,52 @@ pub fn last_statuses(
             verdict: db::opt_text(r, 3),
         })
         .collect())
+}
+
+/// The environments whose last verdict is a failure ([`FAILURES`]),
+/// newest status first, at most `limit`.
+pub fn failed(db: &Db, limit: usize) -> Result<Vec<LastStatus>, PortalError> {
+    let rows = db.rows(stmt!(
+        format!(
+            "SELECT env, last_status, last_ms, last_verdict FROM env_status \
+             WHERE {FAILED} ORDER BY last_ms DESC LIMIT $1"
+        ),
+        limit,
+    ))?;
+    Ok(rows
+        .iter()
+        .map(|r| LastStatus {
+            env: db::text(r, 0),
+            status: db::text(r, 1),
+            received_ms: db::uint(r, 2),
+            verdict: db::opt_text(r, 3),
+        })
+        .collect())
+}
+
+/// The history of the environments whose last verdict is a failure.
+pub(crate) fn of_failed(db: &Db) -> Result<BTreeMap<String, EnvHistory>, PortalError> {
+    let mut out: BTreeMap<String, EnvHistory> = BTreeMap::new();
+    for r in db.rows(stmt!(format!(
+        "SELECT s.env, s.record FROM statuses s JOIN env_status e ON e.env = s.env \
+         WHERE e.{FAILED} ORDER BY s.id"
+    )))? {
+        if let Some(s) = parse(&r, 1) {
+            out.entry(db::text(&r, 0)).or_default().statuses.push(s);
+        }
+    }
+    for h in out.values_mut() {
+        let over = h.statuses.len().saturating_sub(MAX_STATUSES_PER_ENV);
+        h.statuses.drain(..over);
+    }
+    for r in db.rows(stmt!(format!(
+        "SELECT env, statuses, duplicates FROM env_status WHERE {FAILED}"
+    )))? {
+        let h = out.entry(db::text(&r, 0)).or_default();
+        h.dropped = db::uint(&r, 1).saturating_sub(h.statuses.len() as u64);
+        h.duplicates = db::uint(&r, 2);
+    }
+    Ok(out)
 }
 
 /// Deletes the statuses received before `now_ms - retention`; how many.

@@ -136,8 +136,7 @@ pub(crate) fn import_once(
         stmts.push(entry.insert(uuid, now));
     }
     for r in &mut old_rollouts.rollouts {
-        r.mark_all_changed();
-        stmts.extend(rollouts::rollout_stmts(r));
+        stmts.extend(rollouts::new_rollout_stmts(r));
     }
     let imported = Imported {
         modules: order.len(),

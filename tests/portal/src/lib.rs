@@ -303,6 +303,29 @@ impl App {
             &self.store.assignments(),
             &self.registry.list(),
             &mut history,
+            None,
+        )
+    }
+
+    /// The environments whose last verdict is a failure, the newest first
+    /// (at most [`console::MAX_LISTED`]): the history of those only.
+    fn failed_environments(&self) -> Vec<EnvironmentReport> {
+        let read = || -> Result<_, PortalError> {
+            let names: Vec<String> = history::failed(&self.db, console::MAX_LISTED)?
+                .into_iter()
+                .map(|l| l.env)
+                .collect();
+            Ok((names, history::of_failed(&self.db)?))
+        };
+        let (names, mut history) = read().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the status history");
+            Default::default()
+        });
+        self.envs.reports(
+            &self.store.assignments(),
+            &self.registry.list(),
+            &mut history,
+            Some(&names),
         )
     }
 

@@ -239,6 +239,7 @@ impl Environments {
         assignments: &BTreeMap<String, Vec<String>>,
         registered: &[RegisteredEnvironment],
         history: &mut BTreeMap<String, EnvHistory>,
+        only: Option<&[String]>,
     ) -> Vec<EnvironmentReport> {
         let envs = self.envs.lock().expect("envs lock");
         let by_uuid: BTreeMap<&str, &RegisteredEnvironment> = registered
@@ -253,7 +254,10 @@ impl Environments {
             .collect();
         names.sort();
         names.dedup();
-        let names: Vec<String> = names.into_iter().cloned().collect();
+        let names: Vec<String> = match only {
+            Some(only) => only.to_vec(),
+            None => names.into_iter().cloned().collect(),
+        };
         names
             .into_iter()
             .map(|name| {

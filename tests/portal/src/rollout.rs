@@ -208,6 +208,9 @@ pub struct Rollout {
     /// match them (after deserialisation).
     #[serde(skip)]
     index: Scratch<HashMap<String, usize>>,
+    /// Each wave's places in `boxes`, built with `index`.
+    #[serde(skip)]
+    wave_places: Scratch<Vec<Vec<usize>>>,
     /// Places in `boxes` changed since [`Rollout::take_changed`].
     #[serde(skip)]
     changed: Scratch<BTreeSet<usize>>,
@@ -246,6 +249,7 @@ impl Rollout {
             state: RolloutState::Running,
             created_ms: now_ms,
             index: Scratch::default(),
+            wave_places: Scratch::default(),
             changed: Scratch::default(),
         };
         r.mark_all_changed();
@@ -258,14 +262,23 @@ impl Rollout {
         std::mem::take(&mut self.changed.0).into_iter().collect()
     }
 
+    /// Whether a box changed since [`Rollout::take_changed`].
+    pub fn has_changed_boxes(&self) -> bool {
+        !self.changed.0.is_empty()
+    }
+
     /// Marks every box changed (a rollout written whole).
     pub fn mark_all_changed(&mut self) {
         self.changed.0 = (0..self.boxes.len()).collect();
     }
 
-    /// The wave `env` belongs to.
-    pub fn wave_of(&self, env: &str) -> Option<usize> {
-        self.waves.iter().position(|w| w.iter().any(|e| e == env))
+    /// The wave of the box at `place` in `boxes`.
+    pub fn wave_of_place(&mut self, place: usize) -> Option<usize> {
+        self.reindex();
+        self.wave_places
+            .0
+            .iter()
+            .position(|places| places.binary_search(&place).is_ok())
     }
 
     /// `env`'s place in `boxes`.
@@ -276,14 +289,26 @@ impl Rollout {
         self.boxes.iter().position(|(e, _)| e == env)
     }
 
-    /// Builds the index when it does not match the boxes.
+    /// Builds the index when it does not match the boxes and the waves.
     fn reindex(&mut self) {
-        if self.index.0.len() != self.boxes.len() {
+        if self.index.0.len() != self.boxes.len() || self.wave_places.0.len() != self.waves.len() {
             self.index.0 = self
                 .boxes
                 .iter()
                 .enumerate()
                 .map(|(i, (e, _))| (e.clone(), i))
+                .collect();
+            self.wave_places.0 = self
+                .waves
+                .iter()
+                .map(|w| {
+                    let mut places: Vec<usize> = w
+                        .iter()
+                        .filter_map(|e| self.index.0.get(e).copied())
+                        .collect();
+                    places.sort_unstable();
+                    places
+                })
                 .collect();
         }
     }
@@ -382,6 +407,8 @@ impl Rollout {
                         _ => progress.to_string(),
                     }),
                 };
+                // Progress ends no wave and fails no box.
+                return Vec::new();
             }
             _ => {}
         }
@@ -437,23 +464,40 @@ impl Rollout {
         self.reindex();
         let mut actions = Vec::new();
         while self.state == RolloutState::Running {
-            let Some(wave) = self.waves.get(self.current_wave) else {
+            let (Some(wave), Some(places)) = (
+                self.waves.get(self.current_wave),
+                self.wave_places.0.get(self.current_wave),
+            ) else {
                 self.state = RolloutState::Finished;
                 break;
             };
-            let states: Vec<&BoxState> = wave.iter().filter_map(|e| self.box_state(e)).collect();
-            let new_failures: Vec<String> = wave
-                .iter()
-                .filter_map(|e| match self.box_state(e) {
-                    Some(BoxState::Failed {
-                        reason,
-                        accepted: false,
-                    }) => Some(format!("{e}: {reason}")),
-                    _ => None,
-                })
-                .collect();
+            // One pass over the wave's places: a status costs the size of
+            // its wave, never a search of the rollout.
+            let (mut failures, mut ended) = (0, true);
+            for &i in places {
+                match &self.boxes[i].1 {
+                    BoxState::Failed {
+                        accepted: false, ..
+                    } => failures += 1,
+                    BoxState::Installed | BoxState::Failed { .. } => {}
+                    BoxState::Waiting | BoxState::Assigned { .. } => ended = false,
+                }
+            }
             let threshold = usize::from(self.spec.failure_threshold_percent);
-            if new_failures.len() * 100 > threshold * wave.len() {
+            if failures * 100 > threshold * wave.len() {
+                let new_failures: Vec<String> = places
+                    .iter()
+                    .filter_map(|&i| match &self.boxes[i] {
+                        (
+                            e,
+                            BoxState::Failed {
+                                reason,
+                                accepted: false,
+                            },
+                        ) => Some(format!("{e}: {reason}")),
+                        _ => None,
+                    })
+                    .collect();
                 self.state = RolloutState::Halted {
                     reason: format!(
                         "wave {} of {}: {} of {} box(es) failed (threshold {}%): {}",
@@ -467,9 +511,6 @@ impl Rollout {
                 };
                 break;
             }
-            let ended = states
-                .iter()
-                .all(|s| matches!(s, BoxState::Installed | BoxState::Failed { .. }));
             if !ended {
                 break;
             }

@@ -13,7 +13,7 @@
 //! refused as a duplicate and never counted twice.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -66,13 +66,11 @@ fn state_name(s: &BoxState) -> &'static str {
     }
 }
 
-/// The rows `r` changed since they were last written: its own row, and
-/// the rows of its changed boxes.
-pub(crate) fn rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
+/// The rows of the new rollout `r`: its own row, whole, and its boxes'.
+pub(crate) fn new_rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
     let mut stmts = vec![stmt!(
         "INSERT INTO rollouts (id, name, spec, waves, current_wave, state, live, created_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET \
-         current_wave = excluded.current_wave, state = excluded.state, live = excluded.live",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         r.id,
         &r.spec.name,
         json(&r.spec),
@@ -82,23 +80,32 @@ pub(crate) fn rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
         !r.is_over(),
         r.created_ms,
     )];
-    let changed = r.take_changed();
-    let waves: HashMap<&str, usize> = if changed.len() > 8 {
-        r.waves
-            .iter()
-            .enumerate()
-            .flat_map(|(w, envs)| envs.iter().map(move |e| (e.as_str(), w)))
-            .collect()
-    } else {
-        HashMap::new()
-    };
-    for i in changed {
+    r.mark_all_changed();
+    stmts.extend(box_stmts(r));
+    stmts
+}
+
+/// The rows `r` changed since they were last written: where it is (its
+/// wave, its state: never its spec, written once), and the rows of its
+/// changed boxes.
+pub(crate) fn rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
+    let mut stmts = vec![stmt!(
+        "UPDATE rollouts SET current_wave = $2, state = $3, live = $4 WHERE id = $1",
+        r.id,
+        r.current_wave,
+        json(&r.state),
+        !r.is_over(),
+    )];
+    stmts.extend(box_stmts(r));
+    stmts
+}
+
+/// The rows of `r`'s boxes changed since they were last written.
+fn box_stmts(r: &mut Rollout) -> Vec<Stmt> {
+    let mut stmts = Vec::new();
+    for i in r.take_changed() {
+        let wave = r.wave_of_place(i).unwrap_or_default();
         let (env, s) = &r.boxes[i];
-        let wave = waves
-            .get(env.as_str())
-            .copied()
-            .or_else(|| r.wave_of(env))
-            .unwrap_or_default();
         stmts.push(stmt!(
             "INSERT INTO rollout_boxes (rollout_id, env, position, wave, state, detail) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rollout_id, env) DO UPDATE SET \
@@ -236,10 +243,9 @@ impl Rollouts {
             }
             let before = (r.current_wave, r.state.clone());
             let out = f(r);
-            let rows = rollout_stmts(r);
-            if rows.len() > 1 || before != (r.current_wave, r.state.clone()) {
+            if r.has_changed_boxes() || before != (r.current_wave, r.state.clone()) {
                 changed.push(r.id);
-                stmts.extend(rows);
+                stmts.extend(rollout_stmts(r));
             }
             for a in out {
                 let Action::AssignTarget(env) = &a;
@@ -306,7 +312,7 @@ impl App {
                 + 1;
             let mut r = Rollout::new(next_id, spec, now);
             let actions = r.start(now);
-            let mut stmts = rollout_stmts(&mut r);
+            let mut stmts = new_rollout_stmts(&mut r);
             for Action::AssignTarget(env) in &actions {
                 stmts.extend(store::assignment_stmts(env, &target));
             }

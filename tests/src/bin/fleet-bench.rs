@@ -14,6 +14,12 @@
 //! against one `banalytics-portal` process, a set rolled out in three waves
 //! (1 box, 10 %, the rest). Prints the time of each wave and of the whole
 //! rollout, and the portal process's peak RSS.
+//!
+//! `fleet-bench rollout [BOXES] --portals N [--database postgres://…]`
+//! runs it with N portal processes on one PostgreSQL database (without
+//! `--database`, a server of its own from Debian's `postgresql` package),
+//! the boxes spread over them; it also prints the statuses recorded per
+//! second and each portal's peak RSS.
 
 #![allow(unused_crate_dependencies)] // the lint checks libraries; this target sees every dependency of its package
 
@@ -219,6 +225,16 @@ fn main() -> Result<()> {
             .nth(2)
             .map_or(Ok(200), |a| a.parse())
             .context("BOXES")?;
+        let args: Vec<String> = std::env::args().skip(3).collect();
+        let flag = |name: &str| {
+            args.iter()
+                .position(|a| a == name)
+                .and_then(|i| args.get(i + 1).cloned())
+        };
+        if let Some(portals) = flag("--portals") {
+            let portals: usize = portals.parse().context("--portals")?;
+            return rollout_bench_portals(boxes, portals.max(1), flag("--database"));
+        }
         return rollout_bench(boxes);
     }
     let mut args = std::env::args().skip(1);
@@ -368,6 +384,199 @@ fn main() -> Result<()> {
     println!("\nfleet-bench: {boxes} banalytics-box processes, one banalytics-portal, loopback");
     for (k, v) in rows {
         println!("{k:<58} {v}");
+    }
+    Ok(())
+}
+
+/// Raises this process's open-file limit to its hard limit (the portals it
+/// starts inherit it): 10 000 simulated boxes are 10 000 sockets here and
+/// as many across the portals.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid rlimit to fill, then to set.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// `fleet-bench rollout BOXES --portals N [--database URL]`: the rollout
+/// of [`rollout_bench`] with N portal processes on one PostgreSQL database
+/// (URL, else a server of its own from Debian's package,
+/// `banalytics_tests::postgres`) and one data folder, the boxes spread
+/// over them in turn, the rollout started through the first. Prints the
+/// time of each wave, the statuses recorded per second, and each portal's
+/// peak RSS.
+fn rollout_bench_portals(boxes: usize, portals: usize, database: Option<String>) -> Result<()> {
+    ensure_binaries()?;
+    raise_open_files();
+    let url = match database {
+        Some(url) => url,
+        None => banalytics_tests::postgres::database().context(
+            "several portals need PostgreSQL: --database URL, or Debian's postgresql package",
+        )?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("rollout-bench-")
+        .tempdir()?;
+    let data = dir.path().join("portal");
+    let procs: Vec<PortalProcess> = (0..portals)
+        .map(|_| PortalProcess::start(&data, None, &["--database", &url]))
+        .collect::<Result<_>>()?;
+    let first = &procs[0];
+    let set = v2();
+    first.publish_all(&dir.path().join("files"), &set)?;
+    let envs: Vec<String> = (0..boxes).map(env_uuid).collect();
+    let t = Instant::now();
+    let secrets = envs
+        .iter()
+        .map(|env| register_box(first, env))
+        .collect::<Result<Vec<_>>>()?;
+    let registered = t.elapsed();
+    let sims = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let t = Instant::now();
+    let tasks: Vec<_> = envs
+        .iter()
+        .zip(secrets)
+        .enumerate()
+        .map(|(i, (env, secret))| {
+            let sim = SimBox {
+                ws_url: format!(
+                    "ws://{}/portal-integration?environmentUuid={env}&environmentHash=sim",
+                    procs[i % portals].addr()
+                ),
+                env: env.clone(),
+                secret: Some(secret),
+                install_time: SIM_INSTALL,
+            };
+            sims.spawn(sim.run(stop_rx.clone()))
+        })
+        .collect();
+    let connected = loop {
+        let mut n = 0;
+        for p in &procs {
+            n += p
+                .environment_reports()?
+                .iter()
+                .filter(|e| e.connected)
+                .count();
+        }
+        if n == boxes {
+            break t.elapsed();
+        }
+        if t.elapsed() > CONVERGE {
+            bail!("only {n} of {boxes} simulated boxes connected");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let statuses_before: usize = first
+        .environment_reports()?
+        .iter()
+        .map(|e| e.statuses.len())
+        .sum();
+    let admin = first.admin();
+    let spec = RolloutSpec {
+        name: "fleet-bench".into(),
+        target: coords(&set),
+        environments: envs.clone(),
+        waves: DEFAULT_WAVES.to_vec(),
+        failure_threshold_percent: 0,
+        report_timeout_ms: DEFAULT_REPORT_TIMEOUT_MS,
+    };
+    let t = Instant::now();
+    let started = first.block_on(admin.start_rollout(&spec))?;
+    let mut wave_done: Vec<Duration> = Vec::new();
+    let finished = loop {
+        let r = first
+            .block_on(admin.rollouts())?
+            .into_iter()
+            .find(|r| r.id == started.id)
+            .context("the rollout")?;
+        while wave_done.len() < r.current_wave.min(r.waves.len()) {
+            wave_done.push(t.elapsed());
+        }
+        match r.state {
+            RolloutState::Finished => break r,
+            RolloutState::Running => {}
+            other => bail!("the rollout stopped: {other:?}"),
+        }
+        if t.elapsed() > CONVERGE {
+            bail!("the rollout did not finish within {CONVERGE:?}: {r:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let took = t.elapsed();
+    let peaks: Vec<Option<u64>> = procs.iter().map(|p| peak_rss_kib(p.pid())).collect();
+    let statuses: usize = first
+        .environment_reports()?
+        .iter()
+        .map(|e| e.statuses.len())
+        .sum::<usize>()
+        - statuses_before;
+    let _ = stop_tx.send(true);
+    let installs: usize = sims
+        .block_on(async {
+            let mut n = 0;
+            for t in tasks {
+                n += t.await??;
+            }
+            anyhow::Ok(n)
+        })
+        .context("the simulated boxes")?;
+
+    println!("\nfleet-bench rollout: {boxes} simulated boxes over {portals} banalytics-portal processes on one PostgreSQL database, loopback");
+    println!(
+        "{:<58} {:.2} s",
+        "registered through the first after",
+        registered.as_secs_f64()
+    );
+    println!(
+        "{:<58} {:.2} s",
+        "all boxes connected after",
+        connected.as_secs_f64()
+    );
+    let sizes: Vec<String> = finished.waves.iter().map(|w| w.len().to_string()).collect();
+    println!("{:<58} {}", "waves (boxes)", sizes.join(" / "));
+    let mut before = Duration::ZERO;
+    for (i, done) in wave_done.iter().enumerate() {
+        println!(
+            "{:<58} {:.2} s (ended {:.2} s after the start)",
+            format!("  wave {} took", i + 1),
+            (*done - before).as_secs_f64(),
+            done.as_secs_f64()
+        );
+        before = *done;
+    }
+    println!(
+        "{:<58} {:.2} s",
+        "3-wave rollout: all installed after",
+        took.as_secs_f64()
+    );
+    println!(
+        "{:<58} {} of {boxes}",
+        "  installed sets reported", installs
+    );
+    println!(
+        "{:<58} {statuses} ({:.0} per s)",
+        "statuses recorded during the rollout",
+        statuses as f64 / took.as_secs_f64()
+    );
+    println!("{:<58} {SIM_INSTALL:?}", "  simulated install time per box");
+    for (i, peak) in peaks.iter().enumerate() {
+        println!(
+            "{:<58} {}",
+            format!("portal {} peak RSS (VmHWM)", i + 1),
+            peak.map_or_else(|| "?".to_string(), |k| format!("{k} KiB"))
+        );
     }
     Ok(())
 }

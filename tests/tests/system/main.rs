@@ -32,6 +32,7 @@ mod native;
 mod outbox;
 mod plugins;
 mod portal;
+mod portal_store;
 mod portals;
 mod preflight;
 mod probation;

@@ -220,7 +220,7 @@ pub fn rollout_rows_round_trip(url: &str) {
         5,
     );
     r.start(5);
-    db.write(rollouts::rollout_stmts(&mut r)).unwrap();
+    db.write(rollouts::new_rollout_stmts(&mut r)).unwrap();
     let actions = r.status_reported("env-00", "installed", None, 10);
     assert_eq!(actions.len(), 11);
     r.status_reported("env-01", "downloading", Some("50%"), 11);
