@@ -438,7 +438,8 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// How often the rollouts' time limits are checked.
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Ticks the rollouts until shutdown.
+/// Drives and ticks the rollouts until shutdown; then gives up every
+/// lease.
 async fn rollout_clock(app: Arc<App>) {
     let mut stop = app.shutdown.clone();
     let mut every = tokio::time::interval(ROLLOUT_TICK);
@@ -451,6 +452,9 @@ async fn rollout_clock(app: Arc<App>) {
             }
         }
     }
+    // Another process takes the jobs over at its next tick, without
+    // waiting for this one's connections to close.
+    app.leases.release_all().await;
 }
 
 /// Deletes the statuses past the retention, at start and every

@@ -101,6 +101,11 @@ fn the_second_portal_shows_a_status_that_reached_the_first() -> Result<()> {
     let secret = register(&first, env)?;
     let box_side = tokio::runtime::Runtime::new()?;
     let mut ws = box_side.block_on(connect(&first, env, &secret))?;
+    // The second portal's console, live: its Environments stream.
+    let mut live = box_side.block_on(console_stream(&second))?;
+    box_side
+        .block_on(live.chunk())?
+        .context("the first render")?;
     let status = json!({
         "type": "EVT_ENV_MOD_UPD_STS",
         "environmentUuid": env,
@@ -115,7 +120,50 @@ fn the_second_portal_shows_a_status_that_reached_the_first() -> Result<()> {
         (!lines.is_empty()).then_some(lines)
     })?;
     ensure!(lines[0].status == "downloading", "{lines:?}");
+    // The live page showed it without a reload.
+    box_side.block_on(async {
+        let mut seen = String::new();
+        tokio::time::timeout(DEADLINE, async {
+            while !seen.contains("downloading") {
+                let chunk = live.chunk().await?.context("stream ended")?;
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("the second portal's live page never showed the status")?
+    })?;
     Ok(())
+}
+
+/// Logs in to `portal`'s console and opens its Environments page's event
+/// stream.
+async fn console_stream(portal: &PortalProcess) -> Result<reqwest::Response> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let console = format!("http://{}/console", portal.addr());
+    let login = http
+        .post(format!("{console}/login"))
+        .form(&[("token", banalytics_tests::e2e::HARNESS_ADMIN_TOKEN)])
+        .send()
+        .await?;
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .context("a session cookie")?
+        .to_str()?
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let stream = http
+        .get(format!("{console}/events?view=envs"))
+        .header("cookie", cookie)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(stream)
 }
 
 #[test]
