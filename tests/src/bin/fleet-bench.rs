@@ -221,6 +221,53 @@ fn ensure_portal() -> Result<()> {
     Ok(())
 }
 
+/// Waits until `boxes` environments are connected; the time since `t`.
+fn wait_connected(portal: &PortalProcess, boxes: usize, t: Instant) -> Result<Duration> {
+    loop {
+        let n = portal
+            .environment_reports()?
+            .iter()
+            .filter(|e| e.connected)
+            .count();
+        if n == boxes {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > CONVERGE {
+            bail!("only {n} of {boxes} simulated boxes connected");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Watches rollout `id`, started at `t`, until it finished: the rollout
+/// and when each wave ended.
+fn watch_rollout(
+    portal: &PortalProcess,
+    id: u64,
+    t: Instant,
+) -> Result<(banalytics_tests::portal::rollout::Rollout, Vec<Duration>)> {
+    let mut wave_done: Vec<Duration> = Vec::new();
+    loop {
+        let r = portal
+            .block_on(portal.admin().rollouts())?
+            .into_iter()
+            .find(|r| r.id == id)
+            .context("the rollout")?;
+        while wave_done.len() < r.current_wave.min(r.waves.len()) {
+            wave_done.push(t.elapsed());
+        }
+        match r.state {
+            RolloutState::Finished => return Ok((r, wave_done)),
+            RolloutState::Running => {}
+            other => bail!("the rollout stopped: {other:?}"),
+        }
+        if t.elapsed() > CONVERGE {
+            bail!("the rollout did not finish within {CONVERGE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn rollout_bench(boxes: usize) -> Result<RolloutNumbers> {
     ensure_portal()?;
     let dir = tempfile::Builder::new()
@@ -261,20 +308,7 @@ fn rollout_bench(boxes: usize) -> Result<RolloutNumbers> {
             sims.spawn(sim.run(stop_rx.clone()))
         })
         .collect();
-    let connected = loop {
-        let n = portal
-            .environment_reports()?
-            .iter()
-            .filter(|e| e.connected)
-            .count();
-        if n == boxes {
-            break t.elapsed();
-        }
-        if t.elapsed() > CONVERGE {
-            bail!("only {n} of {boxes} simulated boxes connected");
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let connected = wait_connected(&portal, boxes, t)?;
     let db = Db::open(&sqlite_url(&data.join("portal.db")))?;
     let statuses_before = statuses_recorded(&db)?;
     let admin = portal.admin();
@@ -288,26 +322,7 @@ fn rollout_bench(boxes: usize) -> Result<RolloutNumbers> {
     };
     let t = Instant::now();
     let started = portal.block_on(admin.start_rollout(&spec))?;
-    let mut wave_done: Vec<Duration> = Vec::new();
-    let finished = loop {
-        let r = portal
-            .block_on(admin.rollouts())?
-            .into_iter()
-            .find(|r| r.id == started.id)
-            .context("the rollout")?;
-        while wave_done.len() < r.current_wave.min(r.waves.len()) {
-            wave_done.push(t.elapsed());
-        }
-        match r.state {
-            RolloutState::Finished => break r,
-            RolloutState::Running => {}
-            other => bail!("the rollout stopped: {other:?}"),
-        }
-        if t.elapsed() > CONVERGE {
-            bail!("the rollout did not finish within {CONVERGE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let (finished, wave_done) = watch_rollout(&portal, started.id, t)?;
     let took = t.elapsed();
     let statuses = statuses_recorded(&db)? - statuses_before;
     let peak_rss_kib = peak_rss_kib(portal.pid());
