@@ -462,24 +462,24 @@ async fn connect(url: &str, engine: Engine) -> Result<AnyPool, PortalError> {
 }
 
 /// A text column of `row`.
-pub(crate) fn text(row: &AnyRow, i: usize) -> String {
+pub fn text(row: &AnyRow, i: usize) -> String {
     use sqlx::Row as _;
     row.try_get::<String, _>(i).unwrap_or_default()
 }
 
 /// A nullable text column of `row`.
-pub(crate) fn opt_text(row: &AnyRow, i: usize) -> Option<String> {
+pub fn opt_text(row: &AnyRow, i: usize) -> Option<String> {
     use sqlx::Row as _;
     row.try_get::<Option<String>, _>(i).ok().flatten()
 }
 
 /// A `BIGINT` column of `row`.
-pub(crate) fn int(row: &AnyRow, i: usize) -> i64 {
+pub fn int(row: &AnyRow, i: usize) -> i64 {
     use sqlx::Row as _;
     row.try_get::<i64, _>(i).unwrap_or_default()
 }
 
 /// A `BIGINT` column of `row` that holds a count or milliseconds.
-pub(crate) fn uint(row: &AnyRow, i: usize) -> u64 {
+pub fn uint(row: &AnyRow, i: usize) -> u64 {
     u64::try_from(int(row, i)).unwrap_or_default()
 }

@@ -22,12 +22,12 @@
 //! secret not yet delivered to its box do not.
 //!
 //! Layout of the data folder: `repo/` (the repository), `portal.db` (the
-//! SQLite database, with its `-wal` and `-shm` files; 0600),
-//! `admin-token.sha256` (the admin token's hash), `portal.addr` (the URL of
-//! the running portal). `portal-state.json`, `rollouts.json` and
-//! `environments.json`, the state of a portal before the database, are
-//! imported at the first start on an empty database and renamed
-//! `*.imported` ([`import`](crate::db)).
+//! SQLite database, with its `-wal` and `-shm` files; 0600, unless
+//! `--database` names another), `admin-token.sha256` (the admin token's
+//! hash), `portal.addr` (the URL of the running portal).
+//! `portal-state.json`, `rollouts.json` and `environments.json`, the state
+//! of a portal before the database, are imported at the first start on an
+//! empty database and renamed `*.imported`.
 //!
 //! Boxes must be registered (`banalytics-portal environments add`, which
 //! prints the UUID and the secret once, [`registry`]) unless the portal

@@ -216,6 +216,7 @@ fn a_rollout_started_on_one_portal_is_finished_by_the_other_after_a_sigkill() ->
                     env: env.clone(),
                     secret: Some(secret.clone()),
                     install_time: Duration::from_millis(1500),
+                    fail: false,
                 }
                 .run(stop_rx.clone()),
             )
