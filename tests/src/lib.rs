@@ -11,6 +11,7 @@ pub mod browser;
 pub mod e2e;
 pub mod fixtures;
 pub mod fleet;
+pub mod postgres;
 pub mod simbox;
 pub mod tls;
 

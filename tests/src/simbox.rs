@@ -3,7 +3,8 @@
 //! 200-box rollout). It connects as its environment, asks for its target
 //! set at connection and on every `EVT_SYNC_SOFT`, and for a set that
 //! differs from the one it has reports `downloading` and `downloaded` per
-//! module, then `installed` after its install time, as a real box does. It
+//! module, then `installed` after its install time, as a real box does (or,
+//! told to fail, `downloading` and then `download_error`). It
 //! downloads nothing from the repository and runs nothing: it measures the
 //! portal's side of a rollout (connections, statuses, waves), not the
 //! box's.
@@ -31,6 +32,8 @@ pub struct SimBox {
     pub secret: Option<String>,
     /// From `downloaded` to `installed`: a real box's restart and grace.
     pub install_time: Duration,
+    /// Fails every set: `download_error` after the first `downloading`.
+    pub fail: bool,
 }
 
 fn coordinates(m: &Value) -> String {
@@ -80,6 +83,14 @@ impl SimBox {
                     let mut set: Vec<String> = modules.iter().map(coordinates).collect();
                     set.sort();
                     if set.is_empty() || set == installed {
+                        continue;
+                    }
+                    if self.fail {
+                        for status in ["downloading", "download_error"] {
+                            let s = json!({"type": "EVT_ENV_MOD_UPD_STS", "environmentUuid": self.env, "module": modules[0], "status": status, "statusMessage": (status == "download_error").then_some("simulated failure")});
+                            ws.send(Message::Text(s.to_string().into())).await?;
+                        }
+                        installed = set;
                         continue;
                     }
                     for m in &modules {

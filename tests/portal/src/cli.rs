@@ -17,7 +17,7 @@ use super::{
 #[derive(Debug, Parser)]
 #[command(name = "banalytics-portal", version)]
 pub struct Cli {
-    /// The data folder: `repo/`, `portal-state.json`, `portal.addr`.
+    /// The data folder: `repo/`, `portal.db`, `portal.addr`.
     #[arg(
         long,
         global = true,
@@ -28,6 +28,16 @@ pub struct Cli {
     /// A running portal's URL; default: read from `DATA/portal.addr`.
     #[arg(long, global = true)]
     pub portal: Option<String>,
+    /// The database of `serve` and `keys`: `sqlite:PATH` or
+    /// `postgres://USER:PASSWORD@HOST/DB`; default: the SQLite file
+    /// `DATA/portal.db`.
+    #[arg(
+        long,
+        global = true,
+        env = "BANALYTICS_PORTAL_DATABASE",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
     /// The admin token. Clients send it; `serve` stores its hash as the
     /// admin token (otherwise `serve` makes one at the first start and
     /// prints it once).
@@ -96,10 +106,15 @@ pub enum Command {
         /// Address to listen on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// Where modules and assignments persist; default
+        /// The state file of a portal before the database, imported at
+        /// the first start on an empty database; default
         /// `DATA/portal-state.json`.
         #[arg(long)]
         state_file: Option<PathBuf>,
+        /// How long the status history keeps a status: `30d`, `12h`,
+        /// `90m`, `3600s`.
+        #[arg(long, default_value = "30d")]
+        status_retention: super::history::Retention,
         /// Serve https and wss with this PEM certificate chain (leaf
         /// first); with `--tls-key`.
         #[arg(long, requires = "tls_key")]
@@ -403,6 +418,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             listen,
             ref state_file,
+            status_retention,
             ref tls_cert,
             ref tls_key,
             open_registration,
@@ -417,6 +433,8 @@ async fn run(cli: Cli) -> Result<()> {
                 data_dir: cli.data.clone(),
                 listen,
                 state_file: state_file.clone(),
+                database: cli.database.clone(),
+                status_retention,
                 faults: faults.clone().into(),
                 admin_token: cli.token.clone(),
                 tls,
@@ -465,7 +483,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&module)?);
             Ok(())
         }
-        Command::Keys { ref action } => keys(&cli.data, action),
+        Command::Keys { ref action } => keys(&cli.data, cli.database.as_deref(), action),
         Command::Modules { json } => {
             let modules = client()?.modules().await?;
             if json {
@@ -722,9 +740,12 @@ fn parse_wave(value: &str) -> std::result::Result<WaveSize, String> {
     WaveSize::parse(value).ok_or_else(|| format!("{value:?} is not N, P% or rest"))
 }
 
-fn keys(data: &std::path::Path, action: &KeysCommand) -> Result<()> {
+fn keys(data: &std::path::Path, database: Option<&str>, action: &KeysCommand) -> Result<()> {
     let store = || {
-        super::store::Store::open(data.join("portal-state.json"), data.join("repo"))
+        let db = super::db::open_for(data, database).context("opening the portal's database")?;
+        super::import::import_once(&db, data, &data.join("portal-state.json"))
+            .context("importing the state of an older portal")?;
+        super::store::Store::open(std::sync::Arc::new(db), data.join("repo"))
             .context("opening the portal state")
     };
     match action {

@@ -144,7 +144,7 @@ pub(crate) fn status_recorded(app: &App, env: &str, record: &StatusRecord) {
     let module = coordinates(&record.module);
     match (record.status.as_str(), module) {
         (Some("installed"), _) => {
-            let set = app.store.assignments().remove(env).unwrap_or_default();
+            let set = app.store.assigned(env);
             app.console.installed(env, set);
             app.console.download_ended(env, None);
         }
@@ -387,7 +387,8 @@ struct EventsQuery {
 /// Renders `view`; `None` when it names nothing.
 fn render(app: &App, view: &str) -> Option<Markup> {
     match view.split_once(':') {
-        None if view == "envs" => Some(environments_table(app)),
+        None if view == "envs" => Some(environments_table(app, EnvFilter::All)),
+        None if view == "envs-failed" => Some(environments_table(app, EnvFilter::Failed)),
         None if view == "rollouts" => Some(rollouts_table(app)),
         Some(("env", env)) => Some(environment_detail(app, env)),
         Some(("rollout", id)) => id
@@ -649,8 +650,31 @@ fn sets_cell(installed: Option<&[String]>, assigned: &[String]) -> Markup {
     }
 }
 
-fn environments_table(app: &App) -> Markup {
-    let envs = app.environments();
+/// Environments the failed view of the environments page lists at most.
+pub(crate) const MAX_LISTED: usize = 10_000;
+
+/// Which environments the environments page lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvFilter {
+    /// Every one, by UUID.
+    All,
+    /// Those whose last verdict is a failure, the newest status first
+    /// (`/console?status=failed`): one indexed query, not the history of
+    /// the fleet.
+    Failed,
+}
+
+#[derive(serde::Deserialize)]
+struct EnvironmentsQuery {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+fn environments_table(app: &App, filter: EnvFilter) -> Markup {
+    let envs = match filter {
+        EnvFilter::All => app.environments(),
+        EnvFilter::Failed => app.failed_environments(),
+    };
     let now = SystemTime::now();
     html! {
         p { (envs.len()) " environment(s), " (envs.iter().filter(|e| e.connected).count()) " connected" }
@@ -706,16 +730,27 @@ fn tuf_root_warning(app: &App) -> Option<Markup> {
     })
 }
 
-async fn environments_page(State(app): State<Arc<App>>) -> Html<String> {
+async fn environments_page(
+    State(app): State<Arc<App>>,
+    Query(q): Query<EnvironmentsQuery>,
+) -> Html<String> {
+    let (filter, view) = match q.status.as_deref() {
+        Some("failed") => (EnvFilter::Failed, "envs-failed"),
+        _ => (EnvFilter::All, "envs"),
+    };
+    let table = environments_table(&app, filter);
     page(
         "Environments",
         "/console",
         html! {
             @if let Some(warning) = tuf_root_warning(&app) { (warning) }
+            p.actions {
+                a href="/console" { "All" } " · " a href="/console?status=failed" { "Failed last" }
+            }
             form id="group" method="get" action="/console/assign" class="actions" {
                 (Button::submit("Assign to the selected…").render())
             }
-            (live("envs", environments_table(&app)))
+            (live(view, table))
             h2 { "Register a box" }
             form method="post" action="/console/environments/add" id="register" {
                 (ui::field("Name", html! { input name="name" id="register-name"; }))

@@ -15,16 +15,19 @@
 //! server, each WebSocket connection, each body stream) and returns once
 //! all of them have ended (the console's event streams end with it).
 //! Published modules, assignments, rollouts, the registered environments
-//! and the admin token's hash live in the data folder and survive a
-//! restart; connections, statuses, counters, console sessions, fault
-//! switches and a rotated secret not yet delivered to its box do not.
+//! and the status history live in the database ([`db`]: SQLite in the
+//! data folder by default, PostgreSQL with `--database postgres://…`), the
+//! admin token's hash in the data folder; all survive a restart.
+//! Connections, counters, console sessions, fault switches and a rotated
+//! secret not yet delivered to its box do not.
 //!
-//! Layout of the data folder: `repo/` (the repository), `portal-state.json`
-//! (modules, assignments and the digests of the published files, unless
-//! `--state-file` says otherwise), `rollouts.json` (every rollout),
-//! `admin-token.sha256` (the admin token's hash), `environments.json` (the
-//! registered environments: UUID, name, the SHA-256 of the secret, revoked;
-//! 0600), `portal.addr` (the URL of the running portal).
+//! Layout of the data folder: `repo/` (the repository), `portal.db` (the
+//! SQLite database, with its `-wal` and `-shm` files; 0600, unless
+//! `--database` names another), `admin-token.sha256` (the admin token's
+//! hash), `portal.addr` (the URL of the running portal).
+//! `portal-state.json`, `rollouts.json` and `environments.json`, the state
+//! of a portal before the database, are imported at the first start on an
+//! empty database and renamed `*.imported`.
 //!
 //! Boxes must be registered (`banalytics-portal environments add`, which
 //! prints the UUID and the secret once, [`registry`]) unless the portal
@@ -56,7 +59,13 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 mod console;
+pub mod db;
+pub mod events;
 mod faults;
+mod fleet;
+pub mod history;
+mod import;
+pub mod leases;
 pub mod patch;
 mod protocol;
 pub mod registry;
@@ -147,6 +156,18 @@ pub enum PortalError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The database refused or failed a statement.
+    #[error("database: {op}: {source}")]
+    Database {
+        /// What the portal was doing (`connect`, `write`, `read`, ...).
+        op: &'static str,
+        /// What went wrong.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database's migrations could not be applied.
+    #[error("database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -165,8 +186,14 @@ pub struct PortalConfig {
     pub data_dir: PathBuf,
     /// Where to listen; `127.0.0.1:0` picks a free port.
     pub listen: SocketAddr,
-    /// The state file; `DATA/portal-state.json` when `None`.
+    /// The state file of a portal before the database, imported at the
+    /// first start; `DATA/portal-state.json` when `None`.
     pub state_file: Option<PathBuf>,
+    /// The database URL (`sqlite://PATH?mode=rwc`, `postgres://…`);
+    /// `DATA/portal.db` when `None`.
+    pub database: Option<String>,
+    /// How long the status history keeps a status.
+    pub status_retention: history::Retention,
     /// Fault switches at start.
     pub faults: Faults,
     /// The admin token, when the operator chooses it; otherwise one is
@@ -192,6 +219,8 @@ impl PortalConfig {
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_file: None,
+            database: None,
+            status_retention: history::Retention::default(),
             faults: Faults::default(),
             admin_token: None,
             tls: None,
@@ -205,6 +234,8 @@ impl PortalConfig {
 pub(crate) struct App {
     data_dir: PathBuf,
     repo_dir: PathBuf,
+    db: Arc<db::Db>,
+    status_retention: history::Retention,
     store: store::Store,
     envs: protocol::Environments,
     registry: registry::Registry,
@@ -224,6 +255,10 @@ pub(crate) struct App {
     tasks: Mutex<Option<mpsc::Sender<()>>>,
     /// Served over TLS: the console's session cookie is `Secure`.
     tls: bool,
+    /// The other portal processes of the database ([`fleet`]).
+    events: events::Events,
+    /// The jobs this process may do alone ([`leases`]).
+    leases: leases::Leases,
 }
 
 impl App {
@@ -236,26 +271,62 @@ impl App {
             .envs
             .send(env, &json!({"type": "EVT_SYNC_SOFT"}).to_string());
         info!(env, delivered = n, "sent EVT_SYNC_SOFT");
+        self.publish(events::FleetEvent::SyncRequested {
+            env: env.to_owned(),
+        });
         n
     }
 
-    /// Tells the console's live pages that something changed.
+    /// Tells the console's live pages, of every process, that something
+    /// changed.
     fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.changed_here();
+        self.publish(events::FleetEvent::Changed);
     }
 
     /// A status was recorded for `env`: the rollouts and the console learn
     /// of it.
     fn status_recorded(&self, env: &str, record: &StatusRecord) {
-        let status = record.status.as_str().unwrap_or_default();
         console::status_recorded(self, env, record);
-        self.rollout_status(env, status, record.status_message.as_str());
-        self.changed();
+        self.changed_here();
+        self.publish(events::FleetEvent::StatusArrived {
+            env: env.to_owned(),
+        });
     }
 
     fn environments(&self) -> Vec<EnvironmentReport> {
-        self.envs
-            .reports(&self.store.assignments(), &self.registry.list())
+        let mut history = history::all(&self.db).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the status history");
+            Default::default()
+        });
+        self.envs.reports(
+            &self.store.assignments(),
+            &self.registry.list(),
+            &mut history,
+            None,
+        )
+    }
+
+    /// The environments whose last verdict is a failure, the newest first
+    /// (at most [`console::MAX_LISTED`]): the history of those only.
+    fn failed_environments(&self) -> Vec<EnvironmentReport> {
+        let read = || -> Result<_, PortalError> {
+            let names: Vec<String> = history::failed(&self.db, console::MAX_LISTED)?
+                .into_iter()
+                .map(|l| l.env)
+                .collect();
+            Ok((names, history::of_failed(&self.db)?))
+        };
+        let (names, mut history) = read().unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the status history");
+            Default::default()
+        });
+        self.envs.reports(
+            &self.store.assignments(),
+            &self.registry.list(),
+            &mut history,
+            Some(&names),
+        )
     }
 
     fn register(&self, name: &str, uuid: Option<&str>) -> Result<Registration, PortalError> {
@@ -273,6 +344,9 @@ impl App {
         }
         let closed = self.envs.close(env);
         info!(env, closed, "revoked environment's connections closed");
+        self.publish(events::FleetEvent::Revoked {
+            env: env.to_owned(),
+        });
         self.changed();
         Ok(closed)
     }
@@ -308,6 +382,7 @@ fn tuf_refresher(app: Arc<App>) {
         loop {
             if tuf::enabled(&app.data_dir)
                 && tuf::root_due_at(&app.data_dir, jiff::Timestamp::now())
+                && signer(&app).await
             {
                 if tuf::root_keys_present(&app.data_dir) {
                     let a = app.clone();
@@ -328,7 +403,10 @@ fn tuf_refresher(app: Arc<App>) {
                 _ = stopped(&mut stop) => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            if tuf::enabled(&app.data_dir) && tuf::timestamp_due(&app.data_dir) {
+            if tuf::enabled(&app.data_dir)
+                && tuf::timestamp_due(&app.data_dir)
+                && signer(&app).await
+            {
                 let a = app.clone();
                 let signed = tokio::task::spawn_blocking(move || a.store.sign_tuf()).await;
                 if let Ok(Err(error)) = signed {
@@ -339,6 +417,19 @@ fn tuf_refresher(app: Arc<App>) {
     });
 }
 
+/// Whether this process re-signs the shared repository's TUF metadata
+/// now: it holds the [`leases::Lease::TufSigner`] lease (several portals on
+/// one database share the repository folder; one signs).
+async fn signer(app: &App) -> bool {
+    match app.leases.acquire(leases::Lease::TufSigner).await {
+        Ok(held) => held,
+        Err(error) => {
+            tracing::warn!(%error, "cannot ask for the TUF signer's lease");
+            false
+        }
+    }
+}
+
 /// Resolves once shutdown is signalled (or the signal is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
@@ -347,14 +438,46 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// How often the rollouts' time limits are checked.
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Ticks the rollouts until shutdown.
+/// Drives and ticks the rollouts until shutdown; then gives up every
+/// lease.
 async fn rollout_clock(app: Arc<App>) {
     let mut stop = app.shutdown.clone();
     let mut every = tokio::time::interval(ROLLOUT_TICK);
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => break,
-            _ = every.tick() => app.rollout_tick(),
+            _ = every.tick() => {
+                app.drive_rollouts().await;
+                app.rollout_tick();
+            }
+        }
+    }
+    // Another process takes the jobs over at its next tick, without
+    // waiting for this one's connections to close.
+    app.leases.release_all().await;
+}
+
+/// Deletes the statuses past the retention, at start and every
+/// [`history::PURGE_EVERY`], until shutdown.
+async fn history_purger(app: Arc<App>) {
+    let mut stop = app.shutdown.clone();
+    let mut every = tokio::time::interval(history::PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            _ = every.tick() => {
+                let a = app.clone();
+                let purged = tokio::task::spawn_blocking(move || {
+                    history::purge(&a.db, a.status_retention, rollouts::now_ms())
+                })
+                .await;
+                match purged {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => info!(statuses = n, "statuses past the retention deleted"),
+                    Ok(Err(error)) => tracing::warn!(%error, "cannot delete old statuses"),
+                    Err(error) => tracing::warn!(%error, "cannot delete old statuses"),
+                }
+            }
         }
     }
 }
@@ -381,14 +504,16 @@ impl Portal {
             .state_file
             .clone()
             .unwrap_or_else(|| data_dir.join("portal-state.json"));
-        let store = store::Store::open(state_file, repo_dir.clone())?
+        let db = Arc::new(db::open_for(&data_dir, config.database.as_deref())?);
+        import::import_once(&db, &data_dir, &state_file)?;
+        let store = store::Store::open(db.clone(), repo_dir.clone())?
             .with_patch_versions(config.patch_versions);
         let (auth, new_admin_token) = auth::Auth::open(
             &data_dir.join("admin-token.sha256"),
             config.admin_token.as_deref(),
         )?;
-        let rollouts = rollouts::Rollouts::open(data_dir.join("rollouts.json"))?;
-        let registry = registry::Registry::open(data_dir.join("environments.json"))?;
+        let rollouts = rollouts::Rollouts::open(db.clone())?;
+        let registry = registry::Registry::open(db.clone());
         if config.open_registration {
             tracing::warn!("open registration: boxes of any environment UUID connect without a secret; use it only in a lab");
         }
@@ -404,11 +529,20 @@ impl Portal {
             addr: config.listen,
             source,
         })?;
+        let (events, leases) =
+            fleet::connect(config.database.as_deref())
+                .await
+                .map_err(|source| PortalError::Database {
+                    op: "listen for fleet events",
+                    source,
+                })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
         let app = Arc::new(App {
             data_dir: data_dir.clone(),
             repo_dir,
+            db,
+            status_retention: config.status_retention,
             store,
             envs: protocol::Environments::default(),
             registry,
@@ -423,8 +557,12 @@ impl Portal {
             console: console::ConsoleState::default(),
             tasks: Mutex::new(Some(tasks_tx)),
             tls,
+            events,
+            leases,
         });
+        tokio::spawn(fleet::follow(app.clone()));
         tokio::spawn(rollout_clock(app.clone()));
+        tokio::spawn(history_purger(app.clone()));
         let router = Router::new()
             .route("/portal-integration", get(protocol::upgrade))
             .route("/repo/{*path}", get(repo::serve))

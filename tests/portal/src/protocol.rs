@@ -1,11 +1,13 @@
 //! The portal side of Portal Integration (contracts section 3) on
 //! `/portal-integration`: answers `GET_ENV_MOD_REQ` with the environment's
-//! assigned set, records every `EVT_ENV_MOD_UPD_STS` in order, and pushes
+//! assigned set, records every `EVT_ENV_MOD_UPD_STS` in order (in the
+//! history, [`super::history`], with the rollouts' rows), and pushes
 //! `EVT_SYNC_SOFT` (or any raw frame a test asks for) to live connections.
 //!
 //! A status with the extension field `seq` (a durable one: the box sends it
 //! again when it cannot know whether the portal read it) is recorded once
-//! per environment and `seq`; a repeat is dropped and counted
+//! per environment, outbox and `seq` (a unique index of the database); a
+//! repeat is dropped and counted
 //! (`duplicateStatuses`, in the environment's report and in the stats). A
 //! status without `seq` is recorded as it comes.
 //!
@@ -23,7 +25,7 @@
 //! test oracle, so it shares no wire types with the box's own code.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -45,7 +47,9 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use super::{
+    history::EnvHistory,
     registry::{Admission, RegisteredEnvironment, ROTATED_FRAME},
+    rollouts::Recorded,
     App,
 };
 
@@ -57,10 +61,9 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 /// `send-raw` report the connection as not reached.
 pub const OUTBOUND_QUEUE: usize = 64;
 
-/// Statuses kept per environment; older ones are dropped (and counted) so a
-/// long-running portal stays bounded. Far above what any test produces.
-/// The same bound holds the `seq`s remembered per environment: the oldest
-/// are forgotten first, and a box resends only its newest statuses.
+/// Statuses of one environment a report carries (the newest); the history
+/// in the database keeps every one for the retention
+/// ([`super::history`]).
 pub const MAX_STATUSES_PER_ENV: usize = 10_000;
 
 /// Environments that have state at once under open registration, where any
@@ -124,9 +127,11 @@ pub struct EnvironmentReport {
     pub last_core_build: Option<Value>,
     /// The assigned target set, as coordinates.
     pub assigned: Vec<String>,
-    /// Every `EVT_ENV_MOD_UPD_STS`, in the order received.
+    /// The newest [`MAX_STATUSES_PER_ENV`] `EVT_ENV_MOD_UPD_STS`s of the
+    /// history, in the order received.
     pub statuses: Vec<StatusRecord>,
-    /// Statuses dropped past [`MAX_STATUSES_PER_ENV`].
+    /// Statuses recorded and not in `statuses`: past
+    /// [`MAX_STATUSES_PER_ENV`], or deleted by the retention.
     pub statuses_dropped: u64,
     /// Statuses dropped because one with the same `seq` was recorded.
     #[serde(default)]
@@ -159,12 +164,6 @@ struct EnvState {
     module_requests: u64,
     last_core_module: Option<Value>,
     last_core_build: Option<Value>,
-    statuses: Vec<StatusRecord>,
-    statuses_dropped: u64,
-    /// The (outbox id, `seq`) pairs recorded, at most
-    /// [`MAX_STATUSES_PER_ENV`].
-    seqs: BTreeSet<(String, u64)>,
-    duplicate_statuses: u64,
 }
 
 /// Live connections and what each environment reported.
@@ -239,6 +238,8 @@ impl Environments {
         &self,
         assignments: &BTreeMap<String, Vec<String>>,
         registered: &[RegisteredEnvironment],
+        history: &mut BTreeMap<String, EnvHistory>,
+        only: Option<&[String]>,
     ) -> Vec<EnvironmentReport> {
         let envs = self.envs.lock().expect("envs lock");
         let by_uuid: BTreeMap<&str, &RegisteredEnvironment> = registered
@@ -249,23 +250,33 @@ impl Environments {
             .keys()
             .chain(assignments.keys())
             .chain(registered.iter().map(|r| &r.environment_uuid))
+            .chain(history.keys())
             .collect();
         names.sort();
         names.dedup();
+        let names: Vec<String> = match only {
+            Some(only) => only.to_vec(),
+            None => names.into_iter().cloned().collect(),
+        };
         names
             .into_iter()
             .map(|name| {
                 let reg = by_uuid.get(name.as_str());
                 let mut r = EnvironmentReport {
                     environment_uuid: name.clone(),
-                    assigned: assignments.get(name).cloned().unwrap_or_default(),
+                    assigned: assignments.get(&name).cloned().unwrap_or_default(),
                     registered: reg.is_some(),
                     name: reg.map(|r| r.name.clone()).unwrap_or_default(),
                     revoked: reg.is_some_and(|r| r.revoked),
                     rotation_pending: reg.is_some_and(|r| r.rotation_pending),
                     ..EnvironmentReport::default()
                 };
-                if let Some(e) = envs.get(name) {
+                if let Some(h) = history.remove(&name) {
+                    r.statuses = h.statuses;
+                    r.statuses_dropped = h.dropped;
+                    r.duplicate_statuses = h.duplicates;
+                }
+                if let Some(e) = envs.get(&name) {
                     r.connected = !e.live.is_empty();
                     r.live_connections = e.live.len();
                     r.connections = e.connections;
@@ -273,9 +284,6 @@ impl Environments {
                     r.module_requests = e.module_requests;
                     r.last_core_module = e.last_core_module.clone();
                     r.last_core_build = e.last_core_build.clone();
-                    r.statuses = e.statuses.clone();
-                    r.statuses_dropped = e.statuses_dropped;
-                    r.duplicate_statuses = e.duplicate_statuses;
                 }
                 r
             })
@@ -484,40 +492,25 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
             if !speaks_for(app, conn_env, env) {
                 return None;
             }
-            let recorded = app.envs.with(env, |e| {
-                if let Some(seq) = record.seq {
-                    let outbox = record.outbox_id.clone().unwrap_or_default();
-                    if !e.seqs.insert((outbox, seq)) {
-                        e.duplicate_statuses += 1;
-                        return false;
-                    }
-                    if e.seqs.len() > MAX_STATUSES_PER_ENV {
-                        e.seqs.pop_first();
-                    }
+            if app.envs.with(env, |_| ()).is_none() {
+                warn!(
+                    env,
+                    "open registration: too many environments, status dropped"
+                );
+                return None;
+            }
+            match app.record_status(env, &record) {
+                Ok(Recorded::New) => {
+                    info!(env, status = %record.status, module = %record.module, seq = ?record.seq, "status reported");
+                    app.status_recorded(env, &record);
                 }
-                if e.statuses.len() >= MAX_STATUSES_PER_ENV {
-                    e.statuses.remove(0);
-                    e.statuses_dropped += 1;
+                Ok(Recorded::Duplicate) => {
+                    app.stats.duplicate_status();
+                    info!(env, status = %record.status, seq = ?record.seq, "status already recorded: duplicate dropped");
                 }
-                e.statuses.push(record.clone());
-                true
-            });
-            let recorded = match recorded {
-                Some(recorded) => recorded,
-                None => {
-                    warn!(
-                        env,
-                        "open registration: too many environments, status dropped"
-                    );
-                    return None;
+                Err(error) => {
+                    tracing::error!(env, %error, status = %record.status, seq = ?record.seq, "status not recorded");
                 }
-            };
-            if recorded {
-                info!(env, status = %record.status, module = %record.module, seq = ?record.seq, "status reported");
-                app.status_recorded(env, &record);
-            } else {
-                app.stats.duplicate_status();
-                info!(env, status = %record.status, seq = ?record.seq, "status already recorded: duplicate dropped");
             }
             None
         }

@@ -1,7 +1,7 @@
 //! Which boxes the portal knows: the registered environments, each an
 //! environment UUID and a secret. `environments add` makes both and shows
-//! the secret once; only its SHA-256 is kept, in `DATA/environments.json`
-//! (created 0600). A box proves it is the environment with
+//! the secret once; only its SHA-256 is kept, in the database's
+//! `environments` table ([`super::db`]). A box proves it is the environment with
 //! `Authorization: Bearer SECRET` on the WebSocket upgrade; the portal
 //! compares the hashes in constant time and refuses an unknown UUID, a
 //! wrong secret or a revoked environment with 401, before the upgrade.
@@ -19,15 +19,18 @@
 //! the operator rotates again.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    sync::Mutex,
+    collections::HashMap,
+    sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{auth, PortalError};
+use super::{
+    auth,
+    db::{self, stmt, Db, Stmt},
+    PortalError,
+};
 
 /// The extension frame (portal → box) that carries a new secret. The
 /// original portal never sends it.
@@ -69,16 +72,17 @@ pub struct RegisteredEnvironment {
     pub rotation_pending: bool,
 }
 
-/// How one environment is kept on disk.
+/// One environment as `environments.json` kept it before the database
+/// ([`super::import`]), and as a row is written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Entry {
-    name: String,
-    secret_sha256: String,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) secret_sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pending_sha256: Option<String>,
+    pub(crate) pending_sha256: Option<String>,
     #[serde(default)]
-    revoked: bool,
+    pub(crate) revoked: bool,
 }
 
 /// What the portal makes of an upgrade request.
@@ -107,10 +111,10 @@ impl Admission {
     }
 }
 
-/// The registered environments and the new secrets not yet delivered.
+/// The registered environments (in the database) and the new secrets not
+/// yet delivered (in memory).
 pub(crate) struct Registry {
-    path: PathBuf,
-    entries: Mutex<BTreeMap<String, Entry>>,
+    db: Arc<Db>,
     /// New secrets in clear, until the box confirms it stored them.
     undelivered: Mutex<HashMap<String, String>>,
 }
@@ -119,27 +123,73 @@ fn hash(secret: &str) -> String {
     auth::sha256_hex(secret)
 }
 
+/// One registered environment as a row.
+struct Row {
+    secret_sha256: String,
+    pending_sha256: Option<String>,
+    revoked: bool,
+}
+
+impl Entry {
+    /// Registers `uuid` as this entry, unless it is registered
+    /// ([`Stmt::guard`]ed: the write answers `false` then).
+    pub(crate) fn insert(&self, uuid: &str, registered_ms: u64) -> Stmt {
+        stmt!(
+            "INSERT INTO environments (uuid, name, secret_sha256, pending_sha256, revoked, registered_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (uuid) DO NOTHING",
+            uuid,
+            &self.name,
+            &self.secret_sha256,
+            self.pending_sha256.clone(),
+            self.revoked,
+            registered_ms,
+        )
+        .guard()
+    }
+}
+
 impl Registry {
-    /// Loads `path` (none registered when it is missing).
-    pub(crate) fn open(path: PathBuf) -> Result<Registry, PortalError> {
-        let entries = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PortalError::State {
-                path: path.clone(),
-                source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => return Err(PortalError::Io { path, source }),
-        };
-        Ok(Registry {
-            path,
-            entries: Mutex::new(entries),
+    /// The registry of `db`.
+    pub(crate) fn open(db: Arc<Db>) -> Registry {
+        Registry {
+            db,
             undelivered: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
-    fn save(&self, entries: &BTreeMap<String, Entry>) -> Result<(), PortalError> {
-        let bytes = serde_json::to_vec_pretty(entries).expect("entries serialize");
-        super::store::write_private(&self.path, &bytes)
+    fn row(&self, uuid: &str) -> Result<Option<Row>, PortalError> {
+        let rows = self.db.rows(stmt!(
+            "SELECT secret_sha256, pending_sha256, revoked FROM environments WHERE uuid = $1",
+            uuid
+        ))?;
+        Ok(rows.first().map(|r| Row {
+            secret_sha256: db::text(r, 0),
+            pending_sha256: db::opt_text(r, 1),
+            revoked: db::int(r, 2) != 0,
+        }))
+    }
+
+    /// Makes the pending secret of `uuid`, when it hashes to `given`, its
+    /// secret.
+    fn complete_rotation(&self, uuid: &str, given: &str) -> bool {
+        let done = self.db.write(vec![stmt!(
+            "UPDATE environments SET secret_sha256 = pending_sha256, pending_sha256 = NULL \
+             WHERE uuid = $1 AND pending_sha256 = $2",
+            uuid,
+            given,
+        )
+        .guard()]);
+        self.undelivered
+            .lock()
+            .expect("undelivered lock")
+            .remove(uuid);
+        match done {
+            Ok(done) => done,
+            Err(error) => {
+                warn!(env = uuid, %error, "cannot record the completed rotation");
+                false
+            }
+        }
     }
 
     /// Registers an environment named `name`, with the UUID `uuid` when
@@ -162,29 +212,29 @@ impl Registry {
             None => new_uuid()?,
         };
         let secret = auth::random_token()?;
-        let mut entries = self.entries.lock().expect("registry lock");
-        if entries.contains_key(&uuid) {
-            return Err(PortalError::BadRequest(format!(
-                "environment {uuid} is registered already"
-            )));
-        }
-        if entries.len() >= MAX_REGISTERED {
+        let count = self
+            .db
+            .rows(stmt!("SELECT COUNT(*) FROM environments"))?
+            .first()
+            .map_or(0, |r| db::uint(r, 0));
+        if count >= MAX_REGISTERED as u64 {
             return Err(PortalError::BadRequest(format!(
                 "{MAX_REGISTERED} environments are registered: no more"
             )));
         }
-        entries.insert(
-            uuid.clone(),
-            Entry {
-                name: name.trim().to_string(),
-                secret_sha256: hash(&secret),
-                pending_sha256: None,
-                revoked: false,
-            },
-        );
-        if let Err(e) = self.save(&entries) {
-            entries.remove(&uuid);
-            return Err(e);
+        let entry = Entry {
+            name: name.trim().to_string(),
+            secret_sha256: hash(&secret),
+            pending_sha256: None,
+            revoked: false,
+        };
+        if !self
+            .db
+            .write(vec![entry.insert(&uuid, super::rollouts::now_ms())])?
+        {
+            return Err(PortalError::BadRequest(format!(
+                "environment {uuid} is registered already"
+            )));
         }
         info!(env = %uuid, name, "environment registered");
         Ok(Registration {
@@ -195,18 +245,19 @@ impl Registry {
 
     /// Whether `uuid` is registered (revoked or not).
     pub(crate) fn contains(&self, uuid: &str) -> bool {
-        self.entries
-            .lock()
-            .expect("registry lock")
-            .contains_key(uuid)
+        matches!(self.row(uuid), Ok(Some(_)))
     }
 
     /// Checks `secret` for `uuid`. A connection with the pending secret
     /// completes its rotation.
     pub(crate) fn admit(&self, uuid: &str, secret: Option<&str>) -> Admission {
-        let mut entries = self.entries.lock().expect("registry lock");
-        let Some(entry) = entries.get_mut(uuid) else {
-            return Admission::Unknown;
+        let entry = match self.row(uuid) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Admission::Unknown,
+            Err(error) => {
+                warn!(env = uuid, %error, "cannot read the registration: refused");
+                return Admission::WrongSecret;
+            }
         };
         if entry.revoked {
             return Admission::Revoked;
@@ -222,15 +273,7 @@ impl Registry {
             .as_deref()
             .is_some_and(|p| auth::same(&given, p))
         {
-            entry.secret_sha256 = given;
-            entry.pending_sha256 = None;
-            self.undelivered
-                .lock()
-                .expect("undelivered lock")
-                .remove(uuid);
-            if let Err(error) = self.save(&entries) {
-                warn!(env = uuid, %error, "cannot record the completed rotation");
-            }
+            self.complete_rotation(uuid, &given);
             info!(
                 env = uuid,
                 "secret rotated: the box connected with the new one"
@@ -242,28 +285,27 @@ impl Registry {
 
     /// Revokes `uuid`; `false` when it is not registered.
     pub(crate) fn revoke(&self, uuid: &str) -> Result<bool, PortalError> {
-        let mut entries = self.entries.lock().expect("registry lock");
-        let Some(entry) = entries.get_mut(uuid) else {
-            return Ok(false);
-        };
-        entry.revoked = true;
-        entry.pending_sha256 = None;
+        let revoked = self.db.write(vec![stmt!(
+            "UPDATE environments SET revoked = 1, pending_sha256 = NULL WHERE uuid = $1",
+            uuid
+        )
+        .guard()])?;
         self.undelivered
             .lock()
             .expect("undelivered lock")
             .remove(uuid);
-        self.save(&entries)?;
-        info!(env = uuid, "environment revoked");
-        Ok(true)
+        if revoked {
+            info!(env = uuid, "environment revoked");
+        }
+        Ok(revoked)
     }
 
     /// A new secret for `uuid`, pending until the box confirms it; the
     /// frame that carries it to the box.
     pub(crate) fn rotate(&self, uuid: &str) -> Result<String, PortalError> {
         let secret = auth::random_token()?;
-        let mut entries = self.entries.lock().expect("registry lock");
-        let entry = match entries.get_mut(uuid) {
-            Some(e) if !e.revoked => e,
+        match self.row(uuid)? {
+            Some(e) if !e.revoked => {}
             Some(_) => {
                 return Err(PortalError::BadRequest(format!(
                     "environment {uuid} is revoked"
@@ -274,9 +316,12 @@ impl Registry {
                     "environment {uuid} is not registered"
                 )))
             }
-        };
-        entry.pending_sha256 = Some(hash(&secret));
-        self.save(&entries)?;
+        }
+        self.db.write(vec![stmt!(
+            "UPDATE environments SET pending_sha256 = $2 WHERE uuid = $1",
+            uuid,
+            hash(&secret),
+        )])?;
         self.undelivered
             .lock()
             .expect("undelivered lock")
@@ -304,24 +349,16 @@ impl Registry {
     /// `sha256`: when that is the pending one, it becomes the secret and
     /// the old one stops working. Whether it did.
     pub(crate) fn confirm(&self, uuid: &str, sha256: &str) -> bool {
-        let mut entries = self.entries.lock().expect("registry lock");
-        let Some(entry) = entries.get_mut(uuid) else {
+        let Ok(Some(entry)) = self.row(uuid) else {
             return false;
         };
+        let given = sha256.to_ascii_lowercase();
         let matches = entry
             .pending_sha256
             .as_deref()
-            .is_some_and(|p| auth::same(&sha256.to_ascii_lowercase(), p));
-        if !matches {
+            .is_some_and(|p| auth::same(&given, p));
+        if !matches || !self.complete_rotation(uuid, &given) {
             return false;
-        }
-        entry.secret_sha256 = entry.pending_sha256.take().expect("matched");
-        self.undelivered
-            .lock()
-            .expect("undelivered lock")
-            .remove(uuid);
-        if let Err(error) = self.save(&entries) {
-            warn!(env = uuid, %error, "cannot record the completed rotation");
         }
         info!(env = uuid, "secret rotated: the box confirmed the new one");
         true
@@ -329,15 +366,21 @@ impl Registry {
 
     /// Every registered environment.
     pub(crate) fn list(&self) -> Vec<RegisteredEnvironment> {
-        self.entries
-            .lock()
-            .expect("registry lock")
-            .iter()
-            .map(|(uuid, e)| RegisteredEnvironment {
-                environment_uuid: uuid.clone(),
-                name: e.name.clone(),
-                revoked: e.revoked,
-                rotation_pending: e.pending_sha256.is_some(),
+        let rows = self
+            .db
+            .rows(stmt!(
+                "SELECT uuid, name, revoked, pending_sha256 FROM environments ORDER BY uuid"
+            ))
+            .unwrap_or_else(|error| {
+                warn!(%error, "cannot read the registrations");
+                Vec::new()
+            });
+        rows.iter()
+            .map(|r| RegisteredEnvironment {
+                environment_uuid: db::text(r, 0),
+                name: db::text(r, 1),
+                revoked: db::int(r, 2) != 0,
+                rotation_pending: db::opt_text(r, 3).is_some(),
             })
             .collect()
     }
@@ -364,28 +407,30 @@ fn new_uuid() -> Result<String, PortalError> {
 mod tests {
     use super::*;
 
+    fn db(dir: &std::path::Path) -> Arc<Db> {
+        Arc::new(Db::open(&db::sqlite_url(&dir.join("portal.db"))).unwrap())
+    }
+
     fn registry() -> (tempfile::TempDir, Registry) {
         let dir = tempfile::tempdir().unwrap();
-        let r = Registry::open(dir.path().join("environments.json")).unwrap();
+        let r = Registry::open(db(dir.path()));
         (dir, r)
     }
 
     #[test]
-    fn keeps_only_the_secrets_hash_owner_only_and_admits_only_the_secret() {
+    fn keeps_only_the_secrets_hash_and_admits_only_the_secret() {
         let (dir, r) = registry();
         let reg = r.add("kitchen", None).unwrap();
         assert_eq!(reg.environment_uuid.len(), 36);
         assert_eq!(&reg.environment_uuid[14..15], "4");
-        let file = dir.path().join("environments.json");
-        let stored = std::fs::read_to_string(&file).unwrap();
+        let stored: Vec<String> =
+            r.db.rows(stmt!("SELECT uuid, name, secret_sha256 FROM environments"))
+                .unwrap()
+                .iter()
+                .flat_map(|row| [db::text(row, 0), db::text(row, 1), db::text(row, 2)])
+                .collect();
         assert!(!stored.contains(&reg.environment_secret));
         assert!(stored.contains(&hash(&reg.environment_secret)));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600);
-        }
         let uuid = reg.environment_uuid.as_str();
         assert_eq!(
             r.admit(uuid, Some(&reg.environment_secret)),
@@ -397,13 +442,14 @@ mod tests {
             r.admit("other", Some(&reg.environment_secret)),
             Admission::Unknown
         );
-        let again = Registry::open(file).unwrap();
+        drop(r);
+        let again = Registry::open(db(dir.path()));
         assert_eq!(
             again.admit(uuid, Some(&reg.environment_secret)),
             Admission::Admitted
         );
-        assert!(r.add("twice", Some(uuid)).is_err());
-        assert!(r.add("bad", Some("a/b")).is_err());
+        assert!(again.add("twice", Some(uuid)).is_err());
+        assert!(again.add("bad", Some("a/b")).is_err());
     }
 
     #[test]

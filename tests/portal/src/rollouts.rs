@@ -1,40 +1,52 @@
-//! The portal's rollouts: the [`Rollout`] machines, written to
-//! `DATA/rollouts.json` (temporary file, fsync, rename) after every change
-//! but a box's progress, so that a restarted portal continues them. The portal feeds them the
-//! statuses it records and a clock tick; this module turns their
-//! [`Action`]s into assignments and `EVT_SYNC_SOFT`s.
+//! The portal's rollouts: the [`Rollout`] machines in memory, driven by
+//! this process, and their rows in the database (`rollouts`, one per
+//! rollout; `rollout_boxes`, one per box with its state), so that a
+//! restarted portal continues them. The portal feeds them the statuses it
+//! records and a clock tick; this module turns their [`Action`]s into
+//! assignments and `EVT_SYNC_SOFT`s.
+//!
+//! One event is one transaction: a status's row, the rows of the boxes it
+//! changed, the rollout's row and the assignments of a wave it started are
+//! committed together, before any box is told to synchronise. A portal
+//! killed at any point has either all of it or none of it: a status it did
+//! not commit is sent again by the box (durable statuses), one it did is
+//! refused as a duplicate and never counted twice.
 
 use std::{
-    path::PathBuf,
-    sync::Mutex,
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{
+    db::{self, stmt, Db, Stmt},
+    history,
+    leases::Lease,
     rollout::{Action, BoxState, Rollout, RolloutSpec},
-    App, PortalError,
+    store, App, PortalError, StatusRecord,
 };
 
 /// Rollouts kept, finished ones included; the oldest finished or cancelled
-/// one is dropped past it, so the state file stays small.
+/// one is deleted past it, so the rollouts in memory stay bounded.
 pub const MAX_ROLLOUTS: usize = 200;
 
 /// An action with the target set of the rollout it came from.
 type TargetedAction = (Vec<String>, Action);
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct RolloutsFile {
-    next_id: u64,
-    rollouts: Vec<Rollout>,
-}
-
-/// Every rollout of this portal, persisted.
+/// Every rollout of this portal: in memory, and in the database.
 pub(crate) struct Rollouts {
-    path: PathBuf,
-    state: Mutex<RolloutsFile>,
+    db: Arc<Db>,
+    /// Oldest first. Held while an event's transaction runs, so that the
+    /// machines and their rows change together.
+    state: Mutex<Vec<Rollout>>,
+    /// The rollouts this process drives, holding their lease: only these
+    /// take its statuses and ticks ([`App::drive_rollouts`]).
+    driven: Mutex<HashSet<u64>>,
+    /// The last `statuses.id` fed to the driven rollouts from the table
+    /// (statuses other processes recorded; PostgreSQL only).
+    fed_up_to: Mutex<u64>,
 }
 
 /// Milliseconds since the epoch.
@@ -44,88 +56,219 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl Rollouts {
-    /// Loads `path` (missing: none).
-    pub(crate) fn open(path: PathBuf) -> Result<Rollouts, PortalError> {
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PortalError::State {
-                path: path.clone(),
-                source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RolloutsFile::default(),
-            Err(source) => return Err(PortalError::Io { path, source }),
-        };
-        Ok(Rollouts {
-            path,
-            state: Mutex::new(state),
-        })
+/// `waiting`, `assigned`, `installed`, `failed`: the state column.
+fn state_name(s: &BoxState) -> &'static str {
+    match s {
+        BoxState::Waiting => "waiting",
+        BoxState::Assigned { .. } => "assigned",
+        BoxState::Installed => "installed",
+        BoxState::Failed { .. } => "failed",
     }
+}
 
-    fn persist(&self, state: &RolloutsFile) -> Result<(), PortalError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|source| PortalError::State {
-            path: self.path.clone(),
-            source,
-        })?;
-        super::store::write_atomically(&self.path, &bytes)
+/// The rows of the new rollout `r`: its own row, whole, and its boxes'.
+pub(crate) fn new_rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
+    let mut stmts = vec![stmt!(
+        "INSERT INTO rollouts (id, name, spec, waves, current_wave, state, live, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        r.id,
+        &r.spec.name,
+        json(&r.spec),
+        json(&r.waves),
+        r.current_wave,
+        json(&r.state),
+        !r.is_over(),
+        r.created_ms,
+    )];
+    r.mark_all_changed();
+    stmts.extend(box_stmts(r));
+    stmts
+}
+
+/// The rows `r` changed since they were last written: where it is (its
+/// wave, its state: never its spec, written once), and the rows of its
+/// changed boxes.
+pub(crate) fn rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
+    let mut stmts = vec![stmt!(
+        "UPDATE rollouts SET current_wave = $2, state = $3, live = $4 WHERE id = $1",
+        r.id,
+        r.current_wave,
+        json(&r.state),
+        !r.is_over(),
+    )];
+    stmts.extend(box_stmts(r));
+    stmts
+}
+
+/// The rows of `r`'s boxes changed since they were last written.
+fn box_stmts(r: &mut Rollout) -> Vec<Stmt> {
+    let mut stmts = Vec::new();
+    for i in r.take_changed() {
+        let wave = r.wave_of_place(i).unwrap_or_default();
+        let (env, s) = &r.boxes[i];
+        stmts.push(stmt!(
+            "INSERT INTO rollout_boxes (rollout_id, env, position, wave, state, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rollout_id, env) DO UPDATE SET \
+             wave = excluded.wave, state = excluded.state, detail = excluded.detail",
+            r.id,
+            env,
+            i,
+            wave,
+            state_name(s),
+            json(s),
+        ));
+    }
+    stmts
+}
+
+/// A rollout's part as JSON, which cannot fail.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("rollout part to JSON")
+}
+
+/// Deletes rollout `id` and its boxes.
+fn delete_stmts(id: u64) -> Vec<Stmt> {
+    vec![
+        stmt!("DELETE FROM rollout_boxes WHERE rollout_id = $1", id),
+        stmt!("DELETE FROM rollouts WHERE id = $1", id),
+    ]
+}
+
+/// Reads every rollout of `db`, oldest first (`only`: that one).
+fn load(db: &Db, only: Option<u64>) -> Result<Vec<Rollout>, PortalError> {
+    let bad = |what: &str, id: u64, e: serde_json::Error| {
+        PortalError::BadRequest(format!("rollout {id}: its {what} in the database: {e}"))
+    };
+    let (heads, boxes) = match only {
+        Some(id) => (
+            db.rows(stmt!(
+                "SELECT id, spec, waves, current_wave, state, created_ms FROM rollouts WHERE id = $1",
+                id
+            ))?,
+            db.rows(stmt!(
+                "SELECT rollout_id, env, detail FROM rollout_boxes WHERE rollout_id = $1 \
+                 ORDER BY position",
+                id
+            ))?,
+        ),
+        None => (
+            db.rows(stmt!(
+                "SELECT id, spec, waves, current_wave, state, created_ms FROM rollouts ORDER BY id"
+            ))?,
+            db.rows(stmt!(
+                "SELECT rollout_id, env, detail FROM rollout_boxes ORDER BY rollout_id, position"
+            ))?,
+        ),
+    };
+    let mut by_rollout: BTreeMap<u64, Vec<(String, BoxState)>> = BTreeMap::new();
+    for b in &boxes {
+        let id = db::uint(b, 0);
+        let state = serde_json::from_str(&db::text(b, 2)).map_err(|e| bad("box", id, e))?;
+        by_rollout
+            .entry(id)
+            .or_default()
+            .push((db::text(b, 1), state));
+    }
+    heads
+        .iter()
+        .map(|h| {
+            let id = db::uint(h, 0);
+            let spec: RolloutSpec =
+                serde_json::from_str(&db::text(h, 1)).map_err(|e| bad("spec", id, e))?;
+            let mut r = Rollout::new(id, spec, db::uint(h, 5));
+            r.waves = serde_json::from_str(&db::text(h, 2)).map_err(|e| bad("waves", id, e))?;
+            r.current_wave = usize::try_from(db::uint(h, 3)).unwrap_or(usize::MAX);
+            r.state = serde_json::from_str(&db::text(h, 4)).map_err(|e| bad("state", id, e))?;
+            r.boxes = by_rollout.remove(&id).unwrap_or_default();
+            r.take_changed();
+            Ok(r)
+        })
+        .collect()
+}
+
+/// The outcome of a status handed to [`App::record_status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Recorded, and fed to the rollouts.
+    New,
+    /// A durable status recorded already: dropped.
+    Duplicate,
+}
+
+impl Rollouts {
+    /// The rollouts of `db`.
+    pub(crate) fn open(db: Arc<Db>) -> Result<Rollouts, PortalError> {
+        let state = load(&db, None)?;
+        Ok(Rollouts {
+            db,
+            state: Mutex::new(state),
+            driven: Mutex::new(HashSet::new()),
+            fed_up_to: Mutex::new(0),
+        })
     }
 
     /// Every rollout, newest first.
     pub(crate) fn list(&self) -> Vec<Rollout> {
         let state = self.state.lock().expect("rollouts lock");
-        state.rollouts.iter().rev().cloned().collect()
+        state.iter().rev().cloned().collect()
     }
 
     /// One rollout.
     pub(crate) fn get(&self, id: u64) -> Option<Rollout> {
         let state = self.state.lock().expect("rollouts lock");
-        state.rollouts.iter().find(|r| r.id == id).cloned()
+        state.iter().find(|r| r.id == id).cloned()
     }
 
-    /// Runs `f` on every live rollout (or only `id`), persists when any
-    /// action or change came out, and returns the actions with each
-    /// rollout's target.
+    /// Runs `f` on every live rollout (or only `id`), and writes `first`,
+    /// the rows the rollouts changed and the assignments their actions
+    /// ask for in one transaction. `None` when a guarded statement of
+    /// `first` changed nothing (nothing is written, the machines are read
+    /// again); else whether any rollout changed, and the actions.
     fn update(
         &self,
         id: Option<u64>,
+        first: Vec<Stmt>,
         mut f: impl FnMut(&mut Rollout) -> Vec<Action>,
-    ) -> Result<(bool, Vec<TargetedAction>), PortalError> {
+    ) -> Result<Option<(bool, Vec<TargetedAction>)>, PortalError> {
         let mut state = self.state.lock().expect("rollouts lock");
-        let mut changed = false;
-        let mut durable_change = false;
+        let driven = self.driven.lock().expect("driven lock").clone();
+        let mut stmts = first;
+        let mut changed = Vec::new();
         let mut actions = Vec::new();
-        for r in state.rollouts.iter_mut() {
-            if id.is_some_and(|id| id != r.id) {
+        for r in state.iter_mut() {
+            if id.is_some_and(|id| id != r.id)
+                || (id.is_none() && (r.is_over() || !driven.contains(&r.id)))
+            {
                 continue;
             }
-            let before = r.clone();
+            let before = (r.current_wave, r.state.clone());
             let out = f(r);
-            if *r != before {
-                changed = true;
-                durable_change |= durable(r) != durable(&before);
+            if r.has_changed_boxes() || before != (r.current_wave, r.state.clone()) {
+                changed.push(r.id);
+                stmts.extend(rollout_stmts(r));
             }
-            actions.extend(out.into_iter().map(|a| (r.spec.target.clone(), a)));
+            for a in out {
+                let Action::AssignTarget(env) = &a;
+                stmts.extend(store::assignment_stmts(env, &r.spec.target));
+                actions.push((r.spec.target.clone(), a));
+            }
         }
-        if durable_change {
-            self.persist(&state)?;
+        let written = self.db.write(stmts);
+        if !matches!(written, Ok(true)) {
+            // The machines moved and their rows did not: read them again.
+            for r in state.iter_mut().filter(|r| changed.contains(&r.id)) {
+                if let Some(fresh) = load(&self.db, Some(r.id))?.pop() {
+                    *r = fresh;
+                }
+            }
         }
-        Ok((changed, actions))
+        Ok(written?.then_some((!changed.is_empty(), actions)))
     }
-}
-
-/// `r` without what need not survive a restart: the boxes' last progress
-/// (`downloading`, ...), which would otherwise cost a write per status.
-fn durable(r: &Rollout) -> Rollout {
-    let mut r = r.clone();
-    for (_, s) in &mut r.boxes {
-        if let BoxState::Assigned { progress, .. } = s {
-            *progress = None;
-        }
-    }
-    r
 }
 
 impl App {
-    /// Creates and starts a rollout of `spec`.
+    /// Creates and starts a rollout of `spec`: the rollout, its boxes and
+    /// its first wave's assignments in one transaction.
     pub(crate) fn start_rollout(&self, spec: RolloutSpec) -> Result<Rollout, PortalError> {
         if spec.environments.is_empty() {
             return Err(PortalError::BadRequest(
@@ -136,24 +279,23 @@ impl App {
             return Err(PortalError::BadRequest("a rollout needs waves".into()));
         }
         // Refuse unknown modules before anything is assigned.
-        self.store.check_set(&spec.target)?;
+        let target: Vec<String> = self
+            .store
+            .check_set(&spec.target)?
+            .iter()
+            .map(super::ModuleObject::coordinates)
+            .collect();
         let now = now_ms();
         let (rollout, actions) = {
             let mut state = self.rollouts.state.lock().expect("rollouts lock");
             // An environment in two live rollouts would be assigned by
             // both, and its reports counted by both.
-            if let Some((live, env)) =
-                state
-                    .rollouts
+            if let Some((live, env)) = state.iter().filter(|r| !r.is_over()).find_map(|r| {
+                spec.environments
                     .iter()
-                    .filter(|r| !r.is_over())
-                    .find_map(|r| {
-                        spec.environments
-                            .iter()
-                            .find(|e| r.boxes.iter().any(|(b, _)| b == *e))
-                            .map(|e| (r, e))
-                    })
-            {
+                    .find(|e| r.box_state(e).is_some())
+                    .map(|e| (r, e))
+            }) {
                 return Err(PortalError::BadRequest(format!(
                     "environment {env} is in rollout {} ({:?}, {}), which is not over: cancel it first",
                     live.id,
@@ -161,19 +303,40 @@ impl App {
                     live.state.as_str()
                 )));
             }
-            state.next_id += 1;
-            let mut r = Rollout::new(state.next_id, spec, now);
+            let next_id = self
+                .db
+                .rows(stmt!("SELECT COALESCE(MAX(id), 0) FROM rollouts"))?
+                .first()
+                .map_or(0, |r| db::uint(r, 0))
+                .max(state.iter().map(|r| r.id).max().unwrap_or(0))
+                + 1;
+            let mut r = Rollout::new(next_id, spec, now);
             let actions = r.start(now);
-            state.rollouts.push(r.clone());
-            while state.rollouts.len() > MAX_ROLLOUTS {
-                match state.rollouts.iter().position(Rollout::is_over) {
-                    Some(i) => {
-                        state.rollouts.remove(i);
-                    }
-                    None => break,
-                }
+            let mut stmts = new_rollout_stmts(&mut r);
+            for Action::AssignTarget(env) in &actions {
+                stmts.extend(store::assignment_stmts(env, &target));
             }
-            self.rollouts.persist(&state)?;
+            let mut pruned = Vec::new();
+            let mut kept = state.len() + 1;
+            for old in state.iter().filter(|r| r.is_over()) {
+                if kept <= MAX_ROLLOUTS {
+                    break;
+                }
+                pruned.push(old.id);
+                stmts.extend(delete_stmts(old.id));
+                kept -= 1;
+            }
+            self.db.write(stmts)?;
+            state.retain(|r| !pruned.contains(&r.id));
+            state.push(r.clone());
+            if !self.leases.is_shared() {
+                // The only process: it holds every lease.
+                self.rollouts
+                    .driven
+                    .lock()
+                    .expect("driven lock")
+                    .insert(r.id);
+            }
             (r, actions)
         };
         info!(
@@ -182,8 +345,7 @@ impl App {
             waves = rollout.waves.len(),
             "rollout started"
         );
-        let target = rollout.spec.target.clone();
-        self.carry_out(actions.into_iter().map(|a| (target.clone(), a)).collect());
+        self.tell_assigned(actions.into_iter().map(|a| (target.clone(), a)).collect());
         self.changed();
         Ok(rollout)
     }
@@ -191,8 +353,12 @@ impl App {
     /// Resumes a halted rollout.
     pub(crate) fn resume_rollout(&self, id: u64) -> Result<Rollout, PortalError> {
         let now = now_ms();
-        let (_, actions) = self.rollouts.update(Some(id), |r| r.resume(now))?;
-        self.carry_out(actions);
+        if let Some((_, actions)) = self
+            .rollouts
+            .update(Some(id), Vec::new(), |r| r.resume(now))?
+        {
+            self.tell_assigned(actions);
+        }
         self.changed();
         self.rollouts
             .get(id)
@@ -201,7 +367,7 @@ impl App {
 
     /// Cancels a rollout.
     pub(crate) fn cancel_rollout(&self, id: u64) -> Result<Rollout, PortalError> {
-        self.rollouts.update(Some(id), |r| {
+        self.rollouts.update(Some(id), Vec::new(), |r| {
             r.cancel();
             Vec::new()
         })?;
@@ -211,44 +377,224 @@ impl App {
             .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")))
     }
 
-    /// Feeds a recorded status to the rollouts.
-    pub(crate) fn rollout_status(&self, env: &str, status: &str, message: Option<&str>) {
+    /// Records `record` of `env` in the history and feeds it to the live
+    /// rollouts, in one transaction; then tells the boxes of a wave it
+    /// started. A durable status recorded already is dropped.
+    pub(crate) fn record_status(
+        &self,
+        env: &str,
+        record: &StatusRecord,
+    ) -> Result<Recorded, PortalError> {
+        if let Some(seq) = record.seq {
+            let outbox = record.outbox_id.clone().unwrap_or_default();
+            if history::is_recorded(&self.db, env, &outbox, seq)? {
+                self.db
+                    .write(vec![history::duplicate_stmt(env, now_ms())])?;
+                return Ok(Recorded::Duplicate);
+            }
+        }
+        let status = record.status.as_str().unwrap_or_default();
+        let message = record.status_message.as_str();
         let now = now_ms();
-        match self
-            .rollouts
-            .update(None, |r| r.status_reported(env, status, message, now))
-        {
-            Ok((_, actions)) => self.carry_out(actions),
-            Err(error) => tracing::error!(%error, "rollout state not written"),
+        let first = history::record_stmts(env, record);
+        match self.rollouts.update(None, first, |r| {
+            r.status_reported(env, status, message, now)
+        })? {
+            Some((_, actions)) => {
+                self.tell_assigned(actions);
+                Ok(Recorded::New)
+            }
+            None => {
+                self.db
+                    .write(vec![history::duplicate_stmt(env, now_ms())])?;
+                Ok(Recorded::Duplicate)
+            }
         }
     }
 
     /// Moves the rollouts' clock.
     pub(crate) fn rollout_tick(&self) {
         let now = now_ms();
-        match self.rollouts.update(None, |r| r.tick(now)) {
-            Ok((changed, actions)) => {
-                self.carry_out(actions);
+        match self.rollouts.update(None, Vec::new(), |r| r.tick(now)) {
+            Ok(Some((changed, actions))) => {
+                self.tell_assigned(actions);
                 if changed {
                     self.changed();
                 }
             }
+            Ok(None) => {}
             Err(error) => tracing::error!(%error, "rollout state not written"),
         }
     }
 
-    fn carry_out(&self, actions: Vec<TargetedAction>) {
-        for (target, action) in actions {
-            match action {
-                Action::AssignTarget(env) => {
-                    if let Err(error) = self.store.assign(&env, &target) {
-                        tracing::error!(%error, env, "rollout assignment failed");
-                        continue;
-                    }
-                    let delivered = self.sync(&env);
-                    info!(env, delivered, "rollout assigned the target set");
+    /// Tells each box a rollout assigned (the assignment is committed) to
+    /// synchronise now.
+    fn tell_assigned(&self, actions: Vec<TargetedAction>) {
+        for (_, action) in actions {
+            let Action::AssignTarget(env) = action;
+            let delivered = self.sync(&env);
+            info!(env, delivered, "rollout assigned the target set");
+        }
+    }
+}
+
+/// Status rows read again behind the last one fed: a row of a transaction
+/// that committed after a later id became visible is still seen (feeding
+/// a status twice changes nothing: a verdict moves a box out of
+/// `Assigned`).
+const FEED_OVERLAP: u64 = 256;
+
+/// Status rows fed per tick at most; the rest at the next tick.
+const FEED_BATCH: u64 = 20_000;
+
+impl App {
+    /// Before each tick: takes the lease of each live rollout that is free
+    /// and drives it (read again from the database, then fed the statuses
+    /// recorded since its boxes were assigned that it has not counted),
+    /// lets go of the ones that are over, and reads the others again for
+    /// the console. With a shared database, feeds the driven rollouts the
+    /// statuses other processes recorded.
+    pub(crate) async fn drive_rollouts(&self) {
+        if let Err(error) = self.try_drive_rollouts().await {
+            tracing::error!(%error, "cannot drive the rollouts");
+        }
+    }
+
+    async fn try_drive_rollouts(&self) -> Result<(), PortalError> {
+        let live: Vec<u64> = self
+            .db
+            .rows(stmt!("SELECT id FROM rollouts WHERE live = $1", true))?
+            .iter()
+            .map(|r| db::uint(r, 0))
+            .collect();
+        let over: Vec<u64> = {
+            let driven = self.rollouts.driven.lock().expect("driven lock");
+            driven
+                .iter()
+                .copied()
+                .filter(|id| !live.contains(id))
+                .collect()
+        };
+        for id in over {
+            self.rollouts
+                .driven
+                .lock()
+                .expect("driven lock")
+                .remove(&id);
+            self.leases.release(Lease::Rollout(id)).await;
+        }
+        for id in live {
+            let held = self
+                .leases
+                .acquire(Lease::Rollout(id))
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, rollout = id, "cannot ask for the rollout's lease");
+                    false
+                });
+            let was = self
+                .rollouts
+                .driven
+                .lock()
+                .expect("driven lock")
+                .contains(&id);
+            if held && was {
+                continue;
+            }
+            let fresh = load(&self.db, Some(id))?.pop();
+            {
+                let mut state = self.rollouts.state.lock().expect("rollouts lock");
+                match (state.iter_mut().find(|r| r.id == id), fresh) {
+                    (Some(r), Some(f)) => *r = f,
+                    (None, Some(f)) => state.push(f),
+                    _ => {}
                 }
             }
+            let mut driven = self.rollouts.driven.lock().expect("driven lock");
+            if held {
+                info!(rollout = id, "driving the rollout");
+                driven.insert(id);
+                drop(driven);
+                self.catch_up(id)?;
+            } else if was {
+                tracing::warn!(rollout = id, "another portal drives the rollout now");
+                driven.remove(&id);
+            }
         }
+        if self.events.is_shared() {
+            self.feed_others_statuses()?;
+        }
+        Ok(())
+    }
+
+    /// Feeds rollout `id`, just taken over, the statuses recorded since
+    /// the first of its boxes still waiting for a verdict was assigned.
+    fn catch_up(&self, id: u64) -> Result<(), PortalError> {
+        let Some(since) = self.rollouts.get(id).and_then(|r| {
+            r.boxes
+                .iter()
+                .filter_map(|(_, s)| match s {
+                    BoxState::Assigned { since_ms, .. } => Some(*since_ms),
+                    _ => None,
+                })
+                .min()
+        }) else {
+            return Ok(());
+        };
+        let rows = self.db.rows(stmt!(
+            "SELECT id, env, status, record FROM statuses WHERE received_ms >= $1 ORDER BY id",
+            since
+        ))?;
+        self.feed(Some(id), &rows)
+    }
+
+    /// Feeds the driven rollouts the statuses recorded (by any process)
+    /// since the last call.
+    fn feed_others_statuses(&self) -> Result<(), PortalError> {
+        let from = *self.rollouts.fed_up_to.lock().expect("fed lock");
+        let rows = self.db.rows(stmt!(
+            "SELECT id, env, status, record FROM statuses WHERE id > $1 ORDER BY id LIMIT $2",
+            from.saturating_sub(FEED_OVERLAP),
+            FEED_BATCH
+        ))?;
+        if let Some(last) = rows.last() {
+            let mut fed = self.rollouts.fed_up_to.lock().expect("fed lock");
+            *fed = (*fed).max(db::uint(last, 0));
+        }
+        self.feed(None, &rows)
+    }
+
+    /// Feeds `rows` (`id, env, status, record`) to rollout `only`, or to
+    /// every driven one, in one transaction.
+    fn feed(&self, only: Option<u64>, rows: &[sqlx::any::AnyRow]) -> Result<(), PortalError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let reports: Vec<(String, String, Option<String>)> = rows
+            .iter()
+            .map(|row| {
+                let record: serde_json::Value =
+                    serde_json::from_str(&db::text(row, 3)).unwrap_or_default();
+                let message = record["statusMessage"].as_str().map(str::to_owned);
+                (db::text(row, 1), db::text(row, 2), message)
+            })
+            .collect();
+        let out = self.rollouts.update(only, Vec::new(), |r| {
+            let mut actions = Vec::new();
+            for (env, status, message) in &reports {
+                if r.box_state(env).is_some() {
+                    actions.extend(r.status_reported(env, status, message.as_deref(), now));
+                }
+            }
+            actions
+        })?;
+        if let Some((changed, actions)) = out {
+            self.tell_assigned(actions);
+            if changed {
+                self.changed();
+            }
+        }
+        Ok(())
     }
 }

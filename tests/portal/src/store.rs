@@ -1,6 +1,6 @@
-//! What the portal must remember across a restart: the published modules
-//! and each environment's assigned target set, in one JSON file in the data
-//! folder, and the repository files `publish` writes with their digests.
+//! The published modules and each environment's assigned target set, in
+//! the database ([`super::db`]), and the repository files `publish` writes,
+//! in the repository folder, with their digests in the database.
 //!
 //! `publish` hashes each file as it copies it and records the digest with
 //! the file's size and modification time; the repository answers with that
@@ -9,22 +9,28 @@
 //!
 //! A kill-and-restart test of the box's reconnect depends on a restarted
 //! portal answering `GET_ENV_MOD_REQ` exactly as before, so every change is
-//! written (temporary file, fsync, rename) before it is acknowledged.
+//! committed (one transaction: a publish's records, an assignment's rows)
+//! before it is acknowledged.
 
 use std::{
     collections::BTreeMap,
     fs,
     io::{Read, Write},
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
+
+use sqlx::any::AnyRow;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use super::PortalError;
+use super::{
+    db::{self, stmt, Db, Stmt},
+    PortalError,
+};
 
 /// `type` of a module object (contracts section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,41 +222,53 @@ impl PublishRequest {
     }
 }
 
-/// The persisted state file.
+/// The state file of a portal before the database ([`super::import`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct StoreFile {
+pub(crate) struct StoreFile {
     /// Published modules by `groupId:artifactId:version`.
     #[serde(default)]
-    modules: BTreeMap<String, ModuleObject>,
+    pub(crate) modules: BTreeMap<String, ModuleObject>,
     /// Each environment's target set, as coordinates in assigned order.
     #[serde(default)]
-    assignments: BTreeMap<String, Vec<String>>,
-    /// Environments answered with module objects as given, unchecked, so
-    /// tests can show the box refusing a bad target set. Wins over
-    /// `assignments`; `assign` removes it.
+    pub(crate) assignments: BTreeMap<String, Vec<String>>,
+    /// Environments answered with module objects as given, unchecked.
     #[serde(default)]
-    raw_assignments: BTreeMap<String, Vec<serde_json::Value>>,
+    pub(crate) raw_assignments: BTreeMap<String, Vec<serde_json::Value>>,
     /// Digests of the repository files `publish` wrote, by path relative to
     /// the repository root (`com/x/a/1/a-1.jar`).
     #[serde(default)]
-    files: BTreeMap<String, FileDigest>,
-    /// Coordinates in the order they were published (a module published
-    /// again moves to the end): which builds are the last N for patches.
+    pub(crate) files: BTreeMap<String, FileDigest>,
+    /// Coordinates in the order they were published.
     #[serde(default)]
-    published: Vec<String>,
+    pub(crate) published: Vec<String>,
 }
 
 /// A published file's SHA-256, valid while the file keeps the size and the
 /// modification time it had when it was published.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct FileDigest {
+pub(crate) struct FileDigest {
     /// Hex SHA-256 of the content.
-    sha256: String,
+    pub(crate) sha256: String,
     /// Size in bytes.
-    size: u64,
+    pub(crate) size: u64,
     /// Modification time, nanoseconds since the epoch.
-    modified_ns: u64,
+    pub(crate) modified_ns: u64,
+}
+
+impl FileDigest {
+    /// Records the digest of the repository file `rel`.
+    pub(crate) fn upsert(&self, rel: &str) -> Stmt {
+        stmt!(
+            "INSERT INTO repo_files (path, sha256, size, modified_ns) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, \
+             modified_ns = excluded.modified_ns",
+            rel,
+            &self.sha256,
+            self.size,
+            self.modified_ns,
+        )
+    }
 }
 
 /// What a publish did to the repository: files written with their digests,
@@ -261,11 +279,11 @@ struct RepoChanges {
     removed: Vec<PathBuf>,
 }
 
-/// Published modules and assignments, backed by a JSON file.
+/// Published modules and assignments, in the database ([`super::db`]);
+/// the repository's files in the repository folder.
 pub(crate) struct Store {
-    path: PathBuf,
+    db: Arc<Db>,
     repo: PathBuf,
-    state: Mutex<StoreFile>,
     /// Serialises publishes, so two publishes of one module never interleave
     /// their file writes.
     publishing: Mutex<()>,
@@ -275,25 +293,88 @@ pub(crate) struct Store {
     signing: Mutex<()>,
 }
 
+/// Makes `module` the record of its coordinates, published last.
+pub(crate) fn upsert_module(module: &ModuleObject) -> Stmt {
+    let object = serde_json::to_string(module).expect("module object to JSON");
+    stmt!(
+        "INSERT INTO modules (coordinates, group_id, artifact_id, version, packaging, object, published_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, (SELECT COALESCE(MAX(published_seq), 0) + 1 FROM modules)) \
+         ON CONFLICT (coordinates) DO UPDATE SET packaging = excluded.packaging, \
+         object = excluded.object, published_seq = excluded.published_seq",
+        module.coordinates(),
+        &module.group_id,
+        &module.artifact_id,
+        &module.version,
+        &module.packaging,
+        object,
+    )
+}
+
+/// Makes `set` (checked coordinates) the whole target set of `env`.
+pub(crate) fn assignment_stmts(env: &str, set: &[String]) -> Vec<Stmt> {
+    let mut stmts = vec![
+        stmt!("DELETE FROM assignments WHERE env = $1", env),
+        stmt!("DELETE FROM raw_assignments WHERE env = $1", env),
+    ];
+    stmts.extend(set.iter().enumerate().map(|(i, c)| {
+        stmt!(
+            "INSERT INTO assignments (env, position, coordinates) VALUES ($1, $2, $3)",
+            env,
+            i,
+            c,
+        )
+    }));
+    stmts
+}
+
+/// Makes `modules` the unchecked answer to `env`.
+pub(crate) fn raw_assignment_stmt(env: &str, modules: &[serde_json::Value]) -> Stmt {
+    let json = serde_json::to_string(modules).expect("JSON values");
+    stmt!(
+        "INSERT INTO raw_assignments (env, modules) VALUES ($1, $2) \
+         ON CONFLICT (env) DO UPDATE SET modules = excluded.modules",
+        env,
+        json,
+    )
+}
+
+fn parse_module(json: &str) -> Option<ModuleObject> {
+    match serde_json::from_str(json) {
+        Ok(m) => Some(m),
+        Err(error) => {
+            tracing::error!(%error, "a module record is not a module object: skipped");
+            None
+        }
+    }
+}
+
+/// `g:a:v (raw)` labels of a raw set's module objects.
+fn raw_labels(modules: &[serde_json::Value]) -> Vec<String> {
+    modules
+        .iter()
+        .map(|m| {
+            let f = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
+            format!(
+                "{}:{}:{} (raw)",
+                f("groupId"),
+                f("artifactId"),
+                f("version")
+            )
+        })
+        .collect()
+}
+
 impl Store {
-    /// Loads `path` (a missing file is an empty store).
-    pub(crate) fn open(path: PathBuf, repo: PathBuf) -> Result<Store, PortalError> {
-        let state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| PortalError::State {
-                path: path.clone(),
-                source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreFile::default(),
-            Err(source) => return Err(PortalError::Io { path, source }),
-        };
+    /// The store of `db`, with the repository folder `repo` (made when
+    /// missing).
+    pub(crate) fn open(db: Arc<Db>, repo: PathBuf) -> Result<Store, PortalError> {
         fs::create_dir_all(&repo).map_err(|source| PortalError::Io {
             path: repo.clone(),
             source,
         })?;
         Ok(Store {
-            path,
+            db,
             repo,
-            state: Mutex::new(state),
             publishing: Mutex::new(()),
             patch_versions: 0,
             signing: Mutex::new(()),
@@ -307,58 +388,83 @@ impl Store {
         self
     }
 
-    fn persist(&self, state: &StoreFile) -> Result<(), PortalError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|source| PortalError::State {
-            path: self.path.clone(),
-            source,
-        })?;
-        write_atomically(&self.path, &bytes)
+    /// Every published module, by coordinates.
+    pub(crate) fn modules(&self) -> Vec<ModuleObject> {
+        self.read(stmt!("SELECT object FROM modules ORDER BY coordinates"))
+            .iter()
+            .filter_map(|r| parse_module(&db::text(r, 0)))
+            .collect()
     }
 
-    /// Every published module.
-    pub(crate) fn modules(&self) -> Vec<ModuleObject> {
-        let state = self.state.lock().expect("store lock");
-        state.modules.values().cloned().collect()
+    /// The rows of `stmt`; none (logged) when the database fails.
+    fn read(&self, stmt: Stmt) -> Vec<AnyRow> {
+        self.db.rows(stmt).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot read the store");
+            Vec::new()
+        })
     }
 
     /// Coordinates assigned to each environment; a raw set shows as
     /// `g:a:v (raw)` labels.
     pub(crate) fn assignments(&self) -> BTreeMap<String, Vec<String>> {
-        let state = self.state.lock().expect("store lock");
-        let mut all = state.assignments.clone();
-        for (env, modules) in &state.raw_assignments {
-            let labels = modules
-                .iter()
-                .map(|m| {
-                    let f = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or("?");
-                    format!(
-                        "{}:{}:{} (raw)",
-                        f("groupId"),
-                        f("artifactId"),
-                        f("version")
-                    )
-                })
-                .collect();
-            all.insert(env.clone(), labels);
+        let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in self.read(stmt!(
+            "SELECT env, coordinates FROM assignments ORDER BY env, position"
+        )) {
+            all.entry(db::text(&r, 0))
+                .or_default()
+                .push(db::text(&r, 1));
+        }
+        for r in self.read(stmt!("SELECT env, modules FROM raw_assignments")) {
+            let modules: Vec<serde_json::Value> =
+                serde_json::from_str(&db::text(&r, 1)).unwrap_or_default();
+            all.insert(db::text(&r, 0), raw_labels(&modules));
         }
         all
+    }
+
+    /// The coordinates assigned to `env` (raw labels for a raw set).
+    pub(crate) fn assigned(&self, env: &str) -> Vec<String> {
+        if let Some(r) = self
+            .read(stmt!(
+                "SELECT modules FROM raw_assignments WHERE env = $1",
+                env
+            ))
+            .first()
+        {
+            let modules: Vec<serde_json::Value> =
+                serde_json::from_str(&db::text(r, 0)).unwrap_or_default();
+            return raw_labels(&modules);
+        }
+        self.read(stmt!(
+            "SELECT coordinates FROM assignments WHERE env = $1 ORDER BY position",
+            env
+        ))
+        .iter()
+        .map(|r| db::text(r, 0))
+        .collect()
     }
 
     /// The module objects of `env`'s target set, in assigned order; empty
     /// when nothing is assigned.
     pub(crate) fn target_set(&self, env: &str) -> Vec<serde_json::Value> {
-        let state = self.state.lock().expect("store lock");
-        if let Some(raw) = state.raw_assignments.get(env) {
-            return raw.clone();
+        if let Some(r) = self
+            .read(stmt!(
+                "SELECT modules FROM raw_assignments WHERE env = $1",
+                env
+            ))
+            .first()
+        {
+            return serde_json::from_str(&db::text(r, 0)).unwrap_or_default();
         }
-        state
-            .assignments
-            .get(env)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| state.modules.get(c))
-            .map(|m| serde_json::to_value(m).expect("module object to JSON"))
-            .collect()
+        self.read(stmt!(
+            "SELECT m.object FROM assignments a JOIN modules m ON m.coordinates = a.coordinates \
+             WHERE a.env = $1 ORDER BY a.position",
+            env
+        ))
+        .iter()
+        .filter_map(|r| serde_json::from_str(&db::text(r, 0)).ok())
+        .collect()
     }
 
     /// Makes `modules`, unchecked, the answer to `env`'s `GET_ENV_MOD_REQ`.
@@ -372,29 +478,44 @@ impl Store {
                 "environment UUID is empty".to_string(),
             ));
         }
-        let mut state = self.state.lock().expect("store lock");
-        let n = modules.len();
-        state.raw_assignments.insert(env.to_string(), modules);
-        self.persist(&state)?;
-        info!(env, modules = n, "assigned raw target set");
+        self.db.write(vec![raw_assignment_stmt(env, &modules)])?;
+        info!(env, modules = modules.len(), "assigned raw target set");
         Ok(())
     }
 
-    /// Refuses a set with unknown or malformed coordinates.
-    pub(crate) fn check_set(&self, coordinates: &[String]) -> Result<(), PortalError> {
-        let state = self.state.lock().expect("store lock");
+    /// The record of `coordinates`, if published.
+    fn module(&self, coordinates: &str) -> Option<ModuleObject> {
+        self.read(stmt!(
+            "SELECT object FROM modules WHERE coordinates = $1",
+            coordinates
+        ))
+        .first()
+        .and_then(|r| parse_module(&db::text(r, 0)))
+    }
+
+    /// Refuses a set with unknown or malformed coordinates; the set's
+    /// module records, in order, each once.
+    pub(crate) fn check_set(
+        &self,
+        coordinates: &[String],
+    ) -> Result<Vec<ModuleObject>, PortalError> {
+        let mut set: Vec<ModuleObject> = Vec::new();
         for c in coordinates {
             let (g, a, v) = parse_coordinates(c)?;
             let key = format!("{g}:{a}:{v}");
-            if !state.modules.contains_key(&key) {
+            let Some(module) = self.module(&key) else {
                 return Err(PortalError::UnknownModule { coordinates: key });
+            };
+            if !set.contains(&module) {
+                set.push(module);
             }
         }
-        Ok(())
+        Ok(set)
     }
 
-    /// Makes `coordinates` the whole target set of `env`. Unknown or
-    /// malformed coordinates refuse the whole set and change nothing.
+    /// Makes `coordinates` the whole target set of `env`, in one
+    /// transaction. Unknown or malformed coordinates refuse the whole set
+    /// and change nothing.
     pub(crate) fn assign(
         &self,
         env: &str,
@@ -405,22 +526,9 @@ impl Store {
                 "environment UUID is empty".to_string(),
             ));
         }
-        let mut state = self.state.lock().expect("store lock");
-        let mut set: Vec<String> = Vec::new();
-        for c in coordinates {
-            let parsed = parse_coordinates(c)?;
-            let key = format!("{}:{}:{}", parsed.0, parsed.1, parsed.2);
-            if !state.modules.contains_key(&key) {
-                return Err(PortalError::UnknownModule { coordinates: key });
-            }
-            if !set.contains(&key) {
-                set.push(key);
-            }
-        }
-        let modules = set.iter().map(|c| state.modules[c].clone()).collect();
-        state.assignments.insert(env.to_string(), set);
-        state.raw_assignments.remove(env);
-        self.persist(&state)?;
+        let modules = self.check_set(coordinates)?;
+        let set: Vec<String> = modules.iter().map(ModuleObject::coordinates).collect();
+        self.db.write(assignment_stmts(env, &set))?;
         info!(env, modules = coordinates.len(), "assigned target set");
         Ok(modules)
     }
@@ -430,10 +538,13 @@ impl Store {
     /// publish, or `None` when publish did not write it or it has changed
     /// since.
     pub(crate) fn etag(&self, rel: &str, size: u64, modified: SystemTime) -> Option<String> {
-        let state = self.state.lock().expect("store lock");
-        let digest = state.files.get(rel)?;
-        (digest.size == size && Some(digest.modified_ns) == unix_ns(modified))
-            .then(|| format!("\"{}\"", digest.sha256))
+        let rows = self.read(stmt!(
+            "SELECT sha256, size, modified_ns FROM repo_files WHERE path = $1",
+            rel
+        ));
+        let r = rows.first()?;
+        (db::uint(r, 1) == size && Some(db::uint(r, 2)) == unix_ns(modified))
+            .then(|| format!("\"{}\"", db::text(r, 0)))
     }
 
     /// Copies a module's files into the repository layout with `.sha256`
@@ -530,21 +641,20 @@ impl Store {
             platforms,
             launcher_handshakes: req.launcher_handshakes.clone(),
         };
-        let mut state = self.state.lock().expect("store lock");
-        for (path, digest) in changes.written {
-            state.files.insert(self.relative(&path), digest);
-        }
-        for path in changes.removed {
-            state.files.remove(&self.relative(&path));
-        }
-        let replaced = state
-            .modules
-            .insert(module.coordinates(), module.clone())
-            .is_some();
-        state.published.retain(|c| *c != module.coordinates());
-        state.published.push(module.coordinates());
-        self.persist(&state)?;
-        drop(state);
+        let mut stmts: Vec<Stmt> = changes
+            .written
+            .iter()
+            .map(|(path, digest)| digest.upsert(&self.relative(path)))
+            .collect();
+        stmts.extend(changes.removed.iter().map(|path| {
+            stmt!(
+                "DELETE FROM repo_files WHERE path = $1",
+                self.relative(path)
+            )
+        }));
+        let replaced = self.module(&module.coordinates()).is_some();
+        stmts.push(upsert_module(&module));
+        self.db.write(stmts)?;
         if sign {
             self.sign_tuf()?;
         }
@@ -592,32 +702,29 @@ impl Store {
                 changes.removed.push(entry.path());
             }
         }
-        let sources: Vec<(String, String, PathBuf)> = {
-            let state = self.state.lock().expect("store lock");
-            state
-                .published
-                .iter()
-                .rev()
-                .filter_map(|c| state.modules.get(c))
-                .filter(|m| {
-                    m.group_id == req.group_id
-                        && m.artifact_id == req.artifact_id
-                        && m.version != req.version
-                        && m.packaging == packaging
-                })
-                .filter_map(|m| {
-                    let build = m.platforms.as_ref()?.get(triple)?;
-                    let path = self.repo.join(artifact_path(
-                        &m.group_id,
-                        &m.artifact_id,
-                        &m.version,
-                        &format!("-{triple}.{packaging}"),
-                    ));
-                    Some((m.version.clone(), build.sha256.clone(), path))
-                })
-                .take(self.patch_versions)
-                .collect()
-        };
+        let sources: Vec<(String, String, PathBuf)> = self
+            .read(stmt!(
+                "SELECT object FROM modules WHERE group_id = $1 AND artifact_id = $2 \
+                 AND version <> $3 AND packaging = $4 ORDER BY published_seq DESC",
+                &req.group_id,
+                &req.artifact_id,
+                &req.version,
+                packaging,
+            ))
+            .iter()
+            .filter_map(|r| parse_module(&db::text(r, 0)))
+            .filter_map(|m| {
+                let build = m.platforms.as_ref()?.get(triple)?;
+                let path = self.repo.join(artifact_path(
+                    &m.group_id,
+                    &m.artifact_id,
+                    &m.version,
+                    &format!("-{triple}.{packaging}"),
+                ));
+                Some((m.version.clone(), build.sha256.clone(), path))
+            })
+            .take(self.patch_versions)
+            .collect();
         for (version, sha256, source) in sources {
             let Some(bytes) = super::patch::make_files(&source, dest)? else {
                 info!(from = %version, to = %req.version, triple, "patch not smaller than the build: not published");
@@ -674,15 +781,14 @@ impl Store {
 
     /// Every published artifact as a TUF target: Maven path, SHA-256, size.
     pub(crate) fn tuf_targets(&self) -> Vec<(String, String, u64)> {
-        let state = self.state.lock().expect("store lock");
-        state
-            .files
-            .iter()
-            .filter(|(rel, _)| super::tuf::is_target(rel))
-            .map(|(rel, d)| (rel.clone(), d.sha256.clone(), d.size))
-            .collect()
+        self.read(stmt!(
+            "SELECT path, sha256, size FROM repo_files ORDER BY path"
+        ))
+        .iter()
+        .map(|r| (db::text(r, 0), db::text(r, 1), db::uint(r, 2)))
+        .filter(|(rel, _, _)| super::tuf::is_target(rel))
+        .collect()
     }
-
     /// `path` under the repository root as a `/`-separated relative path,
     /// the form of a request path after `/repo/`.
     fn relative(&self, path: &Path) -> String {
@@ -923,6 +1029,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn test_db(dir: &Path) -> Arc<Db> {
+        Arc::new(Db::open(&db::sqlite_url(&dir.join("portal.db"))).unwrap())
+    }
+
     #[test]
     fn formats_upload_time_as_iso_local_date_time_in_utc() {
         let t = UNIX_EPOCH + Duration::from_secs(1_772_360_130);
@@ -947,7 +1057,7 @@ mod tests {
     fn publishes_a_native_module_per_platform_with_classified_names_and_digests() {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
-        let store = Store::open(dir.path().join("state.json"), repo.clone()).unwrap();
+        let store = Store::open(test_db(dir.path()), repo.clone()).unwrap();
         let x86 = dir.path().join("x86.so");
         let arm = dir.path().join("arm.so");
         fs::write(&x86, b"x86 build").unwrap();
@@ -1024,7 +1134,7 @@ mod tests {
         const ARM: &str = "aarch64-unknown-linux-gnu";
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
-        let store = Store::open(dir.path().join("state.json"), repo.clone())
+        let store = Store::open(test_db(dir.path()), repo.clone())
             .unwrap()
             .with_patch_versions(2);
         let publish = |version: u8, triples: &[&str]| {

@@ -447,3 +447,52 @@ async fn an_environment_shows_when_each_status_came_its_download_and_its_sets_di
     );
     portal.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failed_view_lists_the_environments_whose_last_verdict_failed_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(dir.path()).await;
+    let http = client();
+    let session = cookie(&login(&http, &portal, TOKEN).await);
+    // env-ok installed; env-old failed, then env-new; env-back failed and
+    // then installed, so its last verdict is no failure.
+    let verdicts = [
+        ("env-ok", "installed"),
+        ("env-old", "download_error"),
+        ("env-back", "installation_cancelled"),
+        ("env-new", "installation_cancelled"),
+        ("env-back", "installed"),
+    ];
+    let mut links = Vec::new();
+    for (env, status) in verdicts {
+        let (mut ws, _) = tokio_tungstenite::connect_async(portal.ws_url(env, "h"))
+            .await
+            .unwrap();
+        ws.send(status_frame(env, Value::Null, status, Some("why")))
+            .await
+            .unwrap();
+        let n = portal.environment(env).map_or(0, |e| e.statuses.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while portal.environment(env).map_or(0, |e| e.statuses.len()) == n {
+            assert!(std::time::Instant::now() < deadline, "{env}: {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Statuses a millisecond apart at least, so the order is theirs.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        links.push(ws);
+    }
+    let failed = page_with(&http, &portal, &session, "?status=failed", &["env-new"]).await;
+    let rows: Vec<&str> = failed
+        .split("<tr data-env=\"")
+        .skip(1)
+        .filter_map(|r| r.split('"').next())
+        .collect();
+    assert_eq!(rows, ["env-new", "env-old"], "{failed}");
+    assert!(
+        failed.contains("view=envs-failed"),
+        "its live region is the failed view"
+    );
+    let all = page_with(&http, &portal, &session, "", &["env-ok"]).await;
+    assert_eq!(all.matches("<tr data-env=\"").count(), 4);
+    portal.shutdown().await;
+}

@@ -107,10 +107,34 @@ async fn only_a_registered_environment_with_its_secret_is_upgraded_and_refusals_
     assert_eq!(answer["type"], "GET_ENV_MOD_RES");
     assert_eq!(portal.environment(env).unwrap().module_requests, 1);
 
-    // The secret is stored as its hash only.
-    let stored = std::fs::read_to_string(dir.path().join("environments.json")).unwrap();
-    assert!(!stored.contains(&reg.environment_secret));
+    // The secret is stored as its hash only, in no file of the data
+    // folder; the database is the owner's only.
     portal.shutdown().await;
+    let mut hash_seen = false;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(
+                !bytes.contains(&reg.environment_secret),
+                "{}",
+                path.display()
+            );
+            hash_seen |= bytes.contains(&hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                &reg.environment_secret,
+            )));
+        }
+    }
+    assert!(hash_seen, "the secret's hash is kept");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("portal.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

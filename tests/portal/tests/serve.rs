@@ -112,7 +112,12 @@ fn environments_add_prints_the_secret_once_and_revoke_and_rotate_manage_it() {
     };
     let (uuid, secret) = (value("environmentUuid"), value("environmentSecret"));
     assert_eq!(uuid.len(), 36);
-    let stored = std::fs::read_to_string(dir.path().join("environments.json")).unwrap();
+    // The database (its file and its log) keeps the UUID, not the secret.
+    let stored: String = ["portal.db", "portal.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::read(dir.path().join(f)).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect();
     assert!(stored.contains(&uuid) && !stored.contains(&secret));
 
     let rotate = portal_cmd(dir.path(), &["environments", "rotate-secret", &uuid]);

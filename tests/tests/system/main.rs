@@ -32,6 +32,8 @@ mod native;
 mod outbox;
 mod plugins;
 mod portal;
+mod portal_store;
+mod portals;
 mod preflight;
 mod probation;
 mod quarantine;

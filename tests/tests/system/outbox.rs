@@ -103,8 +103,8 @@ fn installed_reported_while_the_portal_is_down_reaches_it_once_after_a_sigkill_a
     b.kill()?;
     ensure!(outbox(&b.path()) == waiting, "the status is still on disk");
 
-    // The portal comes up (statuses do not survive its restart, so it
-    // starts empty), then the box: `installed` arrives, once.
+    // The portal comes up with its status history, then the box:
+    // `installed` arrives, once.
     let portal = PortalProcess::start(&data, Some(addr), &[])?;
     ensure!(portal.addr() == addr, "the same port");
     b.spawn()?;
@@ -120,11 +120,14 @@ fn installed_reported_while_the_portal_is_down_reaches_it_once_after_a_sigkill_a
         .iter()
         .map(|s| (s.status.clone(), s.seq))
         .collect();
+    let kept: Vec<Value> = earlier.iter().map(|s| json!(s.status)).collect();
     ensure!(
-        statuses == [(json!("installed"), Some(*seq))],
-        "installed once, under its number, and nothing the first portal had: {statuses:?}"
+        statuses.len() == kept.len() + 1
+            && statuses[..kept.len()].iter().map(|s| &s.0).eq(kept.iter())
+            && statuses[kept.len()] == (json!("installed"), Some(*seq)),
+        "the first portal's statuses kept, then installed once, under its number: {statuses:?}"
     );
-    ensure!(report.statuses[0].module.is_null());
+    ensure!(report.statuses[kept.len()].module.is_null());
     ensure!(report.duplicate_statuses == 0, "nothing was sent twice");
     ensure!(portal.stats_report()?.duplicate_statuses == 0);
     ensure!(b.is_running() && b.exits() == [EXIT_RESTART]);

@@ -1,0 +1,303 @@
+//! The status history: every `EVT_ENV_MOD_UPD_STS` a box sent, progress
+//! included, one row each in the database's `statuses` table, and one
+//! `env_status` row per environment with its last status, its last
+//! verdict and its counts (what the environments page sorts and filters
+//! on without reading the history).
+//!
+//! A durable status (one with `seq`) is recorded once per environment,
+//! outbox and `seq`: a unique index says so, so a repeat is refused by the
+//! database itself, across restarts and across portals. The history is
+//! kept for the retention ([`Retention`], `serve --status-retention`);
+//! older statuses are deleted by [`purge`] (the `env_status` row stays).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use sqlx::any::AnyRow;
+
+use super::{
+    db::{self, stmt, Db, Stmt},
+    PortalError, StatusRecord, MAX_STATUSES_PER_ENV,
+};
+
+/// How long statuses are kept when `serve` is not told
+/// (`--status-retention`): a month of a fleet's history.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How often the portal deletes statuses past the retention.
+pub const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The statuses that end a box's installation, as the rollouts and the
+/// environments page count them.
+pub const VERDICTS: &[&str] = &["installed", "installation_cancelled", "download_error"];
+
+/// The verdicts that are failures: the environments page's "failed".
+pub const FAILURES: &[&str] = &["installation_cancelled", "download_error"];
+
+/// `last_verdict IN ('installation_cancelled', 'download_error')`.
+const FAILED: &str = "last_verdict IN ('installation_cancelled', 'download_error')";
+
+/// How long the history keeps a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention(pub Duration);
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention(DEFAULT_RETENTION)
+    }
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    /// `30d`, `12h`, `90m`, `3600s`.
+    fn from_str(s: &str) -> Result<Retention, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u64 = n
+            .parse()
+            .map_err(|_| format!("retention {s:?}: a number and d, h, m or s (30d)"))?;
+        let secs = match unit {
+            "d" => n.saturating_mul(24 * 3600),
+            "h" => n.saturating_mul(3600),
+            "m" => n.saturating_mul(60),
+            "s" => n,
+            _ => return Err(format!("retention {s:?}: a number and d, h, m or s (30d)")),
+        };
+        if secs == 0 {
+            return Err("a retention of zero would keep no status".into());
+        }
+        Ok(Retention(Duration::from_secs(secs)))
+    }
+}
+
+/// The statuses of the environment, oldest first, and its counts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EnvHistory {
+    /// The newest [`MAX_STATUSES_PER_ENV`] statuses, oldest first.
+    pub(crate) statuses: Vec<StatusRecord>,
+    /// Statuses recorded and not shown: past the bound, or deleted by the
+    /// retention.
+    pub(crate) dropped: u64,
+    /// Durable statuses refused as duplicates.
+    pub(crate) duplicates: u64,
+}
+
+/// Whether the durable status `(outbox, seq)` of `env` is recorded.
+pub(crate) fn is_recorded(db: &Db, env: &str, outbox: &str, seq: u64) -> Result<bool, PortalError> {
+    Ok(!db
+        .rows(stmt!(
+            "SELECT 1 FROM statuses WHERE env = $1 AND outbox_id = $2 AND seq = $3",
+            env,
+            outbox,
+            seq,
+        ))?
+        .is_empty())
+}
+
+/// Records `record` for `env`: a [`Stmt::guard`]ed insert (a durable
+/// status recorded already changes nothing) and the environment's summary.
+pub(crate) fn record_stmts(env: &str, record: &StatusRecord) -> Vec<Stmt> {
+    let status = record.status.as_str().unwrap_or_default().to_owned();
+    let verdict = VERDICTS.contains(&status.as_str()).then(|| status.clone());
+    let received = record.received_ms.unwrap_or_default();
+    let outbox = record
+        .seq
+        .map(|_| record.outbox_id.clone().unwrap_or_default());
+    let json = serde_json::to_string(record).expect("status record to JSON");
+    vec![
+        stmt!(
+            "INSERT INTO statuses (env, received_ms, status, outbox_id, seq, record) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            env,
+            received,
+            &status,
+            outbox,
+            record.seq,
+            json,
+        )
+        .guard(),
+        stmt!(
+            "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
+             VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (env) DO UPDATE SET \
+             last_status = excluded.last_status, last_ms = excluded.last_ms, \
+             last_verdict = COALESCE(excluded.last_verdict, env_status.last_verdict), \
+             statuses = env_status.statuses + 1",
+            env,
+            status,
+            received,
+            verdict,
+        ),
+    ]
+}
+
+/// Counts a durable status of `env` refused as a duplicate.
+pub(crate) fn duplicate_stmt(env: &str, now_ms: u64) -> Stmt {
+    stmt!(
+        "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
+         VALUES ($1, '', $2, NULL, 0, 1) ON CONFLICT (env) DO UPDATE SET \
+         duplicates = env_status.duplicates + 1",
+        env,
+        now_ms,
+    )
+}
+
+fn parse(row: &AnyRow, i: usize) -> Option<StatusRecord> {
+    serde_json::from_str(&db::text(row, i)).ok()
+}
+
+/// The history of `env`.
+pub(crate) fn of(db: &Db, env: &str) -> Result<EnvHistory, PortalError> {
+    let mut statuses: Vec<StatusRecord> = db
+        .rows(stmt!(
+            "SELECT record FROM statuses WHERE env = $1 ORDER BY id DESC LIMIT $2",
+            env,
+            MAX_STATUSES_PER_ENV,
+        ))?
+        .iter()
+        .filter_map(|r| parse(r, 0))
+        .collect();
+    statuses.reverse();
+    let summary = db.rows(stmt!(
+        "SELECT statuses, duplicates FROM env_status WHERE env = $1",
+        env
+    ))?;
+    let (total, duplicates) = summary
+        .first()
+        .map_or((0, 0), |r| (db::uint(r, 0), db::uint(r, 1)));
+    Ok(EnvHistory {
+        dropped: total.saturating_sub(statuses.len() as u64),
+        statuses,
+        duplicates,
+    })
+}
+
+/// The history of every environment that reported.
+pub(crate) fn all(db: &Db) -> Result<BTreeMap<String, EnvHistory>, PortalError> {
+    let mut out: BTreeMap<String, EnvHistory> = BTreeMap::new();
+    for r in db.rows(stmt!("SELECT env, record FROM statuses ORDER BY id"))? {
+        if let Some(s) = parse(&r, 1) {
+            out.entry(db::text(&r, 0)).or_default().statuses.push(s);
+        }
+    }
+    for h in out.values_mut() {
+        let over = h.statuses.len().saturating_sub(MAX_STATUSES_PER_ENV);
+        h.statuses.drain(..over);
+    }
+    for r in db.rows(stmt!("SELECT env, statuses, duplicates FROM env_status"))? {
+        let h = out.entry(db::text(&r, 0)).or_default();
+        h.dropped = db::uint(&r, 1).saturating_sub(h.statuses.len() as u64);
+        h.duplicates = db::uint(&r, 2);
+    }
+    Ok(out)
+}
+
+/// One row of the environments page: an environment and its last status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastStatus {
+    /// The environment UUID.
+    pub env: String,
+    /// Its last status.
+    pub status: String,
+    /// When it arrived, ms since the epoch.
+    pub received_ms: u64,
+    /// Its last verdict, if any.
+    pub verdict: Option<String>,
+}
+
+/// The environments whose last verdict is `verdict` (every one that
+/// reported when `None`), newest status first, at most `limit`: one
+/// indexed query, whatever the fleet's history.
+pub fn last_statuses(
+    db: &Db,
+    verdict: Option<&str>,
+    limit: usize,
+) -> Result<Vec<LastStatus>, PortalError> {
+    let rows = match verdict {
+        Some(v) => db.rows(stmt!(
+            "SELECT env, last_status, last_ms, last_verdict FROM env_status \
+             WHERE last_verdict = $1 ORDER BY last_ms DESC LIMIT $2",
+            v,
+            limit,
+        ))?,
+        None => db.rows(stmt!(
+            "SELECT env, last_status, last_ms, last_verdict FROM env_status \
+             ORDER BY last_ms DESC LIMIT $1",
+            limit,
+        ))?,
+    };
+    Ok(rows
+        .iter()
+        .map(|r| LastStatus {
+            env: db::text(r, 0),
+            status: db::text(r, 1),
+            received_ms: db::uint(r, 2),
+            verdict: db::opt_text(r, 3),
+        })
+        .collect())
+}
+
+/// The environments whose last verdict is a failure ([`FAILURES`]),
+/// newest status first, at most `limit`.
+pub fn failed(db: &Db, limit: usize) -> Result<Vec<LastStatus>, PortalError> {
+    let rows = db.rows(stmt!(
+        format!(
+            "SELECT env, last_status, last_ms, last_verdict FROM env_status \
+             WHERE {FAILED} ORDER BY last_ms DESC LIMIT $1"
+        ),
+        limit,
+    ))?;
+    Ok(rows
+        .iter()
+        .map(|r| LastStatus {
+            env: db::text(r, 0),
+            status: db::text(r, 1),
+            received_ms: db::uint(r, 2),
+            verdict: db::opt_text(r, 3),
+        })
+        .collect())
+}
+
+/// The history of the environments whose last verdict is a failure.
+pub(crate) fn of_failed(db: &Db) -> Result<BTreeMap<String, EnvHistory>, PortalError> {
+    let mut out: BTreeMap<String, EnvHistory> = BTreeMap::new();
+    for r in db.rows(stmt!(format!(
+        "SELECT s.env, s.record FROM statuses s JOIN env_status e ON e.env = s.env \
+         WHERE e.{FAILED} ORDER BY s.id"
+    )))? {
+        if let Some(s) = parse(&r, 1) {
+            out.entry(db::text(&r, 0)).or_default().statuses.push(s);
+        }
+    }
+    for h in out.values_mut() {
+        let over = h.statuses.len().saturating_sub(MAX_STATUSES_PER_ENV);
+        h.statuses.drain(..over);
+    }
+    for r in db.rows(stmt!(format!(
+        "SELECT env, statuses, duplicates FROM env_status WHERE {FAILED}"
+    )))? {
+        let h = out.entry(db::text(&r, 0)).or_default();
+        h.dropped = db::uint(&r, 1).saturating_sub(h.statuses.len() as u64);
+        h.duplicates = db::uint(&r, 2);
+    }
+    Ok(out)
+}
+
+/// Deletes the statuses received before `now_ms - retention`; how many.
+pub(crate) fn purge(db: &Db, retention: Retention, now_ms: u64) -> Result<u64, PortalError> {
+    let cutoff = now_ms.saturating_sub(u64::try_from(retention.0.as_millis()).unwrap_or(u64::MAX));
+    let before = count(db)?;
+    db.write(vec![stmt!(
+        "DELETE FROM statuses WHERE received_ms < $1",
+        cutoff
+    )])?;
+    Ok(before.saturating_sub(count(db)?))
+}
+
+/// Statuses in the history.
+pub(crate) fn count(db: &Db) -> Result<u64, PortalError> {
+    Ok(db
+        .rows(stmt!("SELECT COUNT(*) FROM statuses"))?
+        .first()
+        .map_or(0, |r| db::uint(r, 0)))
+}
