@@ -34,7 +34,7 @@ pub const VERDICTS: &[&str] = &["installed", "installation_cancelled", "download
 pub const FAILURES: &[&str] = &["installation_cancelled", "download_error"];
 
 /// `last_verdict IN ('installation_cancelled', 'download_error')`.
-const FAILED: &str = "last_verdict IN ('installation_cancelled', 'download_error')";
+pub(crate) const FAILED: &str = "last_verdict IN ('installation_cancelled', 'download_error')";
 
 /// How long the history keeps a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -321,8 +321,9 @@ impl App {
             tracing::error!(%error, "cannot read the status history");
             Default::default()
         });
+        // Raw sets are a test's tool: the failed view shows checked ones.
         self.envs.reports(
-            &self.store.assignments(),
+            &self.store.failed_assignments(),
             &self.registry.list(),
             &mut history,
             Some(&names),

@@ -66,6 +66,12 @@ pub const OUTBOUND_QUEUE: usize = 64;
 /// ([`super::history`]).
 pub const MAX_STATUSES_PER_ENV: usize = 10_000;
 
+/// Bytes read from a box's socket at a time. The WebSocket layer's default
+/// (128 KiB to read, 128 KiB to gather writes) costs a 10 000-box fleet
+/// over a GiB; a box's frames are small, a larger one still arrives whole
+/// (it is gathered beyond this), and each frame is written at once.
+pub const CONNECTION_BUFFER: usize = 4 * 1024;
+
 /// Environments that have state at once under open registration, where any
 /// UUID is let in; a new UUID past it is refused (503). With registration
 /// only registered environments have state, so the registry bounds it.
@@ -358,6 +364,8 @@ pub(crate) async fn upgrade(
     let guard = app.task_guard();
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(CONNECTION_BUFFER)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
             connection(socket, env, hash, app).await;
             drop(guard);

@@ -423,6 +423,22 @@ impl Store {
         all
     }
 
+    /// [`Store::assignments`] of the environments whose last verdict is a
+    /// failure ([`super::history::FAILURES`]) only.
+    pub(crate) fn failed_assignments(&self) -> BTreeMap<String, Vec<String>> {
+        let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in self.read(stmt!(format!(
+            "SELECT a.env, a.coordinates FROM assignments a JOIN env_status e ON e.env = a.env \
+             WHERE e.{} ORDER BY a.env, a.position",
+            super::history::FAILED
+        ))) {
+            all.entry(db::text(&r, 0))
+                .or_default()
+                .push(db::text(&r, 1));
+        }
+        all
+    }
+
     /// The coordinates assigned to `env` (raw labels for a raw set).
     pub(crate) fn assigned(&self, env: &str) -> Vec<String> {
         if let Some(r) = self

@@ -468,10 +468,10 @@ async fn the_failed_view_lists_the_environments_whose_last_verdict_failed_newest
         let (mut ws, _) = tokio_tungstenite::connect_async(portal.ws_url(env, "h"))
             .await
             .unwrap();
+        let n = portal.environment(env).map_or(0, |e| e.statuses.len());
         ws.send(status_frame(env, Value::Null, status, Some("why")))
             .await
             .unwrap();
-        let n = portal.environment(env).map_or(0, |e| e.statuses.len());
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while portal.environment(env).map_or(0, |e| e.statuses.len()) == n {
             assert!(std::time::Instant::now() < deadline, "{env}: {status}");

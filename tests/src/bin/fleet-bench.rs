@@ -239,8 +239,12 @@ fn time_page(addr: std::net::SocketAddr, session: &str, path: &str) -> Result<(D
 }
 
 /// Builds `banalytics-portal` beside this binary, with its profile (the
-/// rollout needs no box binary), and points the harness at it.
+/// rollout needs no box binary), and points the harness at it; a
+/// `BANALYTICS_PORTAL_BIN` given is used as it is.
 fn ensure_portal() -> Result<()> {
+    if std::env::var_os("BANALYTICS_PORTAL_BIN").is_some() {
+        return Ok(());
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     let mut build = cargo_command();
