@@ -383,6 +383,16 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
         // A rotation the box has not confirmed yet: its new secret.
         let _ = tx.try_send(frame);
     }
+    if app.rollouts.awaits_verdict(&env) {
+        // A rollout assigned the box a set while it was away: the
+        // `EVT_SYNC_SOFT` sent then reached no connection, and a box does
+        // not synchronise on a reconnection by itself.
+        info!(
+            connection = id,
+            "the box's rollout waits for it: EVT_SYNC_SOFT"
+        );
+        let _ = tx.try_send(json!({"type": "EVT_SYNC_SOFT"}).to_string());
+    }
     drop(tx);
     let mut shutdown = app.shutdown.clone();
     loop {

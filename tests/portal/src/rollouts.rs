@@ -213,6 +213,15 @@ impl Rollouts {
         state.iter().rev().cloned().collect()
     }
 
+    /// Whether `env` waits in a live rollout for its verdict on the set
+    /// the rollout assigned it.
+    pub(crate) fn awaits_verdict(&self, env: &str) -> bool {
+        let state = self.state.lock().expect("rollouts lock");
+        state
+            .iter()
+            .any(|r| !r.is_over() && matches!(r.box_state(env), Some(BoxState::Assigned { .. })))
+    }
+
     /// One rollout.
     pub(crate) fn get(&self, id: u64) -> Option<Rollout> {
         let state = self.state.lock().expect("rollouts lock");

@@ -255,3 +255,48 @@ async fn a_rollout_over_an_environment_of_a_live_rollout_is_refused_until_it_is_
     assert_eq!(portal.rollouts().len(), 3);
     portal.shutdown().await;
 }
+
+/// A box away when its wave was assigned (the `EVT_SYNC_SOFT` of the
+/// assignment reached no connection) is told to synchronise when it
+/// connects again, so the rollout does not wait for it until its report
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_box_away_when_its_wave_was_assigned_is_told_to_synchronise_when_it_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(&dir.path().join("portal")).await;
+    publish(&portal, dir.path());
+    let envs: Vec<String> = (0..2).map(|i| format!("env-{i}")).collect();
+    let mut b0 = connect(&portal, "env-0").await;
+    let mut r = spec(&envs);
+    r.waves = vec![
+        banalytics_portal::rollout::WaveSize::Boxes(1),
+        banalytics_portal::rollout::WaveSize::Rest,
+    ];
+    portal.start_rollout(r).unwrap();
+    synced(&mut b0).await;
+    // env-1 is away: the second wave's sync reaches nobody.
+    report(&mut b0, "env-0", "installed", None).await;
+    eventually("the second wave assigned", || {
+        (portal.environment("env-1")?.assigned == ["com.example:cam:2.0"]).then_some(())
+    })
+    .await;
+    let mut b1 = connect(&portal, "env-1").await;
+    synced(&mut b1).await;
+    report(&mut b1, "env-1", "installed", None).await;
+    let r = eventually("the rollout to finish", || {
+        portal
+            .rollouts()
+            .into_iter()
+            .find(|r| r.state == RolloutState::Finished)
+    })
+    .await;
+    assert_eq!((r.installed(), r.failed()), (2, 0));
+    // Once its verdict is in, a box that connects is not told anything.
+    let mut again = connect(&portal, "env-1").await;
+    let quiet = tokio::time::timeout(Duration::from_millis(500), again.next()).await;
+    assert!(
+        quiet.is_err(),
+        "a box whose verdict is in is not told: {quiet:?}"
+    );
+    portal.shutdown().await;
+}
