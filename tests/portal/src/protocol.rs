@@ -383,7 +383,7 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
         // A rotation the box has not confirmed yet: its new secret.
         let _ = tx.try_send(frame);
     }
-    if app.rollouts.awaits_verdict(&env) {
+    if app.rollouts.take_unsynced(&env) {
         // A rollout assigned the box a set while it was away: the
         // `EVT_SYNC_SOFT` sent then reached no connection, and a box does
         // not synchronise on a reconnection by itself.

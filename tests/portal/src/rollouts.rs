@@ -47,6 +47,9 @@ pub(crate) struct Rollouts {
     /// The last `statuses.id` fed to the driven rollouts from the table
     /// (statuses other processes recorded; PostgreSQL only).
     fed_up_to: Mutex<u64>,
+    /// The boxes a rollout assigned a set while they had no connection
+    /// here: told to synchronise when they connect.
+    unsynced: Mutex<HashSet<String>>,
 }
 
 /// Milliseconds since the epoch.
@@ -204,6 +207,7 @@ impl Rollouts {
             state: Mutex::new(state),
             driven: Mutex::new(HashSet::new()),
             fed_up_to: Mutex::new(0),
+            unsynced: Mutex::new(HashSet::new()),
         })
     }
 
@@ -213,9 +217,13 @@ impl Rollouts {
         state.iter().rev().cloned().collect()
     }
 
-    /// Whether `env` waits in a live rollout for its verdict on the set
-    /// the rollout assigned it.
-    pub(crate) fn awaits_verdict(&self, env: &str) -> bool {
+    /// Whether `env` is told to synchronise when it connects: a rollout
+    /// assigned it a set while it had no connection here (the sync reached
+    /// nobody), and still waits for its verdict. Once only.
+    pub(crate) fn take_unsynced(&self, env: &str) -> bool {
+        if !self.unsynced.lock().expect("unsynced lock").remove(env) {
+            return false;
+        }
         let state = self.state.lock().expect("rollouts lock");
         state
             .iter()
@@ -443,6 +451,13 @@ impl App {
             let Action::AssignTarget(env) = action;
             let delivered = self.sync(&env);
             info!(env, delivered, "rollout assigned the target set");
+            if delivered == 0 {
+                self.rollouts
+                    .unsynced
+                    .lock()
+                    .expect("unsynced lock")
+                    .insert(env);
+            }
         }
     }
 }

@@ -274,6 +274,15 @@ async fn a_box_away_when_its_wave_was_assigned_is_told_to_synchronise_when_it_co
     ];
     portal.start_rollout(r).unwrap();
     synced(&mut b0).await;
+    // A box told already is not told again when it connects anew (as it
+    // does after the restart that applies the set).
+    drop(b0);
+    let mut b0 = connect(&portal, "env-0").await;
+    let quiet = tokio::time::timeout(Duration::from_millis(500), b0.next()).await;
+    assert!(
+        quiet.is_err(),
+        "a box told already is not told again: {quiet:?}"
+    );
     // env-1 is away: the second wave's sync reaches nobody.
     report(&mut b0, "env-0", "installed", None).await;
     eventually("the second wave assigned", || {
