@@ -12,13 +12,12 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
 use tracing::info;
 
 use super::{
     events::{Events, FleetEvent},
     leases::Leases,
-    App,
+    protocol, App,
 };
 
 /// The bus and the leases of a portal on the database at `database`:
@@ -63,9 +62,7 @@ pub(crate) async fn follow(app: Arc<App>) {
         };
         match event {
             FleetEvent::SyncRequested { env } => {
-                let delivered = app
-                    .envs
-                    .send(&env, &json!({"type": "EVT_SYNC_SOFT"}).to_string());
+                let delivered = app.envs.send(&env, &protocol::sync_frame());
                 if delivered > 0 {
                     info!(
                         env,

@@ -205,6 +205,18 @@ pub struct LastStatus {
     pub verdict: Option<String>,
 }
 
+impl LastStatus {
+    /// `env, last_status, last_ms, last_verdict` of `env_status`.
+    fn of_row(r: &AnyRow) -> Self {
+        LastStatus {
+            env: db::text(r, 0),
+            status: db::text(r, 1),
+            received_ms: db::uint(r, 2),
+            verdict: db::opt_text(r, 3),
+        }
+    }
+}
+
 /// The environments whose last verdict is `verdict` (every one that
 /// reported when `None`), newest status first, at most `limit`: one
 /// indexed query, whatever the fleet's history.
@@ -226,15 +238,7 @@ pub fn last_statuses(
             limit,
         ))?,
     };
-    Ok(rows
-        .iter()
-        .map(|r| LastStatus {
-            env: db::text(r, 0),
-            status: db::text(r, 1),
-            received_ms: db::uint(r, 2),
-            verdict: db::opt_text(r, 3),
-        })
-        .collect())
+    Ok(rows.iter().map(LastStatus::of_row).collect())
 }
 
 /// The environments whose last verdict is a failure ([`FAILURES`]),
@@ -247,15 +251,7 @@ pub fn failed(db: &Db, limit: usize) -> Result<Vec<LastStatus>, PortalError> {
         ),
         limit,
     ))?;
-    Ok(rows
-        .iter()
-        .map(|r| LastStatus {
-            env: db::text(r, 0),
-            status: db::text(r, 1),
-            received_ms: db::uint(r, 2),
-            verdict: db::opt_text(r, 3),
-        })
-        .collect())
+    Ok(rows.iter().map(LastStatus::of_row).collect())
 }
 
 /// The history of the environments whose last verdict is a failure.

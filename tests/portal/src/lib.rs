@@ -85,7 +85,6 @@ use std::{
 };
 
 use axum::{routing::get, Router};
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
@@ -267,9 +266,7 @@ impl App {
     }
 
     fn sync(&self, env: &str) -> usize {
-        let n = self
-            .envs
-            .send(env, &json!({"type": "EVT_SYNC_SOFT"}).to_string());
+        let n = self.envs.send(env, &protocol::sync_frame());
         info!(env, delivered = n, "sent EVT_SYNC_SOFT");
         self.publish(events::FleetEvent::SyncRequested {
             env: env.to_owned(),

@@ -172,6 +172,11 @@ struct EnvState {
     last_core_build: Option<Value>,
 }
 
+/// `EVT_SYNC_SOFT`: synchronise now.
+pub(crate) fn sync_frame() -> String {
+    json!({"type": "EVT_SYNC_SOFT"}).to_string()
+}
+
 /// Live connections and what each environment reported.
 #[derive(Default)]
 pub(crate) struct Environments {
@@ -391,7 +396,7 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
             connection = id,
             "the box's rollout waits for it: EVT_SYNC_SOFT"
         );
-        let _ = tx.try_send(json!({"type": "EVT_SYNC_SOFT"}).to_string());
+        let _ = tx.try_send(sync_frame());
     }
     drop(tx);
     let mut shutdown = app.shutdown.clone();
