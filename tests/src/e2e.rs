@@ -417,6 +417,17 @@ pub fn portal_bin() -> Result<PathBuf> {
         Some(up) if beside.ends_with("deps") => up,
         _ => beside,
     };
+    build_portal(dir).with_context(|| {
+        format!(
+            "banalytics-portal not found near {}: build it (`cargo build -p banalytics-portal`) or set BANALYTICS_PORTAL_BIN",
+            exe.display()
+        )
+    })
+}
+
+/// Builds `banalytics-portal` into `dir`, a profile's folder of the target
+/// directory (`--release` when it is `release`); the binary's path.
+pub fn build_portal(dir: &Path) -> Result<PathBuf> {
     let mut build = cargo_command();
     build.args([
         "build",
@@ -431,10 +442,7 @@ pub fn portal_bin() -> Result<PathBuf> {
     let status = build.status().context("building banalytics-portal")?;
     let bin = dir.join("banalytics-portal");
     if !status.success() || !bin.is_file() {
-        bail!(
-            "banalytics-portal not found near {}: build it (`cargo build -p banalytics-portal`) or set BANALYTICS_PORTAL_BIN",
-            exe.display()
-        );
+        bail!("cargo built no banalytics-portal in {}", dir.display());
     }
     Ok(bin)
 }

@@ -36,8 +36,8 @@ use anyhow::{bail, Context, Result};
 use banalytics_tests::{
     box_bin,
     e2e::{
-        cargo_command, ensure_binaries, env_uuid, peak_rss_kib, register_box, rss_kib,
-        served_files, ModuleSpec, PortalApi, PortalProcess, HARNESS_ADMIN_TOKEN,
+        build_portal, ensure_binaries, env_uuid, peak_rss_kib, register_box, rss_kib, served_files,
+        ModuleSpec, PortalApi, PortalProcess, HARNESS_ADMIN_TOKEN,
     },
     fleet::Fleet,
     portal::{
@@ -246,22 +246,8 @@ fn ensure_portal() -> Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?.to_path_buf();
-    let mut build = cargo_command();
-    build.args([
-        "build",
-        "-p",
-        "banalytics-portal",
-        "--bin",
-        "banalytics-portal",
-    ]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    if !build.status()?.success() {
-        bail!("could not build banalytics-portal");
-    }
-    std::env::set_var("BANALYTICS_PORTAL_BIN", dir.join("banalytics-portal"));
+    let bin = build_portal(exe.parent().context("exe dir")?)?;
+    std::env::set_var("BANALYTICS_PORTAL_BIN", bin);
     Ok(())
 }
 
