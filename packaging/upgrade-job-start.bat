@@ -4,18 +4,22 @@ rem Windows default; restart_command = "upgrade-job-start.bat"). It lives
 rem beside banalytics-box.exe. The box starts it in its home, outside its
 rem Job object (CREATE_BREAKAWAY_FROM_JOB), and exits with status 75. The
 rem job waits until that box is gone, applies the staged module set with no
-rem box running, and starts the box again: as the service BanalyticsBox
-rem when it is installed (banalytics-box service install), otherwise the
-rem executable itself. `banalytics-box apply` is journaled: if this job is
+rem box running, and starts the box again the way it was started: as the
+rem service named by BANALYTICS_SERVICE, which `banalytics-box service run`
+rem sets for the processes it starts (banalytics-box service install
+rem registers BanalyticsBox), otherwise the executable itself. Run by hand
+rem for a box that runs as the service: set BANALYTICS_SERVICE=BanalyticsBox
+rem first. `banalytics-box apply` is journaled: if this job is
 rem cut anywhere, the next `apply` or `run` finishes the swap, and `run`
 rem applies a staged set by itself at start.
 setlocal
-set SERVICE=BanalyticsBox
 if "%BANALYTICS_HOME%"=="" set BANALYTICS_HOME=%CD%
 set BOX="%~dp0banalytics-box.exe"
 if not exist "%BANALYTICS_HOME%\state" mkdir "%BANALYTICS_HOME%\state"
 set LOG="%BANALYTICS_HOME%\state\upgrade-job.log"
 
+if "%BANALYTICS_SERVICE%"=="" goto process
+set SERVICE=%BANALYTICS_SERVICE%
 sc query %SERVICE% >nul 2>&1
 if errorlevel 1 goto process
 

@@ -40,6 +40,14 @@ use std::{ffi::OsString, path::Path, time::Duration};
 /// `upgrade-job-start.bat`).
 pub const SERVICE_NAME: &str = "BanalyticsBox";
 
+/// The variable `service run` sets in its environment, naming the
+/// service: the processes it starts (the launcher's core, the upgrade job)
+/// inherit it, and `upgrade-job-start.bat` restarts the box as this
+/// service only when the box it replaces was started by it (a box run from
+/// a console on a machine where the service is installed for another home
+/// is started again as a process, and the service is left alone).
+pub const SERVICE_ENV: &str = "BANALYTICS_SERVICE";
+
 /// The name the Services console shows.
 pub const DISPLAY_NAME: &str = "Banalytics box";
 
@@ -160,7 +168,9 @@ mod scm {
         service_manager::{ServiceManager, ServiceManagerAccess},
     };
 
-    use super::{launch_arguments, recovery, Reply, DISPLAY_NAME, SERVICE_NAME, STOP_WAIT_HINT};
+    use super::{
+        launch_arguments, recovery, Reply, DISPLAY_NAME, SERVICE_ENV, SERVICE_NAME, STOP_WAIT_HINT,
+    };
     use crate::{Error, Home, EXIT_FAILURE, EXIT_OK};
 
     fn scm_error(what: &str, e: windows_service::Error) -> Error {
@@ -331,6 +341,9 @@ mod scm {
     /// returns when the service stopped; the exit status of `run`.
     pub fn run(home: &Home) -> Result<u8, Error> {
         let _ = HOME.set(home.clone());
+        // Before any thread of ours starts (Windows' environment functions
+        // are locked anyway).
+        std::env::set_var(SERVICE_ENV, SERVICE_NAME);
         service_dispatcher::start(SERVICE_NAME, ffi_service_main).map_err(|e| {
             scm_error(
                 "cannot connect to the service control manager (`service run` is started by it; use `run` from a console)",
