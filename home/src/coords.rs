@@ -408,15 +408,6 @@ pub fn validate_packaging(value: &str) -> Result<(), CoordsError> {
     }
 }
 
-/// Parses a hex SHA-256 digest (64 hex digits, either case) of the module
-/// object's field `field`.
-pub fn parse_sha256(field: &'static str, value: &str) -> Result<Sha256, CoordsError> {
-    Sha256::parse(value).map_err(|_| CoordsError::InvalidSha256 {
-        field,
-        value: value.to_owned(),
-    })
-}
-
 /// Integrity data of an optional package (`dependencies` or `model`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackageInfo {
@@ -474,7 +465,7 @@ struct ModuleWire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     packaging: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    sha256: Option<String>,
+    sha256: Option<WireDigest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -487,11 +478,46 @@ struct ModuleWire {
     launcher_handshakes: Option<Vec<u32>>,
 }
 
-/// The portal's JSON spelling of a package: the digest as text, parsed
-/// with the module object so that a refusal names the field.
+/// A digest field as the portal sent it: parsed while the JSON is read,
+/// and refused when the module object is validated, where the refusal
+/// names the field ([`CoordsError::InvalidSha256`]) and keeps the text.
+enum WireDigest {
+    Valid(Sha256),
+    Invalid(String),
+}
+
+impl WireDigest {
+    fn check(self, field: &'static str) -> Result<Sha256, CoordsError> {
+        match self {
+            WireDigest::Valid(digest) => Ok(digest),
+            WireDigest::Invalid(value) => Err(CoordsError::InvalidSha256 { field, value }),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WireDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match Sha256::parse(&text) {
+            Ok(digest) => WireDigest::Valid(digest),
+            Err(_) => WireDigest::Invalid(text),
+        })
+    }
+}
+
+impl Serialize for WireDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WireDigest::Valid(digest) => digest.serialize(s),
+            WireDigest::Invalid(text) => text.serialize(s),
+        }
+    }
+}
+
+/// The portal's JSON spelling of a package.
 #[derive(Serialize, Deserialize)]
 struct PackageWire {
-    sha256: String,
+    sha256: WireDigest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     size: Option<u64>,
 }
@@ -499,7 +525,7 @@ struct PackageWire {
 impl PackageWire {
     fn parse(self, field: &'static str) -> Result<PackageInfo, CoordsError> {
         Ok(PackageInfo {
-            sha256: parse_sha256(field, &self.sha256)?,
+            sha256: self.sha256.check(field)?,
             size: self.size,
         })
     }
@@ -508,7 +534,7 @@ impl PackageWire {
 impl From<PackageInfo> for PackageWire {
     fn from(p: PackageInfo) -> Self {
         PackageWire {
-            sha256: p.sha256.to_string(),
+            sha256: WireDigest::Valid(p.sha256),
             size: p.size,
         }
     }
@@ -525,7 +551,7 @@ impl TryFrom<ModuleWire> for Module {
         if let Some(packaging) = &w.packaging {
             validate_packaging(packaging)?;
         }
-        let sha256 = w.sha256.map(|s| parse_sha256("sha256", &s)).transpose()?;
+        let sha256 = w.sha256.map(|s| s.check("sha256")).transpose()?;
         let dependencies = w
             .dependencies
             .map(|p| p.parse("dependencies.sha256"))
@@ -567,7 +593,7 @@ impl From<Module> for ModuleWire {
             module_type: m.module_type,
             upload_time: format_upload_time(m.upload_time),
             packaging: m.packaging,
-            sha256: m.sha256.map(|s| s.to_string()),
+            sha256: m.sha256.map(WireDigest::Valid),
             size: m.size,
             dependencies: m.dependencies.map(PackageWire::from),
             model: m.model.map(PackageWire::from),
@@ -922,6 +948,22 @@ mod tests {
         v["sha256"] = json!("abc");
         let err = serde_json::from_value::<Module>(v).unwrap_err().to_string();
         assert!(err.contains(r#"sha256 "abc" is not a SHA-256"#), "{err}");
+
+        // A package's digest: the refusal names the package's field.
+        let mut v = module_json();
+        v["model"] = json!({ "sha256": "xyz", "size": 3 });
+        let err = serde_json::from_value::<Module>(v).unwrap_err().to_string();
+        assert!(
+            err.contains(r#"model.sha256 "xyz" is not a SHA-256"#),
+            "{err}"
+        );
+        let mut v = module_json();
+        v["platforms"] = json!({ "x86_64-unknown-linux-gnu": { "sha256": "" } });
+        let err = serde_json::from_value::<Module>(v).unwrap_err().to_string();
+        assert!(
+            err.contains(r#"platforms.sha256 "" is not a SHA-256"#),
+            "{err}"
+        );
 
         let mut v = module_json();
         v["type"] = json!("plugin");

@@ -1,5 +1,5 @@
 //! The host's preflight of a staged module set, the closure the upgrade
-//! center runs before it publishes a set (`banalytics_upgrade_center::preflight`).
+//! center runs before it publishes a set (`banalytics_upgrade_center::Preflight`).
 //!
 //! The upgrade center knows neither `box.toml` nor plugins, so it cannot
 //! tell whether a set would start; the host can, without loading anything:

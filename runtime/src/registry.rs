@@ -10,7 +10,7 @@ use std::{
 };
 
 use banalytics_sdk::ComponentKind;
-use banalytics_upgrade_center::preflight::Preflight;
+use banalytics_upgrade_center::Preflight;
 
 use crate::{config::BoxConfig, plugins, preflight};
 

@@ -7,7 +7,7 @@
 
 /// Runs `work` on the blocking pool and returns its result. A panic in
 /// `work` is resumed here, so it stays the calling actor's failure.
-pub async fn off_thread<T, F>(work: F) -> T
+pub(crate) async fn off_thread<T, F>(work: F) -> T
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,

@@ -23,7 +23,7 @@ pub struct CachedFile {
 /// The file at `path` if it has the target's size and digest: a cached
 /// file is trusted by its digest, never by its length alone (a target
 /// without a digest is always fetched again).
-pub async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
+pub(crate) async fn cache_hit(path: &Path, target: &Target) -> Option<CachedFile> {
     let meta = tokio::fs::metadata(path).await.ok()?;
     if target.expected.size.is_some_and(|s| s != meta.len()) {
         return None;

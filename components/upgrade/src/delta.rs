@@ -46,27 +46,27 @@ use crate::{
 
 /// Largest segment of the target a patch may use: the decoder's output
 /// buffer holds one segment.
-pub const MAX_SEGMENT: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_SEGMENT: u64 = 8 * 1024 * 1024;
 
 /// Largest margin of source bytes on each side of a segment's offset: a
 /// build whose code moved by less than this still finds it.
-pub const MAX_MARGIN: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_MARGIN: u64 = 8 * 1024 * 1024;
 
 /// The decoder's largest window, 32 MiB: a segment's reference prefix
 /// ([`MAX_SEGMENT`] + 2 × [`MAX_MARGIN`]) and the segment itself.
-pub const WINDOW_LOG_MAX: u32 = 25;
+pub(crate) const WINDOW_LOG_MAX: u32 = 25;
 
 /// Memory that applying a patch takes at most, whatever the file's size:
 /// the reference prefix (at most 24 MiB, read from the installed file for
 /// each segment), the decoder's buffer (one segment, 8 MiB) and its tables
 /// and the I/O buffers (under 1 MiB).
-pub const MEMORY_BOUND: u64 = MAX_SEGMENT + 2 * MAX_MARGIN + MAX_SEGMENT + 1024 * 1024;
+pub(crate) const MEMORY_BOUND: u64 = MAX_SEGMENT + 2 * MAX_MARGIN + MAX_SEGMENT + 1024 * 1024;
 
 // The goal (README, "Patches"): under 64 MiB whatever the file's size.
 const _: () = assert!(MEMORY_BOUND < 64 * 1024 * 1024);
 
 /// Largest header read: a few digests and numbers.
-pub const MAX_HEADER_BYTES: u32 = 4096;
+pub(crate) const MAX_HEADER_BYTES: u32 = 4096;
 
 /// The skippable frame's magic (zstd reserves 0x184D2A50 to 0x184D2A5F).
 const HEADER_MAGIC: u32 = 0x184D_2A5B;
@@ -77,7 +77,7 @@ const FORMAT: u32 = 1;
 /// The repository path suffix of the patch from the build `from_version`
 /// whose SHA-256 is `from_sha256` to the main artifact whose suffix is
 /// `main_suffix`: `{main_suffix}.from-{from_version}-{from_sha256}.zstpatch`.
-pub fn patch_suffix(main_suffix: &str, from_version: &str, from_sha256: &Sha256) -> String {
+pub(crate) fn patch_suffix(main_suffix: &str, from_version: &str, from_sha256: &Sha256) -> String {
     format!("{main_suffix}.from-{from_version}-{from_sha256}.zstpatch")
 }
 
@@ -122,11 +122,11 @@ pub struct Offer {
     pub at: PatchAt,
 }
 
-pub use banalytics_messages::status::DeltaReport;
+pub(crate) use banalytics_messages::status::DeltaReport;
 
 /// The main artifacts of the active set by module, whatever its version
 /// ([`ModuleName`]), from its hash record; empty without one.
-pub fn installed_sources(layout: &Layout) -> HashMap<ModuleName, Source> {
+pub(crate) fn installed_sources(layout: &Layout) -> HashMap<ModuleName, Source> {
     let dir = layout.modules();
     let Ok(Some(record)) = SetRecord::load(&dir) else {
         return HashMap::new();
@@ -150,7 +150,7 @@ pub fn installed_sources(layout: &Layout) -> HashMap<ModuleName, Source> {
 /// a native module whose target digest is known and whose installed build
 /// (in `sources`) is another. With `trusted` metadata the patch must be
 /// one of its targets.
-pub fn offer(
+pub(crate) fn offer(
     resolved: &ResolvedModule,
     platform: &str,
     sources: &HashMap<ModuleName, Source>,
@@ -196,7 +196,7 @@ pub fn offer(
 
 /// `resolved` with the patch each module's main artifact could come from
 /// ([`offer`]), against the active set's builds.
-pub async fn with_offers(
+pub(crate) async fn with_offers(
     layout: &Layout,
     repository_url: &str,
     platform: &str,
@@ -215,7 +215,7 @@ pub async fn with_offers(
 }
 
 /// What a patch made: the file in the cache, and the patch's bytes.
-pub struct Patched {
+pub(crate) struct Patched {
     /// The verified file, now at the cache name.
     pub cached: CachedFile,
     /// Bytes that came over the network for the patch.
@@ -230,7 +230,7 @@ pub struct Patched {
 /// at its cache name, verified against `f`'s SHA-256 and size. `Err` is
 /// the reason to fetch the whole file instead; nothing of the attempt is
 /// left but a patch partial a retry resumes.
-pub async fn fetch_and_apply(
+pub(crate) async fn fetch_and_apply(
     client: &reqwest::Client,
     config: &FetchConfig,
     cache: &Path,
@@ -383,7 +383,7 @@ struct Header {
 /// Why no patch made the file ([`fetch_and_apply`]): the reason the whole
 /// file is fetched instead, as the delta report gives it.
 #[derive(Debug, thiserror::Error)]
-pub enum NoPatch {
+pub(crate) enum NoPatch {
     /// The target file's digest is not known, so a result cannot be
     /// verified.
     #[error("the file's SHA-256 is not known")]
@@ -443,7 +443,7 @@ pub enum NoPatch {
 
 /// Why a patch did not make the file.
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     /// Reading or writing failed.
     #[error("{what}: {source}")]
     Io {
@@ -656,8 +656,10 @@ fn segment(
 
 /// The upgrade center's hostile loopback repository, for the tests of
 /// [`fetch_and_apply`].
+/// (Shared with the integration tests, whose items it makes `pub`.)
 #[cfg(test)]
 #[path = "../tests/repo/mod.rs"]
+#[allow(unreachable_pub)]
 mod repo;
 
 #[cfg(test)]

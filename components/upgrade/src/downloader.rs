@@ -38,10 +38,10 @@ use crate::{
 
 /// Extra free space kept beyond the computed need: room for the hash
 /// record, file-system metadata and whatever else the box writes meanwhile.
-pub const FREE_SPACE_MARGIN: u64 = 16 * 1024 * 1024;
+pub(crate) const FREE_SPACE_MARGIN: u64 = 16 * 1024 * 1024;
 
 /// How often download progress is reported while bytes flow.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Capacity of the queue of [`DownloadEvent`]s from the Downloader to
 /// PortalLink. A module makes about five events (started, progress after

@@ -222,7 +222,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Wraps an I/O error with its path.
-pub fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> UpgradeError {
+pub(crate) fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> UpgradeError {
     let path = path.into();
     move |source| UpgradeError::Io { path, source }
 }

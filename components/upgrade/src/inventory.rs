@@ -30,13 +30,13 @@ use crate::{
 /// Plan a resolved target set against what is installed now.
 #[derive(Message)]
 #[rtype(result = "Result<SyncPlan, UpgradeError>")]
-pub struct PlanSync {
+pub(crate) struct PlanSync {
     /// The resolved target set.
     pub target: Vec<ResolvedModule>,
 }
 
 /// The Inventory actor.
-pub struct Inventory {
+pub(crate) struct Inventory {
     layout: Layout,
     /// Held by a plan while it reads and writes the digest cache: plans
     /// run off the actor's thread and could otherwise overlap.
@@ -45,7 +45,7 @@ pub struct Inventory {
 
 impl Inventory {
     /// An inventory of the home `layout`.
-    pub fn new(layout: Layout) -> Self {
+    pub(crate) fn new(layout: Layout) -> Self {
         Inventory {
             layout,
             digests: Arc::default(),
@@ -82,7 +82,10 @@ impl Handler<PlanSync> for Inventory {
 /// recorded file's content through the digest cache. What the check cost
 /// is recorded in the current span (`hashed_files`, `hashed_bytes`,
 /// `cached_files`) and logged.
-pub fn plan_sync(layout: &Layout, target: Vec<ResolvedModule>) -> Result<SyncPlan, UpgradeError> {
+pub(crate) fn plan_sync(
+    layout: &Layout,
+    target: Vec<ResolvedModule>,
+) -> Result<SyncPlan, UpgradeError> {
     let installed: Vec<Coords> = installed::read_modules_info(&layout.modules())?
         .unwrap_or_default()
         .into_iter()
@@ -124,7 +127,7 @@ pub fn plan_sync(layout: &Layout, target: Vec<ResolvedModule>) -> Result<SyncPla
 /// trusted, with a warning naming the first such file. Digests come from
 /// `digests`, which reads a file only when it changed since it was last
 /// hashed.
-pub fn trusted_record(
+pub(crate) fn trusted_record(
     modules: &Path,
     models: &Path,
     digests: &mut DigestCache,

@@ -10,7 +10,7 @@
 //! in [`sync`], [`cache`], [`error`] and [`blocking`], never another
 //! actor's internals.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 #![cfg_attr(test, allow(unused_crate_dependencies))]
 // dev-dependencies serve the integration tests
 // `UpgradeError` carries the failing module's `Coords` and the cause whole;
@@ -18,21 +18,21 @@
 #![allow(clippy::result_large_err)]
 
 pub mod archive;
-pub(crate) mod blocking;
-pub mod cache;
-pub(crate) mod delta;
-pub mod downloader;
-pub mod error;
+mod blocking;
+mod cache;
+mod delta;
+mod downloader;
+mod error;
 pub mod fetch;
-pub(crate) mod inventory;
-pub mod plan;
-pub mod portal_link;
-pub mod preflight;
-pub mod restarter;
-pub mod schedule;
-pub mod settings;
-pub(crate) mod stager;
-pub mod sync;
+mod inventory;
+mod plan;
+mod portal_link;
+mod preflight;
+mod restarter;
+mod schedule;
+mod settings;
+mod stager;
+mod sync;
 pub mod tuf;
 
 // The home's files are the `banalytics-home` crate's; these names keep the
@@ -55,18 +55,28 @@ use tracing::{info, warn};
 
 use crate::{
     archive::Limits,
-    downloader::Downloader,
     fetch::FetchConfig,
     inventory::Inventory,
     layout::Layout,
     portal_link::{core_module, Peers, PortalLink, Synchronise},
-    restarter::Restarter,
-    schedule::{ApplyPolicy, SystemClock},
     stager::Stager,
     sync::Trigger,
 };
 
-pub use settings::{HostSettings, UpdateType, UpgradeConfig, MAX_PARALLEL_DOWNLOADS};
+pub use cache::CachedFile;
+pub use downloader::{
+    resolve, ChecksumPolicy, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE, PLATFORM,
+};
+pub use error::UpgradeError;
+pub use plan::{plan, ResolvedModule};
+pub use portal_link::NOTHING_CHANGED;
+pub use preflight::{accept_all, Preflight};
+pub use restarter::{Approve, RestartToApply, Restarter, WaitingSet};
+pub use schedule::{
+    ApplyMode, ApplyPolicy, Clock, ManualClock, SystemClock, TokioClock, Window, WindowConfig,
+};
+pub use settings::{parse_rate, HostSettings, UpdateType, UpgradeConfig, MAX_PARALLEL_DOWNLOADS};
+pub use sync::target_set_id;
 
 /// The component kind's name, the `kind` value in `box.toml`.
 pub const KIND_NAME: &str = "software-upgrade-center";

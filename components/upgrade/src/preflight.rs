@@ -20,7 +20,7 @@ pub type Preflight = Arc<dyn Fn(&Path) -> Result<(), Refused> + Send + Sync>;
 /// Why the host would not start a set: the host's own error (its
 /// `Display` is the reason the cancellation gives), which this crate
 /// does not know the type of.
-pub type Refused = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Refused = Box<dyn std::error::Error + Send + Sync>;
 
 /// The hook that accepts every set.
 pub fn accept_all() -> Preflight {

@@ -91,7 +91,7 @@ pub struct Restarter {
 }
 
 /// How often the outbox is asked while statuses are still queued.
-pub const FLUSH_POLL: Duration = Duration::from_millis(50);
+pub(crate) const FLUSH_POLL: Duration = Duration::from_millis(50);
 
 impl Restarter {
     /// A restarter that restarts with `mode`, waiting at most

@@ -24,15 +24,15 @@ use tokio::sync::watch;
 /// The longest single sleep of the [`SystemClock`]: the wall clock can be
 /// set (NTP at boot, an operator), so a long wait looks at it again at
 /// least this often.
-pub const MAX_SYSTEM_SLEEP: Duration = Duration::from_secs(60);
+pub(crate) const MAX_SYSTEM_SLEEP: Duration = Duration::from_secs(60);
 
 /// How many cron occurrences one window computation looks at, at most: a
 /// minute-level schedule with a day of duration needs about 3000; more
 /// means a schedule that barely ever matches, which is refused.
-pub const MAX_OCCURRENCES: usize = 10_000;
+pub(crate) const MAX_OCCURRENCES: usize = 10_000;
 
 /// A future a clock sleeps in.
-pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The time the windows are read against.
 pub trait Clock: Send + Sync + 'static {
@@ -43,7 +43,7 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// A clock shared by every part that waits.
-pub type SharedClock = Arc<dyn Clock>;
+pub(crate) type SharedClock = Arc<dyn Clock>;
 
 /// The system's wall clock, with tokio timers.
 #[derive(Debug, Clone, Copy, Default)]
@@ -121,7 +121,7 @@ impl Clock for ManualClock {
 }
 
 /// The time from `now` to `at`, zero when `at` passed.
-pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+pub(crate) fn until(now: Timestamp, at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 

@@ -27,22 +27,22 @@ pub const MAX_PARALLEL_DOWNLOADS: usize = 16;
 /// The longest `status_flush_timeout_ms`: a restart that waits longer for
 /// the statuses to leave would keep a staged set from applying for
 /// nothing (they are durable and go after the restart).
-pub const MAX_STATUS_FLUSH: Duration = Duration::from_secs(60);
+pub(crate) const MAX_STATUS_FLUSH: Duration = Duration::from_secs(60);
 
 /// The longest `health_grace_s`: a day.
-pub const MAX_HEALTH_GRACE: Duration = Duration::from_secs(86_400);
+pub(crate) const MAX_HEALTH_GRACE: Duration = Duration::from_secs(86_400);
 
 /// How long a busy lease may defer a restart unless `max_defer` says
 /// otherwise: long enough for an alarm clip or a recording segment to
 /// finish, short enough that a stuck lease does not keep a box on an old
 /// set for a day.
-pub const DEFAULT_MAX_DEFER: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_MAX_DEFER: Duration = Duration::from_secs(30 * 60);
 
 /// The free space kept for the user's data unless `min_free_space` says
 /// otherwise: 512 MiB is a few minutes of camera recordings at typical bit
 /// rates, room for the box's logs and databases meanwhile, and small next
 /// to the multi-gigabyte cards and disks boxes run on.
-pub const DEFAULT_MIN_FREE_SPACE: ByteSize = ByteSize::mib(512);
+pub(crate) const DEFAULT_MIN_FREE_SPACE: ByteSize = ByteSize::mib(512);
 
 /// When the upgrade center synchronises without being asked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -410,7 +410,7 @@ pub struct NotAccepted {
 }
 
 /// Parses a size such as `"512 MiB"`, `"1.5 GB"` or `"0 B"`.
-pub fn parse_size(text: &str) -> Result<ByteSize, NotAccepted> {
+pub(crate) fn parse_size(text: &str) -> Result<ByteSize, NotAccepted> {
     bytes_of(text).ok_or_else(|| NotAccepted {
         text: text.to_owned(),
         what: "size",

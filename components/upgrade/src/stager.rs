@@ -48,17 +48,17 @@ use crate::{
 /// Build and publish the staged set for `plan`.
 #[derive(Message)]
 #[rtype(result = "Result<StagedSummary, UpgradeError>")]
-pub struct StageSet {
+pub(crate) struct StageSet {
     /// The plan.
     pub plan: SyncPlan,
     /// Every fetched artifact by cache name.
     pub fetched: HashMap<String, CachedFile>,
 }
 
-pub use banalytics_messages::status::StagedSummary;
+pub(crate) use banalytics_messages::status::StagedSummary;
 
 /// The Stager actor: one staging at a time, on a blocking thread.
-pub struct Stager {
+pub(crate) struct Stager {
     layout: Layout,
     limits: Limits,
     preflight: Preflight,
@@ -67,7 +67,7 @@ pub struct Stager {
 impl Stager {
     /// A stager for the home `layout`; `preflight` checks each complete set
     /// before it is published.
-    pub fn new(layout: Layout, limits: Limits, preflight: Preflight) -> Self {
+    pub(crate) fn new(layout: Layout, limits: Limits, preflight: Preflight) -> Self {
         Stager {
             layout,
             limits,
@@ -100,7 +100,7 @@ impl Handler<StageSet> for Stager {
 
 /// Removes a staged set and the scratch folders: the marker first, so that
 /// a crash in the middle never leaves a marker beside a partial set.
-pub fn clear_staged(layout: &Layout) -> Result<(), UpgradeError> {
+pub(crate) fn clear_staged(layout: &Layout) -> Result<(), UpgradeError> {
     let marker = layout.upgrade_dir().join(installed::MODULES_INFO_FILE);
     match fs::remove_file(&marker) {
         Ok(()) => {
@@ -270,7 +270,7 @@ impl Side {
 /// Whether a package may not place `name` (relative to the folder it is
 /// extracted into): the set's own records, `modules-info.properties` and
 /// `modules-hashes.json`, and their temporary names, ignoring case.
-pub fn is_reserved(name: &str) -> bool {
+pub(crate) fn is_reserved(name: &str) -> bool {
     let lower = name.to_lowercase();
     [installed::MODULES_INFO_FILE, crate::record::RECORD_FILE]
         .iter()
@@ -349,7 +349,7 @@ fn remember_digests(layout: &Layout, record: &SetRecord) {
 /// Builds and publishes the staged set; see the module docs for the steps.
 /// A failure removes what it left (the scratch folders, a partial set).
 #[instrument(skip_all, fields(modules = plan.modules.len()))]
-pub fn stage(
+pub(crate) fn stage(
     layout: &Layout,
     plan: &SyncPlan,
     fetched: &HashMap<String, CachedFile>,

@@ -11,7 +11,9 @@ use banalytics_home::{
     quarantine::{self, Quarantine},
     TargetSetId,
 };
-pub use banalytics_messages::status::{HomeFacts, SyncReport, SyncState, Trigger, MAX_REQUESTS};
+pub(crate) use banalytics_messages::status::{
+    HomeFacts, SyncReport, SyncState, Trigger, MAX_REQUESTS,
+};
 
 use tracing::{info, warn};
 
@@ -24,7 +26,7 @@ use crate::{
 /// What a synchronisation does when the portal link is down as it starts
 /// ([`Offline::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offline {
+pub(crate) enum Offline {
     /// Asks anyway (the portal's own trigger: the link was up a moment ago).
     Ask,
     /// Refuses at once, and reports nothing to the portal: an operator's
@@ -38,7 +40,7 @@ pub enum Offline {
 impl Offline {
     /// What a synchronisation started by `trigger` does when the portal
     /// link is down as it starts.
-    pub fn of(trigger: Trigger) -> Offline {
+    pub(crate) fn of(trigger: Trigger) -> Offline {
         match trigger {
             // It came over the link.
             Trigger::Portal => Offline::Ask,
@@ -49,7 +51,7 @@ impl Offline {
 }
 
 /// What the report says of the home, read from it.
-pub fn home_facts(layout: &Layout) -> HomeFacts {
+pub(crate) fn home_facts(layout: &Layout) -> HomeFacts {
     HomeFacts {
         registered: layout.environment_uuid().ok().flatten().is_some(),
         first_run: layout.is_first_run(),
@@ -65,7 +67,7 @@ pub fn target_set_id(modules: &[Module]) -> TargetSetId {
 /// What the quarantine (`state/quarantined-set.json`) means for a target
 /// set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QuarantineVerdict {
+pub(crate) enum QuarantineVerdict {
     /// No set is quarantined: go on.
     Free,
     /// The portal assigned a set other than the quarantined one: lift the
@@ -85,7 +87,7 @@ pub enum QuarantineVerdict {
 /// `quarantine` the record (if any) and `retry` whether its trigger
 /// [lifts the quarantine](Trigger::lifts_quarantine). Pure: the caller
 /// reads the record and carries the verdict out ([`pass_quarantine`]).
-pub fn quarantine_verdict(
+pub(crate) fn quarantine_verdict(
     quarantine: Option<&Quarantine>,
     target: &[Module],
     retry: bool,
@@ -109,7 +111,7 @@ pub fn quarantine_verdict(
 /// newer format ([`banalytics_home::format`]) refuses every set and stays,
 /// and so does a swap journal or probation record of a newer format.
 /// Blocking file work: run it off the actor's thread.
-pub fn pass_quarantine(
+pub(crate) fn pass_quarantine(
     layout: &Layout,
     target: &[Module],
     retry: bool,

@@ -16,7 +16,7 @@ use std::{
 
 use banalytics_upgrade_center::{
     fetch::{self, download, rate::Gate, Expected, FetchConfig},
-    schedule::{ManualClock, SystemClock, Window, WindowConfig},
+    ManualClock, SystemClock, Window, WindowConfig,
 };
 use jiff::Timestamp;
 use repo::{body, sha256_of, Repo};
@@ -50,7 +50,7 @@ fn expected(data: &[u8]) -> Expected {
 /// be over) and, on a loaded machine, not far under it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_holds_for_parallel_downloads_together_over_20_mib() {
-    let cap = banalytics_upgrade_center::settings::parse_rate("4 MiB/s").unwrap();
+    let cap = banalytics_upgrade_center::parse_rate("4 MiB/s").unwrap();
     let gate = Gate::new(Some(cap), None, Arc::new(SystemClock));
     let server = Repo::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -131,7 +131,7 @@ async fn pause_and_resume(change: impl FnOnce(&mut repo::Behaviour)) -> Resumed 
         timezone: "UTC".into(),
     })
     .unwrap();
-    let cap = banalytics_upgrade_center::settings::parse_rate("2 MiB/s").unwrap();
+    let cap = banalytics_upgrade_center::parse_rate("2 MiB/s").unwrap();
     let gate = Gate::new(Some(cap), Some(window), Arc::new(clock.clone()));
     let len = PAUSED_LEN;
     let data = body(len, 9);

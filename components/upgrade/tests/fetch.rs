@@ -1137,7 +1137,7 @@ async fn a_redirect_from_https_to_http_is_refused_even_for_a_digest_from_tuf() {
 #[tokio::test]
 async fn a_main_artifact_whose_digest_came_from_the_repository_sha256_is_not_followed_to_another_host(
 ) {
-    use banalytics_upgrade_center::downloader::{resolve, ChecksumPolicy, PLATFORM};
+    use banalytics_upgrade_center::{resolve, ChecksumPolicy, PLATFORM};
     let scene = Scene::new(|_| {}).await;
     let digest = sha256_hex(&scene.data);
     scene.server.set(ARTIFACT_PATH, |b| {

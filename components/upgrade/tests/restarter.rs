@@ -17,7 +17,7 @@ use banalytics_messages::{
     upgrade::{RestartMode, RestartRequested},
 };
 use banalytics_sdk::Bus;
-use banalytics_upgrade_center::restarter::{RestartToApply, Restarter};
+use banalytics_upgrade_center::{RestartToApply, Restarter};
 use tokio::time::Instant;
 
 /// The id of a set of one module named `name`.
@@ -116,8 +116,7 @@ mod apply {
     use std::sync::Arc;
 
     use banalytics_upgrade_center::{
-        restarter::{Approve, WaitingSet},
-        schedule::{ApplyMode, ApplyPolicy, Clock, TokioClock, Window, WindowConfig},
+        ApplyMode, ApplyPolicy, Approve, Clock, TokioClock, WaitingSet, Window, WindowConfig,
     };
     use jiff::Timestamp;
 

@@ -28,8 +28,7 @@ use banalytics_sdk::{
     StatusBoard,
 };
 use banalytics_upgrade_center::{
-    fetch::space::SpaceProbe, kind_with, kind_with_space, portal_link::NOTHING_CHANGED,
-    preflight::Preflight, sync::target_set_id,
+    fetch::space::SpaceProbe, kind_with, kind_with_space, target_set_id, Preflight, NOTHING_CHANGED,
 };
 use repo::{sha256_hex, Behaviour, RangeMode, Repo};
 use serde_json::{json, Value};
@@ -72,7 +71,7 @@ impl Default for Options {
             installed: false,
             extra_config: String::new(),
             portal_delay: Duration::ZERO,
-            preflight: banalytics_upgrade_center::preflight::accept_all(),
+            preflight: banalytics_upgrade_center::accept_all(),
             quarantined: None,
             space_probe: None,
             prepare: None,
@@ -1336,7 +1335,7 @@ fn publish_native(repo: &Repo, artifact: &str, platform: &str, declared: bool) -
 
 #[actix_rt::test]
 async fn a_native_module_is_fetched_with_this_platforms_classifier() {
-    let platform = banalytics_upgrade_center::downloader::PLATFORM;
+    let platform = banalytics_upgrade_center::PLATFORM;
     for declared in [true, false] {
         let repo = Repo::start().await;
         let (object, lib) = publish_native(&repo, "camera", platform, declared);
@@ -1370,7 +1369,7 @@ async fn a_module_built_only_for_another_platform_refuses_the_set_before_any_dow
         let message = last.2.as_deref().unwrap_or("");
         assert!(
             message.contains("com.example:camera:1.0")
-                && message.contains(banalytics_upgrade_center::downloader::PLATFORM),
+                && message.contains(banalytics_upgrade_center::PLATFORM),
             "{message}"
         );
         assert_eq!(repo.artifact_gets(), 0, "no artifact was downloaded");
@@ -1381,7 +1380,7 @@ async fn a_module_built_only_for_another_platform_refuses_the_set_before_any_dow
 #[actix_rt::test]
 async fn a_native_core_is_staged_as_the_executable_banalytics_box() {
     use std::os::unix::fs::PermissionsExt;
-    let platform = banalytics_upgrade_center::downloader::PLATFORM;
+    let platform = banalytics_upgrade_center::PLATFORM;
     let repo = Repo::start().await;
     let exe = b"#!/bin/sh\nexit 0\n".repeat(20);
     repo.put(
@@ -1698,7 +1697,7 @@ fn min_free_space_is_a_size_and_a_bad_one_refuses_the_start() {
             "kind = \"software-upgrade-center\"\nrepository_url = \"http://127.0.0.1:9\"\nmin_free_space = \"lots\"\n",
         ),
     };
-    let err = kind_with(banalytics_upgrade_center::preflight::accept_all())
+    let err = kind_with(banalytics_upgrade_center::accept_all())
         .create(&init)
         .err()
         .expect("refused");
@@ -1716,7 +1715,7 @@ fn a_trust_metadata_url_that_only_looks_loopback_refuses_the_start_at_its_line()
             "kind = \"software-upgrade-center\"\nrepository_url = \"http://127.0.0.1:9\"\ntrust_metadata_url = \"http://evil.example\\\\@127.0.0.1:9/.tuf\"\n",
         ),
     };
-    let err = kind_with(banalytics_upgrade_center::preflight::accept_all())
+    let err = kind_with(banalytics_upgrade_center::accept_all())
         .create(&init)
         .err()
         .expect("refused");

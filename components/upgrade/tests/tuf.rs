@@ -20,9 +20,9 @@ use aws_lc_rs::{
 };
 use banalytics_home::Layout;
 use banalytics_upgrade_center::{
-    error::UpgradeError,
     fetch::{self, FetchConfig},
     tuf::{self, Trust},
+    UpgradeError,
 };
 use repo::{sha256_hex, sha256_of, Repo};
 use tough::{
@@ -401,7 +401,7 @@ fn module(frame: serde_json::Value) -> banalytics_home::coords::Module {
 
 #[tokio::test]
 async fn only_signed_targets_are_resolved_and_the_frame_is_a_hint() {
-    use banalytics_upgrade_center::downloader::{resolve, ChecksumPolicy, PLATFORM};
+    use banalytics_upgrade_center::{resolve, ChecksumPolicy, PLATFORM};
     let s = Signed::new().await;
     let home = tempfile::tempdir().unwrap();
     let layout = Layout::new(home.path());

@@ -34,12 +34,11 @@ use std::{
 use actix::Actor;
 use banalytics_home::Layout;
 use banalytics_upgrade_center::{
-    cache::CachedFile,
-    downloader::{ChecksumPolicy, DownloadSet, Downloader, ResolveSet, DOWNLOAD_EVENT_QUEUE},
-    error::UpgradeError,
     fetch::{self, FetchConfig},
-    plan::{plan, ResolvedModule},
+    plan,
     tuf::{self, Trust},
+    CachedFile, ChecksumPolicy, DownloadSet, Downloader, ResolveSet, ResolvedModule, UpgradeError,
+    DOWNLOAD_EVENT_QUEUE,
 };
 use repo::{sha256_hex, sha256_of, Repo};
 

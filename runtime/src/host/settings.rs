@@ -1,9 +1,9 @@
 //! The upgrade settings the host acts on (probation, restart, busy
 //! leases): the upgrade center owns and parses them
-//! ([`banalytics_upgrade_center::settings`]); the host finds its section
+//! ([`banalytics_upgrade_center::HostSettings`]); the host finds its section
 //! and reads the typed result.
 
-use banalytics_upgrade_center::settings::HostSettings;
+use banalytics_upgrade_center::HostSettings;
 
 use crate::{config::BoxConfig, Error};
 

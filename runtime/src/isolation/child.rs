@@ -34,7 +34,7 @@ use banalytics_sdk::plugin::{
     Buf, Bytes, HostCallbacks, HostLog, LEVEL_INFO, RC_CLOSED, RC_ERROR, RC_OK,
 };
 
-use super::frame::Frame;
+use super::frame::{Answer, Frame};
 use crate::plugins::{self, Plugin, PluginError};
 
 /// Why the instance could not be created; its words go back to the host
@@ -214,11 +214,11 @@ fn serve(args: &ChildArgs, reader: impl Read, stream: LinkWriter) -> io::Result<
     let created = open(args, ctx).and_then(|plugin| create(plugin, &kind, &init, ctx));
     let (plugin, instance) = match created {
         Ok(created) => {
-            writer.send(&Frame::Created(Ok(())));
+            writer.send(&Frame::Created(Answer::Done));
             created
         }
         Err(e) => {
-            writer.send(&Frame::Created(Err(e.to_string())));
+            writer.send(&Frame::Created(Answer::Refused(e.to_string())));
             return Ok(());
         }
     };
@@ -380,14 +380,14 @@ fn control_loop(
                 let mut err = Buf::EMPTY;
                 // SAFETY: a live instance; `args` borrowed for the call.
                 let code = unsafe { (plugin.api.start)(instance.0, Bytes::of(&args), &mut err) };
-                let result = match code {
+                let answer = match code {
                     RC_OK => {
                         running = Some(args);
-                        Ok(())
+                        Answer::Done
                     }
-                    code => Err(plugin.message(code, err)),
+                    code => Answer::Refused(plugin.message(code, err)),
                 };
-                writer.send(&Frame::Started(result));
+                writer.send(&Frame::Started(answer));
             }
             Control::Stop => {
                 running = None;

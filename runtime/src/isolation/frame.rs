@@ -52,10 +52,10 @@ pub enum Frame {
     RestartFailed,
     /// The heartbeat, answered by [`Frame::Pong`] with the same number.
     Ping(u64),
-    /// The answer to `create`: `Err` with the plugin's message.
-    Created(Result<(), String>),
+    /// The answer to `create`.
+    Created(Answer),
     /// The answer to `start`.
-    Started(Result<(), String>),
+    Started(Answer),
     /// The answer to `stop`.
     Stopped,
     /// The `publish` callback: a message on a topic the kind publishes.
@@ -80,6 +80,15 @@ pub enum Frame {
     /// The answer to [`Frame::Ping`], once the instance's lifecycle loop
     /// answered (see the module docs of `isolation`).
     Pong(u64),
+}
+
+/// A plugin's answer to `create` or `start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    /// Done.
+    Done,
+    /// Refused, with the plugin's message.
+    Refused(String),
 }
 
 /// How many variants [`Frame`] has: a body whose first byte (postcard's
@@ -158,8 +167,8 @@ mod tests {
             },
             Frame::RestartFailed,
             Frame::Ping(7),
-            Frame::Created(Ok(())),
-            Frame::Started(Err("no".into())),
+            Frame::Created(Answer::Done),
+            Frame::Started(Answer::Refused("no".into())),
             Frame::Stopped,
             Frame::Publish {
                 topic: "sample.reply".into(),

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::{
-    frame::Frame,
+    frame::{Answer, Frame},
     spawn::{self, Guard, Reader, SpawnError, Spawned, Writer},
     Limits, DATA_DIR, EXIT_GRACE, HANDSHAKE_TIMEOUT, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT,
     STOP_GRACE, TMP_PREFIX,
@@ -393,8 +393,8 @@ impl Link {
             init: spec.init_json.clone(),
         };
         match link.call(create, "create")? {
-            Frame::Created(Ok(())) => Ok(link),
-            Frame::Created(Err(e)) => Err(LinkError::Refused(e)),
+            Frame::Created(Answer::Done) => Ok(link),
+            Frame::Created(Answer::Refused(e)) => Err(LinkError::Refused(e)),
             other => Err(LinkError::Unexpected {
                 what: "create",
                 frame: format!("{other:?}"),
@@ -433,8 +433,8 @@ impl Link {
             Ordering::SeqCst,
         );
         match answer? {
-            Frame::Started(Ok(())) => Ok(self),
-            Frame::Started(Err(e)) => Err(LinkError::Refused(e)),
+            Frame::Started(Answer::Done) => Ok(self),
+            Frame::Started(Answer::Refused(e)) => Err(LinkError::Refused(e)),
             other => Err(LinkError::Unexpected {
                 what: "start",
                 frame: format!("{other:?}"),

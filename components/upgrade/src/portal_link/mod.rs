@@ -47,7 +47,7 @@ use banalytics_sdk::{status::now_ms, Bus, FromBus, StatusBoard, SupervisedAddr};
 use tokio::sync::oneshot;
 use tracing::{info, info_span, instrument, warn, Instrument};
 
-pub use target::{core_module, validate_target};
+pub(crate) use target::core_module;
 
 use crate::{
     downloader::Downloader,
@@ -60,17 +60,17 @@ use crate::{
 use report::{publish_report, Asker};
 
 /// How long the portal has to answer `GET_ENV_MOD_REQ`.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long Portal Integration has to say whether its link is up: it
 /// answers from memory, so a longer silence means it is stuck, and an
 /// operator's request is refused within a second.
-pub const LINK_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const LINK_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How often a synchronisation that waits for the link asks again besides
 /// hearing `PortalLinkChanged` (a Portal Integration started or restarted
 /// later announces no change this one heard).
-pub const LINK_RECHECK: Duration = Duration::from_secs(10);
+pub(crate) const LINK_RECHECK: Duration = Duration::from_secs(10);
 
 /// The status message of `installed` for a synchronisation that found the
 /// committed set already the target set.
@@ -79,11 +79,11 @@ pub const NOTHING_CHANGED: &str = "nothing changed: the installed set is the tar
 /// Start a synchronisation (unless one runs).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Synchronise(pub Trigger);
+pub(crate) struct Synchronise(pub Trigger);
 
 /// Everything a synchronisation uses.
 #[derive(Clone)]
-pub struct Peers {
+pub(crate) struct Peers {
     /// The home.
     pub layout: Layout,
     /// The host bus.
@@ -108,7 +108,7 @@ pub struct Peers {
 }
 
 /// The PortalLink actor.
-pub struct PortalLink {
+pub(crate) struct PortalLink {
     peers: Peers,
     running: bool,
     awaiting: Option<oneshot::Sender<GetEnvModulesResponse>>,
@@ -117,7 +117,7 @@ pub struct PortalLink {
 
 impl PortalLink {
     /// A fresh PortalLink: idle, nothing awaited.
-    pub fn new(peers: Peers) -> Self {
+    pub(crate) fn new(peers: Peers) -> Self {
         let home = home_facts(&peers.layout);
         let link = PortalLink {
             peers,

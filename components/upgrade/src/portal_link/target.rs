@@ -15,7 +15,7 @@ use crate::{
 /// coordinates, two modules with the same groupId and artifactId, and two
 /// whose file or cache names collide, compared case-insensitively
 /// (`a-b:c:1` and `a:b-c:1` are both `a-b-c-1.jar`).
-pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, UpgradeError> {
+pub(super) fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, UpgradeError> {
     if modules.is_empty() {
         return Err(UpgradeError::InvalidTarget {
             reason:
@@ -64,7 +64,7 @@ pub fn validate_target(modules: &[serde_json::Value]) -> Result<Vec<Module>, Upg
 /// The core's coordinates and build: those of the core that runs, as the
 /// host recorded them at start ([`banalytics_home::running`]); this
 /// crate's own version when nothing was recorded.
-pub fn core_module(layout: &Layout) -> (ModuleRef, Option<CoreBuild>) {
+pub(crate) fn core_module(layout: &Layout) -> (ModuleRef, Option<CoreBuild>) {
     let running = banalytics_home::running::read(layout).ok().flatten();
     let version = running
         .as_ref()
