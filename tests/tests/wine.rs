@@ -81,7 +81,7 @@ fn winpath(path: &Path) -> String {
 }
 
 /// A temporary folder for one test under Wine: the box home `home/` and
-/// `bin/` with `banalytics-box.exe` (a hard link: the debug build is large)
+/// `bin/` with `banalytics-box.exe` (a hard link: the build is large)
 /// and `upgrade-job-start.bat` beside it, as installed on Windows.
 struct WineHome {
     dir: tempfile::TempDir,
