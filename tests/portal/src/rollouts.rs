@@ -449,15 +449,21 @@ impl App {
     fn tell_assigned(&self, actions: Vec<TargetedAction>) {
         for (_, action) in actions {
             let Action::AssignTarget(env) = action;
-            let delivered = self.sync(&env);
-            info!(env, delivered, "rollout assigned the target set");
-            if delivered == 0 {
-                self.rollouts
-                    .unsynced
-                    .lock()
-                    .expect("unsynced lock")
-                    .insert(env);
-            }
+            self.tell(env);
+        }
+    }
+
+    /// Tells `env`, which a rollout assigned a set, to synchronise now; if
+    /// no connection of this process took it, when it connects.
+    fn tell(&self, env: String) {
+        let delivered = self.sync(&env);
+        info!(env, delivered, "told a box its rollout's target set");
+        if delivered == 0 {
+            self.rollouts
+                .unsynced
+                .lock()
+                .expect("unsynced lock")
+                .insert(env);
         }
     }
 }
@@ -552,24 +558,53 @@ impl App {
     }
 
     /// Feeds rollout `id`, just taken over, the statuses recorded since
-    /// the first of its boxes still waiting for a verdict was assigned.
+    /// the first of its boxes still waiting for a verdict was assigned;
+    /// then tells each waiting box that has reported nothing since its
+    /// assignment to synchronise: the process that assigned it may have
+    /// died between the assignment's commit and its `EVT_SYNC_SOFT`, or
+    /// told no connection (its mark of a box owed a sync is in its
+    /// memory). A box told already and still at work is not disturbed: a
+    /// box skips a trigger while a synchronisation runs.
     fn catch_up(&self, id: u64) -> Result<(), PortalError> {
-        let Some(since) = self.rollouts.get(id).and_then(|r| {
-            r.boxes
-                .iter()
-                .filter_map(|(_, s)| match s {
-                    BoxState::Assigned { since_ms, .. } => Some(*since_ms),
-                    _ => None,
-                })
-                .min()
-        }) else {
+        let waiting: Vec<(String, u64)> = self
+            .rollouts
+            .get(id)
+            .map(|r| {
+                r.boxes
+                    .iter()
+                    .filter_map(|(env, s)| match s {
+                        BoxState::Assigned { since_ms, .. } => Some((env.clone(), *since_ms)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(since) = waiting.iter().map(|(_, since)| *since).min() else {
             return Ok(());
         };
         let rows = self.db.rows(stmt!(
-            "SELECT id, env, status, record FROM statuses WHERE received_ms >= $1 ORDER BY id",
+            "SELECT id, env, status, record, received_ms FROM statuses WHERE received_ms >= $1 ORDER BY id",
             since
         ))?;
-        self.feed(Some(id), &rows)
+        self.feed(Some(id), &rows)?;
+        let silent: Vec<String> = waiting
+            .into_iter()
+            .filter(|(env, since)| {
+                !rows
+                    .iter()
+                    .any(|row| db::text(row, 1) == *env && db::uint(row, 4) >= *since)
+            })
+            .map(|(env, _)| env)
+            .collect();
+        if !silent.is_empty() {
+            info!(
+                rollout = id,
+                boxes = silent.len(),
+                "telling the boxes assigned before the takeover that reported nothing since"
+            );
+            silent.into_iter().for_each(|env| self.tell(env));
+        }
+        Ok(())
     }
 
     /// Feeds the driven rollouts the statuses recorded (by any process)

@@ -309,3 +309,58 @@ async fn a_box_away_when_its_wave_was_assigned_is_told_to_synchronise_when_it_co
     );
     portal.shutdown().await;
 }
+
+/// A portal that takes a rollout over (here: started again on its data;
+/// with PostgreSQL, another process after the driver died) tells each box
+/// of the current wave that reported nothing since its assignment to
+/// synchronise: the sync of the process before may never have reached it
+/// (that process died between the assignment's commit and the sync, or
+/// the box was away and the process's mark of it was in its memory). A
+/// box that reported since its assignment is not told again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_taking_a_rollout_over_tells_the_boxes_assigned_that_reported_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("portal");
+    let portal = start(&data).await;
+    publish(&portal, dir.path());
+    let envs: Vec<String> = (0..2).map(|i| format!("env-{i}")).collect();
+    let mut b0 = connect(&portal, "env-0").await;
+    let mut r = spec(&envs);
+    r.waves = vec![banalytics_portal::rollout::WaveSize::Rest];
+    portal.start_rollout(r).unwrap();
+    // env-0 is told and starts; env-1 is away: its sync reaches nobody.
+    synced(&mut b0).await;
+    report(&mut b0, "env-0", "downloading", None).await;
+    eventually("env-0's status recorded", || {
+        portal
+            .environment("env-0")?
+            .statuses
+            .iter()
+            .any(|s| s.status == "downloading")
+            .then_some(())
+    })
+    .await;
+    drop(b0);
+    portal.shutdown().await;
+
+    let portal = start(&data).await;
+    let mut b1 = connect(&portal, "env-1").await;
+    synced(&mut b1).await;
+    let mut b0 = connect(&portal, "env-0").await;
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), b0.next()).await;
+    assert!(
+        quiet.is_err(),
+        "a box that reported since its assignment is not told again: {quiet:?}"
+    );
+    report(&mut b0, "env-0", "installed", None).await;
+    report(&mut b1, "env-1", "installed", None).await;
+    let r = eventually("the rollout to finish", || {
+        portal
+            .rollouts()
+            .into_iter()
+            .find(|r| r.state == RolloutState::Finished)
+    })
+    .await;
+    assert_eq!((r.installed(), r.failed()), (2, 0));
+    portal.shutdown().await;
+}
