@@ -76,6 +76,18 @@ async fn report(ws: &mut Ws, env: &str, status: &str, message: Option<&str>) {
         .unwrap();
 }
 
+/// Waits for the rollout to finish, with `installed` and `failed` boxes.
+async fn assert_finished_with(portal: &PortalHandle, installed_failed: (usize, usize)) {
+    let r = eventually("the rollout to finish", || {
+        portal
+            .rollouts()
+            .into_iter()
+            .find(|r| r.state == RolloutState::Finished)
+    })
+    .await;
+    assert_eq!((r.installed(), r.failed()), installed_failed);
+}
+
 fn spec(envs: &[String]) -> RolloutSpec {
     RolloutSpec {
         name: "v2".into(),
@@ -292,14 +304,7 @@ async fn a_box_away_when_its_wave_was_assigned_is_told_to_synchronise_when_it_co
     let mut b1 = connect(&portal, "env-1").await;
     synced(&mut b1).await;
     report(&mut b1, "env-1", "installed", None).await;
-    let r = eventually("the rollout to finish", || {
-        portal
-            .rollouts()
-            .into_iter()
-            .find(|r| r.state == RolloutState::Finished)
-    })
-    .await;
-    assert_eq!((r.installed(), r.failed()), (2, 0));
+    assert_finished_with(&portal, (2, 0)).await;
     // Once its verdict is in, a box that connects is not told anything.
     let mut again = connect(&portal, "env-1").await;
     let quiet = tokio::time::timeout(Duration::from_millis(500), again.next()).await;
@@ -354,13 +359,6 @@ async fn a_portal_taking_a_rollout_over_tells_the_boxes_assigned_that_reported_n
     );
     report(&mut b0, "env-0", "installed", None).await;
     report(&mut b1, "env-1", "installed", None).await;
-    let r = eventually("the rollout to finish", || {
-        portal
-            .rollouts()
-            .into_iter()
-            .find(|r| r.state == RolloutState::Finished)
-    })
-    .await;
-    assert_eq!((r.installed(), r.failed()), (2, 0));
+    assert_finished_with(&portal, (2, 0)).await;
     portal.shutdown().await;
 }
