@@ -13,6 +13,10 @@
 //! the writes of one process are serialised before `BEGIN` (SQLite has one
 //! writer at a time, and a deferred transaction that must wait for another
 //! would fail instead of waiting), so readers never wait for writers (WAL).
+//! A write whose later statements depend on what the earlier ones changed
+//! (a batch of statuses: which were new) opens a [`Tx`] ([`Db::begin`]),
+//! runs statements in it ([`Db::execute`]) and commits it ([`Db::commit`]);
+//! a `Tx` dropped uncommitted is rolled back.
 
 use std::{
     borrow::Cow,
@@ -26,9 +30,9 @@ use futures_util::future::BoxFuture;
 use sqlx::{
     any::{AnyArguments, AnyPoolOptions, AnyRow},
     migrate::{Migration, MigrationSource, MigrationType, Migrator},
-    AnyPool, Arguments as _, Executor as _,
+    Any, AnyPool, Arguments as _, Executor as _, Transaction,
 };
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tracing::info;
 
 use super::PortalError;
@@ -408,6 +412,63 @@ impl Db {
         })
     }
 
+    /// Opens a transaction (on SQLite, after this process's other writes).
+    pub fn begin(&self) -> Result<Tx, PortalError> {
+        let pool = self.pool.clone();
+        let writes = self.writes.clone();
+        let (tx, serial) = self.block(async move {
+            let serial = match writes {
+                Some(m) => Some(m.lock_owned().await),
+                None => None,
+            };
+            let tx = pool.begin().await.map_err(db_error("begin"))?;
+            Ok::<_, PortalError>((tx, serial))
+        })?;
+        Ok(Tx {
+            inner: Some((tx, serial)),
+            handle: self.worker.handle.clone(),
+        })
+    }
+
+    /// Runs `stmts` in `tx`, in order: the rows each changed. A failed
+    /// statement fails the transaction (commit nothing after it).
+    pub fn execute(&self, tx: &mut Tx, stmts: Vec<Stmt>) -> Result<Vec<u64>, PortalError> {
+        let Some((mut inner, serial)) = tx.inner.take() else {
+            return Err(PortalError::BadRequest(
+                "a statement in a transaction that failed".into(),
+            ));
+        };
+        let (inner, out) = self.block(async move {
+            let mut changed = Vec::with_capacity(stmts.len());
+            for s in &stmts {
+                match sqlx::query_with(&s.sql, bind(&s.args))
+                    .execute(&mut *inner)
+                    .await
+                {
+                    Ok(done) => changed.push(done.rows_affected()),
+                    Err(e) => return (inner, Err(db_error("write")(e))),
+                }
+            }
+            (inner, Ok(changed))
+        });
+        tx.inner = Some((inner, serial));
+        out
+    }
+
+    /// Commits `tx`.
+    pub fn commit(&self, mut tx: Tx) -> Result<(), PortalError> {
+        let Some((inner, serial)) = tx.inner.take() else {
+            return Err(PortalError::BadRequest(
+                "a commit of a transaction that failed".into(),
+            ));
+        };
+        self.block(async move {
+            let done = inner.commit().await.map_err(db_error("commit"));
+            drop(serial);
+            done
+        })
+    }
+
     /// The rows of one query.
     pub fn rows(&self, stmt: Stmt) -> Result<Vec<AnyRow>, PortalError> {
         let pool = self.pool.clone();
@@ -417,6 +478,36 @@ impl Db {
                 .await
                 .map_err(db_error("read"))
         })
+    }
+}
+
+/// A transaction open on the database ([`Db::begin`]); rolled back when
+/// dropped uncommitted.
+pub struct Tx {
+    /// The transaction and, on SQLite, this process's write turn.
+    inner: Option<(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>)>,
+    /// The database's runtime, where the transaction ends.
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("open", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some((inner, serial)) = self.inner.take() {
+            // The connection goes back to the pool on the database's
+            // runtime; the write turn is given up after the rollback.
+            self.handle.spawn(async move {
+                let _ = inner.rollback().await;
+                drop(serial);
+            });
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, time::Duration};
 use sqlx::any::AnyRow;
 
 use super::{
-    db::{self, stmt, Db, Stmt},
+    db::{self, stmt, Db, Stmt, Tx},
     PortalError, StatusRecord, MAX_STATUSES_PER_ENV,
 };
 
@@ -95,51 +95,145 @@ pub(crate) fn is_recorded(db: &Db, env: &str, outbox: &str, seq: u64) -> Result<
         .is_empty())
 }
 
-/// Records `record` for `env`: a [`Stmt::guard`]ed insert (a durable
-/// status recorded already changes nothing) and the environment's summary.
-pub(crate) fn record_stmts(env: &str, record: &StatusRecord) -> Vec<Stmt> {
-    let status = record.status.as_str().unwrap_or_default().to_owned();
-    let verdict = VERDICTS.contains(&status.as_str()).then(|| status.clone());
-    let received = record.received_ms.unwrap_or_default();
+/// The insert of `record`'s row for `env`; it changes no row when it is
+/// a durable status recorded already.
+fn insert_stmt(env: &str, record: &StatusRecord) -> Stmt {
     let outbox = record
         .seq
         .map(|_| record.outbox_id.clone().unwrap_or_default());
     let json = serde_json::to_string(record).expect("status record to JSON");
+    stmt!(
+        "INSERT INTO statuses (env, received_ms, status, outbox_id, seq, record) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        env,
+        record.received_ms.unwrap_or_default(),
+        record.status.as_str().unwrap_or_default(),
+        outbox,
+        record.seq,
+        json,
+    )
+}
+
+/// `env`'s summary after `count` new statuses, `last` the newest;
+/// `verdict` the newest verdict among them, if any.
+fn summary_stmt(env: &str, last: &StatusRecord, verdict: Option<String>, count: u64) -> Stmt {
+    stmt!(
+        "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
+         VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (env) DO UPDATE SET \
+         last_status = excluded.last_status, last_ms = excluded.last_ms, \
+         last_verdict = COALESCE(excluded.last_verdict, env_status.last_verdict), \
+         statuses = env_status.statuses + excluded.statuses",
+        env,
+        last.status.as_str().unwrap_or_default(),
+        last.received_ms.unwrap_or_default(),
+        verdict,
+        count,
+    )
+}
+
+/// The verdict `record` is, if it is one.
+fn verdict_of(record: &StatusRecord) -> Option<String> {
+    record
+        .status
+        .as_str()
+        .filter(|s| VERDICTS.contains(s))
+        .map(str::to_owned)
+}
+
+/// Records `record` for `env`: a [`Stmt::guard`]ed insert (a durable
+/// status recorded already changes nothing) and the environment's summary.
+pub(crate) fn record_stmts(env: &str, record: &StatusRecord) -> Vec<Stmt> {
     vec![
-        stmt!(
-            "INSERT INTO statuses (env, received_ms, status, outbox_id, seq, record) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            env,
-            received,
-            &status,
-            outbox,
-            record.seq,
-            json,
-        )
-        .guard(),
-        stmt!(
-            "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
-             VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (env) DO UPDATE SET \
-             last_status = excluded.last_status, last_ms = excluded.last_ms, \
-             last_verdict = COALESCE(excluded.last_verdict, env_status.last_verdict), \
-             statuses = env_status.statuses + 1",
-            env,
-            status,
-            received,
-            verdict,
-        ),
+        insert_stmt(env, record).guard(),
+        summary_stmt(env, record, verdict_of(record), 1),
     ]
+}
+
+/// Counts `n` durable statuses of `env` refused as duplicates.
+fn duplicates_stmt(env: &str, now_ms: u64, n: u64) -> Stmt {
+    stmt!(
+        "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
+         VALUES ($1, '', $2, NULL, 0, $3) ON CONFLICT (env) DO UPDATE SET \
+         duplicates = env_status.duplicates + excluded.duplicates",
+        env,
+        now_ms,
+        n,
+    )
 }
 
 /// Counts a durable status of `env` refused as a duplicate.
 pub(crate) fn duplicate_stmt(env: &str, now_ms: u64) -> Stmt {
-    stmt!(
-        "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
-         VALUES ($1, '', $2, NULL, 0, 1) ON CONFLICT (env) DO UPDATE SET \
-         duplicates = env_status.duplicates + 1",
-        env,
-        now_ms,
-    )
+    duplicates_stmt(env, now_ms, 1)
+}
+
+/// The outcome of recording one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Recorded (and fed to the rollouts).
+    New,
+    /// A durable status recorded already: dropped, counted.
+    Duplicate,
+}
+
+/// Records `batch` (environment, status; in the order received) in the
+/// open transaction `tx`: each status's row (a durable one recorded
+/// already, before or earlier in the batch, changes nothing and is a
+/// [`Recorded::Duplicate`]), then each environment's summary once, with
+/// its new statuses and its duplicates counted. What each status was, in
+/// the batch's order; nothing is committed here.
+pub(crate) fn record_in(
+    db: &Db,
+    tx: &mut Tx,
+    batch: &[(String, StatusRecord)],
+    now_ms: u64,
+) -> Result<Vec<Recorded>, PortalError> {
+    let inserted = db.execute(
+        tx,
+        batch.iter().map(|(env, r)| insert_stmt(env, r)).collect(),
+    )?;
+    let outcomes: Vec<Recorded> = inserted
+        .iter()
+        .map(|&n| {
+            if n > 0 {
+                Recorded::New
+            } else {
+                Recorded::Duplicate
+            }
+        })
+        .collect();
+    /// One environment's part of the batch.
+    #[derive(Default)]
+    struct Summary<'a> {
+        last: Option<&'a StatusRecord>,
+        verdict: Option<String>,
+        new: u64,
+        duplicates: u64,
+    }
+    let mut by_env: BTreeMap<&str, Summary<'_>> = BTreeMap::new();
+    for ((env, record), outcome) in batch.iter().zip(&outcomes) {
+        let s = by_env.entry(env.as_str()).or_default();
+        match outcome {
+            Recorded::New => {
+                s.new += 1;
+                s.last = Some(record);
+                if let Some(v) = verdict_of(record) {
+                    s.verdict = Some(v);
+                }
+            }
+            Recorded::Duplicate => s.duplicates += 1,
+        }
+    }
+    let mut stmts = Vec::with_capacity(by_env.len());
+    for (env, s) in by_env {
+        if let Some(last) = s.last {
+            stmts.push(summary_stmt(env, last, s.verdict, s.new));
+        }
+        if s.duplicates > 0 {
+            stmts.push(duplicates_stmt(env, now_ms, s.duplicates));
+        }
+    }
+    db.execute(tx, stmts)?;
+    Ok(outcomes)
 }
 
 fn parse(row: &AnyRow, i: usize) -> Option<StatusRecord> {

@@ -22,7 +22,7 @@ use tracing::info;
 
 use super::{
     db::{self, stmt, Db, Stmt},
-    history,
+    history::{self, Recorded},
     leases::Lease,
     rollout::{Action, BoxState, Rollout, RolloutSpec},
     store, App, PortalError, StatusRecord,
@@ -189,15 +189,6 @@ fn load(db: &Db, only: Option<u64>) -> Result<Vec<Rollout>, PortalError> {
         .collect()
 }
 
-/// The outcome of a status handed to [`App::record_status`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recorded {
-    /// Recorded, and fed to the rollouts.
-    New,
-    /// A durable status recorded already: dropped.
-    Duplicate,
-}
-
 impl Rollouts {
     /// The rollouts of `db`.
     pub(crate) fn open(db: Arc<Db>) -> Result<Rollouts, PortalError> {
@@ -245,13 +236,30 @@ impl Rollouts {
         &self,
         id: Option<u64>,
         first: Vec<Stmt>,
-        mut f: impl FnMut(&mut Rollout) -> Vec<Action>,
+        f: impl FnMut(&mut Rollout) -> Vec<Action>,
     ) -> Result<Option<(bool, Vec<TargetedAction>)>, PortalError> {
         let mut state = self.state.lock().expect("rollouts lock");
-        let driven = self.driven.lock().expect("driven lock").clone();
+        let moved = self.run(&mut state, id, f);
         let mut stmts = first;
-        let mut changed = Vec::new();
-        let mut actions = Vec::new();
+        stmts.extend(moved.stmts);
+        let written = self.db.write(stmts);
+        if !matches!(written, Ok(true)) {
+            self.reload(&mut state, &moved.changed)?;
+        }
+        Ok(written?.then_some((!moved.changed.is_empty(), moved.actions)))
+    }
+
+    /// Runs `f` on every live rollout this process drives (or only `id`):
+    /// the rows to write and the actions. The machines move in memory
+    /// only; [`Rollouts::reload`] them when the rows are not written.
+    fn run(
+        &self,
+        state: &mut [Rollout],
+        id: Option<u64>,
+        mut f: impl FnMut(&mut Rollout) -> Vec<Action>,
+    ) -> Moved {
+        let driven = self.driven.lock().expect("driven lock").clone();
+        let mut moved = Moved::default();
         for r in state.iter_mut() {
             if id.is_some_and(|id| id != r.id)
                 || (id.is_none() && (r.is_over() || !driven.contains(&r.id)))
@@ -261,26 +269,41 @@ impl Rollouts {
             let before = (r.current_wave, r.state.clone());
             let out = f(r);
             if r.has_changed_boxes() || before != (r.current_wave, r.state.clone()) {
-                changed.push(r.id);
-                stmts.extend(rollout_stmts(r));
+                moved.changed.push(r.id);
+                moved.stmts.extend(rollout_stmts(r));
             }
             for a in out {
                 let Action::AssignTarget(env) = &a;
-                stmts.extend(store::assignment_stmts(env, &r.spec.target));
-                actions.push((r.spec.target.clone(), a));
+                moved
+                    .stmts
+                    .extend(store::assignment_stmts(env, &r.spec.target));
+                moved.actions.push((r.spec.target.clone(), a));
             }
         }
-        let written = self.db.write(stmts);
-        if !matches!(written, Ok(true)) {
-            // The machines moved and their rows did not: read them again.
-            for r in state.iter_mut().filter(|r| changed.contains(&r.id)) {
-                if let Some(fresh) = load(&self.db, Some(r.id))?.pop() {
-                    *r = fresh;
-                }
-            }
-        }
-        Ok(written?.then_some((!changed.is_empty(), actions)))
+        moved
     }
+
+    /// Reads the rollouts `changed` again: their machines moved and their
+    /// rows were not written.
+    fn reload(&self, state: &mut [Rollout], changed: &[u64]) -> Result<(), PortalError> {
+        for r in state.iter_mut().filter(|r| changed.contains(&r.id)) {
+            if let Some(fresh) = load(&self.db, Some(r.id))?.pop() {
+                *r = fresh;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Rollouts::run`] moved.
+#[derive(Default)]
+struct Moved {
+    /// The rollouts that changed.
+    changed: Vec<u64>,
+    /// Their rows and the assignments of their actions.
+    stmts: Vec<Stmt>,
+    /// The actions, with their target sets.
+    actions: Vec<TargetedAction>,
 }
 
 impl App {
@@ -394,39 +417,59 @@ impl App {
             .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")))
     }
 
-    /// Records `record` of `env` in the history and feeds it to the live
-    /// rollouts, in one transaction; then tells the boxes of a wave it
-    /// started. A durable status recorded already is dropped.
-    pub(crate) fn record_status(
+    /// Records a batch of statuses (environment, status, in the order
+    /// received; [`super::recorder`] gathers them from every connection)
+    /// and feeds the new ones to the live rollouts, in ONE transaction:
+    /// the statuses' rows, the environments' summaries, the changed boxes'
+    /// rows, the rollouts' rows and the assignments of a wave they
+    /// started. Only once it committed are the boxes of such a wave told,
+    /// and the console; a durable status recorded already is dropped and
+    /// counted. An error: nothing of the batch was written.
+    pub(crate) fn record_statuses(
         &self,
-        env: &str,
-        record: &StatusRecord,
-    ) -> Result<Recorded, PortalError> {
-        if let Some(seq) = record.seq {
-            let outbox = record.outbox_id.clone().unwrap_or_default();
-            if history::is_recorded(&self.db, env, &outbox, seq)? {
-                self.db
-                    .write(vec![history::duplicate_stmt(env, now_ms())])?;
-                return Ok(Recorded::Duplicate);
-            }
-        }
-        let status = record.status.as_str().unwrap_or_default();
-        let message = record.status_message.as_str();
+        batch: &[(String, StatusRecord)],
+    ) -> Result<Vec<Recorded>, PortalError> {
         let now = now_ms();
-        let first = history::record_stmts(env, record);
-        match self.rollouts.update(None, first, |r| {
-            r.status_reported(env, status, message, now)
-        })? {
-            Some((_, actions)) => {
-                self.tell_assigned(actions);
-                Ok(Recorded::New)
+        let mut state = self.rollouts.state.lock().expect("rollouts lock");
+        let mut tx = self.db.begin()?;
+        let outcomes = history::record_in(&self.db, &mut tx, batch, now)?;
+        let new: Vec<(&str, &str, Option<&str>)> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == Recorded::New)
+            .map(|((env, r), _)| {
+                (
+                    env.as_str(),
+                    r.status.as_str().unwrap_or_default(),
+                    r.status_message.as_str(),
+                )
+            })
+            .collect();
+        let moved = self.rollouts.run(&mut state, None, |r| {
+            let mut actions = Vec::new();
+            for (env, status, message) in &new {
+                if r.box_state(env).is_some() {
+                    actions.extend(r.status_reported(env, status, *message, now));
+                }
             }
-            None => {
-                self.db
-                    .write(vec![history::duplicate_stmt(env, now_ms())])?;
-                Ok(Recorded::Duplicate)
+            actions
+        });
+        let written = self
+            .db
+            .execute(&mut tx, moved.stmts)
+            .and_then(|_| self.db.commit(tx));
+        if let Err(error) = written {
+            self.rollouts.reload(&mut state, &moved.changed)?;
+            return Err(error);
+        }
+        drop(state);
+        self.tell_assigned(moved.actions);
+        for ((env, record), outcome) in batch.iter().zip(&outcomes) {
+            if *outcome == Recorded::New {
+                self.status_recorded(env, record);
             }
         }
+        Ok(outcomes)
     }
 
     /// Moves the rollouts' clock.
