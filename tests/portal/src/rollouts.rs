@@ -508,8 +508,10 @@ impl App {
 /// Status rows read again behind the last one fed: a row of a transaction
 /// that committed after a later id became visible is still seen (feeding
 /// a status twice changes nothing: a verdict moves a box out of
-/// `Assigned`).
-const FEED_OVERLAP: u64 = 256;
+/// `Assigned`). Each process writes one batch of statuses at a time
+/// ([`super::recorder::STATUS_BATCH`]): this covers four other processes'
+/// batches in flight.
+const FEED_OVERLAP: u64 = 4 * super::recorder::STATUS_BATCH as u64;
 
 /// Status rows fed per tick at most; the rest at the next tick.
 const FEED_BATCH: u64 = 20_000;
