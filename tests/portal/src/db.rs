@@ -218,6 +218,41 @@ macro_rules! stmt {
 }
 pub use stmt;
 
+/// Rows written by one multi-row statement at most ([`multi_row`]): its
+/// placeholders stay far below both engines' limits (SQLite 32 766,
+/// PostgreSQL 65 535) for a row of a dozen columns.
+pub const ROWS_PER_STMT: usize = 256;
+
+/// `head VALUES ($1, …), ($n, …) tail` for `rows` (each a row's values,
+/// all of one width), in statements of at most [`ROWS_PER_STMT`] rows: a
+/// batch of rows is one round trip to the database, not one per row.
+pub fn multi_row(head: &str, rows: Vec<Vec<Arg>>, tail: &str) -> Vec<Stmt> {
+    let mut out = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut sql = format!("{head} VALUES ");
+        let mut args = Vec::new();
+        for (i, row) in rows.by_ref().take(ROWS_PER_STMT).enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for j in 0..row.len() {
+                if j > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", args.len() + j + 1));
+            }
+            sql.push(')');
+            args.extend(row);
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        out.push(Stmt::new(sql, args));
+    }
+    out
+}
+
 fn bind(args: &[Arg]) -> AnyArguments<'static> {
     let mut out = AnyArguments::default();
     for a in args {
@@ -455,6 +490,24 @@ impl Db {
         out
     }
 
+    /// The rows `stmt` returns, run in `tx` (an `INSERT … RETURNING`).
+    pub fn fetch(&self, tx: &mut Tx, stmt: Stmt) -> Result<Vec<AnyRow>, PortalError> {
+        let Some((mut inner, serial)) = tx.inner.take() else {
+            return Err(PortalError::BadRequest(
+                "a statement in a transaction that failed".into(),
+            ));
+        };
+        let (inner, out) = self.block(async move {
+            let out = sqlx::query_with(&stmt.sql, bind(&stmt.args))
+                .fetch_all(&mut *inner)
+                .await
+                .map_err(db_error("write"));
+            (inner, out)
+        });
+        tx.inner = Some((inner, serial));
+        out
+    }
+
     /// Commits `tx`.
     pub fn commit(&self, mut tx: Tx) -> Result<(), PortalError> {
         let Some((inner, serial)) = tx.inner.take() else {
@@ -562,6 +615,12 @@ pub fn text(row: &AnyRow, i: usize) -> String {
 pub fn opt_text(row: &AnyRow, i: usize) -> Option<String> {
     use sqlx::Row as _;
     row.try_get::<Option<String>, _>(i).ok().flatten()
+}
+
+/// A nullable `BIGINT` column of `row`.
+pub fn opt_int(row: &AnyRow, i: usize) -> Option<i64> {
+    use sqlx::Row as _;
+    row.try_get::<Option<i64>, _>(i).ok().flatten()
 }
 
 /// A `BIGINT` column of `row`.

@@ -103,25 +103,31 @@ pub(crate) fn rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
     stmts
 }
 
-/// The rows of `r`'s boxes changed since they were last written.
+/// The rows of `r`'s boxes changed since they were last written, in
+/// multi-row statements.
 fn box_stmts(r: &mut Rollout) -> Vec<Stmt> {
-    let mut stmts = Vec::new();
-    for i in r.take_changed() {
-        let wave = r.wave_of_place(i).unwrap_or_default();
-        let (env, s) = &r.boxes[i];
-        stmts.push(stmt!(
-            "INSERT INTO rollout_boxes (rollout_id, env, position, wave, state, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rollout_id, env) DO UPDATE SET \
-             wave = excluded.wave, state = excluded.state, detail = excluded.detail",
-            r.id,
-            env,
-            i,
-            wave,
-            state_name(s),
-            json(s),
-        ));
-    }
-    stmts
+    let rows: Vec<Vec<db::Arg>> = r
+        .take_changed()
+        .into_iter()
+        .map(|i| {
+            let wave = r.wave_of_place(i).unwrap_or_default();
+            let (env, s) = &r.boxes[i];
+            vec![
+                r.id.into(),
+                env.into(),
+                i.into(),
+                wave.into(),
+                state_name(s).into(),
+                json(s).into(),
+            ]
+        })
+        .collect();
+    db::multi_row(
+        "INSERT INTO rollout_boxes (rollout_id, env, position, wave, state, detail)",
+        rows,
+        "ON CONFLICT (rollout_id, env) DO UPDATE SET \
+         wave = excluded.wave, state = excluded.state, detail = excluded.detail",
+    )
 }
 
 /// A rollout's part as JSON, which cannot fail.

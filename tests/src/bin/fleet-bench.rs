@@ -267,7 +267,9 @@ fn wait_connected(portal: &PortalProcess, boxes: usize, t: Instant) -> Result<Du
             return Ok(t.elapsed());
         }
         if t.elapsed() > CONNECT_WITHIN {
-            bail!("FAILED: only {n} of {boxes} simulated boxes connected within {CONNECT_WITHIN:?}");
+            bail!(
+                "FAILED: only {n} of {boxes} simulated boxes connected within {CONNECT_WITHIN:?}"
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -746,7 +748,9 @@ fn rollout_bench_portals(boxes: usize, portals: usize, database: Option<String>)
             break t.elapsed();
         }
         if t.elapsed() > CONNECT_WITHIN {
-            bail!("FAILED: only {n} of {boxes} simulated boxes connected within {CONNECT_WITHIN:?}");
+            bail!(
+                "FAILED: only {n} of {boxes} simulated boxes connected within {CONNECT_WITHIN:?}"
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     };
