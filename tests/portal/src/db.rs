@@ -189,6 +189,11 @@ pub struct Stmt {
     /// when this statement changes no row (an `INSERT … ON CONFLICT DO
     /// NOTHING` that met its row).
     guard: bool,
+    /// Kept prepared by the connection for the next use. A multi-row
+    /// statement is not ([`multi_row`]): its text differs with each row
+    /// count, and a cache of such statements (each with a placeholder per
+    /// value) would hold megabytes per connection for nothing.
+    persistent: bool,
 }
 
 impl Stmt {
@@ -198,6 +203,7 @@ impl Stmt {
             sql: sql.into(),
             args,
             guard: false,
+            persistent: true,
         }
     }
 
@@ -248,7 +254,9 @@ pub fn multi_row(head: &str, rows: Vec<Vec<Arg>>, tail: &str) -> Vec<Stmt> {
         }
         sql.push(' ');
         sql.push_str(tail);
-        out.push(Stmt::new(sql, args));
+        let mut stmt = Stmt::new(sql, args);
+        stmt.persistent = false;
+        out.push(stmt);
     }
     out
 }
@@ -434,6 +442,7 @@ impl Db {
             let mut tx = pool.begin().await.map_err(db_error("begin"))?;
             for s in &stmts {
                 let done = sqlx::query_with(&s.sql, bind(&s.args))
+                    .persistent(s.persistent)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error("write"))?;
@@ -477,6 +486,7 @@ impl Db {
             let mut changed = Vec::with_capacity(stmts.len());
             for s in &stmts {
                 match sqlx::query_with(&s.sql, bind(&s.args))
+                    .persistent(s.persistent)
                     .execute(&mut *inner)
                     .await
                 {
@@ -499,6 +509,7 @@ impl Db {
         };
         let (inner, out) = self.block(async move {
             let out = sqlx::query_with(&stmt.sql, bind(&stmt.args))
+                .persistent(stmt.persistent)
                 .fetch_all(&mut *inner)
                 .await
                 .map_err(db_error("write"));
@@ -527,6 +538,7 @@ impl Db {
         let pool = self.pool.clone();
         self.block(async move {
             sqlx::query_with(&stmt.sql, bind(&stmt.args))
+                .persistent(stmt.persistent)
                 .fetch_all(&pool)
                 .await
                 .map_err(db_error("read"))
