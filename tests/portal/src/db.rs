@@ -299,17 +299,31 @@ impl MigrationSource<'static> for Embedded {
     }
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "state",
-    include_str!("../migrations/sqlite/0001_state.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "state",
+        include_str!("../migrations/sqlite/0001_state.sql"),
+    ),
+    (
+        2,
+        "rollout requests",
+        include_str!("../migrations/sqlite/0002_rollout_requests.sql"),
+    ),
+];
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "state",
-    include_str!("../migrations/postgres/0001_state.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "state",
+        include_str!("../migrations/postgres/0001_state.sql"),
+    ),
+    (
+        2,
+        "rollout requests",
+        include_str!("../migrations/postgres/0002_rollout_requests.sql"),
+    ),
+];
 
 /// The database runtime's thread: futures handed to it run there.
 struct Worker {

@@ -52,6 +52,35 @@ pub(crate) struct Rollouts {
     unsynced: Mutex<HashSet<String>>,
 }
 
+/// What an operator asks of a rollout, kept in its row (`request`) when
+/// the process asked does not drive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// Resume a halted rollout.
+    Resume,
+    /// Cancel it.
+    Cancel,
+}
+
+impl Request {
+    /// The `request` column's value.
+    fn as_str(self) -> &'static str {
+        match self {
+            Request::Resume => "resume",
+            Request::Cancel => "cancel",
+        }
+    }
+
+    /// A `request` column's value.
+    fn parse(s: &str) -> Option<Request> {
+        match s {
+            "resume" => Some(Request::Resume),
+            "cancel" => Some(Request::Cancel),
+            _ => None,
+        }
+    }
+}
+
 /// Milliseconds since the epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -206,6 +235,11 @@ impl Rollouts {
             fed_up_to: Mutex::new(0),
             unsynced: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Whether this process drives rollout `id` (holds its lease).
+    fn drives(&self, id: u64) -> bool {
+        self.driven.lock().expect("driven lock").contains(&id)
     }
 
     /// Every rollout, newest first.
@@ -398,29 +432,99 @@ impl App {
 
     /// Resumes a halted rollout.
     pub(crate) fn resume_rollout(&self, id: u64) -> Result<Rollout, PortalError> {
-        let now = now_ms();
-        if let Some((_, actions)) = self
-            .rollouts
-            .update(Some(id), Vec::new(), |r| r.resume(now))?
-        {
-            self.tell_assigned(actions);
+        self.ask_rollout(id, Request::Resume)
+    }
+
+    /// Cancels a rollout.
+    pub(crate) fn cancel_rollout(&self, id: u64) -> Result<Rollout, PortalError> {
+        self.ask_rollout(id, Request::Cancel)
+    }
+
+    /// Carries out `request` on rollout `id` when this process drives it
+    /// (or is the only one); otherwise leaves it in the rollout's row for
+    /// the process that drives it, which carries it out at its next tick
+    /// ([`App::drive_rollouts`]), and answers the rollout as it is now.
+    fn ask_rollout(&self, id: u64, request: Request) -> Result<Rollout, PortalError> {
+        if self.leases.is_shared() && !self.rollouts.drives(id) {
+            let asked = self.db.write(vec![stmt!(
+                "UPDATE rollouts SET request = $2 WHERE id = $1 AND live = $3",
+                id,
+                request.as_str(),
+                true
+            )
+            .guard()])?;
+            if asked {
+                info!(
+                    rollout = id,
+                    request = request.as_str(),
+                    "asked the process that drives the rollout"
+                );
+                self.changed();
+                return load(&self.db, Some(id))?
+                    .pop()
+                    .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")));
+            }
         }
+        self.carry_out(id, request, Vec::new())?;
         self.changed();
         self.rollouts
             .get(id)
             .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")))
     }
 
-    /// Cancels a rollout.
-    pub(crate) fn cancel_rollout(&self, id: u64) -> Result<Rollout, PortalError> {
-        self.rollouts.update(Some(id), Vec::new(), |r| {
-            r.cancel();
-            Vec::new()
-        })?;
-        self.changed();
-        self.rollouts
-            .get(id)
-            .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")))
+    /// Carries `request` out on rollout `id` in one transaction with
+    /// `first`; whether it was (`false`: a guarded statement of `first`
+    /// changed nothing).
+    fn carry_out(&self, id: u64, request: Request, first: Vec<Stmt>) -> Result<bool, PortalError> {
+        let now = now_ms();
+        let out = match request {
+            Request::Resume => self.rollouts.update(Some(id), first, |r| r.resume(now))?,
+            Request::Cancel => self.rollouts.update(Some(id), first, |r| {
+                r.cancel();
+                Vec::new()
+            })?,
+        };
+        match out {
+            Some((_, actions)) => {
+                self.tell_assigned(actions);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Carries out the requests left for the rollouts this process
+    /// drives ([`App::ask_rollout`] on another process), each in one
+    /// transaction with the clearing of its request.
+    fn carry_out_requests(&self) -> Result<(), PortalError> {
+        let rows = self.db.rows(stmt!(
+            "SELECT id, request FROM rollouts WHERE live = $1 AND request IS NOT NULL",
+            true
+        ))?;
+        for row in rows {
+            let id = db::uint(&row, 0);
+            let Some(request) = db::opt_text(&row, 1).as_deref().and_then(Request::parse) else {
+                continue;
+            };
+            if !self.rollouts.drives(id) {
+                continue;
+            }
+            let clear = stmt!(
+                "UPDATE rollouts SET request = NULL WHERE id = $1 AND request = $2",
+                id,
+                request.as_str()
+            )
+            .guard();
+            if self.carry_out(id, request, vec![clear])? {
+                info!(
+                    rollout = id,
+                    request = request.as_str(),
+                    "carried out a request asked through another process"
+                );
+                self.changed();
+            }
+        }
+        Ok(())
     }
 
     /// Records a batch of statuses (environment, status, in the order
@@ -558,6 +662,24 @@ impl App {
                 .remove(&id);
             self.leases.release(Lease::Rollout(id)).await;
         }
+        // Rollouts another process finished or cancelled: read once more,
+        // so that this process's console does not show them live.
+        let ended: Vec<u64> = {
+            let state = self.rollouts.state.lock().expect("rollouts lock");
+            state
+                .iter()
+                .filter(|r| !r.is_over() && !live.contains(&r.id))
+                .map(|r| r.id)
+                .collect()
+        };
+        for id in ended {
+            if let Some(fresh) = load(&self.db, Some(id))?.pop() {
+                let mut state = self.rollouts.state.lock().expect("rollouts lock");
+                if let Some(r) = state.iter_mut().find(|r| r.id == id) {
+                    *r = fresh;
+                }
+            }
+        }
         for id in live {
             let held = self
                 .leases
@@ -596,6 +718,7 @@ impl App {
                 driven.remove(&id);
             }
         }
+        self.carry_out_requests()?;
         if self.events.is_shared() {
             self.feed_others_statuses()?;
         }
