@@ -646,12 +646,22 @@ impl App {
             .iter()
             .map(|r| db::uint(r, 0))
             .collect();
+        // A driven rollout ends here, in this process's memory: one that
+        // is not live in the database but live in memory was started
+        // after `live` was read, and is not given up.
         let over: Vec<u64> = {
+            let state = self.rollouts.state.lock().expect("rollouts lock");
             let driven = self.rollouts.driven.lock().expect("driven lock");
             driven
                 .iter()
                 .copied()
-                .filter(|id| !live.contains(id))
+                .filter(|id| {
+                    !live.contains(id)
+                        && state
+                            .iter()
+                            .find(|r| r.id == *id)
+                            .is_none_or(Rollout::is_over)
+                })
                 .collect()
         };
         for id in over {
@@ -666,9 +676,10 @@ impl App {
         // so that this process's console does not show them live.
         let ended: Vec<u64> = {
             let state = self.rollouts.state.lock().expect("rollouts lock");
+            let driven = self.rollouts.driven.lock().expect("driven lock");
             state
                 .iter()
-                .filter(|r| !r.is_over() && !live.contains(&r.id))
+                .filter(|r| !r.is_over() && !live.contains(&r.id) && !driven.contains(&r.id))
                 .map(|r| r.id)
                 .collect()
         };
