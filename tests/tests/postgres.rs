@@ -139,7 +139,13 @@ async fn a_lease_whose_session_was_ended_is_lost_to_its_holder() {
         .execute(&mut admin)
         .await
         .unwrap();
-    assert!(second.acquire(Lease::TufSigner).await.unwrap());
+    // `pg_terminate_backend` only signals: the session ends, and frees
+    // its locks, soon after.
+    let t = std::time::Instant::now();
+    while !second.acquire(Lease::TufSigner).await.unwrap() {
+        assert!(t.elapsed() < WAIT, "the ended session's lease is not free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The first asks again before using it, and learns it lost it.
     assert!(!first.acquire(Lease::TufSigner).await.unwrap());
 }
