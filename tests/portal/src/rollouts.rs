@@ -684,8 +684,8 @@ impl App {
                 .collect()
         };
         for id in ended {
+            let mut state = self.rollouts.state.lock().expect("rollouts lock");
             if let Some(fresh) = load(&self.db, Some(id))?.pop() {
-                let mut state = self.rollouts.state.lock().expect("rollouts lock");
                 if let Some(r) = state.iter_mut().find(|r| r.id == id) {
                     *r = fresh;
                 }
@@ -709,9 +709,12 @@ impl App {
             if held && was {
                 continue;
             }
-            let fresh = load(&self.db, Some(id))?.pop();
             {
+                // Read under the lock: a batch of statuses committed
+                // between the read and the replacement would be lost to
+                // the machine.
                 let mut state = self.rollouts.state.lock().expect("rollouts lock");
+                let fresh = load(&self.db, Some(id))?.pop();
                 match (state.iter_mut().find(|r| r.id == id), fresh) {
                     (Some(r), Some(f)) => *r = f,
                     (None, Some(f)) => state.push(f),
