@@ -7,7 +7,8 @@
 //! told to fail, `downloading` and then `download_error`). It
 //! downloads nothing from the repository and runs nothing: it measures the
 //! portal's side of a rollout (connections, statuses, waves), not the
-//! box's.
+//! box's. Like a box, it connects again after a failed attempt or a
+//! dropped connection, with backoff and jitter.
 
 use std::time::Duration;
 
@@ -41,18 +42,91 @@ fn coordinates(m: &Value) -> String {
     format!("{}:{}:{}", f("groupId"), f("artifactId"), f("version"))
 }
 
+/// The first delay before a simulated box connects again after a failed
+/// connection attempt or a dropped connection.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest such delay: it doubles after each failed attempt up to
+/// this, as a box's link does.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// `backoff` with jitter: a delay drawn from its upper half, so that a
+/// fleet refused at once does not come back at once.
+fn jittered(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// How a conversation with the portal ended.
+enum Ended {
+    /// `stop` turned true.
+    Stopped,
+    /// The connection closed or failed: connect again.
+    Dropped,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 impl SimBox {
     /// Runs until `stop` turns true; returns how many sets it installed.
+    /// A failed connection attempt or a dropped connection is retried
+    /// after a delay ([`FIRST_BACKOFF`], doubled up to [`MAX_BACKOFF`],
+    /// with jitter), as a box's link does; a box connected again asks for
+    /// its set again.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<usize> {
+        let mut installed: Vec<String> = Vec::new();
+        let mut installs = 0;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let stopped = *stop.borrow();
+            if stopped {
+                break;
+            }
+            match self.connect().await {
+                Ok(ws) => {
+                    backoff = FIRST_BACKOFF;
+                    match self
+                        .converse(ws, &mut stop, &mut installed, &mut installs)
+                        .await
+                    {
+                        Ok(Ended::Stopped) => break,
+                        Ok(Ended::Dropped) | Err(_) => {}
+                    }
+                }
+                Err(_) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tokio::time::sleep(jittered(backoff)) => {}
+            }
+        }
+        Ok(installs)
+    }
+
+    /// One connection attempt, with the environment's secret.
+    async fn connect(&self) -> Result<Socket> {
         let mut upgrade = self.ws_url.as_str().into_client_request()?;
         if let Some(secret) = &self.secret {
             upgrade
                 .headers_mut()
                 .insert("Authorization", format!("Bearer {secret}").parse()?);
         }
-        let (mut ws, _) = connect_async(upgrade)
+        let (ws, _) = connect_async(upgrade)
             .await
             .with_context(|| format!("connecting {}", self.ws_url))?;
+        Ok(ws)
+    }
+
+    /// One connection's conversation: asks for the set, then follows the
+    /// portal's frames until `stop` or the connection ends.
+    async fn converse(
+        &self,
+        mut ws: Socket,
+        stop: &mut watch::Receiver<bool>,
+        installed: &mut Vec<String>,
+        installs: &mut usize,
+    ) -> Result<Ended> {
         let request = json!({
             "type": "GET_ENV_MOD_REQ",
             "environmentUUID": self.env,
@@ -60,16 +134,18 @@ impl SimBox {
         })
         .to_string();
         ws.send(Message::Text(request.clone().into())).await?;
-        let mut installed: Vec<String> = Vec::new();
-        let mut installs = 0;
         loop {
             let frame = tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                frame = ws.next() => frame,
+                _ = stop.wait_for(|s| *s) => None,
+                frame = ws.next() => Some(frame),
+            };
+            let Some(frame) = frame else {
+                let _ = ws.close(None).await;
+                return Ok(Ended::Stopped);
             };
             let text = match frame {
                 Some(Ok(Message::Text(t))) => t.to_string(),
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) | None => return Ok(Ended::Dropped),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e).context("the portal link failed"),
             };
@@ -82,7 +158,7 @@ impl SimBox {
                     let modules = msg["modules"].as_array().cloned().unwrap_or_default();
                     let mut set: Vec<String> = modules.iter().map(coordinates).collect();
                     set.sort();
-                    if set.is_empty() || set == installed {
+                    if set.is_empty() || set == *installed {
                         continue;
                     }
                     if self.fail {
@@ -90,7 +166,7 @@ impl SimBox {
                             let s = json!({"type": "EVT_ENV_MOD_UPD_STS", "environmentUuid": self.env, "module": modules[0], "status": status, "statusMessage": (status == "download_error").then_some("simulated failure")});
                             ws.send(Message::Text(s.to_string().into())).await?;
                         }
-                        installed = set;
+                        *installed = set;
                         continue;
                     }
                     for m in &modules {
@@ -102,13 +178,11 @@ impl SimBox {
                     tokio::time::sleep(self.install_time).await;
                     let s = json!({"type": "EVT_ENV_MOD_UPD_STS", "environmentUuid": self.env, "module": null, "status": "installed", "statusMessage": null});
                     ws.send(Message::Text(s.to_string().into())).await?;
-                    installed = set;
-                    installs += 1;
+                    *installed = set;
+                    *installs += 1;
                 }
                 _ => {}
             }
         }
-        let _ = ws.close(None).await;
-        Ok(installs)
     }
 }

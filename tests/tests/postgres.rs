@@ -139,7 +139,13 @@ async fn a_lease_whose_session_was_ended_is_lost_to_its_holder() {
         .execute(&mut admin)
         .await
         .unwrap();
-    assert!(second.acquire(Lease::TufSigner).await.unwrap());
+    // `pg_terminate_backend` only signals: the session ends, and frees
+    // its locks, soon after.
+    let t = std::time::Instant::now();
+    while !second.acquire(Lease::TufSigner).await.unwrap() {
+        assert!(t.elapsed() < WAIT, "the ended session's lease is not free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The first asks again before using it, and learns it lost it.
     assert!(!first.acquire(Lease::TufSigner).await.unwrap());
 }
@@ -153,4 +159,107 @@ fn the_store_conforms_on_postgresql() {
         eprintln!("store check {check} on PostgreSQL");
         postgres::database().expect("the server started above")
     });
+}
+
+/// Polls `f` until it answers, or fails after `within`.
+fn poll<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_resume_asked_through_a_portal_that_does_not_drive_the_rollout_takes_effect() {
+    use banalytics_portal::{
+        rollout::{RolloutSpec, RolloutState, WaveSize},
+        Portal, PortalConfig,
+    };
+    use banalytics_tests::{
+        e2e::{register_box, ModuleSpec, PortalApi as _},
+        simbox::SimBox,
+    };
+
+    let Some(url) = postgres::database() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("portal");
+    let start = || {
+        let mut config = PortalConfig::new(&data);
+        config.database = Some(url.clone());
+        config.admin_token = Some("postgres-test-admin-token".into());
+        Portal::spawn(config).unwrap()
+    };
+    let first = start();
+    let set = vec![ModuleSpec::new("com.example.cam:alpha:1.0", 2_000)];
+    first.publish_all(&dir.path().join("files"), &set).unwrap();
+    let envs: Vec<String> = (0..3)
+        .map(|i| format!("6b0c1f8e-0000-4000-8000-0000000c{i:04}"))
+        .collect();
+    let secrets: Vec<String> = envs
+        .iter()
+        .map(|e| register_box(&first, e).unwrap())
+        .collect();
+    let id = first
+        .start_rollout(RolloutSpec {
+            name: "resumed elsewhere".into(),
+            target: vec![set[0].coordinates.clone()],
+            environments: envs.clone(),
+            waves: vec![WaveSize::Boxes(1), WaveSize::Rest],
+            failure_threshold_percent: 0,
+            report_timeout_ms: 120_000,
+        })
+        .unwrap()
+        .id;
+    // The first portal takes the rollout's lease at its next tick (each
+    // second); the second starts after it, and never drives it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = start();
+
+    // The first wave's box fails (on the first portal): the rollout halts.
+    // The others are connected to the second.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sims: Vec<_> = envs
+        .iter()
+        .zip(&secrets)
+        .enumerate()
+        .map(|(i, (env, secret))| {
+            let portal = if i == 0 { &first } else { &second };
+            runtime.spawn(
+                SimBox {
+                    ws_url: portal.ws_url(env, "sim"),
+                    env: env.clone(),
+                    secret: Some(secret.clone()),
+                    install_time: Duration::from_millis(200),
+                    fail: i == 0,
+                }
+                .run(stop_rx.clone()),
+            )
+        })
+        .collect();
+    let rollout_of =
+        |p: &banalytics_portal::PortalHandle| p.rollouts().into_iter().find(|r| r.id == id);
+    poll(WAIT * 3, "the rollout halted", || {
+        rollout_of(&first).filter(|r| matches!(r.state, RolloutState::Halted { .. }))
+    });
+
+    // Resumed through the second portal, which does not drive it: the
+    // first carries it out, and the rollout goes on to its end.
+    second.resume_rollout(id).unwrap();
+    let done = poll(WAIT * 6, "the rollout finished after its resume", || {
+        rollout_of(&second).filter(|r| r.state == RolloutState::Finished)
+    });
+    assert_eq!((done.installed(), done.failed()), (2, 1), "{done:?}");
+    let _ = stop_tx.send(true);
+    for s in sims {
+        let _ = runtime.block_on(s);
+    }
+    second.shutdown_blocking();
+    first.shutdown_blocking();
 }

@@ -13,6 +13,10 @@
 //! the writes of one process are serialised before `BEGIN` (SQLite has one
 //! writer at a time, and a deferred transaction that must wait for another
 //! would fail instead of waiting), so readers never wait for writers (WAL).
+//! A write whose later statements depend on what the earlier ones changed
+//! (a batch of statuses: which were new) opens a [`Tx`] ([`Db::begin`]),
+//! runs statements in it ([`Db::execute`]) and commits it ([`Db::commit`]);
+//! a `Tx` dropped uncommitted is rolled back.
 
 use std::{
     borrow::Cow,
@@ -26,9 +30,9 @@ use futures_util::future::BoxFuture;
 use sqlx::{
     any::{AnyArguments, AnyPoolOptions, AnyRow},
     migrate::{Migration, MigrationSource, MigrationType, Migrator},
-    AnyPool, Arguments as _, Executor as _,
+    Any, AnyPool, Arguments as _, Executor as _, Transaction,
 };
-use tokio::sync::Mutex as AsyncMutex;
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use tracing::info;
 
 use super::PortalError;
@@ -185,6 +189,11 @@ pub struct Stmt {
     /// when this statement changes no row (an `INSERT … ON CONFLICT DO
     /// NOTHING` that met its row).
     guard: bool,
+    /// Kept prepared by the connection for the next use. A multi-row
+    /// statement is not ([`multi_row`]): its text differs with each row
+    /// count, and a cache of such statements (each with a placeholder per
+    /// value) would hold megabytes per connection for nothing.
+    persistent: bool,
 }
 
 impl Stmt {
@@ -194,6 +203,7 @@ impl Stmt {
             sql: sql.into(),
             args,
             guard: false,
+            persistent: true,
         }
     }
 
@@ -213,6 +223,43 @@ macro_rules! stmt {
     };
 }
 pub use stmt;
+
+/// Rows written by one multi-row statement at most ([`multi_row`]): its
+/// placeholders stay far below both engines' limits (SQLite 32 766,
+/// PostgreSQL 65 535) for a row of a dozen columns.
+pub const ROWS_PER_STMT: usize = 256;
+
+/// `head VALUES ($1, …), ($n, …) tail` for `rows` (each a row's values,
+/// all of one width), in statements of at most [`ROWS_PER_STMT`] rows: a
+/// batch of rows is one round trip to the database, not one per row.
+pub fn multi_row(head: &str, rows: Vec<Vec<Arg>>, tail: &str) -> Vec<Stmt> {
+    let mut out = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut sql = format!("{head} VALUES ");
+        let mut args = Vec::new();
+        for (i, row) in rows.by_ref().take(ROWS_PER_STMT).enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for j in 0..row.len() {
+                if j > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", args.len() + j + 1));
+            }
+            sql.push(')');
+            args.extend(row);
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        let mut stmt = Stmt::new(sql, args);
+        stmt.persistent = false;
+        out.push(stmt);
+    }
+    out
+}
 
 fn bind(args: &[Arg]) -> AnyArguments<'static> {
     let mut out = AnyArguments::default();
@@ -252,17 +299,31 @@ impl MigrationSource<'static> for Embedded {
     }
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "state",
-    include_str!("../migrations/sqlite/0001_state.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "state",
+        include_str!("../migrations/sqlite/0001_state.sql"),
+    ),
+    (
+        2,
+        "rollout requests",
+        include_str!("../migrations/sqlite/0002_rollout_requests.sql"),
+    ),
+];
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "state",
-    include_str!("../migrations/postgres/0001_state.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "state",
+        include_str!("../migrations/postgres/0001_state.sql"),
+    ),
+    (
+        2,
+        "rollout requests",
+        include_str!("../migrations/postgres/0002_rollout_requests.sql"),
+    ),
+];
 
 /// The database runtime's thread: futures handed to it run there.
 struct Worker {
@@ -395,6 +456,7 @@ impl Db {
             let mut tx = pool.begin().await.map_err(db_error("begin"))?;
             for s in &stmts {
                 let done = sqlx::query_with(&s.sql, bind(&s.args))
+                    .persistent(s.persistent)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error("write"))?;
@@ -408,15 +470,123 @@ impl Db {
         })
     }
 
+    /// Opens a transaction (on SQLite, after this process's other writes).
+    pub fn begin(&self) -> Result<Tx, PortalError> {
+        let pool = self.pool.clone();
+        let writes = self.writes.clone();
+        let (tx, serial) = self.block(async move {
+            let serial = match writes {
+                Some(m) => Some(m.lock_owned().await),
+                None => None,
+            };
+            let tx = pool.begin().await.map_err(db_error("begin"))?;
+            Ok::<_, PortalError>((tx, serial))
+        })?;
+        Ok(Tx {
+            inner: Some((tx, serial)),
+            handle: self.worker.handle.clone(),
+        })
+    }
+
+    /// Runs `stmts` in `tx`, in order: the rows each changed. A failed
+    /// statement fails the transaction (commit nothing after it).
+    pub fn execute(&self, tx: &mut Tx, stmts: Vec<Stmt>) -> Result<Vec<u64>, PortalError> {
+        let Some((mut inner, serial)) = tx.inner.take() else {
+            return Err(PortalError::BadRequest(
+                "a statement in a transaction that failed".into(),
+            ));
+        };
+        let (inner, out) = self.block(async move {
+            let mut changed = Vec::with_capacity(stmts.len());
+            for s in &stmts {
+                match sqlx::query_with(&s.sql, bind(&s.args))
+                    .persistent(s.persistent)
+                    .execute(&mut *inner)
+                    .await
+                {
+                    Ok(done) => changed.push(done.rows_affected()),
+                    Err(e) => return (inner, Err(db_error("write")(e))),
+                }
+            }
+            (inner, Ok(changed))
+        });
+        tx.inner = Some((inner, serial));
+        out
+    }
+
+    /// The rows `stmt` returns, run in `tx` (an `INSERT … RETURNING`).
+    pub fn fetch(&self, tx: &mut Tx, stmt: Stmt) -> Result<Vec<AnyRow>, PortalError> {
+        let Some((mut inner, serial)) = tx.inner.take() else {
+            return Err(PortalError::BadRequest(
+                "a statement in a transaction that failed".into(),
+            ));
+        };
+        let (inner, out) = self.block(async move {
+            let out = sqlx::query_with(&stmt.sql, bind(&stmt.args))
+                .persistent(stmt.persistent)
+                .fetch_all(&mut *inner)
+                .await
+                .map_err(db_error("write"));
+            (inner, out)
+        });
+        tx.inner = Some((inner, serial));
+        out
+    }
+
+    /// Commits `tx`.
+    pub fn commit(&self, mut tx: Tx) -> Result<(), PortalError> {
+        let Some((inner, serial)) = tx.inner.take() else {
+            return Err(PortalError::BadRequest(
+                "a commit of a transaction that failed".into(),
+            ));
+        };
+        self.block(async move {
+            let done = inner.commit().await.map_err(db_error("commit"));
+            drop(serial);
+            done
+        })
+    }
+
     /// The rows of one query.
     pub fn rows(&self, stmt: Stmt) -> Result<Vec<AnyRow>, PortalError> {
         let pool = self.pool.clone();
         self.block(async move {
             sqlx::query_with(&stmt.sql, bind(&stmt.args))
+                .persistent(stmt.persistent)
                 .fetch_all(&pool)
                 .await
                 .map_err(db_error("read"))
         })
+    }
+}
+
+/// A transaction open on the database ([`Db::begin`]); rolled back when
+/// dropped uncommitted.
+pub struct Tx {
+    /// The transaction and, on SQLite, this process's write turn.
+    inner: Option<(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>)>,
+    /// The database's runtime, where the transaction ends.
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Tx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("open", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let Some((inner, serial)) = self.inner.take() {
+            // The connection goes back to the pool on the database's
+            // runtime; the write turn is given up after the rollback.
+            self.handle.spawn(async move {
+                let _ = inner.rollback().await;
+                drop(serial);
+            });
+        }
     }
 }
 
@@ -471,6 +641,12 @@ pub fn text(row: &AnyRow, i: usize) -> String {
 pub fn opt_text(row: &AnyRow, i: usize) -> Option<String> {
     use sqlx::Row as _;
     row.try_get::<Option<String>, _>(i).ok().flatten()
+}
+
+/// A nullable `BIGINT` column of `row`.
+pub fn opt_int(row: &AnyRow, i: usize) -> Option<i64> {
+    use sqlx::Row as _;
+    row.try_get::<Option<i64>, _>(i).ok().flatten()
 }
 
 /// A `BIGINT` column of `row`.

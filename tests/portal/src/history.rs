@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, time::Duration};
 use sqlx::any::AnyRow;
 
 use super::{
-    db::{self, stmt, Db, Stmt},
+    db::{self, stmt, Db, Stmt, Tx},
     PortalError, StatusRecord, MAX_STATUSES_PER_ENV,
 };
 
@@ -95,51 +95,224 @@ pub(crate) fn is_recorded(db: &Db, env: &str, outbox: &str, seq: u64) -> Result<
         .is_empty())
 }
 
-/// Records `record` for `env`: a [`Stmt::guard`]ed insert (a durable
-/// status recorded already changes nothing) and the environment's summary.
-pub(crate) fn record_stmts(env: &str, record: &StatusRecord) -> Vec<Stmt> {
-    let status = record.status.as_str().unwrap_or_default().to_owned();
-    let verdict = VERDICTS.contains(&status.as_str()).then(|| status.clone());
-    let received = record.received_ms.unwrap_or_default();
+/// The values of `record`'s row for `env`: `env, received_ms, status,
+/// outbox_id, seq, record`.
+fn status_row(env: &str, record: &StatusRecord) -> Vec<db::Arg> {
     let outbox = record
         .seq
         .map(|_| record.outbox_id.clone().unwrap_or_default());
     let json = serde_json::to_string(record).expect("status record to JSON");
     vec![
-        stmt!(
-            "INSERT INTO statuses (env, received_ms, status, outbox_id, seq, record) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            env,
-            received,
-            &status,
-            outbox,
-            record.seq,
-            json,
-        )
-        .guard(),
-        stmt!(
-            "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
-             VALUES ($1, $2, $3, $4, 1, 0) ON CONFLICT (env) DO UPDATE SET \
-             last_status = excluded.last_status, last_ms = excluded.last_ms, \
-             last_verdict = COALESCE(excluded.last_verdict, env_status.last_verdict), \
-             statuses = env_status.statuses + 1",
-            env,
-            status,
-            received,
-            verdict,
-        ),
+        env.into(),
+        record.received_ms.unwrap_or_default().into(),
+        record.status.as_str().unwrap_or_default().into(),
+        outbox.into(),
+        record.seq.into(),
+        json.into(),
     ]
+}
+
+/// The head of a status's insert.
+const INSERT_STATUS: &str =
+    "INSERT INTO statuses (env, received_ms, status, outbox_id, seq, record)";
+
+/// The insert of `record`'s row for `env`; it changes no row when it is
+/// a durable status recorded already.
+fn insert_stmt(env: &str, record: &StatusRecord) -> Stmt {
+    let mut stmts = db::multi_row(
+        INSERT_STATUS,
+        vec![status_row(env, record)],
+        "ON CONFLICT DO NOTHING",
+    );
+    stmts.pop().expect("one row, one statement")
+}
+
+/// The head and tail of the summaries' upsert.
+const SUMMARY_HEAD: &str =
+    "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates)";
+const SUMMARY_TAIL: &str = "ON CONFLICT (env) DO UPDATE SET \
+     last_status = excluded.last_status, last_ms = excluded.last_ms, \
+     last_verdict = COALESCE(excluded.last_verdict, env_status.last_verdict), \
+     statuses = env_status.statuses + excluded.statuses";
+
+/// `env`'s summary after `count` new statuses, `last` the newest;
+/// `verdict` the newest verdict among them, if any.
+fn summary_row(
+    env: &str,
+    last: &StatusRecord,
+    verdict: Option<String>,
+    count: u64,
+) -> Vec<db::Arg> {
+    vec![
+        env.into(),
+        last.status.as_str().unwrap_or_default().into(),
+        last.received_ms.unwrap_or_default().into(),
+        verdict.into(),
+        count.into(),
+        0u64.into(),
+    ]
+}
+
+/// [`summary_row`] as a statement.
+fn summary_stmt(env: &str, last: &StatusRecord, verdict: Option<String>, count: u64) -> Stmt {
+    let mut stmts = db::multi_row(
+        SUMMARY_HEAD,
+        vec![summary_row(env, last, verdict, count)],
+        SUMMARY_TAIL,
+    );
+    stmts.pop().expect("one row, one statement")
+}
+
+/// The verdict `record` is, if it is one.
+fn verdict_of(record: &StatusRecord) -> Option<String> {
+    record
+        .status
+        .as_str()
+        .filter(|s| VERDICTS.contains(s))
+        .map(str::to_owned)
+}
+
+/// Records `record` for `env`: a [`Stmt::guard`]ed insert (a durable
+/// status recorded already changes nothing) and the environment's summary.
+pub(crate) fn record_stmts(env: &str, record: &StatusRecord) -> Vec<Stmt> {
+    vec![
+        insert_stmt(env, record).guard(),
+        summary_stmt(env, record, verdict_of(record), 1),
+    ]
+}
+
+/// The tail of the duplicates' count, after [`SUMMARY_HEAD`].
+const DUPLICATES_TAIL: &str = "ON CONFLICT (env) DO UPDATE SET \
+     duplicates = env_status.duplicates + excluded.duplicates";
+
+/// `env`'s summary row when `n` of its durable statuses were refused as
+/// duplicates (only the count changes when it has a row).
+fn duplicates_row(env: &str, now_ms: u64, n: u64) -> Vec<db::Arg> {
+    vec![
+        env.into(),
+        "".into(),
+        now_ms.into(),
+        Option::<String>::None.into(),
+        0u64.into(),
+        n.into(),
+    ]
+}
+
+/// Counts `n` durable statuses of `env` refused as duplicates.
+fn duplicates_stmt(env: &str, now_ms: u64, n: u64) -> Stmt {
+    let mut stmts = db::multi_row(
+        SUMMARY_HEAD,
+        vec![duplicates_row(env, now_ms, n)],
+        DUPLICATES_TAIL,
+    );
+    stmts.pop().expect("one row, one statement")
 }
 
 /// Counts a durable status of `env` refused as a duplicate.
 pub(crate) fn duplicate_stmt(env: &str, now_ms: u64) -> Stmt {
-    stmt!(
-        "INSERT INTO env_status (env, last_status, last_ms, last_verdict, statuses, duplicates) \
-         VALUES ($1, '', $2, NULL, 0, 1) ON CONFLICT (env) DO UPDATE SET \
-         duplicates = env_status.duplicates + 1",
-        env,
-        now_ms,
-    )
+    duplicates_stmt(env, now_ms, 1)
+}
+
+/// The outcome of recording one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Recorded (and fed to the rollouts).
+    New,
+    /// A durable status recorded already: dropped, counted.
+    Duplicate,
+}
+
+/// Records `batch` (environment, status; in the order received) in the
+/// open transaction `tx`: each status's row (a durable one recorded
+/// already, before or earlier in the batch, changes nothing and is a
+/// [`Recorded::Duplicate`]), then each environment's summary once, with
+/// its new statuses and its duplicates counted. What each status was, in
+/// the batch's order; nothing is committed here.
+pub(crate) fn record_in(
+    db: &Db,
+    tx: &mut Tx,
+    batch: &[(String, StatusRecord)],
+    now_ms: u64,
+) -> Result<Vec<Recorded>, PortalError> {
+    // One multi-row insert per ROWS_PER_STMT statuses; it returns the
+    // rows it inserted: a durable status recorded already (before, or
+    // earlier in the same insert) is not among them.
+    let mut inserted: BTreeMap<(String, String, i64), usize> = BTreeMap::new();
+    for stmt in db::multi_row(
+        INSERT_STATUS,
+        batch.iter().map(|(env, r)| status_row(env, r)).collect(),
+        "ON CONFLICT DO NOTHING RETURNING env, outbox_id, seq",
+    ) {
+        for row in db.fetch(tx, stmt)? {
+            if let Some(seq) = db::opt_int(&row, 2) {
+                let key = (
+                    db::text(&row, 0),
+                    db::opt_text(&row, 1).unwrap_or_default(),
+                    seq,
+                );
+                *inserted.entry(key).or_default() += 1;
+            }
+        }
+    }
+    let outcomes: Vec<Recorded> = batch
+        .iter()
+        .map(|(env, r)| {
+            let Some(seq) = r.seq else {
+                // Not durable: never refused.
+                return Recorded::New;
+            };
+            let key = (
+                env.clone(),
+                r.outbox_id.clone().unwrap_or_default(),
+                i64::try_from(seq).unwrap_or(i64::MAX),
+            );
+            match inserted.get_mut(&key) {
+                Some(n) if *n > 0 => {
+                    // The first of the batch with this key is the one
+                    // inserted; a repeat after it is a duplicate.
+                    *n -= 1;
+                    Recorded::New
+                }
+                _ => Recorded::Duplicate,
+            }
+        })
+        .collect();
+    /// One environment's part of the batch.
+    #[derive(Default)]
+    struct Summary<'a> {
+        last: Option<&'a StatusRecord>,
+        verdict: Option<String>,
+        new: u64,
+        duplicates: u64,
+    }
+    let mut by_env: BTreeMap<&str, Summary<'_>> = BTreeMap::new();
+    for ((env, record), outcome) in batch.iter().zip(&outcomes) {
+        let s = by_env.entry(env.as_str()).or_default();
+        match outcome {
+            Recorded::New => {
+                s.new += 1;
+                s.last = Some(record);
+                if let Some(v) = verdict_of(record) {
+                    s.verdict = Some(v);
+                }
+            }
+            Recorded::Duplicate => s.duplicates += 1,
+        }
+    }
+    let mut summaries = Vec::new();
+    let mut duplicates = Vec::new();
+    for (env, s) in by_env {
+        if let Some(last) = s.last {
+            summaries.push(summary_row(env, last, s.verdict, s.new));
+        }
+        if s.duplicates > 0 {
+            duplicates.push(duplicates_row(env, now_ms, s.duplicates));
+        }
+    }
+    let mut stmts = db::multi_row(SUMMARY_HEAD, summaries, SUMMARY_TAIL);
+    stmts.extend(db::multi_row(SUMMARY_HEAD, duplicates, DUPLICATES_TAIL));
+    db.execute(tx, stmts)?;
+    Ok(outcomes)
 }
 
 fn parse(row: &AnyRow, i: usize) -> Option<StatusRecord> {

@@ -68,6 +68,7 @@ mod import;
 pub mod leases;
 pub mod patch;
 mod protocol;
+mod recorder;
 pub mod registry;
 mod repo;
 pub mod rollout;
@@ -245,6 +246,8 @@ pub(crate) struct App {
     shutdown: watch::Receiver<bool>,
     auth: auth::Auth,
     rollouts: rollouts::Rollouts,
+    /// The statuses' writer: one transaction per batch ([`recorder`]).
+    recorder: recorder::Recorder,
     console: console::ConsoleState,
     /// Bumped on every change the console shows; its pages' event streams
     /// wait on it (a watch coalesces a burst into one update).
@@ -536,7 +539,14 @@ impl Portal {
                 })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
-        let app = Arc::new(App {
+        let app = Arc::new_cyclic(|weak: &std::sync::Weak<App>| App {
+            recorder: {
+                let app = weak.clone();
+                recorder::Recorder::start(Arc::new(move |batch: &[_]| match app.upgrade() {
+                    Some(app) => app.record_statuses(batch),
+                    None => Err(PortalError::BadRequest("the portal has stopped".into())),
+                }))
+            },
             data_dir: data_dir.clone(),
             repo_dir,
             db,

@@ -47,9 +47,8 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use super::{
-    history::EnvHistory,
+    history::{EnvHistory, Recorded},
     registry::{Admission, RegisteredEnvironment, ROTATED_FRAME},
-    rollouts::Recorded,
     App,
 };
 
@@ -423,14 +422,23 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
                     warn!(%error, "connection failed");
                     break;
                 }
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(reply) = handle(&app, &env, text.as_str()) {
+                Some(Ok(Message::Text(text))) => match handle(&app, &env, text.as_str()) {
+                    Handled::Done => {}
+                    Handled::Reply(reply) => {
                         if let Err(error) = socket.send(Message::Text(reply.into())).await {
                             warn!(%error, "send failed");
                             break;
                         }
                     }
-                }
+                    Handled::Status { env, record } => {
+                        // The next frame (a ping whose pong confirms this
+                        // status) is read only once the status committed.
+                        if !record_status(&app, env, record).await {
+                            warn!(connection = id, "closing the connection: its status was not recorded, the box sends it again");
+                            break;
+                        }
+                    }
+                },
                 Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Binary(b))) => debug!(bytes = b.len(), "binary frame ignored"),
                 Some(Ok(_)) => {} // ping/pong: answered by the WebSocket layer
@@ -457,13 +465,50 @@ fn speaks_for(app: &App, conn_env: &str, env: &str) -> bool {
     ok
 }
 
-/// Handles one text frame; the reply to send, if any.
-fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
+/// What a text frame asks of its connection.
+enum Handled {
+    /// Nothing more.
+    Done,
+    /// This reply.
+    Reply(String),
+    /// Recording this status ([`record_status`]).
+    Status {
+        /// The environment it is recorded for.
+        env: String,
+        /// The status.
+        record: StatusRecord,
+    },
+}
+
+/// Records a status through the portal's [`super::recorder`], waiting for
+/// its batch to commit; `false` when it was not recorded (the connection
+/// closes, so that the box cannot take it for read and sends it again).
+async fn record_status(app: &App, env: String, record: StatusRecord) -> bool {
+    let (status, module, seq) = (record.status.clone(), record.module.clone(), record.seq);
+    match app.recorder.record(env.clone(), record).await {
+        Ok(Recorded::New) => {
+            info!(env, %status, %module, seq = ?seq, "status reported");
+            true
+        }
+        Ok(Recorded::Duplicate) => {
+            app.stats.duplicate_status();
+            info!(env, %status, seq = ?seq, "status already recorded: duplicate dropped");
+            true
+        }
+        Err(error) => {
+            tracing::error!(env, %error, %status, seq = ?seq, "status not recorded");
+            false
+        }
+    }
+}
+
+/// Handles one text frame: what its connection does next.
+fn handle(app: &App, conn_env: &str, text: &str) -> Handled {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(error) => {
             warn!(%error, bytes = text.len(), "malformed frame skipped");
-            return None;
+            return Handled::Done;
         }
     };
     let kind = msg.get("type").and_then(Value::as_str).unwrap_or_default();
@@ -477,7 +522,7 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                 conn_env
             };
             if !speaks_for(app, conn_env, env) {
-                return None;
+                return Handled::Done;
             }
             app.envs.with(env, |e| {
                 e.module_requests += 1;
@@ -486,7 +531,7 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
             });
             let modules = app.store.target_set(env);
             info!(env, modules = modules.len(), "answering GET_ENV_MOD_REQ");
-            Some(json!({"type": "GET_ENV_MOD_RES", "modules": modules}).to_string())
+            Handled::Reply(json!({"type": "GET_ENV_MOD_RES", "modules": modules}).to_string())
         }
         "EVT_ENV_MOD_UPD_STS" => {
             let field = |k: &str| msg.get(k).cloned().unwrap_or(Value::Null);
@@ -511,31 +556,17 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
             } else {
                 conn_env.to_string()
             };
-            let env = env.as_str();
-            if !speaks_for(app, conn_env, env) {
-                return None;
+            if !speaks_for(app, conn_env, &env) {
+                return Handled::Done;
             }
-            if app.envs.with(env, |_| ()).is_none() {
+            if app.envs.with(&env, |_| ()).is_none() {
                 warn!(
                     env,
                     "open registration: too many environments, status dropped"
                 );
-                return None;
+                return Handled::Done;
             }
-            match app.record_status(env, &record) {
-                Ok(Recorded::New) => {
-                    info!(env, status = %record.status, module = %record.module, seq = ?record.seq, "status reported");
-                    app.status_recorded(env, &record);
-                }
-                Ok(Recorded::Duplicate) => {
-                    app.stats.duplicate_status();
-                    info!(env, status = %record.status, seq = ?record.seq, "status already recorded: duplicate dropped");
-                }
-                Err(error) => {
-                    tracing::error!(env, %error, status = %record.status, seq = ?record.seq, "status not recorded");
-                }
-            }
-            None
+            Handled::Status { env, record }
         }
         ROTATED_FRAME => {
             let sha256 = msg
@@ -550,11 +581,11 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Option<String> {
                     "a rotation confirmation for no pending secret ignored"
                 );
             }
-            None
+            Handled::Done
         }
         other => {
             debug!(r#type = other, "unknown message type ignored");
-            None
+            Handled::Done
         }
     }
 }

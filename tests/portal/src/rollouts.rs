@@ -22,7 +22,7 @@ use tracing::info;
 
 use super::{
     db::{self, stmt, Db, Stmt},
-    history,
+    history::{self, Recorded},
     leases::Lease,
     rollout::{Action, BoxState, Rollout, RolloutSpec},
     store, App, PortalError, StatusRecord,
@@ -50,6 +50,35 @@ pub(crate) struct Rollouts {
     /// The boxes a rollout assigned a set while they had no connection
     /// here: told to synchronise when they connect.
     unsynced: Mutex<HashSet<String>>,
+}
+
+/// What an operator asks of a rollout, kept in its row (`request`) when
+/// the process asked does not drive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    /// Resume a halted rollout.
+    Resume,
+    /// Cancel it.
+    Cancel,
+}
+
+impl Request {
+    /// The `request` column's value.
+    fn as_str(self) -> &'static str {
+        match self {
+            Request::Resume => "resume",
+            Request::Cancel => "cancel",
+        }
+    }
+
+    /// A `request` column's value.
+    fn parse(s: &str) -> Option<Request> {
+        match s {
+            "resume" => Some(Request::Resume),
+            "cancel" => Some(Request::Cancel),
+            _ => None,
+        }
+    }
 }
 
 /// Milliseconds since the epoch.
@@ -103,25 +132,31 @@ pub(crate) fn rollout_stmts(r: &mut Rollout) -> Vec<Stmt> {
     stmts
 }
 
-/// The rows of `r`'s boxes changed since they were last written.
+/// The rows of `r`'s boxes changed since they were last written, in
+/// multi-row statements.
 fn box_stmts(r: &mut Rollout) -> Vec<Stmt> {
-    let mut stmts = Vec::new();
-    for i in r.take_changed() {
-        let wave = r.wave_of_place(i).unwrap_or_default();
-        let (env, s) = &r.boxes[i];
-        stmts.push(stmt!(
-            "INSERT INTO rollout_boxes (rollout_id, env, position, wave, state, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (rollout_id, env) DO UPDATE SET \
-             wave = excluded.wave, state = excluded.state, detail = excluded.detail",
-            r.id,
-            env,
-            i,
-            wave,
-            state_name(s),
-            json(s),
-        ));
-    }
-    stmts
+    let rows: Vec<Vec<db::Arg>> = r
+        .take_changed()
+        .into_iter()
+        .map(|i| {
+            let wave = r.wave_of_place(i).unwrap_or_default();
+            let (env, s) = &r.boxes[i];
+            vec![
+                r.id.into(),
+                env.into(),
+                i.into(),
+                wave.into(),
+                state_name(s).into(),
+                json(s).into(),
+            ]
+        })
+        .collect();
+    db::multi_row(
+        "INSERT INTO rollout_boxes (rollout_id, env, position, wave, state, detail)",
+        rows,
+        "ON CONFLICT (rollout_id, env) DO UPDATE SET \
+         wave = excluded.wave, state = excluded.state, detail = excluded.detail",
+    )
 }
 
 /// A rollout's part as JSON, which cannot fail.
@@ -189,15 +224,6 @@ fn load(db: &Db, only: Option<u64>) -> Result<Vec<Rollout>, PortalError> {
         .collect()
 }
 
-/// The outcome of a status handed to [`App::record_status`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recorded {
-    /// Recorded, and fed to the rollouts.
-    New,
-    /// A durable status recorded already: dropped.
-    Duplicate,
-}
-
 impl Rollouts {
     /// The rollouts of `db`.
     pub(crate) fn open(db: Arc<Db>) -> Result<Rollouts, PortalError> {
@@ -209,6 +235,11 @@ impl Rollouts {
             fed_up_to: Mutex::new(0),
             unsynced: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Whether this process drives rollout `id` (holds its lease).
+    fn drives(&self, id: u64) -> bool {
+        self.driven.lock().expect("driven lock").contains(&id)
     }
 
     /// Every rollout, newest first.
@@ -245,13 +276,30 @@ impl Rollouts {
         &self,
         id: Option<u64>,
         first: Vec<Stmt>,
-        mut f: impl FnMut(&mut Rollout) -> Vec<Action>,
+        f: impl FnMut(&mut Rollout) -> Vec<Action>,
     ) -> Result<Option<(bool, Vec<TargetedAction>)>, PortalError> {
         let mut state = self.state.lock().expect("rollouts lock");
-        let driven = self.driven.lock().expect("driven lock").clone();
+        let moved = self.run(&mut state, id, f);
         let mut stmts = first;
-        let mut changed = Vec::new();
-        let mut actions = Vec::new();
+        stmts.extend(moved.stmts);
+        let written = self.db.write(stmts);
+        if !matches!(written, Ok(true)) {
+            self.reload(&mut state, &moved.changed)?;
+        }
+        Ok(written?.then_some((!moved.changed.is_empty(), moved.actions)))
+    }
+
+    /// Runs `f` on every live rollout this process drives (or only `id`):
+    /// the rows to write and the actions. The machines move in memory
+    /// only; [`Rollouts::reload`] them when the rows are not written.
+    fn run(
+        &self,
+        state: &mut [Rollout],
+        id: Option<u64>,
+        mut f: impl FnMut(&mut Rollout) -> Vec<Action>,
+    ) -> Moved {
+        let driven = self.driven.lock().expect("driven lock").clone();
+        let mut moved = Moved::default();
         for r in state.iter_mut() {
             if id.is_some_and(|id| id != r.id)
                 || (id.is_none() && (r.is_over() || !driven.contains(&r.id)))
@@ -261,26 +309,41 @@ impl Rollouts {
             let before = (r.current_wave, r.state.clone());
             let out = f(r);
             if r.has_changed_boxes() || before != (r.current_wave, r.state.clone()) {
-                changed.push(r.id);
-                stmts.extend(rollout_stmts(r));
+                moved.changed.push(r.id);
+                moved.stmts.extend(rollout_stmts(r));
             }
             for a in out {
                 let Action::AssignTarget(env) = &a;
-                stmts.extend(store::assignment_stmts(env, &r.spec.target));
-                actions.push((r.spec.target.clone(), a));
+                moved
+                    .stmts
+                    .extend(store::assignment_stmts(env, &r.spec.target));
+                moved.actions.push((r.spec.target.clone(), a));
             }
         }
-        let written = self.db.write(stmts);
-        if !matches!(written, Ok(true)) {
-            // The machines moved and their rows did not: read them again.
-            for r in state.iter_mut().filter(|r| changed.contains(&r.id)) {
-                if let Some(fresh) = load(&self.db, Some(r.id))?.pop() {
-                    *r = fresh;
-                }
-            }
-        }
-        Ok(written?.then_some((!changed.is_empty(), actions)))
+        moved
     }
+
+    /// Reads the rollouts `changed` again: their machines moved and their
+    /// rows were not written.
+    fn reload(&self, state: &mut [Rollout], changed: &[u64]) -> Result<(), PortalError> {
+        for r in state.iter_mut().filter(|r| changed.contains(&r.id)) {
+            if let Some(fresh) = load(&self.db, Some(r.id))?.pop() {
+                *r = fresh;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Rollouts::run`] moved.
+#[derive(Default)]
+struct Moved {
+    /// The rollouts that changed.
+    changed: Vec<u64>,
+    /// Their rows and the assignments of their actions.
+    stmts: Vec<Stmt>,
+    /// The actions, with their target sets.
+    actions: Vec<TargetedAction>,
 }
 
 impl App {
@@ -369,64 +432,154 @@ impl App {
 
     /// Resumes a halted rollout.
     pub(crate) fn resume_rollout(&self, id: u64) -> Result<Rollout, PortalError> {
-        let now = now_ms();
-        if let Some((_, actions)) = self
-            .rollouts
-            .update(Some(id), Vec::new(), |r| r.resume(now))?
-        {
-            self.tell_assigned(actions);
-        }
-        self.changed();
-        self.rollouts
-            .get(id)
-            .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")))
+        self.ask_rollout(id, Request::Resume)
     }
 
     /// Cancels a rollout.
     pub(crate) fn cancel_rollout(&self, id: u64) -> Result<Rollout, PortalError> {
-        self.rollouts.update(Some(id), Vec::new(), |r| {
-            r.cancel();
-            Vec::new()
-        })?;
+        self.ask_rollout(id, Request::Cancel)
+    }
+
+    /// Carries out `request` on rollout `id` when this process drives it
+    /// (or is the only one); otherwise leaves it in the rollout's row for
+    /// the process that drives it, which carries it out at its next tick
+    /// ([`App::drive_rollouts`]), and answers the rollout as it is now.
+    fn ask_rollout(&self, id: u64, request: Request) -> Result<Rollout, PortalError> {
+        if self.leases.is_shared() && !self.rollouts.drives(id) {
+            let asked = self.db.write(vec![stmt!(
+                "UPDATE rollouts SET request = $2 WHERE id = $1 AND live = $3",
+                id,
+                request.as_str(),
+                true
+            )
+            .guard()])?;
+            if asked {
+                info!(
+                    rollout = id,
+                    request = request.as_str(),
+                    "asked the process that drives the rollout"
+                );
+                self.changed();
+                return load(&self.db, Some(id))?
+                    .pop()
+                    .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")));
+            }
+        }
+        self.carry_out(id, request, Vec::new())?;
         self.changed();
         self.rollouts
             .get(id)
             .ok_or_else(|| PortalError::BadRequest(format!("no rollout {id}")))
     }
 
-    /// Records `record` of `env` in the history and feeds it to the live
-    /// rollouts, in one transaction; then tells the boxes of a wave it
-    /// started. A durable status recorded already is dropped.
-    pub(crate) fn record_status(
-        &self,
-        env: &str,
-        record: &StatusRecord,
-    ) -> Result<Recorded, PortalError> {
-        if let Some(seq) = record.seq {
-            let outbox = record.outbox_id.clone().unwrap_or_default();
-            if history::is_recorded(&self.db, env, &outbox, seq)? {
-                self.db
-                    .write(vec![history::duplicate_stmt(env, now_ms())])?;
-                return Ok(Recorded::Duplicate);
-            }
-        }
-        let status = record.status.as_str().unwrap_or_default();
-        let message = record.status_message.as_str();
+    /// Carries `request` out on rollout `id` in one transaction with
+    /// `first`; whether it was (`false`: a guarded statement of `first`
+    /// changed nothing).
+    fn carry_out(&self, id: u64, request: Request, first: Vec<Stmt>) -> Result<bool, PortalError> {
         let now = now_ms();
-        let first = history::record_stmts(env, record);
-        match self.rollouts.update(None, first, |r| {
-            r.status_reported(env, status, message, now)
-        })? {
+        let out = match request {
+            Request::Resume => self.rollouts.update(Some(id), first, |r| r.resume(now))?,
+            Request::Cancel => self.rollouts.update(Some(id), first, |r| {
+                r.cancel();
+                Vec::new()
+            })?,
+        };
+        match out {
             Some((_, actions)) => {
                 self.tell_assigned(actions);
-                Ok(Recorded::New)
+                Ok(true)
             }
-            None => {
-                self.db
-                    .write(vec![history::duplicate_stmt(env, now_ms())])?;
-                Ok(Recorded::Duplicate)
+            None => Ok(false),
+        }
+    }
+
+    /// Carries out the requests left for the rollouts this process
+    /// drives ([`App::ask_rollout`] on another process), each in one
+    /// transaction with the clearing of its request.
+    fn carry_out_requests(&self) -> Result<(), PortalError> {
+        let rows = self.db.rows(stmt!(
+            "SELECT id, request FROM rollouts WHERE live = $1 AND request IS NOT NULL",
+            true
+        ))?;
+        for row in rows {
+            let id = db::uint(&row, 0);
+            let Some(request) = db::opt_text(&row, 1).as_deref().and_then(Request::parse) else {
+                continue;
+            };
+            if !self.rollouts.drives(id) {
+                continue;
+            }
+            let clear = stmt!(
+                "UPDATE rollouts SET request = NULL WHERE id = $1 AND request = $2",
+                id,
+                request.as_str()
+            )
+            .guard();
+            if self.carry_out(id, request, vec![clear])? {
+                info!(
+                    rollout = id,
+                    request = request.as_str(),
+                    "carried out a request asked through another process"
+                );
+                self.changed();
             }
         }
+        Ok(())
+    }
+
+    /// Records a batch of statuses (environment, status, in the order
+    /// received; [`super::recorder`] gathers them from every connection)
+    /// and feeds the new ones to the live rollouts, in ONE transaction:
+    /// the statuses' rows, the environments' summaries, the changed boxes'
+    /// rows, the rollouts' rows and the assignments of a wave they
+    /// started. Only once it committed are the boxes of such a wave told,
+    /// and the console; a durable status recorded already is dropped and
+    /// counted. An error: nothing of the batch was written.
+    pub(crate) fn record_statuses(
+        &self,
+        batch: &[(String, StatusRecord)],
+    ) -> Result<Vec<Recorded>, PortalError> {
+        let now = now_ms();
+        let mut state = self.rollouts.state.lock().expect("rollouts lock");
+        let mut tx = self.db.begin()?;
+        let outcomes = history::record_in(&self.db, &mut tx, batch, now)?;
+        let new: Vec<(&str, &str, Option<&str>)> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == Recorded::New)
+            .map(|((env, r), _)| {
+                (
+                    env.as_str(),
+                    r.status.as_str().unwrap_or_default(),
+                    r.status_message.as_str(),
+                )
+            })
+            .collect();
+        let moved = self.rollouts.run(&mut state, None, |r| {
+            let mut actions = Vec::new();
+            for (env, status, message) in &new {
+                if r.box_state(env).is_some() {
+                    actions.extend(r.status_reported(env, status, *message, now));
+                }
+            }
+            actions
+        });
+        let written = self
+            .db
+            .execute(&mut tx, moved.stmts)
+            .and_then(|_| self.db.commit(tx));
+        if let Err(error) = written {
+            self.rollouts.reload(&mut state, &moved.changed)?;
+            return Err(error);
+        }
+        drop(state);
+        self.tell_assigned(moved.actions);
+        for ((env, record), outcome) in batch.iter().zip(&outcomes) {
+            if *outcome == Recorded::New {
+                self.status_recorded(env, record);
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Moves the rollouts' clock.
@@ -471,8 +624,10 @@ impl App {
 /// Status rows read again behind the last one fed: a row of a transaction
 /// that committed after a later id became visible is still seen (feeding
 /// a status twice changes nothing: a verdict moves a box out of
-/// `Assigned`).
-const FEED_OVERLAP: u64 = 256;
+/// `Assigned`). Each process writes one batch of statuses at a time
+/// ([`super::recorder::STATUS_BATCH`]): this covers four other processes'
+/// batches in flight.
+const FEED_OVERLAP: u64 = 4 * super::recorder::STATUS_BATCH as u64;
 
 /// Status rows fed per tick at most; the rest at the next tick.
 const FEED_BATCH: u64 = 20_000;
@@ -497,12 +652,22 @@ impl App {
             .iter()
             .map(|r| db::uint(r, 0))
             .collect();
+        // A driven rollout ends here, in this process's memory: one that
+        // is not live in the database but live in memory was started
+        // after `live` was read, and is not given up.
         let over: Vec<u64> = {
+            let state = self.rollouts.state.lock().expect("rollouts lock");
             let driven = self.rollouts.driven.lock().expect("driven lock");
             driven
                 .iter()
                 .copied()
-                .filter(|id| !live.contains(id))
+                .filter(|id| {
+                    !live.contains(id)
+                        && state
+                            .iter()
+                            .find(|r| r.id == *id)
+                            .is_none_or(Rollout::is_over)
+                })
                 .collect()
         };
         for id in over {
@@ -512,6 +677,25 @@ impl App {
                 .expect("driven lock")
                 .remove(&id);
             self.leases.release(Lease::Rollout(id)).await;
+        }
+        // Rollouts another process finished or cancelled: read once more,
+        // so that this process's console does not show them live.
+        let ended: Vec<u64> = {
+            let state = self.rollouts.state.lock().expect("rollouts lock");
+            let driven = self.rollouts.driven.lock().expect("driven lock");
+            state
+                .iter()
+                .filter(|r| !r.is_over() && !live.contains(&r.id) && !driven.contains(&r.id))
+                .map(|r| r.id)
+                .collect()
+        };
+        for id in ended {
+            let mut state = self.rollouts.state.lock().expect("rollouts lock");
+            if let Some(fresh) = load(&self.db, Some(id))?.pop() {
+                if let Some(r) = state.iter_mut().find(|r| r.id == id) {
+                    *r = fresh;
+                }
+            }
         }
         for id in live {
             let held = self
@@ -531,9 +715,12 @@ impl App {
             if held && was {
                 continue;
             }
-            let fresh = load(&self.db, Some(id))?.pop();
             {
+                // Read under the lock: a batch of statuses committed
+                // between the read and the replacement would be lost to
+                // the machine.
                 let mut state = self.rollouts.state.lock().expect("rollouts lock");
+                let fresh = load(&self.db, Some(id))?.pop();
                 match (state.iter_mut().find(|r| r.id == id), fresh) {
                     (Some(r), Some(f)) => *r = f,
                     (None, Some(f)) => state.push(f),
@@ -551,6 +738,7 @@ impl App {
                 driven.remove(&id);
             }
         }
+        self.carry_out_requests()?;
         if self.events.is_shared() {
             self.feed_others_statuses()?;
         }

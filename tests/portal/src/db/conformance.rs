@@ -29,6 +29,10 @@ pub const ALL: &[Check] = &[
     ("modules_and_assignments", modules_and_assignments),
     ("registrations", registrations),
     ("durable_status_recorded_once", durable_status_recorded_once),
+    (
+        "status_batch_whole_or_nothing",
+        status_batch_whole_or_nothing,
+    ),
     ("rollout_rows_round_trip", rollout_rows_round_trip),
     ("environments_by_last_verdict", environments_by_last_verdict),
     (
@@ -202,6 +206,79 @@ pub fn durable_status_recorded_once(url: &str) {
     assert_eq!(history::count(&db).unwrap(), 4);
 }
 
+/// A batch of statuses from many environments lands whole in one
+/// transaction: each durable one once (a repeat within the batch or of an
+/// earlier batch is a duplicate), each environment's summary counting its
+/// part; a batch whose transaction fails writes nothing.
+pub fn status_batch_whole_or_nothing(url: &str) {
+    let db = open(url);
+    let batch: Vec<(String, StatusRecord)> = (0..40)
+        .flat_map(|i| {
+            let env = format!("env-{i:02}");
+            [
+                (env.clone(), status(&env, "downloading", Some(1), 1_000)),
+                (env.clone(), status(&env, "installed", Some(2), 1_001)),
+            ]
+        })
+        .chain([(
+            "env-00".to_owned(),
+            status("env-00", "installed", Some(2), 1_002),
+        )])
+        .collect();
+    let mut tx = db.begin().unwrap();
+    let outcomes = history::record_in(&db, &mut tx, &batch, 2_000).unwrap();
+    db.commit(tx).unwrap();
+    let duplicates: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| **o == history::Recorded::Duplicate)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(duplicates, [80], "the repeat within the batch");
+    assert_eq!(history::count(&db).unwrap(), 80);
+    let h = history::of(&db, "env-00").unwrap();
+    assert_eq!((h.statuses.len(), h.duplicates), (2, 1));
+    let last = history::last_statuses(&db, Some("installed"), 100).unwrap();
+    assert_eq!(last.len(), 40, "every environment's verdict");
+    assert!(last.iter().all(|l| l.status == "installed"));
+
+    // The same statuses again, with a new one: only the new one lands.
+    let again: Vec<(String, StatusRecord)> = batch[..4]
+        .iter()
+        .cloned()
+        .chain([(
+            "env-41".to_owned(),
+            status("env-41", "downloading", Some(1), 3_000),
+        )])
+        .collect();
+    let mut tx = db.begin().unwrap();
+    let outcomes = history::record_in(&db, &mut tx, &again, 3_000).unwrap();
+    db.commit(tx).unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            history::Recorded::Duplicate,
+            history::Recorded::Duplicate,
+            history::Recorded::Duplicate,
+            history::Recorded::Duplicate,
+            history::Recorded::New
+        ]
+    );
+    assert_eq!(history::count(&db).unwrap(), 81);
+
+    // A transaction that fails after the batch's rows were inserted (here:
+    // the summaries' table is gone) leaves none of them.
+    db.write(vec![stmt!("DROP TABLE env_status")]).unwrap();
+    let failing = vec![(
+        "env-50".to_owned(),
+        status("env-50", "installed", Some(1), 4_000),
+    )];
+    let mut tx = db.begin().unwrap();
+    assert!(history::record_in(&db, &mut tx, &failing, 4_000).is_err());
+    drop(tx);
+    assert_eq!(history::count(&db).unwrap(), 81, "nothing of it written");
+}
+
 /// A rollout's rows, written as it moves, read back equal; a restarted
 /// store continues it.
 pub fn rollout_rows_round_trip(url: &str) {
@@ -228,8 +305,8 @@ pub fn rollout_rows_round_trip(url: &str) {
     let rows = rollouts::rollout_stmts(&mut r);
     assert_eq!(
         rows.len(),
-        1 + 12,
-        "the rollout's row and its changed boxes"
+        1 + 1,
+        "the rollout's row and one statement for its 12 changed boxes"
     );
     db.write(rows).unwrap();
     assert_eq!(
