@@ -13,7 +13,7 @@
 //! refused as a duplicate and never counted twice.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -775,13 +775,14 @@ impl App {
             since
         ))?;
         self.feed(Some(id), &rows)?;
+        let mut last_heard: HashMap<String, u64> = HashMap::new();
+        for row in &rows {
+            let at = last_heard.entry(db::text(row, 1)).or_default();
+            *at = (*at).max(db::uint(row, 4));
+        }
         let silent: Vec<String> = waiting
             .into_iter()
-            .filter(|(env, since)| {
-                !rows
-                    .iter()
-                    .any(|row| db::text(row, 1) == *env && db::uint(row, 4) >= *since)
-            })
+            .filter(|(env, since)| last_heard.get(env).is_none_or(|at| at < since))
             .map(|(env, _)| env)
             .collect();
         if !silent.is_empty() {
