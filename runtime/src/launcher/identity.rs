@@ -138,7 +138,7 @@ fn shared(exe: &Path, meta: &fs::Metadata, key: &str) -> io::Result<(Sha256, Sou
             return Ok((sha256, Source::Shared));
         }
     } else {
-        debug!(lock = %cache.display(), "another start holds the digest lock; hashing alone");
+        debug!(cache = %cache.display(), "another start holds the digest lock; hashing alone");
     }
     let sha256 = hash(exe, meta.len())?;
     if locked {
