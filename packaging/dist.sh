@@ -4,7 +4,8 @@
 #   packaging/dist.sh [CARGO_ARGS...]     # e.g. BANALYTICS_CORE_VERSION=2.0 packaging/dist.sh
 #
 # Builds `banalytics-box` with the `dist` profile (fat LTO, one codegen
-# unit, line tables; Cargo.toml), then splits it in two beside the build,
+# unit, line tables, `opt-level = "s"` for the cold crates; Cargo.toml),
+# then splits it in two beside the build,
 # in target/dist/:
 #   banalytics-box.debug    the debug information (`objcopy --only-keep-debug`):
 #                           published with the `debug` classifier, never sent to a box;

@@ -49,7 +49,6 @@ use std::{
 use banalytics_home::{
     coords::CORE_EXECUTABLE_NAME,
     failpoint::failpoint,
-    format,
     installed::read_modules_info,
     record::{sha256_file, SetRecord},
     running::{CoreOrigin, RunningCore},
@@ -62,6 +61,8 @@ use crate::{
     host::{self, Settings},
     Error, EXIT_FAILURE, EXIT_OK, EXIT_RESTART,
 };
+
+mod identity;
 
 /// The environment variable that carries the handshake to the core.
 pub const HANDSHAKE_ENV: &str = "BANALYTICS_LAUNCHER";
@@ -150,46 +151,12 @@ pub struct CoreFile {
     pub sha256: banalytics_home::Sha256,
 }
 
-/// This executable, as a [`RunningCore`]; its SHA-256 is cached in
-/// `state/launcher-identity.json`, keyed by the file's inode, size and
-/// modification time, so a start hashes it only after it changed.
+/// This executable, as a [`RunningCore`]; its SHA-256 is hashed once per
+/// executable file and cached, in `state/launcher-identity.json` and beside
+/// the executable for every home started from it ([`identity`]).
 pub fn own_identity(state_dir: &Path) -> io::Result<RunningCore> {
     let exe = std::env::current_exe()?;
-    let file = banalytics_home::digests::FileKey::of(&fs::metadata(&exe)?);
-    let key = format!("{}:{}:{}:{}", file.dev, file.ino, file.size, file.mtime_ns);
-    let cache = state_dir.join("launcher-identity.json");
-    #[derive(Serialize, Deserialize)]
-    struct Cached {
-        key: String,
-        sha256: banalytics_home::Sha256,
-    }
-    // A cache of a newer format is neither read nor replaced.
-    let newer = format::newer_json(&cache, format::LAUNCHER_IDENTITY).is_some();
-    let cached: Option<Cached> = format::read_json_or_err(&cache, format::LAUNCHER_IDENTITY)
-        .ok()
-        .flatten();
-    let sha256 = match cached {
-        Some(c) if c.key == key => c.sha256,
-        _ => {
-            let started = std::time::Instant::now();
-            let sha256 = sha256_file(&exe)?;
-            // What a fresh home's first start pays (fleet-bench reads it).
-            info!(
-                bytes = file.size,
-                took_ms = started.elapsed().as_millis() as u64,
-                "hashed this executable (cached in state/launcher-identity.json)"
-            );
-            let json = format::to_json(&Cached { key, sha256 }, format::LAUNCHER_IDENTITY);
-            let cached = match newer {
-                true => Ok(()),
-                false => banalytics_home::layout::write_atomic(&cache, &json),
-            };
-            if let Err(e) = cached {
-                warn!(error = %e, "cannot cache the launcher's digest");
-            }
-            sha256
-        }
-    };
+    let (sha256, _) = identity::digest(&exe, state_dir)?;
     Ok(RunningCore {
         version: BUILD_VERSION.to_owned(),
         sha256,

@@ -2,9 +2,9 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{filter::Targets, fmt};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, LogLevel};
 
 /// Panics logged per second; a crash loop under `immediate` would
 /// otherwise write thousands of identical events (the supervisor logs each
@@ -35,13 +35,33 @@ static PANIC_LOGS: PanicLimit = PanicLimit {
     count: std::sync::atomic::AtomicU64::new(0),
 };
 
+/// What is logged: `rust_log` (the variable `RUST_LOG`) when it is a list
+/// of levels and `target=level` pairs (`warn,banalytics_runtime=debug`),
+/// else the configured level. Level and target only: a filter by span or
+/// field (`tracing-subscriber`'s `env-filter`) would link a regex engine
+/// into the shipped build for what no box is configured with.
+fn filter(rust_log: Option<&str>, config: &LogConfig) -> Targets {
+    rust_log
+        .and_then(|text| text.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(level(config.level)))
+}
+
+fn level(level: LogLevel) -> tracing::Level {
+    match level {
+        LogLevel::Trace => tracing::Level::TRACE,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    }
+}
+
 /// Installs the global subscriber (stderr), and `ring` beside it when the
 /// console keeps the last lines (`crate::console::ring`). `RUST_LOG`, when
-/// set, overrides the configured level.
+/// set, overrides the configured level ([`filter`]).
 pub fn init(config: &LogConfig, ring: Option<crate::console::LogRing>) {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), config);
     let ansi = std::io::stderr().is_terminal();
     let text = (config.format == LogFormat::Text)
         .then(|| fmt::layer().with_ansi(ansi).with_writer(std::io::stderr));
@@ -69,4 +89,39 @@ pub fn init(config: &LogConfig, ring: Option<crate::console::LogRing>) {
         let thread = std::thread::current();
         tracing::error!(thread = thread.name().unwrap_or("?"), %location, panic = %message, "panic");
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(level: LogLevel) -> LogConfig {
+        LogConfig {
+            level,
+            format: LogFormat::Text,
+        }
+    }
+
+    #[test]
+    fn rust_log_overrides_the_configured_level_by_target() {
+        let f = filter(
+            Some("warn,banalytics_runtime=debug"),
+            &config(LogLevel::Info),
+        );
+        assert!(f.would_enable("banalytics_runtime::host", &tracing::Level::DEBUG));
+        assert!(!f.would_enable("banalytics_runtime::host", &tracing::Level::TRACE));
+        assert!(!f.would_enable("banalytics_sdk::bus", &tracing::Level::INFO));
+        assert!(f.would_enable("banalytics_sdk::bus", &tracing::Level::WARN));
+    }
+
+    #[test]
+    fn without_a_readable_rust_log_the_configured_level_holds() {
+        for rust_log in [None, Some("[span{field=x}]=debug")] {
+            let f = filter(rust_log, &config(LogLevel::Warn));
+            assert!(f.would_enable("banalytics_runtime", &tracing::Level::WARN));
+            assert!(!f.would_enable("banalytics_runtime", &tracing::Level::INFO));
+        }
+        let f = filter(None, &config(LogLevel::Trace));
+        assert!(f.would_enable("anything", &tracing::Level::TRACE));
+    }
 }
