@@ -76,6 +76,12 @@ async fn report(ws: &mut Ws, env: &str, status: &str, message: Option<&str>) {
         .unwrap();
 }
 
+/// Asserts that `ws` hears nothing for `wait`.
+async fn assert_quiet(ws: &mut Ws, wait: Duration, what: &str) {
+    let heard = tokio::time::timeout(wait, ws.next()).await;
+    assert!(heard.is_err(), "{what}: {heard:?}");
+}
+
 /// Waits for the rollout to finish, with `installed` and `failed` boxes.
 async fn assert_finished_with(portal: &PortalHandle, installed_failed: (usize, usize)) {
     let r = eventually("the rollout to finish", || {
@@ -290,11 +296,12 @@ async fn a_box_away_when_its_wave_was_assigned_is_told_to_synchronise_when_it_co
     // does after the restart that applies the set).
     drop(b0);
     let mut b0 = connect(&portal, "env-0").await;
-    let quiet = tokio::time::timeout(Duration::from_millis(500), b0.next()).await;
-    assert!(
-        quiet.is_err(),
-        "a box told already is not told again: {quiet:?}"
-    );
+    assert_quiet(
+        &mut b0,
+        Duration::from_millis(500),
+        "a box told already is not told again",
+    )
+    .await;
     // env-1 is away: the second wave's sync reaches nobody.
     report(&mut b0, "env-0", "installed", None).await;
     eventually("the second wave assigned", || {
@@ -307,11 +314,12 @@ async fn a_box_away_when_its_wave_was_assigned_is_told_to_synchronise_when_it_co
     assert_finished_with(&portal, (2, 0)).await;
     // Once its verdict is in, a box that connects is not told anything.
     let mut again = connect(&portal, "env-1").await;
-    let quiet = tokio::time::timeout(Duration::from_millis(500), again.next()).await;
-    assert!(
-        quiet.is_err(),
-        "a box whose verdict is in is not told: {quiet:?}"
-    );
+    assert_quiet(
+        &mut again,
+        Duration::from_millis(500),
+        "a box whose verdict is in is not told",
+    )
+    .await;
     portal.shutdown().await;
 }
 
@@ -352,11 +360,12 @@ async fn a_portal_taking_a_rollout_over_tells_the_boxes_assigned_that_reported_n
     let mut b1 = connect(&portal, "env-1").await;
     synced(&mut b1).await;
     let mut b0 = connect(&portal, "env-0").await;
-    let quiet = tokio::time::timeout(Duration::from_millis(1500), b0.next()).await;
-    assert!(
-        quiet.is_err(),
-        "a box that reported since its assignment is not told again: {quiet:?}"
-    );
+    assert_quiet(
+        &mut b0,
+        Duration::from_millis(1500),
+        "a box that reported since its assignment is not told again",
+    )
+    .await;
     report(&mut b0, "env-0", "installed", None).await;
     report(&mut b1, "env-1", "installed", None).await;
     assert_finished_with(&portal, (2, 0)).await;
