@@ -50,6 +50,14 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// this, as a box's link does.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long a connection attempt (TCP, the upgrade's request and its
+/// answer) may take before it counts as failed and is tried again: a box's
+/// link gives its handshake the dead-link deadline, 30 s by default. An
+/// attempt the portal never answers (its accept queue overflowed while
+/// thousands connected at once) would otherwise leave the box out of the
+/// fleet for good.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(30);
+
 /// `backoff` with jitter: a delay drawn from its upper half, so that a
 /// fleet refused at once does not come back at once.
 fn jittered(backoff: Duration) -> Duration {
@@ -112,8 +120,9 @@ impl SimBox {
                 .headers_mut()
                 .insert("Authorization", format!("Bearer {secret}").parse()?);
         }
-        let (ws, _) = connect_async(upgrade)
+        let (ws, _) = tokio::time::timeout(CONNECT_WITHIN, connect_async(upgrade))
             .await
+            .with_context(|| format!("connecting {}: no answer in time", self.ws_url))?
             .with_context(|| format!("connecting {}", self.ws_url))?;
         Ok(ws)
     }

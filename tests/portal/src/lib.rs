@@ -437,6 +437,29 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 /// How often the rollouts' time limits are checked.
+/// Connections the kernel keeps for the portal to accept (capped by the
+/// system's `net.core.somaxconn`, 4096 on Linux since 5.4). A fleet's
+/// boxes come back at once after the portal restarts; with the 128 of the
+/// standard library (and tokio), a 10 000-box storm overflows the queue,
+/// the kernel drops most handshakes, and their retransmissions back off to
+/// minutes.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted portal binds its port again
+    // at once (on Windows it would let another process take the port).
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drives and ticks the rollouts until shutdown; then gives up every
@@ -520,12 +543,10 @@ impl Portal {
         }
         let acceptor = config.tls.as_ref().map(TlsFiles::acceptor).transpose()?;
         let tls = acceptor.is_some();
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| PortalError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| PortalError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| PortalError::Bind {
             addr: config.listen,
             source,
@@ -883,5 +904,55 @@ impl Drop for PortalHandle {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod listen_tests {
+    use std::time::Duration;
+
+    use super::{listen, LISTEN_BACKLOG};
+
+    /// The portal's listener queues a fleet's reconnections while it is
+    /// busy: 600 connections made while it accepts none are all there to
+    /// accept (the standard library's backlog queues 129).
+    #[tokio::test]
+    async fn the_listener_queues_a_storm_of_connections_it_has_not_accepted_yet() {
+        const STORM: usize = 600;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        // What the system allows at most; the portal asks for more.
+        assert!(LISTEN_BACKLOG as usize >= STORM);
+        let queued = STORM.min(somaxconn + 1);
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..STORM)
+            .map(|_| {
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio::net::TcpStream::connect(addr),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        for client in clients {
+            held.push(client.await.unwrap());
+        }
+        let mut accepted = 0;
+        while accepted < queued {
+            match tokio::time::timeout(Duration::from_secs(5), listener.accept()).await {
+                Ok(Ok(_)) => accepted += 1,
+                _ => break,
+            }
+        }
+        assert_eq!(
+            accepted, queued,
+            "connections queued while the portal accepted none"
+        );
     }
 }
