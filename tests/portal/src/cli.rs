@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
 use super::{
+    protocol::module_label,
     rollout::{Rollout, RolloutSpec, RolloutState, WaveSize, DEFAULT_REPORT_TIMEOUT_MS},
     AdminClient, Faults, ModuleType, Portal, PortalConfig, PublishRequest, TlsFiles,
 };
@@ -703,18 +704,6 @@ async fn environments(client: &AdminClient, action: &EnvironmentsCommand) -> Res
         }
     }
     Ok(())
-}
-
-fn module_label(m: &Value) -> String {
-    match m {
-        Value::Object(o) => format!(
-            "{}:{}:{}",
-            o.get("groupId").and_then(Value::as_str).unwrap_or("?"),
-            o.get("artifactId").and_then(Value::as_str).unwrap_or("?"),
-            o.get("version").and_then(Value::as_str).unwrap_or("?")
-        ),
-        _ => "(whole set)".to_string(),
-    }
 }
 
 fn print_rollout(r: &Rollout) {

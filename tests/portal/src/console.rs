@@ -49,6 +49,7 @@ use serde_json::Value;
 
 use super::{
     auth::{TokenCheck, SESSION_COOKIE},
+    protocol::module_label,
     rollout::{BoxState, Rollout, RolloutSpec, WaveSize, DEFAULT_REPORT_TIMEOUT_MS},
     App, EnvironmentReport, StatusRecord,
 };
@@ -444,18 +445,6 @@ fn coordinates(m: &Value) -> Option<String> {
         field("artifactId")?,
         field("version")?
     ))
-}
-
-fn module_label(m: &Value) -> String {
-    match m {
-        Value::Object(o) => format!(
-            "{}:{}:{}",
-            o.get("groupId").and_then(Value::as_str).unwrap_or("?"),
-            o.get("artifactId").and_then(Value::as_str).unwrap_or("?"),
-            o.get("version").and_then(Value::as_str).unwrap_or("?")
-        ),
-        _ => "whole set".to_string(),
-    }
 }
 
 fn status_line(s: &StatusRecord) -> String {
