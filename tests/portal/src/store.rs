@@ -17,7 +17,7 @@ use std::{
     fs,
     io::{Read, Write},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -284,14 +284,12 @@ struct RepoChanges {
 pub(crate) struct Store {
     db: Arc<Db>,
     repo: PathBuf,
-    /// Serialises publishes, so two publishes of one module never interleave
-    /// their file writes.
-    publishing: Mutex<()>,
     /// How many earlier builds get a patch to a new one ([`super::patch`]).
     patch_versions: usize,
-    /// Serialises TUF signing (a publish, the timestamp refresher).
-    signing: Mutex<()>,
 }
+
+/// The repository's write lock in the data folder ([`Store::lock`]).
+pub const LOCK_FILE: &str = "repository.lock";
 
 /// Makes `module` the record of its coordinates, published last.
 pub(crate) fn upsert_module(module: &ModuleObject) -> Stmt {
@@ -375,9 +373,7 @@ impl Store {
         Ok(Store {
             db,
             repo,
-            publishing: Mutex::new(()),
             patch_versions: 0,
-            signing: Mutex::new(()),
         })
     }
 
@@ -582,7 +578,7 @@ impl Store {
         let packaging = req.packaging.clone().unwrap_or_else(|| "jar".to_string());
         validate_name("packaging", &packaging)?;
 
-        let _publishing = self.publishing.lock().expect("publish lock");
+        let _lock = self.lock()?;
         let dir = self
             .repo
             .join(module_dir(&req.group_id, &req.artifact_id, &req.version));
@@ -672,7 +668,7 @@ impl Store {
         stmts.push(upsert_module(&module));
         self.db.write(stmts)?;
         if sign {
-            self.sign_tuf()?;
+            self.sign_locked(None)?;
         }
         info!(
             module = %module.coordinates(),
@@ -774,20 +770,54 @@ impl Store {
     /// [`Store::sign_tuf`] with the timestamp valid for `timestamp_s`
     /// seconds ([`super::tuf::sign_with`]).
     pub(crate) fn sign_tuf_with(&self, timestamp_s: Option<i64>) -> Result<(), PortalError> {
-        let _signing = self.signing.lock().expect("signing lock");
+        let _lock = self.lock()?;
+        self.sign_locked(timestamp_s)
+    }
+
+    /// [`Store::sign_tuf_with`] under the lock the caller holds: the
+    /// targets are read under it, so that no publish lands between them
+    /// and the metadata that lists them.
+    fn sign_locked(&self, timestamp_s: Option<i64>) -> Result<(), PortalError> {
         super::tuf::sign_with(self.data_dir(), &self.tuf_targets(), timestamp_s)
     }
 
     /// Rotates the TUF root ([`super::tuf::rotate_root`]).
     pub(crate) fn rotate_tuf_root(&self) -> Result<u64, PortalError> {
-        let _signing = self.signing.lock().expect("signing lock");
+        let _lock = self.lock()?;
         super::tuf::rotate_root(self.data_dir(), &self.tuf_targets())
     }
 
     /// Renews the TUF root ([`super::tuf::renew_root`]).
     pub(crate) fn renew_tuf_root(&self) -> Result<u64, PortalError> {
-        let _signing = self.signing.lock().expect("signing lock");
+        let _lock = self.lock()?;
         super::tuf::renew_root(self.data_dir(), &self.tuf_targets())
+    }
+
+    /// Waits for and takes the repository's write lock, [`LOCK_FILE`] in
+    /// the data folder (an exclusive `flock`, `LockFileEx` on Windows),
+    /// released when the file returned is dropped. A publish holds it from
+    /// its first file to its signature, and every TUF signing (the
+    /// timestamp's refresh, a root's rotation or renewal) holds it from
+    /// reading the targets to publishing the timestamp. Whoever shares the
+    /// data folder takes turns on it: the portals of one database, a
+    /// `keys` command beside `serve`, two stores of one process. Without it
+    /// two signings each read the targets, then write the same versions,
+    /// the later one without the other's new target, in one staging
+    /// folder.
+    fn lock(&self) -> Result<fs::File, PortalError> {
+        let path = self.data_dir().join(LOCK_FILE);
+        let io = |source| PortalError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        Ok(file)
     }
 
     /// The data folder (the repository's parent).
@@ -1047,6 +1077,49 @@ mod tests {
 
     fn test_db(dir: &Path) -> Arc<Db> {
         Arc::new(Db::open(&db::sqlite_url(&dir.join("portal.db"))).unwrap())
+    }
+
+    /// Two stores of one data folder (as two portals of one database, or a
+    /// `keys` command beside `serve`) publish at once: every signing reads
+    /// the targets and writes its versions alone, so the metadata lists
+    /// every module and has one version per publish.
+    #[test]
+    fn publishes_through_two_stores_of_one_data_folder_at_once_lose_no_target() {
+        const EACH: usize = 6;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        super::super::tuf::keys_init(data, &super::super::tuf::KeysInit::default()).unwrap();
+        let stores: Vec<Store> = (0..2)
+            .map(|_| Store::open(test_db(data), data.join("repo")).unwrap())
+            .collect();
+        std::thread::scope(|s| {
+            for (i, store) in stores.iter().enumerate() {
+                s.spawn(move || {
+                    for n in 0..EACH {
+                        let file = data.join(format!("m{i}-{n}.jar"));
+                        fs::write(&file, format!("module {i}, build {n}")).unwrap();
+                        let coordinates = format!("com.example:m{i}:1.{n}");
+                        let req = PublishRequest::new(&coordinates, ModuleType::Component, file);
+                        store.publish(&req).unwrap();
+                    }
+                });
+            }
+        });
+        let repository = super::super::tuf::load(data);
+        let targets = &repository.targets().signed;
+        for i in 0..2 {
+            for n in 0..EACH {
+                let jar = format!("com/example/m{i}/1.{n}/m{i}-1.{n}.jar");
+                let name = tough::TargetName::new(&jar).unwrap();
+                assert!(targets.targets.contains_key(&name), "{jar} is no target");
+            }
+        }
+        assert_eq!(
+            targets.version.get(),
+            2 * EACH as u64,
+            "one version per publish"
+        );
+        assert_eq!(repository.timestamp().signed.version.get(), 2 * EACH as u64);
     }
 
     #[test]

@@ -620,16 +620,19 @@ pub fn is_target(rel: &str) -> bool {
     !rel.ends_with(".sha256") && !rel.starts_with(&format!("{METADATA_DIR}/"))
 }
 
+/// The repository of the data folder `data` as a client that trusts its
+/// current root loads it (every signature, version and hash checked).
+#[cfg(test)]
+pub(crate) fn load(data: &Path) -> tough::Repository {
+    tests::load_trusting(data, &std::fs::read(root_path(data)).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(data: &Path) -> tough::Repository {
-        load_trusting(data, &std::fs::read(root_path(data)).unwrap())
-    }
-
     /// The repository as a client that pinned `root` sees it.
-    fn load_trusting(data: &Path, root: &[u8]) -> tough::Repository {
+    pub(super) fn load_trusting(data: &Path, root: &[u8]) -> tough::Repository {
         let meta = url::Url::from_directory_path(metadata_dir(data)).unwrap();
         let targets = url::Url::from_directory_path(data.join("repo")).unwrap();
         block_on(async {
