@@ -62,6 +62,13 @@ pub enum FleetEvent {
         /// The environment's UUID.
         env: String,
     },
+    /// A box of the environment connected to the publishing process (the
+    /// console's pages refresh; the process that drives its rollout tells
+    /// it to synchronise when the rollout's sync reached no connection).
+    Connected {
+        /// The environment's UUID.
+        env: String,
+    },
     /// The environment was revoked: close its live connections.
     Revoked {
         /// The environment's UUID.

@@ -70,6 +70,19 @@ pub(crate) async fn follow(app: Arc<App>) {
                     );
                 }
             }
+            FleetEvent::Connected { env } => {
+                app.changed_here();
+                if app.rollouts.take_unsynced(&env) {
+                    // This process drives the box's rollout, whose sync
+                    // reached no connection; the box connected to another
+                    // process, which delivers this one.
+                    info!(
+                        env,
+                        "the box's rollout waits for it, and it connected to another portal: EVT_SYNC_SOFT"
+                    );
+                    app.sync(&env);
+                }
+            }
             FleetEvent::Revoked { env } => {
                 let closed = app.envs.close(&env);
                 if closed > 0 {

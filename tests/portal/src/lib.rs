@@ -284,6 +284,16 @@ impl App {
         self.publish(events::FleetEvent::Changed);
     }
 
+    /// A box of `env` connected here: the console's pages refresh, and the
+    /// other processes learn it (the one that drives its rollout may owe
+    /// it a sync, [`fleet::follow`]).
+    fn box_connected(&self, env: &str) {
+        self.changed_here();
+        self.publish(events::FleetEvent::Connected {
+            env: env.to_owned(),
+        });
+    }
+
     /// A status was recorded for `env`: the rollouts and the console learn
     /// of it.
     fn status_recorded(&self, env: &str, record: &StatusRecord) {

@@ -417,7 +417,7 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
     let close = Arc::new(Notify::new());
     let id = app.envs.connect(&env, hash, tx.clone(), close.clone());
     info!(connection = id, "box connected");
-    app.changed();
+    app.box_connected(&env);
     if let Some(frame) = app.registry.rotation_frame(&env) {
         // A rotation the box has not confirmed yet: its new secret.
         let _ = tx.try_send(frame);

@@ -248,17 +248,23 @@ impl Rollouts {
         state.iter().rev().cloned().collect()
     }
 
-    /// Whether `env` is told to synchronise when it connects: a rollout
+    /// Whether `env` is told to synchronise now that it connected (here,
+    /// or to another process of the database): a rollout of this process
     /// assigned it a set while it had no connection here (the sync reached
-    /// nobody), and still waits for its verdict. Once only.
+    /// no connection of this process, and maybe none of any other), and
+    /// still waits for it to report anything. Once only.
     pub(crate) fn take_unsynced(&self, env: &str) -> bool {
         if !self.unsynced.lock().expect("unsynced lock").remove(env) {
             return false;
         }
         let state = self.state.lock().expect("rollouts lock");
-        state
-            .iter()
-            .any(|r| !r.is_over() && matches!(r.box_state(env), Some(BoxState::Assigned { .. })))
+        state.iter().any(|r| {
+            !r.is_over()
+                && matches!(
+                    r.box_state(env),
+                    Some(BoxState::Assigned { progress: None, .. })
+                )
+        })
     }
 
     /// One rollout.

@@ -88,6 +88,44 @@ fn a_sync_asked_through_the_second_portal_reaches_a_box_on_the_first() -> Result
     Ok(())
 }
 
+/// A box away when its wave was assigned (the rollout's sync reached no
+/// connection) that then connects to a portal which does not drive the
+/// rollout is told to synchronise: the driver owes it the sync and learns
+/// of the connection from the other process. The box here is a bare
+/// protocol client that, like a box, asks for its set only when told.
+#[test]
+fn a_box_away_at_its_assignment_is_told_to_synchronise_by_whichever_portal_it_connects_to(
+) -> Result<()> {
+    let _machine = crate::machine::shared();
+    let Some(url) = postgres::database() else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("portal");
+    let first = portal(&data, &url)?;
+    let spec = ModuleSpec::new("com.example.portals:cam:3.0", 4096);
+    first.publish_module(&spec.write(&dir.path().join("files"))?)?;
+    let env = "6b0c1f8e-0000-4000-8000-00000000c001";
+    let secret = register(&first, env)?;
+    first.block_on(first.admin().start_rollout(&RolloutSpec {
+        name: "a box away".into(),
+        target: vec![spec.coordinates.clone()],
+        environments: vec![env.to_owned()],
+        waves: vec![WaveSize::Rest],
+        failure_threshold_percent: 0,
+        report_timeout_ms: 120_000,
+    }))?;
+    // The first portal takes the rollout's lease at its next tick (each
+    // second); the second starts after it, and never drives the rollout.
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = portal(&data, &url)?;
+    let box_side = tokio::runtime::Runtime::new()?;
+    let mut ws = box_side.block_on(connect(&second, env, &secret))?;
+    let frame = box_side.block_on(next_json(&mut ws))?;
+    ensure!(frame["type"] == "EVT_SYNC_SOFT", "{frame}");
+    Ok(())
+}
+
 #[test]
 fn the_second_portal_shows_a_status_that_reached_the_first() -> Result<()> {
     let _machine = crate::machine::shared();
