@@ -222,6 +222,19 @@ pub(crate) enum Recorded {
     Duplicate,
 }
 
+/// [`record_in`] in a transaction of its own, committed: a batch of
+/// statuses with no rollout rows beside it.
+pub(crate) fn record(
+    db: &Db,
+    batch: &[(String, StatusRecord)],
+    now_ms: u64,
+) -> Result<Vec<Recorded>, PortalError> {
+    let mut tx = db.begin()?;
+    let outcomes = record_in(db, &mut tx, batch, now_ms)?;
+    db.commit(tx)?;
+    Ok(outcomes)
+}
+
 /// Records `batch` (environment, status; in the order received) in the
 /// open transaction `tx`: each status's row (a durable one recorded
 /// already, before or earlier in the batch, changes nothing and is a

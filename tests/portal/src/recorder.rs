@@ -188,23 +188,23 @@ mod tests {
     fn recorder_on(db: Arc<Db>, batches: Arc<Mutex<Vec<usize>>>) -> Recorder {
         Recorder::start(Arc::new(move |batch: &[(String, StatusRecord)]| {
             batches.lock().unwrap().push(batch.len());
-            let mut tx = db.begin()?;
-            let out = history::record_in(&db, &mut tx, batch, 5_000)?;
-            db.commit(tx)?;
-            Ok(out)
+            history::record(&db, batch, 5_000)
         }))
     }
 
-    fn db(dir: &tempfile::TempDir) -> Arc<Db> {
-        Arc::new(Db::open(&sqlite_url(&dir.path().join("portal.db"))).unwrap())
+    /// A recorder on a fresh database ([`recorder_on`]), the database and
+    /// the sizes of the batches it wrote.
+    fn fixture() -> (tempfile::TempDir, Arc<Db>, Arc<Mutex<Vec<usize>>>, Recorder) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&sqlite_url(&dir.path().join("portal.db"))).unwrap());
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let recorder = recorder_on(db.clone(), batches.clone());
+        (dir, db, batches, recorder)
     }
 
     #[tokio::test(start_paused = true)]
     async fn statuses_of_many_boxes_land_whole_in_few_transactions() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db(&dir);
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let recorder = recorder_on(db.clone(), batches.clone());
+        let (_dir, db, batches, recorder) = fixture();
         // 600 boxes report at once, and one repeats a durable status in
         // the same batch.
         let mut statuses: Vec<(String, StatusRecord)> = (0..600)
@@ -251,10 +251,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_status_is_written_after_the_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db(&dir);
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let recorder = recorder_on(db.clone(), batches.clone());
+        let (_dir, db, batches, recorder) = fixture();
         let t = tokio::time::Instant::now();
         let outcome = recorder.record("env-1".into(), status("env-1", "installed", 1));
         assert_eq!(outcome.await.unwrap(), Recorded::New);
@@ -265,10 +262,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_batch_is_an_error_for_each_waiter_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = db(&dir);
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let recorder = recorder_on(db.clone(), batches.clone());
+        let (_dir, db, batches, recorder) = fixture();
         // The summaries' table is gone: the batch's transaction fails
         // after its statuses' rows were inserted.
         db.write(vec![stmt!("DROP TABLE env_status")]).unwrap();

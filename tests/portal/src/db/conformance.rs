@@ -225,9 +225,7 @@ pub fn status_batch_whole_or_nothing(url: &str) {
             status("env-00", "installed", Some(2), 1_002),
         )])
         .collect();
-    let mut tx = db.begin().unwrap();
-    let outcomes = history::record_in(&db, &mut tx, &batch, 2_000).unwrap();
-    db.commit(tx).unwrap();
+    let outcomes = history::record(&db, &batch, 2_000).unwrap();
     let duplicates: Vec<usize> = outcomes
         .iter()
         .enumerate()
@@ -251,9 +249,7 @@ pub fn status_batch_whole_or_nothing(url: &str) {
             status("env-41", "downloading", Some(1), 3_000),
         )])
         .collect();
-    let mut tx = db.begin().unwrap();
-    let outcomes = history::record_in(&db, &mut tx, &again, 3_000).unwrap();
-    db.commit(tx).unwrap();
+    let outcomes = history::record(&db, &again, 3_000).unwrap();
     assert_eq!(
         outcomes,
         [
@@ -273,9 +269,7 @@ pub fn status_batch_whole_or_nothing(url: &str) {
         "env-50".to_owned(),
         status("env-50", "installed", Some(1), 4_000),
     )];
-    let mut tx = db.begin().unwrap();
-    assert!(history::record_in(&db, &mut tx, &failing, 4_000).is_err());
-    drop(tx);
+    assert!(history::record(&db, &failing, 4_000).is_err());
     assert_eq!(history::count(&db).unwrap(), 81, "nothing of it written");
 }
 
