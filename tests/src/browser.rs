@@ -16,10 +16,27 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::Value;
 
 use crate::DEADLINE;
+
+/// Clicks the element `locator` finds. A live region the server sends
+/// again replaces its elements, so the one found may be gone before the
+/// click lands: then it is found and clicked again, as a person would.
+pub async fn click(c: &Client, locator: Locator<'_>) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        let found = c
+            .find(locator)
+            .await
+            .with_context(|| format!("{locator:?}"))?;
+        match found.click().await {
+            Err(e) if e.is_stale_element_reference() && attempts < 5 => attempts += 1,
+            r => return Ok(r?),
+        }
+    }
+}
 
 /// The widths every page is looked at: a laptop's screen and a phone's.
 pub const WIDTHS: [u32; 2] = [1280, 390];

@@ -85,11 +85,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 /// Clicks the button `id`, accepting the question it asks.
 async fn press(c: &Client, id: &str, confirm: bool) -> Result<()> {
-    c.find(Locator::Id(id))
-        .await
-        .with_context(|| format!("button #{id}"))?
-        .click()
-        .await?;
+    browser::click(c, Locator::Id(id)).await?;
     if confirm {
         eventually(Duration::from_secs(10), "the confirmation", || async {
             c.accept_alert().await.ok()
@@ -262,8 +258,13 @@ async fn steps(
         text_of(c, "#notice").await
     })
     .await?;
-    c.execute("window.consoleTestMark = 'same document';", vec![])
-        .await?;
+    // A keyboard user on Synchronise now keeps the focus there while the
+    // region is replaced.
+    c.execute(
+        "window.consoleTestMark = 'same document'; document.getElementById('sync-now').focus();",
+        vec![],
+    )
+    .await?;
     let mut seen: Vec<String> = Vec::new();
     let mut bars = 0;
     let start = Instant::now();
@@ -290,6 +291,16 @@ async fn steps(
         .execute("return window.consoleTestMark || null;", vec![])
         .await?;
     ensure!(mark == "same document", "the page was reloaded: {mark}");
+    let focused = c
+        .execute(
+            "return document.activeElement && document.activeElement.id;",
+            vec![],
+        )
+        .await?;
+    ensure!(
+        focused == "sync-now",
+        "the focus after the region changed: {focused}"
+    );
     ensure!(
         seen.iter().any(|s| s == "downloading") && bars >= 2,
         "the page showed the download's progress as it went: {seen:?}"

@@ -12,7 +12,9 @@
 //! a module-by-module difference of two sets ([`diff`], [`diff_table`]),
 //! empty states that say what to do ([`empty`]), tables with headers
 //! ([`table`], [`details`]), buttons and labelled form fields ([`Button`],
-//! [`field`]).
+//! [`field`]), and live regions that follow a Server-Sent Events stream
+//! and are sent only when they changed ([`live_region`], [`LiveStream`],
+//! [`LIVE_SCRIPT`]).
 //!
 //! What is not here: any type of the portal protocol or of the box. A set
 //! is a list of `(module, version)` strings, a status is the word the
@@ -26,6 +28,7 @@ mod components;
 mod diff;
 mod format;
 mod layout;
+mod live;
 mod style;
 
 pub use components::{
@@ -37,6 +40,7 @@ pub use format::{
     absolute_time, human_duration, human_size, iso_time, relative_time, time, unix_ms, TIME_SCRIPT,
 };
 pub use layout::Page;
+pub use live::{live_region, live_version, LiveStream, LIVE_SCRIPT};
 pub use style::STYLESHEET;
 
 /// Re-exported so that callers build markup with the same `maud` version.

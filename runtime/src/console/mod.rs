@@ -11,8 +11,10 @@
 //! whether from the CLI or from a browser. Pages are rendered on the server
 //! (`pages.rs`, with the shared look of `banalytics_ui`); a live region
 //! follows its view over Server-Sent Events, rendered again every
-//! [`LIVE_EVERY`] and sent when it changed; one embedded script, no build
-//! step.
+//! [`LIVE_EVERY`] and sent when it differs from what the browser shows
+//! (`ui::LiveStream`: not even once when the page just rendered it); one
+//! embedded script (`ui::LIVE_SCRIPT` with the confirmation and the
+//! relative times), no build step.
 //!
 //! Access (`auth.rs`): a session opened with the token or a one-time
 //! `console-url` link; every POST must come from the console's own origin
@@ -82,15 +84,6 @@ pub type ControlTx = mpsc::Sender<(Request, oneshot::Sender<Response>)>;
 
 /// The requests [`start`]ed console hands the host, for [`answer`].
 pub type ControlRx = mpsc::Receiver<(Request, oneshot::Sender<Response>)>;
-
-/// The console's only script: live regions follow their event stream (with
-/// `ui::CONFIRM_SCRIPT`, a form with a question asks it first, and
-/// `ui::TIME_SCRIPT` keeps each "3 min ago" true).
-const SCRIPT: &str = r#"document.querySelectorAll("[data-sse]").forEach(function (el) {
-  var source = new EventSource(el.dataset.sse);
-  source.onmessage = function (e) { el.innerHTML = e.data; };
-});
-"#;
 
 /// What the host needs of the console besides its config.
 pub struct Options {
@@ -348,7 +341,7 @@ async fn session_required(
 async fn script() -> HttpResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        [SCRIPT, ui::CONFIRM_SCRIPT, ui::TIME_SCRIPT].concat(),
+        [ui::LIVE_SCRIPT, ui::CONFIRM_SCRIPT, ui::TIME_SCRIPT].concat(),
     )
         .into_response()
 }
@@ -429,7 +422,7 @@ impl App {
 
 /// A live region: `now`, then whatever `/console/events` sends for `view`.
 fn live(view: &str, query: &str, now: Markup) -> Markup {
-    html! { div id="live" data-sse={ "/console/events?view=" (view) (query) } { (now) } }
+    ui::live_region(&format!("/console/events?view={view}{query}"), now)
 }
 
 /// `banalytics-box console-url`: a one-time login link for the console of
@@ -672,6 +665,8 @@ async fn log_page(
 #[derive(serde::Deserialize)]
 struct EventsQuery {
     view: String,
+    /// The version of the region the page rendered (`ui::live_region`).
+    seen: Option<String>,
     #[serde(flatten)]
     filter: pages::LogFilter,
 }
@@ -679,31 +674,33 @@ struct EventsQuery {
 async fn events(
     State(app): State<Arc<App>>,
     Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, StatusCode> {
     let first = app
         .render(&q.view, &q.filter)
         .await
         .ok_or(StatusCode::NOT_FOUND)?
         .into_string();
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let shown = ui::LiveStream::new(last_event_id, q.seen.as_deref());
     let stop = app.stop.clone();
     let stream = futures_util::stream::unfold(
-        (app, q, stop, first, true),
-        |(app, q, mut stop, last, first)| async move {
-            let mut last = last;
-            if first {
-                let event = Event::default().data(last.clone());
-                return Some((Ok(event), (app, q, stop, last, false)));
-            }
+        (app, q, stop, shown, Some(first)),
+        |(app, q, mut stop, mut shown, mut rendered)| async move {
             loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return None,
-                    () = tokio::time::sleep(LIVE_EVERY) => {}
-                }
-                let html = app.render(&q.view, &q.filter).await?.into_string();
-                if html != last {
-                    last = html;
-                    let event = Event::default().data(last.clone());
-                    return Some((Ok(event), (app, q, stop, last, false)));
+                let html = match rendered.take() {
+                    Some(html) => html,
+                    None => {
+                        tokio::select! {
+                            _ = stop.wait_for(|s| *s) => return None,
+                            () = tokio::time::sleep(LIVE_EVERY) => {}
+                        }
+                        app.render(&q.view, &q.filter).await?.into_string()
+                    }
+                };
+                if let Some(version) = shown.send(&html) {
+                    let event = Event::default().id(version).data(html);
+                    return Some((Ok(event), (app, q, stop, shown, None)));
                 }
             }
         },

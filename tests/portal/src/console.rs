@@ -1,12 +1,13 @@
 //! The fleet console under `/console`: server-rendered pages (`maud`)
 //! for environments, modules, assignment and rollouts, kept live by
 //! Server-Sent Events. Each live region of a page names its view
-//! (`data-sse="/console/events?view=..."`); the one small script
-//! ([`SCRIPT`], embedded, no build step) opens that stream and swaps the
-//! region's HTML with each event, and keeps each relative time ("3 min
-//! ago") true from its `<time datetime>` (`ui::TIME_SCRIPT`). The server renders the region again at
-//! most every [`RENDER_EVERY`] after a change, so a burst of statuses is one
-//! update.
+//! (`data-sse="/console/events?view=...&seen=..."`); the one small script
+//! (`ui::LIVE_SCRIPT`, embedded, no build step) opens that stream and swaps
+//! the region's HTML with each event, and keeps each relative time ("3 min
+//! ago") true from its `<time datetime>` (`ui::TIME_SCRIPT`). The server
+//! renders the region again at most every [`RENDER_EVERY`] after a change,
+//! so a burst of statuses is one update, and sends it only when it differs
+//! from what the browser shows (`ui::LiveStream`).
 //!
 //! Every page but the login page needs a session; the login page trades
 //! the admin token for one ([`super::auth`]). Forms post with the session
@@ -53,16 +54,6 @@ use super::{
     rollout::{BoxState, Rollout, RolloutSpec, WaveSize, DEFAULT_REPORT_TIMEOUT_MS},
     App, EnvironmentReport, StatusRecord,
 };
-
-/// The console's only script: live regions follow their event stream
-/// (served with [`ui::TIME_SCRIPT`], which keeps "3 min ago" true).
-pub const SCRIPT: &str = r#"// Each element with data-sse follows its Server-Sent Events stream:
-// every event carries the element's new HTML.
-document.querySelectorAll("[data-sse]").forEach(function (el) {
-  var source = new EventSource(el.dataset.sse);
-  source.onmessage = function (e) { el.innerHTML = e.data; };
-});
-"#;
 
 /// The shortest time between two renders of one live region.
 pub const RENDER_EVERY: Duration = Duration::from_millis(200);
@@ -274,7 +265,7 @@ async fn session_required(State(app): State<Arc<App>>, req: Request, next: Next)
 async fn script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        [SCRIPT, ui::TIME_SCRIPT].concat(),
+        [ui::LIVE_SCRIPT, ui::TIME_SCRIPT].concat(),
     )
         .into_response()
 }
@@ -375,14 +366,14 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 
 /// A live region: `view` rendered now, then again on every change.
 fn live(view: &str, now: Markup) -> Markup {
-    html! {
-        div id="live" data-sse={ "/console/events?view=" (view) } { (now) }
-    }
+    ui::live_region(&format!("/console/events?view={view}"), now)
 }
 
 #[derive(serde::Deserialize)]
 struct EventsQuery {
     view: String,
+    /// The version of the region the page rendered (`ui::live_region`).
+    seen: Option<String>,
 }
 
 /// Renders `view`; `None` when it names nothing.
@@ -404,28 +395,34 @@ fn render(app: &App, view: &str) -> Option<Markup> {
 async fn events(
     State(app): State<Arc<App>>,
     Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, StatusCode> {
     if render(&app, &q.view).is_none() {
         return Err(StatusCode::NOT_FOUND);
     }
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let shown = ui::LiveStream::new(last_event_id, q.seen.as_deref());
     let changes = app.changes.subscribe();
     let shutdown = app.shutdown.clone();
     let stream = futures_util::stream::unfold(
-        (app, q.view, changes, shutdown, true),
-        |(app, view, mut changes, mut shutdown, first)| async move {
-            if !first {
-                tokio::select! {
-                    _ = super::stopped(&mut shutdown) => return None,
-                    r = changes.changed() => if r.is_err() { return None },
+        (app, q.view, changes, shutdown, shown, true),
+        |(app, view, mut changes, mut shutdown, mut shown, mut first)| async move {
+            loop {
+                if !first {
+                    tokio::select! {
+                        _ = super::stopped(&mut shutdown) => return None,
+                        r = changes.changed() => if r.is_err() { return None },
+                    }
+                    tokio::time::sleep(RENDER_EVERY).await;
+                    changes.borrow_and_update();
                 }
-                tokio::time::sleep(RENDER_EVERY).await;
-                changes.borrow_and_update();
+                first = false;
+                let html = render(&app, &view)?.into_string();
+                if let Some(version) = shown.send(&html) {
+                    let event = Event::default().id(version).data(html);
+                    return Some((Ok(event), (app, view, changes, shutdown, shown, false)));
+                }
             }
-            let html = render(&app, &view)?.into_string();
-            Some((
-                Ok(Event::default().data(html)),
-                (app, view, changes, shutdown, false),
-            ))
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

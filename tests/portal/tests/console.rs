@@ -122,31 +122,34 @@ async fn pages_need_a_session_that_the_admin_token_opens() {
         assign.contains("not installed") && assign.contains("Start rollout"),
         "{assign}"
     );
-    assert!(page("")
-        .await
-        .contains("data-sse=\"/console/events?view=envs\""));
+    let home = page("").await;
+    let sse = home
+        .split_once("data-sse=\"")
+        .and_then(|(_, rest)| rest.split('"').next())
+        .expect("a live region")
+        .replace("&amp;", "&");
+    assert!(sse.starts_with("/console/events?view=envs&seen="), "{sse}");
 
-    // The live region's stream: the current table, then a new one when a
-    // box connects.
+    // The live region's stream: nothing while the page shows what it
+    // would send (several renders' time), then a new table, with its
+    // version as the event's id, when a box connects.
     let resp = http
-        .get(format!("{}/events?view=envs", portal.console_url()))
+        .get(format!("{}{sse}", portal.url()))
         .header("cookie", session.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.bytes_stream();
-    let mut seen = String::new();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    seen.push_str(&String::from_utf8_lossy(&first));
-    assert!(seen.contains("0 environment(s)"), "{seen}");
+    // Five renders (one each `RENDER_EVERY`, 200 ms).
+    let quiet = Duration::from_secs(1);
+    if let Ok(early) = tokio::time::timeout(quiet, body.next()).await {
+        panic!("the page's own table sent again: {early:?}");
+    }
     let (_ws, _) = tokio_tungstenite::connect_async(portal.ws_url("env-a", "h"))
         .await
         .unwrap();
+    let mut seen = String::new();
     tokio::time::timeout(Duration::from_secs(10), async {
         while !seen.contains("env-a") {
             let chunk = body.next().await.unwrap().unwrap();
@@ -155,6 +158,7 @@ async fn pages_need_a_session_that_the_admin_token_opens() {
     })
     .await
     .expect("the stream carries the new environment");
+    assert!(seen.starts_with("id: "), "{seen}");
 
     // Logging out ends the session.
     let resp = http

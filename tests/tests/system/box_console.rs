@@ -228,3 +228,100 @@ fn with_a_certificate_the_console_serves_https_on_a_network_address_and_its_cook
         Ok(())
     })
 }
+
+/// The `data-sse` URL of a page's live region.
+fn stream_url(page: &str) -> Result<String> {
+    let (_, rest) = page.split_once("data-sse=\"").context("a live region")?;
+    let url = rest.split('"').next().context("the attribute's end")?;
+    Ok(url.replace("&amp;", "&"))
+}
+
+/// The next event of a Server-Sent Events stream within `within`, or
+/// `None`: its `id` and its data.
+async fn next_event(
+    r: &mut reqwest::Response,
+    within: std::time::Duration,
+) -> Result<Option<(String, String)>> {
+    let mut text = String::new();
+    let ends = tokio::time::Instant::now() + within;
+    while !text.contains("\n\n") {
+        match tokio::time::timeout_at(ends, r.chunk()).await {
+            Err(_) => return Ok(None),
+            Ok(chunk) => text.push_str(&String::from_utf8_lossy(
+                &chunk?.context("the stream ended")?,
+            )),
+        }
+    }
+    let field = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .map(|v| v.strip_prefix(' ').unwrap_or(v))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok(Some((field("id:"), field("data:"))))
+}
+
+/// A live region is sent only when it differs from what the browser
+/// shows: not right after the page that rendered it (which would swap a
+/// button under the user's pointer and lose the keyboard focus), then on a
+/// change (a new line in the log), with its version as the event's id, and not again
+/// to a stream reopened with that id as `Last-Event-ID`.
+#[test]
+fn a_live_region_is_sent_only_when_it_changed() -> Result<()> {
+    let _machine = crate::machine::shared();
+    let port = free_port()?;
+    let home = TempHome::new(&format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\n\n[components.probe]\nkind = \"probe\"\n"
+    ))?;
+    let _b = home.start(0)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let out = home.cli(&["console-url"])?;
+    let link = String::from_utf8(out.stdout)?.trim().to_owned();
+    // Four renders of the region (one each `LIVE_EVERY`, 500 ms).
+    let quiet = std::time::Duration::from_secs(2);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let c = client();
+        let cookie = session_cookie(&c.get(&link).send().await?).context("a session")?;
+        let get = |path: String, last: Option<String>| {
+            let mut r = c.get(format!("{base}{path}")).header("cookie", &cookie);
+            if let Some(id) = last {
+                r = r.header("last-event-id", id);
+            }
+            r.send()
+        };
+        let page = get("/console/log".into(), None).await?.text().await?;
+        let url = stream_url(&page)?;
+        ensure!(url.contains("view=log&") && url.contains("&seen="), "{url}");
+        let mut stream = get(url.clone(), None).await?;
+        ensure!(stream.status() == 200, "stream: {}", stream.status());
+        let first = next_event(&mut stream, quiet).await?;
+        ensure!(
+            first.is_none(),
+            "the page's own region sent again: {first:?}"
+        );
+
+        // A change: the probe logs its busy drill.
+        let pong = home.exchange(
+            "probe.busy-drill",
+            serde_json::json!({"to": "probe", "seq": 1, "hold": true}),
+            "probe.pong",
+            std::time::Duration::from_secs(10),
+        )?;
+        ensure!(pong.is_ok(), "the probe answered the drill: {pong:?}");
+        let (id, data) = next_event(&mut stream, quiet * 10)
+            .await?
+            .context("no event after the busy drill")?;
+        ensure!(data.contains("busy drill"), "{data}");
+        ensure!(id.len() == 16, "the event's id is its version: {id:?}");
+
+        let mut again = get(url, Some(id)).await?;
+        let first = next_event(&mut again, quiet).await?;
+        ensure!(
+            first.is_none(),
+            "a reconnection sent what it had: {first:?}"
+        );
+        Ok(())
+    })
+}
