@@ -220,6 +220,24 @@ impl TestBox {
         }
     }
 
+    /// Waits for the synchronisation that asked the fake portal for the
+    /// `n`th time to end (the report then is its own).
+    async fn wait_sync_of_request(&self, n: u32) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.sync();
+            if *self.requests.lock().unwrap() >= n && s["finished_ms"].is_u64() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no synchronisation ended after request {n}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn first_sync(&self) -> Value {
         self.wait_sync_after(0).await
     }
@@ -804,8 +822,11 @@ async fn too_many_entries_cancel_the_upgrade() {
     .await;
 }
 
+/// The portal's triggers that come while a synchronisation runs make one
+/// more, after it, however many they are: the portal may have answered the
+/// running one before the change it announces.
 #[actix_rt::test]
-async fn a_hundred_concurrent_triggers_make_one_request() {
+async fn a_hundred_concurrent_triggers_make_one_request_and_one_after_it() {
     let repo = Repo::start().await;
     let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
     let b = start_box(
@@ -828,10 +849,51 @@ async fn a_hundred_concurrent_triggers_make_one_request() {
     for p in publishes {
         p.await.unwrap();
     }
-    let sync = b.wait_sync_after(since).await;
+    let sync = b.wait_sync_of_request(2).await;
+    assert!(sync["started_ms"].as_u64().unwrap() >= since, "{sync}");
     assert_eq!(sync["state"], "staged", "{sync}");
-    assert_eq!(*b.requests.lock().unwrap(), 1);
+    assert_eq!(sync["trigger"], "portal", "{sync}");
+    assert_eq!(*b.requests.lock().unwrap(), 2);
     assert_eq!(sync["skipped_triggers"], 99);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(*b.requests.lock().unwrap(), 2, "no third");
+}
+
+/// A change of the target set announced while a synchronisation downloads
+/// the old one is not lost: the box asks again once it is done, and stages
+/// the new set.
+#[actix_rt::test]
+async fn a_target_changed_during_a_synchronisation_is_staged_after_it() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let beta = publish(&repo, "beta", "1.0", &[], &[]);
+    repo.set(&alpha.main_path, |b| {
+        b.trickle = Some(Duration::from_millis(20));
+        b.trickle_bytes = 64;
+    });
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            installed: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let since = banalytics_sdk::status::now_ms();
+    b.bus.publish(SyncSoftware {}).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while b.sync()["state"] != "downloading" {
+        assert!(tokio::time::Instant::now() < deadline, "{}", b.sync());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    *b.target.lock().unwrap() = objects(&[&alpha, &beta]);
+    b.bus.publish(SyncSoftware {}).await;
+    let sync = b.wait_sync_of_request(2).await;
+    assert!(sync["started_ms"].as_u64().unwrap() >= since, "{sync}");
+    assert_eq!(sync["state"], "staged", "{sync}");
+    assert_eq!(*b.requests.lock().unwrap(), 2);
+    assert_eq!(staged_tree(&b), expected_tree(&[&alpha, &beta]).0);
 }
 
 #[actix_rt::test]

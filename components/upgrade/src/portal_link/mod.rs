@@ -111,6 +111,10 @@ pub(crate) struct Peers {
 pub(crate) struct PortalLink {
     peers: Peers,
     running: bool,
+    /// An `EVT_SYNC_SOFT` came while a synchronisation ran: it runs again
+    /// when that one ends (once, however many came), since the portal may
+    /// have answered it before what the trigger announces.
+    again: bool,
     awaiting: Option<oneshot::Sender<GetEnvModulesResponse>>,
     report: Rc<RefCell<SyncReport>>,
 }
@@ -122,6 +126,7 @@ impl PortalLink {
         let link = PortalLink {
             peers,
             running: false,
+            again: false,
             awaiting: None,
             report: Rc::new(RefCell::new(SyncReport {
                 state: SyncState::Idle,
@@ -154,9 +159,22 @@ impl Handler<Synchronise> for PortalLink {
 
 impl PortalLink {
     /// Counts and logs a trigger that came while a synchronisation runs.
+    /// The portal's makes it run again once it ends: the portal sends
+    /// `EVT_SYNC_SOFT` after a change of the box's target set, and the
+    /// running synchronisation may have had its answer from before the
+    /// change (frames of two kinds reach this actor in either order, so
+    /// whether its answer is in does not tell).
     fn skip(&mut self, trigger: Trigger) {
         self.report.borrow_mut().skipped_triggers += 1;
-        info!(?trigger, "synchronisation already running; trigger skipped");
+        if trigger == Trigger::Portal && !self.again {
+            self.again = true;
+            info!(
+                ?trigger,
+                "synchronisation already running; another runs when it ends"
+            );
+        } else {
+            info!(?trigger, "synchronisation already running; trigger skipped");
+        }
         publish_report(&self.peers, &self.report.borrow());
     }
 
@@ -192,21 +210,26 @@ impl PortalLink {
         let asker = Asker { request };
         let run = flow::synchronise(self.peers.clone(), self.report.clone(), rx, asker)
             .instrument(span.clone());
-        ctx.spawn(run.into_actor(self).map(move |outcome, act, _| {
-            let _span = span.enter();
-            act.running = false;
-            act.awaiting = None;
-            let mut report = act.report.borrow_mut();
-            report.finished_ms = Some(now_ms());
-            match outcome {
-                Ok(()) => info!(state = %report.state, "synchronisation finished"),
-                Err(e) => {
-                    warn!(error = %e, "synchronisation failed");
-                    report.state = e.failure().state();
-                    report.result = Some(e.to_string());
+        ctx.spawn(run.into_actor(self).map(move |outcome, act, ctx| {
+            {
+                let _span = span.enter();
+                act.running = false;
+                act.awaiting = None;
+                let mut report = act.report.borrow_mut();
+                report.finished_ms = Some(now_ms());
+                match outcome {
+                    Ok(()) => info!(state = %report.state, "synchronisation finished"),
+                    Err(e) => {
+                        warn!(error = %e, "synchronisation failed");
+                        report.state = e.failure().state();
+                        report.result = Some(e.to_string());
+                    }
                 }
+                publish_report(&act.peers, &report);
             }
-            publish_report(&act.peers, &report);
+            if std::mem::take(&mut act.again) {
+                act.start(Trigger::Portal, None, ctx);
+            }
         }));
     }
 }
