@@ -1296,6 +1296,7 @@ mod tests {
             seq: None,
             outbox_id: None,
             received_ms: None,
+            served_set: None,
         }
     }
 

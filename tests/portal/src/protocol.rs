@@ -102,6 +102,11 @@ pub struct StatusRecord {
     /// (the portal's clock: the protocol's status carries no time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_ms: Option<u64>,
+    /// The name of the set this connection last answered the box's
+    /// `GET_ENV_MOD_REQ` with (`rollout::set_name`): what a rollout takes
+    /// the status to be about. `None` when no request came on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_set: Option<String>,
 }
 
 /// `groupId:artifactId:version` of a status's module object, `?` for a
@@ -434,6 +439,9 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
     }
     drop(tx);
     let mut shutdown = app.shutdown.clone();
+    // The set this connection last answered the box's request with: the
+    // statuses after it are about that set (`StatusRecord::served_set`).
+    let mut served: Option<Box<str>> = None;
     loop {
         tokio::select! {
             _ = super::stopped(&mut shutdown) => {
@@ -459,13 +467,15 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
                 }
                 Some(Ok(Message::Text(text))) => match handle(&app, &env, text.as_str()) {
                     Handled::Done => {}
-                    Handled::Reply(reply) => {
+                    Handled::Served { reply, set } => {
+                        served = Some(set);
                         if let Err(error) = socket.send(Message::Text(reply.into())).await {
                             warn!(%error, "send failed");
                             break;
                         }
                     }
-                    Handled::Status { env, record } => {
+                    Handled::Status { env, mut record } => {
+                        record.served_set = served.as_deref().map(str::to_owned);
                         // The next frame (a ping whose pong confirms this
                         // status) is read only once the status committed.
                         // Boxed: the wait is the largest state of a
@@ -507,8 +517,13 @@ fn speaks_for(app: &App, conn_env: &str, env: &str) -> bool {
 enum Handled {
     /// Nothing more.
     Done,
-    /// This reply.
-    Reply(String),
+    /// This answer to the box's request for its set, named `set`.
+    Served {
+        /// The `GET_ENV_MOD_RES` frame.
+        reply: String,
+        /// Its set's name (`rollout::set_name`).
+        set: Box<str>,
+    },
     /// Recording this status ([`record_status`]).
     Status {
         /// The environment it is recorded for.
@@ -576,7 +591,11 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Handled {
             });
             let modules = app.store.target_set(env);
             info!(env, modules = modules.len(), "answering GET_ENV_MOD_REQ");
-            Handled::Reply(json!({"type": "GET_ENV_MOD_RES", "modules": modules}).to_string())
+            let coordinates: Vec<String> = modules.iter().map(module_label).collect();
+            Handled::Served {
+                reply: json!({"type": "GET_ENV_MOD_RES", "modules": modules}).to_string(),
+                set: crate::rollout::set_name(&coordinates).into_boxed_str(),
+            }
         }
         "EVT_ENV_MOD_UPD_STS" => {
             let field = |k: &str| msg.get(k).cloned().unwrap_or(Value::Null);
@@ -591,6 +610,7 @@ fn handle(app: &App, conn_env: &str, text: &str) -> Handled {
                     .and_then(Value::as_str)
                     .map(str::to_owned),
                 received_ms: Some(now_ms()),
+                served_set: None,
             };
             let env = if conn_env.is_empty() {
                 record

@@ -180,6 +180,7 @@ mod tests {
             seq: Some(seq),
             outbox_id: Some("outbox-1".into()),
             received_ms: Some(1_000 + seq),
+            served_set: None,
         }
     }
 

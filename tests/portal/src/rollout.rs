@@ -229,6 +229,21 @@ impl<T> PartialEq for Scratch<T> {
 
 impl<T> Eq for Scratch<T> {}
 
+/// The name of a set of modules by their `groupId:artifactId:version`
+/// (in any order): a digest that a status carries of the set its box was
+/// answered ([`Rollout::status_of_set`]).
+pub fn set_name<S: AsRef<str>>(coordinates: &[S]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&str> = coordinates.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    let mut h = Sha256::new();
+    for c in sorted {
+        h.update(c.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 impl Rollout {
     /// A rollout of `spec`, created at `now_ms`; nothing assigned until
     /// [`Rollout::start`].
@@ -368,7 +383,9 @@ impl Rollout {
         wave.into_iter().map(Action::AssignTarget).collect()
     }
 
-    /// `env` reported `status` (with `message`) at `now_ms`.
+    /// `env` reported `status` (with `message`) at `now_ms`, from a
+    /// synchronisation whose set is not known (see
+    /// [`Rollout::status_of_set`]).
     pub fn status_reported(
         &mut self,
         env: &str,
@@ -376,7 +393,30 @@ impl Rollout {
         message: Option<&str>,
         now_ms: u64,
     ) -> Vec<Action> {
+        self.status_of_set(env, status, message, None, now_ms)
+    }
+
+    /// `env` reported `status` (with `message`) at `now_ms`, after the
+    /// portal answered its request for its set with the set named
+    /// `served` ([`set_name`]; `None`: not known). A status of a
+    /// synchronisation served another set than the rollout's target is
+    /// not about the rollout: it is left out. So a box that was answered
+    /// its old set just before its wave assigned it the new one, and then
+    /// reports on the old set (`installed`, nothing changed, or a refusal),
+    /// is neither counted installed nor failed by it; the portal's
+    /// `EVT_SYNC_SOFT` makes it ask again.
+    pub fn status_of_set(
+        &mut self,
+        env: &str,
+        status: &str,
+        message: Option<&str>,
+        served: Option<&str>,
+        now_ms: u64,
+    ) -> Vec<Action> {
         if self.is_over() {
+            return Vec::new();
+        }
+        if served.is_some_and(|served| served != set_name(&self.spec.target)) {
             return Vec::new();
         }
         let Some(s) = self.box_mut(env) else {
@@ -676,6 +716,46 @@ mod tests {
             assert!(r.status_reported(e, "installed", None, 6).is_empty());
         }
         assert!(matches!(r.state, RolloutState::Halted { .. }));
+    }
+
+    /// A box answered its old set just before its wave assigned it the
+    /// new one reports on the old set: neither its refusal nor its
+    /// `installed` counts; what it reports after it was answered the
+    /// target does.
+    #[test]
+    fn a_status_about_another_set_than_the_target_is_left_out() {
+        let mut r = Rollout::new(1, spec(3, 0), 0);
+        r.start(0);
+        let old = set_name(&["com.example:a:1"]);
+        let target = set_name(&["com.example:a:2"]);
+        for (status, message) in [
+            ("installation_cancelled", Some("the target set is empty")),
+            ("installed", None),
+            ("downloading", None),
+        ] {
+            assert!(r
+                .status_of_set("env-000", status, message, Some(&old), 1)
+                .is_empty());
+            assert_eq!(
+                r.box_state("env-000"),
+                Some(&BoxState::Assigned {
+                    since_ms: 0,
+                    progress: None
+                }),
+                "{status} of the old set"
+            );
+        }
+        assert_eq!(r.state, RolloutState::Running);
+        assert_eq!(
+            assigned(&r.status_of_set("env-000", "installed", None, Some(&target), 2)),
+            ["env-001"]
+        );
+        // The name does not depend on the order.
+        assert_eq!(
+            set_name(&["g:b:1", "g:a:1"]),
+            set_name(&["g:a:1".to_owned(), "g:b:1".to_owned()])
+        );
+        assert_ne!(set_name(&["g:a:1"]), set_name(&["g:a:1", "g:b:1"]));
     }
 
     #[test]

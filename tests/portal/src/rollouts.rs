@@ -549,7 +549,7 @@ impl App {
         let mut state = self.rollouts.state.lock().expect("rollouts lock");
         let mut tx = self.db.begin()?;
         let outcomes = history::record_in(&self.db, &mut tx, batch, now)?;
-        let new: Vec<(&str, &str, Option<&str>)> = batch
+        let new: Vec<(&str, &str, Option<&str>, Option<&str>)> = batch
             .iter()
             .zip(&outcomes)
             .filter(|(_, o)| **o == Recorded::New)
@@ -558,14 +558,15 @@ impl App {
                     env.as_str(),
                     r.status.as_str().unwrap_or_default(),
                     r.status_message.as_str(),
+                    r.served_set.as_deref(),
                 )
             })
             .collect();
         let moved = self.rollouts.run(&mut state, None, |r| {
             let mut actions = Vec::new();
-            for (env, status, message) in &new {
+            for (env, status, message, served) in &new {
                 if r.box_state(env).is_some() {
-                    actions.extend(r.status_reported(env, status, *message, now));
+                    actions.extend(r.status_of_set(env, status, *message, *served, now));
                 }
             }
             actions
@@ -825,20 +826,31 @@ impl App {
             return Ok(());
         }
         let now = now_ms();
-        let reports: Vec<(String, String, Option<String>)> = rows
+        let reports: Vec<(String, String, Option<String>, Option<String>)> = rows
             .iter()
             .map(|row| {
                 let record: serde_json::Value =
                     serde_json::from_str(&db::text(row, 3)).unwrap_or_default();
-                let message = record["statusMessage"].as_str().map(str::to_owned);
-                (db::text(row, 1), db::text(row, 2), message)
+                let text = |k: &str| record[k].as_str().map(str::to_owned);
+                (
+                    db::text(row, 1),
+                    db::text(row, 2),
+                    text("statusMessage"),
+                    text("servedSet"),
+                )
             })
             .collect();
         let out = self.rollouts.update(only, Vec::new(), |r| {
             let mut actions = Vec::new();
-            for (env, status, message) in &reports {
+            for (env, status, message, served) in &reports {
                 if r.box_state(env).is_some() {
-                    actions.extend(r.status_reported(env, status, message.as_deref(), now));
+                    actions.extend(r.status_of_set(
+                        env,
+                        status,
+                        message.as_deref(),
+                        served.as_deref(),
+                        now,
+                    ));
                 }
             }
             actions

@@ -371,3 +371,70 @@ async fn a_portal_taking_a_rollout_over_tells_the_boxes_assigned_that_reported_n
     assert_finished_with(&portal, (2, 0)).await;
     portal.shutdown().await;
 }
+
+/// Asks for the box's set (`GET_ENV_MOD_REQ`): the modules answered.
+async fn ask_set(ws: &mut Ws, env: &str) -> Vec<Value> {
+    let frame = json!({"type": "GET_ENV_MOD_REQ", "environmentUUID": env});
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("GET_ENV_MOD_RES") => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    return v["modules"].as_array().cloned().unwrap_or_default();
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("GET_ENV_MOD_RES before the deadline")
+}
+
+/// A box answered its old set just before its wave assigned it the new one
+/// ends that synchronisation on the old set: its refusal (here of an empty
+/// set, as a box with nothing assigned reports at its first run) does not
+/// fail it in the rollout. Its `installed` after it asked again does count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_on_the_set_a_box_had_before_its_wave_does_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(&dir.path().join("portal")).await;
+    publish(&portal, dir.path());
+    let env = "env-0".to_owned();
+    let mut ws = connect(&portal, &env).await;
+    assert!(
+        ask_set(&mut ws, &env).await.is_empty(),
+        "nothing assigned yet"
+    );
+
+    let r = portal
+        .start_rollout(spec(std::slice::from_ref(&env)))
+        .unwrap();
+    synced(&mut ws).await;
+    report(
+        &mut ws,
+        &env,
+        "installation_cancelled",
+        Some("target set refused: the target set is empty"),
+    )
+    .await;
+    // The status is recorded before the next frame is read.
+    let set = ask_set(&mut ws, &env).await;
+    assert_eq!(set.len(), 1, "{set:?}");
+    let now = portal
+        .rollouts()
+        .into_iter()
+        .find(|x| x.id == r.id)
+        .unwrap();
+    assert_eq!(now.state, RolloutState::Running, "{now:?}");
+    assert!(
+        matches!(now.box_state(&env), Some(BoxState::Assigned { .. })),
+        "{now:?}"
+    );
+    report(&mut ws, &env, "installed", None).await;
+    assert_finished_with(&portal, (1, 0)).await;
+    portal.shutdown().await;
+}

@@ -86,6 +86,7 @@ fn status(env: &str, status: &str, seq: Option<u64>, received_ms: u64) -> Status
         seq,
         outbox_id: seq.map(|_| "outbox-1".to_owned()),
         received_ms: Some(received_ms),
+        served_set: None,
     }
 }
 
