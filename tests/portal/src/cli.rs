@@ -212,7 +212,8 @@ pub enum Command {
         #[arg(long)]
         json_file: Option<PathBuf>,
     },
-    /// Send `EVT_SYNC_SOFT` to an environment's live connections.
+    /// Send `EVT_SYNC_SOFT` to an environment's live connections; a box
+    /// connected nowhere is sent it when it connects.
     Sync {
         /// The environment UUID.
         #[arg(long)]
@@ -532,9 +533,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Sync { ref env } => {
             let n = client()?.sync(env).await?;
             if n == 0 {
-                bail!("environment {env} has no live connection: EVT_SYNC_SOFT not sent");
+                println!("environment {env} has no live connection to this portal: EVT_SYNC_SOFT goes out when it connects (or through the portal it is connected to)");
+            } else {
+                println!("sent EVT_SYNC_SOFT to {n} connection(s) of {env}");
             }
-            println!("sent EVT_SYNC_SOFT to {n} connection(s) of {env}");
             Ok(())
         }
         Command::Environments {

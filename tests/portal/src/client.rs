@@ -145,7 +145,8 @@ impl AdminClient {
         Ok(())
     }
 
-    /// `POST /admin/sync`: how many live connections took `EVT_SYNC_SOFT`.
+    /// `POST /admin/sync`: how many live connections of this portal took
+    /// `EVT_SYNC_SOFT` (none: the box is sent it when it connects).
     pub async fn sync(&self, env: &str) -> Result<usize> {
         let d: Delivered = self
             .call(

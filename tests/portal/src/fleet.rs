@@ -72,16 +72,21 @@ pub(crate) async fn follow(app: Arc<App>) {
             }
             FleetEvent::Connected { env } => {
                 app.changed_here();
-                if app.rollouts.take_unsynced(&env) {
-                    // This process drives the box's rollout, whose sync
-                    // reached no connection; the box connected to another
-                    // process, which delivers this one.
+                if app.envs.take_owed_sync(&env) {
+                    // A sync asked here reached no connection; the box
+                    // connected to another process, which delivers it.
                     info!(
                         env,
-                        "the box's rollout waits for it, and it connected to another portal: EVT_SYNC_SOFT"
+                        "a sync was asked while the box was away, and it connected to another portal: EVT_SYNC_SOFT"
                     );
-                    app.sync(&env);
+                    app.publish(FleetEvent::SyncRequested { env });
                 }
+            }
+            FleetEvent::StatusArrived { env } => {
+                // Connected elsewhere since before the sync was asked: the
+                // process it is connected to told it.
+                app.envs.take_owed_sync(&env);
+                app.changed_here();
             }
             FleetEvent::Revoked { env } => {
                 let closed = app.envs.close(&env);
@@ -93,9 +98,7 @@ pub(crate) async fn follow(app: Arc<App>) {
                 }
                 app.changed_here();
             }
-            FleetEvent::StatusArrived { .. }
-            | FleetEvent::Assigned { .. }
-            | FleetEvent::Changed => app.changed_here(),
+            FleetEvent::Assigned { .. } | FleetEvent::Changed => app.changed_here(),
         }
     }
 }

@@ -268,9 +268,16 @@ impl App {
         self.tasks.lock().expect("tasks lock").clone()
     }
 
+    /// Tells `env` to synchronise, through this process's connections and
+    /// the other processes'; how many connections of this process took
+    /// it. When none did, the box is owed the sync: told when it connects
+    /// ([`protocol::Environments::owe_sync`]).
     fn sync(&self, env: &str) -> usize {
         let n = self.envs.send(env, &protocol::sync_frame());
         info!(env, delivered = n, "sent EVT_SYNC_SOFT");
+        if n == 0 {
+            self.envs.owe_sync(env, self.registry.contains(env));
+        }
         self.publish(events::FleetEvent::SyncRequested {
             env: env.to_owned(),
         });
@@ -819,7 +826,8 @@ impl PortalHandle {
         self.app.store.assign_raw(env, modules)
     }
 
-    /// Sends `EVT_SYNC_SOFT` to `env`'s live connections; how many took it.
+    /// Sends `EVT_SYNC_SOFT` to `env`'s live connections; how many took it
+    /// (none: the box is sent it when it connects).
     pub fn sync(&self, env: &str) -> usize {
         self.app.sync(env)
     }

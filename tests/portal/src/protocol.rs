@@ -198,6 +198,11 @@ struct EnvState {
     /// text, for every box of the fleet.
     last_core_module: Option<Box<str>>,
     last_core_build: Option<Box<str>>,
+    /// A sync asked of this process reached no connection of it: the box
+    /// is told when it connects, here or to another process of the
+    /// database (which says so, [`super::fleet`]), unless it reports a
+    /// status elsewhere first (it was connected there and told there).
+    owed_sync: bool,
 }
 
 /// `text`, a JSON value this portal wrote, parsed again.
@@ -265,6 +270,23 @@ impl Environments {
             return None;
         }
         Some(f(envs.entry(env.to_string()).or_default()))
+    }
+
+    /// Marks `env` owed a sync ([`EnvState::owed_sync`]): a `registered`
+    /// environment always (the registry bounds them), another as long as
+    /// there is room ([`MAX_OPEN_ENVIRONMENTS`]).
+    pub(crate) fn owe_sync(&self, env: &str, registered: bool) {
+        let mut envs = self.envs.lock().expect("envs lock");
+        if registered || envs.contains_key(env) || envs.len() < MAX_OPEN_ENVIRONMENTS {
+            envs.entry(env.to_string()).or_default().owed_sync = true;
+        }
+    }
+
+    /// Whether `env` was owed a sync; it is not any more.
+    pub(crate) fn take_owed_sync(&self, env: &str) -> bool {
+        let mut envs = self.envs.lock().expect("envs lock");
+        envs.get_mut(env)
+            .is_some_and(|e| std::mem::take(&mut e.owed_sync))
     }
 
     /// Queues `text` on every live connection of `env`; how many took it.
@@ -427,13 +449,13 @@ async fn connection(mut socket: WebSocket, env: String, hash: Option<String>, ap
         // A rotation the box has not confirmed yet: its new secret.
         let _ = tx.try_send(frame);
     }
-    if app.rollouts.take_unsynced(&env) {
-        // A rollout assigned the box a set while it was away: the
-        // `EVT_SYNC_SOFT` sent then reached no connection, and a box does
-        // not synchronise on a reconnection by itself.
+    if app.envs.take_owed_sync(&env) {
+        // A sync asked while the box was away (by an operator, or by a
+        // rollout that assigned it a set) reached no connection, and a box
+        // does not synchronise on a reconnection by itself.
         info!(
             connection = id,
-            "the box's rollout waits for it: EVT_SYNC_SOFT"
+            "a sync was asked while the box was away: EVT_SYNC_SOFT"
         );
         let _ = tx.try_send(sync_frame());
     }

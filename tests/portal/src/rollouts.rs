@@ -47,9 +47,6 @@ pub(crate) struct Rollouts {
     /// The last `statuses.id` fed to the driven rollouts from the table
     /// (statuses other processes recorded; PostgreSQL only).
     fed_up_to: Mutex<u64>,
-    /// The boxes a rollout assigned a set while they had no connection
-    /// here: told to synchronise when they connect.
-    unsynced: Mutex<HashSet<String>>,
 }
 
 /// What an operator asks of a rollout, kept in its row (`request`) when
@@ -233,7 +230,6 @@ impl Rollouts {
             state: Mutex::new(state),
             driven: Mutex::new(HashSet::new()),
             fed_up_to: Mutex::new(0),
-            unsynced: Mutex::new(HashSet::new()),
         })
     }
 
@@ -246,25 +242,6 @@ impl Rollouts {
     pub(crate) fn list(&self) -> Vec<Rollout> {
         let state = self.state.lock().expect("rollouts lock");
         state.iter().rev().cloned().collect()
-    }
-
-    /// Whether `env` is told to synchronise now that it connected (here,
-    /// or to another process of the database): a rollout of this process
-    /// assigned it a set while it had no connection here (the sync reached
-    /// no connection of this process, and maybe none of any other), and
-    /// still waits for it to report anything. Once only.
-    pub(crate) fn take_unsynced(&self, env: &str) -> bool {
-        if !self.unsynced.lock().expect("unsynced lock").remove(env) {
-            return false;
-        }
-        let state = self.state.lock().expect("rollouts lock");
-        state.iter().any(|r| {
-            !r.is_over()
-                && matches!(
-                    r.box_state(env),
-                    Some(BoxState::Assigned { progress: None, .. })
-                )
-        })
     }
 
     /// One rollout.
@@ -613,18 +590,11 @@ impl App {
         }
     }
 
-    /// Tells `env`, which a rollout assigned a set, to synchronise now; if
-    /// no connection of this process took it, when it connects.
+    /// Tells `env`, which a rollout assigned a set, to synchronise now
+    /// (when it connects, if no connection took it: [`App::sync`]).
     fn tell(&self, env: String) {
         let delivered = self.sync(&env);
         info!(env, delivered, "told a box its rollout's target set");
-        if delivered == 0 {
-            self.rollouts
-                .unsynced
-                .lock()
-                .expect("unsynced lock")
-                .insert(env);
-        }
     }
 }
 

@@ -438,3 +438,23 @@ async fn a_report_on_the_set_a_box_had_before_its_wave_does_not_count() {
     assert_finished_with(&portal, (1, 0)).await;
     portal.shutdown().await;
 }
+
+/// A sync an operator asks while the box is away reaches it when it
+/// connects, once: a box does not synchronise on a connection by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_asked_while_the_box_is_away_reaches_it_when_it_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = start(&dir.path().join("portal")).await;
+    assert_eq!(portal.sync("env-0"), 0, "no connection took it");
+    let mut ws = connect(&portal, "env-0").await;
+    synced(&mut ws).await;
+    drop(ws);
+    let mut again = connect(&portal, "env-0").await;
+    assert_quiet(
+        &mut again,
+        Duration::from_millis(500),
+        "an owed sync is sent once",
+    )
+    .await;
+    portal.shutdown().await;
+}

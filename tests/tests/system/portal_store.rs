@@ -80,7 +80,11 @@ fn a_portal_killed_during_a_rollout_continues_it_with_every_status_recorded_once
         if heard.iter().any(|l| l.status == "downloaded") {
             break;
         }
-        ensure!(t.elapsed() < CONVERGE, "no download reported: {heard:?}");
+        ensure!(
+            t.elapsed() < CONVERGE,
+            "no download reported: {heard:?}; {}",
+            portal.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = rollout(&portal, id)?;
