@@ -36,6 +36,17 @@ fn ensure_cookie_flags(set: &str) -> Result<()> {
     Ok(())
 }
 
+/// A box with the probe and a console on a free loopback port, started:
+/// its home, its process and the console's base URL.
+fn console_box() -> Result<(TempHome, banalytics_tests::BoxProcess, String)> {
+    let port = free_port()?;
+    let home = TempHome::new(&format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\n\n[components.probe]\nkind = \"probe\"\n"
+    ))?;
+    let b = home.start(0)?;
+    Ok((home, b, format!("http://127.0.0.1:{port}")))
+}
+
 #[test]
 fn the_console_is_off_unless_configured() -> Result<()> {
     let _machine = crate::machine::shared();
@@ -90,12 +101,7 @@ fn a_network_listen_address_without_tls_is_refused_at_start() -> Result<()> {
 fn a_login_link_works_once_and_wrong_tokens_foreign_origins_and_an_eleventh_login_are_refused(
 ) -> Result<()> {
     let _machine = crate::machine::shared();
-    let port = free_port()?;
-    let home = TempHome::new(&format!(
-        "[console]\nlisten = \"127.0.0.1:{port}\"\n\n[components.probe]\nkind = \"probe\"\n"
-    ))?;
-    let _b = home.start(0)?;
-    let base = format!("http://127.0.0.1:{port}");
+    let (home, _b, base) = console_box()?;
     let token_file = home.path().join("state/console-token");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -270,12 +276,7 @@ async fn next_event(
 #[test]
 fn a_live_region_is_sent_only_when_it_changed() -> Result<()> {
     let _machine = crate::machine::shared();
-    let port = free_port()?;
-    let home = TempHome::new(&format!(
-        "[console]\nlisten = \"127.0.0.1:{port}\"\n\n[components.probe]\nkind = \"probe\"\n"
-    ))?;
-    let _b = home.start(0)?;
-    let base = format!("http://127.0.0.1:{port}");
+    let (home, _b, base) = console_box()?;
     let out = home.cli(&["console-url"])?;
     let link = String::from_utf8(out.stdout)?.trim().to_owned();
     // Four renders of the region (one each `LIVE_EVERY`, 500 ms).
