@@ -100,7 +100,14 @@ impl Attempt<'_> {
             if len > room {
                 // Ask once per SPACE_CHECK_BYTES, for the bytes until the
                 // next check: a statvfs per chunk would cost a few percent
-                // of a fast loopback transfer.
+                // of a fast loopback transfer. The write before is finished
+                // first (tokio's file completes a write on a thread of its
+                // own after it returned), so that the file system counts
+                // every byte written: else a chunk in flight, hundreds of
+                // KiB on a loaded box, went past the reserve unmeasured.
+                if self.cfg.space.min_free > 0 {
+                    file.flush().await.map_err(self.io("write", self.partial))?;
+                }
                 room = len.max(SPACE_CHECK_BYTES);
                 self.keep_free(on_disk, room)?;
             }
