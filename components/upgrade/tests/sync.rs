@@ -848,6 +848,35 @@ async fn a_hundred_concurrent_triggers_make_one_request_and_one_after_it() {
     assert_eq!(*b.requests.lock().unwrap(), 2, "no third");
 }
 
+/// `status` shows a synchronisation from its start: not the last one,
+/// finished, while the new one waits for the portal's answer.
+#[actix_rt::test]
+async fn a_synchronisation_shows_in_status_as_soon_as_it_starts() {
+    let repo = Repo::start().await;
+    let alpha = publish(&repo, "alpha", "1.0", &[], &[]);
+    let b = start_box(
+        &repo,
+        objects(&[&alpha]),
+        Options {
+            installed: true,
+            portal_delay: Duration::from_millis(500),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_eq!(b.resync(objects(&[&alpha])).await["state"], "staged");
+    b.bus.publish(SyncSoftware {}).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while *b.requests.lock().unwrap() < 2 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The portal answers in 500 ms: this one is still asking.
+    let sync = b.sync();
+    assert!(sync["finished_ms"].is_null(), "{sync}");
+    assert_eq!(sync["state"], "requesting", "{sync}");
+}
+
 /// A change of the target set announced while a synchronisation downloads
 /// the old one is not lost: the box asks again once it is done, and stages
 /// the new set.

@@ -199,6 +199,9 @@ impl PortalLink {
             home: home_facts(&self.peers.layout),
             ..SyncReport::default()
         };
+        // Shown at once: until its first step `status` showed the last
+        // synchronisation, finished, while this one already asked the portal.
+        publish_report(&self.peers, &self.report.borrow());
         // The span of the whole synchronisation; `run` records the target
         // set's id once the portal has named it.
         let span = info_span!(
