@@ -207,7 +207,7 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(),
         file.write_all(bytes).map_err(err("write", &tmp))?;
         file.sync_all().map_err(err("sync", &tmp))?;
         // 3.
-        fs::rename(&tmp, path).map_err(err("rename", &tmp))
+        crate::platform::replace_file(&tmp, path).map_err(err("rename", &tmp))
     })();
     if written.is_err() {
         // Best effort: the temporary file is garbage either way.

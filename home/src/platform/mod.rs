@@ -3,6 +3,8 @@
 //!
 //! - [`sync_dir`]: make renames and creations in a folder durable;
 //! - [`rename_dir`]: the swap's rename of a set folder to a free name;
+//! - [`replace_file`]: a file renamed over another (Windows: tried again
+//!   while another process holds one of them for a moment);
 //! - [`exchange`]: the swap's atomic exchange of two folders (Linux's
 //!   `RENAME_EXCHANGE`; elsewhere `Unsupported`, and the swap falls back to
 //!   three renames, as it already does on an old kernel);

@@ -21,6 +21,11 @@ pub fn rename_dir(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)
 }
 
+/// Renames the file `from` over `to`; the caller fsyncs the parent.
+pub fn replace_file(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)
+}
+
 /// Exchanges `a` and `b` atomically (`renameat2(RENAME_EXCHANGE)`).
 #[cfg(target_os = "linux")]
 pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {

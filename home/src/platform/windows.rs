@@ -1,9 +1,14 @@
 //! The Windows side of [`crate::platform`].
 
-use std::{fs, io, os::windows::ffi::OsStrExt, path::Path};
+use std::{
+    fs, io,
+    os::windows::ffi::OsStrExt,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use windows_sys::Win32::{
-    Foundation::{FALSE, TRUE},
+    Foundation::{ERROR_ACCESS_DENIED, ERROR_SHARING_VIOLATION, FALSE, TRUE},
     Storage::FileSystem::{
         GetDiskFreeSpaceExW, MoveFileExW, MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH,
     },
@@ -26,10 +31,9 @@ pub fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Renames `from` to `to` with `MoveFileExW(MOVEFILE_REPLACE_EXISTING |
-/// MOVEFILE_WRITE_THROUGH)`, which returns once the rename is on disk. A
-/// folder cannot replace another one, so an empty folder at `to` is
-/// removed first (the swap's contract: `to` does not exist or is empty).
+/// Renames `from` to `to` ([`replace_file`]). A folder cannot replace
+/// another one, so an empty folder at `to` is removed first (the swap's
+/// contract: `to` does not exist or is empty).
 pub fn rename_dir(from: &Path, to: &Path) -> io::Result<()> {
     if to.is_dir() {
         match fs::remove_dir(to) {
@@ -37,20 +41,50 @@ pub fn rename_dir(from: &Path, to: &Path) -> io::Result<()> {
             _ => {}
         }
     }
-    let (from, to) = (wide(from), wide(to));
-    // SAFETY: two NUL-terminated UTF-16 paths that outlive the call.
-    let ok = unsafe {
-        MoveFileExW(
-            from.as_ptr(),
-            to.as_ptr(),
-            MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
-        )
-    };
-    if ok == FALSE {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    replace_file(from, to)
 }
+
+/// Renames the file `from` over `to` with `MoveFileExW(MOVEFILE_REPLACE_EXISTING
+/// | MOVEFILE_WRITE_THROUGH)`, which returns once the rename is on disk.
+///
+/// Windows refuses a rename for a moment while another process holds one
+/// of the two without sharing its deletion: an indexer, a virus scanner,
+/// or a process that was just killed and whose handles are not closed yet
+/// (`ERROR_ACCESS_DENIED`, `ERROR_SHARING_VIOLATION`). Such a rename is
+/// tried again for up to [`RENAME_PATIENCE`]; a lasting refusal is the
+/// error then.
+pub fn replace_file(from: &Path, to: &Path) -> io::Result<()> {
+    let (from, to) = (wide(from), wide(to));
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        // SAFETY: two NUL-terminated UTF-16 paths that outlive the call.
+        let ok = unsafe {
+            MoveFileExW(
+                from.as_ptr(),
+                to.as_ptr(),
+                MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH,
+            )
+        };
+        if ok != FALSE {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        let transient = matches!(
+            e.raw_os_error().and_then(|c| u32::try_from(c).ok()),
+            Some(ERROR_ACCESS_DENIED | ERROR_SHARING_VIOLATION)
+        );
+        if !transient || started.elapsed() >= RENAME_PATIENCE {
+            return Err(e);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// How long [`replace_file`] tries a rename that Windows refuses for a
+/// moment.
+pub const RENAME_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Windows has no atomic exchange of two folders: the swap renames three
 /// times through a scratch name, each step journaled.
@@ -120,4 +154,35 @@ pub fn kill_self() -> ! {
         TerminateProcess(GetCurrentProcess(), 137);
     }
     unreachable!("TerminateProcess returned")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file held open without sharing its deletion (as a process killed
+    /// a moment ago holds its files until Windows closes its handles)
+    /// refuses a rename over it; the rename goes through once it is let go.
+    #[test]
+    fn a_rename_over_a_file_held_for_a_moment_goes_through_once_it_is_let_go() {
+        use std::os::windows::fs::OpenOptionsExt;
+        use windows_sys::Win32::Storage::FileSystem::FILE_SHARE_READ;
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("journal.tmp"), dir.path().join("journal"));
+        fs::write(&from, b"new").unwrap();
+        fs::write(&to, b"old").unwrap();
+        let held = fs::OpenOptions::new()
+            .read(true)
+            .share_mode(FILE_SHARE_READ)
+            .open(&to)
+            .unwrap();
+        let let_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        replace_file(&from, &to).unwrap();
+        let_go.join().unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"new");
+        assert!(!from.exists());
+    }
 }
