@@ -220,6 +220,15 @@ impl TestBox {
         }
     }
 
+    /// Waits until the synchronisation's state is `state`.
+    async fn wait_state(&self, state: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.sync()["state"] != state {
+            assert!(tokio::time::Instant::now() < deadline, "{}", self.sync());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn first_sync(&self) -> Value {
         self.wait_sync_after(0).await
     }
@@ -899,11 +908,7 @@ async fn a_target_changed_during_a_synchronisation_is_staged_after_it() {
     )
     .await;
     b.bus.publish(SyncSoftware {}).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while b.sync()["state"] != "downloading" {
-        assert!(tokio::time::Instant::now() < deadline, "{}", b.sync());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    b.wait_state("downloading").await;
     *b.target.lock().unwrap() = objects(&[&alpha, &beta]);
     // The synchronisation that runs started before this; the next one
     // after it.
@@ -1959,11 +1964,7 @@ async fn a_first_run_waits_for_the_link_and_an_operator_upgrade_meanwhile_is_ref
         },
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while b.sync()["state"] != "waiting-for-link" {
-        assert!(std::time::Instant::now() < deadline, "{}", b.sync());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    b.wait_state("waiting-for-link").await;
     assert_eq!(b.sync()["trigger"], "first-run");
     let answer = b.ask_upgrade(11).await;
     assert_eq!(answer.outcome, UpgradeOutcome::Refused, "{answer:?}");

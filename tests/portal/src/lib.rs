@@ -453,7 +453,6 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// How often the rollouts' time limits are checked.
 /// Connections the kernel keeps for the portal to accept (capped by the
 /// system's `net.core.somaxconn`, 4096 on Linux since 5.4). A fleet's
 /// boxes come back at once after the portal restarts; with the 128 of the
@@ -477,6 +476,7 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// How often the rollouts' time limits are checked.
 const ROLLOUT_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Drives and ticks the rollouts until shutdown; then gives up every

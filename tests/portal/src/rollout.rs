@@ -413,7 +413,9 @@ impl Rollout {
         served: Option<&str>,
         now_ms: u64,
     ) -> Vec<Action> {
-        if self.is_over() {
+        // Every status of the fleet comes to every live rollout: one of a
+        // box outside it costs a lookup, not the target's name.
+        if self.is_over() || self.box_state(env).is_none() {
             return Vec::new();
         }
         if served.is_some_and(|served| served != set_name(&self.spec.target)) {

@@ -542,9 +542,7 @@ impl App {
         let moved = self.rollouts.run(&mut state, None, |r| {
             let mut actions = Vec::new();
             for (env, status, message, served) in &new {
-                if r.box_state(env).is_some() {
-                    actions.extend(r.status_of_set(env, status, *message, *served, now));
-                }
+                actions.extend(r.status_of_set(env, status, *message, *served, now));
             }
             actions
         });
@@ -813,15 +811,13 @@ impl App {
         let out = self.rollouts.update(only, Vec::new(), |r| {
             let mut actions = Vec::new();
             for (env, status, message, served) in &reports {
-                if r.box_state(env).is_some() {
-                    actions.extend(r.status_of_set(
-                        env,
-                        status,
-                        message.as_deref(),
-                        served.as_deref(),
-                        now,
-                    ));
-                }
+                actions.extend(r.status_of_set(
+                    env,
+                    status,
+                    message.as_deref(),
+                    served.as_deref(),
+                    now,
+                ));
             }
             actions
         })?;
